@@ -1,0 +1,57 @@
+// swift-tools-version:6.0
+// Cut Cross-Entropy on the CPU: a pure-Swift engine (SIMD kernels, threads, NUMA-aware
+// placement) for the cross-entropy of a linear classifier over a large vocabulary, without
+// materializing the N x V logits. See README.md and Docs/.
+import PackageDescription
+
+// MARK: - Target CPU
+// Swift's SIMD types lower to scalar code unless the target CPU is named: the kernels run
+// about 100x slower without it. The default is the build machine's CPU ("native").
+// Override with the environment variable CCE_TARGET_CPU, e.g. CCE_TARGET_CPU=znver4 or
+// CCE_TARGET_CPU=x86-64-v3 for a portable AVX2 binary; CCE_TARGET_CPU=none names none.
+let targetCPU = Context.environment["CCE_TARGET_CPU"] ?? "native"
+let fastFlags: [SwiftSetting] = targetCPU == "none" ? [] : [.unsafeFlags(["-target-cpu", targetCPU])]
+
+let package = Package(
+    name: "CutCrossEntropy",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "CutCrossEntropy", targets: ["CutCrossEntropy"]),
+        .executable(name: "cce", targets: ["cce"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // MARK: - System libraries (Debian: libopenblas-dev, libhwloc-dev, libnuma-dev)
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CHwloc", pkgConfig: "hwloc", providers: [.apt(["libhwloc-dev"])]),
+        .systemLibrary(name: "CNUMA", pkgConfig: "numa", providers: [.apt(["libnuma-dev"])]),
+
+        // MARK: - Internal modules
+        // Arithmetic on one tile: conversions, the tile product, the LSE merge, the
+        // gradient updates. Swift SIMD only.
+        .target(name: "CCEKernels", swiftSettings: fastFlags),
+        // Threads, topology (hwloc), placement (libnuma), memory measurement.
+        .target(name: "CCERuntime", dependencies: ["CHwloc", "CNUMA"], swiftSettings: fastFlags),
+
+        // MARK: - Public library
+        .target(name: "CutCrossEntropy",
+                dependencies: ["CCEKernels", "CCERuntime", "COpenBLAS"],
+                swiftSettings: fastFlags),
+
+        // MARK: - Benchmarks and the command-line tool
+        .target(name: "CCEBenchmarks", dependencies: ["CutCrossEntropy", "CCERuntime", "COpenBLAS"],
+                path: "Benchmarks/CCEBenchmarks", swiftSettings: fastFlags),
+        .executableTarget(name: "cce",
+                          dependencies: ["CutCrossEntropy", "CCEBenchmarks",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          swiftSettings: fastFlags),
+
+        // MARK: - Tests
+        .testTarget(name: "CutCrossEntropyTests",
+                    dependencies: ["CutCrossEntropy", "CCEKernels", "CCERuntime", "CCEBenchmarks"],
+                    swiftSettings: fastFlags),
+    ]
+)

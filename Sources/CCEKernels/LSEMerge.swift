@@ -1,0 +1,78 @@
+// The LSE merge: folding one tile row of logits into a row's running log-sum-exp.
+//
+// Maths: for a row with logits z_1 … z_V, LSE = m + log Σ_v e^(z_v − m) for any m; with
+// m = max_v z_v every term is ≤ 1 and nothing overflows. Tiles arrive one at a time, so the
+// row keeps (m, s) with s = Σ_{seen v} e^(z_v − m). A tile with maximum m' > m first
+// rescales s by e^(m − m'). The tile's own sum Σ e^(z_v − m) is formed in eight SIMD lanes
+// (vectorized exp) and then added to s with Kahan compensation: c carries the low-order
+// bits the addition lost, so after V/VB tiles the sum's rounding error stays near one ulp
+// instead of growing with the number of tiles.
+
+/// Running log-sum-exp state of one row.
+public struct RunningLSE<S: KernelScalar>: Sendable {
+    /// Largest logit seen so far (−∞ before the first tile).
+    public var max: S
+    /// Σ e^(z − max) over the logits seen so far.
+    public var sum: S
+    /// Kahan compensation of `sum`.
+    public var comp: S
+
+    @inlinable public init() { max = -.infinity; sum = 0; comp = 0 }
+
+    /// The log-sum-exp of everything merged so far.
+    @inlinable public var value: S { max + S.log(sum) }
+}
+
+/// Kahan-compensated `sum += x`.
+@inlinable @inline(__always)
+public func kahanAdd<S: KernelScalar>(_ sum: inout S, _ comp: inout S, _ x: S) {
+    let y = x - comp
+    let t = sum + y
+    comp = (t - sum) - y
+    sum = t
+}
+
+/// Merges z[0 ..< count] into `state`. Returns nothing; `state.value` is the LSE so far.
+@inlinable
+public func mergeTileRow<S: KernelScalar>(_ z: UnsafePointer<S>, count: Int, into state: inout RunningLSE<S>) {
+    let cv = count & ~7
+    var mv = SIMD8<S>(repeating: -.infinity)
+    var p = 0
+    while p < cv { mv = pointwiseMax(mv, load8(z + p)); p += 8 }
+    var tileMax = mv.max()
+    while p < count { tileMax = Swift.max(tileMax, z[p]); p += 1 }
+    if tileMax == -.infinity { return }
+    if tileMax > state.max {
+        let scale = state.max == -.infinity ? 0 : S.exp(state.max - tileMax)
+        state.sum *= scale
+        state.comp *= scale
+        state.max = tileMax
+    }
+    let m = SIMD8<S>(repeating: state.max)
+    var acc = SIMD8<S>()
+    p = 0
+    while p < cv { acc += S.exp(load8(z + p) - m); p += 8 }
+    var t = laneSum(acc)
+    while p < count { t += S.exp(z[p] - state.max); p += 1 }
+    kahanAdd(&state.sum, &state.comp, t)
+}
+
+/// Σ z[0 ..< count] in eight lanes, reduced in the fixed `laneSum` order.
+@inlinable
+public func tileRowSum<S: KernelScalar>(_ z: UnsafePointer<S>, count: Int) -> S {
+    let cv = count & ~7
+    var acc = SIMD8<S>()
+    var p = 0
+    while p < cv { acc += load8(z + p); p += 8 }
+    var t = laneSum(acc)
+    while p < count { t += z[p]; p += 1 }
+    return t
+}
+
+/// Portable reference: the LSE of z[0 ..< count] in Double, two passes.
+public func lseReference(_ z: UnsafeBufferPointer<Double>) -> Double {
+    guard let m = z.max(), m > -.infinity else { return -.infinity }
+    var s = 0.0
+    for x in z { s += Double.exp(x - m) }
+    return m + Double.log(s)
+}

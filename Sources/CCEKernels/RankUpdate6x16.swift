@@ -1,0 +1,118 @@
+// The gradient updates: dE += G · C and dC += Gᵀ · E, both as one rank-k update.
+//
+// Contract: out_r[d] += Σ_{q<k} A(r, q) · b_q[d] for r < m, d < width, where
+//   A(r, q) = a[r·ars + q·aks]   (G read row-wise for dE, column-wise for dC),
+//   out_r   = out[r]             (rows of dE or dC, reached through a row table, so the
+//                                  sorted vocabulary needs no scatter),
+//   b_q     = b[q]               (rows of C for dE, rows of E for dC).
+// Shapes: for dE, m = tokens, k = vocabulary entries, width = D;
+//         for dC, m = vocabulary entries, k = tokens, width = D.
+//
+// Register block 6 x 16: six rows of out times two SIMD8 (twelve accumulators), loaded
+// from out, then one broadcast of A and two loads of b per row and step. Each out element
+// is a sequential fused multiply-add chain over q starting from its stored value, so the
+// result does not depend on how rows are grouped or how the q range is split into calls
+// (the determinism guarantee across thread counts rests on this).
+//
+// `rankUpdateReference` is the portable version.
+
+@inlinable
+public func rankUpdate<S: KernelScalar>(
+    out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int,
+    a: UnsafePointer<S>, ars: Int, aks: Int,
+    b: UnsafePointer<UnsafePointer<S>>, k: Int, width: Int
+) {
+    var r = 0
+    while r < m {
+        let mr = min(6, m - r)
+        var d = 0
+        while d + 16 <= width {
+            if mr == 6 {
+                update6x16(out + r, a + r * ars, ars, aks, b, k, d)
+            } else {
+                for rr in 0..<mr { update1x16(out[r + rr], a + (r + rr) * ars, aks, b, k, d) }
+            }
+            d += 16
+        }
+        while d < width {
+            for rr in 0..<mr {
+                let o = out[r + rr]
+                let ar = a + (r + rr) * ars
+                var s = o[d]
+                for q in 0..<k { s = s.addingProduct(ar[q * aks], b[q][d]) }
+                o[d] = s
+            }
+            d += 1
+        }
+        r += 6
+    }
+}
+
+@inlinable @inline(__always)
+func update1x16<S: KernelScalar>(
+    _ o: UnsafeMutablePointer<S>, _ a: UnsafePointer<S>, _ aks: Int,
+    _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int
+) {
+    var lo = load8(UnsafePointer(o + d)), hi = load8(UnsafePointer(o + d + 8))
+    for q in 0..<k {
+        let x = SIMD8<S>(repeating: a[q * aks])
+        let bq = b[q] + d
+        lo = lo.addingProduct(x, load8(bq)); hi = hi.addingProduct(x, load8(bq + 8))
+    }
+    store8(lo, o + d); store8(hi, o + d + 8)
+}
+
+@inlinable @inline(__always)
+func store8<S: KernelScalar>(_ v: SIMD8<S>, _ p: UnsafeMutablePointer<S>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<S>.self)
+}
+
+@inlinable @inline(__always)
+func update6x16<S: KernelScalar>(
+    _ out: UnsafePointer<UnsafeMutablePointer<S>>, _ a: UnsafePointer<S>, _ ars: Int, _ aks: Int,
+    _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int
+) {
+    let o0 = out[0] + d, o1 = out[1] + d, o2 = out[2] + d
+    let o3 = out[3] + d, o4 = out[4] + d, o5 = out[5] + d
+    var l0 = load8(UnsafePointer(o0)), h0 = load8(UnsafePointer(o0 + 8))
+    var l1 = load8(UnsafePointer(o1)), h1 = load8(UnsafePointer(o1 + 8))
+    var l2 = load8(UnsafePointer(o2)), h2 = load8(UnsafePointer(o2 + 8))
+    var l3 = load8(UnsafePointer(o3)), h3 = load8(UnsafePointer(o3 + 8))
+    var l4 = load8(UnsafePointer(o4)), h4 = load8(UnsafePointer(o4 + 8))
+    var l5 = load8(UnsafePointer(o5)), h5 = load8(UnsafePointer(o5 + 8))
+    for q in 0..<k {
+        let bq = b[q] + d
+        let y0 = load8(bq), y1 = load8(bq + 8)
+        let aq = a + q * aks
+        var x = SIMD8<S>(repeating: aq[0])
+        l0 = l0.addingProduct(x, y0); h0 = h0.addingProduct(x, y1)
+        x = SIMD8<S>(repeating: aq[ars])
+        l1 = l1.addingProduct(x, y0); h1 = h1.addingProduct(x, y1)
+        x = SIMD8<S>(repeating: aq[2 * ars])
+        l2 = l2.addingProduct(x, y0); h2 = h2.addingProduct(x, y1)
+        x = SIMD8<S>(repeating: aq[3 * ars])
+        l3 = l3.addingProduct(x, y0); h3 = h3.addingProduct(x, y1)
+        x = SIMD8<S>(repeating: aq[4 * ars])
+        l4 = l4.addingProduct(x, y0); h4 = h4.addingProduct(x, y1)
+        x = SIMD8<S>(repeating: aq[5 * ars])
+        l5 = l5.addingProduct(x, y0); h5 = h5.addingProduct(x, y1)
+    }
+    store8(l0, o0); store8(h0, o0 + 8); store8(l1, o1); store8(h1, o1 + 8)
+    store8(l2, o2); store8(h2, o2 + 8); store8(l3, o3); store8(h3, o3 + 8)
+    store8(l4, o4); store8(h4, o4 + 8); store8(l5, o5); store8(h5, o5 + 8)
+}
+
+/// Portable reference for `rankUpdate`: plain loops, Double sums, the same contract.
+public func rankUpdateReference<S: KernelScalar>(
+    out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int,
+    a: UnsafePointer<S>, ars: Int, aks: Int,
+    b: UnsafePointer<UnsafePointer<S>>, k: Int, width: Int
+) {
+    for r in 0..<m {
+        for d in 0..<width {
+            var s = Double(out[r][d])
+            for q in 0..<k { s += Double(a[r * ars + q * aks]) * Double(b[q][d]) }
+            out[r][d] = S(s)
+        }
+    }
+}

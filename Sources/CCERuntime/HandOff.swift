@@ -1,0 +1,49 @@
+// The ordered hand-off: deterministic accumulation into rows shared by all token blocks.
+//
+// Threads own token blocks, so dE rows are private, but every token block adds into every
+// row of dC. HandOff keeps one ticket per vocabulary block: token block b may add into
+// vocabulary block j only when ticket[j] == b, and sets ticket[j] = b + 1 when done. The
+// additions into each dC row therefore happen in token-block order, whatever the number of
+// threads and whatever the timing: results are bitwise reproducible, and with the tile
+// plan fixed they do not even depend on the thread count. Token blocks advance as a skewed
+// wavefront (block b + 1 trails block b by about one vocabulary block); the wait is a
+// spin on an atomic load that yields the CPU after a while, since on an oversubscribed
+// machine the thread it waits for may need the core.
+
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public final class HandOff: @unchecked Sendable {
+    private let tickets: UnsafeMutablePointer<Atomic<Int>>
+    public let count: Int
+
+    /// `count` tickets, all at 0.
+    public init(count: Int) {
+        self.count = count
+        tickets = .allocate(capacity: max(count, 1))
+        for i in 0..<count { (tickets + i).initialize(to: Atomic(0)) }
+    }
+
+    deinit {
+        tickets.deinitialize(count: count)
+        tickets.deallocate()
+    }
+
+    /// Waits until slot `slot` is at `turn` (acquire: what the previous owner wrote is visible).
+    @inline(__always)
+    public func wait(slot: Int, turn: Int) {
+        var spins = 0
+        while tickets[slot].load(ordering: .acquiring) != turn {
+            spins += 1
+            if spins > 64 { sched_yield() }
+        }
+    }
+
+    /// Passes slot `slot` on to `turn + 1` (release).
+    @inline(__always)
+    public func pass(slot: Int, turn: Int) {
+        tickets[slot].store(turn + 1, ordering: .releasing)
+    }
+}

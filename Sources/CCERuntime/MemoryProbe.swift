@@ -1,0 +1,44 @@
+// Memory measured from the process: the peak resident set, reset around an operation.
+//
+// Linux keeps the peak resident set size (VmHWM in /proc/self/status) and resets it to the
+// current size when "5" is written to /proc/self/clear_refs. Peak extra memory of an
+// operation = VmHWM after it − VmRSS before it (both in pages the kernel counts, so
+// allocations the operation never touches do not count, which is what "memory used" means
+// here). Where clear_refs is not writable, the probe reports `isResettable == false` and
+// peaks include earlier history.
+
+import Foundation
+
+public enum MemoryProbe {
+    /// Resident set size now, in bytes.
+    public static func residentBytes() -> Int { field("VmRSS:") }
+    /// Peak resident set size since the last reset, in bytes.
+    public static func peakBytes() -> Int { field("VmHWM:") }
+
+    /// Resets the peak to the current resident size. Returns false if it could not.
+    @discardableResult
+    public static func resetPeak() -> Bool {
+        guard let h = FileHandle(forWritingAtPath: "/proc/self/clear_refs") else { return false }
+        defer { try? h.close() }
+        do { try h.write(contentsOf: Data("5".utf8)); return true } catch { return false }
+    }
+
+    public static let isResettable: Bool = resetPeak()
+
+    /// Runs `body` and returns its result with the peak resident growth it caused, in bytes.
+    public static func measure<T>(_ body: () throws -> T) rethrows -> (T, Int) {
+        resetPeak()
+        let before = residentBytes()
+        let r = try body()
+        return (r, max(0, peakBytes() - before))
+    }
+
+    static func field(_ name: String) -> Int {
+        guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+        for line in s.split(separator: "\n") where line.hasPrefix(name) {
+            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+            if parts.count >= 2, let kb = Int(parts[1]) { return kb * 1024 }
+        }
+        return 0
+    }
+}

@@ -1,0 +1,33 @@
+// libnuma (Debian: libnuma-dev): interleaved and node-local placement, and the CPU
+// affinity calls (libnuma's wrappers, so no _GNU_SOURCE is needed).
+#include <numa.h>
+
+// CPUs this process may run on, or -1.
+static inline int cce_allowed_cpu_count(void) {
+    struct bitmask *m = numa_allocate_cpumask();
+    if (!m) return -1;
+    int n = numa_sched_getaffinity(0, m) < 0 ? -1 : (int)numa_bitmask_weight(m);
+    numa_free_cpumask(m);
+    return n;
+}
+
+// Pins the calling thread to the index-th CPU (mod count) of the process's allowed set.
+static inline int cce_pin_current_thread(int index) {
+    struct bitmask *m = numa_allocate_cpumask();
+    if (!m) return -1;
+    int rc = -1;
+    if (numa_sched_getaffinity(0, m) >= 0) {
+        int n = (int)numa_bitmask_weight(m), want = n > 0 ? index % n : 0, seen = 0;
+        for (unsigned cpu = 0; n > 0 && cpu < m->size; cpu++) {
+            if (!numa_bitmask_isbitset(m, cpu)) continue;
+            if (seen++ == want) {
+                numa_bitmask_clearall(m);
+                numa_bitmask_setbit(m, cpu);
+                rc = numa_sched_setaffinity(0, m);
+                break;
+            }
+        }
+    }
+    numa_free_cpumask(m);
+    return rc;
+}

@@ -1,0 +1,239 @@
+// The public entry points: forward, backward, and both in one call.
+//
+//     let cce = CutCrossEntropy(options: opts)
+//     let fwd = try cce.forward(embeddings: E, classifier: C, targets: T)     // O(N) state
+//     ...
+//     let grads = try cce.backward(fwd, embeddings: E, classifier: C)         // dE, dC
+//
+// The forward keeps only what the backward needs (per-token LSE, the active tokens), so
+// a training loop can call it now and the backward later. `lossAndGradients` does both.
+
+import CCEKernels
+import CCERuntime
+import COpenBLAS
+
+/// The result of a forward call.
+public struct ForwardOutput: Sendable {
+    /// The reduced loss: mean or sum by `Options.reduction`; for `.none`, the sum.
+    public let loss: Double
+    /// One loss per target position (the targets' shape): 0 at ignored positions and at
+    /// the first `shift` positions of each sequence.
+    public let tokenLosses: Values
+    /// One LSE per target position: the log-sum-exp of the logits of the row paired with
+    /// that target; NaN where the position has no loss (ignored, or no paired row).
+    public let lse: Values
+    /// Tokens that have a loss.
+    public let activeTokens: Int
+    /// What the backward needs; O(N).
+    public let state: SavedState
+}
+
+/// What the forward keeps for the backward: O(N) values, no logits.
+public struct SavedState: Sendable {
+    let problem: Problem
+    let options: Options
+    /// Per active token, in the engine's scalar type.
+    let lse: Values
+}
+
+/// Upstream gradient of the reduced loss.
+public enum Upstream: Sendable {
+    /// For `.mean` and `.sum`: ∂L/∂loss.
+    case scalar(Double)
+    /// For `.none`: one value per target position (the targets' shape).
+    case perToken([Float])
+}
+
+/// Gradients of the reduced loss (for `.none`, of Σ upstream·loss).
+public struct Gradients: Sendable {
+    /// E's shape.
+    public let dE: Values
+    /// (V, D).
+    public let dC: Values
+    /// (V), when a bias was given.
+    public let dBias: Values?
+    /// What gradient filtering skipped.
+    public let filter: FilterStatistics
+}
+
+/// Cut Cross-Entropy: the cross-entropy of a linear classifier and its gradients, computed
+/// tile by tile without the N x V logit matrix.
+public struct CutCrossEntropy: Sendable {
+    public var options: Options
+    /// Tile product backend: Swift SIMD (default) or OpenBLAS (Float32 modes only), for comparison.
+    public var tileBackend: TileBackend = .swiftSIMD
+
+    public init(options: Options = Options()) { self.options = options }
+
+    /// The tile plan a call with these sizes would use.
+    public func plan(tokens: Int, dim: Int, vocab: Int) -> TilePlan {
+        TilePlan(tokens: tokens, dim: dim, vocab: vocab, threads: threadCount,
+                 scalarBytes: options.mode == .exact ? 8 : 4)
+    }
+
+    var threadCount: Int { options.threads ?? Workers.availableCPUs }
+
+    /// Loss and per-token LSE. Throws `CCEError` on bad input; nothing is returned then.
+    public func forward(embeddings: Tensor, classifier: Tensor, targets: Targets,
+                        bias: Tensor? = nil) throws -> ForwardOutput {
+        let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
+                                  bias: bias, options: options)
+        switch options.mode {
+        case .default: return forward(Float.self, problem, embeddings, classifier, bias)
+        case .exact: return forward(Double.self, problem, embeddings, classifier, bias)
+        }
+    }
+
+    /// dE, dC (and dBias) for the forward `saved`, whose inputs must be passed again.
+    public func backward(_ saved: ForwardOutput, embeddings: Tensor, classifier: Tensor,
+                         bias: Tensor? = nil, upstream: Upstream = .scalar(1)) throws -> Gradients {
+        let st = saved.state
+        let p = st.problem
+        guard embeddings.shape == p.eShape, embeddings.elementType == p.eType else {
+            throw CCEError.stateMismatch("embeddings are \(embeddings.shape) \(embeddings.elementType), the forward saw \(p.eShape) \(p.eType)")
+        }
+        guard classifier.shape == [p.v, p.d], classifier.elementType == p.cType else {
+            throw CCEError.stateMismatch("classifier is \(classifier.shape) \(classifier.elementType), the forward saw \([p.v, p.d]) \(p.cType)")
+        }
+        guard bias?.shape == (p.biasType == nil ? nil : [p.v]), bias?.elementType == p.biasType else {
+            throw CCEError.stateMismatch("bias \(bias.map { "\($0.shape)" } ?? "nil") differs from the forward's")
+        }
+        let g = try upstreamPerToken(upstream, st)
+        switch st.options.mode {
+        case .default: return backward(Float.self, st, g, embeddings, classifier, bias)
+        case .exact: return backward(Double.self, st, g, embeddings, classifier, bias)
+        }
+    }
+
+    /// Forward and backward in one call.
+    public func lossAndGradients(embeddings: Tensor, classifier: Tensor, targets: Targets,
+                                 bias: Tensor? = nil, upstream: Upstream = .scalar(1)) throws
+        -> (ForwardOutput, Gradients)
+    {
+        if case .perToken(let u) = upstream, u.count != targets.count {
+            throw CCEError.invalidUpstream("\(u.count) values for \(targets.count) target positions")
+        }
+        let f = try forward(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias)
+        let g = try backward(f, embeddings: embeddings, classifier: classifier, bias: bias, upstream: upstream)
+        return (f, g)
+    }
+
+    // MARK: - Typed implementation
+
+    func upstreamPerToken(_ u: Upstream, _ st: SavedState) throws -> [Double] {
+        let p = st.problem
+        switch (st.options.reduction, u) {
+        case (.mean, .scalar(let g)):
+            return [Double](repeating: p.active > 0 ? g / Double(p.active) : 0, count: p.active)
+        case (.sum, .scalar(let g)):
+            return [Double](repeating: g, count: p.active)
+        case (.none, .perToken(let gs)):
+            guard gs.count == p.targetShape.reduce(1, *) else {
+                throw CCEError.invalidUpstream("\(gs.count) values for \(p.targetShape.reduce(1, *)) target positions")
+            }
+            return p.positions.map { Double(gs[Int($0)]) }
+        case (.none, .scalar):
+            throw CCEError.invalidUpstream("reduction .none needs one upstream value per target position")
+        case (_, .perToken):
+            throw CCEError.invalidUpstream("reduction .\(st.options.reduction) needs a scalar upstream gradient")
+        }
+    }
+
+    func inputs<S: KernelScalar>(_: S.Type, _ p: Problem, _ e: UnsafeRawPointer, _ c: UnsafeRawPointer,
+                                 _ bias: UnsafePointer<S>?) -> SweepInputs<S> {
+        SweepInputs(e: e, eType: p.eType, c: c, cType: p.cType, bias: bias, d: p.d, v: p.v,
+                    plan: plan(tokens: p.active, dim: p.d, vocab: p.v), problem: p,
+                    cap: options.softcap.map { S($0) }, backend: tileBackend)
+    }
+
+    func forward<S: KernelScalar>(_: S.Type, _ p: Problem, _ e: Tensor, _ c: Tensor, _ bias: Tensor?) -> ForwardOutput {
+        let b: [S]? = bias.map { $0.floats().map { S(storage: $0) } }
+        let sweep = e.withRawPointer { ep in
+            c.withRawPointer { cp in
+                withOptionalPointer(b) { bp in
+                    Forward.sweep(inputs(S.self, p, ep, cp, bp), options: options)
+                }
+            }
+        }
+        let positions = p.targetShape.reduce(1, *)
+        var tokenLosses = [S](repeating: 0, count: positions)
+        var lse = [S](repeating: .nan, count: positions)
+        var total = 0.0
+        for i in 0..<p.active {
+            tokenLosses[Int(p.positions[i])] = sweep.loss[i]
+            lse[Int(p.positions[i])] = sweep.lse[i]
+            total += Double(sweep.loss[i])
+        }
+        let loss: Double
+        switch options.reduction {
+        case .mean: loss = p.active > 0 ? total / Double(p.active) : .nan
+        case .sum, .none: loss = total
+        }
+        return ForwardOutput(loss: loss, tokenLosses: values(tokenLosses), lse: values(lse),
+                             activeTokens: p.active,
+                             state: SavedState(problem: p, options: options, lse: values(sweep.lse)))
+    }
+
+    func backward<S: KernelScalar>(_: S.Type, _ st: SavedState, _ g: [Double], _ e: Tensor, _ c: Tensor,
+                                   _ bias: Tensor?) -> Gradients {
+        let p = st.problem
+        let biasF = bias?.floats()
+        let b: [S]? = biasF.map { $0.map { S(storage: $0) } }
+        let lse: [S] = st.lse.doubles.map { S($0) }
+        let up: [S] = g.map { S($0) }
+        var dE = [S](repeating: 0, count: p.n * p.d)
+        var dC = [S](repeating: 0, count: p.v * p.d)
+        var dBias: [S]? = bias == nil ? nil : [S](repeating: 0, count: p.v)
+        let eps: Double? = st.options.mode == .exact ? nil
+            : st.options.filterEpsilon.resolve(p.eType, p.cType)
+        var stats = FilterStatistics()
+        e.withRawPointer { ep in
+            c.withRawPointer { cp in
+                let (order, rank) = VocabularyOrder.make(problem: p, e: ep, c: cp,
+                                                         bias: biasF.map { $0.map { Double($0) } },
+                                                         sorted: st.options.sortVocabulary)
+                withOptionalPointer(b) { bp in
+                    let inp = inputs(S.self, p, ep, cp, bp)
+                    lse.withUnsafeBufferPointer { lp in
+                    up.withUnsafeBufferPointer { upp in
+                    order.withUnsafeBufferPointer { op in
+                    rank.withUnsafeBufferPointer { rp in
+                    dE.withUnsafeMutableBufferPointer { dEp in
+                    dC.withUnsafeMutableBufferPointer { dCp in
+                        withOptionalMutablePointer(&dBias) { dbp in
+                            let bw = BackwardInputs(lse: lp.baseAddress!, upstream: upp.baseAddress!,
+                                                    order: op.baseAddress!, rank: rp.baseAddress!,
+                                                    eps: eps.map { S($0) }, dE: dEp.baseAddress!,
+                                                    dC: dCp.baseAddress!, dBias: dbp)
+                            stats = Backward.sweep(inp, bw, options: st.options)
+                        }
+                    }}}}}}
+                }
+            }
+        }
+        return Gradients(dE: values(dE), dC: values(dC), dBias: dBias.map { values($0) }, filter: stats)
+    }
+}
+
+/// Which kernel computes the logit tiles.
+public enum TileBackend: String, Sendable, CaseIterable {
+    /// The Swift SIMD tile product (CCEKernels/TileProduct3x4.swift).
+    case swiftSIMD = "swift"
+    /// OpenBLAS sgemm on each tile (Float32 modes; the exact mode always uses Swift).
+    case openBLAS = "openblas"
+}
+
+func values<S: KernelScalar>(_ x: [S]) -> Values {
+    if let f = x as? [Float] { return .float32(f) }
+    return .float64(x.map { Double($0) })
+}
+
+func withOptionalPointer<T, R>(_ a: [T]?, _ body: (UnsafePointer<T>?) -> R) -> R {
+    guard let a else { return body(nil) }
+    return a.withUnsafeBufferPointer { body($0.baseAddress) }
+}
+
+func withOptionalMutablePointer<T, R>(_ a: inout [T]?, _ body: (UnsafeMutablePointer<T>?) -> R) -> R {
+    guard a != nil else { return body(nil) }
+    return a!.withUnsafeMutableBufferPointer { body($0.baseAddress) }
+}

@@ -1,0 +1,32 @@
+// Errors: every way an input can be wrong, each with a message that names the problem.
+
+/// Thrown for bad input. Nothing is written to any output when one is thrown.
+public enum CCEError: Error, Equatable, CustomStringConvertible {
+    /// A tensor's shape is malformed, or shapes do not agree with each other.
+    case invalidShape(String)
+    /// An input has no elements (N, D or V is 0).
+    case empty(String)
+    /// A target is outside [0, V) and is not the ignore index.
+    case targetOutOfRange(position: Int, value: Int, vocabulary: Int)
+    /// A non-finite value (NaN or ±∞) where the caller asked for checking.
+    case nonFinite(tensor: String, index: Int)
+    /// An option has a value outside its domain.
+    case invalidOption(String)
+    /// The upstream gradient does not match the reduction.
+    case invalidUpstream(String)
+    /// Saved forward state does not belong to these inputs.
+    case stateMismatch(String)
+
+    public var description: String {
+        switch self {
+        case .invalidShape(let s): return "invalid shape: \(s)"
+        case .empty(let s): return "empty input: \(s)"
+        case .targetOutOfRange(let p, let v, let vocab):
+            return "target out of range: targets[\(p)] = \(v) is outside [0, \(vocab)) and is not the ignore index"
+        case .nonFinite(let t, let i): return "non-finite value: \(t)[\(i)] is NaN or infinite"
+        case .invalidOption(let s): return "invalid option: \(s)"
+        case .invalidUpstream(let s): return "invalid upstream gradient: \(s)"
+        case .stateMismatch(let s): return "saved state does not match the inputs: \(s)"
+        }
+    }
+}

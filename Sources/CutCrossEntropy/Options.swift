@@ -1,0 +1,92 @@
+// Options: the loss variants, with the meaning they have in apple/ml-cross-entropy's
+// `linear_cross_entropy` and PyTorch's `F.cross_entropy`.
+
+import CCEKernels
+
+/// How per-token losses are reduced.
+public enum Reduction: String, Sendable, CaseIterable {
+    /// Mean over tokens whose target is not ignored (NaN when every target is ignored, as in PyTorch).
+    case mean
+    /// Sum over tokens whose target is not ignored.
+    case sum
+    /// One loss per target position, 0 at ignored positions and at the first `shift`
+    /// positions of each sequence.
+    case none
+}
+
+/// Accumulation and filtering variants of the engine.
+public enum Mode: String, Sendable, CaseIterable {
+    /// Float32 tiles and accumulation, Kahan-compensated LSE, gradient filtering with ε.
+    case `default`
+    /// Float64 tiles and accumulation and no filtering: the tiled engine's most accurate
+    /// form (slow; a reference, not a training mode).
+    case exact
+}
+
+/// When to skip backward tiles.
+public enum FilterEpsilon: Sendable, Equatable {
+    /// ε by element type, as in apple/ml-cross-entropy: Float32 2^-28, Float16 2^-15,
+    /// BFloat16 2^-12 (of the lower-precision of E and C).
+    case auto
+    /// No filtering: every tile enters the gradient products.
+    case none
+    /// A fixed ε ≥ 0.
+    case value(Double)
+
+    func resolve(_ e: ElementType, _ c: ElementType) -> Double? {
+        switch self {
+        case .none: return nil
+        case .value(let x): return x
+        case .auto:
+            func eps(_ t: ElementType) -> Double {
+                switch t { case .float32: 0x1p-28; case .float16: 0x1p-15; case .bfloat16: 0x1p-12 }
+            }
+            return max(eps(e), eps(c))
+        }
+    }
+}
+
+/// Options of the loss. Defaults match `F.cross_entropy` and `linear_cross_entropy`.
+public struct Options: Sendable {
+    /// Targets equal to this are skipped (no loss, no gradient).
+    public var ignoreIndex: Int = -100
+    public var reduction: Reduction = .mean
+    /// Soft capping s > 0: logits become s·tanh(logits / s). nil: off.
+    public var softcap: Double? = nil
+    /// Row j of each sequence is paired with target j + shift (0: no shift).
+    public var shift: Int = 0
+    /// Label smoothing α ∈ [0, 1], as PyTorch defines it:
+    /// loss = (1 − α)·nll + α·(lse − mean_v z_v).
+    public var labelSmoothing: Double = 0
+    /// z-loss coefficient z ≥ 0: adds z·lse² to each non-ignored token's loss.
+    public var zLoss: Double = 0
+    /// Gradient filtering threshold.
+    public var filterEpsilon: FilterEpsilon = .auto
+    /// Sort the vocabulary by average logit before the backward, so that the significant
+    /// entries share tiles.
+    public var sortVocabulary: Bool = true
+    public var mode: Mode = .default
+    /// Check inputs for NaN and infinities (costs one pass over E, C and the bias).
+    public var checkFinite: Bool = false
+    /// Worker threads; nil: every CPU this process may use.
+    public var threads: Int? = nil
+
+    public init() {}
+
+    func validate() throws {
+        if let s = softcap, !(s > 0 && s.isFinite) {
+            throw CCEError.invalidOption("softcap must be finite and > 0 (got \(s))")
+        }
+        guard shift >= 0 else { throw CCEError.invalidOption("shift must be >= 0 (got \(shift))") }
+        guard labelSmoothing >= 0 && labelSmoothing <= 1 else {
+            throw CCEError.invalidOption("labelSmoothing must be in [0, 1] (got \(labelSmoothing))")
+        }
+        guard zLoss >= 0 && zLoss.isFinite else {
+            throw CCEError.invalidOption("zLoss must be finite and >= 0 (got \(zLoss))")
+        }
+        if case .value(let e) = filterEpsilon, !(e >= 0 && e.isFinite) {
+            throw CCEError.invalidOption("filter epsilon must be finite and >= 0 (got \(e))")
+        }
+        if let t = threads, t < 1 { throw CCEError.invalidOption("threads must be >= 1 (got \(t))") }
+    }
+}

@@ -1,0 +1,86 @@
+// The oracle: the algorithmic reference, in Float64, with the logits materialized.
+//
+// This is the definition the tiled engine is tested against. It builds the full N x V
+// logit matrix in Double, one row at a time for the forward and again for the backward,
+// and applies the formulas of Forward.swift and Backward.swift literally. It is slow
+// (O(N·V·D) scalar Double operations) and meant for small problems: tests, and the error
+// reports of `cce demo`. Inputs are read exactly (every storage type converts exactly).
+
+import CCEKernels
+
+/// Results of the Float64 oracle.
+public struct OracleResult: Sendable {
+    /// Reduced loss (mean or sum; for .none the sum).
+    public let loss: Double
+    /// Per target position (targets' shape).
+    public let tokenLosses: [Double]
+    /// Per target position, NaN where there is no loss.
+    public let lse: [Double]
+    /// Gradients for the given upstream gradient.
+    public let dE: [Double]
+    public let dC: [Double]
+    public let dBias: [Double]?
+}
+
+public enum Oracle {
+    /// Loss and gradients in Float64 with materialized logits. Same validation and errors
+    /// as the engine.
+    public static func compute(embeddings: Tensor, classifier: Tensor, targets: Targets,
+                               bias: Tensor? = nil, options: Options = Options(),
+                               upstream: Upstream = .scalar(1)) throws -> OracleResult {
+        let p = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
+                            bias: bias, options: options)
+        let cce = CutCrossEntropy(options: options)
+        let st = SavedState(problem: p, options: options, lse: .float64([]))
+        let g = try cce.upstreamPerToken(upstream, st)
+        let e = embeddings.floats().map { Double($0) }
+        let c = classifier.floats().map { Double($0) }
+        let b = bias?.floats().map { Double($0) }
+        let d = p.d, v = p.v
+        let alpha = options.labelSmoothing, zl = options.zLoss
+        let positions = p.targetShape.reduce(1, *)
+        var tokenLosses = [Double](repeating: 0, count: positions)
+        var lseOut = [Double](repeating: .nan, count: positions)
+        var dE = [Double](repeating: 0, count: p.n * d)
+        var dC = [Double](repeating: 0, count: v * d)
+        var dBias: [Double]? = b == nil ? nil : [Double](repeating: 0, count: v)
+        var z = [Double](repeating: 0, count: v)
+        var total = 0.0
+        for i in 0..<p.active {
+            let r = Int(p.rows[i]), t = Int(p.targets[i])
+            for cv in 0..<v {
+                var y = 0.0
+                for k in 0..<d { y += e[r * d + k] * c[cv * d + k] }
+                if let b { y += b[cv] }
+                if let s = options.softcap { y = s * Double.tanh(y / s) }
+                z[cv] = y
+            }
+            let m = z.max()!
+            var s = 0.0
+            for x in z { s += Double.exp(x - m) }
+            let lse = m + Double.log(s)
+            let mean = z.reduce(0, +) / Double(v)
+            let loss = lse - (1 - alpha) * z[t] - alpha * mean + zl * lse * lse
+            tokenLosses[Int(p.positions[i])] = loss
+            lseOut[Int(p.positions[i])] = lse
+            total += loss
+            for cv in 0..<v {
+                var dz = (1 + 2 * zl * lse) * Double.exp(z[cv] - lse) - alpha / Double(v)
+                if cv == t { dz -= 1 - alpha }
+                if let cap = options.softcap { dz *= 1 - (z[cv] / cap) * (z[cv] / cap) }
+                let dy = g[i] * dz
+                for k in 0..<d {
+                    dE[r * d + k] += dy * c[cv * d + k]
+                    dC[cv * d + k] += dy * e[r * d + k]
+                }
+                dBias?[cv] += dy
+            }
+        }
+        let loss: Double
+        switch options.reduction {
+        case .mean: loss = p.active > 0 ? total / Double(p.active) : .nan
+        case .sum, .none: loss = total
+        }
+        return OracleResult(loss: loss, tokenLosses: tokenLosses, lse: lseOut, dE: dE, dC: dC, dBias: dBias)
+    }
+}

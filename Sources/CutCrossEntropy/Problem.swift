@@ -1,0 +1,91 @@
+// Validation and token pairing: from the caller's tensors to the list of tokens that have
+// a loss. Everything here is O(N); nothing is written until every check has passed.
+
+import CCEKernels
+
+/// A validated problem: shapes, element types, and the active tokens.
+///
+/// A token is active when its E row is paired with a target (row j of a sequence with
+/// target j + shift, j < T − shift) and that target is not the ignore index. The engine
+/// works on active tokens only; `rows[i]` is the E row of active token i, `targets[i]` its
+/// class, `positions[i]` the flat index of its target in the targets tensor.
+struct Problem: Sendable {
+    let eShape: [Int]
+    let targetShape: [Int]
+    let n: Int          // rows of E (B·T)
+    let d: Int
+    let v: Int
+    let eType: ElementType
+    let cType: ElementType
+    let biasType: ElementType?
+    let rows: [Int32]
+    let targets: [Int32]
+    let positions: [Int32]
+
+    var active: Int { rows.count }
+
+    init(embeddings e: Tensor, classifier c: Tensor, targets t: Targets, bias: Tensor?,
+         options: Options) throws {
+        try options.validate()
+        guard e.shape.count == 2 || e.shape.count == 3 else {
+            throw CCEError.invalidShape("embeddings must be (N, D) or (B, T, D), got \(e.shape)")
+        }
+        guard c.shape.count == 2 else {
+            throw CCEError.invalidShape("classifier must be (V, D), got \(c.shape)")
+        }
+        let d = e.shape.last!
+        let v = c.shape[0]
+        guard c.shape[1] == d else {
+            throw CCEError.invalidShape("embeddings have D = \(d) but the classifier \(c.shape) has D = \(c.shape[1])")
+        }
+        let lead = Array(e.shape.dropLast())
+        guard t.shape == lead else {
+            throw CCEError.invalidShape("targets have shape \(t.shape) but embeddings \(e.shape) need \(lead)")
+        }
+        let n = lead.reduce(1, *)
+        guard n > 0 else { throw CCEError.empty("embeddings \(e.shape) have no tokens") }
+        guard d > 0 else { throw CCEError.empty("embedding dimension D is 0") }
+        guard v > 0 else { throw CCEError.empty("classifier \(c.shape) has no classes (V = 0)") }
+        if let b = bias {
+            guard b.shape == [v] else {
+                throw CCEError.invalidShape("bias must be (V) = [\(v)], got \(b.shape)")
+            }
+        }
+        let seqLen = e.shape.count == 3 ? e.shape[1] : n
+        let batch = n / seqLen
+        var rows: [Int32] = [], targets: [Int32] = [], positions: [Int32] = []
+        rows.reserveCapacity(n); targets.reserveCapacity(n); positions.reserveCapacity(n)
+        let ignore = options.ignoreIndex
+        for b in 0..<batch {
+            var j = 0
+            while j + options.shift < seqLen {
+                let pos = b * seqLen + j + options.shift
+                let tv = Int(t.values[pos])
+                if tv != ignore {
+                    guard tv >= 0 && tv < v else {
+                        throw CCEError.targetOutOfRange(position: pos, value: tv, vocabulary: v)
+                    }
+                    rows.append(Int32(b * seqLen + j)); targets.append(Int32(tv)); positions.append(Int32(pos))
+                }
+                j += 1
+            }
+        }
+        if options.checkFinite {
+            try Problem.checkFinite(e, "embeddings")
+            try Problem.checkFinite(c, "classifier")
+            if let b = bias { try Problem.checkFinite(b, "bias") }
+        }
+        self.eShape = e.shape; self.targetShape = t.shape
+        self.n = n; self.d = d; self.v = v
+        self.eType = e.elementType; self.cType = c.elementType; self.biasType = bias?.elementType
+        self.rows = rows; self.targets = targets; self.positions = positions
+    }
+
+    static func checkFinite(_ x: Tensor, _ name: String) throws {
+        let bad: Int? = x.withRawPointer { p in
+            for i in 0..<x.count where !storedElement(p, type: x.elementType, i).isFinite { return i }
+            return nil
+        }
+        if let i = bad { throw CCEError.nonFinite(tensor: name, index: i) }
+    }
+}

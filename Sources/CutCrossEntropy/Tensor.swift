@@ -1,0 +1,137 @@
+// Inputs: tensors in the caller's layout (row-major), stored as Float32, Float16 or BFloat16.
+
+@_exported import enum CCEKernels.StorageType
+import CCEKernels
+
+/// A BFloat16 value: the top 16 bits of a Float32 (8 exponent bits, 7 fraction bits).
+public struct BFloat16: Sendable, Hashable, CustomStringConvertible {
+    public var bitPattern: UInt16
+    public init(bitPattern: UInt16) { self.bitPattern = bitPattern }
+    /// Rounds `value` to the nearest BFloat16 (ties to even).
+    public init(_ value: Float) { bitPattern = bfloat16Bits(value) }
+    public var floatValue: Float { floatFromBFloat16Bits(bitPattern) }
+    public var description: String { floatValue.description }
+}
+
+/// Element types the engine accepts for E, C and the bias.
+public typealias ElementType = StorageType
+
+/// A dense, row-major tensor of Float32, Float16 or BFloat16 values.
+///
+/// Shapes: embeddings E are (N, D) or (B, T, D); the classifier C is (V, D); the bias is (V).
+/// The tensor owns its storage (a Swift array), so it can be kept across a forward and a
+/// backward call.
+public struct Tensor: Sendable {
+    public let shape: [Int]
+    public let elementType: ElementType
+    @usableFromInline let storage: Storage
+
+    @usableFromInline enum Storage: Sendable {
+        case float32([Float])
+        case float16([Float16])
+        case bfloat16([UInt16])
+    }
+
+    /// A Float32 tensor. Throws if the shape does not match the number of values.
+    public init(_ values: [Float], shape: [Int]) throws {
+        try Tensor.check(count: values.count, shape: shape)
+        self.shape = shape; elementType = .float32; storage = .float32(values)
+    }
+
+    /// A Float16 tensor.
+    public init(_ values: [Float16], shape: [Int]) throws {
+        try Tensor.check(count: values.count, shape: shape)
+        self.shape = shape; elementType = .float16; storage = .float16(values)
+    }
+
+    /// A BFloat16 tensor.
+    public init(_ values: [BFloat16], shape: [Int]) throws {
+        try Tensor.check(count: values.count, shape: shape)
+        self.shape = shape; elementType = .bfloat16; storage = .bfloat16(values.map(\.bitPattern))
+    }
+
+    /// A tensor of `type` made by rounding Float32 values (nearest, ties to even).
+    public init(converting values: [Float], to type: ElementType, shape: [Int]) throws {
+        switch type {
+        case .float32: try self.init(values, shape: shape)
+        case .float16: try self.init(values.map { Float16($0) }, shape: shape)
+        case .bfloat16: try self.init(values.map { BFloat16($0) }, shape: shape)
+        }
+    }
+
+    static func check(count: Int, shape: [Int]) throws {
+        guard shape.allSatisfy({ $0 >= 0 }) else {
+            throw CCEError.invalidShape("shape \(shape) has a negative dimension")
+        }
+        let n = shape.reduce(1, *)
+        guard n == count else {
+            throw CCEError.invalidShape("shape \(shape) holds \(n) elements but \(count) values were given")
+        }
+    }
+
+    /// Number of elements.
+    public var count: Int { shape.reduce(1, *) }
+
+    /// The values as Float32 (exact for every element type).
+    public func floats() -> [Float] {
+        switch storage {
+        case .float32(let v): return v
+        case .float16(let v): return v.map { Float($0) }
+        case .bfloat16(let v): return v.map { floatFromBFloat16Bits($0) }
+        }
+    }
+
+    /// Calls `body` with the raw bytes of the storage.
+    @inlinable
+    public func withRawPointer<R>(_ body: (UnsafeRawPointer) throws -> R) rethrows -> R {
+        switch storage {
+        case .float32(let v): return try v.withUnsafeBytes { try body($0.baseAddress!) }
+        case .float16(let v): return try v.withUnsafeBytes { try body($0.baseAddress!) }
+        case .bfloat16(let v): return try v.withUnsafeBytes { try body($0.baseAddress!) }
+        }
+    }
+}
+
+/// Class indices, shape (N) or (B, T). Entries equal to the ignore index are skipped.
+public struct Targets: Sendable {
+    public let shape: [Int]
+    public let values: [Int32]
+
+    public init(_ values: [Int], shape: [Int]? = nil) throws {
+        let shape = shape ?? [values.count]
+        try Tensor.check(count: values.count, shape: shape)
+        if let p = values.firstIndex(where: { $0 < Int(Int32.min) || $0 > Int(Int32.max) }) {
+            throw CCEError.targetOutOfRange(position: p, value: values[p], vocabulary: Int(Int32.max))
+        }
+        self.shape = shape
+        self.values = values.map { Int32($0) }
+    }
+
+    public init(_ values: [Int32], shape: [Int]? = nil) throws {
+        let shape = shape ?? [values.count]
+        try Tensor.check(count: values.count, shape: shape)
+        self.shape = shape
+        self.values = values
+    }
+
+    public var count: Int { values.count }
+}
+
+/// Values returned by the engine: Float32, or Float64 in the exact mode.
+public enum Values: Sendable {
+    case float32([Float])
+    case float64([Double])
+
+    public var count: Int {
+        switch self { case .float32(let v): v.count; case .float64(let v): v.count }
+    }
+    public subscript(i: Int) -> Double {
+        switch self { case .float32(let v): Double(v[i]); case .float64(let v): v[i] }
+    }
+    public var doubles: [Double] {
+        switch self { case .float32(let v): v.map { Double($0) }; case .float64(let v): v }
+    }
+    public var floats: [Float] {
+        switch self { case .float32(let v): v; case .float64(let v): v.map(Float.init) }
+    }
+}

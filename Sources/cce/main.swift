@@ -1,0 +1,2 @@
+import CutCrossEntropy
+print("cce")

@@ -1,0 +1,118 @@
+// The tiled engine against the Float64 oracle, over a grid of shapes and options.
+//
+// Error budget (default mode, Float32 storage): Float32 tiles over D terms and Float32
+// gradient chains over up to V (dE) or N (dC) terms, with filtering at ε = 2^-28:
+//   loss, LSE:   |engine − oracle| ≤ 1e-5 + 1e-5·max|oracle|
+//   dE, dC, dB:  |engine − oracle| ≤ 1e-6 + 1e-4·max|oracle|
+// Exact mode (Float64 accumulation, no filtering): 1e-12 relative.
+
+import CCEBenchmarks
+import CutCrossEntropy
+import XCTest
+
+final class OracleAgreementTests: XCTestCase {
+    struct Case: CustomStringConvertible {
+        var n: Int, d: Int, v: Int
+        var batch: Int? = nil
+        var options = Options()
+        var bias = false
+        var description: String {
+            "N=\(n) D=\(d) V=\(v) B=\(batch.map(String.init) ?? "-") bias=\(bias) reduction=\(options.reduction) "
+                + "softcap=\(options.softcap.map { "\($0)" } ?? "-") shift=\(options.shift) "
+                + "smoothing=\(options.labelSmoothing) zloss=\(options.zLoss) mode=\(options.mode) "
+                + "sort=\(options.sortVocabulary) threads=\(options.threads ?? 0)"
+        }
+    }
+
+    func check(_ c: Case, file: StaticString = #filePath, line: UInt = #line) throws {
+        let (e, cl, t, b) = randomProblem(n: c.n, d: c.d, v: c.v, seed: UInt64(c.n * 31 + c.v),
+                                          batch: c.batch, withBias: c.bias)
+        let upstream: Upstream = c.options.reduction == .none
+            ? .perToken((0..<t.count).map { Float(0.5 + Double($0 % 3) * 0.25) }) : .scalar(0.7)
+        let cce = CutCrossEntropy(options: c.options)
+        let (f, g) = try cce.lossAndGradients(embeddings: e, classifier: cl, targets: t, bias: b, upstream: upstream)
+        let o = try Oracle.compute(embeddings: e, classifier: cl, targets: t, bias: b, options: c.options,
+                                   upstream: upstream)
+        let exact = c.options.mode == .exact
+        let (la, lr, ga, gr) = exact ? (1e-12, 1e-12, 1e-12, 1e-11) : (1e-5, 1e-5, 1e-6, 1e-4)
+        let name = c.description
+        assertClose([f.loss], [o.loss], atol: la, rtol: lr, "\(name) loss", file: file, line: line)
+        assertClose(f.tokenLosses.doubles, o.tokenLosses, atol: la, rtol: lr, "\(name) token losses", file: file, line: line)
+        assertClose(f.lse.doubles, o.lse, atol: la, rtol: lr, "\(name) lse", file: file, line: line)
+        assertClose(g.dE.doubles, o.dE, atol: ga, rtol: gr, "\(name) dE", file: file, line: line)
+        assertClose(g.dC.doubles, o.dC, atol: ga, rtol: gr, "\(name) dC", file: file, line: line)
+        if let db = g.dBias, let odb = o.dBias {
+            assertClose(db.doubles, odb, atol: ga, rtol: gr, "\(name) dBias", file: file, line: line)
+        } else {
+            XCTAssertEqual(g.dBias == nil, o.dBias == nil, "\(name): dBias presence", file: file, line: line)
+        }
+    }
+
+    func testOddShapesEveryReduction() throws {
+        for r in Reduction.allCases {
+            var o = Options(); o.reduction = r
+            try check(Case(n: 37, d: 19, v: 301, options: o))
+            try check(Case(n: 37, d: 19, v: 301, options: o, bias: true))
+        }
+    }
+
+    func testEveryOptionAndCombinations() throws {
+        for softcap in [nil, 3.0] {
+            for smoothing in [0.0, 0.1] {
+                for zloss in [0.0, 1e-3] {
+                    for r in [Reduction.mean, .none] {
+                        var o = Options()
+                        o.softcap = softcap; o.labelSmoothing = smoothing; o.zLoss = zloss; o.reduction = r
+                        try check(Case(n: 37, d: 19, v: 301, options: o, bias: true))
+                    }
+                }
+            }
+        }
+    }
+
+    func testShiftOverSequences() throws {
+        for shift in [0, 1, 3] {
+            var o = Options(); o.shift = shift
+            try check(Case(n: 36, d: 19, v: 301, batch: 4, options: o))
+            o.reduction = .none
+            try check(Case(n: 36, d: 19, v: 301, batch: 4, options: o, bias: true))
+        }
+    }
+
+    func testDegenerateShapes() throws {
+        try check(Case(n: 37, d: 19, v: 1))
+        try check(Case(n: 1, d: 1, v: 301))
+        try check(Case(n: 1, d: 1, v: 1))
+        try check(Case(n: 5, d: 33, v: 17, bias: true))
+    }
+
+    func testExactMode() throws {
+        var o = Options(); o.mode = .exact
+        try check(Case(n: 37, d: 19, v: 301, options: o, bias: true))
+        o.softcap = 2; o.labelSmoothing = 0.2; o.zLoss = 1e-2; o.reduction = .none
+        try check(Case(n: 36, d: 19, v: 301, batch: 3, options: o, bias: true))
+    }
+
+    func testUnsortedAndUnfiltered() throws {
+        var o = Options(); o.sortVocabulary = false
+        try check(Case(n: 37, d: 19, v: 301, options: o))
+        o.filterEpsilon = .none
+        try check(Case(n: 37, d: 19, v: 301, options: o, bias: true))
+    }
+
+    func testAllTargetsIgnored() throws {
+        let (e, c, _, _) = randomProblem(n: 8, d: 5, v: 11)
+        let t = try Targets([Int](repeating: -100, count: 8))
+        for r in Reduction.allCases {
+            var o = Options(); o.reduction = r
+            let up: Upstream = r == .none ? .perToken([Float](repeating: 1, count: 8)) : .scalar(1)
+            let (f, g) = try CutCrossEntropy(options: o).lossAndGradients(embeddings: e, classifier: c, targets: t, upstream: up)
+            if r == .mean { XCTAssertTrue(f.loss.isNaN, "mean over no tokens is NaN, as in PyTorch") }
+            else { XCTAssertEqual(f.loss, 0) }
+            XCTAssertTrue(g.dE.doubles.allSatisfy { $0 == 0 })
+            XCTAssertTrue(g.dC.doubles.allSatisfy { $0 == 0 })
+            XCTAssertTrue(f.lse.doubles.allSatisfy { $0.isNaN })
+            XCTAssertEqual(f.activeTokens, 0)
+        }
+    }
+}
