@@ -63,11 +63,6 @@ func update1x16<S: KernelScalar>(
 }
 
 @inlinable @inline(__always)
-func store8<S: KernelScalar>(_ v: SIMD8<S>, _ p: UnsafeMutablePointer<S>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<S>.self)
-}
-
-@inlinable @inline(__always)
 func update6x16<S: KernelScalar>(
     _ out: UnsafePointer<UnsafeMutablePointer<S>>, _ a: UnsafePointer<S>, _ ars: Int, _ aks: Int,
     _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int

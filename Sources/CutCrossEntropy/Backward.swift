@@ -63,18 +63,17 @@ enum Backward {
         inp.problem.targets.withUnsafeBufferPointer { targets in
             let rowsB = SendableBuffer(rows), targetsB = SendableBuffer(targets)
             Workers.run(workers) { w in
-                let ws = Workspace<S>(plan: plan, d: d)
+                let ws = Workspace<S>(plan: plan, d: d, backend: inp.backend)
                 let keep = UnsafeMutablePointer<Int>.allocate(capacity: nb)
                 defer { keep.deallocate() }
                 var st = FilterStatistics()
                 var b = w
                 while b < blocks {
                     let first = b * nb, count = min(nb, m - first)
-                    ws.loadTokens(inp, first: first, count: count, rows: rowsB.buffer, S.self)
+                    ws.loadTokens(inp, first: first, count: count, rows: rowsB.buffer)
                     for j in 0..<vBlocks {
                         let v0 = j * vb, vc = min(vb, inp.v - v0)
-                        ws.loadVocabulary(inp, ids: { Int(bw.order[v0 + $0]) }, count: vc)
-                        ws.product(inp, count: count, vc: vc)
+                        ws.product(inp, count: count, ids: { Int(bw.order[v0 + $0]) }, vc: vc, ldo: vb)
                         // Epilogue: logits -> dy, row by row; kept rows move to the front.
                         var kept = 0
                         for i in 0..<count {
@@ -103,6 +102,7 @@ enum Backward {
                         st.tiles += 1; st.rowSegments += count; st.keptRowSegments += kept
                         if kept == 0 { st.skippedTiles += 1 }
                         if kept > 0 {
+                            ws.loadVocabulary(inp, ids: { Int(bw.order[v0 + $0]) }, count: vc)
                             rankUpdate(out: ws.outRows.base, m: kept, a: ws.tile.base, ars: vb, aks: 1,
                                        b: ws.cRows.base, k: vc, width: d)
                         }

@@ -10,8 +10,8 @@
 // rows once, then sweeps the vocabulary in blocks of VB: tile product (NB x VB logits),
 // epilogue (bias, soft cap), and the LSE merge into each row's running (max, sum) with a
 // Kahan-compensated sum; Σ_v z_iv is kept too when label smoothing needs it. The target
-// logit is an indexed dot product, computed in the tile kernel's summation order so that
-// it has the bits the tile would give it. Rows never cross workers, so the forward needs
+// logit is an indexed dot product, computed in the tile kernel's summation order (one
+// sequential FMA chain over k) so that it has the bits the tile would give it. Rows never cross workers, so the forward needs
 // no synchronization, and a row's result does not depend on the block it falls in.
 
 import CCEKernels
@@ -30,7 +30,7 @@ enum Forward {
         var loss = [S](repeating: 0, count: m)
         if m == 0 { return ForwardSweep(lse: lse, loss: loss) }
         let plan = inp.plan
-        let nb = plan.tokenBlock, vb = plan.vocabBlock
+        let nb = plan.tokenBlock, vb = plan.forwardVocabBlock
         let blocks = (m + nb - 1) / nb
         let vBlocks = (inp.v + vb - 1) / vb
         let alpha = S(options.labelSmoothing)
@@ -44,18 +44,17 @@ enum Forward {
             let out = (lse: SendablePointer(lseOut.baseAddress!), loss: SendablePointer(lossOut.baseAddress!),
                        rows: SendableBuffer(rows), targets: SendableBuffer(targets))
             Workers.run(workers) { w in
-                let ws = Workspace<S>(plan: plan, d: inp.d)
+                let ws = Workspace<S>(plan: plan, d: inp.d, backend: inp.backend)
                 var states = [RunningLSE<S>](repeating: RunningLSE(), count: nb)
                 var sums = [S](repeating: 0, count: nb), comps = [S](repeating: 0, count: nb)
                 var b = w
                 while b < blocks {
                     let first = b * nb, count = min(nb, m - first)
-                    ws.loadTokens(inp, first: first, count: count, rows: out.rows.buffer, S.self)
+                    ws.loadTokens(inp, first: first, count: count, rows: out.rows.buffer)
                     for i in 0..<count { states[i] = RunningLSE(); sums[i] = 0; comps[i] = 0 }
                     for j in 0..<vBlocks {
                         let v0 = j * vb, vc = min(vb, inp.v - v0)
-                        ws.loadVocabulary(inp, ids: { v0 + $0 }, count: vc)
-                        ws.product(inp, count: count, vc: vc)
+                        ws.product(inp, count: count, ids: { v0 + $0 }, vc: vc, ldo: vb)
                         for i in 0..<count {
                             let row = ws.tile.base + i * vb
                             logitEpilogue(row, count: vc, bias: inp.bias.map { $0 + v0 }, cap: inp.cap)
@@ -81,14 +80,9 @@ enum Forward {
 
     /// z_{i,t}: the indexed dot product, in the tile kernel's order, then bias and soft cap.
     static func targetLogit<S: KernelScalar>(_ inp: SweepInputs<S>, _ e: UnsafePointer<S>, _ t: Int) -> S {
-        var y: S
-        if inp.cInPlace {
-            y = dot1x1(e, inp.cRow(t).assumingMemoryBound(to: S.self), inp.d)
-        } else {
-            y = withUnsafeTemporaryAllocation(of: S.self, capacity: inp.d) { buf in
-                convertRow(inp.cRow(t), type: inp.cType, count: inp.d, into: buf.baseAddress!)
-                return dot1x1(e, UnsafePointer(buf.baseAddress!), inp.d)
-            }
+        var y: S = withUnsafeTemporaryAllocation(of: S.self, capacity: inp.d) { buf in
+            convertRow(inp.cRow(t), type: inp.cType, count: inp.d, into: buf.baseAddress!)
+            return sequentialDot(e, UnsafePointer(buf.baseAddress!), inp.d)
         }
         var z = [y]
         z.withUnsafeMutableBufferPointer { p in

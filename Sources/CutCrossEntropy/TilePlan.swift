@@ -2,27 +2,33 @@
 //
 // The CPU plays the GPU's role: a GPU thread block keeps a (BLOCK_B x BLOCK_D) slice of E
 // and a (BLOCK_V x BLOCK_D) slice of C in shared memory; here a worker keeps a token block
-// of E (NB rows x D) and a vocabulary block of C (VB rows x D) in its L2 cache, and the
-// (NB x VB) logit tile in L1/L2. The kernels read whole rows of length D, so there is no D
-// chunk: D only sets how many rows fit.
+// of E (NB rows, packed into 6-row panels) in its L2 cache, and packs 16 C rows x KC = 256
+// columns at a time into an L1-resident panel (TileProduct6x16.swift). The logit tile is
+// NB x VB.
 //
-//   NB: the E block takes about half of L2:      NB ≈ L2 / 2 / (D · size), 6 ≤ NB ≤ 252,
-//       a multiple of 6 (the rank-update's register block);
-//   VB: the C block takes about a quarter of L2: VB ≈ L2 / 4 / (D · size), 16 ≤ VB ≤ 256,
-//       a multiple of 4 (the tile product's register block).
+//   NB: the E block takes about one L2:   NB ≈ L2 / (D · size), 6 ≤ NB ≤ 252, a multiple
+//       of 6; then the number of token blocks is rounded up to a multiple of the thread
+//       count and NB shrunk to match, so that every worker gets the same number of blocks;
+//   VB (backward): the C rows of the gradient updates take a quarter of L2,
+//       VB ≈ L2 / 4 / (D · size), 16 ≤ VB ≤ 256, a multiple of 16;
+//   VBf (forward): 256 (one LSE merge per row per 256 logits).
 //
-// Results depend on VB (it fixes where tiles start on each row) but not on NB or on the
-// thread count: see Backward.swift. When there are fewer token blocks than threads, NB
-// shrinks so that every thread has a block.
+// Results depend on VB and VBf (they fix where tiles start on each row) but not on NB or
+// on the thread count: see Backward.swift.
 
 import CCERuntime
+import Foundation
 
 /// Tile sizes for one call.
 public struct TilePlan: Sendable, CustomStringConvertible {
     /// Tokens per block (rows of E a worker holds).
     public var tokenBlock: Int
-    /// Vocabulary entries per block (rows of C per tile).
+    /// Vocabulary entries per backward tile (rows of C per tile; the filter's granularity).
     public var vocabBlock: Int
+    /// Vocabulary entries per forward tile (one LSE merge per row per tile). The forward
+    /// converts C rows four at a time right before the tile product reads them, so its
+    /// tile can be wider than the L2 budget: only the NB x VBf logits are held.
+    public var forwardVocabBlock: Int
     /// Worker threads.
     public var threads: Int
     /// Where the cache sizes came from.
@@ -31,20 +37,24 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     public init(tokens: Int, dim: Int, vocab: Int, threads: Int, scalarBytes: Int = 4,
                 topology: Topology = .current) {
         let row = max(1, dim * scalarBytes)
-        var nb = topology.l2Bytes / 2 / row
+        var nb = Int(ProcessInfo.processInfo.environment["CCE_NB"] ?? "") ?? (topology.l2Bytes / row)
         nb = min(252, max(6, nb / 6 * 6))
+        let t = max(1, threads), m = max(1, tokens)
+        var blocks = (m + nb - 1) / nb
+        blocks = (blocks + t - 1) / t * t
+        nb = max(6, ((m + blocks - 1) / blocks + 5) / 6 * 6)
         var vb = topology.l2Bytes / 4 / row
-        vb = min(256, max(16, vb / 4 * 4))
-        let perThread = (tokens + threads - 1) / threads
-        if perThread < nb { nb = max(6, (perThread + 5) / 6 * 6) }
+        vb = min(256, max(16, vb / 16 * 16))
         tokenBlock = nb
-        vocabBlock = min(vb, max(4, (vocab + 3) / 4 * 4))
+        vocabBlock = min(vb, max(16, (vocab + 15) / 16 * 16))
+        forwardVocabBlock = min(256, max(16, (vocab + 15) / 16 * 16))
         self.threads = threads
         self.topology = topology
     }
 
     public var description: String {
-        "token block NB = \(tokenBlock), vocabulary block VB = \(vocabBlock), threads = \(threads); "
+        "token block NB = \(tokenBlock), vocabulary block VB = \(vocabBlock) (forward \(forwardVocabBlock)), "
+            + "threads = \(threads); "
             + "machine: \(topology)"
     }
 }

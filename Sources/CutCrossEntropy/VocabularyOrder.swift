@@ -33,7 +33,7 @@ enum VocabularyOrder {
             cRow.withUnsafeMutableBufferPointer { cp in
                 for id in 0..<v {
                     convertRow(c + id * d * problem.cType.size, type: problem.cType, count: d, into: cp.baseAddress!)
-                    avg[id] = Double(dot1x1(UnsafePointer(cp.baseAddress!), mp.baseAddress!, d)) + (bias?[id] ?? 0)
+                    avg[id] = Double(sequentialDot(UnsafePointer(cp.baseAddress!), mp.baseAddress!, d)) + (bias?[id] ?? 0)
                 }
             }
         }

@@ -30,57 +30,69 @@ struct SweepInputs<S: KernelScalar>: @unchecked Sendable {
 }
 
 final class Workspace<S: KernelScalar> {
-    let eBlock: Scratch<S>         // NB x D: the token block, converted
-    let cBlock: Scratch<S>         // VB x D: the vocabulary block, converted when needed
+    let eBlock: Scratch<S>         // NB x D: the token block, converted (row-major)
+    let ePanels: Scratch<S>        // the token block packed into 6-row panels
+    let cPanel: Scratch<S>         // 16 x KC: one packed C panel (L1)
+    let cBlock: Scratch<S>         // VB x D: C rows for the gradient updates, converted when needed
     let tile: Scratch<S>           // NB x VB logits, then gradients
     let eRows: Scratch<UnsafePointer<S>>
+    let cRaw: Scratch<UnsafeRawPointer>
     let cRows: Scratch<UnsafePointer<S>>
     let outRows: Scratch<UnsafeMutablePointer<S>>
     let activeRows: Scratch<UnsafePointer<S>>
     let d: Int
     let vb: Int
 
-    init(plan: TilePlan, d: Int) {
-        let nb = plan.tokenBlock, vb = plan.vocabBlock
+    init(plan: TilePlan, d: Int, backend: TileBackend = .swiftSIMD) {
+        let nb = plan.tokenBlock, vb = plan.vocabBlock, fvb = plan.forwardVocabBlock
+        let wide = max(vb, fvb)
         self.d = d; self.vb = vb
         eBlock = Scratch(count: nb * d)
-        cBlock = Scratch(count: vb * d)
-        tile = Scratch(count: nb * vb)
+        ePanels = Scratch(count: (nb + 5) / 6 * 6 * d)
+        cPanel = Scratch(count: TileShape.nr * TileShape.kc)
+        // OpenBLAS needs whole contiguous blocks; the Swift kernels pack 16 rows at a time.
+        cBlock = Scratch(count: (backend == .openBLAS ? wide : vb) * d)
+        tile = Scratch(count: nb * wide)
         eRows = Scratch(count: nb)
-        cRows = Scratch(count: vb)
+        cRaw = Scratch(count: wide)
+        cRows = Scratch(count: wide)
         outRows = Scratch(count: max(nb, vb))
         activeRows = Scratch(count: nb)
     }
 
-    /// Converts the E rows of active tokens first ..< first + count into the block.
-    func loadTokens<T>(_ inp: SweepInputs<S>, first: Int, count: Int, rows: UnsafeBufferPointer<Int32>, _: T.Type = T.self) {
+    /// Converts the E rows of active tokens first ..< first + count into the block (row-major,
+    /// for the gradient updates and OpenBLAS) and packs them into panels (for the tile product).
+    func loadTokens(_ inp: SweepInputs<S>, first: Int, count: Int, rows: UnsafeBufferPointer<Int32>) {
         for i in 0..<count {
             let dst = eBlock.base + i * d
             convertRow(inp.eRow(Int(rows[first + i])), type: inp.eType, count: d, into: dst)
             eRows.base[i] = UnsafePointer(dst)
         }
+        if inp.backend == .swiftSIMD || S.self != Float.self {
+            packRowPanels(eRows.base, m: count, k: d, into: ePanels.base)
+        }
     }
 
-    /// The logit tile (count x vc, row stride VB) of the loaded token and vocabulary rows.
-    func product(_ inp: SweepInputs<S>, count: Int, vc: Int) {
+    /// The logit tile (count x vc, row stride ldo) of the loaded tokens and vocabulary ids
+    /// ids(0) ..< ids(vc).
+    func product(_ inp: SweepInputs<S>, count: Int, ids: (Int) -> Int, vc: Int, ldo: Int) {
         if inp.backend == .openBLAS, S.self == Float.self {
-            // OpenBLAS wants both operands contiguous: E rows are (loadTokens converts
-            // them into eBlock); copy C rows that are read in place.
-            if inp.cInPlace {
-                for q in 0..<vc { (cBlock.base + q * d).update(from: cRows.base[q], count: d) }
-            }
+            // OpenBLAS wants both operands contiguous.
+            loadVocabulary(inp, ids: ids, count: vc, contiguous: true)
             let f = { (p: UnsafeMutablePointer<S>) in UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self) }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(count), Int32(vc), Int32(d), 1,
-                        f(eBlock.base), Int32(d), f(cBlock.base), Int32(d), 0, f(tile.base), Int32(vb))
+                        f(eBlock.base), Int32(d), f(cBlock.base), Int32(d), 0, f(tile.base), Int32(ldo))
             return
         }
-        tileProduct(a: eRows.base, m: count, b: cRows.base, n: vc, k: d, out: tile.base, ldo: vb)
+        for q in 0..<vc { cRaw.base[q] = inp.cRow(ids(q)) }
+        tileProduct(ePanels: ePanels.base, m: count, cRows: cRaw.base, cType: inp.cType, n: vc, d: d,
+                    out: tile.base, ldo: ldo, panel: cPanel.base)
     }
 
-    /// Points cRows at the C rows ids[0 ..< count], converting them into the block unless
-    /// they can be read in place.
-    func loadVocabulary(_ inp: SweepInputs<S>, ids: (Int) -> Int, count: Int) {
-        if inp.cInPlace {
+    /// Points cRows at the C rows ids(0) ..< ids(count) as S (for the gradient updates),
+    /// converting them into cBlock unless they can be read in place.
+    func loadVocabulary(_ inp: SweepInputs<S>, ids: (Int) -> Int, count: Int, contiguous: Bool = false) {
+        if inp.cInPlace && !contiguous {
             for q in 0..<count {
                 cRows.base[q] = inp.cRow(ids(q)).assumingMemoryBound(to: S.self)
             }

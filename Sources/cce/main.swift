@@ -1,2 +1,24 @@
-import CutCrossEntropy
-print("cce")
+// cce: the command-line tool. `cce demo` (the main job), `cce bench`.
+// Errors print one line on standard error and exit with status 1.
+
+import ArgumentParser
+import Foundation
+
+struct CCE: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cce",
+        abstract: "Cut Cross-Entropy on the CPU: loss and gradients of a large-vocabulary classifier without the N x V logits.",
+        subcommands: [Demo.self, BenchCommand.self],
+        defaultSubcommand: Demo.self)
+}
+
+do {
+    var command = try CCE.parseAsRoot()
+    try command.run()
+} catch {
+    let code = CCE.exitCode(for: error)
+    if code == .success { CCE.exit(withError: error) }  // --help, --version
+    let message = CCE.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+    FileHandle.standardError.write(Data("cce: error: \(message)\n".utf8))
+    exit(1)
+}

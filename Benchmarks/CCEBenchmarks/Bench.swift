@@ -1,0 +1,306 @@
+// The benchmark program behind `cce bench`: the shape of the paper's Table 1 on this CPU.
+//
+// Methods x kinds, each timed `repeats` times (median reported) on LM-like data
+// (shared/LMLIKE.md), with the peak extra memory of one run measured from the process:
+//   sgemm         matmul     one OpenBLAS sgemm of the N x D by D x V product (the floor)
+//   tile-swift    matmul     the same product by the Swift tile kernel, tile by tile, kept
+//                            in a per-thread tile buffer (the kernel's GFLOP/s)
+//   materialized  loss, loss+grad      logits in an N x V matrix (Materialized.swift)
+//   cce           loss, grad, loss+grad  this engine, default mode
+//   cce-nofilter, cce-nosort            ablations: no gradient filtering / no vocabulary sort
+//   cce-openblas  loss, loss+grad      the engine with OpenBLAS tile products
+//   cce-exact     loss, loss+grad      Float64 accumulation, no filtering
+//
+// peak_bytes: VmHWM after − VmRSS before (MemoryProbe), minus the bytes of the gradients
+// the call returns (dE, dC, dBias are outputs, like the loss; the issue's budget counts
+// what the computation needs beyond inputs and outputs). output_bytes gives them.
+// Ratios are taken within one run, so machine noise affects both sides alike.
+
+import CCEKernels
+import CCERuntime
+import COpenBLAS
+import CutCrossEntropy
+import Foundation
+
+public struct BenchConfig: Sendable {
+    public var tokens = 1024, dim = 1024, vocab = 32768
+    public var dtype: ElementType = .bfloat16
+    public var threads = Workers.availableCPUs
+    public var repeats = 3
+    public var seed: UInt64 = 0
+    public var methods: [String]? = nil
+    public var verbose = false
+    public init() {}
+}
+
+public struct BenchRow: Codable, Sendable {
+    public var method: String
+    public var kind: String
+    public var median_seconds: Double
+    public var min_seconds: Double
+    public var peak_bytes: Int
+    public var output_bytes: Int
+    public var gflops: Double?
+    public var loss: Double?
+    public var note: String?
+}
+
+public struct BenchReport: Codable, Sendable {
+    public var machine: String
+    public var toolchain: String
+    public var target_cpu_flags: String
+    public var shape: [String: String]
+    public var threads: Int
+    public var repeats: Int
+    public var plan: String
+    public var filter: String?
+    public var rows: [BenchRow]
+    public var ratios: [String: Double]
+}
+
+public enum BenchError: Error, CustomStringConvertible {
+    case invalid(String)
+    public var description: String { switch self { case .invalid(let s): s } }
+}
+
+public enum Bench {
+    public static let allMethods = ["sgemm", "tile-swift", "materialized", "cce", "cce-nofilter",
+                                    "cce-nosort", "cce-openblas", "cce-exact"]
+
+    /// Checks sizes before anything is allocated: positive, and small enough for memory.
+    public static func validate(_ c: BenchConfig) throws {
+        guard c.tokens > 0, c.dim > 0, c.vocab > 0 else {
+            throw BenchError.invalid("sizes must be positive (tokens \(c.tokens), dim \(c.dim), vocab \(c.vocab))")
+        }
+        guard c.threads > 0, c.repeats > 0 else {
+            throw BenchError.invalid("threads and repeats must be positive")
+        }
+        if let m = c.methods, let bad = m.first(where: { !allMethods.contains($0) }) {
+            throw BenchError.invalid("unknown method '\(bad)'; methods: \(allMethods.joined(separator: ", "))")
+        }
+        // The materialized baseline needs N·V·4 bytes of logits and Float32 copies.
+        let (nv, ovf1) = c.tokens.multipliedReportingOverflow(by: c.vocab)
+        let (vd, ovf2) = c.vocab.multipliedReportingOverflow(by: c.dim)
+        let (nd, ovf3) = c.tokens.multipliedReportingOverflow(by: c.dim)
+        let physical = Int(ProcessInfo.processInfo.physicalMemory)
+        let needs = ovf1 || ovf2 || ovf3 ? Int.max : (nv &* 4 &+ vd &* 16 &+ nd &* 16)
+        let needsMaterialized = c.methods.map { $0.contains("materialized") || $0.contains("sgemm") } ?? true
+        let cceNeeds = ovf2 || ovf3 ? Int.max : vd &* 16 &+ nd &* 16
+        if (needsMaterialized ? needs : cceNeeds) > physical * 3 / 4 {
+            throw BenchError.invalid("shape \(c.tokens) x \(c.dim) x \(c.vocab) needs about "
+                + "\((needsMaterialized ? needs : cceNeeds) >> 20) MiB, more than 3/4 of this machine's \(physical >> 20) MiB")
+        }
+    }
+
+    public static func run(_ c: BenchConfig, log: (String) -> Void = { _ in }) throws -> BenchReport {
+        try validate(c)
+        let methods = c.methods ?? allMethods
+        log("generating LM-like data N=\(c.tokens) D=\(c.dim) V=\(c.vocab) \(c.dtype.rawValue)…")
+        let data = LMLikeData.make(tokens: c.tokens, dim: c.dim, vocab: c.vocab, type: c.dtype, seed: c.seed)
+        var opts = Options(); opts.threads = c.threads
+        let cce = CutCrossEntropy(options: opts)
+        let plan = cce.plan(tokens: c.tokens, dim: c.dim, vocab: c.vocab)
+        log("tile plan: \(plan)")
+        var rows: [BenchRow] = []
+        var filterNote: String? = nil
+        let flops = 2.0 * Double(c.tokens) * Double(c.dim) * Double(c.vocab)
+        let e = data.embeddings, C = data.classifier, t = data.targets
+
+        func time(_ method: String, _ kind: String, repeats: Int? = nil, note: String? = nil,
+                  _ body: () throws -> (loss: Double?, outputBytes: Int)) rethrows {
+            var times: [Double] = []
+            var peak = 0, outBytes = 0, loss: Double? = nil
+            for r in 0..<(repeats ?? c.repeats) {
+                let start = DispatchTime.now().uptimeNanoseconds
+                let (res, grow) = try MemoryProbe.measure(body)
+                times.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+                if r == 0 { peak = max(0, grow - res.outputBytes); outBytes = res.outputBytes; loss = res.loss }
+            }
+            times.sort()
+            let row = BenchRow(method: method, kind: kind, median_seconds: times[times.count / 2],
+                               min_seconds: times[0], peak_bytes: peak, output_bytes: outBytes,
+                               gflops: kind == "matmul" ? flops / times[times.count / 2] * 1e-9 : nil,
+                               loss: loss, note: note)
+            log(String(format: "  %-14@ %-10@ %8.3f s  peak %8.1f MB%@", method as NSString, kind as NSString,
+                       row.median_seconds, Double(peak) / 1e6,
+                       row.gflops.map { String(format: "  %.1f GFLOP/s", $0) as NSString } ?? ""))
+            rows.append(row)
+        }
+
+        func gradBytes(_ g: Gradients) -> Int { (g.dE.count + g.dC.count + (g.dBias?.count ?? 0)) * 4 }
+
+        if methods.contains("sgemm") {
+            openblas_set_num_threads(Int32(c.threads))
+            let e32 = e.floats(), c32 = C.floats()
+            var out = [Float](repeating: 0, count: c.tokens * c.vocab)
+            time("sgemm", "matmul", note: "OpenBLAS, Float32 (bf16/f16 inputs converted beforehand; output allocated beforehand)") {
+                out.withUnsafeMutableBufferPointer { o in
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(c.tokens), Int32(c.vocab),
+                                Int32(c.dim), 1, e32, Int32(c.dim), c32, Int32(c.dim), 0, o.baseAddress!,
+                                Int32(c.vocab))
+                }
+                return (nil, 0)
+            }
+        }
+        if methods.contains("tile-swift") {
+            let e32 = e.floats(), c32 = C.floats()
+            time("tile-swift", "matmul", note: "Swift 6x16 packed tile kernel over the whole product, Float32") {
+                tileSweep(e32, c32, c, plan)
+                return (nil, 0)
+            }
+        }
+        if methods.contains("materialized") {
+            time("materialized", "loss") {
+                let r = try! Materialized.compute(embeddings: e, classifier: C, targets: t, options: opts, gradients: false)
+                return (r.loss, 0)
+            }
+            time("materialized", "loss+grad") {
+                let r = try! Materialized.compute(embeddings: e, classifier: C, targets: t, options: opts)
+                return (r.loss, ((r.dE?.count ?? 0) + (r.dC?.count ?? 0)) * 4)
+            }
+        }
+        func cceRows(_ name: String, _ o: Options, backend: TileBackend = .swiftSIMD, kinds: [String],
+                     repeats: Int? = nil) {
+            var engine = CutCrossEntropy(options: o)
+            engine.tileBackend = backend
+            if backend == .openBLAS { openblas_set_num_threads(1) }
+            if kinds.contains("loss") {
+                time(name, "loss", repeats: repeats) {
+                    (try! engine.forward(embeddings: e, classifier: C, targets: t).loss, 0)
+                }
+            }
+            if kinds.contains("grad") {
+                let f = try! engine.forward(embeddings: e, classifier: C, targets: t)
+                time(name, "grad", repeats: repeats) {
+                    let g = try! engine.backward(f, embeddings: e, classifier: C)
+                    return (nil, gradBytes(g))
+                }
+            }
+            if kinds.contains("loss+grad") {
+                time(name, "loss+grad", repeats: repeats) {
+                    let (f, g) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t)
+                    if name == "cce" {
+                        let fs = g.filter
+                        filterNote = String(format: "kept %.2f%% of row segments; skipped %d of %d tiles",
+                                            100 * Double(fs.keptRowSegments) / Double(max(1, fs.rowSegments)),
+                                            fs.skippedTiles, fs.tiles)
+                    }
+                    return (f.loss, gradBytes(g))
+                }
+            }
+            openblas_set_num_threads(Int32(c.threads))
+        }
+        if methods.contains("cce") { cceRows("cce", opts, kinds: ["loss", "grad", "loss+grad"]) }
+        if let f = filterNote { log("  cce filter: \(f)") }
+        if methods.contains("cce-nofilter") {
+            var o = opts; o.filterEpsilon = .none
+            cceRows("cce-nofilter", o, kinds: ["loss+grad"])
+        }
+        if methods.contains("cce-nosort") {
+            var o = opts; o.sortVocabulary = false
+            cceRows("cce-nosort", o, kinds: ["loss+grad"])
+        }
+        if methods.contains("cce-openblas") { cceRows("cce-openblas", opts, backend: .openBLAS, kinds: ["loss", "loss+grad"]) }
+        if methods.contains("cce-exact") {
+            var o = opts; o.mode = .exact
+            cceRows("cce-exact", o, kinds: ["loss", "loss+grad"], repeats: 1)
+        }
+
+        var ratios: [String: Double] = [:]
+        func row(_ m: String, _ k: String) -> BenchRow? { rows.first { $0.method == m && $0.kind == k } }
+        if let a = row("cce", "loss"), let b = row("sgemm", "matmul") {
+            ratios["cce_loss_over_sgemm"] = a.median_seconds / b.median_seconds
+        }
+        if let a = row("cce", "loss+grad"), let b = row("materialized", "loss+grad") {
+            ratios["cce_lossgrad_over_materialized_lossgrad"] = a.median_seconds / b.median_seconds
+        }
+        if let a = row("cce", "loss+grad") {
+            ratios["cce_lossgrad_peak_over_logits"] = Double(a.peak_bytes) / (Double(c.tokens) * Double(c.vocab) * 4)
+            if c.tokens == 1024, c.dim == 1024, c.vocab == 128256, c.dtype == .bfloat16, c.threads == 2 {
+                ratios["cce_lossgrad_over_pytorch_best_cpu_anchor_2.477s"] = a.median_seconds / 2.477
+                ratios["cce_lossgrad_peak_over_pytorch_anchor_552MB"] = Double(a.peak_bytes + a.output_bytes) / 552e6
+            }
+        }
+        if let a = row("tile-swift", "matmul"), let b = row("sgemm", "matmul"), let ga = a.gflops, let gb = b.gflops {
+            ratios["tile_swift_gflops_over_sgemm"] = ga / gb
+        }
+        return BenchReport(
+            machine: machineDescription(), toolchain: toolchain(), target_cpu_flags: simdFlags(),
+            shape: ["tokens": "\(c.tokens)", "dim": "\(c.dim)", "vocab": "\(c.vocab)", "dtype": c.dtype.rawValue],
+            threads: c.threads, repeats: c.repeats, plan: plan.description, filter: filterNote,
+            rows: rows, ratios: ratios)
+    }
+
+    /// The whole N x V product by the Swift tile kernel, tile by tile, nothing stored:
+    /// the engine's own packing (E panels per token block, C panels per 16 rows) included.
+    static func tileSweep(_ e: [Float], _ c: [Float], _ cfg: BenchConfig, _ plan: TilePlan) {
+        let n = cfg.tokens, d = cfg.dim, v = cfg.vocab
+        let nb = plan.tokenBlock, vb = plan.forwardVocabBlock
+        let blocks = (n + nb - 1) / nb
+        let workers = min(plan.threads, blocks)
+        e.withUnsafeBufferPointer { ep in
+            c.withUnsafeBufferPointer { cp in
+                let eb = UncheckedSendable(ep.baseAddress!), cb = UncheckedSendable(cp.baseAddress!)
+                Workers.run(workers) { w in
+                    let tile = UnsafeMutablePointer<Float>.allocate(capacity: nb * vb)
+                    let panels = UnsafeMutablePointer<Float>.allocate(capacity: (nb + 5) / 6 * 6 * d)
+                    let cPanel = UnsafeMutablePointer<Float>.allocate(capacity: TileShape.nr * TileShape.kc)
+                    let aRows = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: nb)
+                    let bRows = UnsafeMutablePointer<UnsafeRawPointer>.allocate(capacity: vb)
+                    defer { tile.deallocate(); panels.deallocate(); cPanel.deallocate(); aRows.deallocate(); bRows.deallocate() }
+                    var b = w
+                    while b < blocks {
+                        let r0 = b * nb, m = min(nb, n - r0)
+                        for i in 0..<m { aRows[i] = eb.value + (r0 + i) * d }
+                        packRowPanels(aRows, m: m, k: d, into: panels)
+                        var v0 = 0
+                        while v0 < v {
+                            let vc = min(vb, v - v0)
+                            for q in 0..<vc { bRows[q] = UnsafeRawPointer(cb.value + (v0 + q) * d) }
+                            tileProduct(ePanels: panels, m: m, cRows: bRows, cType: .float32, n: vc, d: d,
+                                        out: tile, ldo: vb, panel: cPanel)
+                            v0 += vb
+                        }
+                        b += workers
+                    }
+                }
+            }
+        }
+    }
+
+    public static func machineDescription() -> String {
+        var model = "unknown CPU"
+        if let s = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+           let line = s.split(separator: "\n").first(where: { $0.hasPrefix("model name") }) {
+            model = line.split(separator: ":").last.map { $0.trimmingCharacters(in: .whitespaces) } ?? model
+        }
+        return "\(model), \(Workers.availableCPUs) CPUs, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB; \(Topology.current)"
+    }
+
+    public static func toolchain() -> String {
+        #if swift(>=6.3)
+        return "Swift 6.3+, OpenBLAS \(openblasVersion())"
+        #else
+        return "Swift 6.x, OpenBLAS \(openblasVersion())"
+        #endif
+    }
+
+    static func openblasVersion() -> String {
+        guard let p = openblas_get_config() else { return "?" }
+        return String(cString: p)
+    }
+
+    /// The vector extensions this CPU reports (what -target-cpu native compiled for).
+    public static func simdFlags() -> String {
+        guard let s = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return "?" }
+        let want = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"]
+        let have = Set(line.split(separator: " ").map(String.init))
+        return want.filter { have.contains($0) }.joined(separator: " ")
+    }
+}
+
+struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}

@@ -1,0 +1,140 @@
+// The materialized baseline: what a framework does without CCE, with OpenBLAS.
+//
+// logits = E·Cᵀ (cblas_sgemm, the full N x V Float32 matrix), then per row: bias, soft cap,
+// LSE and loss; for the gradients the matrix is turned into dy in place and
+//     dE = dy·C (sgemm),   dC = dyᵀ·E (sgemm),   dBias = column sums of dy.
+// Float16/BFloat16 inputs are converted to Float32 copies first (OpenBLAS in Debian has no
+// half-precision GEMM). Memory: N·V·4 bytes for the logits, plus the copies: this is the
+// cost CCE removes. Same options and validation as the engine.
+
+import CCEKernels
+import CCERuntime
+import COpenBLAS
+
+public enum Materialized {
+    public struct Result: Sendable {
+        public let loss: Double
+        public let dE: [Float]?
+        public let dC: [Float]?
+        public let dBias: [Float]?
+    }
+
+    /// Loss, and gradients when `gradients` is true. `threads` sets OpenBLAS's thread count.
+    public static func compute(embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor? = nil,
+                               options: Options = Options(), upstream: Upstream = .scalar(1),
+                               gradients: Bool = true) throws -> Result {
+        let p = try Problem(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                            options: options)
+        let st = SavedState(problem: p, options: options, lse: .float64([]))
+        let g = try CutCrossEntropy(options: options).upstreamPerToken(upstream, st)
+        openblas_set_num_threads(Int32(options.threads ?? Workers.availableCPUs))
+        let n = p.n, d = p.d, v = p.v, m = p.active
+        let e32 = embeddings.elementType == .float32 ? nil : embeddings.floats()
+        let c32 = classifier.elementType == .float32 ? nil : classifier.floats()
+        let b = bias?.floats()
+        let alpha = Float(options.labelSmoothing), zl = Float(options.zLoss)
+        let cap = options.softcap.map { Float($0) }
+        // Gather the active rows' logits: M x V.
+        var logits = [Float](repeating: 0, count: m * v)
+        var total = 0.0
+        var dE: [Float]? = nil, dC: [Float]? = nil, dBias: [Float]? = nil
+        func withF32(_ t: Tensor, _ copy: [Float]?, _ body: (UnsafePointer<Float>) -> Void) {
+            if let copy { copy.withUnsafeBufferPointer { body($0.baseAddress!) } }
+            else { t.withRawPointer { body($0.assumingMemoryBound(to: Float.self)) } }
+        }
+        withF32(embeddings, e32) { ep in
+        withF32(classifier, c32) { cp in
+            // Active rows of E, contiguous (a copy only when some rows are inactive).
+            let contiguous = m == n
+            var eAct = contiguous ? [] : [Float](repeating: 0, count: m * d)
+            if !contiguous {
+                for i in 0..<m { for k in 0..<d { eAct[i * d + k] = ep[Int(p.rows[i]) * d + k] } }
+            }
+            eAct.withUnsafeBufferPointer { ea in
+                let a = contiguous ? ep : ea.baseAddress!
+                logits.withUnsafeMutableBufferPointer { lp in
+                    let l = lp.baseAddress!
+                    if m > 0 {
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(v), Int32(d), 1,
+                                    a, Int32(d), cp, Int32(d), 0, l, Int32(v))
+                    }
+                    // Row-wise softmax work with the engine's vectorized kernels, rows split
+                    // over threads (the baseline should be as fast as a framework's).
+                    let lossBox = SendablePointer(UnsafeMutablePointer<Double>.allocate(capacity: max(m, 1)))
+                    defer { lossBox.pointer.deallocate() }
+                    let lbox = SendablePointer(l)
+                    let bb: [Float]? = b
+                    let threads = min(max(1, m), options.threads ?? Workers.availableCPUs)
+                    p.targets.withUnsafeBufferPointer { tp in
+                        let tb = SendableBuffer(tp)
+                        g.withUnsafeBufferPointer { gp in
+                            let gb = SendableBuffer(gp)
+                            Workers.run(threads) { w in
+                                var i = w
+                                while i < m {
+                                    let row = lbox.pointer + i * v
+                                    bb.withOptionalBase { bp in logitEpilogue(row, count: v, bias: bp, cap: cap) }
+                                    var st = RunningLSE<Float>()
+                                    mergeTileRow(row, count: v, into: &st)
+                                    let lse = st.value
+                                    let t = Int(tb.buffer[i])
+                                    let zt = row[t]
+                                    let sum = alpha > 0 ? Double(tileRowSum(row, count: v)) : 0
+                                    lossBox.pointer[i] = Double(lse - (1 - alpha) * zt + zl * lse * lse)
+                                        - Double(alpha) * sum / Double(v)
+                                    if gradients {
+                                        _ = gradientEpilogue(row, count: v, lse: lse, coef: 1 + 2 * zl * lse,
+                                                             smooth: alpha / Float(v), cap: cap, eps: 0)
+                                        row[t] -= (1 - alpha) * softcapDerivative(zt, cap: cap)
+                                        scaleRow(row, count: v, by: Float(gb.buffer[i]))
+                                    }
+                                    i += threads
+                                }
+                            }
+                        }
+                    }
+                    for i in 0..<m { total += lossBox.pointer[i] }
+                    guard gradients else { return }
+                    var dEa = [Float](repeating: 0, count: m * d)
+                    var dCv = [Float](repeating: 0, count: v * d)
+                    if m > 0 {
+                        dEa.withUnsafeMutableBufferPointer { o in
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(d), Int32(v), 1,
+                                        l, Int32(v), cp, Int32(d), 0, o.baseAddress!, Int32(d))
+                        }
+                        dCv.withUnsafeMutableBufferPointer { o in
+                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(v), Int32(d), Int32(m), 1,
+                                        l, Int32(v), a, Int32(d), 0, o.baseAddress!, Int32(d))
+                        }
+                    }
+                    if contiguous { dE = dEa } else {
+                        var full = [Float](repeating: 0, count: n * d)
+                        for i in 0..<m { for k in 0..<d { full[Int(p.rows[i]) * d + k] = dEa[i * d + k] } }
+                        dE = full
+                    }
+                    dC = dCv
+                    if b != nil {
+                        var db = [Float](repeating: 0, count: v)
+                        for i in 0..<m { for q in 0..<v { db[q] += l[i * v + q] } }
+                        dBias = db
+                    }
+                }
+            }
+        }}
+        let loss: Double
+        switch options.reduction {
+        case .mean: loss = m > 0 ? total / Double(m) : .nan
+        case .sum, .none: loss = total
+        }
+        return Result(loss: loss, dE: dE, dC: dC, dBias: dBias)
+    }
+}
+
+extension Optional where Wrapped == [Float] {
+    func withOptionalBase<R>(_ body: (UnsafePointer<Float>?) -> R) -> R {
+        switch self {
+        case .none: return body(nil)
+        case .some(let a): return a.withUnsafeBufferPointer { body($0.baseAddress) }
+        }
+    }
+}

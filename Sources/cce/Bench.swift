@@ -1,0 +1,57 @@
+// cce bench: the benchmark program (Benchmarks/CCEBenchmarks/Bench.swift).
+
+import ArgumentParser
+import CCEBenchmarks
+import CCERuntime
+import CutCrossEntropy
+import Foundation
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Table 1 of the paper on this CPU: methods x {loss, grad, loss+grad}, time and peak memory.")
+
+    @Option(help: "Tokens N.") var tokens = 1024
+    @Option(help: "Embedding dimension D.") var dim = 1024
+    @Option(help: "Vocabulary size V.") var vocab = 32768
+    @Option(help: "Element type of E and C: f32, bf16 or f16.") var dtype: ElementType = .bfloat16
+    @Option(help: "Worker threads (default: all CPUs).") var threads: Int?
+    @Option(help: "Timed repeats per row (median reported).") var repeats = 3
+    @Option(help: "Comma-separated methods (default: all): \(Bench.allMethods.joined(separator: ","))")
+    var methods: String?
+    @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Flag(help: "Print the tile plan and progress.") var verbose = false
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        var c = BenchConfig()
+        c.tokens = tokens; c.dim = dim; c.vocab = vocab; c.dtype = dtype
+        c.threads = threads ?? Workers.availableCPUs; c.repeats = repeats; c.seed = seed
+        c.methods = methods.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
+        c.verbose = verbose
+        do { try Bench.validate(c) } catch { throw CLIError("\(error)") }
+        let log: (String) -> Void = { s in
+            if verbose || !json { FileHandle.standardError.write(Data((s + "\n").utf8)) }
+        }
+        let report = try Bench.run(c, log: log)
+        if json {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try enc.encode(report), as: UTF8.self))
+            return
+        }
+        print("machine: \(report.machine)")
+        print("toolchain: \(report.toolchain); SIMD: \(report.target_cpu_flags)")
+        print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), threads \(c.threads), repeats \(repeats)")
+        print("plan: \(report.plan)\n")
+        print(String(format: "%-14@ %-10@ %10@ %10@ %12@ %10@", "method", "kind", "median s", "min s", "peak MB", "GFLOP/s"))
+        for r in report.rows {
+            print(String(format: "%-14@ %-10@ %10.3f %10.3f %12.2f %10@", r.method as NSString, r.kind as NSString,
+                         r.median_seconds, r.min_seconds, Double(r.peak_bytes) / 1e6,
+                         (r.gflops.map { String(format: "%.1f", $0) } ?? "") as NSString))
+        }
+        if let f = report.filter { print("\ncce filtering: \(f)") }
+        print("\nratios:")
+        for (k, v) in report.ratios.sorted(by: { $0.key < $1.key }) { print(String(format: "  %-52@ %.4f", k as NSString, v)) }
+    }
+}

@@ -1,0 +1,84 @@
+// cce demo: an LM-like workload, the materialized baseline and CCE side by side.
+
+import ArgumentParser
+import CCEBenchmarks
+import CCERuntime
+import CutCrossEntropy
+import Foundation
+
+struct Demo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the materialized baseline and CCE on LM-like data; print loss, time, peak memory and error against Float64.")
+
+    @Option(help: "Tokens N.") var tokens = 1024
+    @Option(help: "Embedding dimension D.") var dim = 512
+    @Option(help: "Vocabulary size V.") var vocab = 32768
+    @Option(help: "Element type of E and C: f32, bf16 or f16.") var dtype: ElementType = .float32
+    @Option(help: "Worker threads (default: all CPUs).") var threads: Int?
+    @Option(help: "Random seed.") var seed: UInt64 = 0
+
+    func validate() throws {
+        guard tokens > 0, dim > 0, vocab > 0 else { throw ValidationError("sizes must be positive") }
+        if let t = threads, t < 1 { throw ValidationError("threads must be >= 1") }
+        guard tokens * vocab <= 1 << 30 else {
+            throw ValidationError("N x V = \(tokens * vocab) is too large for the materialized baseline in a demo")
+        }
+    }
+
+    func run() throws {
+        let nThreads = threads ?? Workers.availableCPUs
+        print("Cut Cross-Entropy demo: LM-like data (S=4, alpha=1.5), N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), \(nThreads) threads")
+        print("The N x V logit matrix would take \(String(format: "%.1f", Double(tokens * vocab * 4) / 1e6)) MB in Float32.\n")
+        let data = LMLikeData.make(tokens: tokens, dim: dim, vocab: vocab, type: dtype, seed: seed)
+        var opts = Options(); opts.threads = nThreads
+        var exactOpts = opts; exactOpts.mode = .exact
+
+        func timed<T>(_ body: () throws -> T) rethrows -> (T, Double, Int) {
+            let start = Date()
+            let (r, peak) = try MemoryProbe.measure(body)
+            return (r, Date().timeIntervalSince(start), peak)
+        }
+        // Float64 truth: the tiled engine's exact mode (Float64 accumulation, no filtering),
+        // which the test suite checks against the materialized Float64 oracle.
+        let (truth, tTruth, _) = try timed {
+            try CutCrossEntropy(options: exactOpts).lossAndGradients(
+                embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+        }
+        let dE64 = truth.1.dE.doubles, dC64 = truth.1.dC.doubles
+        let gradBytes = (tokens * dim + vocab * dim) * 4
+
+        let (mat, tMat, pMat) = try timed {
+            try Materialized.compute(embeddings: data.embeddings, classifier: data.classifier,
+                                     targets: data.targets, options: opts)
+        }
+        let (cce, tCCE, pCCE) = try timed {
+            try CutCrossEntropy(options: opts).lossAndGradients(
+                embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+        }
+        func maxErr(_ a: [Double], _ b: [Double]) -> Double { zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) } }
+        func relErr(_ a: [Double], _ b: [Double]) -> Double {
+            let num = zip(a, b).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) }
+            let den = b.reduce(0) { $0 + $1 * $1 }
+            return (num / max(den, .leastNormalMagnitude)).squareRoot()
+        }
+        let matE = mat.dE!.map { Double($0) }, matC = mat.dC!.map { Double($0) }
+        let cceE = cce.1.dE.doubles, cceC = cce.1.dC.doubles
+        print(String(format: "%-13@ %12@ %9@ %12@ %11@ %11@ %11@", "method", "loss", "time s", "peak MB",
+                     "|Δloss|", "dE rel err", "dC rel err"))
+        func line(_ name: String, _ loss: Double, _ t: Double, _ peak: Int, _ e: [Double], _ c: [Double]) {
+            print(String(format: "%-13@ %12.6f %9.3f %12.1f %11.2e %11.2e %11.2e", name as NSString, loss, t,
+                         Double(max(0, peak - gradBytes)) / 1e6, abs(loss - truth.0.loss), relErr(e, dE64), relErr(c, dC64)))
+        }
+        line("materialized", mat.loss, tMat, pMat, matE, matC)
+        line("cce", cce.0.loss, tCCE, pCCE, cceE, cceC)
+        print(String(format: "%-13@ %12.6f %9.3f %12@ %11@ %11@ %11@", "float64 truth", truth.0.loss, tTruth, "-", "0", "0", "0"))
+        let fs = cce.1.filter
+        print(String(format: "\nPeak MB is the process's peak memory growth beyond the inputs and the returned gradients (%.1f MB).",
+                     Double(gradBytes) / 1e6))
+        print(String(format: "Max |dE| error: materialized %.2e, cce %.2e.  CCE kept %.2f%% of backward row segments and skipped %d of %d tiles.",
+                     maxErr(matE, dE64), maxErr(cceE, dE64),
+                     100 * Double(fs.keptRowSegments) / Double(max(1, fs.rowSegments)), fs.skippedTiles, fs.tiles))
+        print(String(format: "CCE: %.2fx the materialized time, %.2f%% of its memory.", tCCE / tMat,
+                     100 * Double(max(0, pCCE - gradBytes)) / Double(max(1, pMat - gradBytes))))
+    }
+}
