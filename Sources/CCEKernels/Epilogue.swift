@@ -34,15 +34,9 @@ public func logitEpilogue<S: KernelScalar>(
     }
 }
 
-/// tanh, lane by lane, via the vectorized exp.
+/// tanh, lane by lane (KernelScalar.tanh).
 @inlinable @inline(__always)
-public func tanh8<S: KernelScalar>(_ x: SIMD8<S>) -> SIMD8<S> {
-    let ax = x.replacing(with: -x, where: x .< 0)
-    let e = S.exp(ax + ax)
-    var t = 1 - 2 / (e + 1)
-    t.replace(with: 1, where: e .== .infinity)
-    return t.replacing(with: -t, where: x .< 0)
-}
+public func tanh8<S: KernelScalar>(_ x: SIMD8<S>) -> SIMD8<S> { S.tanh(x) }
 
 /// Turns a row of logits z into dy (the gradient of the token's loss with respect to the
 /// pre-cap logit, target term excluded) in place, and reports whether any |dy| ≥ eps.
@@ -54,8 +48,7 @@ public func gradientEpilogue<S: KernelScalar>(
     let l = SIMD8<S>(repeating: lse)
     let cv = SIMD8<S>(repeating: coef)
     let sv = SIMD8<S>(repeating: smooth)
-    var big = SIMD8<S>() .> SIMD8<S>()
-    let e = SIMD8<S>(repeating: eps)
+    var big = SIMD8<S>()   // running max |g|
     let c8 = count & ~7
     var q = 0
     if let s = cap {
@@ -64,11 +57,11 @@ public func gradientEpilogue<S: KernelScalar>(
             let zv = load8(UnsafePointer(z + q))
             var g = cv * S.exp(zv - l) - sv
             g = g * (1 - zv * zv * inv2)
-            big .|= (g .>= e) .| (g .<= -e)
+            big = S.maxMagnitude(big, g)
             store8(g, z + q)
             q += 8
         }
-        var any = Swift.any(big)
+        var any = S.horizontalMax(big) >= eps
         while q < count {
             let zq = z[q]
             var g = coef * S.exp(zq - lse) - smooth
@@ -82,11 +75,11 @@ public func gradientEpilogue<S: KernelScalar>(
     while q < c8 {
         let zv = load8(UnsafePointer(z + q))
         let g = cv * S.exp(zv - l) - sv
-        big .|= (g .>= e) .| (g .<= -e)
+        big = S.maxMagnitude(big, g)
         store8(g, z + q)
         q += 8
     }
-    var any = Swift.any(big)
+    var any = S.horizontalMax(big) >= eps
     while q < count {
         let g = coef * S.exp(z[q] - lse) - smooth
         any = any || abs(g) >= eps

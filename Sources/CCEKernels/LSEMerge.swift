@@ -38,8 +38,8 @@ public func mergeTileRow<S: KernelScalar>(_ z: UnsafePointer<S>, count: Int, int
     let cv = count & ~7
     var mv = SIMD8<S>(repeating: -.infinity)
     var p = 0
-    while p < cv { let x = load8(z + p); mv.replace(with: x, where: x .> mv); p += 8 }
-    var tileMax = mv.max()
+    while p < cv { mv = S.maximum(mv, load8(z + p)); p += 8 }
+    var tileMax = S.horizontalMax(mv)
     while p < count { tileMax = Swift.max(tileMax, z[p]); p += 1 }
     if tileMax == -.infinity { return }
     if tileMax > state.max {

@@ -34,6 +34,10 @@ public func rankUpdate<S: KernelScalar>(
             }
             d += 16
         }
+        while d + 8 <= width {
+            for rr in 0..<mr { update1x8(out[r + rr], a + (r + rr) * ars, aks, b, k, d) }
+            d += 8
+        }
         while d < width {
             for rr in 0..<mr {
                 let o = out[r + rr]
@@ -46,6 +50,16 @@ public func rankUpdate<S: KernelScalar>(
         }
         r += 6
     }
+}
+
+@inlinable @inline(__always)
+func update1x8<S: KernelScalar>(
+    _ o: UnsafeMutablePointer<S>, _ a: UnsafePointer<S>, _ aks: Int,
+    _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int
+) {
+    var acc = load8(UnsafePointer(o + d))
+    for q in 0..<k { acc = acc.addingProduct(SIMD8<S>(repeating: a[q * aks]), load8(b[q] + d)) }
+    store8(acc, o + d)
 }
 
 @inlinable @inline(__always)

@@ -1,0 +1,130 @@
+// The kernels against their portable references, on shapes that are not tile multiples.
+//
+// Budgets: the tile product and the rank update agree with the Double reference within
+// 4·k·2^-24·Σ|a·b| (the standard bound for a k-term Float32 dot product); exp is within
+// 3 ulp of Double exp on [−87, 88].
+
+import CCEKernels
+import XCTest
+
+final class KernelTests: XCTestCase {
+    func testExpWithinTwoUlp() {
+        var worst = 0.0
+        var x: Float = -87
+        while x < 88 {
+            let v = SIMD8<Float>(repeating: x) + SIMD8<Float>(0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07)
+            let y = Exp.exp(v)
+            for l in 0..<8 {
+                let truth = Foundation_exp(Double(v[l]))
+                let ulp = Double(Float(truth).ulp)
+                worst = max(worst, abs(Double(y[l]) - truth) / ulp)
+            }
+            x += 0.37
+        }
+        XCTAssertLessThanOrEqual(worst, 3.0, "exp error in ulp")
+        let special = Exp.exp(SIMD8<Float>(-.infinity, .infinity, .nan, -100, 100, 0, -0.0, 1))
+        XCTAssertEqual(special[0], 0); XCTAssertEqual(special[1], .infinity); XCTAssertTrue(special[2].isNaN)
+        XCTAssertEqual(special[3], 0); XCTAssertEqual(special[4], .infinity); XCTAssertEqual(special[5], 1)
+        XCTAssertEqual(special[6], 1); XCTAssertEqual(special[7], Float(M_E), accuracy: 1e-6)
+    }
+
+    func testTileProductMatchesReference() {
+        for (m, n, d) in [(1, 1, 1), (13, 37, 19), (6, 16, 256), (7, 17, 300), (25, 50, 513)] {
+            var rng = SystemRandomNumberGenerator()
+            let a = (0..<(m * d)).map { _ in Float.random(in: -1...1, using: &rng) }
+            let b = (0..<(n * d)).map { _ in Float.random(in: -1...1, using: &rng) }
+            var fast = [Float](repeating: .nan, count: m * n)
+            var ref = [Float](repeating: .nan, count: m * n)
+            a.withUnsafeBufferPointer { ap in
+                b.withUnsafeBufferPointer { bp in
+                    let aRows = (0..<m).map { ap.baseAddress! + $0 * d }
+                    let bRows = (0..<n).map { bp.baseAddress! + $0 * d }
+                    let bRaw = bRows.map { UnsafeRawPointer($0) }
+                    var panels = [Float](repeating: 0, count: (m + 5) / 6 * 6 * d)
+                    var panel = [Float](repeating: 0, count: TileShape.nr * TileShape.kc)
+                    aRows.withUnsafeBufferPointer { ar in
+                        panels.withUnsafeMutableBufferPointer { pp in
+                            packRowPanels(ar.baseAddress!, m: m, k: d, into: pp.baseAddress!)
+                            bRaw.withUnsafeBufferPointer { br in
+                                panel.withUnsafeMutableBufferPointer { cp in
+                                    fast.withUnsafeMutableBufferPointer { o in
+                                        tileProduct(ePanels: pp.baseAddress!, m: m, cRows: br.baseAddress!, cType: .float32,
+                                                    n: n, d: d, out: o.baseAddress!, ldo: n, panel: cp.baseAddress!)
+                                    }
+                                }
+                            }
+                        }
+                        bRows.withUnsafeBufferPointer { brr in
+                            ref.withUnsafeMutableBufferPointer { o in
+                                tileProductReference(a: ar.baseAddress!, m: m, b: brr.baseAddress!, n: n, k: d,
+                                                     out: o.baseAddress!, ldo: n)
+                            }
+                        }
+                    }
+                    // The sequential dot reproduces the tile's bits.
+                    for i in 0..<m {
+                        for j in 0..<n {
+                            XCTAssertEqual(sequentialDot(aRows[i], bRows[j], d), fast[i * n + j],
+                                           "sequentialDot vs tile at m=\(m) n=\(n) d=\(d) (\(i),\(j))")
+                        }
+                    }
+                }
+            }
+            let budget = 4 * Double(d) * 0x1p-24 * Double(d)
+            for i in 0..<(m * n) {
+                XCTAssertLessThanOrEqual(abs(Double(fast[i]) - Double(ref[i])), budget, "m=\(m) n=\(n) d=\(d) at \(i)")
+            }
+        }
+    }
+
+    func testRankUpdateMatchesReference() {
+        for (m, k, w, transposed) in [(1, 1, 1, false), (13, 37, 19, false), (6, 16, 32, true), (17, 5, 45, true)] {
+            var rng = SystemRandomNumberGenerator()
+            let a = (0..<(m * k)).map { _ in Float.random(in: -1...1, using: &rng) }
+            let b = (0..<(k * w)).map { _ in Float.random(in: -1...1, using: &rng) }
+            let start = (0..<(m * w)).map { _ in Float.random(in: -1...1, using: &rng) }
+            var fast = start, ref = start
+            let (ars, aks) = transposed ? (1, m) : (k, 1)
+            a.withUnsafeBufferPointer { ap in
+                b.withUnsafeBufferPointer { bp in
+                    let bRows = (0..<k).map { UnsafePointer(bp.baseAddress! + $0 * w) }
+                    fast.withUnsafeMutableBufferPointer { f in
+                        let outRows = (0..<m).map { f.baseAddress! + $0 * w }
+                        rankUpdate(out: outRows, m: m, a: ap.baseAddress!, ars: ars, aks: aks, b: bRows, k: k, width: w)
+                    }
+                    ref.withUnsafeMutableBufferPointer { f in
+                        let outRows = (0..<m).map { f.baseAddress! + $0 * w }
+                        rankUpdateReference(out: outRows, m: m, a: ap.baseAddress!, ars: ars, aks: aks, b: bRows, k: k, width: w)
+                    }
+                }
+            }
+            let budget = 4 * Double(k + 1) * 0x1p-24 * Double(k + 1)
+            for i in 0..<(m * w) {
+                XCTAssertLessThanOrEqual(abs(Double(fast[i]) - Double(ref[i])), budget, "m=\(m) k=\(k) w=\(w) at \(i)")
+            }
+        }
+    }
+
+    func testLSEMergeMatchesTwoPassReference() {
+        var rng = SystemRandomNumberGenerator()
+        let z = (0..<1000).map { _ in Float.random(in: -30...30, using: &rng) }
+        var st = RunningLSE<Float>()
+        z.withUnsafeBufferPointer { p in
+            var i = 0
+            while i < z.count { let c = min(37, z.count - i); mergeTileRow(p.baseAddress! + i, count: c, into: &st); i += c }
+        }
+        let truth = z.map { Double($0) }.withUnsafeBufferPointer { lseReference($0) }
+        XCTAssertEqual(Double(st.value), truth, accuracy: 1e-5)
+    }
+
+    func testBFloat16Rounding() {
+        XCTAssertEqual(floatFromBFloat16Bits(bfloat16Bits(1.0)), 1.0)
+        XCTAssertEqual(floatFromBFloat16Bits(bfloat16Bits(1.00390625)), 1.0)        // tie to even
+        XCTAssertEqual(floatFromBFloat16Bits(bfloat16Bits(1.01171875)), 1.015625)   // tie to even (up)
+        XCTAssertTrue(floatFromBFloat16Bits(bfloat16Bits(.nan)).isNaN)
+        XCTAssertEqual(floatFromBFloat16Bits(bfloat16Bits(-.infinity)), -.infinity)
+    }
+}
+
+import Foundation
+func Foundation_exp(_ x: Double) -> Double { Foundation.exp(x) }

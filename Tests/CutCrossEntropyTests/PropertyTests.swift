@@ -1,0 +1,138 @@
+// Properties of the loss: finite differences, invariances, determinism across threads,
+// forward-then-backward equals the fused call, and storage types.
+
+import CCEBenchmarks
+import CutCrossEntropy
+import XCTest
+
+final class PropertyTests: XCTestCase {
+    /// Central differences of the exact-mode loss (Float64 tiles) against its gradients,
+    /// with every option on. Budget: |fd − grad| ≤ 1e-6 + 1e-5·|grad| at h = 1e-5.
+    func testFiniteDifferences() throws {
+        var o = Options()
+        o.mode = .exact; o.softcap = 4; o.labelSmoothing = 0.1; o.zLoss = 1e-2; o.reduction = .sum; o.shift = 1
+        let (e, c, t, b) = randomProblem(n: 12, d: 7, v: 23, seed: 5, batch: 2, withBias: true)
+        let cce = CutCrossEntropy(options: o)
+        let (_, g) = try cce.lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+        func loss(_ e: Tensor, _ c: Tensor, _ b: Tensor?) throws -> Double {
+            try cce.forward(embeddings: e, classifier: c, targets: t, bias: b).loss
+        }
+        let h = 1e-3
+        func perturbed(_ x: Tensor, _ i: Int, _ delta: Double) -> Tensor {
+            var v = x.floats(); v[i] += Float(delta)
+            return try! Tensor(v, shape: x.shape)
+        }
+        // Float32 inputs: perturb by h in Float32 and divide by the perturbation actually made.
+        for i in stride(from: 0, to: e.count, by: 5) {
+            let up = perturbed(e, i, h), dn = perturbed(e, i, -h)
+            let step = Double(up.floats()[i]) - Double(dn.floats()[i])
+            let fd = (try loss(up, c, b) - loss(dn, c, b)) / step
+            XCTAssertEqual(fd, g.dE[i], accuracy: 1e-4 + 1e-3 * abs(g.dE[i]), "dE[\(i)]")
+        }
+        for i in stride(from: 0, to: c.count, by: 7) {
+            let up = perturbed(c, i, h), dn = perturbed(c, i, -h)
+            let step = Double(up.floats()[i]) - Double(dn.floats()[i])
+            let fd = (try loss(e, up, b) - loss(e, dn, b)) / step
+            XCTAssertEqual(fd, g.dC[i], accuracy: 1e-4 + 1e-3 * abs(g.dC[i]), "dC[\(i)]")
+        }
+        for i in 0..<b!.count {
+            let up = perturbed(b!, i, h), dn = perturbed(b!, i, -h)
+            let step = Double(up.floats()[i]) - Double(dn.floats()[i])
+            let fd = (try loss(e, c, up) - loss(e, c, dn)) / step
+            XCTAssertEqual(fd, g.dBias![i], accuracy: 1e-4 + 1e-3 * abs(g.dBias![i]), "dBias[\(i)]")
+        }
+    }
+
+    /// Adding a constant to every bias entry leaves the loss unchanged (softmax is
+    /// shift-invariant); budget 1e-5 absolute in Float32.
+    func testBiasShiftInvariance() throws {
+        let (e, c, t, b) = randomProblem(n: 37, d: 19, v: 301, withBias: true)
+        let shifted = try Tensor(b!.floats().map { $0 + 3.25 }, shape: b!.shape)
+        for smoothing in [0.0, 0.2] {
+            var o = Options(); o.labelSmoothing = smoothing
+            let cce = CutCrossEntropy(options: o)
+            let l1 = try cce.forward(embeddings: e, classifier: c, targets: t, bias: b).loss
+            let l2 = try cce.forward(embeddings: e, classifier: c, targets: t, bias: shifted).loss
+            XCTAssertEqual(l1, l2, accuracy: 1e-5, "smoothing \(smoothing)")
+        }
+    }
+
+    /// Without smoothing, each row of dlogits sums to 0: with one token, dBias is that row.
+    func testDlogitRowsSumToZero() throws {
+        for cap in [nil, 5.0] {
+            let (e, c, _, b) = randomProblem(n: 1, d: 19, v: 301, withBias: true)
+            var o = Options(); o.softcap = cap
+            let t = try Targets([17])
+            let (_, g) = try CutCrossEntropy(options: o).lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+            let sum = g.dBias!.doubles.reduce(0, +)
+            if cap == nil { XCTAssertEqual(sum, 0, accuracy: 1e-6) }
+            let o64 = try Oracle.compute(embeddings: e, classifier: c, targets: t, bias: b, options: o)
+            XCTAssertEqual(sum, o64.dBias!.reduce(0, +), accuracy: 1e-6)
+        }
+    }
+
+    /// Results are bitwise identical for 1, 2 and 4 threads (the tile plan does not depend
+    /// on the thread count except NB, and no result depends on NB): tolerance 0.
+    func testThreadCountsGiveIdenticalBits() throws {
+        let (e, c, t, b) = randomProblem(n: 500, d: 40, v: 1000, withBias: true)
+        var results: [(ForwardOutput, Gradients)] = []
+        for threads in [1, 2, 4] {
+            var o = Options(); o.threads = threads; o.softcap = 8; o.labelSmoothing = 0.05
+            results.append(try CutCrossEntropy(options: o).lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b))
+        }
+        func same(_ a: Values, _ b: Values, _ what: String) {
+            let x = a.floats.map(\.bitPattern), y = b.floats.map(\.bitPattern)
+            let first = zip(x, y).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+            XCTAssertNil(first, "\(what) differs first at [\(first ?? -1)]")
+        }
+        for (k, r) in results.enumerated().dropFirst() {
+            XCTAssertEqual(r.0.loss.bitPattern, results[0].0.loss.bitPattern, "loss, run \(k)")
+            same(r.0.lse, results[0].0.lse, "lse, run \(k)")
+            same(r.1.dE, results[0].1.dE, "dE, run \(k)")
+            same(r.1.dC, results[0].1.dC, "dC, run \(k)")
+            same(r.1.dBias!, results[0].1.dBias!, "dBias, run \(k)")
+        }
+        // And run to run.
+        var o = Options(); o.threads = 2; o.softcap = 8; o.labelSmoothing = 0.05
+        let again = try CutCrossEntropy(options: o).lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+        same(again.1.dC, results[1].1.dC, "dC, repeated")
+    }
+
+    /// A forward now and a backward later give what the fused call gives.
+    func testSplitForwardBackwardEqualsFused() throws {
+        let (e, c, t, b) = randomProblem(n: 37, d: 19, v: 301, withBias: true)
+        let cce = CutCrossEntropy()
+        let f = try cce.forward(embeddings: e, classifier: c, targets: t, bias: b)
+        let g = try cce.backward(f, embeddings: e, classifier: c, bias: b, upstream: .scalar(2))
+        let (f2, g2) = try cce.lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b, upstream: .scalar(2))
+        XCTAssertEqual(f.loss, f2.loss)
+        XCTAssertEqual(g.dE.floats, g2.dE.floats)
+        XCTAssertEqual(g.dC.floats, g2.dC.floats)
+    }
+
+    /// Float16 and BFloat16 storage: the engine reads the stored values exactly, so it
+    /// agrees with the Float64 oracle on the same (rounded) inputs as tightly as Float32 does.
+    func testHalfPrecisionStorage() throws {
+        for type in [ElementType.float16, .bfloat16] {
+            let (e, c, t, b) = randomProblem(n: 37, d: 19, v: 301, type: type, withBias: true)
+            var o = Options(); o.filterEpsilon = .value(0x1p-28)
+            let (f, g) = try CutCrossEntropy(options: o).lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+            let r = try Oracle.compute(embeddings: e, classifier: c, targets: t, bias: b, options: o)
+            assertClose([f.loss], [r.loss], atol: 1e-5, rtol: 1e-5, "\(type) loss")
+            assertClose(g.dE.doubles, r.dE, atol: 1e-6, rtol: 1e-4, "\(type) dE")
+            assertClose(g.dC.doubles, r.dC, atol: 1e-6, rtol: 1e-4, "\(type) dC")
+        }
+    }
+
+    /// Filtering with the bf16 ε (2^-12) on LM-like data keeps the gradient close: the
+    /// dropped mass is below ε per entry. Budget: relative dE error ≤ 2e-2 (measured ~5e-3).
+    func testFilteringOnLMLikeData() throws {
+        let data = LMLikeData.make(tokens: 64, dim: 32, vocab: 2000, type: .bfloat16, seed: 3)
+        let cce = CutCrossEntropy()
+        let (_, g) = try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+        XCTAssertGreaterThan(g.filter.rowSegments, g.filter.keptRowSegments, "something was filtered")
+        let r = try Oracle.compute(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+        XCTAssertLessThanOrEqual(relativeError(g.dE.doubles, r.dE), 2e-2)
+        XCTAssertLessThanOrEqual(relativeError(g.dC.doubles, r.dC), 2e-2)
+    }
+}
