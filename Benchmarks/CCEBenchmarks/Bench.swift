@@ -181,8 +181,9 @@ public enum Bench {
                     let (f, g) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t)
                     if name == "cce" {
                         let fs = g.filter
-                        filterNote = String(format: "kept %.2f%% of row segments; skipped %d of %d tiles",
+                        filterNote = String(format: "kept %.2f%% of row segments (%.2f%% not even recomputed); skipped %d of %d tiles",
                                             100 * Double(fs.keptRowSegments) / Double(max(1, fs.rowSegments)),
+                                            100 * Double(fs.boundSkippedRowSegments) / Double(max(1, fs.rowSegments)),
                                             fs.skippedTiles, fs.tiles)
                     }
                     return (f.loss, gradBytes(g))

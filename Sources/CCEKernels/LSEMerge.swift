@@ -32,16 +32,17 @@ public func kahanAdd<S: KernelScalar>(_ sum: inout S, _ comp: inout S, _ x: S) {
     sum = t
 }
 
-/// Merges z[0 ..< count] into `state`. Returns nothing; `state.value` is the LSE so far.
-@inlinable
-public func mergeTileRow<S: KernelScalar>(_ z: UnsafePointer<S>, count: Int, into state: inout RunningLSE<S>) {
+/// Merges z[0 ..< count] into `state` and returns the tile's largest logit;
+/// `state.value` is the LSE so far.
+@inlinable @discardableResult
+public func mergeTileRow<S: KernelScalar>(_ z: UnsafePointer<S>, count: Int, into state: inout RunningLSE<S>) -> S {
     let cv = count & ~7
     var mv = SIMD8<S>(repeating: -.infinity)
     var p = 0
     while p < cv { mv = S.maximum(mv, load8(z + p)); p += 8 }
     var tileMax = S.horizontalMax(mv)
     while p < count { tileMax = Swift.max(tileMax, z[p]); p += 1 }
-    if tileMax == -.infinity { return }
+    if tileMax == -.infinity { return tileMax }
     if tileMax > state.max {
         let scale = state.max == -.infinity ? 0 : S.exp(state.max - tileMax)
         state.sum *= scale
@@ -55,6 +56,7 @@ public func mergeTileRow<S: KernelScalar>(_ z: UnsafePointer<S>, count: Int, int
     var t = laneSum(acc)
     while p < count { t += S.exp(z[p] - state.max); p += 1 }
     kahanAdd(&state.sum, &state.comp, t)
+    return tileMax
 }
 
 /// Σ z[0 ..< count] in eight lanes, reduced in the fixed `laneSum` order.

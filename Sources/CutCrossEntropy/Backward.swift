@@ -6,19 +6,25 @@
 //     dy_iv = g_i · ∂loss_i/∂z_iv · (1 − (z_iv/s)²)          (soft cap; else factor 1)
 //     dE_i = Σ_v dy_iv C_v,   dC_v = Σ_i dy_iv e_i,   dBias_v = Σ_i dy_iv.
 //
-// Schedule: workers own token blocks (round-robin), as in the forward. For each vocabulary
-// block, in the sorted order (VocabularyOrder.swift), a worker recomputes the logit tile,
-// turns each row into dy, and keeps only the rows where some |∂loss_i/∂z_iv|·cap' ≥ ε or
-// the row's target falls in this block (gradient filtering; a tile none of whose rows is
-// kept is skipped entirely). Then:
+// Schedule (Engine.swift): workers own token blocks. For each vocabulary block of VB
+// entries, in the sorted order (VocabularyOrder.swift), a worker recomputes the logit
+// tile, turns each row into dy, and keeps only the rows where some
+// |∂loss_i/∂z_iv|·cap' ≥ ε or the row's target falls in this block (gradient filtering;
+// a tile none of whose rows is kept is skipped). Then:
 //   dE rows of the kept tokens += dy · C_block      (rank-VB update; rows are the worker's own)
 //   dC rows of the block       += dyᵀ · E_kept       (rank-kept update; rows shared by all)
 // dC is accumulated without races and deterministically by the ordered hand-off
 // (CCERuntime/HandOff.swift): token block b adds into vocabulary block j only after block
 // b − 1 has. Every dE and dC element is then one sequential fused multiply-add chain (over
 // the vocabulary in sorted order for dE, over the tokens in order for dC), so the results
-// are bitwise reproducible and independent of the thread count and of NB. Extra memory:
-// the workspaces (O(threads·(NB + VB)·D)) and O(V) for the order and tickets.
+// are bitwise reproducible and independent of the thread count and of NB.
+//
+// Skipping without recomputing (the fused call): the forward kept each row's largest
+// logit m_ij per forward block. With the LSE known, every entry of that block has
+// p ≤ e^(m_ij − lse_i), so |∂loss/∂z| ≤ (1 + 2·zloss·lse_i)·e^(m_ij − lse_i) + α/V; when
+// that bound is below ε and the target is elsewhere, the row would be filtered anyway, and
+// its logits are not recomputed at all (6-row panels with no such row are skipped inside
+// the tile product). The result is bitwise the same as the two-call path.
 
 import CCEKernels
 import CCERuntime
@@ -40,106 +46,103 @@ public struct FilterStatistics: Sendable {
     public var tiles = 0, skippedTiles = 0
     /// (token x vocabulary block) row segments, and how many were kept.
     public var rowSegments = 0, keptRowSegments = 0
-}
+    /// Row segments whose logits were never recomputed (fused call only).
+    public var boundSkippedRowSegments = 0
 
-enum Backward {
-    static func sweep<S: KernelScalar>(_ inp: SweepInputs<S>, _ bw: BackwardInputs<S>, options: Options)
-        -> FilterStatistics
-    {
-        let m = inp.problem.active
-        if m == 0 { return FilterStatistics() }
-        let plan = inp.plan
-        let nb = plan.tokenBlock, vb = plan.vocabBlock, d = inp.d
-        let blocks = (m + nb - 1) / nb
-        let vBlocks = (inp.v + vb - 1) / vb
-        let workers = min(plan.threads, blocks)
-        let alpha = S(options.labelSmoothing)
-        let smooth = alpha / S(inp.v)
-        let zl = S(options.zLoss)
-        let eps = bw.eps ?? -1
-        let handOff = HandOff(count: vBlocks)
-        let stats = StatsBox(workers)
-        inp.problem.rows.withUnsafeBufferPointer { rows in
-        inp.problem.targets.withUnsafeBufferPointer { targets in
-            let rowsB = SendableBuffer(rows), targetsB = SendableBuffer(targets)
-            Workers.run(workers) { w in
-                let ws = Workspace<S>(plan: plan, d: d, backend: inp.backend)
-                let keep = UnsafeMutablePointer<Int>.allocate(capacity: nb)
-                defer { keep.deallocate() }
-                var st = FilterStatistics()
-                var b = w
-                while b < blocks {
-                    let first = b * nb, count = min(nb, m - first)
-                    ws.loadTokens(inp, first: first, count: count, rows: rowsB.buffer)
-                    for j in 0..<vBlocks {
-                        let v0 = j * vb, vc = min(vb, inp.v - v0)
-                        ws.product(inp, count: count, ids: { Int(bw.order[v0 + $0]) }, vc: vc, ldo: vb)
-                        // Epilogue: logits -> dy, row by row; kept rows move to the front.
-                        var kept = 0
-                        for i in 0..<count {
-                            let row = ws.tile.base + i * vb
-                            if let bias = inp.bias {
-                                for q in 0..<vc { row[q] += bias[Int(bw.order[v0 + q])] }
-                            }
-                            logitEpilogue(row, count: vc, bias: nil, cap: inp.cap)
-                            let t = Int(targetsB.buffer[first + i])
-                            let tq = Int(bw.rank[t]) - v0
-                            let hasTarget = tq >= 0 && tq < vc
-                            let zt = hasTarget ? row[tq] : 0
-                            let l = bw.lse[first + i]
-                            let big = gradientEpilogue(row, count: vc, lse: l, coef: 1 + 2 * zl * l,
-                                                       smooth: smooth, cap: inp.cap, eps: eps)
-                            guard big || hasTarget else { continue }
-                            if hasTarget { row[tq] -= (1 - alpha) * softcapDerivative(zt, cap: inp.cap) }
-                            scaleRow(row, count: vc, by: bw.upstream[first + i])
-                            let dst = ws.tile.base + kept * vb
-                            if kept != i { dst.update(from: row, count: vc) }
-                            ws.outRows.base[kept] = bw.dE + Int(rowsB.buffer[first + i]) * d
-                            ws.activeRows.base[kept] = ws.eRows.base[i]
-                            keep[kept] = i
-                            kept += 1
-                        }
-                        st.tiles += 1; st.rowSegments += count; st.keptRowSegments += kept
-                        if kept == 0 { st.skippedTiles += 1 }
-                        if kept > 0 {
-                            ws.loadVocabulary(inp, ids: { Int(bw.order[v0 + $0]) }, count: vc)
-                            rankUpdate(out: ws.outRows.base, m: kept, a: ws.tile.base, ars: vb, aks: 1,
-                                       b: ws.cRows.base, k: vc, width: d)
-                        }
-                        handOff.wait(slot: j, turn: b)
-                        if kept > 0 {
-                            for q in 0..<vc { ws.outRows.base[q] = bw.dC + Int(bw.order[v0 + q]) * d }
-                            rankUpdate(out: ws.outRows.base, m: vc, a: ws.tile.base, ars: 1, aks: vb,
-                                       b: ws.activeRows.base, k: kept, width: d)
-                            if let db = bw.dBias {
-                                for q in 0..<vc {
-                                    var s = db[Int(bw.order[v0 + q])]
-                                    for r in 0..<kept { s += ws.tile.base[r * vb + q] }
-                                    db[Int(bw.order[v0 + q])] = s
-                                }
-                            }
-                        }
-                        handOff.pass(slot: j, turn: b)
-                    }
-                    b += workers
-                }
-                stats.set(w, st)
-            }
-        }}
-        return stats.total
+    mutating func add(_ o: FilterStatistics) {
+        tiles += o.tiles; skippedTiles += o.skippedTiles
+        rowSegments += o.rowSegments; keptRowSegments += o.keptRowSegments
+        boundSkippedRowSegments += o.boundSkippedRowSegments
     }
 }
 
-/// One slot per worker; each worker writes only its own.
-final class StatsBox: @unchecked Sendable {
-    private let items: UnsafeMutableBufferPointer<FilterStatistics>
-    init(_ n: Int) { items = .allocate(capacity: n); items.initialize(repeating: FilterStatistics()) }
-    deinit { items.deallocate() }
-    func set(_ i: Int, _ s: FilterStatistics) { items[i] = s }
-    var total: FilterStatistics {
-        items.reduce(into: FilterStatistics()) {
-            $0.tiles += $1.tiles; $0.skippedTiles += $1.skippedTiles
-            $0.rowSegments += $1.rowSegments; $0.keptRowSegments += $1.keptRowSegments
+enum Backward {
+    /// The backward of active tokens first ..< first + count (token block `b`), whose E rows
+    /// `ws` holds. With `blockMax` (from the fused forward), rows bounded below ε are not
+    /// recomputed.
+    static func block<S: KernelScalar>(
+        _ inp: SweepInputs<S>, _ bw: BackwardInputs<S>, _ ws: Workspace<S>, handOff: HandOff,
+        b: Int, first: Int, count: Int, rows: UnsafeBufferPointer<Int32>, targets: UnsafeBufferPointer<Int32>,
+        k: LossConstants<S>, blockMax: UnsafePointer<S>?, stats st: inout FilterStatistics
+    ) {
+        let plan = inp.plan, d = inp.d
+        let vb = plan.vocabBlock, fvb = plan.forwardVocabBlock
+        let vBlocks = (inp.v + vb - 1) / vb
+        let fBlocks = (inp.v + fvb - 1) / fvb
+        let smooth = k.alpha / k.v
+        let eps = bw.eps ?? -1
+        let keep = ws.keep.base, need = ws.need.base, panelNeeded = ws.panelNeeded.base
+        let panels = (count + 5) / 6
+        for j in 0..<vBlocks {
+            let v0 = j * vb, vc = min(vb, inp.v - v0)
+            // Which rows must be recomputed (all of them without a bound).
+            var needed = count
+            if let bm = blockMax, bw.eps != nil {
+                needed = 0
+                let jf = v0 / fvb
+                for p in 0..<panels { panelNeeded[p] = false }
+                for i in 0..<count {
+                    let l = bw.lse[first + i]
+                    let tq = Int(bw.rank[Int(targets[first + i])]) - v0
+                    let bound = (1 + 2 * k.zLoss * l) * S.exp(bm[i * fBlocks + jf] - l) + smooth
+                    need[i] = bound >= eps || (tq >= 0 && tq < vc)
+                    if need[i] { needed += 1; panelNeeded[i / 6] = true }
+                }
+            } else {
+                for i in 0..<count { need[i] = true }
+            }
+            st.tiles += 1; st.rowSegments += count
+            st.boundSkippedRowSegments += count - needed
+            var kept = 0
+            if needed > 0 {
+                ws.product(inp, count: count, ids: { Int(bw.order[v0 + $0]) }, vc: vc, ldo: vb,
+                           panelMask: needed < count ? UnsafePointer(panelNeeded) : nil)
+                // Epilogue: logits -> dy, row by row; kept rows move to the front.
+                for i in 0..<count where need[i] {
+                    let row = ws.tile.base + i * vb
+                    if let bias = inp.bias {
+                        for q in 0..<vc { row[q] += bias[Int(bw.order[v0 + q])] }
+                    }
+                    logitEpilogue(row, count: vc, bias: nil, cap: inp.cap)
+                    let t = Int(targets[first + i])
+                    let tq = Int(bw.rank[t]) - v0
+                    let hasTarget = tq >= 0 && tq < vc
+                    let zt = hasTarget ? row[tq] : 0
+                    let l = bw.lse[first + i]
+                    let big = gradientEpilogue(row, count: vc, lse: l, coef: 1 + 2 * k.zLoss * l,
+                                               smooth: smooth, cap: inp.cap, eps: eps)
+                    guard big || hasTarget else { continue }
+                    if hasTarget { row[tq] -= (1 - k.alpha) * softcapDerivative(zt, cap: inp.cap) }
+                    scaleRow(row, count: vc, by: bw.upstream[first + i])
+                    let dst = ws.tile.base + kept * vb
+                    if kept != i { dst.update(from: row, count: vc) }
+                    ws.outRows.base[kept] = bw.dE + Int(rows[first + i]) * d
+                    ws.activeRows.base[kept] = ws.eRows.base[i]
+                    keep[kept] = i
+                    kept += 1
+                }
+            }
+            st.keptRowSegments += kept
+            if kept == 0 { st.skippedTiles += 1 }
+            if kept > 0 {
+                ws.loadVocabulary(inp, ids: { Int(bw.order[v0 + $0]) }, count: vc)
+                rankUpdate(out: ws.outRows.base, m: kept, a: ws.tile.base, ars: vb, aks: 1,
+                           b: ws.cRows.base, k: vc, width: d)
+            }
+            handOff.wait(slot: j, turn: b)
+            if kept > 0 {
+                for q in 0..<vc { ws.outRows.base[q] = bw.dC + Int(bw.order[v0 + q]) * d }
+                rankUpdate(out: ws.outRows.base, m: vc, a: ws.tile.base, ars: 1, aks: vb,
+                           b: ws.activeRows.base, k: kept, width: d)
+                if let db = bw.dBias {
+                    for q in 0..<vc {
+                        var s = db[Int(bw.order[v0 + q])]
+                        for r in 0..<kept { s += ws.tile.base[r * vb + q] }
+                        db[Int(bw.order[v0 + q])] = s
+                    }
+                }
+            }
+            handOff.pass(slot: j, turn: b)
         }
     }
 }

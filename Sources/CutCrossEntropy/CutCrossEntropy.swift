@@ -105,17 +105,20 @@ public struct CutCrossEntropy: Sendable {
         }
     }
 
-    /// Forward and backward in one call.
+    /// Forward and backward in one call. Same results, bit for bit, as `forward` then
+    /// `backward`, but faster: the forward's per-block maxima let the backward skip rows
+    /// whose gradient would be filtered without recomputing their logits.
     public func lossAndGradients(embeddings: Tensor, classifier: Tensor, targets: Targets,
                                  bias: Tensor? = nil, upstream: Upstream = .scalar(1)) throws
         -> (ForwardOutput, Gradients)
     {
-        if case .perToken(let u) = upstream, u.count != targets.count {
-            throw CCEError.invalidUpstream("\(u.count) values for \(targets.count) target positions")
+        let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
+                                  bias: bias, options: options)
+        let g = try upstreamPerToken(upstream, SavedState(problem: problem, options: options, lse: .float64([])))
+        switch options.mode {
+        case .default: return run(Float.self, .fused, problem, g, embeddings, classifier, bias, savedLSE: nil)
+        case .exact: return run(Double.self, .fused, problem, g, embeddings, classifier, bias, savedLSE: nil)
         }
-        let f = try forward(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias)
-        let g = try backward(f, embeddings: embeddings, classifier: classifier, bias: bias, upstream: upstream)
-        return (f, g)
     }
 
     // MARK: - Typed implementation
@@ -147,71 +150,86 @@ public struct CutCrossEntropy: Sendable {
     }
 
     func forward<S: KernelScalar>(_: S.Type, _ p: Problem, _ e: Tensor, _ c: Tensor, _ bias: Tensor?) -> ForwardOutput {
-        let b: [S]? = bias.map { $0.floats().map { S(storage: $0) } }
-        let sweep = e.withRawPointer { ep in
-            c.withRawPointer { cp in
-                withOptionalPointer(b) { bp in
-                    Forward.sweep(inputs(S.self, p, ep, cp, bp), options: options)
-                }
-            }
-        }
-        let positions = p.targetShape.reduce(1, *)
-        var tokenLosses = [S](repeating: 0, count: positions)
-        var lse = [S](repeating: .nan, count: positions)
-        var total = 0.0
-        for i in 0..<p.active {
-            tokenLosses[Int(p.positions[i])] = sweep.loss[i]
-            lse[Int(p.positions[i])] = sweep.lse[i]
-            total += Double(sweep.loss[i])
-        }
-        let loss: Double
-        switch options.reduction {
-        case .mean: loss = p.active > 0 ? total / Double(p.active) : .nan
-        case .sum, .none: loss = total
-        }
-        return ForwardOutput(loss: loss, tokenLosses: values(tokenLosses), lse: values(lse),
-                             activeTokens: p.active,
-                             state: SavedState(problem: p, options: options, lse: values(sweep.lse)))
+        run(S.self, .forward, p, [], e, c, bias, savedLSE: nil).0
     }
 
     func backward<S: KernelScalar>(_: S.Type, _ st: SavedState, _ g: [Double], _ e: Tensor, _ c: Tensor,
                                    _ bias: Tensor?) -> Gradients {
-        let p = st.problem
+        var engine = CutCrossEntropy(options: st.options)
+        engine.tileBackend = tileBackend
+        return engine.run(S.self, .backward, st.problem, g, e, c, bias, savedLSE: st.lse.doubles.map { S($0) }).1
+    }
+
+    /// One engine call in scalar type S: sets up the vocabulary order and the buffers, runs
+    /// the pass, and assembles the public results (the forward part is empty for .backward,
+    /// the gradients are empty for .forward).
+    func run<S: KernelScalar>(_: S.Type, _ pass: Pass, _ p: Problem, _ g: [Double], _ e: Tensor, _ c: Tensor,
+                              _ bias: Tensor?, savedLSE: [S]?) -> (ForwardOutput, Gradients) {
         let biasF = bias?.floats()
         let b: [S]? = biasF.map { $0.map { S(storage: $0) } }
-        let lse: [S] = st.lse.doubles.map { S($0) }
+        var lse = savedLSE ?? [S](repeating: 0, count: p.active)
+        var loss = [S](repeating: 0, count: pass == .backward ? 0 : p.active)
+        let wantsGrad = pass != .forward
         let up: [S] = g.map { S($0) }
-        var dE = [S](repeating: 0, count: p.n * p.d)
-        var dC = [S](repeating: 0, count: p.v * p.d)
-        var dBias: [S]? = bias == nil ? nil : [S](repeating: 0, count: p.v)
-        let eps: Double? = st.options.mode == .exact ? nil
-            : st.options.filterEpsilon.resolve(p.eType, p.cType)
+        var dE = [S](repeating: 0, count: wantsGrad ? p.n * p.d : 0)
+        var dC = [S](repeating: 0, count: wantsGrad ? p.v * p.d : 0)
+        var dBias: [S]? = bias == nil || !wantsGrad ? nil : [S](repeating: 0, count: p.v)
+        let eps: Double? = options.mode == .exact ? nil : options.filterEpsilon.resolve(p.eType, p.cType)
         var stats = FilterStatistics()
         e.withRawPointer { ep in
             c.withRawPointer { cp in
                 let (order, rank) = VocabularyOrder.make(problem: p, e: ep, c: cp,
                                                          bias: biasF.map { $0.map { Double($0) } },
-                                                         sorted: st.options.sortVocabulary)
+                                                         sorted: options.sortVocabulary)
                 withOptionalPointer(b) { bp in
                     let inp = inputs(S.self, p, ep, cp, bp)
-                    lse.withUnsafeBufferPointer { lp in
+                    lse.withUnsafeMutableBufferPointer { lp in
+                    loss.withUnsafeMutableBufferPointer { lossp in
                     up.withUnsafeBufferPointer { upp in
                     order.withUnsafeBufferPointer { op in
                     rank.withUnsafeBufferPointer { rp in
                     dE.withUnsafeMutableBufferPointer { dEp in
                     dC.withUnsafeMutableBufferPointer { dCp in
                         withOptionalMutablePointer(&dBias) { dbp in
-                            let bw = BackwardInputs(lse: lp.baseAddress!, upstream: upp.baseAddress!,
-                                                    order: op.baseAddress!, rank: rp.baseAddress!,
-                                                    eps: eps.map { S($0) }, dE: dEp.baseAddress!,
-                                                    dC: dCp.baseAddress!, dBias: dbp)
-                            stats = Backward.sweep(inp, bw, options: st.options)
+                            let bw: BackwardInputs<S>? = wantsGrad
+                                ? BackwardInputs(lse: UnsafePointer(lp.baseAddress!), upstream: upp.baseAddress!,
+                                                 order: op.baseAddress!, rank: rp.baseAddress!,
+                                                 eps: eps.map { S($0) }, dE: dEp.baseAddress!,
+                                                 dC: dCp.baseAddress!, dBias: dbp)
+                                : nil
+                            stats = Engine.run(pass, inp, options: options, order: op.baseAddress!,
+                                               lse: lp.baseAddress!, loss: lossp.baseAddress ?? lp.baseAddress!,
+                                               backward: bw)
                         }
-                    }}}}}}
+                    }}}}}}}
                 }
             }
         }
-        return Gradients(dE: values(dE), dC: values(dC), dBias: dBias.map { values($0) }, filter: stats)
+        let grads = Gradients(dE: values(dE), dC: values(dC), dBias: dBias.map { values($0) }, filter: stats)
+        guard pass != .backward else { return (emptyForward(p), grads) }
+        let positions = p.targetShape.reduce(1, *)
+        var tokenLosses = [S](repeating: 0, count: positions)
+        var lseOut = [S](repeating: .nan, count: positions)
+        var total = 0.0
+        for i in 0..<p.active {
+            tokenLosses[Int(p.positions[i])] = loss[i]
+            lseOut[Int(p.positions[i])] = lse[i]
+            total += Double(loss[i])
+        }
+        let reduced: Double
+        switch options.reduction {
+        case .mean: reduced = p.active > 0 ? total / Double(p.active) : .nan
+        case .sum, .none: reduced = total
+        }
+        let fwd = ForwardOutput(loss: reduced, tokenLosses: values(tokenLosses), lse: values(lseOut),
+                                activeTokens: p.active,
+                                state: SavedState(problem: p, options: options, lse: values(lse)))
+        return (fwd, grads)
+    }
+
+    func emptyForward(_ p: Problem) -> ForwardOutput {
+        ForwardOutput(loss: .nan, tokenLosses: .float32([]), lse: .float32([]), activeTokens: p.active,
+                      state: SavedState(problem: p, options: options, lse: .float32([])))
     }
 }
 

@@ -6,90 +6,81 @@
 //     loss_i = lse_i − (1 − α)·z_{i,t_i} − (α/V)·Σ_v z_iv + zloss·lse_i².
 // (With α = 0 and zloss = 0 this is the plain cross-entropy −log softmax(z_i)[t_i].)
 //
-// Schedule: workers own token blocks (round-robin). For its block, a worker converts the E
-// rows once, then sweeps the vocabulary in blocks of VB: tile product (NB x VB logits),
-// epilogue (bias, soft cap), and the LSE merge into each row's running (max, sum) with a
-// Kahan-compensated sum; Σ_v z_iv is kept too when label smoothing needs it. The target
-// logit is an indexed dot product, computed in the tile kernel's summation order (one
-// sequential FMA chain over k) so that it has the bits the tile would give it. Rows never cross workers, so the forward needs
-// no synchronization, and a row's result does not depend on the block it falls in.
+// Schedule (Engine.swift): workers own token blocks. For its block, a worker packs the E
+// rows once, then sweeps the vocabulary, in the sorted order (VocabularyOrder.swift), in
+// blocks of VBf: tile product (NB x VBf logits), epilogue (bias, soft cap), and the LSE
+// merge into each row's running (max, sum) with a Kahan-compensated sum; Σ_v z_iv is kept
+// too when label smoothing needs it. The target logit is an indexed dot product in the
+// tile kernel's summation order (one sequential FMA chain over k), so it has the bits the
+// tile would give it. Rows never cross workers, and a row's result does not depend on the
+// block it falls in.
+//
+// In the fused call the forward also keeps, per row and vocabulary block, the block's
+// largest logit (NB x V/VBf values per worker): once the row's LSE is known, that bounds
+// every softmax entry of the block, so the backward can skip the block's row without
+// recomputing it (Backward.swift).
 
 import CCEKernels
 import CCERuntime
 
-/// Per-token results of the forward sweep, for active tokens in order.
-struct ForwardSweep<S: KernelScalar> {
-    var lse: [S]
-    var loss: [S]
+/// Constants of the loss in the kernel scalar type.
+struct LossConstants<S: KernelScalar>: Sendable {
+    let alpha: S          // label smoothing α
+    let zLoss: S
+    let smoothing: Bool
+    let v: S
+
+    init(_ o: Options, v: Int) {
+        alpha = S(o.labelSmoothing); zLoss = S(o.zLoss); smoothing = o.labelSmoothing > 0; self.v = S(v)
+    }
 }
 
 enum Forward {
-    static func sweep<S: KernelScalar>(_ inp: SweepInputs<S>, options: Options) -> ForwardSweep<S> {
-        let m = inp.problem.active
-        var lse = [S](repeating: 0, count: m)
-        var loss = [S](repeating: 0, count: m)
-        if m == 0 { return ForwardSweep(lse: lse, loss: loss) }
-        let plan = inp.plan
-        let nb = plan.tokenBlock, vb = plan.forwardVocabBlock
-        let blocks = (m + nb - 1) / nb
+    /// The forward of active tokens first ..< first + count, whose E rows `ws` holds.
+    /// Writes lse and loss for them; fills blockMax[i · vBlocks + j] when given.
+    static func block<S: KernelScalar>(
+        _ inp: SweepInputs<S>, _ ws: Workspace<S>, order: UnsafePointer<Int32>,
+        first: Int, count: Int, targets: UnsafeBufferPointer<Int32>, k: LossConstants<S>,
+        lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockMax: UnsafeMutablePointer<S>?
+    ) {
+        let vb = inp.plan.forwardVocabBlock
         let vBlocks = (inp.v + vb - 1) / vb
-        let alpha = S(options.labelSmoothing)
-        let zl = S(options.zLoss)
-        let smoothing = options.labelSmoothing > 0
-        let workers = min(plan.threads, blocks)
-        lse.withUnsafeMutableBufferPointer { lseOut in
-        loss.withUnsafeMutableBufferPointer { lossOut in
-        inp.problem.rows.withUnsafeBufferPointer { rows in
-        inp.problem.targets.withUnsafeBufferPointer { targets in
-            let out = (lse: SendablePointer(lseOut.baseAddress!), loss: SendablePointer(lossOut.baseAddress!),
-                       rows: SendableBuffer(rows), targets: SendableBuffer(targets))
-            Workers.run(workers) { w in
-                let ws = Workspace<S>(plan: plan, d: inp.d, backend: inp.backend)
-                var states = [RunningLSE<S>](repeating: RunningLSE(), count: nb)
-                var sums = [S](repeating: 0, count: nb), comps = [S](repeating: 0, count: nb)
-                var b = w
-                while b < blocks {
-                    let first = b * nb, count = min(nb, m - first)
-                    ws.loadTokens(inp, first: first, count: count, rows: out.rows.buffer)
-                    for i in 0..<count { states[i] = RunningLSE(); sums[i] = 0; comps[i] = 0 }
-                    for j in 0..<vBlocks {
-                        let v0 = j * vb, vc = min(vb, inp.v - v0)
-                        ws.product(inp, count: count, ids: { v0 + $0 }, vc: vc, ldo: vb)
-                        for i in 0..<count {
-                            let row = ws.tile.base + i * vb
-                            logitEpilogue(row, count: vc, bias: inp.bias.map { $0 + v0 }, cap: inp.cap)
-                            mergeTileRow(row, count: vc, into: &states[i])
-                            if smoothing { kahanAdd(&sums[i], &comps[i], tileRowSum(row, count: vc)) }
-                        }
-                    }
-                    for i in 0..<count {
-                        let t = Int(out.targets.buffer[first + i])
-                        let zt = targetLogit(inp, ws.eRows.base[i], t)
-                        let l = states[i].value
-                        out.lse.pointer[first + i] = l
-                        var li = l - (1 - alpha) * zt + zl * l * l
-                        if smoothing { li -= alpha * sums[i] / S(inp.v) }
-                        out.loss.pointer[first + i] = li
-                    }
-                    b += workers
+        let states = ws.states.base, sums = ws.sums.base, comps = ws.comps.base
+        for i in 0..<count { states[i] = RunningLSE(); sums[i] = 0; comps[i] = 0 }
+        for j in 0..<vBlocks {
+            let v0 = j * vb, vc = min(vb, inp.v - v0)
+            ws.product(inp, count: count, ids: { Int(order[v0 + $0]) }, vc: vc, ldo: vb)
+            for i in 0..<count {
+                let row = ws.tile.base + i * vb
+                if let bias = inp.bias {
+                    for q in 0..<vc { row[q] += bias[Int(order[v0 + q])] }
                 }
+                logitEpilogue(row, count: vc, bias: nil, cap: inp.cap)
+                let tileMax = mergeTileRow(row, count: vc, into: &states[i])
+                blockMax?[i * vBlocks + j] = tileMax
+                if k.smoothing { kahanAdd(&sums[i], &comps[i], tileRowSum(row, count: vc)) }
             }
-        }}}}
-        return ForwardSweep(lse: lse, loss: loss)
+        }
+        for i in 0..<count {
+            let t = Int(targets[first + i])
+            let zt = targetLogit(inp, ws.eRows.base[i], t)
+            let l = states[i].value
+            lse[first + i] = l
+            var li = l - (1 - k.alpha) * zt + k.zLoss * l * l
+            if k.smoothing { li -= k.alpha * sums[i] / k.v }
+            loss[first + i] = li
+        }
     }
 
     /// z_{i,t}: the indexed dot product, in the tile kernel's order, then bias and soft cap.
     static func targetLogit<S: KernelScalar>(_ inp: SweepInputs<S>, _ e: UnsafePointer<S>, _ t: Int) -> S {
-        var y: S = withUnsafeTemporaryAllocation(of: S.self, capacity: inp.d) { buf in
-            convertRow(inp.cRow(t), type: inp.cType, count: inp.d, into: buf.baseAddress!)
-            return sequentialDot(e, UnsafePointer(buf.baseAddress!), inp.d)
+        withUnsafeTemporaryAllocation(of: S.self, capacity: inp.d + 1) { buf in
+            let p = buf.baseAddress!
+            convertRow(inp.cRow(t), type: inp.cType, count: inp.d, into: p)
+            p[inp.d] = sequentialDot(e, UnsafePointer(p), inp.d)
+            logitEpilogue(p + inp.d, count: 1, bias: inp.bias.map { $0 + t }, cap: inp.cap)
+            return p[inp.d]
         }
-        var z = [y]
-        z.withUnsafeMutableBufferPointer { p in
-            logitEpilogue(p.baseAddress!, count: 1, bias: inp.bias.map { $0 + t }, cap: inp.cap)
-        }
-        y = z[0]
-        return y
     }
 }
 

@@ -40,6 +40,11 @@ final class Workspace<S: KernelScalar> {
     let cRows: Scratch<UnsafePointer<S>>
     let outRows: Scratch<UnsafeMutablePointer<S>>
     let activeRows: Scratch<UnsafePointer<S>>
+    let states: Scratch<RunningLSE<S>>   // forward: running LSE per row
+    let sums: Scratch<S>, comps: Scratch<S>  // forward: Σ_v z per row (label smoothing), Kahan
+    let keep: Scratch<Int>               // backward: kept row -> row
+    let need: Scratch<Bool>              // backward: rows to recompute
+    let panelNeeded: Scratch<Bool>       // backward: 6-row panels to recompute
     let d: Int
     let vb: Int
 
@@ -58,6 +63,8 @@ final class Workspace<S: KernelScalar> {
         cRows = Scratch(count: wide)
         outRows = Scratch(count: max(nb, vb))
         activeRows = Scratch(count: nb)
+        states = Scratch(count: nb); sums = Scratch(count: nb); comps = Scratch(count: nb)
+        keep = Scratch(count: nb); need = Scratch(count: nb); panelNeeded = Scratch(count: (nb + 5) / 6)
     }
 
     /// Converts the E rows of active tokens first ..< first + count into the block (row-major,
@@ -75,7 +82,8 @@ final class Workspace<S: KernelScalar> {
 
     /// The logit tile (count x vc, row stride ldo) of the loaded tokens and vocabulary ids
     /// ids(0) ..< ids(vc).
-    func product(_ inp: SweepInputs<S>, count: Int, ids: (Int) -> Int, vc: Int, ldo: Int) {
+    func product(_ inp: SweepInputs<S>, count: Int, ids: (Int) -> Int, vc: Int, ldo: Int,
+                 panelMask: UnsafePointer<Bool>? = nil) {
         if inp.backend == .openBLAS, S.self == Float.self {
             // OpenBLAS wants both operands contiguous.
             loadVocabulary(inp, ids: ids, count: vc, contiguous: true)
@@ -86,7 +94,7 @@ final class Workspace<S: KernelScalar> {
         }
         for q in 0..<vc { cRaw.base[q] = inp.cRow(ids(q)) }
         tileProduct(ePanels: ePanels.base, m: count, cRows: cRaw.base, cType: inp.cType, n: vc, d: d,
-                    out: tile.base, ldo: ldo, panel: cPanel.base)
+                    out: tile.base, ldo: ldo, panel: cPanel.base, panelMask: panelMask)
     }
 
     /// Points cRows at the C rows ids(0) ..< ids(count) as S (for the gradient updates),

@@ -77,6 +77,27 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Packing BFloat16 rows (fast 8 x 8 path and the element-wise tail) gives the same
+    /// logits as packing their Float32 values.
+    func testBFloat16PanelsMatchFloat32Panels() {
+        for (n, d) in [(16, 300), (16, 8), (5, 19)] {
+            var rng = SystemRandomNumberGenerator()
+            let f = (0..<(n * d)).map { _ in floatFromBFloat16Bits(bfloat16Bits(Float.random(in: -2...2, using: &rng))) }
+            let h = f.map { bfloat16Bits($0) }
+            var p32 = [Float](repeating: .nan, count: 16 * d), p16 = [Float](repeating: .nan, count: 16 * d)
+            f.withUnsafeBytes { fb in
+                h.withUnsafeBytes { hb in
+                    let r32 = (0..<n).map { UnsafeRawPointer(fb.baseAddress! + $0 * d * 4) }
+                    let r16 = (0..<n).map { UnsafeRawPointer(hb.baseAddress! + $0 * d * 2) }
+                    p32.withUnsafeMutableBufferPointer { packColumnPanel(r32, n: n, type: .float32, k0: 0, kc: d, into: $0.baseAddress!) }
+                    p16.withUnsafeMutableBufferPointer { packColumnPanel(r16, n: n, type: .bfloat16, k0: 0, kc: d, into: $0.baseAddress!) }
+                }
+            }
+            XCTAssertEqual(p32, p16, "n=\(n) d=\(d)")
+            XCTAssertEqual(p32[3 * 16 + 1], n > 1 ? f[1 * d + 3] : 0, "panel[k=3][j=1] is row 1, column 3")
+        }
+    }
+
     func testRankUpdateMatchesReference() {
         for (m, k, w, transposed) in [(1, 1, 1, false), (13, 37, 19, false), (6, 16, 32, true), (17, 5, 45, true)] {
             var rng = SystemRandomNumberGenerator()
