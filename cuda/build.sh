@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds libcce_cuda.so from the CUDA sources in this folder (objects compiled in parallel).
+#   ./build.sh            -> ./libcce_cuda.so   (Hopper: sm_90a machine code)
+#   CCE_OUT=name.so ./build.sh  -> another file name (objects under build/name/)
+# Environment: NVCC (default: nvcc on PATH), CCE_ARCH (default: the -gencode for sm_90a, as
+# HOPPER.md advises; e.g. CCE_ARCH="-gencode=arch=compute_80,code=sm_80" for an A100; the
+# kernels use mma.sync, ldmatrix and cp.async, so sm_80 or newer), CCE_VERBOSE=1 for
+# ptxas's register / shared-memory / spill report of every kernel.
+set -euo pipefail
+cd "$(dirname "$0")"
+NVCC=${NVCC:-nvcc}
+ARCH=${CCE_ARCH:-"-gencode=arch=compute_90a,code=sm_90a"}
+# CCE_WGMMA=1 (default with the sm_90a target) uses Hopper's wgmma for the logit tiles;
+# CCE_WGMMA=0 keeps the mma.sync tile (any sm_80+ target).
+WG=${CCE_WGMMA:-$([[ "$ARCH" == *90a* ]] && echo 1 || echo 0)}
+FLAGS=(-O3 -std=c++17 -Xcompiler -fPIC,-O2 -lineinfo --expt-relaxed-constexpr -DCCE_USE_WGMMA=$WG ${CCE_NVCC_FLAGS:-} $ARCH)
+if [[ "${CCE_VERBOSE:-0}" == 1 ]]; then FLAGS+=(-Xptxas -v); fi
+OUTLIB=${CCE_OUT:-libcce_cuda.so}
+BDIR=build/${OUTLIB%.so}
+mkdir -p "$BDIR"
+pids=()
+for src in prep forward_lse vocab_sort backward; do
+  "$NVCC" "${FLAGS[@]}" -c "$src.cu" -o "$BDIR/$src.o" &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+"$NVCC" -shared $ARCH -o "$OUTLIB" "$BDIR"/prep.o "$BDIR"/forward_lse.o "$BDIR"/vocab_sort.o "$BDIR"/backward.o
+echo "built $(pwd)/$OUTLIB (wgmma: $WG)"

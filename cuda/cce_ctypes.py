@@ -1,0 +1,125 @@
+"""ctypes binding of libcce_cuda.so for PyTorch tensors (used by test_cuda.py and bench_cuda.py).
+
+    loss, lse = forward(E, C, targets, bias=None, **options)
+    dE, dC, dbias, stats = backward(E, C, targets, lse, grad, bias=None, **options)
+
+E (N, D), C (V, D), bias (V): one of float32 / float16 / bfloat16, contiguous, on the GPU.
+targets (N,) int64. Workspaces are allocated with torch, so PyTorch's memory statistics see them.
+"""
+import ctypes
+import os
+
+import torch
+
+
+class Options(ctypes.Structure):
+    _fields_ = [
+        ("ignore_index", ctypes.c_int64),
+        ("reduction", ctypes.c_int32),
+        ("shift", ctypes.c_int32),
+        ("batch", ctypes.c_int64),
+        ("softcap", ctypes.c_float),
+        ("label_smoothing", ctypes.c_float),
+        ("z_loss", ctypes.c_float),
+        ("filter_eps", ctypes.c_float),
+        ("sort_vocab", ctypes.c_int32),
+        ("lean_memory", ctypes.c_int32),
+        ("dc_chunk_rows", ctypes.c_int64),
+    ]
+
+
+assert ctypes.sizeof(Options) == 56
+
+REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+_lib = None
+
+
+def lib():
+    global _lib
+    if _lib is None:
+        path = os.environ.get("CCE_LIB", os.path.join(os.path.dirname(os.path.abspath(__file__)), "libcce_cuda.so"))
+        L = ctypes.CDLL(path)
+        vp, i64, sz = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
+        op = ctypes.POINTER(Options)
+        L.cce_last_error.restype = ctypes.c_char_p
+        L.cce_default_options.argtypes = [op]
+        L.cce_forward_workspace_size.restype = sz
+        L.cce_forward_workspace_size.argtypes = [i64, i64, i64, ctypes.c_int, op]
+        L.cce_forward.restype = ctypes.c_int
+        L.cce_forward.argtypes = [vp, vp, vp, vp, i64, i64, i64, ctypes.c_int, op, vp, vp, vp, sz, vp]
+        L.cce_backward_workspace_size.restype = sz
+        L.cce_backward_workspace_size.argtypes = [i64, i64, i64, ctypes.c_int, op, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        L.cce_backward.restype = ctypes.c_int
+        L.cce_backward.argtypes = [vp, vp, vp, vp, i64, i64, i64, ctypes.c_int, op, vp, vp, vp, vp, vp, vp, sz,
+                                   ctypes.POINTER(ctypes.c_int64), vp]
+        _lib = L
+    return _lib
+
+
+def make_options(ignore_index=-100, reduction="mean", shift=0, batch=1, softcap=0.0, label_smoothing=0.0,
+                 z_loss=0.0, filter_eps=-1.0, sort_vocab=True, lean_memory=True, dc_chunk_rows=0):
+    o = Options()
+    lib().cce_default_options(ctypes.byref(o))
+    o.ignore_index = ignore_index
+    o.reduction = REDUCTIONS[reduction]
+    o.shift = shift
+    o.batch = batch
+    o.softcap = softcap or 0.0
+    o.label_smoothing = label_smoothing
+    o.z_loss = z_loss
+    o.filter_eps = filter_eps
+    o.sort_vocab = int(sort_vocab)
+    o.lean_memory = int(lean_memory)
+    o.dc_chunk_rows = dc_chunk_rows
+    return o
+
+
+def _ptr(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _check(rc):
+    if rc != 0:
+        raise RuntimeError(f"cce error {rc}: {lib().cce_last_error().decode()}")
+
+
+def forward(E, C, targets, bias=None, **kw):
+    o = make_options(**kw)
+    N, D = E.shape
+    V = C.shape[0]
+    dt = DTYPES[E.dtype]
+    ws = torch.empty(lib().cce_forward_workspace_size(N, D, V, dt, ctypes.byref(o)), dtype=torch.uint8, device=E.device)
+    loss = torch.empty(N if kw.get("reduction", "mean") == "none" else 1, dtype=torch.float32, device=E.device)
+    lse = torch.empty(N, dtype=torch.float32, device=E.device)
+    stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+    _check(lib().cce_forward(_ptr(E), _ptr(C), _ptr(bias), _ptr(targets), N, D, V, dt, ctypes.byref(o),
+                             _ptr(loss), _ptr(lse), _ptr(ws), ws.numel(), stream))
+    if kw.get("reduction", "mean") != "none":
+        loss = loss[0]
+    return loss, lse
+
+
+def backward(E, C, targets, lse, grad, bias=None, want_dE=True, want_dC=True, want_dbias=None, stats=False,
+             poison=False, **kw):
+    """grad: the upstream gradient, a scalar tensor (sum / mean) or (N,) (none). Returns dE, dC, dbias, stats."""
+    o = make_options(**kw)
+    N, D = E.shape
+    V = C.shape[0]
+    dt = DTYPES[E.dtype]
+    if want_dbias is None:
+        want_dbias = bias is not None
+    fill = torch.empty if not poison else (lambda *s, **k: torch.full(s, float("nan"), **k))
+    dE = fill(N, D, dtype=E.dtype, device=E.device) if want_dE else None
+    dC = fill(V, D, dtype=E.dtype, device=E.device) if want_dC else None
+    db = fill(V, dtype=E.dtype, device=E.device) if want_dbias else None
+    ws = torch.empty(lib().cce_backward_workspace_size(N, D, V, dt, ctypes.byref(o), int(want_dE), int(want_dC),
+                                                        int(want_dbias)), dtype=torch.uint8, device=E.device)
+    g = grad.reshape(-1).to(torch.float32).contiguous()
+    st = (ctypes.c_int64 * 2)() if stats else None
+    stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+    _check(lib().cce_backward(_ptr(E), _ptr(C), _ptr(bias), _ptr(targets), N, D, V, dt, ctypes.byref(o),
+                              _ptr(lse), _ptr(g), _ptr(dE), _ptr(dC), _ptr(db), _ptr(ws), ws.numel(),
+                              st, stream))
+    return dE, dC, db, (tuple(st) if stats else None)

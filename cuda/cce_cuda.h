@@ -1,0 +1,101 @@
+/*
+ * cce_cuda.h — Cut Cross-Entropy on NVIDIA GPUs, behind a C ABI.
+ *
+ * Mathematics (one row i of E, classifier C, optional bias b, target t_i):
+ *   y_iv  = C_v . E_i + b_v                          (V logits, never stored whole)
+ *   z_iv  = s * tanh(y_iv / s)   if softcap s > 0, else y_iv
+ *   lse_i = log sum_v exp(z_iv)
+ *   loss_i = lse_i - (1 - a) z_{i,t_i} - (a / V) sum_v z_iv + zl * lse_i^2
+ * a = label smoothing (PyTorch's definition), zl = z-loss coefficient.
+ * Rows whose target equals ignore_index contribute nothing.
+ *
+ * Shapes (all row-major, contiguous, device memory):
+ *   E (N, D), C (V, D), bias (V) or NULL, targets (N) int64,
+ *   lse (N) float32, loss: (N) float32 for reduction NONE, else (1).
+ *   dE (N, D), dC (V, D), dbias (V) in the input element type.
+ * With shift k > 0 the N rows are B sequences of T = N / B rows; row (b, j) is paired
+ * with target (b, j + k) for j < T - k and the last k rows of each sequence are ignored.
+ *
+ * Gradients are accumulated in float32 whatever the input type, without atomics. The
+ * backward skips the two gradient products of (128 token x 128 vocabulary) tiles whose every
+ * |dz / g| is below filter_eps (after sorting the vocabulary by average logit so that
+ * significant entries share tiles) and adds, for each skipped tile, its first-order part
+ * (the tile's row / column sums of dz times the mean of its C / E rows); dbias is exact.
+ *
+ * Every function returns 0 on success or a nonzero cce_status; cce_last_error() then
+ * describes the failure (per host thread). All work is enqueued on `stream`
+ * (a cudaStream_t, NULL for the default stream); nothing synchronizes unless stated.
+ */
+#ifndef CCE_CUDA_H
+#define CCE_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum cce_dtype { CCE_F32 = 0, CCE_F16 = 1, CCE_BF16 = 2 } cce_dtype;
+
+typedef enum cce_reduction {
+  CCE_REDUCE_NONE = 0,
+  CCE_REDUCE_SUM = 1,
+  CCE_REDUCE_MEAN = 2 /* over rows whose target is not ignored */
+} cce_reduction;
+
+typedef enum cce_status {
+  CCE_OK = 0,
+  CCE_ERR_ARGUMENT = 1,  /* a null pointer, a bad shape, a misaligned buffer */
+  CCE_ERR_WORKSPACE = 2, /* workspace smaller than the *_workspace_size answer */
+  CCE_ERR_CUDA = 3       /* a CUDA runtime call or a kernel launch failed */
+} cce_status;
+
+/* Field order and types are part of the ABI (56 bytes, natural alignment). */
+typedef struct cce_options {
+  int64_t ignore_index;    /* default -100 */
+  int32_t reduction;       /* cce_reduction, default CCE_REDUCE_MEAN */
+  int32_t shift;           /* k >= 0, default 0 */
+  int64_t batch;           /* B for shift (N = B * T); <= 0 means 1 */
+  float softcap;           /* s; 0 = off */
+  float label_smoothing;   /* a in [0, 1] */
+  float z_loss;            /* zl >= 0 */
+  float filter_eps;        /* < 0: default by type (f32 2^-28, f16 2^-15, bf16 2^-12); 0: off */
+  int32_t sort_vocab;      /* 1 (default): sort the vocabulary by average logit in the backward */
+  int32_t lean_memory;     /* 1 (default): keep the f32 dE accumulator inside dC's buffer */
+  int64_t dc_chunk_rows;   /* sorted vocabulary rows per backward chunk (multiple of 128);
+                              0 (default): automatic, about 24 MiB of staged gradient tiles */
+} cce_options;
+
+const char *cce_last_error(void);
+void cce_default_options(cce_options *opt);
+
+/* Bytes of device workspace that cce_forward needs. */
+size_t cce_forward_workspace_size(int64_t N, int64_t D, int64_t V, int dtype,
+                                  const cce_options *opt);
+
+/* Forward: loss (and, when lse != NULL, the per-row log-sum-exp, needed by the backward). */
+int cce_forward(const void *E, const void *C, const void *bias, const int64_t *targets,
+                int64_t N, int64_t D, int64_t V, int dtype, const cce_options *opt,
+                float *loss, float *lse, void *workspace, size_t workspace_bytes,
+                void *stream);
+
+/* Bytes of device workspace that cce_backward needs for the gradients asked for. */
+size_t cce_backward_workspace_size(int64_t N, int64_t D, int64_t V, int dtype,
+                                   const cce_options *opt, int want_dE, int want_dC,
+                                   int want_dbias);
+
+/* Backward. grad_loss (device, float32): one value for SUM/MEAN, N values for NONE.
+ * lse: the forward's output. dE, dC, dbias may each be NULL (not computed).
+ * stats (host, nullable): {tiles in the (token, vocabulary) plane, tiles not skipped};
+ * asking for it synchronizes the stream. */
+int cce_backward(const void *E, const void *C, const void *bias, const int64_t *targets,
+                 int64_t N, int64_t D, int64_t V, int dtype, const cce_options *opt,
+                 const float *lse, const float *grad_loss, void *dE, void *dC, void *dbias,
+                 void *workspace, size_t workspace_bytes, int64_t *stats, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CCE_CUDA_H */

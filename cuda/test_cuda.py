@@ -1,0 +1,173 @@
+"""Validates libcce_cuda.so against a float64 PyTorch truth that materializes the logits.
+
+Every case runs for float32, float16 and bfloat16 inputs. The truth is computed in float64
+from the same (already rounded) inputs, so the error measured is the kernels' own:
+float32 accumulation, the gradient tile dy rounded to the input type before the two
+gradient products (16-bit types only), tile filtering, and the final rounding of the
+gradients to the input type.
+
+Error budgets, ||x - truth|| / ||truth||:
+    loss and lse:  1e-5 (f32), 1e-4 (f16, bf16)
+    dE, dC, dbias: 1e-4 (f32), 4e-3 (f16), 1.6e-2 (bf16)
+Outputs are poisoned with NaN first; a NaN anywhere fails.
+
+    python3 test_cuda.py           # prints one line per case and 'N passed, N failed'
+"""
+import itertools
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import cce_ctypes as cce
+
+BUDGET = {
+    torch.float32: dict(loss=1e-5, grad=1e-4),
+    torch.float16: dict(loss=1e-4, grad=4e-3),
+    torch.bfloat16: dict(loss=1e-4, grad=1.6e-2),
+}
+
+
+def lm_like(N, D, V, S=4.0, alpha=1.5, seed=0, device="cuda"):
+    """shared/LMLIKE.md: peaked softmax with a Zipf-like prior scattered over the vocabulary."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    C = torch.randn(V, D, generator=g, device=device) / math.sqrt(D - 1)
+    rank = torch.randperm(V, generator=g, device=device).double() + 1
+    C[:, D - 1] = (-alpha * torch.log(rank)).float()
+    E = torch.randn(N, D, generator=g, device=device) * S
+    E[:, D - 1] = 1.0
+    logits = E @ C.T
+    t = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(1)
+    return E, C, t
+
+
+def reference(E, C, bias, t, grad, o):
+    """float64 truth with autograd over materialized logits."""
+    E64 = E.double().requires_grad_()
+    C64 = C.double().requires_grad_()
+    b64 = bias.double().requires_grad_() if bias is not None else None
+    N = E.shape[0]
+    V = C.shape[0]
+    y = E64 @ C64.T
+    if b64 is not None:
+        y = y + b64
+    s = o.get("softcap", 0.0)
+    z = s * torch.tanh(y / s) if s else y
+    B = o.get("batch", 1)
+    T = N // B
+    k = o.get("shift", 0)
+    ign = o.get("ignore_index", -100)
+    tt = t.view(B, T)
+    eff = torch.full_like(tt, ign)
+    eff[:, : T - k] = tt[:, k:]
+    eff = eff.reshape(N)
+    valid = (eff != ign) & (eff >= 0) & (eff < V)
+    lse = torch.logsumexp(z, -1)
+    zt = z.gather(1, torch.where(valid, eff, 0).unsqueeze(1)).squeeze(1)
+    a = o.get("label_smoothing", 0.0)
+    rows = lse - (1 - a) * zt - a / V * z.sum(-1) + o.get("z_loss", 0.0) * lse * lse
+    rows = torch.where(valid, rows, torch.zeros_like(rows))
+    red = o.get("reduction", "mean")
+    out = rows if red == "none" else rows.sum() if red == "sum" else rows.sum() / valid.sum()
+    out.backward(grad.double() if red == "none" else grad.double().reshape(()))
+    return dict(loss=out.detach(), lse=lse.detach(), dE=E64.grad, dC=C64.grad,
+                db=b64.grad if b64 is not None else None)
+
+
+def rel(x, ref):
+    x = x.double().reshape(-1)
+    ref = ref.double().reshape(-1)
+    if torch.isnan(x).any():
+        return float("inf")
+    d = torch.linalg.norm(x - ref).item()
+    n = torch.linalg.norm(ref).item()
+    return d / n if n > 0 else d
+
+
+CASES = [
+    ("mean", {}),
+    ("sum+bias", dict(reduction="sum", bias=True)),
+    ("none+ignore", dict(reduction="none", ignore=True)),
+    ("softcap", dict(softcap=8.0)),
+    ("smoothing", dict(label_smoothing=0.1)),
+    ("smoothing+softcap", dict(label_smoothing=0.1, softcap=8.0, bias=True)),
+    ("zloss", dict(z_loss=1e-2)),
+    ("shift", dict(shift=1, batch=3, ignore=True)),
+    ("shift2+none", dict(shift=2, batch=3, reduction="none")),
+    ("nosort+nolean+nofilter", dict(sort_vocab=False, lean_memory=False, filter_eps=0.0)),
+    ("nolean+bias", dict(lean_memory=False, bias=True, reduction="sum")),
+    ("one-chunk", dict(dc_chunk_rows=1 << 20)),
+    ("everything", dict(reduction="none", bias=True, ignore=True, softcap=10.0, label_smoothing=0.05,
+                        z_loss=1e-3, shift=1, batch=3)),
+    ("everything-nosoftcap", dict(reduction="mean", bias=True, ignore=True, label_smoothing=0.2,
+                                  z_loss=1e-3, shift=1, batch=3)),
+]
+
+
+def run_case(name, spec, dtype, N=300, D=72, V=1000, seed=1):
+    spec = dict(spec)
+    use_bias = spec.pop("bias", False)
+    ignore = spec.pop("ignore", False)
+    spec.setdefault("dc_chunk_rows", 256)  # several f32 dC chunks at this size
+    E, C, t = lm_like(N, D, V, seed=seed)
+    g = torch.Generator(device="cuda").manual_seed(seed + 7)
+    bias = (torch.randn(V, generator=g, device="cuda") * 0.5) if use_bias else None
+    if ignore:
+        t[torch.rand(N, generator=g, device="cuda") < 0.2] = -100
+    Ed, Cd = E.to(dtype).contiguous(), C.to(dtype).contiguous()
+    bd = bias.to(dtype) if bias is not None else None
+    red = spec.get("reduction", "mean")
+    grad = (torch.rand(N, generator=g, device="cuda") + 0.5) if red == "none" else torch.tensor([1.7], device="cuda")
+    ref = reference(Ed, Cd, bd, t, grad, spec)
+    loss, lse = cce.forward(Ed, Cd, t, bias=bd, **spec)
+    dE, dC, db, st = cce.backward(Ed, Cd, t, lse, grad, bias=bd, want_dbias=use_bias, stats=True, poison=True, **spec)
+    torch.cuda.synchronize()
+    errs = dict(loss=rel(loss, ref["loss"]), lse=rel(lse, ref["lse"]), dE=rel(dE, ref["dE"]), dC=rel(dC, ref["dC"]))
+    if use_bias:
+        errs["db"] = rel(db, ref["db"])
+    b = BUDGET[dtype]
+    ok = all(errs[k] <= (b["loss"] if k in ("loss", "lse") else b["grad"]) for k in errs)
+    return ok, errs, st
+
+
+def main():
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    passed = failed = 0
+    for (name, spec), dtype in itertools.product(CASES, [torch.float32, torch.float16, torch.bfloat16]):
+        try:
+            ok, errs, st = run_case(name, spec, dtype)
+            msg = " ".join(f"{k}={v:.2e}" for k, v in errs.items())
+            msg += f" tiles kept {st[1]}/{st[0]}"
+        except Exception as e:  # report and go on
+            ok, msg = False, f"EXCEPTION {e!r}"
+        print(f"{'OK    ' if ok else 'NOT OK'} {name:24s} {str(dtype):15s} {msg}", flush=True)
+        passed += ok
+        failed += not ok
+    # Larger shape on the tensor-core path: several token blocks and a filtered, sorted vocabulary.
+    for dtype in (torch.bfloat16, torch.float16):
+        try:
+            ok, errs, st = run_case("larger", dict(dc_chunk_rows=0), dtype, N=1000, D=392, V=20000, seed=3)
+            msg = " ".join(f"{k}={v:.2e}" for k, v in errs.items()) + f" tiles kept {st[1]}/{st[0]}"
+        except Exception as e:
+            ok, msg = False, f"EXCEPTION {e!r}"
+        print(f"{'OK    ' if ok else 'NOT OK'} {'larger N1000 D392 V20000':24s} {str(dtype):15s} {msg}", flush=True)
+        passed += ok
+        failed += not ok
+    # Argument errors come back as codes with a message.
+    try:
+        E = torch.zeros(4, 6, device="cuda")
+        cce.forward(E, torch.zeros(10, 6, device="cuda"), torch.zeros(4, dtype=torch.long, device="cuda"))
+        ok = False
+    except RuntimeError as e:
+        ok = "multiple" in str(e)
+    print(f"{'OK    ' if ok else 'NOT OK'} bad-D error reported", flush=True)
+    passed += ok
+    failed += not ok
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
