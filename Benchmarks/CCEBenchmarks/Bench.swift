@@ -121,9 +121,8 @@ public enum Bench {
                                min_seconds: times[0], peak_bytes: peak, output_bytes: outBytes,
                                gflops: kind == "matmul" ? flops / times[times.count / 2] * 1e-9 : nil,
                                loss: loss, note: note)
-            log(String(format: "  %-14@ %-10@ %8.3f s  peak %8.1f MB%@", method as NSString, kind as NSString,
-                       row.median_seconds, Double(peak) / 1e6,
-                       row.gflops.map { String(format: "  %.1f GFLOP/s", $0) as NSString } ?? ""))
+            log("  \(method) \(kind): " + String(format: "%.3f s, peak %.1f MB", row.median_seconds, Double(peak) / 1e6)
+                + (row.gflops.map { String(format: ", %.1f GFLOP/s", $0) } ?? ""))
             rows.append(row)
         }
 

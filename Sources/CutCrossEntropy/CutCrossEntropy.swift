@@ -171,9 +171,9 @@ public struct CutCrossEntropy: Sendable {
         var loss = [S](repeating: 0, count: pass == .backward ? 0 : p.active)
         let wantsGrad = pass != .forward
         let up: [S] = g.map { S($0) }
-        var dE = [S](repeating: 0, count: wantsGrad ? p.n * p.d : 0)
-        var dC = [S](repeating: 0, count: wantsGrad ? p.v * p.d : 0)
-        var dBias: [S]? = bias == nil || !wantsGrad ? nil : [S](repeating: 0, count: p.v)
+        var dE = zeroed(S.self, wantsGrad ? p.n * p.d : 0)
+        var dC = zeroed(S.self, wantsGrad ? p.v * p.d : 0)
+        var dBias: [S]? = bias == nil || !wantsGrad ? nil : zeroed(S.self, p.v)
         let eps: Double? = options.mode == .exact ? nil : options.filterEpsilon.resolve(p.eType, p.cType)
         var stats = FilterStatistics()
         e.withRawPointer { ep in
@@ -244,6 +244,15 @@ public enum TileBackend: String, Sendable, CaseIterable {
 func values<S: KernelScalar>(_ x: [S]) -> Values {
     if let f = x as? [Float] { return .float32(f) }
     return .float64(x.map { Double($0) })
+}
+
+/// A zeroed array whose pages are all written now (not left to the kernel's zero pages), so
+/// that the memory a call reports and the memory the caller will touch are the same.
+func zeroed<S: KernelScalar>(_: S.Type, _ count: Int) -> [S] {
+    [S](unsafeUninitializedCapacity: count) { buf, n in
+        buf.initialize(repeating: 0)
+        n = count
+    }
 }
 
 func withOptionalPointer<T, R>(_ a: [T]?, _ body: (UnsafePointer<T>?) -> R) -> R {

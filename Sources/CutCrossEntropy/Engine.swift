@@ -34,7 +34,7 @@ enum Engine {
         inp.problem.rows.withUnsafeBufferPointer { rows in
         inp.problem.targets.withUnsafeBufferPointer { targets in
             let rowsB = SendableBuffer(rows), targetsB = SendableBuffer(targets)
-            Workers.run(workers) { w in
+            Workers.run(workers, pin: Placement.isNUMA) { w in
                 let ws = Workspace<S>(plan: plan, d: inp.d, backend: inp.backend)
                 let blockMax: Scratch<S>? = pass == .fused ? Scratch(count: nb * fBlocks) : nil
                 var st = FilterStatistics()

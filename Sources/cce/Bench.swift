@@ -44,14 +44,19 @@ struct BenchCommand: ParsableCommand {
         print("toolchain: \(report.toolchain); SIMD: \(report.target_cpu_flags)")
         print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), threads \(c.threads), repeats \(repeats)")
         print("plan: \(report.plan)\n")
-        print(String(format: "%-14@ %-10@ %10@ %10@ %12@ %10@", "method", "kind", "median s", "min s", "peak MB", "GFLOP/s"))
+        print(pad("method", 14) + pad("kind", 10) + lpad("median s", 10) + lpad("min s", 10)
+              + lpad("peak MB", 12) + lpad("GFLOP/s", 10))
         for r in report.rows {
-            print(String(format: "%-14@ %-10@ %10.3f %10.3f %12.2f %10@", r.method as NSString, r.kind as NSString,
-                         r.median_seconds, r.min_seconds, Double(r.peak_bytes) / 1e6,
-                         (r.gflops.map { String(format: "%.1f", $0) } ?? "") as NSString))
+            print(pad(r.method, 14) + pad(r.kind, 10) + lpad(String(format: "%.3f", r.median_seconds), 10)
+                  + lpad(String(format: "%.3f", r.min_seconds), 10)
+                  + lpad(String(format: "%.2f", Double(r.peak_bytes) / 1e6), 12)
+                  + lpad(r.gflops.map { String(format: "%.1f", $0) } ?? "", 10))
         }
         if let f = report.filter { print("\ncce filtering: \(f)") }
         print("\nratios:")
-        for (k, v) in report.ratios.sorted(by: { $0.key < $1.key }) { print(String(format: "  %-52@ %.4f", k as NSString, v)) }
+        for (k, v) in report.ratios.sorted(by: { $0.key < $1.key }) { print("  " + pad(k, 52) + String(format: " %.4f", v)) }
     }
 }
+
+func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+func lpad(_ s: String, _ n: Int) -> String { s.count >= n ? " " + s : String(repeating: " ", count: n - s.count) + s }

@@ -63,15 +63,21 @@ struct Demo: ParsableCommand {
         }
         let matE = mat.dE!.map { Double($0) }, matC = mat.dC!.map { Double($0) }
         let cceE = cce.1.dE.doubles, cceC = cce.1.dC.doubles
-        print(String(format: "%-13@ %12@ %9@ %12@ %11@ %11@ %11@", "method", "loss", "time s", "peak MB",
-                     "|Δloss|", "dE rel err", "dC rel err"))
+        func row(_ cells: [String]) -> String {
+            zip(cells, [14, 12, 9, 10, 11, 11, 11]).map { c, w in
+                c.count >= w ? " " + c : String(repeating: " ", count: w - c.count) + c
+            }.joined(separator: " ")
+        }
+        print(row(["method", "loss", "time s", "peak MB", "|Δloss|", "dE rel err", "dC rel err"]))
         func line(_ name: String, _ loss: Double, _ t: Double, _ peak: Int, _ e: [Double], _ c: [Double]) {
-            print(String(format: "%-13@ %12.6f %9.3f %12.1f %11.2e %11.2e %11.2e", name as NSString, loss, t,
-                         Double(max(0, peak - gradBytes)) / 1e6, abs(loss - truth.0.loss), relErr(e, dE64), relErr(c, dC64)))
+            print(row([name, String(format: "%.6f", loss), String(format: "%.3f", t),
+                       String(format: "%.1f", Double(max(0, peak - gradBytes)) / 1e6),
+                       String(format: "%.2e", abs(loss - truth.0.loss)), String(format: "%.2e", relErr(e, dE64)),
+                       String(format: "%.2e", relErr(c, dC64))]))
         }
         line("materialized", mat.loss, tMat, pMat, matE, matC)
         line("cce", cce.0.loss, tCCE, pCCE, cceE, cceC)
-        print(String(format: "%-13@ %12.6f %9.3f %12@ %11@ %11@ %11@", "float64 truth", truth.0.loss, tTruth, "-", "0", "0", "0"))
+        print(row(["float64 (exact)", String(format: "%.6f", truth.0.loss), String(format: "%.3f", tTruth), "-", "0", "0", "0"]))
         let fs = cce.1.filter
         print(String(format: "\nPeak MB is the process's peak memory growth beyond the inputs and the returned gradients (%.1f MB).",
                      Double(gradBytes) / 1e6))
