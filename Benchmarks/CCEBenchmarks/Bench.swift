@@ -29,6 +29,8 @@ public struct BenchConfig: Sendable {
     public var repeats = 3
     public var seed: UInt64 = 0
     public var methods: [String]? = nil
+    /// Kinds to run for the cce methods (default: all of loss, grad, loss+grad).
+    public var kinds: [String]? = nil
     public var verbose = false
     public init() {}
 }
@@ -74,6 +76,9 @@ public enum Bench {
         }
         guard c.threads > 0, c.repeats > 0 else {
             throw BenchError.invalid("threads and repeats must be positive")
+        }
+        if let k = c.kinds, let bad = k.first(where: { !["loss", "grad", "loss+grad"].contains($0) }) {
+            throw BenchError.invalid("unknown kind '\(bad)'; kinds: loss, grad, loss+grad")
         }
         if let m = c.methods, let bad = m.first(where: { !allMethods.contains($0) }) {
             throw BenchError.invalid("unknown method '\(bad)'; methods: \(allMethods.joined(separator: ", "))")
@@ -162,6 +167,7 @@ public enum Bench {
                      repeats: Int? = nil) {
             var engine = CutCrossEntropy(options: o)
             engine.tileBackend = backend
+            let kinds = kinds.filter { c.kinds?.contains($0) ?? true }
             if backend == .openBLAS { openblas_set_num_threads(1) }
             if kinds.contains("loss") {
                 time(name, "loss", repeats: repeats) {

@@ -6,8 +6,9 @@
 // additions into each dC row therefore happen in token-block order, whatever the number of
 // threads and whatever the timing: results are bitwise reproducible, and with the tile
 // plan fixed they do not even depend on the thread count. Token blocks advance as a skewed
-// wavefront (block b + 1 trails block b by about one vocabulary block); the wait is a
-// spin on an atomic load that yields the CPU after a while, since on an oversubscribed
+// wavefront; a worker whose turn has not come queues its update and goes on (see
+// Backward.swift), and waits only when its queue is full or its block is done. The wait is
+// a spin on an atomic load that yields the CPU after a while, since on an oversubscribed
 // machine the thread it waits for may need the core.
 
 import Synchronization
@@ -39,6 +40,12 @@ public final class HandOff: @unchecked Sendable {
             spins += 1
             if spins > 64 { sched_yield() }
         }
+    }
+
+    /// Whether slot `slot` is at `turn` now (acquire), without waiting.
+    @inline(__always)
+    public func isReady(slot: Int, turn: Int) -> Bool {
+        tickets[slot].load(ordering: .acquiring) == turn
     }
 
     /// Passes slot `slot` on to `turn + 1` (release).

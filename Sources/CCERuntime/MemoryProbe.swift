@@ -6,7 +6,13 @@
 // allocations the operation never touches do not count, which is what "memory used" means
 // here). Where clear_refs is not writable, the probe reports `isResettable == false` and
 // peaks include earlier history.
+//
+// Freed memory that malloc keeps for reuse would hide an operation's allocations (they
+// reuse pages already resident), so the probe first fixes glibc's mmap threshold at
+// 64 KiB (every larger block is its own mapping, returned to the system on free) and trims
+// the heap before each measurement.
 
+import CNUMA
 import Foundation
 
 public enum MemoryProbe {
@@ -25,8 +31,16 @@ public enum MemoryProbe {
 
     public static let isResettable: Bool = resetPeak()
 
+    /// Makes large allocations visible to the probe (see above). Called by `measure`.
+    public static let prepared: Bool = {
+        cce_malloc_fix_mmap_threshold(64 << 10)
+        return true
+    }()
+
     /// Runs `body` and returns its result with the peak resident growth it caused, in bytes.
     public static func measure<T>(_ body: () throws -> T) rethrows -> (T, Int) {
+        _ = prepared
+        cce_malloc_trim()
         resetPeak()
         let before = residentBytes()
         let r = try body()

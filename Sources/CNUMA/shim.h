@@ -31,3 +31,8 @@ static inline int cce_pin_current_thread(int index) {
     numa_free_cpumask(m);
     return rc;
 }
+
+// glibc allocator controls for the memory probe (CCERuntime/MemoryProbe.swift).
+#include <malloc.h>
+static inline void cce_malloc_fix_mmap_threshold(int bytes) { mallopt(M_MMAP_THRESHOLD, bytes); }
+static inline void cce_malloc_trim(void) { malloc_trim(0); }

@@ -95,11 +95,22 @@ enum Backward {
             st.boundSkippedRowSegments += count - needed
             var kept = 0
             if needed > 0 {
-                ws.product(inp, count: count, ids: { Int(bw.order[v0 + $0]) }, vc: vc, ldo: vb,
-                           panelMask: needed < count ? UnsafePointer(panelNeeded) : nil)
+                // Recompute: only the selected rows when they are few (their own panels),
+                // else the whole tile with the panels holding no selected row masked out.
+                let sel = ws.selected.base
+                var n = 0
+                for i in 0..<count where need[i] { sel[n] = i; n += 1 }
+                let compact = n < count && n <= ws.subRows && inp.backend == .swiftSIMD
+                if compact {
+                    ws.selectedProduct(inp, n: n, ids: { Int(bw.order[v0 + $0]) }, vc: vc, ldo: vb)
+                } else {
+                    ws.product(inp, count: count, ids: { Int(bw.order[v0 + $0]) }, vc: vc, ldo: vb,
+                               panelMask: needed < count ? UnsafePointer(panelNeeded) : nil)
+                }
                 // Epilogue: logits -> dy, row by row; kept rows move to the front.
-                for i in 0..<count where need[i] {
-                    let row = ws.tile.base + i * vb
+                for r in 0..<n {
+                    let i = sel[r]
+                    let row = ws.tile.base + (compact ? r : i) * vb
                     if let bias = inp.bias {
                         for q in 0..<vc { row[q] += bias[Int(bw.order[v0 + q])] }
                     }
@@ -115,9 +126,8 @@ enum Backward {
                     if hasTarget { row[tq] -= (1 - k.alpha) * softcapDerivative(zt, cap: inp.cap) }
                     scaleRow(row, count: vc, by: bw.upstream[first + i])
                     let dst = ws.tile.base + kept * vb
-                    if kept != i { dst.update(from: row, count: vc) }
+                    if dst != row { dst.update(from: row, count: vc) }
                     ws.outRows.base[kept] = bw.dE + Int(rows[first + i]) * d
-                    ws.activeRows.base[kept] = ws.eRows.base[i]
                     keep[kept] = i
                     kept += 1
                 }
@@ -129,20 +139,47 @@ enum Backward {
                 rankUpdate(out: ws.outRows.base, m: kept, a: ws.tile.base, ars: vb, aks: 1,
                            b: ws.cRows.base, k: vc, width: d)
             }
-            handOff.wait(slot: j, turn: b)
-            if kept > 0 {
-                for q in 0..<vc { ws.outRows.base[q] = bw.dC + Int(bw.order[v0 + q]) * d }
-                rankUpdate(out: ws.outRows.base, m: vc, a: ws.tile.base, ars: 1, aks: vb,
-                           b: ws.activeRows.base, k: kept, width: d)
+            // dC: queue this block's update, then apply every queued update whose turn
+            // has come (in vocabulary-block order); wait only when the queue is full.
+            if !ws.pending.fits(kept: kept, vc: vc) { flush(inp, bw, ws, handOff, b: b, blocking: true) }
+            ws.pending.append(j: j, v0: v0, vc: vc, kept: kept, tile: ws.tile.base, ldt: vb, keep: keep)
+            flush(inp, bw, ws, handOff, b: b, blocking: false)
+        }
+        flush(inp, bw, ws, handOff, b: b, blocking: true)
+    }
+
+    /// Applies queued dC updates of token block b in order: all of them when `blocking`,
+    /// else those whose hand-off turn has already come.
+    static func flush<S: KernelScalar>(_ inp: SweepInputs<S>, _ bw: BackwardInputs<S>, _ ws: Workspace<S>,
+                                       _ handOff: HandOff, b: Int, blocking: Bool) {
+        let pq = ws.pending, d = inp.d
+        while !pq.isEmpty {
+            let e = pq.entries[pq.head]
+            if !blocking && !handOff.isReady(slot: e.j, turn: b) { return }
+            handOff.wait(slot: e.j, turn: b)
+            if e.kept > 0 {
+                for q in 0..<e.vc { ws.outRows.base[q] = bw.dC + Int(bw.order[e.v0 + q]) * d }
+                // Kept E rows 16 at a time (converted on demand); each dC element's FMA
+                // chain simply continues from one chunk to the next.
+                let dy = pq.dy.base + e.offset
+                var r0 = 0
+                while r0 < e.kept {
+                    let n = min(16, e.kept - r0)
+                    ws.tokenRows(inp, pq.rows.base + e.rowOffset + r0, n)
+                    rankUpdate(out: ws.outRows.base, m: e.vc, a: dy + r0 * e.vc, ars: 1, aks: e.vc,
+                               b: ws.eRows.base, k: n, width: d)
+                    r0 += n
+                }
                 if let db = bw.dBias {
-                    for q in 0..<vc {
-                        var s = db[Int(bw.order[v0 + q])]
-                        for r in 0..<kept { s += ws.tile.base[r * vb + q] }
-                        db[Int(bw.order[v0 + q])] = s
+                    for q in 0..<e.vc {
+                        var s = db[Int(bw.order[e.v0 + q])]
+                        for r in 0..<e.kept { s += dy[r * e.vc + q] }
+                        db[Int(bw.order[e.v0 + q])] = s
                     }
                 }
             }
-            handOff.pass(slot: j, turn: b)
+            handOff.pass(slot: e.j, turn: b)
+            pq.popFirst()
         }
     }
 }

@@ -63,7 +63,9 @@ enum Forward {
         }
         for i in 0..<count {
             let t = Int(targets[first + i])
-            let zt = targetLogit(inp, ws.eRows.base[i], t)
+            var which = i
+            ws.tokenRows(inp, &which, 1)
+            let zt = targetLogit(inp, ws.eRows.base[0], t)
             let l = states[i].value
             lse[first + i] = l
             var li = l - (1 - k.alpha) * zt + k.zLoss * l * l

@@ -6,8 +6,9 @@
 // columns at a time into an L1-resident panel (TileProduct6x16.swift). The logit tile is
 // NB x VB.
 //
-//   NB: the E block takes about one L2:   NB ≈ L2 / (D · size), 6 ≤ NB ≤ 252, a multiple
-//       of 6; then the number of token blocks is rounded up to a multiple of the thread
+//   NB: the E panels take about two L2s:  NB ≈ 2·L2 / (D · size), 6 ≤ NB ≤ 258, a multiple
+//       of 6 (each 6-row panel streams through L1 past the 16-row C panel, so the block
+//       may live in L3; a larger NB packs each C row fewer times); then the number of token blocks is rounded up to a multiple of the thread
 //       count and NB shrunk to match, so that every worker gets the same number of blocks;
 //   VB (backward): the C rows of the gradient updates take a quarter of L2,
 //       VB ≈ L2 / 4 / (D · size), 16 ≤ VB ≤ 256, a multiple of 16;
@@ -17,7 +18,6 @@
 // on the thread count: see Backward.swift.
 
 import CCERuntime
-import Foundation
 
 /// Tile sizes for one call.
 public struct TilePlan: Sendable, CustomStringConvertible {
@@ -37,8 +37,8 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     public init(tokens: Int, dim: Int, vocab: Int, threads: Int, scalarBytes: Int = 4,
                 topology: Topology = .current) {
         let row = max(1, dim * scalarBytes)
-        var nb = Int(ProcessInfo.processInfo.environment["CCE_NB"] ?? "") ?? (topology.l2Bytes / row)
-        nb = min(252, max(6, nb / 6 * 6))
+        var nb = 2 * topology.l2Bytes / row
+        nb = min(258, max(6, nb / 6 * 6))
         let t = max(1, threads), m = max(1, tokens)
         var blocks = (m + nb - 1) / nb
         blocks = (blocks + t - 1) / t * t

@@ -4,7 +4,8 @@
 // The order is by average logit over the active tokens, largest first:
 //     avg_v = (1/M) Σ_i (C_v · e_i + b_v) = C_v · ē + b_v,    ē = (1/M) Σ_i e_i.
 // The average of a linear function is the function of the average, so this is exactly the
-// average (pre-cap) logit that apple/ml-cross-entropy gathers during its forward, computed
+// average (pre-cap) logit that apple/ml-cross-entropy gathers during its forward (up to
+// rounding: only the order matters here), computed
 // instead from the mean embedding in one V x D matrix-vector product (no per-tile
 // reduction, no extra state between forward and backward). Soft capping is monotone, so
 // ordering pre-cap averages is the natural choice there too. Ties keep vocabulary order.
@@ -33,7 +34,7 @@ enum VocabularyOrder {
             cRow.withUnsafeMutableBufferPointer { cp in
                 for id in 0..<v {
                     convertRow(c + id * d * problem.cType.size, type: problem.cType, count: d, into: cp.baseAddress!)
-                    avg[id] = Double(sequentialDot(UnsafePointer(cp.baseAddress!), mp.baseAddress!, d)) + (bias?[id] ?? 0)
+                    avg[id] = Double(fastDot(UnsafePointer(cp.baseAddress!), mp.baseAddress!, d)) + (bias?[id] ?? 0)
                 }
             }
         }

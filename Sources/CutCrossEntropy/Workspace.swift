@@ -24,27 +24,35 @@ struct SweepInputs<S: KernelScalar>: @unchecked Sendable {
 
     /// C rows can be read in place (no conversion) when they are already S.
     var cInPlace: Bool { S.self == Float.self && cType == .float32 }
+    /// E rows likewise.
+    var eInPlace: Bool { S.self == Float.self && eType == .float32 }
 
     func eRow(_ r: Int) -> UnsafeRawPointer { e + r * d * eType.size }
     func cRow(_ v: Int) -> UnsafeRawPointer { c + v * d * cType.size }
 }
 
 final class Workspace<S: KernelScalar> {
-    let eBlock: Scratch<S>         // NB x D: the token block, converted (row-major)
+    let eBlock: Scratch<S>?        // NB x D: the token block, converted (OpenBLAS backend only)
+    let eRaw: Scratch<UnsafeRawPointer>  // the token block's E rows in the caller's storage
+    let eChunk: Scratch<S>         // 16 x D: E rows converted on demand (target dots, dC updates)
     let ePanels: Scratch<S>        // the token block packed into 6-row panels
     let cPanel: Scratch<S>         // 16 x KC: one packed C panel (L1)
     let cBlock: Scratch<S>         // VB x D: C rows for the gradient updates, converted when needed
     let tile: Scratch<S>           // NB x VB logits, then gradients
-    let eRows: Scratch<UnsafePointer<S>>
+    let eRows: Scratch<UnsafePointer<S>>  // rows as S: in place, or in eChunk
     let cRaw: Scratch<UnsafeRawPointer>
     let cRows: Scratch<UnsafePointer<S>>
     let outRows: Scratch<UnsafeMutablePointer<S>>
-    let activeRows: Scratch<UnsafePointer<S>>
     let states: Scratch<RunningLSE<S>>   // forward: running LSE per row
     let sums: Scratch<S>, comps: Scratch<S>  // forward: Σ_v z per row (label smoothing), Kahan
     let keep: Scratch<Int>               // backward: kept row -> row
     let need: Scratch<Bool>              // backward: rows to recompute
     let panelNeeded: Scratch<Bool>       // backward: 6-row panels to recompute
+    let selected: Scratch<Int>           // backward: rows recomputed, in order
+    let subPanels: Scratch<S>            // backward: up to `subRows` selected rows, packed
+    let subRows = 48
+    let pending: PendingUpdates<S>
+    var subPacked: [Int] = []            // which rows subPanels holds now
     let d: Int
     let vb: Int
 
@@ -52,31 +60,49 @@ final class Workspace<S: KernelScalar> {
         let nb = plan.tokenBlock, vb = plan.vocabBlock, fvb = plan.forwardVocabBlock
         let wide = max(vb, fvb)
         self.d = d; self.vb = vb
-        eBlock = Scratch(count: nb * d)
+        eBlock = backend == .openBLAS ? Scratch(count: nb * d) : nil
+        eRaw = Scratch(count: nb)
+        eChunk = Scratch(count: 16 * d)
         ePanels = Scratch(count: (nb + 5) / 6 * 6 * d)
         cPanel = Scratch(count: TileShape.nr * TileShape.kc)
         // OpenBLAS needs whole contiguous blocks; the Swift kernels pack 16 rows at a time.
         cBlock = Scratch(count: (backend == .openBLAS ? wide : vb) * d)
         tile = Scratch(count: nb * wide)
-        eRows = Scratch(count: nb)
+        eRows = Scratch(count: max(nb, 16))
         cRaw = Scratch(count: wide)
         cRows = Scratch(count: wide)
         outRows = Scratch(count: max(nb, vb))
-        activeRows = Scratch(count: nb)
         states = Scratch(count: nb); sums = Scratch(count: nb); comps = Scratch(count: nb)
         keep = Scratch(count: nb); need = Scratch(count: nb); panelNeeded = Scratch(count: (nb + 5) / 6)
+        selected = Scratch(count: nb)
+        subPanels = Scratch(count: subRows * d)
+        pending = PendingUpdates(capacity: max(32 << 10, nb * vb))
     }
 
-    /// Converts the E rows of active tokens first ..< first + count into the block (row-major,
-    /// for the gradient updates and OpenBLAS) and packs them into panels (for the tile product).
+    /// Packs the E rows of active tokens first ..< first + count into panels (converting
+    /// from their storage type); E rows as S are reached through `tokenRows`.
     func loadTokens(_ inp: SweepInputs<S>, first: Int, count: Int, rows: UnsafeBufferPointer<Int32>) {
-        for i in 0..<count {
-            let dst = eBlock.base + i * d
-            convertRow(inp.eRow(Int(rows[first + i])), type: inp.eType, count: d, into: dst)
-            eRows.base[i] = UnsafePointer(dst)
+        subPacked = []
+        for i in 0..<count { eRaw.base[i] = inp.eRow(Int(rows[first + i])) }
+        if let eBlock {
+            for i in 0..<count { convertRow(eRaw.base[i], type: inp.eType, count: d, into: eBlock.base + i * d) }
         }
         if inp.backend == .swiftSIMD || S.self != Float.self {
-            packRowPanels(eRows.base, m: count, k: d, into: ePanels.base)
+            packRowPanels(eRaw.base, type: inp.eType, m: count, k: d, into: ePanels.base)
+        }
+    }
+
+    /// Points eRows[0 ..< n] at the loaded tokens' rows which[0 ..< n] as S (n ≤ 16): in
+    /// place when E is already S, else converted into eChunk.
+    func tokenRows(_ inp: SweepInputs<S>, _ which: UnsafePointer<Int>, _ n: Int) {
+        if inp.eInPlace {
+            for r in 0..<n { eRows.base[r] = eRaw.base[which[r]].assumingMemoryBound(to: S.self) }
+        } else {
+            for r in 0..<n {
+                let dst = eChunk.base + r * d
+                convertRow(eRaw.base[which[r]], type: inp.eType, count: d, into: dst)
+                eRows.base[r] = UnsafePointer(dst)
+            }
         }
     }
 
@@ -89,12 +115,29 @@ final class Workspace<S: KernelScalar> {
             loadVocabulary(inp, ids: ids, count: vc, contiguous: true)
             let f = { (p: UnsafeMutablePointer<S>) in UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self) }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(count), Int32(vc), Int32(d), 1,
-                        f(eBlock.base), Int32(d), f(cBlock.base), Int32(d), 0, f(tile.base), Int32(ldo))
+                        f(eBlock!.base), Int32(d), f(cBlock.base), Int32(d), 0, f(tile.base), Int32(ldo))
             return
         }
         for q in 0..<vc { cRaw.base[q] = inp.cRow(ids(q)) }
         tileProduct(ePanels: ePanels.base, m: count, cRows: cRaw.base, cType: inp.cType, n: vc, d: d,
                     out: tile.base, ldo: ldo, panel: cPanel.base, panelMask: panelMask)
+    }
+
+    /// The logit tile of the selected rows only (rows selected[0 ..< n], n ≤ subRows), row r
+    /// of the tile for row selected[r]: the rows are packed into their own panels (reused
+    /// while the selection stays the same), so no other row is computed.
+    func selectedProduct(_ inp: SweepInputs<S>, n: Int, ids: (Int) -> Int, vc: Int, ldo: Int) {
+        let sel = UnsafeBufferPointer(start: selected.base, count: n)
+        if !subPacked.elementsEqual(sel) {
+            withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: n) { raw in
+                for r in 0..<n { raw[r] = eRaw.base[sel[r]] }
+                packRowPanels(UnsafePointer(raw.baseAddress!), type: inp.eType, m: n, k: d, into: subPanels.base)
+            }
+            subPacked = Array(sel)
+        }
+        for q in 0..<vc { cRaw.base[q] = inp.cRow(ids(q)) }
+        tileProduct(ePanels: subPanels.base, m: n, cRows: cRaw.base, cType: inp.cType, n: vc, d: d,
+                    out: tile.base, ldo: ldo, panel: cPanel.base)
     }
 
     /// Points cRows at the C rows ids(0) ..< ids(count) as S (for the gradient updates),
@@ -111,5 +154,43 @@ final class Workspace<S: KernelScalar> {
                 cRows.base[q] = UnsafePointer(dst)
             }
         }
+    }
+}
+
+/// dC updates a worker has computed but whose hand-off turn has not come yet: the kept
+/// rows' dy (compacted, row stride vc) and which rows they were, in vocabulary-block order.
+final class PendingUpdates<S: KernelScalar> {
+    struct Entry { var j: Int, v0: Int, vc: Int, kept: Int, offset: Int, rowOffset: Int }
+    var entries: [Entry] = []
+    var head = 0
+    let dy: Scratch<S>
+    let rows: Scratch<Int>
+    var used = 0, rowsUsed = 0
+
+    init(capacity: Int) {
+        dy = Scratch(count: capacity)
+        rows = Scratch(count: capacity / 16 + 64)
+    }
+
+    var isEmpty: Bool { head == entries.count }
+
+    /// Whether `kept` rows of `vc` values fit.
+    func fits(kept: Int, vc: Int) -> Bool { used + kept * vc <= dy.count && rowsUsed + kept <= rows.count }
+
+    /// Queues block j's update (copies the dy rows out of the tile).
+    func append(j: Int, v0: Int, vc: Int, kept: Int, tile: UnsafePointer<S>, ldt: Int, keep: UnsafePointer<Int>) {
+        let off = used, roff = rowsUsed
+        for r in 0..<kept {
+            (dy.base + off + r * vc).update(from: tile + r * ldt, count: vc)
+            rows.base[roff + r] = keep[r]
+        }
+        used += kept * vc
+        rowsUsed += kept
+        entries.append(Entry(j: j, v0: v0, vc: vc, kept: kept, offset: off, rowOffset: roff))
+    }
+
+    func popFirst() {
+        head += 1
+        if isEmpty { entries.removeAll(keepingCapacity: true); head = 0; used = 0; rowsUsed = 0 }
     }
 }

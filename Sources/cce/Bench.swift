@@ -19,6 +19,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Timed repeats per row (median reported).") var repeats = 3
     @Option(help: "Comma-separated methods (default: all): \(Bench.allMethods.joined(separator: ","))")
     var methods: String?
+    @Option(help: "Comma-separated kinds for the cce rows (default: all): loss,grad,loss+grad")
+    var kinds: String?
     @Option(help: "Random seed.") var seed: UInt64 = 0
     @Flag(help: "Print the tile plan and progress.") var verbose = false
     @Flag(help: "Print one JSON object.") var json = false
@@ -28,6 +30,7 @@ struct BenchCommand: ParsableCommand {
         c.tokens = tokens; c.dim = dim; c.vocab = vocab; c.dtype = dtype
         c.threads = threads ?? Workers.availableCPUs; c.repeats = repeats; c.seed = seed
         c.methods = methods.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
+        c.kinds = kinds.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         c.verbose = verbose
         do { try Bench.validate(c) } catch { throw CLIError("\(error)") }
         let log: (String) -> Void = { s in
