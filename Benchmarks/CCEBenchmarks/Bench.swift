@@ -51,7 +51,8 @@ public struct BenchReport: Codable, Sendable {
     public var machine: String
     public var toolchain: String
     public var target_cpu_flags: String
-    public var shape: [String: String]
+    public var shape: Shape
+    public struct Shape: Codable, Sendable { public var tokens, dim, vocab: Int; public var dtype: String }
     public var threads: Int
     public var repeats: Int
     public var plan: String
@@ -131,7 +132,7 @@ public enum Bench {
             rows.append(row)
         }
 
-        func gradBytes(_ g: Gradients) -> Int { (g.dE.count + g.dC.count + (g.dBias?.count ?? 0)) * 4 }
+        func gradBytes(_ g: Gradients) -> Int { g.dE.byteCount + g.dC.byteCount + (g.dBias?.byteCount ?? 0) }
 
         if methods.contains("sgemm") {
             openblas_set_num_threads(Int32(c.threads))
@@ -232,7 +233,7 @@ public enum Bench {
         }
         return BenchReport(
             machine: machineDescription(), toolchain: toolchain(), target_cpu_flags: simdFlags(),
-            shape: ["tokens": "\(c.tokens)", "dim": "\(c.dim)", "vocab": "\(c.vocab)", "dtype": c.dtype.rawValue],
+            shape: BenchReport.Shape(tokens: c.tokens, dim: c.dim, vocab: c.vocab, dtype: c.dtype.rawValue),
             threads: c.threads, repeats: c.repeats, plan: plan.description, filter: filterNote,
             rows: rows, ratios: ratios)
     }
@@ -251,14 +252,14 @@ public enum Bench {
                     let tile = UnsafeMutablePointer<Float>.allocate(capacity: nb * vb)
                     let panels = UnsafeMutablePointer<Float>.allocate(capacity: (nb + 5) / 6 * 6 * d)
                     let cPanel = UnsafeMutablePointer<Float>.allocate(capacity: TileShape.nr * TileShape.kc)
-                    let aRows = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: nb)
+                    let aRows = UnsafeMutablePointer<UnsafeRawPointer>.allocate(capacity: nb)
                     let bRows = UnsafeMutablePointer<UnsafeRawPointer>.allocate(capacity: vb)
                     defer { tile.deallocate(); panels.deallocate(); cPanel.deallocate(); aRows.deallocate(); bRows.deallocate() }
                     var b = w
                     while b < blocks {
                         let r0 = b * nb, m = min(nb, n - r0)
-                        for i in 0..<m { aRows[i] = eb.value + (r0 + i) * d }
-                        packRowPanels(aRows, m: m, k: d, into: panels)
+                        for i in 0..<m { aRows[i] = UnsafeRawPointer(eb.value + (r0 + i) * d) }
+                        packRowPanels(aRows, type: .float32, m: m, k: d, into: panels)
                         var v0 = 0
                         while v0 < v {
                             let vc = min(vb, v - v0)

@@ -9,10 +9,12 @@
 //         for dC, m = vocabulary entries, k = tokens, width = D.
 //
 // Register block 6 x 16: six rows of out times two SIMD8 (twelve accumulators), loaded
-// from out, then one broadcast of A and two loads of b per row and step. Each out element
+// from out, then one broadcast of A (packed first into 6-row panels, k-major, in the
+// caller's scratch) and two loads of b per row and step. Each out element
 // is a sequential fused multiply-add chain over q starting from its stored value, so the
 // result does not depend on how rows are grouped or how the q range is split into calls
-// (the determinism guarantee across thread counts rests on this).
+// (the determinism guarantee across thread counts rests on this). `spare` is a scratch row
+// of `width` values that absorbs the missing rows of a partial 6-row group.
 //
 // `rankUpdateReference` is the portable version.
 
@@ -20,35 +22,59 @@
 public func rankUpdate<S: KernelScalar>(
     out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int,
     a: UnsafePointer<S>, ars: Int, aks: Int,
-    b: UnsafePointer<UnsafePointer<S>>, k: Int, width: Int
+    b: UnsafePointer<UnsafePointer<S>>, k: Int, width: Int,
+    scratch: UnsafeMutablePointer<S>, spare: UnsafeMutablePointer<S>
 ) {
-    var r = 0
-    while r < m {
-        let mr = min(6, m - r)
-        var d = 0
-        while d + 16 <= width {
-            if mr == 6 {
-                update6x16(out + r, a + r * ars, ars, aks, b, k, d)
+    // A is packed first into 6-row panels, k-major (scratch holds ⌈m/6⌉·6·k values), so the
+    // microkernel's six broadcasts are consecutive. Column chunks outside, row groups
+    // inside: the k x 16 slice of b stays in L1 while every group of six out rows passes.
+    let mr = 6
+    var p = 0
+    while p * mr < m {
+        let panel = scratch + p * mr * k
+        for r in 0..<mr {
+            let i = p * mr + r
+            if i < m {
+                let ar = a + i * ars
+                for q in 0..<k { panel[q &* mr &+ r] = ar[q &* aks] }
             } else {
-                for rr in 0..<mr { update1x16(out[r + rr], a + (r + rr) * ars, aks, b, k, d) }
+                for q in 0..<k { panel[q &* mr &+ r] = 0 }
             }
-            d += 16
         }
-        while d + 8 <= width {
-            for rr in 0..<mr { update1x8(out[r + rr], a + (r + rr) * ars, aks, b, k, d) }
-            d += 8
-        }
-        while d < width {
-            for rr in 0..<mr {
-                let o = out[r + rr]
-                let ar = a + (r + rr) * ars
-                var s = o[d]
-                for q in 0..<k { s = s.addingProduct(ar[q * aks], b[q][d]) }
-                o[d] = s
+        p += 1
+    }
+    var d = 0
+    while d + 16 <= width {
+        var r = 0
+        while r < m {
+            let panel = UnsafePointer(scratch + r * k)
+            if m - r >= mr {
+                update6x16(out + r, panel, b, k, d)
+            } else {
+                // A partial group runs the 6-row kernel too (a single row's FMA chain is
+                // latency-bound): missing rows write into `spare`, their A rows are zero.
+                withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<S>.self, capacity: mr) { rows in
+                    for rr in 0..<mr { rows[rr] = r + rr < m ? out[r + rr] : spare }
+                    update6x16(UnsafePointer(rows.baseAddress!), panel, b, k, d)
+                }
             }
-            d += 1
+            r += mr
         }
-        r += 6
+        d += 16
+    }
+    while d + 8 <= width {
+        for r in 0..<m { update1x8(out[r], UnsafePointer(scratch + (r / mr) * mr * k + r % mr), mr, b, k, d) }
+        d += 8
+    }
+    while d < width {
+        for r in 0..<m {
+            let o = out[r]
+            let ar = UnsafePointer(scratch + (r / mr) * mr * k + r % mr)
+            var s = o[d]
+            for q in 0..<k { s = s.addingProduct(ar[q &* mr], b[q][d]) }
+            o[d] = s
+        }
+        d += 1
     }
 }
 
@@ -58,7 +84,7 @@ func update1x8<S: KernelScalar>(
     _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int
 ) {
     var acc = load8(UnsafePointer(o + d))
-    for q in 0..<k { acc = acc.addingProduct(SIMD8<S>(repeating: a[q * aks]), load8(b[q] + d)) }
+    for q in 0..<k { acc = acc.addingProduct(SIMD8<S>(repeating: a[q &* aks]), load8(b[q] + d)) }
     store8(acc, o + d)
 }
 
@@ -69,16 +95,17 @@ func update1x16<S: KernelScalar>(
 ) {
     var lo = load8(UnsafePointer(o + d)), hi = load8(UnsafePointer(o + d + 8))
     for q in 0..<k {
-        let x = SIMD8<S>(repeating: a[q * aks])
+        let x = SIMD8<S>(repeating: a[q &* aks])
         let bq = b[q] + d
         lo = lo.addingProduct(x, load8(bq)); hi = hi.addingProduct(x, load8(bq + 8))
     }
     store8(lo, o + d); store8(hi, o + d + 8)
 }
 
+/// out_r[d ..< d+16] += Σ_q panel[q·6 + r] · b_q[d ..< d+16] for r < 6.
 @inlinable @inline(__always)
 func update6x16<S: KernelScalar>(
-    _ out: UnsafePointer<UnsafeMutablePointer<S>>, _ a: UnsafePointer<S>, _ ars: Int, _ aks: Int,
+    _ out: UnsafePointer<UnsafeMutablePointer<S>>, _ panel: UnsafePointer<S>,
     _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int
 ) {
     let o0 = out[0] + d, o1 = out[1] + d, o2 = out[2] + d
@@ -89,22 +116,23 @@ func update6x16<S: KernelScalar>(
     var l3 = load8(UnsafePointer(o3)), h3 = load8(UnsafePointer(o3 + 8))
     var l4 = load8(UnsafePointer(o4)), h4 = load8(UnsafePointer(o4 + 8))
     var l5 = load8(UnsafePointer(o5)), h5 = load8(UnsafePointer(o5 + 8))
+    var ap = panel
     for q in 0..<k {
         let bq = b[q] + d
         let y0 = load8(bq), y1 = load8(bq + 8)
-        let aq = a + q * aks
-        var x = SIMD8<S>(repeating: aq[0])
+        var x = SIMD8<S>(repeating: ap[0])
         l0 = l0.addingProduct(x, y0); h0 = h0.addingProduct(x, y1)
-        x = SIMD8<S>(repeating: aq[ars])
+        x = SIMD8<S>(repeating: ap[1])
         l1 = l1.addingProduct(x, y0); h1 = h1.addingProduct(x, y1)
-        x = SIMD8<S>(repeating: aq[2 * ars])
+        x = SIMD8<S>(repeating: ap[2])
         l2 = l2.addingProduct(x, y0); h2 = h2.addingProduct(x, y1)
-        x = SIMD8<S>(repeating: aq[3 * ars])
+        x = SIMD8<S>(repeating: ap[3])
         l3 = l3.addingProduct(x, y0); h3 = h3.addingProduct(x, y1)
-        x = SIMD8<S>(repeating: aq[4 * ars])
+        x = SIMD8<S>(repeating: ap[4])
         l4 = l4.addingProduct(x, y0); h4 = h4.addingProduct(x, y1)
-        x = SIMD8<S>(repeating: aq[5 * ars])
+        x = SIMD8<S>(repeating: ap[5])
         l5 = l5.addingProduct(x, y0); h5 = h5.addingProduct(x, y1)
+        ap += 6
     }
     store8(l0, o0); store8(h0, o0 + 8); store8(l1, o1); store8(h1, o1 + 8)
     store8(l2, o2); store8(h2, o2 + 8); store8(l3, o3); store8(h3, o3 + 8)

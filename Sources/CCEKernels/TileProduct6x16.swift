@@ -47,27 +47,6 @@ public func fastDot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ k: I
     return s
 }
 
-/// Packs rows[0 ..< m] (each of length k) into ⌈m/6⌉ panels of 6 x k, k-major, zero-padded.
-@inlinable
-public func packRowPanels<S: KernelScalar>(_ rows: UnsafePointer<UnsafePointer<S>>, m: Int, k: Int,
-                                           into dst: UnsafeMutablePointer<S>) {
-    let mr = TileShape.mr
-    var p = 0
-    while p * mr < m {
-        let panel = dst + p * mr * k
-        for r in 0..<mr {
-            let i = p * mr + r
-            if i < m {
-                let src = rows[i]
-                for q in 0..<k { panel[q * mr + r] = src[q] }
-            } else {
-                for q in 0..<k { panel[q * mr + r] = 0 }
-            }
-        }
-        p += 1
-    }
-}
-
 /// Packs rows[0 ..< m] (each of length k, stored as `type`) into ⌈m/6⌉ panels of 6 x k,
 /// k-major, converting to S and zero-padding.
 @inlinable

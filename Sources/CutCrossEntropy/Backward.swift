@@ -135,9 +135,11 @@ enum Backward {
             st.keptRowSegments += kept
             if kept == 0 { st.skippedTiles += 1 }
             if kept > 0 {
-                ws.loadVocabulary(inp, ids: { Int(bw.order[v0 + $0]) }, count: vc)
+                // The block's C rows copied together (contiguous rows stream better than the
+                // sorted order's scattered ones).
+                ws.loadVocabulary(inp, ids: { Int(bw.order[v0 + $0]) }, count: vc, contiguous: true)
                 rankUpdate(out: ws.outRows.base, m: kept, a: ws.tile.base, ars: vb, aks: 1,
-                           b: ws.cRows.base, k: vc, width: d)
+                           b: ws.cRows.base, k: vc, width: d, scratch: ws.aPanels.base, spare: ws.spare.base)
             }
             // dC: queue this block's update, then apply every queued update whose turn
             // has come (in vocabulary-block order); wait only when the queue is full.
@@ -159,15 +161,17 @@ enum Backward {
             handOff.wait(slot: e.j, turn: b)
             if e.kept > 0 {
                 for q in 0..<e.vc { ws.outRows.base[q] = bw.dC + Int(bw.order[e.v0 + q]) * d }
-                // Kept E rows 16 at a time (converted on demand); each dC element's FMA
-                // chain simply continues from one chunk to the next.
+                // Kept E rows all at once when E is read in place, else chunkRows at a time
+                // (converted on demand); each dC element's FMA chain simply continues from
+                // one chunk to the next.
                 let dy = pq.dy.base + e.offset
+                let chunk = inp.eInPlace ? e.kept : ws.chunkRows
                 var r0 = 0
                 while r0 < e.kept {
-                    let n = min(16, e.kept - r0)
+                    let n = min(chunk, e.kept - r0)
                     ws.tokenRows(inp, pq.rows.base + e.rowOffset + r0, n)
                     rankUpdate(out: ws.outRows.base, m: e.vc, a: dy + r0 * e.vc, ars: 1, aks: e.vc,
-                               b: ws.eRows.base, k: n, width: d)
+                               b: ws.eRows.base, k: n, width: d, scratch: ws.aPanels.base, spare: ws.spare.base)
                     r0 += n
                 }
                 if let db = bw.dBias {

@@ -243,6 +243,7 @@ public enum TileBackend: String, Sendable, CaseIterable {
 
 func values<S: KernelScalar>(_ x: [S]) -> Values {
     if let f = x as? [Float] { return .float32(f) }
+    if let f = x as? [Double] { return .float64(f) }
     return .float64(x.map { Double($0) })
 }
 

@@ -125,6 +125,10 @@ public enum Values: Sendable {
     public var count: Int {
         switch self { case .float32(let v): v.count; case .float64(let v): v.count }
     }
+    /// Bytes the values occupy.
+    public var byteCount: Int {
+        switch self { case .float32(let v): v.count * 4; case .float64(let v): v.count * 8 }
+    }
     public subscript(i: Int) -> Double {
         switch self { case .float32(let v): Double(v[i]); case .float64(let v): v[i] }
     }

@@ -34,7 +34,9 @@ struct SweepInputs<S: KernelScalar>: @unchecked Sendable {
 final class Workspace<S: KernelScalar> {
     let eBlock: Scratch<S>?        // NB x D: the token block, converted (OpenBLAS backend only)
     let eRaw: Scratch<UnsafeRawPointer>  // the token block's E rows in the caller's storage
-    let eChunk: Scratch<S>         // 16 x D: E rows converted on demand (target dots, dC updates)
+    let eChunk: Scratch<S>         // chunkRows x D: E rows converted on demand (target dots, dC updates)
+    /// Kept E rows per dC update when they must be converted (in place: all at once).
+    let chunkRows = 32
     let ePanels: Scratch<S>        // the token block packed into 6-row panels
     let cPanel: Scratch<S>         // 16 x KC: one packed C panel (L1)
     let cBlock: Scratch<S>         // VB x D: C rows for the gradient updates, converted when needed
@@ -52,6 +54,8 @@ final class Workspace<S: KernelScalar> {
     let subPanels: Scratch<S>            // backward: up to `subRows` selected rows, packed
     let subRows = 48
     let pending: PendingUpdates<S>
+    let aPanels: Scratch<S>              // backward: dy packed for the rank updates
+    let spare: Scratch<S>                // backward: a row for partial 6-row groups
     var subPacked: [Int] = []            // which rows subPanels holds now
     let d: Int
     let vb: Int
@@ -62,13 +66,13 @@ final class Workspace<S: KernelScalar> {
         self.d = d; self.vb = vb
         eBlock = backend == .openBLAS ? Scratch(count: nb * d) : nil
         eRaw = Scratch(count: nb)
-        eChunk = Scratch(count: 16 * d)
+        eChunk = Scratch(count: chunkRows * d)
         ePanels = Scratch(count: (nb + 5) / 6 * 6 * d)
         cPanel = Scratch(count: TileShape.nr * TileShape.kc)
         // OpenBLAS needs whole contiguous blocks; the Swift kernels pack 16 rows at a time.
-        cBlock = Scratch(count: (backend == .openBLAS ? wide : vb) * d)
+        cBlock = Scratch(count: (backend == .openBLAS ? wide : vb) * d)  // backward dE: always copied, contiguous
         tile = Scratch(count: nb * wide)
-        eRows = Scratch(count: max(nb, 16))
+        eRows = Scratch(count: max(nb, chunkRows))
         cRaw = Scratch(count: wide)
         cRows = Scratch(count: wide)
         outRows = Scratch(count: max(nb, vb))
@@ -77,6 +81,9 @@ final class Workspace<S: KernelScalar> {
         selected = Scratch(count: nb)
         subPanels = Scratch(count: subRows * d)
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb))
+        let side = max(nb, vb, chunkRows)
+        aPanels = Scratch(count: (side + 5) / 6 * 6 * side)
+        spare = Scratch(count: d)
     }
 
     /// Packs the E rows of active tokens first ..< first + count into panels (converting
@@ -92,8 +99,8 @@ final class Workspace<S: KernelScalar> {
         }
     }
 
-    /// Points eRows[0 ..< n] at the loaded tokens' rows which[0 ..< n] as S (n ≤ 16): in
-    /// place when E is already S, else converted into eChunk.
+    /// Points eRows[0 ..< n] at the loaded tokens' rows which[0 ..< n] as S: in place when E
+    /// is already S (any n ≤ NB), else converted into eChunk (n ≤ chunkRows).
     func tokenRows(_ inp: SweepInputs<S>, _ which: UnsafePointer<Int>, _ n: Int) {
         if inp.eInPlace {
             for r in 0..<n { eRows.base[r] = eRaw.base[which[r]].assumingMemoryBound(to: S.self) }

@@ -44,7 +44,8 @@ final class KernelTests: XCTestCase {
                     var panel = [Float](repeating: 0, count: TileShape.nr * TileShape.kc)
                     aRows.withUnsafeBufferPointer { ar in
                         panels.withUnsafeMutableBufferPointer { pp in
-                            packRowPanels(ar.baseAddress!, m: m, k: d, into: pp.baseAddress!)
+                            let aRaw = (0..<m).map { UnsafeRawPointer(aRows[$0]) }
+                            packRowPanels(aRaw, type: .float32, m: m, k: d, into: pp.baseAddress!)
                             bRaw.withUnsafeBufferPointer { br in
                                 panel.withUnsafeMutableBufferPointer { cp in
                                     fast.withUnsafeMutableBufferPointer { o in
@@ -111,7 +112,10 @@ final class KernelTests: XCTestCase {
                     let bRows = (0..<k).map { UnsafePointer(bp.baseAddress! + $0 * w) }
                     fast.withUnsafeMutableBufferPointer { f in
                         let outRows = (0..<m).map { f.baseAddress! + $0 * w }
-                        rankUpdate(out: outRows, m: m, a: ap.baseAddress!, ars: ars, aks: aks, b: bRows, k: k, width: w)
+                        var scratch = [Float](repeating: .nan, count: (m + 5) / 6 * 6 * k)
+                        var spare = [Float](repeating: 0, count: w)
+                        rankUpdate(out: outRows, m: m, a: ap.baseAddress!, ars: ars, aks: aks, b: bRows, k: k, width: w,
+                                   scratch: &scratch, spare: &spare)
                     }
                     ref.withUnsafeMutableBufferPointer { f in
                         let outRows = (0..<m).map { f.baseAddress! + $0 * w }
