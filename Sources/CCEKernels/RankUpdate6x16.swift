@@ -8,6 +8,12 @@
 // Shapes: for dE, m = tokens, k = vocabulary entries, width = D;
 //         for dC, m = vocabulary entries, k = tokens, width = D.
 //
+// With `blocked`, each call's sum Σ_q starts from 0 in registers and is then added to out:
+// the dE chains become a sum of per-vocabulary-block partials (VB terms each), whose
+// rounding error grows with V/VB + VB instead of V. The dC chains stay sequential over the
+// tokens (their call boundaries depend on the token blocks, which may depend on the
+// thread count; a sequential chain does not).
+//
 // Register block 6 x 16: six rows of out times two SIMD8 (twelve accumulators), loaded
 // from out, then one broadcast of A (packed first into 6-row panels, k-major, in the
 // caller's scratch) and two loads of b per row and step. Each out element
@@ -23,7 +29,7 @@ public func rankUpdate<S: KernelScalar>(
     out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int,
     a: UnsafePointer<S>, ars: Int, aks: Int,
     b: UnsafePointer<UnsafePointer<S>>, k: Int, width: Int,
-    scratch: UnsafeMutablePointer<S>, spare: UnsafeMutablePointer<S>
+    scratch: UnsafeMutablePointer<S>, spare: UnsafeMutablePointer<S>, blocked: Bool = false
 ) {
     // A is packed first into 6-row panels, k-major (scratch holds ⌈m/6⌉·6·k values), so the
     // microkernel's six broadcasts are consecutive. Column chunks outside, row groups
@@ -49,13 +55,13 @@ public func rankUpdate<S: KernelScalar>(
         while r < m {
             let panel = UnsafePointer(scratch + r * k)
             if m - r >= mr {
-                update6x16(out + r, panel, b, k, d)
+                update6x16(out + r, panel, b, k, d, blocked)
             } else {
                 // A partial group runs the 6-row kernel too (a single row's FMA chain is
                 // latency-bound): missing rows write into `spare`, their A rows are zero.
                 withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<S>.self, capacity: mr) { rows in
                     for rr in 0..<mr { rows[rr] = r + rr < m ? out[r + rr] : spare }
-                    update6x16(UnsafePointer(rows.baseAddress!), panel, b, k, d)
+                    update6x16(UnsafePointer(rows.baseAddress!), panel, b, k, d, blocked)
                 }
             }
             r += mr
@@ -63,16 +69,16 @@ public func rankUpdate<S: KernelScalar>(
         d += 16
     }
     while d + 8 <= width {
-        for r in 0..<m { update1x8(out[r], UnsafePointer(scratch + (r / mr) * mr * k + r % mr), mr, b, k, d) }
+        for r in 0..<m { update1x8(out[r], UnsafePointer(scratch + (r / mr) * mr * k + r % mr), mr, b, k, d, blocked) }
         d += 8
     }
     while d < width {
         for r in 0..<m {
             let o = out[r]
             let ar = UnsafePointer(scratch + (r / mr) * mr * k + r % mr)
-            var s = o[d]
+            var s: S = blocked ? 0 : o[d]
             for q in 0..<k { s = s.addingProduct(ar[q &* mr], b[q][d]) }
-            o[d] = s
+            o[d] = blocked ? o[d] + s : s
         }
         d += 1
     }
@@ -81,41 +87,33 @@ public func rankUpdate<S: KernelScalar>(
 @inlinable @inline(__always)
 func update1x8<S: KernelScalar>(
     _ o: UnsafeMutablePointer<S>, _ a: UnsafePointer<S>, _ aks: Int,
-    _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int
+    _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int, _ blocked: Bool
 ) {
-    var acc = load8(UnsafePointer(o + d))
+    var acc = blocked ? SIMD8<S>() : load8(UnsafePointer(o + d))
     for q in 0..<k { acc = acc.addingProduct(SIMD8<S>(repeating: a[q &* aks]), load8(b[q] + d)) }
+    if blocked { acc += load8(UnsafePointer(o + d)) }
     store8(acc, o + d)
-}
-
-@inlinable @inline(__always)
-func update1x16<S: KernelScalar>(
-    _ o: UnsafeMutablePointer<S>, _ a: UnsafePointer<S>, _ aks: Int,
-    _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int
-) {
-    var lo = load8(UnsafePointer(o + d)), hi = load8(UnsafePointer(o + d + 8))
-    for q in 0..<k {
-        let x = SIMD8<S>(repeating: a[q &* aks])
-        let bq = b[q] + d
-        lo = lo.addingProduct(x, load8(bq)); hi = hi.addingProduct(x, load8(bq + 8))
-    }
-    store8(lo, o + d); store8(hi, o + d + 8)
 }
 
 /// out_r[d ..< d+16] += Σ_q panel[q·6 + r] · b_q[d ..< d+16] for r < 6.
 @inlinable @inline(__always)
 func update6x16<S: KernelScalar>(
     _ out: UnsafePointer<UnsafeMutablePointer<S>>, _ panel: UnsafePointer<S>,
-    _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int
+    _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int, _ blocked: Bool
 ) {
     let o0 = out[0] + d, o1 = out[1] + d, o2 = out[2] + d
     let o3 = out[3] + d, o4 = out[4] + d, o5 = out[5] + d
-    var l0 = load8(UnsafePointer(o0)), h0 = load8(UnsafePointer(o0 + 8))
-    var l1 = load8(UnsafePointer(o1)), h1 = load8(UnsafePointer(o1 + 8))
-    var l2 = load8(UnsafePointer(o2)), h2 = load8(UnsafePointer(o2 + 8))
-    var l3 = load8(UnsafePointer(o3)), h3 = load8(UnsafePointer(o3 + 8))
-    var l4 = load8(UnsafePointer(o4)), h4 = load8(UnsafePointer(o4 + 8))
-    var l5 = load8(UnsafePointer(o5)), h5 = load8(UnsafePointer(o5 + 8))
+    var l0 = SIMD8<S>(), h0 = SIMD8<S>(), l1 = SIMD8<S>(), h1 = SIMD8<S>()
+    var l2 = SIMD8<S>(), h2 = SIMD8<S>(), l3 = SIMD8<S>(), h3 = SIMD8<S>()
+    var l4 = SIMD8<S>(), h4 = SIMD8<S>(), l5 = SIMD8<S>(), h5 = SIMD8<S>()
+    if !blocked {
+        l0 = load8(UnsafePointer(o0)); h0 = load8(UnsafePointer(o0 + 8))
+        l1 = load8(UnsafePointer(o1)); h1 = load8(UnsafePointer(o1 + 8))
+        l2 = load8(UnsafePointer(o2)); h2 = load8(UnsafePointer(o2 + 8))
+        l3 = load8(UnsafePointer(o3)); h3 = load8(UnsafePointer(o3 + 8))
+        l4 = load8(UnsafePointer(o4)); h4 = load8(UnsafePointer(o4 + 8))
+        l5 = load8(UnsafePointer(o5)); h5 = load8(UnsafePointer(o5 + 8))
+    }
     var ap = panel
     for q in 0..<k {
         let bq = b[q] + d
@@ -133,6 +131,14 @@ func update6x16<S: KernelScalar>(
         x = SIMD8<S>(repeating: ap[5])
         l5 = l5.addingProduct(x, y0); h5 = h5.addingProduct(x, y1)
         ap += 6
+    }
+    if blocked {
+        l0 += load8(UnsafePointer(o0)); h0 += load8(UnsafePointer(o0 + 8))
+        l1 += load8(UnsafePointer(o1)); h1 += load8(UnsafePointer(o1 + 8))
+        l2 += load8(UnsafePointer(o2)); h2 += load8(UnsafePointer(o2 + 8))
+        l3 += load8(UnsafePointer(o3)); h3 += load8(UnsafePointer(o3 + 8))
+        l4 += load8(UnsafePointer(o4)); h4 += load8(UnsafePointer(o4 + 8))
+        l5 += load8(UnsafePointer(o5)); h5 += load8(UnsafePointer(o5 + 8))
     }
     store8(l0, o0); store8(h0, o0 + 8); store8(l1, o1); store8(h1, o1 + 8)
     store8(l2, o2); store8(h2, o2 + 8); store8(l3, o3); store8(h3, o3 + 8)

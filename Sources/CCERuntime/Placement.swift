@@ -34,6 +34,15 @@ public enum Placement {
         if isNUMA { numa_free(p, max(bytes, 64)) } else { p.deallocate() }
     }
 
+    /// Spreads the pages of `buffer` over all nodes (moving pages already placed), so that
+    /// every worker reads the classifier at the same average distance. No-op on one-node
+    /// machines. Returns whether pages were (re)placed.
+    @discardableResult
+    public static func interleave(_ buffer: UnsafeRawBufferPointer) -> Bool {
+        guard isNUMA, let base = buffer.baseAddress, buffer.count > 0 else { return false }
+        return cce_interleave_pages(UnsafeMutableRawPointer(mutating: base), UInt(buffer.count)) == 0
+    }
+
     /// Pins the calling thread to one CPU of its allowed set (no-op on one-node machines,
     /// where the scheduler already does well and pinning could fight other processes).
     public static func pinCurrentThread(toCPU index: Int) {

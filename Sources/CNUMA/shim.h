@@ -36,3 +36,16 @@ static inline int cce_pin_current_thread(int index) {
 #include <malloc.h>
 static inline void cce_malloc_fix_mmap_threshold(int bytes) { mallopt(M_MMAP_THRESHOLD, bytes); }
 static inline void cce_malloc_trim(void) { malloc_trim(0); }
+
+// Interleaves the pages of [addr, addr + len) over all NUMA nodes, moving pages that are
+// already placed (mbind with MPOL_MF_MOVE). Returns 0, or -1 where that fails.
+#include <numaif.h>
+#include <unistd.h>
+static inline int cce_interleave_pages(void *addr, unsigned long len) {
+    if (numa_available() < 0 || !numa_all_nodes_ptr) return -1;
+    unsigned long page = (unsigned long)sysconf(_SC_PAGESIZE);
+    unsigned long start = (unsigned long)addr & ~(page - 1);
+    unsigned long end = ((unsigned long)addr + len + page - 1) & ~(page - 1);
+    return (int)mbind((void *)start, end - start, MPOL_INTERLEAVE, numa_all_nodes_ptr->maskp,
+                      numa_all_nodes_ptr->size + 1, MPOL_MF_MOVE);
+}

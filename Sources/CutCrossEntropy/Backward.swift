@@ -15,9 +15,10 @@
 //   dC rows of the block       += dyᵀ · E_kept       (rank-kept update; rows shared by all)
 // dC is accumulated without races and deterministically by the ordered hand-off
 // (CCERuntime/HandOff.swift): token block b adds into vocabulary block j only after block
-// b − 1 has. Every dE and dC element is then one sequential fused multiply-add chain (over
-// the vocabulary in sorted order for dE, over the tokens in order for dC), so the results
-// are bitwise reproducible and independent of the thread count and of NB.
+// b − 1 has. Every dE element is a sum, in sorted vocabulary order, of per-block partials
+// (each a VB-term FMA chain), and every dC element one sequential FMA chain over the tokens
+// in order, so the results are bitwise reproducible and independent of the thread count
+// and of NB.
 //
 // Skipping without recomputing (the fused call): the forward kept each row's largest
 // logit m_ij per forward block. With the LSE known, every entry of that block has
@@ -139,7 +140,8 @@ enum Backward {
                 // sorted order's scattered ones).
                 ws.loadVocabulary(inp, ids: { Int(bw.order[v0 + $0]) }, count: vc, contiguous: true)
                 rankUpdate(out: ws.outRows.base, m: kept, a: ws.tile.base, ars: vb, aks: 1,
-                           b: ws.cRows.base, k: vc, width: d, scratch: ws.aPanels.base, spare: ws.spare.base)
+                           b: ws.cRows.base, k: vc, width: d, scratch: ws.aPanels.base, spare: ws.spare.base,
+                           blocked: true)
             }
             // dC: queue this block's update, then apply every queued update whose turn
             // has come (in vocabulary-block order); wait only when the queue is full.

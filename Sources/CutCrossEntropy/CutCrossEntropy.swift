@@ -178,6 +178,9 @@ public struct CutCrossEntropy: Sendable {
         var stats = FilterStatistics()
         e.withRawPointer { ep in
             c.withRawPointer { cp in
+                // NUMA: the classifier, read by every worker, interleaved over the nodes
+                // (pages already interleaved stay; a no-op on one-node machines).
+                Placement.interleave(UnsafeRawBufferPointer(start: cp, count: p.v * p.d * p.cType.size))
                 let (order, rank) = VocabularyOrder.make(problem: p, e: ep, c: cp,
                                                          bias: biasF.map { $0.map { Double($0) } },
                                                          sorted: options.sortVocabulary)

@@ -16,10 +16,15 @@ struct Demo: ParsableCommand {
     @Option(help: "Element type of E and C: f32, bf16 or f16.") var dtype: ElementType = .float32
     @Option(help: "Worker threads (default: all CPUs).") var threads: Int?
     @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(help: "Gradient filter threshold: auto (by element type), none, or a number.")
+    var filterEps: String = "auto"
 
     func validate() throws {
         guard tokens > 0, dim > 0, vocab > 0 else { throw ValidationError("sizes must be positive") }
         if let t = threads, t < 1 { throw ValidationError("threads must be >= 1") }
+        guard filterEps == "auto" || filterEps == "none" || (Double(filterEps).map { $0 >= 0 } ?? false) else {
+            throw ValidationError("--filter-eps must be auto, none or a number >= 0 (got \(filterEps))")
+        }
         guard tokens * vocab <= 1 << 30 else {
             throw ValidationError("N x V = \(tokens * vocab) is too large for the materialized baseline in a demo")
         }
@@ -32,6 +37,11 @@ struct Demo: ParsableCommand {
         let data = LMLikeData.make(tokens: tokens, dim: dim, vocab: vocab, type: dtype, seed: seed)
         var opts = Options(); opts.threads = nThreads
         var exactOpts = opts; exactOpts.mode = .exact
+        switch filterEps {
+        case "auto": opts.filterEpsilon = .auto
+        case "none": opts.filterEpsilon = .none
+        default: opts.filterEpsilon = .value(Double(filterEps)!)
+        }
 
         func timed<T>(_ body: () throws -> T) rethrows -> (T, Double, Int) {
             let start = Date()

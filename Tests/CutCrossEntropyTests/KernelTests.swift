@@ -100,7 +100,8 @@ final class KernelTests: XCTestCase {
     }
 
     func testRankUpdateMatchesReference() {
-        for (m, k, w, transposed) in [(1, 1, 1, false), (13, 37, 19, false), (6, 16, 32, true), (17, 5, 45, true)] {
+        for (m, k, w, transposed, blocked) in [(1, 1, 1, false, false), (13, 37, 19, false, true), (6, 16, 32, true, false),
+                                            (17, 5, 45, true, true), (7, 9, 16, false, true)] {
             var rng = SystemRandomNumberGenerator()
             let a = (0..<(m * k)).map { _ in Float.random(in: -1...1, using: &rng) }
             let b = (0..<(k * w)).map { _ in Float.random(in: -1...1, using: &rng) }
@@ -115,7 +116,7 @@ final class KernelTests: XCTestCase {
                         var scratch = [Float](repeating: .nan, count: (m + 5) / 6 * 6 * k)
                         var spare = [Float](repeating: 0, count: w)
                         rankUpdate(out: outRows, m: m, a: ap.baseAddress!, ars: ars, aks: aks, b: bRows, k: k, width: w,
-                                   scratch: &scratch, spare: &spare)
+                                   scratch: &scratch, spare: &spare, blocked: blocked)
                     }
                     ref.withUnsafeMutableBufferPointer { f in
                         let outRows = (0..<m).map { f.baseAddress! + $0 * w }
