@@ -29,7 +29,8 @@ public func rankUpdate<S: KernelScalar>(
     out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int,
     a: UnsafePointer<S>, ars: Int, aks: Int,
     b: UnsafePointer<UnsafePointer<S>>, k: Int, width: Int,
-    scratch: UnsafeMutablePointer<S>, spare: UnsafeMutablePointer<S>, blocked: Bool = false
+    scratch: UnsafeMutablePointer<S>, spare: UnsafeMutablePointer<S>, blocked: Bool = false,
+    bSlice: UnsafeMutablePointer<S>
 ) {
     // A is packed first into 6-row panels, k-major (scratch holds ⌈m/6⌉·6·k values), so the
     // microkernel's six broadcasts are consecutive. Column chunks outside, row groups
@@ -51,17 +52,23 @@ public func rankUpdate<S: KernelScalar>(
     }
     var d = 0
     while d + 16 <= width {
+        // This chunk's k x 16 slice of b, contiguous (rows of b are scattered).
+        for q in 0..<k {
+            let src = b[q] + d
+            store8(load8(src), bSlice + (q &* 16))
+            store8(load8(src + 8), bSlice + (q &* 16 &+ 8))
+        }
         var r = 0
         while r < m {
             let panel = UnsafePointer(scratch + r * k)
             if m - r >= mr {
-                update6x16(out + r, panel, b, k, d, blocked)
+                update6x16(out + r, panel, UnsafePointer(bSlice), k, d, blocked)
             } else {
                 // A partial group runs the 6-row kernel too (a single row's FMA chain is
                 // latency-bound): missing rows write into `spare`, their A rows are zero.
                 withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<S>.self, capacity: mr) { rows in
                     for rr in 0..<mr { rows[rr] = r + rr < m ? out[r + rr] : spare }
-                    update6x16(UnsafePointer(rows.baseAddress!), panel, b, k, d, blocked)
+                    update6x16(UnsafePointer(rows.baseAddress!), panel, UnsafePointer(bSlice), k, d, blocked)
                 }
             }
             r += mr
@@ -95,11 +102,11 @@ func update1x8<S: KernelScalar>(
     store8(acc, o + d)
 }
 
-/// out_r[d ..< d+16] += Σ_q panel[q·6 + r] · b_q[d ..< d+16] for r < 6.
+/// out_r[d ..< d+16] += Σ_q panel[q·6 + r] · slice[q·16 ..< q·16+16] for r < 6.
 @inlinable @inline(__always)
 func update6x16<S: KernelScalar>(
     _ out: UnsafePointer<UnsafeMutablePointer<S>>, _ panel: UnsafePointer<S>,
-    _ b: UnsafePointer<UnsafePointer<S>>, _ k: Int, _ d: Int, _ blocked: Bool
+    _ slice: UnsafePointer<S>, _ k: Int, _ d: Int, _ blocked: Bool
 ) {
     let o0 = out[0] + d, o1 = out[1] + d, o2 = out[2] + d
     let o3 = out[3] + d, o4 = out[4] + d, o5 = out[5] + d
@@ -114,10 +121,10 @@ func update6x16<S: KernelScalar>(
         l4 = load8(UnsafePointer(o4)); h4 = load8(UnsafePointer(o4 + 8))
         l5 = load8(UnsafePointer(o5)); h5 = load8(UnsafePointer(o5 + 8))
     }
-    var ap = panel
-    for q in 0..<k {
-        let bq = b[q] + d
+    var ap = panel, bq = slice
+    for _ in 0..<k {
         let y0 = load8(bq), y1 = load8(bq + 8)
+        bq += 16
         var x = SIMD8<S>(repeating: ap[0])
         l0 = l0.addingProduct(x, y0); h0 = h0.addingProduct(x, y1)
         x = SIMD8<S>(repeating: ap[1])

@@ -141,7 +141,7 @@ enum Backward {
                 ws.loadVocabulary(inp, ids: { Int(bw.order[v0 + $0]) }, count: vc, contiguous: true)
                 rankUpdate(out: ws.outRows.base, m: kept, a: ws.tile.base, ars: vb, aks: 1,
                            b: ws.cRows.base, k: vc, width: d, scratch: ws.aPanels.base, spare: ws.spare.base,
-                           blocked: true)
+                           blocked: true, bSlice: ws.bSlice.base)
             }
             // dC: queue this block's update, then apply every queued update whose turn
             // has come (in vocabulary-block order); wait only when the queue is full.
@@ -173,7 +173,8 @@ enum Backward {
                     let n = min(chunk, e.kept - r0)
                     ws.tokenRows(inp, pq.rows.base + e.rowOffset + r0, n)
                     rankUpdate(out: ws.outRows.base, m: e.vc, a: dy + r0 * e.vc, ars: 1, aks: e.vc,
-                               b: ws.eRows.base, k: n, width: d, scratch: ws.aPanels.base, spare: ws.spare.base)
+                               b: ws.eRows.base, k: n, width: d, scratch: ws.aPanels.base, spare: ws.spare.base,
+                               bSlice: ws.bSlice.base)
                     r0 += n
                 }
                 if let db = bw.dBias {

@@ -56,6 +56,7 @@ final class Workspace<S: KernelScalar> {
     let pending: PendingUpdates<S>
     let aPanels: Scratch<S>              // backward: dy packed for the rank updates
     let spare: Scratch<S>                // backward: a row for partial 6-row groups
+    let bSlice: Scratch<S>               // backward: one k x 16 slice of the rank update's b
     var subPacked: [Int] = []            // which rows subPanels holds now
     let d: Int
     let vb: Int
@@ -84,6 +85,7 @@ final class Workspace<S: KernelScalar> {
         let side = max(nb, vb, chunkRows)
         aPanels = Scratch(count: (side + 5) / 6 * 6 * side)
         spare = Scratch(count: d)
+        bSlice = Scratch(count: side * 16)
     }
 
     /// Packs the E rows of active tokens first ..< first + count into panels (converting

@@ -116,7 +116,8 @@ final class KernelTests: XCTestCase {
                         var scratch = [Float](repeating: .nan, count: (m + 5) / 6 * 6 * k)
                         var spare = [Float](repeating: 0, count: w)
                         rankUpdate(out: outRows, m: m, a: ap.baseAddress!, ars: ars, aks: aks, b: bRows, k: k, width: w,
-                                   scratch: &scratch, spare: &spare, blocked: blocked)
+                                   scratch: &scratch, spare: &spare, blocked: blocked,
+                                   bSlice: UnsafeMutablePointer<Float>.allocate(capacity: k * 16))
                     }
                     ref.withUnsafeMutableBufferPointer { f in
                         let outRows = (0..<m).map { f.baseAddress! + $0 * w }
