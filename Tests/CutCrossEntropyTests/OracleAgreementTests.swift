@@ -100,6 +100,27 @@ final class OracleAgreementTests: XCTestCase {
         try check(Case(n: 37, d: 19, v: 301, options: o, bias: true))
     }
 
+    /// The OpenBLAS tile backend (a comparison option of `cce bench`) gives the same
+    /// results within the Float32 budget, fused and split, with and without a bias.
+    func testOpenBLASTileBackend() throws {
+        for type in [ElementType.float32, .bfloat16] {
+            let (e, c, t, b) = randomProblem(n: 37, d: 19, v: 301, type: type, withBias: true)
+            var o = Options(); o.softcap = 5; o.labelSmoothing = 0.1
+            var cce = CutCrossEntropy(options: o)
+            cce.tileBackend = .openBLAS
+            let (f, g) = try cce.lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+            let f2 = try cce.forward(embeddings: e, classifier: c, targets: t, bias: b)
+            let g2 = try cce.backward(f2, embeddings: e, classifier: c, bias: b)
+            let r = try Oracle.compute(embeddings: e, classifier: c, targets: t, bias: b, options: o)
+            for (name, loss, grads) in [("fused", f.loss, g), ("split", f2.loss, g2)] {
+                assertClose([loss], [r.loss], atol: 1e-5, rtol: 1e-5, "openblas \(type) \(name) loss")
+                assertClose(grads.dE.doubles, r.dE, atol: 1e-6, rtol: 1e-4, "openblas \(type) \(name) dE")
+                assertClose(grads.dC.doubles, r.dC, atol: 1e-6, rtol: 1e-4, "openblas \(type) \(name) dC")
+                assertClose(grads.dBias!.doubles, r.dBias!, atol: 1e-6, rtol: 1e-4, "openblas \(type) \(name) dBias")
+            }
+        }
+    }
+
     func testAllTargetsIgnored() throws {
         let (e, c, _, _) = randomProblem(n: 8, d: 5, v: 11)
         let t = try Targets([Int](repeating: -100, count: 8))
