@@ -1,7 +1,8 @@
-// What a worker holds while it sweeps tiles: its token block of E, a vocabulary block of C,
-// the logit tile and the row tables the kernels read through. All of it is O(NB·D + VB·D +
-// NB·VB) per worker, allocated once per call on the worker's NUMA node; nothing grows with
-// N x V.
+// What a worker holds while it sweeps tiles: its token block of E (packed), a vocabulary
+// block of C, the logit tile, the backward's packed dy and pending dC updates, and the row
+// tables the kernels read through: O((NB + VB)·D + NB·max(NB, VB, VBf)) per worker,
+// allocated once per call on the worker's NUMA node. The fused call adds the per-block
+// maxima, NB·V/VBf values (Engine.swift). Nothing grows with N x V.
 
 import CCEKernels
 import CCERuntime
