@@ -6,7 +6,7 @@
 //           dy = dz · (1 − (z/s)²) when soft capping (d/dy of s·tanh(y/s)).
 // The target term is added by the caller, which knows where the target falls.
 //
-// tanh(x) = sign(x)·(1 − 2 / (e^(2|x|) + 1)), with the vectorized exp: absolute error
+// tanh is KernelScalar.tanh: for Float, sign(x)·(1 − 2 / (e^(2|x|) + 1)) with the vectorized exp, absolute error
 // about 1e-7, which is what a logit needs.
 
 /// z[q] = bias[q] + z[q] (when a bias is given), then soft capping (when cap != nil).
@@ -23,20 +23,16 @@ public func logitEpilogue<S: KernelScalar>(
     var q = 0
     while q < cv {
         let y = load8(UnsafePointer(z + q)) * inv
-        store8(tanh8(y) * s, z + q)
+        store8(S.tanh(y) * s, z + q)
         q += 8
     }
     while q < count {
         var y = SIMD8<S>(repeating: 0)
         y[0] = z[q] * inv
-        z[q] = tanh8(y)[0] * s
+        z[q] = S.tanh(y)[0] * s
         q += 1
     }
 }
-
-/// tanh, lane by lane (KernelScalar.tanh).
-@inlinable @inline(__always)
-public func tanh8<S: KernelScalar>(_ x: SIMD8<S>) -> SIMD8<S> { S.tanh(x) }
 
 /// Turns a row of logits z into dy (the gradient of the token's loss with respect to the
 /// pre-cap logit, target term excluded) in place, and reports whether any |dy| ≥ eps.
