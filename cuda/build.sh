@@ -6,6 +6,9 @@
 # HOPPER.md advises; e.g. CCE_ARCH="-gencode=arch=compute_80,code=sm_80" for an A100; the
 # kernels use mma.sync, ldmatrix and cp.async, so sm_80 or newer), CCE_VERBOSE=1 for
 # ptxas's register / shared-memory / spill report of every kernel.
+# The CUDA runtime is linked statically (-cudart static, nvcc's default, named explicitly), so
+# the library needs only the driver (libcuda.so) and the C/C++ runtime at load time, no
+# libcudart.so; CCE_CUDART=shared links libcudart.so instead.
 set -euo pipefail
 cd "$(dirname "$0")"
 NVCC=${NVCC:-nvcc}
@@ -19,10 +22,14 @@ OUTLIB=${CCE_OUT:-libcce_cuda.so}
 BDIR=build/${OUTLIB%.so}
 mkdir -p "$BDIR"
 pids=()
-for src in prep forward_lse vocab_sort backward; do
+SRCS=(prep forward_lse vocab_sort backward host)
+for src in "${SRCS[@]}"; do
   "$NVCC" "${FLAGS[@]}" -c "$src.cu" -o "$BDIR/$src.o" &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
-"$NVCC" -shared $ARCH -o "$OUTLIB" "$BDIR"/prep.o "$BDIR"/forward_lse.o "$BDIR"/vocab_sort.o "$BDIR"/backward.o
-echo "built $(pwd)/$OUTLIB (wgmma: $WG)"
+OBJS=()
+for src in "${SRCS[@]}"; do OBJS+=("$BDIR/$src.o"); done
+CUDART=${CCE_CUDART:-static}
+"$NVCC" -shared $ARCH -cudart "$CUDART" -o "$OUTLIB" "${OBJS[@]}"
+echo "built $(pwd)/$OUTLIB (wgmma: $WG, cudart: $CUDART)"

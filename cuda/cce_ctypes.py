@@ -2,6 +2,7 @@
 
     loss, lse = forward(E, C, targets, bias=None, **options)
     dE, dC, dbias, stats = backward(E, C, targets, lse, grad, bias=None, **options)
+    out = host_run(E, C, targets, bias=None, dtype=..., want=("dE", "dC"), repeats=0, **options)
 
 E (N, D), C (V, D), bias (V): one of float32 / float16 / bfloat16, contiguous, on the GPU.
 targets (N,) int64. Workspaces are allocated with torch, so PyTorch's memory statistics see them.
@@ -30,6 +31,17 @@ class Options(ctypes.Structure):
 
 assert ctypes.sizeof(Options) == 56
 
+
+class HostReport(ctypes.Structure):
+    _fields_ = [
+        ("forward_ms", ctypes.c_double),
+        ("backward_ms", ctypes.c_double),
+        ("loss_backward_ms", ctypes.c_double),
+        ("peak_device_mib", ctypes.c_double),
+        ("tiles_kept", ctypes.c_double),
+        ("device_name", ctypes.c_char * 128),
+    ]
+
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
@@ -54,6 +66,10 @@ def lib():
         L.cce_backward.restype = ctypes.c_int
         L.cce_backward.argtypes = [vp, vp, vp, vp, i64, i64, i64, ctypes.c_int, op, vp, vp, vp, vp, vp, vp, sz,
                                    ctypes.POINTER(ctypes.c_int64), vp]
+        fp = ctypes.POINTER(ctypes.c_float)
+        L.cce_host_run.restype = ctypes.c_int
+        L.cce_host_run.argtypes = [vp, vp, vp, ctypes.POINTER(ctypes.c_int64), i64, i64, i64, ctypes.c_int, op,
+                                   fp, fp, fp, fp, fp, ctypes.c_int, ctypes.POINTER(HostReport)]
         _lib = L
     return _lib
 
@@ -123,3 +139,38 @@ def backward(E, C, targets, lse, grad, bias=None, want_dE=True, want_dC=True, wa
                               _ptr(lse), _ptr(g), _ptr(dE), _ptr(dC), _ptr(db), _ptr(ws), ws.numel(),
                               st, stream))
     return dE, dC, db, (tuple(st) if stats else None)
+
+
+def host_run(E, C, targets, bias=None, dtype=2, want=("dE", "dC"), repeats=0, want_lse=True, **kw):
+    """cce_host_run on HOST numpy arrays. E (N, D), C (V, D), bias (V) hold the raw elements of `dtype`
+    (0 f32 as float32; 1 f16 as float16; 2 bf16 as uint16 bit patterns); targets int64 (N,).
+    want: any of "dE", "dC", "dbias". Returns a dict of float32 numpy arrays (loss, lse, dE, dC, dbias
+    as asked) and the report (a dict) under "report"."""
+    import numpy as np
+
+    o = make_options(**kw)
+    N, D = E.shape
+    V = C.shape[0]
+    E = np.ascontiguousarray(E)
+    C = np.ascontiguousarray(C)
+    targets = np.ascontiguousarray(targets, dtype=np.int64)
+    bias = None if bias is None else np.ascontiguousarray(bias)
+    out = {"loss": np.full(N if kw.get("reduction", "mean") == "none" else 1, np.nan, np.float32)}
+    if want_lse:
+        out["lse"] = np.full(N, np.nan, np.float32)
+    shapes = {"dE": (N, D), "dC": (V, D), "dbias": (V,)}
+    for k in want:
+        out[k] = np.full(shapes[k], np.nan, np.float32)
+
+    def fptr(k):
+        return out[k].ctypes.data_as(ctypes.POINTER(ctypes.c_float)) if k in out else None
+
+    rep = HostReport()
+    rc = lib().cce_host_run(E.ctypes.data, C.ctypes.data, None if bias is None else bias.ctypes.data,
+                            targets.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)), N, D, V, dtype,
+                            ctypes.byref(o), fptr("loss"), fptr("lse"), fptr("dE"), fptr("dC"), fptr("dbias"),
+                            repeats, ctypes.byref(rep))
+    _check(rc)
+    out["report"] = {k: getattr(rep, k) for k, _ in HostReport._fields_}
+    out["report"]["device_name"] = rep.device_name.decode()
+    return out

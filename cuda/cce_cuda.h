@@ -94,6 +94,40 @@ int cce_backward(const void *E, const void *C, const void *bias, const int64_t *
                  const float *lse, const float *grad_loss, void *dE, void *dC, void *dbias,
                  void *workspace, size_t workspace_bytes, int64_t *stats, void *stream);
 
+/* ---- host-memory convenience (host.cu) ------------------------------------------------ */
+
+typedef struct cce_host_report {
+  double forward_ms;        /* median over `repeats` timed runs of cce_forward (CUDA events), 0 if repeats == 0 */
+  double backward_ms;       /* median of cce_backward alone; 0 when no gradient asked */
+  double loss_backward_ms;  /* median of forward + backward back to back */
+  double peak_device_mib;   /* peak device memory beyond the inputs during one forward+backward (workspace + outputs) */
+  double tiles_kept;        /* fraction of backward tiles not skipped, -1 if unknown */
+  char device_name[128];
+} cce_host_report;
+
+/* Host-memory convenience for callers without CUDA headers (the Swift tool loads it with dlopen).
+ * E (N*D), C (V*D), bias (V or NULL) are HOST arrays of `dtype`; targets (N) host int64.
+ * Copies the inputs to the GPU, runs cce_forward and, when any of dE/dC/dbias is non-NULL, cce_backward
+ * with grad_loss = 1 (for NONE: N ones, i.e. gradients of the summed loss), copies back:
+ * loss (host float32: N values for CCE_REDUCE_NONE, else 1), lse (host float32 N, or NULL),
+ * dE (N*D), dC (V*D), dbias (V) as HOST float32 (converted from the kernel's typed outputs), each nullable.
+ * repeats > 0 additionally times the calls (warm-up first) and fills `report` (nullable).
+ * Frees everything it allocated; returns 0 or a cce_status, with cce_last_error() set.
+ *
+ * Details: runs on the current CUDA device, on a stream of its own, and returns after
+ * synchronizing. loss may be NULL too. lse is written for every row, ignored or unpaired rows
+ * included (it is the plain log-sum-exp of that row's logits, never NaN). dbias may be asked for
+ * without a bias (the gradient with respect to a zero bias). peak_device_mib counts the device
+ * buffers allocated beyond E, C, bias and targets: loss, lse, the upstream gradient, the typed
+ * dE / dC / dbias and one workspace of max(forward, backward) size. `report`, when given, is
+ * filled also with repeats == 0 (times 0, the rest measured on the run that is returned);
+ * tiles_kept comes from that run's backward statistics. With no gradient asked,
+ * loss_backward_ms equals forward_ms. */
+int cce_host_run(const void *E, const void *C, const void *bias, const int64_t *targets,
+                 int64_t N, int64_t D, int64_t V, int dtype, const cce_options *opt,
+                 float *loss, float *lse, float *dE, float *dC, float *dbias,
+                 int repeats, cce_host_report *report);
+
 #ifdef __cplusplus
 }
 #endif

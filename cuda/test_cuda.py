@@ -12,11 +12,16 @@ Error budgets, ||x - truth|| / ||truth||:
 Outputs are poisoned with NaN first; a NaN anywhere fails.
 
     python3 test_cuda.py           # prints one line per case and 'N passed, N failed'
+
+The host entry point cce_host_run is checked too: numpy host arrays in, float32 host arrays
+out, against the device path (cce_forward / cce_backward on the same inputs, which must agree
+to the bit after the same float32 conversion) and against the float64 truth.
 """
 import itertools
 import math
 import sys
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -131,6 +136,79 @@ def run_case(name, spec, dtype, N=300, D=72, V=1000, seed=1):
     return ok, errs, st
 
 
+HOST_CASES = [
+    ("host mean+bias", dict(bias=True), ("dE", "dC", "dbias"), 2),
+    ("host none+ignore+shift", dict(reduction="none", ignore=True, shift=1, batch=3), ("dE", "dC", "dbias"), 0),
+    ("host sum+softcap dE only", dict(reduction="sum", softcap=8.0), ("dE",), 1),
+    ("host loss only", dict(ignore=True), (), 1),
+]
+
+
+def to_host(x):
+    """A torch tensor as a host numpy array of its raw elements (bf16 as uint16 bit patterns)."""
+    x = x.detach().cpu().contiguous()
+    if x.dtype == torch.bfloat16:
+        return x.view(torch.int16).numpy().view(np.uint16)
+    return x.numpy()
+
+
+def run_host_case(name, spec, want, repeats, dtype, N=300, D=72, V=1000, seed=5):
+    spec = dict(spec)
+    use_bias = spec.pop("bias", False)
+    ignore = spec.pop("ignore", False)
+    spec.setdefault("dc_chunk_rows", 256)
+    E, C, t = lm_like(N, D, V, seed=seed)
+    g = torch.Generator(device="cuda").manual_seed(seed + 7)
+    bias = (torch.randn(V, generator=g, device="cuda") * 0.5) if use_bias else None
+    if ignore:
+        t[torch.rand(N, generator=g, device="cuda") < 0.2] = -100
+    Ed, Cd = E.to(dtype).contiguous(), C.to(dtype).contiguous()
+    bd = bias.to(dtype) if bias is not None else None
+    red = spec.get("reduction", "mean")
+    grad = torch.ones(N, device="cuda") if red == "none" else torch.ones(1, device="cuda")
+    out = cce.host_run(to_host(Ed), to_host(Cd), to_host(t), bias=None if bd is None else to_host(bd),
+                       dtype=cce.DTYPES[dtype], want=want, repeats=repeats, **spec)
+    # device path, same inputs
+    loss, lse = cce.forward(Ed, Cd, t, bias=bd, **spec)
+    errs = {}
+    same = dict(loss=rel(torch.from_numpy(out["loss"]), loss.reshape(-1).cpu()),
+                lse=rel(torch.from_numpy(out["lse"]), lse.cpu()))
+    ref = reference(Ed, Cd, bd, t, grad, spec)
+    errs["loss"] = rel(torch.from_numpy(out["loss"]).cuda(), ref["loss"])
+    errs["lse"] = rel(torch.from_numpy(out["lse"]).cuda(), ref["lse"])
+    if want:
+        dE, dC, db, _ = cce.backward(Ed, Cd, t, lse, grad, bias=bd, want_dE="dE" in want, want_dC="dC" in want,
+                                     want_dbias="dbias" in want, **spec)
+        for k, dev, tr in (("dE", dE, ref["dE"]), ("dC", dC, ref["dC"]),
+                           ("dbias", db, ref["db"] if ref["db"] is not None else None)):
+            if k not in want:
+                continue
+            hx = torch.from_numpy(out[k])
+            same[k] = rel(hx, dev.float().cpu())
+            if tr is not None:
+                errs[k] = rel(hx.cuda(), tr)
+            else:  # dbias without a bias: the gradient with respect to a zero bias
+                r2 = reference(Ed, Cd, torch.zeros(V, dtype=dtype, device="cuda"), t, grad, spec)
+                errs[k] = rel(hx.cuda(), r2["db"])
+    b = BUDGET[dtype]
+    rep = out["report"]
+    ok = all(v <= 1e-6 for v in same.values())
+    ok &= all(errs[k] <= (b["loss"] if k in ("loss", "lse") else b["grad"]) for k in errs)
+    ok &= bool(np.isfinite(out["lse"]).all())  # ignored / unpaired rows too
+    ok &= rep["peak_device_mib"] > 0 and len(rep["device_name"]) > 0
+    if repeats > 0:
+        ok &= rep["forward_ms"] > 0 and rep["loss_backward_ms"] > 0
+        ok &= (rep["backward_ms"] > 0) == bool(want)
+    else:
+        ok &= rep["forward_ms"] == 0 and rep["loss_backward_ms"] == 0
+    ok &= (0 < rep["tiles_kept"] <= 1) if want else rep["tiles_kept"] == -1
+    msg = ("vs device " + " ".join(f"{k}={v:.1e}" for k, v in same.items()) + " | vs truth " +
+           " ".join(f"{k}={v:.2e}" for k, v in errs.items()) +
+           f" | fwd {rep['forward_ms']:.3f} ms bwd {rep['backward_ms']:.3f} ms f+b {rep['loss_backward_ms']:.3f} ms"
+           f" peak {rep['peak_device_mib']:.2f} MiB kept {rep['tiles_kept']:.3f}")
+    return ok, msg
+
+
 def main():
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -155,6 +233,32 @@ def main():
         print(f"{'OK    ' if ok else 'NOT OK'} {'larger N1000 D392 V20000':24s} {str(dtype):15s} {msg}", flush=True)
         passed += ok
         failed += not ok
+    # The host entry point (numpy arrays in and out) against the device path and the truth.
+    for (name, spec, want, reps), dtype in itertools.product(HOST_CASES, [torch.float32, torch.float16, torch.bfloat16]):
+        try:
+            ok, msg = run_host_case(name, spec, want, reps, dtype)
+        except Exception as e:
+            ok, msg = False, f"EXCEPTION {e!r}"
+        print(f"{'OK    ' if ok else 'NOT OK'} {name:24s} {str(dtype):15s} {msg}", flush=True)
+        passed += ok
+        failed += not ok
+    try:
+        ok, msg = run_host_case("host larger", dict(dc_chunk_rows=0, bias=True), ("dE", "dC", "dbias"), 1,
+                                torch.bfloat16, N=1000, D=392, V=20000, seed=3)
+    except Exception as e:
+        ok, msg = False, f"EXCEPTION {e!r}"
+    print(f"{'OK    ' if ok else 'NOT OK'} {'host N1000 D392 V20000':24s} {'torch.bfloat16':15s} {msg}", flush=True)
+    passed += ok
+    failed += not ok
+    try:  # a bad dtype comes back as CCE_ERR_ARGUMENT with a message
+        z = np.zeros((4, 8), np.float32)
+        cce.host_run(z, np.zeros((10, 8), np.float32), np.zeros(4, np.int64), dtype=7)
+        ok = False
+    except RuntimeError as e:
+        ok = "cce error 1" in str(e) and "dtype" in str(e)
+    print(f"{'OK    ' if ok else 'NOT OK'} host bad-dtype error reported", flush=True)
+    passed += ok
+    failed += not ok
     # Argument errors come back as codes with a message.
     try:
         E = torch.zeros(4, 6, device="cuda")
