@@ -32,17 +32,28 @@ public func kahanAdd<S: KernelScalar>(_ sum: inout S, _ comp: inout S, _ x: S) {
     sum = t
 }
 
-/// Merges z[0 ..< count] into `state` and returns the tile's largest logit;
-/// `state.value` is the LSE so far.
+/// What `mergeTileRow` saw in one tile row.
+public struct TileRowSummary<S: KernelScalar>: Sendable {
+    /// The tile row's largest logit.
+    public var max: S
+    /// log Σ_{v in the tile} e^(z_v): the tile row's own log-sum-exp.
+    public var logSum: S
+
+    @inlinable public init(max: S, logSum: S) { self.max = max; self.logSum = logSum }
+}
+
+/// Merges z[0 ..< count] into `state` and returns the tile row's largest logit and its own
+/// log-sum-exp; `state.value` is the LSE so far.
 @inlinable @discardableResult
-public func mergeTileRow<S: KernelScalar>(_ z: UnsafePointer<S>, count: Int, into state: inout RunningLSE<S>) -> S {
+public func mergeTileRow<S: KernelScalar>(_ z: UnsafePointer<S>, count: Int,
+                                          into state: inout RunningLSE<S>) -> TileRowSummary<S> {
     let cv = count & ~7
     var mv = SIMD8<S>(repeating: -.infinity)
     var p = 0
     while p < cv { mv = S.maximum(mv, load8(z + p)); p += 8 }
     var tileMax = S.horizontalMax(mv)
     while p < count { tileMax = Swift.max(tileMax, z[p]); p += 1 }
-    if tileMax == -.infinity { return tileMax }
+    if tileMax == -.infinity { return TileRowSummary(max: tileMax, logSum: -.infinity) }
     if tileMax > state.max {
         let scale = state.max == -.infinity ? 0 : S.exp(state.max - tileMax)
         state.sum *= scale
@@ -56,7 +67,7 @@ public func mergeTileRow<S: KernelScalar>(_ z: UnsafePointer<S>, count: Int, int
     var t = laneSum(acc)
     while p < count { t += S.exp(z[p] - state.max); p += 1 }
     kahanAdd(&state.sum, &state.comp, t)
-    return tileMax
+    return TileRowSummary(max: tileMax, logSum: state.max + S.log(t))
 }
 
 /// Σ z[0 ..< count] in eight lanes, reduced in the fixed `laneSum` order.

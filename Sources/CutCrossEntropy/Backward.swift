@@ -25,7 +25,23 @@
 // p ≤ e^(m_ij − lse_i), so |∂loss/∂z| ≤ (1 + 2·zloss·lse_i)·e^(m_ij − lse_i) + α/V; when
 // that bound is below ε and the target is elsewhere, the row would be filtered anyway, and
 // its logits are not recomputed at all (6-row panels with no such row are skipped inside
-// the tile product). The result is bitwise the same as the two-call path.
+// the tile product). Without the dropped-mass estimate the result is bitwise the same as
+// the two-call path.
+//
+// Dropped-mass estimate (Options.filterCorrection): a filtered row segment (i, J) still has
+// Σ_{v∈J} dy_iv C_v = r_iJ·C̄_J + Σ_{v∈J} (dy_iv − r_iJ/|J|)(C_v − C̄_J), with r_iJ = Σ_{v∈J} dy_iv
+// and C̄_J the mean of the block's C rows. The first term is added to dE_i; only the
+// second, the part that varies inside the block, is lost. For a recomputed row r_iJ is
+// summed from its dy; for a row the fused call never recomputes, r over the whole forward
+// block F is g_i·[(1 + 2·zloss·lse_i)·e^(L_iF − lse_i) − α·|F|/V] from the forward's block
+// log-sum-exp L_iF (minus the part of a sub-block recomputed for its target, whose C rows
+// then leave the mean too). Under a soft cap the fused call recomputes every row (the cap's
+// derivative is not in L_iF). dC and dBias get no estimate.
+//
+// Modes (Options.swift): `kahan` adds each dE partial (per vocabulary block) and each dC
+// partial (per token block) through a Kahan compensation row; `kahan-full-e` keeps every
+// recomputed row for dE and filters only dC, `kahan-full-c` the reverse (both recompute
+// every row).
 
 import CCEKernels
 import CCERuntime
@@ -39,6 +55,14 @@ struct BackwardInputs<S: KernelScalar>: @unchecked Sendable {
     let dE: UnsafeMutablePointer<S>    // n x D, zeroed
     let dC: UnsafeMutablePointer<S>    // V x D, zeroed
     let dBias: UnsafeMutablePointer<S>? // V, zeroed
+    var compE: UnsafeMutablePointer<S>? = nil   // kahan modes: n x D compensation, zeroed
+    var compC: UnsafeMutablePointer<S>? = nil   // kahan modes: V x D compensation, zeroed
+    var fullE = false                  // dE unfiltered
+    var fullC = false                  // dC unfiltered
+    /// Dropped-mass estimate: Σ of the C rows of each backward block (sorted order,
+    /// ⌈V/VB⌉ x D) and of each forward block (⌈V/VBf⌉ x D); nil: no estimate.
+    var cSums: UnsafePointer<S>? = nil
+    var cSumsForward: UnsafePointer<S>? = nil
 }
 
 /// What the backward skipped, for reports and `cce explain`.
@@ -59,12 +83,12 @@ public struct FilterStatistics: Sendable {
 
 enum Backward {
     /// The backward of active tokens first ..< first + count (token block `b`), whose E rows
-    /// `ws` holds. With `blockMax` (from the fused forward), rows bounded below ε are not
+    /// `ws` holds. With `blockStats` (from the fused forward), rows bounded below ε are not
     /// recomputed.
     static func block<S: KernelScalar>(
         _ inp: SweepInputs<S>, _ bw: BackwardInputs<S>, _ ws: Workspace<S>, handOff: HandOff,
         b: Int, first: Int, count: Int, rows: UnsafeBufferPointer<Int32>, targets: UnsafeBufferPointer<Int32>,
-        k: LossConstants<S>, blockMax: UnsafePointer<S>?, stats st: inout FilterStatistics
+        k: LossConstants<S>, blockStats: UnsafePointer<S>?, stats st: inout FilterStatistics
     ) {
         let plan = inp.plan, d = inp.d
         let vb = plan.vocabBlock, fvb = plan.forwardVocabBlock
@@ -72,21 +96,36 @@ enum Backward {
         let fBlocks = (inp.v + fvb - 1) / fvb
         let smooth = k.alpha / k.v
         let eps = bw.eps ?? -1
+        let correcting = bw.cSums != nil && bw.eps != nil && !bw.fullE
+        // The bound needs filtering on both sides, and the estimate needs no soft cap.
+        let bound = bw.eps != nil && !bw.fullE && !bw.fullC && !(correcting && inp.cap != nil) ? blockStats : nil
         let keep = ws.keep.base, need = ws.need.base, panelNeeded = ws.panelNeeded.base
+        let inE = ws.inE.base, inC = ws.inC.base
+        let residual = ws.residual.base, residualOn = ws.residualOn.base, excluded = ws.excluded.base
         let panels = (count + 5) / 6
+        if bound != nil { for i in 0..<count { residualOn[i] = false } }
         for j in 0..<vBlocks {
             let v0 = j * vb, vc = min(vb, inp.v - v0)
+            let jf = v0 / fvb, nf = min(fvb, inp.v - jf * fvb)
+            let startsForward = v0 % fvb == 0, endsForward = v0 + vc == min(inp.v, (jf + 1) * fvb)
             // Which rows must be recomputed (all of them without a bound).
             var needed = count
-            if let bm = blockMax, bw.eps != nil {
+            if let bs = bound {
                 needed = 0
-                let jf = v0 / fvb
                 for p in 0..<panels { panelNeeded[p] = false }
                 for i in 0..<count {
-                    let l = bw.lse[first + i]
+                    let l = bw.lse[first + i], coef = 1 + 2 * k.zLoss * l
                     let tq = Int(bw.rank[Int(targets[first + i])]) - v0
-                    let bound = (1 + 2 * k.zLoss * l) * S.exp(bm[i * fBlocks + jf] - l) + smooth
-                    need[i] = bound >= eps || (tq >= 0 && tq < vc)
+                    let stat = bs + 2 * (i * fBlocks + jf)
+                    let skippable = coef * S.exp(stat[0] - l) + smooth < eps
+                    if correcting && startsForward {
+                        residualOn[i] = skippable
+                        excluded[i] = -1
+                        if skippable {
+                            residual[i] = bw.upstream[first + i] * (coef * S.exp(stat[1] - l) - smooth * S(nf))
+                        }
+                    }
+                    need[i] = !skippable || (tq >= 0 && tq < vc)
                     if need[i] { needed += 1; panelNeeded[i / 6] = true }
                 }
             } else {
@@ -94,7 +133,7 @@ enum Backward {
             }
             st.tiles += 1; st.rowSegments += count
             st.boundSkippedRowSegments += count - needed
-            var kept = 0
+            var kept = 0, keptE = 0, keptC = 0
             if needed > 0 {
                 // Recompute: only the selected rows when they are few (their own panels),
                 // else the whole tile with the panels holding no selected row masked out.
@@ -121,35 +160,157 @@ enum Backward {
                     let hasTarget = tq >= 0 && tq < vc
                     let zt = hasTarget ? row[tq] : 0
                     let l = bw.lse[first + i]
+                    let g = bw.upstream[first + i]
                     let big = gradientEpilogue(row, count: vc, lse: l, coef: 1 + 2 * k.zLoss * l,
                                                smooth: smooth, cap: inp.cap, eps: eps)
-                    guard big || hasTarget else { continue }
+                    let keepE = big || hasTarget || bw.fullE, keepC = big || hasTarget || bw.fullC
+                    if correcting {
+                        if bound != nil && residualOn[i] {
+                            // Recomputed for its target inside a block the estimate covers:
+                            // this sub-block is exact, so it leaves the estimate.
+                            residual[i] -= g * tileRowSum(row, count: vc)
+                            excluded[i] = j
+                        } else if !keepE, let cs = bw.cSums {
+                            addEstimate(bw, row: Int(rows[first + i]), d: d,
+                                        scale: g * tileRowSum(row, count: vc) / S(vc), sum: cs + j * d)
+                        }
+                    }
+                    guard keepE || keepC else { continue }
                     if hasTarget { row[tq] -= (1 - k.alpha) * softcapDerivative(zt, cap: inp.cap) }
-                    scaleRow(row, count: vc, by: bw.upstream[first + i])
+                    scaleRow(row, count: vc, by: g)
                     let dst = ws.tile.base + kept * vb
                     if dst != row { dst.update(from: row, count: vc) }
-                    ws.outRows.base[kept] = bw.dE + Int(rows[first + i]) * d
-                    keep[kept] = i
+                    keep[kept] = i; inE[kept] = keepE; inC[kept] = keepC
                     kept += 1
+                    if keepE { keptE += 1 }
+                    if keepC { keptC += 1 }
                 }
             }
             st.keptRowSegments += kept
             if kept == 0 { st.skippedTiles += 1 }
-            if kept > 0 {
-                // The block's C rows copied together (contiguous rows stream better than the
-                // sorted order's scattered ones).
-                ws.loadVocabulary(inp, ids: { Int(bw.order[v0 + $0]) }, count: vc, contiguous: true)
-                rankUpdate(out: ws.outRows.base, m: kept, a: ws.tile.base, ars: vb, aks: 1,
-                           b: ws.cRows.base, k: vc, width: d, scratch: ws.aPanels.base, spare: ws.spare.base,
-                           blocked: true, bSlice: ws.bSlice.base)
+            // dE from the rows kept for it, dC (queued, applied in hand-off order) from the
+            // rows kept for it. One set contains the other; the larger goes first, then
+            // the tile is compacted to the smaller.
+            if keptC == kept {
+                if keptC > 0 && !ws.pending.fits(kept: keptC, vc: vc) { flush(inp, bw, ws, handOff, b: b, blocking: true) }
+                ws.pending.append(j: j, v0: v0, vc: vc, kept: keptC, tile: ws.tile.base, ldt: vb, keep: keep)
+                if keptE < kept { compactTile(ws, count: kept, where: inE) }
+                updateE(inp, bw, ws, first: first, rows: rows, m: keptE, v0: v0, vc: vc)
+            } else {
+                updateE(inp, bw, ws, first: first, rows: rows, m: keptE, v0: v0, vc: vc)
+                compactTile(ws, count: kept, where: inC)
+                if !ws.pending.fits(kept: keptC, vc: vc) { flush(inp, bw, ws, handOff, b: b, blocking: true) }
+                ws.pending.append(j: j, v0: v0, vc: vc, kept: keptC, tile: ws.tile.base, ldt: vb, keep: keep)
             }
-            // dC: queue this block's update, then apply every queued update whose turn
-            // has come (in vocabulary-block order); wait only when the queue is full.
-            if !ws.pending.fits(kept: kept, vc: vc) { flush(inp, bw, ws, handOff, b: b, blocking: true) }
-            ws.pending.append(j: j, v0: v0, vc: vc, kept: kept, tile: ws.tile.base, ldt: vb, keep: keep)
             flush(inp, bw, ws, handOff, b: b, blocking: false)
+            // The estimate of the rows skipped over the whole forward block.
+            if correcting && bound != nil && endsForward, let csf = bw.cSumsForward, let cs = bw.cSums {
+                for i in 0..<count where residualOn[i] {
+                    let row = Int(rows[first + i])
+                    let x = excluded[i]
+                    if x < 0 {
+                        addEstimate(bw, row: row, d: d, scale: residual[i] / S(nf), sum: csf + jf * d)
+                    } else {
+                        let nx = min(vb, inp.v - x * vb)
+                        guard nf > nx else { continue }
+                        let s = residual[i] / S(nf - nx)
+                        addEstimate(bw, row: row, d: d, scale: s, sum: csf + jf * d)
+                        addEstimate(bw, row: row, d: d, scale: -s, sum: cs + x * d)
+                    }
+                }
+            }
         }
         flush(inp, bw, ws, handOff, b: b, blocking: true)
+    }
+
+    /// Σ of the C rows (as S) of each backward block and of each forward block, in the
+    /// sorted order: the block means of the dropped-mass estimate (times the block size).
+    /// Computed in parallel over the blocks; a forward block's sum is the sum of its
+    /// backward blocks' (VB divides VBf).
+    static func classifierSums<S: KernelScalar>(_ inp: SweepInputs<S>, order: UnsafePointer<Int32>)
+        -> (backward: Scratch<S>, forward: Scratch<S>)
+    {
+        let d = inp.d, vb = inp.plan.vocabBlock, fvb = inp.plan.forwardVocabBlock
+        let nB = (inp.v + vb - 1) / vb, nF = (inp.v + fvb - 1) / fvb
+        let back = Scratch<S>(count: nB * d), fwd = Scratch<S>(count: nF * d)
+        let workers = max(1, min(inp.plan.threads, nF))
+        let ord = UncheckedSendableRef(order)
+        Workers.run(workers) { w in
+            let row = Scratch<S>(count: d)
+            var f = w
+            while f < nF {
+                let out = fwd.base + f * d
+                out.initialize(repeating: 0, count: d)
+                var j = f * fvb / vb
+                while j < nB && j * vb < min(inp.v, (f + 1) * fvb) {
+                    let s = back.base + j * d
+                    s.initialize(repeating: 0, count: d)
+                    for q in j * vb ..< min(inp.v, (j + 1) * vb) {
+                        convertRow(inp.cRow(Int(ord.value[q])), type: inp.cType, count: d, into: row.base)
+                        axpy(s, 1, UnsafePointer(row.base), count: d)
+                    }
+                    axpy(out, 1, UnsafePointer(s), count: d)
+                    j += 1
+                }
+                f += workers
+            }
+        }
+        return (back, fwd)
+    }
+
+    /// dE_row += scale · sum (compensated in the kahan modes).
+    @inline(__always)
+    static func addEstimate<S: KernelScalar>(_ bw: BackwardInputs<S>, row: Int, d: Int, scale: S,
+                                             sum: UnsafePointer<S>) {
+        if let c = bw.compE {
+            kahanAxpy(bw.dE + row * d, c + row * d, scale, sum, count: d)
+        } else {
+            axpy(bw.dE + row * d, scale, sum, count: d)
+        }
+    }
+
+    /// Moves the tile rows r < count with flag[r] (and their keep entries) to the front, in order.
+    static func compactTile<S: KernelScalar>(_ ws: Workspace<S>, count: Int, where flag: UnsafePointer<Bool>) {
+        var m = 0
+        for r in 0..<count where flag[r] {
+            if m != r {
+                (ws.tile.base + m * ws.vb).update(from: ws.tile.base + r * ws.vb, count: ws.vb)
+                ws.keep.base[m] = ws.keep.base[r]
+            }
+            m += 1
+        }
+    }
+
+    /// dE rows of keep[0 ..< m] += their dy (tile rows 0 ..< m) · C_block, as one blocked
+    /// rank-vc update; in the kahan modes the partial goes through the compensation rows.
+    static func updateE<S: KernelScalar>(
+        _ inp: SweepInputs<S>, _ bw: BackwardInputs<S>, _ ws: Workspace<S>, first: Int,
+        rows: UnsafeBufferPointer<Int32>, m: Int, v0: Int, vc: Int
+    ) {
+        guard m > 0 else { return }
+        let d = inp.d
+        // The block's C rows copied together (contiguous rows stream better than the sorted
+        // order's scattered ones).
+        ws.loadVocabulary(inp, ids: { Int(bw.order[v0 + $0]) }, count: vc, contiguous: true)
+        let dERow = { (r: Int) in bw.dE + Int(rows[first + ws.keep.base[r]]) * d }
+        if let comp = bw.compE, let part = ws.partials?.base {
+            for r in 0..<m {
+                (part + r * d).update(repeating: 0, count: d)
+                ws.outRows.base[r] = part + r * d
+            }
+            rankUpdate(out: ws.outRows.base, m: m, a: ws.tile.base, ars: ws.vb, aks: 1,
+                       b: ws.cRows.base, k: vc, width: d, scratch: ws.aPanels.base, spare: ws.spare.base,
+                       bSlice: ws.bSlice.base)
+            for r in 0..<m {
+                let o = Int(rows[first + ws.keep.base[r]]) * d
+                kahanAxpy(bw.dE + o, comp + o, 1, part + r * d, count: d)
+            }
+        } else {
+            for r in 0..<m { ws.outRows.base[r] = dERow(r) }
+            rankUpdate(out: ws.outRows.base, m: m, a: ws.tile.base, ars: ws.vb, aks: 1,
+                       b: ws.cRows.base, k: vc, width: d, scratch: ws.aPanels.base, spare: ws.spare.base,
+                       blocked: true, bSlice: ws.bSlice.base)
+        }
     }
 
     /// Applies queued dC updates of token block b in order: all of them when `blocking`,
@@ -162,7 +323,17 @@ enum Backward {
             if !blocking && !handOff.isReady(slot: e.j, turn: b) { return }
             handOff.wait(slot: e.j, turn: b)
             if e.kept > 0 {
-                for q in 0..<e.vc { ws.outRows.base[q] = bw.dC + Int(bw.order[e.v0 + q]) * d }
+                // kahan modes: this token block's partial first (zeroed rows), then folded
+                // into dC through the compensation rows.
+                let part = bw.compC != nil ? ws.partials?.base : nil
+                for q in 0..<e.vc {
+                    if let part {
+                        (part + q * d).update(repeating: 0, count: d)
+                        ws.outRows.base[q] = part + q * d
+                    } else {
+                        ws.outRows.base[q] = bw.dC + Int(bw.order[e.v0 + q]) * d
+                    }
+                }
                 // Kept E rows all at once when E is read in place, else chunkRows at a time
                 // (converted on demand); each dC element's FMA chain simply continues from
                 // one chunk to the next.
@@ -176,6 +347,12 @@ enum Backward {
                                b: ws.eRows.base, k: n, width: d, scratch: ws.aPanels.base, spare: ws.spare.base,
                                bSlice: ws.bSlice.base)
                     r0 += n
+                }
+                if let part, let comp = bw.compC {
+                    for q in 0..<e.vc {
+                        let o = Int(bw.order[e.v0 + q]) * d
+                        kahanAxpy(bw.dC + o, comp + o, 1, part + q * d, count: d)
+                    }
                 }
                 if let db = bw.dBias {
                     for q in 0..<e.vc {

@@ -78,10 +78,9 @@ public struct CutCrossEntropy: Sendable {
                         bias: Tensor? = nil) throws -> ForwardOutput {
         let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
                                   bias: bias, options: options)
-        switch options.mode {
-        case .default: return forward(Float.self, problem, embeddings, classifier, bias)
-        case .exact: return forward(Double.self, problem, embeddings, classifier, bias)
-        }
+        return options.mode == .exact
+            ? forward(Double.self, problem, embeddings, classifier, bias)
+            : forward(Float.self, problem, embeddings, classifier, bias)
     }
 
     /// dE, dC (and dBias) for the forward `saved`, whose inputs must be passed again.
@@ -99,10 +98,9 @@ public struct CutCrossEntropy: Sendable {
             throw CCEError.stateMismatch("bias \(bias.map { "\($0.shape)" } ?? "nil") differs from the forward's")
         }
         let g = try upstreamPerToken(upstream, st)
-        switch st.options.mode {
-        case .default: return backward(Float.self, st, g, embeddings, classifier, bias)
-        case .exact: return backward(Double.self, st, g, embeddings, classifier, bias)
-        }
+        return st.options.mode == .exact
+            ? backward(Double.self, st, g, embeddings, classifier, bias)
+            : backward(Float.self, st, g, embeddings, classifier, bias)
     }
 
     /// Forward and backward in one call. Same results, bit for bit, as `forward` then
@@ -115,10 +113,9 @@ public struct CutCrossEntropy: Sendable {
         let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
                                   bias: bias, options: options)
         let g = try upstreamPerToken(upstream, SavedState(problem: problem, options: options, lse: .float64([])))
-        switch options.mode {
-        case .default: return run(Float.self, .fused, problem, g, embeddings, classifier, bias, savedLSE: nil)
-        case .exact: return run(Double.self, .fused, problem, g, embeddings, classifier, bias, savedLSE: nil)
-        }
+        return options.mode == .exact
+            ? run(Double.self, .fused, problem, g, embeddings, classifier, bias, savedLSE: nil)
+            : run(Float.self, .fused, problem, g, embeddings, classifier, bias, savedLSE: nil)
     }
 
     // MARK: - Typed implementation
@@ -175,6 +172,12 @@ public struct CutCrossEntropy: Sendable {
         var dC = zeroed(S.self, wantsGrad ? p.v * p.d : 0)
         var dBias: [S]? = bias == nil || !wantsGrad ? nil : zeroed(S.self, p.v)
         let eps: Double? = options.mode == .exact ? nil : options.filterEpsilon.resolve(p.eType, p.cType)
+        let mode = options.mode
+        // kahan modes: compensation rows for dE and dC, zeroed.
+        let compE = wantsGrad && mode.compensated ? Scratch<S>(count: p.n * p.d) : nil
+        let compC = wantsGrad && mode.compensated ? Scratch<S>(count: p.v * p.d) : nil
+        for x in [compE, compC] { x?.base.initialize(repeating: 0, count: x!.count) }
+        let estimate = wantsGrad && eps != nil && options.filterCorrection && mode != .kahanFullE
         var stats = FilterStatistics()
         e.withRawPointer { ep in
             c.withRawPointer { cp in
@@ -186,6 +189,10 @@ public struct CutCrossEntropy: Sendable {
                                                          sorted: options.sortVocabulary)
                 withOptionalPointer(b) { bp in
                     let inp = inputs(S.self, p, ep, cp, bp)
+                    var sums: (backward: Scratch<S>, forward: Scratch<S>)? = nil
+                    if estimate {
+                        sums = order.withUnsafeBufferPointer { Backward.classifierSums(inp, order: $0.baseAddress!) }
+                    }
                     lse.withUnsafeMutableBufferPointer { lp in
                     loss.withUnsafeMutableBufferPointer { lossp in
                     up.withUnsafeBufferPointer { upp in
@@ -194,20 +201,29 @@ public struct CutCrossEntropy: Sendable {
                     dE.withUnsafeMutableBufferPointer { dEp in
                     dC.withUnsafeMutableBufferPointer { dCp in
                         withOptionalMutablePointer(&dBias) { dbp in
-                            let bw: BackwardInputs<S>? = wantsGrad
-                                ? BackwardInputs(lse: UnsafePointer(lp.baseAddress!), upstream: upp.baseAddress!,
-                                                 order: op.baseAddress!, rank: rp.baseAddress!,
-                                                 eps: eps.map { S($0) }, dE: dEp.baseAddress!,
-                                                 dC: dCp.baseAddress!, dBias: dbp)
-                                : nil
+                            var bw: BackwardInputs<S>? = nil
+                            if wantsGrad {
+                                bw = BackwardInputs(lse: UnsafePointer(lp.baseAddress!), upstream: upp.baseAddress!,
+                                                    order: op.baseAddress!, rank: rp.baseAddress!,
+                                                    eps: eps.map { S($0) }, dE: dEp.baseAddress!,
+                                                    dC: dCp.baseAddress!, dBias: dbp)
+                                bw!.compE = compE?.base
+                                bw!.compC = compC?.base
+                                bw!.fullE = mode == .kahanFullE
+                                bw!.fullC = mode == .kahanFullC
+                                bw!.cSums = sums.map { UnsafePointer($0.backward.base) }
+                                bw!.cSumsForward = sums.map { UnsafePointer($0.forward.base) }
+                            }
                             stats = Engine.run(pass, inp, options: options, order: op.baseAddress!,
                                                lse: lp.baseAddress!, loss: lossp.baseAddress ?? lp.baseAddress!,
                                                backward: bw)
                         }
                     }}}}}}}
+                    withExtendedLifetime(sums) {}
                 }
             }
         }
+        withExtendedLifetime((compE, compC)) {}
         let grads = Gradients(dE: values(dE), dC: values(dC), dBias: dBias.map { values($0) }, filter: stats)
         guard pass != .backward else { return (emptyForward(p), grads) }
         let positions = p.targetShape.reduce(1, *)

@@ -35,8 +35,9 @@ enum Engine {
         inp.problem.targets.withUnsafeBufferPointer { targets in
             let rowsB = SendableBuffer(rows), targetsB = SendableBuffer(targets)
             Workers.run(workers, pin: Placement.isNUMA) { w in
-                let ws = Workspace<S>(plan: plan, d: inp.d, backend: inp.backend)
-                let blockMax: Scratch<S>? = pass == .fused ? Scratch(count: nb * fBlocks) : nil
+                let ws = Workspace<S>(plan: plan, d: inp.d, backend: inp.backend,
+                                      partials: bw?.compE != nil)
+                let blockStats: Scratch<S>? = pass == .fused ? Scratch(count: 2 * nb * fBlocks) : nil
                 var st = FilterStatistics()
                 var b = w
                 while b < blocks {
@@ -45,12 +46,12 @@ enum Engine {
                     if pass != .backward {
                         Forward.block(inp, ws, order: out.order.value, first: first, count: count,
                                       targets: targetsB.buffer, k: k, lse: out.lse.pointer, loss: out.loss.pointer,
-                                      blockMax: blockMax?.base)
+                                      blockStats: blockStats?.base)
                     }
                     if pass != .forward, let bw {
                         Backward.block(inp, bw, ws, handOff: handOff, b: b, first: first, count: count,
                                        rows: rowsB.buffer, targets: targetsB.buffer, k: k,
-                                       blockMax: blockMax.map { UnsafePointer($0.base) }, stats: &st)
+                                       blockStats: blockStats.map { UnsafePointer($0.base) }, stats: &st)
                     }
                     b += workers
                 }

@@ -16,9 +16,10 @@
 // block it falls in.
 //
 // In the fused call the forward also keeps, per row and vocabulary block, the block's
-// largest logit (NB x V/VBf values per worker): once the row's LSE is known, that bounds
+// largest logit m_ij and its own log-sum-exp L_ij = log Σ_{v in block j} e^(z_iv)
+// (2 x NB x V/VBf values per worker): once the row's LSE is known, e^(m_ij − lse_i) bounds
 // every softmax entry of the block, so the backward can skip the block's row without
-// recomputing it (Backward.swift).
+// recomputing it, and e^(L_ij − lse_i) is the probability mass it skips (Backward.swift).
 
 import CCEKernels
 import CCERuntime
@@ -37,11 +38,13 @@ struct LossConstants<S: KernelScalar>: Sendable {
 
 enum Forward {
     /// The forward of active tokens first ..< first + count, whose E rows `ws` holds.
-    /// Writes lse and loss for them; fills blockMax[i · vBlocks + j] when given.
+    /// Writes lse and loss for them; when `blockStats` is given, fills
+    /// blockStats[2(i · vBlocks + j)] with the block row's largest logit and the next value
+    /// with its log-sum-exp.
     static func block<S: KernelScalar>(
         _ inp: SweepInputs<S>, _ ws: Workspace<S>, order: UnsafePointer<Int32>,
         first: Int, count: Int, targets: UnsafeBufferPointer<Int32>, k: LossConstants<S>,
-        lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockMax: UnsafeMutablePointer<S>?
+        lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockStats: UnsafeMutablePointer<S>?
     ) {
         let vb = inp.plan.forwardVocabBlock
         let vBlocks = (inp.v + vb - 1) / vb
@@ -56,8 +59,11 @@ enum Forward {
                     for q in 0..<vc { row[q] += bias[Int(order[v0 + q])] }
                 }
                 logitEpilogue(row, count: vc, bias: nil, cap: inp.cap)
-                let tileMax = mergeTileRow(row, count: vc, into: &states[i])
-                blockMax?[i * vBlocks + j] = tileMax
+                let seen = mergeTileRow(row, count: vc, into: &states[i])
+                if let bs = blockStats {
+                    bs[2 * (i * vBlocks + j)] = seen.max
+                    bs[2 * (i * vBlocks + j) + 1] = seen.logSum
+                }
                 if k.smoothing { kahanAdd(&sums[i], &comps[i], tileRowSum(row, count: vc)) }
             }
         }

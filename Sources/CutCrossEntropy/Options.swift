@@ -14,13 +14,27 @@ public enum Reduction: String, Sendable, CaseIterable {
     case none
 }
 
-/// Accumulation and filtering variants of the engine.
+/// Accumulation and filtering variants of the engine, mirroring apple/ml-cross-entropy's
+/// `impl` choices (`cce`, `cce_kahan`, `cce_kahan_full_e`, `cce_kahan_full_c`, `cce_exact`).
+/// Docs/NUMERICS.md gives each one's cost and measured error.
 public enum Mode: String, Sendable, CaseIterable {
-    /// Float32 tiles and accumulation, Kahan-compensated LSE, gradient filtering with ε.
+    /// Float32 tiles and accumulation, Kahan-compensated LSE, gradient filtering with ε
+    /// (with the dropped-mass estimate of `Options.filterCorrection`).
     case `default`
+    /// As `default`, and the gradients accumulated with Kahan compensation too: each dE
+    /// and dC element keeps a compensation term (one extra N x D and V x D buffer), and
+    /// every per-block partial is added through it.
+    case kahan
+    /// `kahan` without filtering for dE: every recomputed row enters dE (dC still filtered).
+    case kahanFullE = "kahan-full-e"
+    /// `kahan` without filtering for dC: every recomputed row enters dC (dE still filtered).
+    case kahanFullC = "kahan-full-c"
     /// Float64 tiles and accumulation and no filtering: the tiled engine's most accurate
     /// form (slow; a reference, not a training mode).
     case exact
+
+    /// Whether the gradients are accumulated with Kahan compensation.
+    var compensated: Bool { self == .kahan || self == .kahanFullE || self == .kahanFullC }
 }
 
 /// When to skip backward tiles.
@@ -66,6 +80,11 @@ public struct Options: Sendable {
     /// entries share tiles.
     public var sortVocabulary: Bool = true
     public var mode: Mode = .default
+    /// Add the first-order part of what the filter drops to dE: for a skipped row segment
+    /// (token i, vocabulary block J) the sum Σ_{v∈J} dy_iv times the mean of the block's C
+    /// rows. Filtering then loses only the deviations from the block mean, which do not add
+    /// up coherently (Docs/NUMERICS.md). Costs one D-vector update per skipped segment.
+    public var filterCorrection: Bool = true
     /// Check inputs for NaN and infinities (costs one pass over E, C and the bias).
     public var checkFinite: Bool = false
     /// Worker threads; nil: every CPU this process may use.

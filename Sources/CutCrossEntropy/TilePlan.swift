@@ -11,7 +11,9 @@
 //       may live in L3; a larger NB packs each C row fewer times); then the number of token blocks is rounded up to a multiple of the thread
 //       count and NB shrunk to match, so that every worker gets the same number of blocks;
 //   VB (backward): the C rows of the gradient updates take a quarter of L2,
-//       VB ≈ L2 / 4 / (D · size), 16 ≤ VB ≤ 256, a multiple of 16;
+//       VB ≈ L2 / 4 / (D · size), 16 ≤ VB ≤ 256, a power of two, so that VB divides VBf and
+//       every backward block lies inside one forward block (the fused call's skip bound
+//       and dropped-mass estimate are per forward block);
 //   VBf (forward): 256 (one LSE merge per row per 256 logits).
 //
 // Results depend on VB and VBf (they fix where tiles start on each row) but not on NB or
@@ -44,9 +46,10 @@ public struct TilePlan: Sendable, CustomStringConvertible {
         blocks = (blocks + t - 1) / t * t
         nb = max(6, ((m + blocks - 1) / blocks + 5) / 6 * 6)
         var vb = topology.l2Bytes / 4 / row
-        vb = min(256, max(16, vb / 16 * 16))
+        vb = min(256, max(16, vb))
+        while vb & (vb - 1) != 0 { vb &= vb - 1 }  // round down to a power of two
         tokenBlock = nb
-        vocabBlock = min(vb, max(16, (vocab + 15) / 16 * 16))
+        vocabBlock = vb
         forwardVocabBlock = min(256, max(16, (vocab + 15) / 16 * 16))
         self.threads = threads
         self.topology = topology

@@ -52,6 +52,11 @@ final class Workspace<S: KernelScalar> {
     let need: Scratch<Bool>              // backward: rows to recompute
     let panelNeeded: Scratch<Bool>       // backward: 6-row panels to recompute
     let selected: Scratch<Int>           // backward: rows recomputed, in order
+    let inE: Scratch<Bool>, inC: Scratch<Bool>  // backward: kept row enters dE / dC
+    let residual: Scratch<S>             // backward: dropped dy mass of a row over a forward block
+    let residualOn: Scratch<Bool>        //   ... when the row is skipped over that block
+    let excluded: Scratch<Int>           //   ... but for this recomputed backward block (or −1)
+    let partials: Scratch<S>?            // kahan modes: max(NB, VB) x D gradient partials
     let subPanels: Scratch<S>            // backward: up to `subRows` selected rows, packed
     let subRows = 48
     let pending: PendingUpdates<S>
@@ -62,7 +67,7 @@ final class Workspace<S: KernelScalar> {
     let d: Int
     let vb: Int
 
-    init(plan: TilePlan, d: Int, backend: TileBackend = .swiftSIMD) {
+    init(plan: TilePlan, d: Int, backend: TileBackend = .swiftSIMD, partials: Bool = false) {
         let nb = plan.tokenBlock, vb = plan.vocabBlock, fvb = plan.forwardVocabBlock
         let wide = max(vb, fvb)
         self.d = d; self.vb = vb
@@ -81,6 +86,9 @@ final class Workspace<S: KernelScalar> {
         states = Scratch(count: nb); sums = Scratch(count: nb); comps = Scratch(count: nb)
         keep = Scratch(count: nb); need = Scratch(count: nb); panelNeeded = Scratch(count: (nb + 5) / 6)
         selected = Scratch(count: nb)
+        inE = Scratch(count: nb); inC = Scratch(count: nb)
+        residual = Scratch(count: nb); residualOn = Scratch(count: nb); excluded = Scratch(count: nb)
+        self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
         subPanels = Scratch(count: subRows * d)
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb))
         let side = max(nb, vb, chunkRows)

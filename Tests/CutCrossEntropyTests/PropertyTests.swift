@@ -106,29 +106,40 @@ final class PropertyTests: XCTestCase {
         let g = try cce.backward(f, embeddings: e, classifier: c, bias: b, upstream: .scalar(2))
         let (f2, g2) = try cce.lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b, upstream: .scalar(2))
         XCTAssertEqual(f.loss, f2.loss)
-        XCTAssertEqual(g.dE.floats, g2.dE.floats)
-        XCTAssertEqual(g.dC.floats, g2.dC.floats)
+        XCTAssertTrue(bitwiseEqual(g.dE, g2.dE), "dE")
+        XCTAssertTrue(bitwiseEqual(g.dC, g2.dC), "dC")
     }
 
     /// The same on LM-like BFloat16 data, where the fused call skips many rows without
     /// recomputing them, recomputes few rows in their own panels and queues dC updates:
-    /// still bitwise equal to forward + backward, for 1 and 3 threads.
+    /// bitwise equal to forward + backward, for 1 and 3 threads, without the dropped-mass
+    /// estimate. With it, the two calls estimate skipped mass at different granularities
+    /// (the fused call per forward block, from the forward's block LSE; the split call per
+    /// backward block, from recomputed rows): loss, dC and dBias stay bitwise equal, and
+    /// dE agrees to 1e-4 relative (the estimate's own size is ~1e-2 of dE here).
     func testFusedSkippingIsExact() throws {
         let data = LMLikeData.make(tokens: 150, dim: 40, vocab: 3000, type: .bfloat16, seed: 11)
         let bias = try Tensor(converting: (0..<3000).map { Float($0 % 7) * 0.1 }, to: .bfloat16, shape: [3000])
         for threads in [1, 3] {
-            var o = Options(); o.threads = threads; o.zLoss = 1e-4
-            let cce = CutCrossEntropy(options: o)
-            let f = try cce.forward(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets, bias: bias)
-            let g = try cce.backward(f, embeddings: data.embeddings, classifier: data.classifier, bias: bias)
-            let (f2, g2) = try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
-                                                    targets: data.targets, bias: bias)
-            XCTAssertGreaterThan(g2.filter.boundSkippedRowSegments, g2.filter.rowSegments / 10, "rows skipped unrecomputed")
-            XCTAssertEqual(f.loss.bitPattern, f2.loss.bitPattern)
-            XCTAssertEqual(g.dE.floats.map(\.bitPattern), g2.dE.floats.map(\.bitPattern), "dE, \(threads) threads")
-            XCTAssertEqual(g.dC.floats.map(\.bitPattern), g2.dC.floats.map(\.bitPattern), "dC, \(threads) threads")
-            XCTAssertEqual(g.dBias!.floats.map(\.bitPattern), g2.dBias!.floats.map(\.bitPattern), "dBias, \(threads) threads")
-            XCTAssertEqual(g.filter.keptRowSegments, g2.filter.keptRowSegments)
+            for correction in [false, true] {
+                var o = Options(); o.threads = threads; o.zLoss = 1e-4; o.filterCorrection = correction
+                let cce = CutCrossEntropy(options: o)
+                let f = try cce.forward(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets, bias: bias)
+                let g = try cce.backward(f, embeddings: data.embeddings, classifier: data.classifier, bias: bias)
+                let (f2, g2) = try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
+                                                        targets: data.targets, bias: bias)
+                let what = "\(threads) threads, correction \(correction)"
+                XCTAssertGreaterThan(g2.filter.boundSkippedRowSegments, g2.filter.rowSegments / 10, "rows skipped unrecomputed")
+                XCTAssertEqual(f.loss.bitPattern, f2.loss.bitPattern)
+                if correction {
+                    XCTAssertLessThanOrEqual(relativeError(g2.dE.doubles, g.dE.doubles), 1e-4, "dE, \(what)")
+                } else {
+                    XCTAssertTrue(bitwiseEqual(g.dE, g2.dE), "dE, \(what)")
+                }
+                XCTAssertTrue(bitwiseEqual(g.dC, g2.dC), "dC, \(what)")
+                XCTAssertTrue(bitwiseEqual(g.dBias!, g2.dBias!), "dBias, \(what)")
+                XCTAssertEqual(g.filter.keptRowSegments, g2.filter.keptRowSegments)
+            }
         }
     }
 

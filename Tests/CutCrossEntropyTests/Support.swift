@@ -45,3 +45,12 @@ func relativeError(_ a: [Double], _ b: [Double]) -> Double {
     for i in 0..<a.count where !b[i].isNaN { num += (a[i] - b[i]) * (a[i] - b[i]); den += b[i] * b[i] }
     return den == 0 ? num.squareRoot() : (num / den).squareRoot()
 }
+
+/// Whether two results have the same bits everywhere (NaNs included); prints no arrays.
+func bitwiseEqual(_ a: Values, _ b: Values) -> Bool {
+    switch (a, b) {
+    case (.float32(let x), .float32(let y)): return x.map(\.bitPattern) == y.map(\.bitPattern)
+    case (.float64(let x), .float64(let y)): return x.map(\.bitPattern) == y.map(\.bitPattern)
+    default: return false
+    }
+}
