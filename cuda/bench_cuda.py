@@ -3,7 +3,11 @@
     python3 bench_cuda.py [--N 8192 --D 2304 --V 256000 --S 4 --alpha 1.5 --reps 10]
 
 Methods: this library (libcce_cuda.so through ctypes), PyTorch eager
-(F.cross_entropy over materialized bf16 logits upcast to f32) and torch.compile of the same.
+(F.cross_entropy over materialized bf16 logits upcast to f32) and torch.compile of the same;
+with --others also apple/ml-cross-entropy (`cut_cross_entropy.linear_cross_entropy` with impl
+"cce", "cce_kahan_full_c", "cce_exact") and Liger Kernel's fused linear cross entropy, when
+they can be imported (the device machine gets them as carried wheels / source); --host also
+times the host entry point cce_host_run (host arrays in and out) and prints its report.
 Times are medians of CUDA-event timings after warm-up; memory is the peak of
 torch.cuda.max_memory_allocated over the operation minus what was allocated before it
 (outputs and workspaces included, inputs excluded). Relative errors are
@@ -98,7 +102,7 @@ def peak_mb(fn):
     return peak / 2**20
 
 
-def bench_torch(name, lossfn, E, C, t, reps):
+def bench_torch(name, lossfn, E, C, t, reps, full=True):
     Eg = E.detach().clone().requires_grad_()
     Cg = C.detach().clone().requires_grad_()
 
@@ -126,12 +130,13 @@ def bench_torch(name, lossfn, E, C, t, reps):
         holder["l"].backward(retain_graph=True)
 
     r = {"method": name}
-    r["loss_ms"] = timed(loss_only, reps)[0]
-    r["loss_mb"] = peak_mb(loss_only)
-    prep_grad()
-    r["grad_ms"] = timed(grad_only, reps)[0]
-    r["grad_mb"] = peak_mb(lambda: grad_only())
-    holder.clear()
+    if full:
+        r["loss_ms"] = timed(loss_only, reps)[0]
+        r["loss_mb"] = peak_mb(loss_only)
+        prep_grad()
+        r["grad_ms"] = timed(grad_only, reps)[0]
+        r["grad_mb"] = peak_mb(lambda: grad_only())
+        holder.clear()
     r["lg_ms"] = timed(loss_grad, reps)[0]
     Eg.grad = None
     Cg.grad = None
@@ -139,7 +144,36 @@ def bench_torch(name, lossfn, E, C, t, reps):
     return r, Eg.grad, Cg.grad
 
 
-def bench_cce(name, E, C, t, reps, **opts):
+def other_methods():
+    """(name, loss function of (E, C, targets)) for the competing libraries that import here."""
+    out = []
+    try:
+        from cut_cross_entropy import linear_cross_entropy as lce
+
+        for impl in ("cce", "cce_kahan_full_c", "cce_exact"):
+            out.append((f"ml-cross-entropy {impl}", (lambda i: lambda e, c, tt: lce(e, c, tt, impl=i))(impl)))
+    except Exception as ex:  # noqa: BLE001
+        print(f"# ml-cross-entropy not available: {ex!r}", flush=True)
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy as lflce
+
+        out.append(("Liger fused linear CE", lambda e, c, tt: lflce(e, c, tt)))
+    except Exception as ex:  # noqa: BLE001
+        print(f"# Liger Kernel not available: {ex!r}", flush=True)
+    return out
+
+
+def bench_host(E, C, t, reps):
+    """cce_host_run on host copies of the inputs: its report, and its dE / dC against the device path."""
+    import numpy as np
+
+    Eh = E.cpu().view(torch.int16).numpy().view(np.uint16)
+    Ch = C.cpu().view(torch.int16).numpy().view(np.uint16)
+    out = cce.host_run(Eh, Ch, t.cpu().numpy(), dtype=2, want=("dE", "dC"), repeats=reps)
+    return out
+
+
+def bench_cce(name, E, C, t, reps, full=True, **opts):
     one = torch.ones(1, device="cuda")
 
     def loss_only():
@@ -155,10 +189,11 @@ def bench_cce(name, E, C, t, reps, **opts):
         return l, cce.backward(E, C, t, s, one, **opts)
 
     r = {"method": name}
-    r["loss_ms"] = timed(loss_only, reps)[0]
-    r["loss_mb"] = peak_mb(loss_only)
-    r["grad_ms"] = timed(grad_only, reps)[0]
-    r["grad_mb"] = peak_mb(grad_only)
+    if full:
+        r["loss_ms"] = timed(loss_only, reps)[0]
+        r["loss_mb"] = peak_mb(loss_only)
+        r["grad_ms"] = timed(grad_only, reps)[0]
+        r["grad_mb"] = peak_mb(grad_only)
     r["lg_ms"] = timed(loss_grad, reps)[0]
     r["lg_mb"] = peak_mb(loss_grad)
     loss, lse = cce.forward(E, C, t, **opts)
@@ -179,7 +214,9 @@ def main():
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--variants", action="store_true", help="also time no-filter / no-sort / non-lean / ...")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only variants whose name has one")
-    ap.add_argument("--stress", action="store_true", help="also run this library on flat data (S=2, alpha=1)")
+    ap.add_argument("--stress", action="store_true", help="also run on flat data (S=2, alpha=1): loss+grad and errors")
+    ap.add_argument("--others", action="store_true", help="also ml-cross-entropy and Liger, when importable")
+    ap.add_argument("--host", action="store_true", help="also the host entry point cce_host_run")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
 
@@ -196,12 +233,12 @@ def main():
     print(r, flush=True)
     del dE, dC
     if a.variants:
-        for name, kw in [("cce_cuda eps 2^-10", dict(filter_eps=2.0 ** -10)),
+        for name, kw in [("cce_cuda copies before wgmma (former order)", dict(_env="CCE_EARLY_LOAD")),
+                         ("cce_cuda no dE staging (former chunks)", dict(_env="CCE_NO_DE_STAGING")),
+                         ("cce_cuda eps 2^-10", dict(filter_eps=2.0 ** -10)),
                          ("cce_cuda no filter", dict(filter_eps=0.0)), ("cce_cuda no sort", dict(sort_vocab=False)),
                          ("cce_cuda not lean", dict(lean_memory=False)),
-                         ("cce_cuda chunk 3072 rows", dict(dc_chunk_rows=3072)),
                          ("cce_cuda chunk 6144 rows", dict(dc_chunk_rows=6144)),
-                         ("cce_cuda mma.sync products", dict(_env="CCE_NO_WGMMA_PRODUCTS")),
                          ("(timing aid: dz stage only)", dict(_env="CCE_DEBUG_SKIP_PRODUCTS"))]:
             if a.only and not any(x in name for x in a.only.split(",")):
                 continue
@@ -219,24 +256,47 @@ def main():
     def eager(e, c, tt):
         return F.cross_entropy((e @ c.T).float(), tt)
 
+    methods = []
     if not a.no_torch:
         methods = [("PyTorch eager", eager)]
         if not a.no_compile:
             methods.append(("torch.compile", torch.compile(eager)))
+    if a.others:
+        methods += other_methods()
+    if methods:
         for name, fn in methods:
-            r, dE, dC = bench_torch(name, fn, E, C, t, a.reps)
-            with torch.no_grad():
-                lv = fn(E, C, t).item()
+            try:
+                r, dE, dC = bench_torch(name, fn, E, C, t, a.reps)
+                with torch.no_grad():
+                    lv = fn(E, C, t).item()
+            except Exception as ex:  # noqa: BLE001  (report and go on)
+                print(f"# {name} failed: {ex!r}", flush=True)
+                torch.cuda.empty_cache()
+                continue
             r.update(loss_err=abs(lv - tl) / abs(tl), dE_err=rel(dE, tdE), dC_err=rel(dC, tdC))
             rows.append(r)
             print(r, flush=True)
             del dE, dC
             torch.cuda.empty_cache()
+    host = None
+    if a.host:
+        try:
+            out = bench_host(E, C, t, a.reps)
+            rep_ = out["report"]
+            host = dict(rep_, loss_err=abs(float(out["loss"][0]) - tl) / abs(tl),
+                        dE_err=rel(torch.from_numpy(out["dE"]).cuda(), tdE),
+                        dC_err=rel(torch.from_numpy(out["dC"]).cuda(), tdC))
+            del out
+            print("cce_host_run report:", host, flush=True)
+        except Exception as ex:  # noqa: BLE001
+            print(f"# cce_host_run failed: {ex!r}", flush=True)
 
     print()
     print("| method | loss ms | loss MB | grad ms | grad MB | loss+grad ms | loss+grad MB | loss rel err | dE rel err | dC rel err | tiles kept |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if "loss_ms" not in r:
+            continue
         kept = f"{r['tiles_kept']:.3f}" if "tiles_kept" in r else ""
         print(f"| {r['method']} | {r['loss_ms']:.1f} | {r['loss_mb']:.0f} | {r['grad_ms']:.1f} | {r['grad_mb']:.0f} | "
               f"{r['lg_ms']:.1f} | {r['lg_mb']:.0f} | {r['loss_err']:.1e} | {r['dE_err']:.4f} | {r['dC_err']:.4f} | {kept} |")
@@ -247,21 +307,39 @@ def main():
         E, C, t, ent2 = lm_like(a.N, a.D, a.V, 2.0, 1.0, 1, dtype)
         tl, tdE, tdC = truth(E, C, t)
         for name, kw in [("cce_cuda (this)", {}), ("cce_cuda no filter", dict(filter_eps=0.0))]:
-            r, loss, dE, dC = bench_cce(name, E, C, t, a.reps, **kw)
+            r, loss, dE, dC = bench_cce(name, E, C, t, a.reps, full=False, **kw)
             r.update(loss_err=abs(loss.item() - tl) / abs(tl), dE_err=rel(dE, tdE), dC_err=rel(dC, tdC))
             stress.append(r)
+            print(r, flush=True)
             del dE, dC
+        for name, fn in methods:
+            try:
+                r, dE, dC = bench_torch(name, fn, E, C, t, a.reps, full=False)
+                with torch.no_grad():
+                    lv = fn(E, C, t).item()
+            except Exception as ex:  # noqa: BLE001
+                print(f"# {name} failed: {ex!r}", flush=True)
+                torch.cuda.empty_cache()
+                continue
+            r.update(loss_err=abs(lv - tl) / abs(tl), dE_err=rel(dE, tdE), dC_err=rel(dC, tdC))
+            stress.append(r)
+            print(r, flush=True)
+            del dE, dC
+            torch.cuda.empty_cache()
         print()
         print(f"Flat stress data: S=2, alpha=1, entropy={ent2:.2f} nats")
         print()
-        print("| method | loss+grad ms | loss+grad MB | dE rel err | dC rel err | tiles kept |")
-        print("|---|---|---|---|---|---|")
+        print("| method | loss+grad ms | loss+grad MB | loss rel err | dE rel err | dC rel err | tiles kept |")
+        print("|---|---|---|---|---|---|---|")
         for r in stress:
-            print(f"| {r['method']} | {r['lg_ms']:.1f} | {r['lg_mb']:.0f} | {r['dE_err']:.4f} | {r['dC_err']:.4f} | {r['tiles_kept']:.3f} |")
+            kept = f"{r['tiles_kept']:.3f}" if "tiles_kept" in r else ""
+            print(f"| {r['method']} | {r['lg_ms']:.1f} | {r['lg_mb']:.0f} | {r['loss_err']:.1e} | {r['dE_err']:.4f} | "
+                  f"{r['dC_err']:.4f} | {kept} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(shape=dict(N=a.N, D=a.D, V=a.V, S=a.S, alpha=a.alpha), entropy=ent, rows=rows,
-                           stress=stress), f, indent=1)
+                           stress=stress, host_run=host, device=torch.cuda.get_device_name(),
+                           torch=torch.__version__), f, indent=1)
 
 
 if __name__ == "__main__":

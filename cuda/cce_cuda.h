@@ -21,6 +21,8 @@
  * |dz / g| is below filter_eps (after sorting the vocabulary by average logit so that
  * significant entries share tiles) and adds, for each skipped tile, its first-order part
  * (the tile's row / column sums of dz times the mean of its C / E rows); dbias is exact.
+ * While dE has not been finished the backward stages its tiles in the caller's dE buffer too,
+ * so dE's contents are undefined until cce_backward's work completes.
  *
  * Every function returns 0 on success or a nonzero cce_status; cce_last_error() then
  * describes the failure (per host thread). All work is enqueued on `stream`

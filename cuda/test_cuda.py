@@ -224,7 +224,7 @@ def main():
         passed += ok
         failed += not ok
     # Larger shape on the tensor-core path: several token blocks and a filtered, sorted vocabulary.
-    for dtype in (torch.bfloat16, torch.float16):
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
         try:
             ok, errs, st = run_case("larger", dict(dc_chunk_rows=0), dtype, N=1000, D=392, V=20000, seed=3)
             msg = " ".join(f"{k}={v:.2e}" for k, v in errs.items()) + f" tiles kept {st[1]}/{st[0]}"
