@@ -41,17 +41,20 @@ let package = Package(
                 dependencies: ["CCEKernels", "CCERuntime", "COpenBLAS"],
                 swiftSettings: fastFlags),
 
+        // MARK: - The numerical reference: .npy input and output, comparison
+        .target(name: "CCEReference", dependencies: ["CutCrossEntropy"]),
+
         // MARK: - Benchmarks and the command-line tool
         .target(name: "CCEBenchmarks", dependencies: ["CutCrossEntropy", "CCERuntime", "COpenBLAS"],
                 path: "Benchmarks/CCEBenchmarks", swiftSettings: fastFlags),
         .executableTarget(name: "cce",
-                          dependencies: ["CutCrossEntropy", "CCEBenchmarks",
+                          dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCEReference",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: fastFlags),
 
         // MARK: - Tests
         .testTarget(name: "CutCrossEntropyTests",
-                    dependencies: ["CutCrossEntropy", "CCEKernels", "CCERuntime", "CCEBenchmarks"],
+                    dependencies: ["CutCrossEntropy", "CCEKernels", "CCERuntime", "CCEBenchmarks", "CCEReference"],
                     swiftSettings: fastFlags),
     ]
 )

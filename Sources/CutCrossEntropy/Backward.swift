@@ -117,7 +117,7 @@ enum Backward {
                     let l = bw.lse[first + i], coef = 1 + 2 * k.zLoss * l
                     let tq = Int(bw.rank[Int(targets[first + i])]) - v0
                     let stat = bs + 2 * (i * fBlocks + jf)
-                    let skippable = coef * S.exp(stat[0] - l) + smooth < eps
+                    let skippable = abs(coef) * S.exp(stat[0] - l) + smooth < eps
                     if correcting && startsForward {
                         residualOn[i] = skippable
                         excluded[i] = -1

@@ -16,6 +16,10 @@ public enum CCEError: Error, Equatable, CustomStringConvertible {
     case invalidUpstream(String)
     /// Saved forward state does not belong to these inputs.
     case stateMismatch(String)
+    /// An optional engine (the CUDA library) could not be loaded.
+    case backendUnavailable(String)
+    /// An optional engine reported a failure.
+    case backendFailed(String)
 
     public var description: String {
         switch self {
@@ -27,6 +31,7 @@ public enum CCEError: Error, Equatable, CustomStringConvertible {
         case .invalidOption(let s): return "invalid option: \(s)"
         case .invalidUpstream(let s): return "invalid upstream gradient: \(s)"
         case .stateMismatch(let s): return "saved state does not match the inputs: \(s)"
+        case .backendUnavailable(let s), .backendFailed(let s): return s
         }
     }
 }

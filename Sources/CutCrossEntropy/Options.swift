@@ -92,7 +92,8 @@ public struct Options: Sendable {
 
     public init() {}
 
-    func validate() throws {
+    /// Throws `CCEError.invalidOption` for a value outside its domain.
+    public func validate() throws {
         if let s = softcap, !(s > 0 && s.isFinite) {
             throw CCEError.invalidOption("softcap must be finite and > 0 (got \(s))")
         }

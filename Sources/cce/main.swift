@@ -1,4 +1,5 @@
-// cce: the command-line tool. `cce demo` (the main job), `cce bench`.
+// cce: the command-line tool. `cce demo` (the main job), `cce bench`, `cce reference` and
+// `cce compare` (the numerical reference over .npy files).
 // Errors print one line on standard error and exit with status 1.
 
 import ArgumentParser
@@ -8,7 +9,7 @@ struct CCE: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cce",
         abstract: "Cut Cross-Entropy on the CPU: loss and gradients of a large-vocabulary classifier without the N x V logits.",
-        subcommands: [Demo.self, BenchCommand.self],
+        subcommands: [Demo.self, BenchCommand.self, ReferenceCommand.self, CompareCommand.self],
         defaultSubcommand: Demo.self)
 }
 

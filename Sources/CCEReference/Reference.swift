@@ -1,0 +1,227 @@
+// `cce reference`: the loss and gradients of tensors read from .npy files, written as .npy
+// files, for checking another implementation (a GPU kernel, a framework) against this one.
+//
+// Read:  E (N, D) or (B, T, D), C (V, D), targets (N) or (B, T), optional bias (V).
+//        E, C, bias: '<f4', '<f2', bfloat16 (ml_dtypes) or '<f8' (rounded to Float32: the
+//        engine stores f32, f16 or bf16); targets: '<i8' or '<i4'.
+// Write: loss.npy (0-d for mean and sum, the targets' shape for none), lse.npy (the targets'
+//        shape: the LSE of the row paired with each target, NaN where no row is paired),
+//        dE.npy (E's shape), dC.npy (V, D), dBias.npy when a bias is given, meta.json.
+//        The gradients are those of the reduced loss (for none, of its sum); '<f8' in exact
+//        mode, '<f4' otherwise.
+// Every file is written into a temporary folder beside DIR and moved into DIR only when all
+// are complete, so an error leaves DIR as it was.
+
+import CutCrossEntropy
+import Foundation
+
+/// The inputs of one reference run, read and checked.
+public struct ReferenceInputs: Sendable {
+    public let embeddings: Tensor
+    public let classifier: Tensor
+    public let targets: Targets
+    public let bias: Tensor?
+    /// Notes for the user (for example, Float64 inputs rounded to Float32).
+    public let notes: [String]
+
+    /// Reads the .npy files and checks everything the engine would, naming the file at fault.
+    public static func load(embeddings ePath: String, classifier cPath: String, targets tPath: String,
+                            bias bPath: String?, ignoreIndex: Int) throws -> ReferenceInputs {
+        var notes: [String] = []
+        let eA = try NPYArray.read(ePath), cA = try NPYArray.read(cPath), tA = try NPYArray.read(tPath)
+        let bA = try bPath.map { try NPYArray.read($0) }
+        guard eA.shape.count == 2 || eA.shape.count == 3 else {
+            throw NPYError(ePath, "embeddings must be 2-D (N, D) or 3-D (B, T, D), got shape \(shapeText(eA.shape))")
+        }
+        guard cA.shape.count == 2 else { throw NPYError(cPath, "classifier must be 2-D (V, D), got shape \(shapeText(cA.shape))") }
+        guard tA.dtype == .int64 || tA.dtype == .int32 else {
+            throw NPYError(tPath, "targets must be integers ('<i8' or '<i4'), got \(tA.dtype.rawValue)")
+        }
+        let d = eA.shape.last!, v = cA.shape[0]
+        guard cA.shape[1] == d else {
+            throw NPYError(cPath, "shapes do not agree: classifier \(shapeText(cA.shape)) has D = \(cA.shape[1]) but \(ePath) \(shapeText(eA.shape)) has D = \(d)")
+        }
+        let lead = Array(eA.shape.dropLast())
+        guard tA.shape == lead else {
+            throw NPYError(tPath, "shapes do not agree: targets \(shapeText(tA.shape)) but \(ePath) \(shapeText(eA.shape)) needs targets \(shapeText(lead))")
+        }
+        if let bA, let bPath {
+            guard bA.shape == [v] else {
+                throw NPYError(bPath, "shapes do not agree: bias \(shapeText(bA.shape)) but \(cPath) has V = \(v) classes")
+            }
+        }
+        for (a, p) in [(eA, ePath), (cA, cPath)] + (bA.map { [($0, bPath!)] } ?? []) {
+            guard a.count > 0 else { throw NPYError(p, "empty array of shape \(shapeText(a.shape))") }
+        }
+        let e = try tensor(eA, ePath, &notes), c = try tensor(cA, cPath, &notes)
+        let b = try bA.map { try tensor($0, bPath!, &notes) }
+        let raw = tA.integers()
+        for (i, t) in raw.enumerated() where t != Int64(ignoreIndex) && !(t >= 0 && t < Int64(v)) {
+            throw NPYError(tPath, "target out of range: targets\(indexText(i, tA.shape)) = \(t) is outside [0, \(v)) and is not the ignore index \(ignoreIndex)")
+        }
+        let targets = try Targets(raw.map { Int($0) }, shape: tA.shape)
+        return ReferenceInputs(embeddings: e, classifier: c, targets: targets, bias: b, notes: notes)
+    }
+
+    static func tensor(_ a: NPYArray, _ path: String, _ notes: inout [String]) throws -> Tensor {
+        guard a.dtype.isFloat else {
+            throw NPYError(path, "expected floating-point values ('<f4', '<f2', '<f8' or bfloat16), got \(a.dtype.rawValue)")
+        }
+        let values = a.doubles()
+        if let i = values.firstIndex(where: { !$0.isFinite }) {
+            throw NPYError(path, "non-finite value: element \(indexText(i, a.shape)) is \(values[i])")
+        }
+        switch a.dtype {
+        case .float32: return try Tensor(values.map { Float($0) }, shape: a.shape)
+        case .float16: return try Tensor(values.map { Float16(Float($0)) }, shape: a.shape)
+        case .bfloat16: return try Tensor(values.map { BFloat16(Float($0)) }, shape: a.shape)
+        default:
+            notes.append("\(path): Float64 values rounded to Float32 (the engine stores f32, f16 or bf16)")
+            let f = values.map { Float($0) }
+            if let i = f.firstIndex(where: { !$0.isFinite }) {
+                throw NPYError(path, "element \(indexText(i, a.shape)) = \(values[i]) overflows Float32")
+            }
+            return try Tensor(f, shape: a.shape)
+        }
+    }
+}
+
+/// What a reference run produced: the arrays by file name, and a summary.
+public struct ReferenceOutputs: Sendable {
+    public var arrays: [(name: String, array: NPYArray)]
+    public var meta: [String: String]
+}
+
+public enum Reference {
+    /// Loss, LSE and gradients on the CPU engine (the gradients of the reduced loss; for
+    /// reduction none, of the sum of the per-position losses).
+    public static func computeCPU(_ inp: ReferenceInputs, options: Options) throws -> ReferenceOutputs {
+        let cce = CutCrossEntropy(options: options)
+        let upstream: Upstream = options.reduction == .none
+            ? .perToken([Float](repeating: 1, count: inp.targets.count)) : .scalar(1)
+        let start = Date()
+        let (f, g) = try cce.lossAndGradients(embeddings: inp.embeddings, classifier: inp.classifier,
+                                              targets: inp.targets, bias: inp.bias, upstream: upstream)
+        let seconds = Date().timeIntervalSince(start)
+        let exact = options.mode == .exact
+        func arr(_ v: Values, _ shape: [Int]) -> NPYArray {
+            exact ? NPYArray(doubles: v.doubles, shape: shape) : NPYArray(floats: v.floats, shape: shape)
+        }
+        let loss: NPYArray = options.reduction == .none
+            ? arr(f.tokenLosses, inp.targets.shape)
+            : (exact ? NPYArray(doubles: [f.loss], shape: []) : NPYArray(floats: [Float(f.loss)], shape: []))
+        var arrays: [(String, NPYArray)] = [
+            ("loss.npy", loss), ("lse.npy", arr(f.lse, inp.targets.shape)),
+            ("dE.npy", arr(g.dE, inp.embeddings.shape)), ("dC.npy", arr(g.dC, inp.classifier.shape)),
+        ]
+        if let db = g.dBias { arrays.append(("dBias.npy", arr(db, [inp.classifier.shape[0]]))) }
+        let fs = g.filter
+        return ReferenceOutputs(arrays: arrays, meta: [
+            "backend": "cpu", "mode": options.mode.rawValue, "seconds": String(format: "%.6f", seconds),
+            "active_tokens": "\(f.activeTokens)",
+            "kept_row_segments": "\(fs.keptRowSegments) of \(fs.rowSegments)",
+            "skipped_tiles": "\(fs.skippedTiles) of \(fs.tiles)",
+        ])
+    }
+
+    /// The same on the CUDA engine (Float32 outputs; per-row values mapped to target
+    /// positions as the CPU engine reports them).
+    public static func computeCUDA(_ inp: ReferenceInputs, options: Options, library: CUDALibrary) throws
+        -> ReferenceOutputs
+    {
+        let r = try library.run(embeddings: inp.embeddings, classifier: inp.classifier, targets: inp.targets,
+                                bias: inp.bias, options: options, repeats: 1)
+        let tshape = inp.targets.shape, eshape = inp.embeddings.shape
+        let loss = options.reduction == .none
+            ? NPYArray(floats: CUDALibrary.perPosition(r.loss, targets: inp.targets, embeddingsShape: eshape,
+                                                       options: options, missing: 0), shape: tshape)
+            : NPYArray(floats: r.loss, shape: [])
+        let lse = CUDALibrary.perPosition(r.lse, targets: inp.targets, embeddingsShape: eshape,
+                                          options: options, missing: .nan)
+        var arrays: [(String, NPYArray)] = [
+            ("loss.npy", loss), ("lse.npy", NPYArray(floats: lse, shape: tshape)),
+            ("dE.npy", NPYArray(floats: r.dE, shape: eshape)),
+            ("dC.npy", NPYArray(floats: r.dC, shape: inp.classifier.shape)),
+        ]
+        if let db = r.dBias { arrays.append(("dBias.npy", NPYArray(floats: db, shape: [inp.classifier.shape[0]]))) }
+        return ReferenceOutputs(arrays: arrays, meta: [
+            "backend": "cuda", "cuda_library": library.path, "device": r.device, "mode": options.mode.rawValue,
+            "seconds": String(format: "%.6f", r.lossAndGradientMilliseconds / 1000),
+            "peak_device_mib": String(format: "%.1f", r.peakDeviceMiB),
+            "tiles_kept": String(format: "%.4f", r.tilesKept),
+        ])
+    }
+
+    /// Writes the outputs into `dir` (created if missing): first into a temporary folder
+    /// beside it, then moved in, replacing files of the same names. Output files of an
+    /// earlier run that this run does not produce (dBias.npy without a bias) are removed, so
+    /// DIR never mixes two runs. On error DIR is left as it was.
+    public static func write(_ out: ReferenceOutputs, to dir: String, options: [String: String]) throws {
+        let fm = FileManager.default
+        let url = URL(fileURLWithPath: dir).standardizedFileURL
+        let parent = url.deletingLastPathComponent()
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: parent.path, isDirectory: &isDir), isDir.boolValue else {
+            throw NPYError(dir, "cannot write outputs: the folder \(parent.path) does not exist")
+        }
+        if fm.fileExists(atPath: url.path, isDirectory: &isDir), !isDir.boolValue {
+            throw NPYError(dir, "cannot write outputs: it exists and is not a folder")
+        }
+        let tmp = parent.appendingPathComponent(".\(url.lastPathComponent).partial-\(getpid())")
+        try? fm.removeItem(at: tmp)
+        do {
+            try fm.createDirectory(at: tmp, withIntermediateDirectories: false)
+        } catch {
+            throw NPYError(dir, "cannot create a temporary folder beside it: \(error.localizedDescription)")
+        }
+        defer { try? fm.removeItem(at: tmp) }
+        var names: [String] = []
+        do {
+            for (name, a) in out.arrays {
+                try a.encoded().write(to: tmp.appendingPathComponent(name))
+                names.append(name)
+            }
+            var meta = out.meta.merging(options) { a, _ in a }
+            meta["files"] = names.joined(separator: " ")
+            let json = try JSONSerialization.data(withJSONObject: meta, options: [.prettyPrinted, .sortedKeys])
+            try json.write(to: tmp.appendingPathComponent("meta.json"))
+            names.append("meta.json")
+        } catch {
+            throw NPYError(dir, "cannot write outputs: \(error.localizedDescription)")
+        }
+        do {
+            if !fm.fileExists(atPath: url.path) {
+                try fm.moveItem(at: tmp, to: url)
+                return
+            }
+            for stale in outputNames where !names.contains(stale) {
+                try? fm.removeItem(at: url.appendingPathComponent(stale))
+            }
+            for name in names {
+                let dst = url.appendingPathComponent(name)
+                if fm.fileExists(atPath: dst.path) { try fm.removeItem(at: dst) }
+                try fm.moveItem(at: tmp.appendingPathComponent(name), to: dst)
+            }
+        } catch {
+            throw NPYError(dir, "cannot move outputs into place: \(error.localizedDescription)")
+        }
+    }
+
+    /// Every file name a run can write.
+    public static let outputNames = ["loss.npy", "lse.npy", "dE.npy", "dC.npy", "dBias.npy", "meta.json"]
+}
+
+/// "(2, 3)" for [2, 3], "()" for a 0-d shape.
+public func shapeText(_ s: [Int]) -> String {
+    s.count == 1 ? "(\(s[0]),)" : "(" + s.map(String.init).joined(separator: ", ") + ")"
+}
+
+/// The multi-index "[i, j]" of flat element `flat` in `shape`.
+public func indexText(_ flat: Int, _ shape: [Int]) -> String {
+    guard !shape.isEmpty else { return "[]" }
+    var idx = [Int](repeating: 0, count: shape.count), r = flat
+    for k in stride(from: shape.count - 1, through: 0, by: -1) where shape[k] > 0 {
+        idx[k] = r % shape[k]; r /= shape[k]
+    }
+    return "[" + idx.map(String.init).joined(separator: ", ") + "]"
+}

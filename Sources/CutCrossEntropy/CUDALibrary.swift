@@ -1,0 +1,165 @@
+// The optional CUDA engine (cuda/, built separately with nvcc), loaded at run time with
+// dlopen, so this package builds and runs without CUDA. The C ABI is cuda/cce_cuda.h; this
+// file uses its host-memory entry point `cce_host_run`, which copies the inputs to the GPU,
+// runs the forward and the backward there, and copies loss, LSE and the gradients back as
+// Float32. The CPU engine stays the numerical reference for it (`cce reference --backend
+// cuda` + `cce compare`, Docs/CUDA.md).
+
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A loaded libcce_cuda.so.
+public final class CUDALibrary: @unchecked Sendable {
+    /// Where it was loaded from.
+    public let path: String
+    private let handle: UnsafeMutableRawPointer
+    private let hostRun: HostRun
+    private let defaultOptions: DefaultOptions
+    private let lastError: LastError
+
+    typealias HostRun = @convention(c) (
+        UnsafeRawPointer?, UnsafeRawPointer?, UnsafeRawPointer?, UnsafePointer<Int64>?,
+        Int64, Int64, Int64, Int32, UnsafeRawPointer?,
+        UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?,
+        UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?, Int32, UnsafeMutableRawPointer?) -> Int32
+    typealias DefaultOptions = @convention(c) (UnsafeMutableRawPointer?) -> Void
+    typealias LastError = @convention(c) () -> UnsafePointer<CChar>?
+
+    private init(path: String, handle: UnsafeMutableRawPointer, hostRun: HostRun,
+                 defaultOptions: DefaultOptions, lastError: LastError) {
+        self.path = path; self.handle = handle; self.hostRun = hostRun
+        self.defaultOptions = defaultOptions; self.lastError = lastError
+    }
+
+    /// Loads the library: from `path` when given, else $CCE_CUDA_LIBRARY, else
+    /// libcce_cuda.so beside the running executable, else the dynamic loader's search path.
+    public static func load(_ path: String? = nil) throws -> CUDALibrary {
+        var candidates: [String] = []
+        if let path { candidates = [path] } else {
+            if let env = ProcessInfo.processInfo.environment["CCE_CUDA_LIBRARY"], !env.isEmpty { candidates.append(env) }
+            let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+            candidates.append(exe.deletingLastPathComponent().appendingPathComponent("libcce_cuda.so").path)
+            candidates.append("libcce_cuda.so")
+        }
+        var reasons: [String] = []
+        for c in candidates {
+            if c.contains("/") && !FileManager.default.fileExists(atPath: c) { reasons.append("\(c): no such file"); continue }
+            guard let h = dlopen(c, RTLD_NOW | RTLD_LOCAL) else {
+                reasons.append(String(cString: dlerror()))
+                continue
+            }
+            func sym<T>(_ name: String, _: T.Type) throws -> T {
+                guard let s = dlsym(h, name) else {
+                    throw CCEError.backendUnavailable("\(c) has no symbol \(name) (an older build of cuda/?)")
+                }
+                return unsafeBitCast(s, to: T.self)
+            }
+            return CUDALibrary(path: c, handle: h, hostRun: try sym("cce_host_run", HostRun.self),
+                               defaultOptions: try sym("cce_default_options", DefaultOptions.self),
+                               lastError: try sym("cce_last_error", LastError.self))
+        }
+        throw CCEError.backendUnavailable("cannot load the CUDA library (build it with cuda/build.sh; pass --cuda-library or set CCE_CUDA_LIBRARY): "
+                                          + reasons.joined(separator: "; "))
+    }
+
+    /// Per-row results of one GPU run (rows of E, not target positions), and its timings.
+    public struct Result: Sendable {
+        /// One value for mean and sum; one per row of E for none (0 where the row has no target).
+        public var loss: [Float]
+        /// Per row of E: the LSE of its logits (also for rows without a target).
+        public var lse: [Float]
+        public var dE: [Float], dC: [Float], dBias: [Float]?
+        public var forwardMilliseconds = 0.0, backwardMilliseconds = 0.0, lossAndGradientMilliseconds = 0.0
+        /// Device memory beyond the inputs (outputs and workspaces), MiB.
+        public var peakDeviceMiB = 0.0
+        /// Fraction of backward tiles not skipped (−1 if unknown).
+        public var tilesKept = -1.0
+        public var device = ""
+    }
+
+    /// Loss, LSE and gradients on the GPU (gradients of the reduced loss; for none, of the sum).
+    /// `repeats` > 0 also times the calls (medians, CUDA events). The GPU engine has one
+    /// accumulation mode (Float32, with its own first-order estimate for skipped tiles):
+    /// only `Mode.default` is accepted. E, C and the bias must share one element type.
+    public func run(embeddings e: Tensor, classifier c: Tensor, targets: Targets, bias: Tensor?,
+                    options o: Options, repeats: Int = 0) throws -> Result {
+        try o.validate()
+        guard o.mode == .default else {
+            throw CCEError.invalidOption("the CUDA engine accumulates in Float32 only: mode \(o.mode.rawValue) is not available there (use the CPU engine)")
+        }
+        guard c.elementType == e.elementType, bias.map({ $0.elementType == e.elementType }) ?? true else {
+            throw CCEError.invalidOption("the CUDA engine needs E, C and the bias in one element type (got \(e.elementType), \(c.elementType)\(bias.map { ", \($0.elementType)" } ?? ""))")
+        }
+        // Shapes and targets are checked by the CPU engine's validation.
+        let p = try Problem(embeddings: e, classifier: c, targets: targets, bias: bias, options: o)
+        let n = p.n, d = p.d, v = p.v
+        let dtype: Int32 = e.elementType == .float32 ? 0 : e.elementType == .float16 ? 1 : 2
+        // cce_options: 56 bytes, offsets as in cce_cuda.h.
+        let opt = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
+        defer { opt.deallocate() }
+        defaultOptions(opt)
+        opt.storeBytes(of: Int64(o.ignoreIndex), toByteOffset: 0, as: Int64.self)
+        opt.storeBytes(of: Int32(o.reduction == .none ? 0 : o.reduction == .sum ? 1 : 2), toByteOffset: 8, as: Int32.self)
+        opt.storeBytes(of: Int32(o.shift), toByteOffset: 12, as: Int32.self)
+        opt.storeBytes(of: Int64(e.shape.count == 3 ? e.shape[0] : 1), toByteOffset: 16, as: Int64.self)
+        opt.storeBytes(of: Float(o.softcap ?? 0), toByteOffset: 24, as: Float.self)
+        opt.storeBytes(of: Float(o.labelSmoothing), toByteOffset: 28, as: Float.self)
+        opt.storeBytes(of: Float(o.zLoss), toByteOffset: 32, as: Float.self)
+        let eps: Float
+        switch o.filterEpsilon { case .auto: eps = -1; case .none: eps = 0; case .value(let x): eps = Float(x) }
+        opt.storeBytes(of: eps, toByteOffset: 36, as: Float.self)
+        opt.storeBytes(of: Int32(o.sortVocabulary ? 1 : 0), toByteOffset: 40, as: Int32.self)
+        let report = UnsafeMutableRawPointer.allocate(byteCount: 40 + 128, alignment: 8)
+        defer { report.deallocate() }
+        report.initializeMemory(as: UInt8.self, repeating: 0, count: 168)
+        var r = Result(loss: [Float](repeating: .nan, count: o.reduction == .none ? n : 1),
+                       lse: [Float](repeating: .nan, count: n), dE: [Float](repeating: .nan, count: n * d),
+                       dC: [Float](repeating: .nan, count: v * d),
+                       dBias: bias == nil ? nil : [Float](repeating: .nan, count: v))
+        let t64 = targets.values.map { Int64($0) }
+        var dBias = [Float](repeating: .nan, count: bias == nil ? 0 : v)
+        let status = e.withRawPointer { ep in c.withRawPointer { cp in withOptionalRaw(bias) { bp in
+            r.loss.withUnsafeMutableBufferPointer { lossP in r.lse.withUnsafeMutableBufferPointer { lseP in
+            r.dE.withUnsafeMutableBufferPointer { dEP in r.dC.withUnsafeMutableBufferPointer { dCP in
+            dBias.withUnsafeMutableBufferPointer { dbP in
+                hostRun(ep, cp, bp, t64, Int64(n), Int64(d), Int64(v), dtype, UnsafeRawPointer(opt),
+                        lossP.baseAddress, lseP.baseAddress, dEP.baseAddress, dCP.baseAddress,
+                        bias == nil ? nil : dbP.baseAddress, Int32(repeats), report)
+            }}}}}
+        }}}
+        guard status == 0 else {
+            let msg = lastError().map { String(cString: $0) } ?? "status \(status)"
+            throw CCEError.backendFailed("CUDA engine (\(path)): \(msg)")
+        }
+        if bias != nil { r.dBias = dBias }
+        r.forwardMilliseconds = report.load(fromByteOffset: 0, as: Double.self)
+        r.backwardMilliseconds = report.load(fromByteOffset: 8, as: Double.self)
+        r.lossAndGradientMilliseconds = report.load(fromByteOffset: 16, as: Double.self)
+        r.peakDeviceMiB = report.load(fromByteOffset: 24, as: Double.self)
+        r.tilesKept = report.load(fromByteOffset: 32, as: Double.self)
+        r.device = String(cString: report.advanced(by: 40).assumingMemoryBound(to: CChar.self))
+        return r
+    }
+
+    /// Maps per-row GPU values to target positions, as the CPU engine reports them: the
+    /// value of the row paired with each target, `missing` where no row is (the first
+    /// `shift` positions of each sequence, and ignored targets).
+    public static func perPosition(_ rowValues: [Float], targets: Targets, embeddingsShape: [Int],
+                                   options o: Options, missing: Float) -> [Float] {
+        let t = embeddingsShape.count == 3 ? embeddingsShape[1] : targets.count
+        var out = [Float](repeating: missing, count: targets.count)
+        for pos in 0..<targets.count {
+            let j = pos % t
+            guard j >= o.shift, Int(targets.values[pos]) != o.ignoreIndex else { continue }
+            out[pos] = rowValues[pos - o.shift]
+        }
+        return out
+    }
+}
+
+private func withOptionalRaw<R>(_ t: Tensor?, _ body: (UnsafeRawPointer?) -> R) -> R {
+    guard let t else { return body(nil) }
+    return t.withRawPointer { body($0) }
+}

@@ -1,0 +1,134 @@
+// cce reference / cce compare: the numerical reference for GPU ports, over .npy files
+// (Sources/CCEReference; Docs/REFERENCE.md).
+
+import ArgumentParser
+import CCEReference
+import CutCrossEntropy
+import Foundation
+
+extension Mode: ExpressibleByArgument {}
+extension Reduction: ExpressibleByArgument {}
+
+struct ReferenceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reference",
+        abstract: "Loss, LSE and gradients of tensors in .npy files, written as .npy files into a folder.",
+        discussion: """
+            E.npy (N, D) or (B, T, D), C.npy (V, D) and bias as <f4, <f2, <f8 (rounded to f32) or \
+            bfloat16 (ml_dtypes); targets <i8 or <i4 of shape (N) or (B, T). Writes loss.npy, lse.npy, \
+            dE.npy, dC.npy, dBias.npy (with --bias) and meta.json into DIR: <f8 in exact mode, <f4 \
+            otherwise; gradients of the reduced loss (for none, of its sum). Nothing is left in DIR on error.
+            """)
+
+    @Option(help: "E: (N, D) or (B, T, D).") var embeddings: String
+    @Option(help: "C: (V, D).") var classifier: String
+    @Option(help: "Targets: (N) or (B, T), integers.") var targets: String
+    @Option(help: "Bias: (V).") var bias: String?
+    @Option(help: "Targets equal to this are ignored.") var ignoreIndex = -100
+    @Option(help: "mean, sum or none.") var reduction: Reduction = .mean
+    @Option(help: "Soft cap s: logits become s·tanh(logits/s).") var softcap: Double?
+    @Option(help: "Pair row j of each sequence with target j + K.") var shift = 0
+    @Option(help: "Label smoothing α in [0, 1].") var labelSmoothing = 0.0
+    @Option(help: "z-loss coefficient.") var zLoss = 0.0
+    @Option(help: "default, kahan, kahan-full-e, kahan-full-c or exact.") var mode: Mode = .default
+    @Option(help: "Gradient filter threshold: auto (by element type), none, or a number.") var filterEps = "auto"
+    @Flag(help: "Leave out the estimate of the filtered dE mass.") var noFilterCorrection = false
+    @Flag(help: "Do not sort the vocabulary before the backward.") var noSort = false
+    @Option(help: "Worker threads (default: all CPUs).") var threads: Int?
+    @Option(help: "cpu, or cuda (the CUDA library, loaded at run time).") var backend = "cpu"
+    @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce, then the loader's path).")
+    var cudaLibrary: String?
+    @Option(help: "Output folder (created if missing).") var out: String
+
+    func options() throws -> Options {
+        var o = Options()
+        o.ignoreIndex = ignoreIndex; o.reduction = reduction; o.softcap = softcap; o.shift = shift
+        o.labelSmoothing = labelSmoothing; o.zLoss = zLoss; o.mode = mode; o.threads = threads
+        o.filterEpsilon = try parseFilter(filterEps)
+        o.filterCorrection = !noFilterCorrection; o.sortVocabulary = !noSort
+        do { try o.validate() } catch { throw CLIError("\(error)") }
+        return o
+    }
+
+    func run() throws {
+        let o = try options()
+        guard backend == "cpu" || backend == "cuda" else { throw CLIError("--backend must be cpu or cuda (got \(backend))") }
+        let inp = try ReferenceInputs.load(embeddings: embeddings, classifier: classifier, targets: targets,
+                                           bias: bias, ignoreIndex: ignoreIndex)
+        for n in inp.notes { FileHandle.standardError.write(Data("cce: note: \(n)\n".utf8)) }
+        let result: ReferenceOutputs
+        if backend == "cuda" {
+            let lib = try CUDALibrary.load(cudaLibrary)
+            result = try Reference.computeCUDA(inp, options: o, library: lib)
+        } else {
+            do { result = try Reference.computeCPU(inp, options: o) } catch { throw CLIError("\(error)") }
+        }
+        var recorded: [String: String] = [
+            "embeddings": embeddings, "classifier": classifier, "targets": targets,
+            "reduction": reduction.rawValue, "ignore_index": "\(ignoreIndex)", "shift": "\(shift)",
+            "label_smoothing": "\(labelSmoothing)", "z_loss": "\(zLoss)", "filter_eps": filterEps,
+            "filter_correction": "\(!noFilterCorrection)", "sort_vocabulary": "\(!noSort)",
+            "threads": "\(threads.map(String.init) ?? "all")",
+        ]
+        if let bias { recorded["bias"] = bias }
+        if let softcap { recorded["softcap"] = "\(softcap)" }
+        try Reference.write(result, to: out, options: recorded)
+        let loss = result.arrays.first { $0.name == "loss.npy" }!.array
+        let shown = loss.shape.isEmpty ? String(format: "%.9g", loss.doubles()[0]) : "per position, shape \(shapeText(loss.shape))"
+        print("loss \(shown); wrote \(result.arrays.map(\.name).joined(separator: ", ")), meta.json into \(out) "
+              + "(\(result.meta["backend"] ?? "cpu"), \(mode.rawValue) mode, \(result.meta["seconds"] ?? "?") s)")
+    }
+}
+
+func parseFilter(_ s: String) throws -> FilterEpsilon {
+    switch s {
+    case "auto": return .auto
+    case "none": return .none
+    default:
+        guard let x = Double(s), x >= 0, x.isFinite else {
+            throw CLIError("--filter-eps must be auto, none or a number >= 0 (got \(s))")
+        }
+        return .value(x)
+    }
+}
+
+struct CompareCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "compare",
+        abstract: "Compare a candidate's .npy outputs with a reference run's; exit 1 when a budget is exceeded.",
+        discussion: """
+            For each .npy file in both folders: max |cand − ref|, ‖cand − ref‖ / ‖ref‖ and the worst \
+            element. Budgets: --budget 1e-3 (relative norm error, every tensor) or --budget dE=5e-3, \
+            and --max-abs X or --max-abs lse=1e-5; repeat them as needed.
+            """)
+
+    @Option(help: "Folder written by cce reference.") var reference: String
+    @Option(help: "Folder of the same files from the implementation under test.") var candidate: String
+    @Option(help: "Relative norm error budget: X or NAME=X (repeatable).") var budget: [String] = []
+    @Option(help: "Max absolute error budget: X or NAME=X (repeatable).") var maxAbs: [String] = []
+
+    func run() throws {
+        var b = Budgets()
+        try Budgets.parse(budget, into: &b.relative, option: "--budget")
+        try Budgets.parse(maxAbs, into: &b.absolute, option: "--max-abs")
+        let (rows, missing) = try Compare.run(reference: reference, candidate: candidate, budgets: b)
+        print(pad("tensor", 8) + pad("shape", 16) + lpad("max |Δ|", 11) + lpad("rel err", 11) + "  "
+              + pad("worst element (reference → candidate)", 46) + pad("budget", 22) + "status")
+        func sci(_ x: Double?) -> String { x.map { String(format: "%.3e", $0) } ?? "-" }
+        for r in rows {
+            let worst = r.worst.map { "\(indexText($0, r.shape)) \(String(format: "%.6g", r.referenceValue!)) → \(String(format: "%.6g", r.candidateValue!))" }
+                ?? (r.problem ?? "-")
+            var budgets: [String] = []
+            if let x = r.relativeBudget { budgets.append("rel ≤ \(x)") }
+            if let x = r.absoluteBudget { budgets.append("abs ≤ \(x)") }
+            let status = r.problem != nil ? "FAIL" : (budgets.isEmpty ? "-" : (r.passed ? "ok" : "FAIL"))
+            print(pad(r.name, 8) + pad(shapeText(r.shape), 16) + lpad(sci(r.maxAbs), 11) + lpad(sci(r.relative), 11)
+                  + "  " + pad(worst, 46) + pad(budgets.isEmpty ? "-" : budgets.joined(separator: ", "), 22) + status)
+        }
+        if !missing.isEmpty { print("not in the candidate: \(missing.joined(separator: ", "))") }
+        let failed = rows.filter { $0.problem != nil || (($0.relativeBudget != nil || $0.absoluteBudget != nil) && !$0.passed) }
+        if !failed.isEmpty {
+            throw CLIError("\(failed.count) of \(rows.count) tensors over budget or mismatched: \(failed.map(\.name).joined(separator: ", "))")
+        }
+    }
+}
