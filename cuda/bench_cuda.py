@@ -135,6 +135,8 @@ def bench_torch(name, lossfn, E, C, t, reps, full=True):
         r["loss_mb"] = peak_mb(loss_only)
         prep_grad()
         r["grad_ms"] = timed(grad_only, reps)[0]
+        Eg.grad = None  # free the last gradients first, so that the peak counts the new ones
+        Cg.grad = None
         r["grad_mb"] = peak_mb(lambda: grad_only())
         holder.clear()
     r["lg_ms"] = timed(loss_grad, reps)[0]
