@@ -17,6 +17,8 @@ public enum CCEError: Error, Equatable, CustomStringConvertible {
     /// Saved forward state does not belong to these inputs.
     case stateMismatch(String)
 
+    /// A one-line message that names the problem, e.g. "target out of range: targets[3] =
+    /// 100 is outside [0, 100) and is not the ignore index".
     public var description: String {
         switch self {
         case .invalidShape(let s): return "invalid shape: \(s)"
