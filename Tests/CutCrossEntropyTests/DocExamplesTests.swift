@@ -34,8 +34,8 @@ final class DocExamplesTests: XCTestCase {
         XCTAssertEqual(dE.count, n * d)
         XCTAssertEqual(dC.count, v * d)
         XCTAssertEqual(forward.activeTokens, n)
-        assertClose(dE.map(Double.init), truth.dE, atol: 1e-6, rtol: 1e-4, "dE")
-        assertClose(dC.map(Double.init), truth.dC, atol: 1e-6, rtol: 1e-4, "dC")
+        assertClose(dE.map { Double($0) }, truth.dE, atol: 1e-6, rtol: 1e-4, "dE")
+        assertClose(dC.map { Double($0) }, truth.dC, atol: 1e-6, rtol: 1e-4, "dC")
     }
 
     /// API.md "Forward now, backward later": bitwise equal to the fused call.
@@ -63,9 +63,9 @@ final class DocExamplesTests: XCTestCase {
         XCTAssertEqual(grads.dC.floats.map(\.bitPattern), fusedGrads.dC.floats.map(\.bitPattern))
         let truth = try Oracle.compute(embeddings: embeddings, classifier: classifier, targets: targets)
         XCTAssertEqual(lse.count, n)
-        assertClose(lse.map(Double.init), truth.lse, atol: 1e-5, rtol: 1e-5, "lse")
+        assertClose(lse.map { Double($0) }, truth.lse, atol: 1e-5, rtol: 1e-5, "lse")
         // The mean loss is the mean of lse − target logit, so it is below the mean lse.
-        XCTAssertLessThan(forward.loss, lse.map(Double.init).reduce(0, +) / Double(n))
+        XCTAssertLessThan(forward.loss, lse.map { Double($0) }.reduce(0, +) / Double(n))
     }
 
     /// API.md "A causal language model batch": shift, ignore index, BFloat16, soft cap.
@@ -130,8 +130,8 @@ final class DocExamplesTests: XCTestCase {
         let truth = try Oracle.compute(embeddings: embeddings, classifier: classifier, targets: targets,
                                        options: options, upstream: .perToken(weights))
         XCTAssertEqual(perToken.count, n)
-        assertClose(perToken.map(Double.init), truth.tokenLosses, atol: 1e-5, rtol: 1e-5, "token losses")
-        XCTAssertEqual(forward.loss, perToken.map(Double.init).reduce(0, +), accuracy: 1e-5)  // .none: the sum
+        assertClose(perToken.map { Double($0) }, truth.tokenLosses, atol: 1e-5, rtol: 1e-5, "token losses")
+        XCTAssertEqual(forward.loss, perToken.map { Double($0) }.reduce(0, +), accuracy: 1e-5)  // .none: the sum
         assertClose(grads.dE.doubles, truth.dE, atol: 1e-6, rtol: 1e-4, "dE")
         assertClose(grads.dC.doubles, truth.dC, atol: 1e-6, rtol: 1e-4, "dC")
     }
@@ -155,8 +155,8 @@ final class DocExamplesTests: XCTestCase {
         let truth = try Oracle.compute(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias)
         XCTAssertEqual(forward.loss, truth.loss, accuracy: 1e-5 * abs(truth.loss))
         XCTAssertEqual(dBias.count, v)
-        assertClose(dBias.map(Double.init), truth.dBias!, atol: 1e-6, rtol: 1e-4, "dBias")
-        XCTAssertEqual(dBias.map(Double.init).reduce(0, +), 0, accuracy: 1e-5)
+        assertClose(dBias.map { Double($0) }, truth.dBias!, atol: 1e-6, rtol: 1e-4, "dBias")
+        XCTAssertEqual(dBias.map { Double($0) }.reduce(0, +), 0, accuracy: 1e-5)
     }
 
     /// API.md "Accuracy": filter statistics, and the exact mode against the oracle.
@@ -215,7 +215,7 @@ final class DocExamplesTests: XCTestCase {
         XCTAssertLessThan(lossError, 1e-5 * abs(truth.loss))
         XCTAssertLessThan(worstDE, 1e-6 + 1e-4 * scale)
         XCTAssertEqual(baseline.loss, truth.loss, accuracy: 1e-5 * abs(truth.loss))
-        assertClose(baselineDE.map(Double.init), truth.dE, atol: 1e-6, rtol: 1e-4, "baseline dE")
+        assertClose(baselineDE.map { Double($0) }, truth.dE, atol: 1e-6, rtol: 1e-4, "baseline dE")
     }
 
     /// API.md "Errors": the message names the bad target.
