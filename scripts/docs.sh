@@ -38,9 +38,10 @@ modules=$(swift build -c release --show-bin-path)/Modules
 [ -d "$modules" ] || modules=$(swift build -c release --show-bin-path)
 
 echo "docs: extracting the symbol graph" >&2
+triple=$(swift -print-target-info | python3 -c 'import json, sys; print(json.load(sys.stdin)["target"]["triple"])')
 rm -rf "$graphs" && mkdir -p "$graphs"
 swift symbolgraph-extract -module-name CutCrossEntropy -minimum-access-level public \
-    -target "$(uname -m)-unknown-linux-gnu" \
+    -target "$triple" \
     -I "$modules" -I Sources/COpenBLAS -I Sources/CHwloc -I Sources/CNUMA \
     -output-dir "$graphs"
 
