@@ -254,7 +254,7 @@ public struct CutCrossEntropy: Sendable {
 
 /// Which kernel computes the logit tiles.
 public enum TileBackend: String, Sendable, CaseIterable {
-    /// The Swift SIMD tile product (CCEKernels/TileProduct3x4.swift).
+    /// The Swift SIMD tile product (CCEKernels/TileProduct6x16.swift).
     case swiftSIMD = "swift"
     /// OpenBLAS sgemm on each tile (Float32 modes; the exact mode always uses Swift).
     case openBLAS = "openblas"

@@ -21,6 +21,8 @@ public enum CCEError: Error, Equatable, CustomStringConvertible {
     /// An optional engine reported a failure.
     case backendFailed(String)
 
+    /// A one-line message that names the problem, e.g. "target out of range: targets[3] =
+    /// 100 is outside [0, 100) and is not the ignore index".
     public var description: String {
         switch self {
         case .invalidShape(let s): return "invalid shape: \(s)"

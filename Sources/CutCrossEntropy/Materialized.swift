@@ -11,11 +11,19 @@ import CCEKernels
 import CCERuntime
 import COpenBLAS
 
+/// The materialized baseline: the full N x V logit matrix in Float32 and OpenBLAS products,
+/// as a framework computes the loss without Cut Cross-Entropy. For comparisons of time,
+/// memory and error; same options, validation and errors as the engine.
 public enum Materialized {
+    /// What `compute` returns (gradients nil when not asked for).
     public struct Result: Sendable {
+        /// The reduced loss: mean or sum by `Options.reduction`; for `.none`, the sum.
         public let loss: Double
+        /// Gradient with respect to E, E's shape.
         public let dE: [Float]?
+        /// Gradient with respect to C, (V, D).
         public let dC: [Float]?
+        /// Gradient with respect to the bias, (V), when a bias was given.
         public let dBias: [Float]?
     }
 

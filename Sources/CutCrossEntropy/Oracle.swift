@@ -16,12 +16,16 @@ public struct OracleResult: Sendable {
     public let tokenLosses: [Double]
     /// Per target position, NaN where there is no loss.
     public let lse: [Double]
-    /// Gradients for the given upstream gradient.
+    /// Gradient with respect to E (E's shape), for the given upstream gradient.
     public let dE: [Double]
+    /// Gradient with respect to C, (V, D).
     public let dC: [Double]
+    /// Gradient with respect to the bias, (V), when a bias was given.
     public let dBias: [Double]?
 }
 
+/// The Float64 reference with materialized logits: the definition every path of the engine
+/// is tested against (see Docs/NUMERICS.md for the budgets).
 public enum Oracle {
     /// Loss and gradients in Float64 with materialized logits. Same validation and errors
     /// as the engine.

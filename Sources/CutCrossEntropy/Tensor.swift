@@ -5,10 +5,13 @@ import CCEKernels
 
 /// A BFloat16 value: the top 16 bits of a Float32 (8 exponent bits, 7 fraction bits).
 public struct BFloat16: Sendable, Hashable, CustomStringConvertible {
+    /// The stored bits: sign, 8 exponent bits, 7 fraction bits.
     public var bitPattern: UInt16
+    /// The value with these bits.
     public init(bitPattern: UInt16) { self.bitPattern = bitPattern }
     /// Rounds `value` to the nearest BFloat16 (ties to even).
     public init(_ value: Float) { bitPattern = bfloat16Bits(value) }
+    /// The value as a Float32 (exact: every BFloat16 is a Float32).
     public var floatValue: Float { floatFromBFloat16Bits(bitPattern) }
     public var description: String { floatValue.description }
 }
@@ -22,7 +25,9 @@ public typealias ElementType = StorageType
 /// The tensor owns its storage (a Swift array), so it can be kept across a forward and a
 /// backward call.
 public struct Tensor: Sendable {
+    /// The dimensions, outermost first, e.g. [N, D], [B, T, D], [V, D] or [V].
     public let shape: [Int]
+    /// How the values are stored: Float32, Float16 or BFloat16.
     public let elementType: ElementType
     @usableFromInline let storage: Storage
 
@@ -94,9 +99,14 @@ public struct Tensor: Sendable {
 
 /// Class indices, shape (N) or (B, T). Entries equal to the ignore index are skipped.
 public struct Targets: Sendable {
+    /// E's shape without its last dimension: [N] or [B, T].
     public let shape: [Int]
+    /// Class ids in [0, V), or the ignore index, row-major.
     public let values: [Int32]
 
+    /// Targets of the given shape (default: one dimension). Throws `CCEError.invalidShape`
+    /// if the count does not match the shape, `.targetOutOfRange` if a value does not fit
+    /// in Int32. The range [0, V) is checked by each call, which knows V.
     public init(_ values: [Int], shape: [Int]? = nil) throws {
         let shape = shape ?? [values.count]
         try Tensor.check(count: values.count, shape: shape)
@@ -107,6 +117,7 @@ public struct Targets: Sendable {
         self.values = values.map { Int32($0) }
     }
 
+    /// Targets of the given shape (default: one dimension), from Int32 class ids.
     public init(_ values: [Int32], shape: [Int]? = nil) throws {
         let shape = shape ?? [values.count]
         try Tensor.check(count: values.count, shape: shape)
@@ -114,14 +125,18 @@ public struct Targets: Sendable {
         self.values = values
     }
 
+    /// Number of target positions.
     public var count: Int { values.count }
 }
 
 /// Values returned by the engine: Float32, or Float64 in the exact mode.
 public enum Values: Sendable {
+    /// Float32 values (the default mode).
     case float32([Float])
+    /// Float64 values (the exact mode).
     case float64([Double])
 
+    /// Number of values.
     public var count: Int {
         switch self { case .float32(let v): v.count; case .float64(let v): v.count }
     }
@@ -129,12 +144,15 @@ public enum Values: Sendable {
     public var byteCount: Int {
         switch self { case .float32(let v): v.count * 4; case .float64(let v): v.count * 8 }
     }
+    /// Value i, as a Double (exact for both cases).
     public subscript(i: Int) -> Double {
         switch self { case .float32(let v): Double(v[i]); case .float64(let v): v[i] }
     }
+    /// All values as Doubles (exact).
     public var doubles: [Double] {
         switch self { case .float32(let v): v.map { Double($0) }; case .float64(let v): v }
     }
+    /// All values as Floats (rounded to nearest in the exact mode).
     public var floats: [Float] {
         switch self { case .float32(let v): v; case .float64(let v): v.map(Float.init) }
     }

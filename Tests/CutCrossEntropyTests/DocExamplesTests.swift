@@ -1,0 +1,298 @@
+// The examples of Docs/API.md and of the DocC article GettingStarted, as tests: each test
+// runs the documented code verbatim (setup block first) and then checks its results.
+// scripts/docs.sh checks that every block marked "tested" in those pages still appears
+// here line for line, so an example that stops compiling or stops being true fails here.
+
+import CCERuntime
+import CutCrossEntropy
+import Foundation
+import XCTest
+
+final class DocExamplesTests: XCTestCase {
+    /// API.md "Loss and gradients in one call": agrees with the Float64 oracle.
+    func testLossAndGradients() throws {
+        let n = 8, d = 16, v = 100
+        let e = (0..<n * d).map { Float(sin(Double($0))) }
+        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
+        let targetIDs = (0..<n).map { ($0 * 37) % v }
+
+        let embeddings = try Tensor(e, shape: [n, d])
+        let classifier = try Tensor(c, shape: [v, d])
+        let targets = try Targets(targetIDs)
+
+        let cce = CutCrossEntropy()                      // mean over tokens, like F.cross_entropy
+        let (forward, grads) = try cce.lossAndGradients(embeddings: embeddings,
+                                                        classifier: classifier,
+                                                        targets: targets)
+        let loss = forward.loss                          // a Double
+        let dE = grads.dE.floats                         // N x D, row-major
+        let dC = grads.dC.floats                         // V x D
+
+        let truth = try Oracle.compute(embeddings: embeddings, classifier: classifier, targets: targets)
+        XCTAssertGreaterThan(loss, 0)
+        XCTAssertEqual(loss, truth.loss, accuracy: 1e-5 * abs(truth.loss))
+        XCTAssertEqual(dE.count, n * d)
+        XCTAssertEqual(dC.count, v * d)
+        XCTAssertEqual(forward.activeTokens, n)
+        assertClose(dE.map { Double($0) }, truth.dE, atol: 1e-6, rtol: 1e-4, "dE")
+        assertClose(dC.map { Double($0) }, truth.dC, atol: 1e-6, rtol: 1e-4, "dC")
+    }
+
+    /// API.md "Forward now, backward later": bitwise equal to the fused call.
+    func testForwardThenBackward() throws {
+        let n = 8, d = 16, v = 100
+        let e = (0..<n * d).map { Float(sin(Double($0))) }
+        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
+        let targetIDs = (0..<n).map { ($0 * 37) % v }
+
+        let embeddings = try Tensor(e, shape: [n, d])
+        let classifier = try Tensor(c, shape: [v, d])
+        let targets = try Targets(targetIDs)
+
+        let cce = CutCrossEntropy()
+        let forward = try cce.forward(embeddings: embeddings, classifier: classifier, targets: targets)
+        let lse = forward.lse.floats                     // one log-sum-exp per target position
+        // ... later, e.g. after the rest of the model's backward has run ...
+        let grads = try cce.backward(forward, embeddings: embeddings, classifier: classifier,
+                                     upstream: .scalar(1))
+
+        let (fused, fusedGrads) = try cce.lossAndGradients(embeddings: embeddings, classifier: classifier,
+                                                           targets: targets)
+        XCTAssertEqual(forward.loss.bitPattern, fused.loss.bitPattern)
+        XCTAssertEqual(grads.dE.floats.map(\.bitPattern), fusedGrads.dE.floats.map(\.bitPattern))
+        XCTAssertEqual(grads.dC.floats.map(\.bitPattern), fusedGrads.dC.floats.map(\.bitPattern))
+        let truth = try Oracle.compute(embeddings: embeddings, classifier: classifier, targets: targets)
+        XCTAssertEqual(lse.count, n)
+        assertClose(lse.map { Double($0) }, truth.lse, atol: 1e-5, rtol: 1e-5, "lse")
+        // The mean loss is the mean of lse − target logit, so it is below the mean lse.
+        XCTAssertLessThan(forward.loss, lse.map { Double($0) }.reduce(0, +) / Double(n))
+    }
+
+    /// API.md "A causal language model batch": shift, ignore index, BFloat16, soft cap.
+    func testCausalLanguageModelBatch() throws {
+        let batch = 2, seqLen = 5, dim = 16, vocab = 100
+        let hidden = (0..<batch * seqLen * dim).map { Float(sin(0.3 * Double($0))) }
+        let weights = (0..<vocab * dim).map { Float(cos(0.7 * Double($0))) / 4 }
+        var tokens = (0..<batch * seqLen).map { ($0 * 13) % vocab }
+        tokens[seqLen - 1] = -100                        // padding at the end of sequence 0
+
+        var options = Options()
+        options.shift = 1                                // row j predicts token j + 1
+        options.softcap = 30                             // z = 30·tanh(y / 30)
+        let cce = CutCrossEntropy(options: options)
+
+        let E = try Tensor(hidden, shape: [batch, seqLen, dim])
+        let C = try Tensor(converting: weights, to: .bfloat16, shape: [vocab, dim])
+        let T = try Targets(tokens, shape: [batch, seqLen])
+        let (out, g) = try cce.lossAndGradients(embeddings: E, classifier: C, targets: T)
+        // out.activeTokens == 7: 2 sequences x 4 predicted positions, minus the padded one
+        // out.tokenLosses has 10 entries (B x T), 0 at position 0 of each sequence and at the padding
+        // g.dE has E's shape (10 x 16); rows without a target get zeros: the last row of
+        // each sequence, and row 3, whose target is the padding
+
+        XCTAssertEqual(out.activeTokens, 7)
+        XCTAssertEqual(out.tokenLosses.count, batch * seqLen)
+        for p in [0, seqLen - 1, seqLen] { XCTAssertEqual(out.tokenLosses[p], 0, "position \(p)") }
+        XCTAssertEqual(g.dE.count, batch * seqLen * dim)
+        for row in [seqLen - 2, seqLen - 1, 2 * seqLen - 1] {   // row 3's target is the padding
+            XCTAssertTrue((0..<dim).allSatisfy { g.dE[row * dim + $0] == 0 }, "row \(row)")
+        }
+        let truth = try Oracle.compute(embeddings: E, classifier: C, targets: T, options: options)
+        XCTAssertEqual(out.loss, truth.loss, accuracy: 1e-5 * abs(truth.loss))
+        assertClose(out.tokenLosses.doubles, truth.tokenLosses, atol: 1e-5, rtol: 1e-5, "token losses")
+        assertClose(g.dE.doubles, truth.dE, atol: 1e-6, rtol: 1e-4, "dE")
+        assertClose(g.dC.doubles, truth.dC, atol: 1e-6, rtol: 1e-4, "dC")
+    }
+
+    /// API.md "Per-token losses, label smoothing, z-loss": per-position upstream weights.
+    func testPerTokenLossesWithSmoothingAndZLoss() throws {
+        let n = 8, d = 16, v = 100
+        let e = (0..<n * d).map { Float(sin(Double($0))) }
+        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
+        let targetIDs = (0..<n).map { ($0 * 37) % v }
+
+        let embeddings = try Tensor(e, shape: [n, d])
+        let classifier = try Tensor(c, shape: [v, d])
+        let targets = try Targets(targetIDs)
+
+        var options = Options()
+        options.reduction = .none
+        options.labelSmoothing = 0.1
+        options.zLoss = 1e-4
+        let cce = CutCrossEntropy(options: options)
+
+        let forward = try cce.forward(embeddings: embeddings, classifier: classifier, targets: targets)
+        let perToken = forward.tokenLosses.floats        // N losses
+        let weights = perToken.indices.map { Float($0 < 4 ? 1 : 0.5) }
+        let grads = try cce.backward(forward, embeddings: embeddings, classifier: classifier,
+                                     upstream: .perToken(weights))
+
+        let truth = try Oracle.compute(embeddings: embeddings, classifier: classifier, targets: targets,
+                                       options: options, upstream: .perToken(weights))
+        XCTAssertEqual(perToken.count, n)
+        assertClose(perToken.map { Double($0) }, truth.tokenLosses, atol: 1e-5, rtol: 1e-5, "token losses")
+        XCTAssertEqual(forward.loss, perToken.map { Double($0) }.reduce(0, +), accuracy: 1e-5)  // .none: the sum
+        assertClose(grads.dE.doubles, truth.dE, atol: 1e-6, rtol: 1e-4, "dE")
+        assertClose(grads.dC.doubles, truth.dC, atol: 1e-6, rtol: 1e-4, "dC")
+    }
+
+    /// API.md "Bias": dBias agrees with the oracle and sums to 0 (softmax rows sum to 1).
+    func testBias() throws {
+        let n = 8, d = 16, v = 100
+        let e = (0..<n * d).map { Float(sin(Double($0))) }
+        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
+        let targetIDs = (0..<n).map { ($0 * 37) % v }
+
+        let embeddings = try Tensor(e, shape: [n, d])
+        let classifier = try Tensor(c, shape: [v, d])
+        let targets = try Targets(targetIDs)
+
+        let bias = try Tensor((0..<v).map { Float($0 % 5) * 0.1 }, shape: [v])
+        let (forward, grads) = try CutCrossEntropy().lossAndGradients(
+            embeddings: embeddings, classifier: classifier, targets: targets, bias: bias)
+        let dBias = grads.dBias!.floats                  // V values: Σ over tokens of ∂loss/∂logit
+
+        let truth = try Oracle.compute(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias)
+        XCTAssertEqual(forward.loss, truth.loss, accuracy: 1e-5 * abs(truth.loss))
+        XCTAssertEqual(dBias.count, v)
+        assertClose(dBias.map { Double($0) }, truth.dBias!, atol: 1e-6, rtol: 1e-4, "dBias")
+        XCTAssertEqual(dBias.map { Double($0) }.reduce(0, +), 0, accuracy: 1e-5)
+    }
+
+    /// API.md "Accuracy": filter statistics, and the exact mode against the oracle.
+    func testFilteringAndExactMode() throws {
+        let n = 8, d = 16, v = 100
+        let e = (0..<n * d).map { Float(sin(Double($0))) }
+        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
+        let targetIDs = (0..<n).map { ($0 * 37) % v }
+
+        let embeddings = try Tensor(e, shape: [n, d])
+        let classifier = try Tensor(c, shape: [v, d])
+        let targets = try Targets(targetIDs)
+
+        var options = Options()
+        options.filterEpsilon = .value(0x1p-18)          // or .auto (default) or .none
+        let (_, grads) = try CutCrossEntropy(options: options).lossAndGradients(
+            embeddings: embeddings, classifier: classifier, targets: targets)
+        let stats = grads.filter                         // FilterStatistics
+        let keptFraction = Double(stats.keptRowSegments) / Double(stats.rowSegments)
+
+        var exact = Options()
+        exact.mode = .exact                              // Float64 tiles and sums, no filtering
+        let (reference, referenceGrads) = try CutCrossEntropy(options: exact).lossAndGradients(
+            embeddings: embeddings, classifier: classifier, targets: targets)
+        let dE64 = referenceGrads.dE.doubles             // .float64 values in this mode
+
+        XCTAssertGreaterThan(stats.rowSegments, 0)
+        XCTAssertTrue(keptFraction > 0 && keptFraction <= 1, "\(keptFraction)")
+        guard case .float64 = referenceGrads.dE else { return XCTFail("exact mode returns Float64") }
+        let truth = try Oracle.compute(embeddings: embeddings, classifier: classifier, targets: targets)
+        XCTAssertEqual(reference.loss, truth.loss, accuracy: 1e-12 * abs(truth.loss))
+        assertClose(dE64, truth.dE, atol: 0, rtol: 1e-11, "exact dE")
+    }
+
+    /// API.md "Checking against the references": engine, oracle and baseline agree.
+    func testOracleAndMaterializedBaseline() throws {
+        let n = 8, d = 16, v = 100
+        let e = (0..<n * d).map { Float(sin(Double($0))) }
+        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
+        let targetIDs = (0..<n).map { ($0 * 37) % v }
+
+        let embeddings = try Tensor(e, shape: [n, d])
+        let classifier = try Tensor(c, shape: [v, d])
+        let targets = try Targets(targetIDs)
+
+        let truth = try Oracle.compute(embeddings: embeddings, classifier: classifier, targets: targets)
+        let baseline = try Materialized.compute(embeddings: embeddings, classifier: classifier,
+                                                targets: targets)
+        let (forward, grads) = try CutCrossEntropy().lossAndGradients(
+            embeddings: embeddings, classifier: classifier, targets: targets)
+        let lossError = abs(forward.loss - truth.loss)
+        let worstDE = zip(grads.dE.doubles, truth.dE).map { abs($0 - $1) }.max()!
+        let baselineDE = baseline.dE!                    // [Float], N x D
+
+        let scale = truth.dE.map { abs($0) }.max()!
+        XCTAssertLessThan(lossError, 1e-5 * abs(truth.loss))
+        XCTAssertLessThan(worstDE, 1e-6 + 1e-4 * scale)
+        XCTAssertEqual(baseline.loss, truth.loss, accuracy: 1e-5 * abs(truth.loss))
+        assertClose(baselineDE.map { Double($0) }, truth.dE, atol: 1e-6, rtol: 1e-4, "baseline dE")
+    }
+
+    /// API.md "Errors": the message names the bad target.
+    func testErrors() throws {
+        let n = 8, d = 16, v = 100
+        let e = (0..<n * d).map { Float(sin(Double($0))) }
+        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
+        let targetIDs = (0..<n).map { ($0 * 37) % v }
+
+        let embeddings = try Tensor(e, shape: [n, d])
+        let classifier = try Tensor(c, shape: [v, d])
+        let targets = try Targets(targetIDs)
+
+        let bad = try Targets([0, 1, 2, 100, 4, 5, 6, 7])  // 100 is outside [0, V)
+        var message = ""
+        do {
+            _ = try CutCrossEntropy().forward(embeddings: embeddings, classifier: classifier, targets: bad)
+        } catch let error as CCEError {
+            message = error.description
+        }
+        // message == "target out of range: targets[3] = 100 is outside [0, 100) and is not the ignore index"
+
+        XCTAssertEqual(message, "target out of range: targets[3] = 100 is outside [0, 100) and is not the ignore index")
+        XCTAssertThrowsError(try CutCrossEntropy().forward(embeddings: embeddings, classifier: classifier,
+                                                           targets: bad)) { error in
+            XCTAssertEqual(error as? CCEError, .targetOutOfRange(position: 3, value: 100, vocabulary: v))
+        }
+        XCTAssertNoThrow(try CutCrossEntropy().forward(embeddings: embeddings, classifier: classifier, targets: targets))
+    }
+
+    /// API.md "Threads and the tile plan": the plan's invariants, and its values on a
+    /// 512 KiB L2 (the benchmark machine's; see Docs/CPU_AS_GPU.md).
+    func testThreadsAndTilePlan() throws {
+        var options = Options()
+        options.threads = 2
+        let cce = CutCrossEntropy(options: options)
+        let plan = cce.plan(tokens: 1024, dim: 1024, vocab: 128256)
+        // On a machine with a 512 KiB L2: token block NB = 174, vocabulary block VB = 32 (forward 256)
+
+        XCTAssertEqual(plan.threads, 2)
+        XCTAssertEqual(plan.tokenBlock % 6, 0)
+        XCTAssertEqual(plan.vocabBlock % 16, 0)
+        XCTAssertTrue((16...256).contains(plan.vocabBlock))
+        XCTAssertEqual(plan.forwardVocabBlock, 256)
+        let blocks = (1024 + plan.tokenBlock - 1) / plan.tokenBlock
+        XCTAssertEqual(blocks % 2, 0, "token blocks are a multiple of the thread count")
+        if plan.topology.l2Bytes == 512 << 10 {
+            XCTAssertEqual(plan.tokenBlock, 174)
+            XCTAssertEqual(plan.vocabBlock, 32)
+        }
+    }
+
+    /// API.md "Half-precision values": rounding, storage types, and a Float16 classifier.
+    func testHalfPrecisionValues() throws {
+        let n = 8, d = 16, v = 100
+        let e = (0..<n * d).map { Float(sin(Double($0))) }
+        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
+        let targetIDs = (0..<n).map { ($0 * 37) % v }
+
+        let embeddings = try Tensor(e, shape: [n, d])
+        let classifier = try Tensor(c, shape: [v, d])
+        let targets = try Targets(targetIDs)
+
+        let x = BFloat16(1.00390625)                     // 1 + 2^-8 is not a BFloat16: rounds to even
+        let h = try Tensor(c.map { Float16($0) }, shape: [v, d])
+        let b = try Tensor(converting: c, to: .bfloat16, shape: [v, d])
+        let (lossF16, _) = try CutCrossEntropy().lossAndGradients(
+            embeddings: embeddings, classifier: h, targets: targets)
+
+        XCTAssertEqual(x.floatValue, 1)
+        XCTAssertEqual(BFloat16(1.01171875).floatValue, 1.015625)   // 1 + 3·2^-8: ties to even, upwards
+        XCTAssertEqual(h.elementType, .float16)
+        XCTAssertEqual(b.elementType, .bfloat16)
+        XCTAssertEqual(b.floats(), c.map { BFloat16($0).floatValue })
+        XCTAssertEqual(classifier.elementType, .float32)
+        // The engine reads the stored Float16 values exactly: it agrees with the oracle on them.
+        let truth = try Oracle.compute(embeddings: embeddings, classifier: h, targets: targets)
+        XCTAssertEqual(lossF16.loss, truth.loss, accuracy: 1e-5 * abs(truth.loss))
+    }
+}

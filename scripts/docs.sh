@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Builds the DocC archive of the CutCrossEntropy module without a package dependency
+# (no swift-docc-plugin):
+#
+#   1. swift build -c release --target CutCrossEntropy     (incremental; the kernels need release)
+#   2. swift symbolgraph-extract on the built module         -> .build/docs/symbol-graphs/
+#      (reads the .swiftmodule the build just wrote, so nothing is compiled twice)
+#   3. checks that every code block marked "<!-- tested: ... -->" in Docs/API.md and in the
+#      catalog's GettingStarted.md appears line for line in
+#      Tests/CutCrossEntropyTests/DocExamplesTests.swift (the tests that run it)
+#   4. docc convert with the catalog and the symbol graphs  -> .build/docs/CutCrossEntropy.doccarchive
+#      with --warnings-as-errors, so an unresolved symbol link fails the script.
+#
+# Usage: scripts/docs.sh            (from anywhere; run the examples with
+#        swift test -c release --disable-swift-testing --filter DocExamplesTests)
+# View:  docc preview Sources/CutCrossEntropy/CutCrossEntropy.docc \
+#            --additional-symbol-graph-dir .build/docs/symbol-graphs
+# Env:   DOCC=/path/to/docc (default: docc on PATH, else next to swift);
+#        CCE_DOCS_WARNINGS=1 reports warnings without failing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+catalog=Sources/CutCrossEntropy/CutCrossEntropy.docc
+out=.build/docs
+graphs=$out/symbol-graphs
+archive=$out/CutCrossEntropy.doccarchive
+
+docc=${DOCC:-$(command -v docc || true)}
+if [ -z "$docc" ]; then
+    swift_bin=$(dirname "$(readlink -f "$(command -v swift)")")
+    docc=$swift_bin/docc
+fi
+[ -x "$docc" ] || { echo "docs: docc not found (set DOCC=/path/to/docc)" >&2; exit 1; }
+
+echo "docs: building CutCrossEntropy (release)" >&2
+swift build -c release --target CutCrossEntropy >&2
+modules=$(swift build -c release --show-bin-path)/Modules
+[ -d "$modules" ] || modules=$(swift build -c release --show-bin-path)
+
+echo "docs: extracting the symbol graph" >&2
+triple=$(swift -print-target-info | python3 -c 'import json, sys; print(json.load(sys.stdin)["target"]["triple"])')
+rm -rf "$graphs" && mkdir -p "$graphs"
+swift symbolgraph-extract -module-name CutCrossEntropy -minimum-access-level public \
+    -target "$triple" \
+    -I "$modules" -I Sources/COpenBLAS -I Sources/CHwloc -I Sources/CNUMA \
+    -output-dir "$graphs"
+
+echo "docs: checking that the documented examples are the tested ones" >&2
+python3 - Docs/API.md "$catalog/GettingStarted.md" \
+    Tests/CutCrossEntropyTests/DocExamplesTests.swift <<'EOF'
+import re, sys
+*pages, tests = sys.argv[1:]
+def lines(text):
+    return [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("import ")]
+test_lines = lines(open(tests).read())
+def contains(hay, needle):
+    return any(hay[i:i + len(needle)] == needle for i in range(len(hay) - len(needle) + 1))
+bad = 0
+for page in pages:
+    for m in re.finditer(r"<!-- tested: (.*?) -->\n```swift\n(.*?)```", open(page).read(), re.S):
+        if not contains(test_lines, lines(m.group(2))):
+            print(f"docs: {page}: the block tested by '{m.group(1)}' is not in {tests}", file=sys.stderr)
+            bad += 1
+sys.exit(1 if bad else 0)
+EOF
+
+echo "docs: converting with docc" >&2
+flags=(--warnings-as-errors)
+[ "${CCE_DOCS_WARNINGS:-0}" = 1 ] && flags=()
+rm -rf "$archive"
+"$docc" convert "$catalog" \
+    --additional-symbol-graph-dir "$graphs" \
+    --fallback-display-name CutCrossEntropy \
+    --fallback-bundle-identifier org.swift.cutcrossentropy \
+    --output-path "$archive" \
+    "${flags[@]}"
+echo "docs: wrote $archive" >&2
