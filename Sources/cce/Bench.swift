@@ -22,10 +22,17 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Comma-separated kinds for the cce rows (default: all): loss,grad,loss+grad")
     var kinds: String?
     @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(help: "cpu (this engine and the baselines), or cuda (the CUDA library, loaded at run time).")
+    var backend = "cpu"
+    @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce).") var cudaLibrary: String?
+    @Option(help: "LM-like data scale S (with --backend cuda).") var scale = 4.0
+    @Option(help: "LM-like data prior alpha (with --backend cuda).") var alpha = 1.5
     @Flag(help: "Print the tile plan and progress.") var verbose = false
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
+        guard backend == "cpu" || backend == "cuda" else { throw CLIError("--backend must be cpu or cuda (got \(backend))") }
+        if backend == "cuda" { return try runCUDA() }
         var c = BenchConfig()
         c.tokens = tokens; c.dim = dim; c.vocab = vocab; c.dtype = dtype
         c.threads = threads ?? Workers.availableCPUs; c.repeats = repeats; c.seed = seed
@@ -58,6 +65,39 @@ struct BenchCommand: ParsableCommand {
         if let f = report.filter { print("\ncce filtering: \(f)") }
         print("\nratios:")
         for (k, v) in report.ratios.sorted(by: { $0.key < $1.key }) { print("  " + pad(k, 52) + String(format: " %.4f", v)) }
+    }
+}
+
+extension BenchCommand {
+    /// The CUDA engine on LM-like data: medians of `repeats` timed runs (CUDA events) of the
+    /// forward, the backward and both, peak device memory beyond the inputs, tiles kept.
+    func runCUDA() throws {
+        guard repeats > 0, tokens > 0, dim > 0, vocab > 0 else { throw CLIError("sizes and --repeats must be positive") }
+        let lib = try CUDALibrary.load(cudaLibrary)
+        FileHandle.standardError.write(Data("generating LM-like data (S=\(scale), alpha=\(alpha))...\n".utf8))
+        let data = LMLikeData.make(tokens: tokens, dim: dim, vocab: vocab, type: dtype, scale: scale, alpha: alpha, seed: seed)
+        var o = Options(); o.threads = threads
+        let r = try lib.run(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets, bias: nil,
+                            options: o, repeats: repeats)
+        if json {
+            let row: [String: Any] = [
+                "backend": "cuda", "library": lib.path, "device": r.device, "tokens": tokens, "dim": dim, "vocab": vocab,
+                "dtype": dtype.rawValue, "scale": scale, "alpha": alpha, "repeats": repeats, "loss": Double(r.loss[0]),
+                "loss_ms": r.forwardMilliseconds, "grad_ms": r.backwardMilliseconds,
+                "loss_grad_ms": r.lossAndGradientMilliseconds, "peak_device_mib": r.peakDeviceMiB, "tiles_kept": r.tilesKept,
+            ]
+            let data = try JSONSerialization.data(withJSONObject: row, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        print("device: \(r.device) (\(lib.path))")
+        print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), LM-like S=\(scale) alpha=\(alpha), repeats \(repeats)\n")
+        print(pad("kind", 12) + lpad("median ms", 12))
+        print(pad("loss", 12) + lpad(String(format: "%.2f", r.forwardMilliseconds), 12))
+        print(pad("grad", 12) + lpad(String(format: "%.2f", r.backwardMilliseconds), 12))
+        print(pad("loss+grad", 12) + lpad(String(format: "%.2f", r.lossAndGradientMilliseconds), 12))
+        print(String(format: "\nloss %.6f; peak device memory beyond the inputs %.1f MiB; backward tiles kept %.3f",
+                     r.loss[0], r.peakDeviceMiB, r.tilesKept))
     }
 }
 

@@ -120,6 +120,7 @@ final class PropertyTests: XCTestCase {
     func testFusedSkippingIsExact() throws {
         let data = LMLikeData.make(tokens: 150, dim: 40, vocab: 3000, type: .bfloat16, seed: 11)
         let bias = try Tensor(converting: (0..<3000).map { Float($0 % 7) * 0.1 }, to: .bfloat16, shape: [3000])
+        var fusedByThreads: [Gradients] = []
         for threads in [1, 3] {
             for correction in [false, true] {
                 var o = Options(); o.threads = threads; o.zLoss = 1e-4; o.filterCorrection = correction
@@ -139,8 +140,12 @@ final class PropertyTests: XCTestCase {
                 XCTAssertTrue(bitwiseEqual(g.dC, g2.dC), "dC, \(what)")
                 XCTAssertTrue(bitwiseEqual(g.dBias!, g2.dBias!), "dBias, \(what)")
                 XCTAssertEqual(g.filter.keptRowSegments, g2.filter.keptRowSegments)
+                if correction { fusedByThreads.append(g2) }
             }
         }
+        // With the estimate too, the thread count changes no bit.
+        XCTAssertTrue(bitwiseEqual(fusedByThreads[0].dE, fusedByThreads[1].dE), "dE, 1 vs 3 threads")
+        XCTAssertTrue(bitwiseEqual(fusedByThreads[0].dC, fusedByThreads[1].dC), "dC, 1 vs 3 threads")
     }
 
     /// Float16 and BFloat16 storage: the engine reads the stored values exactly, so it

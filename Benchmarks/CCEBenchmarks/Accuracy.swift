@@ -1,0 +1,111 @@
+// The accuracy table behind Docs/NUMERICS.md (`cce accuracy`): every mode and element type
+// on LM-like data, each one's relative error ‖x − truth‖ / ‖truth‖ for the loss, dE and dC,
+// its time and peak memory, in one run.
+//
+// Truth: the engine's exact mode (Float64 tiles and accumulation, no filtering; checked
+// against the materialized Float64 oracle by the tests) on the same rounded inputs.
+// Variants, so that filtering and accumulation can be told apart:
+//   default              Float32, filter ε by type, dropped-mass estimate for dE
+//   default, plain filter the same without the estimate (apple/ml-cross-entropy's filtering)
+//   default, no filter   Float32 accumulation alone
+//   kahan, kahan-full-e, kahan-full-c   the compensated modes
+//   materialized         Float32 logits in an N x V matrix (OpenBLAS), PyTorch's method
+// Peak memory: MemoryProbe's growth beyond the inputs, minus the returned gradients.
+
+import CCERuntime
+import CutCrossEntropy
+import Foundation
+
+public struct AccuracyRow: Codable, Sendable {
+    public var dtype: String, data: String, variant: String
+    public var kept: Double?
+    public var seconds: Double, peak_mb: Double
+    public var loss_rel: Double, dE_rel: Double, dC_rel: Double
+}
+
+public enum Accuracy {
+    public static func relative(_ x: [Double], _ t: [Double]) -> Double {
+        var num = 0.0, den = 0.0
+        for i in 0..<t.count { num += (x[i] - t[i]) * (x[i] - t[i]); den += t[i] * t[i] }
+        return den > 0 ? (num / den).squareRoot() : num.squareRoot()
+    }
+
+    /// Runs every variant for each element type and data setting (S, α).
+    public static func run(tokens n: Int, dim d: Int, vocab v: Int, types: [ElementType],
+                           settings: [(Double, Double)], threads: Int, seed: UInt64,
+                           log: (String) -> Void) throws -> [AccuracyRow] {
+        var rows: [AccuracyRow] = []
+        for type in types {
+            for (s, alpha) in settings {
+                let data = LMLikeData.make(tokens: n, dim: d, vocab: v, type: type, scale: s, alpha: alpha, seed: seed)
+                let label = "S=\(s.formatted()) α=\(alpha.formatted())"
+                let gradBytes = Double((n * d + v * d) * 4)
+                func opts(_ mode: Mode, _ eps: FilterEpsilon = .auto, correction: Bool = true) -> Options {
+                    var o = Options(); o.mode = mode; o.threads = threads; o.filterEpsilon = eps
+                    o.filterCorrection = correction
+                    return o
+                }
+                log("\(type.rawValue) \(label): truth (exact mode)")
+                let start = Date()
+                let (truth, truthPeak) = try MemoryProbe.measure {
+                    try CutCrossEntropy(options: opts(.exact)).lossAndGradients(
+                        embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+                }
+                let truthSeconds = Date().timeIntervalSince(start)
+                let tE = truth.1.dE.doubles, tC = truth.1.dC.doubles, tL = truth.0.loss
+                rows.append(AccuracyRow(dtype: type.rawValue, data: label, variant: "exact (the truth)", kept: 1,
+                                        seconds: truthSeconds, peak_mb: max(0, Double(truthPeak) - 2 * gradBytes) / 1e6,
+                                        loss_rel: 0, dE_rel: 0, dC_rel: 0))
+                let variants: [(String, Options)] = [
+                    ("default", opts(.default)),
+                    ("default, plain filter (no estimate)", opts(.default, correction: false)),
+                    ("default, no filter", opts(.default, .none)),
+                    ("kahan", opts(.kahan)),
+                    ("kahan-full-e", opts(.kahanFullE)),
+                    ("kahan-full-c", opts(.kahanFullC)),
+                ]
+                for (name, o) in variants {
+                    log("\(type.rawValue) \(label): \(name)")
+                    let t0 = Date()
+                    let (r, peak) = try MemoryProbe.measure {
+                        try CutCrossEntropy(options: o).lossAndGradients(
+                            embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+                    }
+                    let secs = Date().timeIntervalSince(t0)
+                    let fs = r.1.filter
+                    rows.append(AccuracyRow(dtype: type.rawValue, data: label, variant: name,
+                                            kept: Double(fs.keptRowSegments) / Double(max(1, fs.rowSegments)),
+                                            seconds: secs, peak_mb: max(0, Double(peak) - gradBytes) / 1e6,
+                                            loss_rel: abs(r.0.loss - tL) / abs(tL),
+                                            dE_rel: relative(r.1.dE.doubles, tE), dC_rel: relative(r.1.dC.doubles, tC)))
+                }
+                log("\(type.rawValue) \(label): materialized")
+                let t0 = Date()
+                let (m, peak) = try MemoryProbe.measure {
+                    try Materialized.compute(embeddings: data.embeddings, classifier: data.classifier,
+                                             targets: data.targets, options: opts(.default))
+                }
+                rows.append(AccuracyRow(dtype: type.rawValue, data: label, variant: "materialized (Float32, OpenBLAS)",
+                                        kept: nil, seconds: Date().timeIntervalSince(t0),
+                                        peak_mb: max(0, Double(peak) - gradBytes) / 1e6,
+                                        loss_rel: abs(m.loss - tL) / abs(tL),
+                                        dE_rel: relative(m.dE!.map { Double($0) }, tE),
+                                        dC_rel: relative(m.dC!.map { Double($0) }, tC)))
+            }
+        }
+        return rows
+    }
+
+    /// The rows as a Markdown table.
+    public static func markdown(_ rows: [AccuracyRow]) -> String {
+        var s = "| type | data | variant | rows kept | time s | peak MB | loss rel err | dE rel err | dC rel err |\n"
+        s += "|---|---|---|---|---|---|---|---|---|\n"
+        for r in rows {
+            let kept = r.kept.map { String(format: "%.1f%%", 100 * $0) } ?? "—"
+            s += "| \(r.dtype) | \(r.data) | \(r.variant) | \(kept) | \(String(format: "%.2f", r.seconds)) | "
+                + "\(String(format: "%.1f", r.peak_mb)) | \(String(format: "%.1e", r.loss_rel)) | "
+                + "\(String(format: "%.1e", r.dE_rel)) | \(String(format: "%.1e", r.dC_rel)) |\n"
+        }
+        return s
+    }
+}

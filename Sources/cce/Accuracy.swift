@@ -1,0 +1,45 @@
+// cce accuracy: the error of every mode and element type against the Float64 truth, with
+// time and memory (Benchmarks/CCEBenchmarks/Accuracy.swift; the table in Docs/NUMERICS.md).
+
+import ArgumentParser
+import CCEBenchmarks
+import CCERuntime
+import CutCrossEntropy
+import Foundation
+
+struct AccuracyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "accuracy",
+        abstract: "Relative error of loss, dE and dC for every mode and element type on LM-like data, with time and memory.")
+
+    @Option(help: "Tokens N.") var tokens = 1024
+    @Option(help: "Embedding dimension D.") var dim = 512
+    @Option(help: "Vocabulary size V.") var vocab = 32768
+    @Option(help: "Comma-separated element types.") var dtypes = "f32,f16,bf16"
+    @Option(help: "Comma-separated data settings S:alpha (shared/LMLIKE.md).") var data = "4:1.5,2:1"
+    @Option(help: "Worker threads (default: all CPUs).") var threads: Int?
+    @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(help: "Also write the rows as JSON to this file.") var json: String?
+
+    func run() throws {
+        let types = try dtypes.split(separator: ",").map { s -> ElementType in
+            guard let t = ElementType(rawValue: String(s)) else { throw CLIError("unknown element type \(s) (f32, f16, bf16)") }
+            return t
+        }
+        let settings = try data.split(separator: ",").map { s -> (Double, Double) in
+            let p = s.split(separator: ":").compactMap { Double($0) }
+            guard p.count == 2, p[0] > 0, p[1] >= 0 else { throw CLIError("--data wants S:alpha pairs (got \(s))") }
+            return (p[0], p[1])
+        }
+        guard tokens > 0, dim > 1, vocab > 0 else { throw CLIError("sizes must be positive (D > 1)") }
+        let nThreads = threads ?? Workers.availableCPUs
+        print("LM-like N=\(tokens) D=\(dim) V=\(vocab), \(nThreads) threads, seed \(seed); truth: exact mode (Float64, no filter)\n")
+        let rows = try Accuracy.run(tokens: tokens, dim: dim, vocab: vocab, types: types, settings: settings,
+                                    threads: nThreads, seed: seed) { FileHandle.standardError.write(Data(("  " + $0 + "\n").utf8)) }
+        print(Accuracy.markdown(rows))
+        if let json {
+            let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try enc.encode(rows).write(to: URL(fileURLWithPath: json))
+        }
+    }
+}
