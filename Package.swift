@@ -8,7 +8,8 @@ import PackageDescription
 // Swift's SIMD types lower to scalar code unless the target CPU is named: the kernels run
 // about 100x slower without it. The default is the build machine's CPU ("native").
 // Override with the environment variable CCE_TARGET_CPU, e.g. CCE_TARGET_CPU=znver4 or
-// CCE_TARGET_CPU=x86-64-v3 for a portable AVX2 binary; CCE_TARGET_CPU=none names none.
+// CCE_TARGET_CPU=haswell for a portable AVX2 + FMA binary (swiftc takes CPU names, not
+// x86-64-v3); CCE_TARGET_CPU=none names none.
 let targetCPU = Context.environment["CCE_TARGET_CPU"] ?? "native"
 let fastFlags: [SwiftSetting] = targetCPU == "none" ? [] : [.unsafeFlags(["-target-cpu", targetCPU])]
 

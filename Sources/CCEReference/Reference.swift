@@ -152,7 +152,7 @@ public enum Reference {
         ])
     }
 
-    /// Writes the outputs into `dir` (created if missing): first into a temporary folder
+    /// Writes the outputs into `dir` (created with its parents if missing): first into a temporary folder
     /// beside it, then moved in, replacing files of the same names. Output files of an
     /// earlier run that this run does not produce (dBias.npy without a bias) are removed, so
     /// DIR never mixes two runs. On error DIR is left as it was.
@@ -161,8 +161,10 @@ public enum Reference {
         let url = URL(fileURLWithPath: dir).standardizedFileURL
         let parent = url.deletingLastPathComponent()
         var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: parent.path, isDirectory: &isDir), isDir.boolValue else {
-            throw NPYError(dir, "cannot write outputs: the folder \(parent.path) does not exist")
+        do {
+            try fm.createDirectory(at: parent, withIntermediateDirectories: true)
+        } catch {
+            throw NPYError(dir, "cannot create the folder \(parent.path): \(error.localizedDescription)")
         }
         if fm.fileExists(atPath: url.path, isDirectory: &isDir), !isDir.boolValue {
             throw NPYError(dir, "cannot write outputs: it exists and is not a folder")

@@ -38,7 +38,7 @@ struct ReferenceCommand: ParsableCommand {
     @Option(help: "cpu, or cuda (the CUDA library, loaded at run time).") var backend = "cpu"
     @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce, then the loader's path).")
     var cudaLibrary: String?
-    @Option(help: "Output folder (created if missing).") var out: String
+    @Option(help: "Output folder (created, with its parents, if missing).") var out: String
 
     func options() throws -> Options {
         var o = Options()

@@ -153,10 +153,14 @@ final class ReferenceTests: XCTestCase {
         XCTAssertEqual(try NPYArray.read(out + "/loss.npy").shape, [])
         XCTAssertEqual(try NPYArray.read(out + "/dE.npy").dtype, .float32)
         XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: dir.path).contains { $0.contains("partial") })
-        // A DIR whose parent does not exist: an error, and nothing is created.
+        // A DIR that is a file: an error, and the file is untouched.
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: path("file")))
         XCTAssertThrowsError(try Reference.write(try Reference.computeCPU(try load(), options: o),
-                                                 to: path("no/such/out"), options: [:]))
-        XCTAssertFalse(FileManager.default.fileExists(atPath: path("no")))
+                                                 to: path("file"), options: [:]))
+        XCTAssertEqual(try String(contentsOfFile: path("file"), encoding: .utf8), "keep")
+        // Missing parents are created.
+        try Reference.write(try Reference.computeCPU(try load(), options: o), to: path("a/b/out"), options: [:])
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("a/b/out/dE.npy")))
     }
 
     func testCompareReportsWorstElementAndBudgets() throws {
