@@ -117,7 +117,9 @@ def main():
     if a.cuda:
         status |= run([a.cce, "reference", *inputs, "--backend", "cuda", "--out", f"{work}/cuda"])
         print("\n# The CUDA kernels against the Float64 truth")
-        status |= run([a.cce, "compare", "--reference", f"{work}/truth", "--candidate", f"{work}/cuda", "--budget", budget])
+        # The GPU returns gradients in the input type; its f32 path is checked to 1e-4 (Docs/CUDA.md).
+        gpu_budget = "1e-4" if a.dtype == "f32" else "1.6e-2"
+        status |= run([a.cce, "compare", "--reference", f"{work}/truth", "--candidate", f"{work}/cuda", "--budget", gpu_budget])
 
     # The same numbers from Python, loading the .npy files.
     print("\n# relative errors from numpy")
