@@ -8,6 +8,8 @@
 //   materialized  loss, loss+grad      logits in an N x V matrix (Materialized.swift)
 //   cce           loss, grad, loss+grad  this engine, default mode
 //   cce-nofilter, cce-nosort            ablations: no gradient filtering / no vocabulary sort
+//   cce-noestimate                      ablation: filtering without the dropped-mass estimate
+//   cce-kahan                           the kahan mode (compensated gradient sums)
 //   cce-openblas  loss, loss+grad      the engine with OpenBLAS tile products
 //   cce-exact     loss, loss+grad      Float64 accumulation, no filtering
 //
@@ -68,7 +70,7 @@ public enum BenchError: Error, CustomStringConvertible {
 
 public enum Bench {
     public static let allMethods = ["sgemm", "tile-swift", "materialized", "cce", "cce-nofilter",
-                                    "cce-nosort", "cce-openblas", "cce-exact"]
+                                    "cce-nosort", "cce-noestimate", "cce-kahan", "cce-openblas", "cce-exact"]
 
     /// Checks sizes before anything is allocated: positive, and small enough for memory.
     public static func validate(_ c: BenchConfig) throws {
@@ -207,6 +209,14 @@ public enum Bench {
             var o = opts; o.sortVocabulary = false
             cceRows("cce-nosort", o, kinds: ["loss+grad"])
         }
+        if methods.contains("cce-noestimate") {
+            var o = opts; o.filterCorrection = false
+            cceRows("cce-noestimate", o, kinds: ["loss+grad"])
+        }
+        if methods.contains("cce-kahan") {
+            var o = opts; o.mode = .kahan
+            cceRows("cce-kahan", o, kinds: ["loss+grad"])
+        }
         if methods.contains("cce-openblas") { cceRows("cce-openblas", opts, backend: .openBLAS, kinds: ["loss", "loss+grad"]) }
         if methods.contains("cce-exact") {
             var o = opts; o.mode = .exact
@@ -220,6 +230,12 @@ public enum Bench {
         }
         if let a = row("cce", "loss+grad"), let b = row("materialized", "loss+grad") {
             ratios["cce_lossgrad_over_materialized_lossgrad"] = a.median_seconds / b.median_seconds
+        }
+        if let a = row("cce", "loss+grad"), let b = row("cce-noestimate", "loss+grad") {
+            ratios["cce_lossgrad_over_noestimate_lossgrad"] = a.median_seconds / b.median_seconds
+        }
+        if let a = row("cce-kahan", "loss+grad"), let b = row("cce", "loss+grad") {
+            ratios["cce_kahan_lossgrad_over_cce_lossgrad"] = a.median_seconds / b.median_seconds
         }
         if let a = row("cce", "loss+grad") {
             ratios["cce_lossgrad_peak_over_logits"] = Double(a.peak_bytes) / (Double(c.tokens) * Double(c.vocab) * 4)

@@ -59,10 +59,8 @@ struct BackwardInputs<S: KernelScalar>: @unchecked Sendable {
     var compC: UnsafeMutablePointer<S>? = nil   // kahan modes: V x D compensation, zeroed
     var fullE = false                  // dE unfiltered
     var fullC = false                  // dC unfiltered
-    /// Dropped-mass estimate: Σ of the C rows of each backward block (sorted order,
-    /// ⌈V/VB⌉ x D) and of each forward block (⌈V/VBf⌉ x D); nil: no estimate.
-    var cSums: UnsafePointer<S>? = nil
-    var cSumsForward: UnsafePointer<S>? = nil
+    /// Add the dropped-mass estimate to dE (Options.filterCorrection).
+    var estimate = false
 }
 
 /// What the backward skipped, for reports and `cce explain`.
@@ -96,7 +94,7 @@ enum Backward {
         let fBlocks = (inp.v + fvb - 1) / fvb
         let smooth = k.alpha / k.v
         let eps = bw.eps ?? -1
-        let correcting = bw.cSums != nil && bw.eps != nil && !bw.fullE
+        let correcting = bw.estimate && bw.eps != nil && !bw.fullE
         // The bound needs filtering on both sides, and the estimate needs no soft cap.
         let bound = bw.eps != nil && !bw.fullE && !bw.fullC && !(correcting && inp.cap != nil) ? blockStats : nil
         let keep = ws.keep.base, need = ws.need.base, panelNeeded = ws.panelNeeded.base
@@ -108,6 +106,7 @@ enum Backward {
             let v0 = j * vb, vc = min(vb, inp.v - v0)
             let jf = v0 / fvb, nf = min(fvb, inp.v - jf * fvb)
             let startsForward = v0 % fvb == 0, endsForward = v0 + vc == min(inp.v, (jf + 1) * fvb)
+            if startsForward && correcting { ws.blockSums.reset(forwardBlock: jf) }
             // Which rows must be recomputed (all of them without a bound).
             var needed = count
             if let bs = bound {
@@ -170,9 +169,10 @@ enum Backward {
                             // this sub-block is exact, so it leaves the estimate.
                             residual[i] -= g * tileRowSum(row, count: vc)
                             excluded[i] = j
-                        } else if !keepE, let cs = bw.cSums {
+                        } else if !keepE {
                             addEstimate(bw, row: Int(rows[first + i]), d: d,
-                                        scale: g * tileRowSum(row, count: vc) / S(vc), sum: cs + j * d)
+                                        scale: g * tileRowSum(row, count: vc) / S(vc),
+                                        sum: ws.blockSums.backward(j, inp, bw.order))
                         }
                     }
                     guard keepE || keepC else { continue }
@@ -204,58 +204,24 @@ enum Backward {
             }
             flush(inp, bw, ws, handOff, b: b, blocking: false)
             // The estimate of the rows skipped over the whole forward block.
-            if correcting && bound != nil && endsForward, let csf = bw.cSumsForward, let cs = bw.cSums {
+            if correcting && bound != nil && endsForward {
                 for i in 0..<count where residualOn[i] {
                     let row = Int(rows[first + i])
                     let x = excluded[i]
+                    let csf = ws.blockSums.forward(inp, bw.order)
                     if x < 0 {
-                        addEstimate(bw, row: row, d: d, scale: residual[i] / S(nf), sum: csf + jf * d)
+                        addEstimate(bw, row: row, d: d, scale: residual[i] / S(nf), sum: csf)
                     } else {
                         let nx = min(vb, inp.v - x * vb)
                         guard nf > nx else { continue }
                         let s = residual[i] / S(nf - nx)
-                        addEstimate(bw, row: row, d: d, scale: s, sum: csf + jf * d)
-                        addEstimate(bw, row: row, d: d, scale: -s, sum: cs + x * d)
+                        addEstimate(bw, row: row, d: d, scale: s, sum: csf)
+                        addEstimate(bw, row: row, d: d, scale: -s, sum: ws.blockSums.backward(x, inp, bw.order))
                     }
                 }
             }
         }
         flush(inp, bw, ws, handOff, b: b, blocking: true)
-    }
-
-    /// Σ of the C rows (as S) of each backward block and of each forward block, in the
-    /// sorted order: the block means of the dropped-mass estimate (times the block size).
-    /// Computed in parallel over the blocks; a forward block's sum is the sum of its
-    /// backward blocks' (VB divides VBf).
-    static func classifierSums<S: KernelScalar>(_ inp: SweepInputs<S>, order: UnsafePointer<Int32>)
-        -> (backward: Scratch<S>, forward: Scratch<S>)
-    {
-        let d = inp.d, vb = inp.plan.vocabBlock, fvb = inp.plan.forwardVocabBlock
-        let nB = (inp.v + vb - 1) / vb, nF = (inp.v + fvb - 1) / fvb
-        let back = Scratch<S>(count: nB * d), fwd = Scratch<S>(count: nF * d)
-        let workers = max(1, min(inp.plan.threads, nF))
-        let ord = UncheckedSendableRef(order)
-        Workers.run(workers) { w in
-            let row = Scratch<S>(count: d)
-            var f = w
-            while f < nF {
-                let out = fwd.base + f * d
-                out.initialize(repeating: 0, count: d)
-                var j = f * fvb / vb
-                while j < nB && j * vb < min(inp.v, (f + 1) * fvb) {
-                    let s = back.base + j * d
-                    s.initialize(repeating: 0, count: d)
-                    for q in j * vb ..< min(inp.v, (j + 1) * vb) {
-                        convertRow(inp.cRow(Int(ord.value[q])), type: inp.cType, count: d, into: row.base)
-                        axpy(s, 1, UnsafePointer(row.base), count: d)
-                    }
-                    axpy(out, 1, UnsafePointer(s), count: d)
-                    j += 1
-                }
-                f += workers
-            }
-        }
-        return (back, fwd)
     }
 
     /// dE_row += scale · sum (compensated in the kahan modes).

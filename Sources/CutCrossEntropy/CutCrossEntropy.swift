@@ -189,10 +189,6 @@ public struct CutCrossEntropy: Sendable {
                                                          sorted: options.sortVocabulary)
                 withOptionalPointer(b) { bp in
                     let inp = inputs(S.self, p, ep, cp, bp)
-                    var sums: (backward: Scratch<S>, forward: Scratch<S>)? = nil
-                    if estimate {
-                        sums = order.withUnsafeBufferPointer { Backward.classifierSums(inp, order: $0.baseAddress!) }
-                    }
                     lse.withUnsafeMutableBufferPointer { lp in
                     loss.withUnsafeMutableBufferPointer { lossp in
                     up.withUnsafeBufferPointer { upp in
@@ -211,15 +207,13 @@ public struct CutCrossEntropy: Sendable {
                                 bw!.compC = compC?.base
                                 bw!.fullE = mode == .kahanFullE
                                 bw!.fullC = mode == .kahanFullC
-                                bw!.cSums = sums.map { UnsafePointer($0.backward.base) }
-                                bw!.cSumsForward = sums.map { UnsafePointer($0.forward.base) }
+                                bw!.estimate = estimate
                             }
                             stats = Engine.run(pass, inp, options: options, order: op.baseAddress!,
                                                lse: lp.baseAddress!, loss: lossp.baseAddress ?? lp.baseAddress!,
                                                backward: bw)
                         }
                     }}}}}}}
-                    withExtendedLifetime(sums) {}
                 }
             }
         }

@@ -57,6 +57,7 @@ final class Workspace<S: KernelScalar> {
     let residualOn: Scratch<Bool>        //   ... when the row is skipped over that block
     let excluded: Scratch<Int>           //   ... but for this recomputed backward block (or −1)
     let partials: Scratch<S>?            // kahan modes: max(NB, VB) x D gradient partials
+    let blockSums: BlockSums<S>          // backward: C-row sums of the current forward block's sub-blocks
     let subPanels: Scratch<S>            // backward: up to `subRows` selected rows, packed
     let subRows = 48
     let pending: PendingUpdates<S>
@@ -89,6 +90,7 @@ final class Workspace<S: KernelScalar> {
         inE = Scratch(count: nb); inC = Scratch(count: nb)
         residual = Scratch(count: nb); residualOn = Scratch(count: nb); excluded = Scratch(count: nb)
         self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
+        blockSums = BlockSums(plan: plan, d: d)
         subPanels = Scratch(count: subRows * d)
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb))
         let side = max(nb, vb, chunkRows)
@@ -172,6 +174,63 @@ final class Workspace<S: KernelScalar> {
                 cRows.base[q] = UnsafePointer(dst)
             }
         }
+    }
+}
+
+/// Σ of the C rows of backward blocks and of their forward block, for the dropped-mass
+/// estimate (Backward.swift): computed when first asked for, once per token block and
+/// forward block, from the caller's C (converted), so no V-sized buffer is kept. The cost is
+/// one pass over a forward block's C rows per token block, about 1/NB of its tile product.
+final class BlockSums<S: KernelScalar> {
+    let d: Int, vb: Int, fvb: Int
+    let sub: Scratch<S>          // (VBf / VB) x D: one sum per backward block of the forward block
+    let whole: Scratch<S>        // D: the forward block's sum
+    let row: Scratch<S>          // D: one converted C row
+    var ready: [Bool]
+    var wholeReady = false
+    var jf = 0
+
+    init(plan: TilePlan, d: Int) {
+        self.d = d; vb = plan.vocabBlock; fvb = plan.forwardVocabBlock
+        let n = max(1, fvb / vb)
+        sub = Scratch(count: n * d); whole = Scratch(count: d); row = Scratch(count: d)
+        ready = [Bool](repeating: false, count: n)
+    }
+
+    /// Forgets the sums: the sweep has entered forward block jf.
+    func reset(forwardBlock jf: Int) {
+        self.jf = jf
+        for k in ready.indices { ready[k] = false }
+        wholeReady = false
+    }
+
+    /// Σ of the C rows of backward block j (which lies in the current forward block).
+    func backward(_ j: Int, _ inp: SweepInputs<S>, _ order: UnsafePointer<Int32>) -> UnsafePointer<S> {
+        let k = (j * vb - jf * fvb) / vb
+        let out = sub.base + k * d
+        if !ready[k] {
+            out.update(repeating: 0, count: d)
+            for q in j * vb ..< min(inp.v, (j + 1) * vb) {
+                convertRow(inp.cRow(Int(order[q])), type: inp.cType, count: d, into: row.base)
+                axpy(out, 1, UnsafePointer(row.base), count: d)
+            }
+            ready[k] = true
+        }
+        return UnsafePointer(out)
+    }
+
+    /// Σ of the C rows of the current forward block (the sum of its backward blocks' sums).
+    func forward(_ inp: SweepInputs<S>, _ order: UnsafePointer<Int32>) -> UnsafePointer<S> {
+        if !wholeReady {
+            whole.base.update(repeating: 0, count: d)
+            var j = jf * fvb / vb
+            while j * vb < min(inp.v, (jf + 1) * fvb) {
+                axpy(whole.base, 1, backward(j, inp, order), count: d)
+                j += 1
+            }
+            wholeReady = true
+        }
+        return UnsafePointer(whole.base)
     }
 }
 
