@@ -8,7 +8,7 @@ struct CCE: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cce",
         abstract: "Cut Cross-Entropy on the CPU: loss and gradients of a large-vocabulary classifier without the N x V logits.",
-        subcommands: [Demo.self, BenchCommand.self],
+        subcommands: [Demo.self, BenchCommand.self, Train.self, Explain.self],
         defaultSubcommand: Demo.self)
 }
 
