@@ -64,6 +64,10 @@ public struct StepReport: Sendable {
     /// Seconds since training started, and tokens per second over that time.
     public let elapsed: Double
     public let tokensPerSecond: Double
+
+    public init(step: Int, loss: Double, elapsed: Double, tokensPerSecond: Double) {
+        self.step = step; self.loss = loss; self.elapsed = elapsed; self.tokensPerSecond = tokensPerSecond
+    }
 }
 
 /// A model, its optimizer and its data.

@@ -1,4 +1,5 @@
-// cce: the command-line tool. `cce demo` (the main job), `cce bench`.
+// cce: the command-line tool. `cce demo` (the main job), `cce bench`, `cce train` (a small LM
+// trained through the loss), `cce explain` (the algorithm on a tiny example, tile by tile).
 // Errors print one line on standard error and exit with status 1.
 
 import ArgumentParser
