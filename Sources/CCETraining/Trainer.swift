@@ -23,7 +23,7 @@ public enum HeadKind: String, Sendable, CaseIterable {
 /// Everything `cce train` can set.
 public struct TrainingConfig: Sendable {
     public var steps = 2000
-    public var batch = 256
+    public var batch = 512
     public var learningRate = 3e-3
     public var dim = 64
     public var hidden = 256

@@ -13,14 +13,14 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train a fixed-window neural LM whose large-vocabulary output layer goes through CCE (or the materialized baseline).")
 
-    @Option(help: "Training steps.") var steps = 2000
-    @Option(help: "Tokens per batch B.") var batch = 256
-    @Option(help: "Adam learning rate.") var lr = 3e-3
-    @Option(help: "Embedding and classifier width D.") var dim = 64
-    @Option(help: "Hidden width H of the MLP.") var hidden = 256
-    @Option(help: "Context window k (previous tokens seen).") var context = 3
+    @Option(help: "Training steps.") var steps = TrainingConfig().steps
+    @Option(help: "Tokens per batch B.") var batch = TrainingConfig().batch
+    @Option(help: "Adam learning rate.") var lr = TrainingConfig().learningRate
+    @Option(help: "Embedding and classifier width D.") var dim = TrainingConfig().dim
+    @Option(help: "Hidden width H of the MLP.") var hidden = TrainingConfig().hidden
+    @Option(help: "Context window k (previous tokens seen).") var context = TrainingConfig().context
     @Option(help: "Vocabulary size V (synthetic corpus), or its cap (--corpus; rare words become <unk>).")
-    var vocab = 4096
+    var vocab = TrainingConfig().vocab
     @Flag(help: "Tie the input embedding table to the classifier (default: untied).") var tie = false
     @Option(help: "Loss head: cce (this engine) or materialized (the N x V OpenBLAS baseline).")
     var loss: HeadKind = .cce
