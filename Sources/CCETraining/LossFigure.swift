@@ -1,5 +1,6 @@
 // Loss curves as a small SVG (no dependencies): one polyline per curve, each the mean loss
-// over buckets of steps (at most 300 points per curve), horizontal reference lines (the
+// over buckets of steps (at most 300 points per curve; the first curve wide and light,
+// the others thin and dashed, so that agreeing curves both show), horizontal reference lines (the
 // entropy floor, H(π), ln V), axes with ticks and a legend.
 
 import Foundation
@@ -79,7 +80,10 @@ public enum LossFigure {
         for (i, pts) in series.enumerated() {
             let c = colors[i % colors.count]
             let path = pts.map { "\(f(px($0.0))),\(f(py($0.1)))" }.joined(separator: " ")
-            s += "<polyline fill=\"none\" stroke=\"\(c)\" stroke-width=\"1.6\" points=\"\(path)\"/>\n"
+            // The first curve wide and light, later ones thin and dashed: curves that agree
+            // stay visible on top of each other.
+            let style = i == 0 ? "stroke-width=\"4\" stroke-opacity=\"0.45\"" : "stroke-width=\"1.3\" stroke-dasharray=\"5 3\""
+            s += "<polyline fill=\"none\" stroke=\"\(c)\" \(style) points=\"\(path)\"/>\n"
             let last = curves[i].points.suffix(max(1, curves[i].points.count / 20))
             let tail = last.reduce(0) { $0 + $1.loss } / Double(max(1, last.count))
             legend.append((String(format: "%@ (end %.3f)", curves[i].name, tail), c, false))

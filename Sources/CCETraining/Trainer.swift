@@ -140,6 +140,20 @@ public struct Trainer {
         return h.loss
     }
 
+    /// Peak extra resident memory of one head call (loss and gradients, including the
+    /// returned dy, dC, dbias) on the next batch, in bytes (MemoryProbe); the training
+    /// state is not changed.
+    public func measureHead() throws -> Int {
+        var s = sampler
+        let (contexts, targets) = s.next()
+        let y = model.body(contexts: contexts).y
+        let c = model[.classifier], b = model[.bias]
+        return try MemoryProbe.measure {
+            try Trainer.head(config.loss, y: y, classifier: c, bias: b, targets: targets, dim: config.dim,
+                             threads: config.threads)
+        }.1
+    }
+
     /// Runs `config.steps` steps, calling `report` after each.
     public mutating func run(_ report: (StepReport) throws -> Void = { _ in }) throws {
         let start = Date()

@@ -89,7 +89,9 @@ struct Train: ParsableCommand {
         if let f = corpus.floor {
             print(String(format: "gap to the entropy floor: %.4f nats/token (floor %.4f; ln V %.4f)", finalLoss - f, f, lnV))
         }
-        print(String(format: "peak resident memory: %.1f MB (process VmHWM)", Double(peak) / 1e6))
+        let head = try trainer.measureHead()
+        print(String(format: "peak resident memory: %.1f MB (process VmHWM); one %@ head call: %.2f MB extra (B x V logits would be %.2f MB)",
+                     Double(peak) / 1e6, loss.rawValue, Double(head) / 1e6, Double(cfg.batch * corpus.vocab * 4) / 1e6))
 
         // The figure, with the other head's curve when its log is beside this one.
         var curves = [LossCurve(name: loss.rawValue, points: points)]
