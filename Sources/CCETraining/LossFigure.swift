@@ -36,7 +36,7 @@ public enum LossFigure {
 
     /// The SVG text.
     public static func svg(title: String, curves: [LossCurve], references: [ReferenceLine]) -> String {
-        let w = 720.0, h = 420.0, l = 60.0, r = 190.0, t = 40.0, b = 50.0
+        let w = 760.0, h = 420.0, l = 60.0, r = 220.0, t = 40.0, b = 50.0
         let pw = w - l - r, ph = h - t - b
         let maxStep = Double(curves.flatMap { $0.points.map(\.step) }.max() ?? 1)
         let series = curves.map { downsample($0.points, count: 300) }
@@ -86,7 +86,7 @@ public enum LossFigure {
             s += "<polyline fill=\"none\" stroke=\"\(c)\" \(style) points=\"\(path)\"/>\n"
             let last = curves[i].points.suffix(max(1, curves[i].points.count / 20))
             let tail = last.reduce(0) { $0 + $1.loss } / Double(max(1, last.count))
-            legend.append((String(format: "%@ (end %.3f)", curves[i].name, tail), c, false))
+            legend.append((String(format: "%@ (end %.3f)", curves[i].name, tail), c, i > 0))
         }
         for (i, item) in legend.enumerated() {
             let ly = t + 10 + Double(i) * 20

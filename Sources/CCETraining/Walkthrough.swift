@@ -172,7 +172,7 @@ public struct TileWalkthrough: Sendable {
         say("SUMMARY: skipped \(skipped) of \(n / t * v / t) tiles at eps = \(String(format: "%g", eps)).")
         say(String(format: "  loss: walkthrough %.7f, library %.7f (|difference| %.1e)", loss, fwd.loss, abs(loss - fwd.loss)))
         say(String(format: "  unfiltered gradients vs the library's (eps none): max |difference| %.1e over dE and dC", gradDiff))
-        say(String(format: "  what filtering dropped: max |dE, dC change| %.1e (the skipped tiles' entries are all below eps/N = %.1e)",
+        say(String(format: "  what filtering dropped: max |dE, dC change| %.1e (each dropped dy entry is below eps/N = %.1e)",
                    filtErr, eps / Double(n)))
         lines = out
         self.loss = loss

@@ -58,6 +58,7 @@ struct Train: ParsableCommand {
         print(String(format: "reference levels: ln V = %.4f, unigram entropy %.4f, entropy floor %@",
                      lnV, corpus.unigramEntropy, corpus.floor.map { String(format: "%.4f nats/token", $0) } ?? "unknown (text corpus)"))
 
+        fflush(nil)   // the header before the progress lines, also when piped
         let tty = isatty(2) == 1
         let every = max(1, cfg.steps / 20)
         var points: [(step: Int, loss: Double)] = []
