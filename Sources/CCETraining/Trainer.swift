@@ -40,16 +40,21 @@ public struct TrainingConfig: Sendable {
 
     /// Throws `TrainingError.invalidOption` for values outside their domain.
     public func validate() throws {
+        guard vocab >= 2 else { throw TrainingError.invalidOption("--vocab must be >= 2 (got \(vocab))") }
+        if corpusPath == nil, vocab > 16384 {
+            throw TrainingError.invalidOption("--vocab must be <= 16384 for the synthetic corpus (got \(vocab))")
+        }
+        try validateModelAndLoop()
+    }
+
+    /// Everything but the corpus: sizes, steps, learning rate, threads.
+    func validateModelAndLoop() throws {
         guard steps >= 1 else { throw TrainingError.invalidOption("--steps must be >= 1 (got \(steps))") }
         guard batch >= 1, batch <= 1 << 16 else {
             throw TrainingError.invalidOption("--batch must be in 1 ... 65536 (got \(batch))")
         }
         guard learningRate > 0, learningRate.isFinite else {
             throw TrainingError.invalidOption("--lr must be finite and > 0 (got \(learningRate))")
-        }
-        guard vocab >= 2 else { throw TrainingError.invalidOption("--vocab must be >= 2 (got \(vocab))") }
-        if corpusPath == nil, vocab > 16384 {
-            throw TrainingError.invalidOption("--vocab must be <= 16384 for the synthetic corpus (got \(vocab))")
         }
         if let t = threads, t < 1 { throw TrainingError.invalidOption("--threads must be >= 1 (got \(t))") }
         try ModelConfig(vocab: vocab, dim: dim, hidden: hidden, context: context, tied: tied).validate()
@@ -90,7 +95,7 @@ public struct Trainer {
     public init(config: TrainingConfig, corpus: Corpus) throws {
         var config = config
         config.vocab = corpus.vocab
-        try config.validate()
+        try config.validateModelAndLoop()   // the corpus is built: its own size limits applied
         self.config = config
         self.corpus = corpus
         model = try LanguageModel(config: ModelConfig(vocab: corpus.vocab, dim: config.dim, hidden: config.hidden,
