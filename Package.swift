@@ -48,14 +48,20 @@ let package = Package(
         // MARK: - Benchmarks and the command-line tool
         .target(name: "CCEBenchmarks", dependencies: ["CutCrossEntropy", "CCERuntime", "COpenBLAS"],
                 path: "Benchmarks/CCEBenchmarks", swiftSettings: fastFlags),
+        // A small neural language model trained through the library's loss (`cce train`),
+        // its corpora and tokenizer, and the tile walkthrough behind `cce explain`.
+        .target(name: "CCETraining",
+                dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCERuntime", "COpenBLAS"],
+                swiftSettings: fastFlags),
         .executableTarget(name: "cce",
-                          dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCEReference",
+                          dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCEReference", "CCETraining",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: fastFlags),
 
         // MARK: - Tests
         .testTarget(name: "CutCrossEntropyTests",
-                    dependencies: ["CutCrossEntropy", "CCEKernels", "CCERuntime", "CCEBenchmarks", "CCEReference"],
+                    dependencies: ["CutCrossEntropy", "CCEKernels", "CCERuntime", "CCEBenchmarks", "CCEReference",
+                                   "CCETraining"],
                     swiftSettings: fastFlags),
     ]
 )

@@ -1,0 +1,115 @@
+// cce train: a small neural language model trained through this library's loss
+// (Sources/CCETraining; Docs/TRAINING.md).
+
+import ArgumentParser
+import CCERuntime
+import CCETraining
+import CutCrossEntropy
+import Foundation
+
+extension HeadKind: ExpressibleByArgument {}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train a fixed-window neural LM whose large-vocabulary output layer goes through CCE (or the materialized baseline).")
+
+    @Option(help: "Training steps.") var steps = TrainingConfig().steps
+    @Option(help: "Tokens per batch B.") var batch = TrainingConfig().batch
+    @Option(help: "Adam learning rate.") var lr = TrainingConfig().learningRate
+    @Option(help: "Embedding and classifier width D.") var dim = TrainingConfig().dim
+    @Option(help: "Hidden width H of the MLP.") var hidden = TrainingConfig().hidden
+    @Option(help: "Context window k (previous tokens seen).") var context = TrainingConfig().context
+    @Option(help: "Vocabulary size V (synthetic corpus), or its cap (--corpus; rare words become <unk>).")
+    var vocab = TrainingConfig().vocab
+    @Flag(help: "Tie the input embedding table to the classifier (default: untied).") var tie = false
+    @Option(help: "Loss head: cce (this engine) or materialized (the N x V OpenBLAS baseline).")
+    var loss: HeadKind = .cce
+    @Option(help: "A UTF-8 text file to train on (word-level); default: the synthetic Markov source.")
+    var corpus: String?
+    @Option(help: "Random seed (model, corpus, batches).") var seed: UInt64 = 0
+    @Option(help: "Worker threads (default: all CPUs).") var threads: Int?
+    @Option(help: "CSV log (step,loss,tokens_per_s,elapsed_s,floor,loss_kind); the loss figure goes beside it (.svg). Default: train-<loss>.csv")
+    var log: String?
+
+    func run() throws {
+        var c = TrainingConfig()
+        c.steps = steps; c.batch = batch; c.learningRate = lr; c.dim = dim; c.hidden = hidden
+        c.context = context; c.vocab = vocab; c.tied = tie; c.loss = loss; c.corpusPath = corpus
+        c.seed = seed; c.threads = threads
+        var trainer: Trainer
+        do { trainer = try Trainer(config: c) } catch let e as TrainingError { throw CLIError(e.description) }
+        let corpus = trainer.corpus
+        let cfg = trainer.config
+        let logPath = log ?? "train-\(loss.rawValue).csv"
+        guard FileManager.default.createFile(atPath: logPath, contents: nil),
+              let logFile = FileHandle(forWritingAtPath: logPath) else {
+            throw CLIError("cannot write the log \(logPath)")
+        }
+        defer { try? logFile.close() }
+        logFile.write(Data((TrainingLog.header + "\n").utf8))
+
+        let lnV = Foundation.log(Double(corpus.vocab))
+        print("corpus: \(corpus.summary)")
+        print(String(format: "model: context %d -> %d x %d -> tanh %d -> %d -> classifier %d x %d + bias (%@), %d parameters",
+                     cfg.context, cfg.context, cfg.dim, cfg.hidden, cfg.dim, corpus.vocab, cfg.dim,
+                     cfg.tied ? "tied" : "untied", trainer.model.parameterCount))
+        print(String(format: "training: %d steps x %d tokens, Adam lr %g, loss head %@, %d threads, seed %llu",
+                     cfg.steps, cfg.batch, cfg.learningRate, loss.rawValue, cfg.threads ?? Workers.availableCPUs, seed))
+        print(String(format: "reference levels: ln V = %.4f, unigram entropy %.4f, entropy floor %@",
+                     lnV, corpus.unigramEntropy, corpus.floor.map { String(format: "%.4f nats/token", $0) } ?? "unknown (text corpus)"))
+
+        fflush(nil)   // the header before the progress lines, also when piped
+        let tty = isatty(2) == 1
+        let every = max(1, cfg.steps / 20)
+        var points: [(step: Int, loss: Double)] = []
+        var running = Double.nan
+        var lastDraw = Date.distantPast
+        var last: StepReport?
+        try trainer.run { r in
+            points.append((r.step, r.loss))
+            logFile.write(Data((TrainingLog.line(r, floor: corpus.floor, kind: loss) + "\n").utf8))
+            running = running.isNaN ? r.loss : 0.95 * running + 0.05 * r.loss
+            last = r
+            if tty {
+                guard Date().timeIntervalSince(lastDraw) > 0.1 || r.step == cfg.steps else { return }
+                lastDraw = Date()
+                let width = 30, done = width * r.step / cfg.steps
+                let bar = String(repeating: "#", count: done) + String(repeating: ".", count: width - done)
+                stderr(String(format: "\r[%@] %d/%d  %.0f tok/s  loss %.4f ", bar, r.step, cfg.steps, r.tokensPerSecond, running))
+                if r.step == cfg.steps { stderr("\n") }
+            } else if r.step % every == 0 || r.step == cfg.steps {
+                stderr(String(format: "step %d/%d  %.0f tok/s  loss %.4f  (%.1f s)\n", r.step, cfg.steps,
+                              r.tokensPerSecond, running, r.elapsed))
+            }
+        }
+        let tail = points.suffix(max(1, points.count / 20))
+        let finalLoss = tail.reduce(0) { $0 + $1.loss } / Double(tail.count)
+        let peak = MemoryProbe.peakBytes()
+        print(String(format: "done: %.1f s, %.0f tokens/s; loss %.4f (mean of the last %d steps), first step %.4f",
+                     last?.elapsed ?? 0, last?.tokensPerSecond ?? 0, finalLoss, tail.count, points.first?.loss ?? .nan))
+        if let f = corpus.floor {
+            print(String(format: "gap to the entropy floor: %.4f nats/token (floor %.4f; ln V %.4f)", finalLoss - f, f, lnV))
+        }
+        let head = try trainer.measureHead()
+        print(String(format: "peak resident memory: %.1f MB (process VmHWM); one %@ head call: %.2f MB extra (B x V logits would be %.2f MB)",
+                     Double(peak) / 1e6, loss.rawValue, Double(head) / 1e6, Double(cfg.batch * corpus.vocab * 4) / 1e6))
+
+        // The figure, with the other head's curve when its log is beside this one.
+        var curves = [LossCurve(name: loss.rawValue, points: points)]
+        if let sib = TrainingLog.sibling(of: logPath, kind: loss), let pts = TrainingLog.read(sib.path), !pts.isEmpty {
+            curves.append(LossCurve(name: sib.kind.rawValue, points: pts))
+        }
+        var refs = [ReferenceLine(name: "ln V", value: lnV, dashed: true),
+                    ReferenceLine(name: "unigram H", value: corpus.unigramEntropy, dashed: true)]
+        if let f = corpus.floor { refs.insert(ReferenceLine(name: "entropy floor", value: f, dashed: true), at: 0) }
+        let title = String(format: "cce train: V = %d, D = %d, B = %d, %@", corpus.vocab, cfg.dim, cfg.batch,
+                           cfg.corpusPath == nil ? "synthetic Markov source" : "text corpus")
+        let svgPath = (logPath.hasSuffix(".csv") ? String(logPath.dropLast(4)) : logPath) + ".svg"
+        do {
+            try LossFigure.svg(title: title, curves: curves, references: refs).write(toFile: svgPath, atomically: true, encoding: .utf8)
+        } catch { throw CLIError("cannot write the figure \(svgPath)") }
+        print("log: \(logPath), figure: \(svgPath)\(curves.count > 1 ? " (with \(curves[1].name))" : "")")
+    }
+}
+
+func stderr(_ s: String) { FileHandle.standardError.write(Data(s.utf8)) }
