@@ -174,6 +174,21 @@ public struct TileWalkthrough: Sendable {
         say(String(format: "  unfiltered gradients vs the library's (eps none): max |difference| %.1e over dE and dC", gradDiff))
         say(String(format: "  what filtering dropped: max |dE, dC change| %.1e (each dropped dy entry is below eps/N = %.1e)",
                    filtErr, eps / Double(n)))
+        // The engine at the same eps filters per row segment (one token x VB entries) and, by
+        // default, adds back each dropped segment's first-order part (Docs/DERIVATION.md).
+        var plainErr = 0.0, estimateErr = 0.0, kept = 0, segments = 0
+        for estimate in [false, true] {
+            var o = Options(); o.filterEpsilon = .value(eps); o.filterCorrection = estimate
+            let gf = try CutCrossEntropy(options: o).lossAndGradients(
+                embeddings: data.embeddings, classifier: data.classifier, targets: data.targets).1
+            let err = maxDiff(gf.dE.doubles, dEAll)
+            if estimate { estimateErr = err } else { plainErr = err }
+            kept = gf.filter.keptRowSegments; segments = gf.filter.rowSegments
+        }
+        say("  the engine filters per row segment (one token x VB = \(CutCrossEntropy().plan(tokens: n, dim: d, vocab: v).vocabBlock) entries; "
+            + "a segment holding its target is kept) and adds back each dropped segment's first-order part by default:")
+        say(String(format: "    at this eps it keeps %d of %d segments; max |dE change| %.1e with the plain filter, %.1e with the estimate",
+                   kept, segments, plainErr, estimateErr))
         lines = out
         self.loss = loss
         libraryLoss = fwd.loss
