@@ -24,6 +24,7 @@ public struct AccuracyRow: Codable, Sendable {
 }
 
 public enum Accuracy {
+    /// ‖x − t‖ / ‖t‖ (‖x − t‖ when t is 0).
     public static func relative(_ x: [Double], _ t: [Double]) -> Double {
         var num = 0.0, den = 0.0
         for i in 0..<t.count { num += (x[i] - t[i]) * (x[i] - t[i]); den += t[i] * t[i] }

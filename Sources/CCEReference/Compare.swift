@@ -89,19 +89,23 @@ public enum Compare {
                                             problem: "shape \(shapeText(c.shape)) in the candidate, \(shapeText(r.shape)) in the reference"))
                 continue
             }
-            let x = r.doubles(), y = c.doubles()
-            var num = 0.0, den = 0.0, worst = 0.0, at: Int? = nil
-            for i in 0..<x.count {
-                if x[i].isNaN && y[i].isNaN { continue }
-                let err = x[i].isNaN || y[i].isNaN ? Double.infinity : abs(y[i] - x[i])
-                if x[i].isFinite { den += x[i] * x[i] }
-                num += err * err
-                if at == nil || err > worst { worst = err; at = i }
-            }
-            let rel = den > 0 ? (num / den).squareRoot() : (num == 0 ? 0 : .infinity)
-            out.append(TensorComparison(name: name, shape: r.shape, maxAbs: worst, relative: rel, worst: at,
-                                        referenceValue: at.map { x[$0] }, candidateValue: at.map { y[$0] },
-                                        relativeBudget: rb, absoluteBudget: ab, problem: nil))
+            // Both arrays read in place (no Float64 copies of Gemma-sized gradients).
+            let row = r.withElements { x in c.withElements { y -> TensorComparison in
+                var num = 0.0, den = 0.0, worst = 0.0, at: Int? = nil
+                for i in 0..<r.count {
+                    let a = x(i), b = y(i)
+                    if a.isNaN && b.isNaN { continue }
+                    let err = a.isNaN || b.isNaN ? Double.infinity : abs(b - a)
+                    if a.isFinite { den += a * a }
+                    num += err * err
+                    if at == nil || err > worst { worst = err; at = i }
+                }
+                let rel = den > 0 ? (num / den).squareRoot() : (num == 0 ? 0 : .infinity)
+                return TensorComparison(name: name, shape: r.shape, maxAbs: worst, relative: rel, worst: at,
+                                        referenceValue: at.map(x), candidateValue: at.map(y),
+                                        relativeBudget: rb, absoluteBudget: ab, problem: nil)
+            }}
+            out.append(row)
         }
         return (out, refFiles.filter { !candFiles.contains($0) })
     }

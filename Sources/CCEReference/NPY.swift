@@ -168,19 +168,32 @@ public struct NPYArray: Sendable {
 
     // MARK: - Values
 
-    /// The elements as Float64 (floating types only).
-    public func doubles() -> [Double] {
-        bytes.withUnsafeBytes { raw -> [Double] in
-            let n = count
+    /// Calls `body` with an accessor of element i as Float64 (every type), reading the
+    /// stored bytes in place: no converted copy of the whole array.
+    public func withElements<R>(_ body: ((Int) -> Double) throws -> R) rethrows -> R {
+        try bytes.withUnsafeBytes { raw in
             switch dtype {
-            case .float64: return (0..<n).map { raw.loadUnaligned(fromByteOffset: 8 * $0, as: Double.self) }
-            case .float32: return (0..<n).map { Double(raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self)) }
-            case .float16: return (0..<n).map { Double(Float(raw.loadUnaligned(fromByteOffset: 2 * $0, as: Float16.self))) }
+            case .float64: return try body { raw.loadUnaligned(fromByteOffset: 8 * $0, as: Double.self) }
+            case .float32: return try body { Double(raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self)) }
+            case .float16: return try body { Double(Float(raw.loadUnaligned(fromByteOffset: 2 * $0, as: Float16.self))) }
             case .bfloat16:
-                return (0..<n).map { Double(Float(bitPattern: UInt32(raw.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)) << 16)) }
-            case .int64: return (0..<n).map { Double(raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
-            case .int32: return (0..<n).map { Double(raw.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) }
+                return try body { Double(Float(bitPattern: UInt32(raw.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)) << 16)) }
+            case .int64: return try body { Double(raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
+            case .int32: return try body { Double(raw.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) }
             }
+        }
+    }
+
+    /// The elements as Float64.
+    public func doubles() -> [Double] { withElements { at in (0..<count).map(at) } }
+
+    /// The elements in their stored type, copied once from the file's bytes.
+    func typed<T>(_: T.Type) -> [T] {
+        [T](unsafeUninitializedCapacity: count) { buf, n in
+            bytes.withUnsafeBytes { raw in
+                UnsafeMutableRawBufferPointer(buf).copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[0 ..< count * MemoryLayout<T>.stride]))
+            }
+            n = count
         }
     }
 
@@ -200,9 +213,7 @@ public struct NPYArray: Sendable {
     /// The .npy encoding (version 1.0) of this array; only '<f4' and '<f8' are written.
     public func encoded() -> Data {
         let descr = dtype == .float64 ? "<f8" : "<f4"
-        let shapeText = shape.isEmpty ? "()" : shape.count == 1 ? "(\(shape[0]),)"
-            : "(" + shape.map(String.init).joined(separator: ", ") + ")"
-        var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': \(shapeText), }"
+        var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': \(CCEReference.shapeText(shape)), }"
         let total = 10 + header.utf8.count + 1
         header += String(repeating: " ", count: (64 - total % 64) % 64) + "\n"
         var out = Data([0x93] + Array("NUMPY".utf8) + [1, 0])

@@ -53,7 +53,7 @@ public struct FilterMap: Sendable {
         guard n >= 1, d >= 2, v >= 2, n * v <= 1 << 26 else {
             throw TrainingError.invalidOption("filter map needs N >= 1, D >= 2, V >= 2, N x V <= 2^26")
         }
-        let epsilon = eps ?? { switch type { case .float32: 0x1p-28; case .float16: 0x1p-15; case .bfloat16: 0x1p-12 } }()
+        let epsilon = eps ?? FilterEpsilon.auto.resolve(type, type)!
         guard epsilon >= 0, epsilon.isFinite else { throw TrainingError.invalidOption("eps must be finite and >= 0") }
         self.n = n; self.d = d; self.v = v; self.eps = epsilon
         var opts = Options()
@@ -76,11 +76,9 @@ public struct FilterMap: Sendable {
             for q in 0..<v { s += Foundation.exp(Double(z[i * v + q]) - m) }
             lse[i] = m + Foundation.log(s)
         }
-        // Sorted order: average logit C_v · ē, largest first, ties by id.
-        var mean = [Double](repeating: 0, count: d)
-        for i in 0..<n { for k in 0..<d { mean[k] += Double(e[i * d + k]) / Double(n) } }
-        let avg = (0..<v).map { q in (0..<d).reduce(0.0) { $0 + Double(c[q * d + $1]) * mean[$1] } }
-        let sortedOrder = (0..<v).sorted { avg[$0] != avg[$1] ? avg[$0] > avg[$1] : $0 < $1 }
+        // Sorted order: the engine's (average logit C_v · ē, largest first).
+        let sortedOrder = try CutCrossEntropy(options: opts).vocabularyOrder(
+            embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
 
         func panel(_ order: [Int], sorted: Bool) throws -> Panel {
             let vb = plan.vocabBlock, nb = plan.tokenBlock, blocks = (v + vb - 1) / vb

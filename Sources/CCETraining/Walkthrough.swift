@@ -53,11 +53,9 @@ public struct TileWalkthrough: Sendable {
         }
 
         // The engine's vocabulary order: average logit C_v · ē, largest first (VocabularyOrder.swift).
-        var mean = [Double](repeating: 0, count: d)
-        for i in 0..<n { for k in 0..<d { mean[k] += e[i * d + k] / Double(n) } }
-        var avg = [Double](repeating: 0, count: v)
-        for q in 0..<v { for k in 0..<d { avg[q] += c[q * d + k] * mean[k] } }
-        let order = sortVocabulary ? (0..<v).sorted { avg[$0] != avg[$1] ? avg[$0] > avg[$1] : $0 < $1 } : Array(0..<v)
+        var orderOptions = Options(); orderOptions.sortVocabulary = sortVocabulary
+        let order = try CutCrossEntropy(options: orderOptions).vocabularyOrder(
+            embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
         func columns(_ v0: Int) -> String {
             "         " + (v0..<(v0 + t)).map { k -> String in
                 let name = "v\(order[k])"

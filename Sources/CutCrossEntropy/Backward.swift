@@ -258,7 +258,7 @@ enum Backward {
         // The block's C rows copied together (contiguous rows stream better than the sorted
         // order's scattered ones).
         ws.loadVocabulary(inp, ids: { Int(bw.order[v0 + $0]) }, count: vc, contiguous: true)
-        let dERow = { (r: Int) in bw.dE + Int(rows[first + ws.keep.base[r]]) * d }
+        let offset = { (r: Int) in Int(rows[first + ws.keep.base[r]]) * d }   // of kept row r in dE
         if let comp = bw.compE, let part = ws.partials?.base {
             for r in 0..<m {
                 (part + r * d).update(repeating: 0, count: d)
@@ -267,12 +267,9 @@ enum Backward {
             rankUpdate(out: ws.outRows.base, m: m, a: ws.tile.base, ars: ws.vb, aks: 1,
                        b: ws.cRows.base, k: vc, width: d, scratch: ws.aPanels.base, spare: ws.spare.base,
                        bSlice: ws.bSlice.base)
-            for r in 0..<m {
-                let o = Int(rows[first + ws.keep.base[r]]) * d
-                kahanAxpy(bw.dE + o, comp + o, 1, part + r * d, count: d)
-            }
+            for r in 0..<m { kahanAxpy(bw.dE + offset(r), comp + offset(r), 1, part + r * d, count: d) }
         } else {
-            for r in 0..<m { ws.outRows.base[r] = dERow(r) }
+            for r in 0..<m { ws.outRows.base[r] = bw.dE + offset(r) }
             rankUpdate(out: ws.outRows.base, m: m, a: ws.tile.base, ars: ws.vb, aks: 1,
                        b: ws.cRows.base, k: vc, width: d, scratch: ws.aPanels.base, spare: ws.spare.base,
                        blocked: true, bSlice: ws.bSlice.base)

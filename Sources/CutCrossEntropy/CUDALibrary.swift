@@ -64,11 +64,11 @@ public final class CUDALibrary: @unchecked Sendable {
                                           + reasons.joined(separator: "; "))
     }
 
-    /// Per-row results of one GPU run (rows of E, not target positions), and its timings.
+    /// The results of one GPU run, indexed as the CPU engine indexes them, and its timings.
     public struct Result: Sendable {
-        /// One value for mean and sum; one per row of E for none (0 where the row has no target).
+        /// One value for mean and sum; one per target position for none (0 where no row is paired).
         public var loss: [Float]
-        /// Per row of E: the LSE of its logits (also for rows without a target).
+        /// Per target position: the LSE of the paired row, NaN where no row is paired.
         public var lse: [Float]
         public var dE: [Float], dC: [Float], dBias: [Float]?
         public var forwardMilliseconds = 0.0, backwardMilliseconds = 0.0, lossAndGradientMilliseconds = 0.0
@@ -134,6 +134,16 @@ public final class CUDALibrary: @unchecked Sendable {
             throw CCEError.backendFailed("CUDA engine (\(path)): \(msg)")
         }
         if bias != nil { r.dBias = dBias }
+        // The GPU reports loss (for none) and lse per row of E; the CPU engine per target
+        // position. The pairing (shift, ignored targets) is the one Problem computed.
+        let rowLoss = r.loss, rowLSE = r.lse
+        r.lse = [Float](repeating: .nan, count: targets.count)
+        if o.reduction == .none { r.loss = [Float](repeating: 0, count: targets.count) }
+        for i in 0..<p.active {
+            let row = Int(p.rows[i]), pos = Int(p.positions[i])
+            r.lse[pos] = rowLSE[row]
+            if o.reduction == .none { r.loss[pos] = rowLoss[row] }
+        }
         r.forwardMilliseconds = report.load(fromByteOffset: 0, as: Double.self)
         r.backwardMilliseconds = report.load(fromByteOffset: 8, as: Double.self)
         r.lossAndGradientMilliseconds = report.load(fromByteOffset: 16, as: Double.self)
@@ -141,21 +151,6 @@ public final class CUDALibrary: @unchecked Sendable {
         r.tilesKept = report.load(fromByteOffset: 32, as: Double.self)
         r.device = String(cString: report.advanced(by: 40).assumingMemoryBound(to: CChar.self))
         return r
-    }
-
-    /// Maps per-row GPU values to target positions, as the CPU engine reports them: the
-    /// value of the row paired with each target, `missing` where no row is (the first
-    /// `shift` positions of each sequence, and ignored targets).
-    public static func perPosition(_ rowValues: [Float], targets: Targets, embeddingsShape: [Int],
-                                   options o: Options, missing: Float) -> [Float] {
-        let t = embeddingsShape.count == 3 ? embeddingsShape[1] : targets.count
-        var out = [Float](repeating: missing, count: targets.count)
-        for pos in 0..<targets.count {
-            let j = pos % t
-            guard j >= o.shift, Int(targets.values[pos]) != o.ignoreIndex else { continue }
-            out[pos] = rowValues[pos - o.shift]
-        }
-        return out
     }
 }
 

@@ -103,6 +103,21 @@ public struct CutCrossEntropy: Sendable {
             : backward(Float.self, st, g, embeddings, classifier, bias)
     }
 
+    /// The order in which the backward sweeps the vocabulary: `order[k]` is the class at
+    /// sorted position k (by average logit C_v · ē + b_v over the active tokens, largest
+    /// first; the identity when `sortVocabulary` is off). VocabularyOrder.swift.
+    public func vocabularyOrder(embeddings: Tensor, classifier: Tensor, targets: Targets,
+                                bias: Tensor? = nil) throws -> [Int] {
+        let p = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
+                            bias: bias, options: options)
+        let b = bias?.floats().map { Double($0) }
+        return embeddings.withRawPointer { ep in
+            classifier.withRawPointer { cp in
+                VocabularyOrder.make(problem: p, e: ep, c: cp, bias: b, sorted: options.sortVocabulary).order.map(Int.init)
+            }
+        }
+    }
+
     /// Forward and backward in one call. Same results, bit for bit, as `forward` then
     /// `backward`, but faster: the forward's per-block maxima let the backward skip rows
     /// whose gradient would be filtered without recomputing their logits.

@@ -47,7 +47,8 @@ public enum FilterEpsilon: Sendable, Equatable {
     /// A fixed ε ≥ 0.
     case value(Double)
 
-    func resolve(_ e: ElementType, _ c: ElementType) -> Double? {
+    /// The threshold for E and C stored as `e` and `c`; nil: no filtering.
+    public func resolve(_ e: ElementType, _ c: ElementType) -> Double? {
         switch self {
         case .none: return nil
         case .value(let x): return x

@@ -22,9 +22,7 @@ struct Demo: ParsableCommand {
     func validate() throws {
         guard tokens > 0, dim > 0, vocab > 0 else { throw ValidationError("sizes must be positive") }
         if let t = threads, t < 1 { throw ValidationError("threads must be >= 1") }
-        guard filterEps == "auto" || filterEps == "none" || (Double(filterEps).map { $0 >= 0 } ?? false) else {
-            throw ValidationError("--filter-eps must be auto, none or a number >= 0 (got \(filterEps))")
-        }
+        _ = try parseFilter(filterEps)
         guard tokens * vocab <= 1 << 30 else {
             throw ValidationError("N x V = \(tokens * vocab) is too large for the materialized baseline in a demo")
         }
@@ -37,11 +35,7 @@ struct Demo: ParsableCommand {
         let data = LMLikeData.make(tokens: tokens, dim: dim, vocab: vocab, type: dtype, seed: seed)
         var opts = Options(); opts.threads = nThreads
         var exactOpts = opts; exactOpts.mode = .exact
-        switch filterEps {
-        case "auto": opts.filterEpsilon = .auto
-        case "none": opts.filterEpsilon = .none
-        default: opts.filterEpsilon = .value(Double(filterEps)!)
-        }
+        opts.filterEpsilon = try parseFilter(filterEps)
 
         func timed<T>(_ body: () throws -> T) rethrows -> (T, Double, Int) {
             let start = Date()
@@ -66,11 +60,6 @@ struct Demo: ParsableCommand {
                 embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
         }
         func maxErr(_ a: [Double], _ b: [Double]) -> Double { zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) } }
-        func relErr(_ a: [Double], _ b: [Double]) -> Double {
-            let num = zip(a, b).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) }
-            let den = b.reduce(0) { $0 + $1 * $1 }
-            return (num / max(den, .leastNormalMagnitude)).squareRoot()
-        }
         let matE = mat.dE!.map { Double($0) }, matC = mat.dC!.map { Double($0) }
         let cceE = cce.1.dE.doubles, cceC = cce.1.dC.doubles
         func row(_ cells: [String]) -> String {
@@ -82,8 +71,8 @@ struct Demo: ParsableCommand {
         func line(_ name: String, _ loss: Double, _ t: Double, _ peak: Int, _ e: [Double], _ c: [Double]) {
             print(row([name, String(format: "%.6f", loss), String(format: "%.3f", t),
                        String(format: "%.1f", Double(max(0, peak - gradBytes)) / 1e6),
-                       String(format: "%.2e", abs(loss - truth.0.loss)), String(format: "%.2e", relErr(e, dE64)),
-                       String(format: "%.2e", relErr(c, dC64))]))
+                       String(format: "%.2e", abs(loss - truth.0.loss)), String(format: "%.2e", Accuracy.relative(e, dE64)),
+                       String(format: "%.2e", Accuracy.relative(c, dC64))]))
         }
         line("materialized", mat.loss, tMat, pMat, matE, matC)
         line("cce", cce.0.loss, tCCE, pCCE, cceE, cceC)

@@ -80,18 +80,6 @@ struct ReferenceCommand: ParsableCommand {
     }
 }
 
-func parseFilter(_ s: String) throws -> FilterEpsilon {
-    switch s {
-    case "auto": return .auto
-    case "none": return .none
-    default:
-        guard let x = Double(s), x >= 0, x.isFinite else {
-            throw CLIError("--filter-eps must be auto, none or a number >= 0 (got \(s))")
-        }
-        return .value(x)
-    }
-}
-
 struct CompareCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compare",
