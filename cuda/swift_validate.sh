@@ -5,6 +5,7 @@
 #      budgets by type, and of cuda vs the CPU default mode (for information);
 #   2. `cce bench --backend cuda` at the Gemma 2 shape (N=8192, D=2304, V=256000, bf16, LM-like);
 #   3. the worked example (Docs/examples/check_against_reference.py --cuda, f32).
+# CCE_VALIDATE_ONLY=1 runs step 1 only.
 # Expects .gpu/bundle.tar.xz (cce, the shared libraries it needs, the cases) and
 # .gpu/libcce_cuda.so; writes logs into $OUT (or ./out).
 set -uo pipefail
@@ -36,6 +37,7 @@ for d in "$G"/cases/f*/ "$G"/cases/bf*/; do
 done
 echo "VALIDATION: $([[ $fail == 0 ]] && echo all budgets held || echo A BUDGET FAILED)"
 } 2>&1 | tee "$OUT/validate.log"
+[[ "${CCE_VALIDATE_ONLY:-0}" == 1 ]] && exit 0   # the cases only, no benchmark or example
 echo "=== cce bench --backend cuda, Gemma 2 shape" | tee "$OUT/bench.log"
 "$CCE" bench --backend cuda --tokens 8192 --dim 2304 --vocab 256000 --dtype bf16 --repeats 10 2>&1 | tee -a "$OUT/bench.log"
 "$CCE" bench --backend cuda --tokens 8192 --dim 2304 --vocab 256000 --dtype bf16 --repeats 10 --scale 2 --alpha 1 2>&1 | tee -a "$OUT/bench.log"
