@@ -255,7 +255,7 @@ public enum Bench {
     }
 
     /// The whole N x V product by the Swift tile kernel, tile by tile, nothing stored:
-    /// the engine's own packing (E panels per token block, C panels per 16 rows) included.
+    /// the engine's own packing (C panels per 16 rows) included.
     static func tileSweep(_ e: [Float], _ c: [Float], _ cfg: BenchConfig, _ plan: TilePlan) {
         let n = cfg.tokens, d = cfg.dim, v = cfg.vocab
         let nb = plan.tokenBlock, vb = plan.forwardVocabBlock
@@ -266,21 +266,19 @@ public enum Bench {
                 let eb = UncheckedSendable(ep.baseAddress!), cb = UncheckedSendable(cp.baseAddress!)
                 Workers.run(workers) { w in
                     let tile = UnsafeMutablePointer<Float>.allocate(capacity: nb * vb)
-                    let panels = UnsafeMutablePointer<Float>.allocate(capacity: (nb + 5) / 6 * 6 * d)
                     let cPanel = UnsafeMutablePointer<Float>.allocate(capacity: TileShape.nr * TileShape.kc)
-                    let aRows = UnsafeMutablePointer<UnsafeRawPointer>.allocate(capacity: nb)
+                    let aRows = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: nb)
                     let bRows = UnsafeMutablePointer<UnsafeRawPointer>.allocate(capacity: vb)
-                    defer { tile.deallocate(); panels.deallocate(); cPanel.deallocate(); aRows.deallocate(); bRows.deallocate() }
+                    defer { tile.deallocate(); cPanel.deallocate(); aRows.deallocate(); bRows.deallocate() }
                     var b = w
                     while b < blocks {
                         let r0 = b * nb, m = min(nb, n - r0)
-                        for i in 0..<m { aRows[i] = UnsafeRawPointer(eb.value + (r0 + i) * d) }
-                        packRowPanels(aRows, type: .float32, m: m, k: d, into: panels)
+                        for i in 0..<m { aRows[i] = UnsafePointer(eb.value + (r0 + i) * d) }
                         var v0 = 0
                         while v0 < v {
                             let vc = min(vb, v - v0)
                             for q in 0..<vc { bRows[q] = UnsafeRawPointer(cb.value + (v0 + q) * d) }
-                            tileProduct(ePanels: panels, m: m, cRows: bRows, cType: .float32, n: vc, d: d,
+                            tileProduct(eRows: aRows, m: m, cRows: bRows, cType: .float32, n: vc, d: d,
                                         out: tile, ldo: vb, panel: cPanel)
                             v0 += vb
                         }
@@ -323,7 +321,3 @@ public enum Bench {
     }
 }
 
-struct UncheckedSendable<T>: @unchecked Sendable {
-    let value: T
-    init(_ v: T) { value = v }
-}

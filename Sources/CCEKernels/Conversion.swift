@@ -5,7 +5,7 @@
 // conversion is exact; arithmetic then happens in the kernel scalar type (Float or Double).
 
 /// How the caller's elements are stored.
-public enum StorageType: String, Sendable, CaseIterable {
+public enum ElementType: String, Sendable, CaseIterable {
     case float32 = "f32"
     case float16 = "f16"
     case bfloat16 = "bf16"
@@ -32,7 +32,7 @@ public func bfloat16Bits(_ x: Float) -> UInt16 {
 /// Converts `count` elements of one row, stored as `type` at `src`, into `dst`.
 @inlinable
 public func convertRow<S: KernelScalar>(
-    _ src: UnsafeRawPointer, type: StorageType, count: Int, into dst: UnsafeMutablePointer<S>
+    _ src: UnsafeRawPointer, type: ElementType, count: Int, into dst: UnsafeMutablePointer<S>
 ) {
     switch type {
     case .float32:
@@ -49,7 +49,7 @@ public func convertRow<S: KernelScalar>(
 
 /// Reads element `i` of a row stored as `type`, as Float.
 @inlinable @inline(__always)
-public func storedElement(_ src: UnsafeRawPointer, type: StorageType, _ i: Int) -> Float {
+public func storedElement(_ src: UnsafeRawPointer, type: ElementType, _ i: Int) -> Float {
     switch type {
     case .float32: return src.assumingMemoryBound(to: Float.self)[i]
     case .float16: return Float(src.assumingMemoryBound(to: Float16.self)[i])

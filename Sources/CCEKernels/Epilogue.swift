@@ -44,7 +44,7 @@ public func gradientEpilogue<S: KernelScalar>(
     let l = SIMD8<S>(repeating: lse)
     let cv = SIMD8<S>(repeating: coef)
     let sv = SIMD8<S>(repeating: smooth)
-    var big = SIMD8<S>()   // running max |g|
+    var largest = SIMD8<S>()   // running max |g|
     let c8 = count & ~7
     var q = 0
     if let s = cap {
@@ -53,11 +53,11 @@ public func gradientEpilogue<S: KernelScalar>(
             let zv = load8(UnsafePointer(z + q))
             var g = cv * S.exp(zv - l) - sv
             g = g * (1 - zv * zv * inv2)
-            big = S.maxMagnitude(big, g)
+            largest = S.maxMagnitude(largest, g)
             store8(g, z + q)
             q += 8
         }
-        var any = S.horizontalMax(big) >= eps
+        var any = S.horizontalMax(largest) >= eps
         while q < count {
             let zq = z[q]
             var g = coef * S.exp(zq - lse) - smooth
@@ -71,11 +71,11 @@ public func gradientEpilogue<S: KernelScalar>(
     while q < c8 {
         let zv = load8(UnsafePointer(z + q))
         let g = cv * S.exp(zv - l) - sv
-        big = S.maxMagnitude(big, g)
+        largest = S.maxMagnitude(largest, g)
         store8(g, z + q)
         q += 8
     }
-    var any = S.horizontalMax(big) >= eps
+    var any = S.horizontalMax(largest) >= eps
     while q < count {
         let g = coef * S.exp(z[q] - lse) - smooth
         any = any || abs(g) >= eps

@@ -32,24 +32,11 @@ public func rankUpdate<S: KernelScalar>(
     scratch: UnsafeMutablePointer<S>, spare: UnsafeMutablePointer<S>, blocked: Bool = false,
     bSlice: UnsafeMutablePointer<S>
 ) {
-    // A is packed first into 6-row panels, k-major (scratch holds ⌈m/6⌉·6·k values), so the
-    // microkernel's six broadcasts are consecutive. Column chunks outside, row groups
-    // inside: the k x 16 slice of b stays in L1 while every group of six out rows passes.
-    let mr = 6
-    var p = 0
-    while p * mr < m {
-        let panel = scratch + p * mr * k
-        for r in 0..<mr {
-            let i = p * mr + r
-            if i < m {
-                let ar = a + i * ars
-                for q in 0..<k { panel[q &* mr &+ r] = ar[q &* aks] }
-            } else {
-                for q in 0..<k { panel[q &* mr &+ r] = 0 }
-            }
-        }
-        p += 1
-    }
+    // A is packed first into 6-row panels (Packing.swift), so the microkernel's six
+    // broadcasts are consecutive. Column chunks outside, row groups inside: the k x 16
+    // slice of b stays in L1 while every group of six out rows passes.
+    let mr = TileShape.mr
+    packRowPanels(a, rowStride: ars, columnStride: aks, m: m, k: k, into: scratch)
     var d = 0
     while d + 16 <= width {
         // This chunk's k x 16 slice of b, contiguous (rows of b are scattered).

@@ -97,26 +97,26 @@ public struct ReferenceOutputs: Sendable {
 public enum Reference {
     /// Loss, LSE and gradients on the CPU engine (the gradients of the reduced loss; for
     /// reduction none, of the sum of the per-position losses).
-    public static func computeCPU(_ inp: ReferenceInputs, options: Options) throws -> ReferenceOutputs {
+    public static func computeCPU(_ inputs: ReferenceInputs, options: Options) throws -> ReferenceOutputs {
         let cce = CutCrossEntropy(options: options)
         let upstream: Upstream = options.reduction == .none
-            ? .perToken([Float](repeating: 1, count: inp.targets.count)) : .scalar(1)
+            ? .perToken([Float](repeating: 1, count: inputs.targets.count)) : .scalar(1)
         let start = Date()
-        let (f, g) = try cce.lossAndGradients(embeddings: inp.embeddings, classifier: inp.classifier,
-                                              targets: inp.targets, bias: inp.bias, upstream: upstream)
+        let (f, g) = try cce.lossAndGradients(embeddings: inputs.embeddings, classifier: inputs.classifier,
+                                              targets: inputs.targets, bias: inputs.bias, upstream: upstream)
         let seconds = Date().timeIntervalSince(start)
         let exact = options.mode == .exact
         func arr(_ v: Values, _ shape: [Int]) -> NPYArray {
             exact ? NPYArray(doubles: v.doubles, shape: shape) : NPYArray(floats: v.floats, shape: shape)
         }
         let loss: NPYArray = options.reduction == .none
-            ? arr(f.tokenLosses, inp.targets.shape)
+            ? arr(f.tokenLosses, inputs.targets.shape)
             : (exact ? NPYArray(doubles: [f.loss], shape: []) : NPYArray(floats: [Float(f.loss)], shape: []))
         var arrays: [(String, NPYArray)] = [
-            ("loss.npy", loss), ("lse.npy", arr(f.lse, inp.targets.shape)),
-            ("dE.npy", arr(g.dE, inp.embeddings.shape)), ("dC.npy", arr(g.dC, inp.classifier.shape)),
+            ("loss.npy", loss), ("lse.npy", arr(f.lse, inputs.targets.shape)),
+            ("dE.npy", arr(g.dE, inputs.embeddings.shape)), ("dC.npy", arr(g.dC, inputs.classifier.shape)),
         ]
-        if let db = g.dBias { arrays.append(("dBias.npy", arr(db, [inp.classifier.shape[0]]))) }
+        if let db = g.dBias { arrays.append(("dBias.npy", arr(db, [inputs.classifier.shape[0]]))) }
         let fs = g.filter
         return ReferenceOutputs(arrays: arrays, meta: [
             "backend": "cpu", "mode": options.mode.rawValue, "seconds": String(format: "%.6f", seconds),
@@ -128,21 +128,21 @@ public enum Reference {
 
     /// The same on the CUDA engine (Float32 outputs). The time is the whole call, transfers
     /// included (the GPU work is not repeated for timing; `cce bench --backend cuda` times it).
-    public static func computeCUDA(_ inp: ReferenceInputs, options: Options, library: CUDALibrary) throws
+    public static func computeCUDA(_ inputs: ReferenceInputs, options: Options, library: CUDALibrary) throws
         -> ReferenceOutputs
     {
         let start = Date()
-        let r = try library.run(embeddings: inp.embeddings, classifier: inp.classifier, targets: inp.targets,
-                                bias: inp.bias, options: options, repeats: 0)
+        let r = try library.run(embeddings: inputs.embeddings, classifier: inputs.classifier, targets: inputs.targets,
+                                bias: inputs.bias, options: options, repeats: 0)
         let seconds = Date().timeIntervalSince(start)
-        let tshape = inp.targets.shape, eshape = inp.embeddings.shape
+        let tshape = inputs.targets.shape, eshape = inputs.embeddings.shape
         let loss = NPYArray(floats: r.loss, shape: options.reduction == .none ? tshape : [])
         var arrays: [(String, NPYArray)] = [
             ("loss.npy", loss), ("lse.npy", NPYArray(floats: r.lse, shape: tshape)),
             ("dE.npy", NPYArray(floats: r.dE, shape: eshape)),
-            ("dC.npy", NPYArray(floats: r.dC, shape: inp.classifier.shape)),
+            ("dC.npy", NPYArray(floats: r.dC, shape: inputs.classifier.shape)),
         ]
-        if let db = r.dBias { arrays.append(("dBias.npy", NPYArray(floats: db, shape: [inp.classifier.shape[0]]))) }
+        if let db = r.dBias { arrays.append(("dBias.npy", NPYArray(floats: db, shape: [inputs.classifier.shape[0]]))) }
         return ReferenceOutputs(arrays: arrays, meta: [
             "backend": "cuda", "cuda_library": library.path, "device": r.device, "mode": options.mode.rawValue,
             "seconds": String(format: "%.6f", seconds),

@@ -7,10 +7,12 @@
 //
 // The forward keeps only what the backward needs (per-token LSE, the active tokens), so
 // a training loop can call it now and the backward later. `lossAndGradients` does both.
+//
+// The facade validates (Problem), resolves the options (BackwardPolicy), calls the engine
+// (Engine/Engine.swift: one door), and packages the results; nothing else.
 
 import CCEKernels
 import CCERuntime
-import COpenBLAS
 
 /// The result of a forward call.
 public struct ForwardOutput: Sendable {
@@ -78,29 +80,30 @@ public struct CutCrossEntropy: Sendable {
                         bias: Tensor? = nil) throws -> ForwardOutput {
         let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
                                   bias: bias, options: options)
-        return options.mode == .exact
-            ? forward(Double.self, problem, embeddings, classifier, bias)
-            : forward(Float.self, problem, embeddings, classifier, bias)
+        let result = Engine.run(call(.forward, problem, options: options, upstream: [], savedLSE: nil),
+                                embeddings: embeddings, classifier: classifier, bias: bias)
+        return forwardOutput(problem, options: options, result)
     }
 
     /// dE, dC (and dBias) for the forward `saved`, whose inputs must be passed again.
+    /// The forward's options apply (this value's `tileBackend` too).
     public func backward(_ saved: ForwardOutput, embeddings: Tensor, classifier: Tensor,
                          bias: Tensor? = nil, upstream: Upstream = .scalar(1)) throws -> Gradients {
-        let st = saved.state
-        let p = st.problem
-        guard embeddings.shape == p.eShape, embeddings.elementType == p.eType else {
-            throw CCEError.stateMismatch("embeddings are \(embeddings.shape) \(embeddings.elementType), the forward saw \(p.eShape) \(p.eType)")
+        let problem = saved.state.problem
+        guard embeddings.shape == problem.eShape, embeddings.elementType == problem.eType else {
+            throw CCEError.stateMismatch("embeddings are \(embeddings.shape) \(embeddings.elementType), the forward saw \(problem.eShape) \(problem.eType)")
         }
-        guard classifier.shape == [p.v, p.d], classifier.elementType == p.cType else {
-            throw CCEError.stateMismatch("classifier is \(classifier.shape) \(classifier.elementType), the forward saw \([p.v, p.d]) \(p.cType)")
+        guard classifier.shape == [problem.v, problem.d], classifier.elementType == problem.cType else {
+            throw CCEError.stateMismatch("classifier is \(classifier.shape) \(classifier.elementType), the forward saw \([problem.v, problem.d]) \(problem.cType)")
         }
-        guard bias?.shape == (p.biasType == nil ? nil : [p.v]), bias?.elementType == p.biasType else {
+        guard bias?.shape == (problem.biasType == nil ? nil : [problem.v]), bias?.elementType == problem.biasType else {
             throw CCEError.stateMismatch("bias \(bias.map { "\($0.shape)" } ?? "nil") differs from the forward's")
         }
-        let g = try upstreamPerToken(upstream, st)
-        return st.options.mode == .exact
-            ? backward(Double.self, st, g, embeddings, classifier, bias)
-            : backward(Float.self, st, g, embeddings, classifier, bias)
+        let forwardOptions = saved.state.options
+        let g = try problem.upstreamPerToken(upstream, reduction: forwardOptions.reduction)
+        let result = Engine.run(call(.backward, problem, options: forwardOptions, upstream: g, savedLSE: saved.state.lse),
+                                embeddings: embeddings, classifier: classifier, bias: bias)
+        return gradients(result)
     }
 
     /// The order in which the backward sweeps the vocabulary: `order[k]` is the class at
@@ -127,169 +130,43 @@ public struct CutCrossEntropy: Sendable {
     {
         let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
                                   bias: bias, options: options)
-        let g = try upstreamPerToken(upstream, SavedState(problem: problem, options: options, lse: .float64([])))
-        return options.mode == .exact
-            ? run(Double.self, .fused, problem, g, embeddings, classifier, bias, savedLSE: nil)
-            : run(Float.self, .fused, problem, g, embeddings, classifier, bias, savedLSE: nil)
+        let g = try problem.upstreamPerToken(upstream, reduction: options.reduction)
+        let result = Engine.run(call(.fused, problem, options: options, upstream: g, savedLSE: nil),
+                                embeddings: embeddings, classifier: classifier, bias: bias)
+        return (forwardOutput(problem, options: options, result), gradients(result))
     }
 
-    // MARK: - Typed implementation
+    // MARK: - Resolving and packaging
 
-    func upstreamPerToken(_ u: Upstream, _ st: SavedState) throws -> [Double] {
-        let p = st.problem
-        switch (st.options.reduction, u) {
-        case (.mean, .scalar(let g)):
-            return [Double](repeating: p.active > 0 ? g / Double(p.active) : 0, count: p.active)
-        case (.sum, .scalar(let g)):
-            return [Double](repeating: g, count: p.active)
-        case (.none, .perToken(let gs)):
-            guard gs.count == p.targetShape.reduce(1, *) else {
-                throw CCEError.invalidUpstream("\(gs.count) values for \(p.targetShape.reduce(1, *)) target positions")
-            }
-            return p.positions.map { Double(gs[Int($0)]) }
-        case (.none, .scalar):
-            throw CCEError.invalidUpstream("reduction .none needs one upstream value per target position")
-        case (_, .perToken):
-            throw CCEError.invalidUpstream("reduction .\(st.options.reduction) needs a scalar upstream gradient")
-        }
+    /// The engine call for `pass` with `options` resolved for the problem's element types.
+    func call(_ pass: Pass, _ problem: Problem, options: Options, upstream: [Double], savedLSE: Values?) -> EngineCall {
+        EngineCall(pass: pass, problem: problem, options: options,
+                   policy: BackwardPolicy(options, embeddings: problem.eType, classifier: problem.cType),
+                   threads: options.threads ?? Workers.availableCPUs, backend: tileBackend,
+                   upstream: upstream, savedLSE: savedLSE)
     }
 
-    func inputs<S: KernelScalar>(_: S.Type, _ p: Problem, _ e: UnsafeRawPointer, _ c: UnsafeRawPointer,
-                                 _ bias: UnsafePointer<S>?) -> SweepInputs<S> {
-        SweepInputs(e: e, eType: p.eType, c: c, cType: p.cType, bias: bias, d: p.d, v: p.v,
-                    plan: plan(tokens: p.active, dim: p.d, vocab: p.v), problem: p,
-                    cap: options.softcap.map { S($0) }, backend: tileBackend)
-    }
-
-    func forward<S: KernelScalar>(_: S.Type, _ p: Problem, _ e: Tensor, _ c: Tensor, _ bias: Tensor?) -> ForwardOutput {
-        run(S.self, .forward, p, [], e, c, bias, savedLSE: nil).0
-    }
-
-    func backward<S: KernelScalar>(_: S.Type, _ st: SavedState, _ g: [Double], _ e: Tensor, _ c: Tensor,
-                                   _ bias: Tensor?) -> Gradients {
-        var engine = CutCrossEntropy(options: st.options)
-        engine.tileBackend = tileBackend
-        return engine.run(S.self, .backward, st.problem, g, e, c, bias, savedLSE: st.lse.doubles.map { S($0) }).1
-    }
-
-    /// One engine call in scalar type S: sets up the vocabulary order and the buffers, runs
-    /// the pass, and assembles the public results (the forward part is empty for .backward,
-    /// the gradients are empty for .forward).
-    func run<S: KernelScalar>(_: S.Type, _ pass: Pass, _ p: Problem, _ g: [Double], _ e: Tensor, _ c: Tensor,
-                              _ bias: Tensor?, savedLSE: [S]?) -> (ForwardOutput, Gradients) {
-        let biasF = bias?.floats()
-        let b: [S]? = biasF.map { $0.map { S(storage: $0) } }
-        var lse = savedLSE ?? [S](repeating: 0, count: p.active)
-        var loss = [S](repeating: 0, count: pass == .backward ? 0 : p.active)
-        let wantsGrad = pass != .forward
-        let up: [S] = g.map { S($0) }
-        var dE = zeroed(S.self, wantsGrad ? p.n * p.d : 0)
-        var dC = zeroed(S.self, wantsGrad ? p.v * p.d : 0)
-        var dBias: [S]? = bias == nil || !wantsGrad ? nil : zeroed(S.self, p.v)
-        let eps: Double? = options.mode == .exact ? nil : options.filterEpsilon.resolve(p.eType, p.cType)
-        let mode = options.mode
-        // kahan modes: compensation rows for dE and dC, zeroed.
-        let compE = wantsGrad && mode.compensated ? Scratch<S>(count: p.n * p.d) : nil
-        let compC = wantsGrad && mode.compensated ? Scratch<S>(count: p.v * p.d) : nil
-        for x in [compE, compC] { x?.base.initialize(repeating: 0, count: x!.count) }
-        let estimate = wantsGrad && eps != nil && options.filterCorrection && mode != .kahanFullE
-        var stats = FilterStatistics()
-        e.withRawPointer { ep in
-            c.withRawPointer { cp in
-                // NUMA: the classifier, read by every worker, interleaved over the nodes
-                // (pages already interleaved stay; a no-op on one-node machines).
-                Placement.interleave(UnsafeRawBufferPointer(start: cp, count: p.v * p.d * p.cType.size))
-                let (order, rank) = VocabularyOrder.make(problem: p, e: ep, c: cp,
-                                                         bias: biasF.map { $0.map { Double($0) } },
-                                                         sorted: options.sortVocabulary)
-                withOptionalPointer(b) { bp in
-                    let inp = inputs(S.self, p, ep, cp, bp)
-                    lse.withUnsafeMutableBufferPointer { lp in
-                    loss.withUnsafeMutableBufferPointer { lossp in
-                    up.withUnsafeBufferPointer { upp in
-                    order.withUnsafeBufferPointer { op in
-                    rank.withUnsafeBufferPointer { rp in
-                    dE.withUnsafeMutableBufferPointer { dEp in
-                    dC.withUnsafeMutableBufferPointer { dCp in
-                        withOptionalMutablePointer(&dBias) { dbp in
-                            var bw: BackwardInputs<S>? = nil
-                            if wantsGrad {
-                                bw = BackwardInputs(lse: UnsafePointer(lp.baseAddress!), upstream: upp.baseAddress!,
-                                                    order: op.baseAddress!, rank: rp.baseAddress!,
-                                                    eps: eps.map { S($0) }, dE: dEp.baseAddress!,
-                                                    dC: dCp.baseAddress!, dBias: dbp)
-                                bw!.compE = compE?.base
-                                bw!.compC = compC?.base
-                                bw!.fullE = mode == .kahanFullE
-                                bw!.fullC = mode == .kahanFullC
-                                bw!.estimate = estimate
-                            }
-                            stats = Engine.run(pass, inp, options: options, order: op.baseAddress!,
-                                               lse: lp.baseAddress!, loss: lossp.baseAddress ?? lp.baseAddress!,
-                                               backward: bw)
-                        }
-                    }}}}}}}
-                }
-            }
-        }
-        withExtendedLifetime((compE, compC)) {}
-        let grads = Gradients(dE: values(dE), dC: values(dC), dBias: dBias.map { values($0) }, filter: stats)
-        guard pass != .backward else { return (emptyForward(p), grads) }
-        let positions = p.targetShape.reduce(1, *)
-        var tokenLosses = [S](repeating: 0, count: positions)
-        var lseOut = [S](repeating: .nan, count: positions)
+    /// Per-token results scattered to their target positions, and the reduced loss.
+    func forwardOutput(_ problem: Problem, options: Options, _ result: EngineResult) -> ForwardOutput {
+        let positions = problem.targetShape.reduce(1, *)
+        var tokenLosses = [Double](repeating: 0, count: positions)
+        var lse = [Double](repeating: .nan, count: positions)
         var total = 0.0
-        for i in 0..<p.active {
-            tokenLosses[Int(p.positions[i])] = loss[i]
-            lseOut[Int(p.positions[i])] = lse[i]
-            total += Double(loss[i])
+        for i in 0..<problem.active {
+            let position = Int(problem.positions[i])
+            tokenLosses[position] = result.loss[i]
+            lse[position] = result.lse[i]
+            total += result.loss[i]
         }
-        let reduced: Double
-        switch options.reduction {
-        case .mean: reduced = p.active > 0 ? total / Double(p.active) : .nan
-        case .sum, .none: reduced = total
-        }
-        let fwd = ForwardOutput(loss: reduced, tokenLosses: values(tokenLosses), lse: values(lseOut),
-                                activeTokens: p.active,
-                                state: SavedState(problem: p, options: options, lse: values(lse)))
-        return (fwd, grads)
+        let float32 = if case .float32 = result.lse { true } else { false }
+        return ForwardOutput(loss: options.reduction.reduce(total: total, count: problem.active),
+                             tokenLosses: float32 ? .float32(tokenLosses.map { Float($0) }) : .float64(tokenLosses),
+                             lse: float32 ? .float32(lse.map { Float($0) }) : .float64(lse),
+                             activeTokens: problem.active,
+                             state: SavedState(problem: problem, options: options, lse: result.lse))
     }
 
-    func emptyForward(_ p: Problem) -> ForwardOutput {
-        ForwardOutput(loss: .nan, tokenLosses: .float32([]), lse: .float32([]), activeTokens: p.active,
-                      state: SavedState(problem: p, options: options, lse: .float32([])))
+    func gradients(_ result: EngineResult) -> Gradients {
+        Gradients(dE: result.dE, dC: result.dC, dBias: result.dBias, filter: result.stats)
     }
-}
-
-/// Which kernel computes the logit tiles.
-public enum TileBackend: String, Sendable, CaseIterable {
-    /// The Swift SIMD tile product (CCEKernels/TileProduct6x16.swift).
-    case swiftSIMD = "swift"
-    /// OpenBLAS sgemm on each tile (Float32 modes; the exact mode always uses Swift).
-    case openBLAS = "openblas"
-}
-
-func values<S: KernelScalar>(_ x: [S]) -> Values {
-    if let f = x as? [Float] { return .float32(f) }
-    if let f = x as? [Double] { return .float64(f) }
-    return .float64(x.map { Double($0) })
-}
-
-/// A zeroed array whose pages are all written now (not left to the kernel's zero pages), so
-/// that the memory a call reports and the memory the caller will touch are the same.
-func zeroed<S: KernelScalar>(_: S.Type, _ count: Int) -> [S] {
-    [S](unsafeUninitializedCapacity: count) { buf, n in
-        buf.initialize(repeating: 0)
-        n = count
-    }
-}
-
-func withOptionalPointer<T, R>(_ a: [T]?, _ body: (UnsafePointer<T>?) -> R) -> R {
-    guard let a else { return body(nil) }
-    return a.withUnsafeBufferPointer { body($0.baseAddress) }
-}
-
-func withOptionalMutablePointer<T, R>(_ a: inout [T]?, _ body: (UnsafeMutablePointer<T>?) -> R) -> R {
-    guard a != nil else { return body(nil) }
-    return a!.withUnsafeMutableBufferPointer { body($0.baseAddress) }
 }

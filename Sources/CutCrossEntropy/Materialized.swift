@@ -33,15 +33,14 @@ public enum Materialized {
                                gradients: Bool = true) throws -> Result {
         let p = try Problem(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
                             options: options)
-        let st = SavedState(problem: p, options: options, lse: .float64([]))
-        let g = try CutCrossEntropy(options: options).upstreamPerToken(upstream, st)
+        let g = try p.upstreamPerToken(upstream, reduction: options.reduction)
         openblas_set_num_threads(Int32(options.threads ?? Workers.availableCPUs))
         let n = p.n, d = p.d, v = p.v, m = p.active
         let e32 = embeddings.elementType == .float32 ? nil : embeddings.floats()
         let c32 = classifier.elementType == .float32 ? nil : classifier.floats()
         let b = bias?.floats()
-        let alpha = Float(options.labelSmoothing), zl = Float(options.zLoss)
-        let cap = options.softcap.map { Float($0) }
+        let definition = LossDefinition<Float>(options, vocabulary: v)
+        let cap = definition.cap
         // Gather the active rows' logits: M x V.
         var logits = [Float](repeating: 0, count: m * v)
         var total = 0.0
@@ -82,18 +81,18 @@ public enum Materialized {
                                 while i < m {
                                     let row = lbox.pointer + i * v
                                     bb.withOptionalBase { bp in logitEpilogue(row, count: v, bias: bp, cap: cap) }
-                                    var st = RunningLSE<Float>()
-                                    mergeTileRow(row, count: v, into: &st)
-                                    let lse = st.value
+                                    var running = RunningLSE<Float>()
+                                    mergeTileRow(row, count: v, into: &running)
+                                    let lse = running.value
                                     let t = Int(tb.buffer[i])
                                     let zt = row[t]
-                                    let sum = alpha > 0 ? Double(tileRowSum(row, count: v)) : 0
-                                    lossBox.pointer[i] = Double(lse - (1 - alpha) * zt + zl * lse * lse)
-                                        - Double(alpha) * sum / Double(v)
+                                    let sum = definition.smoothing ? tileRowSum(row, count: v) : 0
+                                    lossBox.pointer[i] = Double(definition.tokenLoss(lse: lse, targetLogit: zt, logitSum: sum))
                                     if gradients {
-                                        _ = gradientEpilogue(row, count: v, lse: lse, coef: 1 + 2 * zl * lse,
-                                                             smooth: alpha / Float(v), cap: cap, eps: 0)
-                                        row[t] -= (1 - alpha) * softcapDerivative(zt, cap: cap)
+                                        _ = gradientEpilogue(row, count: v, lse: lse,
+                                                             coef: definition.softmaxCoefficient(lse: lse),
+                                                             smooth: definition.smoothingShare, cap: cap, eps: 0)
+                                        row[t] -= (1 - definition.alpha) * softcapDerivative(zt, cap: cap)
                                         scaleRow(row, count: v, by: Float(gb.buffer[i]))
                                     }
                                     i += threads
@@ -129,12 +128,7 @@ public enum Materialized {
                 }
             }
         }}
-        let loss: Double
-        switch options.reduction {
-        case .mean: loss = m > 0 ? total / Double(m) : .nan
-        case .sum, .none: loss = total
-        }
-        return Result(loss: loss, dE: dE, dC: dC, dBias: dBias)
+        return Result(loss: options.reduction.reduce(total: total, count: m), dE: dE, dC: dC, dBias: dBias)
     }
 }
 

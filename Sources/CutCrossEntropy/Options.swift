@@ -12,6 +12,15 @@ public enum Reduction: String, Sendable, CaseIterable {
     /// One loss per target position, 0 at ignored positions and at the first `shift`
     /// positions of each sequence.
     case none
+
+    /// The reduced loss from the sum of the per-token losses over `count` active tokens:
+    /// total/count for `.mean` (NaN when count is 0), total for `.sum` and `.none`.
+    public func reduce(total: Double, count: Int) -> Double {
+        switch self {
+        case .mean: count > 0 ? total / Double(count) : .nan
+        case .sum, .none: total
+        }
+    }
 }
 
 /// Accumulation and filtering variants of the engine, mirroring apple/ml-cross-entropy's

@@ -34,9 +34,7 @@ public enum Oracle {
                                upstream: Upstream = .scalar(1)) throws -> OracleResult {
         let p = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
                             bias: bias, options: options)
-        let cce = CutCrossEntropy(options: options)
-        let st = SavedState(problem: p, options: options, lse: .float64([]))
-        let g = try cce.upstreamPerToken(upstream, st)
+        let g = try p.upstreamPerToken(upstream, reduction: options.reduction)
         let e = embeddings.floats().map { Double($0) }
         let c = classifier.floats().map { Double($0) }
         let b = bias?.floats().map { Double($0) }
@@ -80,11 +78,6 @@ public enum Oracle {
                 dBias?[cv] += dy
             }
         }
-        let loss: Double
-        switch options.reduction {
-        case .mean: loss = p.active > 0 ? total / Double(p.active) : .nan
-        case .sum, .none: loss = total
-        }
-        return OracleResult(loss: loss, tokenLosses: tokenLosses, lse: lseOut, dE: dE, dC: dC, dBias: dBias)
+        return OracleResult(loss: options.reduction.reduce(total: total, count: p.active), tokenLosses: tokenLosses, lse: lseOut, dE: dE, dC: dC, dBias: dBias)
     }
 }

@@ -88,4 +88,26 @@ struct Problem: Sendable {
         }
         if let i = bad { throw CCEError.nonFinite(tensor: name, index: i) }
     }
+
+    /// g_i per active token for the upstream gradient `u` of the loss reduced by `reduction`:
+    /// g/M for `.mean` over M active tokens, g for `.sum`, the value at the token's target
+    /// position for `.none`.
+    func upstreamPerToken(_ u: Upstream, reduction: Reduction) throws -> [Double] {
+        switch (reduction, u) {
+        case (.mean, .scalar(let g)):
+            return [Double](repeating: active > 0 ? g / Double(active) : 0, count: active)
+        case (.sum, .scalar(let g)):
+            return [Double](repeating: g, count: active)
+        case (.none, .perToken(let gs)):
+            let positionCount = targetShape.reduce(1, *)
+            guard gs.count == positionCount else {
+                throw CCEError.invalidUpstream("\(gs.count) values for \(positionCount) target positions")
+            }
+            return positions.map { Double(gs[Int($0)]) }
+        case (.none, .scalar):
+            throw CCEError.invalidUpstream("reduction .none needs one upstream value per target position")
+        case (_, .perToken):
+            throw CCEError.invalidUpstream("reduction .\(reduction) needs a scalar upstream gradient")
+        }
+    }
 }

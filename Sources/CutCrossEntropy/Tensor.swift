@@ -1,6 +1,6 @@
 // Inputs: tensors in the caller's layout (row-major), stored as Float32, Float16 or BFloat16.
 
-@_exported import enum CCEKernels.StorageType
+@_exported import enum CCEKernels.ElementType
 import CCEKernels
 
 /// A BFloat16 value: the top 16 bits of a Float32 (8 exponent bits, 7 fraction bits).
@@ -15,9 +15,6 @@ public struct BFloat16: Sendable, Hashable, CustomStringConvertible {
     public var floatValue: Float { floatFromBFloat16Bits(bitPattern) }
     public var description: String { floatValue.description }
 }
-
-/// Element types the engine accepts for E, C and the bias.
-public typealias ElementType = StorageType
 
 /// A dense, row-major tensor of Float32, Float16 or BFloat16 values.
 ///

@@ -40,18 +40,13 @@ final class KernelTests: XCTestCase {
                     let aRows = (0..<m).map { ap.baseAddress! + $0 * d }
                     let bRows = (0..<n).map { bp.baseAddress! + $0 * d }
                     let bRaw = bRows.map { UnsafeRawPointer($0) }
-                    var panels = [Float](repeating: 0, count: (m + 5) / 6 * 6 * d)
                     var panel = [Float](repeating: 0, count: TileShape.nr * TileShape.kc)
                     aRows.withUnsafeBufferPointer { ar in
-                        panels.withUnsafeMutableBufferPointer { pp in
-                            let aRaw = (0..<m).map { UnsafeRawPointer(aRows[$0]) }
-                            packRowPanels(aRaw, type: .float32, m: m, k: d, into: pp.baseAddress!)
-                            bRaw.withUnsafeBufferPointer { br in
-                                panel.withUnsafeMutableBufferPointer { cp in
-                                    fast.withUnsafeMutableBufferPointer { o in
-                                        tileProduct(ePanels: pp.baseAddress!, m: m, cRows: br.baseAddress!, cType: .float32,
-                                                    n: n, d: d, out: o.baseAddress!, ldo: n, panel: cp.baseAddress!)
-                                    }
+                        bRaw.withUnsafeBufferPointer { br in
+                            panel.withUnsafeMutableBufferPointer { cp in
+                                fast.withUnsafeMutableBufferPointer { o in
+                                    tileProduct(eRows: ar.baseAddress!, m: m, cRows: br.baseAddress!, cType: .float32,
+                                                n: n, d: d, out: o.baseAddress!, ldo: n, panel: cp.baseAddress!)
                                 }
                             }
                         }

@@ -1,0 +1,410 @@
+// The backward pass: dE, dC and dBias from recomputed tiles, with gradient filtering.
+//
+// For active token i with upstream gradient g_i (g/count for mean, g for sum, g[pos] for
+// none) and p_iv = e^(z_iv − lse_i):
+//     ∂loss_i/∂z_iv = (1 + 2·zloss·lse_i)·p_iv − α/V − (1 − α)·[v = t_i]
+//     dy_iv = g_i · ∂loss_i/∂z_iv · (1 − (z_iv/s)²)          (soft cap; else factor 1)
+//     dE_i = Σ_v dy_iv C_v,   dC_v = Σ_i dy_iv e_i,   dBias_v = Σ_i dy_iv.
+//
+// Schedule (Engine.swift): workers own token blocks. For each vocabulary block of VB
+// entries, in the sorted order (VocabularyOrder.swift), a worker recomputes the logit
+// tile, turns each row into dy, and keeps only the rows where some
+// |∂loss_i/∂z_iv|·cap' ≥ ε or the row's target falls in this block (gradient filtering;
+// a tile none of whose rows is kept is skipped). Then:
+//   dE rows of the kept tokens += dy · C_block      (rank-VB update; rows are the worker's own)
+//   dC rows of the block       += dyᵀ · E_kept       (rank-kept update; rows shared by all)
+// dC is accumulated without races and deterministically by the ordered hand-off
+// (CCERuntime/HandOff.swift): token block b adds into vocabulary block j only after block
+// b − 1 has. Every dE element is a sum, in sorted vocabulary order, of per-block partials
+// (each a VB-term FMA chain), and every dC element one sequential FMA chain over the tokens
+// in order, so the results are bitwise reproducible and independent of the thread count
+// and of NB.
+//
+// Skipping without recomputing (the fused call): the forward kept each row's largest
+// logit m_ij per forward block. With the LSE known, every entry of that block has
+// p ≤ e^(m_ij − lse_i), so |∂loss/∂z| ≤ (1 + 2·zloss·lse_i)·e^(m_ij − lse_i) + α/V; when
+// that bound is below ε and the target is elsewhere, the row would be filtered anyway, and
+// its logits are not recomputed at all (6-row panels with no such row are skipped inside
+// the tile product). Without the dropped-mass estimate the result is bitwise the same as
+// the two-call path.
+//
+// Dropped-mass estimate (Options.filterCorrection): a filtered row segment (i, J) still has
+// Σ_{v∈J} dy_iv C_v = r_iJ·C̄_J + Σ_{v∈J} (dy_iv − r_iJ/|J|)(C_v − C̄_J), with r_iJ = Σ_{v∈J} dy_iv
+// and C̄_J the mean of the block's C rows. The first term is added to dE_i; only the
+// second, the part that varies inside the block, is lost. For a recomputed row r_iJ is
+// summed from its dy; for a row the fused call never recomputes, r over the whole forward
+// block F is g_i·[(1 + 2·zloss·lse_i)·e^(L_iF − lse_i) − α·|F|/V] from the forward's block
+// log-sum-exp L_iF (minus the part of a sub-block recomputed for its target, whose C rows
+// then leave the mean too). Under a soft cap the fused call recomputes every row (the cap's
+// derivative is not in L_iF). dC and dBias get no estimate.
+//
+// Policy (Policy.swift): `kahan` accumulation adds each dE partial (per vocabulary block)
+// and each dC partial (per token block) through a Kahan compensation row; a policy that
+// does not filter dE (kahan-full-e) keeps every recomputed row for dE and filters only dC,
+// one that does not filter dC (kahan-full-c) the reverse (both recompute every row).
+//
+// Stages of one (token block, vocabulary block) step, each a function below:
+//   1. rowsToRecompute   which rows the forward's bound cannot rule out (fused call);
+//   2. recompute         their logit tile;
+//   3. toGradients       logits -> dy, the filter, the estimate of filtered segments;
+//   4. updateE           dE of the kept rows (the worker's own rows, at once);
+//   5. queueC / flush    dC and dBias of the kept rows, in the hand-off's order;
+//   6. estimateSkipped   at the end of a forward block, the estimate of the rows the bound
+//                        skipped without recomputing them.
+
+import CCEKernels
+import CCERuntime
+
+/// Where the backward adds its results: zeroed gradient buffers, and the compensation rows
+/// of the kahan accumulation.
+struct GradientOutputs<S: KernelScalar>: @unchecked Sendable {
+    let dE: UnsafeMutablePointer<S>     // n x D
+    let dC: UnsafeMutablePointer<S>     // V x D
+    let dBias: UnsafeMutablePointer<S>? // V
+    let compE: UnsafeMutablePointer<S>? // kahan: n x D compensation
+    let compC: UnsafeMutablePointer<S>? // kahan: V x D compensation
+}
+
+/// What the backward reads besides the operands: the forward's LSE, the upstream gradient,
+/// the resolved policy, and where the gradients go.
+struct BackwardState<S: KernelScalar>: @unchecked Sendable {
+    let lse: UnsafePointer<S>          // per active token
+    let upstream: UnsafePointer<S>     // g_i per active token
+    let policy: BackwardPolicy
+    let outputs: GradientOutputs<S>
+
+    /// ε in S; −1 (every |dy| passes) when nothing is filtered.
+    var epsilon: S { policy.epsilon.map { S($0) } ?? -1 }
+}
+
+/// What the backward skipped, for reports and `cce explain`.
+public struct FilterStatistics: Sendable {
+    /// (token block x vocabulary block) tiles, and how many were skipped entirely.
+    public var tiles = 0, skippedTiles = 0
+    /// (token x vocabulary block) row segments, and how many were kept.
+    public var rowSegments = 0, keptRowSegments = 0
+    /// Row segments whose logits were never recomputed (fused call only).
+    public var boundSkippedRowSegments = 0
+
+    mutating func add(_ o: FilterStatistics) {
+        tiles += o.tiles; skippedTiles += o.skippedTiles
+        rowSegments += o.rowSegments; keptRowSegments += o.keptRowSegments
+        boundSkippedRowSegments += o.boundSkippedRowSegments
+    }
+}
+
+/// One backward step's rows: which were recomputed, and which were kept for dE and dC.
+struct KeptRows {
+    /// Rows recomputed (selected[0 ..< recomputed] in the workspace).
+    var recomputed = 0
+    /// Whether the tile holds only the recomputed rows (row r for selected[r]).
+    var compact = false
+    /// Kept rows (keep[0 ..< kept]), and how many of them enter dE and dC.
+    var kept = 0, forE = 0, forC = 0
+}
+
+enum Backward {
+    /// The backward of active tokens first ..< first + count (token block `b`), whose E rows
+    /// `workspace` holds. With `blockStats` (from the fused forward), rows bounded below ε
+    /// are not recomputed.
+    static func block<S: KernelScalar>(
+        _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, handOff: HandOff,
+        b: Int, first: Int, count: Int, loss definition: LossDefinition<S>, blockStats: UnsafePointer<S>?,
+        stats: inout FilterStatistics
+    ) {
+        let plan = operands.plan
+        let vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
+        let vBlocks = (operands.v + vb - 1) / vb
+        let policy = state.policy
+        // The bound needs filtering on both sides, and the estimate needs no soft cap.
+        let bound = policy.filtersBoth && !(policy.estimate && definition.cap != nil) ? blockStats : nil
+        if bound != nil { for i in 0..<count { workspace.residualOn.base[i] = false } }
+        for j in 0..<vBlocks {
+            let v0 = j * vb, vc = min(vb, operands.v - v0)
+            let forwardBlock = v0 / forwardVB
+            let startsForward = v0 % forwardVB == 0
+            let endsForward = v0 + vc == min(operands.v, (forwardBlock + 1) * forwardVB)
+            if startsForward && policy.estimate { workspace.blockSums.reset(forwardBlock: forwardBlock) }
+            var rows = KeptRows()
+            rows.recomputed = rowsToRecompute(operands, state, workspace, bound: bound, first: first, count: count,
+                                              v0: v0, vc: vc, startsForward: startsForward, loss: definition)
+            stats.tiles += 1; stats.rowSegments += count
+            stats.boundSkippedRowSegments += count - rows.recomputed
+            if rows.recomputed > 0 {
+                recompute(operands, workspace, &rows, count: count, v0: v0, vc: vc)
+                toGradients(operands, state, workspace, &rows, bounded: bound != nil, first: first, j: j,
+                            v0: v0, vc: vc, loss: definition)
+            }
+            stats.keptRowSegments += rows.kept
+            if rows.kept == 0 { stats.skippedTiles += 1 }
+            // dE from the rows kept for it, dC (queued, applied in hand-off order) from the
+            // rows kept for it. One set contains the other; the larger goes first, then
+            // the tile is compacted to the smaller.
+            if rows.forC == rows.kept {
+                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, kept: rows.forC)
+                if rows.forE < rows.kept { compactTile(workspace, count: rows.kept, where: workspace.inE.base) }
+                updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
+            } else {
+                updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
+                compactTile(workspace, count: rows.kept, where: workspace.inC.base)
+                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, kept: rows.forC)
+            }
+            flush(operands, state, workspace, handOff, b: b, blocking: false)
+            if policy.estimate && bound != nil && endsForward {
+                estimateSkipped(operands, state, workspace, first: first, count: count)
+            }
+        }
+        flush(operands, state, workspace, handOff, b: b, blocking: true)
+    }
+
+    /// Stage 1: marks in `need` the rows whose logits must be recomputed for vocabulary
+    /// block v0 ..< v0 + vc (all of them without a bound) and returns how many. With the
+    /// bound, a row is skipped when (1 + 2·zloss·lse)·e^(m − lse) + α/V < ε over its forward
+    /// block and its target lies elsewhere; at the start of a forward block, the estimate's
+    /// residual r_iF of such rows is set from the block's log-sum-exp.
+    static func rowsToRecompute<S: KernelScalar>(
+        _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, bound: UnsafePointer<S>?,
+        first: Int, count: Int, v0: Int, vc: Int, startsForward: Bool, loss definition: LossDefinition<S>
+    ) -> Int {
+        let need = workspace.need.base
+        guard let bound else {
+            for i in 0..<count { need[i] = true }
+            return count
+        }
+        let forwardVB = operands.plan.forwardVocabBlock
+        let forwardBlocks = (operands.v + forwardVB - 1) / forwardVB
+        let forwardBlock = v0 / forwardVB
+        let forwardCount = min(forwardVB, operands.v - forwardBlock * forwardVB)
+        let smooth = definition.smoothingShare, eps = state.epsilon
+        let correcting = startsForward && state.policy.estimate
+        let panelNeeded = workspace.panelNeeded.base
+        var needed = 0
+        for p in 0..<(count + 5) / 6 { panelNeeded[p] = false }
+        for i in 0..<count {
+            let l = state.lse[first + i], coef = definition.softmaxCoefficient(lse: l)
+            let targetPosition = Int(operands.rank[Int(operands.problem.targets[first + i])]) - v0
+            let blockMax = bound[2 * (i * forwardBlocks + forwardBlock)]
+            let blockLogSum = bound[2 * (i * forwardBlocks + forwardBlock) + 1]
+            let skippable = abs(coef) * S.exp(blockMax - l) + smooth < eps
+            if correcting {
+                workspace.residualOn.base[i] = skippable
+                workspace.excluded.base[i] = -1
+                if skippable {
+                    workspace.residual.base[i] = state.upstream[first + i]
+                        * (coef * S.exp(blockLogSum - l) - smooth * S(forwardCount))
+                }
+            }
+            need[i] = !skippable || (targetPosition >= 0 && targetPosition < vc)
+            if need[i] { needed += 1; panelNeeded[i / 6] = true }
+        }
+        return needed
+    }
+
+    /// Stage 2: the logit tile of the rows marked in `need`: only those rows when they are
+    /// few (rows.compact: tile row r for selected[r]), else the whole tile with the 6-row
+    /// groups holding no needed row left out.
+    static func recompute<S: KernelScalar>(_ operands: Operands<S>, _ workspace: Workspace<S>, _ rows: inout KeptRows,
+                                           count: Int, v0: Int, vc: Int) {
+        let selected = workspace.selected.base
+        var n = 0
+        for i in 0..<count where workspace.need.base[i] { selected[n] = i; n += 1 }
+        rows.compact = n < count && n <= workspace.selectedLimit && operands.backend == .swiftSIMD
+        if rows.compact {
+            workspace.selectedProduct(operands, n: n, v0: v0, vc: vc, ldo: workspace.vb)
+        } else {
+            workspace.product(operands, count: count, v0: v0, vc: vc, ldo: workspace.vb,
+                              panelMask: n < count ? UnsafePointer(workspace.panelNeeded.base) : nil)
+        }
+    }
+
+    /// Stage 3: each recomputed row's logits become dy = g·∂loss/∂z (target term included);
+    /// a row is kept for dE / dC when some |∂loss/∂z|·cap' ≥ ε, its target is in the block,
+    /// or the policy does not filter that gradient. Kept rows move to the front of the tile
+    /// (keep, inE, inC say which rows they were and where they go). A row filtered out of
+    /// dE adds the block-mean estimate of what it dropped (when the policy asks for it).
+    static func toGradients<S: KernelScalar>(
+        _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, _ rows: inout KeptRows,
+        bounded: Bool, first: Int, j: Int, v0: Int, vc: Int, loss definition: LossDefinition<S>
+    ) {
+        let policy = state.policy, vb = workspace.vb
+        let smooth = definition.smoothingShare, eps = state.epsilon
+        for r in 0..<rows.recomputed {
+            let i = workspace.selected.base[r]
+            let row = workspace.tile.base + (rows.compact ? r : i) * vb
+            if let bias = operands.bias {
+                for q in 0..<vc { row[q] += bias[Int(operands.order[v0 + q])] }
+            }
+            logitEpilogue(row, count: vc, bias: nil, cap: definition.cap)
+            let targetPosition = Int(operands.rank[Int(operands.problem.targets[first + i])]) - v0
+            let hasTarget = targetPosition >= 0 && targetPosition < vc
+            let targetLogit = hasTarget ? row[targetPosition] : 0
+            let l = state.lse[first + i]
+            let g = state.upstream[first + i]
+            let significant = gradientEpilogue(row, count: vc, lse: l, coef: definition.softmaxCoefficient(lse: l),
+                                               smooth: smooth, cap: definition.cap, eps: eps)
+            let keepE = significant || hasTarget || !policy.filtersDE
+            let keepC = significant || hasTarget || !policy.filtersDC
+            if policy.estimate {
+                if bounded && workspace.residualOn.base[i] {
+                    // Recomputed for its target inside a block the estimate covers: this
+                    // sub-block is exact, so it leaves the estimate.
+                    workspace.residual.base[i] -= g * tileRowSum(row, count: vc)
+                    workspace.excluded.base[i] = j
+                } else if !keepE {
+                    addEstimate(state, row: Int(operands.problem.rows[first + i]), d: operands.d,
+                                scale: g * tileRowSum(row, count: vc) / S(vc),
+                                sum: workspace.blockSums.backward(j, operands))
+                }
+            }
+            guard keepE || keepC else { continue }
+            if hasTarget { row[targetPosition] -= (1 - definition.alpha) * softcapDerivative(targetLogit, cap: definition.cap) }
+            scaleRow(row, count: vc, by: g)
+            let dst = workspace.tile.base + rows.kept * vb
+            if dst != row { dst.update(from: row, count: vc) }
+            workspace.keep.base[rows.kept] = i
+            workspace.inE.base[rows.kept] = keepE; workspace.inC.base[rows.kept] = keepC
+            rows.kept += 1
+            if keepE { rows.forE += 1 }
+            if keepC { rows.forC += 1 }
+        }
+    }
+
+    /// Stage 6: at the end of a forward block F, each row the bound skipped over F adds
+    /// r_iF · (mean C row of F) to dE, minus the sub-block it was recomputed in for its
+    /// target (whose C rows then leave the mean too).
+    static func estimateSkipped<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>,
+                                                 _ workspace: Workspace<S>, first: Int, count: Int) {
+        let vb = operands.plan.vocabBlock, forwardVB = operands.plan.forwardVocabBlock
+        let forwardBlock = workspace.blockSums.forwardBlock
+        let forwardCount = min(forwardVB, operands.v - forwardBlock * forwardVB)
+        for i in 0..<count where workspace.residualOn.base[i] {
+            let row = Int(operands.problem.rows[first + i])
+            let excludedBlock = workspace.excluded.base[i]
+            let forwardSum = workspace.blockSums.forward(operands)
+            let residual = workspace.residual.base[i]
+            if excludedBlock < 0 {
+                addEstimate(state, row: row, d: operands.d, scale: residual / S(forwardCount), sum: forwardSum)
+            } else {
+                let excludedCount = min(vb, operands.v - excludedBlock * vb)
+                guard forwardCount > excludedCount else { continue }
+                let s = residual / S(forwardCount - excludedCount)
+                addEstimate(state, row: row, d: operands.d, scale: s, sum: forwardSum)
+                addEstimate(state, row: row, d: operands.d, scale: -s,
+                            sum: workspace.blockSums.backward(excludedBlock, operands))
+            }
+        }
+    }
+
+    /// dE_row += scale · sum (compensated in the kahan accumulation).
+    @inline(__always)
+    static func addEstimate<S: KernelScalar>(_ state: BackwardState<S>, row: Int, d: Int, scale: S,
+                                             sum: UnsafePointer<S>) {
+        let out = state.outputs
+        if let c = out.compE {
+            kahanAxpy(out.dE + row * d, c + row * d, scale, sum, count: d)
+        } else {
+            axpy(out.dE + row * d, scale, sum, count: d)
+        }
+    }
+
+    /// Moves the tile rows r < count with flag[r] (and their keep entries) to the front, in order.
+    static func compactTile<S: KernelScalar>(_ workspace: Workspace<S>, count: Int, where flag: UnsafePointer<Bool>) {
+        var m = 0
+        for r in 0..<count where flag[r] {
+            if m != r {
+                (workspace.tile.base + m * workspace.vb).update(from: workspace.tile.base + r * workspace.vb,
+                                                                count: workspace.vb)
+                workspace.keep.base[m] = workspace.keep.base[r]
+            }
+            m += 1
+        }
+    }
+
+    /// Stage 4: dE rows of keep[0 ..< m] += their dy (tile rows 0 ..< m) · C_block, as one
+    /// blocked rank-vc update; in the kahan accumulation the partial goes through the
+    /// compensation rows.
+    static func updateE<S: KernelScalar>(
+        _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, first: Int,
+        m: Int, v0: Int, vc: Int
+    ) {
+        guard m > 0 else { return }
+        let d = operands.d, out = state.outputs
+        // The block's C rows copied together (contiguous rows stream better than the sorted
+        // order's scattered ones).
+        workspace.loadVocabulary(operands, v0: v0, count: vc, contiguous: true)
+        let offset = { (r: Int) in Int(operands.problem.rows[first + workspace.keep.base[r]]) * d }  // of kept row r in dE
+        if let comp = out.compE, let part = workspace.partials?.base {
+            for r in 0..<m {
+                (part + r * d).update(repeating: 0, count: d)
+                workspace.outRows.base[r] = part + r * d
+            }
+            rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: workspace.vb, aks: 1,
+                       b: workspace.cRows.base, k: vc, width: d, scratch: workspace.aPanels.base,
+                       spare: workspace.spare.base, bSlice: workspace.bSlice.base)
+            for r in 0..<m { kahanAxpy(out.dE + offset(r), comp + offset(r), 1, part + r * d, count: d) }
+        } else {
+            for r in 0..<m { workspace.outRows.base[r] = out.dE + offset(r) }
+            rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: workspace.vb, aks: 1,
+                       b: workspace.cRows.base, k: vc, width: d, scratch: workspace.aPanels.base,
+                       spare: workspace.spare.base, blocked: true, bSlice: workspace.bSlice.base)
+        }
+    }
+
+    /// Stage 5a: queues block j's dC update of the `kept` front rows of the tile (flushing
+    /// first, waiting if need be, when the queue is full).
+    static func queueC<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>,
+                                        _ handOff: HandOff, b: Int, j: Int, v0: Int, vc: Int, kept: Int) {
+        if kept > 0 && !workspace.pending.fits(kept: kept, vc: vc) {
+            flush(operands, state, workspace, handOff, b: b, blocking: true)
+        }
+        workspace.pending.append(j: j, v0: v0, vc: vc, kept: kept, tile: workspace.tile.base, ldt: workspace.vb,
+                                 keep: workspace.keep.base)
+    }
+
+    /// Stage 5b: applies queued dC updates of token block b in order: all of them when
+    /// `blocking`, else those whose hand-off turn has already come.
+    static func flush<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>,
+                                       _ handOff: HandOff, b: Int, blocking: Bool) {
+        let pending = workspace.pending, d = operands.d, out = state.outputs
+        while !pending.isEmpty {
+            let e = pending.entries[pending.head]
+            if !blocking && !handOff.isReady(slot: e.j, turn: b) { return }
+            handOff.wait(slot: e.j, turn: b)
+            if e.kept > 0 {
+                // kahan: this token block's partial first (zeroed rows), then folded into dC
+                // through the compensation rows.
+                let part = out.compC != nil ? workspace.partials?.base : nil
+                for q in 0..<e.vc {
+                    if let part {
+                        (part + q * d).update(repeating: 0, count: d)
+                        workspace.outRows.base[q] = part + q * d
+                    } else {
+                        workspace.outRows.base[q] = out.dC + Int(operands.order[e.v0 + q]) * d
+                    }
+                }
+                // dC_v += Σ_r dy_rv · e_r over the kept rows, one sequential FMA chain per element.
+                let dy = pending.dy.base + e.offset
+                let keptRows = workspace.keptRows.base
+                for r in 0..<e.kept { keptRows[r] = workspace.eRows.base[pending.rows.base[e.rowOffset + r]] }
+                rankUpdate(out: workspace.outRows.base, m: e.vc, a: dy, ars: 1, aks: e.vc,
+                           b: UnsafePointer(keptRows), k: e.kept, width: d, scratch: workspace.aPanels.base,
+                           spare: workspace.spare.base, bSlice: workspace.bSlice.base)
+                if let part, let comp = out.compC {
+                    for q in 0..<e.vc {
+                        let o = Int(operands.order[e.v0 + q]) * d
+                        kahanAxpy(out.dC + o, comp + o, 1, part + q * d, count: d)
+                    }
+                }
+                if let dBias = out.dBias {
+                    for q in 0..<e.vc {
+                        var s = dBias[Int(operands.order[e.v0 + q])]
+                        for r in 0..<e.kept { s += dy[r * e.vc + q] }
+                        dBias[Int(operands.order[e.v0 + q])] = s
+                    }
+                }
+            }
+            handOff.pass(slot: e.j, turn: b)
+            pending.popFirst()
+        }
+    }
+}

@@ -1,0 +1,175 @@
+// The engine room's one door. `Engine.run` takes a validated Problem and a resolved
+// BackwardPolicy (with the loss's options, the thread count and the tile backend), sets
+// up what the sweep needs, runs the workers, and hands back raw per-token results and
+// gradients; the facade (CutCrossEntropy.swift) turns them into the public types.
+//
+//   .forward   per token block: Forward.block                      (lse, loss)
+//   .backward  per token block: Backward.block                     (dE, dC, dBias from saved lse)
+//   .fused     per token block: Forward.block, then Backward.block with the forward's
+//              per-block maxima, so negligible rows are not recomputed
+//
+// Set-up, in order: the classifier's pages interleaved over NUMA nodes (it is read by
+// every worker), the vocabulary order (VocabularyOrder.swift), the output buffers (zeroed,
+// every page written now) and, for the kahan accumulation, the compensation rows. Workers
+// own token blocks round-robin (worker w takes blocks w, w + P, …); each allocates its
+// Workspace once per call.
+
+import CCEKernels
+import CCERuntime
+
+enum Pass { case forward, backward, fused }
+
+/// One engine call: which pass, on what, and how.
+struct EngineCall {
+    let pass: Pass
+    let problem: Problem
+    /// The loss's options (soft cap, label smoothing, z-loss).
+    let options: Options
+    let policy: BackwardPolicy
+    let threads: Int
+    let backend: TileBackend
+    /// g_i per active token (backward and fused); empty for the forward.
+    let upstream: [Double]
+    /// The forward's LSE per active token (backward only).
+    let savedLSE: Values?
+}
+
+/// What an engine call computed. Per-token values are per active token, in the engine's
+/// scalar type (Float32, or Float64 in the exact mode); what a pass does not compute is empty.
+struct EngineResult {
+    var lse: Values
+    var loss: Values
+    var dE: Values
+    var dC: Values
+    var dBias: Values?
+    var stats: FilterStatistics
+}
+
+enum Engine {
+    /// Runs `call` on the caller's tensors (shapes and types as `call.problem` validated).
+    static func run(_ call: EngineCall, embeddings: Tensor, classifier: Tensor, bias: Tensor?) -> EngineResult {
+        call.policy.accumulation == .float64
+            ? run(Double.self, call, embeddings, classifier, bias)
+            : run(Float.self, call, embeddings, classifier, bias)
+    }
+
+    static func run<S: KernelScalar>(_: S.Type, _ call: EngineCall, _ embeddings: Tensor, _ classifier: Tensor,
+                                     _ bias: Tensor?) -> EngineResult {
+        let p = call.problem
+        let wantsLoss = call.pass != .backward, wantsGradients = call.pass != .forward
+        let biasValues = bias?.floats()
+        let biasS: [S]? = biasValues.map { $0.map { S(storage: $0) } }
+        var lse = call.savedLSE.map { $0.doubles.map { S($0) } } ?? zeroed(S.self, p.active)
+        var loss = zeroed(S.self, wantsLoss ? p.active : 0)
+        let upstream: [S] = call.upstream.map { S($0) }
+        var dE = zeroed(S.self, wantsGradients ? p.n * p.d : 0)
+        var dC = zeroed(S.self, wantsGradients ? p.v * p.d : 0)
+        var dBias: [S]? = bias == nil || !wantsGradients ? nil : zeroed(S.self, p.v)
+        let compensated = wantsGradients && call.policy.accumulation == .kahan
+        var compE = zeroed(S.self, compensated ? p.n * p.d : 0)
+        var compC = zeroed(S.self, compensated ? p.v * p.d : 0)
+        let plan = TilePlan(tokens: p.active, dim: p.d, vocab: p.v, threads: call.threads,
+                            scalarBytes: MemoryLayout<S>.size)
+        var stats = FilterStatistics()
+        embeddings.withRawPointer { e in
+        classifier.withRawPointer { c in
+            Placement.interleave(UnsafeRawBufferPointer(start: c, count: p.v * p.d * p.cType.size))
+            let (order, rank) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
+                                                     sorted: call.policy.sortVocabulary)
+            order.withUnsafeBufferPointer { order in
+            rank.withUnsafeBufferPointer { rank in
+            withOptionalPointer(biasS) { biasPointer in
+                let operands = Operands(e: e, eType: p.eType, c: c, cType: p.cType, bias: biasPointer, d: p.d, v: p.v,
+                                        plan: plan, problem: p, order: order.baseAddress!, rank: rank.baseAddress!,
+                                        backend: call.backend)
+                lse.withUnsafeMutableBufferPointer { lse in
+                loss.withUnsafeMutableBufferPointer { loss in
+                upstream.withUnsafeBufferPointer { upstream in
+                dE.withUnsafeMutableBufferPointer { dE in
+                dC.withUnsafeMutableBufferPointer { dC in
+                compE.withUnsafeMutableBufferPointer { compE in
+                compC.withUnsafeMutableBufferPointer { compC in
+                withOptionalMutablePointer(&dBias) { dBias in
+                    let backward = wantsGradients
+                        ? BackwardState(lse: UnsafePointer(lse.baseAddress!), upstream: upstream.baseAddress!,
+                                        policy: call.policy,
+                                        outputs: GradientOutputs(dE: dE.baseAddress!, dC: dC.baseAddress!, dBias: dBias,
+                                                                 compE: compensated ? compE.baseAddress : nil,
+                                                                 compC: compensated ? compC.baseAddress : nil))
+                        : nil
+                    stats = sweep(call.pass, operands, options: call.options, lse: lse.baseAddress,
+                                  loss: loss.baseAddress, backward: backward)
+                }}}}}}}}
+            }}}
+        }}
+        return EngineResult(lse: values(lse), loss: values(loss), dE: values(dE), dC: values(dC),
+                            dBias: dBias.map { values($0) }, stats: stats)
+    }
+
+    /// Runs `pass` over all token blocks. Forward outputs go to lse/loss (per active token);
+    /// backward outputs to backward.outputs (backward.lse is read, and for .fused written first).
+    static func sweep<S: KernelScalar>(
+        _ pass: Pass, _ operands: Operands<S>, options: Options, lse: UnsafeMutablePointer<S>?,
+        loss: UnsafeMutablePointer<S>?, backward: BackwardState<S>?
+    ) -> FilterStatistics {
+        let m = operands.problem.active
+        if m == 0 { return FilterStatistics() }
+        let plan = operands.plan
+        let nb = plan.tokenBlock
+        let blocks = (m + nb - 1) / nb
+        let workers = min(plan.threads, blocks)
+        let definition = LossDefinition<S>(options, vocabulary: operands.v)
+        let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
+        let stats = PerWorker(workers, initial: FilterStatistics())
+        let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
+        let out = UncheckedSendable((lse: lse, loss: loss))
+        Workers.run(workers, pin: Placement.isNUMA) { w in
+            let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
+                                         backend: operands.backend, partials: backward?.outputs.compE != nil)
+            let blockStats: Scratch<S>? = pass == .fused ? Scratch(count: 2 * nb * forwardBlocks) : nil
+            var workerStats = FilterStatistics()
+            var b = w
+            while b < blocks {
+                let first = b * nb, count = min(nb, m - first)
+                workspace.loadTokens(operands, first: first, count: count)
+                if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
+                    Forward.block(operands, workspace, first: first, count: count, loss: definition,
+                                  lse: lse, loss: loss, blockStats: blockStats?.base)
+                }
+                if pass != .forward, let backward {
+                    Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
+                                   loss: definition, blockStats: blockStats.map { UnsafePointer($0.base) },
+                                   stats: &workerStats)
+                }
+                b += workers
+            }
+            stats[w] = workerStats
+        }
+        return stats.values.reduce(into: FilterStatistics()) { $0.add($1) }
+    }
+}
+
+func values<S: KernelScalar>(_ x: [S]) -> Values {
+    if let f = x as? [Float] { return .float32(f) }
+    if let f = x as? [Double] { return .float64(f) }
+    return .float64(x.map { Double($0) })
+}
+
+/// A zeroed array whose pages are all written now (not left to the kernel's zero pages), so
+/// that the memory a call reports and the memory the caller will touch are the same.
+func zeroed<S: KernelScalar>(_: S.Type, _ count: Int) -> [S] {
+    [S](unsafeUninitializedCapacity: count) { buf, n in
+        buf.initialize(repeating: 0)
+        n = count
+    }
+}
+
+func withOptionalPointer<T, R>(_ a: [T]?, _ body: (UnsafePointer<T>?) -> R) -> R {
+    guard let a else { return body(nil) }
+    return a.withUnsafeBufferPointer { body($0.baseAddress) }
+}
+
+func withOptionalMutablePointer<T, R>(_ a: inout [T]?, _ body: (UnsafeMutablePointer<T>?) -> R) -> R {
+    guard a != nil else { return body(nil) }
+    return a!.withUnsafeMutableBufferPointer { body($0.baseAddress) }
+}

@@ -1,0 +1,63 @@
+// The backward policy: the options that decide how gradients are filtered and summed,
+// resolved once per call from `Options` and the inputs' element types. The CPU engine
+// (Backward.swift), the CUDA library (CUDALibrary.swift) and `cce explain` read this, and
+// nothing else decides ε or which gradient is filtered.
+//
+//   mode            accumulation   filters dE   filters dC   estimate (if on)
+//   default         float32        yes          yes          yes
+//   kahan           kahan          yes          yes          yes
+//   kahan-full-e    kahan          no           yes          no (nothing dropped from dE)
+//   kahan-full-c    kahan          yes          no           yes
+//   exact           float64        no           no           no (no filtering at all)
+//
+// ε: `FilterEpsilon.resolve` (by element type for `.auto`), nil for `.none` and in the
+// exact mode. The dropped-mass estimate (Options.filterCorrection) needs ε and a filtered dE.
+
+/// How the backward filters and accumulates, resolved for one call.
+public struct BackwardPolicy: Sendable, Equatable, CustomStringConvertible {
+    /// How partial sums are carried.
+    public enum Accumulation: String, Sendable {
+        /// Float32 tiles and sums.
+        case float32
+        /// Float32 tiles; each dE and dC element keeps a Kahan compensation term.
+        case kahan
+        /// Float64 tiles and sums (the exact mode).
+        case float64
+    }
+
+    public let accumulation: Accumulation
+    /// The filter threshold ε on |∂loss/∂z|; nil: nothing is filtered.
+    public let epsilon: Double?
+    /// Whether filtered row segments leave dE (false: every recomputed row enters dE).
+    public let filtersDE: Bool
+    /// Whether filtered row segments leave dC and dBias.
+    public let filtersDC: Bool
+    /// Whether the first-order part of what the filter drops is added back to dE.
+    public let estimate: Bool
+    /// Whether the vocabulary is sorted by average logit before the backward.
+    public let sortVocabulary: Bool
+
+    /// The policy of `options` for E and C stored as `embeddings` and `classifier`.
+    public init(_ options: Options, embeddings: ElementType, classifier: ElementType) {
+        let mode = options.mode
+        switch mode {
+        case .default: accumulation = .float32
+        case .kahan, .kahanFullE, .kahanFullC: accumulation = .kahan
+        case .exact: accumulation = .float64
+        }
+        epsilon = mode == .exact ? nil : options.filterEpsilon.resolve(embeddings, classifier)
+        filtersDE = epsilon != nil && mode != .kahanFullE
+        filtersDC = epsilon != nil && mode != .kahanFullC
+        estimate = options.filterCorrection && filtersDE
+        sortVocabulary = options.sortVocabulary
+    }
+
+    /// Whether both gradients drop the same rows, so that a row known negligible from the
+    /// forward's block maxima need not be recomputed at all (the fused call's skip bound).
+    public var filtersBoth: Bool { filtersDE && filtersDC }
+
+    public var description: String {
+        "accumulation \(accumulation.rawValue), ε \(epsilon.map { "\($0)" } ?? "none"), "
+            + "filters dE \(filtersDE), dC \(filtersDC), estimate \(estimate), sorted \(sortVocabulary)"
+    }
+}
