@@ -58,6 +58,24 @@ public struct Gradients: Sendable {
     public let filter: FilterStatistics
 }
 
+/// Caller memory that `lossAndGradients(…, writingTo:)` fills with Float32 gradients (E's
+/// and C's shapes, row-major). A training loop keeps it across steps, so no call allocates,
+/// zeroes fresh pages of, or page-faults in the N·D + V·D gradient values; the engine
+/// overwrites every element (the memory need not be zeroed).
+public struct GradientDestination: @unchecked Sendable {
+    /// n·D values (n = rows of E).
+    public var dE: UnsafeMutableBufferPointer<Float>
+    /// V·D values.
+    public var dC: UnsafeMutableBufferPointer<Float>
+    /// V values; required exactly when a bias is given.
+    public var dBias: UnsafeMutableBufferPointer<Float>?
+
+    public init(dE: UnsafeMutableBufferPointer<Float>, dC: UnsafeMutableBufferPointer<Float>,
+                dBias: UnsafeMutableBufferPointer<Float>? = nil) {
+        self.dE = dE; self.dC = dC; self.dBias = dBias
+    }
+}
+
 /// Cut Cross-Entropy: the cross-entropy of a linear classifier and its gradients, computed
 /// tile by tile without the N x V logit matrix.
 public struct CutCrossEntropy: Sendable {
@@ -134,6 +152,51 @@ public struct CutCrossEntropy: Sendable {
         let result = Engine.run(call(.fused, problem, options: options, upstream: g, savedLSE: nil),
                                 embeddings: embeddings, classifier: classifier, bias: bias)
         return (forwardOutput(problem, options: options, result), gradients(result))
+    }
+
+    /// `lossAndGradients` writing the gradients into caller memory (Float32, reused across
+    /// calls) instead of returning new arrays; the exact mode computes in Float64 and rounds
+    /// into it. Throws `CCEError.invalidShape` if a buffer's size does not match, before
+    /// anything is written. The returned statistics are the call's filter statistics.
+    public func lossAndGradients(embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor? = nil,
+                                 upstream: Upstream = .scalar(1),
+                                 writingTo destination: GradientDestination) throws -> (ForwardOutput, FilterStatistics) {
+        let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
+                                  bias: bias, options: options)
+        let expected: [(String, Int, Int?)] = [
+            ("dE", problem.n * problem.d, destination.dE.count), ("dC", problem.v * problem.d, destination.dC.count),
+            ("dBias", bias == nil ? 0 : problem.v, destination.dBias?.count ?? 0),
+        ]
+        for (name, want, have) in expected where want != have {
+            throw CCEError.invalidShape("gradient buffer \(name) holds \(have ?? 0) values, the inputs need \(want)")
+        }
+        let g = try problem.upstreamPerToken(upstream, reduction: options.reduction)
+        var engineCall = call(.fused, problem, options: options, upstream: g, savedLSE: nil)
+        engineCall.destination = destination
+        let result = Engine.run(engineCall, embeddings: embeddings, classifier: classifier, bias: bias)
+        return (forwardOutput(problem, options: options, result), result.stats)
+    }
+
+    /// `lossAndGradients` into arrays a training loop keeps across steps: each is resized
+    /// to its gradient's size only when it has another size, then overwritten in place.
+    public func lossAndGradients(embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor? = nil,
+                                 upstream: Upstream = .scalar(1), dE: inout [Float], dC: inout [Float],
+                                 dBias: inout [Float]) throws -> (ForwardOutput, FilterStatistics) {
+        // Validated first, so that bad input leaves the arrays as they were.
+        let p = try Problem(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias, options: options)
+        if dE.count != p.n * p.d { dE = [Float](repeating: 0, count: p.n * p.d) }
+        if dC.count != p.v * p.d { dC = [Float](repeating: 0, count: p.v * p.d) }
+        let biasCount = bias == nil ? 0 : p.v
+        if dBias.count != biasCount { dBias = [Float](repeating: 0, count: biasCount) }
+        return try dE.withUnsafeMutableBufferPointer { dE in
+            try dC.withUnsafeMutableBufferPointer { dC in
+                try dBias.withUnsafeMutableBufferPointer { dBias in
+                    try lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                                         upstream: upstream,
+                                         writingTo: GradientDestination(dE: dE, dC: dC, dBias: bias == nil ? nil : dBias))
+                }
+            }
+        }
     }
 
     // MARK: - Resolving and packaging

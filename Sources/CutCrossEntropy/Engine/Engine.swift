@@ -32,10 +32,13 @@ struct EngineCall {
     let upstream: [Double]
     /// The forward's LSE per active token (backward only).
     let savedLSE: Values?
+    /// Caller memory for the gradients (nil: the engine allocates them).
+    var destination: GradientDestination? = nil
 }
 
 /// What an engine call computed. Per-token values are per active token, in the engine's
-/// scalar type (Float32, or Float64 in the exact mode); what a pass does not compute is empty.
+/// scalar type (Float32, or Float64 in the exact mode); what a pass does not compute is
+/// empty, and so are the gradients when they went to the call's destination.
 struct EngineResult {
     var lse: Values
     var loss: Values
@@ -62,9 +65,20 @@ enum Engine {
         var lse = call.savedLSE.map { $0.doubles.map { S($0) } } ?? zeroed(S.self, p.active)
         var loss = zeroed(S.self, wantsLoss ? p.active : 0)
         let upstream: [S] = call.upstream.map { S($0) }
-        var dE = zeroed(S.self, wantsGradients ? p.n * p.d : 0)
-        var dC = zeroed(S.self, wantsGradients ? p.v * p.d : 0)
-        var dBias: [S]? = bias == nil || !wantsGradients ? nil : zeroed(S.self, p.v)
+        // Gradients: straight into the caller's Float32 memory when given (zeroed here),
+        // else into arrays allocated now (the exact mode computes in Float64 and rounds
+        // into the destination at the end).
+        let direct = wantsGradients && S.self == Float.self ? call.destination : nil
+        let internalGradients = wantsGradients && direct == nil
+        var dE = zeroed(S.self, internalGradients ? p.n * p.d : 0)
+        var dC = zeroed(S.self, internalGradients ? p.v * p.d : 0)
+        var dBias: [S]? = bias == nil || !internalGradients ? nil : zeroed(S.self, p.v)
+        if let direct {
+            direct.dE.update(repeating: 0); direct.dC.update(repeating: 0); direct.dBias?.update(repeating: 0)
+        }
+        func rebound(_ b: UnsafeMutableBufferPointer<Float>?) -> UnsafeMutablePointer<S>? {
+            b.map { UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: S.self) }
+        }
         let compensated = wantsGradients && call.policy.accumulation == .kahan
         var compE = zeroed(S.self, compensated ? p.n * p.d : 0)
         var compC = zeroed(S.self, compensated ? p.v * p.d : 0)
@@ -93,7 +107,9 @@ enum Engine {
                     let backward = wantsGradients
                         ? BackwardState(lse: UnsafePointer(lse.baseAddress!), upstream: upstream.baseAddress!,
                                         policy: call.policy,
-                                        outputs: GradientOutputs(dE: dE.baseAddress!, dC: dC.baseAddress!, dBias: dBias,
+                                        outputs: GradientOutputs(dE: rebound(direct?.dE) ?? dE.baseAddress!,
+                                                                 dC: rebound(direct?.dC) ?? dC.baseAddress!,
+                                                                 dBias: direct == nil ? dBias : rebound(direct?.dBias),
                                                                  compE: compensated ? compE.baseAddress : nil,
                                                                  compC: compensated ? compC.baseAddress : nil))
                         : nil
@@ -102,6 +118,15 @@ enum Engine {
                 }}}}}}}}
             }}}
         }}
+        if wantsGradients, direct == nil, let destination = call.destination {
+            // Float64 gradients rounded into the caller's Float32 memory.
+            for (source, target) in [(dE, destination.dE), (dC, destination.dC)] {
+                for i in 0..<source.count { target[i] = Float(source[i]) }
+            }
+            if let dBias, let target = destination.dBias { for i in 0..<dBias.count { target[i] = Float(dBias[i]) } }
+            return EngineResult(lse: values(lse), loss: values(loss), dE: .float32([]), dC: .float32([]),
+                                dBias: nil, stats: stats)
+        }
         return EngineResult(lse: values(lse), loss: values(loss), dE: values(dE), dC: values(dC),
                             dBias: dBias.map { values($0) }, stats: stats)
     }
