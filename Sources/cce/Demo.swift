@@ -72,8 +72,8 @@ struct Demo: ParsableCommand {
         func line(_ name: String, _ loss: Double, _ t: Double, _ peak: Int, _ e: [Double], _ c: [Double]) {
             print(row([name, String(format: "%.6f", loss), String(format: "%.3f", t),
                        String(format: "%.1f", Double(max(0, peak - gradBytes)) / 1e6),
-                       String(format: "%.2e", abs(loss - truth.0.loss)), String(format: "%.2e", Accuracy.relative(e, dE64)),
-                       String(format: "%.2e", Accuracy.relative(c, dC64))]))
+                       String(format: "%.2e", abs(loss - truth.0.loss)), String(format: "%.2e", relativeError(e, dE64)),
+                       String(format: "%.2e", relativeError(c, dC64))]))
         }
         line("materialized", mat.loss, tMat, pMat, matE, matC)
         line("cce", cce.0.loss, tCCE, pCCE, cceE, cceC)
