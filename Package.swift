@@ -49,19 +49,24 @@ let package = Package(
         .target(name: "CCEBenchmarks", dependencies: ["CutCrossEntropy", "CCERuntime", "COpenBLAS"],
                 path: "Benchmarks/CCEBenchmarks", swiftSettings: fastFlags),
         // A small neural language model trained through the library's loss (`cce train`),
-        // its corpora and tokenizer, and the tile walkthrough behind `cce explain`.
+        // its corpora and tokenizer.
         .target(name: "CCETraining",
                 dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCERuntime", "COpenBLAS"],
                 swiftSettings: fastFlags),
+        // The engine's teaching surface (`cce explain`): the tile walkthrough of a tiny
+        // example and the map of skipped backward tiles, as data (and an SVG picture).
+        .target(name: "CCEExplain",
+                dependencies: ["CutCrossEntropy", "CCEBenchmarks", "COpenBLAS"],
+                swiftSettings: fastFlags),
         .executableTarget(name: "cce",
-                          dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCEReference", "CCETraining",
+                          dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCEReference", "CCETraining", "CCEExplain",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: fastFlags),
 
         // MARK: - Tests
         .testTarget(name: "CutCrossEntropyTests",
                     dependencies: ["CutCrossEntropy", "CCEKernels", "CCERuntime", "CCEBenchmarks", "CCEReference",
-                                   "CCETraining"],
+                                   "CCETraining", "CCEExplain"],
                     swiftSettings: fastFlags),
     ]
 )

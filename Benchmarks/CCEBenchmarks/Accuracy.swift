@@ -1,6 +1,7 @@
 // The accuracy table behind Docs/NUMERICS.md (`cce accuracy`): every mode and element type
-// on LM-like data, each one's relative error ‖x − truth‖ / ‖truth‖ for the loss, dE and dC,
-// its time and peak memory, in one run.
+// on LM-like data, each one's relative error ‖x − truth‖ / ‖truth‖ for the loss, dE and dC
+// (the gradients' by `relativeError`, RelativeError.swift), its time and peak memory, in
+// one run.
 //
 // Truth: the engine's exact mode (Float64 tiles and accumulation, no filtering; checked
 // against the materialized Float64 oracle by the tests) on the same rounded inputs.
@@ -24,13 +25,6 @@ public struct AccuracyRow: Codable, Sendable {
 }
 
 public enum Accuracy {
-    /// ‖x − t‖ / ‖t‖ (‖x − t‖ when t is 0).
-    public static func relative(_ x: [Double], _ t: [Double]) -> Double {
-        var num = 0.0, den = 0.0
-        for i in 0..<t.count { num += (x[i] - t[i]) * (x[i] - t[i]); den += t[i] * t[i] }
-        return den > 0 ? (num / den).squareRoot() : num.squareRoot()
-    }
-
     /// Runs every variant for each element type and data setting (S, α).
     public static func run(tokens n: Int, dim d: Int, vocab v: Int, types: [ElementType],
                            settings: [(Double, Double)], threads: Int, seed: UInt64,
@@ -78,7 +72,7 @@ public enum Accuracy {
                                             kept: Double(fs.keptRowSegments) / Double(max(1, fs.rowSegments)),
                                             seconds: secs, peak_mb: max(0, Double(peak) - gradBytes) / 1e6,
                                             loss_rel: abs(r.0.loss - tL) / abs(tL),
-                                            dE_rel: relative(r.1.dE.doubles, tE), dC_rel: relative(r.1.dC.doubles, tC)))
+                                            dE_rel: relativeError(r.1.dE.doubles, tE), dC_rel: relativeError(r.1.dC.doubles, tC)))
                 }
                 log("\(type.rawValue) \(label): materialized")
                 let t0 = Date()
@@ -90,8 +84,8 @@ public enum Accuracy {
                                         kept: nil, seconds: Date().timeIntervalSince(t0),
                                         peak_mb: max(0, Double(peak) - gradBytes) / 1e6,
                                         loss_rel: abs(m.loss - tL) / abs(tL),
-                                        dE_rel: relative(m.dE!.map { Double($0) }, tE),
-                                        dC_rel: relative(m.dC!.map { Double($0) }, tC)))
+                                        dE_rel: relativeError(m.dE!.map { Double($0) }, tE),
+                                        dC_rel: relativeError(m.dC!.map { Double($0) }, tC)))
             }
         }
         return rows

@@ -2,11 +2,14 @@
 // reference run's, tensor by tensor.
 //
 // For each .npy file present in both folders: the largest absolute difference, the relative
-// norm error ‖cand − ref‖ / ‖ref‖, and the worst element with its index and both values.
-// Positions where both are NaN (lse of unpaired rows) agree; a NaN on one side only is an
-// infinite error. Budgets bound the relative norm error (`--budget`) and the largest
-// absolute difference (`--max-abs`), for every tensor or per name.
+// norm error ‖cand − ref‖ / ‖ref‖, and the worst element with its index and both values,
+// by the package's one rule (RelativeError.swift): positions where both are NaN (lse of
+// unpaired rows) agree; any other NaN or infinity is an infinite error; a nonzero candidate
+// against an all-zero reference is an infinite relative error. Budgets bound the relative
+// norm error (`--budget`) and the largest absolute difference (`--max-abs`), for every
+// tensor or per name.
 
+import CutCrossEntropy
 import Foundation
 
 /// The comparison of one tensor.
@@ -91,18 +94,10 @@ public enum Compare {
             }
             // Both arrays read in place (no Float64 copies of Gemma-sized gradients).
             let row = r.withElements { x in c.withElements { y -> TensorComparison in
-                var num = 0.0, den = 0.0, worst = 0.0, at: Int? = nil
-                for i in 0..<r.count {
-                    let a = x(i), b = y(i)
-                    if a.isNaN && b.isNaN { continue }
-                    let err = a.isNaN || b.isNaN ? Double.infinity : abs(b - a)
-                    if a.isFinite { den += a * a }
-                    num += err * err
-                    if at == nil || err > worst { worst = err; at = i }
-                }
-                let rel = den > 0 ? (num / den).squareRoot() : (num == 0 ? 0 : .infinity)
-                return TensorComparison(name: name, shape: r.shape, maxAbs: worst, relative: rel, worst: at,
-                                        referenceValue: at.map(x), candidateValue: at.map(y),
+                var e = RelativeError()
+                for i in 0..<r.count { e.add(y(i), x(i), at: i) }
+                return TensorComparison(name: name, shape: r.shape, maxAbs: e.maxAbs, relative: e.value, worst: e.worst,
+                                        referenceValue: e.worst.map(x), candidateValue: e.worst.map(y),
                                         relativeBudget: rb, absoluteBudget: ab, problem: nil)
             }}
             out.append(row)

@@ -12,12 +12,14 @@ struct AccuracyCommand: ParsableCommand {
         commandName: "accuracy",
         abstract: "Relative error of loss, dE and dC for every mode and element type on LM-like data, with time and memory.")
 
-    @Option(help: "Tokens N.") var tokens = 1024
-    @Option(help: "Embedding dimension D.") var dim = 512
-    @Option(help: "Vocabulary size V.") var vocab = 32768
+    enum Defaults: ShapeDefaults {
+        static let tokens = 1024, dim = 512, vocab = 32768
+    }
+
+    @OptionGroup var shape: ShapeOptions<Defaults>
     @Option(help: "Comma-separated element types.") var dtypes = "f32,f16,bf16"
     @Option(help: "Comma-separated data settings S:alpha (shared/LMLIKE.md).") var data = "4:1.5,2:1"
-    @Option(help: "Worker threads (default: all CPUs).") var threads: Int?
+    @OptionGroup var engine: EngineOptions<StandardEngine>
     @Option(help: "Random seed.") var seed: UInt64 = 0
     @Option(help: "Also write the rows as JSON to this file.") var json: String?
 
@@ -31,8 +33,9 @@ struct AccuracyCommand: ParsableCommand {
             guard p.count == 2, p[0] > 0, p[1] >= 0 else { throw CLIError("--data wants S:alpha pairs (got \(s))") }
             return (p[0], p[1])
         }
+        let (tokens, dim, vocab) = (shape.tokens, shape.dim, shape.vocab)
         guard tokens > 0, dim > 1, vocab > 0 else { throw CLIError("sizes must be positive (D > 1)") }
-        let nThreads = threads ?? Workers.availableCPUs
+        let nThreads = engine.resolvedThreads
         print("LM-like N=\(tokens) D=\(dim) V=\(vocab), \(nThreads) threads, seed \(seed); truth: exact mode (Float64, no filter)\n")
         let rows = try Accuracy.run(tokens: tokens, dim: dim, vocab: vocab, types: types, settings: settings,
                                     threads: nThreads, seed: seed) { FileHandle.standardError.write(Data(("  " + $0 + "\n").utf8)) }

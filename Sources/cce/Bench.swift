@@ -11,19 +11,20 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Table 1 of the paper on this CPU: methods x {loss, grad, loss+grad}, time and peak memory.")
 
-    @Option(help: "Tokens N.") var tokens = 1024
-    @Option(help: "Embedding dimension D.") var dim = 1024
-    @Option(help: "Vocabulary size V.") var vocab = 32768
-    @Option(help: "Element type of E and C: f32, bf16 or f16.") var dtype: ElementType = .bfloat16
-    @Option(help: "Worker threads (default: all CPUs).") var threads: Int?
+    enum Defaults: ProblemDefaults {
+        static let tokens = 1024, dim = 1024, vocab = 32768
+        static let dtype = ElementType.bfloat16
+    }
+
+    @OptionGroup var problem: ProblemOptions<Defaults>
+    @OptionGroup var engine: EngineOptions<StandardEngine>
     @Option(help: "Timed repeats per row (median reported).") var repeats = 3
     @Option(help: "Comma-separated methods (default: all): \(Bench.allMethods.joined(separator: ","))")
     var methods: String?
     @Option(help: "Comma-separated kinds for the cce rows (default: all): loss,grad,loss+grad")
     var kinds: String?
-    @Option(help: "Random seed.") var seed: UInt64 = 0
     @Option(help: "cpu (this engine and the baselines), or cuda (the CUDA library, loaded at run time).")
-    var backend = "cpu"
+    var backend = Backend.cpu
     @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce).") var cudaLibrary: String?
     @Option(help: "LM-like data scale S (with --backend cuda).") var scale = 4.0
     @Option(help: "LM-like data prior alpha (with --backend cuda).") var alpha = 1.5
@@ -31,11 +32,11 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
-        guard backend == "cpu" || backend == "cuda" else { throw CLIError("--backend must be cpu or cuda (got \(backend))") }
-        if backend == "cuda" { return try runCUDA() }
+        if backend == .cuda { return try runCUDA() }
+        let (tokens, dim, vocab, dtype) = (problem.tokens, problem.dim, problem.vocab, problem.dtype)
         var c = BenchConfig()
         c.tokens = tokens; c.dim = dim; c.vocab = vocab; c.dtype = dtype
-        c.threads = threads ?? Workers.availableCPUs; c.repeats = repeats; c.seed = seed
+        c.threads = engine.resolvedThreads; c.repeats = repeats; c.seed = problem.seed
         c.methods = methods.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         c.kinds = kinds.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         c.verbose = verbose
@@ -72,11 +73,12 @@ extension BenchCommand {
     /// The CUDA engine on LM-like data: medians of `repeats` timed runs (CUDA events) of the
     /// forward, the backward and both, peak device memory beyond the inputs, tiles kept.
     func runCUDA() throws {
+        let (tokens, dim, vocab, dtype) = (problem.tokens, problem.dim, problem.vocab, problem.dtype)
         guard repeats > 0, tokens > 0, dim > 0, vocab > 0 else { throw CLIError("sizes and --repeats must be positive") }
         let lib = try CUDALibrary.load(cudaLibrary)
         FileHandle.standardError.write(Data("generating LM-like data (S=\(scale), alpha=\(alpha))...\n".utf8))
-        let data = LMLikeData.make(tokens: tokens, dim: dim, vocab: vocab, type: dtype, scale: scale, alpha: alpha, seed: seed)
-        var o = Options(); o.threads = threads
+        let data = LMLikeData.make(tokens: tokens, dim: dim, vocab: vocab, type: dtype, scale: scale, alpha: alpha, seed: problem.seed)
+        var o = Options(); o.threads = engine.threads
         let r = try lib.run(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets, bias: nil,
                             options: o, repeats: repeats)
         if json {

@@ -10,32 +10,33 @@ struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the materialized baseline and CCE on LM-like data; print loss, time, peak memory and error against Float64.")
 
-    @Option(help: "Tokens N.") var tokens = 1024
-    @Option(help: "Embedding dimension D.") var dim = 512
-    @Option(help: "Vocabulary size V.") var vocab = 32768
-    @Option(help: "Element type of E and C: f32, bf16 or f16.") var dtype: ElementType = .float32
-    @Option(help: "Worker threads (default: all CPUs).") var threads: Int?
-    @Option(help: "Random seed.") var seed: UInt64 = 0
-    @Option(help: "Gradient filter threshold: auto (by element type), none, or a number.")
-    var filterEps: String = "auto"
+    enum Defaults: ProblemDefaults {
+        static let tokens = 1024, dim = 512, vocab = 32768
+        static let dtype = ElementType.float32
+    }
+
+    @OptionGroup var problem: ProblemOptions<Defaults>
+    @OptionGroup var engine: EngineOptions<StandardEngine>
+    @OptionGroup var filter: FilterOptions<StandardEngine>
 
     func validate() throws {
+        let (tokens, dim, vocab) = (problem.tokens, problem.dim, problem.vocab)
         guard tokens > 0, dim > 0, vocab > 0 else { throw ValidationError("sizes must be positive") }
-        if let t = threads, t < 1 { throw ValidationError("threads must be >= 1") }
-        _ = try parseFilter(filterEps)
+        if let t = engine.threads, t < 1 { throw ValidationError("threads must be >= 1") }
         guard tokens * vocab <= 1 << 30 else {
             throw ValidationError("N x V = \(tokens * vocab) is too large for the materialized baseline in a demo")
         }
     }
 
     func run() throws {
-        let nThreads = threads ?? Workers.availableCPUs
+        let (tokens, dim, vocab, dtype) = (problem.tokens, problem.dim, problem.vocab, problem.dtype)
+        let nThreads = engine.resolvedThreads
         print("Cut Cross-Entropy demo: LM-like data (S=4, alpha=1.5), N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), \(nThreads) threads")
         print("The N x V logit matrix would take \(String(format: "%.1f", Double(tokens * vocab * 4) / 1e6)) MB in Float32.\n")
-        let data = LMLikeData.make(tokens: tokens, dim: dim, vocab: vocab, type: dtype, seed: seed)
+        let data = LMLikeData.make(tokens: tokens, dim: dim, vocab: vocab, type: dtype, seed: problem.seed)
         var opts = Options(); opts.threads = nThreads
         var exactOpts = opts; exactOpts.mode = .exact
-        opts.filterEpsilon = try parseFilter(filterEps)
+        opts.filterEpsilon = filter.filterEps
 
         func timed<T>(_ body: () throws -> T) rethrows -> (T, Double, Int) {
             let start = Date()
@@ -71,8 +72,8 @@ struct Demo: ParsableCommand {
         func line(_ name: String, _ loss: Double, _ t: Double, _ peak: Int, _ e: [Double], _ c: [Double]) {
             print(row([name, String(format: "%.6f", loss), String(format: "%.3f", t),
                        String(format: "%.1f", Double(max(0, peak - gradBytes)) / 1e6),
-                       String(format: "%.2e", abs(loss - truth.0.loss)), String(format: "%.2e", Accuracy.relative(e, dE64)),
-                       String(format: "%.2e", Accuracy.relative(c, dC64))]))
+                       String(format: "%.2e", abs(loss - truth.0.loss)), String(format: "%.2e", relativeError(e, dE64)),
+                       String(format: "%.2e", relativeError(c, dC64))]))
         }
         line("materialized", mat.loss, tMat, pMat, matE, matC)
         line("cce", cce.0.loss, tCCE, pCCE, cceE, cceC)

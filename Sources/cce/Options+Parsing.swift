@@ -1,9 +1,49 @@
+// The options several commands share, declared once: the values they parse (element type,
+// filter ε, backend, mode, reduction) and the option groups (the LM-like problem, the
+// engine's threads, the filter threshold). A command includes a group with
+// `@OptionGroup var problem: ProblemOptions<Defaults>`, where its `Defaults` gives the
+// default values and, where a command says something else, the help text.
+
 import ArgumentParser
+import CCERuntime
 import CutCrossEntropy
+
+// MARK: - Values
 
 extension ElementType: ExpressibleByArgument {
     public init?(argument: String) { self.init(rawValue: argument) }
     public static var allValueStrings: [String] { allCases.map(\.rawValue) }
+}
+
+/// --filter-eps: `auto` (ε by element type), `none`, or a finite number >= 0.
+extension FilterEpsilon: ExpressibleByArgument {
+    public init?(argument: String) {
+        switch argument {
+        case "auto": self = .auto
+        case "none": self = .none
+        default:
+            guard let x = Double(argument), x >= 0, x.isFinite else { return nil }
+            self = .value(x)
+        }
+    }
+
+    /// The value as --filter-eps spells it: auto, none, or the number.
+    public var defaultValueDescription: String {
+        switch self {
+        case .auto: return "auto"
+        case .none: return "none"
+        case .value(let x): return "\(x)"
+        }
+    }
+}
+
+extension Mode: ExpressibleByArgument {}
+extension Reduction: ExpressibleByArgument {}
+
+/// --backend: this engine, or the CUDA library loaded at run time (CUDALibrary.swift).
+/// Not CaseIterable, so that the help lists no values beyond each command's own text.
+enum Backend: String, ExpressibleByArgument {
+    case cpu, cuda
 }
 
 struct CLIError: Error, CustomStringConvertible {
@@ -11,15 +51,84 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ s: String) { description = s }
 }
 
-/// --filter-eps: auto, none, or a number >= 0.
-func parseFilter(_ s: String) throws -> FilterEpsilon {
-    switch s {
-    case "auto": return .auto
-    case "none": return .none
-    default:
-        guard let x = Double(s), x >= 0, x.isFinite else {
-            throw CLIError("--filter-eps must be auto, none or a number >= 0 (got \(s))")
-        }
-        return .value(x)
-    }
+// MARK: - Defaults per command
+
+/// A command's default problem shape, and its help where it differs from the usual text
+/// (the extensions).
+protocol ShapeDefaults {
+    static var tokens: Int { get }
+    static var dim: Int { get }
+    static var vocab: Int { get }
+    static var tokensHelp: String { get }
+    static var dimHelp: String { get }
+    static var vocabHelp: String { get }
+}
+
+extension ShapeDefaults {
+    static var tokensHelp: String { "Tokens N." }
+    static var dimHelp: String { "Embedding dimension D." }
+    static var vocabHelp: String { "Vocabulary size V." }
+}
+
+/// The shape, and the element type and data seed.
+protocol ProblemDefaults: ShapeDefaults {
+    static var dtype: ElementType { get }
+    static var seed: UInt64 { get }
+    static var dtypeHelp: String { get }
+    static var seedHelp: String { get }
+}
+
+extension ProblemDefaults {
+    static var seed: UInt64 { 0 }
+    static var dtypeHelp: String { "Element type of E and C: f32, bf16 or f16." }
+    static var seedHelp: String { "Random seed." }
+}
+
+/// A command's default filter threshold, and its help where it differs from the usual text.
+protocol EngineDefaults {
+    static var filterEps: FilterEpsilon { get }
+    static var threadsHelp: String { get }
+    static var filterEpsHelp: String { get }
+}
+
+extension EngineDefaults {
+    static var filterEps: FilterEpsilon { .auto }
+    static var threadsHelp: String { "Worker threads (default: all CPUs)." }
+    static var filterEpsHelp: String { "Gradient filter threshold: auto (by element type), none, or a number." }
+}
+
+/// The usual engine defaults: threads by CPU count, ε by element type.
+enum StandardEngine: EngineDefaults {}
+
+// MARK: - Option groups
+
+/// --tokens, --dim, --vocab: the shape N x D, V x D of an LM-like problem.
+struct ShapeOptions<D: ShapeDefaults>: ParsableArguments {
+    @Option(help: ArgumentHelp(D.tokensHelp)) var tokens = D.tokens
+    @Option(help: ArgumentHelp(D.dimHelp)) var dim = D.dim
+    @Option(help: ArgumentHelp(D.vocabHelp)) var vocab = D.vocab
+}
+
+/// --tokens, --dim, --vocab, --dtype, --seed: an LM-like problem (LMLikeData).
+struct ProblemOptions<D: ProblemDefaults>: ParsableArguments {
+    @OptionGroup var shape: ShapeOptions<D>
+    @Option(help: ArgumentHelp(D.dtypeHelp)) var dtype = D.dtype
+    @Option(help: ArgumentHelp(D.seedHelp)) var seed = D.seed
+
+    var tokens: Int { shape.tokens }
+    var dim: Int { shape.dim }
+    var vocab: Int { shape.vocab }
+}
+
+/// --threads: the engine's worker threads.
+struct EngineOptions<D: EngineDefaults>: ParsableArguments {
+    @Option(help: ArgumentHelp(D.threadsHelp)) var threads: Int?
+
+    /// --threads, or every CPU this process may use.
+    var resolvedThreads: Int { threads ?? Workers.availableCPUs }
+}
+
+/// --filter-eps: the gradient filter threshold.
+struct FilterOptions<D: EngineDefaults>: ParsableArguments {
+    @Option(help: ArgumentHelp(D.filterEpsHelp)) var filterEps = D.filterEps
 }

@@ -6,9 +6,6 @@ import CCEReference
 import CutCrossEntropy
 import Foundation
 
-extension Mode: ExpressibleByArgument {}
-extension Reduction: ExpressibleByArgument {}
-
 struct ReferenceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reference",
@@ -31,11 +28,11 @@ struct ReferenceCommand: ParsableCommand {
     @Option(help: "Label smoothing α in [0, 1].") var labelSmoothing = 0.0
     @Option(help: "z-loss coefficient.") var zLoss = 0.0
     @Option(help: "default, kahan, kahan-full-e, kahan-full-c or exact.") var mode: Mode = .default
-    @Option(help: "Gradient filter threshold: auto (by element type), none, or a number.") var filterEps = "auto"
+    @OptionGroup var filter: FilterOptions<StandardEngine>
     @Flag(help: "Leave out the estimate of the filtered dE mass.") var noFilterCorrection = false
     @Flag(help: "Do not sort the vocabulary before the backward.") var noSort = false
-    @Option(help: "Worker threads (default: all CPUs).") var threads: Int?
-    @Option(help: "cpu, or cuda (the CUDA library, loaded at run time).") var backend = "cpu"
+    @OptionGroup var engine: EngineOptions<StandardEngine>
+    @Option(help: "cpu, or cuda (the CUDA library, loaded at run time).") var backend = Backend.cpu
     @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce, then the loader's path).")
     var cudaLibrary: String?
     @Option(help: "Output folder (created, with its parents, if missing).") var out: String
@@ -43,8 +40,8 @@ struct ReferenceCommand: ParsableCommand {
     func options() throws -> Options {
         var o = Options()
         o.ignoreIndex = ignoreIndex; o.reduction = reduction; o.softcap = softcap; o.shift = shift
-        o.labelSmoothing = labelSmoothing; o.zLoss = zLoss; o.mode = mode; o.threads = threads
-        o.filterEpsilon = try parseFilter(filterEps)
+        o.labelSmoothing = labelSmoothing; o.zLoss = zLoss; o.mode = mode; o.threads = engine.threads
+        o.filterEpsilon = filter.filterEps
         o.filterCorrection = !noFilterCorrection; o.sortVocabulary = !noSort
         do { try o.validate() } catch { throw CLIError("\(error)") }
         return o
@@ -52,12 +49,11 @@ struct ReferenceCommand: ParsableCommand {
 
     func run() throws {
         let o = try options()
-        guard backend == "cpu" || backend == "cuda" else { throw CLIError("--backend must be cpu or cuda (got \(backend))") }
         let inp = try ReferenceInputs.load(embeddings: embeddings, classifier: classifier, targets: targets,
                                            bias: bias, ignoreIndex: ignoreIndex)
         for n in inp.notes { FileHandle.standardError.write(Data("cce: note: \(n)\n".utf8)) }
         let result: ReferenceOutputs
-        if backend == "cuda" {
+        if backend == .cuda {
             let lib = try CUDALibrary.load(cudaLibrary)
             result = try Reference.computeCUDA(inp, options: o, library: lib)
         } else {
@@ -66,9 +62,10 @@ struct ReferenceCommand: ParsableCommand {
         var recorded: [String: String] = [
             "embeddings": embeddings, "classifier": classifier, "targets": targets,
             "reduction": reduction.rawValue, "ignore_index": "\(ignoreIndex)", "shift": "\(shift)",
-            "label_smoothing": "\(labelSmoothing)", "z_loss": "\(zLoss)", "filter_eps": filterEps,
+            "label_smoothing": "\(labelSmoothing)", "z_loss": "\(zLoss)",
+            "filter_eps": filter.filterEps.defaultValueDescription,
             "filter_correction": "\(!noFilterCorrection)", "sort_vocabulary": "\(!noSort)",
-            "threads": "\(threads.map(String.init) ?? "all")",
+            "threads": "\(engine.threads.map(String.init) ?? "all")",
         ]
         if let bias { recorded["bias"] = bias }
         if let softcap { recorded["softcap"] = "\(softcap)" }

@@ -27,7 +27,7 @@ struct Train: ParsableCommand {
     @Option(help: "A UTF-8 text file to train on (word-level); default: the synthetic Markov source.")
     var corpus: String?
     @Option(help: "Random seed (model, corpus, batches).") var seed: UInt64 = 0
-    @Option(help: "Worker threads (default: all CPUs).") var threads: Int?
+    @OptionGroup var engine: EngineOptions<StandardEngine>
     @Option(help: "CSV log (step,loss,tokens_per_s,elapsed_s,floor,loss_kind); the loss figure goes beside it (.svg). Default: train-<loss>.csv")
     var log: String?
 
@@ -35,7 +35,7 @@ struct Train: ParsableCommand {
         var c = TrainingConfig()
         c.steps = steps; c.batch = batch; c.learningRate = lr; c.dim = dim; c.hidden = hidden
         c.context = context; c.vocab = vocab; c.tied = tie; c.loss = loss; c.corpusPath = corpus
-        c.seed = seed; c.threads = threads
+        c.seed = seed; c.threads = engine.threads
         var trainer: Trainer
         do { trainer = try Trainer(config: c) } catch let e as TrainingError { throw CLIError(e.description) }
         let corpus = trainer.corpus

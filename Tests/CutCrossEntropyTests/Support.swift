@@ -40,12 +40,6 @@ func assertClose(_ a: [Double], _ b: [Double], atol: Double, rtol: Double, _ wha
         file: file, line: line)
 }
 
-func relativeError(_ a: [Double], _ b: [Double]) -> Double {
-    var num = 0.0, den = 0.0
-    for i in 0..<a.count where !b[i].isNaN { num += (a[i] - b[i]) * (a[i] - b[i]); den += b[i] * b[i] }
-    return den == 0 ? num.squareRoot() : (num / den).squareRoot()
-}
-
 /// Whether two results have the same bits everywhere (NaNs included); prints no arrays.
 func bitwiseEqual(_ a: Values, _ b: Values) -> Bool {
     switch (a, b) {

@@ -21,6 +21,9 @@
 //
 // The logits are formed here in full (N x V, 8 MB for the default size): this is a
 // picture of what the engine avoids computing, not a path the engine takes.
+//
+// This file computes; FilterMapPicture.swift draws the SVG, and `cce explain`
+// (Sources/cce/Explain.swift) prints the counts.
 
 import CCEBenchmarks
 import COpenBLAS
@@ -51,10 +54,10 @@ public struct FilterMap: Sendable {
     public init(tokens n: Int = 256, dim d: Int = 256, vocab v: Int = 8192, type: ElementType = .bfloat16,
                 eps: Double? = nil, seed: UInt64 = 0, threads: Int? = nil) throws {
         guard n >= 1, d >= 2, v >= 2, n * v <= 1 << 26 else {
-            throw TrainingError.invalidOption("filter map needs N >= 1, D >= 2, V >= 2, N x V <= 2^26")
+            throw ExplainError.invalidOption("filter map needs N >= 1, D >= 2, V >= 2, N x V <= 2^26")
         }
         let epsilon = eps ?? FilterEpsilon.auto.resolve(type, type)!
-        guard epsilon >= 0, epsilon.isFinite else { throw TrainingError.invalidOption("eps must be finite and >= 0") }
+        guard epsilon >= 0, epsilon.isFinite else { throw ExplainError.invalidOption("eps must be finite and >= 0") }
         self.n = n; self.d = d; self.v = v; self.eps = epsilon
         var opts = Options()
         opts.filterEpsilon = .value(epsilon)
@@ -67,7 +70,10 @@ public struct FilterMap: Sendable {
 
         // Probabilities p (N x V), row by row from Float32 logits.
         var z = [Float](repeating: 0, count: n * v)
-        gemm(e, c, transB: true, into: &z, m: n, n: v, k: d)
+        z.withUnsafeMutableBufferPointer { zp in
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(v), Int32(d),
+                        1, e, Int32(d), c, Int32(d), 0, zp.baseAddress, Int32(v))
+        }
         var lse = [Double](repeating: 0, count: n)
         for i in 0..<n {
             var m = -Double.infinity
@@ -114,22 +120,8 @@ public struct FilterMap: Sendable {
 
     public var blocks: Int { (v + vocabBlock - 1) / vocabBlock }
 
-    /// One line per panel: kept fractions here and in the engine.
-    public func summary(_ p: Panel) -> String {
-        let segs = n * blocks
-        let tiles = pictureTiles(p)
-        return String(format: "%@: kept %d of %d row segments (%.1f%%); engine FilterStatistics: kept %d of %d (%.1f%%). "
-                      + "Picture tiles (%d x %d) kept: %d of %d (%.1f%%). Engine tiles (%d x %d) skipped: here %d, engine %d, of %d.",
-                      p.sorted ? "sorted vocabulary" : "vocabulary in id order",
-                      p.keptSegments, segs, 100 * Double(p.keptSegments) / Double(segs),
-                      p.engine.keptRowSegments, p.engine.rowSegments,
-                      100 * Double(p.engine.keptRowSegments) / Double(max(1, p.engine.rowSegments)),
-                      pictureRows, vocabBlock, tiles.kept, tiles.total, 100 * Double(tiles.kept) / Double(tiles.total),
-                      tokenBlock, vocabBlock, p.skippedEngineTiles, p.engine.skippedTiles, p.engineTiles)
-    }
-
     /// Per picture tile, the fraction of its row segments kept.
-    func tileFractions(_ p: Panel) -> [[Double]] {
+    public func tileFractions(_ p: Panel) -> [[Double]] {
         stride(from: 0, to: n, by: pictureRows).map { r0 in
             (0..<blocks).map { j in
                 let rows = r0..<min(n, r0 + pictureRows)
@@ -138,48 +130,9 @@ public struct FilterMap: Sendable {
         }
     }
 
-    func pictureTiles(_ p: Panel) -> (kept: Int, total: Int) {
+    /// Picture tiles with at least one kept row segment, of all.
+    public func pictureTiles(_ p: Panel) -> (kept: Int, total: Int) {
         let f = tileFractions(p).flatMap { $0 }
         return (f.filter { $0 > 0 }.count, f.count)
-    }
-
-    /// Two panels side by side, unsorted and sorted, at the engine's granularity: one cell
-    /// per row segment (token x VB block), filled when kept, white when skipped. Runs of
-    /// kept cells in a row are drawn as one rectangle of a single path (a small file).
-    public func svg() -> String {
-        let cw = 5, ch = 1, gap = 70.0, left = 50.0, top = 78.0
-        let pw = Double(blocks * cw), ph = Double(n * ch)
-        let w = left + 2 * pw + gap + 30, h = top + ph + 64
-        func f(_ x: Double) -> String { String(format: "%.1f", x) }
-        var s = """
-        <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(w))" height="\(Int(h))" viewBox="0 0 \(Int(w)) \(Int(h))" font-family="sans-serif" font-size="12">
-        <rect width="100%" height="100%" fill="white"/>
-        <text x="\(f(w / 2))" y="20" text-anchor="middle" font-size="14">Backward row segments kept by gradient filtering, eps = 2^\(Int(Foundation.log2(eps))), LM-like N = \(n), D = \(d), V = \(v)</text>
-
-        """
-        for (k, p) in [unsorted, sorted].enumerated() {
-            let x0 = left + Double(k) * (pw + gap)
-            let segFrac = 100 * Double(p.keptSegments) / Double(n * blocks)
-            let t = pictureTiles(p)
-            s += "<text x=\"\(f(x0 + pw / 2))\" y=\"44\" text-anchor=\"middle\">\(p.sorted ? "after sorting by average logit" : "vocabulary in id order")</text>\n"
-            s += "<text x=\"\(f(x0 + pw / 2))\" y=\"62\" text-anchor=\"middle\">kept \(String(format: "%.1f", segFrac))% of row segments, \(String(format: "%.1f", 100 * Double(t.kept) / Double(t.total)))% of \(pictureRows)-token tiles</text>\n"
-            s += "<rect x=\"\(f(x0))\" y=\"\(f(top))\" width=\"\(f(pw))\" height=\"\(f(ph))\" fill=\"white\" stroke=\"#333\"/>\n"
-            var path = ""
-            for i in 0..<n {
-                var j = 0
-                while j < blocks {
-                    guard p.kept[i * blocks + j] else { j += 1; continue }
-                    var e = j
-                    while e < blocks && p.kept[i * blocks + e] { e += 1 }
-                    path += "M\(Int(x0) + j * cw) \(Int(top) + i * ch)h\((e - j) * cw)v\(ch)h-\((e - j) * cw)z"
-                    j = e
-                }
-            }
-            s += "<path fill=\"#1f4e9c\" d=\"\(path)\"/>\n"
-            s += "<text x=\"\(f(x0 + pw / 2))\" y=\"\(f(top + ph + 18))\" text-anchor=\"middle\">\(blocks) vocabulary blocks of \(vocabBlock) \(p.sorted ? "(sorted order)" : "(id order)")</text>\n"
-            s += "<text x=\"\(f(x0 - 8))\" y=\"\(f(top + ph / 2))\" text-anchor=\"middle\" transform=\"rotate(-90 \(f(x0 - 8)) \(f(top + ph / 2)))\">\(n) tokens</text>\n"
-        }
-        s += "<text x=\"\(f(left))\" y=\"\(f(h - 14))\">blue: row segment (token x \(vocabBlock) entries) kept and recomputed in the backward; white: skipped</text>\n"
-        return s + "</svg>\n"
     }
 }
