@@ -56,7 +56,7 @@ public struct FilterMap: Sendable {
         guard n >= 1, d >= 2, v >= 2, n * v <= 1 << 26 else {
             throw ExplainError.invalidOption("filter map needs N >= 1, D >= 2, V >= 2, N x V <= 2^26")
         }
-        let epsilon = eps ?? FilterEpsilon.auto.resolve(type, type)!
+        let epsilon = eps ?? BackwardPolicy(Options(), embeddings: type, classifier: type).epsilon!
         guard epsilon >= 0, epsilon.isFinite else { throw ExplainError.invalidOption("eps must be finite and >= 0") }
         self.n = n; self.d = d; self.v = v; self.eps = epsilon
         var opts = Options()
@@ -93,11 +93,11 @@ public struct FilterMap: Sendable {
             for (k, q) in order.enumerated() { rank[q] = k }
             for i in 0..<n {
                 for j in 0..<blocks {
-                    var big = false
+                    var significant = false
                     for k in (j * vb)..<min(v, (j + 1) * vb) where Foundation.exp(Double(z[i * v + order[k]]) - lse[i]) >= epsilon {
-                        big = true; break
+                        significant = true; break
                     }
-                    kept[i * blocks + j] = big || rank[targets[i]] / vb == j
+                    kept[i * blocks + j] = significant || rank[targets[i]] / vb == j
                 }
             }
             var skippedTiles = 0, tiles = 0

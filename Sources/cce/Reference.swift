@@ -49,15 +49,15 @@ struct ReferenceCommand: ParsableCommand {
 
     func run() throws {
         let o = try options()
-        let inp = try ReferenceInputs.load(embeddings: embeddings, classifier: classifier, targets: targets,
+        let inputs = try ReferenceInputs.load(embeddings: embeddings, classifier: classifier, targets: targets,
                                            bias: bias, ignoreIndex: ignoreIndex)
-        for n in inp.notes { FileHandle.standardError.write(Data("cce: note: \(n)\n".utf8)) }
+        for n in inputs.notes { FileHandle.standardError.write(Data("cce: note: \(n)\n".utf8)) }
         let result: ReferenceOutputs
         if backend == .cuda {
             let lib = try CUDALibrary.load(cudaLibrary)
-            result = try Reference.computeCUDA(inp, options: o, library: lib)
+            result = try Reference.computeCUDA(inputs, options: o, library: lib)
         } else {
-            do { result = try Reference.computeCPU(inp, options: o) } catch { throw CLIError("\(error)") }
+            do { result = try Reference.computeCPU(inputs, options: o) } catch { throw CLIError("\(error)") }
         }
         var recorded: [String: String] = [
             "embeddings": embeddings, "classifier": classifier, "targets": targets,
