@@ -36,13 +36,14 @@ public enum Materialized {
         let g = try p.upstreamPerToken(upstream, reduction: options.reduction)
         openblas_set_num_threads(Int32(options.threads ?? Workers.availableCPUs))
         let n = p.n, d = p.d, v = p.v, m = p.active
-        let e32 = embeddings.elementType == .float32 ? nil : embeddings.floats()
-        let c32 = classifier.elementType == .float32 ? nil : classifier.floats()
+        let threads = options.threads ?? Workers.availableCPUs
+        let e32 = embeddings.elementType == .float32 ? nil : float32Copy(embeddings, threads: threads)
+        let c32 = classifier.elementType == .float32 ? nil : float32Copy(classifier, threads: threads)
         let b = bias?.floats()
         let definition = LossDefinition<Float>(options, vocabulary: v)
         let cap = definition.cap
-        // Gather the active rows' logits: M x V.
-        var logits = [Float](repeating: 0, count: m * v)
+        // The active rows' logits: M x V, written by sgemm (beta = 0), so not zeroed first.
+        var logits = uninitialized(m * v)
         var total = 0.0
         var dE: [Float]? = nil, dC: [Float]? = nil, dBias: [Float]? = nil
         func withF32(_ t: Tensor, _ copy: [Float]?, _ body: (UnsafePointer<Float>) -> Void) {
@@ -71,12 +72,12 @@ public enum Materialized {
                     defer { lossBox.pointer.deallocate() }
                     let lbox = SendablePointer(l)
                     let bb: [Float]? = b
-                    let threads = min(max(1, m), options.threads ?? Workers.availableCPUs)
+                    let rowThreads = min(max(1, m), threads)
                     p.targets.withUnsafeBufferPointer { tp in
                         let tb = SendableBuffer(tp)
                         g.withUnsafeBufferPointer { gp in
                             let gb = SendableBuffer(gp)
-                            Workers.run(threads) { w in
+                            Workers.run(rowThreads) { w in
                                 var i = w
                                 while i < m {
                                     let row = lbox.pointer + i * v
@@ -95,15 +96,15 @@ public enum Materialized {
                                         row[t] -= (1 - definition.alpha) * softcapDerivative(zt, cap: cap)
                                         scaleRow(row, count: v, by: Float(gb.buffer[i]))
                                     }
-                                    i += threads
+                                    i += rowThreads
                                 }
                             }
                         }
                     }
                     for i in 0..<m { total += lossBox.pointer[i] }
                     guard gradients else { return }
-                    var dEa = [Float](repeating: 0, count: m * d)
-                    var dCv = [Float](repeating: 0, count: v * d)
+                    var dEa = uninitialized(m * d)
+                    var dCv = uninitialized(v * d)
                     if m > 0 {
                         dEa.withUnsafeMutableBufferPointer { o in
                             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(d), Int32(v), 1,
@@ -121,8 +122,15 @@ public enum Materialized {
                     }
                     dC = dCv
                     if b != nil {
+                        // Column sums of dy: dyᵀ·1.
                         var db = [Float](repeating: 0, count: v)
-                        for i in 0..<m { for q in 0..<v { db[q] += l[i * v + q] } }
+                        let ones = [Float](repeating: 1, count: max(1, m))
+                        if m > 0 {
+                            db.withUnsafeMutableBufferPointer { o in
+                                cblas_sgemv(CblasRowMajor, CblasTrans, Int32(m), Int32(v), 1, l, Int32(v), ones, 1, 0,
+                                            o.baseAddress!, 1)
+                            }
+                        }
                         dBias = db
                     }
                 }
@@ -130,6 +138,30 @@ public enum Materialized {
         }}
         return Result(loss: options.reduction.reduce(total: total, count: m), dE: dE, dC: dC, dBias: dBias)
     }
+}
+
+/// An array of `count` Floats whose elements the caller writes before reading.
+private func uninitialized(_ count: Int) -> [Float] {
+    [Float](unsafeUninitializedCapacity: count) { _, n in n = count }
+}
+
+/// The tensor's values as Float32, converted by `threads` workers (as a framework's cast
+/// kernel would be).
+private func float32Copy(_ t: Tensor, threads: Int) -> [Float] {
+    let count = t.count
+    var out = uninitialized(count)
+    out.withUnsafeMutableBufferPointer { o in
+        t.withRawPointer { src in
+            let dst = SendablePointer(o.baseAddress!), source = UncheckedSendable(src), type = t.elementType
+            let chunk = (count + threads - 1) / max(1, threads)
+            Workers.run(max(1, min(threads, count))) { w in
+                let start = w * chunk, end = min(count, start + chunk)
+                guard start < end else { return }
+                convertRow(source.value + start * type.size, type: type, count: end - start, into: dst.pointer + start)
+            }
+        }
+    }
+    return out
 }
 
 extension Optional where Wrapped == [Float] {

@@ -52,6 +52,7 @@ struct BenchCommand: ParsableCommand {
             return
         }
         print("machine: \(report.machine)")
+        print("BLAS: \(report.blas)")
         print("toolchain: \(report.toolchain); SIMD: \(report.target_cpu_flags)")
         print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), threads \(c.threads), repeats \(repeats)")
         print("plan: \(report.plan)\n")
