@@ -45,22 +45,28 @@ let package = Package(
         // MARK: - The numerical reference: .npy input and output, comparison
         .target(name: "CCEReference", dependencies: ["CutCrossEntropy"]),
 
+        // MARK: - Seeded data: the random generator and the LM-like problems (shared/LMLIKE.md)
+        // that training, benchmarks and tests draw from. Same seed, same data.
+        .target(name: "CCEData", dependencies: ["CutCrossEntropy", "COpenBLAS"], swiftSettings: fastFlags),
+
         // MARK: - Benchmarks and the command-line tool
-        .target(name: "CCEBenchmarks", dependencies: ["CutCrossEntropy", "CCERuntime", "COpenBLAS"],
+        .target(name: "CCEBenchmarks",
+                dependencies: ["CutCrossEntropy", "CCEData", "CCEKernels", "CCERuntime", "COpenBLAS"],
                 path: "Benchmarks/CCEBenchmarks", swiftSettings: fastFlags),
         // A small neural language model trained through the library's loss (`cce train`),
         // its corpora and tokenizer, and the tile walkthrough behind `cce explain`.
         .target(name: "CCETraining",
-                dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCERuntime", "COpenBLAS"],
+                dependencies: ["CutCrossEntropy", "CCEData", "CCERuntime", "COpenBLAS"],
                 swiftSettings: fastFlags),
         .executableTarget(name: "cce",
-                          dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCEReference", "CCETraining",
+                          dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCEData", "CCEReference", "CCERuntime",
+                                         "CCETraining",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: fastFlags),
 
         // MARK: - Tests
         .testTarget(name: "CutCrossEntropyTests",
-                    dependencies: ["CutCrossEntropy", "CCEKernels", "CCERuntime", "CCEBenchmarks", "CCEReference",
+                    dependencies: ["CutCrossEntropy", "CCEData", "CCEKernels", "CCERuntime", "CCEReference",
                                    "CCETraining"],
                     swiftSettings: fastFlags),
     ]

@@ -22,7 +22,7 @@
 // The logits are formed here in full (N x V, 8 MB for the default size): this is a
 // picture of what the engine avoids computing, not a path the engine takes.
 
-import CCEBenchmarks
+import CCEData
 import COpenBLAS
 import CutCrossEntropy
 import Foundation

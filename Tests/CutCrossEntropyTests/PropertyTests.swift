@@ -1,7 +1,7 @@
 // Properties of the loss: finite differences, invariances, determinism across threads,
 // forward-then-backward equals the fused call, and storage types.
 
-import CCEBenchmarks
+import CCEData
 import CutCrossEntropy
 import XCTest
 

@@ -3,7 +3,7 @@
 // materialized loss curves, a short run that learns, bad configurations, and the
 // walkthrough's loss against the library's.
 
-import CCEBenchmarks
+import CCEData
 import CCETraining
 import CutCrossEntropy
 import Foundation
