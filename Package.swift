@@ -45,27 +45,33 @@ let package = Package(
         // MARK: - The numerical reference: .npy input and output, comparison
         .target(name: "CCEReference", dependencies: ["CutCrossEntropy"]),
 
+        // MARK: - Seeded data: the random generator and the LM-like problems (shared/LMLIKE.md)
+        // that training, benchmarks and tests draw from. Same seed, same data.
+        .target(name: "CCEData", dependencies: ["CutCrossEntropy", "COpenBLAS"], swiftSettings: fastFlags),
+
         // MARK: - Benchmarks and the command-line tool
-        .target(name: "CCEBenchmarks", dependencies: ["CutCrossEntropy", "CCERuntime", "COpenBLAS"],
+        .target(name: "CCEBenchmarks",
+                dependencies: ["CutCrossEntropy", "CCEData", "CCEKernels", "CCERuntime", "COpenBLAS"],
                 path: "Benchmarks/CCEBenchmarks", swiftSettings: fastFlags),
         // A small neural language model trained through the library's loss (`cce train`),
         // its corpora and tokenizer.
         .target(name: "CCETraining",
-                dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCERuntime", "COpenBLAS"],
+                dependencies: ["CutCrossEntropy", "CCEData", "CCERuntime", "COpenBLAS"],
                 swiftSettings: fastFlags),
         // The engine's teaching surface (`cce explain`): the tile walkthrough of a tiny
         // example and the map of skipped backward tiles, as data (and an SVG picture).
         .target(name: "CCEExplain",
-                dependencies: ["CutCrossEntropy", "CCEBenchmarks", "COpenBLAS"],
+                dependencies: ["CutCrossEntropy", "CCEData", "COpenBLAS"],
                 swiftSettings: fastFlags),
         .executableTarget(name: "cce",
-                          dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCEReference", "CCETraining", "CCEExplain",
+                          dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCEData", "CCEReference", "CCERuntime",
+                                         "CCETraining", "CCEExplain",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: fastFlags),
 
         // MARK: - Tests
         .testTarget(name: "CutCrossEntropyTests",
-                    dependencies: ["CutCrossEntropy", "CCEKernels", "CCERuntime", "CCEBenchmarks", "CCEReference",
+                    dependencies: ["CutCrossEntropy", "CCEData", "CCEKernels", "CCERuntime", "CCEReference",
                                    "CCETraining", "CCEExplain"],
                     swiftSettings: fastFlags),
     ]

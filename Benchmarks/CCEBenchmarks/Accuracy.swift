@@ -13,6 +13,7 @@
 //   materialized         Float32 logits in an N x V matrix (OpenBLAS), PyTorch's method
 // Peak memory: MemoryProbe's growth beyond the inputs, minus the returned gradients.
 
+import CCEData
 import CCERuntime
 import CutCrossEntropy
 import Foundation

@@ -20,6 +20,7 @@
 // what the computation needs beyond inputs and outputs). output_bytes gives them.
 // Ratios are taken within one run, so machine noise affects both sides alike.
 
+import CCEData
 import CCEKernels
 import CCERuntime
 import COpenBLAS

@@ -25,7 +25,7 @@
 // This file computes; FilterMapPicture.swift draws the SVG, and `cce explain`
 // (Sources/cce/Explain.swift) prints the counts.
 
-import CCEBenchmarks
+import CCEData
 import COpenBLAS
 import CutCrossEntropy
 import Foundation

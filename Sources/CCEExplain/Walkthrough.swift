@@ -17,7 +17,7 @@
 // A tile is skipped (filtered) when every |p_iv| < ε and no row's target lies in it;
 // otherwise dy = (1/N)·∂loss/∂z enters dE_blk += dy · C_blk and dC_blk += dyᵀ · E_blk.
 
-import CCEBenchmarks
+import CCEData
 import CutCrossEntropy
 import Foundation
 

@@ -11,7 +11,7 @@
 // target tokens[i]. The loss is a training loss; there is no known floor, and the plug-in
 // unigram entropy of the tokens is shown as the context-free reference.
 
-import CCEBenchmarks
+import CCEData
 import Foundation
 
 /// A training corpus and its reference levels.

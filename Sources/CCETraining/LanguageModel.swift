@@ -17,7 +17,7 @@
 //     dW1 = xᵀ · da,  db1 = Σ_rows da,  dx = da · W1ᵀ,  dT[t_j] += dx[:, j·D ..< (j+1)·D]
 // The matrix products are OpenBLAS gemm calls (TrainingScalar.swift).
 
-import CCEBenchmarks
+import CCEData
 import Foundation
 
 /// Sizes of the model.

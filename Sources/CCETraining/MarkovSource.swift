@@ -21,7 +21,7 @@
 // Sampling: each row of P is kept as a cumulative table in Float32 (V² values: 64 MB for
 // V = 4096), summed in Float64; a draw is a binary search.
 
-import CCEBenchmarks
+import CCEData
 import Foundation
 
 /// A seeded Markov source with a known entropy rate.

@@ -9,7 +9,6 @@
 // the same initial parameters for the same seed, so their loss curves differ only by
 // floating-point rounding (summation order, filtering at ε = 2^-28).
 
-import CCEBenchmarks
 import CCERuntime
 import COpenBLAS
 import CutCrossEntropy

@@ -2,6 +2,7 @@
 
 import ArgumentParser
 import CCEBenchmarks
+import CCEData
 import CCERuntime
 import CutCrossEntropy
 import Foundation

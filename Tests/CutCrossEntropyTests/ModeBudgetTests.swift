@@ -7,7 +7,7 @@
 // matmul: Float32 accumulation, bf16 output). τ is the slack the engine may take beyond
 // that; the table of τ is in Docs/NUMERICS.md. Shapes are not tile multiples.
 
-import CCEBenchmarks
+import CCEData
 import CutCrossEntropy
 import XCTest
 

@@ -6,7 +6,6 @@
 //   dE, dC, dB:  |engine − oracle| ≤ 1e-6 + 1e-4·max|oracle|
 // Exact mode (Float64 accumulation, no filtering): 1e-12 relative.
 
-import CCEBenchmarks
 import CutCrossEntropy
 import XCTest
 

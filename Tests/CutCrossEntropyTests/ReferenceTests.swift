@@ -1,7 +1,7 @@
 // The numerical reference over .npy files: the NPY codec, input checks that name the file,
 // outputs moved into place only when complete, `compare`, and the command line's exit status.
 
-import CCEBenchmarks
+import CCEData
 import CCEReference
 import CutCrossEntropy
 import Foundation

@@ -1,7 +1,7 @@
 // Shared test helpers: random problems, comparisons with a written error budget, and a
 // trace of the parameters so a failure says which case broke.
 
-import CCEBenchmarks
+import CCEData
 import CutCrossEntropy
 import XCTest
 

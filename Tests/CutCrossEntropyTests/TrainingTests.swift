@@ -2,7 +2,7 @@
 // differences, the tokenizer, the corpus's entropy floor, cce vs materialized loss curves,
 // a short run that learns, bad configurations, logs and figures.
 
-import CCEBenchmarks
+import CCEData
 import CCETraining
 import CutCrossEntropy
 import Foundation
