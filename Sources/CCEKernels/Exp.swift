@@ -8,7 +8,7 @@
 // bits: only float and integer vector operations, no per-lane conversion (Swift's generic
 // Float→Int SIMD conversion is a scalar loop). Inputs below −87.3 return 0 (the result
 // would be subnormal), inputs above 88.37 return +inf, NaN stays NaN. Measured error: at
-// most 3 ulp (2.5 measured) against Double exp over [−87, 88] (see the kernel tests).
+// most 3 ulp (2.74 measured over every Float input) against Double exp over [−87, 88] (see the kernel tests).
 
 public enum Exp {
     @inlinable @inline(__always)
