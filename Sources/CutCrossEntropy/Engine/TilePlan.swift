@@ -2,14 +2,18 @@
 //
 // The CPU plays the GPU's role: a GPU thread block keeps a (BLOCK_B x BLOCK_D) slice of E
 // and a (BLOCK_V x BLOCK_D) slice of C in shared memory; here a worker keeps a token block
-// of E (NB rows, packed into 6-row panels) in its L2 cache, and packs 16 C rows x KC = 256
+// of E (NB rows, in the compute type) in its L2 cache, and packs 16 C rows x KC = 256
 // columns at a time into an L1-resident panel (TileProduct6x16.swift). The logit tile is
 // NB x VB.
 //
-//   NB: the E panels take about two L2s:  NB ≈ 2·L2 / (D · size), 6 ≤ NB ≤ 258, a multiple
-//       of 6 (each 6-row panel streams through L1 past the 16-row C panel, so the block
-//       may live in L3; a larger NB packs each C row fewer times); then the number of token blocks is rounded up to a multiple of the thread
-//       count and NB shrunk to match, so that every worker gets the same number of blocks;
+//   NB: the token block's E rows take about two L2s:  NB ≈ 2·L2 / (D · size), 6 ≤ NB ≤ 258,
+//       a multiple of 6 (each 6-row group streams through L1 past the 16-row C panel, so
+//       the block may live in L3; a larger NB packs each C panel for more rows); then the
+//       number of token blocks is rounded up to a multiple of the thread count and NB
+//       shrunk to match (and rounded up to a multiple of 6 again), so that the workers get
+//       the same number of blocks, or nearly: the second rounding can leave the last
+//       worker one block short (e.g. 33 blocks for 2 threads at L2 = 128 KiB, N = 4096,
+//       D = 512);
 //   VB (backward): the C rows of the gradient updates take a quarter of L2,
 //       VB ≈ L2 / 4 / (D · size), 16 ≤ VB ≤ 256, a power of two, so that VB divides VBf and
 //       every backward block lies inside one forward block (the fused call's skip bound
