@@ -16,8 +16,9 @@
 //
 // 1. bf16 dot product (cce_bf16_*). E is packed once per token block into MR = 12-row
 //    panels of bf16 pairs, pair-major, so one 32-bit broadcast (folded into the
-//    instruction's memory operand) feeds a vdpbf16ps; for every NR = 32 columns and
-//    KCP = 256 pairs, the C rows are transposed into a 32 x 256-pair panel (32 KiB, in L1
+//    instruction's memory operand) feeds a vdpbf16ps. For every chunk of KCP = 256 pairs
+//    (the outer loop: the E panels' chunk stays in L2 across the columns) and every
+//    NR = 32 columns, the C rows are transposed into a 32 x 256-pair panel (32 KiB, in L1
 //    while every E panel streams past it). The 12 x 32 microkernel keeps 24 accumulators
 //    in zmm registers: per pair, two loads of C, 12 broadcasts of E, 24 vdpbf16ps.
 //    Summation order: each output is one chain over the pairs q = 0, 1, …, pairs(d) − 1,
@@ -247,12 +248,12 @@ void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *con
                            float *out, long ldo, uint32_t *panel, const bool *panel_mask) {
     const long mr = CCE_BF16_MR, nr = CCE_BF16_NR, dp = (d + 1) / 2;
     if (dp == 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
-    for (long j0 = 0; j0 < n; j0 += nr) {
-        long nc = n - j0 < nr ? n - j0 : nr;
-        __mmask16 k0, k1;
-        column_masks(nc, &k0, &k1);
-        for (long q0 = 0; q0 < dp; q0 += CCE_BF16_KCP) {
-            long kq = dp - q0 < CCE_BF16_KCP ? dp - q0 : CCE_BF16_KCP;
+    for (long q0 = 0; q0 < dp; q0 += CCE_BF16_KCP) {
+        long kq = dp - q0 < CCE_BF16_KCP ? dp - q0 : CCE_BF16_KCP;
+        for (long j0 = 0; j0 < n; j0 += nr) {
+            long nc = n - j0 < nr ? n - j0 : nr;
+            __mmask16 k0, k1;
+            column_masks(nc, &k0, &k1);
             bf16_pack_columns(c_rows + j0, nc, d, q0, kq, panel);
             for (long p = 0; p * mr < m; p++) {
                 if (panel_mask && !panel_mask[p]) continue;
@@ -331,12 +332,12 @@ void cce_fma_tile_product(const float *e_panels, long m, const void *const *c_ro
                           float *out, long ldo, float *panel, const bool *panel_mask) {
     const long mr = CCE_FMA_MR, nr = CCE_FMA_NR;
     if (d == 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
-    for (long j0 = 0; j0 < n; j0 += nr) {
-        long nc = n - j0 < nr ? n - j0 : nr;
-        __mmask16 k0m, k1m;
-        column_masks(nc, &k0m, &k1m);
-        for (long k0 = 0; k0 < d; k0 += CCE_FMA_KC) {
-            long kc = d - k0 < CCE_FMA_KC ? d - k0 : CCE_FMA_KC;
+    for (long k0 = 0; k0 < d; k0 += CCE_FMA_KC) {
+        long kc = d - k0 < CCE_FMA_KC ? d - k0 : CCE_FMA_KC;
+        for (long j0 = 0; j0 < n; j0 += nr) {
+            long nc = n - j0 < nr ? n - j0 : nr;
+            __mmask16 k0m, k1m;
+            column_masks(nc, &k0m, &k1m);
             fma_pack_columns(c_rows + j0, type, nc, d, k0, kc, panel);
             for (long p = 0; p * mr < m; p++) {
                 if (panel_mask && !panel_mask[p]) continue;
