@@ -31,9 +31,14 @@ let package = Package(
         .systemLibrary(name: "CNUMA", pkgConfig: "numa", providers: [.apt(["libnuma-dev"])]),
 
         // MARK: - Internal modules
+        // AVX-512 tile products (the bf16 dot product `vdpbf16ps`, and 512-bit FMAs), the one
+        // C target: Swift cannot spell the instruction nor enable a CPU feature per function
+        // (Sources/CCEAVX512/cce_avx512.c says why). Its functions carry their own target
+        // attributes, so it builds for any x86-64 CPU and runs only where cpuid says it can.
+        .target(name: "CCEAVX512"),
         // Arithmetic on one tile: conversions, the tile product, the LSE merge, the
-        // gradient updates. Swift SIMD only.
-        .target(name: "CCEKernels", swiftSettings: fastFlags),
+        // gradient updates. Swift SIMD, and the AVX-512 kernels above chosen at run time.
+        .target(name: "CCEKernels", dependencies: ["CCEAVX512"], swiftSettings: fastFlags),
         // Threads, topology (hwloc), placement (libnuma), memory measurement.
         .target(name: "CCERuntime", dependencies: ["CHwloc", "CNUMA"], swiftSettings: fastFlags),
 

@@ -1,0 +1,375 @@
+// AVX-512 tile products: the one place where the engine leaves Swift.
+//
+// Why C. AVX512_BF16's `vdpbf16ps` (per 32-bit lane: acc += a.odd·b.odd, then
+// acc += a.even·b.even, over pairs of bf16 values: 32 products per 512-bit instruction) has
+// no spelling in Swift: Swift's SIMD types have no bfloat element, and declaring the LLVM
+// intrinsic from Swift (`@_silgen_name("llvm.x86.avx512bf16.dpbf16ps.512")`) crashes Swift
+// 6.3.1's compiler ("Intrinsic has incorrect return type!": Swift passes SIMD values by
+// address and has no <32 x bfloat> type). Nor can Swift enable a CPU feature for one
+// function: its vector code follows the module's -target-cpu, so a portable (AVX2) build
+// could not contain an AVX-512 path, and a native build splits 512-bit vectors in two. Here
+// every function that uses AVX-512 carries a function-level target attribute: the file
+// compiles under any -march, a plain x86-64 or AVX2 binary contains both kernels, and the
+// Swift side calls them only after cce_avx512_supported() / cce_bf16_supported().
+//
+// Two kernels (contract and layouts in cce_avx512.h):
+//
+// 1. bf16 dot product (cce_bf16_*). E is packed once per token block into MR = 12-row
+//    panels of bf16 pairs, pair-major, so one 32-bit broadcast (folded into the
+//    instruction's memory operand) feeds a vdpbf16ps. For every chunk of KCP = 256 pairs
+//    (the outer loop: the E panels' chunk stays in L2 across the columns) and every
+//    NR = 32 columns, the C rows are transposed into a 32 x 256-pair panel (32 KiB, in L1
+//    while every E panel streams past it). The 12 x 32 microkernel keeps 24 accumulators
+//    in zmm registers: per pair, two loads of C, 12 broadcasts of E, 24 vdpbf16ps.
+//    Summation order: each output is one chain over the pairs q = 0, 1, …, pairs(d) − 1,
+//    from +0: s ← s + e[2q+1]·c[2q+1], then s ← s + e[2q]·c[2q], each step one Float32
+//    rounding (to nearest even) of an exact product (a bf16 x bf16 product is exact in
+//    Float32). That is what vdpbf16ps does per lane (measured bit for bit on an Intel Xeon
+//    with AVX512_BF16); the instruction also reads subnormal inputs (bf16 elements and
+//    the incoming sum) as zero and flushes subnormal results, the intermediate one too, to
+//    zero, whatever MXCSR says.
+//
+// 2. Float32 FMA, 512-bit (cce_fma_*). The same structure with Float32 panels (inputs of
+//    any storage type converted exactly while packed) and a 12 x 32 microkernel of 24
+//    zmm FMA accumulators. Summation order: each output is one FMA chain over
+//    k = 0, 1, …, d − 1 from +0: the order of the portable Swift kernel (tileProduct,
+//    sequentialDot), so the two give identical bits.
+//
+// In both, a chain crosses KC chunks through the stored Float32 partial (exact), chunks
+// hold whole pairs, and padding (an odd d's last pair, rows beyond m, columns beyond n) is
+// zeros that reach only outputs never stored: an output's bits depend only on its two rows
+// and d, not on its position in the tile, on m, n, the chunking, the panel mask or the
+// thread. cce_bf16_dots gives the bf16 kernel's bits for single dot products.
+
+#include "cce_avx512.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <string.h>
+
+#define CCE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+#define CCE_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define CCE_INLINE static inline __attribute__((always_inline)) CCE_AVX512
+#define CCE_INLINE_BF16 static inline __attribute__((always_inline)) CCE_AVX512_BF16
+
+#if CCE_BF16_NR != 32 || CCE_FMA_NR != 32
+#error "the microkernels are written for NR = 32"
+#endif
+
+// MARK: - CPU features
+
+static unsigned long long read_xcr0(void) {
+    unsigned int lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
+}
+
+int cce_avx512_supported(void) {
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    if (!(c & (1u << 27))) return 0;                 // OSXSAVE: xgetbv is usable
+    if ((read_xcr0() & 0xE6) != 0xE6) return 0;      // SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM state
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    const unsigned int f = 1u << 16, bw = 1u << 30, vl = 1u << 31;
+    return (b & (f | bw | vl)) == (f | bw | vl);
+}
+
+int cce_bf16_supported(void) {
+    if (!cce_avx512_supported()) return 0;
+    unsigned int maxSub, a, b, c, d;
+    __cpuid_count(7, 0, maxSub, b, c, d);
+    if (maxSub < 1) return 0;
+    __cpuid_count(7, 1, a, b, c, d);
+    return (a >> 5) & 1;                             // AVX512_BF16
+}
+
+int cce_cpu_is_amd(void) {
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+    return b == 0x68747541 && d == 0x69746E65 && c == 0x444D4163;  // "Auth" "enti" "cAMD"
+}
+
+size_t cce_bf16_row_panel_words(long m, long d) {
+    return (size_t)((m + CCE_BF16_MR - 1) / CCE_BF16_MR * CCE_BF16_MR * ((d + 1) / 2));
+}
+size_t cce_bf16_column_panel_words(void) { return (size_t)CCE_BF16_NR * CCE_BF16_KCP; }
+size_t cce_fma_row_panel_floats(long m, long d) {
+    return (size_t)((m + CCE_FMA_MR - 1) / CCE_FMA_MR * CCE_FMA_MR * d);
+}
+size_t cce_fma_column_panel_floats(void) { return (size_t)CCE_FMA_NR * CCE_FMA_KC; }
+
+// MARK: - Loads and the 16 x 16 transpose
+
+// Pairs q0 ..< q0 + 16 of a bf16 row of d elements as 16 words; zero past the row's end
+// (the masked load touches no byte beyond element d − 1, and an odd d's last pair gets a
+// zero high half). A NULL row gives zeros.
+CCE_INLINE __m512i load_pairs(const uint16_t *row, long q0, long d) {
+    if (!row) return _mm512_setzero_si512();
+    long rem = d - 2 * q0;
+    if (rem >= 32) return _mm512_loadu_si512((const void *)(row + 2 * q0));
+    __mmask32 k = rem <= 0 ? 0 : (__mmask32)((1ull << rem) - 1);
+    return _mm512_maskz_loadu_epi16(k, row + 2 * q0);
+}
+
+// Elements k0 ..< k0 + 16 of a row of d elements stored as `type`, as 16 Float32 (exact
+// conversions), zero past the row's end (never read). A NULL row gives zeros.
+CCE_INLINE __m512i load_floats(const void *row, int type, long k0, long d) {
+    if (!row) return _mm512_setzero_si512();
+    long rem = d - k0;
+    __mmask16 k = rem >= 16 ? 0xFFFF : (rem <= 0 ? 0 : (__mmask16)((1u << rem) - 1));
+    if (type == CCE_STORAGE_F32) return _mm512_maskz_loadu_epi32(k, (const float *)row + k0);
+    __m256i h = _mm256_maskz_loadu_epi16(k, (const uint16_t *)row + k0);
+    if (type == CCE_STORAGE_BF16) return _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+    return _mm512_castps_si512(_mm512_cvtph_ps(h));
+}
+
+// In place: r[i] lane j ← r[j] lane i, for 16 vectors of 16 words.
+CCE_INLINE void transpose16(__m512i r[16]) {
+    __m512i t[16], u[4];
+    for (int g = 0; g < 4; g++) {
+        __m512i a = _mm512_unpacklo_epi32(r[4 * g], r[4 * g + 1]);
+        __m512i b = _mm512_unpackhi_epi32(r[4 * g], r[4 * g + 1]);
+        __m512i c = _mm512_unpacklo_epi32(r[4 * g + 2], r[4 * g + 3]);
+        __m512i d = _mm512_unpackhi_epi32(r[4 * g + 2], r[4 * g + 3]);
+        // t[4g + c], 128-bit lane L: rows 4g ..< 4g + 4 of column 4L + c.
+        t[4 * g + 0] = _mm512_unpacklo_epi64(a, c);
+        t[4 * g + 1] = _mm512_unpackhi_epi64(a, c);
+        t[4 * g + 2] = _mm512_unpacklo_epi64(b, d);
+        t[4 * g + 3] = _mm512_unpackhi_epi64(b, d);
+    }
+    for (int c = 0; c < 4; c++) {
+        // Column 4L + c: lane L of t[c], t[4 + c], t[8 + c], t[12 + c].
+        u[0] = _mm512_shuffle_i32x4(t[c], t[4 + c], 0x44);
+        u[1] = _mm512_shuffle_i32x4(t[c], t[4 + c], 0xEE);
+        u[2] = _mm512_shuffle_i32x4(t[8 + c], t[12 + c], 0x44);
+        u[3] = _mm512_shuffle_i32x4(t[8 + c], t[12 + c], 0xEE);
+        r[0 + c] = _mm512_shuffle_i32x4(u[0], u[2], 0x88);
+        r[4 + c] = _mm512_shuffle_i32x4(u[0], u[2], 0xDD);
+        r[8 + c] = _mm512_shuffle_i32x4(u[1], u[3], 0x88);
+        r[12 + c] = _mm512_shuffle_i32x4(u[1], u[3], 0xDD);
+    }
+}
+
+// Column masks of a register block's two vectors for nc ≤ 32 valid columns.
+static inline void column_masks(long nc, __mmask16 *k0, __mmask16 *k1) {
+    *k0 = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1);
+    *k1 = nc <= 16 ? 0 : (nc >= 32 ? 0xFFFF : (__mmask16)((1u << (nc - 16)) - 1));
+}
+
+// The microkernel: c[r·ldc + j] (+)= Σ_{q < kq} a[q·MR + r] ⊙ b[q·32 + j] for r < mc and
+// the columns the masks allow, accumulating onto c when `acc`, else from +0. STEP(s, x, b)
+// is one step of the chain (vdpbf16ps or an FMA), BCAST(v) broadcasts one element of a;
+// WORD is the element type of a and b.
+#define DEFINE_KERNEL(NAME, ATTR, MR, WORD, BCAST, STEP)                                                 \
+    static inline __attribute__((always_inline)) ATTR void NAME(                                    \
+        long kq, const WORD *a, const WORD *b, float *c, long ldc, int acc, long mc, __mmask16 k0,   \
+        __mmask16 k1) {                                                                             \
+        __m512 s0[MR], s1[MR];                                                                      \
+        _Pragma("clang loop unroll(full)") for (int r = 0; r < MR; r++) {                           \
+            if (acc && r < mc) {                                                                    \
+                s0[r] = _mm512_maskz_loadu_ps(k0, c + r * ldc);                                     \
+                s1[r] = _mm512_maskz_loadu_ps(k1, c + r * ldc + 16);                                \
+            } else {                                                                                \
+                s0[r] = _mm512_setzero_ps();                                                        \
+                s1[r] = _mm512_setzero_ps();                                                        \
+            }                                                                                       \
+        }                                                                                           \
+        for (long q = 0; q < kq; q++) {                                                             \
+            __m512i b0 = _mm512_loadu_si512((const void *)(b + 32 * q));                            \
+            __m512i b1 = _mm512_loadu_si512((const void *)(b + 32 * q + 16));                       \
+            _Pragma("clang loop unroll(full)") for (int r = 0; r < MR; r++) {                       \
+                __m512i x = BCAST(a[q * MR + r]);                                                   \
+                s0[r] = STEP(s0[r], x, b0);                                                         \
+                s1[r] = STEP(s1[r], x, b1);                                                         \
+            }                                                                                       \
+        }                                                                                           \
+        _Pragma("clang loop unroll(full)") for (int r = 0; r < MR; r++) {                           \
+            if (r < mc) {                                                                           \
+                _mm512_mask_storeu_ps(c + r * ldc, k0, s0[r]);                                      \
+                _mm512_mask_storeu_ps(c + r * ldc + 16, k1, s1[r]);                                 \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+// Empty sums: the rows a mask does not skip become zeros.
+static void zero_rows(long m, long n, long mr, float *out, long ldo, const bool *panel_mask) {
+    for (long i = 0; i < m; i++) {
+        if (panel_mask && !panel_mask[i / mr]) continue;
+        memset(out + i * ldo, 0, (size_t)n * sizeof(float));
+    }
+}
+
+// MARK: - The bf16 dot-product kernel
+
+#define DP_STEP(s, x, b) _mm512_dpbf16_ps((s), (__m512bh)(x), (__m512bh)(b))
+#define DP_BCAST(v) _mm512_set1_epi32((int)(v))
+DEFINE_KERNEL(bf16_kernel, CCE_AVX512_BF16, CCE_BF16_MR, uint32_t, DP_BCAST, DP_STEP)
+
+CCE_AVX512_BF16
+void cce_bf16_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) {
+    const long mr = CCE_BF16_MR, dp = (d + 1) / 2;
+    const __mmask16 rowMask = (__mmask16)((1u << mr) - 1);
+    for (long p = 0; p * mr < m; p++) {
+        uint32_t *panel = dst + p * mr * dp;
+        for (long q0 = 0; q0 < dp; q0 += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) {
+                long row = p * mr + i;
+                r[i] = load_pairs(i < mr && row < m ? rows[row] : NULL, q0, d);
+            }
+            transpose16(r);
+            long qn = dp - q0 < 16 ? dp - q0 : 16;
+            for (long q = 0; q < qn; q++) _mm512_mask_storeu_epi32(panel + (q0 + q) * mr, rowMask, r[q]);
+        }
+    }
+}
+
+// Pairs q0 ..< q0 + kq of rows[0 ..< n] (n ≤ 32) into panel[q · 32 + j]; rows ≥ n zero.
+CCE_INLINE void bf16_pack_columns(const uint16_t *const *rows, long n, long d, long q0, long kq, uint32_t *panel) {
+    for (long qb = 0; qb < kq; qb += 16) {
+        long qn = kq - qb < 16 ? kq - qb : 16;
+        for (int half = 0; half < 2; half++) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) {
+                long j = 16 * half + i;
+                r[i] = load_pairs(j < n ? rows[j] : NULL, q0 + qb, d);
+            }
+            transpose16(r);
+            for (long q = 0; q < qn; q++) _mm512_storeu_si512(panel + (qb + q) * 32 + 16 * half, r[q]);
+        }
+    }
+}
+
+CCE_AVX512_BF16
+void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *const *c_rows, long n, long d,
+                           float *out, long ldo, uint32_t *panel, const bool *panel_mask) {
+    const long mr = CCE_BF16_MR, nr = CCE_BF16_NR, dp = (d + 1) / 2;
+    if (dp == 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
+    for (long q0 = 0; q0 < dp; q0 += CCE_BF16_KCP) {
+        long kq = dp - q0 < CCE_BF16_KCP ? dp - q0 : CCE_BF16_KCP;
+        for (long j0 = 0; j0 < n; j0 += nr) {
+            long nc = n - j0 < nr ? n - j0 : nr;
+            __mmask16 k0, k1;
+            column_masks(nc, &k0, &k1);
+            bf16_pack_columns(c_rows + j0, nc, d, q0, kq, panel);
+            for (long p = 0; p * mr < m; p++) {
+                if (panel_mask && !panel_mask[p]) continue;
+                long mc = m - p * mr < mr ? m - p * mr : mr;
+                bf16_kernel(kq, e_panels + p * mr * dp + q0 * mr, panel, out + p * mr * ldo + j0, ldo, q0 > 0, mc,
+                            k0, k1);
+            }
+        }
+    }
+}
+
+CCE_AVX512_BF16
+void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long count, long d, float *out) {
+    const long dp = (d + 1) / 2;
+    for (long i0 = 0; i0 < count; i0 += 16) {
+        long cn = count - i0 < 16 ? count - i0 : 16;
+        __m512 s = _mm512_setzero_ps();
+        for (long q0 = 0; q0 < dp; q0 += 16) {
+            __m512i ra[16], rb[16];
+            for (int i = 0; i < 16; i++) {
+                ra[i] = load_pairs(i < cn ? a[i0 + i] : NULL, q0, d);
+                rb[i] = load_pairs(i < cn ? b[i0 + i] : NULL, q0, d);
+            }
+            transpose16(ra);
+            transpose16(rb);
+            long qn = dp - q0 < 16 ? dp - q0 : 16;
+            for (long q = 0; q < qn; q++) s = DP_STEP(s, ra[q], rb[q]);
+        }
+        _mm512_mask_storeu_ps(out + i0, (__mmask16)((1u << cn) - 1), s);
+    }
+}
+
+// MARK: - The Float32 FMA kernel
+
+#define FMA_STEP(s, x, b) _mm512_fmadd_ps(_mm512_castsi512_ps(x), _mm512_castsi512_ps(b), (s))
+#define FMA_BCAST(v) _mm512_castps_si512(_mm512_set1_ps(v))
+DEFINE_KERNEL(fma_kernel, CCE_AVX512, CCE_FMA_MR, float, FMA_BCAST, FMA_STEP)
+
+CCE_AVX512
+void cce_fma_pack_rows(const void *const *rows, int type, long m, long d, float *dst) {
+    const long mr = CCE_FMA_MR;
+    const __mmask16 rowMask = (__mmask16)((1u << mr) - 1);
+    for (long p = 0; p * mr < m; p++) {
+        float *panel = dst + p * mr * d;
+        for (long k0 = 0; k0 < d; k0 += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) {
+                long row = p * mr + i;
+                r[i] = load_floats(i < mr && row < m ? rows[row] : NULL, type, k0, d);
+            }
+            transpose16(r);
+            long kn = d - k0 < 16 ? d - k0 : 16;
+            for (long k = 0; k < kn; k++) _mm512_mask_storeu_epi32(panel + (k0 + k) * mr, rowMask, r[k]);
+        }
+    }
+}
+
+// Elements k0 ..< k0 + kc of rows[0 ..< n] (n ≤ 32) into panel[k · 32 + j]; rows ≥ n zero.
+CCE_INLINE void fma_pack_columns(const void *const *rows, int type, long n, long d, long k0, long kc, float *panel) {
+    for (long kb = 0; kb < kc; kb += 16) {
+        long kn = kc - kb < 16 ? kc - kb : 16;
+        for (int half = 0; half < 2; half++) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) {
+                long j = 16 * half + i;
+                r[i] = load_floats(j < n ? rows[j] : NULL, type, k0 + kb, d);
+            }
+            transpose16(r);
+            for (long k = 0; k < kn; k++) _mm512_storeu_si512(panel + (kb + k) * 32 + 16 * half, r[k]);
+        }
+    }
+}
+
+CCE_AVX512
+void cce_fma_tile_product(const float *e_panels, long m, const void *const *c_rows, int type, long n, long d,
+                          float *out, long ldo, float *panel, const bool *panel_mask) {
+    const long mr = CCE_FMA_MR, nr = CCE_FMA_NR;
+    if (d == 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
+    for (long k0 = 0; k0 < d; k0 += CCE_FMA_KC) {
+        long kc = d - k0 < CCE_FMA_KC ? d - k0 : CCE_FMA_KC;
+        for (long j0 = 0; j0 < n; j0 += nr) {
+            long nc = n - j0 < nr ? n - j0 : nr;
+            __mmask16 k0m, k1m;
+            column_masks(nc, &k0m, &k1m);
+            fma_pack_columns(c_rows + j0, type, nc, d, k0, kc, panel);
+            for (long p = 0; p * mr < m; p++) {
+                if (panel_mask && !panel_mask[p]) continue;
+                long mc = m - p * mr < mr ? m - p * mr : mr;
+                fma_kernel(kc, e_panels + p * mr * d + k0 * mr, panel, out + p * mr * ldo + j0, ldo, k0 > 0, mc,
+                           k0m, k1m);
+            }
+        }
+    }
+}
+
+#else  // not x86: neither kernel exists, and the feature queries say so.
+
+int cce_avx512_supported(void) { return 0; }
+int cce_bf16_supported(void) { return 0; }
+int cce_cpu_is_amd(void) { return 0; }
+size_t cce_bf16_row_panel_words(long m, long d) {
+    return (size_t)((m + CCE_BF16_MR - 1) / CCE_BF16_MR * CCE_BF16_MR * ((d + 1) / 2));
+}
+size_t cce_bf16_column_panel_words(void) { return (size_t)CCE_BF16_NR * CCE_BF16_KCP; }
+size_t cce_fma_row_panel_floats(long m, long d) {
+    return (size_t)((m + CCE_FMA_MR - 1) / CCE_FMA_MR * CCE_FMA_MR * d);
+}
+size_t cce_fma_column_panel_floats(void) { return (size_t)CCE_FMA_NR * CCE_FMA_KC; }
+void cce_bf16_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
+void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *const *c_rows, long n, long d,
+                           float *out, long ldo, uint32_t *panel, const bool *panel_mask) { __builtin_trap(); }
+void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long count, long d, float *out) {
+    __builtin_trap();
+}
+void cce_fma_pack_rows(const void *const *rows, int type, long m, long d, float *dst) { __builtin_trap(); }
+void cce_fma_tile_product(const float *e_panels, long m, const void *const *c_rows, int type, long n, long d,
+                          float *out, long ldo, float *panel, const bool *panel_mask) { __builtin_trap(); }
+
+#endif

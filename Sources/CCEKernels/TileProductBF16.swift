@@ -1,0 +1,253 @@
+// AVX-512 tile products, chosen at run time, with `tileProduct` (TileProduct6x16.swift) kept
+// as the portable path. The kernels live in the C target CCEAVX512, the one place the engine
+// leaves Swift: Swift can neither spell AVX512_BF16's `vdpbf16ps` nor enable a CPU feature
+// for one function (cce_avx512.c says why in full).
+//
+// Two kernels, same contract as `tileProduct` with Float32 outputs: out[i·ldo + j] =
+// Σ_k e_i[k]·c_j[k] for i < m, j < n; rows ≥ m and columns ≥ n are never read or written;
+// with a panel mask, MR-row panel p with panelMask[p] == false is skipped and its out rows
+// are left as they were. Both have MR = 12, not the portable kernel's 6: their masks have
+// ⌈m / 12⌉ entries, entry p covering the portable kernel's 6-row panels 2p and 2p + 1.
+//
+// - bf16 dot product (`tileProductBF16`, CPUs with AVX512_BF16): bf16 inputs, pairs of
+//   elements multiplied by vdpbf16ps. Layouts (one UInt32 word = one pair of bf16 elements,
+//   k = 2q in the low half and 2q + 1 in the high half; pairs(d) = ⌈d / 2⌉, an odd d padded
+//   with a zero high half):
+//   E panels (`packRowPanelsBF16`, once per token block): ⌈m / 12⌉ panels of 12 rows, panel
+//   p at word p·12·pairs(d), word q·12 + r = row 12p + r's pair q; rows ≥ m zero;
+//   `bf16RowPanelWords(m:d:)` words. C panel: scratch of `BF16TileShape.columnPanelWords`
+//   (32 columns x 256 pairs = 32 KiB), refilled by the product.
+//   Summation order: each output is one chain over the pairs q = 0 ..< pairs(d), from +0:
+//   s ← s + e[2q+1]·c[2q+1], then s ← s + e[2q]·c[2q], one Float32 rounding each (the
+//   products are exact), subnormal inputs read as zero and subnormal sums flushed to zero
+//   (the instruction's fixed behaviour). This order is not the portable kernel's: the two
+//   kernels' logits differ in the last bits, both within the Float32 budget.
+//   `dotsBF16` gives the same bits for single dot products (the forward's target logit) and
+//   `bf16DotEmulated` reproduces them in portable Swift.
+//
+// - Float32 FMA on 512-bit vectors (`tileProductAVX512`, CPUs with AVX512F/BW/VL): inputs
+//   of any storage type converted to Float32 exactly while packed, 16-lane FMAs. Layouts:
+//   E panels (`packRowPanelsAVX512`): ⌈m / 12⌉ panels of 12 rows, panel p at p·12·d,
+//   element k·12 + r = row 12p + r's element k; `avx512RowPanelFloats(m:d:)` floats. C panel:
+//   scratch of `AVX512TileShape.columnPanelFloats` (32 x 256 floats = 32 KiB).
+//   Summation order: one FMA chain over k = 0 ..< d from +0, the portable kernel's order:
+//   its outputs are bit for bit those of `tileProduct` (and `sequentialDot`).
+//
+// In both, KC chunks continue a chain through the stored Float32 partial, so an output's
+// bits depend only on its two rows and d: not on its place in the tile, m, n, the chunking,
+// the mask or the thread.
+//
+// Which kernel (`TileKernel.forStorage`): measured on an Intel Xeon (Sapphire/Emerald Rapids
+// class), vdpbf16ps retires one 512-bit instruction per two cycles, the same products per
+// second as 256-bit FMAs and half those of 512-bit FMAs: there the FMA kernel is the fast
+// one for bf16 too. AMD Zen 4 runs 512-bit FMAs at the 256-bit rate, so only the bf16 dot
+// product can double it: bf16 storage uses it on AMD CPUs. CCE_KERNEL=portable, avx512fma
+// or avx512bf16 in the environment overrides the choice (when the CPU can run it).
+
+import CCEAVX512
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Register block and panel sizes of the bf16 dot-product kernel.
+public enum BF16TileShape {
+    /// E rows per register block and per panel-mask entry.
+    public static let mr = Int(CCE_BF16_MR)
+    /// C rows per packed panel (two 16-lane vectors).
+    public static let nr = Int(CCE_BF16_NR)
+    /// Elements of k per packed C panel (256 pairs).
+    public static let kc = 2 * Int(CCE_BF16_KCP)
+    /// UInt32 words of the C-panel scratch `tileProductBF16` needs.
+    public static let columnPanelWords = Int(cce_bf16_column_panel_words())
+}
+
+/// Register block and panel sizes of the 512-bit Float32 FMA kernel.
+public enum AVX512TileShape {
+    /// E rows per register block and per panel-mask entry.
+    public static let mr = Int(CCE_FMA_MR)
+    /// C rows per packed panel (two 16-lane vectors).
+    public static let nr = Int(CCE_FMA_NR)
+    /// Elements of k per packed C panel.
+    public static let kc = Int(CCE_FMA_KC)
+    /// Floats of the C-panel scratch `tileProductAVX512` needs.
+    public static let columnPanelFloats = Int(cce_fma_column_panel_floats())
+}
+
+/// Whether this CPU and OS can run the 512-bit FMA kernel: AVX512F, AVX512BW and AVX512VL by
+/// cpuid, and the opmask and ZMM state enabled by the OS (xgetbv). Detected once.
+public let hasAVX512: Bool = cce_avx512_supported() != 0
+
+/// Whether this CPU and OS can run the bf16 dot-product kernel: `hasAVX512` and AVX512_BF16
+/// (cpuid leaf 7 subleaf 1, EAX bit 5). Detected once.
+public let hasBF16DotProduct: Bool = cce_bf16_supported() != 0
+
+/// The tile kernels.
+public enum TileKernel: String, Sendable, CaseIterable {
+    /// The Swift SIMD8 Float32-FMA kernel (`tileProduct`), on every CPU.
+    case portable = "swift-simd8-fma-6x16"
+    /// The 512-bit Float32 FMA kernel (`tileProductAVX512`): the portable kernel's bits.
+    case avx512FMA = "avx512-fma-12x32"
+    /// The AVX512_BF16 `vdpbf16ps` kernel (`tileProductBF16`), for bf16 storage only.
+    case avx512BF16 = "avx512bf16-dp-12x32"
+
+    /// The name reports print.
+    public var name: String { rawValue }
+
+    /// Whether this machine can run the kernel on inputs stored as `type`.
+    public func runs(_ type: StorageType) -> Bool {
+        switch self {
+        case .portable: return true
+        case .avx512FMA: return hasAVX512
+        case .avx512BF16: return hasBF16DotProduct && type == .bfloat16
+        }
+    }
+
+    /// The kernel for inputs stored as `type` on this machine (decided once per type): the
+    /// environment's CCE_KERNEL (portable, avx512fma or avx512bf16) when this machine can run
+    /// it; else for bf16 the dot product on AMD CPUs that have it, and otherwise the 512-bit
+    /// FMA kernel where AVX-512 runs, else the portable kernel.
+    public static func forStorage(_ type: StorageType) -> TileKernel {
+        switch type {
+        case .float32: return chosen.f32
+        case .float16: return chosen.f16
+        case .bfloat16: return chosen.bf16
+        }
+    }
+
+    /// The kernel for BFloat16 storage: `forStorage(.bfloat16)`.
+    public static var forBFloat16: TileKernel { chosen.bf16 }
+
+    /// The override CCE_KERNEL names, if any.
+    static let requested: TileKernel? = {
+        guard let v = getenv("CCE_KERNEL") else { return nil }
+        switch String(cString: v).lowercased() {
+        case "portable", "swift": return .portable
+        case "avx512fma", "avx512-fma", "fma": return .avx512FMA
+        case "avx512bf16", "avx512-bf16", "bf16": return .avx512BF16
+        default: return nil
+        }
+    }()
+
+    static func choose(_ type: StorageType) -> TileKernel {
+        if let r = requested, r.runs(type) { return r }
+        if type == .bfloat16 && hasBF16DotProduct && cce_cpu_is_amd() != 0 { return .avx512BF16 }
+        return hasAVX512 ? .avx512FMA : .portable
+    }
+
+    static let chosen = (f32: choose(.float32), f16: choose(.float16), bf16: choose(.bfloat16))
+}
+
+@inlinable @inline(__always)
+func cStorage(_ type: StorageType) -> Int32 {
+    switch type {
+    case .float32: return Int32(CCE_STORAGE_F32)
+    case .float16: return Int32(CCE_STORAGE_F16)
+    case .bfloat16: return Int32(CCE_STORAGE_BF16)
+    }
+}
+
+@inlinable @inline(__always)
+func bf16Rows(_ rows: UnsafePointer<UnsafeRawPointer>) -> UnsafePointer<UnsafePointer<UInt16>?> {
+    UnsafeRawPointer(rows).assumingMemoryBound(to: UnsafePointer<UInt16>?.self)
+}
+
+@inlinable @inline(__always)
+func rawRows(_ rows: UnsafePointer<UnsafeRawPointer>) -> UnsafePointer<UnsafeRawPointer?> {
+    UnsafeRawPointer(rows).assumingMemoryBound(to: UnsafeRawPointer?.self)
+}
+
+// MARK: - The bf16 dot-product kernel
+
+/// UInt32 words of the bf16 kernel's E panels for m rows of d elements: ⌈m / 12⌉·12·⌈d / 2⌉.
+@inlinable
+public func bf16RowPanelWords(m: Int, d: Int) -> Int { Int(cce_bf16_row_panel_words(m, d)) }
+
+/// Packs rows[0 ..< m] (BFloat16 bits, d elements each) into 12-row panels of pairs at dst
+/// (`bf16RowPanelWords(m:d:)` words), zero-padding rows beyond m and an odd d.
+/// Requires `hasBF16DotProduct`.
+@inlinable
+public func packRowPanelsBF16(_ rows: UnsafePointer<UnsafeRawPointer>, m: Int, d: Int,
+                              into dst: UnsafeMutablePointer<UInt32>) {
+    precondition(hasBF16DotProduct, "packRowPanelsBF16 needs AVX512_BF16")
+    cce_bf16_pack_rows(bf16Rows(rows), m, d, dst)
+}
+
+/// out[i·ldo + j] = Σ_k e_i[k]·c_j[k] for i < m, j < n, from BFloat16 rows, in Float32, by
+/// vdpbf16ps.
+/// - ePanels: the E rows packed by `packRowPanelsBF16` (same d).
+/// - cRows: raw pointers to the n C rows (BFloat16 bits, d elements each; never read past).
+/// - panel: scratch of `BF16TileShape.columnPanelWords` words (64-byte aligned is best).
+/// - panelMask: when given, 12-row panels p with panelMask[p] == false are not computed
+///   (their out rows are left as they were).
+/// Requires `hasBF16DotProduct`.
+@inlinable
+public func tileProductBF16(ePanels: UnsafePointer<UInt32>, m: Int, cRows: UnsafePointer<UnsafeRawPointer>, n: Int,
+                            d: Int, out: UnsafeMutablePointer<Float>, ldo: Int, panel: UnsafeMutablePointer<UInt32>,
+                            panelMask: UnsafePointer<Bool>? = nil) {
+    precondition(hasBF16DotProduct, "tileProductBF16 needs AVX512_BF16")
+    cce_bf16_tile_product(ePanels, m, bf16Rows(cRows), n, d, out, ldo, panel, panelMask)
+}
+
+/// out[i] = Σ_k a_i[k]·b_i[k] for i < count (BFloat16 rows of d elements), bit for bit as
+/// `tileProductBF16` computes the same pair of rows. Requires `hasBF16DotProduct`.
+@inlinable
+public func dotsBF16(_ a: UnsafePointer<UnsafeRawPointer>, _ b: UnsafePointer<UnsafeRawPointer>, count: Int, d: Int,
+                     out: UnsafeMutablePointer<Float>) {
+    precondition(hasBF16DotProduct, "dotsBF16 needs AVX512_BF16")
+    cce_bf16_dots(bf16Rows(a), bf16Rows(b), count, d, out)
+}
+
+/// The bf16 kernel's dot product in portable Swift: the same chain over pairs (high element
+/// first), Float32 FMAs of exact products, subnormal inputs read as zero and subnormal sums
+/// flushed to zero. Bit for bit what vdpbf16ps gives (measured); slow: a test reference.
+public func bf16DotEmulated(_ a: UnsafePointer<UInt16>, _ b: UnsafePointer<UInt16>, _ d: Int) -> Float {
+    @inline(__always) func input(_ bits: UInt16) -> Float {
+        bits & 0x7F80 == 0 ? Float(bitPattern: UInt32(bits & 0x8000) << 16) : floatFromBFloat16Bits(bits)
+    }
+    @inline(__always) func flush(_ x: Float) -> Float { x.isSubnormal ? Float(signOf: x, magnitudeOf: 0) : x }
+    var s: Float = 0
+    var k = 0
+    while k + 1 < d {
+        s = flush(s.addingProduct(input(a[k + 1]), input(b[k + 1])))
+        s = flush(s.addingProduct(input(a[k]), input(b[k])))
+        k += 2
+    }
+    if k < d {
+        s = flush(s + 0)  // the padded high half: +0·+0
+        s = flush(s.addingProduct(input(a[k]), input(b[k])))
+    }
+    return s
+}
+
+// MARK: - The 512-bit Float32 FMA kernel
+
+/// Floats of the FMA kernel's E panels for m rows of d elements: ⌈m / 12⌉·12·d.
+@inlinable
+public func avx512RowPanelFloats(m: Int, d: Int) -> Int { Int(cce_fma_row_panel_floats(m, d)) }
+
+/// Packs rows[0 ..< m] (d elements each, stored as `type`) into 12-row Float32 panels at dst
+/// (`avx512RowPanelFloats(m:d:)` floats), zero-padding rows beyond m. Requires `hasAVX512`.
+@inlinable
+public func packRowPanelsAVX512(_ rows: UnsafePointer<UnsafeRawPointer>, type: StorageType, m: Int, d: Int,
+                                into dst: UnsafeMutablePointer<Float>) {
+    precondition(hasAVX512, "packRowPanelsAVX512 needs AVX-512")
+    cce_fma_pack_rows(rawRows(rows), cStorage(type), m, d, dst)
+}
+
+/// out[i·ldo + j] = Σ_k e_i[k]·c_j[k] for i < m, j < n, in Float32 by 512-bit FMAs, with
+/// `tileProduct`'s bits.
+/// - ePanels: the E rows packed by `packRowPanelsAVX512` (same d).
+/// - cRows: raw pointers to the n C rows, stored as `cType` (never read past element d − 1).
+/// - panel: scratch of `AVX512TileShape.columnPanelFloats` floats (64-byte aligned is best).
+/// - panelMask: when given, 12-row panels p with panelMask[p] == false are not computed.
+/// Requires `hasAVX512`.
+@inlinable
+public func tileProductAVX512(ePanels: UnsafePointer<Float>, m: Int, cRows: UnsafePointer<UnsafeRawPointer>,
+                              cType: StorageType, n: Int, d: Int, out: UnsafeMutablePointer<Float>, ldo: Int,
+                              panel: UnsafeMutablePointer<Float>, panelMask: UnsafePointer<Bool>? = nil) {
+    precondition(hasAVX512, "tileProductAVX512 needs AVX-512")
+    cce_fma_tile_product(ePanels, m, rawRows(cRows), cStorage(cType), n, d, out, ldo, panel, panelMask)
+}

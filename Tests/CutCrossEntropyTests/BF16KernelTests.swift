@@ -1,0 +1,429 @@
+// The AVX-512 tile products (TileProductBF16.swift, C target CCEAVX512). The bf16 dot-product
+// kernel against the Float64 reference and against its own portable emulation, on shapes
+// that are not tile multiples; the panel mask, position independence of the bits, zero
+// padding, and no read past a row's last element. The 512-bit FMA kernel bit for bit against
+// the portable kernel for every storage type. On a CPU without AVX512_BF16 (or AVX-512)
+// those tests skip, saying so; the portable path (the Swift kernel on bf16 storage, and the
+// emulation) is tested everywhere.
+//
+// Error budget. Every product of two bf16 values is exact in Float32 (8 + 8 significant
+// bits ≤ 24), so the only error is the Float32 summation: each output is a chain of d
+// additions (two per k-pair; an odd d's padding adds an exact zero), and the standard bound
+// for recursive summation gives |ŝ − s| ≤ γ_d · Σ_k |a_k b_k| with γ_d = d·u / (1 − d·u),
+// u = 2^-24. The reference (Double sums, compared in Double) adds about d·2^-53·Σ|ab|; the
+// instruction's flush of subnormal sums to zero adds at most 2^-126 per step. Budget:
+//     |out − ref| ≤ 2 · d · 2^-24 · Σ_k |a_k b_k| + 2·d·2^-126,
+// the factor 2 covering 1/(1 − d·u) and the reference's own error with room to spare. The
+// largest measured ratio |out − ref| / (d · 2^-24 · Σ|ab|) is printed by the test.
+
+import CCEKernels
+import XCTest
+
+/// bf16 rows of d elements, each row ending where the next begins; an optional guard page
+/// right after the last row (reads past it fault).
+private final class BF16Rows {
+    let count: Int, d: Int
+    let bits: UnsafeMutablePointer<UInt16>
+    private let base: UnsafeMutableRawPointer
+    private let mapped: Int
+
+    /// Values: uniform in [−1, 1] (`wide` false) or with exponents spread over 2^-20 … 2^20.
+    init(count: Int, d: Int, seed: UInt64, wide: Bool = false, guardPage: Bool = false) {
+        self.count = count; self.d = d
+        let bytes = max(1, count * d) * 2
+        if guardPage {
+            let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+            let dataPages = (bytes + page - 1) / page
+            mapped = (dataPages + 1) * page
+            base = mmap(nil, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
+            mprotect(base + dataPages * page, page, PROT_NONE)
+            bits = (base + dataPages * page - bytes).assumingMemoryBound(to: UInt16.self)
+        } else {
+            mapped = 0
+            base = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+            bits = base.assumingMemoryBound(to: UInt16.self)
+        }
+        var rng = SplitMix(seed: seed)
+        for i in 0..<(count * d) {
+            var x = Float(Double(rng.next() >> 11) * 0x1p-53 * 2 - 1)
+            if wide { x *= Float(sign: .plus, exponent: Int(rng.next() % 41) - 20, significand: 1) }
+            bits[i] = bfloat16Bits(x)
+        }
+    }
+    deinit { if mapped > 0 { munmap(base, mapped) } else { base.deallocate() } }
+
+    func row(_ i: Int) -> UnsafePointer<UInt16> { UnsafePointer(bits + i * d) }
+    var raw: [UnsafeRawPointer] { (0..<count).map { UnsafeRawPointer(row($0)) } }
+    func doubles() -> [[Double]] { (0..<count).map { i in (0..<d).map { Double(floatFromBFloat16Bits(bits[i * d + $0])) } } }
+}
+
+private struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// The bf16 kernel's tile out (m x n, row stride ldo, rows ≥ m and columns ≥ n pre-filled
+/// with a NaN sentinel) for e's rows eFirst ..< eFirst + m and c's rows cFirst ..< cFirst + n.
+private func bf16Tile(_ e: BF16Rows, eFirst: Int = 0, m: Int, _ c: BF16Rows, cFirst: Int = 0, n: Int, ldo: Int,
+                      extraRows: Int = 1, mask: [Bool]? = nil) -> [Float] {
+    let d = e.d
+    let eRaw = Array(e.raw[eFirst ..< eFirst + m]), cRaw = Array(c.raw[cFirst ..< cFirst + n])
+    var panels = [UInt32](repeating: 0xDEAD_BEEF, count: bf16RowPanelWords(m: m, d: d))
+    var panel = [UInt32](repeating: 0, count: BF16TileShape.columnPanelWords)
+    var out = [Float](repeating: .nan, count: (m + extraRows) * ldo)
+    packRowPanelsBF16(eRaw, m: m, d: d, into: &panels)
+    if let mask {
+        tileProductBF16(ePanels: panels, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo, panel: &panel,
+                        panelMask: mask)
+    } else {
+        tileProductBF16(ePanels: panels, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo, panel: &panel)
+    }
+    return out
+}
+
+private let skipMessage = "this CPU (or its OS) lacks AVX512_BF16 with ZMM state: the bf16 dot-product kernel "
+    + "is not tested here; the portable path is (testPortable*)"
+private let skipFMAMessage = "this CPU (or its OS) lacks AVX-512 (F, BW, VL) with ZMM state: the 512-bit FMA kernel "
+    + "is not tested here; the portable path is (testPortable*)"
+
+final class BF16KernelTests: XCTestCase {
+    static let depths = [1, 2, 3, 17, 255, 256, 257, 1023]
+
+    /// The shapes: every m in 1...13 (n cycling through 1...40), every n in 1...40 (m = 7),
+    /// and m = 150 against n = 256, at every depth.
+    static func shapes(_ d: Int) -> [(Int, Int)] {
+        var s: [(Int, Int)] = (1...13).map { m in (m, 1 + (m * 11 + d) % 40) }
+        s += (1...40).map { n in (7, n) }
+        s.append((150, 256))
+        return s
+    }
+
+    func testBF16TileMatchesReferenceAndEmulation() throws {
+        try XCTSkipUnless(hasBF16DotProduct, skipMessage)
+        var worst = 0.0
+        for d in Self.depths {
+            for (idx, (m, n)) in Self.shapes(d).enumerated() {
+                let e = BF16Rows(count: m, d: d, seed: UInt64(1000 * d + 2 * idx), wide: idx % 3 == 1)
+                let c = BF16Rows(count: n, d: d, seed: UInt64(1000 * d + 2 * idx + 1))
+                let ldo = n + 3
+                let out = bf16Tile(e, m: m, c, n: n, ldo: ldo)
+                let ed = e.doubles(), cd = c.doubles()
+                var ref = [Double](repeating: 0, count: m * n)
+                ed.withRowPointers { ap in
+                    cd.withRowPointers { bp in
+                        tileProductReference(a: ap, m: m, b: bp, n: n, k: d, out: &ref, ldo: n)
+                    }
+                }
+                var mismatches = 0
+                for i in 0..<m {
+                    for j in 0..<n {
+                        let got = out[i * ldo + j]
+                        var absSum = 0.0
+                        for k in 0..<d { absSum += abs(ed[i][k] * cd[j][k]) }
+                        let err = abs(Double(got) - ref[i * n + j])
+                        let budget = 2 * Double(d) * 0x1p-24 * absSum + 2 * Double(d) * 0x1p-126
+                        XCTAssertLessThanOrEqual(err, budget, "m=\(m) n=\(n) d=\(d) (\(i),\(j))")
+                        if absSum > 0 { worst = max(worst, err / (Double(d) * 0x1p-24 * absSum)) }
+                        let emu = bf16DotEmulated(e.row(i), c.row(j), d)
+                        if emu.bitPattern != got.bitPattern { mismatches += 1 }
+                    }
+                    for j in n..<ldo { XCTAssertTrue(out[i * ldo + j].isNaN, "column \(j) ≥ n written") }
+                }
+                for j in 0..<ldo { XCTAssertTrue(out[m * ldo + j].isNaN, "row m written") }
+                XCTAssertEqual(mismatches, 0, "kernel vs bf16DotEmulated, bitwise, m=\(m) n=\(n) d=\(d)")
+            }
+        }
+        print("bf16 kernel: max |out − ref| / (d·2^-24·Σ|ab|) = \(worst) (budget 2)")
+    }
+
+    func testPanelMaskSkipsPanelsAndLeavesRows() throws {
+        try XCTSkipUnless(hasBF16DotProduct, skipMessage)
+        let mr = BF16TileShape.mr
+        let m = 3 * mr + 5, n = 37, d = 257, ldo = 40
+        let e = BF16Rows(count: m, d: d, seed: 7), c = BF16Rows(count: n, d: d, seed: 8)
+        let full = bf16Tile(e, m: m, c, n: n, ldo: ldo)
+        let mask = [true, false, false, true]
+        let part = bf16Tile(e, m: m, c, n: n, ldo: ldo, mask: mask)
+        for i in 0..<m {
+            for j in 0..<ldo {
+                if mask[i / mr] && j < n {
+                    XCTAssertEqual(part[i * ldo + j].bitPattern, full[i * ldo + j].bitPattern, "(\(i),\(j))")
+                } else {
+                    XCTAssertTrue(part[i * ldo + j].isNaN, "row \(i) of a skipped panel (or column \(j) ≥ n) written")
+                }
+            }
+        }
+        let none = bf16Tile(e, m: m, c, n: n, ldo: ldo, mask: [false, false, false, false])
+        XCTAssertTrue(none.allSatisfy(\.isNaN), "an all-false mask writes nothing")
+    }
+
+    /// An element's bits do not depend on its row or column position in the tile, on m, n,
+    /// or the kernel's KC chunks (d = 1023 spans two), and single dot products match them.
+    func testBitsIndependentOfPositionAndShape() throws {
+        try XCTSkipUnless(hasBF16DotProduct, skipMessage)
+        for d in [17, 1023] {
+            let m = 150, n = 256
+            let e = BF16Rows(count: m, d: d, seed: 21, wide: true), c = BF16Rows(count: n, d: d, seed: 22)
+            let full = bf16Tile(e, m: m, c, n: n, ldo: n)
+            for (i0, mm, j0, nn) in [(5, 17, 3, 29), (0, 1, 255, 1), (149, 1, 0, 256), (13, 13, 40, 33), (100, 50, 200, 56)] {
+                let sub = bf16Tile(e, eFirst: i0, m: mm, c, cFirst: j0, n: nn, ldo: nn)
+                for i in 0..<mm {
+                    for j in 0..<nn {
+                        XCTAssertEqual(sub[i * nn + j].bitPattern, full[(i0 + i) * n + j0 + j].bitPattern,
+                                       "d=\(d): element (\(i0 + i),\(j0 + j)) at (\(i),\(j)) of a \(mm)x\(nn) tile")
+                    }
+                }
+            }
+            // dotsBF16: row i against column (7i + 3) mod n.
+            let a = e.raw, b = (0..<m).map { c.raw[(7 * $0 + 3) % n] }
+            var dots = [Float](repeating: .nan, count: m + 1)
+            dotsBF16(a, b, count: m, d: d, out: &dots)
+            for i in 0..<m {
+                XCTAssertEqual(dots[i].bitPattern, full[i * n + (7 * i + 3) % n].bitPattern, "dotsBF16 d=\(d) row \(i)")
+            }
+            XCTAssertTrue(dots[m].isNaN, "dotsBF16 wrote past count")
+        }
+    }
+
+    /// The packed E panels hold the documented layout, with zeros for rows beyond m and for
+    /// an odd d's last high half; no operand is read past its last element (rows end at a
+    /// guard page).
+    func testZeroPaddingAndLayout() throws {
+        try XCTSkipUnless(hasBF16DotProduct, skipMessage)
+        let mr = BF16TileShape.mr
+        for d in [1, 3, 17, 255, 256, 1023] {
+            let m = mr + 5
+            let e = BF16Rows(count: m, d: d, seed: UInt64(d), guardPage: true)
+            let panels = [UInt32](unsafeUninitializedCapacity: bf16RowPanelWords(m: m, d: d)) { buf, count in
+                for w in 0..<buf.count { buf[w] = 0xDEAD_BEEF }
+                packRowPanelsBF16(e.raw, m: m, d: d, into: buf.baseAddress!)
+                count = buf.count
+            }
+            let pairs = (d + 1) / 2
+            XCTAssertEqual(panels.count, 2 * mr * pairs)
+            for p in 0..<2 {
+                for q in 0..<pairs {
+                    for r in 0..<mr {
+                        let i = p * mr + r
+                        let lo: UInt16 = i < m ? e.bits[i * d + 2 * q] : 0
+                        let hi: UInt16 = i < m && 2 * q + 1 < d ? e.bits[i * d + 2 * q + 1] : 0
+                        XCTAssertEqual(panels[p * mr * pairs + q * mr + r], UInt32(lo) | UInt32(hi) << 16,
+                                       "d=\(d) panel \(p) pair \(q) row \(r)")
+                    }
+                }
+            }
+            // The last C row and the last E row end right before the guard page.
+            let c = BF16Rows(count: 33, d: d, seed: UInt64(d + 1), guardPage: true)
+            let out = bf16Tile(e, m: m, c, n: 33, ldo: 33)
+            for i in [0, m - 1] {
+                for j in [0, 32] {
+                    XCTAssertEqual(out[i * 33 + j].bitPattern, bf16DotEmulated(e.row(i), c.row(j), d).bitPattern)
+                }
+            }
+            var dot: Float = .nan
+            dotsBF16([e.raw[m - 1]], [c.raw[32]], count: 1, d: d, out: &dot)
+            XCTAssertEqual(dot.bitPattern, out[(m - 1) * 33 + 32].bitPattern)
+        }
+    }
+
+    /// The emulation reproduces the instruction bit for bit, also with subnormal bf16 inputs,
+    /// partial sums that underflow and huge dynamic range.
+    func testEmulationMatchesInstructionBitwise() throws {
+        try XCTSkipUnless(hasBF16DotProduct, skipMessage)
+        var rng = SplitMix(seed: 99)
+        let count = 4000, d = 9
+        let a = BF16Rows(count: count, d: d, seed: 1), b = BF16Rows(count: count, d: d, seed: 2)
+        for i in 0..<(count * d) {
+            // Exponents 0 ... 40 and 100 ... 140 (bf16 subnormals at 0), random signs.
+            for p in [a.bits, b.bits] {
+                let r = rng.next()
+                let exp = UInt16(r % 41) + (r & 64 == 0 ? 0 : 100)
+                p[i] = UInt16(truncatingIfNeeded: r >> 20) & 0x807F | exp << 7
+            }
+        }
+        var got = [Float](repeating: 0, count: count)
+        dotsBF16(a.raw, b.raw, count: count, d: d, out: &got)
+        var mismatches = 0
+        for i in 0..<count where bf16DotEmulated(a.row(i), b.row(i), d).bitPattern != got[i].bitPattern {
+            mismatches += 1
+        }
+        XCTAssertEqual(mismatches, 0, "bf16DotEmulated vs vdpbf16ps")
+    }
+
+    // MARK: - The portable path, on every CPU
+
+    func testPortableKernelOnBF16StorageMatchesReference() {
+        for d in Self.depths {
+            for (m, n) in [(1, 1), (13, 40), (7, 17), (150, 256)] {
+                let e = BF16Rows(count: m, d: d, seed: UInt64(d * 3)), c = BF16Rows(count: n, d: d, seed: UInt64(d * 3 + 1))
+                var panels = [Float](repeating: 0, count: (m + TileShape.mr - 1) / TileShape.mr * TileShape.mr * d)
+                var panel = [Float](repeating: 0, count: TileShape.nr * TileShape.kc)
+                var out = [Float](repeating: .nan, count: m * n)
+                packRowPanels(e.raw, type: .bfloat16, m: m, k: d, into: &panels)
+                tileProduct(ePanels: panels, m: m, cRows: c.raw, cType: .bfloat16, n: n, d: d, out: &out, ldo: n,
+                            panel: &panel)
+                let ed = e.doubles(), cd = c.doubles()
+                var ref = [Double](repeating: 0, count: m * n)
+                ed.withRowPointers { ap in
+                    cd.withRowPointers { bp in
+                        tileProductReference(a: ap, m: m, b: bp, n: n, k: d, out: &ref, ldo: n)
+                    }
+                }
+                for i in 0..<m {
+                    for j in 0..<n {
+                        var absSum = 0.0
+                        for k in 0..<d { absSum += abs(ed[i][k] * cd[j][k]) }
+                        let budget = 2 * Double(d) * 0x1p-24 * absSum
+                        XCTAssertLessThanOrEqual(abs(Double(out[i * n + j]) - ref[i * n + j]), budget,
+                                                 "portable m=\(m) n=\(n) d=\(d) (\(i),\(j))")
+                        if i == j || i + j == 1 {
+                            // The emulation of the bf16 order stays within the same budget.
+                            let emu = Double(bf16DotEmulated(e.row(i), c.row(j), d))
+                            XCTAssertLessThanOrEqual(abs(emu - ref[i * n + j]), budget, "emulation d=\(d)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testKernelSelection() {
+        for type in StorageType.allCases {
+            let chosen = TileKernel.forStorage(type)
+            XCTAssertTrue(chosen.runs(type), "\(chosen.name) chosen for \(type) but cannot run here")
+            if !hasAVX512 { XCTAssertEqual(chosen, .portable) }
+            if hasAVX512, getenv("CCE_KERNEL") == nil { XCTAssertNotEqual(chosen, .portable) }
+            if let v = getenv("CCE_KERNEL"), String(cString: v) == "portable" { XCTAssertEqual(chosen, .portable) }
+        }
+        XCTAssertEqual(TileKernel.forBFloat16, TileKernel.forStorage(.bfloat16))
+        XCTAssertFalse(TileKernel.avx512BF16.runs(.float32))
+        print("AVX-512: \(hasAVX512), AVX512_BF16: \(hasBF16DotProduct); kernels: "
+              + StorageType.allCases.map { "\($0.rawValue) \(TileKernel.forStorage($0).name)" }.joined(separator: ", "))
+    }
+
+    // MARK: - The 512-bit FMA kernel: the portable kernel's bits
+
+    func testAVX512KernelMatchesPortableBitwise() throws {
+        try XCTSkipUnless(hasAVX512, skipFMAMessage)
+        for type in StorageType.allCases {
+            for d in Self.depths {
+                for (idx, (m, n)) in Self.shapes(d).enumerated() where idx % 4 == 0 || m * n > 1000 {
+                    let e = TypedRows(type, count: m, d: d, seed: UInt64(7 * d + idx))
+                    let c = TypedRows(type, count: n, d: d, seed: UInt64(7 * d + idx + 5000))
+                    let ldo = n + 2
+                    let fast = avx512Tile(e, m: m, c, n: n, ldo: ldo)
+                    let portable = portableTile(e, m: m, c, n: n, ldo: ldo)
+                    var mismatches = 0
+                    for i in 0..<m {
+                        for j in 0..<n where fast[i * ldo + j].bitPattern != portable[i * ldo + j].bitPattern {
+                            mismatches += 1
+                        }
+                        for j in n..<ldo { XCTAssertTrue(fast[i * ldo + j].isNaN, "column \(j) ≥ n written") }
+                    }
+                    for j in 0..<ldo { XCTAssertTrue(fast[m * ldo + j].isNaN, "row m written") }
+                    XCTAssertEqual(mismatches, 0, "avx512 vs portable kernel, \(type) m=\(m) n=\(n) d=\(d)")
+                }
+            }
+        }
+    }
+
+    func testAVX512PanelMaskAndPositionIndependence() throws {
+        try XCTSkipUnless(hasAVX512, skipFMAMessage)
+        let mr = AVX512TileShape.mr
+        let m = 3 * mr + 5, n = 37, d = 600, ldo = 40
+        let e = TypedRows(.bfloat16, count: m, d: d, seed: 31), c = TypedRows(.bfloat16, count: n, d: d, seed: 32)
+        let full = avx512Tile(e, m: m, c, n: n, ldo: ldo)
+        let mask = [false, true, false, true]
+        let part = avx512Tile(e, m: m, c, n: n, ldo: ldo, mask: mask)
+        for i in 0..<m {
+            for j in 0..<ldo {
+                if mask[i / mr] && j < n {
+                    XCTAssertEqual(part[i * ldo + j].bitPattern, full[i * ldo + j].bitPattern, "(\(i),\(j))")
+                } else {
+                    XCTAssertTrue(part[i * ldo + j].isNaN, "row \(i) of a skipped panel (or column \(j) ≥ n) written")
+                }
+            }
+        }
+        let sub = avx512Tile(e, eFirst: 13, m: 3, c, cFirst: 5, n: 30, ldo: 30)
+        for i in 0..<3 {
+            for j in 0..<30 {
+                XCTAssertEqual(sub[i * 30 + j].bitPattern, full[(13 + i) * ldo + 5 + j].bitPattern)
+            }
+        }
+    }
+}
+
+/// Rows of d elements stored as `type` (uniform in [−1, 1]), one after another.
+private final class TypedRows {
+    let type: StorageType, count: Int, d: Int
+    let bytes: UnsafeMutableRawPointer
+
+    init(_ type: StorageType, count: Int, d: Int, seed: UInt64) {
+        self.type = type; self.count = count; self.d = d
+        bytes = .allocate(byteCount: max(1, count * d) * type.size, alignment: 64)
+        var rng = SplitMix(seed: seed)
+        for i in 0..<(count * d) {
+            let x = Float(Double(rng.next() >> 11) * 0x1p-53 * 2 - 1)
+            switch type {
+            case .float32: bytes.storeBytes(of: x, toByteOffset: 4 * i, as: Float.self)
+            case .float16: bytes.storeBytes(of: Float16(x), toByteOffset: 2 * i, as: Float16.self)
+            case .bfloat16: bytes.storeBytes(of: bfloat16Bits(x), toByteOffset: 2 * i, as: UInt16.self)
+            }
+        }
+    }
+    deinit { bytes.deallocate() }
+    var raw: [UnsafeRawPointer] { (0..<count).map { UnsafeRawPointer(bytes + $0 * d * type.size) } }
+}
+
+/// The 512-bit FMA kernel's tile, pre-filled with NaN beyond m rows and n columns.
+private func avx512Tile(_ e: TypedRows, eFirst: Int = 0, m: Int, _ c: TypedRows, cFirst: Int = 0, n: Int, ldo: Int,
+                        mask: [Bool]? = nil) -> [Float] {
+    let d = e.d
+    let eRaw = Array(e.raw[eFirst ..< eFirst + m]), cRaw = Array(c.raw[cFirst ..< cFirst + n])
+    var panels = [Float](repeating: .nan, count: avx512RowPanelFloats(m: m, d: d))
+    var panel = [Float](repeating: 0, count: AVX512TileShape.columnPanelFloats)
+    var out = [Float](repeating: .nan, count: (m + 1) * ldo)
+    packRowPanelsAVX512(eRaw, type: e.type, m: m, d: d, into: &panels)
+    if let mask {
+        tileProductAVX512(ePanels: panels, m: m, cRows: cRaw, cType: c.type, n: n, d: d, out: &out, ldo: ldo,
+                          panel: &panel, panelMask: mask)
+    } else {
+        tileProductAVX512(ePanels: panels, m: m, cRows: cRaw, cType: c.type, n: n, d: d, out: &out, ldo: ldo,
+                          panel: &panel)
+    }
+    return out
+}
+
+/// The portable kernel's tile, pre-filled with NaN beyond m rows and n columns.
+private func portableTile(_ e: TypedRows, m: Int, _ c: TypedRows, n: Int, ldo: Int) -> [Float] {
+    let d = e.d
+    var panels = [Float](repeating: 0, count: (m + TileShape.mr - 1) / TileShape.mr * TileShape.mr * d)
+    var panel = [Float](repeating: 0, count: TileShape.nr * TileShape.kc)
+    var out = [Float](repeating: .nan, count: (m + 1) * ldo)
+    packRowPanels(e.raw, type: e.type, m: m, k: d, into: &panels)
+    tileProduct(ePanels: panels, m: m, cRows: c.raw, cType: c.type, n: n, d: d, out: &out, ldo: ldo, panel: &panel)
+    return out
+}
+
+extension Array where Element == [Double] {
+    /// Calls body with pointers to every row (valid only inside body).
+    fileprivate func withRowPointers<R>(_ body: (UnsafePointer<UnsafePointer<Double>>) -> R) -> R {
+        let rows = UnsafeMutablePointer<UnsafeMutablePointer<Double>>.allocate(capacity: Swift.max(1, count))
+        defer {
+            for i in 0..<count { rows[i].deallocate() }
+            rows.deallocate()
+        }
+        for i in 0..<count {
+            rows[i] = .allocate(capacity: Swift.max(1, self[i].count))
+            for k in 0..<self[i].count { rows[i][k] = self[i][k] }
+        }
+        return rows.withMemoryRebound(to: UnsafePointer<Double>.self, capacity: Swift.max(1, count)) { body($0) }
+    }
+}
