@@ -13,6 +13,10 @@
 //   cce-noestimate                      ablation: filtering without the dropped-mass estimate
 //   cce-kahan                           the kahan mode (compensated gradient sums)
 //   cce-openblas  loss, loss+grad      the engine with OpenBLAS tile products
+//   cce-portable  loss, loss+grad      the engine with the portable Swift tile kernel
+//   cce-avx512bf16  loss, loss+grad    the engine with the AVX512_BF16 dot-product kernel
+//                                      (bf16 only, where the CPU has it)
+// Each cce row names the tile kernel it ran (`kernel`).
 //   cce-exact     loss, loss+grad      Float64 accumulation, no filtering
 //
 // peak_bytes: VmHWM after − VmRSS before (MemoryProbe), minus the bytes of the gradients
@@ -50,6 +54,8 @@ public struct BenchRow: Codable, Sendable {
     public var gflops: Double?
     public var loss: Double?
     public var note: String?
+    /// The tile kernel of a cce row.
+    public var kernel: String?
 }
 
 public struct BenchReport: Codable, Sendable {
@@ -75,7 +81,7 @@ public enum BenchError: Error, CustomStringConvertible {
 
 public enum Bench {
     public static let allMethods = ["sgemm", "tile-swift", "materialized", "cce", "cce-alloc", "cce-nofilter",
-                                    "cce-nosort", "cce-noestimate", "cce-kahan", "cce-openblas", "cce-exact"]
+                                    "cce-nosort", "cce-noestimate", "cce-kahan", "cce-openblas", "cce-exact", "cce-portable", "cce-avx512bf16"]
 
     /// Checks sizes before anything is allocated: positive, and small enough for memory.
     public static func validate(_ c: BenchConfig) throws {
@@ -119,7 +125,7 @@ public enum Bench {
         let flops = 2.0 * Double(c.tokens) * Double(c.dim) * Double(c.vocab)
         let e = data.embeddings, C = data.classifier, t = data.targets
 
-        func time(_ method: String, _ kind: String, repeats: Int? = nil, note: String? = nil,
+        func time(_ method: String, _ kind: String, repeats: Int? = nil, note: String? = nil, kernel: String? = nil,
                   _ body: () throws -> (loss: Double?, outputBytes: Int)) rethrows {
             var times: [Double] = []
             var peak = 0, outBytes = 0, loss: Double? = nil
@@ -133,7 +139,7 @@ public enum Bench {
             let row = BenchRow(method: method, kind: kind, median_seconds: times[times.count / 2],
                                min_seconds: times[0], peak_bytes: peak, output_bytes: outBytes,
                                gflops: kind == "matmul" ? flops / times[times.count / 2] * 1e-9 : nil,
-                               loss: loss, note: note)
+                               loss: loss, note: note, kernel: kernel)
             log("  \(method) \(kind): " + String(format: "%.3f s, peak %.1f MB", row.median_seconds, Double(peak) / 1e6)
                 + (row.gflops.map { String(format: ", %.1f GFLOP/s", $0) } ?? ""))
             rows.append(row)
@@ -171,20 +177,27 @@ public enum Bench {
                 return (r.loss, ((r.dE?.count ?? 0) + (r.dC?.count ?? 0)) * 4)
             }
         }
-        func cceRows(_ name: String, _ o: Options, backend: TileBackend = .swiftSIMD, kinds: [String],
-                     repeats: Int? = nil) {
+        func cceRows(_ name: String, _ o: Options, backend: TileBackend = .swiftSIMD, kernel: TileKernel? = nil,
+                     kinds: [String], repeats: Int? = nil) {
             var engine = CutCrossEntropy(options: o)
             engine.tileBackend = backend
+            engine.tileKernel = kernel
+            let kernelName = backend == .openBLAS ? "openblas-sgemm"
+                : engine.tileKernel(embeddings: e.elementType, classifier: C.elementType).name
+            func timeRow(_ method: String, _ kind: String, repeats: Int? = nil, note: String? = nil,
+                         _ body: () throws -> (loss: Double?, outputBytes: Int)) rethrows {
+                try time(method, kind, repeats: repeats, note: note, kernel: kernelName, body)
+            }
             let kinds = kinds.filter { c.kinds?.contains($0) ?? true }
             if backend == .openBLAS { openblas_set_num_threads(1) }
             if kinds.contains("loss") {
-                time(name, "loss", repeats: repeats) {
+                timeRow(name, "loss", repeats: repeats) {
                     (try! engine.forward(embeddings: e, classifier: C, targets: t).loss, 0)
                 }
             }
             if kinds.contains("grad") {
                 let f = try! engine.forward(embeddings: e, classifier: C, targets: t)
-                time(name, "grad", repeats: repeats) {
+                timeRow(name, "grad", repeats: repeats) {
                     let g = try! engine.backward(f, embeddings: e, classifier: C)
                     return (nil, gradBytes(g))
                 }
@@ -193,7 +206,7 @@ public enum Bench {
                 // Buffers a training loop keeps: allocated and faulted in before the timing.
                 var dE = [Float](repeating: 0, count: e.count), dC = [Float](repeating: 0, count: C.count)
                 var dBias: [Float] = []
-                time(name, "loss+grad", repeats: repeats, note: "gradients into buffers kept across calls") {
+                timeRow(name, "loss+grad", repeats: repeats, note: "gradients into buffers kept across calls") {
                     let (f, fs) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t,
                                                                dE: &dE, dC: &dC, dBias: &dBias)
                     filterNote = String(format: "kept %.2f%% of row segments (%.2f%% not even recomputed); skipped %d of %d tiles",
@@ -203,7 +216,7 @@ public enum Bench {
                     return (f.loss, 0)
                 }
             } else if kinds.contains("loss+grad") {
-                time(name, "loss+grad", repeats: repeats) {
+                timeRow(name, "loss+grad", repeats: repeats) {
                     let (f, g) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t)
                     return (f.loss, gradBytes(g))
                 }
@@ -230,6 +243,14 @@ public enum Bench {
             cceRows("cce-kahan", o, kinds: ["loss+grad"])
         }
         if methods.contains("cce-openblas") { cceRows("cce-openblas", opts, backend: .openBLAS, kinds: ["loss", "loss+grad"]) }
+        if methods.contains("cce-portable") { cceRows("cce-portable", opts, kernel: .portable, kinds: ["loss", "loss+grad"]) }
+        if methods.contains("cce-avx512bf16") {
+            if TileKernel.avx512BF16.runs(c.dtype) {
+                cceRows("cce-avx512bf16", opts, kernel: .avx512BF16, kinds: ["loss", "loss+grad"])
+            } else {
+                log("  cce-avx512bf16: skipped (needs AVX512_BF16 and bf16 inputs)")
+            }
+        }
         if methods.contains("cce-exact") {
             var o = opts; o.mode = .exact
             cceRows("cce-exact", o, kinds: ["loss", "loss+grad"], repeats: 1)
@@ -242,6 +263,14 @@ public enum Bench {
         }
         if let a = row("cce", "loss+grad"), let b = row("materialized", "loss+grad") {
             ratios["cce_lossgrad_over_materialized_lossgrad"] = a.median_seconds / b.median_seconds
+        }
+        for other in ["cce-portable", "cce-avx512bf16"] {
+            for kind in ["loss", "loss+grad"] {
+                if let a = row("cce", kind), let b = row(other, kind) {
+                    ratios["cce_\(kind == "loss" ? "loss" : "lossgrad")_over_\(other.replacingOccurrences(of: "-", with: "_"))"]
+                        = a.median_seconds / b.median_seconds
+                }
+            }
         }
         if let a = row("cce", "loss+grad"), let b = row("cce", "loss") {
             ratios["cce_lossgrad_over_cce_loss"] = a.median_seconds / b.median_seconds

@@ -29,9 +29,9 @@
 //    the incoming sum) as zero and flushes subnormal results, the intermediate one too, to
 //    zero, whatever MXCSR says.
 //
-// 2. Float32 FMA, 512-bit (cce_fma_*). The same structure with Float32 panels (inputs of
-//    any storage type converted exactly while packed) and a 12 x 32 microkernel of 24
-//    zmm FMA accumulators. Summation order: each output is one FMA chain over
+// 2. Float32 FMA, 512-bit (cce_fma_*). The same structure with E read in place through a
+//    table of Float32 row pointers (C of any storage type converted exactly while packed)
+//    and a 12 x 32 microkernel of 24 zmm FMA accumulators. Summation order: each output is one FMA chain over
 //    k = 0, 1, …, d − 1 from +0: the order of the portable Swift kernel (tileProduct,
 //    sequentialDot), so the two give identical bits.
 //
@@ -96,9 +96,6 @@ size_t cce_bf16_row_panel_words(long m, long d) {
     return (size_t)((m + CCE_BF16_MR - 1) / CCE_BF16_MR * CCE_BF16_MR * ((d + 1) / 2));
 }
 size_t cce_bf16_column_panel_words(void) { return (size_t)CCE_BF16_NR * CCE_BF16_KCP; }
-size_t cce_fma_row_panel_floats(long m, long d) {
-    return (size_t)((m + CCE_FMA_MR - 1) / CCE_FMA_MR * CCE_FMA_MR * d);
-}
 size_t cce_fma_column_panel_floats(void) { return (size_t)CCE_FMA_NR * CCE_FMA_KC; }
 
 // MARK: - Loads and the 16 x 16 transpose
@@ -288,29 +285,6 @@ void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long coun
 
 // MARK: - The Float32 FMA kernel
 
-#define FMA_STEP(s, x, b) _mm512_fmadd_ps(_mm512_castsi512_ps(x), _mm512_castsi512_ps(b), (s))
-#define FMA_BCAST(v) _mm512_castps_si512(_mm512_set1_ps(v))
-DEFINE_KERNEL(fma_kernel, CCE_AVX512, CCE_FMA_MR, float, FMA_BCAST, FMA_STEP)
-
-CCE_AVX512
-void cce_fma_pack_rows(const void *const *rows, int type, long m, long d, float *dst) {
-    const long mr = CCE_FMA_MR;
-    const __mmask16 rowMask = (__mmask16)((1u << mr) - 1);
-    for (long p = 0; p * mr < m; p++) {
-        float *panel = dst + p * mr * d;
-        for (long k0 = 0; k0 < d; k0 += 16) {
-            __m512i r[16];
-            for (int i = 0; i < 16; i++) {
-                long row = p * mr + i;
-                r[i] = load_floats(i < mr && row < m ? rows[row] : NULL, type, k0, d);
-            }
-            transpose16(r);
-            long kn = d - k0 < 16 ? d - k0 : 16;
-            for (long k = 0; k < kn; k++) _mm512_mask_storeu_epi32(panel + (k0 + k) * mr, rowMask, r[k]);
-        }
-    }
-}
-
 // Elements k0 ..< k0 + kc of rows[0 ..< n] (n ≤ 32) into panel[k · 32 + j]; rows ≥ n zero.
 CCE_INLINE void fma_pack_columns(const void *const *rows, int type, long n, long d, long k0, long kc, float *panel) {
     for (long kb = 0; kb < kc; kb += 16) {
@@ -327,9 +301,40 @@ CCE_INLINE void fma_pack_columns(const void *const *rows, int type, long n, long
     }
 }
 
+// The Float32 microkernel, reading E through a table of MR row pointers (the engine's token
+// block, converted once to Float32 and never packed: measured as fast as packed panels):
+// c[r·ldc + j] (+)= Σ_{q < kc} a_r[q] · b[q·32 + j], the 12 broadcasts from 12 rows.
+CCE_INLINE void fma_kernel_rows(long kc, const float *const *a, const float *b, float *c, long ldc, int acc,
+                                long mc, __mmask16 k0, __mmask16 k1) {
+    __m512 s0[CCE_FMA_MR], s1[CCE_FMA_MR];
+    _Pragma("clang loop unroll(full)") for (int r = 0; r < CCE_FMA_MR; r++) {
+        if (acc && r < mc) {
+            s0[r] = _mm512_maskz_loadu_ps(k0, c + r * ldc);
+            s1[r] = _mm512_maskz_loadu_ps(k1, c + r * ldc + 16);
+        } else {
+            s0[r] = _mm512_setzero_ps();
+            s1[r] = _mm512_setzero_ps();
+        }
+    }
+    for (long q = 0; q < kc; q++) {
+        __m512 b0 = _mm512_loadu_ps(b + 32 * q), b1 = _mm512_loadu_ps(b + 32 * q + 16);
+        _Pragma("clang loop unroll(full)") for (int r = 0; r < CCE_FMA_MR; r++) {
+            __m512 x = _mm512_set1_ps(a[r][q]);
+            s0[r] = _mm512_fmadd_ps(x, b0, s0[r]);
+            s1[r] = _mm512_fmadd_ps(x, b1, s1[r]);
+        }
+    }
+    _Pragma("clang loop unroll(full)") for (int r = 0; r < CCE_FMA_MR; r++) {
+        if (r < mc) {
+            _mm512_mask_storeu_ps(c + r * ldc, k0, s0[r]);
+            _mm512_mask_storeu_ps(c + r * ldc + 16, k1, s1[r]);
+        }
+    }
+}
+
 CCE_AVX512
-void cce_fma_tile_product(const float *e_panels, long m, const void *const *c_rows, int type, long n, long d,
-                          float *out, long ldo, float *panel, const bool *panel_mask) {
+void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *const *c_rows, int type, long n,
+                               long d, float *out, long ldo, float *panel, const bool *panel_mask) {
     const long mr = CCE_FMA_MR, nr = CCE_FMA_NR;
     if (d == 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
     for (long k0 = 0; k0 < d; k0 += CCE_FMA_KC) {
@@ -342,8 +347,10 @@ void cce_fma_tile_product(const float *e_panels, long m, const void *const *c_ro
             for (long p = 0; p * mr < m; p++) {
                 if (panel_mask && !panel_mask[p]) continue;
                 long mc = m - p * mr < mr ? m - p * mr : mr;
-                fma_kernel(kc, e_panels + p * mr * d + k0 * mr, panel, out + p * mr * ldo + j0, ldo, k0 > 0, mc,
-                           k0m, k1m);
+                // Rows beyond m repeat the panel's first row: computed, never stored.
+                const float *a[CCE_FMA_MR];
+                for (long r = 0; r < mr; r++) a[r] = e_rows[p * mr + (r < mc ? r : 0)] + k0;
+                fma_kernel_rows(kc, a, panel, out + p * mr * ldo + j0, ldo, k0 > 0, mc, k0m, k1m);
             }
         }
     }
@@ -358,9 +365,6 @@ size_t cce_bf16_row_panel_words(long m, long d) {
     return (size_t)((m + CCE_BF16_MR - 1) / CCE_BF16_MR * CCE_BF16_MR * ((d + 1) / 2));
 }
 size_t cce_bf16_column_panel_words(void) { return (size_t)CCE_BF16_NR * CCE_BF16_KCP; }
-size_t cce_fma_row_panel_floats(long m, long d) {
-    return (size_t)((m + CCE_FMA_MR - 1) / CCE_FMA_MR * CCE_FMA_MR * d);
-}
 size_t cce_fma_column_panel_floats(void) { return (size_t)CCE_FMA_NR * CCE_FMA_KC; }
 void cce_bf16_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
 void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *const *c_rows, long n, long d,
@@ -368,8 +372,7 @@ void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *con
 void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long count, long d, float *out) {
     __builtin_trap();
 }
-void cce_fma_pack_rows(const void *const *rows, int type, long m, long d, float *dst) { __builtin_trap(); }
-void cce_fma_tile_product(const float *e_panels, long m, const void *const *c_rows, int type, long n, long d,
-                          float *out, long ldo, float *panel, const bool *panel_mask) { __builtin_trap(); }
+void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *const *c_rows, int type, long n,
+                               long d, float *out, long ldo, float *panel, const bool *panel_mask) { __builtin_trap(); }
 
 #endif

@@ -25,11 +25,10 @@
 //   `dotsBF16` gives the same bits for single dot products (the forward's target logit) and
 //   `bf16DotEmulated` reproduces them in portable Swift.
 //
-// - Float32 FMA on 512-bit vectors (`tileProductAVX512`, CPUs with AVX512F/BW/VL): inputs
-//   of any storage type converted to Float32 exactly while packed, 16-lane FMAs. Layouts:
-//   E panels (`packRowPanelsAVX512`): ⌈m / 12⌉ panels of 12 rows, panel p at p·12·d,
-//   element k·12 + r = row 12p + r's element k; `avx512RowPanelFloats(m:d:)` floats. C panel:
-//   scratch of `AVX512TileShape.columnPanelFloats` (32 x 256 floats = 32 KiB).
+// - Float32 FMA on 512-bit vectors (`tileProductAVX512`, CPUs with AVX512F/BW/VL): E rows
+//   in Float32 read in place through a row table (as the portable kernel reads them), C
+//   rows of any storage type converted to Float32 exactly while packed into a scratch of
+//   `AVX512TileShape.columnPanelFloats` (32 x 256 floats = 32 KiB); 16-lane FMAs.
 //   Summation order: one FMA chain over k = 0 ..< d from +0, the portable kernel's order:
 //   its outputs are bit for bit those of `tileProduct` (and `sequentialDot`).
 //
@@ -97,7 +96,7 @@ public enum TileKernel: String, Sendable, CaseIterable {
     public var name: String { rawValue }
 
     /// Whether this machine can run the kernel on inputs stored as `type`.
-    public func runs(_ type: StorageType) -> Bool {
+    public func runs(_ type: ElementType) -> Bool {
         switch self {
         case .portable: return true
         case .avx512FMA: return hasAVX512
@@ -109,7 +108,7 @@ public enum TileKernel: String, Sendable, CaseIterable {
     /// environment's CCE_KERNEL (portable, avx512fma or avx512bf16) when this machine can run
     /// it; else for bf16 the dot product on AMD CPUs that have it, and otherwise the 512-bit
     /// FMA kernel where AVX-512 runs, else the portable kernel.
-    public static func forStorage(_ type: StorageType) -> TileKernel {
+    public static func forStorage(_ type: ElementType) -> TileKernel {
         switch type {
         case .float32: return chosen.f32
         case .float16: return chosen.f16
@@ -131,7 +130,7 @@ public enum TileKernel: String, Sendable, CaseIterable {
         }
     }()
 
-    static func choose(_ type: StorageType) -> TileKernel {
+    static func choose(_ type: ElementType) -> TileKernel {
         if let r = requested, r.runs(type) { return r }
         if type == .bfloat16 && hasBF16DotProduct && cce_cpu_is_amd() != 0 { return .avx512BF16 }
         return hasAVX512 ? .avx512FMA : .portable
@@ -141,7 +140,7 @@ public enum TileKernel: String, Sendable, CaseIterable {
 }
 
 @inlinable @inline(__always)
-func cStorage(_ type: StorageType) -> Int32 {
+func cStorage(_ type: ElementType) -> Int32 {
     switch type {
     case .float32: return Int32(CCE_STORAGE_F32)
     case .float16: return Int32(CCE_STORAGE_F16)
@@ -224,30 +223,19 @@ public func bf16DotEmulated(_ a: UnsafePointer<UInt16>, _ b: UnsafePointer<UInt1
 
 // MARK: - The 512-bit Float32 FMA kernel
 
-/// Floats of the FMA kernel's E panels for m rows of d elements: ⌈m / 12⌉·12·d.
-@inlinable
-public func avx512RowPanelFloats(m: Int, d: Int) -> Int { Int(cce_fma_row_panel_floats(m, d)) }
-
-/// Packs rows[0 ..< m] (d elements each, stored as `type`) into 12-row Float32 panels at dst
-/// (`avx512RowPanelFloats(m:d:)` floats), zero-padding rows beyond m. Requires `hasAVX512`.
-@inlinable
-public func packRowPanelsAVX512(_ rows: UnsafePointer<UnsafeRawPointer>, type: StorageType, m: Int, d: Int,
-                                into dst: UnsafeMutablePointer<Float>) {
-    precondition(hasAVX512, "packRowPanelsAVX512 needs AVX-512")
-    cce_fma_pack_rows(rawRows(rows), cStorage(type), m, d, dst)
-}
-
 /// out[i·ldo + j] = Σ_k e_i[k]·c_j[k] for i < m, j < n, in Float32 by 512-bit FMAs, with
 /// `tileProduct`'s bits.
-/// - ePanels: the E rows packed by `packRowPanelsAVX512` (same d).
+/// - eRows: the m E rows in Float32 (d elements each), read in place.
 /// - cRows: raw pointers to the n C rows, stored as `cType` (never read past element d − 1).
 /// - panel: scratch of `AVX512TileShape.columnPanelFloats` floats (64-byte aligned is best).
-/// - panelMask: when given, 12-row panels p with panelMask[p] == false are not computed.
+/// - panelMask: when given, 12-row groups p with panelMask[p] == false are not computed.
 /// Requires `hasAVX512`.
 @inlinable
-public func tileProductAVX512(ePanels: UnsafePointer<Float>, m: Int, cRows: UnsafePointer<UnsafeRawPointer>,
-                              cType: StorageType, n: Int, d: Int, out: UnsafeMutablePointer<Float>, ldo: Int,
+public func tileProductAVX512(eRows: UnsafePointer<UnsafePointer<Float>>, m: Int, cRows: UnsafePointer<UnsafeRawPointer>,
+                              cType: ElementType, n: Int, d: Int, out: UnsafeMutablePointer<Float>, ldo: Int,
                               panel: UnsafeMutablePointer<Float>, panelMask: UnsafePointer<Bool>? = nil) {
     precondition(hasAVX512, "tileProductAVX512 needs AVX-512")
-    cce_fma_tile_product(ePanels, m, rawRows(cRows), cStorage(cType), n, d, out, ldo, panel, panelMask)
+    eRows.withMemoryRebound(to: UnsafePointer<Float>?.self, capacity: m) { rows in
+        cce_fma_tile_product_rows(rows, m, rawRows(cRows), cStorage(cType), n, d, out, ldo, panel, panelMask)
+    }
 }

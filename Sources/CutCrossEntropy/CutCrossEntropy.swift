@@ -82,6 +82,10 @@ public struct CutCrossEntropy: Sendable {
     public var options: Options
     /// Tile product backend: Swift SIMD (default) or OpenBLAS (Float32 modes only), for comparison.
     public var tileBackend: TileBackend = .swiftSIMD
+    /// The tile kernel (nil: the fastest this CPU runs for the inputs' element types, or
+    /// the one the environment's CCE_KERNEL names). A kernel the CPU cannot run, or one for
+    /// other element types, is ignored. `tileKernel(for:classifier:)` says which one runs.
+    public var tileKernel: TileKernel? = nil
 
     public init(options: Options = Options()) { self.options = options }
 
@@ -92,6 +96,14 @@ public struct CutCrossEntropy: Sendable {
     }
 
     var threadCount: Int { options.threads ?? Workers.availableCPUs }
+
+    /// The tile kernel a call on E and C stored as these types runs (for reports).
+    public func tileKernel(embeddings: ElementType, classifier: ElementType) -> TileKernel {
+        options.mode == .exact
+            ? chooseTileKernel(Double.self, eType: embeddings, cType: classifier, backend: tileBackend)
+            : chooseTileKernel(Float.self, eType: embeddings, cType: classifier, backend: tileBackend,
+                               requested: tileKernel)
+    }
 
     /// Loss and per-token LSE. Throws `CCEError` on bad input; nothing is returned then.
     public func forward(embeddings: Tensor, classifier: Tensor, targets: Targets,
@@ -205,7 +217,7 @@ public struct CutCrossEntropy: Sendable {
     func call(_ pass: Pass, _ problem: Problem, options: Options, upstream: [Double], savedLSE: Values?) -> EngineCall {
         EngineCall(pass: pass, problem: problem, options: options,
                    policy: BackwardPolicy(options, embeddings: problem.eType, classifier: problem.cType),
-                   threads: options.threads ?? Workers.availableCPUs, backend: tileBackend,
+                   threads: options.threads ?? Workers.availableCPUs, backend: tileBackend, kernel: tileKernel,
                    upstream: upstream, savedLSE: savedLSE)
     }
 

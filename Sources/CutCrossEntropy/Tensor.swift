@@ -1,6 +1,7 @@
 // Inputs: tensors in the caller's layout (row-major), stored as Float32, Float16 or BFloat16.
 
 @_exported import enum CCEKernels.ElementType
+@_exported import enum CCEKernels.TileKernel
 import CCEKernels
 
 /// A BFloat16 value: the top 16 bits of a Float32 (8 exponent bits, 7 fraction bits).

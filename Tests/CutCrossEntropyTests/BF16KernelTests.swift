@@ -263,12 +263,13 @@ final class BF16KernelTests: XCTestCase {
         for d in Self.depths {
             for (m, n) in [(1, 1), (13, 40), (7, 17), (150, 256)] {
                 let e = BF16Rows(count: m, d: d, seed: UInt64(d * 3)), c = BF16Rows(count: n, d: d, seed: UInt64(d * 3 + 1))
-                var panels = [Float](repeating: 0, count: (m + TileShape.mr - 1) / TileShape.mr * TileShape.mr * d)
                 var panel = [Float](repeating: 0, count: TileShape.nr * TileShape.kc)
                 var out = [Float](repeating: .nan, count: m * n)
-                packRowPanels(e.raw, type: .bfloat16, m: m, k: d, into: &panels)
-                tileProduct(ePanels: panels, m: m, cRows: c.raw, cType: .bfloat16, n: n, d: d, out: &out, ldo: n,
-                            panel: &panel)
+                let rows = e.raw.map { r in (0..<d).map { storedElement(r, type: .bfloat16, $0) } }
+                withRows(rows) { rowTable in
+                    tileProduct(eRows: rowTable, m: m, cRows: c.raw, cType: .bfloat16, n: n, d: d, out: &out, ldo: n,
+                                panel: &panel)
+                }
                 let ed = e.doubles(), cd = c.doubles()
                 var ref = [Double](repeating: 0, count: m * n)
                 ed.withRowPointers { ap in
@@ -295,7 +296,7 @@ final class BF16KernelTests: XCTestCase {
     }
 
     func testKernelSelection() {
-        for type in StorageType.allCases {
+        for type in ElementType.allCases {
             let chosen = TileKernel.forStorage(type)
             XCTAssertTrue(chosen.runs(type), "\(chosen.name) chosen for \(type) but cannot run here")
             if !hasAVX512 { XCTAssertEqual(chosen, .portable) }
@@ -305,14 +306,14 @@ final class BF16KernelTests: XCTestCase {
         XCTAssertEqual(TileKernel.forBFloat16, TileKernel.forStorage(.bfloat16))
         XCTAssertFalse(TileKernel.avx512BF16.runs(.float32))
         print("AVX-512: \(hasAVX512), AVX512_BF16: \(hasBF16DotProduct); kernels: "
-              + StorageType.allCases.map { "\($0.rawValue) \(TileKernel.forStorage($0).name)" }.joined(separator: ", "))
+              + ElementType.allCases.map { "\($0.rawValue) \(TileKernel.forStorage($0).name)" }.joined(separator: ", "))
     }
 
     // MARK: - The 512-bit FMA kernel: the portable kernel's bits
 
     func testAVX512KernelMatchesPortableBitwise() throws {
         try XCTSkipUnless(hasAVX512, skipFMAMessage)
-        for type in StorageType.allCases {
+        for type in ElementType.allCases {
             for d in Self.depths {
                 for (idx, (m, n)) in Self.shapes(d).enumerated() where idx % 4 == 0 || m * n > 1000 {
                     let e = TypedRows(type, count: m, d: d, seed: UInt64(7 * d + idx))
@@ -362,10 +363,10 @@ final class BF16KernelTests: XCTestCase {
 
 /// Rows of d elements stored as `type` (uniform in [−1, 1]), one after another.
 private final class TypedRows {
-    let type: StorageType, count: Int, d: Int
+    let type: ElementType, count: Int, d: Int
     let bytes: UnsafeMutableRawPointer
 
-    init(_ type: StorageType, count: Int, d: Int, seed: UInt64) {
+    init(_ type: ElementType, count: Int, d: Int, seed: UInt64) {
         self.type = type; self.count = count; self.d = d
         bytes = .allocate(byteCount: max(1, count * d) * type.size, alignment: 64)
         var rng = SplitMix(seed: seed)
@@ -382,21 +383,39 @@ private final class TypedRows {
     var raw: [UnsafeRawPointer] { (0..<count).map { UnsafeRawPointer(bytes + $0 * d * type.size) } }
 }
 
+/// E rows converted to Float32 (as the engine's token block holds them).
+private func floatRows(_ e: TypedRows, first: Int, count: Int) -> [[Float]] {
+    (first ..< first + count).map { i in
+        (0..<e.d).map { k in storedElement(e.raw[i], type: e.type, k) }
+    }
+}
+
+/// Calls body with a table of pointers to the rows (valid only inside body).
+private func withRows<R>(_ rows: [[Float]], _ body: (UnsafePointer<UnsafePointer<Float>>) -> R) -> R {
+    let copies = rows.map { r -> UnsafeMutablePointer<Float> in
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: max(1, r.count))
+        p.initialize(from: r, count: r.count)
+        return p
+    }
+    defer { copies.forEach { $0.deallocate() } }
+    return copies.map { UnsafePointer($0) }.withUnsafeBufferPointer { body($0.baseAddress!) }
+}
+
 /// The 512-bit FMA kernel's tile, pre-filled with NaN beyond m rows and n columns.
 private func avx512Tile(_ e: TypedRows, eFirst: Int = 0, m: Int, _ c: TypedRows, cFirst: Int = 0, n: Int, ldo: Int,
                         mask: [Bool]? = nil) -> [Float] {
     let d = e.d
-    let eRaw = Array(e.raw[eFirst ..< eFirst + m]), cRaw = Array(c.raw[cFirst ..< cFirst + n])
-    var panels = [Float](repeating: .nan, count: avx512RowPanelFloats(m: m, d: d))
+    let cRaw = Array(c.raw[cFirst ..< cFirst + n])
     var panel = [Float](repeating: 0, count: AVX512TileShape.columnPanelFloats)
     var out = [Float](repeating: .nan, count: (m + 1) * ldo)
-    packRowPanelsAVX512(eRaw, type: e.type, m: m, d: d, into: &panels)
-    if let mask {
-        tileProductAVX512(ePanels: panels, m: m, cRows: cRaw, cType: c.type, n: n, d: d, out: &out, ldo: ldo,
-                          panel: &panel, panelMask: mask)
-    } else {
-        tileProductAVX512(ePanels: panels, m: m, cRows: cRaw, cType: c.type, n: n, d: d, out: &out, ldo: ldo,
-                          panel: &panel)
+    withRows(floatRows(e, first: eFirst, count: m)) { rows in
+        if let mask {
+            tileProductAVX512(eRows: rows, m: m, cRows: cRaw, cType: c.type, n: n, d: d, out: &out, ldo: ldo,
+                              panel: &panel, panelMask: mask)
+        } else {
+            tileProductAVX512(eRows: rows, m: m, cRows: cRaw, cType: c.type, n: n, d: d, out: &out, ldo: ldo,
+                              panel: &panel)
+        }
     }
     return out
 }
@@ -404,11 +423,11 @@ private func avx512Tile(_ e: TypedRows, eFirst: Int = 0, m: Int, _ c: TypedRows,
 /// The portable kernel's tile, pre-filled with NaN beyond m rows and n columns.
 private func portableTile(_ e: TypedRows, m: Int, _ c: TypedRows, n: Int, ldo: Int) -> [Float] {
     let d = e.d
-    var panels = [Float](repeating: 0, count: (m + TileShape.mr - 1) / TileShape.mr * TileShape.mr * d)
     var panel = [Float](repeating: 0, count: TileShape.nr * TileShape.kc)
     var out = [Float](repeating: .nan, count: (m + 1) * ldo)
-    packRowPanels(e.raw, type: e.type, m: m, k: d, into: &panels)
-    tileProduct(ePanels: panels, m: m, cRows: c.raw, cType: c.type, n: n, d: d, out: &out, ldo: ldo, panel: &panel)
+    withRows(floatRows(e, first: 0, count: m)) { rows in
+        tileProduct(eRows: rows, m: m, cRows: c.raw, cType: c.type, n: n, d: d, out: &out, ldo: ldo, panel: &panel)
+    }
     return out
 }
 

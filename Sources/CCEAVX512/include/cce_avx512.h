@@ -2,8 +2,9 @@
 // why). Two kernels, each chosen at run time from cpuid and never called otherwise:
 //
 // - cce_bf16_*: BFloat16 inputs multiplied with AVX512_BF16's vdpbf16ps over k-pairs.
-// - cce_fma_*:  Float32, Float16 or BFloat16 inputs converted to Float32 (exactly) while
-//               packed, multiplied with 16-lane (512-bit) Float32 FMAs in the portable
+// - cce_fma_*:  E rows in Float32 (the engine converts them once per token block) and C
+//               rows stored as Float32, Float16 or BFloat16 (converted exactly while
+//               packed), multiplied with 16-lane (512-bit) Float32 FMAs in the portable
 //               Swift kernel's order (its bits, bit for bit).
 //
 // Both compute out[i·ldo + j] = Σ_k e_i[k]·c_j[k] for i < m, j < n, in Float32; rows
@@ -20,8 +21,7 @@
 //   C panel  : the scratch, NR x KCP words: word q · NR + j = row j's pair q0 + q, rebuilt
 //              for every NR columns and KCP pairs.
 // fma layouts (counts in Floats):
-//   E panels : ceil(m / MR) panels of MR rows; panel p at p · MR · d; element k · MR + r =
-//              row p·MR + r's element k. Rows beyond m are zero.
+//   E rows   : read in place through a row table (no packing); the mask is per MR rows.
 //   C panel  : the scratch, NR x KC floats: k · NR + j = row j's element k0 + k.
 #ifndef CCE_AVX512_H
 #define CCE_AVX512_H
@@ -87,18 +87,13 @@ void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long coun
 /// k per packed C panel: NR · KC · 4 bytes = 32 KiB.
 #define CCE_FMA_KC 256
 
-/// Floats of E panels for m rows of d elements: ceil(m / MR) · MR · d.
-size_t cce_fma_row_panel_floats(long m, long d);
 /// Floats of the C-panel scratch: NR · KC.
 size_t cce_fma_column_panel_floats(void);
 
-/// Packs rows[0 ..< m] (d elements each, stored as `type`) into E panels of Float32.
-void cce_fma_pack_rows(const void *const *rows, int type, long m, long d, float *dst);
-
-/// The tile product from E panels (cce_fma_pack_rows, same d) and n C rows stored as
-/// `type`; panel is the scratch (cce_fma_column_panel_floats() floats).
-void cce_fma_tile_product(const float *e_panels, long m, const void *const *c_rows, int type, long n, long d,
-                          float *out, long ldo, float *panel, const bool *panel_mask);
+/// The tile product of m E rows (Float32, d elements each, through a row table) and n C
+/// rows stored as `type`; panel is the scratch (cce_fma_column_panel_floats() floats).
+void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *const *c_rows, int type, long n,
+                               long d, float *out, long ldo, float *panel, const bool *panel_mask);
 
 #ifdef __cplusplus
 }

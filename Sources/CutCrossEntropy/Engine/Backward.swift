@@ -131,7 +131,7 @@ enum Backward {
             stats.tiles += 1; stats.rowSegments += count
             stats.boundSkippedRowSegments += count - rows.recomputed
             if rows.recomputed > 0 {
-                recompute(operands, workspace, &rows, count: count, v0: v0, vc: vc)
+                recompute(operands, workspace, &rows, first: first, count: count, v0: v0, vc: vc)
                 toGradients(operands, state, workspace, &rows, bounded: bound != nil, first: first, j: j,
                             v0: v0, vc: vc, loss: definition)
             }
@@ -179,7 +179,8 @@ enum Backward {
         let correcting = startsForward && state.policy.estimate
         let panelNeeded = workspace.panelNeeded.base
         var needed = 0
-        for p in 0..<(count + 5) / 6 { panelNeeded[p] = false }
+        let maskRows = workspace.maskRows
+        for p in 0..<(count + maskRows - 1) / maskRows { panelNeeded[p] = false }
         for i in 0..<count {
             let l = state.lse[first + i], coef = definition.softmaxCoefficient(lse: l)
             let targetPosition = Int(operands.rank[Int(operands.problem.targets[first + i])]) - v0
@@ -195,22 +196,22 @@ enum Backward {
                 }
             }
             need[i] = !skippable || (targetPosition >= 0 && targetPosition < vc)
-            if need[i] { needed += 1; panelNeeded[i / 6] = true }
+            if need[i] { needed += 1; panelNeeded[i / maskRows] = true }
         }
         return needed
     }
 
     /// Stage 2: the logit tile of the rows marked in `need`: only those rows when they are
-    /// few (rows.compact: tile row r for selected[r]), else the whole tile with the 6-row
-    /// groups holding no needed row left out.
+    /// few (rows.compact: tile row r for selected[r]), else the whole tile with the row
+    /// groups (the kernel's register-block height) holding no needed row left out.
     static func recompute<S: KernelScalar>(_ operands: Operands<S>, _ workspace: Workspace<S>, _ rows: inout KeptRows,
-                                           count: Int, v0: Int, vc: Int) {
+                                           first: Int, count: Int, v0: Int, vc: Int) {
         let selected = workspace.selected.base
         var n = 0
         for i in 0..<count where workspace.need.base[i] { selected[n] = i; n += 1 }
         rows.compact = n < count && n <= workspace.selectedLimit && operands.backend == .swiftSIMD
         if rows.compact {
-            workspace.selectedProduct(operands, n: n, v0: v0, vc: vc, ldo: workspace.vb)
+            workspace.selectedProduct(operands, first: first, n: n, v0: v0, vc: vc, ldo: workspace.vb)
         } else {
             workspace.product(operands, count: count, v0: v0, vc: vc, ldo: workspace.vb,
                               panelMask: n < count ? UnsafePointer(workspace.panelNeeded.base) : nil)

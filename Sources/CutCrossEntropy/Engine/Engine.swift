@@ -28,6 +28,8 @@ struct EngineCall {
     let policy: BackwardPolicy
     let threads: Int
     let backend: TileBackend
+    /// A tile kernel to use instead of the automatic choice (nil: automatic).
+    let kernel: TileKernel?
     /// g_i per active token (backward and fused); empty for the forward.
     let upstream: [Double]
     /// The forward's LSE per active token (backward only).
@@ -95,7 +97,9 @@ enum Engine {
             withOptionalPointer(biasS) { biasPointer in
                 let operands = Operands(e: e, eType: p.eType, c: c, cType: p.cType, bias: biasPointer, d: p.d, v: p.v,
                                         plan: plan, problem: p, order: order.baseAddress!, rank: rank.baseAddress!,
-                                        backend: call.backend)
+                                        backend: call.backend,
+                                        kernel: chooseTileKernel(S.self, eType: p.eType, cType: p.cType, backend: call.backend,
+                                                           requested: call.kernel))
                 lse.withUnsafeMutableBufferPointer { lse in
                 loss.withUnsafeMutableBufferPointer { loss in
                 upstream.withUnsafeBufferPointer { upstream in
@@ -150,7 +154,8 @@ enum Engine {
         let out = UncheckedSendable((lse: lse, loss: loss))
         Workers.run(workers, pin: Placement.isNUMA) { w in
             let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
-                                         backend: operands.backend, partials: backward?.outputs.compE != nil)
+                                         backend: operands.backend, kernel: operands.kernel,
+                                         partials: backward?.outputs.compE != nil)
             let blockStats: Scratch<S>? = pass == .fused ? Scratch(count: 2 * nb * forwardBlocks) : nil
             var workerStats = FilterStatistics()
             var b = w

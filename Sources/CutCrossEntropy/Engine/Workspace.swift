@@ -16,8 +16,23 @@ public enum TileBackend: String, Sendable, CaseIterable {
     case openBLAS = "openblas"
 }
 
+/// Which tile kernel a call in scalar type S uses for E and C stored as `eType`, `cType`:
+/// in the Float32 modes the AVX-512 kernels where the CPU runs them (CCEKernels/
+/// TileProductBF16.swift: the 512-bit FMA kernel, bit for bit the portable one, or the
+/// AVX512_BF16 dot product for bf16 E and C where it is the faster), else the portable
+/// Swift kernel; Float64 (the exact mode) and the OpenBLAS backend always take theirs.
+/// `requested` (CutCrossEntropy.tileKernel) replaces the automatic choice where it can run.
+func chooseTileKernel<S: KernelScalar>(_: S.Type, eType: ElementType, cType: ElementType, backend: TileBackend,
+                                 requested: TileKernel? = nil) -> TileKernel {
+    guard S.self == Float.self, backend == .swiftSIMD else { return .portable }
+    if let requested, requested.runs(cType), requested != .avx512BF16 || eType == .bfloat16 { return requested }
+    let chosen = TileKernel.forStorage(cType)
+    if chosen == .avx512BF16 && eType != .bfloat16 { return hasAVX512 ? .avx512FMA : .portable }
+    return chosen
+}
+
 /// The caller's tensors as raw storage, the problem's sizes, and the sweep's fixed choices
-/// (tile plan, vocabulary order, soft cap, backend): what every worker reads.
+/// (tile plan, vocabulary order, soft cap, backend, tile kernel): what every worker reads.
 struct Operands<S: KernelScalar>: @unchecked Sendable {
     let e: UnsafeRawPointer
     let eType: ElementType
@@ -33,6 +48,7 @@ struct Operands<S: KernelScalar>: @unchecked Sendable {
     let order: UnsafePointer<Int32>
     let rank: UnsafePointer<Int32>
     let backend: TileBackend
+    let kernel: TileKernel
 
     /// C rows can be read in place (no conversion) when they are already S.
     var cInPlace: Bool { S.self == Float.self && cType == .float32 }
@@ -50,7 +66,12 @@ final class Workspace<S: KernelScalar> {
     let eRows: Scratch<UnsafePointer<S>> // the token block's E rows as S: in place, or in eBlock
     let selectedRows: Scratch<UnsafePointer<S>>  // backward: the E rows of the selected rows
     let keptRows: Scratch<UnsafePointer<S>>      // backward: the E rows of a dC update's kept rows
-    let cPanel: Scratch<S>               // 16 x KC: one packed C panel (L1)
+    let cPanel: Scratch<S>               // one packed C panel (L1): 16 x 256, or 32 x 256 (AVX-512)
+    let bf16Panels: Scratch<UInt32>      // bf16 dot-product kernel: the token block in bf16 pairs
+    let bf16Selected: Scratch<UInt32>    //   ... and the selected rows (selectedProduct)
+    /// Rows per entry of a product's panel mask: the kernel's register-block height.
+    let maskRows: Int
+    let kernel: TileKernel
     let cBlock: Scratch<S>               // VB x D: C rows for the gradient updates, converted when needed
     let tile: Scratch<S>                 // NB x VB logits, then gradients
     let cRaw: Scratch<UnsafeRawPointer>
@@ -78,7 +99,8 @@ final class Workspace<S: KernelScalar> {
     let d: Int
     let vb: Int
 
-    init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, partials: Bool = false) {
+    init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
+         partials: Bool = false) {
         let nb = plan.tokenBlock, vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
         let wide = max(vb, forwardVB)
         self.d = d; self.vb = vb
@@ -87,7 +109,12 @@ final class Workspace<S: KernelScalar> {
         eRows = Scratch(count: nb)
         selectedRows = Scratch(count: selectedLimit)
         keptRows = Scratch(count: nb)
-        cPanel = Scratch(count: TileShape.nr * TileShape.kc)
+        self.kernel = kernel
+        cPanel = Scratch(count: kernel == .portable ? TileShape.nr * TileShape.kc
+                                 : max(AVX512TileShape.columnPanelFloats, BF16TileShape.columnPanelWords))
+        bf16Panels = Scratch(count: kernel == .avx512BF16 ? bf16RowPanelWords(m: nb, d: d) : 0)
+        bf16Selected = Scratch(count: kernel == .avx512BF16 ? bf16RowPanelWords(m: selectedLimit, d: d) : 0)
+        maskRows = kernel == .portable ? TileShape.mr : AVX512TileShape.mr
         // OpenBLAS needs whole contiguous blocks; the Swift kernels pack 16 rows at a time.
         cBlock = Scratch(count: (backend == .openBLAS ? wide : vb) * d)  // backward dE: always copied, contiguous
         tile = Scratch(count: nb * wide)
@@ -115,6 +142,14 @@ final class Workspace<S: KernelScalar> {
     /// these rows.
     func loadTokens(_ operands: Operands<S>, first: Int, count: Int) {
         let rows = operands.problem.rows
+        if kernel == .avx512BF16 {
+            // The dot-product kernel multiplies the stored bf16 pairs: packed from the
+            // caller's rows (its own layout, no conversion).
+            withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: count) { raw in
+                for i in 0..<count { raw[i] = operands.eRow(Int(rows[first + i])) }
+                packRowPanelsBF16(UnsafePointer(raw.baseAddress!), m: count, d: d, into: bf16Panels.base)
+            }
+        }
         if eBlock.count == 0 {
             for i in 0..<count { eRows.base[i] = operands.eRow(Int(rows[first + i])).assumingMemoryBound(to: S.self) }
         } else {
@@ -139,17 +174,46 @@ final class Workspace<S: KernelScalar> {
             return
         }
         for q in 0..<vc { cRaw.base[q] = operands.sortedCRow(v0 + q) }
-        tileProduct(eRows: eRows.base, m: count, cRows: cRaw.base, cType: operands.cType, n: vc, d: d,
-                    out: tile.base, ldo: ldo, panel: cPanel.base, panelMask: panelMask)
+        run(kernel, rows: eRows.base, bf16Panels: bf16Panels.base, m: count, cType: operands.cType, n: vc, ldo: ldo,
+            panelMask: panelMask)
+    }
+
+    /// The tile product of `kernel` into `tile`: E rows (or their bf16 panels) against the C
+    /// rows cRaw[0 ..< n].
+    private func run(_ kernel: TileKernel, rows: UnsafePointer<UnsafePointer<S>>, bf16Panels: UnsafePointer<UInt32>,
+                     m: Int, cType: ElementType, n: Int, ldo: Int, panelMask: UnsafePointer<Bool>?) {
+        // The AVX-512 kernels exist for S == Float only (tileKernel chooses them then).
+        let out = UnsafeMutableRawPointer(tile.base).assumingMemoryBound(to: Float.self)
+        let panel = UnsafeMutableRawPointer(cPanel.base)
+        switch kernel {
+        case .portable:
+            tileProduct(eRows: rows, m: m, cRows: cRaw.base, cType: cType, n: n, d: d, out: tile.base, ldo: ldo,
+                        panel: cPanel.base, panelMask: panelMask)
+        case .avx512FMA:
+            UnsafeRawPointer(rows).withMemoryRebound(to: UnsafePointer<Float>.self, capacity: m) { floatRows in
+                tileProductAVX512(eRows: floatRows, m: m, cRows: cRaw.base, cType: cType, n: n, d: d, out: out,
+                                  ldo: ldo, panel: panel.assumingMemoryBound(to: Float.self), panelMask: panelMask)
+            }
+        case .avx512BF16:
+            tileProductBF16(ePanels: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
+                            panel: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask)
+        }
     }
 
     /// The logit tile of the selected rows only (rows selected[0 ..< n], n ≤ selectedLimit),
     /// row r of the tile for row selected[r]: no other row is computed.
-    func selectedProduct(_ operands: Operands<S>, n: Int, v0: Int, vc: Int, ldo: Int) {
+    func selectedProduct(_ operands: Operands<S>, first: Int, n: Int, v0: Int, vc: Int, ldo: Int) {
         for r in 0..<n { selectedRows.base[r] = eRows.base[selected.base[r]] }
+        if kernel == .avx512BF16 {
+            let rows = operands.problem.rows
+            withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: n) { raw in
+                for r in 0..<n { raw[r] = operands.eRow(Int(rows[first + selected.base[r]])) }
+                packRowPanelsBF16(UnsafePointer(raw.baseAddress!), m: n, d: d, into: bf16Selected.base)
+            }
+        }
         for q in 0..<vc { cRaw.base[q] = operands.sortedCRow(v0 + q) }
-        tileProduct(eRows: selectedRows.base, m: n, cRows: cRaw.base, cType: operands.cType, n: vc, d: d,
-                    out: tile.base, ldo: ldo, panel: cPanel.base)
+        run(kernel, rows: selectedRows.base, bf16Panels: bf16Selected.base, m: n, cType: operands.cType, n: vc,
+            ldo: ldo, panelMask: nil)
     }
 
     /// Points cRows at the C rows at sorted positions v0 ..< v0 + count as S (for the

@@ -1,0 +1,100 @@
+// Every tile kernel this CPU runs, through the whole engine: the Float32 oracle budget of
+// OracleAgreementTests on every option, bf16 storage and shapes that are no multiple of
+// any register block (12 x 32, 6 x 16); the 512-bit FMA kernel bit for bit the portable
+// one; the bf16 dot-product kernel (another summation order) bitwise reproducible across
+// thread counts and between the fused and the two-call path. A kernel the CPU lacks is
+// skipped with a message saying so.
+
+import CCEData
+import CutCrossEntropy
+import XCTest
+
+final class TileKernelEngineTests: XCTestCase {
+    /// The kernels this CPU runs on bf16 E and C, and a note of those it skips.
+    func runnableKernels() -> [TileKernel] {
+        let all = TileKernel.allCases
+        let runs = all.filter { $0.runs(.bfloat16) }
+        for k in all where !runs.contains(k) { print("TileKernelEngineTests: skipping \(k.name): this CPU cannot run it") }
+        return runs
+    }
+
+    func engine(_ kernel: TileKernel, _ o: Options) -> CutCrossEntropy {
+        var cce = CutCrossEntropy(options: o)
+        cce.tileKernel = kernel
+        XCTAssertEqual(cce.tileKernel(embeddings: .bfloat16, classifier: .bfloat16), kernel, "kernel \(kernel.name) chosen")
+        return cce
+    }
+
+    func testEveryKernelAgreesWithTheOracleOnEveryOption() throws {
+        let (e, c, t, b) = randomProblem(n: 43, d: 37, v: 331, type: .bfloat16, seed: 9, withBias: true)
+        for kernel in runnableKernels() {
+            for softcap in [nil, 4.0] {
+                for (smoothing, zloss) in [(0.0, 0.0), (0.1, 1e-3)] {
+                    for r in [Reduction.mean, .none] {
+                        var o = Options()
+                        o.softcap = softcap; o.labelSmoothing = smoothing; o.zLoss = zloss; o.reduction = r
+                        o.filterEpsilon = .value(0x1p-28)   // the Float32 budget's filter
+                        let up: Upstream = r == .none ? .perToken((0..<43).map { Float(0.5 + Double($0 % 3) * 0.25) })
+                                                      : .scalar(0.7)
+                        let (f, g) = try engine(kernel, o).lossAndGradients(embeddings: e, classifier: c, targets: t,
+                                                                            bias: b, upstream: up)
+                        let x = try Oracle.compute(embeddings: e, classifier: c, targets: t, bias: b, options: o, upstream: up)
+                        let name = "\(kernel.name) cap=\(softcap ?? 0) α=\(smoothing) z=\(zloss) \(r)"
+                        assertClose([f.loss], [x.loss], atol: 1e-5, rtol: 1e-5, "\(name) loss")
+                        assertClose(f.lse.doubles, x.lse, atol: 1e-5, rtol: 1e-5, "\(name) lse")
+                        assertClose(g.dE.doubles, x.dE, atol: 1e-6, rtol: 1e-4, "\(name) dE")
+                        assertClose(g.dC.doubles, x.dC, atol: 1e-6, rtol: 1e-4, "\(name) dC")
+                        assertClose(g.dBias!.doubles, x.dBias!, atol: 1e-6, rtol: 1e-4, "\(name) dBias")
+                    }
+                }
+            }
+        }
+    }
+
+    func testFMA512IsBitwiseThePortableKernel() throws {
+        guard TileKernel.avx512FMA.runs(.bfloat16) else {
+            throw XCTSkip("this CPU has no AVX-512: the 512-bit FMA kernel cannot run here")
+        }
+        for type in [ElementType.float32, .float16, .bfloat16] {
+            let (e, c, t, b) = randomProblem(n: 61, d: 45, v: 777, type: type, seed: 2, withBias: true)
+            var o = Options(); o.softcap = 10; o.threads = 2
+            let (fp, gp) = try engine(.portable, o).lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+            let (fa, ga) = try engine(.avx512FMA, o).lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+            XCTAssertEqual(fp.loss.bitPattern, fa.loss.bitPattern, "\(type) loss")
+            XCTAssertTrue(bitwiseEqual(gp.dE, ga.dE) && bitwiseEqual(gp.dC, ga.dC) && bitwiseEqual(gp.dBias!, ga.dBias!),
+                          "\(type): the 512-bit FMA kernel gives the portable kernel's gradients bit for bit")
+        }
+    }
+
+    func testDotProductKernelIsReproducible() throws {
+        guard TileKernel.avx512BF16.runs(.bfloat16) else {
+            throw XCTSkip("this CPU has no AVX512_BF16: the dot-product kernel cannot run here")
+        }
+        let data = try LMLikeCase.make()
+        var o = Options(); o.threads = 1
+        let reference = try engine(.avx512BF16, o).lossAndGradients(embeddings: data.0, classifier: data.1, targets: data.2)
+        for threads in [2, 3] {
+            o.threads = threads
+            let (f, g) = try engine(.avx512BF16, o).lossAndGradients(embeddings: data.0, classifier: data.1, targets: data.2)
+            XCTAssertEqual(f.loss.bitPattern, reference.0.loss.bitPattern, "\(threads) threads: loss")
+            XCTAssertTrue(bitwiseEqual(g.dE, reference.1.dE) && bitwiseEqual(g.dC, reference.1.dC),
+                          "\(threads) threads: the same gradient bits")
+        }
+        // Two calls, with the estimate's forward-block path not taken: the same bits as fused.
+        var split = o; split.filterCorrection = false
+        let cce = engine(.avx512BF16, split)
+        let fused = try cce.lossAndGradients(embeddings: data.0, classifier: data.1, targets: data.2)
+        let f = try cce.forward(embeddings: data.0, classifier: data.1, targets: data.2)
+        let g = try cce.backward(f, embeddings: data.0, classifier: data.1)
+        XCTAssertEqual(f.loss.bitPattern, fused.0.loss.bitPattern, "split vs fused loss")
+        XCTAssertTrue(bitwiseEqual(g.dE, fused.1.dE) && bitwiseEqual(g.dC, fused.1.dC), "split vs fused gradients")
+    }
+}
+
+/// A small LM-like bf16 problem (peaked rows, so filtering and the skip bound both act).
+enum LMLikeCase {
+    static func make() throws -> (Tensor, Tensor, Targets) {
+        let d = LMLikeData.make(tokens: 150, dim: 48, vocab: 2051, type: .bfloat16, seed: 7)
+        return (d.embeddings, d.classifier, d.targets)
+    }
+}
