@@ -1,5 +1,5 @@
 // The optional CUDA engine (cuda/, built separately with nvcc), loaded at run time with
-// dlopen, so this package builds and runs without CUDA. The C ABI is cuda/cce_cuda.h; this
+// dlopen, so this package builds and runs without CUDA. The C ABI is cuda/include/cce_cuda.h; this
 // file uses its host-memory entry point `cce_host_run`, which copies the inputs to the GPU,
 // runs the forward and the backward there, and copies loss, LSE and the gradients back as
 // Float32. The CPU engine stays the numerical reference for it (`cce reference --backend

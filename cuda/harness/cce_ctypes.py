@@ -51,7 +51,9 @@ _lib = None
 def lib():
     global _lib
     if _lib is None:
-        path = os.environ.get("CCE_LIB", os.path.join(os.path.dirname(os.path.abspath(__file__)), "libcce_cuda.so"))
+        # default: cuda/libcce_cuda.so, where cuda/build.sh puts it (this file is in cuda/harness/)
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = os.environ.get("CCE_LIB", os.path.join(os.path.dirname(here), "libcce_cuda.so"))
         L = ctypes.CDLL(path)
         vp, i64, sz = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
         op = ctypes.POINTER(Options)

@@ -11,7 +11,7 @@ Error budgets, ||x - truth|| / ||truth||:
     dE, dC, dbias: 1e-4 (f32), 4e-3 (f16), 1.6e-2 (bf16)
 Outputs are poisoned with NaN first; a NaN anywhere fails.
 
-    python3 test_cuda.py           # prints one line per case and 'N passed, N failed'
+    python3 harness/test_cuda.py   # prints one line per case and 'N passed, N failed'
 
 The host entry point cce_host_run is checked too: numpy host arrays in, float32 host arrays
 out, against the device path (cce_forward / cce_backward on the same inputs, which must agree
