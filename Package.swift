@@ -29,6 +29,10 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHwloc", pkgConfig: "hwloc", providers: [.apt(["libhwloc-dev"])]),
         .systemLibrary(name: "CNUMA", pkgConfig: "numa", providers: [.apt(["libnuma-dev"])]),
+        // The CUDA library's C ABI (cuda/include/cce_cuda.h through its module map): types and
+        // declarations only, nothing linked and no CUDA toolkit needed; CUDALibrary opens
+        // libcce_cuda.so with dlopen at run time.
+        .systemLibrary(name: "CCECUDAABI", path: "cuda/include"),
 
         // MARK: - Internal modules
         // Arithmetic on one tile: conversions, the tile product, the LSE merge, the
@@ -39,7 +43,7 @@ let package = Package(
 
         // MARK: - Public library
         .target(name: "CutCrossEntropy",
-                dependencies: ["CCEKernels", "CCERuntime", "COpenBLAS"],
+                dependencies: ["CCEKernels", "CCERuntime", "COpenBLAS", "CCECUDAABI"],
                 swiftSettings: fastFlags),
 
         // MARK: - The numerical reference: .npy input and output, comparison

@@ -130,6 +130,30 @@ int cce_host_run(const void *E, const void *C, const void *bias, const int64_t *
                  float *loss, float *lse, float *dE, float *dC, float *dbias,
                  int repeats, cce_host_report *report);
 
+/* ---- the functions' types, for callers that load the library at run time ---------------
+ * (dlopen / dlsym: the Swift package imports this header through include/module.modulemap and
+ * types the symbols it looks up with these; prep.cu checks that they match the declarations). */
+typedef const char *(*cce_last_error_fn)(void);
+typedef void (*cce_default_options_fn)(cce_options *opt);
+typedef size_t (*cce_forward_workspace_size_fn)(int64_t N, int64_t D, int64_t V, int dtype,
+                                                const cce_options *opt);
+typedef int (*cce_forward_fn)(const void *E, const void *C, const void *bias,
+                              const int64_t *targets, int64_t N, int64_t D, int64_t V, int dtype,
+                              const cce_options *opt, float *loss, float *lse, void *workspace,
+                              size_t workspace_bytes, void *stream);
+typedef size_t (*cce_backward_workspace_size_fn)(int64_t N, int64_t D, int64_t V, int dtype,
+                                                 const cce_options *opt, int want_dE,
+                                                 int want_dC, int want_dbias);
+typedef int (*cce_backward_fn)(const void *E, const void *C, const void *bias,
+                               const int64_t *targets, int64_t N, int64_t D, int64_t V, int dtype,
+                               const cce_options *opt, const float *lse, const float *grad_loss,
+                               void *dE, void *dC, void *dbias, void *workspace,
+                               size_t workspace_bytes, int64_t *stats, void *stream);
+typedef int (*cce_host_run_fn)(const void *E, const void *C, const void *bias,
+                               const int64_t *targets, int64_t N, int64_t D, int64_t V, int dtype,
+                               const cce_options *opt, float *loss, float *lse, float *dE,
+                               float *dC, float *dbias, int repeats, cce_host_report *report);
+
 #ifdef __cplusplus
 }
 #endif

@@ -2,6 +2,7 @@
 // preparation kernels (effective targets after shift / ignore, per-row upstream gradient).
 #include <cmath>
 #include <cstdio>
+#include <type_traits>
 
 #include "cce_common.cuh"
 
@@ -137,3 +138,16 @@ extern "C" void cce_default_options(cce_options *o) {
   o->lean_memory = 1;
   o->dc_chunk_rows = 0;
 }
+
+// The function types of cce_cuda.h, which callers that use dlsym (the Swift package) take the
+// symbols as, match the declarations; the options keep their documented size.
+static_assert(std::is_same<decltype(&cce_last_error), cce_last_error_fn>::value, "cce_last_error_fn");
+static_assert(std::is_same<decltype(&cce_default_options), cce_default_options_fn>::value, "cce_default_options_fn");
+static_assert(std::is_same<decltype(&cce_forward_workspace_size), cce_forward_workspace_size_fn>::value,
+              "cce_forward_workspace_size_fn");
+static_assert(std::is_same<decltype(&cce_forward), cce_forward_fn>::value, "cce_forward_fn");
+static_assert(std::is_same<decltype(&cce_backward_workspace_size), cce_backward_workspace_size_fn>::value,
+              "cce_backward_workspace_size_fn");
+static_assert(std::is_same<decltype(&cce_backward), cce_backward_fn>::value, "cce_backward_fn");
+static_assert(std::is_same<decltype(&cce_host_run), cce_host_run_fn>::value, "cce_host_run_fn");
+static_assert(sizeof(cce_options) == 56, "cce_options is 56 bytes (cce_cuda.h)");
