@@ -110,11 +110,8 @@ public final class CUDALibrary: @unchecked Sendable {
         opt.softcap = Float(o.softcap ?? 0)
         opt.label_smoothing = Float(o.labelSmoothing)
         opt.z_loss = Float(o.zLoss)
-        switch o.filterEpsilon {
-        case .auto: opt.filter_eps = -1
-        case .none: opt.filter_eps = 0
-        case .value(let x): opt.filter_eps = Float(x)
-        }
+        // The library takes the threshold resolved (cce_cuda.h): by type for .auto, 0 for none.
+        opt.filter_eps = Float(o.filterEpsilon.resolve(p.eType, p.cType) ?? 0)
         opt.sort_vocab = o.sortVocabulary ? 1 : 0
         var report = cce_host_report()  // zeroed
         var r = Result(loss: [Float](repeating: .nan, count: o.reduction == .none ? n : 1),

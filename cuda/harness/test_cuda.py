@@ -269,6 +269,17 @@ def main():
     print(f"{'OK    ' if ok else 'NOT OK'} bad-D error reported", flush=True)
     passed += ok
     failed += not ok
+    # filter_eps is the caller's resolved threshold: a negative value (once "by type") is an error.
+    try:
+        E = torch.zeros(4, 8, device="cuda")
+        cce.forward(E, torch.zeros(10, 8, device="cuda"), torch.zeros(4, dtype=torch.long, device="cuda"),
+                    filter_eps=-1.0)
+        ok = False
+    except RuntimeError as e:
+        ok = "cce error 1" in str(e) and "filter_eps" in str(e)
+    print(f"{'OK    ' if ok else 'NOT OK'} negative filter_eps error reported", flush=True)
+    passed += ok
+    failed += not ok
     print(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
 

@@ -454,7 +454,7 @@ using namespace cce;
 extern "C" size_t cce_backward_workspace_size(int64_t N, int64_t D, int64_t V, int dtype,
                                               const cce_options *opt, int want_dE, int want_dC,
                                               int want_dbias) {
-  Resolved r = resolve(opt, dtype);
+  Resolved r = resolve(opt);
   BwdPlan b = plan_backward(N, D, V, dtype, r, want_dE != 0, want_dC != 0);
   Carver cv(nullptr);
   carve_backward(cv, N, D, V, dtype, r, b, want_dE != 0, want_dC != 0, want_dbias != 0);
@@ -474,7 +474,7 @@ extern "C" int cce_backward(const void *E, const void *C, const void *bias, cons
                                             dbias != nullptr);
   if (!workspace || workspace_bytes < need)
     return fail(CCE_ERR_WORKSPACE, "backward workspace too small: need " + std::to_string(need) + " bytes");
-  Resolved r = resolve(opt, dtype);
+  Resolved r = resolve(opt);
   BwdPlan b = plan_backward(N, D, V, dtype, r, dE != nullptr, dC != nullptr);
   Carver cv(workspace);
   BwdWs w = carve_backward(cv, N, D, V, dtype, r, b, dE != nullptr, dC != nullptr, dbias != nullptr);
