@@ -29,6 +29,10 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHwloc", pkgConfig: "hwloc", providers: [.apt(["libhwloc-dev"])]),
         .systemLibrary(name: "CNUMA", pkgConfig: "numa", providers: [.apt(["libnuma-dev"])]),
+        // The CUDA library's C ABI (cuda/include/cce_cuda.h through its module map): types and
+        // declarations only, nothing linked and no CUDA toolkit needed; CUDALibrary opens
+        // libcce_cuda.so with dlopen at run time.
+        .systemLibrary(name: "CCECUDAABI", path: "cuda/include"),
 
         // MARK: - Internal modules
         // AVX-512 tile products (the bf16 dot product `vdpbf16ps`, and 512-bit FMAs), the one
@@ -44,7 +48,7 @@ let package = Package(
 
         // MARK: - Public library
         .target(name: "CutCrossEntropy",
-                dependencies: ["CCEKernels", "CCERuntime", "COpenBLAS"],
+                dependencies: ["CCEKernels", "CCERuntime", "COpenBLAS", "CCECUDAABI"],
                 swiftSettings: fastFlags),
 
         // MARK: - The numerical reference: .npy input and output, comparison

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds libcce_cuda.so from the CUDA sources in this folder (objects compiled in parallel).
+# Builds libcce_cuda.so from the CUDA sources in kernels/ (objects compiled in parallel), with
+# the C ABI header from include/.
 #   ./build.sh            -> ./libcce_cuda.so   (Hopper: sm_90a machine code)
 #   CCE_OUT=name.so ./build.sh  -> another file name (objects under build/name/)
 # Environment: NVCC (default: nvcc on PATH), CCE_ARCH (default: the -gencode for sm_90a, as
@@ -16,15 +17,15 @@ ARCH=${CCE_ARCH:-"-gencode=arch=compute_90a,code=sm_90a"}
 # CCE_WGMMA=1 (default with the sm_90a target) uses Hopper's wgmma for the logit tiles;
 # CCE_WGMMA=0 keeps the mma.sync tile (any sm_80+ target).
 WG=${CCE_WGMMA:-$([[ "$ARCH" == *90a* ]] && echo 1 || echo 0)}
-FLAGS=(-O3 -std=c++17 -Xcompiler -fPIC,-O2 -lineinfo --expt-relaxed-constexpr -DCCE_USE_WGMMA=$WG ${CCE_NVCC_FLAGS:-} $ARCH)
+FLAGS=(-O3 -std=c++17 -Xcompiler -fPIC,-O2 -lineinfo --expt-relaxed-constexpr -DCCE_USE_WGMMA=$WG -Iinclude ${CCE_NVCC_FLAGS:-} $ARCH)
 if [[ "${CCE_VERBOSE:-0}" == 1 ]]; then FLAGS+=(-Xptxas -v); fi
 OUTLIB=${CCE_OUT:-libcce_cuda.so}
 BDIR=build/${OUTLIB%.so}
 mkdir -p "$BDIR"
 pids=()
-SRCS=(prep forward_lse vocab_sort backward host)
+SRCS=(prep forward_lse vocab_sort backward_dz backward_products backward_wgmma backward_launch host)
 for src in "${SRCS[@]}"; do
-  "$NVCC" "${FLAGS[@]}" -c "$src.cu" -o "$BDIR/$src.o" &
+  "$NVCC" "${FLAGS[@]}" -c "kernels/$src.cu" -o "$BDIR/$src.o" &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done

@@ -18,6 +18,6 @@ if ! python3 -c "import ctypes; ctypes.CDLL('./libcce_cuda.so').cce_host_run" 2>
   echo "building here"; ./build.sh 2>&1 | grep -v C75 | tail -3 || exit 1
 fi
 readelf -d libcce_cuda.so | grep NEEDED | tee -a "$OUT/device.txt"
-sha256sum libcce_cuda.so *.cu *.cuh *.h *.py build.sh >> "$OUT/device.txt"
-python3 test_cuda.py 2>&1 | tee "$OUT/test.log"
-python3 bench_cuda.py --variants --stress --others --host ${BENCH_ARGS:-} --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+sha256sum libcce_cuda.so kernels/*.cu kernels/*.cuh include/*.h harness/*.py build.sh >> "$OUT/device.txt"
+python3 harness/test_cuda.py 2>&1 | tee "$OUT/test.log"
+python3 harness/bench_cuda.py --variants --stress --others --host ${BENCH_ARGS:-} --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"

@@ -19,7 +19,7 @@ strip "$B/cce"
 for lib in $(ldd "$B/cce" | awk '/=> \// {print $3}' | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so'); do
   cp -L "$lib" "$B/lib/"
 done
-python3 cuda/make_swift_cases.py "$B/cases"
+python3 cuda/harness/make_swift_cases.py "$B/cases"
 mkdir -p .gpu
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 tar -cJf .gpu/bundle.tar.xz -C "$B" .

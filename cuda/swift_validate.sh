@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device run: the Swift tool (a static `cce`, carried) against the CUDA library.
-#   1. every case of make_swift_cases.py: `cce reference` on the CPU in exact mode (the Float64
+#   1. every case of harness/make_swift_cases.py: `cce reference` on the CPU in exact mode (the Float64
 #      truth) and in default mode, and `--backend cuda`; `cce compare` of cuda vs the truth with
 #      budgets by type, and of cuda vs the CPU default mode (for information);
 #   2. `cce bench --backend cuda` at the Gemma 2 shape (N=8192, D=2304, V=256000, bf16, LM-like);

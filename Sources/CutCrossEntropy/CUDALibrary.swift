@@ -1,10 +1,12 @@
 // The optional CUDA engine (cuda/, built separately with nvcc), loaded at run time with
-// dlopen, so this package builds and runs without CUDA. The C ABI is cuda/cce_cuda.h; this
-// file uses its host-memory entry point `cce_host_run`, which copies the inputs to the GPU,
-// runs the forward and the backward there, and copies loss, LSE and the gradients back as
+// dlopen, so this package builds and runs without CUDA. The C ABI is cuda/include/cce_cuda.h,
+// imported as the module CCECUDAABI (its structs, enums and function types; nothing linked);
+// this file uses its host-memory entry point `cce_host_run`, which copies the inputs to the
+// GPU, runs the forward and the backward there, and copies loss, LSE and the gradients back as
 // Float32. The CPU engine stays the numerical reference for it (`cce reference --backend
 // cuda` + `cce compare`, Docs/CUDA.md).
 
+import CCECUDAABI
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -15,20 +17,13 @@ public final class CUDALibrary: @unchecked Sendable {
     /// Where it was loaded from.
     public let path: String
     private let handle: UnsafeMutableRawPointer
-    private let hostRun: HostRun
-    private let defaultOptions: DefaultOptions
-    private let lastError: LastError
+    // The symbols used, typed as cce_cuda.h declares them.
+    private let hostRun: cce_host_run_fn
+    private let defaultOptions: cce_default_options_fn
+    private let lastError: cce_last_error_fn
 
-    typealias HostRun = @convention(c) (
-        UnsafeRawPointer?, UnsafeRawPointer?, UnsafeRawPointer?, UnsafePointer<Int64>?,
-        Int64, Int64, Int64, Int32, UnsafeRawPointer?,
-        UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?,
-        UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?, Int32, UnsafeMutableRawPointer?) -> Int32
-    typealias DefaultOptions = @convention(c) (UnsafeMutableRawPointer?) -> Void
-    typealias LastError = @convention(c) () -> UnsafePointer<CChar>?
-
-    private init(path: String, handle: UnsafeMutableRawPointer, hostRun: HostRun,
-                 defaultOptions: DefaultOptions, lastError: LastError) {
+    private init(path: String, handle: UnsafeMutableRawPointer, hostRun: cce_host_run_fn,
+                 defaultOptions: cce_default_options_fn, lastError: cce_last_error_fn) {
         self.path = path; self.handle = handle; self.hostRun = hostRun
         self.defaultOptions = defaultOptions; self.lastError = lastError
     }
@@ -56,9 +51,9 @@ public final class CUDALibrary: @unchecked Sendable {
                 }
                 return unsafeBitCast(s, to: T.self)
             }
-            return CUDALibrary(path: c, handle: h, hostRun: try sym("cce_host_run", HostRun.self),
-                               defaultOptions: try sym("cce_default_options", DefaultOptions.self),
-                               lastError: try sym("cce_last_error", LastError.self))
+            return CUDALibrary(path: c, handle: h, hostRun: try sym("cce_host_run", cce_host_run_fn.self),
+                               defaultOptions: try sym("cce_default_options", cce_default_options_fn.self),
+                               lastError: try sym("cce_last_error", cce_last_error_fn.self))
         }
         throw CCEError.backendUnavailable("cannot load the CUDA library (build it with cuda/build.sh; pass --cuda-library or set CCE_CUDA_LIBRARY): "
                                           + reasons.joined(separator: "; "))
@@ -95,25 +90,32 @@ public final class CUDALibrary: @unchecked Sendable {
         // Shapes and targets are checked by the CPU engine's validation.
         let p = try Problem(embeddings: e, classifier: c, targets: targets, bias: bias, options: o)
         let n = p.n, d = p.d, v = p.v
-        let dtype: Int32 = e.elementType == .float32 ? 0 : e.elementType == .float16 ? 1 : 2
-        // cce_options: 56 bytes, offsets as in cce_cuda.h.
-        let opt = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
-        defer { opt.deallocate() }
-        defaultOptions(opt)
-        opt.storeBytes(of: Int64(o.ignoreIndex), toByteOffset: 0, as: Int64.self)
-        opt.storeBytes(of: Int32(o.reduction == .none ? 0 : o.reduction == .sum ? 1 : 2), toByteOffset: 8, as: Int32.self)
-        opt.storeBytes(of: Int32(o.shift), toByteOffset: 12, as: Int32.self)
-        opt.storeBytes(of: Int64(e.shape.count == 3 ? e.shape[0] : 1), toByteOffset: 16, as: Int64.self)
-        opt.storeBytes(of: Float(o.softcap ?? 0), toByteOffset: 24, as: Float.self)
-        opt.storeBytes(of: Float(o.labelSmoothing), toByteOffset: 28, as: Float.self)
-        opt.storeBytes(of: Float(o.zLoss), toByteOffset: 32, as: Float.self)
-        let eps: Float
-        switch o.filterEpsilon { case .auto: eps = -1; case .none: eps = 0; case .value(let x): eps = Float(x) }
-        opt.storeBytes(of: eps, toByteOffset: 36, as: Float.self)
-        opt.storeBytes(of: Int32(o.sortVocabulary ? 1 : 0), toByteOffset: 40, as: Int32.self)
-        let report = UnsafeMutableRawPointer.allocate(byteCount: 40 + 128, alignment: 8)
-        defer { report.deallocate() }
-        report.initializeMemory(as: UInt8.self, repeating: 0, count: 168)
+        let dtype: cce_dtype = switch e.elementType {
+        case .float32: CCE_F32
+        case .float16: CCE_F16
+        case .bfloat16: CCE_BF16
+        }
+        let reduction: cce_reduction = switch o.reduction {
+        case .none: CCE_REDUCE_NONE
+        case .sum: CCE_REDUCE_SUM
+        case .mean: CCE_REDUCE_MEAN
+        }
+        // The library's defaults first (lean memory layout, automatic chunks), then ours.
+        var opt = cce_options()
+        defaultOptions(&opt)
+        opt.ignore_index = Int64(o.ignoreIndex)
+        opt.reduction = Int32(reduction.rawValue)
+        opt.shift = Int32(o.shift)
+        opt.batch = Int64(e.shape.count == 3 ? e.shape[0] : 1)
+        opt.softcap = Float(o.softcap ?? 0)
+        opt.label_smoothing = Float(o.labelSmoothing)
+        opt.z_loss = Float(o.zLoss)
+        // The library takes the threshold resolved (cce_cuda.h), from the same policy as the
+        // CPU engine: by type for .auto, 0 (no filtering) for none.
+        let policy = BackwardPolicy(o, embeddings: p.eType, classifier: p.cType)
+        opt.filter_eps = Float(policy.epsilon ?? 0)
+        opt.sort_vocab = policy.sortVocabulary ? 1 : 0
+        var report = cce_host_report()  // zeroed
         var r = Result(loss: [Float](repeating: .nan, count: o.reduction == .none ? n : 1),
                        lse: [Float](repeating: .nan, count: n), dE: [Float](repeating: .nan, count: n * d),
                        dC: [Float](repeating: .nan, count: v * d),
@@ -124,9 +126,9 @@ public final class CUDALibrary: @unchecked Sendable {
             r.loss.withUnsafeMutableBufferPointer { lossP in r.lse.withUnsafeMutableBufferPointer { lseP in
             r.dE.withUnsafeMutableBufferPointer { dEP in r.dC.withUnsafeMutableBufferPointer { dCP in
             dBias.withUnsafeMutableBufferPointer { dbP in
-                hostRun(ep, cp, bp, t64, Int64(n), Int64(d), Int64(v), dtype, UnsafeRawPointer(opt),
+                hostRun(ep, cp, bp, t64, Int64(n), Int64(d), Int64(v), Int32(dtype.rawValue), &opt,
                         lossP.baseAddress, lseP.baseAddress, dEP.baseAddress, dCP.baseAddress,
-                        bias == nil ? nil : dbP.baseAddress, Int32(repeats), report)
+                        bias == nil ? nil : dbP.baseAddress, Int32(repeats), &report)
             }}}}}
         }}}
         guard status == 0 else {
@@ -144,12 +146,13 @@ public final class CUDALibrary: @unchecked Sendable {
             r.lse[pos] = rowLSE[row]
             if o.reduction == .none { r.loss[pos] = rowLoss[row] }
         }
-        r.forwardMilliseconds = report.load(fromByteOffset: 0, as: Double.self)
-        r.backwardMilliseconds = report.load(fromByteOffset: 8, as: Double.self)
-        r.lossAndGradientMilliseconds = report.load(fromByteOffset: 16, as: Double.self)
-        r.peakDeviceMiB = report.load(fromByteOffset: 24, as: Double.self)
-        r.tilesKept = report.load(fromByteOffset: 32, as: Double.self)
-        r.device = String(cString: report.advanced(by: 40).assumingMemoryBound(to: CChar.self))
+        r.forwardMilliseconds = report.forward_ms
+        r.backwardMilliseconds = report.backward_ms
+        r.lossAndGradientMilliseconds = report.loss_backward_ms
+        r.peakDeviceMiB = report.peak_device_mib
+        r.tilesKept = report.tiles_kept
+        // char device_name[128], NUL-terminated
+        r.device = withUnsafeBytes(of: report.device_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         return r
     }
 }

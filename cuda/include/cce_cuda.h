@@ -21,6 +21,7 @@
  * |dz / g| is below filter_eps (after sorting the vocabulary by average logit so that
  * significant entries share tiles) and adds, for each skipped tile, its first-order part
  * (the tile's row / column sums of dz times the mean of its C / E rows); dbias is exact.
+ * filter_eps is used as given: the caller picks it (see cce_options).
  * While dE has not been finished the backward stages its tiles in the caller's dE buffer too,
  * so dE's contents are undefined until cce_backward's work completes.
  *
@@ -62,7 +63,12 @@ typedef struct cce_options {
   float softcap;           /* s; 0 = off */
   float label_smoothing;   /* a in [0, 1] */
   float z_loss;            /* zl >= 0 */
-  float filter_eps;        /* < 0: default by type (f32 2^-28, f16 2^-15, bf16 2^-12); 0: off */
+  float filter_eps;        /* the filter threshold, as resolved by the caller: > 0 skips tiles
+                              whose every active |dz / g| is below it; 0 (default) turns
+                              filtering off; negative or NaN is an argument error. The library
+                              picks no value by element type: callers that want the usual one
+                              pass f32 2^-28, f16 2^-15, bf16 2^-12. Label smoothing together
+                              with softcap turns filtering off whatever the value. */
   int32_t sort_vocab;      /* 1 (default): sort the vocabulary by average logit in the backward */
   int32_t lean_memory;     /* 1 (default): keep the f32 dE accumulator inside dC's buffer */
   int64_t dc_chunk_rows;   /* sorted vocabulary rows per backward chunk (multiple of 128);
@@ -129,6 +135,30 @@ int cce_host_run(const void *E, const void *C, const void *bias, const int64_t *
                  int64_t N, int64_t D, int64_t V, int dtype, const cce_options *opt,
                  float *loss, float *lse, float *dE, float *dC, float *dbias,
                  int repeats, cce_host_report *report);
+
+/* ---- the functions' types, for callers that load the library at run time ---------------
+ * (dlopen / dlsym: the Swift package imports this header through include/module.modulemap and
+ * types the symbols it looks up with these; prep.cu checks that they match the declarations). */
+typedef const char *(*cce_last_error_fn)(void);
+typedef void (*cce_default_options_fn)(cce_options *opt);
+typedef size_t (*cce_forward_workspace_size_fn)(int64_t N, int64_t D, int64_t V, int dtype,
+                                                const cce_options *opt);
+typedef int (*cce_forward_fn)(const void *E, const void *C, const void *bias,
+                              const int64_t *targets, int64_t N, int64_t D, int64_t V, int dtype,
+                              const cce_options *opt, float *loss, float *lse, void *workspace,
+                              size_t workspace_bytes, void *stream);
+typedef size_t (*cce_backward_workspace_size_fn)(int64_t N, int64_t D, int64_t V, int dtype,
+                                                 const cce_options *opt, int want_dE,
+                                                 int want_dC, int want_dbias);
+typedef int (*cce_backward_fn)(const void *E, const void *C, const void *bias,
+                               const int64_t *targets, int64_t N, int64_t D, int64_t V, int dtype,
+                               const cce_options *opt, const float *lse, const float *grad_loss,
+                               void *dE, void *dC, void *dbias, void *workspace,
+                               size_t workspace_bytes, int64_t *stats, void *stream);
+typedef int (*cce_host_run_fn)(const void *E, const void *C, const void *bias,
+                               const int64_t *targets, int64_t N, int64_t D, int64_t V, int dtype,
+                               const cce_options *opt, float *loss, float *lse, float *dE,
+                               float *dC, float *dbias, int repeats, cce_host_report *report);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,9 @@
-// prep.cu — error reporting, option resolution, argument checks, and the per-row
-// preparation kernels (effective targets after shift / ignore, per-row upstream gradient).
+// prep.cu — error reporting, the options (defaults, and what follows from them), argument
+// checks, and the per-row preparation kernels (effective targets after shift / ignore, per-row
+// upstream gradient).
 #include <cmath>
 #include <cstdio>
+#include <type_traits>
 
 #include "cce_common.cuh"
 
@@ -19,7 +21,7 @@ int check_cuda(cudaError_t err, const char *what) {
   return fail(CCE_ERR_CUDA, std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-Resolved resolve(const cce_options *opt, int dtype) {
+Resolved resolve(const cce_options *opt) {
   cce_options d;
   cce_default_options(&d);
   const cce_options &o = opt ? *opt : d;
@@ -31,10 +33,7 @@ Resolved resolve(const cce_options *opt, int dtype) {
   r.softcap = o.softcap;
   r.alpha = o.label_smoothing;
   r.zloss = o.z_loss;
-  if (o.filter_eps < 0.f)
-    r.eps = dtype == CCE_F32 ? ldexpf(1.f, -28) : dtype == CCE_F16 ? ldexpf(1.f, -15) : ldexpf(1.f, -12);
-  else
-    r.eps = o.filter_eps;
+  r.eps = o.filter_eps;  // resolved by the caller (cce_cuda.h); check_common rejects < 0 and NaN
   // The uniform -a/V part of dz is the same for every entry; without softcap its effect on
   // the gradients is a rank-one term computed exactly outside the tiles, so filtering sees
   // only the softmax part. With softcap it is multiplied by 1 - (z/s)^2 per entry, so it stays
@@ -67,6 +66,9 @@ int check_common(const void *E, const void *C, const int64_t *targets, int64_t N
     if (opt->label_smoothing < 0.f || opt->label_smoothing > 1.f)
       return fail(CCE_ERR_ARGUMENT, "label_smoothing must be in [0, 1]");
     if (opt->softcap < 0.f) return fail(CCE_ERR_ARGUMENT, "softcap must be >= 0");
+    if (!(opt->filter_eps >= 0.f))
+      return fail(CCE_ERR_ARGUMENT, "filter_eps must be >= 0 (0: no filtering; a threshold by "
+                                    "element type is the caller's to pick)");
   }
   return 0;
 }
@@ -132,8 +134,21 @@ extern "C" void cce_default_options(cce_options *o) {
   o->softcap = 0.f;
   o->label_smoothing = 0.f;
   o->z_loss = 0.f;
-  o->filter_eps = -1.f;
+  o->filter_eps = 0.f;  // no filtering unless the caller passes a threshold
   o->sort_vocab = 1;
   o->lean_memory = 1;
   o->dc_chunk_rows = 0;
 }
+
+// The function types of cce_cuda.h, which callers that use dlsym (the Swift package) take the
+// symbols as, match the declarations; the options keep their documented size.
+static_assert(std::is_same<decltype(&cce_last_error), cce_last_error_fn>::value, "cce_last_error_fn");
+static_assert(std::is_same<decltype(&cce_default_options), cce_default_options_fn>::value, "cce_default_options_fn");
+static_assert(std::is_same<decltype(&cce_forward_workspace_size), cce_forward_workspace_size_fn>::value,
+              "cce_forward_workspace_size_fn");
+static_assert(std::is_same<decltype(&cce_forward), cce_forward_fn>::value, "cce_forward_fn");
+static_assert(std::is_same<decltype(&cce_backward_workspace_size), cce_backward_workspace_size_fn>::value,
+              "cce_backward_workspace_size_fn");
+static_assert(std::is_same<decltype(&cce_backward), cce_backward_fn>::value, "cce_backward_fn");
+static_assert(std::is_same<decltype(&cce_host_run), cce_host_run_fn>::value, "cce_host_run_fn");
+static_assert(sizeof(cce_options) == 56, "cce_options is 56 bytes (cce_cuda.h)");

@@ -1,6 +1,6 @@
 """One forward + backward at the Gemma 2 shape on LM-like data, for Nsight Compute:
     ncu --clock-control none --kernel-name regex:products_wg --launch-skip 30 --launch-count 1 \
-        --section SpeedOfLight python3 profile_one.py
+        --section SpeedOfLight python3 harness/profile_one.py
 """
 import torch
 

@@ -1,6 +1,6 @@
 """Benchmark at the paper's Gemma 2 shape on LM-like data, side by side with PyTorch.
 
-    python3 bench_cuda.py [--N 8192 --D 2304 --V 256000 --S 4 --alpha 1.5 --reps 10]
+    python3 harness/bench_cuda.py [--N 8192 --D 2304 --V 256000 --S 4 --alpha 1.5 --reps 10]
 
 Methods: this library (libcce_cuda.so through ctypes), PyTorch eager
 (F.cross_entropy over materialized bf16 logits upcast to f32) and torch.compile of the same;

@@ -11,7 +11,7 @@ Error budgets, ||x - truth|| / ||truth||:
     dE, dC, dbias: 1e-4 (f32), 4e-3 (f16), 1.6e-2 (bf16)
 Outputs are poisoned with NaN first; a NaN anywhere fails.
 
-    python3 test_cuda.py           # prints one line per case and 'N passed, N failed'
+    python3 harness/test_cuda.py   # prints one line per case and 'N passed, N failed'
 
 The host entry point cce_host_run is checked too: numpy host arrays in, float32 host arrays
 out, against the device path (cce_forward / cce_backward on the same inputs, which must agree
@@ -267,6 +267,17 @@ def main():
     except RuntimeError as e:
         ok = "multiple" in str(e)
     print(f"{'OK    ' if ok else 'NOT OK'} bad-D error reported", flush=True)
+    passed += ok
+    failed += not ok
+    # filter_eps is the caller's resolved threshold: a negative value (once "by type") is an error.
+    try:
+        E = torch.zeros(4, 8, device="cuda")
+        cce.forward(E, torch.zeros(10, 8, device="cuda"), torch.zeros(4, dtype=torch.long, device="cuda"),
+                    filter_eps=-1.0)
+        ok = False
+    except RuntimeError as e:
+        ok = "cce error 1" in str(e) and "filter_eps" in str(e)
+    print(f"{'OK    ' if ok else 'NOT OK'} negative filter_eps error reported", flush=True)
     passed += ok
     failed += not ok
     print(f"{passed} passed, {failed} failed")

@@ -6,6 +6,10 @@
 
 E (N, D), C (V, D), bias (V): one of float32 / float16 / bfloat16, contiguous, on the GPU.
 targets (N,) int64. Workspaces are allocated with torch, so PyTorch's memory statistics see them.
+
+filter_eps (an option of all three): "auto" (default) resolves to the threshold by element type,
+FILTER_EPS_BY_DTYPE, the larger of E's and C's; None or 0 turns filtering off; a number >= 0 is
+used as given. The library takes the resolved value only (cce_cuda.h).
 """
 import ctypes
 import os
@@ -44,6 +48,21 @@ class HostReport(ctypes.Structure):
 
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# The filter threshold by element type (cce_dtype code), as apple/ml-cross-entropy and the Swift
+# package choose it: f32 2^-28, f16 2^-15, bf16 2^-12.
+FILTER_EPS_BY_DTYPE = {0: 2.0 ** -28, 1: 2.0 ** -15, 2: 2.0 ** -12}
+
+
+def resolve_filter_eps(filter_eps, e_dtype, c_dtype):
+    """The threshold handed to the library: "auto" -> by type, the larger of E's and C's (0 for a
+    dtype code the library rejects anyway); None -> 0 (no filtering); else float(filter_eps)."""
+    if filter_eps is None:
+        return 0.0
+    if isinstance(filter_eps, str):
+        if filter_eps != "auto":
+            raise ValueError(f"filter_eps: 'auto', None or a number (got {filter_eps!r})")
+        return max(FILTER_EPS_BY_DTYPE.get(e_dtype, 0.0), FILTER_EPS_BY_DTYPE.get(c_dtype, 0.0))
+    return float(filter_eps)
 
 _lib = None
 
@@ -51,7 +70,9 @@ _lib = None
 def lib():
     global _lib
     if _lib is None:
-        path = os.environ.get("CCE_LIB", os.path.join(os.path.dirname(os.path.abspath(__file__)), "libcce_cuda.so"))
+        # default: cuda/libcce_cuda.so, where cuda/build.sh puts it (this file is in cuda/harness/)
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = os.environ.get("CCE_LIB", os.path.join(os.path.dirname(here), "libcce_cuda.so"))
         L = ctypes.CDLL(path)
         vp, i64, sz = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
         op = ctypes.POINTER(Options)
@@ -74,8 +95,10 @@ def lib():
     return _lib
 
 
-def make_options(ignore_index=-100, reduction="mean", shift=0, batch=1, softcap=0.0, label_smoothing=0.0,
-                 z_loss=0.0, filter_eps=-1.0, sort_vocab=True, lean_memory=True, dc_chunk_rows=0):
+def make_options(e_dtype, c_dtype, ignore_index=-100, reduction="mean", shift=0, batch=1, softcap=0.0,
+                 label_smoothing=0.0, z_loss=0.0, filter_eps="auto", sort_vocab=True, lean_memory=True,
+                 dc_chunk_rows=0):
+    """cce_options for E and C of the given cce_dtype codes (they resolve filter_eps "auto")."""
     o = Options()
     lib().cce_default_options(ctypes.byref(o))
     o.ignore_index = ignore_index
@@ -85,7 +108,7 @@ def make_options(ignore_index=-100, reduction="mean", shift=0, batch=1, softcap=
     o.softcap = softcap or 0.0
     o.label_smoothing = label_smoothing
     o.z_loss = z_loss
-    o.filter_eps = filter_eps
+    o.filter_eps = resolve_filter_eps(filter_eps, e_dtype, c_dtype)
     o.sort_vocab = int(sort_vocab)
     o.lean_memory = int(lean_memory)
     o.dc_chunk_rows = dc_chunk_rows
@@ -102,10 +125,10 @@ def _check(rc):
 
 
 def forward(E, C, targets, bias=None, **kw):
-    o = make_options(**kw)
     N, D = E.shape
     V = C.shape[0]
     dt = DTYPES[E.dtype]
+    o = make_options(dt, DTYPES[C.dtype], **kw)
     ws = torch.empty(lib().cce_forward_workspace_size(N, D, V, dt, ctypes.byref(o)), dtype=torch.uint8, device=E.device)
     loss = torch.empty(N if kw.get("reduction", "mean") == "none" else 1, dtype=torch.float32, device=E.device)
     lse = torch.empty(N, dtype=torch.float32, device=E.device)
@@ -120,10 +143,10 @@ def forward(E, C, targets, bias=None, **kw):
 def backward(E, C, targets, lse, grad, bias=None, want_dE=True, want_dC=True, want_dbias=None, stats=False,
              poison=False, **kw):
     """grad: the upstream gradient, a scalar tensor (sum / mean) or (N,) (none). Returns dE, dC, dbias, stats."""
-    o = make_options(**kw)
     N, D = E.shape
     V = C.shape[0]
     dt = DTYPES[E.dtype]
+    o = make_options(dt, DTYPES[C.dtype], **kw)
     if want_dbias is None:
         want_dbias = bias is not None
     fill = torch.empty if not poison else (lambda *s, **k: torch.full(s, float("nan"), **k))
@@ -148,7 +171,7 @@ def host_run(E, C, targets, bias=None, dtype=2, want=("dE", "dC"), repeats=0, wa
     as asked) and the report (a dict) under "report"."""
     import numpy as np
 
-    o = make_options(**kw)
+    o = make_options(dtype, dtype, **kw)
     N, D = E.shape
     V = C.shape[0]
     E = np.ascontiguousarray(E)

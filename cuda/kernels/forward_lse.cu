@@ -237,7 +237,7 @@ extern "C" int cce_forward(const void *E, const void *C, const void *bias, const
   if (!loss) return fail(CCE_ERR_ARGUMENT, "loss must not be NULL");
   if (bias && reinterpret_cast<uintptr_t>(bias) % elt_size(dtype) != 0)
     return fail(CCE_ERR_ARGUMENT, "bias misaligned");
-  Resolved r = resolve(opt, dtype);
+  Resolved r = resolve(opt);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   FwdPlan f = plan_forward(N, V);
   if (!workspace || workspace_bytes < cce_forward_workspace_size(N, D, V, dtype, opt))

@@ -76,7 +76,7 @@ struct Resolved {
   bool lean;
   int64_t chunk_rows;  // 0: automatic
 };
-Resolved resolve(const cce_options *opt, int dtype);
+Resolved resolve(const cce_options *opt);  // the options as given, defaults for NULL
 
 int check_common(const void *E, const void *C, const int64_t *targets, int64_t N, int64_t D,
                  int64_t V, int dtype, const cce_options *opt);

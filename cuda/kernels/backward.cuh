@@ -1,0 +1,181 @@
+// backward.cuh — the backward pass, shared by its four files: the gradients of the loss with
+// respect to E, C and the bias, with tile filtering, vocabulary sorting and float32
+// accumulation, and no atomics on dE or dC.
+//
+//   backward_dz.cu        stage 1: dz tiles (dz_kernel)
+//   backward_products.cu  stage 2: the gradient products, mma.sync / f32 FMA (products_kernel)
+//   backward_wgmma.cu     stage 2 on Hopper: the same products through wgmma (products_wg_kernel)
+//   backward_launch.cu    the host side: plan, workspace, the launch sequence with its small
+//                         kernels (means, sums, finishing), and the C entry points
+//
+// The vocabulary, in sorted order, is processed in chunks of VTc tiles of 128 positions.
+// For each chunk, two launches:
+//
+//   dz_kernel        grid (token blocks NT) x (VTc): recompute the logit tile (tiles.cuh) and
+//                      dz_iv = g_i [ (1 + 2 zl lse_i) p_iv - (1 - a)[v = t_i] - a/V ]
+//                      dy_iv = dz_iv (1 - (z_iv / s)^2) under softcap,  p = exp(z - lse)
+//                    A tile is kept unless every active |dz / g| < eps and no row's target
+//                    lies in it. Kept tiles store dy / gmax in the input type (a staging
+//                    buffer of NT x VTc tiles); every tile stores its 128 row sums and 128
+//                    column sums of dy / gmax; the column sums also go to dbias (exact).
+//   products kernel  one block per (vocabulary tile, 256 columns of D; 128 on the mma.sync path)
+//                    for dC, then one per (token block, same columns) for dE; each sums over its kept tiles
+//                      dC[vocab] = sum_b dyᵀ . E[tokens b]    dE[tokens] = sum_j dy . C[vocab j]
+//                    in f32 registers (tensor cores for 16-bit inputs), and for each skipped
+//                    tile adds its first-order part, the row / column sums times the mean of
+//                    the tile's C rows / E rows, so that filtering drops only what deviates
+//                    from the tile mean. dC is written once, finished; dE is added into an
+//                    f32 accumulator owned by that block (no atomics anywhere).
+//
+// gmax = max_i |g_i| scales dy into the 16-bit range (it is exact for mean and sum, where
+// every g_i is equal). In the lean layout the f32 dE accumulator lives inside the caller's dC
+// buffer, in the rows of the last vocabulary segment [seg, V), whose own dC comes last:
+//   pass A: positions [seg, V), dE only;  pass B: [0, seg), dE + dC;  dE finished;
+//   pass C: [seg, V), dC only.
+// Staging: until dE is finished (passes A and B, or the single pass), the caller's dE buffer is
+// unused, so the staged tiles of a chunk fill it first (N D / 16384 whole tiles) and the
+// workspace's ~24 MiB after it: chunks of 30 instead of 12 vocabulary tiles at the Gemma 2
+// shape, at no extra memory; pass C stages in the workspace alone.
+// The wgmma products kernel issues a tile's wgmma before the copies of the next tile, and those
+// copies use per-thread offsets computed once (each thread always moves the same 16-byte column
+// chunk); the address arithmetic of the copies was the products' bottleneck (24 -> 31 % issue
+// utilisation, 125 -> 99 ms for loss + gradients at the Gemma 2 shape).
+// When a > 0 without softcap, the -a/V term is left out of the tiles and added exactly:
+//   dE_i -= g_i a/V sum_v C_v,  dC_v -= a/V sum_i g_i E_i,  dbias_v -= a/V sum_i g_i.
+#pragma once
+
+#include "tiles.cuh"
+
+namespace cce {
+
+constexpr int kTileElems = kBM * kBN;
+
+// The staged dy tiles [NT][VTc] may span two buffers: tiles [0, split) in `a` (the caller's dE
+// output, free until dE is finished), the rest in `b` (the workspace).
+template <class T>
+__device__ __forceinline__ T *tile_ptr(const void *a, const void *b, int64_t split, int64_t tile) {
+  return tile < split ? const_cast<T *>(static_cast<const T *>(a)) + tile * kTileElems
+                      : const_cast<T *>(static_cast<const T *>(b)) + (tile - split) * kTileElems;
+}
+
+// ---- stage 1: dz tiles (backward_dz.cu) ---------------------------------------------------
+
+struct DzParams {
+  const void *E, *C, *bias;
+  const int *perm, *tpos;
+  const float *lse, *w, *gmax;
+  int64_t N, D;
+  int64_t p_begin, p_end;  // sorted vocabulary positions of this chunk
+  float softcap, uniform, one_minus_alpha, zloss2, eps;
+  void *dz;      // [NT][VTc][128][128] input type (f32 for f32): tiles [0, split) here,
+  void *dz2;     //   the rest here, from tile `split` on (see tile_ptr)
+  int64_t split;
+  int *kept;     // [NT][VTc]
+  float *S, *Tc; // [NT][VTc][128] row sums, column sums of dy / gmax
+  float *db_acc; // [V] or null
+  unsigned long long *kept_count;  // or null
+};
+
+template <class T> struct DzLayout {
+  using Tile = typename TileFor<T>::type;
+  static constexpr int HB = Tile::BM / kBM;              // 128-row token blocks per CUDA block
+  static constexpr int LDZ = kBN + 16 / int(sizeof(T));  // 16-byte padded rows
+  static constexpr size_t STAGE = size_t(Tile::BM) * LDZ * sizeof(T);
+  static constexpr size_t RING = Tile::SMEM > STAGE ? Tile::SMEM : STAGE;
+  static constexpr size_t SMEM = RING + (Tile::BM + HB * kBN + 4) * sizeof(float);
+};
+
+// ---- stage 2: the gradient products (backward_products.cu, backward_wgmma.cu) -------------
+
+struct ProdParams {
+  const void *E, *C, *dz, *dz2;
+  int64_t split;  // staged tiles [0, split) in dz, the rest in dz2
+  const int *perm, *kept;
+  const float *S, *Tc, *cbar, *ebar, *gmax, *esum;
+  float u;
+  int64_t N, D, p_begin, p_end;
+  int NT, VTc, DC, nC;  // token blocks, vocabulary tiles, column slices of D, dC blocks
+  int early_load;       // wgmma products: issue the next tile's copies before this tile's wgmma
+  float *dE_acc;        // [N][D] f32, or null
+  void *dC;             // caller's dC (V, D), or null
+};
+
+constexpr int kPD = 128;  // columns of D per products_kernel block (products_wg_kernel: 256)
+
+// Products epilogue, shared by both products kernels: the block's f32 result, already scaled by
+// gmax, sits in shared memory stg[128][width + 4]. dC rows are finished here (minus the uniform
+// smoothing term) with 16-byte stores; dE rows are added into the f32 accumulator with float4
+// read-modify-writes, eight loads in flight before the first store.
+template <class T>
+__device__ void write_products(const ProdParams &p, bool roleC, int owner, int64_t d0, int width,
+                               const float *stg) {
+  const int LDS = width + 4, tid = threadIdx.x;
+  if (roleC) {
+    const int CH = width / 8;
+    T *dC = static_cast<T *>(p.dC);
+    for (int q = tid; q < kBM * CH; q += kThreads) {
+      int r = q / CH, c = (q % CH) * 8;
+      int64_t pos = p.p_begin + int64_t(owner) * kBN + r;
+      int64_t col = d0 + c;
+      if (pos >= p.p_end || col >= p.D) continue;
+      float x[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) x[k] = stg[r * LDS + c + k] - (p.esum ? p.u * p.esum[col + k] : 0.f);
+      T *o = dC + int64_t(p.perm[pos]) * p.D + col;
+      if constexpr (sizeof(T) == 2) {
+        union { uint4 u; T h[8]; } pk;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) pk.h[k] = Elt<T>::store(x[k]);
+        *reinterpret_cast<uint4 *>(o) = pk.u;
+      } else {
+        reinterpret_cast<float4 *>(o)[0] = make_float4(x[0], x[1], x[2], x[3]);
+        reinterpret_cast<float4 *>(o)[1] = make_float4(x[4], x[5], x[6], x[7]);
+      }
+    }
+  } else {
+    const int CH = width / 4;
+    constexpr int B = 8;
+    for (int q0 = tid; q0 < kBM * CH; q0 += kThreads * B) {
+      float4 g[B];
+      float *addr[B];
+      bool ok[B];
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        int q = q0 + b * kThreads;
+        int r = q / CH, c = (q % CH) * 4;
+        int64_t tok = int64_t(owner) * kBM + r;
+        ok[b] = q < kBM * CH && tok < p.N && d0 + c < p.D;
+        addr[b] = p.dE_acc + (ok[b] ? tok * p.D + d0 + c : 0);
+        if (ok[b]) g[b] = *reinterpret_cast<const float4 *>(addr[b]);
+      }
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        if (!ok[b]) continue;
+        int q = q0 + b * kThreads;
+        int r = q / CH, c = (q % CH) * 4;
+        const float *sv = stg + r * LDS + c;
+        g[b].x += sv[0]; g[b].y += sv[1]; g[b].z += sv[2]; g[b].w += sv[3];
+        *reinterpret_cast<float4 *>(addr[b]) = g[b];
+      }
+    }
+  }
+}
+
+// ---- the kernels as the host sequence (backward_launch.cu) takes them ---------------------
+
+using DzKernel = void (*)(DzParams);
+template <class T> DzKernel dz_kernel_for();  // dz_kernel<T>
+
+struct ProductsKernel {
+  void (*fn)(ProdParams);
+  size_t smem;  // dynamic shared memory per block
+  int cols;     // columns of D per block
+};
+// products_kernel<T>: mma.sync for 16-bit types, f32 FMA for f32; kPD columns per block
+template <class T> ProductsKernel products_mma_for();
+#if CCE_USE_WGMMA
+// products_wg_kernel<T>, 16-bit types only: wgmma, 256 columns per block
+template <class T> ProductsKernel products_wgmma_for();
+#endif
+
+}  // namespace cce

@@ -1,0 +1,487 @@
+// backward_launch.cu — the host side of the backward (backward.cuh): the plan (lean layout,
+// chunk sizes), the workspace, the launch sequence of one cce_backward call, the small kernels
+// it launches besides the two stages (tile means, column sums, reductions, finishing dE and
+// dbias), and the C entry points.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+#include "backward.cuh"
+
+namespace cce {
+
+// ---- small kernels ---------------------------------------------------------------------------
+
+// out[j][d] = mean over the rows of block j of X (rows row_begin + 128 j .. , below row_end,
+// through perm when given). Block: 256 threads = 4 row groups x 64 column groups of 16 bytes.
+template <class T>
+__global__ void block_mean_kernel(const T *__restrict__ X, const int *__restrict__ perm,
+                                  int64_t row_begin, int64_t row_end, int64_t D,
+                                  float *__restrict__ out) {
+  constexpr int VEC = 16 / sizeof(T);
+  __shared__ float sh[4][64][VEC];
+  const int j = blockIdx.y, cg = threadIdx.x & 63, rg = threadIdx.x >> 6;
+  const int64_t d = (int64_t(blockIdx.x) * 64 + cg) * VEC;
+  const int64_t r0 = row_begin + int64_t(j) * 128;
+  float acc[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) acc[k] = 0.f;
+  if (d < D) {
+    for (int i = rg * 32; i < rg * 32 + 32; ++i) {
+      int64_t r = r0 + i;
+      if (r >= row_end) break;
+      int64_t xr = perm ? perm[r] : r;
+      uint4 raw = *reinterpret_cast<const uint4 *>(X + xr * D + d);
+      const T *x = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) acc[k] += Elt<T>::load(x[k]);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) sh[rg][cg][k] = acc[k];
+  __syncthreads();
+  if (rg == 0 && d < D) {
+    int64_t n = row_end - r0;
+    if (n > 128) n = 128;
+    float inv = n > 0 ? 1.f / static_cast<float>(n) : 0.f;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      out[int64_t(j) * D + d + k] = (sh[0][cg][k] + sh[1][cg][k] + sh[2][cg][k] + sh[3][cg][k]) * inv;
+  }
+}
+
+__global__ void tpos_kernel(const int *__restrict__ tgt, const int *__restrict__ invperm, int64_t N,
+                            int *__restrict__ tpos) {
+  int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < N) tpos[i] = tgt[i] >= 0 ? invperm[tgt[i]] : -1;
+}
+
+// out[d] += sum over a slice of rows of (wt ? wt[i] : 1) * X[i][d]
+template <class T>
+__global__ void colsum_kernel(const T *__restrict__ X, const float *__restrict__ wt, int64_t rows,
+                              int64_t D, int64_t rows_per, float *__restrict__ out) {
+  int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (d >= D) return;
+  int64_t i0 = int64_t(blockIdx.y) * rows_per, i1 = min(i0 + rows_per, rows);
+  float acc = 0.f;
+  for (int64_t i = i0; i < i1; ++i) {
+    float x = Elt<T>::load(X[i * D + d]);
+    acc += wt ? wt[i] * x : x;
+  }
+  atomicAdd(&out[d], acc);
+}
+
+// out[0] = sum x (when !absmax) or max |x|; one block of 256 threads, fixed order.
+__global__ void reduce_rows_kernel(const float *__restrict__ x, int64_t n, int absmax, float *__restrict__ out) {
+  __shared__ float sh[256];
+  float acc = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += 256) acc = absmax ? fmaxf(acc, fabsf(x[i])) : acc + x[i];
+  sh[threadIdx.x] = acc;
+  __syncthreads();
+  for (int k = 128; k > 0; k >>= 1) {
+    if (threadIdx.x < k) sh[threadIdx.x] = absmax ? fmaxf(sh[threadIdx.x], sh[threadIdx.x + k]) : sh[threadIdx.x] + sh[threadIdx.x + k];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[0] = sh[0];
+}
+
+// dE[i][d] = acc[i][d] - u * w[i] * csum[d]
+template <class T>
+__global__ void finish_dE_kernel(const float *__restrict__ acc, const float *__restrict__ w,
+                                 int64_t N, int64_t D, const float *__restrict__ csum, float u,
+                                 T *__restrict__ dE) {
+  int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= N * D) return;
+  float v = acc[idx];
+  if (csum) v -= u * w[idx / D] * csum[idx % D];
+  dE[idx] = Elt<T>::store(v);
+}
+
+template <class T>
+__global__ void finish_db_kernel(const float *__restrict__ acc, int64_t V, const float *wsum, float u,
+                                 T *__restrict__ db) {
+  int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (v >= V) return;
+  float x = acc[v];
+  if (wsum) x -= u * wsum[0];
+  db[v] = Elt<T>::store(x);
+}
+
+// ---- plan and workspace ---------------------------------------------------------------------
+
+struct BwdPlan {
+  bool lean;
+  int64_t seg;  // first position of the last segment (V when not lean)
+  int NT, VTc;  // token blocks; vocabulary tiles per chunk, staging in the workspace only
+  int VTcBig;   // vocabulary tiles per chunk while dE's output buffer is free to stage in too
+  size_t cub_bytes;
+};
+
+static BwdPlan plan_backward(int64_t N, int64_t D, int64_t V, int dtype, const Resolved &r,
+                             bool want_dE, bool want_dC) {
+  BwdPlan b;
+  const int64_t elt = int64_t(elt_size(dtype));
+  int64_t rows = (N * 4 + elt - 1) / elt;  // rows of dC that hold the f32 dE accumulator
+  rows = (rows + kBN - 1) / kBN * kBN;
+  b.lean = r.lean && want_dE && want_dC && rows + kBN <= V;
+  b.seg = b.lean ? V - rows : V;
+  b.NT = static_cast<int>((N + kBM - 1) / kBM);
+  int64_t vt_all = (V + kBN - 1) / kBN;
+  int64_t vtc;
+  if (r.chunk_rows > 0) {
+    vtc = (r.chunk_rows + kBN - 1) / kBN;
+  } else {  // about 24 MiB of staged dy tiles
+    vtc = (int64_t(24) << 20) / (int64_t(b.NT) * kTileElems * elt);
+  }
+  b.VTc = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(vtc, vt_all)));
+  // Until dE is finished, its output buffer (N x D elements = N D / 16384 whole tiles) is free:
+  // the chunks before that stage there as well, so they are larger at no memory cost.
+  // (CCE_NO_DE_STAGING=1, for measurement only, turns this off.)
+  const char *nods = std::getenv("CCE_NO_DE_STAGING");
+  b.VTcBig = b.VTc;
+  if (want_dE && r.chunk_rows == 0 && !(nods && nods[0] == '1')) {
+    int64_t extra = (N * D / kTileElems) / b.NT;
+    b.VTcBig = static_cast<int>(std::min<int64_t>(b.VTc + extra, vt_all));
+  }
+  b.cub_bytes = r.sort_vocab ? vocab_sort_temp_bytes(V) : 0;
+  (void)D;
+  return b;
+}
+
+struct BwdWs {
+  int *count, *tgt, *tpos, *perm, *invperm, *vals, *kept;
+  unsigned long long *kept_count;
+  float *w, *gmax, *keys, *keys_out, *meanE, *csum, *esum, *wsum, *db_acc, *dE_acc;
+  float *S, *Tc, *cbar, *ebar;
+  void *dz, *cub;
+};
+
+static BwdWs carve_backward(Carver &cv, int64_t N, int64_t D, int64_t V, int dtype, const Resolved &r,
+                            const BwdPlan &b, bool want_dE, bool want_dC, bool want_db) {
+  BwdWs w = {};
+  w.count = cv.take<int>(1);
+  w.kept_count = cv.take<unsigned long long>(1);
+  w.gmax = cv.take<float>(1);
+  w.tgt = cv.take<int>(N);
+  w.tpos = cv.take<int>(N);
+  w.w = cv.take<float>(N);
+  w.perm = cv.take<int>(V);
+  w.invperm = cv.take<int>(V);
+  if (r.sort_vocab) {
+    w.keys = cv.take<float>(V);
+    w.keys_out = cv.take<float>(V);
+    w.vals = cv.take<int>(V);
+    w.meanE = cv.take<float>(D);
+    w.cub = cv.take<char>(b.cub_bytes);
+  }
+  if (r.split_uniform) {
+    w.csum = cv.take<float>(D);
+    w.esum = cv.take<float>(D);
+    w.wsum = cv.take<float>(1);
+  }
+  if (want_db) w.db_acc = cv.take<float>(V);
+  if (want_dE && !b.lean) w.dE_acc = cv.take<float>(size_t(N) * D);
+  const size_t tiles = size_t(b.NT) * b.VTcBig;
+  w.dz = cv.take<char>(size_t(b.NT) * b.VTc * kTileElems * elt_size(dtype));
+  w.kept = cv.take<int>(tiles);
+  w.S = cv.take<float>(tiles * kBM);
+  w.Tc = cv.take<float>(tiles * kBN);
+  w.cbar = cv.take<float>(size_t(b.VTcBig) * D);
+  w.ebar = cv.take<float>(size_t(b.NT) * D);
+  return w;
+}
+
+// One cce_backward call for element type T, as named steps. Each step enqueues its work on the
+// stream and returns 0 or an error status; run_backward calls them in the order of the work
+// on the stream.
+template <class T> struct BackwardRun {
+  const void *E, *C, *bias;
+  const int64_t *targets;
+  int64_t N, D, V;
+  int dtype;
+  const Resolved &r;
+  const BwdPlan &b;
+  BwdWs &w;
+  const float *lse, *grad_loss;
+  void *dE, *dC, *dbias;
+  cudaStream_t s;
+  bool want_dE, want_dC, want_db;
+  int NT, VTc;
+  unsigned mean_gx;  // blocks over D of block_mean_kernel
+  float u;           // a / V
+  float *dE_acc = nullptr;
+  DzParams zp = {};
+  ProdParams pp = {};
+  DzKernel dz = nullptr;
+  size_t zsmem = DzLayout<T>::SMEM;
+  ProductsKernel prod = {};
+  bool skip_products = false;
+  int64_t tiles_total = 0;
+
+  BackwardRun(const void *E, const void *C, const void *bias, const int64_t *targets, int64_t N,
+              int64_t D, int64_t V, int dtype, const Resolved &r, const BwdPlan &b, BwdWs &w,
+              const float *lse, const float *grad_loss, void *dE, void *dC, void *dbias,
+              cudaStream_t s)
+      : E(E), C(C), bias(bias), targets(targets), N(N), D(D), V(V), dtype(dtype), r(r), b(b),
+        w(w), lse(lse), grad_loss(grad_loss), dE(dE), dC(dC), dbias(dbias), s(s) {
+    want_dE = dE != nullptr;
+    want_dC = dC != nullptr;
+    want_db = dbias != nullptr;
+    NT = b.NT;
+    VTc = b.VTc;
+    constexpr int VEC = 16 / sizeof(T);
+    mean_gx = static_cast<unsigned>((D / VEC + 63) / 64);
+    u = r.alpha / static_cast<float>(V);
+  }
+
+  // Targets after shift / ignore, the rows' upstream weights and their largest magnitude
+  // (gmax), the vocabulary order, the targets' sorted positions, and for dC the token-block
+  // means of E (the first-order part of skipped tiles).
+  int prepare_rows() {
+    CCE_CUDA(cudaMemsetAsync(w.count, 0, sizeof(int), s));
+    CCE_CUDA(cudaMemsetAsync(w.kept_count, 0, sizeof(unsigned long long), s));
+    launch_prep_targets(targets, N, V, r, w.tgt, w.count, s);
+    CCE_LAUNCHED("prep_targets_kernel");
+    launch_row_weights(w.tgt, grad_loss, w.count, N, r.reduction, w.w, s);
+    CCE_LAUNCHED("row_weights_kernel");
+    reduce_rows_kernel<<<1, 256, 0, s>>>(w.w, N, 1, w.gmax);
+    CCE_LAUNCHED("reduce_rows_kernel(gmax)");
+    CCE_TRY(build_vocab_order(E, C, bias, dtype, N, D, V, r.sort_vocab, b.seg, w.meanE, w.keys,
+                              w.keys_out, w.vals, w.perm, w.invperm, w.cub, b.cub_bytes, s));
+    tpos_kernel<<<static_cast<unsigned>((N + 255) / 256), 256, 0, s>>>(w.tgt, w.invperm, N, w.tpos);
+    CCE_LAUNCHED("tpos_kernel");
+    if (want_dC) {  // token-block means of E, for the first-order part of skipped tiles
+      block_mean_kernel<T><<<dim3(mean_gx, NT), 256, 0, s>>>(static_cast<const T *>(E), nullptr, 0, N, D, w.ebar);
+      CCE_LAUNCHED("block_mean_kernel(E)");
+    }
+    return 0;
+  }
+
+  // Label smoothing without softcap: sum_v C_v, sum_i g_i E_i and sum_i g_i, for the exact
+  // rank-one terms of the uniform -a/V part.
+  int uniform_sums() {
+    if (!r.split_uniform) return 0;
+    CCE_CUDA(cudaMemsetAsync(w.csum, 0, D * sizeof(float), s));
+    CCE_CUDA(cudaMemsetAsync(w.esum, 0, D * sizeof(float), s));
+    const int64_t rp = 1024;
+    dim3 gc(static_cast<unsigned>((D + 255) / 256), static_cast<unsigned>((V + rp - 1) / rp));
+    colsum_kernel<T><<<gc, 256, 0, s>>>(static_cast<const T *>(C), nullptr, V, D, rp, w.csum);
+    CCE_LAUNCHED("colsum_kernel(C)");
+    dim3 ge(static_cast<unsigned>((D + 255) / 256), static_cast<unsigned>((N + rp - 1) / rp));
+    colsum_kernel<T><<<ge, 256, 0, s>>>(static_cast<const T *>(E), w.w, N, D, rp, w.esum);
+    CCE_LAUNCHED("colsum_kernel(E)");
+    reduce_rows_kernel<<<1, 256, 0, s>>>(w.w, N, 0, w.wsum);
+    CCE_LAUNCHED("reduce_rows_kernel(wsum)");
+    return 0;
+  }
+
+  // The dbias and f32 dE accumulators, zeroed; dE's lives in dC's buffer in the lean layout.
+  int zero_accumulators() {
+    if (want_db) CCE_CUDA(cudaMemsetAsync(w.db_acc, 0, V * sizeof(float), s));
+    dE_acc = w.dE_acc;
+    if (want_dE && b.lean)
+      dE_acc = reinterpret_cast<float *>(static_cast<char *>(dC) + size_t(b.seg) * D * sizeof(T));
+    if (want_dE) CCE_CUDA(cudaMemsetAsync(dE_acc, 0, size_t(N) * D * sizeof(float), s));
+    return 0;
+  }
+
+  // The two stages' parameters, but for the chunk's range and staging buffers (chunks()).
+  void set_params() {
+    zp.E = E;
+    zp.C = C;
+    zp.bias = bias;
+    zp.perm = w.perm;
+    zp.tpos = w.tpos;
+    zp.lse = lse;
+    zp.w = w.w;
+    zp.gmax = w.gmax;
+    zp.N = N;
+    zp.D = D;
+    zp.softcap = r.softcap;
+    zp.uniform = r.split_uniform ? 0.f : u;
+    zp.one_minus_alpha = 1.f - r.alpha;
+    zp.zloss2 = 2.f * r.zloss;
+    zp.eps = r.eps;
+    zp.dz = w.dz;
+    zp.dz2 = w.dz;
+    zp.split = INT64_MAX;
+    zp.kept = w.kept;
+    zp.S = w.S;
+    zp.Tc = w.Tc;
+
+    pp.E = E;
+    pp.C = C;
+    pp.dz = w.dz;
+    pp.dz2 = w.dz;
+    pp.split = INT64_MAX;
+    pp.perm = w.perm;
+    pp.kept = w.kept;
+    pp.S = w.S;
+    pp.Tc = w.Tc;
+    pp.cbar = w.cbar;
+    pp.ebar = w.ebar;
+    pp.gmax = w.gmax;
+    pp.esum = r.split_uniform ? w.esum : nullptr;
+    pp.u = u;
+    pp.N = N;
+    pp.D = D;
+    pp.NT = NT;
+    pp.dE_acc = dE_acc;
+    pp.dC = dC;
+  }
+
+  // The dz kernel and the products kernel (wgmma for 16-bit types on Hopper, unless
+  // CCE_NO_WGMMA_PRODUCTS=1: then mma.sync), with their shared-memory limits raised; the
+  // measurement knobs CCE_EARLY_LOAD and CCE_DEBUG_SKIP_PRODUCTS.
+  int choose_kernels() {
+    dz = dz_kernel_for<T>();
+    prod = products_mma_for<T>();
+#if CCE_USE_WGMMA
+    const char *nowg = std::getenv("CCE_NO_WGMMA_PRODUCTS");  // 1: the mma.sync products instead
+    if constexpr (sizeof(T) == 2) if (!(nowg && nowg[0] == '1')) prod = products_wgmma_for<T>();
+#endif
+    pp.DC = static_cast<int>((D + prod.cols - 1) / prod.cols);
+    const char *el = std::getenv("CCE_EARLY_LOAD");  // measurement only: the former loop order
+    pp.early_load = el && el[0] == '1';
+    CCE_CUDA(cudaFuncSetAttribute(dz, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(zsmem)));
+    CCE_CUDA(cudaFuncSetAttribute(prod.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(prod.smem)));
+    // Timing aid only (wrong gradients): CCE_DEBUG_SKIP_PRODUCTS=1 leaves out the products.
+    const char *dbg = std::getenv("CCE_DEBUG_SKIP_PRODUCTS");
+    skip_products = dbg && dbg[0] == '1';
+    return 0;
+  }
+
+  // Sorted vocabulary positions [pb, pe) in chunks; per chunk the dz stage, then, when dE or dC
+  // is computed, the C tile means (for dE) and the products. doB: the dz stage adds its column
+  // sums to dbias; count: the tiles enter the statistics. big: dE's output buffer is still
+  // free; stage the first N D / 16384 tiles of a chunk there.
+  int chunks(int64_t pb, int64_t pe, bool doE, bool doC, bool doB, bool count, bool big) {
+    const int PDC = pp.DC;
+    const bool use_dE = big && b.VTcBig > VTc;
+    const int64_t step = int64_t(use_dE ? b.VTcBig : VTc) * kBN;
+    zp.dz = use_dE ? dE : w.dz;
+    pp.dz = zp.dz;
+    zp.split = use_dE ? N * D / kTileElems : INT64_MAX;
+    pp.split = zp.split;
+    for (int64_t s0 = pb; s0 < pe; s0 += step) {
+      int64_t s1 = std::min(s0 + step, pe);
+      int vt = static_cast<int>((s1 - s0 + kBN - 1) / kBN);
+      zp.p_begin = s0;
+      zp.p_end = s1;
+      zp.db_acc = doB ? w.db_acc : nullptr;
+      zp.kept_count = count ? w.kept_count : nullptr;
+      if (count) tiles_total += int64_t(NT) * vt;
+      dz<<<dim3((NT + DzLayout<T>::HB - 1) / DzLayout<T>::HB, vt), TileFor<T>::type::THREADS, zsmem, s>>>(zp);
+      CCE_LAUNCHED("dz_kernel");
+      if ((!doE && !doC) || skip_products) continue;
+      if (doE) {  // vocabulary-tile means of C, for the first-order part of skipped tiles
+        block_mean_kernel<T><<<dim3(mean_gx, vt), 256, 0, s>>>(static_cast<const T *>(C), w.perm, s0, s1, D, w.cbar);
+        CCE_LAUNCHED("block_mean_kernel(C)");
+      }
+      pp.p_begin = s0;
+      pp.p_end = s1;
+      pp.VTc = vt;
+      pp.nC = doC ? vt * PDC : 0;
+      int blocks = pp.nC + (doE ? NT * PDC : 0);
+      prod.fn<<<blocks, kThreads, prod.smem, s>>>(pp);
+      CCE_LAUNCHED("products_kernel");
+    }
+    return 0;
+  }
+
+  // dE in the input type from its f32 accumulator (minus the uniform smoothing term).
+  int finish_dE() {
+    if (!want_dE) return 0;
+    int64_t n = N * D;
+    finish_dE_kernel<T><<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(
+        dE_acc, w.w, N, D, r.split_uniform ? w.csum : nullptr, u, static_cast<T *>(dE));
+    CCE_LAUNCHED("finish_dE_kernel");
+    return 0;
+  }
+
+  // dbias in the input type from its f32 accumulator (minus the uniform smoothing term).
+  int finish_db() {
+    if (!want_db) return 0;
+    finish_db_kernel<T><<<static_cast<unsigned>((V + 255) / 256), 256, 0, s>>>(
+        w.db_acc, V, r.split_uniform ? w.wsum : nullptr, u, static_cast<T *>(dbias));
+    CCE_LAUNCHED("finish_db_kernel");
+    return 0;
+  }
+
+  // stats = {tiles of the passes that count, of which kept}; synchronizes the stream.
+  int report(int64_t *stats) {
+    unsigned long long kept = 0;
+    CCE_CUDA(cudaMemcpyAsync(&kept, w.kept_count, sizeof(kept), cudaMemcpyDeviceToHost, s));
+    CCE_CUDA(cudaStreamSynchronize(s));
+    stats[0] = tiles_total;
+    stats[1] = static_cast<int64_t>(kept);
+    return 0;
+  }
+};
+
+// The lean layout runs three passes over the vocabulary (A: [seg, V) for dE; B: [0, seg) for
+// dE and dC; dE finished; C: [seg, V) for dC), the plain one a single pass.
+template <class T>
+static int run_backward(const void *E, const void *C, const void *bias, const int64_t *targets,
+                        int64_t N, int64_t D, int64_t V, int dtype, const Resolved &r,
+                        const BwdPlan &b, BwdWs &w, const float *lse, const float *grad_loss,
+                        void *dE, void *dC, void *dbias, int64_t *stats, cudaStream_t s) {
+  BackwardRun<T> run(E, C, bias, targets, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, s);
+  const bool want_dE = run.want_dE, want_dC = run.want_dC, want_db = run.want_db;
+  CCE_TRY(run.prepare_rows());
+  CCE_TRY(run.uniform_sums());
+  CCE_TRY(run.zero_accumulators());
+  run.set_params();
+  CCE_TRY(run.choose_kernels());
+  if (b.lean) {
+    CCE_TRY(run.chunks(b.seg, V, true, false, false, false, true));  // A
+    CCE_TRY(run.chunks(0, b.seg, true, true, want_db, true, true));  // B
+    CCE_TRY(run.finish_dE());
+    CCE_TRY(run.chunks(b.seg, V, false, true, want_db, true, false)); // C
+  } else {
+    CCE_TRY(run.chunks(0, V, want_dE, want_dC, want_db, true, want_dE));
+    CCE_TRY(run.finish_dE());
+  }
+  CCE_TRY(run.finish_db());
+  if (stats) CCE_TRY(run.report(stats));
+  return 0;
+}
+
+}  // namespace cce
+
+using namespace cce;
+
+extern "C" size_t cce_backward_workspace_size(int64_t N, int64_t D, int64_t V, int dtype,
+                                              const cce_options *opt, int want_dE, int want_dC,
+                                              int want_dbias) {
+  Resolved r = resolve(opt);
+  BwdPlan b = plan_backward(N, D, V, dtype, r, want_dE != 0, want_dC != 0);
+  Carver cv(nullptr);
+  carve_backward(cv, N, D, V, dtype, r, b, want_dE != 0, want_dC != 0, want_dbias != 0);
+  return cv.used;
+}
+
+extern "C" int cce_backward(const void *E, const void *C, const void *bias, const int64_t *targets,
+                            int64_t N, int64_t D, int64_t V, int dtype, const cce_options *opt,
+                            const float *lse, const float *grad_loss, void *dE, void *dC,
+                            void *dbias, void *workspace, size_t workspace_bytes, int64_t *stats,
+                            void *stream) {
+  CCE_TRY(check_common(E, C, targets, N, D, V, dtype, opt));
+  if (!lse || !grad_loss) return fail(CCE_ERR_ARGUMENT, "lse and grad_loss must not be NULL");
+  if ((reinterpret_cast<uintptr_t>(dE) | reinterpret_cast<uintptr_t>(dC)) % 16 != 0)
+    return fail(CCE_ERR_ARGUMENT, "dE and dC must be 16-byte aligned");
+  size_t need = cce_backward_workspace_size(N, D, V, dtype, opt, dE != nullptr, dC != nullptr,
+                                            dbias != nullptr);
+  if (!workspace || workspace_bytes < need)
+    return fail(CCE_ERR_WORKSPACE, "backward workspace too small: need " + std::to_string(need) + " bytes");
+  Resolved r = resolve(opt);
+  BwdPlan b = plan_backward(N, D, V, dtype, r, dE != nullptr, dC != nullptr);
+  Carver cv(workspace);
+  BwdWs w = carve_backward(cv, N, D, V, dtype, r, b, dE != nullptr, dC != nullptr, dbias != nullptr);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (dtype == CCE_F32)
+    return run_backward<float>(E, C, bias, targets, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, stats, s);
+  if (dtype == CCE_F16)
+    return run_backward<__half>(E, C, bias, targets, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, stats, s);
+  return run_backward<__nv_bfloat16>(E, C, bias, targets, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, stats, s);
+}

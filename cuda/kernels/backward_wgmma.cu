@@ -1,0 +1,251 @@
+// backward_wgmma.cu — stage 2 of the backward on Hopper (backward.cuh): the same gradient
+// products as backward_products.cu through wgmma, for 16-bit types (built with
+// CCE_USE_WGMMA, the sm_90a default).
+#include "backward.cuh"
+
+namespace cce {
+
+#if CCE_USE_WGMMA
+// One block per (vocabulary tile or token block, 256 columns of D); two warpgroups, each
+// owning 64 output rows x 256 columns (m64n256k16, 128 f32 accumulators per thread).
+// Shared-memory images, 128-byte swizzled (chunk c of a 128-byte row r stored at c ^ (r % 8)):
+//   dy tile:  2 blocks of 64 vocabulary columns, each 128 token rows x 128 bytes.
+//             dE reads it K-major (rows = tokens = M); dC reads it MN-major (M = vocabulary).
+//   operand:  4 blocks of 64 D columns, each 128 rows (K) x 128 bytes: MN-major B.
+constexpr int kPDW = 256;
+constexpr int kMaxFlags = 4096;  // kept flags held in shared memory (more: read from global)
+constexpr int kBlk = 16384;  // one 128-row x 128-byte block of shared memory
+
+// The wgmma of one kept tile (stage at sz, operand at so) into the warpgroup's accumulators.
+template <class T>
+__device__ __forceinline__ void wg_products_tile(float (&acc)[128], const char *sz, const char *so,
+                                                 bool roleC, int wg) {
+  constexpr int BLK = kBlk;
+  if (roleC) {  // A = dyᵀ, MN-major (M = vocabulary)
+#pragma unroll
+    for (int ks = 0; ks < 8; ++ks)
+      Wgmma256<T, 1, 1>::run(acc, wg_desc2(sz + wg * BLK + ks * 2048, BLK, 1024),
+                             wg_desc2(so + ks * 2048, BLK, 1024));
+  } else {      // A = dy, K-major (K = vocabulary)
+#pragma unroll
+    for (int ks = 0; ks < 8; ++ks)
+      Wgmma256<T, 0, 1>::run(acc, wg_desc2(sz + (ks >> 2) * BLK + wg * 64 * 128 + (ks & 3) * 32, 16, 1024),
+                             wg_desc2(so + ks * 2048, BLK, 1024));
+  }
+}
+
+// What a products_wg_kernel block works on: dC (roleC: a vocabulary tile, running over the
+// token blocks) or dE (a token block, running over the chunk's vocabulary tiles), columns
+// [d0, d0 + 256) of D, `count` tiles, shared memory from `base`.
+struct WgBlock {
+  bool roleC;
+  int owner, count;
+  int64_t d0;
+  char *base;
+};
+
+// The products over the block's kept tiles, two stages deep: the wgmma of the current tile are
+// issued first and the next tile's copies while they run, so the address arithmetic of those
+// copies (C rows through perm: a dependent global load) hides behind the tensor cores. The
+// barrier at the top of the next iteration also guarantees that both warpgroups are done with
+// the stage about to be refilled. (p.early_load = 1, for measurement: the copies first, as
+// before.) Ends with every copy landed.
+template <class T, class NextKept, class Load>
+__device__ __forceinline__ void wg_kept_tiles(float (&acc)[128], const ProdParams &p, const WgBlock &blk,
+                                              int wg, const NextKept &next_kept, const Load &load) {
+  constexpr int ZB = 2 * kBlk, STAGE = 6 * kBlk;
+  const int count = blk.count;
+  char *base = blk.base;
+  int cur = next_kept(0);
+  if (cur < count) load(0, cur);
+  cp_async_commit();
+  int buf = 0;
+  while (cur < count) {
+    int nxt = next_kept(cur + 1);
+    if (p.early_load) {
+      if (nxt < count) load(buf ^ 1, nxt);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    const char *sz = base + buf * STAGE;
+    const char *so = sz + ZB;
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    wg_products_tile<T>(acc, sz, so, blk.roleC, wg);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    if (!p.early_load) {
+      if (nxt < count) load(buf ^ 1, nxt);
+      cp_async_commit();
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    if (p.early_load) __syncthreads();
+    cur = nxt;
+    buf ^= 1;
+  }
+  cp_async_wait<0>();
+}
+
+// First-order part of the skipped tiles, 32 at a time through shared memory (at base): the
+// tiles' row or column sums and the tile means of the operand, then rank-one updates of the
+// accumulators (rows row0 and row0 + 8 of each column pair).
+template <class KeptAt, class TileOf>
+__device__ __forceinline__ void wg_first_order(float (&acc)[128], const ProdParams &p, const WgBlock &blk,
+                                               int row0, const KeptAt &kept_at, const TileOf &tile_of) {
+  const bool roleC = blk.roleC;
+  const int count = blk.count;
+  const int64_t d0 = blk.d0;
+  char *base = blk.base;
+  const int tid = threadIdx.x, lane = tid & 31;
+  float *sv = reinterpret_cast<float *>(base);  // [32][128] row or column sums
+  float *sm = sv + 32 * 128;                    // [32][256] tile means
+  int *sf = reinterpret_cast<int *>(sm + 32 * 256);
+  for (int k0 = 0; k0 < count; k0 += 32) {
+    const int kn = min(32, count - k0);
+    if (tid < 32) sf[tid] = tid < kn ? kept_at(k0 + tid) : 1;
+    __syncthreads();
+    // all loads of the block in flight together (fixed trip counts, predicated)
+#pragma unroll 4
+    for (int it = 0; it < 16; ++it) {
+      int q = tid + it * kThreads, i = q >> 7, r = q & 127;
+      float v = 0.f;
+      if (!sf[i]) {
+        int64_t tt = tile_of(k0 + i);
+        v = roleC ? p.Tc[tt * kBN + r] : p.S[tt * kBM + r];
+      }
+      sv[q] = v;
+    }
+#pragma unroll 4
+    for (int it = 0; it < 32; ++it) {
+      int q = tid + it * kThreads, i = q >> 8, c = q & 255;
+      int64_t col = d0 + c;
+      float v = 0.f;
+      if (!sf[i] && col < p.D) v = (roleC ? p.ebar : p.cbar)[int64_t(k0 + i) * p.D + col];
+      sm[q] = v;
+    }
+    __syncthreads();
+    for (int i = 0; i < kn; ++i) {
+      if (sf[i]) continue;
+      float a0 = sv[i * 128 + row0], a1 = sv[i * 128 + row0 + 8];
+      const float *m = sm + i * 256;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {  // the thread's columns colof(2j), colof(2j) + 1 (kernel)
+        const float2 b = *reinterpret_cast<const float2 *>(m + j * 8 + (lane & 3) * 2);
+        acc[j * 4 + 0] = fmaf(a0, b.x, acc[j * 4 + 0]);
+        acc[j * 4 + 1] = fmaf(a0, b.y, acc[j * 4 + 1]);
+        acc[j * 4 + 2] = fmaf(a1, b.x, acc[j * 4 + 2]);
+        acc[j * 4 + 3] = fmaf(a1, b.y, acc[j * 4 + 3]);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// The accumulators times gmax into shared memory stg[128][256 + 4], then written out
+// (write_products).
+template <class T, class ColOf>
+__device__ __forceinline__ void wg_write(float (&acc)[128], const ProdParams &p, const WgBlock &blk,
+                                         int row0, const ColOf &colof) {
+  const float gm = *p.gmax;
+  float *stg = reinterpret_cast<float *>(blk.base);  // [128][kPDW + 4]
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int c = 0; c < 64; ++c) stg[(row0 + 8 * h) * (kPDW + 4) + colof(c)] = acc[(c >> 1) * 4 + h * 2 + (c & 1)] * gm;
+  __syncthreads();
+  write_products<T>(p, blk.roleC, blk.owner, blk.d0, kPDW, stg);
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads, 1) products_wg_kernel(ProdParams p) {
+  constexpr int BLK = kBlk;           // one 128-row x 128-byte block
+  constexpr int ZB = 2 * BLK, STAGE = 6 * BLK;
+  extern __shared__ __align__(16) char smem_raw[];
+  char *base = reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+  const bool roleC = int(blockIdx.x) < p.nC;
+  const int id = roleC ? blockIdx.x : blockIdx.x - p.nC;
+  const int owner = id / p.DC;
+  const int64_t d0 = int64_t(id % p.DC) * kPDW;
+  const int count = roleC ? p.NT : p.VTc;
+  auto tile_of = [&](int k) -> int64_t {
+    return roleC ? int64_t(k) * p.VTc + owner : int64_t(owner) * p.VTc + k;
+  };
+  // The kept flags of this block's tiles, read once into shared memory (after the stages).
+  int *s_kept = reinterpret_cast<int *>(base + 2 * STAGE);
+  const bool flags_in_smem = count <= kMaxFlags;
+  if (flags_in_smem)
+    for (int k = tid; k < count; k += kThreads) s_kept[k] = p.kept[tile_of(k)];
+  __syncthreads();
+  auto kept_at = [&](int k) { return flags_in_smem ? s_kept[k] : p.kept[tile_of(k)]; };
+  auto next_kept = [&](int k) {
+    while (k < count && !kept_at(k)) ++k;
+    return k;
+  };
+  const T *E = static_cast<const T *>(p.E);
+  const T *C = static_cast<const T *>(p.C);
+  // Tile loads. Each thread copies the same 16-byte column chunk of rows r0 + 16 i (dy: 128 rows x
+  // 16 chunks) and r0 + 8 i (operand: 128 rows x 32 chunks), so the swizzled shared-memory
+  // offsets and the column part of the addresses are computed once; only the row bases change.
+  // (A lambda here rather than a function of its own: that variant compiled to other address
+  // arithmetic, and splitting backward.cu was to leave the machine code as it was.)
+  const int dyc = tid & 15, dyr = tid >> 4;
+  const int dyoff = (dyc >> 3) * BLK + dyr * 128 + (((dyc & 7) ^ (dyr & 7)) << 4);
+  const int opc = tid & 31, opr = tid >> 5;
+  const int opoff = (opc >> 3) * BLK + opr * 128 + (((opc & 7) ^ (opr & 7)) << 4);
+  const int64_t opcol = d0 + opc * 8;
+  const bool colok = opcol < p.D;
+  auto load = [&](int stage, int k) {
+    char *sz = base + stage * STAGE;
+    char *so = sz + ZB;
+    const T *src = tile_ptr<T>(p.dz, p.dz2, p.split, tile_of(k)) + dyr * kBN + dyc * 8;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) cp_async16(sz + dyoff + i * 2048, src + i * 16 * kBN, true);
+    if (roleC) {  // E rows of token block k
+      const int64_t tok0 = int64_t(k) * kBM + opr;
+      const T *rp = E + (tok0 < p.N ? tok0 : 0) * p.D + opcol;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        const bool ok = colok && tok0 + 8 * i < p.N;
+        cp_async16(so + opoff + i * 1024, ok ? (const void *)(rp + int64_t(8 * i) * p.D) : (const void *)E, ok);
+      }
+    } else {      // C rows of the vocabulary positions of tile k (through perm)
+      const int64_t pos0 = p.p_begin + int64_t(k) * kBN + opr;
+      int pv[16];
+#pragma unroll
+      for (int i = 0; i < 16; ++i) pv[i] = pos0 + 8 * i < p.p_end ? p.perm[pos0 + 8 * i] : -1;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        const bool ok = colok && pv[i] >= 0;
+        cp_async16(so + opoff + i * 1024, ok ? (const void *)(C + int64_t(pv[i]) * p.D + opcol) : (const void *)E, ok);
+      }
+    }
+  };
+
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+  const WgBlock blk{roleC, owner, count, d0, base};
+  wg_kept_tiles<T>(acc, p, blk, wg, next_kept, load);
+  __syncthreads();
+
+  // accumulator element (r, c): row wg*64 + (warp%4)*16 + lane/4 + 8r, column col(c)
+  const int row0 = wg * 64 + (warp & 3) * 16 + (lane >> 2);
+  auto colof = [&](int c) { return (c >> 1) * 8 + (lane & 3) * 2 + (c & 1); };
+
+  wg_first_order(acc, p, blk, row0, kept_at, tile_of);
+
+  wg_write<T>(acc, p, blk, row0, colof);
+}
+constexpr size_t kProductsWgSmem = size_t(2) * 6 * 16384 + 1024 + kMaxFlags * sizeof(int);
+
+template <class T> ProductsKernel products_wgmma_for() {
+  return ProductsKernel{products_wg_kernel<T>, kProductsWgSmem, kPDW};
+}
+template ProductsKernel products_wgmma_for<__half>();
+template ProductsKernel products_wgmma_for<__nv_bfloat16>();
+#endif
+
+}  // namespace cce
