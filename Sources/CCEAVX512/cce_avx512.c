@@ -356,6 +356,61 @@ void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *c
     }
 }
 
+// MARK: - The Float32 rank update (the backward's gradient products)
+
+// out_r[j] (+)= Σ_{q < k} A(r, q) · b_q[j] for r < mc ≤ 12 and the columns j of one 32-wide
+// chunk the masks allow, A(r, q) = a_r[q · aks] (a_r = a + r · ars). Each element is one
+// FMA chain over q: from its stored value, or from +0 and then added to it (`blocked`),
+// exactly as RankUpdate6x16.swift's kernel computes it lane by lane: the same bits.
+CCE_INLINE void rank_kernel(long k, const float *const *a, long aks, const float *const *b, long j0,
+                            float *const *out, int blocked, long mc, __mmask16 k0, __mmask16 k1) {
+    __m512 s0[CCE_FMA_MR], s1[CCE_FMA_MR];
+    _Pragma("clang loop unroll(full)") for (int r = 0; r < CCE_FMA_MR; r++) {
+        if (!blocked && r < mc) {
+            s0[r] = _mm512_maskz_loadu_ps(k0, out[r] + j0);
+            s1[r] = _mm512_maskz_loadu_ps(k1, out[r] + j0 + 16);
+        } else {
+            s0[r] = _mm512_setzero_ps();
+            s1[r] = _mm512_setzero_ps();
+        }
+    }
+    for (long q = 0; q < k; q++) {
+        __m512 b0 = _mm512_maskz_loadu_ps(k0, b[q] + j0), b1 = _mm512_maskz_loadu_ps(k1, b[q] + j0 + 16);
+        _Pragma("clang loop unroll(full)") for (int r = 0; r < CCE_FMA_MR; r++) {
+            __m512 x = _mm512_set1_ps(a[r][q * aks]);
+            s0[r] = _mm512_fmadd_ps(x, b0, s0[r]);
+            s1[r] = _mm512_fmadd_ps(x, b1, s1[r]);
+        }
+    }
+    _Pragma("clang loop unroll(full)") for (int r = 0; r < CCE_FMA_MR; r++) {
+        if (r < mc) {
+            if (blocked) {
+                s0[r] = _mm512_add_ps(s0[r], _mm512_maskz_loadu_ps(k0, out[r] + j0));
+                s1[r] = _mm512_add_ps(s1[r], _mm512_maskz_loadu_ps(k1, out[r] + j0 + 16));
+            }
+            _mm512_mask_storeu_ps(out[r] + j0, k0, s0[r]);
+            _mm512_mask_storeu_ps(out[r] + j0 + 16, k1, s1[r]);
+        }
+    }
+}
+
+CCE_AVX512
+void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const float *const *b,
+                         long k, long width, int blocked) {
+    const long mr = CCE_FMA_MR;
+    for (long j0 = 0; j0 < width; j0 += 32) {
+        __mmask16 k0m, k1m;
+        column_masks(width - j0 < 32 ? width - j0 : 32, &k0m, &k1m);
+        for (long r0 = 0; r0 < m; r0 += mr) {
+            long mc = m - r0 < mr ? m - r0 : mr;
+            // Rows beyond m repeat the group's first row: computed, never stored.
+            const float *rows[CCE_FMA_MR];
+            for (long r = 0; r < mr; r++) rows[r] = a + (r0 + (r < mc ? r : 0)) * ars;
+            rank_kernel(k, rows, aks, b, j0, out + r0, blocked, mc, k0m, k1m);
+        }
+    }
+}
+
 #else  // not x86: neither kernel exists, and the feature queries say so.
 
 int cce_avx512_supported(void) { return 0; }
@@ -374,5 +429,7 @@ void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long coun
 }
 void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *const *c_rows, int type, long n,
                                long d, float *out, long ldo, float *panel, const bool *panel_mask) { __builtin_trap(); }
+void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const float *const *b,
+                         long k, long width, int blocked) { __builtin_trap(); }
 
 #endif

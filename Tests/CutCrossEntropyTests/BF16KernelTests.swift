@@ -1,4 +1,4 @@
-// The AVX-512 tile products (TileProductBF16.swift, C target CCEAVX512). The bf16 dot-product
+// The AVX-512 tile products (AVX512Kernels.swift, C target CCEAVX512). The bf16 dot-product
 // kernel against the Float64 reference and against its own portable emulation, on shapes
 // that are not tile multiples; the panel mask, position independence of the bits, zero
 // padding, and no read past a row's last element. The 512-bit FMA kernel bit for bit against

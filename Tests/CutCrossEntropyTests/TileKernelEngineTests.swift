@@ -6,6 +6,7 @@
 // skipped with a message saying so.
 
 import CCEData
+import CCEKernels
 import CutCrossEntropy
 import XCTest
 
@@ -96,5 +97,43 @@ enum LMLikeCase {
     static func make() throws -> (Tensor, Tensor, Targets) {
         let d = LMLikeData.make(tokens: 150, dim: 48, vocab: 2051, type: .bfloat16, seed: 7)
         return (d.embeddings, d.classifier, d.targets)
+    }
+}
+
+/// The 512-bit rank update against the portable one: the same bits, on shapes that are no
+/// multiple of its 12 x 32 block, both strides (dE reads A by rows, dC by columns), blocked or not.
+final class RankUpdateAVX512Tests: XCTestCase {
+    func testBitwiseThePortableRankUpdate() throws {
+        guard hasAVX512 else { throw XCTSkip("this CPU has no AVX-512: the 512-bit rank update cannot run here") }
+        var rng = SeededRandom(seed: 11)
+        for (m, k, w) in [(1, 1, 1), (13, 37, 19), (12, 32, 32), (25, 7, 100), (50, 129, 1023)] {
+            for (transposed, blocked) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = (0..<(m * k)).map { _ in Float(rng.normal()) }
+                let b = (0..<(k * w)).map { _ in Float(rng.normal()) }
+                let start = (0..<(m * w)).map { _ in Float(rng.normal()) }
+                var portable = start, fast = start
+                let (ars, aks) = transposed ? (1, m) : (k, 1)
+                a.withUnsafeBufferPointer { ap in
+                    b.withUnsafeBufferPointer { bp in
+                        let bRows = (0..<k).map { UnsafePointer(bp.baseAddress! + $0 * w) }
+                        portable.withUnsafeMutableBufferPointer { o in
+                            let rows = (0..<m).map { o.baseAddress! + $0 * w }
+                            var scratch = [Float](repeating: 0, count: (m + 5) / 6 * 6 * k)
+                            var spare = [Float](repeating: 0, count: w)
+                            var slice = [Float](repeating: 0, count: k * 16)
+                            rankUpdate(out: rows, m: m, a: ap.baseAddress!, ars: ars, aks: aks, b: bRows, k: k, width: w,
+                                       scratch: &scratch, spare: &spare, blocked: blocked, bSlice: &slice)
+                        }
+                        fast.withUnsafeMutableBufferPointer { o in
+                            let rows = (0..<m).map { o.baseAddress! + $0 * w }
+                            rankUpdateAVX512(out: rows, m: m, a: ap.baseAddress!, ars: ars, aks: aks, b: bRows, k: k,
+                                             width: w, blocked: blocked)
+                        }
+                    }
+                }
+                XCTAssertEqual(fast.map(\.bitPattern), portable.map(\.bitPattern),
+                               "m=\(m) k=\(k) w=\(w) transposed=\(transposed) blocked=\(blocked)")
+            }
+        }
     }
 }

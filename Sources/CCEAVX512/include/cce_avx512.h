@@ -95,6 +95,13 @@ size_t cce_fma_column_panel_floats(void);
 void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *const *c_rows, int type, long n,
                                long d, float *out, long ldo, float *panel, const bool *panel_mask);
 
+/// The backward's rank update (RankUpdate6x16.swift's contract, its bits): out[r][j] += Σ_{q < k}
+/// a[r·ars + q·aks] · b[q][j] for r < m, j < width, each element one FMA chain over q from its
+/// stored value, or, with `blocked`, from +0 and then added to it. No scratch: A and the b
+/// rows are read in place.
+void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const float *const *b,
+                         long k, long width, int blocked);
+
 #ifdef __cplusplus
 }
 #endif

@@ -339,15 +339,13 @@ enum Backward {
                 (part + r * d).update(repeating: 0, count: d)
                 workspace.outRows.base[r] = part + r * d
             }
-            rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: workspace.vb, aks: 1,
-                       b: workspace.cRows.base, k: vc, width: d, scratch: workspace.aPanels.base,
-                       spare: workspace.spare.base, bSlice: workspace.bSlice.base)
+            workspace.rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: workspace.vb, aks: 1,
+                                 b: workspace.cRows.base, k: vc)
             for r in 0..<m { kahanAxpy(out.dE + offset(r), comp + offset(r), 1, part + r * d, count: d) }
         } else {
             for r in 0..<m { workspace.outRows.base[r] = out.dE + offset(r) }
-            rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: workspace.vb, aks: 1,
-                       b: workspace.cRows.base, k: vc, width: d, scratch: workspace.aPanels.base,
-                       spare: workspace.spare.base, blocked: true, bSlice: workspace.bSlice.base)
+            workspace.rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: workspace.vb, aks: 1,
+                                 b: workspace.cRows.base, k: vc, blocked: true)
         }
     }
 
@@ -387,9 +385,8 @@ enum Backward {
                 let dy = pending.dy.base + e.offset
                 let keptRows = workspace.keptRows.base
                 for r in 0..<e.kept { keptRows[r] = workspace.eRows.base[pending.rows.base[e.rowOffset + r]] }
-                rankUpdate(out: workspace.outRows.base, m: e.vc, a: dy, ars: 1, aks: e.vc,
-                           b: UnsafePointer(keptRows), k: e.kept, width: d, scratch: workspace.aPanels.base,
-                           spare: workspace.spare.base, bSlice: workspace.bSlice.base)
+                workspace.rankUpdate(out: workspace.outRows.base, m: e.vc, a: dy, ars: 1, aks: e.vc,
+                                     b: UnsafePointer(keptRows), k: e.kept)
                 if let part, let comp = out.compC {
                     for q in 0..<e.vc {
                         let o = Int(operands.order[e.v0 + q]) * d

@@ -18,7 +18,7 @@ public enum TileBackend: String, Sendable, CaseIterable {
 
 /// Which tile kernel a call in scalar type S uses for E and C stored as `eType`, `cType`:
 /// in the Float32 modes the AVX-512 kernels where the CPU runs them (CCEKernels/
-/// TileProductBF16.swift: the 512-bit FMA kernel, bit for bit the portable one, or the
+/// AVX512Kernels.swift: the 512-bit FMA kernel, bit for bit the portable one, or the
 /// AVX512_BF16 dot product for bf16 E and C where it is the faster), else the portable
 /// Swift kernel; Float64 (the exact mode) and the OpenBLAS backend always take theirs.
 /// `requested` (CutCrossEntropy.tileKernel) replaces the automatic choice where it can run.
@@ -214,6 +214,24 @@ final class Workspace<S: KernelScalar> {
         for q in 0..<vc { cRaw.base[q] = operands.sortedCRow(v0 + q) }
         run(kernel, rows: selectedRows.base, bf16Panels: bf16Selected.base, m: n, cType: operands.cType, n: vc,
             ldo: ldo, panelMask: nil)
+    }
+
+    /// The backward's rank update out_r += Σ_q A(r, q)·b_q (RankUpdate6x16.swift's contract)
+    /// over `width` = D columns: the 512-bit kernel where the tile kernel is an AVX-512 one
+    /// (the same bits), else the portable Swift kernel.
+    func rankUpdate(out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int, a: UnsafePointer<S>, ars: Int, aks: Int,
+                    b: UnsafePointer<UnsafePointer<S>>, k: Int, blocked: Bool = false) {
+        if kernel != .portable && S.self == Float.self {
+            UnsafeRawPointer(out).withMemoryRebound(to: UnsafeMutablePointer<Float>.self, capacity: m) { out in
+                UnsafeRawPointer(b).withMemoryRebound(to: UnsafePointer<Float>.self, capacity: k) { b in
+                    rankUpdateAVX512(out: out, m: m, a: UnsafeRawPointer(a).assumingMemoryBound(to: Float.self),
+                                     ars: ars, aks: aks, b: b, k: k, width: d, blocked: blocked)
+                }
+            }
+        } else {
+            CCEKernels.rankUpdate(out: out, m: m, a: a, ars: ars, aks: aks, b: b, k: k, width: d,
+                                  scratch: aPanels.base, spare: spare.base, blocked: blocked, bSlice: bSlice.base)
+        }
     }
 
     /// Points cRows at the C rows at sorted positions v0 ..< v0 + count as S (for the

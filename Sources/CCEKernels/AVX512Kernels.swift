@@ -239,3 +239,20 @@ public func tileProductAVX512(eRows: UnsafePointer<UnsafePointer<Float>>, m: Int
         cce_fma_tile_product_rows(rows, m, rawRows(cRows), cStorage(cType), n, d, out, ldo, panel, panelMask)
     }
 }
+
+// MARK: - The 512-bit Float32 rank update
+
+/// `rankUpdate`'s contract and bits with 16-lane FMAs (12 rows x 32 columns a block), reading
+/// A and the b rows in place: out_r[d] (+)= Σ_{q<k} a[r·ars + q·aks] · b_q[d]. Requires
+/// `hasAVX512`.
+@inlinable
+public func rankUpdateAVX512(out: UnsafePointer<UnsafeMutablePointer<Float>>, m: Int, a: UnsafePointer<Float>,
+                             ars: Int, aks: Int, b: UnsafePointer<UnsafePointer<Float>>, k: Int, width: Int,
+                             blocked: Bool = false) {
+    precondition(hasAVX512, "rankUpdateAVX512 needs AVX-512")
+    out.withMemoryRebound(to: UnsafeMutablePointer<Float>?.self, capacity: m) { o in
+        b.withMemoryRebound(to: UnsafePointer<Float>?.self, capacity: k) { rows in
+            cce_fma_rank_update(o, m, a, ars, aks, rows, k, width, blocked ? 1 : 0)
+        }
+    }
+}
