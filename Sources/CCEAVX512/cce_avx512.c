@@ -362,7 +362,14 @@ void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *c
 // chunk the masks allow, A(r, q) = a_r[q · aks] (a_r = a + r · ars). Each element is one
 // FMA chain over q: from its stored value, or from +0 and then added to it (`blocked`),
 // exactly as RankUpdate6x16.swift's kernel computes it lane by lane: the same bits.
-CCE_INLINE void rank_kernel(long k, const float *const *a, long aks, const float *const *b, long j0,
+CCE_INLINE __m512 load_row16(const void *row, int type, long j, __mmask16 k) {
+    if (type == CCE_STORAGE_F32) return _mm512_maskz_loadu_ps(k, (const float *)row + j);
+    __m256i h = _mm256_maskz_loadu_epi16(k, (const uint16_t *)row + j);
+    if (type == CCE_STORAGE_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+CCE_INLINE void rank_kernel(long k, const float *const *a, long aks, const void *const *b, int type, long j0,
                             float *const *out, int blocked, long mc, __mmask16 k0, __mmask16 k1) {
     __m512 s0[CCE_FMA_MR], s1[CCE_FMA_MR];
     _Pragma("clang loop unroll(full)") for (int r = 0; r < CCE_FMA_MR; r++) {
@@ -375,7 +382,8 @@ CCE_INLINE void rank_kernel(long k, const float *const *a, long aks, const float
         }
     }
     for (long q = 0; q < k; q++) {
-        __m512 b0 = _mm512_maskz_loadu_ps(k0, b[q] + j0), b1 = _mm512_maskz_loadu_ps(k1, b[q] + j0 + 16);
+        // b rows stored as `type`, converted exactly while loaded.
+        __m512 b0 = load_row16(b[q], type, j0, k0), b1 = load_row16(b[q], type, j0 + 16, k1);
         _Pragma("clang loop unroll(full)") for (int r = 0; r < CCE_FMA_MR; r++) {
             __m512 x = _mm512_set1_ps(a[r][q * aks]);
             s0[r] = _mm512_fmadd_ps(x, b0, s0[r]);
@@ -395,8 +403,8 @@ CCE_INLINE void rank_kernel(long k, const float *const *a, long aks, const float
 }
 
 CCE_AVX512
-void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const float *const *b,
-                         long k, long width, int blocked) {
+void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const void *const *b,
+                         int type, long k, long width, int blocked) {
     const long mr = CCE_FMA_MR;
     for (long j0 = 0; j0 < width; j0 += 32) {
         __mmask16 k0m, k1m;
@@ -406,7 +414,7 @@ void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, lo
             // Rows beyond m repeat the group's first row: computed, never stored.
             const float *rows[CCE_FMA_MR];
             for (long r = 0; r < mr; r++) rows[r] = a + (r0 + (r < mc ? r : 0)) * ars;
-            rank_kernel(k, rows, aks, b, j0, out + r0, blocked, mc, k0m, k1m);
+            rank_kernel(k, rows, aks, b, type, j0, out + r0, blocked, mc, k0m, k1m);
         }
     }
 }
@@ -429,7 +437,7 @@ void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long coun
 }
 void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *const *c_rows, int type, long n,
                                long d, float *out, long ldo, float *panel, const bool *panel_mask) { __builtin_trap(); }
-void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const float *const *b,
-                         long k, long width, int blocked) { __builtin_trap(); }
+void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const void *const *b,
+                         int type, long k, long width, int blocked) { __builtin_trap(); }
 
 #endif

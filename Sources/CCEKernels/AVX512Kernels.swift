@@ -243,16 +243,25 @@ public func tileProductAVX512(eRows: UnsafePointer<UnsafePointer<Float>>, m: Int
 // MARK: - The 512-bit Float32 rank update
 
 /// `rankUpdate`'s contract and bits with 16-lane FMAs (12 rows x 32 columns a block), reading
-/// A and the b rows in place: out_r[d] (+)= Σ_{q<k} a[r·ars + q·aks] · b_q[d]. Requires
-/// `hasAVX512`.
+/// A and the b rows in place: out_r[d] (+)= Σ_{q<k} a[r·ars + q·aks] · b_q[d], the b rows
+/// stored as `bType` (converted exactly while loaded). Requires `hasAVX512`.
+@inlinable
+public func rankUpdateAVX512(out: UnsafePointer<UnsafeMutablePointer<Float>>, m: Int, a: UnsafePointer<Float>,
+                             ars: Int, aks: Int, b: UnsafePointer<UnsafeRawPointer>, bType: ElementType = .float32,
+                             k: Int, width: Int, blocked: Bool = false) {
+    precondition(hasAVX512, "rankUpdateAVX512 needs AVX-512")
+    out.withMemoryRebound(to: UnsafeMutablePointer<Float>?.self, capacity: m) { o in
+        cce_fma_rank_update(o, m, a, ars, aks, rawRows(b), cStorage(bType), k, width, blocked ? 1 : 0)
+    }
+}
+
+/// The same with Float32 b rows.
 @inlinable
 public func rankUpdateAVX512(out: UnsafePointer<UnsafeMutablePointer<Float>>, m: Int, a: UnsafePointer<Float>,
                              ars: Int, aks: Int, b: UnsafePointer<UnsafePointer<Float>>, k: Int, width: Int,
                              blocked: Bool = false) {
-    precondition(hasAVX512, "rankUpdateAVX512 needs AVX-512")
-    out.withMemoryRebound(to: UnsafeMutablePointer<Float>?.self, capacity: m) { o in
-        b.withMemoryRebound(to: UnsafePointer<Float>?.self, capacity: k) { rows in
-            cce_fma_rank_update(o, m, a, ars, aks, rows, k, width, blocked ? 1 : 0)
-        }
+    UnsafeRawPointer(b).withMemoryRebound(to: UnsafeRawPointer.self, capacity: k) { raw in
+        rankUpdateAVX512(out: out, m: m, a: a, ars: ars, aks: aks, b: raw, bType: .float32, k: k, width: width,
+                         blocked: blocked)
     }
 }

@@ -98,9 +98,9 @@ void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *c
 /// The backward's rank update (RankUpdate6x16.swift's contract, its bits): out[r][j] += Σ_{q < k}
 /// a[r·ars + q·aks] · b[q][j] for r < m, j < width, each element one FMA chain over q from its
 /// stored value, or, with `blocked`, from +0 and then added to it. No scratch: A and the b
-/// rows are read in place.
-void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const float *const *b,
-                         long k, long width, int blocked);
+/// rows (stored as `type`, converted exactly while loaded) are read in place.
+void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const void *const *b,
+                         int type, long k, long width, int blocked);
 
 #ifdef __cplusplus
 }

@@ -330,22 +330,17 @@ enum Backward {
     ) {
         guard m > 0 else { return }
         let d = operands.d, out = state.outputs
-        // The block's C rows copied together (contiguous rows stream better than the sorted
-        // order's scattered ones).
-        workspace.loadVocabulary(operands, v0: v0, count: vc, contiguous: true)
         let offset = { (r: Int) in Int(operands.problem.rows[first + workspace.keep.base[r]]) * d }  // of kept row r in dE
         if let comp = out.compE, let part = workspace.partials?.base {
             for r in 0..<m {
                 (part + r * d).update(repeating: 0, count: d)
                 workspace.outRows.base[r] = part + r * d
             }
-            workspace.rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: workspace.vb, aks: 1,
-                                 b: workspace.cRows.base, k: vc)
+            workspace.rankUpdateC(operands, out: workspace.outRows.base, m: m, v0: v0, vc: vc)
             for r in 0..<m { kahanAxpy(out.dE + offset(r), comp + offset(r), 1, part + r * d, count: d) }
         } else {
             for r in 0..<m { workspace.outRows.base[r] = out.dE + offset(r) }
-            workspace.rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: workspace.vb, aks: 1,
-                                 b: workspace.cRows.base, k: vc, blocked: true)
+            workspace.rankUpdateC(operands, out: workspace.outRows.base, m: m, v0: v0, vc: vc, blocked: true)
         }
     }
 

@@ -116,7 +116,9 @@ final class Workspace<S: KernelScalar> {
         bf16Selected = Scratch(count: kernel == .avx512BF16 ? bf16RowPanelWords(m: selectedLimit, d: d) : 0)
         maskRows = kernel == .portable ? TileShape.mr : AVX512TileShape.mr
         // OpenBLAS needs whole contiguous blocks; the Swift kernels pack 16 rows at a time.
-        cBlock = Scratch(count: (backend == .openBLAS ? wide : vb) * d)  // backward dE: always copied, contiguous
+        // OpenBLAS products and the portable dE update read C converted and contiguous; the
+        // 512-bit rank update reads the stored rows.
+        cBlock = Scratch(count: (backend == .openBLAS ? wide : kernel == .portable ? vb : 0) * d)
         tile = Scratch(count: nb * wide)
         cRaw = Scratch(count: wide)
         cRows = Scratch(count: wide)
@@ -131,9 +133,11 @@ final class Workspace<S: KernelScalar> {
         blockSums = BlockSums(plan: plan, d: d)
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb))
         let side = max(nb, vb)
-        aPanels = Scratch(count: (side + 5) / 6 * 6 * side)
-        spare = Scratch(count: d)
-        bSlice = Scratch(count: side * 16)
+        // The portable rank update packs A and slices of b; the 512-bit one reads them in place.
+        let packs = kernel == .portable
+        aPanels = Scratch(count: packs ? (side + 5) / 6 * 6 * side : 0)
+        spare = Scratch(count: packs ? d : 0)
+        bSlice = Scratch(count: packs ? side * 16 : 0)
     }
 
     /// Points eRows at the E rows of active tokens first ..< first + count as S: in place
@@ -231,6 +235,25 @@ final class Workspace<S: KernelScalar> {
         } else {
             CCEKernels.rankUpdate(out: out, m: m, a: a, ars: ars, aks: aks, b: b, k: k, width: d,
                                   scratch: aPanels.base, spare: spare.base, blocked: blocked, bSlice: bSlice.base)
+        }
+    }
+
+    /// dE's update: out_r += Σ_q dy(r, q)·C_{v0+q} over the tile's first m rows and the
+    /// vocabulary at sorted positions v0 ..< v0 + vc. The 512-bit kernel reads the C rows in
+    /// their stored type; the portable one reads them converted and copied together (whole
+    /// rows stream better than the sorted order's scattered ones).
+    func rankUpdateC(_ operands: Operands<S>, out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int, v0: Int, vc: Int,
+                     blocked: Bool = false) {
+        if kernel != .portable && S.self == Float.self {
+            for q in 0..<vc { cRaw.base[q] = operands.sortedCRow(v0 + q) }
+            UnsafeRawPointer(out).withMemoryRebound(to: UnsafeMutablePointer<Float>.self, capacity: m) { out in
+                rankUpdateAVX512(out: out, m: m, a: UnsafeRawPointer(tile.base).assumingMemoryBound(to: Float.self),
+                                 ars: vb, aks: 1, b: UnsafePointer(cRaw.base), bType: operands.cType, k: vc, width: d,
+                                 blocked: blocked)
+            }
+        } else {
+            loadVocabulary(operands, v0: v0, count: vc, contiguous: true)
+            rankUpdate(out: out, m: m, a: tile.base, ars: vb, aks: 1, b: cRows.base, k: vc, blocked: blocked)
         }
     }
 
