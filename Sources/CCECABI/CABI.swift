@@ -201,42 +201,89 @@ struct GradientTargets {
     }
 }
 
-/// Writes `values` to `out` as `type`, in chunks over `threads` threads (these are V x D
-/// arrays: at the Gemma 2 shape 131M elements).
+/// Writes `values` to `out` as `type`, split over `threads` threads (these are V x D arrays:
+/// 131M elements at the Gemma 2 shape), eight elements at a time.
 func store(_ values: Values, _ out: UnsafeMutableRawPointer, _ type: OutputType, threads: Int) {
-    func chunked<T>(_ src: UnsafeBufferPointer<T>, _ body: @escaping @Sendable (UnsafePointer<T>, Int, Int) -> Void) {
-        let count = src.count
-        let chunk = 1 << 16
-        let chunks = (count + chunk - 1) / chunk
-        guard chunks > 1 && threads > 1 else { if count > 0 { body(src.baseAddress!, 0, count) }; return }
-        nonisolated(unsafe) let base = src.baseAddress!
-        let perThread = (chunks + threads - 1) / threads
-        DispatchQueue.concurrentPerform(iterations: threads) { w in
-            let lo = min(count, w * perThread * chunk), hi = min(count, (w + 1) * perThread * chunk)
-            if hi > lo { body(base, lo, hi) }
-        }
-    }
-    nonisolated(unsafe) let out = out
     switch values {
     case .float32(let x):
         x.withUnsafeBufferPointer { src in
-            switch type {
-            case .float32: chunked(src) { s, lo, hi in (out.assumingMemoryBound(to: Float.self) + lo).update(from: s + lo, count: hi - lo) }
-            case .float16: chunked(src) { s, lo, hi in let o = out.assumingMemoryBound(to: Float16.self); for i in lo..<hi { o[i] = Float16(s[i]) } }
-            case .bfloat16: chunked(src) { s, lo, hi in let o = out.assumingMemoryBound(to: UInt16.self); for i in lo..<hi { o[i] = bfloat16Bits(s[i]) } }
-            case .float64: chunked(src) { s, lo, hi in let o = out.assumingMemoryBound(to: Double.self); for i in lo..<hi { o[i] = Double(s[i]) } }
+            parallel(count: src.count, threads: threads) { lo, hi in
+                convert(src.baseAddress! + lo, out, at: lo, count: hi - lo, type)
             }
         }
     case .float64(let x):
         x.withUnsafeBufferPointer { src in
-            switch type {
-            case .float32: chunked(src) { s, lo, hi in let o = out.assumingMemoryBound(to: Float.self); for i in lo..<hi { o[i] = Float(s[i]) } }
-            case .float16: chunked(src) { s, lo, hi in let o = out.assumingMemoryBound(to: Float16.self); for i in lo..<hi { o[i] = Float16(s[i]) } }
-            case .bfloat16: chunked(src) { s, lo, hi in let o = out.assumingMemoryBound(to: UInt16.self); for i in lo..<hi { o[i] = bfloat16Bits(Float(s[i])) } }
-            case .float64: chunked(src) { s, lo, hi in (out.assumingMemoryBound(to: Double.self) + lo).update(from: s + lo, count: hi - lo) }
+            parallel(count: src.count, threads: threads) { lo, hi in
+                convert(src.baseAddress! + lo, out, at: lo, count: hi - lo, type)
             }
         }
     }
+}
+
+/// body(lo, hi) over contiguous ranges covering 0 ..< count, one per thread (one range when small).
+func parallel(count: Int, threads: Int, _ body: (Int, Int) -> Void) {
+    let parts = count < 1 << 18 ? 1 : max(1, threads)
+    guard parts > 1 else { if count > 0 { body(0, count) }; return }
+    let per = (count + parts - 1) / parts
+    withoutActuallyEscaping(body) { body in
+        nonisolated(unsafe) let body = body
+        DispatchQueue.concurrentPerform(iterations: parts) { w in
+            let lo = min(count, w * per), hi = min(count, lo + per)
+            if hi > lo { body(lo, hi) }
+        }
+    }
+}
+
+/// out[at ..< at + count] (as `type`) = src[0 ..< count].
+@inline(__always)
+func convert(_ src: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer, at: Int, count: Int, _ type: OutputType) {
+    let c8 = count & ~7
+    switch type {
+    case .float32:
+        (out.assumingMemoryBound(to: Float.self) + at).update(from: src, count: count)
+    case .float64:
+        let o = out.assumingMemoryBound(to: Double.self) + at
+        for i in 0..<count { o[i] = Double(src[i]) }
+    case .float16:
+        let o = out.assumingMemoryBound(to: Float16.self) + at
+        var i = 0
+        while i < c8 {
+            let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(o + i).storeBytes(of: SIMD8<Float16>(v), as: SIMD8<Float16>.self)
+            i += 8
+        }
+        while i < count { o[i] = Float16(src[i]); i += 1 }
+    case .bfloat16:
+        let o = out.assumingMemoryBound(to: UInt16.self) + at
+        var i = 0
+        while i < c8 {
+            let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(o + i).storeBytes(of: bfloat16x8(v), as: SIMD8<UInt16>.self)
+            i += 8
+        }
+        while i < count { o[i] = bfloat16Bits(src[i]); i += 1 }
+    }
+}
+
+@inline(__always)
+func convert(_ src: UnsafePointer<Double>, _ out: UnsafeMutableRawPointer, at: Int, count: Int, _ type: OutputType) {
+    switch type {
+    case .float64: (out.assumingMemoryBound(to: Double.self) + at).update(from: src, count: count)
+    case .float32: let o = out.assumingMemoryBound(to: Float.self) + at; for i in 0..<count { o[i] = Float(src[i]) }
+    case .float16: let o = out.assumingMemoryBound(to: Float16.self) + at; for i in 0..<count { o[i] = Float16(src[i]) }
+    case .bfloat16:
+        let o = out.assumingMemoryBound(to: UInt16.self) + at
+        for i in 0..<count { o[i] = bfloat16Bits(Float(src[i])) }
+    }
+}
+
+/// bfloat16Bits of eight values: round to nearest even, NaN to the quiet NaN 0x7FC0.
+@inline(__always)
+func bfloat16x8(_ x: SIMD8<Float>) -> SIMD8<UInt16> {
+    let u = unsafeBitCast(x, to: SIMD8<UInt32>.self)
+    var rounded = u &+ 0x7FFF &+ ((u &>> 16) & 1)
+    rounded.replace(with: 0x7FC0_0000, where: x .!= x)
+    return SIMD8<UInt16>(truncatingIfNeeded: rounded &>> 16)
 }
 
 /// Loss (1 value, or one per target position for NONE) and LSE per target position.

@@ -181,6 +181,33 @@ final class CABITests: XCTestCase {
         }
     }
 
+    /// Outputs large enough to be converted by several threads (>= 2^18 elements) in every type.
+    func testLargeOutputsSplitOverThreads() throws {
+        let x = inputs(n: 5, d: 64, v: 4100, type: .float32, bias: false)
+        var o = options { $0.threads = 3 }
+        var so = Options(); so.threads = 3
+        let (e, c, t, _) = x.tensors
+        let (_, g) = try CutCrossEntropy(options: so).lossAndGradients(embeddings: e, classifier: c, targets: t)
+        let count = 4100 * 64
+        var bf = [UInt16](repeating: 0, count: count), h = [Float16](repeating: 0, count: count)
+        var f = [Float](repeating: 0, count: count), d = [Double](repeating: 0, count: count)
+        for (code, run) in [(CCE_CPU_BF16, 0), (CCE_CPU_F16, 1), (CCE_CPU_F32, 2), (CCE_CPU_F64, 3)] {
+            let rc = withPointers(x) { ep, cp, _, tp in
+                bf.withUnsafeMutableBytes { bf in h.withUnsafeMutableBytes { h in f.withUnsafeMutableBytes { f in d.withUnsafeMutableBytes { d in
+                    let out = [bf, h, f, d][run].baseAddress
+                    return cce_cpu_loss_and_gradients(ep, cp, nil, tp, 5, 64, 4100, 0, 0, 0, nil, &o, nil, nil, nil,
+                                                      nil, out, nil, 0, Int32(code.rawValue), 0, nil)
+                }}}}
+            }
+            XCTAssertEqual(rc, 0, String(cString: cce_cpu_last_error()))
+        }
+        let ref = g.dC.floats
+        XCTAssertEqual(bf, ref.map { bfloat16Bits($0) })
+        XCTAssertEqual(h.map(\.bitPattern), ref.map { Float16($0).bitPattern })
+        XCTAssertEqual(f.map(\.bitPattern), ref.map(\.bitPattern))
+        XCTAssertEqual(d, ref.map { Double($0) })
+    }
+
     /// cce_cpu_forward with a state, then cce_cpu_backward, equals the Swift split path.
     func testForwardStateBackward() throws {
         let x = inputs(n: 37, d: 19, v: 301, type: .bfloat16)

@@ -168,11 +168,13 @@ def _load(side, what: str) -> tuple[dict, bool]:
             raise ValueError(f"{folder}: no such folder")
         arrays = {}
         for p in sorted(folder.glob("*.npy")):
-            try:
-                import ml_dtypes  # noqa: F401  (registers bfloat16 for np.load)
-            except ImportError:  # pragma: no cover
-                pass
-            arrays[p.stem] = np.load(p, allow_pickle=False)
+            a = np.load(p, allow_pickle=False)
+            if a.dtype.kind == "V" and a.dtype.itemsize == 2:
+                # ml_dtypes writes bfloat16 as a 2-byte void ('<V2'); the cce tools read it so too.
+                from ._numpy import BFLOAT16
+
+                a = a.view(BFLOAT16)
+            arrays[p.stem] = a
         return arrays, True
     if isinstance(side, dict):
         return {k: v for k, v in side.items() if v is not None}, False
