@@ -19,6 +19,9 @@ let package = Package(
     products: [
         .library(name: "CutCrossEntropy", targets: ["CutCrossEntropy"]),
         .executable(name: "cce", targets: ["cce"]),
+        // The C ABI (Sources/CCECPU/include/cce_cpu.h): libcce_cpu.so, for C callers and the
+        // Python package in python/ (`swift build -c release --product cce_cpu`).
+        .library(name: "cce_cpu", type: .dynamic, targets: ["CCECABI", "CCECPU"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -51,6 +54,11 @@ let package = Package(
                 dependencies: ["CCEKernels", "CCERuntime", "COpenBLAS", "CCECUDAABI"],
                 swiftSettings: fastFlags),
 
+        // MARK: - The C ABI: the header and last-error storage (C), the entry points (Swift, @_cdecl)
+        .target(name: "CCECPU"),
+        .target(name: "CCECABI", dependencies: ["CCECPU", "CutCrossEntropy", "CCEKernels", "CCERuntime"],
+                swiftSettings: fastFlags),
+
         // MARK: - The numerical reference: .npy input and output, comparison
         .target(name: "CCEReference", dependencies: ["CutCrossEntropy"]),
 
@@ -81,7 +89,7 @@ let package = Package(
         // MARK: - Tests
         .testTarget(name: "CutCrossEntropyTests",
                     dependencies: ["CutCrossEntropy", "CCEData", "CCEKernels", "CCERuntime", "CCEReference",
-                                   "CCETraining", "CCEExplain"],
+                                   "CCETraining", "CCEExplain", "CCECABI", "CCECPU"],
                     swiftSettings: fastFlags),
     ]
 )

@@ -84,6 +84,9 @@ public final class CUDALibrary: @unchecked Sendable {
         guard o.mode == .default else {
             throw CCEError.invalidOption("the CUDA engine accumulates in Float32 only: mode \(o.mode.rawValue) is not available there (use the CPU engine)")
         }
+        guard o.classWeights == nil else {
+            throw CCEError.invalidOption("the CUDA engine has no class weights yet (use the CPU engine)")
+        }
         guard c.elementType == e.elementType, bias.map({ $0.elementType == e.elementType }) ?? true else {
             throw CCEError.invalidOption("the CUDA engine needs E, C and the bias in one element type (got \(e.elementType), \(c.elementType)\(bias.map { ", \($0.elementType)" } ?? ""))")
         }

@@ -234,7 +234,7 @@ public struct CutCrossEntropy: Sendable {
             total += result.loss[i]
         }
         let float32 = if case .float32 = result.lse { true } else { false }
-        return ForwardOutput(loss: options.reduction.reduce(total: total, count: problem.active),
+        return ForwardOutput(loss: problem.reduce(total: total, options.reduction),
                              tokenLosses: float32 ? .float32(tokenLosses.map { Float($0) }) : .float64(tokenLosses),
                              lse: float32 ? .float32(lse.map { Float($0) }) : .float64(lse),
                              activeTokens: problem.active,

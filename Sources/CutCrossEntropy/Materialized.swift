@@ -40,7 +40,9 @@ public enum Materialized {
         let e32 = embeddings.elementType == .float32 ? nil : float32Copy(embeddings, threads: threads)
         let c32 = classifier.elementType == .float32 ? nil : float32Copy(classifier, threads: threads)
         let b = bias?.floats()
-        let definition = LossDefinition<Float>(options, vocabulary: v)
+        // Class weights in the natural vocabulary order (the logits are not sorted here).
+        let weights = options.classWeights.map { ClassWeights<Float>($0, problem: p, order: nil, forwardBlock: max(v, 1)) }
+        let definition = LossDefinition<Float>(options, vocabulary: v, weights: weights)
         let cap = definition.cap
         // The active rows' logits: M x V, written by sgemm (beta = 0), so not zeroed first.
         var logits = uninitialized(m * v)
@@ -87,13 +89,21 @@ public enum Materialized {
                                     let lse = running.value
                                     let t = Int(tb.buffer[i])
                                     let zt = row[t]
-                                    let sum = definition.smoothing ? tileRowSum(row, count: v) : 0
-                                    lossBox.pointer[i] = Double(definition.tokenLoss(lse: lse, targetLogit: zt, logitSum: sum))
+                                    let sum = !definition.smoothing ? 0
+                                        : weights.map { weightedRowSum(row, $0.byPosition, count: v) } ?? tileRowSum(row, count: v)
+                                    lossBox.pointer[i] = Double(definition.tokenLoss(lse: lse, targetLogit: zt, logitSum: sum,
+                                                                                     token: i))
                                     if gradients {
-                                        _ = gradientEpilogue(row, count: v, lse: lse,
-                                                             coef: definition.softmaxCoefficient(lse: lse),
-                                                             smooth: definition.smoothingShare, cap: cap, eps: 0)
-                                        row[t] -= (1 - definition.alpha) * softcapDerivative(zt, cap: cap)
+                                        let coef = definition.softmaxCoefficient(lse: lse, token: i)
+                                        if let w = weights, definition.perClassSmoothing {
+                                            _ = weightedGradientEpilogue(row, count: v, lse: lse, coef: coef,
+                                                                         share: definition.smoothingShare,
+                                                                         weights: w.byPosition, cap: cap, eps: 0)
+                                        } else {
+                                            _ = gradientEpilogue(row, count: v, lse: lse, coef: coef,
+                                                                 smooth: definition.smoothingShare, cap: cap, eps: 0)
+                                        }
+                                        row[t] -= definition.targetShare(token: i) * softcapDerivative(zt, cap: cap)
                                         scaleRow(row, count: v, by: Float(gb.buffer[i]))
                                     }
                                     i += rowThreads
@@ -136,7 +146,7 @@ public enum Materialized {
                 }
             }
         }}
-        return Result(loss: options.reduction.reduce(total: total, count: m), dE: dE, dC: dC, dBias: dBias)
+        return Result(loss: p.reduce(total: total, options.reduction), dE: dE, dC: dC, dBias: dBias)
     }
 }
 

@@ -82,8 +82,16 @@ public struct Options: Sendable {
     /// Label smoothing α ∈ [0, 1], as PyTorch defines it:
     /// loss = (1 − α)·nll + α·(lse − mean_v z_v).
     public var labelSmoothing: Double = 0
-    /// z-loss coefficient z ≥ 0: adds z·lse² to each non-ignored token's loss.
+    /// z-loss coefficient z ≥ 0: adds z·lse² to each non-ignored token's loss (with
+    /// `classWeights`, w_t·z·lse²: weighted like the token's own loss).
     public var zLoss: Double = 0
+    /// Per-class weights w (V values, finite, ≥ 0): PyTorch's `weight` of `F.cross_entropy`.
+    /// Token i with target t_i gets
+    ///     loss_i = w_{t_i}·[(1 − α)·(lse_i − z_{i,t_i}) + zLoss·lse_i²] + (α/V)·Σ_v w_v·(lse_i − z_iv),
+    /// and `.mean` divides the sum over active tokens by Σ_i w_{t_i} (not by their count),
+    /// as PyTorch does (NaN when that sum is 0). nil: every weight 1 (the plain loss).
+    /// The count V is checked by each call.
+    public var classWeights: [Float]? = nil
     /// Gradient filtering threshold.
     public var filterEpsilon: FilterEpsilon = .auto
     /// Sort the vocabulary by average logit before the backward, so that the significant
@@ -118,5 +126,11 @@ public struct Options: Sendable {
             throw CCEError.invalidOption("filter epsilon must be finite and >= 0 (got \(e))")
         }
         if let t = threads, t < 1 { throw CCEError.invalidOption("threads must be >= 1 (got \(t))") }
+        if let w = classWeights {
+            if let i = w.firstIndex(where: { !$0.isFinite }) { throw CCEError.nonFinite(tensor: "classWeights", index: i) }
+            if let i = w.firstIndex(where: { $0 < 0 }) {
+                throw CCEError.invalidOption("classWeights must be >= 0 (classWeights[\(i)] = \(w[i]))")
+            }
+        }
     }
 }

@@ -40,6 +40,10 @@ public enum Oracle {
         let b = bias?.floats().map { Double($0) }
         let d = p.d, v = p.v
         let alpha = options.labelSmoothing, zl = options.zLoss
+        // Class weights (PyTorch's `weight`): w_t scales the token's NLL and z-loss terms,
+        // w_v each class's share of the smoothing term, and `.mean` divides by Σ_i w_{t_i}.
+        let w = options.classWeights?.map { Double($0) }
+        let weightSum = w?.reduce(0, +) ?? Double(v)
         let positions = p.targetShape.reduce(1, *)
         var tokenLosses = [Double](repeating: 0, count: positions)
         var lseOut = [Double](repeating: .nan, count: positions)
@@ -62,13 +66,22 @@ public enum Oracle {
             for x in z { s += Double.exp(x - m) }
             let lse = m + Double.log(s)
             let mean = z.reduce(0, +) / Double(v)
-            let loss = lse - (1 - alpha) * z[t] - alpha * mean + zl * lse * lse
+            var loss = lse - (1 - alpha) * z[t] - alpha * mean + zl * lse * lse
+            if let w {
+                // PyTorch: (1 − α)·w_t·nll + (α/V)·Σ_v w_v·(−log p_v); z-loss weighted by w_t.
+                var smooth = 0.0
+                for cv in 0..<v { smooth += w[cv] * (lse - z[cv]) }
+                loss = w[t] * ((1 - alpha) * (lse - z[t]) + zl * lse * lse) + alpha / Double(v) * smooth
+            }
             tokenLosses[Int(p.positions[i])] = loss
             lseOut[Int(p.positions[i])] = lse
             total += loss
+            // ∂loss/∂z_v = coef·p_v − (α/V)·w_v − (1 − α)·w_t·[v = t], with
+            // coef = w_t·(1 − α + 2·zloss·lse) + α·W/V (W = Σ_v w_v; 1 + 2·zloss·lse unweighted).
+            let coef = w.map { $0[t] * (1 - alpha + 2 * zl * lse) + alpha * weightSum / Double(v) } ?? (1 + 2 * zl * lse)
             for cv in 0..<v {
-                var dz = (1 + 2 * zl * lse) * Double.exp(z[cv] - lse) - alpha / Double(v)
-                if cv == t { dz -= 1 - alpha }
+                var dz = coef * Double.exp(z[cv] - lse) - alpha / Double(v) * (w?[cv] ?? 1)
+                if cv == t { dz -= (1 - alpha) * (w?[t] ?? 1) }
                 if let cap = options.softcap { dz *= 1 - (z[cv] / cap) * (z[cv] / cap) }
                 let dy = g[i] * dz
                 for k in 0..<d {
@@ -78,6 +91,6 @@ public enum Oracle {
                 dBias?[cv] += dy
             }
         }
-        return OracleResult(loss: options.reduction.reduce(total: total, count: p.active), tokenLosses: tokenLosses, lse: lseOut, dE: dE, dC: dC, dBias: dBias)
+        return OracleResult(loss: p.reduce(total: total, options.reduction), tokenLosses: tokenLosses, lse: lseOut, dE: dE, dC: dC, dBias: dBias)
     }
 }

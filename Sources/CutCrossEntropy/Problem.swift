@@ -21,6 +21,11 @@ struct Problem: Sendable {
     let rows: [Int32]
     let targets: [Int32]
     let positions: [Int32]
+    /// With `Options.classWeights`: w_{t_i} per active token (else empty).
+    let tokenWeights: [Float]
+    /// What `.mean` divides by: Σ_i w_{t_i} over the active tokens with class weights, else
+    /// their count.
+    let meanDivisor: Double
 
     var active: Int { rows.count }
 
@@ -70,6 +75,9 @@ struct Problem: Sendable {
                 j += 1
             }
         }
+        if let w = options.classWeights, w.count != v {
+            throw CCEError.invalidShape("classWeights must have V = \(v) entries, got \(w.count)")
+        }
         if options.checkFinite {
             try Problem.checkFinite(e, "embeddings")
             try Problem.checkFinite(c, "classifier")
@@ -79,6 +87,20 @@ struct Problem: Sendable {
         self.n = n; self.d = d; self.v = v
         self.eType = e.elementType; self.cType = c.elementType; self.biasType = bias?.elementType
         self.rows = rows; self.targets = targets; self.positions = positions
+        if let w = options.classWeights {
+            tokenWeights = targets.map { w[Int($0)] }
+            meanDivisor = tokenWeights.reduce(0.0) { $0 + Double($1) }
+        } else {
+            tokenWeights = []
+            meanDivisor = Double(rows.count)
+        }
+    }
+
+    /// The reduced loss from the sum of the per-token losses: total / meanDivisor for
+    /// `.mean` (NaN when no token is active or, with class weights, when their weights sum
+    /// to 0, as in PyTorch), total for `.sum` and `.none`.
+    func reduce(total: Double, _ reduction: Reduction) -> Double {
+        reduction == .mean ? (active > 0 && meanDivisor > 0 ? total / meanDivisor : .nan) : total
     }
 
     static func checkFinite(_ x: Tensor, _ name: String) throws {
@@ -90,12 +112,12 @@ struct Problem: Sendable {
     }
 
     /// g_i per active token for the upstream gradient `u` of the loss reduced by `reduction`:
-    /// g/M for `.mean` over M active tokens, g for `.sum`, the value at the token's target
-    /// position for `.none`.
+    /// g/M for `.mean` over M active tokens (g/Σ_i w_{t_i} with class weights; 0 when that
+    /// is 0), g for `.sum`, the value at the token's target position for `.none`.
     func upstreamPerToken(_ u: Upstream, reduction: Reduction) throws -> [Double] {
         switch (reduction, u) {
         case (.mean, .scalar(let g)):
-            return [Double](repeating: active > 0 ? g / Double(active) : 0, count: active)
+            return [Double](repeating: active > 0 && meanDivisor > 0 ? g / meanDivisor : 0, count: active)
         case (.sum, .scalar(let g)):
             return [Double](repeating: g, count: active)
         case (.none, .perToken(let gs)):

@@ -5,6 +5,11 @@
 //     ∂loss_i/∂z_iv = (1 + 2·zloss·lse_i)·p_iv − α/V − (1 − α)·[v = t_i]
 //     dy_iv = g_i · ∂loss_i/∂z_iv · (1 − (z_iv/s)²)          (soft cap; else factor 1)
 //     dE_i = Σ_v dy_iv C_v,   dC_v = Σ_i dy_iv e_i,   dBias_v = Σ_i dy_iv.
+// With class weights (Forward.swift gives the loss) the same with
+//     ∂loss_i/∂z_iv = coef_i·p_iv − (α/V)·w_v − (1 − α)·w_{t_i}·[v = t_i],
+//     coef_i = w_{t_i}·(1 − α + 2·zloss·lse_i) + α·W/V   (LossDefinition),
+// so for α = 0 every entry is w_{t_i} times the unweighted one, and for α > 0 the smoothing
+// term is per class (weightedGradientEpilogue). ε is compared with this weighted ∂loss/∂z.
 //
 // Schedule (Engine.swift): workers own token blocks. For each vocabulary block of VB
 // entries, in the sorted order (VocabularyOrder.swift), a worker recomputes the logit
@@ -22,7 +27,7 @@
 //
 // Skipping without recomputing (the fused call): the forward kept each row's largest
 // logit m_ij per forward block. With the LSE known, every entry of that block has
-// p ≤ e^(m_ij − lse_i), so |∂loss/∂z| ≤ (1 + 2·zloss·lse_i)·e^(m_ij − lse_i) + α/V; when
+// p ≤ e^(m_ij − lse_i), so |∂loss/∂z| ≤ |coef_i|·e^(m_ij − lse_i) + (α/V)·max_v w_v; when
 // that bound is below ε and the target is elsewhere, the row would be filtered anyway, and
 // its logits are not recomputed at all (6-row panels with no such row are skipped inside
 // the tile product). Without the dropped-mass estimate the result is bitwise the same as
@@ -175,24 +180,25 @@ enum Backward {
         let forwardBlocks = (operands.v + forwardVB - 1) / forwardVB
         let forwardBlock = v0 / forwardVB
         let forwardCount = min(forwardVB, operands.v - forwardBlock * forwardVB)
-        let smooth = definition.smoothingShare, eps = state.epsilon
+        let smoothBound = definition.smoothingBound, eps = state.epsilon
+        let smoothMass = definition.smoothingMass(forwardBlock: forwardBlock, count: forwardCount)
         let correcting = startsForward && state.policy.estimate
         let panelNeeded = workspace.panelNeeded.base
         var needed = 0
         let maskRows = workspace.maskRows
         for p in 0..<(count + maskRows - 1) / maskRows { panelNeeded[p] = false }
         for i in 0..<count {
-            let l = state.lse[first + i], coef = definition.softmaxCoefficient(lse: l)
+            let l = state.lse[first + i], coef = definition.softmaxCoefficient(lse: l, token: first + i)
             let targetPosition = Int(operands.rank[Int(operands.problem.targets[first + i])]) - v0
             let blockMax = bound[2 * (i * forwardBlocks + forwardBlock)]
             let blockLogSum = bound[2 * (i * forwardBlocks + forwardBlock) + 1]
-            let skippable = abs(coef) * S.exp(blockMax - l) + smooth < eps
+            let skippable = abs(coef) * S.exp(blockMax - l) + smoothBound < eps
             if correcting {
                 workspace.residualOn.base[i] = skippable
                 workspace.excluded.base[i] = -1
                 if skippable {
                     workspace.residual.base[i] = state.upstream[first + i]
-                        * (coef * S.exp(blockLogSum - l) - smooth * S(forwardCount))
+                        * (coef * S.exp(blockLogSum - l) - smoothMass)
                 }
             }
             need[i] = !skippable || (targetPosition >= 0 && targetPosition < vc)
@@ -241,8 +247,13 @@ enum Backward {
             let targetLogit = hasTarget ? row[targetPosition] : 0
             let l = state.lse[first + i]
             let g = state.upstream[first + i]
-            let significant = gradientEpilogue(row, count: vc, lse: l, coef: definition.softmaxCoefficient(lse: l),
-                                               smooth: smooth, cap: definition.cap, eps: eps)
+            let coef = definition.softmaxCoefficient(lse: l, token: first + i)
+            let significant = if let w = definition.weights, definition.perClassSmoothing {
+                weightedGradientEpilogue(row, count: vc, lse: l, coef: coef, share: smooth,
+                                         weights: w.byPosition + v0, cap: definition.cap, eps: eps)
+            } else {
+                gradientEpilogue(row, count: vc, lse: l, coef: coef, smooth: smooth, cap: definition.cap, eps: eps)
+            }
             let keepE = significant || hasTarget || !policy.filtersDE
             let keepC = significant || hasTarget || !policy.filtersDC
             if policy.estimate {
@@ -258,7 +269,9 @@ enum Backward {
                 }
             }
             guard keepE || keepC else { continue }
-            if hasTarget { row[targetPosition] -= (1 - definition.alpha) * softcapDerivative(targetLogit, cap: definition.cap) }
+            if hasTarget {
+                row[targetPosition] -= definition.targetShare(token: first + i) * softcapDerivative(targetLogit, cap: definition.cap)
+            }
             scaleRow(row, count: vc, by: g)
             let dst = workspace.tile.base + rows.kept * vb
             if dst != row { dst.update(from: row, count: vc) }
@@ -400,4 +413,35 @@ enum Backward {
             pending.popFirst()
         }
     }
+}
+
+/// `gradientEpilogue` with a smoothing term per class: dz_q = coef·e^(z_q − lse) − share·w[q]
+/// (times the soft cap's derivative), in place; reports whether any |dz| ≥ eps. Used only
+/// with class weights and label smoothing (LossDefinition.perClassSmoothing).
+func weightedGradientEpilogue<S: KernelScalar>(
+    _ z: UnsafeMutablePointer<S>, count: Int, lse: S, coef: S, share: S, weights w: UnsafePointer<S>, cap: S?, eps: S
+) -> Bool {
+    let l = SIMD8<S>(repeating: lse), cv = SIMD8<S>(repeating: coef), sv = SIMD8<S>(repeating: share)
+    let inv2: S = cap.map { 1 / ($0 * $0) } ?? 0
+    var largest = SIMD8<S>()
+    let c8 = count & ~7
+    var q = 0
+    while q < c8 {
+        let zv = UnsafeRawPointer(z + q).loadUnaligned(as: SIMD8<S>.self)
+        var g = cv * S.exp(zv - l) - sv * UnsafeRawPointer(w + q).loadUnaligned(as: SIMD8<S>.self)
+        if cap != nil { g = g * (1 - zv * zv * inv2) }
+        largest = S.maxMagnitude(largest, g)
+        UnsafeMutableRawPointer(z + q).storeBytes(of: g, as: SIMD8<S>.self)
+        q += 8
+    }
+    var any = S.horizontalMax(largest) >= eps
+    while q < count {
+        let zq = z[q]
+        var g = coef * S.exp(zq - lse) - share * w[q]
+        if cap != nil { g *= 1 - zq * zq * inv2 }
+        any = any || abs(g) >= eps
+        z[q] = g
+        q += 1
+    }
+    return any
 }

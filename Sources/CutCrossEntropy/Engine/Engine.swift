@@ -147,7 +147,11 @@ enum Engine {
         let nb = plan.tokenBlock
         let blocks = (m + nb - 1) / nb
         let workers = min(plan.threads, blocks)
-        let definition = LossDefinition<S>(options, vocabulary: operands.v)
+        // Class weights in the sweep's (sorted) vocabulary order; they live until the sweep ends.
+        let weights = options.classWeights.map {
+            ClassWeights<S>($0, problem: operands.problem, order: operands.order, forwardBlock: plan.forwardVocabBlock)
+        }
+        let definition = LossDefinition<S>(options, vocabulary: operands.v, weights: weights)
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
         let stats = PerWorker(workers, initial: FilterStatistics())
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock

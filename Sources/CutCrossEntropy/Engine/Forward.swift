@@ -5,6 +5,9 @@
 //     lse_i = log Σ_v e^(z_iv),
 //     loss_i = lse_i − (1 − α)·z_{i,t_i} − (α/V)·Σ_v z_iv + zloss·lse_i².
 // (With α = 0 and zloss = 0 this is the plain cross-entropy −log softmax(z_i)[t_i].)
+// With class weights w (Options.classWeights, PyTorch's `weight`), W = Σ_v w_v:
+//     loss_i = w_{t_i}·[(1 − α)·(lse_i − z_{i,t_i}) + zloss·lse_i²] + (α/V)·(W·lse_i − Σ_v w_v z_iv),
+// which is the line above when every w_v = 1; the smoothing sum is then weighted per class.
 //
 // Schedule (Engine.swift): workers own token blocks. For its block, a worker converts the E
 // rows to the compute type once (unless they already are), then sweeps the vocabulary, in the sorted order (VocabularyOrder.swift), in
@@ -23,8 +26,42 @@
 import CCEKernels
 import CCERuntime
 
-/// The loss's definition in the kernel scalar type: soft cap, label smoothing, z-loss, and
-/// the per-token formula (the engine and the materialized baseline both use it).
+/// Class weights as a sweep reads them, in S: per active token (w_{t_i}) and per vocabulary
+/// position of the sweep's order (the sorted order in the engine, the natural one in the
+/// materialized baseline), with their sum, their largest value and, for the dropped-mass
+/// estimate of rows the fused call never recomputes, their sum over each forward block.
+final class ClassWeights<S: KernelScalar>: @unchecked Sendable {
+    let token: UnsafeMutablePointer<S>
+    let byPosition: UnsafeMutablePointer<S>
+    let forwardBlockSums: UnsafeMutablePointer<S>
+    let total: S, largest: S
+    private let blocks: Int
+
+    /// `order[k]`: the class at position k (nil: the identity); `forwardBlock`: the forward's
+    /// vocabulary block (for `forwardBlockSums`).
+    init(_ w: [Float], problem: Problem, order: UnsafePointer<Int32>?, forwardBlock: Int) {
+        let v = w.count
+        blocks = (v + forwardBlock - 1) / forwardBlock
+        token = .allocate(capacity: max(problem.active, 1))
+        byPosition = .allocate(capacity: v)
+        forwardBlockSums = .allocate(capacity: max(blocks, 1))
+        for i in 0..<problem.active { token[i] = S(problem.tokenWeights[i]) }
+        for k in 0..<v { byPosition[k] = S(w[order.map { Int($0[k]) } ?? k]) }
+        for b in 0..<blocks {
+            var sum: S = 0
+            for k in (b * forwardBlock)..<min(v, (b + 1) * forwardBlock) { sum += byPosition[k] }
+            forwardBlockSums[b] = sum
+        }
+        total = S(w.reduce(0.0) { $0 + Double($1) })
+        largest = S(w.max() ?? 0)
+    }
+
+    deinit { token.deallocate(); byPosition.deallocate(); forwardBlockSums.deallocate() }
+}
+
+/// The loss's definition in the kernel scalar type: soft cap, label smoothing, z-loss, class
+/// weights, and the per-token formula (the engine and the materialized baseline both use it).
+/// `token` arguments are active-token indices (for the class weights).
 struct LossDefinition<S: KernelScalar>: Sendable {
     /// Label smoothing α.
     let alpha: S
@@ -34,28 +71,78 @@ struct LossDefinition<S: KernelScalar>: Sendable {
     let vocabulary: S
     /// Soft cap s, or nil.
     let cap: S?
+    /// Class weights, or nil (every weight 1).
+    let weights: ClassWeights<S>?
 
-    init(_ o: Options, vocabulary: Int) {
+    init(_ o: Options, vocabulary: Int, weights: ClassWeights<S>? = nil) {
         alpha = S(o.labelSmoothing); zLoss = S(o.zLoss); smoothing = o.labelSmoothing > 0
         self.vocabulary = S(vocabulary)
         cap = o.softcap.map { S($0) }
+        self.weights = weights
     }
 
+    /// Whether the smoothing term differs per class (class weights and α > 0): then the
+    /// forward sums w_v·z_v (`weightedRowSum`) and the backward subtracts (α/V)·w_v per
+    /// class (`weightedGradientEpilogue`).
+    var perClassSmoothing: Bool { smoothing && weights != nil }
+
     /// loss_i = lse_i − (1 − α)·z_{i,t_i} + zloss·lse_i² − (α/V)·Σ_v z_iv (the last term only
-    /// with label smoothing).
+    /// with label smoothing). With class weights, `logitSum` is Σ_v w_v z_iv and
+    /// loss_i = w_t·[(1 − α)·(lse_i − z_{i,t_i}) + zloss·lse_i²] + (α/V)·(W·lse_i − logitSum).
     @inline(__always)
-    func tokenLoss(lse l: S, targetLogit zt: S, logitSum: S) -> S {
+    func tokenLoss(lse l: S, targetLogit zt: S, logitSum: S, token i: Int) -> S {
+        if let w = weights {
+            var loss = w.token[i] * ((1 - alpha) * (l - zt) + zLoss * l * l)
+            if smoothing { loss += alpha / vocabulary * (w.total * l - logitSum) }
+            return loss
+        }
         var loss = l - (1 - alpha) * zt + zLoss * l * l
         if smoothing { loss -= alpha * logitSum / vocabulary }
         return loss
     }
 
-    /// coef_i = 1 + 2·zloss·lse_i: the factor of p_iv in ∂loss_i/∂z_iv.
+    /// coef_i = 1 + 2·zloss·lse_i: the factor of p_iv in ∂loss_i/∂z_iv; with class weights
+    /// w_t·(1 − α + 2·zloss·lse_i) + α·W/V.
     @inline(__always)
-    func softmaxCoefficient(lse l: S) -> S { 1 + 2 * zLoss * l }
+    func softmaxCoefficient(lse l: S, token i: Int) -> S {
+        if let w = weights { return w.token[i] * (1 - alpha + 2 * zLoss * l) + alpha * w.total / vocabulary }
+        return 1 + 2 * zLoss * l
+    }
 
-    /// α/V: the smoothing term of every ∂loss_i/∂z_iv.
+    /// (1 − α)·w_t: what the target entry of ∂loss_i/∂z_i loses (w_t = 1 unweighted).
+    @inline(__always)
+    func targetShare(token i: Int) -> S { (1 - alpha) * (weights?.token[i] ?? 1) }
+
+    /// α/V: the smoothing term of every ∂loss_i/∂z_iv (per unit of class weight: the term
+    /// is (α/V)·w_v with class weights).
     var smoothingShare: S { alpha / vocabulary }
+
+    /// The largest smoothing term over the classes: α/V, or (α/V)·max_v w_v. The fused
+    /// call's skip bound adds it, so the bound holds with class weights too.
+    var smoothingBound: S { alpha / vocabulary * (weights?.largest ?? 1) }
+
+    /// Σ over forward block `block` (of `count` classes) of the smoothing terms: (α/V)·count,
+    /// or (α/V)·Σ_{v in the block} w_v.
+    func smoothingMass(forwardBlock block: Int, count: Int) -> S {
+        guard let w = weights else { return smoothingShare * S(count) }
+        return smoothingShare * w.forwardBlockSums[block]
+    }
+}
+
+/// Σ_q w[q]·z[q] for q < count (the forward's weighted logit sum of a tile row).
+@inline(__always)
+func weightedRowSum<S: KernelScalar>(_ z: UnsafePointer<S>, _ w: UnsafePointer<S>, count: Int) -> S {
+    let cv = count & ~7
+    var acc = SIMD8<S>()
+    var q = 0
+    while q < cv {
+        acc += UnsafeRawPointer(z + q).loadUnaligned(as: SIMD8<S>.self)
+            * UnsafeRawPointer(w + q).loadUnaligned(as: SIMD8<S>.self)
+        q += 8
+    }
+    var t = laneSum(acc)
+    while q < count { t += z[q] * w[q]; q += 1 }
+    return t
 }
 
 enum Forward {
@@ -89,13 +176,18 @@ enum Forward {
                     blockStats[2 * (i * vBlocks + j)] = seen.max
                     blockStats[2 * (i * vBlocks + j) + 1] = seen.logSum
                 }
-                if definition.smoothing { kahanAdd(&sums[i], &comps[i], tileRowSum(row, count: vc)) }
+                if let w = definition.weights, definition.smoothing {
+                    kahanAdd(&sums[i], &comps[i], weightedRowSum(row, w.byPosition + v0, count: vc))
+                } else if definition.smoothing {
+                    kahanAdd(&sums[i], &comps[i], tileRowSum(row, count: vc))
+                }
             }
         }
         for i in 0..<count {
             let l = states[i].value
             lse[first + i] = l
-            loss[first + i] = definition.tokenLoss(lse: l, targetLogit: targetLogits[i], logitSum: sums[i])
+            loss[first + i] = definition.tokenLoss(lse: l, targetLogit: targetLogits[i], logitSum: sums[i],
+                                                   token: first + i)
         }
     }
 }

@@ -1,0 +1,403 @@
+// The C ABI of the CPU engine (libcce_cpu, header Sources/CCECPU/include/cce_cpu.h): the
+// entry points that run the engine, exported with @_cdecl. Each one checks what C cannot
+// (null pointers, sizes, codes), builds the Swift API's values (Tensor, Targets, Options),
+// calls CutCrossEntropy, and writes the results into the caller's buffers, converting to
+// the element type asked for. The Swift API validates exactly as it does for Swift callers;
+// every CCEError becomes a status code (cce_cpu_status) and this thread's last-error message.
+// Nothing is written to an output unless the whole call succeeded.
+//
+// Inputs are copied into the Tensors the Swift API takes (Tensor owns its storage); see
+// Docs/PYTHON.md for what that costs at the Gemma 2 shape.
+
+import CCECPU
+import CCEKernels
+import CCERuntime
+import CutCrossEntropy
+import Dispatch
+
+// MARK: - Errors and status codes
+
+/// A problem the C layer finds before the Swift API sees the call.
+struct ArgumentError: Error {
+    let message: String
+    let status: cce_cpu_status
+    init(_ message: String, _ status: cce_cpu_status = CCE_CPU_ERR_ARGUMENT) { self.message = message; self.status = status }
+}
+
+/// The status code of a CCEError case.
+func statusCode(_ error: CCEError) -> cce_cpu_status {
+    switch error {
+    case .invalidShape: CCE_CPU_ERR_SHAPE
+    case .empty: CCE_CPU_ERR_EMPTY
+    case .targetOutOfRange: CCE_CPU_ERR_TARGET
+    case .nonFinite: CCE_CPU_ERR_NON_FINITE
+    case .invalidOption: CCE_CPU_ERR_OPTION
+    case .invalidUpstream: CCE_CPU_ERR_UPSTREAM
+    case .stateMismatch: CCE_CPU_ERR_STATE
+    case .backendUnavailable, .backendFailed: CCE_CPU_ERR_BACKEND
+    }
+}
+
+/// Runs `body`, turning any error into a status code and this thread's last-error message.
+func guarded(_ body: () throws -> Void) -> Int32 {
+    let status: cce_cpu_status
+    let message: String
+    do {
+        try body()
+        status = CCE_CPU_OK; message = ""
+    } catch let e as CCEError {
+        status = statusCode(e); message = e.description
+    } catch let e as ArgumentError {
+        status = e.status; message = e.message
+    } catch {
+        status = CCE_CPU_ERR_INTERNAL; message = "internal error: \(error)"
+    }
+    cce_cpu_set_last_error_(message)
+    return Int32(bitPattern: status.rawValue)
+}
+
+// MARK: - Inputs
+
+/// Sizes and how E and the targets are shaped: (B, T, D) and (B, T) when batch > 1, else (N, D) and (N).
+struct Shapes {
+    let n: Int, d: Int, v: Int, batch: Int
+    var e: [Int] { batch > 1 ? [batch, n / batch, d] : [n, d] }
+    var targets: [Int] { batch > 1 ? [batch, n / batch] : [n] }
+
+    init(n: Int64, d: Int64, v: Int64, batch: Int64) throws {
+        guard n >= 0, d >= 0, v >= 0 else { throw ArgumentError("sizes must be >= 0 (N = \(n), D = \(d), V = \(v))") }
+        guard !n.multipliedReportingOverflow(by: max(d, 1)).overflow, !v.multipliedReportingOverflow(by: max(d, 1)).overflow,
+              n * max(d, 1) < Int64(Int.max / 8), v * max(d, 1) < Int64(Int.max / 8)
+        else { throw ArgumentError("sizes overflow (N = \(n), D = \(d), V = \(v))") }
+        let b = batch <= 0 ? 1 : batch
+        guard b == 1 || n % b == 0 else {
+            throw ArgumentError("N = \(n) rows are not batch = \(b) sequences of equal length")
+        }
+        self.n = Int(n); self.d = Int(d); self.v = Int(v); self.batch = Int(b)
+    }
+}
+
+func inputType(_ code: Int32, _ name: String) throws -> ElementType {
+    switch code {
+    case Int32(CCE_CPU_F32.rawValue): return .float32
+    case Int32(CCE_CPU_F16.rawValue): return .float16
+    case Int32(CCE_CPU_BF16.rawValue): return .bfloat16
+    default: throw ArgumentError("\(name) element type \(code) is not CCE_CPU_F32 (0), CCE_CPU_F16 (1) or CCE_CPU_BF16 (2)")
+    }
+}
+
+/// A Tensor holding a copy of `count(shape)` elements of `type` at `p`.
+func tensor(_ p: UnsafeRawPointer?, _ type: ElementType, _ shape: [Int], _ name: String) throws -> Tensor {
+    let count = shape.reduce(1, *)
+    guard let p else {
+        guard count == 0 else { throw ArgumentError("\(name) is NULL") }
+        return try Tensor([Float](), shape: shape)
+    }
+    switch type {
+    case .float32:
+        return try Tensor(Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: Float.self), count: count)), shape: shape)
+    case .float16:
+        return try Tensor(Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: Float16.self), count: count)), shape: shape)
+    case .bfloat16:
+        return try Tensor(Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: BFloat16.self), count: count)), shape: shape)
+    }
+}
+
+func targets(_ p: UnsafePointer<Int64>?, _ shapes: Shapes) throws -> Targets {
+    guard let p else {
+        guard shapes.n == 0 else { throw ArgumentError("targets is NULL") }
+        return try Targets([Int](), shape: shapes.targets)
+    }
+    return try Targets(UnsafeBufferPointer(start: p, count: shapes.n).map { Int($0) }, shape: shapes.targets)
+}
+
+/// The Swift API's options from the C struct (defaults when NULL) and the class weights.
+func options(_ p: UnsafePointer<cce_cpu_options>?, weight: UnsafePointer<Float>?, v: Int) throws -> Options {
+    var c = cce_cpu_options()
+    cce_cpu_default_options(&c)
+    if let p { c = p.pointee }
+    var o = Options()
+    o.ignoreIndex = Int(c.ignore_index)
+    switch c.reduction {
+    case Int32(CCE_CPU_REDUCE_NONE.rawValue): o.reduction = .none
+    case Int32(CCE_CPU_REDUCE_SUM.rawValue): o.reduction = .sum
+    case Int32(CCE_CPU_REDUCE_MEAN.rawValue): o.reduction = .mean
+    default: throw CCEError.invalidOption("reduction \(c.reduction) is not NONE (0), SUM (1) or MEAN (2)")
+    }
+    o.shift = Int(c.shift)
+    o.softcap = c.softcap == 0 ? nil : c.softcap
+    o.labelSmoothing = c.label_smoothing
+    o.zLoss = c.z_loss
+    switch c.filter_eps_mode {
+    case Int32(CCE_CPU_EPS_AUTO.rawValue): o.filterEpsilon = .auto
+    case Int32(CCE_CPU_EPS_NONE.rawValue): o.filterEpsilon = .none
+    case Int32(CCE_CPU_EPS_VALUE.rawValue): o.filterEpsilon = .value(c.filter_eps)
+    default: throw CCEError.invalidOption("filter_eps_mode \(c.filter_eps_mode) is not AUTO (0), NONE (1) or VALUE (2)")
+    }
+    o.sortVocabulary = c.sort_vocab != 0
+    o.filterCorrection = c.filter_correction != 0
+    let modes: [Mode] = [.default, .kahan, .kahanFullE, .kahanFullC, .exact]
+    guard c.mode >= 0 && Int(c.mode) < modes.count else {
+        throw CCEError.invalidOption("mode \(c.mode) is not DEFAULT (0), KAHAN (1), KAHAN_FULL_E (2), KAHAN_FULL_C (3) or EXACT (4)")
+    }
+    o.mode = modes[Int(c.mode)]
+    o.threads = c.threads == 0 ? nil : Int(c.threads)
+    o.checkFinite = c.check_finite != 0
+    if let weight { o.classWeights = Array(UnsafeBufferPointer(start: weight, count: v)) }
+    return o
+}
+
+/// The upstream gradient: one value (SUM, MEAN) or one per target position (NONE); NULL: ones.
+func upstream(_ p: UnsafePointer<Float>?, reduction: Reduction, positions: Int) -> Upstream {
+    if reduction == .none {
+        return .perToken(p.map { Array(UnsafeBufferPointer(start: $0, count: positions)) }
+                         ?? [Float](repeating: 1, count: positions))
+    }
+    return .scalar(Double(p?.pointee ?? 1))
+}
+
+// MARK: - Outputs
+
+/// An output element type (cce_cpu_dtype, F64 included).
+enum OutputType {
+    case float32, float16, bfloat16, float64
+
+    init(_ code: Int32, _ name: String) throws {
+        switch code {
+        case Int32(CCE_CPU_F32.rawValue): self = .float32
+        case Int32(CCE_CPU_F16.rawValue): self = .float16
+        case Int32(CCE_CPU_BF16.rawValue): self = .bfloat16
+        case Int32(CCE_CPU_F64.rawValue): self = .float64
+        default: throw ArgumentError("\(name) type \(code) is not CCE_CPU_F32 (0), CCE_CPU_F16 (1), CCE_CPU_BF16 (2) or CCE_CPU_F64 (3)")
+        }
+    }
+}
+
+/// The gradient buffers a call writes, with their types, checked before the engine runs.
+struct GradientTargets {
+    let dE: UnsafeMutableRawPointer?, dC: UnsafeMutableRawPointer?, dBias: UnsafeMutableRawPointer?
+    let eType: OutputType, cType: OutputType, biasType: OutputType
+    let stats: UnsafeMutablePointer<Int64>?
+
+    init(dE: UnsafeMutableRawPointer?, dC: UnsafeMutableRawPointer?, dBias: UnsafeMutableRawPointer?,
+         types: (Int32, Int32, Int32), hasBias: Bool, stats: UnsafeMutablePointer<Int64>?) throws {
+        self.dE = dE; self.dC = dC; self.dBias = dBias; self.stats = stats
+        eType = dE == nil ? .float32 : try OutputType(types.0, "dE")
+        cType = dC == nil ? .float32 : try OutputType(types.1, "dC")
+        biasType = dBias == nil ? .float32 : try OutputType(types.2, "dbias")
+        if dBias != nil && !hasBias { throw ArgumentError("dbias asked for without a bias (pass a bias of zeros)") }
+    }
+
+    func write(_ g: Gradients, threads: Int) {
+        if let dE { store(g.dE, dE, eType, threads: threads) }
+        if let dC { store(g.dC, dC, cType, threads: threads) }
+        if let dBias, let b = g.dBias { store(b, dBias, biasType, threads: threads) }
+        if let stats {
+            let f = g.filter
+            for (k, x) in [f.tiles, f.skippedTiles, f.rowSegments, f.keptRowSegments, f.boundSkippedRowSegments].enumerated() {
+                stats[k] = Int64(x)
+            }
+        }
+    }
+}
+
+/// Writes `values` to `out` as `type`, split over `threads` threads (these are V x D arrays:
+/// 131M elements at the Gemma 2 shape), eight elements at a time.
+func store(_ values: Values, _ out: UnsafeMutableRawPointer, _ type: OutputType, threads: Int) {
+    switch values {
+    case .float32(let x):
+        x.withUnsafeBufferPointer { src in
+            parallel(count: src.count, threads: threads) { lo, hi in
+                convert(src.baseAddress! + lo, out, at: lo, count: hi - lo, type)
+            }
+        }
+    case .float64(let x):
+        x.withUnsafeBufferPointer { src in
+            parallel(count: src.count, threads: threads) { lo, hi in
+                convert(src.baseAddress! + lo, out, at: lo, count: hi - lo, type)
+            }
+        }
+    }
+}
+
+/// body(lo, hi) over contiguous ranges covering 0 ..< count, one per thread (one range when small).
+func parallel(count: Int, threads: Int, _ body: (Int, Int) -> Void) {
+    let parts = count < 1 << 18 ? 1 : max(1, threads)
+    guard parts > 1 else { if count > 0 { body(0, count) }; return }
+    let per = (count + parts - 1) / parts
+    withoutActuallyEscaping(body) { body in
+        nonisolated(unsafe) let body = body
+        DispatchQueue.concurrentPerform(iterations: parts) { w in
+            let lo = min(count, w * per), hi = min(count, lo + per)
+            if hi > lo { body(lo, hi) }
+        }
+    }
+}
+
+/// out[at ..< at + count] (as `type`) = src[0 ..< count].
+@inline(__always)
+func convert(_ src: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer, at: Int, count: Int, _ type: OutputType) {
+    let c8 = count & ~7
+    switch type {
+    case .float32:
+        (out.assumingMemoryBound(to: Float.self) + at).update(from: src, count: count)
+    case .float64:
+        let o = out.assumingMemoryBound(to: Double.self) + at
+        for i in 0..<count { o[i] = Double(src[i]) }
+    case .float16:
+        let o = out.assumingMemoryBound(to: Float16.self) + at
+        var i = 0
+        while i < c8 {
+            let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(o + i).storeBytes(of: SIMD8<Float16>(v), as: SIMD8<Float16>.self)
+            i += 8
+        }
+        while i < count { o[i] = Float16(src[i]); i += 1 }
+    case .bfloat16:
+        let o = out.assumingMemoryBound(to: UInt16.self) + at
+        var i = 0
+        while i < c8 {
+            let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(o + i).storeBytes(of: bfloat16x8(v), as: SIMD8<UInt16>.self)
+            i += 8
+        }
+        while i < count { o[i] = bfloat16Bits(src[i]); i += 1 }
+    }
+}
+
+@inline(__always)
+func convert(_ src: UnsafePointer<Double>, _ out: UnsafeMutableRawPointer, at: Int, count: Int, _ type: OutputType) {
+    switch type {
+    case .float64: (out.assumingMemoryBound(to: Double.self) + at).update(from: src, count: count)
+    case .float32: let o = out.assumingMemoryBound(to: Float.self) + at; for i in 0..<count { o[i] = Float(src[i]) }
+    case .float16: let o = out.assumingMemoryBound(to: Float16.self) + at; for i in 0..<count { o[i] = Float16(src[i]) }
+    case .bfloat16:
+        let o = out.assumingMemoryBound(to: UInt16.self) + at
+        for i in 0..<count { o[i] = bfloat16Bits(Float(src[i])) }
+    }
+}
+
+/// bfloat16Bits of eight values: round to nearest even, NaN to the quiet NaN 0x7FC0.
+@inline(__always)
+func bfloat16x8(_ x: SIMD8<Float>) -> SIMD8<UInt16> {
+    let u = unsafeBitCast(x, to: SIMD8<UInt32>.self)
+    var rounded = u &+ 0x7FFF &+ ((u &>> 16) & 1)
+    rounded.replace(with: 0x7FC0_0000, where: x .!= x)
+    return SIMD8<UInt16>(truncatingIfNeeded: rounded &>> 16)
+}
+
+/// Loss (1 value, or one per target position for NONE) and LSE per target position.
+func writeForward(_ f: ForwardOutput, reduction: Reduction, loss: UnsafeMutablePointer<Double>?,
+                  lse: UnsafeMutablePointer<Double>?) {
+    if let loss {
+        if reduction == .none { for i in 0..<f.tokenLosses.count { loss[i] = f.tokenLosses[i] } }
+        else { loss.pointee = f.loss }
+    }
+    if let lse { for i in 0..<f.lse.count { lse[i] = f.lse[i] } }
+}
+
+// MARK: - The forward's state
+
+/// What cce_cpu_backward needs: the forward's output (O(N)), the engine value, and the
+/// inputs' shapes and types (to read E, C and the bias again).
+final class SavedForward {
+    let forward: ForwardOutput
+    let engine: CutCrossEntropy
+    let shapes: Shapes
+    let eType: ElementType, cType: ElementType, biasType: ElementType?
+    let reduction: Reduction
+    let threads: Int
+
+    init(_ forward: ForwardOutput, _ engine: CutCrossEntropy, _ shapes: Shapes, _ eType: ElementType,
+         _ cType: ElementType, _ biasType: ElementType?) {
+        self.forward = forward; self.engine = engine; self.shapes = shapes
+        self.eType = eType; self.cType = cType; self.biasType = biasType
+        reduction = engine.options.reduction
+        threads = engine.options.threads ?? Workers.availableCPUs
+    }
+}
+
+// MARK: - Entry points
+
+@_cdecl("cce_cpu_forward")
+public func cceCPUForward(
+    _ e: UnsafeRawPointer?, _ c: UnsafeRawPointer?, _ bias: UnsafeRawPointer?, _ targetIDs: UnsafePointer<Int64>?,
+    _ n: Int64, _ d: Int64, _ v: Int64, _ eCode: Int32, _ cCode: Int32, _ biasCode: Int32,
+    _ weight: UnsafePointer<Float>?, _ opt: UnsafePointer<cce_cpu_options>?,
+    _ loss: UnsafeMutablePointer<Double>?, _ lse: UnsafeMutablePointer<Double>?,
+    _ state: UnsafeMutablePointer<OpaquePointer?>?
+) -> Int32 {
+    guarded {
+        let shapes = try Shapes(n: n, d: d, v: v, batch: opt?.pointee.batch ?? 1)
+        let o = try options(opt, weight: weight, v: shapes.v)
+        let eType = try inputType(eCode, "E"), cType = try inputType(cCode, "C")
+        let biasType = bias == nil ? nil : try inputType(biasCode, "bias")
+        let E = try tensor(e, eType, shapes.e, "E"), C = try tensor(c, cType, [shapes.v, shapes.d], "C")
+        let B = try biasType.map { try tensor(bias, $0, [shapes.v], "bias") }
+        let T = try targets(targetIDs, shapes)
+        let engine = CutCrossEntropy(options: o)
+        let f = try engine.forward(embeddings: E, classifier: C, targets: T, bias: B)
+        writeForward(f, reduction: o.reduction, loss: loss, lse: lse)
+        if let state {
+            let saved = SavedForward(f, engine, shapes, eType, cType, biasType)
+            state.pointee = OpaquePointer(Unmanaged.passRetained(saved).toOpaque())
+        }
+    }
+}
+
+@_cdecl("cce_cpu_backward")
+public func cceCPUBackward(
+    _ state: OpaquePointer?, _ e: UnsafeRawPointer?, _ c: UnsafeRawPointer?, _ bias: UnsafeRawPointer?,
+    _ gradLoss: UnsafePointer<Float>?, _ dE: UnsafeMutableRawPointer?, _ dC: UnsafeMutableRawPointer?,
+    _ dBias: UnsafeMutableRawPointer?, _ dECode: Int32, _ dCCode: Int32, _ dBiasCode: Int32,
+    _ stats: UnsafeMutablePointer<Int64>?
+) -> Int32 {
+    guarded {
+        guard let state else { throw ArgumentError("state is NULL (pass the state cce_cpu_forward returned)") }
+        let saved = Unmanaged<SavedForward>.fromOpaque(UnsafeRawPointer(state)).takeUnretainedValue()
+        guard (bias == nil) == (saved.biasType == nil) else {
+            throw CCEError.stateMismatch(bias == nil ? "the forward had a bias, this call has none" : "the forward had no bias, this call has one")
+        }
+        let out = try GradientTargets(dE: dE, dC: dC, dBias: dBias, types: (dECode, dCCode, dBiasCode),
+                                      hasBias: bias != nil, stats: stats)
+        let s = saved.shapes
+        let E = try tensor(e, saved.eType, s.e, "E"), C = try tensor(c, saved.cType, [s.v, s.d], "C")
+        let B = try saved.biasType.map { try tensor(bias, $0, [s.v], "bias") }
+        let g = try saved.engine.backward(saved.forward, embeddings: E, classifier: C, bias: B,
+                                          upstream: upstream(gradLoss, reduction: saved.reduction, positions: s.n))
+        out.write(g, threads: saved.threads)
+    }
+}
+
+@_cdecl("cce_cpu_state_free")
+public func cceCPUStateFree(_ state: OpaquePointer?) {
+    guard let state else { return }
+    Unmanaged<SavedForward>.fromOpaque(UnsafeRawPointer(state)).release()
+}
+
+@_cdecl("cce_cpu_loss_and_gradients")
+public func cceCPULossAndGradients(
+    _ e: UnsafeRawPointer?, _ c: UnsafeRawPointer?, _ bias: UnsafeRawPointer?, _ targetIDs: UnsafePointer<Int64>?,
+    _ n: Int64, _ d: Int64, _ v: Int64, _ eCode: Int32, _ cCode: Int32, _ biasCode: Int32,
+    _ weight: UnsafePointer<Float>?, _ opt: UnsafePointer<cce_cpu_options>?, _ gradLoss: UnsafePointer<Float>?,
+    _ loss: UnsafeMutablePointer<Double>?, _ lse: UnsafeMutablePointer<Double>?,
+    _ dE: UnsafeMutableRawPointer?, _ dC: UnsafeMutableRawPointer?, _ dBias: UnsafeMutableRawPointer?,
+    _ dECode: Int32, _ dCCode: Int32, _ dBiasCode: Int32, _ stats: UnsafeMutablePointer<Int64>?
+) -> Int32 {
+    guarded {
+        let shapes = try Shapes(n: n, d: d, v: v, batch: opt?.pointee.batch ?? 1)
+        let o = try options(opt, weight: weight, v: shapes.v)
+        let eType = try inputType(eCode, "E"), cType = try inputType(cCode, "C")
+        let biasType = bias == nil ? nil : try inputType(biasCode, "bias")
+        let out = try GradientTargets(dE: dE, dC: dC, dBias: dBias, types: (dECode, dCCode, dBiasCode),
+                                      hasBias: bias != nil, stats: stats)
+        let E = try tensor(e, eType, shapes.e, "E"), C = try tensor(c, cType, [shapes.v, shapes.d], "C")
+        let B = try biasType.map { try tensor(bias, $0, [shapes.v], "bias") }
+        let T = try targets(targetIDs, shapes)
+        let engine = CutCrossEntropy(options: o)
+        let (f, g) = try engine.lossAndGradients(embeddings: E, classifier: C, targets: T, bias: B,
+                                                 upstream: upstream(gradLoss, reduction: o.reduction, positions: shapes.n))
+        writeForward(f, reduction: o.reduction, loss: loss, lse: lse)
+        out.write(g, threads: o.threads ?? Workers.availableCPUs)
+    }
+}

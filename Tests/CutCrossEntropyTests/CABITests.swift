@@ -1,0 +1,319 @@
+// The C ABI (Sources/CCECPU/include/cce_cpu.h, implemented by Sources/CCECABI): called here
+// through the header's declarations, as a C program calls it. Results must equal the Swift
+// API's bit for bit (same engine, same inputs), in every output type; bad input must come
+// back as the documented status code with a message, and leave the outputs untouched.
+
+import CCECPU
+import CCEKernels
+import CutCrossEntropy
+import Foundation
+import XCTest
+
+final class CABITests: XCTestCase {
+    /// Raw inputs for the C calls and the same as Swift values.
+    struct Inputs {
+        var e: [UInt16] = [], c: [UInt16] = [], bias: [UInt16] = []   // bf16 bits (when bf16)
+        var e32: [Float] = [], c32: [Float] = [], bias32: [Float] = []
+        var targets: [Int64] = []
+        var tensors: (Tensor, Tensor, Targets, Tensor?)
+        let type: ElementType
+        let n: Int, d: Int, v: Int
+    }
+
+    func inputs(n: Int, d: Int, v: Int, type: ElementType, batch: Int? = nil, bias: Bool = true, seed: UInt64 = 1) -> Inputs {
+        let (e, c, t, b) = randomProblem(n: n, d: d, v: v, type: type, seed: seed, batch: batch, withBias: bias)
+        var x = Inputs(tensors: (e, c, t, b), type: type, n: n, d: d, v: v)
+        x.targets = t.values.map { Int64($0) }
+        if type == .bfloat16 {
+            x.e = e.floats().map { bfloat16Bits($0) }; x.c = c.floats().map { bfloat16Bits($0) }
+            x.bias = b?.floats().map { bfloat16Bits($0) } ?? []
+        } else {
+            x.e32 = e.floats(); x.c32 = c.floats(); x.bias32 = b?.floats() ?? []
+        }
+        return x
+    }
+
+    /// Calls `body` with raw pointers to E, C, the bias (nil without) and the targets.
+    func withPointers<R>(_ x: Inputs, _ body: (UnsafeRawPointer, UnsafeRawPointer, UnsafeRawPointer?, UnsafePointer<Int64>) -> R) -> R {
+        x.targets.withUnsafeBufferPointer { t in
+            if x.type == .bfloat16 {
+                return x.e.withUnsafeBytes { e in x.c.withUnsafeBytes { c in x.bias.withUnsafeBytes { b in
+                    body(e.baseAddress!, c.baseAddress!, x.bias.isEmpty ? nil : b.baseAddress, t.baseAddress!)
+                }}}
+            }
+            return x.e32.withUnsafeBytes { e in x.c32.withUnsafeBytes { c in x.bias32.withUnsafeBytes { b in
+                body(e.baseAddress!, c.baseAddress!, x.bias32.isEmpty ? nil : b.baseAddress, t.baseAddress!)
+            }}}
+        }
+    }
+
+    func dtype(_ t: ElementType) -> Int32 {
+        switch t { case .float32: Int32(CCE_CPU_F32.rawValue); case .float16: Int32(CCE_CPU_F16.rawValue); case .bfloat16: Int32(CCE_CPU_BF16.rawValue) }
+    }
+
+    struct COutputs {
+        var status: Int32 = -1
+        var loss: [Double] = [], lse: [Double] = []
+        var dE: [Float] = [], dC: [Float] = [], dBias: [Float] = []
+        var stats = [Int64](repeating: -1, count: 5)
+    }
+
+    /// cce_cpu_loss_and_gradients with Float32 gradient outputs.
+    func fused(_ x: Inputs, _ opt: cce_cpu_options, weight: [Float]? = nil, gradLoss: [Float]? = nil) -> COutputs {
+        var out = COutputs()
+        let positions = x.targets.count
+        out.loss = [Double](repeating: .nan, count: opt.reduction == Int32(CCE_CPU_REDUCE_NONE.rawValue) ? positions : 1)
+        out.lse = [Double](repeating: -7, count: positions)
+        out.dE = [Float](repeating: .nan, count: x.n * x.d); out.dC = [Float](repeating: .nan, count: x.v * x.d)
+        out.dBias = [Float](repeating: .nan, count: x.v)
+        var o = opt
+        let hasBias = x.tensors.3 != nil
+        out.status = withPointers(x) { e, c, b, t in
+            out.loss.withUnsafeMutableBufferPointer { loss in out.lse.withUnsafeMutableBufferPointer { lse in
+            out.dE.withUnsafeMutableBytes { dE in out.dC.withUnsafeMutableBytes { dC in out.dBias.withUnsafeMutableBytes { dB in
+            out.stats.withUnsafeMutableBufferPointer { st in
+                optionalPointer(weight) { w in optionalPointer(gradLoss) { g in
+                    cce_cpu_loss_and_gradients(e, c, b, t, Int64(x.n), Int64(x.d), Int64(x.v), dtype(x.type), dtype(x.type),
+                                               dtype(x.type), w, &o, g, loss.baseAddress, lse.baseAddress,
+                                               dE.baseAddress, dC.baseAddress, hasBias ? dB.baseAddress : nil,
+                                               0, 0, 0, st.baseAddress)
+                }}
+            }}}}}}
+        }
+        return out
+    }
+
+    func options(_ mutate: (inout cce_cpu_options) -> Void = { _ in }) -> cce_cpu_options {
+        var o = cce_cpu_options()
+        cce_cpu_default_options(&o)
+        mutate(&o)
+        return o
+    }
+
+    func testDefaultsAndLayout() {
+        XCTAssertEqual(cce_cpu_abi_version(), CCE_CPU_ABI_VERSION)
+        XCTAssertEqual(MemoryLayout<cce_cpu_options>.size, 80)
+        XCTAssertEqual(MemoryLayout<cce_cpu_options>.offset(of: \.softcap), 24)
+        XCTAssertEqual(MemoryLayout<cce_cpu_options>.offset(of: \.sort_vocab), 56)
+        XCTAssertEqual(MemoryLayout<cce_cpu_options>.offset(of: \.check_finite), 76)
+        let o = options()
+        XCTAssertEqual(o.ignore_index, -100)
+        XCTAssertEqual(o.reduction, Int32(CCE_CPU_REDUCE_MEAN.rawValue))
+        XCTAssertEqual(o.batch, 1)
+        XCTAssertEqual(o.softcap, 0)
+        XCTAssertEqual(o.sort_vocab, 1)
+        XCTAssertEqual(o.filter_eps_mode, Int32(CCE_CPU_EPS_AUTO.rawValue))
+        XCTAssertEqual(o.filter_correction, 1)
+        XCTAssertEqual(o.mode, Int32(CCE_CPU_MODE_DEFAULT.rawValue))
+        XCTAssertEqual(o.threads, 0)
+    }
+
+    /// The fused call through C equals the Swift API bit for bit, for Float32 and BFloat16
+    /// inputs, with every option set (weights, smoothing, soft cap, z-loss, shift over a batch,
+    /// reduction none with per-position upstream values).
+    func testFusedCallEqualsSwiftAPI() throws {
+        for type in [ElementType.float32, .bfloat16] {
+            for reduction in [CCE_CPU_REDUCE_MEAN, CCE_CPU_REDUCE_NONE] {
+                let x = inputs(n: 36, d: 19, v: 301, type: type, batch: 4)
+                let weight = (0..<301).map { Float(1 + $0 % 5) * 0.3 }
+                let o = options {
+                    $0.reduction = Int32(reduction.rawValue); $0.batch = 4; $0.shift = 1; $0.softcap = 5
+                    $0.label_smoothing = 0.1; $0.z_loss = 1e-3; $0.threads = 2
+                }
+                let none = reduction == CCE_CPU_REDUCE_NONE
+                let g = none ? (0..<36).map { Float(0.5 + Double($0 % 3) * 0.25) } : [Float(0.7)]
+                let c = fused(x, o, weight: weight, gradLoss: g)
+                XCTAssertEqual(c.status, 0, String(cString: cce_cpu_last_error()))
+                XCTAssertEqual(String(cString: cce_cpu_last_error()), "")
+
+                var so = Options()
+                so.reduction = none ? .none : .mean; so.shift = 1; so.softcap = 5; so.labelSmoothing = 0.1; so.zLoss = 1e-3
+                so.threads = 2; so.classWeights = weight
+                let (e, cl, t, b) = x.tensors
+                let (f, gr) = try CutCrossEntropy(options: so).lossAndGradients(
+                    embeddings: e, classifier: cl, targets: t, bias: b, upstream: none ? .perToken(g) : .scalar(0.7))
+                let what = "\(type) \(none ? "none" : "mean")"
+                XCTAssertEqual(c.loss.map(\.bitPattern), none ? f.tokenLosses.doubles.map(\.bitPattern) : [f.loss.bitPattern], "\(what) loss")
+                XCTAssertEqual(c.lse.map(\.bitPattern), f.lse.doubles.map(\.bitPattern), "\(what) lse")
+                XCTAssertEqual(c.dE.map(\.bitPattern), gr.dE.floats.map(\.bitPattern), "\(what) dE")
+                XCTAssertEqual(c.dC.map(\.bitPattern), gr.dC.floats.map(\.bitPattern), "\(what) dC")
+                XCTAssertEqual(c.dBias.map(\.bitPattern), gr.dBias!.floats.map(\.bitPattern), "\(what) dBias")
+                XCTAssertEqual(c.stats[0], Int64(gr.filter.tiles))
+                XCTAssertEqual(c.stats[3], Int64(gr.filter.keptRowSegments))
+                // And against the Float64 oracle, as a check that the options arrived as meant.
+                let r = try Oracle.compute(embeddings: e, classifier: cl, targets: t, bias: b, options: so,
+                                           upstream: none ? .perToken(g) : .scalar(0.7))
+                assertClose(c.dE.map { Double($0) }, r.dE, atol: 1e-6, rtol: 1e-4, "\(what) dE vs oracle")
+                assertClose(c.loss, none ? r.tokenLosses : [r.loss], atol: 1e-5, rtol: 1e-5, "\(what) loss vs oracle")
+            }
+        }
+    }
+
+    /// Gradients in each output type: F64 and F32 exactly the engine's values (exact mode:
+    /// Float64), BF16 and F16 the Float32 values rounded to nearest.
+    func testOutputTypes() throws {
+        let x = inputs(n: 20, d: 8, v: 70, type: .float32)
+        for mode in [CCE_CPU_MODE_DEFAULT, CCE_CPU_MODE_EXACT] {
+            var o = options { $0.mode = Int32(mode.rawValue) }
+            var so = Options(); so.mode = mode == CCE_CPU_MODE_EXACT ? .exact : .default
+            let (e, c, t, b) = x.tensors
+            let (_, g) = try CutCrossEntropy(options: so).lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+            var d64 = [Double](repeating: 0, count: 20 * 8), c32 = [Float](repeating: 0, count: 70 * 8)
+            var b16 = [UInt16](repeating: 0, count: 70), e16 = [Float16](repeating: 0, count: 20 * 8)
+            var dEbf = [UInt16](repeating: 0, count: 20 * 8)
+            for (eCode, cCode) in [(CCE_CPU_F64, CCE_CPU_F32), (CCE_CPU_F16, CCE_CPU_F32), (CCE_CPU_BF16, CCE_CPU_F32)] {
+                let status = withPointers(x) { ep, cp, bp, tp in
+                    d64.withUnsafeMutableBytes { d64 in c32.withUnsafeMutableBytes { c32 in b16.withUnsafeMutableBytes { b16 in
+                    e16.withUnsafeMutableBytes { e16 in dEbf.withUnsafeMutableBytes { dEbf in
+                        let dE = eCode == CCE_CPU_F64 ? d64.baseAddress : eCode == CCE_CPU_F16 ? e16.baseAddress : dEbf.baseAddress
+                        return cce_cpu_loss_and_gradients(ep, cp, bp, tp, 20, 8, 70, 0, 0, 0, nil, &o, nil, nil, nil,
+                                                          dE, c32.baseAddress, b16.baseAddress,
+                                                          Int32(eCode.rawValue), Int32(cCode.rawValue), Int32(CCE_CPU_BF16.rawValue), nil)
+                    }}}}}
+                }
+                XCTAssertEqual(status, 0, String(cString: cce_cpu_last_error()))
+            }
+            XCTAssertEqual(d64.map(\.bitPattern), g.dE.doubles.map(\.bitPattern), "F64 dE, \(mode)")
+            XCTAssertEqual(c32.map(\.bitPattern), g.dC.floats.map(\.bitPattern), "F32 dC, \(mode)")
+            XCTAssertEqual(b16, g.dBias!.floats.map { bfloat16Bits($0) }, "BF16 dbias, \(mode)")
+            XCTAssertEqual(dEbf, g.dE.floats.map { bfloat16Bits($0) }, "BF16 dE, \(mode)")
+            XCTAssertEqual(e16.map(\.bitPattern), g.dE.doubles.map { Float16($0).bitPattern }, "F16 dE, \(mode)")
+        }
+    }
+
+    /// Outputs large enough to be converted by several threads (>= 2^18 elements) in every type.
+    func testLargeOutputsSplitOverThreads() throws {
+        let x = inputs(n: 5, d: 64, v: 4100, type: .float32, bias: false)
+        var o = options { $0.threads = 3 }
+        var so = Options(); so.threads = 3
+        let (e, c, t, _) = x.tensors
+        let (_, g) = try CutCrossEntropy(options: so).lossAndGradients(embeddings: e, classifier: c, targets: t)
+        let count = 4100 * 64
+        var bf = [UInt16](repeating: 0, count: count), h = [Float16](repeating: 0, count: count)
+        var f = [Float](repeating: 0, count: count), d = [Double](repeating: 0, count: count)
+        for (code, run) in [(CCE_CPU_BF16, 0), (CCE_CPU_F16, 1), (CCE_CPU_F32, 2), (CCE_CPU_F64, 3)] {
+            let rc = withPointers(x) { ep, cp, _, tp in
+                bf.withUnsafeMutableBytes { bf in h.withUnsafeMutableBytes { h in f.withUnsafeMutableBytes { f in d.withUnsafeMutableBytes { d in
+                    let out = [bf, h, f, d][run].baseAddress
+                    return cce_cpu_loss_and_gradients(ep, cp, nil, tp, 5, 64, 4100, 0, 0, 0, nil, &o, nil, nil, nil,
+                                                      nil, out, nil, 0, Int32(code.rawValue), 0, nil)
+                }}}}
+            }
+            XCTAssertEqual(rc, 0, String(cString: cce_cpu_last_error()))
+        }
+        let ref = g.dC.floats
+        XCTAssertEqual(bf, ref.map { bfloat16Bits($0) })
+        XCTAssertEqual(h.map(\.bitPattern), ref.map { Float16($0).bitPattern })
+        XCTAssertEqual(f.map(\.bitPattern), ref.map(\.bitPattern))
+        XCTAssertEqual(d, ref.map { Double($0) })
+    }
+
+    /// cce_cpu_forward with a state, then cce_cpu_backward, equals the Swift split path.
+    func testForwardStateBackward() throws {
+        let x = inputs(n: 37, d: 19, v: 301, type: .bfloat16)
+        var o = options { $0.reduction = Int32(CCE_CPU_REDUCE_NONE.rawValue); $0.label_smoothing = 0.2 }
+        var loss = [Double](repeating: 0, count: 37), lse = [Double](repeating: 0, count: 37)
+        var state: OpaquePointer? = nil
+        let fs = withPointers(x) { e, c, b, t in
+            cce_cpu_forward(e, c, b, t, 37, 19, 301, 2, 2, 2, nil, &o, &loss, &lse, &state)
+        }
+        XCTAssertEqual(fs, 0, String(cString: cce_cpu_last_error()))
+        XCTAssertNotNil(state)
+        defer { cce_cpu_state_free(state) }
+        let up = (0..<37).map { Float($0 % 4) * 0.5 }
+        var dE = [UInt16](repeating: 0, count: 37 * 19), dC = [Float](repeating: 0, count: 301 * 19), dB = [Float](repeating: 0, count: 301)
+        let bs = withPointers(x) { e, c, b, _ in
+            cce_cpu_backward(state, e, c, b, up, &dE, &dC, &dB, 2, 0, 0, nil)
+        }
+        XCTAssertEqual(bs, 0, String(cString: cce_cpu_last_error()))
+        var so = Options(); so.reduction = .none; so.labelSmoothing = 0.2
+        let (e, c, t, b) = x.tensors
+        let cce = CutCrossEntropy(options: so)
+        let f = try cce.forward(embeddings: e, classifier: c, targets: t, bias: b)
+        let g = try cce.backward(f, embeddings: e, classifier: c, bias: b, upstream: .perToken(up))
+        XCTAssertEqual(loss.map(\.bitPattern), f.tokenLosses.doubles.map(\.bitPattern))
+        XCTAssertEqual(lse.map(\.bitPattern), f.lse.doubles.map(\.bitPattern))
+        XCTAssertEqual(dE, g.dE.floats.map { bfloat16Bits($0) })
+        XCTAssertEqual(dC.map(\.bitPattern), g.dC.floats.map(\.bitPattern))
+        XCTAssertEqual(dB.map(\.bitPattern), g.dBias!.floats.map(\.bitPattern))
+        // The state refuses a call without the bias it was made with.
+        let mismatch = withPointers(x) { e, c, _, _ in cce_cpu_backward(state, e, c, nil, up, &dE, nil, nil, 2, 0, 0, nil) }
+        XCTAssertEqual(mismatch, Int32(CCE_CPU_ERR_STATE.rawValue))
+    }
+
+    /// Every kind of bad input: its status code, a message, and untouched outputs.
+    func testErrorsAreStatusCodesWithMessages() {
+        let x = inputs(n: 6, d: 4, v: 9, type: .float32, bias: false)
+        func expect(_ status: cce_cpu_status, _ what: String, contains: String,
+                    weight: [Float]? = nil, n: Int64 = 6, eType: Int32 = 0, targets: [Int64]? = nil,
+                    nullE: Bool = false, dbias: Bool = false, _ mutate: (inout cce_cpu_options) -> Void = { _ in }) {
+            var o = options(mutate)
+            var loss = [Double](repeating: 42, count: 6)
+            var dE = [Float](repeating: 42, count: 24), dB = [Float](repeating: 42, count: 9)
+            let t = targets ?? x.targets
+            let rc = withPointers(x) { e, c, _, _ in
+                t.withUnsafeBufferPointer { tp in dB.withUnsafeMutableBytes { db in
+                    optionalPointer(weight) { w in
+                        cce_cpu_loss_and_gradients(nullE ? nil : e, c, nil, tp.baseAddress, n, 4, 9, eType, 0, 0, w, &o, nil,
+                                                   &loss, nil, &dE, nil, dbias ? db.baseAddress : nil, 0, 0, 0, nil)
+                    }
+                }}
+            }
+            let message = String(cString: cce_cpu_last_error())
+            XCTAssertEqual(rc, Int32(status.rawValue), "\(what): \(message)")
+            XCTAssertTrue(message.contains(contains), "\(what): '\(message)' lacks '\(contains)'")
+            XCTAssertTrue(loss.allSatisfy { $0 == 42 } && dE.allSatisfy { $0 == 42 } && dB.allSatisfy { $0 == 42 },
+                          "\(what): outputs written")
+        }
+        expect(CCE_CPU_ERR_ARGUMENT, "null E", contains: "E is NULL", nullE: true)
+        expect(CCE_CPU_ERR_ARGUMENT, "bad dtype", contains: "element type 7", eType: 7)
+        expect(CCE_CPU_ERR_ARGUMENT, "negative N", contains: "sizes must be >= 0", n: -1)
+        expect(CCE_CPU_ERR_ARGUMENT, "batch", contains: "batch = 4", { $0.batch = 4 })
+        expect(CCE_CPU_ERR_ARGUMENT, "dbias without bias", contains: "dbias", dbias: true)
+        expect(CCE_CPU_ERR_EMPTY, "N = 0", contains: "no tokens", n: 0)
+        expect(CCE_CPU_ERR_TARGET, "target = V", contains: "targets[2] = 9", targets: [0, 1, 9, 2, 3, 4])
+        expect(CCE_CPU_ERR_NON_FINITE, "NaN weight", contains: "classWeights[3]", weight: [1, 1, 1, .nan, 1, 1, 1, 1, 1])
+        expect(CCE_CPU_ERR_OPTION, "negative weight", contains: "classWeights", weight: [1, 1, 1, -1, 1, 1, 1, 1, 1])
+        expect(CCE_CPU_ERR_OPTION, "smoothing", contains: "labelSmoothing", { $0.label_smoothing = 1.5 })
+        expect(CCE_CPU_ERR_OPTION, "softcap", contains: "softcap", { $0.softcap = -2 })
+        expect(CCE_CPU_ERR_OPTION, "reduction code", contains: "reduction 7", { $0.reduction = 7 })
+        expect(CCE_CPU_ERR_OPTION, "mode code", contains: "mode 9", { $0.mode = 9 })
+        expect(CCE_CPU_ERR_OPTION, "eps mode", contains: "filter_eps_mode 5", { $0.filter_eps_mode = 5 })
+        expect(CCE_CPU_ERR_OPTION, "eps value", contains: "filter epsilon", { $0.filter_eps_mode = 2; $0.filter_eps = -1 })
+        expect(CCE_CPU_ERR_OPTION, "threads", contains: "threads", { $0.threads = -3 })
+        expect(CCE_CPU_ERR_OPTION, "shift", contains: "shift", { $0.shift = -1 })
+        XCTAssertEqual(cceCPUNullStateBackward(), Int32(CCE_CPU_ERR_ARGUMENT.rawValue))
+        // A non-finite input is found only when asked for.
+        var bad = x; bad.e32[5] = .infinity
+        var o = options { $0.check_finite = 1 }
+        let rc = withPointers(bad) { e, c, _, t in
+            cce_cpu_forward(e, c, nil, t, 6, 4, 9, 0, 0, 0, nil, &o, nil, nil, nil)
+        }
+        XCTAssertEqual(rc, Int32(CCE_CPU_ERR_NON_FINITE.rawValue))
+        XCTAssertTrue(String(cString: cce_cpu_last_error()).contains("embeddings[5]"))
+    }
+
+    func cceCPUNullStateBackward() -> Int32 {
+        cce_cpu_backward(nil, nil, nil, nil, nil, nil, nil, nil, 0, 0, 0, nil)
+    }
+
+    /// The last-error message belongs to the thread that made the call.
+    func testLastErrorIsPerThread() {
+        var o = options { $0.label_smoothing = 3 }
+        let x = inputs(n: 6, d: 4, v: 9, type: .float32, bias: false)
+        let rc = withPointers(x) { e, c, _, t in cce_cpu_forward(e, c, nil, t, 6, 4, 9, 0, 0, 0, nil, &o, nil, nil, nil) }
+        XCTAssertEqual(rc, Int32(CCE_CPU_ERR_OPTION.rawValue))
+        nonisolated(unsafe) var other = "unset"
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread { other = String(cString: cce_cpu_last_error()); done.signal() }
+        done.wait()
+        XCTAssertEqual(other, "", "another thread sees no error")
+        XCTAssertTrue(String(cString: cce_cpu_last_error()).contains("labelSmoothing"))
+    }
+}
+
+/// `body` with a pointer to the array's elements, or nil.
+func optionalPointer<T, R>(_ a: [T]?, _ body: (UnsafePointer<T>?) -> R) -> R {
+    guard let a else { return body(nil) }
+    return a.withUnsafeBufferPointer { body($0.baseAddress) }
+}

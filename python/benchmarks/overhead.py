@@ -1,0 +1,127 @@
+"""The binding's overhead: a PyTorch call (loss + backward) at the Gemma 2 shape beside the
+Swift API's time for the same work, interleaved and repeated.
+
+    python python/benchmarks/overhead.py [--tokens 1024 --dim 1024 --vocab 128256 --rounds 5] [--bench]
+
+Data: LM-like (shared/LMLIKE.md: S = 4, alpha = 1.5), bfloat16, generated with torch's RNG as
+cuda/bench_cuda.py does, and written as .npy files so that `cce reference` (mode default,
+which times its lossAndGradients call and writes the time into meta.json) runs the Swift API
+on exactly the same arrays. With --bench each round also runs `cce bench --methods cce --kinds
+loss+grad --repeats 1` (its own LM-like data: the same statistics, other values). The machine
+is shared: compare minimums and medians over the rounds.
+
+The Python time is `loss = linear_cross_entropy(E, C, t); loss.backward()` with E and C
+requiring gradients (bf16 gradients written into the tensors autograd returns). The C ABI's
+call is also timed alone ("engine call": input copies, engine, conversion of the outputs).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import cce_swift as cs
+from cce_swift import _core, _lib
+from cce_swift._numpy import BFLOAT16
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def lm_like(n, d, v, s=4.0, alpha=1.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(v, d, generator=g) / math.sqrt(d - 1)
+    rank = torch.randperm(v, generator=g).double() + 1
+    c[:, d - 1] = (-alpha * torch.log(rank)).float()
+    e = torch.randn(n, d, generator=g) * s
+    e[:, d - 1] = 1.0
+    e, c = e.to(torch.bfloat16), c.to(torch.bfloat16)
+    t = torch.empty(n, dtype=torch.long)
+    for i in range(0, n, 256):
+        p = torch.softmax(e[i:i + 256].float() @ c.float().T, -1)
+        t[i:i + 256] = torch.multinomial(p, 1, generator=g).squeeze(1)
+    return e.contiguous(), c.contiguous(), t
+
+
+def summary(xs):
+    return f"min {min(xs):.3f} s, median {statistics.median(xs):.3f} s"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=1024)
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--vocab", type=int, default=128256)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--bench", action="store_true", help="also run cce bench each round")
+    ap.add_argument("--cce", default=str(ROOT / ".build" / "release" / "cce"))
+    a = ap.parse_args()
+    e, c, t = lm_like(a.tokens, a.dim, a.vocab)
+    tmp = Path(tempfile.mkdtemp(prefix="cce-overhead-"))
+    np.save(tmp / "E.npy", e.view(torch.int16).numpy().view(BFLOAT16))
+    np.save(tmp / "C.npy", c.view(torch.int16).numpy().view(BFLOAT16))
+    np.save(tmp / "T.npy", t.numpy())
+    print(f"library {cs.library_path()}; torch {torch.__version__}; data in {tmp}")
+
+    engine_times = []
+    real = _lib.loss_and_gradients
+
+    def timed(*args):
+        t0 = time.perf_counter()
+        real(*args)
+        engine_times.append(time.perf_counter() - t0)
+
+    py, ref, bench = [], [], []
+    E = e.clone().requires_grad_(True)
+    C = c.clone().requires_grad_(True)
+    for r in range(a.rounds):
+        E.grad = C.grad = None
+        _lib.loss_and_gradients = timed
+        t0 = time.perf_counter()
+        loss = cs.linear_cross_entropy(E, C, t)
+        loss.backward()
+        py.append(time.perf_counter() - t0)
+        _lib.loss_and_gradients = real
+        assert E.grad.dtype == torch.bfloat16 and C.grad.dtype == torch.bfloat16
+        subprocess.run([a.cce, "reference", "--embeddings", str(tmp / "E.npy"), "--classifier", str(tmp / "C.npy"),
+                        "--targets", str(tmp / "T.npy"), "--out", str(tmp / "out")], check=True, capture_output=True)
+        meta = json.loads((tmp / "out" / "meta.json").read_text())
+        ref.append(float(meta["seconds"]))
+        line = (f"round {r + 1}: python {py[-1]:.3f} s (engine call {engine_times[-1]:.3f} s), "
+                f"Swift API on the same data (cce reference) {ref[-1]:.3f} s")
+        if a.bench:
+            out = subprocess.run([a.cce, "bench", "--tokens", str(a.tokens), "--dim", str(a.dim), "--vocab",
+                                  str(a.vocab), "--dtype", "bf16", "--methods", "cce", "--kinds", "loss+grad",
+                                  "--repeats", "1", "--json"], capture_output=True, text=True, check=True)
+            rep = json.loads(out.stdout)
+            bench.append([x for x in rep["rows"] if x["kind"] == "loss+grad"][0]["median_seconds"])
+            line += f", cce bench {bench[-1]:.3f} s ({rep.get('filter')})"
+        print(line, flush=True)
+    # The filter's work on this data, from the C ABI's statistics.
+    st = (ctypes.c_int64 * 5)()
+    opt = _core.make_options()
+    dE, dC = torch.empty_like(e), torch.empty_like(c)
+
+    def p(x):
+        return ctypes.c_void_p(x.data_ptr())
+
+    real(p(e), p(c), None, p(t), a.tokens, a.dim, a.vocab, _lib.BF16, _lib.BF16, 0, None, ctypes.byref(opt), None,
+         None, None, p(dE), p(dC), None, _lib.BF16, _lib.BF16, 0, st)
+    print(f"filter on this data: kept {100 * st[3] / max(1, st[2]):.2f}% of row segments "
+          f"({100 * st[4] / max(1, st[2]):.2f}% not recomputed)")
+    print(f"python: {summary(py)}; engine call: {summary(engine_times)}; cce reference: {summary(ref)}"
+          + (f"; cce bench: {summary(bench)}" if bench else ""))
+    print(f"python / cce reference: min {min(py) / min(ref):.3f}, median {statistics.median(py) / statistics.median(ref):.3f};"
+          f" python - engine call (median): {statistics.median(py) - statistics.median(engine_times):.4f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""cce_swift: the Swift package's CPU Cut Cross-Entropy engine for NumPy and PyTorch.
+
+    import torch
+    from cce_swift import linear_cross_entropy
+    loss = linear_cross_entropy(hidden, head.weight, labels, shift=1)   # like F.cross_entropy(hidden @ W.T, ...)
+    loss.backward()
+
+Arguments have apple/ml-cross-entropy's names and meanings (e, c, targets, bias, ignore_index,
+softcap, reduction, shift, filter_eps, return_lse); label_smoothing and weight are PyTorch's
+(F.cross_entropy), z_loss adds z_loss·lse² per token, and mode picks the engine's accumulation
+("default", "kahan", "kahan-full-e", "kahan-full-c", "exact"; apple's impl names "cce",
+"cce_kahan_full_e", "cce_kahan_full_c", "cce_exact" too). Docs/PYTHON.md has the details.
+"""
+from __future__ import annotations
+
+from ._lib import CCEError, CCERuntimeError, CCEValueError
+from .compare import CompareReport, TensorComparison, compare
+
+__all__ = ["linear_cross_entropy", "reference", "compare", "CompareReport", "TensorComparison", "Gradients",
+           "CCEError", "CCEValueError", "CCERuntimeError", "library_path"]
+__version__ = "0.1.0"
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=None, reduction="mean", shift=0,
+                         label_smoothing=0.0, z_loss=0.0, weight=None, filter_eps="auto", mode="default",
+                         return_lse=False, *, filter_correction=True, sort_vocab=True, threads=None,
+                         check_finite=False, allow_copy=True, return_grads=False, grad_output=None, grad_dtype=None):
+    """Cross-entropy of the logits e @ c.T (+ bias) against targets, without materializing them.
+
+    e (..., D), c (V, D), targets (...) integers in [0, V) or ignore_index, bias (V) optional,
+    weight (V) optional (PyTorch's per-class weight: the mean is then weighted).
+    torch tensors: a differentiable loss (gradients for e, c, bias in their dtypes); NumPy
+    arrays: the loss, and with return_grads=True also a Gradients(e, c, bias) of the reduced
+    loss times grad_output (default 1), float32 (float64 in exact mode; grad_dtype="input" for
+    each input's dtype). reduction "none" returns per-position losses of shape
+    targets[..., shift:]; return_lse adds the log-sum-exp in that shape (0 where no loss).
+    The loss is float32 (float64 in exact mode).
+
+    Options beyond apple's: filter_correction (add the first-order part of filtered gradient
+    segments back to dE), sort_vocab, threads (None: every CPU), check_finite, allow_copy
+    (False: raise instead of copying a non-contiguous input). Bad input raises ValueError or
+    TypeError with the engine's message (CCEValueError has the C status code)."""
+    options = dict(ignore_index=ignore_index, softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss,
+                   filter_eps=filter_eps, filter_correction=filter_correction, sort_vocab=sort_vocab, threads=threads,
+                   check_finite=check_finite)
+    if _is_torch(e) or _is_torch(c):
+        if return_grads or grad_output is not None or grad_dtype is not None:
+            raise TypeError("return_grads, grad_output and grad_dtype are for NumPy arrays; "
+                            "with torch tensors use loss.backward() (autograd)")
+        from . import _torch
+
+        return _torch.run(e, c, targets, bias, weight, reduction=reduction, shift=shift, mode=mode,
+                          return_lse=return_lse, allow_copy=allow_copy, **options)
+    from . import _numpy
+
+    return _numpy.run(e, c, targets, bias, weight, reduction=reduction, shift=shift, mode=mode, return_lse=return_lse,
+                      return_grads=return_grads, grad_output=grad_output, grad_dtype=grad_dtype,
+                      allow_copy=allow_copy, **options)
+
+
+def reference(e, c, targets, bias=None, weight=None, *, ignore_index=-100, softcap=None, reduction="mean", shift=0,
+              label_smoothing=0.0, z_loss=0.0, grad_output=None, threads=None) -> dict:
+    """The Float64 reference (the engine's exact mode: Float64 tiles and sums, no filtering),
+    as `cce reference` writes it: a dict of float64 NumPy arrays loss, lse, dE, dC and dBias
+    (with a bias). loss is 0-d for mean and sum and has the targets' shape for none; lse has
+    the targets' shape with NaN where a position has no loss; the gradients are those of the
+    reduced loss (for none, of the sum, unless grad_output gives one value per position).
+    Accepts NumPy arrays or torch tensors."""
+    from . import _numpy
+
+    return _numpy.reference(e, c, targets, bias, weight, ignore_index=ignore_index, softcap=softcap,
+                            reduction=reduction, shift=shift, label_smoothing=label_smoothing, z_loss=z_loss,
+                            grad_output=grad_output, threads=threads)
+
+
+def library_path() -> str:
+    """Where libcce_cpu was loaded from."""
+    from . import _lib
+
+    return _lib.lib().path
+
+
+def __getattr__(name):
+    if name == "Gradients":
+        from ._numpy import Gradients
+
+        return Gradients
+    raise AttributeError(name)

@@ -1,0 +1,179 @@
+"""The PyTorch path: a torch.autograd.Function over the CPU engine (CUDA tensors go to the
+CUDA library, _cuda.py).
+
+Contiguous float32 / float16 / bfloat16 tensors are handed to the engine by their data
+pointers, without a copy. Gradients are written by the engine into tensors of each
+parameter's dtype, and those are the tensors autograd gets back. For reduction mean and sum
+the fused call computes the gradients in the forward (upstream 1) and the backward scales
+them by the upstream gradient when it is not 1; for reduction none the forward keeps the
+engine's O(N) state and the backward runs with the per-position upstream gradient.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from . import _core, _lib
+
+DTYPES = {torch.float32: _lib.F32, torch.float16: _lib.F16, torch.bfloat16: _lib.BF16, torch.float64: _lib.F64}
+
+
+def dtype_code(t: torch.Tensor, name: str) -> int:
+    code = DTYPES.get(t.dtype)
+    if code is None or code == _lib.F64:
+        raise TypeError(f"{name} has dtype {t.dtype}; the engine stores float32, float16 or bfloat16")
+    return code
+
+
+def as_input(t: torch.Tensor | None, name: str, allow_copy: bool) -> torch.Tensor | None:
+    """t itself when contiguous (no copy), else a contiguous copy if allowed."""
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    dtype_code(t, name)
+    if not t.is_contiguous():
+        if not allow_copy:
+            raise _lib.CCEValueError(f"{name} is not contiguous and allow_copy is False", 1)
+        t = t.contiguous()
+    return t
+
+
+def ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+class _Call:
+    """Everything about one call except the tensors: layout, options, codes."""
+
+    def __init__(self, e, c, bias, targets, weight, shift, mode, reduction, options):
+        self.lay = _core.layout(e.shape, c.shape, targets.shape, None if bias is None else bias.shape,
+                                None if weight is None else weight.shape, shift)
+        self.reduction = reduction
+        self.exact = mode == "exact"
+        self.opt = _core.make_options(reduction=reduction, shift=shift, mode=mode, batch=self.lay.batch, **options)
+        self.codes = (dtype_code(e, "e"), dtype_code(c, "c"), 0 if bias is None else dtype_code(bias, "bias"))
+        self.out_dtype = torch.float64 if self.exact else torch.float32
+
+    def loss_buffers(self, return_lse: bool):
+        n = self.lay.n
+        loss = torch.empty(n if self.reduction == "none" else 1, dtype=torch.float64)
+        lse = torch.empty(n, dtype=torch.float64) if return_lse else None
+        return loss, lse
+
+    def outputs(self, loss, lse):
+        lay = self.lay
+        if self.reduction == "none":
+            out = loss.view(lay.shape)[..., lay.shift:].to(self.out_dtype)
+        else:
+            out = loss[0].to(self.out_dtype)
+        if lse is not None:
+            lse = lse.view(lay.shape)[..., lay.shift:]
+            lse = torch.nan_to_num(lse, nan=0.0).to(self.out_dtype)  # 0 where no loss, as apple's
+        return out, lse
+
+
+def forward_only(call: _Call, e, c, bias, targets, weight, return_lse, state=False):
+    loss, lse = call.loss_buffers(return_lse)
+    handle = ctypes.c_void_p() if state else None
+    lay = call.lay
+    _lib.forward(ptr(e), ptr(c), ptr(bias), ptr(targets), lay.n, lay.d, lay.v, *call.codes, ptr(weight),
+                 ctypes.byref(call.opt), ptr(loss), ptr(lse), None if handle is None else ctypes.byref(handle))
+    return loss, lse, (_lib.State(handle) if state else None)
+
+
+class LinearCrossEntropyFunction(torch.autograd.Function):
+    """loss (and lse, not differentiable) of the CPU engine, with gradients for e, c and bias."""
+
+    @staticmethod
+    def forward(ctx, e, c, bias, targets, weight, call, return_lse):
+        need_e, need_c, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        ctx.call = call
+        ctx.set_materialize_grads(False)
+        lay = call.lay
+        if call.reduction == "none":
+            loss, lse, ctx.state = forward_only(call, e, c, bias, targets, weight, return_lse, state=True)
+            ctx.save_for_backward(e, c, bias)
+            ctx.grads = None
+        else:
+            loss, lse = call.loss_buffers(return_lse)
+            dE = torch.empty_like(e) if need_e else None
+            dC = torch.empty_like(c) if need_c else None
+            dB = torch.empty_like(bias) if need_b else None
+            _lib.loss_and_gradients(ptr(e), ptr(c), ptr(bias), ptr(targets), lay.n, lay.d, lay.v, *call.codes,
+                                    ptr(weight), ctypes.byref(call.opt), None, ptr(loss), ptr(lse),
+                                    ptr(dE), ptr(dC), ptr(dB),
+                                    0 if dE is None else DTYPES[dE.dtype], 0 if dC is None else DTYPES[dC.dtype],
+                                    0 if dB is None else DTYPES[dB.dtype], None)
+            ctx.grads = (dE, dC, dB)
+        out, lse_out = call.outputs(loss, lse)
+        if lse_out is None:
+            return out
+        ctx.mark_non_differentiable(lse_out)
+        return out, lse_out
+
+    @staticmethod
+    def backward(ctx, grad_loss, *grad_lse):
+        call = ctx.call
+        if grad_loss is None:
+            return None, None, None, None, None, None, None
+        if getattr(ctx, "used", False):
+            raise RuntimeError("cce_swift: a second backward through the same loss is not supported "
+                               "(the gradients were handed to autograd by the first one); call the loss again")
+        ctx.used = True
+        if ctx.grads is not None:
+            dE, dC, dB = ctx.grads
+            ctx.grads = None
+            g = float(grad_loss)
+            if g != 1.0:
+                for x in (dE, dC, dB):
+                    if x is not None:
+                        x.mul_(g)
+            return dE, dC, dB, None, None, None, None
+        e, c, bias = ctx.saved_tensors
+        lay = call.lay
+        full = torch.zeros(lay.shape, dtype=torch.float32)
+        full[..., lay.shift:] = grad_loss.to(torch.float32)
+        need_e, need_c, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        dE = torch.empty_like(e) if need_e else None
+        dC = torch.empty_like(c) if need_c else None
+        dB = torch.empty_like(bias) if need_b else None
+        state, ctx.state = ctx.state, None
+        _lib.backward(state.handle, ptr(e), ptr(c), ptr(bias), ptr(full.contiguous()), ptr(dE), ptr(dC), ptr(dB),
+                      0 if dE is None else DTYPES[dE.dtype], 0 if dC is None else DTYPES[dC.dtype],
+                      0 if dB is None else DTYPES[dB.dtype], None)
+        del state
+        return dE, dC, dB, None, None, None, None
+
+
+def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, allow_copy, **options):
+    if e.is_cuda or c.is_cuda:
+        from . import _cuda
+
+        return _cuda.run(e, c, targets, bias, weight, reduction=reduction, shift=shift, mode=mode,
+                         return_lse=return_lse, **options)
+    for name, x in (("c", c), ("targets", targets), ("bias", bias), ("weight", weight)):
+        if isinstance(x, torch.Tensor) and x.device != e.device:
+            raise _lib.CCEValueError(f"{name} is on {x.device}, e on {e.device}", 1)
+    shift = _core.normalize_shift(shift)
+    mode = _core.normalize_mode(mode)
+    e = as_input(e, "e", allow_copy)
+    c = as_input(c, "c", allow_copy)
+    bias = as_input(bias, "bias", allow_copy)
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.dtype.is_complex:
+        raise TypeError(f"targets must be integers, got {targets.dtype}")
+    targets = targets.to(torch.int64).contiguous()
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            weight = torch.as_tensor(weight)
+        weight = weight.detach().to(torch.float32).contiguous()
+    call = _Call(e, c, bias, targets, weight, shift, mode, reduction, options)
+    wants_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (e, c, bias))
+    if not wants_grad:
+        loss, lse, _ = forward_only(call, e, c, bias, targets, weight, return_lse)
+        out, lse_out = call.outputs(loss, lse)
+        return (out, lse_out) if return_lse else out
+    return LinearCrossEntropyFunction.apply(e, c, bias, targets, weight, call, return_lse)

@@ -1,0 +1,63 @@
+"""Builds the Swift library (libcce_cpu) while the package is built, and ships it inside.
+
+`pip install ./python` (from the repository root) runs
+    swift build -c release --product cce_cpu
+in the Swift package one folder up (or in $CCE_SWIFT_PACKAGE), with the target CPU as the
+package's README documents (-target-cpu native; CCE_TARGET_CPU=haswell or =none overrides),
+and copies the library and its header cce_cpu.h into the installed cce_swift package.
+CCE_SWIFT_SKIP_BUILD=1 copies an existing build without running swift build.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+from setuptools.dist import Distribution
+
+HERE = Path(__file__).resolve().parent
+LIBRARY = "libcce_cpu.dylib" if sys.platform == "darwin" else "libcce_cpu.so"
+
+
+def swift_package() -> Path:
+    root = Path(os.environ.get("CCE_SWIFT_PACKAGE", HERE.parent)).resolve()
+    if not (root / "Package.swift").exists():
+        raise SystemExit(f"cce-swift: no Package.swift in {root}; install from a checkout of the repository "
+                         "(pip install ./python) or set CCE_SWIFT_PACKAGE to it")
+    return root
+
+
+class BuildWithSwift(build_py):
+    def run(self):
+        super().run()
+        root = swift_package()
+        if os.environ.get("CCE_SWIFT_SKIP_BUILD") != "1":
+            cmd = ["swift", "build", "-c", "release", "--product", "cce_cpu"]
+            print(f"cce-swift: {' '.join(cmd)} (in {root}, CCE_TARGET_CPU={os.environ.get('CCE_TARGET_CPU', 'native')})",
+                  flush=True)
+            try:
+                subprocess.run(cmd, cwd=root, check=True)
+            except (OSError, subprocess.CalledProcessError) as e:
+                raise SystemExit(f"cce-swift: the Swift build failed ({e}). The Swift toolchain must be on PATH and "
+                                 "libopenblas-dev, libnuma-dev, libhwloc-dev, pkg-config installed (scripts/setup.sh).")
+        bin_path = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=root, check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        built = Path(bin_path) / LIBRARY
+        if not built.exists():
+            raise SystemExit(f"cce-swift: {built} was not built")
+        target = Path(self.build_lib) / "cce_swift"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(built, target / LIBRARY)
+        shutil.copy2(root / "Sources" / "CCECPU" / "include" / "cce_cpu.h", target / "cce_cpu.h")
+
+
+class BinaryDistribution(Distribution):
+    """The wheel holds a native library: tag it for this platform."""
+
+    def has_ext_modules(self):
+        return True
+
+
+setup(cmdclass={"build_py": BuildWithSwift}, distclass=BinaryDistribution)

@@ -1,0 +1,74 @@
+"""cce_cpu.h as a C program sees it: compiled with the system C compiler and linked with the
+library the package loads. The struct layout must be the one the ctypes binding declares,
+and a call from C must give what the binding gives."""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cce_swift as cs
+from cce_swift import _lib
+
+ROOT = Path(__file__).resolve().parents[2]
+CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def header_dir() -> Path:
+    packaged = Path(cs.__file__).parent / "cce_cpu.h"
+    if packaged.exists():
+        return packaged.parent
+    return ROOT / "Sources" / "CCECPU" / "include"
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_c_program_against_the_header(tmp_path):
+    fields = [name for name, _ in _lib.Options._fields_]
+    offsets = "\n".join(f'  printf("{f} %zu\\n", offsetof(cce_cpu_options, {f}));' for f in fields)
+    src = tmp_path / "main.c"
+    src.write_text(f"""
+#include <stddef.h>
+#include <stdio.h>
+#include "cce_cpu.h"
+int main(void) {{
+  printf("size %zu\\n", sizeof(cce_cpu_options));
+{offsets}
+  float E[6] = {{0.5f, -1.0f, 2.0f, 0.25f, -0.75f, 1.5f}};
+  float C[8] = {{1.0f, 0.0f, 0.0f, 1.0f, -1.0f, 0.5f, 0.25f, -2.0f}};
+  int64_t t[3] = {{0, 3, -100}};
+  cce_cpu_options o;
+  cce_cpu_default_options(&o);
+  o.label_smoothing = 0.1;
+  double loss = 0;
+  float dE[6];
+  int rc = cce_cpu_loss_and_gradients(E, C, NULL, t, 3, 2, 4, CCE_CPU_F32, CCE_CPU_F32, CCE_CPU_F32, NULL, &o,
+                                      NULL, &loss, NULL, dE, NULL, NULL, CCE_CPU_F32, CCE_CPU_F32, CCE_CPU_F32, NULL);
+  printf("rc %d\\nloss %.17g\\ndE0 %.9g\\n", rc, loss, dE[0]);
+  o.label_smoothing = 2;
+  rc = cce_cpu_forward(E, C, NULL, t, 3, 2, 4, CCE_CPU_F32, CCE_CPU_F32, 0, NULL, &o, &loss, NULL, NULL);
+  printf("error %d %s\\n", rc, cce_cpu_last_error());
+  return 0;
+}}
+""")
+    lib = Path(cs.library_path())
+    exe = tmp_path / "main"
+    build = subprocess.run([CC, "-std=c11", "-Wall", "-Werror", "-I", str(header_dir()), str(src), "-o", str(exe),
+                            str(lib), f"-Wl,-rpath,{lib.parent}"], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    out = dict(line.split(" ", 1) for line in run.stdout.strip().splitlines())
+    assert int(out["size"]) == ctypes.sizeof(_lib.Options) == 80
+    for name in fields:
+        assert int(out[name]) == getattr(_lib.Options, name).offset, name
+    assert out["rc"] == "0"
+    e = np.array([0.5, -1.0, 2.0, 0.25, -0.75, 1.5], np.float32).reshape(3, 2)
+    c = np.array([1.0, 0.0, 0.0, 1.0, -1.0, 0.5, 0.25, -2.0], np.float32).reshape(4, 2)
+    loss, g = cs.linear_cross_entropy(e, c, np.array([0, 3, -100]), label_smoothing=0.1, return_grads=True)
+    assert float(out["loss"]) == pytest.approx(float(loss), rel=1e-7)
+    assert float(out["dE0"]) == g.e[0, 0]
+    assert out["error"].startswith("8 invalid option: labelSmoothing must be in [0, 1]")
