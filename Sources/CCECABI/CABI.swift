@@ -395,8 +395,30 @@ public func cceCPULossAndGradients(
         let B = try biasType.map { try tensor(bias, $0, [shapes.v], "bias") }
         let T = try targets(targetIDs, shapes)
         let engine = CutCrossEntropy(options: o)
-        let (f, g) = try engine.lossAndGradients(embeddings: E, classifier: C, targets: T, bias: B,
-                                                 upstream: upstream(gradLoss, reduction: o.reduction, positions: shapes.n))
+        let up = upstream(gradLoss, reduction: o.reduction, positions: shapes.n)
+        if let dE, let dC, out.eType == .float32, out.cType == .float32, out.biasType == .float32, o.mode != .exact {
+            // Float32 gradients go straight into the caller's buffers (no copy, no new pages).
+            let nd = shapes.n * shapes.d, vd = shapes.v * shapes.d
+            var biasScratch = [Float](repeating: 0, count: B != nil && dBias == nil ? shapes.v : 0)
+            let (f, stats) = try biasScratch.withUnsafeMutableBufferPointer { scratch in
+                let dB: UnsafeMutableBufferPointer<Float>? = B == nil ? nil
+                    : dBias.map { UnsafeMutableBufferPointer(start: $0.assumingMemoryBound(to: Float.self), count: shapes.v) }
+                      ?? scratch
+                return try engine.lossAndGradients(
+                    embeddings: E, classifier: C, targets: T, bias: B, upstream: up,
+                    writingTo: GradientDestination(
+                        dE: UnsafeMutableBufferPointer(start: dE.assumingMemoryBound(to: Float.self), count: nd),
+                        dC: UnsafeMutableBufferPointer(start: dC.assumingMemoryBound(to: Float.self), count: vd),
+                        dBias: dB))
+            }
+            writeForward(f, reduction: o.reduction, loss: loss, lse: lse)
+            if let statsOut = out.stats {
+                for (k, x) in [stats.tiles, stats.skippedTiles, stats.rowSegments, stats.keptRowSegments,
+                               stats.boundSkippedRowSegments].enumerated() { statsOut[k] = Int64(x) }
+            }
+            return
+        }
+        let (f, g) = try engine.lossAndGradients(embeddings: E, classifier: C, targets: T, bias: B, upstream: up)
         writeForward(f, reduction: o.reduction, loss: loss, lse: lse)
         out.write(g, threads: o.threads ?? Workers.availableCPUs)
     }
