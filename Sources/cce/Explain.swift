@@ -27,7 +27,7 @@ struct Explain: ParsableCommand {
 
     @OptionGroup var filter: FilterOptions<Defaults>
     /// The earlier spelling of --filter-eps, still accepted; when both are given, --eps wins.
-    @Option(name: .customLong("eps"), help: .hidden) var eps: FilterEpsilon?
+    @Option(name: .customLong("eps"), parsing: .unconditional, help: .hidden) var eps: FilterEpsilon?
     @Option(help: "SVG picture of skipped tiles.") var svg = "explain-tiles.svg"
     @OptionGroup var problem: ProblemOptions<Defaults>
     @OptionGroup var engine: EngineOptions<Defaults>
@@ -35,6 +35,8 @@ struct Explain: ParsableCommand {
     /// The tiny example's threshold: auto is Float32's ε (its data is Float32), none is 0
     /// (every tile kept).
     var tinyEpsilon: Double { (eps ?? filter.filterEps).resolve(.float32, .float32) ?? 0 }
+
+    func validate() throws { try eps?.check("--eps") }
 
     func run() throws {
         let (tokens, dim, vocab, dtype, seed) = (problem.tokens, problem.dim, problem.vocab, problem.dtype, problem.seed)

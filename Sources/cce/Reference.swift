@@ -21,12 +21,12 @@ struct ReferenceCommand: ParsableCommand {
     @Option(help: "C: (V, D).") var classifier: String
     @Option(help: "Targets: (N) or (B, T), integers.") var targets: String
     @Option(help: "Bias: (V).") var bias: String?
-    @Option(help: "Targets equal to this are ignored.") var ignoreIndex = -100
+    @Option(parsing: .unconditional, help: "Targets equal to this are ignored.") var ignoreIndex = -100
     @Option(help: "mean, sum or none.") var reduction: Reduction = .mean
-    @Option(help: "Soft cap s: logits become s·tanh(logits/s).") var softcap: Double?
-    @Option(help: "Pair row j of each sequence with target j + K.") var shift = 0
-    @Option(help: "Label smoothing α in [0, 1].") var labelSmoothing = 0.0
-    @Option(help: "z-loss coefficient.") var zLoss = 0.0
+    @Option(parsing: .unconditional, help: "Soft cap s: logits become s·tanh(logits/s).") var softcap: Double?
+    @Option(parsing: .unconditional, help: "Pair row j of each sequence with target j + K.") var shift = 0
+    @Option(parsing: .unconditional, help: "Label smoothing α in [0, 1].") var labelSmoothing = 0.0
+    @Option(parsing: .unconditional, help: "z-loss coefficient.") var zLoss = 0.0
     @Option(help: "default, kahan, kahan-full-e, kahan-full-c or exact.") var mode: Mode = .default
     @OptionGroup var filter: FilterOptions<StandardEngine>
     @Flag(help: "Leave out the estimate of the filtered dE mass.") var noFilterCorrection = false
@@ -89,8 +89,8 @@ struct CompareCommand: ParsableCommand {
 
     @Option(help: "Folder written by cce reference.") var reference: String
     @Option(help: "Folder of the same files from the implementation under test.") var candidate: String
-    @Option(help: "Relative norm error budget: X or NAME=X (repeatable).") var budget: [String] = []
-    @Option(help: "Max absolute error budget: X or NAME=X (repeatable).") var maxAbs: [String] = []
+    @Option(parsing: .unconditionalSingleValue, help: "Relative norm error budget: X or NAME=X (repeatable).") var budget: [String] = []
+    @Option(parsing: .unconditionalSingleValue, help: "Max absolute error budget: X or NAME=X (repeatable).") var maxAbs: [String] = []
 
     func run() throws {
         var b = Budgets()

@@ -13,20 +13,20 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train a fixed-window neural LM whose large-vocabulary output layer goes through CCE (or the materialized baseline).")
 
-    @Option(help: "Training steps.") var steps = TrainingConfig().steps
-    @Option(help: "Tokens per batch B.") var batch = TrainingConfig().batch
-    @Option(help: "Adam learning rate.") var lr = TrainingConfig().learningRate
-    @Option(help: "Embedding and classifier width D.") var dim = TrainingConfig().dim
-    @Option(help: "Hidden width H of the MLP.") var hidden = TrainingConfig().hidden
-    @Option(help: "Context window k (previous tokens seen).") var context = TrainingConfig().context
-    @Option(help: "Vocabulary size V (synthetic corpus), or its cap (--corpus; rare words become <unk>).")
+    @Option(parsing: .unconditional, help: "Training steps.") var steps = TrainingConfig().steps
+    @Option(parsing: .unconditional, help: "Tokens per batch B.") var batch = TrainingConfig().batch
+    @Option(parsing: .unconditional, help: "Adam learning rate.") var lr = TrainingConfig().learningRate
+    @Option(parsing: .unconditional, help: "Embedding and classifier width D.") var dim = TrainingConfig().dim
+    @Option(parsing: .unconditional, help: "Hidden width H of the MLP.") var hidden = TrainingConfig().hidden
+    @Option(parsing: .unconditional, help: "Context window k (previous tokens seen).") var context = TrainingConfig().context
+    @Option(parsing: .unconditional, help: "Vocabulary size V (synthetic corpus), or its cap (--corpus; rare words become <unk>).")
     var vocab = TrainingConfig().vocab
     @Flag(help: "Tie the input embedding table to the classifier (default: untied).") var tie = false
     @Option(help: "Loss head: cce (this engine) or materialized (the N x V OpenBLAS baseline).")
     var loss: HeadKind = .cce
     @Option(help: "A UTF-8 text file to train on (word-level); default: the synthetic Markov source.")
     var corpus: String?
-    @Option(help: "Random seed (model, corpus, batches).") var seed: UInt64 = 0
+    @Option(parsing: .unconditional, help: "Random seed (model, corpus, batches).") var seed: UInt64 = 0
     @OptionGroup var engine: EngineOptions<StandardEngine>
     @Option(help: "CSV log (step,loss,tokens_per_s,elapsed_s,floor,loss_kind); the loss figure goes beside it (.svg). Default: train-<loss>.csv")
     var log: String?

