@@ -68,6 +68,55 @@ public enum BenchError: Error, CustomStringConvertible {
     public var description: String { switch self { case .invalid(let s): s } }
 }
 
+/// Estimated peak memory of the pieces a command runs, in bytes, from the shapes alone (for
+/// `MemoryCheck.require` before anything is allocated). Double, so that no product of sizes
+/// overflows. Estimates err on the large side: they are there to refuse shapes that cannot
+/// fit, not to predict the measured peak.
+public enum Footprint {
+    static func sizes(_ n: Int, _ d: Int, _ v: Int) -> (nd: Double, vd: Double, nv: Double) {
+        (Double(n) * Double(d), Double(v) * Double(d), Double(n) * Double(v))
+    }
+
+    /// `LMLikeData.make` at its peak: E and C in Float32 while generated, their copies in the
+    /// element type and back in Float32, a chunk of logits (at most 16 MiB, or one row), ranks
+    /// and targets.
+    public static func lmLikeData(tokens n: Int, dim d: Int, vocab v: Int, type: ElementType) -> Double {
+        let (nd, vd, nv) = sizes(n, d, v)
+        let chunk = min(nv * 4, max(Double(v) * 4, Double(16 << 20)))
+        return (nd + vd) * Double(8 + type.size) + chunk + Double(v) * 16 + Double(n) * 16
+    }
+
+    /// What `LMLikeData` keeps once made: E and C in the element type, the targets.
+    public static func lmLikeDataKept(tokens n: Int, dim d: Int, vocab v: Int, type: ElementType) -> Double {
+        let (nd, vd, _) = sizes(n, d, v)
+        return (nd + vd) * Double(type.size) + Double(n) * 8
+    }
+
+    /// One `lossAndGradients` call in `mode`, its returned gradients included: dE and dC
+    /// (Float64 in the exact mode), their compensation terms in the kahan modes, Float32 copies
+    /// of 16-bit inputs, per-token state, the vocabulary order, and 64 MiB for the workers'
+    /// tile buffers.
+    public static func engine(tokens n: Int, dim d: Int, vocab v: Int, type: ElementType, mode: Mode) -> Double {
+        let (nd, vd, _) = sizes(n, d, v)
+        let g: Double = mode == .exact ? 8 : 4
+        let compensation: Double = [.kahan, .kahanFullE, .kahanFullC].contains(mode) ? g : 0
+        let conversion: Double = type == .float32 ? 0 : 4
+        return (nd + vd) * (g + compensation + conversion) + Double(n) * 64 + Double(v) * 32 + Double(64 << 20)
+    }
+
+    /// `Materialized.compute`: the N x V Float32 logits, dE and dC with their working copies.
+    public static func materialized(tokens n: Int, dim d: Int, vocab v: Int) -> Double {
+        let (nd, vd, nv) = sizes(n, d, v)
+        return nv * 4 + (nd + vd) * 12 + Double(n) * 16
+    }
+
+    /// dE and dC as Float64 (the copies the commands compute errors in).
+    public static func float64Gradients(tokens n: Int, dim d: Int, vocab v: Int) -> Double {
+        let (nd, vd, _) = sizes(n, d, v)
+        return (nd + vd) * 8
+    }
+}
+
 public enum Bench {
     public static let allMethods = ["sgemm", "tile-swift", "materialized", "cce", "cce-nofilter",
                                     "cce-nosort", "cce-noestimate", "cce-kahan", "cce-openblas", "cce-exact"]
@@ -86,18 +135,29 @@ public enum Bench {
         if let m = c.methods, let bad = m.first(where: { !allMethods.contains($0) }) {
             throw BenchError.invalid("unknown method '\(bad)'; methods: \(allMethods.joined(separator: ", "))")
         }
-        // The materialized baseline needs N·V·4 bytes of logits and Float32 copies.
-        let (nv, ovf1) = c.tokens.multipliedReportingOverflow(by: c.vocab)
-        let (vd, ovf2) = c.vocab.multipliedReportingOverflow(by: c.dim)
-        let (nd, ovf3) = c.tokens.multipliedReportingOverflow(by: c.dim)
-        let physical = Int(ProcessInfo.processInfo.physicalMemory)
-        let needs = ovf1 || ovf2 || ovf3 ? Int.max : (nv &* 4 &+ vd &* 16 &+ nd &* 16)
-        let needsMaterialized = c.methods.map { $0.contains("materialized") || $0.contains("sgemm") } ?? true
-        let cceNeeds = ovf2 || ovf3 ? Int.max : vd &* 16 &+ nd &* 16
-        if (needsMaterialized ? needs : cceNeeds) > physical * 3 / 4 {
-            throw BenchError.invalid("shape \(c.tokens) x \(c.dim) x \(c.vocab) needs about "
-                + "\((needsMaterialized ? needs : cceNeeds) >> 20) MiB, more than 3/4 of this machine's \(physical >> 20) MiB")
+        if let m = c.methods, m.isEmpty { throw BenchError.invalid("--methods names no method") }
+        if let k = c.kinds, k.isEmpty { throw BenchError.invalid("--kinds names no kind") }
+        // The one memory check every command makes (MemoryCheck.swift).
+        do {
+            try MemoryCheck.require(estimatedBytes(c), for: "N = \(c.tokens), D = \(c.dim), V = \(c.vocab) (\(c.dtype.rawValue))")
+        } catch let e as MemoryCheckError { throw BenchError.invalid(e.description) }
+    }
+
+    /// The run's estimated peak: the data, and the largest of its methods (each runs alone).
+    public static func estimatedBytes(_ c: BenchConfig) -> Double {
+        let (n, d, v) = (c.tokens, c.dim, c.vocab)
+        let methods = c.methods ?? allMethods
+        let perMethod = methods.map { m -> Double in
+            switch m {
+            case "sgemm", "materialized": return Footprint.materialized(tokens: n, dim: d, vocab: v)
+            case "tile-swift": return Footprint.engine(tokens: n, dim: d, vocab: v, type: c.dtype, mode: .default)
+            case "cce-exact": return Footprint.engine(tokens: n, dim: d, vocab: v, type: c.dtype, mode: .exact)
+            case "cce-kahan": return Footprint.engine(tokens: n, dim: d, vocab: v, type: c.dtype, mode: .kahan)
+            default: return Footprint.engine(tokens: n, dim: d, vocab: v, type: c.dtype, mode: .default)
+            }
         }
+        return max(Footprint.lmLikeData(tokens: n, dim: d, vocab: v, type: c.dtype),
+                   Footprint.lmLikeDataKept(tokens: n, dim: d, vocab: v, type: c.dtype) + (perMethod.max() ?? 0))
     }
 
     public static func run(_ c: BenchConfig, log: (String) -> Void = { _ in }) throws -> BenchReport {

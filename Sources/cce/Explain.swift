@@ -36,7 +36,18 @@ struct Explain: ParsableCommand {
     /// (every tile kept).
     var tinyEpsilon: Double { (eps ?? filter.filterEps).resolve(.float32, .float32) ?? 0 }
 
-    func validate() throws { try eps?.check("--eps") }
+    /// The picture's problem and the memory it needs, before the walkthrough prints.
+    func validate() throws {
+        try eps?.check("--eps")
+        let (n, d, v) = (problem.tokens, problem.dim, problem.vocab)
+        guard d >= 2 else { throw ValidationError("--dim must be >= 2 for the picture's problem (got \(d))") }
+        guard v >= 2 else { throw ValidationError("--vocab must be >= 2 for the picture's problem (got \(v))") }
+        let (nv, overflow) = n.multipliedReportingOverflow(by: v)
+        guard !overflow, nv <= FilterMap.maxCells else {
+            throw ValidationError("--tokens x --vocab must be at most 2^26 for the picture (it keeps every probability; got \(n) x \(v))")
+        }
+        try requireMemory(FilterMap.estimatedBytes(tokens: n, dim: d, vocab: v, type: problem.dtype), for: problem.what)
+    }
 
     func run() throws {
         let (tokens, dim, vocab, dtype, seed) = (problem.tokens, problem.dim, problem.vocab, problem.dtype, problem.seed)

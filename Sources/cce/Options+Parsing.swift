@@ -67,6 +67,12 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ s: String) { description = s }
 }
 
+/// The one memory check (CCERuntime/MemoryCheck.swift) as a command's validation error:
+/// `bytes` is the run's estimated peak (CCEBenchmarks' Footprint), `what` names its shape.
+func requireMemory(_ bytes: Double, for what: String) throws {
+    do { try MemoryCheck.require(bytes, for: what) } catch let e as MemoryCheckError { throw ValidationError(e.description) }
+}
+
 // MARK: - Defaults per command
 
 /// A command's default problem shape, and its help where it differs from the usual text
@@ -140,6 +146,8 @@ struct ProblemOptions<D: ProblemDefaults>: ParsableArguments {
     var tokens: Int { shape.tokens }
     var dim: Int { shape.dim }
     var vocab: Int { shape.vocab }
+    /// "N = 1024, D = 512, V = 32768 (f32)", for messages.
+    var what: String { "N = \(tokens), D = \(dim), V = \(vocab) (\(dtype.rawValue))" }
 }
 
 /// --threads: the engine's worker threads.

@@ -5,7 +5,9 @@
 // reader.
 
 import CCEBenchmarks
+import CCEExplain
 import CCEReference
+import CCERuntime
 import CutCrossEntropy
 import Foundation
 import XCTest
@@ -118,5 +120,48 @@ final class FailFastTests: XCTestCase {
             CLI.assertRefused(try CLI.run(args, timeout: 60), texts, args.joined(separator: " "))
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("x")))
+    }
+
+    // MARK: - 2. The memory check
+
+    /// Shapes far beyond this machine's memory are refused in well under a second, with one
+    /// line, before anything is allocated (the subprocess runs under an 8 GiB address-space
+    /// limit, so a command that tried would fail there, not fill the machine).
+    func testShapesBeyondMemoryAreRefusedAtOnce() throws {
+        let cases: [[String]] = [
+            ["demo", "--dim", "100000000"],
+            ["explain", "--dim", "100000000"],
+            ["accuracy", "--dim", "100000000"],
+            ["accuracy", "--tokens", "100000000", "--vocab", "10000000"],
+            ["bench", "--dim", "100000000"],
+            ["bench", "--tokens", "100000000", "--vocab", "10000000", "--methods", "cce"],
+        ]
+        for args in cases {
+            let r = try CLI.run(args, timeout: 60, memoryLimitKB: 8 << 20)
+            CLI.assertRefused(r, ["memory"], args.joined(separator: " "))
+            XCTAssertLessThan(r.seconds, 2, "\(args.joined(separator: " ")): \(r.summary)")
+        }
+    }
+
+    /// The shared check's arithmetic: 3/4 of the machine, no overflow for absurd sizes, and
+    /// the documented shapes pass on an 8 GiB machine.
+    func testMemoryCheckArithmetic() throws {
+        XCTAssertNoThrow(try MemoryCheck.require(750, for: "x", machineBytes: 1000))
+        XCTAssertThrowsError(try MemoryCheck.require(751, for: "x", machineBytes: 1000)) { err in
+            XCTAssertEqual("\(err)".split(separator: "\n").count, 1)
+            XCTAssertTrue("\(err)".hasPrefix("x needs about"), "\(err)")
+        }
+        XCTAssertThrowsError(try MemoryCheck.require(.nan, for: "x", machineBytes: 1000))
+        var huge = BenchConfig(); huge.tokens = .max; huge.dim = .max; huge.vocab = .max
+        XCTAssertThrowsError(try Bench.validate(huge))
+        XCTAssertGreaterThan(MemoryCheck.machineBytes, 0)
+        let gib8 = 8 << 30
+        XCTAssertNoThrow(try MemoryCheck.require(Accuracy.estimatedBytes(tokens: 1024, dim: 512, vocab: 32768,
+                                                                        types: [.float32, .float16, .bfloat16]),
+                                                 for: "accuracy", machineBytes: gib8))
+        var table1 = BenchConfig(); table1.tokens = 1024; table1.dim = 1024; table1.vocab = 128256
+        XCTAssertNoThrow(try MemoryCheck.require(Bench.estimatedBytes(table1), for: "bench", machineBytes: gib8))
+        XCTAssertNoThrow(try MemoryCheck.require(FilterMap.estimatedBytes(tokens: 256, dim: 256, vocab: 8192, type: .bfloat16),
+                                                 for: "explain", machineBytes: gib8))
     }
 }
