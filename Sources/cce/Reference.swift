@@ -80,23 +80,30 @@ struct ReferenceCommand: ParsableCommand {
 struct CompareCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compare",
-        abstract: "Compare a candidate's .npy outputs with a reference run's; exit 1 when a budget is exceeded.",
+        abstract: "Compare a candidate's .npy outputs with a reference run's; exit 1 when a budget is exceeded or a tensor is missing or non-finite.",
         discussion: """
             For each .npy file in both folders: max |cand − ref|, ‖cand − ref‖ / ‖ref‖ and the worst \
             element. Budgets: --budget 1e-3 (relative norm error, every tensor) or --budget dE=5e-3, \
-            and --max-abs X or --max-abs lse=1e-5; repeat them as needed.
+            and --max-abs X or --max-abs lse=1e-5; repeat them as needed. Exit 1 also when a \
+            reference tensor is missing from the candidate or the candidate holds NaN or infinity \
+            where the reference has no NaN, unless --allow-missing or --allow-non-finite.
             """)
 
     @Option(help: "Folder written by cce reference.") var reference: String
     @Option(help: "Folder of the same files from the implementation under test.") var candidate: String
     @Option(parsing: .unconditionalSingleValue, help: "Relative norm error budget: X or NAME=X (repeatable).") var budget: [String] = []
     @Option(parsing: .unconditionalSingleValue, help: "Max absolute error budget: X or NAME=X (repeatable).") var maxAbs: [String] = []
+    @Flag(help: "Pass when reference tensors are missing from the candidate (default: fail).") var allowMissing = false
+    @Flag(help: "Pass NaN or infinite candidate values where the reference has none, within budgets (default: fail).")
+    var allowNonFinite = false
 
     func run() throws {
         var b = Budgets()
         try Budgets.parse(budget, into: &b.relative, option: "--budget")
         try Budgets.parse(maxAbs, into: &b.absolute, option: "--max-abs")
         let (rows, missing) = try Compare.run(reference: reference, candidate: candidate, budgets: b)
+        var policy = ComparePolicy()
+        policy.allowMissing = allowMissing; policy.allowNonFinite = allowNonFinite
         print(pad("tensor", 8) + pad("shape", 16) + lpad("max |Δ|", 11) + lpad("rel err", 11) + "  "
               + pad("worst element (reference → candidate)", 46) + pad("budget", 22) + "status")
         func sci(_ x: Double?) -> String { x.map { String(format: "%.3e", $0) } ?? "-" }
@@ -106,14 +113,19 @@ struct CompareCommand: ParsableCommand {
             var budgets: [String] = []
             if let x = r.relativeBudget { budgets.append("rel ≤ \(x)") }
             if let x = r.absoluteBudget { budgets.append("abs ≤ \(x)") }
-            let status = r.problem != nil ? "FAIL" : (budgets.isEmpty ? "-" : (r.passed ? "ok" : "FAIL"))
+            let failed = !Compare.failures([r], missing: [], policy: policy).isEmpty
+            let status = failed ? "FAIL" : (budgets.isEmpty ? (r.nonFinite > 0 ? "non-finite" : "-") : "ok")
             print(pad(r.name, 8) + pad(shapeText(r.shape), 16) + lpad(sci(r.maxAbs), 11) + lpad(sci(r.relative), 11)
                   + "  " + pad(worst, 46) + pad(budgets.isEmpty ? "-" : budgets.joined(separator: ", "), 22) + status)
         }
         if !missing.isEmpty { print("not in the candidate: \(missing.joined(separator: ", "))") }
-        let failed = rows.filter { $0.problem != nil || (($0.relativeBudget != nil || $0.absoluteBudget != nil) && !$0.passed) }
-        if !failed.isEmpty {
-            throw CLIError("\(failed.count) of \(rows.count) tensors over budget or mismatched: \(failed.map(\.name).joined(separator: ", "))")
+        let failures = Compare.failures(rows, missing: missing, policy: policy)
+        if !failures.isEmpty {
+            var hint: [String] = []
+            if !allowNonFinite && rows.contains(where: { $0.nonFinite > 0 }) { hint.append("--allow-non-finite") }
+            if !allowMissing && !missing.isEmpty { hint.append("--allow-missing") }
+            throw CLIError("compare failed: " + failures.joined(separator: "; ")
+                           + (hint.isEmpty ? "" : " (\(hint.joined(separator: ", ")) to let these through)"))
         }
     }
 }

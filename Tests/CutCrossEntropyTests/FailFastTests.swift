@@ -164,4 +164,58 @@ final class FailFastTests: XCTestCase {
         XCTAssertNoThrow(try MemoryCheck.require(FilterMap.estimatedBytes(tokens: 256, dim: 256, vocab: 8192, type: .bfloat16),
                                                  for: "explain", machineBytes: gib8))
     }
+
+    // MARK: - 3. compare as a gate
+
+    func testCompareFailsOnMissingTensorsAndNonFiniteValues() throws {
+        let fm = FileManager.default
+        func folder(_ name: String, dE: [Float]?, lse: [Float]?, loss: Float = 2.5) throws -> String {
+            let p = path(name)
+            try fm.createDirectory(atPath: p, withIntermediateDirectories: true)
+            try NPYArray(floats: [loss], shape: []).encoded().write(to: URL(fileURLWithPath: p + "/loss.npy"))
+            if let dE { try NPYArray(floats: dE, shape: [2, 3]).encoded().write(to: URL(fileURLWithPath: p + "/dE.npy")) }
+            if let lse { try NPYArray(floats: lse, shape: [2]).encoded().write(to: URL(fileURLWithPath: p + "/lse.npy")) }
+            return p
+        }
+        let x: [Float] = [1, 2, 3, 4, 5, 6]
+        let ref = try folder("ref", dE: x, lse: [.nan, 1])
+        let same = try CLI.run(["compare", "--reference", ref, "--candidate", try folder("same", dE: x, lse: [.nan, 1])])
+        XCTAssertEqual(same.status, 0, "NaN where the reference has NaN agrees: \(same.summary)")
+
+        var bad = x; bad[1] = .nan; bad[4] = .infinity
+        let nonFinite = try folder("nonfinite", dE: bad, lse: [.nan, 1])
+        CLI.assertRefused(try CLI.run(["compare", "--reference", ref, "--candidate", nonFinite]), ["dE", "non-finite"],
+                          "NaN and inf in the candidate, no budget", stdoutEmpty: false)
+        CLI.assertRefused(try CLI.run(["compare", "--reference", ref, "--candidate", try folder("lsenan", dE: x, lse: [.nan, .nan])]),
+                          ["lse", "non-finite"], "NaN where the reference is finite", stdoutEmpty: false)
+        let allowed = try CLI.run(["compare", "--reference", ref, "--candidate", nonFinite, "--allow-non-finite"])
+        XCTAssertEqual(allowed.status, 0, allowed.summary)
+        let overBudget = try CLI.run(["compare", "--reference", ref, "--candidate", nonFinite, "--allow-non-finite",
+                                      "--budget", "1e-3"])
+        XCTAssertEqual(overBudget.status, 1, "an infinite error is still over budget: \(overBudget.summary)")
+
+        let lossOnly = try folder("lossonly", dE: nil, lse: nil)
+        CLI.assertRefused(try CLI.run(["compare", "--reference", ref, "--candidate", lossOnly, "--budget", "1e-3"]),
+                          ["missing", "dE.npy", "lse.npy"], "a candidate with loss.npy only", stdoutEmpty: false)
+        let missingAllowed = try CLI.run(["compare", "--reference", ref, "--candidate", lossOnly, "--budget", "1e-3",
+                                          "--allow-missing"])
+        XCTAssertEqual(missingAllowed.status, 0, missingAllowed.summary)
+
+        // The same verdicts from the library.
+        let (rows, missing) = try Compare.run(reference: ref, candidate: nonFinite, budgets: Budgets())
+        let dE = rows.first { $0.name == "dE" }!
+        XCTAssertEqual(dE.nonFinite, 2); XCTAssertEqual(dE.firstNonFinite, 1)
+        XCTAssertEqual(rows.first { $0.name == "lse" }!.nonFinite, 0, "NaN on both sides is not counted")
+        XCTAssertEqual(Compare.failures(rows, missing: missing), ["dE (2 non-finite values, the first at [0, 1])"])
+        var lenient = ComparePolicy(); lenient.allowNonFinite = true; lenient.allowMissing = true
+        XCTAssertEqual(Compare.failures(rows, missing: missing, policy: lenient), [])
+        let (rows2, missing2) = try Compare.run(reference: ref, candidate: lossOnly, budgets: Budgets())
+        XCTAssertEqual(missing2, ["dE.npy", "lse.npy"])
+        XCTAssertEqual(Compare.failures(rows2, missing: missing2), ["missing from the candidate: dE.npy, lse.npy"])
+        XCTAssertEqual(Compare.failures(rows2, missing: missing2, policy: lenient), [])
+        // A candidate that is a file, not a folder, is called one.
+        XCTAssertThrowsError(try Compare.run(reference: ref, candidate: ref + "/loss.npy", budgets: Budgets())) { err in
+            XCTAssertTrue("\(err)".contains("is a file, not a folder"), "\(err)")
+        }
+    }
 }
