@@ -57,7 +57,11 @@ struct ReferenceCommand: ParsableCommand {
             let lib = try CUDALibrary.load(cudaLibrary)
             result = try Reference.computeCUDA(inputs, options: o, library: lib)
         } else {
-            do { result = try Reference.computeCPU(inputs, options: o) } catch { throw CLIError("\(error)") }
+            do { result = try Reference.computeCPU(inputs, options: o) } catch CCEError.overflow(let p, let m) {
+                throw CLIError("overflow: the Float32 arithmetic of the \(m.rawValue) mode overflows on these finite inputs "
+                               + "(targets\(indexText(p, inputs.targets.shape)): its LSE or loss is not finite); "
+                               + "run with --mode exact, which computes in Float64, or scale E and C down")
+            } catch { throw CLIError("\(error)") }
         }
         var recorded: [String: String] = [
             "embeddings": embeddings, "classifier": classifier, "targets": targets,

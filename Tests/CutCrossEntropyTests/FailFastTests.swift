@@ -218,4 +218,52 @@ final class FailFastTests: XCTestCase {
             XCTAssertTrue("\(err)".contains("is a file, not a folder"), "\(err)")
         }
     }
+
+    // MARK: - 4. Overflow
+
+    /// Finite inputs whose Float32 logits overflow: a typed error naming the overflow and the
+    /// exact mode, in every Float32 mode and pass; the exact mode computes them.
+    func testOverflowIsAnErrorNotNaN() throws {
+        let (e0, c0, t, _) = randomProblem(n: 12, d: 8, v: 40, ignoreFraction: 0.2)
+        let e = try Tensor(e0.floats().map { $0 * 1e20 }, shape: e0.shape)
+        let c = try Tensor(c0.floats().map { $0 * 1e20 }, shape: c0.shape)
+        for mode in [Mode.default, .kahan, .kahanFullE, .kahanFullC] {
+            var o = Options(); o.mode = mode
+            let cce = CutCrossEntropy(options: o)
+            func check(_ what: String, _ body: () throws -> Void) {
+                XCTAssertThrowsError(try body(), "\(mode) \(what): no error") { err in
+                    XCTAssertTrue("\(err)".contains("overflow") && "\(err)".contains("exact"), "\(mode) \(what): \(err)")
+                    guard case CCEError.overflow(let position, let m)? = err as? CCEError else {
+                        return XCTFail("\(mode) \(what): not CCEError.overflow: \(err)")
+                    }
+                    XCTAssertEqual(m, mode)
+                    XCTAssertNotEqual(t.values[position], -100, "the position of an active token")
+                }
+            }
+            check("lossAndGradients") { _ = try cce.lossAndGradients(embeddings: e, classifier: c, targets: t) }
+            check("forward") { _ = try cce.forward(embeddings: e, classifier: c, targets: t) }
+            var dE: [Float] = [], dC: [Float] = [], dBias: [Float] = []
+            check("into buffers") {
+                _ = try cce.lossAndGradients(embeddings: e, classifier: c, targets: t, dE: &dE, dC: &dC, dBias: &dBias)
+            }
+        }
+        var exact = Options(); exact.mode = .exact
+        let (f, g) = try CutCrossEntropy(options: exact).lossAndGradients(embeddings: e, classifier: c, targets: t)
+        XCTAssertTrue(f.loss.isFinite, "exact: \(f.loss)")
+        XCTAssertTrue(g.dE.doubles.allSatisfy(\.isFinite) && g.dC.doubles.allSatisfy(\.isFinite), "exact gradients finite")
+        // NaN in an unchecked input is named as such, not as an overflow.
+        var withNaN = e0.floats(); withNaN[5] = .nan
+        XCTAssertThrowsError(try CutCrossEntropy().lossAndGradients(
+            embeddings: try Tensor(withNaN, shape: e0.shape), classifier: c0, targets: t)) { err in
+            XCTAssertTrue("\(err)".contains("embeddings[5]"), "\(err)")
+        }
+
+        // The tool: one line, exit 1, nothing written; --mode exact works.
+        let ref = try tinyInputs("big", scale: 1e20)
+        let r = try CLI.run(ref + ["--out", path("out")])
+        CLI.assertRefused(r, ["overflow", "--mode exact"], "reference on overflowing inputs")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("out")))
+        let ok = try CLI.run(ref + ["--out", path("out"), "--mode", "exact"])
+        XCTAssertEqual(ok.status, 0, ok.summary)
+    }
 }
