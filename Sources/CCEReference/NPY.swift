@@ -18,7 +18,8 @@ public struct NPYError: Error, CustomStringConvertible, Equatable {
     public let path: String
     public let problem: String
     public init(_ path: String, _ problem: String) { self.path = path; self.problem = problem }
-    public var description: String { "\(path): \(problem)" }
+    /// "PATH: PROBLEM", or the problem alone when there is no path.
+    public var description: String { path.isEmpty ? problem : "\(path): \(problem)" }
 }
 
 /// One array read from, or to be written to, a .npy file.

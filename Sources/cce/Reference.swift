@@ -35,7 +35,7 @@ struct ReferenceCommand: ParsableCommand {
     @Option(help: "cpu, or cuda (the CUDA library, loaded at run time).") var backend = Backend.cpu
     @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce, then the loader's path).")
     var cudaLibrary: String?
-    @Option(help: "Output folder (created, with its parents, if missing).") var out: String
+    @Option(help: "Output folder (created, with its parents, if missing; files of other names in it are kept).") var out: String
 
     func options() throws -> Options {
         var o = Options()
@@ -49,6 +49,10 @@ struct ReferenceCommand: ParsableCommand {
 
     func run() throws {
         let o = try options()
+        // The output folder before the work: never an empty path, never a folder that would
+        // mix two runs or lose a file of the user's (Reference.checkOutput).
+        guard !out.isEmpty else { throw CLIError("--out is empty: name the output folder") }
+        try Reference.checkOutput(out, writing: Reference.outputNames(bias: bias != nil))
         let inputs = try ReferenceInputs.load(embeddings: embeddings, classifier: classifier, targets: targets,
                                            bias: bias, ignoreIndex: ignoreIndex)
         for n in inputs.notes { FileHandle.standardError.write(Data("cce: note: \(n)\n".utf8)) }

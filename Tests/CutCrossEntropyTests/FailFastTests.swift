@@ -266,4 +266,49 @@ final class FailFastTests: XCTestCase {
         let ok = try CLI.run(ref + ["--out", path("out"), "--mode", "exact"])
         XCTAssertEqual(ok.status, 0, ok.summary)
     }
+
+    // MARK: - 5. The --out folder
+
+    func testOutFolderKeepsTheUsersFiles() throws {
+        let fm = FileManager.default
+        let ref = try tinyInputs()
+        // An empty path is an error, and nothing lands in the current folder.
+        let cwd = path("cwd")
+        try fm.createDirectory(atPath: cwd, withIntermediateDirectories: true)
+        CLI.assertRefused(try CLI.run(ref + ["--out", ""], in: URL(fileURLWithPath: cwd)), ["--out"], "--out \"\"")
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: cwd), [])
+
+        // A file of the user's in DIR that this run would not write is neither deleted nor mixed
+        // with this run's outputs: the run is refused before it starts, and says why.
+        let out = path("out")
+        try fm.createDirectory(atPath: out, withIntermediateDirectories: true)
+        try Data("mine".utf8).write(to: URL(fileURLWithPath: out + "/dBias.npy"))
+        try Data("notes".utf8).write(to: URL(fileURLWithPath: out + "/notes.txt"))
+        CLI.assertRefused(try CLI.run(ref + ["--out", out]), ["dBias.npy"], "stale dBias.npy in DIR")
+        XCTAssertEqual(try String(contentsOfFile: out + "/dBias.npy", encoding: .utf8), "mine")
+        try fm.removeItem(atPath: out + "/dBias.npy")
+        let ok = try CLI.run(ref + ["--out", out])
+        XCTAssertEqual(ok.status, 0, ok.summary)
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: out).sorted(),
+                       ["dC.npy", "dE.npy", "loss.npy", "lse.npy", "meta.json", "notes.txt"])
+        XCTAssertEqual(try String(contentsOfFile: out + "/notes.txt", encoding: .utf8), "notes")
+
+        // A writable DIR under a read-only parent: the run writes into DIR (its temporary
+        // folder is inside DIR), and says exactly why when DIR itself cannot be made.
+        let parent = path("locked"), inner = parent + "/out"
+        try fm.createDirectory(atPath: inner, withIntermediateDirectories: true)
+        chmod(inner, 0o777); chmod(parent, 0o555)
+        // As root, permissions do not bind: run the tool as nobody.
+        let uid: Int? = getuid() == 0 ? 65534 : nil
+        if uid != nil, !fm.isExecutableFile(atPath: "/usr/bin/setpriv") {
+            throw XCTSkip("running as root without setpriv: cannot drop to an unprivileged user")
+        }
+        for p in [dir.path, path("in")] { chmod(p, 0o755) }
+        let locked = try CLI.run(ref + ["--out", inner], asUser: uid)
+        XCTAssertEqual(locked.status, 0, "writable DIR under a read-only parent: \(locked.summary)")
+        XCTAssertTrue(fm.fileExists(atPath: inner + "/dE.npy"), locked.summary)
+        XCTAssertFalse(try fm.contentsOfDirectory(atPath: inner).contains { $0.hasPrefix(".") }, "no temporary folder left")
+        let cannot = try CLI.run(ref + ["--out", parent + "/new"], asUser: uid)
+        CLI.assertRefused(cannot, [parent + "/new", "ermission denied"], "DIR under a read-only parent")
+    }
 }
