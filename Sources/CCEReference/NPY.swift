@@ -64,8 +64,13 @@ public struct NPYArray: Sendable {
 
     /// Reads and checks a .npy file.
     public static func read(_ path: String) throws -> NPYArray {
-        guard FileManager.default.fileExists(atPath: path) else { throw NPYError(path, "no such file") }
-        guard let data = FileManager.default.contents(atPath: path) else { throw NPYError(path, "cannot be read") }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw NPYError(path, "no such file") }
+        guard !isDir.boolValue else { throw NPYError(path, "is a folder, not a .npy file") }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let why = access(path, R_OK) == 0 ? "a read error" : String(cString: strerror(errno))
+            throw NPYError(path, "cannot be read: \(why)")
+        }
         return try parse(data, path: path)
     }
 

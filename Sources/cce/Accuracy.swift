@@ -3,6 +3,7 @@
 
 import ArgumentParser
 import CCEBenchmarks
+import CCEReference
 import CCERuntime
 import CutCrossEntropy
 import Foundation
@@ -46,8 +47,9 @@ struct AccuracyCommand: ParsableCommand {
         return settings
     }
 
-    /// Every argument, and the memory the run needs, before anything runs or prints.
+    /// Every argument, the --json file, and the memory the run needs, before anything runs or prints.
     func validate() throws {
+        if let json { try checkOutputFile(json, option: "--json") }
         let (types, _) = (try types(), try settings())
         guard shape.dim > 1 else { throw ValidationError("--dim must be >= 2 (got \(shape.dim))") }
         try requireMemory(Accuracy.estimatedBytes(tokens: shape.tokens, dim: shape.dim, vocab: shape.vocab, types: types),
@@ -64,7 +66,9 @@ struct AccuracyCommand: ParsableCommand {
         print(Accuracy.markdown(rows))
         if let json {
             let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try enc.encode(rows).write(to: URL(fileURLWithPath: json))
+            do { try enc.encode(rows).write(to: URL(fileURLWithPath: json)) } catch {
+                throw CLIError("cannot write --json \(json): \(systemErrorText(error))")
+            }
         }
     }
 }

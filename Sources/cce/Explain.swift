@@ -4,6 +4,7 @@
 
 import ArgumentParser
 import CCEExplain
+import CCEReference
 import CutCrossEntropy
 import Foundation
 
@@ -36,9 +37,10 @@ struct Explain: ParsableCommand {
     /// (every tile kept).
     var tinyEpsilon: Double { (eps ?? filter.filterEps).resolve(.float32, .float32) ?? 0 }
 
-    /// The picture's problem and the memory it needs, before the walkthrough prints.
+    /// The picture's problem, its file and the memory it needs, before the walkthrough prints.
     func validate() throws {
         try eps?.check("--eps")
+        try checkOutputFile(svg, option: "--svg")
         let (n, d, v) = (problem.tokens, problem.dim, problem.vocab)
         guard d >= 2 else { throw ValidationError("--dim must be >= 2 for the picture's problem (got \(d))") }
         guard v >= 2 else { throw ValidationError("--vocab must be >= 2 for the picture's problem (got \(v))") }
@@ -64,7 +66,9 @@ struct Explain: ParsableCommand {
                      map.eps, map.tokenBlock, map.vocabBlock))
         print("  " + Self.summary(map, map.unsorted))
         print("  " + Self.summary(map, map.sorted))
-        do { try map.svg().write(toFile: svg, atomically: true, encoding: .utf8) } catch { throw CLIError("cannot write \(svg)") }
+        do { try map.svg().write(toFile: svg, atomically: true, encoding: .utf8) } catch {
+            throw CLIError("cannot write --svg \(svg): \(systemErrorText(error))")
+        }
         print("picture: \(svg)")
     }
 }

@@ -14,6 +14,7 @@
 import ArgumentParser
 import CCERuntime
 import CutCrossEntropy
+import Foundation
 
 // MARK: - Values
 
@@ -65,6 +66,29 @@ enum Backend: String, ExpressibleByArgument {
 struct CLIError: Error, CustomStringConvertible {
     let description: String
     init(_ s: String) { description = s }
+}
+
+/// Checks, before the work, that the file `path` given to `option` can be written, and
+/// touches nothing: the path is not empty and not a folder; its folder exists and is
+/// writable (files are written whole, some through a temporary file beside them); an
+/// existing file is writable. The message names the option, the path and the reason.
+func checkOutputFile(_ path: String, option: String) throws {
+    guard !path.isEmpty else { throw ValidationError("\(option) is empty: name the file to write") }
+    let fm = FileManager.default
+    var isDir: ObjCBool = false
+    let exists = fm.fileExists(atPath: path, isDirectory: &isDir)
+    if exists && isDir.boolValue { throw ValidationError("cannot write \(option) \(path): it is a folder, not a file") }
+    let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+    guard fm.fileExists(atPath: folder, isDirectory: &isDir) else {
+        throw ValidationError("cannot write \(option) \(path): the folder \(folder) does not exist")
+    }
+    guard isDir.boolValue else { throw ValidationError("cannot write \(option) \(path): \(folder) is a file, not a folder") }
+    guard access(folder, W_OK | X_OK) == 0 else {
+        throw ValidationError("cannot write \(option) \(path): \(String(cString: strerror(errno))) (the folder \(folder))")
+    }
+    if exists, access(path, W_OK) != 0 {
+        throw ValidationError("cannot write \(option) \(path): \(String(cString: strerror(errno)))")
+    }
 }
 
 /// The one memory check (CCERuntime/MemoryCheck.swift) as a command's validation error:

@@ -2,6 +2,7 @@
 // (Sources/CCETraining; Docs/TRAINING.md).
 
 import ArgumentParser
+import CCEReference
 import CCERuntime
 import CCETraining
 import CutCrossEntropy
@@ -31,6 +32,17 @@ struct Train: ParsableCommand {
     @Option(help: "CSV log (step,loss,tokens_per_s,elapsed_s,floor,loss_kind); the loss figure goes beside it (.svg). Default: train-<loss>.csv")
     var log: String?
 
+    /// The log and the figure beside it can be written: checked before the corpus is built.
+    func validate() throws {
+        let path = logPath
+        try checkOutputFile(path, option: "--log")
+        try checkOutputFile(Self.figurePath(path), option: "--log (its figure)")
+    }
+
+    var logPath: String { log ?? "train-\(loss.rawValue).csv" }
+    /// The figure beside the log: FILE.csv -> FILE.svg.
+    static func figurePath(_ log: String) -> String { (log.hasSuffix(".csv") ? String(log.dropLast(4)) : log) + ".svg" }
+
     func run() throws {
         var c = TrainingConfig()
         c.steps = steps; c.batch = batch; c.learningRate = lr; c.dim = dim; c.hidden = hidden
@@ -40,7 +52,6 @@ struct Train: ParsableCommand {
         do { trainer = try Trainer(config: c) } catch let e as TrainingError { throw CLIError(e.description) }
         let corpus = trainer.corpus
         let cfg = trainer.config
-        let logPath = log ?? "train-\(loss.rawValue).csv"
         guard FileManager.default.createFile(atPath: logPath, contents: nil),
               let logFile = FileHandle(forWritingAtPath: logPath) else {
             throw CLIError("cannot write the log \(logPath)")
@@ -104,10 +115,10 @@ struct Train: ParsableCommand {
         if let f = corpus.floor { refs.insert(ReferenceLine(name: "entropy floor", value: f, dashed: true), at: 0) }
         let title = String(format: "cce train: V = %d, D = %d, B = %d, %@", corpus.vocab, cfg.dim, cfg.batch,
                            cfg.corpusPath == nil ? "synthetic Markov source" : "text corpus")
-        let svgPath = (logPath.hasSuffix(".csv") ? String(logPath.dropLast(4)) : logPath) + ".svg"
+        let svgPath = Self.figurePath(logPath)
         do {
             try LossFigure.svg(title: title, curves: curves, references: refs).write(toFile: svgPath, atomically: true, encoding: .utf8)
-        } catch { throw CLIError("cannot write the figure \(svgPath)") }
+        } catch { throw CLIError("cannot write the figure \(svgPath): \(systemErrorText(error))") }
         print("log: \(logPath), figure: \(svgPath)\(curves.count > 1 ? " (with \(curves[1].name))" : "")")
     }
 }

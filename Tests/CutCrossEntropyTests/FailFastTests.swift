@@ -311,4 +311,33 @@ final class FailFastTests: XCTestCase {
         let cannot = try CLI.run(ref + ["--out", parent + "/new"], asUser: uid)
         CLI.assertRefused(cannot, [parent + "/new", "ermission denied"], "DIR under a read-only parent")
     }
+
+    // MARK: - 6. Outputs and arguments checked before the work
+
+    func testOutputsAndArgumentsAreCheckedBeforeTheWork() throws {
+        let fm = FileManager.default
+        let missing = path("no-such-folder") + "/x"
+        try fm.createDirectory(atPath: path("a-folder.svg"), withIntermediateDirectories: true)
+        let small = ["--tokens", "64", "--dim", "16", "--vocab", "256"]
+        let cases: [([String], [String])] = [
+            (["accuracy"] + small + ["--dtypes", "f32", "--data", "4:1.5", "--json", missing + ".json"],
+             [missing + ".json", "no-such-folder"]),
+            (["accuracy"] + small + ["--dtypes", "f32", "--data", "4:1.5", "--json", path("a-folder.svg")], ["folder"]),
+            (["explain", "--tokens", "0"], ["--tokens"]),
+            (["explain", "--vocab", "1"], ["--vocab"]),
+            (["explain", "--svg", missing + ".svg"], [missing + ".svg"]),
+            (["explain", "--svg", path("a-folder.svg")], ["folder"]),
+            (["explain", "--svg", ""], ["--svg"]),
+            (["train", "--log", missing + ".csv"], [missing + ".csv"]),
+            (["accuracy", "--dtypes", "f64"], ["f64"]),
+            (["accuracy", "--dtypes", ""], ["--dtypes"]),
+            (["bench", "--methods", "nope"], ["nope"]),
+        ]
+        for (args, texts) in cases {
+            let r = try CLI.run(args, in: dir, timeout: 60)
+            CLI.assertRefused(r, texts, args.joined(separator: " "))
+            XCTAssertLessThan(r.seconds, 5, "\(args.joined(separator: " ")): \(r.summary)")
+        }
+        XCTAssertFalse(fm.fileExists(atPath: path("explain-tiles.svg")))
+    }
 }
