@@ -340,4 +340,102 @@ final class FailFastTests: XCTestCase {
         }
         XCTAssertFalse(fm.fileExists(atPath: path("explain-tiles.svg")))
     }
+
+    // MARK: - The .npy reader, fuzzed
+
+    /// A few hundred mutated .npy files (headers and bodies, seeded): the reader never
+    /// crashes, either refuses with an error naming the file or returns an array whose bytes
+    /// match its shape; and a reference run on them, in process and through the tool, writes
+    /// nothing when it fails.
+    func testNPYReaderFuzz() throws {
+        var rng = SeededRandom(seed: 2024)
+        func header(_ d: String, _ s: String, major: UInt8 = 1) -> Data { Self.header(d, s, major: major) }
+        func body(_ bytes: Int) -> Data { Data((0..<bytes).map { _ in UInt8(truncatingIfNeeded: rng.next()) }) }
+        let seeds: [Data] = [
+            header("<f4", "(2, 3)") + body(24), header("<f8", "(4,)") + body(32), header("<i8", "(3,)") + body(24),
+            header("<i4", "(2, 2)") + body(16), header("<V2", "(2, 2)") + body(8), header("<f2", "(5,)") + body(10),
+            header("<f4", "()") + body(4), header("<f4", "(3, 0)"), header("<f4", "(2, 2)", major: 2) + body(16),
+            header("|V2", "(1, 3)", major: 3) + body(6),
+        ]
+        let tokens = ["'<f4'", "'>f4'", "'<f8'", "'|O'", "'<i2'", "'<V2'", "(99999999999999, 99999999999999)", "(-1,)",
+                      "(3,", "()", "(0,)", "(2, 3, 4, 5)", "True", "False", "'shape'", "'descr'", "{", "}", ":", "\u{0}",
+                      "(1,)", "(2L, 3L)", "(4294967296,)", "'fortran_order': True", "é"]
+        func mutate(_ d: Data) -> Data {
+            var b = [UInt8](d)
+            for _ in 0...(Int(rng.next() % 3)) {
+                switch rng.next() % 8 {
+                case 0 where !b.isEmpty: b[Int(rng.next() % UInt64(b.count))] ^= UInt8(1 << (rng.next() % 8))
+                case 1 where !b.isEmpty: b[Int(rng.next() % UInt64(b.count))] = UInt8(truncatingIfNeeded: rng.next())
+                case 2: b = Array(b.prefix(Int(rng.next() % UInt64(b.count + 1))))
+                case 3: b += [UInt8](body(Int(rng.next() % 40)))
+                case 4 where b.count > 12:   // the header length field
+                    b[8 + Int(rng.next() % 4)] = UInt8(truncatingIfNeeded: rng.next())
+                case 5 where b.count > 7: b[6] = UInt8(rng.next() % 5)   // the version
+                default:   // a header token replaced by another
+                    var s = String(decoding: b, as: UTF8.self)
+                    let from = tokens[Int(rng.next() % UInt64(tokens.count))], to = tokens[Int(rng.next() % UInt64(tokens.count))]
+                    if let r = s.range(of: from) { s.replaceSubrange(r, with: to); b = Array(s.utf8) } else {
+                        let at = Int(rng.next() % UInt64(b.count + 1)); b.insert(contentsOf: Array(to.utf8), at: at)
+                    }
+                }
+            }
+            return Data(b)
+        }
+        let start = Date()
+        var refused = 0, read = 0
+        for i in 0..<400 {
+            let data = mutate(seeds[i % seeds.count])
+            do {
+                let a = try NPYArray.parse(data, path: "case\(i).npy")
+                XCTAssertEqual(a.bytes.count, a.count * a.dtype.size, "case \(i): bytes and shape disagree")
+                XCTAssertTrue(a.shape.allSatisfy { $0 >= 0 }, "case \(i): shape \(a.shape)")
+                _ = a.dtype == .int64 || a.dtype == .int32 ? a.integers().map(Double.init) : a.doubles()
+                read += 1
+            } catch let e as NPYError {
+                XCTAssertEqual(e.path, "case\(i).npy")
+                refused += 1
+            } catch { XCTFail("case \(i): not an NPYError: \(error)") }
+        }
+        XCTAssertGreaterThan(refused, 200); XCTAssertGreaterThan(read, 10)
+
+        // Through a whole reference run: a mutated E, C or T; on error nothing is written.
+        _ = try tinyInputs()
+        let originals = try ["E", "C", "T"].map { try Data(contentsOf: URL(fileURLWithPath: path("in/\($0).npy"))) }
+        var failed = 0, passed = 0
+        for i in 0..<300 {
+            let k = i % 3, name = ["E", "C", "T"][k]
+            try mutate(originals[k]).write(to: URL(fileURLWithPath: path("in/\(name).npy")))
+            let out = path("out\(i)")
+            do {
+                let inputs = try ReferenceInputs.load(embeddings: path("in/E.npy"), classifier: path("in/C.npy"),
+                                                      targets: path("in/T.npy"), bias: nil, ignoreIndex: -100)
+                try Reference.write(try Reference.computeCPU(inputs, options: Options()), to: out, options: [:])
+                passed += 1
+            } catch {
+                XCTAssertFalse(FileManager.default.fileExists(atPath: out), "case \(i): \(error), but \(out) exists")
+                failed += 1
+            }
+            try originals[k].write(to: URL(fileURLWithPath: path("in/\(name).npy")))
+        }
+        XCTAssertGreaterThan(failed, 100)
+
+        // And through the tool: exit 0, or exit 1 with one line and no output folder; never a crash.
+        var toolRefused = 0
+        for i in 0..<30 {
+            let k = i % 3, name = ["E", "C", "T"][k]
+            try mutate(originals[k]).write(to: URL(fileURLWithPath: path("in/\(name).npy")))
+            let out = path("tool\(i)")
+            let r = try CLI.run(["reference", "--embeddings", path("in/E.npy"), "--classifier", path("in/C.npy"),
+                                 "--targets", path("in/T.npy"), "--out", out], timeout: 60)
+            if r.status != 0 {
+                CLI.assertRefused(r, [], "tool case \(i)")
+                XCTAssertFalse(FileManager.default.fileExists(atPath: out), "tool case \(i): \(r.summary)")
+                toolRefused += 1
+            }
+            try originals[k].write(to: URL(fileURLWithPath: path("in/\(name).npy")))
+        }
+        let seconds = Date().timeIntervalSince(start)
+        print("npy fuzz: 400 parsed (\(read) read, \(refused) refused); 300 reference runs (\(passed) ran, \(failed) refused, nothing written); 30 through cce (\(toolRefused) refused); \(String(format: "%.2f", seconds)) s")
+        XCTAssertLessThan(seconds, 30)
+    }
 }
