@@ -91,7 +91,8 @@ enum CLI {
     /// Runs `cce args` in `directory` (default: a fresh temporary folder) and waits at most
     /// `timeout` seconds (then kills it). Output goes through files, so a chatty command
     /// cannot block on a full pipe. `memoryLimitKB` bounds its address space (ulimit -v), so
-    /// that a command that would allocate without bound fails fast instead of filling memory.
+    /// that a command that would allocate without bound fails fast instead of filling memory
+    /// (not for a ThreadSanitizer build, which cannot start under such a limit).
     /// `asUser` runs it as another user (through setpriv; root only).
     static func run(_ args: [String], in directory: URL? = nil, timeout: Double = 120, memoryLimitKB: Int? = nil,
                     asUser uid: Int? = nil) throws -> Result {
@@ -121,9 +122,14 @@ enum CLI {
         p.waitUntilExit()
         let seconds = Date().timeIntervalSince(start)
         try out.close(); try err.close()
-        return Result(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal,
-                      stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-                      stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "", seconds: seconds)
+        let result = Result(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal,
+                            stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+                            stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "", seconds: seconds)
+        // A ThreadSanitizer build cannot start under an address-space limit: run it without.
+        if memoryLimitKB != nil, result.stderr.contains("ThreadSanitizer setrlimit() failed") {
+            return try run(args, in: directory, timeout: timeout, memoryLimitKB: nil, asUser: uid)
+        }
+        return result
     }
 
     /// Asserts a clean refusal: exit status 1 (no crash), one line on standard error that
