@@ -89,7 +89,7 @@ let package = Package(
         // MARK: - Tests
         .testTarget(name: "CutCrossEntropyTests",
                     dependencies: ["CutCrossEntropy", "CCEData", "CCEKernels", "CCERuntime", "CCEReference",
-                                   "CCETraining", "CCEExplain", "CCECABI", "CCECPU"],
+                                   "CCETraining", "CCEExplain", "CCECABI", "CCECPU", "CCEBenchmarks"],
                     swiftSettings: fastFlags),
     ]
 )

@@ -92,6 +92,20 @@ public enum Accuracy {
         return rows
     }
 
+    /// The run's estimated peak (Footprint): for the largest element type, the data, the
+    /// truth kept with its Float64 gradients, and the larger of a kahan-mode call and the
+    /// materialized baseline, each with the Float64 copies its errors are computed from.
+    public static func estimatedBytes(tokens n: Int, dim d: Int, vocab v: Int, types: [ElementType]) -> Double {
+        types.map { type -> Double in
+            let copies = 2 * Footprint.float64Gradients(tokens: n, dim: d, vocab: v)
+            let variant = max(Footprint.engine(tokens: n, dim: d, vocab: v, type: type, mode: .kahan),
+                              Footprint.materialized(tokens: n, dim: d, vocab: v))
+            return max(Footprint.lmLikeData(tokens: n, dim: d, vocab: v, type: type),
+                       Footprint.lmLikeDataKept(tokens: n, dim: d, vocab: v, type: type)
+                           + Footprint.engine(tokens: n, dim: d, vocab: v, type: type, mode: .exact) + copies + variant)
+        }.max() ?? 0
+    }
+
     /// The rows as a Markdown table.
     public static func markdown(_ rows: [AccuracyRow]) -> String {
         var s = "| type | data | variant | rows kept | time s | peak MB | loss rel err | dE rel err | dC rel err |\n"

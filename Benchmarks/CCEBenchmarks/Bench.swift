@@ -97,18 +97,29 @@ public enum Bench {
         if let m = c.methods, let bad = m.first(where: { !allMethods.contains($0) }) {
             throw BenchError.invalid("unknown method '\(bad)'; methods: \(allMethods.joined(separator: ", "))")
         }
-        // The materialized baseline needs N·V·4 bytes of logits and Float32 copies.
-        let (nv, ovf1) = c.tokens.multipliedReportingOverflow(by: c.vocab)
-        let (vd, ovf2) = c.vocab.multipliedReportingOverflow(by: c.dim)
-        let (nd, ovf3) = c.tokens.multipliedReportingOverflow(by: c.dim)
-        let physical = Int(ProcessInfo.processInfo.physicalMemory)
-        let needs = ovf1 || ovf2 || ovf3 ? Int.max : (nv &* 4 &+ vd &* 16 &+ nd &* 16)
-        let needsMaterialized = c.methods.map { $0.contains("materialized") || $0.contains("sgemm") } ?? true
-        let cceNeeds = ovf2 || ovf3 ? Int.max : vd &* 16 &+ nd &* 16
-        if (needsMaterialized ? needs : cceNeeds) > physical * 3 / 4 {
-            throw BenchError.invalid("shape \(c.tokens) x \(c.dim) x \(c.vocab) needs about "
-                + "\((needsMaterialized ? needs : cceNeeds) >> 20) MiB, more than 3/4 of this machine's \(physical >> 20) MiB")
+        if let m = c.methods, m.isEmpty { throw BenchError.invalid("--methods names no method") }
+        if let k = c.kinds, k.isEmpty { throw BenchError.invalid("--kinds names no kind") }
+        // The one memory check every command makes (MemoryCheck.swift).
+        do {
+            try MemoryCheck.require(estimatedBytes(c), for: "N = \(c.tokens), D = \(c.dim), V = \(c.vocab) (\(c.dtype.rawValue))")
+        } catch let e as MemoryCheckError { throw BenchError.invalid(e.description) }
+    }
+
+    /// The run's estimated peak: the data, and the largest of its methods (each runs alone).
+    public static func estimatedBytes(_ c: BenchConfig) -> Double {
+        let (n, d, v) = (c.tokens, c.dim, c.vocab)
+        let methods = c.methods ?? allMethods
+        let perMethod = methods.map { m -> Double in
+            switch m {
+            case "sgemm", "materialized": return Footprint.materialized(tokens: n, dim: d, vocab: v)
+            case "tile-swift": return Footprint.engine(tokens: n, dim: d, vocab: v, type: c.dtype, mode: .default)
+            case "cce-exact": return Footprint.engine(tokens: n, dim: d, vocab: v, type: c.dtype, mode: .exact)
+            case "cce-kahan": return Footprint.engine(tokens: n, dim: d, vocab: v, type: c.dtype, mode: .kahan)
+            default: return Footprint.engine(tokens: n, dim: d, vocab: v, type: c.dtype, mode: .default)
+            }
         }
+        return max(Footprint.lmLikeData(tokens: n, dim: d, vocab: v, type: c.dtype),
+                   Footprint.lmLikeDataKept(tokens: n, dim: d, vocab: v, type: c.dtype) + (perMethod.max() ?? 0))
     }
 
     public static func run(_ c: BenchConfig, log: (String) -> Void = { _ in }) throws -> BenchReport {

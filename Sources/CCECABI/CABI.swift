@@ -35,6 +35,7 @@ func statusCode(_ error: CCEError) -> cce_cpu_status {
     case .invalidUpstream: CCE_CPU_ERR_UPSTREAM
     case .stateMismatch: CCE_CPU_ERR_STATE
     case .backendUnavailable, .backendFailed: CCE_CPU_ERR_BACKEND
+    case .overflow: CCE_CPU_ERR_OVERFLOW
     }
 }
 

@@ -50,10 +50,22 @@ public struct FilterMap: Sendable {
     }
     public let unsorted: Panel, sorted: Panel
 
+    /// The most probabilities N x V the map computes (it keeps them all).
+    public static let maxCells = 1 << 26
+
+    /// The estimated peak memory of a map of this size, in bytes (for MemoryCheck): the data,
+    /// the N x V logits, Float32 copies of E and C, and one engine call at a time.
+    public static func estimatedBytes(tokens n: Int, dim d: Int, vocab v: Int, type: ElementType) -> Double {
+        let held = Footprint.lmLikeDataKept(tokens: n, dim: d, vocab: v, type: type)
+            + Double(n) * Double(v) * 4 + (Double(n) + Double(v)) * Double(d) * 4 + Double(n) * 16 + Double(v) * 16
+        return max(Footprint.lmLikeData(tokens: n, dim: d, vocab: v, type: type),
+                   held + Footprint.engine(tokens: n, dim: d, vocab: v, type: type, mode: .default))
+    }
+
     /// LM-like data (S = 4, α = 1.5) in `type`, ε = `eps` (default: the element type's).
     public init(tokens n: Int = 256, dim d: Int = 256, vocab v: Int = 8192, type: ElementType = .bfloat16,
                 eps: Double? = nil, seed: UInt64 = 0, threads: Int? = nil) throws {
-        guard n >= 1, d >= 2, v >= 2, n * v <= 1 << 26 else {
+        guard n >= 1, d >= 2, v >= 2, !n.multipliedReportingOverflow(by: v).overflow, n * v <= Self.maxCells else {
             throw ExplainError.invalidOption("filter map needs N >= 1, D >= 2, V >= 2, N x V <= 2^26")
         }
         let epsilon = eps ?? BackwardPolicy(Options(), embeddings: type, classifier: type).epsilon!

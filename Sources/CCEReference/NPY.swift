@@ -18,7 +18,8 @@ public struct NPYError: Error, CustomStringConvertible, Equatable {
     public let path: String
     public let problem: String
     public init(_ path: String, _ problem: String) { self.path = path; self.problem = problem }
-    public var description: String { "\(path): \(problem)" }
+    /// "PATH: PROBLEM", or the problem alone when there is no path.
+    public var description: String { path.isEmpty ? problem : "\(path): \(problem)" }
 }
 
 /// One array read from, or to be written to, a .npy file.
@@ -63,8 +64,13 @@ public struct NPYArray: Sendable {
 
     /// Reads and checks a .npy file.
     public static func read(_ path: String) throws -> NPYArray {
-        guard FileManager.default.fileExists(atPath: path) else { throw NPYError(path, "no such file") }
-        guard let data = FileManager.default.contents(atPath: path) else { throw NPYError(path, "cannot be read") }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw NPYError(path, "no such file") }
+        guard !isDir.boolValue else { throw NPYError(path, "is a folder, not a .npy file") }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let why = access(path, R_OK) == 0 ? "a read error" : String(cString: strerror(errno))
+            throw NPYError(path, "cannot be read: \(why)")
+        }
         return try parse(data, path: path)
     }
 

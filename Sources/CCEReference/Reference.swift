@@ -9,8 +9,8 @@
 //        dE.npy (E's shape), dC.npy (V, D), dBias.npy when a bias is given, meta.json.
 //        The gradients are those of the reduced loss (for none, of its sum); '<f8' in exact
 //        mode, '<f4' otherwise.
-// Every file is written into a temporary folder beside DIR and moved into DIR only when all
-// are complete, so an error leaves DIR as it was.
+// Every file is written into a temporary folder inside DIR and moved into DIR only when all
+// are complete, so an error leaves DIR as it was; no file this run did not write is removed.
 
 import CutCrossEntropy
 import Foundation
@@ -151,60 +151,99 @@ public enum Reference {
         ])
     }
 
-    /// Writes the outputs into `dir` (created with its parents if missing): first into a temporary folder
-    /// beside it, then moved in, replacing files of the same names. Output files of an
-    /// earlier run that this run does not produce (dBias.npy without a bias) are removed, so
-    /// DIR never mixes two runs. On error DIR is left as it was.
-    public static func write(_ out: ReferenceOutputs, to dir: String, options: [String: String]) throws {
+    /// Checks, before any work, that `dir` can take a run's outputs `names` (file names, e.g.
+    /// `outputNames(bias:)`), and creates nothing: the path is not empty and not a file; if DIR
+    /// exists, it is a writable folder and holds no output file of another name (a `dBias.npy`
+    /// of an earlier run with a bias: this run would not replace it, and DIR would mix two
+    /// runs; cce deletes no file it did not write); if not, the folder it would be made in is
+    /// writable. Throws `NPYError` saying which and why.
+    public static func checkOutput(_ dir: String, writing names: [String]) throws {
+        guard !dir.isEmpty else { throw NPYError("", "the output folder's path is empty") }
         let fm = FileManager.default
         let url = URL(fileURLWithPath: dir).standardizedFileURL
-        let parent = url.deletingLastPathComponent()
         var isDir: ObjCBool = false
-        do {
-            try fm.createDirectory(at: parent, withIntermediateDirectories: true)
-        } catch {
-            throw NPYError(dir, "cannot create the folder \(parent.path): \(error.localizedDescription)")
+        if fm.fileExists(atPath: url.path, isDirectory: &isDir) {
+            guard isDir.boolValue else { throw NPYError(dir, "cannot write outputs: it exists and is not a folder") }
+            let stale = outputNames.filter { !names.contains($0) && fm.fileExists(atPath: url.appendingPathComponent($0).path) }
+            if !stale.isEmpty {
+                throw NPYError(dir, "holds \(stale.joined(separator: ", ")), which this run does not write: the folder would "
+                               + "mix two runs; remove \(stale.count == 1 ? "it" : "them") or choose another folder (cce deletes no file it did not write)")
+            }
+            guard access(url.path, W_OK | X_OK) == 0 else {
+                throw NPYError(dir, "cannot write outputs into it: \(String(cString: strerror(errno)))")
+            }
+            return
         }
-        if fm.fileExists(atPath: url.path, isDirectory: &isDir), !isDir.boolValue {
-            throw NPYError(dir, "cannot write outputs: it exists and is not a folder")
+        // The nearest folder that exists is where DIR (and any missing parents) would be made.
+        var ancestor = url.deletingLastPathComponent()
+        while !fm.fileExists(atPath: ancestor.path, isDirectory: &isDir), ancestor.path != "/" {
+            ancestor = ancestor.deletingLastPathComponent()
         }
-        let tmp = parent.appendingPathComponent(".\(url.lastPathComponent).partial-\(getpid())")
-        try? fm.removeItem(at: tmp)
-        do {
-            try fm.createDirectory(at: tmp, withIntermediateDirectories: false)
-        } catch {
-            throw NPYError(dir, "cannot create a temporary folder beside it: \(error.localizedDescription)")
+        guard isDir.boolValue else {
+            throw NPYError(dir, "cannot create the folder: \(ancestor.path) is a file, not a folder")
         }
-        defer { try? fm.removeItem(at: tmp) }
-        var names: [String] = []
+        guard access(ancestor.path, W_OK | X_OK) == 0 else {
+            throw NPYError(dir, "cannot create the folder: \(String(cString: strerror(errno))) (\(ancestor.path) is not writable)")
+        }
+    }
+
+    /// The files a run writes: loss.npy, lse.npy, dE.npy, dC.npy, dBias.npy with a bias, meta.json.
+    public static func outputNames(bias: Bool) -> [String] { outputNames.filter { bias || $0 != "dBias.npy" } }
+
+    /// Writes the outputs into `dir` (created with its parents if missing): first into a
+    /// fresh temporary folder inside DIR (`.cce-partial-PID-XXXXXXXX`), then each file is
+    /// renamed into DIR, replacing a file of the same name; the temporary folder goes. So a
+    /// writable DIR under a read-only parent works, and no file is removed that this run did
+    /// not write: the checks of `checkOutput` come first (a stale `dBias.npy` is refused, not
+    /// deleted). On error the temporary folder, and the folders this call created, are removed
+    /// and DIR is left as it was.
+    public static func write(_ out: ReferenceOutputs, to dir: String, options: [String: String]) throws {
+        let names = out.arrays.map(\.name) + ["meta.json"]
+        try checkOutput(dir, writing: names)
+        let fm = FileManager.default
+        let url = URL(fileURLWithPath: dir).standardizedFileURL
+        // The folders to make, outermost first (DIR and missing parents).
+        var created: [URL] = []
+        var missing = url
+        while !fm.fileExists(atPath: missing.path) { created.insert(missing, at: 0); missing.deleteLastPathComponent() }
+        var made: [URL] = []
+        var tmp: URL? = nil
+        func undo() {
+            if let tmp { try? fm.removeItem(at: tmp) }
+            for folder in made.reversed() { rmdir(folder.path) }   // only while empty
+        }
         do {
+            for folder in created {
+                guard mkdir(folder.path, 0o777) == 0 || errno == EEXIST else {
+                    throw NPYError(dir, "cannot create the folder \(folder.path): \(String(cString: strerror(errno)))")
+                }
+                made.append(folder)
+            }
+            let t = url.appendingPathComponent(".cce-partial-\(getpid())-\(UUID().uuidString.prefix(8))")
+            guard mkdir(t.path, 0o777) == 0 else {
+                throw NPYError(dir, "cannot create a temporary folder in it: \(String(cString: strerror(errno)))")
+            }
+            tmp = t
             for (name, a) in out.arrays {
-                try a.encoded().write(to: tmp.appendingPathComponent(name))
-                names.append(name)
+                do { try a.encoded().write(to: t.appendingPathComponent(name)) } catch {
+                    throw NPYError(dir, "cannot write \(name): \(systemErrorText(error))")
+                }
             }
             var meta = out.meta.merging(options) { a, _ in a }
             meta["files"] = names.joined(separator: " ")
             let json = try JSONSerialization.data(withJSONObject: meta, options: [.prettyPrinted, .sortedKeys])
-            try json.write(to: tmp.appendingPathComponent("meta.json"))
-            names.append("meta.json")
-        } catch {
-            throw NPYError(dir, "cannot write outputs: \(error.localizedDescription)")
-        }
-        do {
-            if !fm.fileExists(atPath: url.path) {
-                try fm.moveItem(at: tmp, to: url)
-                return
-            }
-            for stale in outputNames where !names.contains(stale) {
-                try? fm.removeItem(at: url.appendingPathComponent(stale))
+            do { try json.write(to: t.appendingPathComponent("meta.json")) } catch {
+                throw NPYError(dir, "cannot write meta.json: \(systemErrorText(error))")
             }
             for name in names {
-                let dst = url.appendingPathComponent(name)
-                if fm.fileExists(atPath: dst.path) { try fm.removeItem(at: dst) }
-                try fm.moveItem(at: tmp.appendingPathComponent(name), to: dst)
+                guard rename(t.appendingPathComponent(name).path, url.appendingPathComponent(name).path) == 0 else {
+                    throw NPYError(dir, "cannot move \(name) into place: \(String(cString: strerror(errno)))")
+                }
             }
+            rmdir(t.path)
         } catch {
-            throw NPYError(dir, "cannot move outputs into place: \(error.localizedDescription)")
+            undo()
+            throw error
         }
     }
 
@@ -225,4 +264,26 @@ public func indexText(_ flat: Int, _ shape: [Int]) -> String {
         idx[k] = r % shape[k]; r /= shape[k]
     }
     return "[" + idx.map(String.init).joined(separator: ", ") + "]"
+}
+
+/// A system error in words ("No such file or directory", "Permission denied"): the POSIX
+/// error under a Foundation error when there is one, never a raw "Error Domain=…" dump.
+public func systemErrorText(_ error: Error) -> String {
+    let ns = error as NSError
+    if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
+    if let u = ns.userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain {
+        return String(cString: strerror(Int32(u.code)))
+    }
+    if let c = error as? CocoaError {
+        switch c.code {
+        case .fileNoSuchFile, .fileReadNoSuchFile: return String(cString: strerror(ENOENT))
+        case .fileWriteNoPermission, .fileReadNoPermission: return String(cString: strerror(EACCES))
+        case .fileWriteOutOfSpace: return String(cString: strerror(ENOSPC))
+        case .fileWriteVolumeReadOnly: return String(cString: strerror(EROFS))
+        case .fileWriteFileExists: return String(cString: strerror(EEXIST))
+        default: break
+        }
+    }
+    let text = ns.localizedDescription
+    return text.contains("Error Domain=") ? "system error \(ns.code) (\(ns.domain))" : text
 }

@@ -105,13 +105,15 @@ public struct CutCrossEntropy: Sendable {
                                requested: tileKernel)
     }
 
-    /// Loss and per-token LSE. Throws `CCEError` on bad input; nothing is returned then.
+    /// Loss and per-token LSE. Throws `CCEError` on bad input, and `CCEError.overflow` when
+    /// finite inputs overflow the mode's Float32 arithmetic; nothing is returned then.
     public func forward(embeddings: Tensor, classifier: Tensor, targets: Targets,
                         bias: Tensor? = nil) throws -> ForwardOutput {
         let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
                                   bias: bias, options: options)
         let result = Engine.run(call(.forward, problem, options: options, upstream: [], savedLSE: nil),
                                 embeddings: embeddings, classifier: classifier, bias: bias)
+        try checkFinite(problem, result, embeddings: embeddings, classifier: classifier, bias: bias)
         return forwardOutput(problem, options: options, result)
     }
 
@@ -163,6 +165,7 @@ public struct CutCrossEntropy: Sendable {
         let g = try problem.upstreamPerToken(upstream, reduction: options.reduction)
         let result = Engine.run(call(.fused, problem, options: options, upstream: g, savedLSE: nil),
                                 embeddings: embeddings, classifier: classifier, bias: bias)
+        try checkFinite(problem, result, embeddings: embeddings, classifier: classifier, bias: bias)
         return (forwardOutput(problem, options: options, result), gradients(result))
     }
 
@@ -186,6 +189,7 @@ public struct CutCrossEntropy: Sendable {
         var engineCall = call(.fused, problem, options: options, upstream: g, savedLSE: nil)
         engineCall.destination = destination
         let result = Engine.run(engineCall, embeddings: embeddings, classifier: classifier, bias: bias)
+        try checkFinite(problem, result, embeddings: embeddings, classifier: classifier, bias: bias)
         return (forwardOutput(problem, options: options, result), result.stats)
     }
 
@@ -212,6 +216,21 @@ public struct CutCrossEntropy: Sendable {
     }
 
     // MARK: - Resolving and packaging
+
+    /// Throws unless every active token's LSE and loss are finite: `CCEError.nonFinite` naming
+    /// the first NaN or infinity in the inputs when there is one (unchecked inputs), otherwise
+    /// `CCEError.overflow` (finite inputs whose arithmetic overflowed in this mode). O(N) when
+    /// all is well; the inputs are scanned only on the way to an error.
+    func checkFinite(_ problem: Problem, _ result: EngineResult, embeddings: Tensor, classifier: Tensor,
+                     bias: Tensor?) throws {
+        guard let i = (0..<problem.active).first(where: { !result.lse[$0].isFinite || !result.loss[$0].isFinite }) else {
+            return
+        }
+        try Problem.checkFinite(embeddings, "embeddings")
+        try Problem.checkFinite(classifier, "classifier")
+        if let bias { try Problem.checkFinite(bias, "bias") }
+        throw CCEError.overflow(position: Int(problem.positions[i]), mode: options.mode)
+    }
 
     /// The engine call for `pass` with `options` resolved for the problem's element types.
     func call(_ pass: Pass, _ problem: Problem, options: Options, upstream: [Double], savedLSE: Values?) -> EngineCall {

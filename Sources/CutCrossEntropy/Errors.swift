@@ -20,6 +20,12 @@ public enum CCEError: Error, Equatable, CustomStringConvertible {
     case backendUnavailable(String)
     /// An optional engine reported a failure.
     case backendFailed(String)
+    /// Finite inputs whose arithmetic in `mode` overflowed: the LSE or the loss of the row
+    /// paired with `targets[position]` (flat index) is not finite. Float32 logits overflow
+    /// beyond about 3.4e38; the exact mode computes in Float64 and does not. Thrown after the
+    /// engine and before anything is returned (gradients written into caller buffers by
+    /// `lossAndGradients(…, writingTo:)` are then unspecified).
+    case overflow(position: Int, mode: Mode)
 
     /// A one-line message that names the problem, e.g. "target out of range: targets[3] =
     /// 100 is outside [0, 100) and is not the ignore index".
@@ -34,6 +40,10 @@ public enum CCEError: Error, Equatable, CustomStringConvertible {
         case .invalidUpstream(let s): return "invalid upstream gradient: \(s)"
         case .stateMismatch(let s): return "saved state does not match the inputs: \(s)"
         case .backendUnavailable(let s), .backendFailed(let s): return s
+        case .overflow(let p, let mode):
+            return "overflow: the Float32 arithmetic of the \(mode.rawValue) mode overflows on these finite inputs "
+                + "(targets[\(p)]: its LSE or loss is not finite); use the exact mode (Options.mode = .exact, "
+                + "`--mode exact` in cce), which computes in Float64, or scale the inputs down"
         }
     }
 }

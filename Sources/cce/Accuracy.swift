@@ -3,6 +3,7 @@
 
 import ArgumentParser
 import CCEBenchmarks
+import CCEReference
 import CCERuntime
 import CutCrossEntropy
 import Foundation
@@ -18,23 +19,46 @@ struct AccuracyCommand: ParsableCommand {
 
     @OptionGroup var shape: ShapeOptions<Defaults>
     @Option(help: "Comma-separated element types.") var dtypes = "f32,f16,bf16"
-    @Option(help: "Comma-separated data settings S:alpha (shared/LMLIKE.md).") var data = "4:1.5,2:1"
+    @Option(parsing: .unconditional, help: "Comma-separated data settings S:alpha (shared/LMLIKE.md).") var data = "4:1.5,2:1"
     @OptionGroup var engine: EngineOptions<StandardEngine>
-    @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(parsing: .unconditional, help: "Random seed.") var seed: UInt64 = 0
     @Option(help: "Also write the rows as JSON to this file.") var json: String?
 
-    func run() throws {
+    /// --dtypes as element types.
+    func types() throws -> [ElementType] {
         let types = try dtypes.split(separator: ",").map { s -> ElementType in
-            guard let t = ElementType(rawValue: String(s)) else { throw CLIError("unknown element type \(s) (f32, f16, bf16)") }
+            guard let t = ElementType(rawValue: String(s)) else { throw ValidationError("--dtypes: unknown element type \(s) (f32, f16, bf16)") }
             return t
         }
+        guard !types.isEmpty else { throw ValidationError("--dtypes names no element type (f32, f16, bf16)") }
+        return types
+    }
+
+    /// --data as (S, alpha) pairs.
+    func settings() throws -> [(Double, Double)] {
         let settings = try data.split(separator: ",").map { s -> (Double, Double) in
-            let p = s.split(separator: ":").compactMap { Double($0) }
-            guard p.count == 2, p[0] > 0, p[1] >= 0 else { throw CLIError("--data wants S:alpha pairs (got \(s))") }
-            return (p[0], p[1])
+            let p = s.split(separator: ":", omittingEmptySubsequences: false).map { Double($0) }
+            guard p.count == 2, let scale = p[0], let alpha = p[1], scale > 0, scale.isFinite, alpha >= 0, alpha.isFinite else {
+                throw ValidationError("--data wants S:alpha pairs with S > 0 and alpha >= 0 (got \(s))")
+            }
+            return (scale, alpha)
         }
+        guard !settings.isEmpty else { throw ValidationError("--data names no S:alpha pair") }
+        return settings
+    }
+
+    /// Every argument, the --json file, and the memory the run needs, before anything runs or prints.
+    func validate() throws {
+        if let json { try checkOutputFile(json, option: "--json") }
+        let (types, _) = (try types(), try settings())
+        guard shape.dim > 1 else { throw ValidationError("--dim must be >= 2 (got \(shape.dim))") }
+        try requireMemory(Accuracy.estimatedBytes(tokens: shape.tokens, dim: shape.dim, vocab: shape.vocab, types: types),
+                          for: "N = \(shape.tokens), D = \(shape.dim), V = \(shape.vocab)")
+    }
+
+    func run() throws {
+        let (types, settings) = (try types(), try settings())
         let (tokens, dim, vocab) = (shape.tokens, shape.dim, shape.vocab)
-        guard tokens > 0, dim > 1, vocab > 0 else { throw CLIError("sizes must be positive (D > 1)") }
         let nThreads = engine.resolvedThreads
         print("LM-like N=\(tokens) D=\(dim) V=\(vocab), \(nThreads) threads, seed \(seed); truth: exact mode (Float64, no filter)\n")
         let rows = try Accuracy.run(tokens: tokens, dim: dim, vocab: vocab, types: types, settings: settings,
@@ -42,7 +66,9 @@ struct AccuracyCommand: ParsableCommand {
         print(Accuracy.markdown(rows))
         if let json {
             let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try enc.encode(rows).write(to: URL(fileURLWithPath: json))
+            do { try enc.encode(rows).write(to: URL(fileURLWithPath: json)) } catch {
+                throw CLIError("cannot write --json \(json): \(systemErrorText(error))")
+            }
         }
     }
 }

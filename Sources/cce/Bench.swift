@@ -19,7 +19,7 @@ struct BenchCommand: ParsableCommand {
 
     @OptionGroup var problem: ProblemOptions<Defaults>
     @OptionGroup var engine: EngineOptions<StandardEngine>
-    @Option(help: "Timed repeats per row (median reported).") var repeats = 3
+    @Option(parsing: .unconditional, help: "Timed repeats per row (median reported).") var repeats = 3
     @Option(help: "Comma-separated methods (default: all): \(Bench.allMethods.joined(separator: ","))")
     var methods: String?
     @Option(help: "Comma-separated kinds for the cce rows (default: all): loss,grad,loss+grad")
@@ -27,10 +27,16 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "cpu (this engine and the baselines), or cuda (the CUDA library, loaded at run time).")
     var backend = Backend.cpu
     @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce).") var cudaLibrary: String?
-    @Option(help: "LM-like data scale S (with --backend cuda).") var scale = 4.0
-    @Option(help: "LM-like data prior alpha (with --backend cuda).") var alpha = 1.5
+    @Option(parsing: .unconditional, help: "LM-like data scale S (with --backend cuda).") var scale = 4.0
+    @Option(parsing: .unconditional, help: "LM-like data prior alpha (with --backend cuda).") var alpha = 1.5
     @Flag(help: "Print the tile plan and progress.") var verbose = false
     @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        guard repeats >= 1 else { throw ValidationError("--repeats must be >= 1 (got \(repeats))") }
+        guard scale > 0, scale.isFinite else { throw ValidationError("--scale must be finite and > 0 (got \(scale))") }
+        guard alpha >= 0, alpha.isFinite else { throw ValidationError("--alpha must be finite and >= 0 (got \(alpha))") }
+    }
 
     func run() throws {
         if backend == .cuda { return try runCUDA() }

@@ -20,13 +20,23 @@ struct Demo: ParsableCommand {
     @OptionGroup var engine: EngineOptions<StandardEngine>
     @OptionGroup var filter: FilterOptions<StandardEngine>
 
+    /// Sizes (positive: the option groups check), N x V for the baseline, and memory: all
+    /// before anything is allocated or printed.
     func validate() throws {
-        let (tokens, dim, vocab) = (problem.tokens, problem.dim, problem.vocab)
-        guard tokens > 0, dim > 0, vocab > 0 else { throw ValidationError("sizes must be positive") }
-        if let t = engine.threads, t < 1 { throw ValidationError("threads must be >= 1") }
-        guard tokens * vocab <= 1 << 30 else {
-            throw ValidationError("N x V = \(tokens * vocab) is too large for the materialized baseline in a demo")
+        let (n, d, v, type) = (problem.tokens, problem.dim, problem.vocab, problem.dtype)
+        let (nv, overflow) = n.multipliedReportingOverflow(by: v)
+        guard !overflow, nv <= 1 << 30 else {
+            throw ValidationError("N x V = \(n) x \(v) is more than 2^30, too large for the materialized baseline in a demo")
         }
+        // Held at once: the data, the exact run's Float64 gradients and their copies, the
+        // baseline's and CCE's gradients, and the Float64 copies the errors are taken from.
+        let results = Footprint.engine(tokens: n, dim: d, vocab: v, type: type, mode: .exact)
+            + Footprint.materialized(tokens: n, dim: d, vocab: v)
+            + Footprint.engine(tokens: n, dim: d, vocab: v, type: type, mode: .default)
+            + 3 * Footprint.float64Gradients(tokens: n, dim: d, vocab: v)
+        try requireMemory(max(Footprint.lmLikeData(tokens: n, dim: d, vocab: v, type: type),
+                              Footprint.lmLikeDataKept(tokens: n, dim: d, vocab: v, type: type) + results),
+                          for: problem.what)
     }
 
     func run() throws {

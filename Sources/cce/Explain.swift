@@ -4,6 +4,7 @@
 
 import ArgumentParser
 import CCEExplain
+import CCEReference
 import CutCrossEntropy
 import Foundation
 
@@ -27,7 +28,7 @@ struct Explain: ParsableCommand {
 
     @OptionGroup var filter: FilterOptions<Defaults>
     /// The earlier spelling of --filter-eps, still accepted; when both are given, --eps wins.
-    @Option(name: .customLong("eps"), help: .hidden) var eps: FilterEpsilon?
+    @Option(name: .customLong("eps"), parsing: .unconditional, help: .hidden) var eps: FilterEpsilon?
     @Option(help: "SVG picture of skipped tiles.") var svg = "explain-tiles.svg"
     @OptionGroup var problem: ProblemOptions<Defaults>
     @OptionGroup var engine: EngineOptions<Defaults>
@@ -35,6 +36,20 @@ struct Explain: ParsableCommand {
     /// The tiny example's threshold: auto is Float32's ε (its data is Float32), none is 0
     /// (every tile kept).
     var tinyEpsilon: Double { (eps ?? filter.filterEps).resolve(.float32, .float32) ?? 0 }
+
+    /// The picture's problem, its file and the memory it needs, before the walkthrough prints.
+    func validate() throws {
+        try eps?.check("--eps")
+        try checkOutputFile(svg, option: "--svg")
+        let (n, d, v) = (problem.tokens, problem.dim, problem.vocab)
+        guard d >= 2 else { throw ValidationError("--dim must be >= 2 for the picture's problem (got \(d))") }
+        guard v >= 2 else { throw ValidationError("--vocab must be >= 2 for the picture's problem (got \(v))") }
+        let (nv, overflow) = n.multipliedReportingOverflow(by: v)
+        guard !overflow, nv <= FilterMap.maxCells else {
+            throw ValidationError("--tokens x --vocab must be at most 2^26 for the picture (it keeps every probability; got \(n) x \(v))")
+        }
+        try requireMemory(FilterMap.estimatedBytes(tokens: n, dim: d, vocab: v, type: problem.dtype), for: problem.what)
+    }
 
     func run() throws {
         let (tokens, dim, vocab, dtype, seed) = (problem.tokens, problem.dim, problem.vocab, problem.dtype, problem.seed)
@@ -51,7 +66,9 @@ struct Explain: ParsableCommand {
                      map.eps, map.tokenBlock, map.vocabBlock))
         print("  " + Self.summary(map, map.unsorted))
         print("  " + Self.summary(map, map.sorted))
-        do { try map.svg().write(toFile: svg, atomically: true, encoding: .utf8) } catch { throw CLIError("cannot write \(svg)") }
+        do { try map.svg().write(toFile: svg, atomically: true, encoding: .utf8) } catch {
+            throw CLIError("cannot write --svg \(svg): \(systemErrorText(error))")
+        }
         print("picture: \(svg)")
     }
 }

@@ -21,12 +21,12 @@ struct ReferenceCommand: ParsableCommand {
     @Option(help: "C: (V, D).") var classifier: String
     @Option(help: "Targets: (N) or (B, T), integers.") var targets: String
     @Option(help: "Bias: (V).") var bias: String?
-    @Option(help: "Targets equal to this are ignored.") var ignoreIndex = -100
+    @Option(parsing: .unconditional, help: "Targets equal to this are ignored.") var ignoreIndex = -100
     @Option(help: "mean, sum or none.") var reduction: Reduction = .mean
-    @Option(help: "Soft cap s: logits become s·tanh(logits/s).") var softcap: Double?
-    @Option(help: "Pair row j of each sequence with target j + K.") var shift = 0
-    @Option(help: "Label smoothing α in [0, 1].") var labelSmoothing = 0.0
-    @Option(help: "z-loss coefficient.") var zLoss = 0.0
+    @Option(parsing: .unconditional, help: "Soft cap s: logits become s·tanh(logits/s).") var softcap: Double?
+    @Option(parsing: .unconditional, help: "Pair row j of each sequence with target j + K.") var shift = 0
+    @Option(parsing: .unconditional, help: "Label smoothing α in [0, 1].") var labelSmoothing = 0.0
+    @Option(parsing: .unconditional, help: "z-loss coefficient.") var zLoss = 0.0
     @Option(help: "default, kahan, kahan-full-e, kahan-full-c or exact.") var mode: Mode = .default
     @OptionGroup var filter: FilterOptions<StandardEngine>
     @Flag(help: "Leave out the estimate of the filtered dE mass.") var noFilterCorrection = false
@@ -35,7 +35,7 @@ struct ReferenceCommand: ParsableCommand {
     @Option(help: "cpu, or cuda (the CUDA library, loaded at run time).") var backend = Backend.cpu
     @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce, then the loader's path).")
     var cudaLibrary: String?
-    @Option(help: "Output folder (created, with its parents, if missing).") var out: String
+    @Option(help: "Output folder (created, with its parents, if missing; files of other names in it are kept).") var out: String
 
     func options() throws -> Options {
         var o = Options()
@@ -49,6 +49,10 @@ struct ReferenceCommand: ParsableCommand {
 
     func run() throws {
         let o = try options()
+        // The output folder before the work: never an empty path, never a folder that would
+        // mix two runs or lose a file of the user's (Reference.checkOutput).
+        guard !out.isEmpty else { throw CLIError("--out is empty: name the output folder") }
+        try Reference.checkOutput(out, writing: Reference.outputNames(bias: bias != nil))
         let inputs = try ReferenceInputs.load(embeddings: embeddings, classifier: classifier, targets: targets,
                                            bias: bias, ignoreIndex: ignoreIndex)
         for n in inputs.notes { FileHandle.standardError.write(Data("cce: note: \(n)\n".utf8)) }
@@ -57,7 +61,11 @@ struct ReferenceCommand: ParsableCommand {
             let lib = try CUDALibrary.load(cudaLibrary)
             result = try Reference.computeCUDA(inputs, options: o, library: lib)
         } else {
-            do { result = try Reference.computeCPU(inputs, options: o) } catch { throw CLIError("\(error)") }
+            do { result = try Reference.computeCPU(inputs, options: o) } catch CCEError.overflow(let p, let m) {
+                throw CLIError("overflow: the Float32 arithmetic of the \(m.rawValue) mode overflows on these finite inputs "
+                               + "(targets\(indexText(p, inputs.targets.shape)): its LSE or loss is not finite); "
+                               + "run with --mode exact, which computes in Float64, or scale E and C down")
+            } catch { throw CLIError("\(error)") }
         }
         var recorded: [String: String] = [
             "embeddings": embeddings, "classifier": classifier, "targets": targets,
@@ -80,23 +88,30 @@ struct ReferenceCommand: ParsableCommand {
 struct CompareCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compare",
-        abstract: "Compare a candidate's .npy outputs with a reference run's; exit 1 when a budget is exceeded.",
+        abstract: "Compare a candidate's .npy outputs with a reference run's; exit 1 when a budget is exceeded or a tensor is missing or non-finite.",
         discussion: """
             For each .npy file in both folders: max |cand − ref|, ‖cand − ref‖ / ‖ref‖ and the worst \
             element. Budgets: --budget 1e-3 (relative norm error, every tensor) or --budget dE=5e-3, \
-            and --max-abs X or --max-abs lse=1e-5; repeat them as needed.
+            and --max-abs X or --max-abs lse=1e-5; repeat them as needed. Exit 1 also when a \
+            reference tensor is missing from the candidate or the candidate holds NaN or infinity \
+            where the reference has no NaN, unless --allow-missing or --allow-non-finite.
             """)
 
     @Option(help: "Folder written by cce reference.") var reference: String
     @Option(help: "Folder of the same files from the implementation under test.") var candidate: String
-    @Option(help: "Relative norm error budget: X or NAME=X (repeatable).") var budget: [String] = []
-    @Option(help: "Max absolute error budget: X or NAME=X (repeatable).") var maxAbs: [String] = []
+    @Option(parsing: .unconditionalSingleValue, help: "Relative norm error budget: X or NAME=X (repeatable).") var budget: [String] = []
+    @Option(parsing: .unconditionalSingleValue, help: "Max absolute error budget: X or NAME=X (repeatable).") var maxAbs: [String] = []
+    @Flag(help: "Pass when reference tensors are missing from the candidate (default: fail).") var allowMissing = false
+    @Flag(help: "Pass NaN or infinite candidate values where the reference has none, within budgets (default: fail).")
+    var allowNonFinite = false
 
     func run() throws {
         var b = Budgets()
         try Budgets.parse(budget, into: &b.relative, option: "--budget")
         try Budgets.parse(maxAbs, into: &b.absolute, option: "--max-abs")
         let (rows, missing) = try Compare.run(reference: reference, candidate: candidate, budgets: b)
+        var policy = ComparePolicy()
+        policy.allowMissing = allowMissing; policy.allowNonFinite = allowNonFinite
         print(pad("tensor", 8) + pad("shape", 16) + lpad("max |Δ|", 11) + lpad("rel err", 11) + "  "
               + pad("worst element (reference → candidate)", 46) + pad("budget", 22) + "status")
         func sci(_ x: Double?) -> String { x.map { String(format: "%.3e", $0) } ?? "-" }
@@ -106,14 +121,19 @@ struct CompareCommand: ParsableCommand {
             var budgets: [String] = []
             if let x = r.relativeBudget { budgets.append("rel ≤ \(x)") }
             if let x = r.absoluteBudget { budgets.append("abs ≤ \(x)") }
-            let status = r.problem != nil ? "FAIL" : (budgets.isEmpty ? "-" : (r.passed ? "ok" : "FAIL"))
+            let failed = !Compare.failures([r], missing: [], policy: policy).isEmpty
+            let status = failed ? "FAIL" : (budgets.isEmpty ? (r.nonFinite > 0 ? "non-finite" : "-") : "ok")
             print(pad(r.name, 8) + pad(shapeText(r.shape), 16) + lpad(sci(r.maxAbs), 11) + lpad(sci(r.relative), 11)
                   + "  " + pad(worst, 46) + pad(budgets.isEmpty ? "-" : budgets.joined(separator: ", "), 22) + status)
         }
         if !missing.isEmpty { print("not in the candidate: \(missing.joined(separator: ", "))") }
-        let failed = rows.filter { $0.problem != nil || (($0.relativeBudget != nil || $0.absoluteBudget != nil) && !$0.passed) }
-        if !failed.isEmpty {
-            throw CLIError("\(failed.count) of \(rows.count) tensors over budget or mismatched: \(failed.map(\.name).joined(separator: ", "))")
+        let failures = Compare.failures(rows, missing: missing, policy: policy)
+        if !failures.isEmpty {
+            var hint: [String] = []
+            if !allowNonFinite && rows.contains(where: { $0.nonFinite > 0 }) { hint.append("--allow-non-finite") }
+            if !allowMissing && !missing.isEmpty { hint.append("--allow-missing") }
+            throw CLIError("compare failed: " + failures.joined(separator: "; ")
+                           + (hint.isEmpty ? "" : " (\(hint.joined(separator: ", ")) to let these through)"))
         }
     }
 }

@@ -2,6 +2,7 @@
 // (Sources/CCETraining; Docs/TRAINING.md).
 
 import ArgumentParser
+import CCEReference
 import CCERuntime
 import CCETraining
 import CutCrossEntropy
@@ -13,23 +14,34 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train a fixed-window neural LM whose large-vocabulary output layer goes through CCE (or the materialized baseline).")
 
-    @Option(help: "Training steps.") var steps = TrainingConfig().steps
-    @Option(help: "Tokens per batch B.") var batch = TrainingConfig().batch
-    @Option(help: "Adam learning rate.") var lr = TrainingConfig().learningRate
-    @Option(help: "Embedding and classifier width D.") var dim = TrainingConfig().dim
-    @Option(help: "Hidden width H of the MLP.") var hidden = TrainingConfig().hidden
-    @Option(help: "Context window k (previous tokens seen).") var context = TrainingConfig().context
-    @Option(help: "Vocabulary size V (synthetic corpus), or its cap (--corpus; rare words become <unk>).")
+    @Option(parsing: .unconditional, help: "Training steps.") var steps = TrainingConfig().steps
+    @Option(parsing: .unconditional, help: "Tokens per batch B.") var batch = TrainingConfig().batch
+    @Option(parsing: .unconditional, help: "Adam learning rate.") var lr = TrainingConfig().learningRate
+    @Option(parsing: .unconditional, help: "Embedding and classifier width D.") var dim = TrainingConfig().dim
+    @Option(parsing: .unconditional, help: "Hidden width H of the MLP.") var hidden = TrainingConfig().hidden
+    @Option(parsing: .unconditional, help: "Context window k (previous tokens seen).") var context = TrainingConfig().context
+    @Option(parsing: .unconditional, help: "Vocabulary size V (synthetic corpus), or its cap (--corpus; rare words become <unk>).")
     var vocab = TrainingConfig().vocab
     @Flag(help: "Tie the input embedding table to the classifier (default: untied).") var tie = false
     @Option(help: "Loss head: cce (this engine) or materialized (the N x V OpenBLAS baseline).")
     var loss: HeadKind = .cce
     @Option(help: "A UTF-8 text file to train on (word-level); default: the synthetic Markov source.")
     var corpus: String?
-    @Option(help: "Random seed (model, corpus, batches).") var seed: UInt64 = 0
+    @Option(parsing: .unconditional, help: "Random seed (model, corpus, batches).") var seed: UInt64 = 0
     @OptionGroup var engine: EngineOptions<StandardEngine>
     @Option(help: "CSV log (step,loss,tokens_per_s,elapsed_s,floor,loss_kind); the loss figure goes beside it (.svg). Default: train-<loss>.csv")
     var log: String?
+
+    /// The log and the figure beside it can be written: checked before the corpus is built.
+    func validate() throws {
+        let path = logPath
+        try checkOutputFile(path, option: "--log")
+        try checkOutputFile(Self.figurePath(path), option: "--log (its figure)")
+    }
+
+    var logPath: String { log ?? "train-\(loss.rawValue).csv" }
+    /// The figure beside the log: FILE.csv -> FILE.svg.
+    static func figurePath(_ log: String) -> String { (log.hasSuffix(".csv") ? String(log.dropLast(4)) : log) + ".svg" }
 
     func run() throws {
         var c = TrainingConfig()
@@ -40,7 +52,6 @@ struct Train: ParsableCommand {
         do { trainer = try Trainer(config: c) } catch let e as TrainingError { throw CLIError(e.description) }
         let corpus = trainer.corpus
         let cfg = trainer.config
-        let logPath = log ?? "train-\(loss.rawValue).csv"
         guard FileManager.default.createFile(atPath: logPath, contents: nil),
               let logFile = FileHandle(forWritingAtPath: logPath) else {
             throw CLIError("cannot write the log \(logPath)")
@@ -104,10 +115,10 @@ struct Train: ParsableCommand {
         if let f = corpus.floor { refs.insert(ReferenceLine(name: "entropy floor", value: f, dashed: true), at: 0) }
         let title = String(format: "cce train: V = %d, D = %d, B = %d, %@", corpus.vocab, cfg.dim, cfg.batch,
                            cfg.corpusPath == nil ? "synthetic Markov source" : "text corpus")
-        let svgPath = (logPath.hasSuffix(".csv") ? String(logPath.dropLast(4)) : logPath) + ".svg"
+        let svgPath = Self.figurePath(logPath)
         do {
             try LossFigure.svg(title: title, curves: curves, references: refs).write(toFile: svgPath, atomically: true, encoding: .utf8)
-        } catch { throw CLIError("cannot write the figure \(svgPath)") }
+        } catch { throw CLIError("cannot write the figure \(svgPath): \(systemErrorText(error))") }
         print("log: \(logPath), figure: \(svgPath)\(curves.count > 1 ? " (with \(curves[1].name))" : "")")
     }
 }

@@ -118,7 +118,8 @@ final class ReferenceTests: XCTestCase {
     }
 
     /// The files hold what the library returns, in the documented shapes; an existing DIR
-    /// loses outputs of an earlier run that this run does not produce; no temporary folder stays.
+    /// holding an output of an earlier run that this run does not produce is refused, not
+    /// emptied; no temporary folder stays.
     func testOutputsMatchTheLibraryAndReplaceAtomically() throws {
         let (b, t, d, v) = (2, 5, 7, 11)
         var rng = SeededRandom(seed: 9)
@@ -145,14 +146,22 @@ final class ReferenceTests: XCTestCase {
         XCTAssertTrue(l[0].isNaN && l[5].isNaN, "first position of each sequence has no row (shift 1)")
         XCTAssertTrue(l[2].isNaN, "ignored target")
         XCTAssertFalse(l[1].isNaN)
-        // Again without a bias, default mode: dBias.npy goes, arrays are <f4, loss is 0-d.
+        // Again without a bias, default mode: refused while the earlier dBias.npy is there
+        // (the folder would mix two runs, and cce deletes no file it did not write); once it
+        // is removed, arrays are <f4, loss is 0-d.
         o.reduction = .mean; o.mode = .default
+        XCTAssertThrowsError(try Reference.write(try Reference.computeCPU(try load(), options: o), to: out, options: [:])) {
+            XCTAssertTrue("\($0)".contains("holds dBias.npy"), "\($0)")
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/dBias.npy"))
+        try FileManager.default.removeItem(atPath: out + "/dBias.npy")
         try Reference.write(try Reference.computeCPU(try load(), options: o), to: out, options: [:])
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out).sorted(),
                        ["dC.npy", "dE.npy", "loss.npy", "lse.npy", "meta.json"])
         XCTAssertEqual(try NPYArray.read(out + "/loss.npy").shape, [])
         XCTAssertEqual(try NPYArray.read(out + "/dE.npy").dtype, .float32)
         XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: dir.path).contains { $0.contains("partial") })
+        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: out).contains { $0.contains("partial") })
         // A DIR that is a file: an error, and the file is untouched.
         try Data("keep".utf8).write(to: URL(fileURLWithPath: path("file")))
         XCTAssertThrowsError(try Reference.write(try Reference.computeCPU(try load(), options: o),

@@ -48,3 +48,104 @@ func bitwiseEqual(_ a: Values, _ b: Values) -> Bool {
     default: return false
     }
 }
+
+/// The `cce` executable, run as a subprocess: for tests of what the command line does (exit
+/// status, standard error, files written). Found, in order, at $CCE_EXECUTABLE, beside the test
+/// bundle (`swift test` builds every product into the same folder), or in this package's
+/// .build/{release,debug}.
+enum CLI {
+    struct Result {
+        let status: Int32
+        /// Whether the process ended by a signal (a crash), not by exit().
+        let signalled: Bool
+        let stdout: String, stderr: String
+        let seconds: Double
+        var stderrLines: [Substring] { stderr.split(separator: "\n") }
+        var summary: String { "status \(status)\(signalled ? " (signal)" : ""), \(String(format: "%.2f", seconds)) s, stderr: \(stderr.prefix(600)), stdout: \(stdout.prefix(300))" }
+    }
+
+    static let executable: URL? = {
+        let fm = FileManager.default
+        var candidates: [URL] = []
+        if let e = ProcessInfo.processInfo.environment["CCE_EXECUTABLE"], !e.isEmpty {
+            candidates.append(URL(fileURLWithPath: e))
+        }
+        let bundle = Bundle(for: BundleMarker.self).bundleURL
+        candidates += [bundle, bundle.deletingLastPathComponent()].map { $0.appendingPathComponent("cce") }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        candidates += ["release", "debug"].map { root.appendingPathComponent(".build/\($0)/cce") }
+        return candidates.first { fm.isExecutableFile(atPath: $0.path) }
+    }()
+
+    /// The executable, or a failure that says where it was looked for.
+    static func tool(file: StaticString = #filePath, line: UInt = #line) throws -> URL {
+        guard let exe = executable else {
+            XCTFail("the cce executable was not found ($CCE_EXECUTABLE, beside the test bundle, .build/{release,debug})",
+                    file: file, line: line)
+            throw XCTSkip("no cce executable")
+        }
+        return exe
+    }
+
+    /// Runs `cce args` in `directory` (default: a fresh temporary folder) and waits at most
+    /// `timeout` seconds (then kills it). Output goes through files, so a chatty command
+    /// cannot block on a full pipe. `memoryLimitKB` bounds its address space (ulimit -v), so
+    /// that a command that would allocate without bound fails fast instead of filling memory
+    /// (not for a ThreadSanitizer build, which cannot start under such a limit).
+    /// `asUser` runs it as another user (through setpriv; root only).
+    static func run(_ args: [String], in directory: URL? = nil, timeout: Double = 120, memoryLimitKB: Int? = nil,
+                    asUser uid: Int? = nil) throws -> Result {
+        let exe = try tool()
+        let fm = FileManager.default
+        let scratch = fm.temporaryDirectory.appendingPathComponent("cce-cli-\(UUID().uuidString)")
+        try fm.createDirectory(at: scratch, withIntermediateDirectories: true)
+        defer { try? fm.removeItem(at: scratch) }
+        let outURL = scratch.appendingPathComponent("stdout"), errURL = scratch.appendingPathComponent("stderr")
+        fm.createFile(atPath: outURL.path, contents: nil); fm.createFile(atPath: errURL.path, contents: nil)
+        let p = Process()
+        var command = [exe.path] + args
+        if let uid { command = ["/usr/bin/setpriv", "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups"] + command }
+        if let memoryLimitKB {
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["-c", "ulimit -v \(memoryLimitKB) && exec \"$@\"", "sh"] + command
+        } else {
+            p.executableURL = URL(fileURLWithPath: command[0]); p.arguments = Array(command.dropFirst())
+        }
+        p.currentDirectoryURL = directory ?? scratch
+        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
+        p.standardOutput = out; p.standardError = err
+        let start = Date()
+        try p.run()
+        while p.isRunning && Date().timeIntervalSince(start) < timeout { usleep(10_000) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+        let seconds = Date().timeIntervalSince(start)
+        try out.close(); try err.close()
+        let result = Result(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal,
+                            stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+                            stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "", seconds: seconds)
+        // A ThreadSanitizer build cannot start under an address-space limit: run it without.
+        if memoryLimitKB != nil, result.stderr.contains("ThreadSanitizer setrlimit() failed") {
+            return try run(args, in: directory, timeout: timeout, memoryLimitKB: nil, asUser: uid)
+        }
+        return result
+    }
+
+    /// Asserts a clean refusal: exit status 1 (no crash), one line on standard error that
+    /// contains each of `texts`, nothing on standard output.
+    static func assertRefused(_ r: Result, _ texts: [String], _ what: String, stdoutEmpty: Bool = true,
+                              file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(r.status, 1, "\(what): \(r.summary)", file: file, line: line)
+        XCTAssertFalse(r.signalled, "\(what): crashed: \(r.summary)", file: file, line: line)
+        XCTAssertEqual(r.stderrLines.count, 1, "\(what): one line on stderr: \(r.summary)", file: file, line: line)
+        for t in texts {
+            XCTAssertTrue(r.stderr.contains(t), "\(what): stderr should contain '\(t)': \(r.summary)", file: file, line: line)
+        }
+        XCTAssertFalse(r.stderr.contains("NSCocoaErrorDomain") || r.stderr.contains("Error Domain="),
+                       "\(what): a raw system error: \(r.summary)", file: file, line: line)
+        if stdoutEmpty { XCTAssertEqual(r.stdout, "", "\(what): printed before failing: \(r.summary)", file: file, line: line) }
+    }
+}
+
+private final class BundleMarker {}

@@ -22,7 +22,7 @@ MODE_ALIASES = {"cce": "default", "cce_kahan": "kahan", "cce_kahan_full_e": "kah
 EPS_AUTO, EPS_NONE, EPS_VALUE = 0, 1, 2
 
 STATUS_NAMES = {1: "ARGUMENT", 4: "SHAPE", 5: "EMPTY", 6: "TARGET", 7: "NON_FINITE", 8: "OPTION",
-                9: "UPSTREAM", 10: "STATE", 11: "BACKEND", 12: "INTERNAL"}
+                9: "UPSTREAM", 10: "STATE", 11: "BACKEND", 12: "INTERNAL", 13: "OVERFLOW"}
 
 
 class CCEError(Exception):

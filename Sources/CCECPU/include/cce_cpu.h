@@ -101,7 +101,8 @@ typedef enum cce_cpu_status {
   CCE_CPU_ERR_UPSTREAM = 9,        /* grad_loss does not fit the reduction */
   CCE_CPU_ERR_STATE = 10,          /* a backward state that does not fit its inputs */
   CCE_CPU_ERR_BACKEND = 11,        /* an optional engine could not be loaded or failed */
-  CCE_CPU_ERR_INTERNAL = 12        /* anything else (a bug: please report it) */
+  CCE_CPU_ERR_INTERNAL = 12,       /* anything else (a bug: please report it) */
+  CCE_CPU_ERR_OVERFLOW = 13        /* finite inputs overflowed the Float32 arithmetic: try mode exact */
 } cce_cpu_status;
 
 /* Field order and types are part of the ABI (80 bytes, natural alignment). */

@@ -1,0 +1,442 @@
+// Issue 11: every command fails fast, clearly and safely. Each test is one item of the
+// issue, run against the built `cce` (CLI in Support.swift) and, where the library is at
+// stake, in process: negative option values, the memory check, compare's gate, overflow,
+// the --out folder, outputs checked before the work; and a seeded fuzz test of the .npy
+// reader.
+
+import CCEBenchmarks
+import CCEData
+import CCEExplain
+import CCEReference
+import CCERuntime
+import CutCrossEntropy
+import Foundation
+import XCTest
+
+final class FailFastTests: XCTestCase {
+    var dir: URL!
+
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("cce-failfast-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        // Folders a test made read-only are made writable again, so that they can go.
+        if let e = FileManager.default.enumerator(atPath: dir.path) {
+            for case let p as String in e { chmod(dir.appendingPathComponent(p).path, 0o777) }
+        }
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
+
+    /// Tiny reference inputs E (6, 4), C (9, 4), T (6) in `folder` (scaled by `scale`), and
+    /// the `cce reference` arguments that read them.
+    @discardableResult
+    func tinyInputs(_ folder: String = "in", scale: Float = 1) throws -> [String] {
+        let (n, d, v) = (6, 4, 9)
+        let f = path(folder)
+        try FileManager.default.createDirectory(atPath: f, withIntermediateDirectories: true)
+        var rng = SeededRandom(seed: 11)
+        let e = (0..<(n * d)).map { _ in Float(rng.normal()) * scale }
+        let c = (0..<(v * d)).map { _ in Float(rng.normal()) * scale }
+        let t: [Int64] = [0, 3, 8, -100, 5, 2]
+        try NPYArray(floats: e, shape: [n, d]).encoded().write(to: URL(fileURLWithPath: f + "/E.npy"))
+        try NPYArray(floats: c, shape: [v, d]).encoded().write(to: URL(fileURLWithPath: f + "/C.npy"))
+        try (Self.header("<i8", "(\(n),)") + t.withUnsafeBytes { Data($0) }).write(to: URL(fileURLWithPath: f + "/T.npy"))
+        return ["reference", "--embeddings", f + "/E.npy", "--classifier", f + "/C.npy", "--targets", f + "/T.npy"]
+    }
+
+    /// The header of a .npy file (version `major`) for `descr` and `shape`, written by hand.
+    static func header(_ descr: String, _ shape: String, major: UInt8 = 1) -> Data {
+        var h = "{'descr': '\(descr)', 'fortran_order': False, 'shape': \(shape), }"
+        let pre = major == 1 ? 10 : 12
+        h += String(repeating: " ", count: (64 - (pre + h.utf8.count + 1) % 64) % 64) + "\n"
+        var d = Data([0x93] + Array("NUMPY".utf8) + [major, 0])
+        let n = h.utf8.count
+        d.append(contentsOf: major == 1 ? [UInt8(n & 0xFF), UInt8(n >> 8)]
+                                        : [UInt8(n & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n >> 16 & 0xFF), UInt8(n >> 24)])
+        d.append(contentsOf: Array(h.utf8))
+        return d
+    }
+
+    // MARK: - 1. Negative option values after a space
+
+    /// Every option that takes a number, of every command (read from the tool's own
+    /// description of its options, so a new option is covered too), accepts "-1" after a
+    /// space instead of stopping at "Missing value".
+    func testNegativeValuesAfterASpace() throws {
+        let notNumeric: Set<String> = ["embeddings", "classifier", "targets", "bias", "out", "reduction", "mode",
+                                       "backend", "cuda-library", "dtype", "dtypes", "methods", "kinds", "svg", "json",
+                                       "log", "corpus", "loss", "reference", "candidate"]
+        let required = ["reference": ["--embeddings", "x", "--classifier", "x", "--targets", "x", "--out", "x"],
+                        "compare": ["--reference", "x", "--candidate", "x"]]
+        var checked: [String] = []
+        for sub in ["demo", "bench", "reference", "compare", "accuracy", "train", "explain"] {
+            let dump = try CLI.run([sub, "--experimental-dump-help"])
+            let json = try JSONSerialization.jsonObject(with: Data(dump.stdout.utf8)) as? [String: Any]
+            let args = (json?["command"] as? [String: Any])?["arguments"] as? [[String: Any]] ?? []
+            XCTAssertFalse(args.isEmpty, "\(sub): no option list: \(dump.summary)")
+            for a in args where a["kind"] as? String == "option" {
+                guard let name = (a["preferredName"] as? [String: Any])?["name"] as? String, !notNumeric.contains(name)
+                else { continue }
+                // The value reached the option: the parser went on to the unknown option, or the
+                // option's own check refused -1 and said so.
+                let r = try CLI.run([sub] + (required[sub] ?? []) + ["--\(name)", "-1", "--not-an-option"])
+                XCTAssertTrue(!r.stderr.contains("Missing value")
+                              && (r.stderr.contains("Unknown option '--not-an-option'") || r.stderr.contains("-1")),
+                              "cce \(sub) --\(name) -1: \(r.summary)")
+                checked.append("\(sub) --\(name)")
+            }
+        }
+        XCTAssertGreaterThanOrEqual(checked.count, 40, "numeric options found: \(checked)")
+    }
+
+    /// A negative value then meets the option's range check, which names the option; and
+    /// PyTorch's default ignore index works as PyTorch users write it.
+    func testNegativeValuesGetTheRangeCheck() throws {
+        let ref = try tinyInputs()
+        let ok = try CLI.run(ref + ["--ignore-index", "-100", "--out", path("out")])
+        XCTAssertEqual(ok.status, 0, ok.summary)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("out/loss.npy")), ok.summary)
+        let cases: [([String], [String])] = [
+            (["bench", "--vocab", "-5"], ["--vocab", "-5"]),
+            (["demo", "--tokens", "-1"], ["--tokens", "-1"]),
+            (["demo", "--threads", "-2"], ["--threads", "-2"]),
+            (["demo", "--filter-eps", "-1"], ["--filter-eps", ">= 0"]),
+            (["explain", "--eps", "-1"], [">= 0"]),
+            (["explain", "--dim", "-3"], ["--dim", "-3"]),
+            (["accuracy", "--vocab", "-7"], ["--vocab", "-7"]),
+            (["accuracy", "--data", "-1:2"], ["--data"]),
+            (["train", "--steps", "-1"], ["--steps", "-1"]),
+            (["bench", "--repeats", "-1"], ["repeats"]),
+            (ref + ["--softcap", "-3", "--out", path("x")], ["softcap", "-3"]),
+            (ref + ["--shift", "-1", "--out", path("x")], ["shift must be >= 0"]),
+            (ref + ["--filter-eps", "-1", "--out", path("x")], [">= 0"]),
+            (ref + ["--z-loss", "-1", "--out", path("x")], ["zLoss"]),
+            (["compare", "--reference", path("out"), "--candidate", path("out"), "--budget", "-1"], ["budget '-1'"]),
+        ]
+        for (args, texts) in cases {
+            CLI.assertRefused(try CLI.run(args, timeout: 60), texts, args.joined(separator: " "))
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("x")))
+    }
+
+    // MARK: - 2. The memory check
+
+    /// Shapes far beyond this machine's memory are refused in well under a second, with one
+    /// line, before anything is allocated (the subprocess runs under an 8 GiB address-space
+    /// limit, so a command that tried would fail there, not fill the machine).
+    func testShapesBeyondMemoryAreRefusedAtOnce() throws {
+        let cases: [[String]] = [
+            ["demo", "--dim", "100000000"],
+            ["explain", "--dim", "100000000"],
+            ["accuracy", "--dim", "100000000"],
+            ["accuracy", "--tokens", "100000000", "--vocab", "10000000"],
+            ["bench", "--dim", "100000000"],
+            ["bench", "--tokens", "100000000", "--vocab", "10000000", "--methods", "cce"],
+        ]
+        for args in cases {
+            let r = try CLI.run(args, timeout: 60, memoryLimitKB: 8 << 20)
+            CLI.assertRefused(r, ["memory"], args.joined(separator: " "))
+            XCTAssertLessThan(r.seconds, 2, "\(args.joined(separator: " ")): \(r.summary)")
+        }
+    }
+
+    /// The shared check's arithmetic: 3/4 of the machine, no overflow for absurd sizes, and
+    /// the documented shapes pass on an 8 GiB machine.
+    func testMemoryCheckArithmetic() throws {
+        XCTAssertNoThrow(try MemoryCheck.require(750, for: "x", machineBytes: 1000))
+        XCTAssertThrowsError(try MemoryCheck.require(751, for: "x", machineBytes: 1000)) { err in
+            XCTAssertEqual("\(err)".split(separator: "\n").count, 1)
+            XCTAssertTrue("\(err)".hasPrefix("x needs about"), "\(err)")
+        }
+        XCTAssertThrowsError(try MemoryCheck.require(.nan, for: "x", machineBytes: 1000))
+        var huge = BenchConfig(); huge.tokens = .max; huge.dim = .max; huge.vocab = .max
+        XCTAssertThrowsError(try Bench.validate(huge))
+        XCTAssertGreaterThan(MemoryCheck.machineBytes, 0)
+        let gib8 = 8 << 30
+        XCTAssertNoThrow(try MemoryCheck.require(Accuracy.estimatedBytes(tokens: 1024, dim: 512, vocab: 32768,
+                                                                        types: [.float32, .float16, .bfloat16]),
+                                                 for: "accuracy", machineBytes: gib8))
+        var table1 = BenchConfig(); table1.tokens = 1024; table1.dim = 1024; table1.vocab = 128256
+        XCTAssertNoThrow(try MemoryCheck.require(Bench.estimatedBytes(table1), for: "bench", machineBytes: gib8))
+        XCTAssertNoThrow(try MemoryCheck.require(FilterMap.estimatedBytes(tokens: 256, dim: 256, vocab: 8192, type: .bfloat16),
+                                                 for: "explain", machineBytes: gib8))
+    }
+
+    // MARK: - 3. compare as a gate
+
+    func testCompareFailsOnMissingTensorsAndNonFiniteValues() throws {
+        let fm = FileManager.default
+        func folder(_ name: String, dE: [Float]?, lse: [Float]?, loss: Float = 2.5) throws -> String {
+            let p = path(name)
+            try fm.createDirectory(atPath: p, withIntermediateDirectories: true)
+            try NPYArray(floats: [loss], shape: []).encoded().write(to: URL(fileURLWithPath: p + "/loss.npy"))
+            if let dE { try NPYArray(floats: dE, shape: [2, 3]).encoded().write(to: URL(fileURLWithPath: p + "/dE.npy")) }
+            if let lse { try NPYArray(floats: lse, shape: [2]).encoded().write(to: URL(fileURLWithPath: p + "/lse.npy")) }
+            return p
+        }
+        let x: [Float] = [1, 2, 3, 4, 5, 6]
+        let ref = try folder("ref", dE: x, lse: [.nan, 1])
+        let same = try CLI.run(["compare", "--reference", ref, "--candidate", try folder("same", dE: x, lse: [.nan, 1])])
+        XCTAssertEqual(same.status, 0, "NaN where the reference has NaN agrees: \(same.summary)")
+
+        var bad = x; bad[1] = .nan; bad[4] = .infinity
+        let nonFinite = try folder("nonfinite", dE: bad, lse: [.nan, 1])
+        CLI.assertRefused(try CLI.run(["compare", "--reference", ref, "--candidate", nonFinite]), ["dE", "non-finite"],
+                          "NaN and inf in the candidate, no budget", stdoutEmpty: false)
+        CLI.assertRefused(try CLI.run(["compare", "--reference", ref, "--candidate", try folder("lsenan", dE: x, lse: [.nan, .nan])]),
+                          ["lse", "non-finite"], "NaN where the reference is finite", stdoutEmpty: false)
+        let allowed = try CLI.run(["compare", "--reference", ref, "--candidate", nonFinite, "--allow-non-finite"])
+        XCTAssertEqual(allowed.status, 0, allowed.summary)
+        let overBudget = try CLI.run(["compare", "--reference", ref, "--candidate", nonFinite, "--allow-non-finite",
+                                      "--budget", "1e-3"])
+        XCTAssertEqual(overBudget.status, 1, "an infinite error is still over budget: \(overBudget.summary)")
+
+        let lossOnly = try folder("lossonly", dE: nil, lse: nil)
+        CLI.assertRefused(try CLI.run(["compare", "--reference", ref, "--candidate", lossOnly, "--budget", "1e-3"]),
+                          ["missing", "dE.npy", "lse.npy"], "a candidate with loss.npy only", stdoutEmpty: false)
+        let missingAllowed = try CLI.run(["compare", "--reference", ref, "--candidate", lossOnly, "--budget", "1e-3",
+                                          "--allow-missing"])
+        XCTAssertEqual(missingAllowed.status, 0, missingAllowed.summary)
+
+        // The same verdicts from the library.
+        let (rows, missing) = try Compare.run(reference: ref, candidate: nonFinite, budgets: Budgets())
+        let dE = rows.first { $0.name == "dE" }!
+        XCTAssertEqual(dE.nonFinite, 2); XCTAssertEqual(dE.firstNonFinite, 1)
+        XCTAssertEqual(rows.first { $0.name == "lse" }!.nonFinite, 0, "NaN on both sides is not counted")
+        XCTAssertEqual(Compare.failures(rows, missing: missing), ["dE (2 non-finite values, the first at [0, 1])"])
+        var lenient = ComparePolicy(); lenient.allowNonFinite = true; lenient.allowMissing = true
+        XCTAssertEqual(Compare.failures(rows, missing: missing, policy: lenient), [])
+        let (rows2, missing2) = try Compare.run(reference: ref, candidate: lossOnly, budgets: Budgets())
+        XCTAssertEqual(missing2, ["dE.npy", "lse.npy"])
+        XCTAssertEqual(Compare.failures(rows2, missing: missing2), ["missing from the candidate: dE.npy, lse.npy"])
+        XCTAssertEqual(Compare.failures(rows2, missing: missing2, policy: lenient), [])
+        // A candidate that is a file, not a folder, is called one.
+        XCTAssertThrowsError(try Compare.run(reference: ref, candidate: ref + "/loss.npy", budgets: Budgets())) { err in
+            XCTAssertTrue("\(err)".contains("is a file, not a folder"), "\(err)")
+        }
+    }
+
+    // MARK: - 4. Overflow
+
+    /// Finite inputs whose Float32 logits overflow: a typed error naming the overflow and the
+    /// exact mode, in every Float32 mode and pass; the exact mode computes them.
+    func testOverflowIsAnErrorNotNaN() throws {
+        let (e0, c0, t, _) = randomProblem(n: 12, d: 8, v: 40, ignoreFraction: 0.2)
+        let e = try Tensor(e0.floats().map { $0 * 1e20 }, shape: e0.shape)
+        let c = try Tensor(c0.floats().map { $0 * 1e20 }, shape: c0.shape)
+        for mode in [Mode.default, .kahan, .kahanFullE, .kahanFullC] {
+            var o = Options(); o.mode = mode
+            let cce = CutCrossEntropy(options: o)
+            func check(_ what: String, _ body: () throws -> Void) {
+                XCTAssertThrowsError(try body(), "\(mode) \(what): no error") { err in
+                    XCTAssertTrue("\(err)".contains("overflow") && "\(err)".contains("exact"), "\(mode) \(what): \(err)")
+                    guard case CCEError.overflow(let position, let m)? = err as? CCEError else {
+                        return XCTFail("\(mode) \(what): not CCEError.overflow: \(err)")
+                    }
+                    XCTAssertEqual(m, mode)
+                    XCTAssertNotEqual(t.values[position], -100, "the position of an active token")
+                }
+            }
+            check("lossAndGradients") { _ = try cce.lossAndGradients(embeddings: e, classifier: c, targets: t) }
+            check("forward") { _ = try cce.forward(embeddings: e, classifier: c, targets: t) }
+            var dE: [Float] = [], dC: [Float] = [], dBias: [Float] = []
+            check("into buffers") {
+                _ = try cce.lossAndGradients(embeddings: e, classifier: c, targets: t, dE: &dE, dC: &dC, dBias: &dBias)
+            }
+        }
+        var exact = Options(); exact.mode = .exact
+        let (f, g) = try CutCrossEntropy(options: exact).lossAndGradients(embeddings: e, classifier: c, targets: t)
+        XCTAssertTrue(f.loss.isFinite, "exact: \(f.loss)")
+        XCTAssertTrue(g.dE.doubles.allSatisfy(\.isFinite) && g.dC.doubles.allSatisfy(\.isFinite), "exact gradients finite")
+        // NaN in an unchecked input is named as such, not as an overflow.
+        var withNaN = e0.floats(); withNaN[5] = .nan
+        XCTAssertThrowsError(try CutCrossEntropy().lossAndGradients(
+            embeddings: try Tensor(withNaN, shape: e0.shape), classifier: c0, targets: t)) { err in
+            XCTAssertTrue("\(err)".contains("embeddings[5]"), "\(err)")
+        }
+
+        // The tool: one line, exit 1, nothing written; --mode exact works.
+        let ref = try tinyInputs("big", scale: 1e20)
+        let r = try CLI.run(ref + ["--out", path("out")])
+        CLI.assertRefused(r, ["overflow", "--mode exact"], "reference on overflowing inputs")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("out")))
+        let ok = try CLI.run(ref + ["--out", path("out"), "--mode", "exact"])
+        XCTAssertEqual(ok.status, 0, ok.summary)
+    }
+
+    // MARK: - 5. The --out folder
+
+    func testOutFolderKeepsTheUsersFiles() throws {
+        let fm = FileManager.default
+        let ref = try tinyInputs()
+        // An empty path is an error, and nothing lands in the current folder.
+        let cwd = path("cwd")
+        try fm.createDirectory(atPath: cwd, withIntermediateDirectories: true)
+        CLI.assertRefused(try CLI.run(ref + ["--out", ""], in: URL(fileURLWithPath: cwd)), ["--out"], "--out \"\"")
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: cwd), [])
+
+        // A file of the user's in DIR that this run would not write is neither deleted nor mixed
+        // with this run's outputs: the run is refused before it starts, and says why.
+        let out = path("out")
+        try fm.createDirectory(atPath: out, withIntermediateDirectories: true)
+        try Data("mine".utf8).write(to: URL(fileURLWithPath: out + "/dBias.npy"))
+        try Data("notes".utf8).write(to: URL(fileURLWithPath: out + "/notes.txt"))
+        CLI.assertRefused(try CLI.run(ref + ["--out", out]), ["dBias.npy"], "stale dBias.npy in DIR")
+        XCTAssertEqual(try String(contentsOfFile: out + "/dBias.npy", encoding: .utf8), "mine")
+        try fm.removeItem(atPath: out + "/dBias.npy")
+        let ok = try CLI.run(ref + ["--out", out])
+        XCTAssertEqual(ok.status, 0, ok.summary)
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: out).sorted(),
+                       ["dC.npy", "dE.npy", "loss.npy", "lse.npy", "meta.json", "notes.txt"])
+        XCTAssertEqual(try String(contentsOfFile: out + "/notes.txt", encoding: .utf8), "notes")
+
+        // A writable DIR under a read-only parent: the run writes into DIR (its temporary
+        // folder is inside DIR), and says exactly why when DIR itself cannot be made.
+        let parent = path("locked"), inner = parent + "/out"
+        try fm.createDirectory(atPath: inner, withIntermediateDirectories: true)
+        chmod(inner, 0o777); chmod(parent, 0o555)
+        // As root, permissions do not bind: run the tool as nobody.
+        let uid: Int? = getuid() == 0 ? 65534 : nil
+        if uid != nil, !fm.isExecutableFile(atPath: "/usr/bin/setpriv") {
+            throw XCTSkip("running as root without setpriv: cannot drop to an unprivileged user")
+        }
+        for p in [dir.path, path("in")] { chmod(p, 0o755) }
+        let locked = try CLI.run(ref + ["--out", inner], asUser: uid)
+        XCTAssertEqual(locked.status, 0, "writable DIR under a read-only parent: \(locked.summary)")
+        XCTAssertTrue(fm.fileExists(atPath: inner + "/dE.npy"), locked.summary)
+        XCTAssertFalse(try fm.contentsOfDirectory(atPath: inner).contains { $0.hasPrefix(".") }, "no temporary folder left")
+        let cannot = try CLI.run(ref + ["--out", parent + "/new"], asUser: uid)
+        CLI.assertRefused(cannot, [parent + "/new", "ermission denied"], "DIR under a read-only parent")
+    }
+
+    // MARK: - 6. Outputs and arguments checked before the work
+
+    func testOutputsAndArgumentsAreCheckedBeforeTheWork() throws {
+        let fm = FileManager.default
+        let missing = path("no-such-folder") + "/x"
+        try fm.createDirectory(atPath: path("a-folder.svg"), withIntermediateDirectories: true)
+        let small = ["--tokens", "64", "--dim", "16", "--vocab", "256"]
+        let cases: [([String], [String])] = [
+            (["accuracy"] + small + ["--dtypes", "f32", "--data", "4:1.5", "--json", missing + ".json"],
+             [missing + ".json", "no-such-folder"]),
+            (["accuracy"] + small + ["--dtypes", "f32", "--data", "4:1.5", "--json", path("a-folder.svg")], ["folder"]),
+            (["explain", "--tokens", "0"], ["--tokens"]),
+            (["explain", "--vocab", "1"], ["--vocab"]),
+            (["explain", "--svg", missing + ".svg"], [missing + ".svg"]),
+            (["explain", "--svg", path("a-folder.svg")], ["folder"]),
+            (["explain", "--svg", ""], ["--svg"]),
+            (["train", "--log", missing + ".csv"], [missing + ".csv"]),
+            (["accuracy", "--dtypes", "f64"], ["f64"]),
+            (["accuracy", "--dtypes", ""], ["--dtypes"]),
+            (["bench", "--methods", "nope"], ["nope"]),
+        ]
+        for (args, texts) in cases {
+            let r = try CLI.run(args, in: dir, timeout: 60)
+            CLI.assertRefused(r, texts, args.joined(separator: " "))
+            XCTAssertLessThan(r.seconds, 5, "\(args.joined(separator: " ")): \(r.summary)")
+        }
+        XCTAssertFalse(fm.fileExists(atPath: path("explain-tiles.svg")))
+    }
+
+    // MARK: - The .npy reader, fuzzed
+
+    /// A few hundred mutated .npy files (headers and bodies, seeded): the reader never
+    /// crashes, either refuses with an error naming the file or returns an array whose bytes
+    /// match its shape; and a reference run on them, in process and through the tool, writes
+    /// nothing when it fails.
+    func testNPYReaderFuzz() throws {
+        var rng = SeededRandom(seed: 2024)
+        func header(_ d: String, _ s: String, major: UInt8 = 1) -> Data { Self.header(d, s, major: major) }
+        func body(_ bytes: Int) -> Data { Data((0..<bytes).map { _ in UInt8(truncatingIfNeeded: rng.next()) }) }
+        let seeds: [Data] = [
+            header("<f4", "(2, 3)") + body(24), header("<f8", "(4,)") + body(32), header("<i8", "(3,)") + body(24),
+            header("<i4", "(2, 2)") + body(16), header("<V2", "(2, 2)") + body(8), header("<f2", "(5,)") + body(10),
+            header("<f4", "()") + body(4), header("<f4", "(3, 0)"), header("<f4", "(2, 2)", major: 2) + body(16),
+            header("|V2", "(1, 3)", major: 3) + body(6),
+        ]
+        let tokens = ["'<f4'", "'>f4'", "'<f8'", "'|O'", "'<i2'", "'<V2'", "(99999999999999, 99999999999999)", "(-1,)",
+                      "(3,", "()", "(0,)", "(2, 3, 4, 5)", "True", "False", "'shape'", "'descr'", "{", "}", ":", "\u{0}",
+                      "(1,)", "(2L, 3L)", "(4294967296,)", "'fortran_order': True", "é"]
+        func mutate(_ d: Data) -> Data {
+            var b = [UInt8](d)
+            for _ in 0...(Int(rng.next() % 3)) {
+                switch rng.next() % 8 {
+                case 0 where !b.isEmpty: b[Int(rng.next() % UInt64(b.count))] ^= UInt8(1 << (rng.next() % 8))
+                case 1 where !b.isEmpty: b[Int(rng.next() % UInt64(b.count))] = UInt8(truncatingIfNeeded: rng.next())
+                case 2: b = Array(b.prefix(Int(rng.next() % UInt64(b.count + 1))))
+                case 3: b += [UInt8](body(Int(rng.next() % 40)))
+                case 4 where b.count > 12:   // the header length field
+                    b[8 + Int(rng.next() % 4)] = UInt8(truncatingIfNeeded: rng.next())
+                case 5 where b.count > 7: b[6] = UInt8(rng.next() % 5)   // the version
+                default:   // a header token replaced by another
+                    var s = String(decoding: b, as: UTF8.self)
+                    let from = tokens[Int(rng.next() % UInt64(tokens.count))], to = tokens[Int(rng.next() % UInt64(tokens.count))]
+                    if let r = s.range(of: from) { s.replaceSubrange(r, with: to); b = Array(s.utf8) } else {
+                        let at = Int(rng.next() % UInt64(b.count + 1)); b.insert(contentsOf: Array(to.utf8), at: at)
+                    }
+                }
+            }
+            return Data(b)
+        }
+        let start = Date()
+        var refused = 0, read = 0
+        for i in 0..<400 {
+            let data = mutate(seeds[i % seeds.count])
+            do {
+                let a = try NPYArray.parse(data, path: "case\(i).npy")
+                XCTAssertEqual(a.bytes.count, a.count * a.dtype.size, "case \(i): bytes and shape disagree")
+                XCTAssertTrue(a.shape.allSatisfy { $0 >= 0 }, "case \(i): shape \(a.shape)")
+                _ = a.dtype == .int64 || a.dtype == .int32 ? a.integers().map(Double.init) : a.doubles()
+                read += 1
+            } catch let e as NPYError {
+                XCTAssertEqual(e.path, "case\(i).npy")
+                refused += 1
+            } catch { XCTFail("case \(i): not an NPYError: \(error)") }
+        }
+        XCTAssertGreaterThan(refused, 200); XCTAssertGreaterThan(read, 10)
+
+        // Through a whole reference run: a mutated E, C or T; on error nothing is written.
+        _ = try tinyInputs()
+        let originals = try ["E", "C", "T"].map { try Data(contentsOf: URL(fileURLWithPath: path("in/\($0).npy"))) }
+        var failed = 0, passed = 0
+        for i in 0..<300 {
+            let k = i % 3, name = ["E", "C", "T"][k]
+            try mutate(originals[k]).write(to: URL(fileURLWithPath: path("in/\(name).npy")))
+            let out = path("out\(i)")
+            do {
+                let inputs = try ReferenceInputs.load(embeddings: path("in/E.npy"), classifier: path("in/C.npy"),
+                                                      targets: path("in/T.npy"), bias: nil, ignoreIndex: -100)
+                try Reference.write(try Reference.computeCPU(inputs, options: Options()), to: out, options: [:])
+                passed += 1
+            } catch {
+                XCTAssertFalse(FileManager.default.fileExists(atPath: out), "case \(i): \(error), but \(out) exists")
+                failed += 1
+            }
+            try originals[k].write(to: URL(fileURLWithPath: path("in/\(name).npy")))
+        }
+        XCTAssertGreaterThan(failed, 100)
+
+        // And through the tool: exit 0, or exit 1 with one line and no output folder; never a crash.
+        var toolRefused = 0
+        for i in 0..<30 {
+            let k = i % 3, name = ["E", "C", "T"][k]
+            try mutate(originals[k]).write(to: URL(fileURLWithPath: path("in/\(name).npy")))
+            let out = path("tool\(i)")
+            let r = try CLI.run(["reference", "--embeddings", path("in/E.npy"), "--classifier", path("in/C.npy"),
+                                 "--targets", path("in/T.npy"), "--out", out], timeout: 60)
+            if r.status != 0 {
+                CLI.assertRefused(r, [], "tool case \(i)")
+                XCTAssertFalse(FileManager.default.fileExists(atPath: out), "tool case \(i): \(r.summary)")
+                toolRefused += 1
+            }
+            try originals[k].write(to: URL(fileURLWithPath: path("in/\(name).npy")))
+        }
+        let seconds = Date().timeIntervalSince(start)
+        print("npy fuzz: 400 parsed (\(read) read, \(refused) refused); 300 reference runs (\(passed) ran, \(failed) refused, nothing written); 30 through cce (\(toolRefused) refused); \(String(format: "%.2f", seconds)) s")
+        XCTAssertLessThan(seconds, 30)
+    }
+}
