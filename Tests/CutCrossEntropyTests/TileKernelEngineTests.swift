@@ -13,7 +13,8 @@ import XCTest
 final class TileKernelEngineTests: XCTestCase {
     /// The kernels this CPU runs on bf16 E and C, and a note of those it skips.
     func runnableKernels() -> [TileKernel] {
-        let all = TileKernel.allCases
+        // The AMX kernel is not wired into the engine yet (chooseTileKernel never picks it).
+        let all = TileKernel.allCases.filter { $0 != .amxBF16 }
         let runs = all.filter { $0.runs(.bfloat16) }
         for k in all where !runs.contains(k) { print("TileKernelEngineTests: skipping \(k.name): this CPU cannot run it") }
         return runs

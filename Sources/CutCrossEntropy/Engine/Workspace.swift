@@ -25,8 +25,12 @@ public enum TileBackend: String, Sendable, CaseIterable {
 func chooseTileKernel<S: KernelScalar>(_: S.Type, eType: ElementType, cType: ElementType, backend: TileBackend,
                                  requested: TileKernel? = nil) -> TileKernel {
     guard S.self == Float.self, backend == .swiftSIMD else { return .portable }
-    if let requested, requested.runs(cType), requested != .avx512BF16 || eType == .bfloat16 { return requested }
+    // The AMX kernel is not wired into the Workspace yet: until it is, the engine takes the
+    // kernel it would choose without AMX (the 512-bit FMA kernel on every AMX CPU).
+    if let requested, requested.runs(cType), requested != .amxBF16,
+       requested != .avx512BF16 || eType == .bfloat16 { return requested }
     let chosen = TileKernel.forStorage(cType)
+    if chosen == .amxBF16 { return hasAVX512 ? .avx512FMA : .portable }
     if chosen == .avx512BF16 && eType != .bfloat16 { return hasAVX512 ? .avx512FMA : .portable }
     return chosen
 }
@@ -197,6 +201,8 @@ final class Workspace<S: KernelScalar> {
         case .avx512BF16:
             tileProductBF16(ePanels: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
                             panel: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask)
+        case .amxBF16:
+            preconditionFailure("the AMX kernel is not wired into the Workspace (chooseTileKernel never picks it)")
         }
     }
 
