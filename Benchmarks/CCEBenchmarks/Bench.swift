@@ -14,8 +14,10 @@
 //   cce-kahan                           the kahan mode (compensated gradient sums)
 //   cce-openblas  loss, loss+grad      the engine with OpenBLAS tile products
 //   cce-portable  loss, loss+grad      the engine with the portable Swift tile kernel
+//   cce-avx512fma   loss, loss+grad    the engine with the 512-bit FMA kernels (where the CPU has AVX-512)
 //   cce-avx512bf16  loss, loss+grad    the engine with the AVX512_BF16 dot-product kernel
 //                                      (bf16 only, where the CPU has it)
+// (cce itself runs the kernel chosen for this CPU: AMX tiles for bf16 where it has AMX-BF16.)
 // Each cce row names the tile kernel it ran (`kernel`).
 //   cce-exact     loss, loss+grad      Float64 accumulation, no filtering
 //
@@ -81,7 +83,7 @@ public enum BenchError: Error, CustomStringConvertible {
 
 public enum Bench {
     public static let allMethods = ["sgemm", "tile-swift", "materialized", "cce", "cce-alloc", "cce-nofilter",
-                                    "cce-nosort", "cce-noestimate", "cce-kahan", "cce-openblas", "cce-exact", "cce-portable", "cce-avx512bf16"]
+                                    "cce-nosort", "cce-noestimate", "cce-kahan", "cce-openblas", "cce-exact", "cce-portable", "cce-avx512fma", "cce-avx512bf16"]
 
     /// Checks sizes before anything is allocated: positive, and small enough for memory.
     public static func validate(_ c: BenchConfig) throws {
@@ -255,6 +257,13 @@ public enum Bench {
         }
         if methods.contains("cce-openblas") { cceRows("cce-openblas", opts, backend: .openBLAS, kinds: ["loss", "loss+grad"]) }
         if methods.contains("cce-portable") { cceRows("cce-portable", opts, kernel: .portable, kinds: ["loss", "loss+grad"]) }
+        if methods.contains("cce-avx512fma") {
+            if TileKernel.avx512FMA.runs(c.dtype) {
+                cceRows("cce-avx512fma", opts, kernel: .avx512FMA, kinds: ["loss", "loss+grad"])
+            } else {
+                log("  cce-avx512fma: skipped (needs AVX-512)")
+            }
+        }
         if methods.contains("cce-avx512bf16") {
             if TileKernel.avx512BF16.runs(c.dtype) {
                 cceRows("cce-avx512bf16", opts, kernel: .avx512BF16, kinds: ["loss", "loss+grad"])
@@ -275,7 +284,7 @@ public enum Bench {
         if let a = row("cce", "loss+grad"), let b = row("materialized", "loss+grad") {
             ratios["cce_lossgrad_over_materialized_lossgrad"] = a.median_seconds / b.median_seconds
         }
-        for other in ["cce-portable", "cce-avx512bf16"] {
+        for other in ["cce-portable", "cce-avx512fma", "cce-avx512bf16"] {
             for kind in ["loss", "loss+grad"] {
                 if let a = row("cce", kind), let b = row(other, kind) {
                     ratios["cce_\(kind == "loss" ? "loss" : "lossgrad")_over_\(other.replacingOccurrences(of: "-", with: "_"))"]

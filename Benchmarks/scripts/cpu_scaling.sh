@@ -12,9 +12,9 @@ B=$(mktemp -d); tar -xJf "${1:-.gpu/bundle.tar.xz}" -C "$B"
 export LD_LIBRARY_PATH="$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 lscpu > "$OUT/lscpu.txt"
 SHAPE="--tokens 4096 --dim 1024 --vocab 128256 --dtype bf16"
-"$B/cce" bench $SHAPE --threads 16 --methods cce,cce-portable,cce-avx512bf16 --kinds loss,loss+grad --repeats 3 \
+"$B/cce" bench $SHAPE --threads 16 --methods cce,cce-avx512fma,cce-portable --kinds loss,loss+grad --repeats 3 \
   --json > "$OUT/bench_t16.json" 2> "$OUT/bench_t16.log"
-"$B/cce" bench $SHAPE --threads 2 --methods cce --kinds loss,loss+grad --repeats 2 \
+"$B/cce" bench $SHAPE --threads 2 --methods cce,cce-avx512fma --kinds loss,loss+grad --repeats 2 \
   --json > "$OUT/bench_t2.json" 2> "$OUT/bench_t2.log"
 for t in 16 2; do
   python3 Benchmarks/scripts/pytorch_baseline.py --compare "$OUT/bench_t$t.json" --threads $t \

@@ -1,18 +1,19 @@
-// AVX-512 tile products: the one place where the engine leaves Swift.
+// AVX-512 and AMX tile products: the one place where the engine leaves Swift.
 //
 // Why C. AVX512_BF16's `vdpbf16ps` (per 32-bit lane: acc += a.odd·b.odd, then
 // acc += a.even·b.even, over pairs of bf16 values: 32 products per 512-bit instruction) has
-// no spelling in Swift: Swift's SIMD types have no bfloat element, and declaring the LLVM
+// no spelling in Swift (nor have AMX's tile instructions): Swift's SIMD types have no bfloat element, and declaring the LLVM
 // intrinsic from Swift (`@_silgen_name("llvm.x86.avx512bf16.dpbf16ps.512")`) crashes Swift
 // 6.3.1's compiler ("Intrinsic has incorrect return type!": Swift passes SIMD values by
 // address and has no <32 x bfloat> type). Nor can Swift enable a CPU feature for one
 // function: its vector code follows the module's -target-cpu, so a portable (AVX2) build
 // could not contain an AVX-512 path, and a native build splits 512-bit vectors in two. Here
 // every function that uses AVX-512 carries a function-level target attribute: the file
-// compiles under any -march, a plain x86-64 or AVX2 binary contains both kernels, and the
-// Swift side calls them only after cce_avx512_supported() / cce_bf16_supported().
+// compiles under any -march, a plain x86-64 or AVX2 binary contains every kernel, and the
+// Swift side calls them only after cce_avx512_supported() / cce_bf16_supported() /
+// cce_amx_supported().
 //
-// Two kernels (contract and layouts in cce_avx512.h):
+// Three kernels (contract and layouts in cce_avx512.h):
 //
 // 1. bf16 dot product (cce_bf16_*). E is packed once per token block into MR = 12-row
 //    panels of bf16 pairs, pair-major, so one 32-bit broadcast (folded into the
@@ -35,7 +36,16 @@
 //    k = 0, 1, …, d − 1 from +0: the order of the portable Swift kernel (tileProduct,
 //    sequentialDot), so the two give identical bits.
 //
-// In both, a chain crosses KC chunks through the stored Float32 partial (exact), chunks
+// 3. AMX tile products (cce_amx_*), for CPUs with AMX-BF16 (Sapphire Rapids and later):
+//    E packed once per token block into 16-row x 32-element tiles, C rows transposed per 32
+//    columns by the bf16 kernel's packer (its pair panel is AMX's B layout, 128 bytes a
+//    row), 32 x 32 output blocks in four accumulator tiles, tdpbf16ps over 32-element
+//    chunks; whole blocks load and store their partial sums straight from and to out, edge
+//    blocks go through a 32 x 32 scratch block. Summation order and flushes: cce_avx512.h.
+//    The tile permission (Linux arch_prctl) is asked once per process; each product call
+//    configures the tiles (ldtilecfg) and releases them (tilerelease) before it returns.
+//
+// In all, a chain crosses KC chunks through the stored Float32 partial (exact), chunks
 // hold whole pairs, and padding (an odd d's last pair, rows beyond m, columns beyond n) is
 // zeros that reach only outputs never stored: an output's bits depend only on its two rows
 // and d, not on its position in the tile, on m, n, the chunking, the panel mask or the
@@ -48,6 +58,10 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #define CCE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #define CCE_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -283,6 +297,167 @@ void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long coun
     }
 }
 
+// MARK: - The AMX tile kernel
+
+// Every function that touches a tile carries this attribute (the file compiles under any
+// -march; the kernel runs only after cce_amx_supported()).
+#define CCE_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+#define CCE_INLINE_AMX static inline __attribute__((always_inline)) CCE_AMX
+// GCC spells the tile intrinsics as asm statements without memory operands: this barrier
+// keeps ordinary loads and stores of the C panel and the edge block on their side of the
+// tile loads and stores (free under clang, whose intrinsics say what they touch).
+#define AMX_BARRIER() __asm__ volatile("" ::: "memory")
+
+#if CCE_AMX_MR != 32 || CCE_AMX_NR != 32 || CCE_AMX_KCP % 16 != 0
+#error "the AMX kernel is written for 32 x 32 blocks and KCP a multiple of 16"
+#endif
+
+static int amx_probe(void) {
+    if (!cce_avx512_supported()) return 0;
+    unsigned int maxLeaf = __get_cpuid_max(0, NULL), a, b, c, d;
+    if (maxLeaf < 0x1D) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!((d >> 22) & 1) || !((d >> 24) & 1)) return 0;        // AMX-BF16, AMX-TILE
+    if ((read_xcr0() & (3ull << 17)) != (3ull << 17)) return 0;  // XTILECFG, XTILEDATA state
+    __cpuid_count(0x1D, 0, a, b, c, d);
+    if (a < 1) return 0;                                          // palette 1 exists
+    __cpuid_count(0x1D, 1, a, b, c, d);
+    // Palette 1: bytes per tile, bytes per row, tile names, rows.
+    if ((a >> 16) < 1024 || (b & 0xFFFF) < 64 || (b >> 16) < 8 || (c & 0xFFFF) < 16) return 0;
+#if defined(__linux__)
+    // Linux hands out the tile data state only on request (ARCH_REQ_XCOMP_PERM = 0x1023,
+    // XFEATURE_XTILEDATA = 18), once per process for all its threads.
+    if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) return 0;
+    unsigned long long perm = 0;                                  // ARCH_GET_XCOMP_PERM = 0x1022
+    if (syscall(SYS_arch_prctl, 0x1022, &perm) != 0 || !((perm >> 18) & 1)) return 0;
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int cce_amx_supported(void) {
+    static int state = -1;  // -1 unknown; asking twice at once is harmless
+    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+    if (s < 0) {
+        s = amx_probe();
+        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
+    }
+    return s;
+}
+
+size_t cce_amx_row_block_words(long m, long d) {
+    return (size_t)((m + 31) / 32 * 32 * ((d + 31) / 32 * 16));
+}
+size_t cce_amx_scratch_words(void) { return (size_t)CCE_AMX_NR * CCE_AMX_KCP + 32 * 32; }
+
+CCE_AVX512
+void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) {
+    const long chunks = (d + 31) / 32, groups = (m + 31) / 32 * 2;
+    for (long g = 0; g < groups; g++) {
+        const uint16_t *row[16];
+        for (int r = 0; r < 16; r++) row[r] = 16 * g + r < m ? rows[16 * g + r] : NULL;
+        uint32_t *w = dst + g * chunks * 256;
+        for (long c = 0; c < chunks; c++)  // one tile at a time: 1 KiB written in order
+            for (int r = 0; r < 16; r++) _mm512_storeu_si512(w + c * 256 + r * 16, load_pairs(row[r], 16 * c, d));
+    }
+}
+
+// The 32 x 32 tile configuration: tiles 0–3 accumulators (16 rows x 16 Float32), 4–5 the
+// two A tiles (16 E rows x 16 pairs), 6–7 the two B tiles (16 pairs x 16 columns), all 16
+// rows of 64 bytes.
+typedef struct {
+    uint8_t palette;
+    uint8_t startRow;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) amx_config;
+
+// One block: c (32 x 32 Float32, row stride ldc floats; only the halves in use) (+)= the
+// rows' products over kt 16-pair chunks. a: the E tile of rows 16g.. at the first chunk
+// (the next group's tile aStride words on); b: the C panel at the first chunk (word
+// q·32 + j). RH, CH: 16-row and 16-column halves computed (1 or 2).
+#define AMX_BLOCK(RH, CH)                                                                         \
+    do {                                                                                          \
+        const long ls = ldc * 4;                                                                  \
+        if (acc) {                                                                                \
+            _tile_loadd(0, c, ls);                                                                \
+            if (CH > 1) _tile_loadd(1, c + 16, ls);                                               \
+            if (RH > 1) _tile_loadd(2, c + 16 * ldc, ls);                                         \
+            if (RH > 1 && CH > 1) _tile_loadd(3, c + 16 * ldc + 16, ls);                          \
+        } else {                                                                                  \
+            _tile_zero(0);                                                                        \
+            if (CH > 1) _tile_zero(1);                                                            \
+            if (RH > 1) _tile_zero(2);                                                            \
+            if (RH > 1 && CH > 1) _tile_zero(3);                                                  \
+        }                                                                                         \
+        for (long t = 0; t < kt; t++) {                                                           \
+            _tile_loadd(4, a + t * 256, 64);                                                      \
+            if (RH > 1) _tile_loadd(5, a + aStride + t * 256, 64);                                \
+            _tile_loadd(6, b + t * 512, 128);                                                     \
+            if (CH > 1) _tile_loadd(7, b + t * 512 + 16, 128);                                    \
+            _tile_dpbf16ps(0, 4, 6);                                                              \
+            if (CH > 1) _tile_dpbf16ps(1, 4, 7);                                                  \
+            if (RH > 1) _tile_dpbf16ps(2, 5, 6);                                                  \
+            if (RH > 1 && CH > 1) _tile_dpbf16ps(3, 5, 7);                                        \
+        }                                                                                         \
+        _tile_stored(0, c, ls);                                                                   \
+        if (CH > 1) _tile_stored(1, c + 16, ls);                                                  \
+        if (RH > 1) _tile_stored(2, c + 16 * ldc, ls);                                            \
+        if (RH > 1 && CH > 1) _tile_stored(3, c + 16 * ldc + 16, ls);                             \
+    } while (0)
+
+// out rows 0 ..< mc, columns 0 ..< nc (+)= the block's products: whole blocks straight
+// from and to out, edge blocks through the 32 x 32 scratch block `edge` (only the valid
+// part copied in and out).
+CCE_INLINE_AMX void amx_block(const uint32_t *a, long aStride, const uint32_t *b, long kt, float *out, long ldo,
+                              long mc, long nc, int acc, float *edge) {
+    const int whole = mc == 32 && nc == 32;
+    float *c = whole ? out : edge;
+    const long ldc = whole ? ldo : 32;
+    if (!whole && acc)
+        for (long i = 0; i < mc; i++) memcpy(edge + i * 32, out + i * ldo, (size_t)nc * sizeof(float));
+    AMX_BARRIER();
+    if (mc > 16) {
+        if (nc > 16) AMX_BLOCK(2, 2); else AMX_BLOCK(2, 1);
+    } else {
+        if (nc > 16) AMX_BLOCK(1, 2); else AMX_BLOCK(1, 1);
+    }
+    AMX_BARRIER();
+    if (!whole)
+        for (long i = 0; i < mc; i++) memcpy(out + i * ldo, edge + i * 32, (size_t)nc * sizeof(float));
+}
+
+CCE_AMX
+void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask) {
+    const long mr = CCE_AMX_MR, nr = CCE_AMX_NR, chunks = (d + 31) / 32, pairs = chunks * 16;
+    if (d <= 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
+    _tile_loadconfig(&cfg);
+    float *edge = (float *)(scratch + (long)nr * CCE_AMX_KCP);
+    for (long q0 = 0; q0 < pairs; q0 += CCE_AMX_KCP) {
+        long kq = pairs - q0 < CCE_AMX_KCP ? pairs - q0 : CCE_AMX_KCP;  // a multiple of 16
+        for (long j0 = 0; j0 < n; j0 += nr) {
+            long nc = n - j0 < nr ? n - j0 : nr;
+            AMX_BARRIER();
+            bf16_pack_columns(c_rows + j0, nc, d, q0, kq, scratch);
+            AMX_BARRIER();
+            for (long p = 0; p * mr < m; p++) {
+                if (panel_mask && !panel_mask[p]) continue;
+                long mc = m - p * mr < mr ? m - p * mr : mr;
+                const uint32_t *a = e_blocks + (2 * p * chunks + q0 / 16) * 256;
+                amx_block(a, chunks * 256, scratch, kq / 16, out + p * mr * ldo + j0, ldo, mc, nc, q0 > 0, edge);
+            }
+        }
+    }
+    _tile_release();
+}
+
 // MARK: - The Float32 FMA kernel
 
 // Elements k0 ..< k0 + kc of rows[0 ..< n] (n ≤ 32) into panel[k · 32 + j]; rows ≥ n zero.
@@ -439,5 +614,11 @@ void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *c
                                long d, float *out, long ldo, float *panel, const bool *panel_mask) { __builtin_trap(); }
 void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const void *const *b,
                          int type, long k, long width, int blocked) { __builtin_trap(); }
+int cce_amx_supported(void) { return 0; }
+size_t cce_amx_row_block_words(long m, long d) { return (size_t)((m + 31) / 32 * 32 * ((d + 31) / 32 * 16)); }
+size_t cce_amx_scratch_words(void) { return (size_t)CCE_AMX_NR * CCE_AMX_KCP + 32 * 32; }
+void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
+void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask) { __builtin_trap(); }
 
 #endif

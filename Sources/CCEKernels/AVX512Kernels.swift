@@ -36,12 +36,28 @@
 // bits depend only on its two rows and d: not on its place in the tile, m, n, the chunking,
 // the mask or the thread.
 //
-// Which kernel (`TileKernel.forStorage`): measured on an Intel Xeon (Sapphire/Emerald Rapids
-// class), vdpbf16ps retires one 512-bit instruction per two cycles, the same products per
-// second as 256-bit FMAs and half those of 512-bit FMAs: there the FMA kernel is the fast
-// one for bf16 too. AMD Zen 4 runs 512-bit FMAs at the 256-bit rate, so only the bf16 dot
-// product can double it: bf16 storage uses it on AMD CPUs. CCE_KERNEL=portable, avx512fma
-// or avx512bf16 in the environment overrides the choice (when the CPU can run it).
+// - AMX tile products (`tileProductAMX`, CPUs with AMX-TILE and AMX-BF16 that the OS lets
+//   this process use): bf16 inputs, 32 x 32 output blocks of four 16 x 16 Float32 tiles,
+//   tdpbf16ps over 32-element chunks of k. E rows packed once per token block
+//   (`packRowsAMX`: 16-row x 32-element tiles, rows padded to a multiple of 32, k to a
+//   multiple of 32, `amxRowBlockWords(m:d:)` words); C rows transposed per 32 columns into
+//   the bf16 kernel's pair panel (AMX's B layout) inside a scratch of
+//   `AMXTileShape.scratchWords` (128 KiB of panel + a 4 KiB edge block). Panel masks per
+//   32 rows. Summation order (measured bit for bit on a Xeon 6, model 207): per 32-element
+//   chunk, the 16 even-element and the 16 odd-element products are each summed in order in
+//   Float32 from +0, then added (one rounding) and added to the running Float32 sum (one
+//   rounding); bf16 inputs and subnormal sums are read and written as zero.
+//   `amxDotEmulated` reproduces it in portable Swift.
+//
+// Which kernel (`TileKernel.forStorage`): AMX for bf16 storage wherever it runs (measured on
+// a Xeon 6, model 207, one thread, m = 258, n = 256, d = 1024: about 1 TFLOP/s against 60
+// GFLOP/s for the 512-bit FMA kernel and 85 for vdpbf16ps). Without AMX, on an Intel Xeon
+// (Sapphire/Emerald Rapids class), vdpbf16ps retires one 512-bit instruction per two
+// cycles, the same products per second as 256-bit FMAs and half those of 512-bit FMAs:
+// there the FMA kernel is the fast one for bf16 too. AMD Zen 4 runs 512-bit FMAs at the
+// 256-bit rate, so only the bf16 dot product can double it: bf16 storage uses it on AMD
+// CPUs. CCE_KERNEL=portable, avx512fma, avx512bf16 or amx in the environment overrides the
+// choice (when the CPU can run it).
 
 import CCEAVX512
 
@@ -75,6 +91,19 @@ public enum AVX512TileShape {
     public static let columnPanelFloats = Int(cce_fma_column_panel_floats())
 }
 
+/// Block and scratch sizes of the AMX kernel.
+public enum AMXTileShape {
+    /// E rows per output block and per panel-mask entry (two 16-row tiles).
+    public static let mr = Int(CCE_AMX_MR)
+    /// C rows per packed panel (two 16-column tiles).
+    public static let nr = Int(CCE_AMX_NR)
+    /// Elements of k per packed C panel (1024 pairs).
+    public static let kc = 2 * Int(CCE_AMX_KCP)
+    /// UInt32 words of the scratch `tileProductAMX` needs: the C panel (nr x kc/2 words,
+    /// 128 KiB) and a 32 x 32 Float32 block for the edges.
+    public static let scratchWords = Int(cce_amx_scratch_words())
+}
+
 /// Whether this CPU and OS can run the 512-bit FMA kernel: AVX512F, AVX512BW and AVX512VL by
 /// cpuid, and the opmask and ZMM state enabled by the OS (xgetbv). Detected once.
 public let hasAVX512: Bool = cce_avx512_supported() != 0
@@ -82,6 +111,12 @@ public let hasAVX512: Bool = cce_avx512_supported() != 0
 /// Whether this CPU and OS can run the bf16 dot-product kernel: `hasAVX512` and AVX512_BF16
 /// (cpuid leaf 7 subleaf 1, EAX bit 5). Detected once.
 public let hasBF16DotProduct: Bool = cce_bf16_supported() != 0
+
+/// Whether this CPU and OS can run the AMX kernel: AMX-TILE and AMX-BF16 by cpuid (palette 1
+/// of 8 tiles of 16 x 64 bytes), `hasAVX512` (the packers), the tile state enabled by the OS
+/// (XCR0 bits 17 and 18) and, on Linux, granted to this process (arch_prctl
+/// ARCH_REQ_XCOMP_PERM for XTILEDATA, asked once, for every thread). Detected once.
+public let hasAMX: Bool = cce_amx_supported() != 0
 
 /// The tile kernels.
 public enum TileKernel: String, Sendable, CaseIterable {
@@ -91,6 +126,8 @@ public enum TileKernel: String, Sendable, CaseIterable {
     case avx512FMA = "avx512-fma-12x32"
     /// The AVX512_BF16 `vdpbf16ps` kernel (`tileProductBF16`), for bf16 storage only.
     case avx512BF16 = "avx512bf16-dp-12x32"
+    /// The AMX-BF16 tile kernel (`tileProductAMX`), for bf16 storage only.
+    case amxBF16 = "amx-bf16-32x32"
 
     /// The name reports print.
     public var name: String { rawValue }
@@ -101,13 +138,14 @@ public enum TileKernel: String, Sendable, CaseIterable {
         case .portable: return true
         case .avx512FMA: return hasAVX512
         case .avx512BF16: return hasBF16DotProduct && type == .bfloat16
+        case .amxBF16: return hasAMX && type == .bfloat16
         }
     }
 
     /// The kernel for inputs stored as `type` on this machine (decided once per type): the
-    /// environment's CCE_KERNEL (portable, avx512fma or avx512bf16) when this machine can run
-    /// it; else for bf16 the dot product on AMD CPUs that have it, and otherwise the 512-bit
-    /// FMA kernel where AVX-512 runs, else the portable kernel.
+    /// environment's CCE_KERNEL (portable, avx512fma, avx512bf16 or amx) when this machine
+    /// can run it; else for bf16 AMX where it runs, then the dot product on AMD CPUs that have
+    /// it, and otherwise the 512-bit FMA kernel where AVX-512 runs, else the portable kernel.
     public static func forStorage(_ type: ElementType) -> TileKernel {
         switch type {
         case .float32: return chosen.f32
@@ -126,12 +164,14 @@ public enum TileKernel: String, Sendable, CaseIterable {
         case "portable", "swift": return .portable
         case "avx512fma", "avx512-fma", "fma": return .avx512FMA
         case "avx512bf16", "avx512-bf16", "bf16": return .avx512BF16
+        case "amx", "amx-bf16", "amxbf16": return .amxBF16
         default: return nil
         }
     }()
 
     static func choose(_ type: ElementType) -> TileKernel {
         if let r = requested, r.runs(type) { return r }
+        if type == .bfloat16 && hasAMX { return .amxBF16 }
         if type == .bfloat16 && hasBF16DotProduct && cce_cpu_is_amd() != 0 { return .avx512BF16 }
         return hasAVX512 ? .avx512FMA : .portable
     }
@@ -219,6 +259,70 @@ public func bf16DotEmulated(_ a: UnsafePointer<UInt16>, _ b: UnsafePointer<UInt1
         s = flush(s.addingProduct(input(a[k]), input(b[k])))
     }
     return s
+}
+
+// MARK: - The AMX kernel
+
+/// UInt32 words of the AMX kernel's E blocks for m rows of d elements:
+/// ⌈m / 32⌉·32 · ⌈d / 32⌉·16.
+@inlinable
+public func amxRowBlockWords(m: Int, d: Int) -> Int { Int(cce_amx_row_block_words(m, d)) }
+
+/// Packs rows[0 ..< m] (BFloat16 bits, d elements each, never read past element d − 1) into
+/// the AMX kernel's E blocks at dst (`amxRowBlockWords(m:d:)` words): tile (g, c) of rows
+/// 16g ..< 16g + 16 and elements 32c ..< 32c + 32 at word (g·⌈d/32⌉ + c)·256, word r·16 + t
+/// = row 16g + r's pair 16c + t (element 2t in the low half); rows beyond m and elements
+/// beyond d zero. Requires `hasAVX512` (it runs wherever `hasAMX` does).
+@inlinable
+public func packRowsAMX(_ rows: UnsafePointer<UnsafeRawPointer>, m: Int, d: Int,
+                        into dst: UnsafeMutablePointer<UInt32>) {
+    precondition(hasAVX512, "packRowsAMX needs AVX-512")
+    cce_amx_pack_rows(bf16Rows(rows), m, d, dst)
+}
+
+/// out[i·ldo + j] = Σ_k e_i[k]·c_j[k] for i < m, j < n, from BFloat16 rows, in Float32, by
+/// AMX tile products (tdpbf16ps); rows ≥ m and columns ≥ n of out are never read or written.
+/// - eBlocks: the E rows packed by `packRowsAMX` (same m and d).
+/// - cRows: raw pointers to the n C rows (BFloat16 bits, d elements each; never read past).
+/// - scratch: `AMXTileShape.scratchWords` words (64-byte aligned is best), overwritten.
+/// - panelMask: when given, ⌈m / 32⌉ flags: 32-row group p with panelMask[p] == false is not
+///   computed (its out rows are left as they were).
+/// Each call loads the tile configuration and releases the tiles before it returns.
+/// Requires `hasAMX`.
+@inlinable
+public func tileProductAMX(eBlocks: UnsafePointer<UInt32>, m: Int, cRows: UnsafePointer<UnsafeRawPointer>, n: Int,
+                           d: Int, out: UnsafeMutablePointer<Float>, ldo: Int, scratch: UnsafeMutablePointer<UInt32>,
+                           panelMask: UnsafePointer<Bool>? = nil) {
+    precondition(hasAMX, "tileProductAMX needs AMX-BF16")
+    cce_amx_tile_product(eBlocks, m, bf16Rows(cRows), n, d, out, ldo, scratch, panelMask)
+}
+
+/// The AMX kernel's dot product in portable Swift, bit for bit what tdpbf16ps gives (measured
+/// on a Xeon 6, model 207: every output of the harness's tiles, and the special cases of
+/// `AMXKernelTests`): over 32-element chunks of k (zero-padded), from +0, acc ← acc + (E + O)
+/// where E and O are the chunk's even-element and odd-element products each summed in order
+/// in Float32 from +0; every step one rounding to nearest even; subnormal bf16 inputs read
+/// as zero and subnormal results flushed to zero. Slow: a test reference.
+public func amxDotEmulated(_ a: UnsafePointer<UInt16>, _ b: UnsafePointer<UInt16>, _ d: Int) -> Float {
+    @inline(__always) func input(_ p: UnsafePointer<UInt16>, _ k: Int) -> Float {
+        guard k < d else { return 0 }
+        let bits = p[k]
+        return bits & 0x7F80 == 0 ? Float(bitPattern: UInt32(bits & 0x8000) << 16) : floatFromBFloat16Bits(bits)
+    }
+    @inline(__always) func flush(_ x: Float) -> Float { x.isSubnormal ? Float(signOf: x, magnitudeOf: 0) : x }
+    var acc: Float = 0
+    var k0 = 0
+    while k0 < d {
+        var even: Float = 0, odd: Float = 0
+        for q in 0..<16 {
+            let k = k0 + 2 * q
+            even = flush(even.addingProduct(input(a, k), input(b, k)))
+            odd = flush(odd.addingProduct(input(a, k + 1), input(b, k + 1)))
+        }
+        acc = flush(acc + flush(even + odd))
+        k0 += 32
+    }
+    return acc
 }
 
 // MARK: - The 512-bit Float32 FMA kernel

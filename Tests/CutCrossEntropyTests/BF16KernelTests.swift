@@ -446,3 +446,245 @@ extension Array where Element == [Double] {
         return rows.withMemoryRebound(to: UnsafePointer<Double>.self, capacity: Swift.max(1, count)) { body($0) }
     }
 }
+
+// MARK: - The AMX kernel
+
+private let skipAMXMessage = "this CPU (or its OS) lacks AMX-BF16 with the tile state: the AMX kernel is not "
+    + "tested here (Benchmarks/amx/amx_harness.c checks the same properties on a machine with AMX); its "
+    + "emulation is (testAMXEmulation*)"
+
+/// The AMX kernel's tile out (m x n, row stride ldo, rows ≥ m and columns ≥ n pre-filled with
+/// a NaN sentinel) for e's rows eFirst ..< eFirst + m and c's rows cFirst ..< cFirst + n.
+private func amxTile(_ e: BF16Rows, eFirst: Int = 0, m: Int, _ c: BF16Rows, cFirst: Int = 0, n: Int, ldo: Int,
+                     extraRows: Int = 1, mask: [Bool]? = nil) -> [Float] {
+    let d = e.d
+    let eRaw = Array(e.raw[eFirst ..< eFirst + m]), cRaw = Array(c.raw[cFirst ..< cFirst + n])
+    var blocks = [UInt32](repeating: 0xDEAD_BEEF, count: amxRowBlockWords(m: m, d: d))
+    var scratch = [UInt32](repeating: 0x7FC0_0001, count: AMXTileShape.scratchWords)  // NaN garbage
+    var out = [Float](repeating: .nan, count: (m + extraRows) * ldo)
+    packRowsAMX(eRaw, m: m, d: d, into: &blocks)
+    if let mask {
+        tileProductAMX(eBlocks: blocks, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo, scratch: &scratch,
+                       panelMask: mask)
+    } else {
+        tileProductAMX(eBlocks: blocks, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo, scratch: &scratch)
+    }
+    return out
+}
+
+/// The AMX kernel (AVX512Kernels.swift, C target CCEAVX512) against the Float64 reference
+/// (the budget above: any order of Float32 additions stays within it) and bit for bit against
+/// `amxDotEmulated`, on shapes around its 16- and 32-row/column tiles; the 32-row panel mask,
+/// position independence of the bits, the layout and zero padding, no read past a row's last
+/// element. Skipped without AMX; the emulation's tests run everywhere.
+final class AMXKernelTests: XCTestCase {
+    static let depths = [1, 2, 3, 17, 31, 32, 33, 255, 256, 257, 1023, 2048]
+
+    /// Shapes: m and n on both sides of 16, 32 and 48, and larger tiles.
+    static func shapes(_ d: Int) -> [(Int, Int)] {
+        let ms = [1, 2, 5, 13, 15, 16, 17, 31, 32, 33, 47, 49, 65, 150, 258]
+        let ns = [1, 3, 9, 16, 17, 31, 32, 33, 40, 47, 64, 65, 100, 37, 5]
+        return ms.enumerated().map { idx, m in
+            let n = ns[(idx + d) % ns.count]
+            return (m, m * n * d > 20_000_000 ? 37 : n)
+        } + [(150, 256)]
+    }
+
+    func testAMXTileMatchesReferenceAndEmulation() throws {
+        try XCTSkipUnless(hasAMX, skipAMXMessage)
+        var worst = 0.0
+        for d in Self.depths {
+            for (idx, (m, n)) in Self.shapes(d).enumerated() {
+                let e = BF16Rows(count: m, d: d, seed: UInt64(5000 * d + 2 * idx), wide: idx % 3 == 1)
+                let c = BF16Rows(count: n, d: d, seed: UInt64(5000 * d + 2 * idx + 1))
+                let ldo = n + 3
+                let out = amxTile(e, m: m, c, n: n, ldo: ldo)
+                let ed = e.doubles(), cd = c.doubles()
+                var ref = [Double](repeating: 0, count: m * n)
+                ed.withRowPointers { ap in
+                    cd.withRowPointers { bp in
+                        tileProductReference(a: ap, m: m, b: bp, n: n, k: d, out: &ref, ldo: n)
+                    }
+                }
+                var mismatches = 0
+                for i in 0..<m {
+                    for j in 0..<n {
+                        let got = out[i * ldo + j]
+                        var absSum = 0.0
+                        for k in 0..<d { absSum += abs(ed[i][k] * cd[j][k]) }
+                        let err = abs(Double(got) - ref[i * n + j])
+                        let budget = 2 * Double(d) * 0x1p-24 * absSum + 2 * Double(d) * 0x1p-126
+                        XCTAssertLessThanOrEqual(err, budget, "m=\(m) n=\(n) d=\(d) (\(i),\(j))")
+                        if absSum > 0 { worst = max(worst, err / (Double(d) * 0x1p-24 * absSum)) }
+                        if amxDotEmulated(e.row(i), c.row(j), d).bitPattern != got.bitPattern { mismatches += 1 }
+                    }
+                    for j in n..<ldo { XCTAssertTrue(out[i * ldo + j].isNaN, "column \(j) ≥ n written") }
+                }
+                for j in 0..<ldo { XCTAssertTrue(out[m * ldo + j].isNaN, "row m written") }
+                XCTAssertEqual(mismatches, 0, "kernel vs amxDotEmulated, bitwise, m=\(m) n=\(n) d=\(d)")
+            }
+        }
+        print("AMX kernel: max |out − ref| / (d·2^-24·Σ|ab|) = \(worst) (budget 2)")
+    }
+
+    func testAMXPanelMaskSkipsPanelsAndLeavesRows() throws {
+        try XCTSkipUnless(hasAMX, skipAMXMessage)
+        let mr = AMXTileShape.mr
+        let m = 3 * mr + 5, n = 37, d = 257, ldo = 40
+        let e = BF16Rows(count: m, d: d, seed: 7), c = BF16Rows(count: n, d: d, seed: 8)
+        let full = amxTile(e, m: m, c, n: n, ldo: ldo)
+        let mask = [true, false, false, true]
+        let part = amxTile(e, m: m, c, n: n, ldo: ldo, mask: mask)
+        for i in 0..<m {
+            for j in 0..<ldo {
+                if mask[i / mr] && j < n {
+                    XCTAssertEqual(part[i * ldo + j].bitPattern, full[i * ldo + j].bitPattern, "(\(i),\(j))")
+                } else {
+                    XCTAssertTrue(part[i * ldo + j].isNaN, "row \(i) of a skipped panel (or column \(j) ≥ n) written")
+                }
+            }
+        }
+        let none = amxTile(e, m: m, c, n: n, ldo: ldo, mask: [false, false, false, false])
+        XCTAssertTrue(none.allSatisfy(\.isNaN), "an all-false mask writes nothing")
+        // d = 0: empty sums, zeros where the mask allows.
+        let e0 = BF16Rows(count: m, d: 0, seed: 1), c0 = BF16Rows(count: n, d: 0, seed: 2)
+        let zeros = amxTile(e0, m: m, c0, n: n, ldo: ldo, mask: mask)
+        for i in 0..<m {
+            for j in 0..<ldo {
+                if mask[i / mr] && j < n { XCTAssertEqual(zeros[i * ldo + j].bitPattern, 0) } else {
+                    XCTAssertTrue(zeros[i * ldo + j].isNaN)
+                }
+            }
+        }
+    }
+
+    /// An element's bits do not depend on its row or column position in the tile (whole or
+    /// edge block, first or second 16-row tile), on m, n or the kernel's KC chunks (d = 2048
+    /// spans one, d = 2100 two), and the emulation gives them.
+    func testAMXBitsIndependentOfPositionAndShape() throws {
+        try XCTSkipUnless(hasAMX, skipAMXMessage)
+        for d in [17, 1023, 2100] {
+            let m = 150, n = 256
+            let e = BF16Rows(count: m, d: d, seed: 21, wide: true), c = BF16Rows(count: n, d: d, seed: 22)
+            let full = amxTile(e, m: m, c, n: n, ldo: n)
+            for (i0, mm, j0, nn) in [(5, 17, 3, 29), (0, 1, 255, 1), (149, 1, 0, 256), (13, 13, 40, 33),
+                                     (100, 50, 200, 56), (31, 40, 31, 40), (1, 32, 1, 32), (16, 16, 16, 16)] {
+                let sub = amxTile(e, eFirst: i0, m: mm, c, cFirst: j0, n: nn, ldo: nn)
+                for i in 0..<mm {
+                    for j in 0..<nn {
+                        XCTAssertEqual(sub[i * nn + j].bitPattern, full[(i0 + i) * n + j0 + j].bitPattern,
+                                       "d=\(d): element (\(i0 + i),\(j0 + j)) at (\(i),\(j)) of a \(mm)x\(nn) tile")
+                    }
+                }
+            }
+            for i in stride(from: 0, to: m, by: 7) {
+                let j = (11 * i + 5) % n
+                XCTAssertEqual(amxDotEmulated(e.row(i), c.row(j), d).bitPattern, full[i * n + j].bitPattern,
+                               "amxDotEmulated d=\(d) (\(i),\(j))")
+            }
+        }
+    }
+
+    /// The packed E blocks hold the documented layout, with zeros for rows beyond m and
+    /// elements beyond d; no operand is read past its last element (rows end at a guard page).
+    func testAMXZeroPaddingAndLayout() throws {
+        try XCTSkipUnless(hasAMX, skipAMXMessage)
+        for d in [1, 3, 17, 31, 32, 33, 255, 256, 1023] {
+            let m = 32 + 5, chunks = (d + 31) / 32
+            let e = BF16Rows(count: m, d: d, seed: UInt64(d), guardPage: true)
+            let blocks = [UInt32](unsafeUninitializedCapacity: amxRowBlockWords(m: m, d: d)) { buf, count in
+                for w in 0..<buf.count { buf[w] = 0xDEAD_BEEF }
+                packRowsAMX(e.raw, m: m, d: d, into: buf.baseAddress!)
+                count = buf.count
+            }
+            XCTAssertEqual(blocks.count, 64 * chunks * 16)
+            for g in 0..<4 {
+                for cc in 0..<chunks {
+                    for r in 0..<16 {
+                        for t in 0..<16 {
+                            let i = 16 * g + r, q = 16 * cc + t
+                            let lo: UInt16 = i < m && 2 * q < d ? e.bits[i * d + 2 * q] : 0
+                            let hi: UInt16 = i < m && 2 * q + 1 < d ? e.bits[i * d + 2 * q + 1] : 0
+                            XCTAssertEqual(blocks[(g * chunks + cc) * 256 + r * 16 + t], UInt32(lo) | UInt32(hi) << 16,
+                                           "d=\(d) group \(g) chunk \(cc) row \(r) pair \(t)")
+                        }
+                    }
+                }
+            }
+            // The last C row and the last E row end right before the guard page.
+            let c = BF16Rows(count: 33, d: d, seed: UInt64(d + 1), guardPage: true)
+            let out = amxTile(e, m: m, c, n: 33, ldo: 33)
+            for i in [0, m - 1] {
+                for j in [0, 32] {
+                    XCTAssertEqual(out[i * 33 + j].bitPattern, amxDotEmulated(e.row(i), c.row(j), d).bitPattern)
+                }
+            }
+        }
+    }
+
+    // MARK: - The emulation, on every CPU
+
+    /// `amxDotEmulated` gives what tdpbf16ps gave on a Xeon 6 (model 207) for inputs that
+    /// tell summation orders and flushes apart (Benchmarks/amx/amx_harness.c's special cases,
+    /// each as a dot product: a first 32-element chunk sets the running sum where needed).
+    func testAMXEmulationReproducesMeasuredCases() {
+        func p2(_ e: Int, _ negative: Bool = false) -> UInt16 { (negative ? 0x8000 : 0) | UInt16(e + 127) << 7 }
+        let one: UInt16 = 0x3F80
+        // (what, a, b, the measured result); element k of the second chunk is index 32 + k.
+        typealias Case = (String, [Int: (UInt16, UInt16)], Float)
+        let cases: [Case] = [
+            ("2^30 + 1 − 2^30: even chain 2^30 − 2^30, odd chain 1",
+             [0: (p2(15), p2(15)), 1: (one, one), 2: (p2(15, true), p2(15))], 1),
+            ("1 + 2^30 − 2^30: even chain 1 − 2^30 rounds to −2^30",
+             [0: (one, one), 1: (p2(15), p2(15)), 2: (p2(15, true), p2(15))], 0),
+            ("running 2^30, then 1 and −2^30 in one pair: (1 − 2^30) rounded before the add",
+             [0: (p2(15), p2(15)), 32: (one, one), 33: (p2(15, true), p2(15))], 0),
+            ("running 1, then four products 2^-25: summed before the add",
+             [0: (one, one), 32: (p2(-12), p2(-13)), 33: (p2(-12), p2(-13)), 34: (p2(-12), p2(-13)),
+              35: (p2(-12), p2(-13))], 1 + 0x1p-23),
+            ("running 1, + 2^-24: a tie, to even", [0: (one, one), 32: (p2(-12), p2(-12))], 1),
+            ("running 1 + 2^-23, + 2^-24: a tie, to even",
+             [0: (one, one), 1: (p2(-12), p2(-11)), 32: (p2(-12), p2(-12))], 1 + 0x1p-22),
+            ("running 1, + 2^-24·(1 + 2^-7): above the tie",
+             [0: (one, one), 32: (0x3F81 - (12 << 7), p2(-12))], 1 + 0x1p-23),
+            ("bf16 subnormal 0x0001 x 2^100: read as zero", [0: (0x0001, p2(100))], 0),
+            ("2^-70 x 2^-70 = 2^-140: flushed", [0: (p2(-70), p2(-70))], 0),
+            ("running 2^-120, + 2^-140: the chunk's sum is flushed",
+             [0: (p2(-60), p2(-60)), 32: (p2(-70), p2(-70))], 0x1p-120),
+            ("running 2^-125, − 1.5·2^-126: the subnormal result flushed",
+             [0: (p2(-62), p2(-63)), 32: (0xA040, p2(-63))], 0),
+            ("2^127 x 2: overflow", [0: (p2(127), p2(1))], .infinity),
+        ]
+        for (what, elements, expected) in cases {
+            let d = (elements.keys.max() ?? 0) < 32 ? 32 : 64
+            var a = [UInt16](repeating: 0, count: d), b = [UInt16](repeating: 0, count: d)
+            for (k, (x, y)) in elements { a[k] = x; b[k] = y }
+            let got = amxDotEmulated(a, b, d)
+            XCTAssertEqual(got.bitPattern, expected.bitPattern, "\(what): \(got) (measured \(expected))")
+        }
+    }
+
+    func testAMXEmulationWithinReferenceBudget() {
+        for d in [1, 3, 32, 33, 257, 1023] {
+            let e = BF16Rows(count: 9, d: d, seed: UInt64(d), wide: true), c = BF16Rows(count: 9, d: d, seed: UInt64(d + 9))
+            let ed = e.doubles(), cd = c.doubles()
+            for i in 0..<9 {
+                var ref = 0.0, absSum = 0.0
+                for k in 0..<d { ref += ed[i][k] * cd[i][k]; absSum += abs(ed[i][k] * cd[i][k]) }
+                let got = Double(amxDotEmulated(e.row(i), c.row(i), d))
+                XCTAssertLessThanOrEqual(abs(got - ref), 2 * Double(d) * 0x1p-24 * absSum, "d=\(d) row \(i)")
+            }
+        }
+    }
+
+    func testAMXKernelSelection() {
+        XCTAssertFalse(TileKernel.amxBF16.runs(.float32))
+        XCTAssertFalse(TileKernel.amxBF16.runs(.float16))
+        XCTAssertEqual(TileKernel.amxBF16.runs(.bfloat16), hasAMX)
+        if hasAMX && getenv("CCE_KERNEL") == nil {
+            XCTAssertEqual(TileKernel.forStorage(.bfloat16), .amxBF16, "AMX is the default for bf16 where it runs")
+        }
+        if !hasAMX { XCTAssertNotEqual(TileKernel.forStorage(.bfloat16), .amxBF16) }
+        print("AMX: \(hasAMX); bf16 kernel: \(TileKernel.forStorage(.bfloat16).name)")
+    }
+}

@@ -1,13 +1,15 @@
-// AVX-512 tile products: the one place where the engine leaves Swift (cce_avx512.c says
-// why). Two kernels, each chosen at run time from cpuid and never called otherwise:
+// AVX-512 and AMX tile products: the one place where the engine leaves Swift (cce_avx512.c
+// says why). Three kernels, each chosen at run time from cpuid and never called otherwise:
 //
 // - cce_bf16_*: BFloat16 inputs multiplied with AVX512_BF16's vdpbf16ps over k-pairs.
 // - cce_fma_*:  E rows in Float32 (the engine converts them once per token block) and C
 //               rows stored as Float32, Float16 or BFloat16 (converted exactly while
 //               packed), multiplied with 16-lane (512-bit) Float32 FMAs in the portable
 //               Swift kernel's order (its bits, bit for bit).
+// - cce_amx_*:  BFloat16 inputs multiplied by AMX tile products (tdpbf16ps), 32 x 32
+//               output blocks (layouts and bits in its own section below).
 //
-// Both compute out[i·ldo + j] = Σ_k e_i[k]·c_j[k] for i < m, j < n, in Float32; rows
+// All compute out[i·ldo + j] = Σ_k e_i[k]·c_j[k] for i < m, j < n, in Float32; rows
 // i ≥ m and columns j ≥ n of out are never read or written; a panel mask (NULL, or one
 // flag per MR-row panel) skips panel p when mask[p] is false, leaving its out rows as they
 // were. C rows are reached through a table of row pointers and never read past element
@@ -77,6 +79,60 @@ void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *con
 /// out[i] = Σ_k a_i[k] · b_i[k] for i < count (bf16 rows of d elements), bit for bit as
 /// cce_bf16_tile_product computes the same pair of rows; 16 dot products per pass.
 void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long count, long d, float *out);
+
+// MARK: - The AMX tile kernel (AMX-BF16)
+//
+// The contract of cce_bf16_tile_product (panel mask per 32 rows), computed by AMX tile
+// products (tdpbf16ps): E
+// packed once per token block into 16 x 32-element tiles, C rows transposed per 32 columns
+// into the bf16 kernel's pair panel (word q·32 + j = row j's pair q: AMX's VNNI B layout),
+// 32 x 32 output blocks of four Float32 accumulator tiles. Layouts (32-bit words, one word
+// = one pair of bf16 elements, k = 2q in the low half):
+//   E blocks : rows padded to ceil(m / 32)·32, elements to chunks(d)·32 with chunks(d) =
+//              ceil(d / 32); tile (g, c) of rows 16g ..< 16g + 16 and elements
+//              32c ..< 32c + 32 at word (g·chunks(d) + c)·256, word r·16 + t = row 16g + r's
+//              pair 16c + t. Padding is zero.
+//   scratch  : CCE_AMX_NR x CCE_AMX_KCP words of C panel, then a 32 x 32 Float32 block for
+//              the edges (cce_amx_scratch_words() words; 64-byte aligned is best).
+// Bits: each output is a chain over 32-element chunks of k from +0, one tdpbf16ps each
+// (crossing KCP chunks through the stored Float32 partial, exactly): it depends on the two
+// rows and d only. One tdpbf16ps, measured bit for bit on a Xeon 6 (model 207):
+// s ← s + (E + O), E and O the chunk's 16 even-element and 16 odd-element products each
+// summed in order in Float32 from +0; every step one rounding to nearest even; bf16 inputs
+// and the incoming s read subnormals as zero, subnormal results are flushed to zero.
+// (Benchmarks/amx/amx_harness.c holds the measurements; amxDotEmulated the model.)
+
+/// Rows per output block and per panel-mask entry.
+#define CCE_AMX_MR 32
+/// Columns per output block (C rows per packed panel).
+#define CCE_AMX_NR 32
+/// k-pairs per packed C panel (a multiple of 16): NR · KCP · 4 bytes = 128 KiB, in L2. Measured
+/// on a Xeon 6 (model 207) at m = 258, n = 256: 1024 pairs beat 128, 256 and 512 (fewer
+/// reloads of the accumulators; the tile loads come from L2 either way).
+#ifndef CCE_AMX_KCP
+#define CCE_AMX_KCP 1024
+#endif
+
+/// 1 when the CPU has AMX-TILE and AMX-BF16 (cpuid leaf 7 EDX bits 24, 22) with palette 1
+/// of 8 tiles of 16 x 64 bytes, AVX512F/BW/VL (the packers), the OS enables the tile state
+/// (XCR0 bits 17, 18) and, on Linux, grants this process the tile data (arch_prctl
+/// ARCH_REQ_XCOMP_PERM, asked once). Else 0 (always 0 off Linux). Cached after the first call.
+int cce_amx_supported(void);
+
+/// Words of E blocks for m rows of d elements: ceil(m / 32)·32 · ceil(d / 32)·16.
+size_t cce_amx_row_block_words(long m, long d);
+/// Words of the scratch cce_amx_tile_product needs: NR · KCP + 32 · 32.
+size_t cce_amx_scratch_words(void);
+
+/// Packs rows[0 ..< m] (bf16 bits, d elements each, never read past element d − 1) into E
+/// blocks at dst (cce_amx_row_block_words(m, d) words), zero-padded.
+void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst);
+
+/// The tile product from E blocks (cce_amx_pack_rows, same d) and n bf16 C rows: out[i·ldo
+/// + j] for i < m, j < n; panel_mask NULL or one flag per 32 rows; scratch of
+/// cce_amx_scratch_words() words. Requires cce_amx_supported().
+void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask);
 
 // MARK: - The Float32 FMA kernel (512-bit)
 

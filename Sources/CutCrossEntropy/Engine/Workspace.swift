@@ -18,16 +18,18 @@ public enum TileBackend: String, Sendable, CaseIterable {
 
 /// Which tile kernel a call in scalar type S uses for E and C stored as `eType`, `cType`:
 /// in the Float32 modes the AVX-512 kernels where the CPU runs them (CCEKernels/
-/// AVX512Kernels.swift: the 512-bit FMA kernel, bit for bit the portable one, or the
-/// AVX512_BF16 dot product for bf16 E and C where it is the faster), else the portable
-/// Swift kernel; Float64 (the exact mode) and the OpenBLAS backend always take theirs.
+/// AVX512Kernels.swift: AMX tiles for bf16 E and C where the CPU has AMX-BF16, the 512-bit
+/// FMA kernel, bit for bit the portable one, or the AVX512_BF16 dot product for bf16 E and C
+/// where it is the faster), else the portable Swift kernel; Float64 (the exact mode) and the OpenBLAS backend always take theirs.
 /// `requested` (CutCrossEntropy.tileKernel) replaces the automatic choice where it can run.
 func chooseTileKernel<S: KernelScalar>(_: S.Type, eType: ElementType, cType: ElementType, backend: TileBackend,
                                  requested: TileKernel? = nil) -> TileKernel {
     guard S.self == Float.self, backend == .swiftSIMD else { return .portable }
-    if let requested, requested.runs(cType), requested != .avx512BF16 || eType == .bfloat16 { return requested }
+    // The bf16 kernels (AMX, dot product) multiply stored bf16 pairs: E must be bf16 too.
+    let needsBF16E: (TileKernel) -> Bool = { $0 == .amxBF16 || $0 == .avx512BF16 }
+    if let requested, requested.runs(cType), !needsBF16E(requested) || eType == .bfloat16 { return requested }
     let chosen = TileKernel.forStorage(cType)
-    if chosen == .avx512BF16 && eType != .bfloat16 { return hasAVX512 ? .avx512FMA : .portable }
+    if needsBF16E(chosen) && eType != .bfloat16 { return hasAVX512 ? .avx512FMA : .portable }
     return chosen
 }
 
@@ -67,7 +69,7 @@ final class Workspace<S: KernelScalar> {
     let selectedRows: Scratch<UnsafePointer<S>>  // backward: the E rows of the selected rows
     let keptRows: Scratch<UnsafePointer<S>>      // backward: the E rows of a dC update's kept rows
     let cPanel: Scratch<S>               // one packed C panel (L1): 16 x 256, or 32 x 256 (AVX-512)
-    let bf16Panels: Scratch<UInt32>      // bf16 dot-product kernel: the token block in bf16 pairs
+    let bf16Panels: Scratch<UInt32>      // bf16 kernels (AMX, dot product): the token block in bf16 pairs
     let bf16Selected: Scratch<UInt32>    //   ... and the selected rows (selectedProduct)
     /// Rows per entry of a product's panel mask: the kernel's register-block height.
     let maskRows: Int
@@ -110,11 +112,18 @@ final class Workspace<S: KernelScalar> {
         selectedRows = Scratch(count: selectedLimit)
         keptRows = Scratch(count: nb)
         self.kernel = kernel
-        cPanel = Scratch(count: kernel == .portable ? TileShape.nr * TileShape.kc
-                                 : max(AVX512TileShape.columnPanelFloats, BF16TileShape.columnPanelWords))
-        bf16Panels = Scratch(count: kernel == .avx512BF16 ? bf16RowPanelWords(m: nb, d: d) : 0)
-        bf16Selected = Scratch(count: kernel == .avx512BF16 ? bf16RowPanelWords(m: selectedLimit, d: d) : 0)
-        maskRows = kernel == .portable ? TileShape.mr : AVX512TileShape.mr
+        switch kernel {
+        case .portable: cPanel = Scratch(count: TileShape.nr * TileShape.kc)
+        case .amxBF16: cPanel = Scratch(count: AMXTileShape.scratchWords)
+        case .avx512FMA, .avx512BF16:
+            cPanel = Scratch(count: max(AVX512TileShape.columnPanelFloats, BF16TileShape.columnPanelWords))
+        }
+        let panelWords = { (m: Int) in
+            kernel == .amxBF16 ? amxRowBlockWords(m: m, d: d) : kernel == .avx512BF16 ? bf16RowPanelWords(m: m, d: d) : 0
+        }
+        bf16Panels = Scratch(count: panelWords(nb))
+        bf16Selected = Scratch(count: panelWords(selectedLimit))
+        maskRows = kernel == .portable ? TileShape.mr : kernel == .amxBF16 ? AMXTileShape.mr : AVX512TileShape.mr
         // OpenBLAS needs whole contiguous blocks; the Swift kernels pack 16 rows at a time.
         // OpenBLAS products and the portable dE update read C converted and contiguous; the
         // 512-bit rank update reads the stored rows.
@@ -146,12 +155,12 @@ final class Workspace<S: KernelScalar> {
     /// these rows.
     func loadTokens(_ operands: Operands<S>, first: Int, count: Int) {
         let rows = operands.problem.rows
-        if kernel == .avx512BF16 {
-            // The dot-product kernel multiplies the stored bf16 pairs: packed from the
-            // caller's rows (its own layout, no conversion).
+        if kernel == .avx512BF16 || kernel == .amxBF16 {
+            // The bf16 kernels multiply the stored bf16 pairs: packed from the caller's rows
+            // (each kernel's own layout, no conversion).
             withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: count) { raw in
                 for i in 0..<count { raw[i] = operands.eRow(Int(rows[first + i])) }
-                packRowPanelsBF16(UnsafePointer(raw.baseAddress!), m: count, d: d, into: bf16Panels.base)
+                packBF16(UnsafePointer(raw.baseAddress!), m: count, into: bf16Panels.base)
             }
         }
         if eBlock.count == 0 {
@@ -182,6 +191,11 @@ final class Workspace<S: KernelScalar> {
             panelMask: panelMask)
     }
 
+    /// Packs bf16 E rows in the layout of the bf16 kernel in use.
+    private func packBF16(_ raw: UnsafePointer<UnsafeRawPointer>, m: Int, into dst: UnsafeMutablePointer<UInt32>) {
+        if kernel == .amxBF16 { packRowsAMX(raw, m: m, d: d, into: dst) } else { packRowPanelsBF16(raw, m: m, d: d, into: dst) }
+    }
+
     /// The tile product of `kernel` into `tile`: E rows (or their bf16 panels) against the C
     /// rows cRaw[0 ..< n].
     private func run(_ kernel: TileKernel, rows: UnsafePointer<UnsafePointer<S>>, bf16Panels: UnsafePointer<UInt32>,
@@ -201,6 +215,9 @@ final class Workspace<S: KernelScalar> {
         case .avx512BF16:
             tileProductBF16(ePanels: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
                             panel: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask)
+        case .amxBF16:
+            tileProductAMX(eBlocks: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
+                           scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask)
         }
     }
 
@@ -208,11 +225,11 @@ final class Workspace<S: KernelScalar> {
     /// row r of the tile for row selected[r]: no other row is computed.
     func selectedProduct(_ operands: Operands<S>, first: Int, n: Int, v0: Int, vc: Int, ldo: Int) {
         for r in 0..<n { selectedRows.base[r] = eRows.base[selected.base[r]] }
-        if kernel == .avx512BF16 {
+        if kernel == .avx512BF16 || kernel == .amxBF16 {
             let rows = operands.problem.rows
             withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: n) { raw in
                 for r in 0..<n { raw[r] = operands.eRow(Int(rows[first + selected.base[r]])) }
-                packRowPanelsBF16(UnsafePointer(raw.baseAddress!), m: n, d: d, into: bf16Selected.base)
+                packBF16(UnsafePointer(raw.baseAddress!), m: n, into: bf16Selected.base)
             }
         }
         for q in 0..<vc { cRaw.base[q] = operands.sortedCRow(v0 + q) }
