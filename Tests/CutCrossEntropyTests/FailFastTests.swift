@@ -1,8 +1,9 @@
 // Issue 11: every command fails fast, clearly and safely. Each test is one item of the
 // issue, run against the built `cce` (CLI in Support.swift) and, where the library is at
 // stake, in process: negative option values, the memory check, compare's gate, overflow,
-// the --out folder, outputs checked before the work; and a seeded fuzz test of the .npy
-// reader.
+// the --out folder, outputs checked before the work, help / --version / bare `cce`, train's
+// labelled losses and ETA, the worked example's tool lookup and the LM-like page; and a
+// seeded fuzz test of the .npy reader.
 
 import CCEBenchmarks
 import CCEData
@@ -340,6 +341,56 @@ final class FailFastTests: XCTestCase {
             XCTAssertLessThan(r.seconds, 5, "\(args.joined(separator: " ")): \(r.summary)")
         }
         XCTAssertFalse(fm.fileExists(atPath: path("explain-tiles.svg")))
+    }
+
+    // MARK: - 7. help, --version, bare cce, and the remaining one-line refusals
+
+    /// `cce help nonexistent` is an error naming it and listing the commands; `--version`
+    /// prints the version; bare `cce` prints the help and the README's two commands, at once,
+    /// instead of starting a full-size demo; a folder given as an input, a file given as
+    /// compare's candidate, and `bench --methods ""` are one-line refusals.
+    func testHelpVersionBareAndRemainingRefusals() throws {
+        let commands = ["demo", "bench", "reference", "compare", "accuracy", "train", "explain"]
+        let unknown = try CLI.run(["help", "nonexistent"], timeout: 20)
+        CLI.assertRefused(unknown, ["nonexistent"] + commands, "cce help nonexistent")
+        let extra = try CLI.run(["help", "demo", "nope"], timeout: 20)
+        CLI.assertRefused(extra, ["nope"], "cce help demo nope")
+        let known = try CLI.run(["help", "train"], timeout: 20)
+        XCTAssertEqual(known.status, 0, known.summary)
+        XCTAssertTrue(known.stdout.contains("--steps"), known.summary)
+
+        let version = try CLI.run(["--version"], timeout: 20)
+        XCTAssertEqual(version.status, 0, version.summary)
+        XCTAssertNotNil(version.stdout.range(of: #"^\d+\.\d+\.\d+"#, options: .regularExpression), version.summary)
+        XCTAssertEqual(version.stdout.split(separator: "\n").count, 1, version.summary)
+
+        let bare = try CLI.run([], timeout: 20)
+        XCTAssertEqual(bare.status, 0, bare.summary)
+        XCTAssertLessThan(bare.seconds, 5, "bare cce ran something: \(bare.summary)")
+        XCTAssertTrue(bare.stdout.contains("SUBCOMMANDS") || bare.stdout.contains("USAGE"), bare.summary)
+        for c in commands { XCTAssertTrue(bare.stdout.contains(c), "bare cce: \(c) not listed: \(bare.summary)") }
+        // The README's two commands (its indented lines that start with scripts/setup.sh), verbatim.
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let readme = try String(contentsOf: root.appendingPathComponent("README.md"), encoding: .utf8)
+        let two = readme.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { $0.hasPrefix("scripts/setup.sh &&") }
+        XCTAssertEqual(two.count, 2, "README: \(two)")
+        for line in two { XCTAssertTrue(bare.stdout.contains(line), "bare cce should show `\(line)`: \(bare.summary)") }
+        XCTAssertFalse(bare.stdout.contains("Cut Cross-Entropy demo:"), "bare cce started a demo: \(bare.summary)")
+
+        // The refusals done earlier, through the tool.
+        let ref = try tinyInputs()
+        try FileManager.default.createDirectory(atPath: path("E-folder.npy"), withIntermediateDirectories: true)
+        var folderInput = ref
+        folderInput[2] = path("E-folder.npy")
+        CLI.assertRefused(try CLI.run(folderInput + ["--out", path("out1")], timeout: 30),
+                          [path("E-folder.npy"), "is a folder"], "an input that is a folder")
+        XCTAssertTrue(try CLI.run(ref + ["--out", path("out2")], timeout: 30).status == 0)
+        CLI.assertRefused(try CLI.run(["compare", "--reference", path("out2"), "--candidate", path("out2") + "/loss.npy"],
+                                      timeout: 30),
+                          ["is a file, not a folder"], "compare with a file as the candidate")
+        CLI.assertRefused(try CLI.run(["bench", "--methods", ""], timeout: 30), ["--methods"], "bench --methods \"\"")
     }
 
     // MARK: - The .npy reader, fuzzed
