@@ -393,6 +393,44 @@ final class FailFastTests: XCTestCase {
         CLI.assertRefused(try CLI.run(["bench", "--methods", ""], timeout: 30), ["--methods"], "bench --methods \"\"")
     }
 
+    // MARK: - 8. cce train's losses, labelled
+
+    /// The progress lines and the summary name the loss they show (the mean of the last k
+    /// steps' batch losses), and agree with each other and with the CSV's `loss` column (each
+    /// step's batch loss); the progress shows the elapsed time and an ETA.
+    func testTrainLabelsItsLossesAndShowsAnETA() throws {
+        let log = path("t.csv")
+        let r = try CLI.run(["train", "--steps", "40", "--batch", "32", "--vocab", "64", "--dim", "16", "--hidden", "32",
+                             "--threads", "1", "--log", log], in: dir, timeout: 60)
+        XCTAssertEqual(r.status, 0, r.summary)
+        let csv = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(csv.count, 41, "header and 40 rows")
+        let losses = csv.dropFirst().map { Double($0.split(separator: ",")[1])! }
+        let k = 2   // 40 steps / 20
+        let mean = losses.suffix(k).reduce(0, +) / Double(k)
+
+        func number(after label: String, in text: Substring) -> Double? {
+            guard let at = text.range(of: label) else { return nil }
+            return Double(text[at.upperBound...].split(separator: " ").first.map { $0.trimmingCharacters(in: CharacterSet(charactersIn: ";,")) } ?? "")
+        }
+        let progress = r.stderrLines.filter { $0.contains("/40") }
+        XCTAssertFalse(progress.isEmpty, r.summary)
+        for line in progress {
+            XCTAssertTrue(line.contains("loss (mean of the last "), "unlabelled loss: \(line)")
+            XCTAssertTrue(line.contains("elapsed ") && line.contains("ETA "), "no elapsed time or ETA: \(line)")
+        }
+        let lastLine = try XCTUnwrap(progress.last)
+        XCTAssertTrue(lastLine.contains("40/40") && lastLine.contains("loss (mean of the last \(k) steps)"), String(lastLine))
+        let shown = try XCTUnwrap(number(after: "loss (mean of the last \(k) steps) ", in: lastLine), String(lastLine))
+        XCTAssertEqual(shown, mean, accuracy: 6e-5, "the progress's last loss is the mean of the CSV's last \(k) rows")
+
+        let out = Substring(r.stdout)
+        let final = try XCTUnwrap(number(after: "final loss (mean of the last \(k) steps' batch losses) ", in: out), r.summary)
+        XCTAssertEqual(final, mean, accuracy: 6e-5, "the summary's final loss")
+        let lastStep = try XCTUnwrap(number(after: "batch loss of the last step ", in: out), r.summary)
+        XCTAssertEqual(lastStep, losses.last!, accuracy: 6e-5, "the last step's batch loss is the CSV's last row")
+    }
+
     // MARK: - The .npy reader, fuzzed
 
     /// A few hundred mutated .npy files (headers and bodies, seeded): the reader never
