@@ -431,6 +431,86 @@ final class FailFastTests: XCTestCase {
         XCTAssertEqual(lastStep, losses.last!, accuracy: 6e-5, "the last step's batch loss is the CSV's last row")
     }
 
+    // MARK: - 9. The worked example finds cce; the LM-like definition is in Docs
+
+    /// check_against_reference.py, run from another folder: --help says how it finds cce,
+    /// and --print-cce finds it by $CCE, by --cce, and (neither given, no cce on PATH) as the
+    /// repository's .build/release/cce from the script's own location. Quick: neither numpy
+    /// nor torch is imported for these.
+    func testWorkedExampleFindsTheToolFromAnyFolder() throws {
+        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+            .first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw XCTSkip("python3 is not installed: the worked example's tool lookup is not checked")
+        }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let script = root.appendingPathComponent("Docs/examples/check_against_reference.py").path
+        func py(_ args: [String], env extra: [String: String] = [:]) throws -> (Int32, String, String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: python)
+            p.arguments = [script] + args
+            p.currentDirectoryURL = dir
+            var env = ProcessInfo.processInfo.environment
+            env["CCE"] = nil
+            env["PATH"] = "/usr/bin:/bin"
+            for (k, v) in extra { env[k] = v }
+            p.environment = env
+            let out = Pipe(), err = Pipe()
+            p.standardOutput = out; p.standardError = err
+            try p.run()
+            let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        }
+        let help = try py(["--help"])
+        XCTAssertEqual(help.0, 0, "--help from another folder: \(help.2.prefix(600))")
+        for t in ["--cce PATH", "$CCE", "PATH", ".build/release/cce", "--print-cce"] {
+            XCTAssertTrue(help.1.contains(t), "--help should mention \(t): \(help.1.prefix(2000))")
+        }
+        let exe = try CLI.tool().path
+        let byEnv = try py(["--print-cce"], env: ["CCE": exe])
+        XCTAssertEqual(byEnv.0, 0, byEnv.2); XCTAssertEqual(byEnv.1.trimmingCharacters(in: .whitespacesAndNewlines), exe)
+        let byOption = try py(["--cce", exe, "--print-cce"], env: ["CCE": "/no/such/cce"])
+        XCTAssertEqual(byOption.0, 0, byOption.2)
+        XCTAssertEqual(byOption.1.trimmingCharacters(in: .whitespacesAndNewlines), exe, "--cce comes before $CCE")
+        let bad = try py(["--cce", path("missing-cce"), "--print-cce"])
+        XCTAssertEqual(bad.0, 1); XCTAssertTrue(bad.2.contains("missing-cce"), bad.2)
+        let built = root.appendingPathComponent(".build/release/cce").resolvingSymlinksInPath().path
+        let found = try py(["--print-cce"])
+        if FileManager.default.isExecutableFile(atPath: built) {
+            XCTAssertEqual(found.0, 0, found.2)
+            XCTAssertEqual(URL(fileURLWithPath: found.1.trimmingCharacters(in: .whitespacesAndNewlines))
+                            .resolvingSymlinksInPath().path, built, "the repository's tool, found from the script")
+        } else {
+            XCTAssertEqual(found.0, 1, found.1)
+            XCTAssertTrue(found.2.contains(".build/release/cce") && found.2.contains("--cce"), found.2)
+        }
+    }
+
+    /// The LM-like data is defined in Docs/LMLIKE.md, and nothing cites the old path outside
+    /// the repository; `cce help accuracy` points at the new page.
+    func testLMLikeDefinitionIsInDocs() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let page = try String(contentsOf: root.appendingPathComponent("Docs/LMLIKE.md"), encoding: .utf8)
+        for t in ["softmax", "α", "seed", "D−1", "rank"] { XCTAssertTrue(page.contains(t), "Docs/LMLIKE.md: \(t)") }
+        let old = "shared/" + "LMLIKE"
+        var citing: [String] = []
+        let fm = FileManager.default
+        for top in ["Sources", "Docs", "Benchmarks", "Tests", "python", "cuda", "scripts", "README.md", "Package.swift"] {
+            let base = root.appendingPathComponent(top)
+            var files = [base.path]
+            if let e = fm.enumerator(atPath: base.path) { files = e.compactMap { $0 as? String }.map { base.path + "/" + $0 } }
+            for f in files where [".swift", ".md", ".py", ".sh", ".c", ".h", ".cu", ".txt"].contains(where: f.hasSuffix) {
+                if let text = try? String(contentsOfFile: f, encoding: .utf8), text.contains(old) { citing.append(f) }
+            }
+        }
+        XCTAssertEqual(citing, [], "files that cite \(old)")
+        let help = try CLI.run(["help", "accuracy"], timeout: 20)
+        XCTAssertEqual(help.status, 0, help.summary)
+        XCTAssertTrue(help.stdout.contains("Docs/LMLIKE.md"), help.summary)
+    }
+
     // MARK: - The .npy reader, fuzzed
 
     /// A few hundred mutated .npy files (headers and bodies, seeded): the reader never
