@@ -62,7 +62,7 @@ let package = Package(
         // MARK: - The numerical reference: .npy input and output, comparison
         .target(name: "CCEReference", dependencies: ["CutCrossEntropy"]),
 
-        // MARK: - Seeded data: the random generator and the LM-like problems (shared/LMLIKE.md)
+        // MARK: - Seeded data: the random generator and the LM-like problems (Docs/LMLIKE.md)
         // that training, benchmarks and tests draw from. Same seed, same data.
         .target(name: "CCEData", dependencies: ["CutCrossEntropy", "COpenBLAS"], swiftSettings: fastFlags),
 

@@ -1,7 +1,7 @@
 // The benchmark program behind `cce bench`: the shape of the paper's Table 1 on this CPU.
 //
 // Methods x kinds, each timed `repeats` times (median reported) on LM-like data
-// (shared/LMLIKE.md), with the peak extra memory of one run measured from the process:
+// (Docs/LMLIKE.md), with the peak extra memory of one run measured from the process:
 //   sgemm         matmul     one OpenBLAS sgemm of the N x D by D x V product (the floor)
 //   tile-swift    matmul     the same product by the Swift tile kernel, tile by tile, kept
 //                            in a per-thread tile buffer (the kernel's GFLOP/s)

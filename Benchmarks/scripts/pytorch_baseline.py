@@ -7,7 +7,7 @@ Measures what PyTorch does on the CPU for the linear-cross-entropy layer of a
 language model, loss = mean_n CE(E[n] . C^T (+ bias), target[n]), on the same
 data definition and shapes as `cce bench`, so that the two can be compared.
 
-Data: lm-like(N, D, V, S=4, alpha=1.5, seed) from shared/LMLIKE.md (Gaussian
+Data: lm-like(N, D, V, S=4, alpha=1.5, seed) from Docs/LMLIKE.md (Gaussian
 classifier rows plus a Zipf-like log-frequency prior column, peaked softmax,
 targets drawn from the model's own softmax), generated in float32 with a seeded
 torch.Generator and then cast to the dtype under test.  The bits differ from the
@@ -233,7 +233,7 @@ def peak_since(rss_before: int) -> int:
 
 
 # --------------------------------------------------------------------------- #
-# Data: lm-like(N, D, V, S, alpha, seed), shared/LMLIKE.md
+# Data: lm-like(N, D, V, S, alpha, seed), Docs/LMLIKE.md
 
 
 def lm_like(torch, n: int, d: int, v: int, seed: int, s: float = LM_S,

@@ -6,6 +6,10 @@ against `cce reference`, on the user's own tensors.
     python3 Docs/examples/check_against_reference.py            # f32 inputs
     python3 Docs/examples/check_against_reference.py --dtype bf16
 
+Runs from any folder. The cce tool is, in order: --cce PATH; else $CCE; else `cce` on PATH;
+else .build/release/cce of the repository this script is in (found from the script's own
+location, not the current folder). --print-cce prints the one it would use and exits.
+
 Needs numpy and torch; bf16 inputs also need ml_dtypes (pip install ml_dtypes), which is how
 NumPy stores bfloat16. Steps:
  1. build LM-like tensors E (B, T, D), C (V, D), targets (B, T) with some ignored positions;
@@ -17,17 +21,55 @@ NumPy stores bfloat16. Steps:
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# numpy and torch are imported by main() once the options are read, so that --help and
+# --print-cce work without them.
+np = torch = F = None
+
+
+def _import_numerics():
+    global np, torch, F
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+
+def repository_cce():
+    """.build/release/cce of the repository holding this script (Docs/examples/ -> root)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+    return os.path.join(root, ".build", "release", "cce")
+
+
+def find_cce(explicit):
+    """The cce tool: --cce PATH, else $CCE, else `cce` on PATH, else repository_cce().
+    Exits with one line naming what was tried when none is an executable file."""
+    def usable(p):
+        return os.path.isfile(p) and os.access(p, os.X_OK)
+    if explicit:
+        if not usable(explicit):
+            sys.exit(f"error: --cce {explicit}: not an executable file")
+        return explicit
+    env = os.environ.get("CCE", "")
+    if env:
+        if not usable(env):
+            sys.exit(f"error: $CCE={env}: not an executable file")
+        return env
+    on_path = shutil.which("cce")
+    if on_path:
+        return on_path
+    built = repository_cce()
+    if usable(built):
+        return built
+    sys.exit(f"error: cce not found: no --cce PATH, no $CCE, no cce on PATH, and no {built} "
+             f"(build it: swift build -c release --product cce)")
 
 
 def lm_like(n_seq, t, d, v, s=4.0, alpha=1.5, seed=0):
-    """shared/LMLIKE.md: Gaussian C with a Zipf-like log-prior column, E with scale s."""
+    """Docs/LMLIKE.md (torch's RNG: the same distribution, not the same numbers): Gaussian C with a Zipf-like log-prior column, E with scale s."""
     g = torch.Generator().manual_seed(seed)
     c = torch.randn(v, d, generator=g) / (d - 1) ** 0.5
     c[:, -1] = -alpha * torch.log(torch.randperm(v, generator=g).double() + 1).float()
@@ -81,12 +123,19 @@ def rel(a, b):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cce", default=".build/release/cce")
+    ap.add_argument("--cce", default=None, metavar="PATH",
+                    help="the cce tool (default: $CCE, else cce on PATH, else this repository's .build/release/cce)")
+    ap.add_argument("--print-cce", action="store_true", help="print the cce tool that would be used, and exit")
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--shape", default="4,64,256,5000", help="B,T,D,V")
     ap.add_argument("--cuda", action="store_true", help="also run cce reference --backend cuda")
     ap.add_argument("--dir", default=None, help="working folder (default: a temporary one)")
     a = ap.parse_args()
+    a.cce = find_cce(a.cce)
+    if a.print_cce:
+        print(a.cce)
+        return
+    _import_numerics()
     b, t, d, v = map(int, a.shape.split(","))
     work = a.dir or tempfile.mkdtemp(prefix="cce-example-")
     os.makedirs(work, exist_ok=True)

@@ -1,4 +1,4 @@
-// LM-like benchmark data (shared/LMLIKE.md): a peaked softmax with a Zipf-like prior
+// LM-like benchmark data (Docs/LMLIKE.md): a peaked softmax with a Zipf-like prior
 // scattered over the vocabulary, the statistics of a trained language model's output layer.
 //
 //   C (V x D): columns 0 ..< D−1 ~ Normal(0, 1/(D−1)); column D−1 = −α·ln(rank[v]) with

@@ -2,7 +2,7 @@
 // in Float64, checked against the library. This file computes; `cce explain`
 // (Sources/cce/Explain.swift) prints what it returns.
 //
-// Problem: LM-like data (shared/LMLIKE.md) with N = 8 tokens, D = 4, V = 16, cut into
+// Problem: LM-like data (Docs/LMLIKE.md) with N = 8 tokens, D = 4, V = 16, cut into
 // 4 x 4 tiles (2 token blocks x 4 vocabulary blocks). As in the engine, the vocabulary is
 // first sorted by average logit C_v · ē (ē the mean embedding), largest first, so that
 // the large probabilities gather in the first tiles and the last ones can be skipped.

@@ -5,7 +5,7 @@
 //     z(s → v) = β · (U_s · W_v) / √r  −  α · ln rank[v]
 //     P(v | s) = exp(z(s → v)) / Σ_u exp(z(s → u))
 // with U, W (V x r) standard normal and rank a random permutation of 1 … V (as in the
-// LM-like benchmark data, shared/LMLIKE.md). Every entry of P is positive, so the chain is
+// LM-like benchmark data, Docs/LMLIKE.md). Every entry of P is positive, so the chain is
 // irreducible and aperiodic and has one stationary distribution π = π P, found by power
 // iteration.
 //

@@ -19,7 +19,7 @@ struct AccuracyCommand: ParsableCommand {
 
     @OptionGroup var shape: ShapeOptions<Defaults>
     @Option(help: "Comma-separated element types.") var dtypes = "f32,f16,bf16"
-    @Option(parsing: .unconditional, help: "Comma-separated data settings S:alpha (shared/LMLIKE.md).") var data = "4:1.5,2:1"
+    @Option(parsing: .unconditional, help: "Comma-separated data settings S:alpha (Docs/LMLIKE.md).") var data = "4:1.5,2:1"
     @OptionGroup var engine: EngineOptions<StandardEngine>
     @Option(parsing: .unconditional, help: "Random seed.") var seed: UInt64 = 0
     @Option(help: "Also write the rows as JSON to this file.") var json: String?

@@ -70,36 +70,45 @@ struct Train: ParsableCommand {
                      lnV, corpus.unigramEntropy, corpus.floor.map { String(format: "%.4f nats/token", $0) } ?? "unknown (text corpus)"))
 
         fflush(nil)   // the header before the progress lines, also when piped
+        // Three losses could be shown; each is labelled. The CSV's `loss` column is each
+        // step's batch loss. The progress and the summary show the mean of the last
+        // `window` batch losses (5% of the steps), so the bar's last value is the summary's.
         let tty = isatty(2) == 1
         let every = max(1, cfg.steps / 20)
+        let window = Self.window(steps: cfg.steps)
         var points: [(step: Int, loss: Double)] = []
-        var running = Double.nan
         var lastDraw = Date.distantPast
         var last: StepReport?
         try trainer.run { r in
             points.append((r.step, r.loss))
             logFile.write(Data((TrainingLog.line(r, floor: corpus.floor, kind: loss) + "\n").utf8))
-            running = running.isNaN ? r.loss : 0.95 * running + 0.05 * r.loss
             last = r
+            let draw = tty ? (Date().timeIntervalSince(lastDraw) > 0.1 || r.step == cfg.steps)
+                           : (r.step % every == 0 || r.step == cfg.steps)
+            guard draw else { return }
+            lastDraw = Date()
+            let (mean, k) = Self.meanOfLast(window, points)
+            let eta = r.elapsed / Double(r.step) * Double(cfg.steps - r.step)
+            let status = String(format: "%d/%d  %.0f tok/s  loss (mean of the last %d steps) %.4f  elapsed %@, ETA %@",
+                                r.step, cfg.steps, r.tokensPerSecond, k, mean,
+                                Self.duration(r.elapsed), Self.duration(eta))
             if tty {
-                guard Date().timeIntervalSince(lastDraw) > 0.1 || r.step == cfg.steps else { return }
-                lastDraw = Date()
                 let width = 30, done = width * r.step / cfg.steps
                 let bar = String(repeating: "#", count: done) + String(repeating: ".", count: width - done)
-                stderr(String(format: "\r[%@] %d/%d  %.0f tok/s  loss %.4f ", bar, r.step, cfg.steps, r.tokensPerSecond, running))
+                stderr("\r[\(bar)] \(status) ")
                 if r.step == cfg.steps { stderr("\n") }
-            } else if r.step % every == 0 || r.step == cfg.steps {
-                stderr(String(format: "step %d/%d  %.0f tok/s  loss %.4f  (%.1f s)\n", r.step, cfg.steps,
-                              r.tokensPerSecond, running, r.elapsed))
+            } else {
+                stderr("step \(status)\n")
             }
         }
-        let tail = points.suffix(max(1, points.count / 20))
-        let finalLoss = tail.reduce(0) { $0 + $1.loss } / Double(tail.count)
+        let (finalLoss, tailCount) = Self.meanOfLast(window, points)
         let peak = MemoryProbe.peakBytes()
-        print(String(format: "done: %.1f s, %.0f tokens/s; loss %.4f (mean of the last %d steps), first step %.4f",
-                     last?.elapsed ?? 0, last?.tokensPerSecond ?? 0, finalLoss, tail.count, points.first?.loss ?? .nan))
+        print(String(format: "done: %.1f s, %.0f tokens/s", last?.elapsed ?? 0, last?.tokensPerSecond ?? 0))
+        print(String(format: "final loss (mean of the last %d steps' batch losses) %.4f; batch loss of the last step %.4f (the log's last row), of the first step %.4f",
+                     tailCount, finalLoss, points.last?.loss ?? .nan, points.first?.loss ?? .nan))
         if let f = corpus.floor {
-            print(String(format: "gap to the entropy floor: %.4f nats/token (floor %.4f; ln V %.4f)", finalLoss - f, f, lnV))
+            print(String(format: "gap of the final loss (mean of the last %d steps) to the entropy floor: %.4f nats/token (floor %.4f; ln V %.4f)",
+                         tailCount, finalLoss - f, f, lnV))
         }
         let head = try trainer.measureHead()
         print(String(format: "peak resident memory: %.1f MB (process VmHWM); one %@ head call: %.2f MB extra (B x V logits would be %.2f MB)",
@@ -120,6 +129,27 @@ struct Train: ParsableCommand {
             try LossFigure.svg(title: title, curves: curves, references: refs).write(toFile: svgPath, atomically: true, encoding: .utf8)
         } catch { throw CLIError("cannot write the figure \(svgPath): \(systemErrorText(error))") }
         print("log: \(logPath), figure: \(svgPath)\(curves.count > 1 ? " (with \(curves[1].name))" : "")")
+    }
+}
+
+extension Train {
+    /// How many steps the reported loss averages: 5% of them, at least 1.
+    static func window(steps: Int) -> Int { max(1, steps / 20) }
+
+    /// The mean of the last `window` batch losses (fewer early on), and how many it took.
+    static func meanOfLast(_ window: Int, _ points: [(step: Int, loss: Double)]) -> (Double, Int) {
+        let tail = points.suffix(window)
+        guard !tail.isEmpty else { return (.nan, 0) }
+        return (tail.reduce(0) { $0 + $1.loss } / Double(tail.count), tail.count)
+    }
+
+    /// Seconds as "4.2 s", "3m05s" or "1h02m".
+    static func duration(_ s: Double) -> String {
+        guard s.isFinite, s >= 0 else { return "?" }
+        if s < 60 { return String(format: "%.1f s", s) }
+        let t = Int(s.rounded())
+        if t < 3600 { return String(format: "%dm%02ds", t / 60, t % 60) }
+        return String(format: "%dh%02dm", t / 3600, t % 3600 / 60)
     }
 }
 

@@ -1,8 +1,9 @@
 // Issue 11: every command fails fast, clearly and safely. Each test is one item of the
 // issue, run against the built `cce` (CLI in Support.swift) and, where the library is at
 // stake, in process: negative option values, the memory check, compare's gate, overflow,
-// the --out folder, outputs checked before the work; and a seeded fuzz test of the .npy
-// reader.
+// the --out folder, outputs checked before the work, help / --version / bare `cce`, train's
+// labelled losses and ETA, the worked example's tool lookup and the LM-like page; and a
+// seeded fuzz test of the .npy reader.
 
 import CCEBenchmarks
 import CCEData
@@ -340,6 +341,174 @@ final class FailFastTests: XCTestCase {
             XCTAssertLessThan(r.seconds, 5, "\(args.joined(separator: " ")): \(r.summary)")
         }
         XCTAssertFalse(fm.fileExists(atPath: path("explain-tiles.svg")))
+    }
+
+    // MARK: - 7. help, --version, bare cce, and the remaining one-line refusals
+
+    /// `cce help nonexistent` is an error naming it and listing the commands; `--version`
+    /// prints the version; bare `cce` prints the help and the README's two commands, at once,
+    /// instead of starting a full-size demo; a folder given as an input, a file given as
+    /// compare's candidate, and `bench --methods ""` are one-line refusals.
+    func testHelpVersionBareAndRemainingRefusals() throws {
+        let commands = ["demo", "bench", "reference", "compare", "accuracy", "train", "explain"]
+        let unknown = try CLI.run(["help", "nonexistent"], timeout: 20)
+        CLI.assertRefused(unknown, ["nonexistent"] + commands, "cce help nonexistent")
+        let extra = try CLI.run(["help", "demo", "nope"], timeout: 20)
+        CLI.assertRefused(extra, ["nope"], "cce help demo nope")
+        let known = try CLI.run(["help", "train"], timeout: 20)
+        XCTAssertEqual(known.status, 0, known.summary)
+        XCTAssertTrue(known.stdout.contains("--steps"), known.summary)
+
+        let version = try CLI.run(["--version"], timeout: 20)
+        XCTAssertEqual(version.status, 0, version.summary)
+        XCTAssertNotNil(version.stdout.range(of: #"^\d+\.\d+\.\d+"#, options: .regularExpression), version.summary)
+        XCTAssertEqual(version.stdout.split(separator: "\n").count, 1, version.summary)
+
+        let bare = try CLI.run([], timeout: 20)
+        XCTAssertEqual(bare.status, 0, bare.summary)
+        XCTAssertLessThan(bare.seconds, 5, "bare cce ran something: \(bare.summary)")
+        XCTAssertTrue(bare.stdout.contains("SUBCOMMANDS") || bare.stdout.contains("USAGE"), bare.summary)
+        for c in commands { XCTAssertTrue(bare.stdout.contains(c), "bare cce: \(c) not listed: \(bare.summary)") }
+        // The README's two commands (its indented lines that start with scripts/setup.sh), verbatim.
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let readme = try String(contentsOf: root.appendingPathComponent("README.md"), encoding: .utf8)
+        let two = readme.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { $0.hasPrefix("scripts/setup.sh &&") }
+        XCTAssertEqual(two.count, 2, "README: \(two)")
+        for line in two { XCTAssertTrue(bare.stdout.contains(line), "bare cce should show `\(line)`: \(bare.summary)") }
+        XCTAssertFalse(bare.stdout.contains("Cut Cross-Entropy demo:"), "bare cce started a demo: \(bare.summary)")
+
+        // The refusals done earlier, through the tool.
+        let ref = try tinyInputs()
+        try FileManager.default.createDirectory(atPath: path("E-folder.npy"), withIntermediateDirectories: true)
+        var folderInput = ref
+        folderInput[2] = path("E-folder.npy")
+        CLI.assertRefused(try CLI.run(folderInput + ["--out", path("out1")], timeout: 30),
+                          [path("E-folder.npy"), "is a folder"], "an input that is a folder")
+        XCTAssertTrue(try CLI.run(ref + ["--out", path("out2")], timeout: 30).status == 0)
+        CLI.assertRefused(try CLI.run(["compare", "--reference", path("out2"), "--candidate", path("out2") + "/loss.npy"],
+                                      timeout: 30),
+                          ["is a file, not a folder"], "compare with a file as the candidate")
+        CLI.assertRefused(try CLI.run(["bench", "--methods", ""], timeout: 30), ["--methods"], "bench --methods \"\"")
+    }
+
+    // MARK: - 8. cce train's losses, labelled
+
+    /// The progress lines and the summary name the loss they show (the mean of the last k
+    /// steps' batch losses), and agree with each other and with the CSV's `loss` column (each
+    /// step's batch loss); the progress shows the elapsed time and an ETA.
+    func testTrainLabelsItsLossesAndShowsAnETA() throws {
+        let log = path("t.csv")
+        let r = try CLI.run(["train", "--steps", "40", "--batch", "32", "--vocab", "64", "--dim", "16", "--hidden", "32",
+                             "--threads", "1", "--log", log], in: dir, timeout: 60)
+        XCTAssertEqual(r.status, 0, r.summary)
+        let csv = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(csv.count, 41, "header and 40 rows")
+        let losses = csv.dropFirst().map { Double($0.split(separator: ",")[1])! }
+        let k = 2   // 40 steps / 20
+        let mean = losses.suffix(k).reduce(0, +) / Double(k)
+
+        func number(after label: String, in text: Substring) -> Double? {
+            guard let at = text.range(of: label) else { return nil }
+            return Double(text[at.upperBound...].split(separator: " ").first.map { $0.trimmingCharacters(in: CharacterSet(charactersIn: ";,")) } ?? "")
+        }
+        let progress = r.stderrLines.filter { $0.contains("/40") }
+        XCTAssertFalse(progress.isEmpty, r.summary)
+        for line in progress {
+            XCTAssertTrue(line.contains("loss (mean of the last "), "unlabelled loss: \(line)")
+            XCTAssertTrue(line.contains("elapsed ") && line.contains("ETA "), "no elapsed time or ETA: \(line)")
+        }
+        let lastLine = try XCTUnwrap(progress.last)
+        XCTAssertTrue(lastLine.contains("40/40") && lastLine.contains("loss (mean of the last \(k) steps)"), String(lastLine))
+        let shown = try XCTUnwrap(number(after: "loss (mean of the last \(k) steps) ", in: lastLine), String(lastLine))
+        XCTAssertEqual(shown, mean, accuracy: 6e-5, "the progress's last loss is the mean of the CSV's last \(k) rows")
+
+        let out = Substring(r.stdout)
+        let final = try XCTUnwrap(number(after: "final loss (mean of the last \(k) steps' batch losses) ", in: out), r.summary)
+        XCTAssertEqual(final, mean, accuracy: 6e-5, "the summary's final loss")
+        let lastStep = try XCTUnwrap(number(after: "batch loss of the last step ", in: out), r.summary)
+        XCTAssertEqual(lastStep, losses.last!, accuracy: 6e-5, "the last step's batch loss is the CSV's last row")
+    }
+
+    // MARK: - 9. The worked example finds cce; the LM-like definition is in Docs
+
+    /// check_against_reference.py, run from another folder: --help says how it finds cce,
+    /// and --print-cce finds it by $CCE, by --cce, and (neither given, no cce on PATH) as the
+    /// repository's .build/release/cce from the script's own location. Quick: neither numpy
+    /// nor torch is imported for these.
+    func testWorkedExampleFindsTheToolFromAnyFolder() throws {
+        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+            .first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw XCTSkip("python3 is not installed: the worked example's tool lookup is not checked")
+        }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let script = root.appendingPathComponent("Docs/examples/check_against_reference.py").path
+        func py(_ args: [String], env extra: [String: String] = [:]) throws -> (Int32, String, String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: python)
+            p.arguments = [script] + args
+            p.currentDirectoryURL = dir
+            var env = ProcessInfo.processInfo.environment
+            env["CCE"] = nil
+            env["PATH"] = "/usr/bin:/bin"
+            for (k, v) in extra { env[k] = v }
+            p.environment = env
+            let out = Pipe(), err = Pipe()
+            p.standardOutput = out; p.standardError = err
+            try p.run()
+            let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        }
+        let help = try py(["--help"])
+        XCTAssertEqual(help.0, 0, "--help from another folder: \(help.2.prefix(600))")
+        for t in ["--cce PATH", "$CCE", "PATH", ".build/release/cce", "--print-cce"] {
+            XCTAssertTrue(help.1.contains(t), "--help should mention \(t): \(help.1.prefix(2000))")
+        }
+        let exe = try CLI.tool().path
+        let byEnv = try py(["--print-cce"], env: ["CCE": exe])
+        XCTAssertEqual(byEnv.0, 0, byEnv.2); XCTAssertEqual(byEnv.1.trimmingCharacters(in: .whitespacesAndNewlines), exe)
+        let byOption = try py(["--cce", exe, "--print-cce"], env: ["CCE": "/no/such/cce"])
+        XCTAssertEqual(byOption.0, 0, byOption.2)
+        XCTAssertEqual(byOption.1.trimmingCharacters(in: .whitespacesAndNewlines), exe, "--cce comes before $CCE")
+        let bad = try py(["--cce", path("missing-cce"), "--print-cce"])
+        XCTAssertEqual(bad.0, 1); XCTAssertTrue(bad.2.contains("missing-cce"), bad.2)
+        let built = root.appendingPathComponent(".build/release/cce").resolvingSymlinksInPath().path
+        let found = try py(["--print-cce"])
+        if FileManager.default.isExecutableFile(atPath: built) {
+            XCTAssertEqual(found.0, 0, found.2)
+            XCTAssertEqual(URL(fileURLWithPath: found.1.trimmingCharacters(in: .whitespacesAndNewlines))
+                            .resolvingSymlinksInPath().path, built, "the repository's tool, found from the script")
+        } else {
+            XCTAssertEqual(found.0, 1, found.1)
+            XCTAssertTrue(found.2.contains(".build/release/cce") && found.2.contains("--cce"), found.2)
+        }
+    }
+
+    /// The LM-like data is defined in Docs/LMLIKE.md, and nothing cites the old path outside
+    /// the repository; `cce help accuracy` points at the new page.
+    func testLMLikeDefinitionIsInDocs() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let page = try String(contentsOf: root.appendingPathComponent("Docs/LMLIKE.md"), encoding: .utf8)
+        for t in ["softmax", "α", "seed", "D−1", "rank"] { XCTAssertTrue(page.contains(t), "Docs/LMLIKE.md: \(t)") }
+        let old = "shared/" + "LMLIKE"
+        var citing: [String] = []
+        let fm = FileManager.default
+        for top in ["Sources", "Docs", "Benchmarks", "Tests", "python", "cuda", "scripts", "README.md", "Package.swift"] {
+            let base = root.appendingPathComponent(top)
+            var files = [base.path]
+            if let e = fm.enumerator(atPath: base.path) { files = e.compactMap { $0 as? String }.map { base.path + "/" + $0 } }
+            for f in files where [".swift", ".md", ".py", ".sh", ".c", ".h", ".cu", ".txt"].contains(where: f.hasSuffix) {
+                if let text = try? String(contentsOfFile: f, encoding: .utf8), text.contains(old) { citing.append(f) }
+            }
+        }
+        XCTAssertEqual(citing, [], "files that cite \(old)")
+        let help = try CLI.run(["help", "accuracy"], timeout: 20)
+        XCTAssertEqual(help.status, 0, help.summary)
+        XCTAssertTrue(help.stdout.contains("Docs/LMLIKE.md"), help.summary)
     }
 
     // MARK: - The .npy reader, fuzzed

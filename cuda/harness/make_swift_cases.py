@@ -2,7 +2,7 @@
 """Inputs for validating the CUDA engine through the Swift tool (cuda/swift_validate.sh).
 
 Writes OUT/<case>/{E,C,T[,B]}.npy and OUT/<case>/args (extra `cce reference` options) for
-every option set of `cce reference` x f32 / f16 / bf16, on LM-like data (shared/LMLIKE.md)
+every option set of `cce reference` x f32 / f16 / bf16, on LM-like data (Docs/LMLIKE.md)
 with shapes that are not tile multiples. bf16 is stored as ml_dtypes writes it.
 Needs numpy and ml_dtypes; run on the development machine, then carry OUT to the GPU machine.
 """

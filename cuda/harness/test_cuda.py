@@ -35,7 +35,7 @@ BUDGET = {
 
 
 def lm_like(N, D, V, S=4.0, alpha=1.5, seed=0, device="cuda"):
-    """shared/LMLIKE.md: peaked softmax with a Zipf-like prior scattered over the vocabulary."""
+    """Docs/LMLIKE.md: peaked softmax with a Zipf-like prior scattered over the vocabulary."""
     g = torch.Generator(device=device).manual_seed(seed)
     C = torch.randn(V, D, generator=g, device=device) / math.sqrt(D - 1)
     rank = torch.randperm(V, generator=g, device=device).double() + 1

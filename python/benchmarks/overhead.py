@@ -3,7 +3,7 @@ Swift API's time for the same work, interleaved and repeated.
 
     python python/benchmarks/overhead.py [--tokens 1024 --dim 1024 --vocab 128256 --rounds 5] [--bench]
 
-Data: LM-like (shared/LMLIKE.md: S = 4, alpha = 1.5), bfloat16, generated with torch's RNG as
+Data: LM-like (Docs/LMLIKE.md: S = 4, alpha = 1.5), bfloat16, generated with torch's RNG as
 cuda/bench_cuda.py does, and written as .npy files so that `cce reference` (mode default,
 which times its lossAndGradients call and writes the time into meta.json) runs the Swift API
 on exactly the same arrays. With --bench each round also runs `cce bench --methods cce --kinds

@@ -105,7 +105,7 @@ def make_inputs(case: Case, seed: int):
         e = rng.standard_normal(shape + (d,)).astype(np.float32)
         c = (rng.standard_normal((v, d)) * 2 / math.sqrt(d)).astype(np.float32)
         t = rng.integers(0, v, size=shape)
-    else:  # LM-like (shared/LMLIKE.md), alpha 1.5
+    else:  # LM-like (Docs/LMLIKE.md), alpha 1.5
         s = 2.0 if case.data == "lm2" else 4.0
         c = (rng.standard_normal((v, d)) / math.sqrt(max(d - 1, 1))).astype(np.float32)
         c[:, d - 1] = -1.5 * np.log(rng.permutation(v) + 1.0)
