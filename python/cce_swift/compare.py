@@ -31,6 +31,8 @@ class TensorComparison:
     relative_budget: float | None
     absolute_budget: float | None
     problem: str | None
+    non_finite: int = 0                      # candidate NaN or infinity where the reference has no NaN
+    first_non_finite: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -53,14 +55,36 @@ class CompareReport:
     rows: list[TensorComparison]
     only_in_reference: list[str] = field(default_factory=list)
     file_names: bool = False  # print missing arrays as NAME.npy (folders), as the CLI does
+    allow_missing: bool = False       # `cce compare --allow-missing`
+    allow_non_finite: bool = False    # `cce compare --allow-non-finite`
+
+    def _row_failures(self, r: TensorComparison) -> list[str]:
+        if r.problem is not None:
+            return [f"{r.name} ({r.problem})"]
+        why = []
+        if r.non_finite > 0 and not self.allow_non_finite:
+            why.append(f"{r.non_finite} non-finite value{'' if r.non_finite == 1 else 's'}, "
+                       f"the first at {index_text(r.first_non_finite, r.shape)}")
+        if (r.relative_budget is not None or r.absolute_budget is not None) and not r.passed:
+            why.append("over budget")
+        return [f"{r.name} ({', '.join(why)})"] if why else []
+
+    @property
+    def failures(self) -> list[str]:
+        """Why the gate fails, one phrase per cause, as `cce compare` says it (empty: it passes)."""
+        out = [f for r in self.rows for f in self._row_failures(r)]
+        if self.only_in_reference and not self.allow_missing:
+            names = [n + ".npy" if self.file_names else n for n in self.only_in_reference]
+            out.append("missing from the candidate: " + ", ".join(names))
+        return out
 
     @property
     def failed(self) -> list[TensorComparison]:
-        return [r for r in self.rows if r.failed]
+        return [r for r in self.rows if self._row_failures(r)]
 
     @property
     def passed(self) -> bool:
-        return not self.failed
+        return not self.failures
 
     def __getitem__(self, name: str) -> TensorComparison:
         for r in self.rows:
@@ -70,10 +94,16 @@ class CompareReport:
 
     @property
     def summary(self) -> str:
-        f = self.failed
+        """`cce compare`'s last line: 'compare failed: …' with the causes, or that all passed."""
+        f = self.failures
         if not f:
             return f"{len(self.rows)} tensors compared, none over budget"
-        return f"{len(f)} of {len(self.rows)} tensors over budget or mismatched: {', '.join(r.name for r in f)}"
+        hint = []
+        if not self.allow_non_finite and any(r.non_finite > 0 for r in self.rows):
+            hint.append("--allow-non-finite")
+        if not self.allow_missing and self.only_in_reference:
+            hint.append("--allow-missing")
+        return "compare failed: " + "; ".join(f) + (f" ({', '.join(hint)} to let these through)" if hint else "")
 
     def __str__(self) -> str:
         def pad(s, n):
@@ -97,7 +127,7 @@ class CompareReport:
                 budgets.append(f"rel ≤ {_swift_double(r.relative_budget)}")
             if r.absolute_budget is not None:
                 budgets.append(f"abs ≤ {_swift_double(r.absolute_budget)}")
-            status = "FAIL" if r.problem is not None else ("-" if not budgets else ("ok" if r.passed else "FAIL"))
+            status = "FAIL" if self._row_failures(r) else (("non-finite" if r.non_finite > 0 else "-") if not budgets else "ok")
             lines.append(pad(r.name, 8) + pad(shape_text(r.shape), 16) + lpad(sci(r.max_abs), 11)
                          + lpad(sci(r.relative), 11) + "  " + pad(worst, 46)
                          + pad(", ".join(budgets) if budgets else "-", 22) + status)
@@ -190,10 +220,13 @@ def _as_float64(a, where: str) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def compare(reference, candidate, budgets=None, max_abs=None) -> CompareReport:
+def compare(reference, candidate, budgets=None, max_abs=None, allow_missing=False,
+            allow_non_finite=False) -> CompareReport:
     """Compares every array the two sides share: folders of .npy files (as `cce reference`
     writes them) or dicts of arrays (numpy or torch). budgets / max_abs: a number (every
-    array), a dict {name: value, "*": value}, or CLI strings ["dE=5e-3", "1e-3"]."""
+    array), a dict {name: value, "*": value}, or CLI strings ["dE=5e-3", "1e-3"]. As `cce
+    compare`, the report fails on reference arrays missing from the candidate and on NaN or
+    infinity in the candidate where the reference has no NaN, unless allowed."""
     ref, ref_files = _load(reference, "reference")
     cand, _ = _load(candidate, "candidate")
     rel_b = _budget_table(budgets, "budgets")
@@ -234,6 +267,10 @@ def compare(reference, candidate, budgets=None, max_abs=None) -> CompareReport:
             rel = (num / den) ** 0.5 if np.isfinite(num) else float(num)
         else:
             rel = 0.0 if num == 0 else float("inf")
+        bad = ~np.isfinite(b) & ~both
+        first_bad = int(np.argmax(bad)) if bad.any() else None
         rows.append(TensorComparison(name, r.shape, worst, rel, at, None if at is None else float(a[at]),
-                                     None if at is None else float(b[at]), rb, ab, None))
-    return CompareReport(rows, [n for n in ref_names if n not in cand], file_names=ref_files)
+                                     None if at is None else float(b[at]), rb, ab, None,
+                                     int(bad.sum()), first_bad))
+    return CompareReport(rows, [n for n in ref_names if n not in cand], file_names=ref_files,
+                         allow_missing=allow_missing, allow_non_finite=allow_non_finite)

@@ -33,7 +33,11 @@ def test_rules():
     assert math.isinf(r["c"].max_abs) and math.isinf(r["c"].relative) and not r["c"].passed, "NaN on one side"
     assert r.only_in_reference == ["only"]
     assert not r.passed and [x.name for x in r.failed] == ["c"]
-    assert r.summary == "1 of 3 tensors over budget or mismatched: c"
+    assert r["c"].non_finite == 1 and r["c"].first_non_finite == 1, "the candidate's NaN where the reference has none"
+    assert r.summary == ("compare failed: c (1 non-finite value, the first at [1], over budget); "
+                         "missing from the candidate: only (--allow-non-finite, --allow-missing to let these through)")
+    lenient = cs.compare(ref, cand, budgets={"a": 0.2, "c": float("inf")}, allow_missing=True, allow_non_finite=True)
+    assert lenient.passed and lenient.summary == "3 tensors compared, none over budget"
     shapes = cs.compare({"x": np.zeros(3)}, {"x": np.zeros(4)})
     assert shapes["x"].problem == "shape (4,) in the candidate, (3,) in the reference" and not shapes.passed
     with pytest.raises(ValueError, match="none of the reference's arrays"):
