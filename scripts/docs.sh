@@ -42,7 +42,8 @@ triple=$(swift -print-target-info | python3 -c 'import json, sys; print(json.loa
 rm -rf "$graphs" && mkdir -p "$graphs"
 swift symbolgraph-extract -module-name CutCrossEntropy -minimum-access-level public \
     -target "$triple" \
-    -I "$modules" -I Sources/COpenBLAS -I Sources/CHwloc -I Sources/CNUMA \
+    -I "$modules" -I Sources/COpenBLAS -I Sources/CHwloc -I Sources/CNUMA -I cuda/include \
+    -Xcc -fmodule-map-file=.build/release/CCEAVX512.build/module.modulemap -Xcc -I -Xcc Sources/CCEAVX512/include \
     -output-dir "$graphs"
 
 echo "docs: checking that the documented examples are the tested ones" >&2
