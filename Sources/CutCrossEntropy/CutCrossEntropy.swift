@@ -162,11 +162,8 @@ public struct CutCrossEntropy: Sendable {
     {
         let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
                                   bias: bias, options: options)
-        let g = try problem.upstreamPerToken(upstream, reduction: options.reduction)
-        let result = Engine.run(call(.fused, problem, options: options, upstream: g, savedLSE: nil),
-                                embeddings: embeddings, classifier: classifier, bias: bias)
-        try checkFinite(problem, result, embeddings: embeddings, classifier: classifier, bias: bias)
-        return (forwardOutput(problem, options: options, result), gradients(result))
+        let (forward, result) = try fused(problem, embeddings, classifier, bias, upstream, into: nil)
+        return (forward, gradients(result))
     }
 
     /// `lossAndGradients` writing the gradients into caller memory (Float32, reused across
@@ -185,12 +182,8 @@ public struct CutCrossEntropy: Sendable {
         for (name, want, have) in expected where want != have {
             throw CCEError.invalidShape("gradient buffer \(name) holds \(have ?? 0) values, the inputs need \(want)")
         }
-        let g = try problem.upstreamPerToken(upstream, reduction: options.reduction)
-        var engineCall = call(.fused, problem, options: options, upstream: g, savedLSE: nil)
-        engineCall.destination = destination
-        let result = Engine.run(engineCall, embeddings: embeddings, classifier: classifier, bias: bias)
-        try checkFinite(problem, result, embeddings: embeddings, classifier: classifier, bias: bias)
-        return (forwardOutput(problem, options: options, result), result.stats)
+        let (forward, result) = try fused(problem, embeddings, classifier, bias, upstream, into: destination)
+        return (forward, result.stats)
     }
 
     /// `lossAndGradients` into arrays a training loop keeps across steps: each is resized
@@ -204,15 +197,28 @@ public struct CutCrossEntropy: Sendable {
         if dC.count != p.v * p.d { dC = [Float](repeating: 0, count: p.v * p.d) }
         let biasCount = bias == nil ? 0 : p.v
         if dBias.count != biasCount { dBias = [Float](repeating: 0, count: biasCount) }
+        // Sized to the validated problem above, so the destination needs no second check.
         return try dE.withUnsafeMutableBufferPointer { dE in
             try dC.withUnsafeMutableBufferPointer { dC in
                 try dBias.withUnsafeMutableBufferPointer { dBias in
-                    try lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
-                                         upstream: upstream,
-                                         writingTo: GradientDestination(dE: dE, dC: dC, dBias: bias == nil ? nil : dBias))
+                    let destination = GradientDestination(dE: dE, dC: dC, dBias: bias == nil ? nil : dBias)
+                    let (forward, result) = try fused(p, embeddings, classifier, bias, upstream, into: destination)
+                    return (forward, result.stats)
                 }
             }
         }
+    }
+
+    /// The fused call on a validated problem: gradients into `destination` when given (the
+    /// result's gradients are then empty), else into new arrays.
+    func fused(_ problem: Problem, _ embeddings: Tensor, _ classifier: Tensor, _ bias: Tensor?, _ upstream: Upstream,
+               into destination: GradientDestination?) throws -> (ForwardOutput, EngineResult) {
+        let g = try problem.upstreamPerToken(upstream, reduction: options.reduction)
+        var engineCall = call(.fused, problem, options: options, upstream: g, savedLSE: nil)
+        engineCall.destination = destination
+        let result = Engine.run(engineCall, embeddings: embeddings, classifier: classifier, bias: bias)
+        try checkFinite(problem, result, embeddings: embeddings, classifier: classifier, bias: bias)
+        return (forwardOutput(problem, options: options, result), result)
     }
 
     // MARK: - Resolving and packaging
