@@ -91,7 +91,7 @@ enum Engine {
         classifier.withRawPointer { c in
             Placement.interleave(UnsafeRawBufferPointer(start: c, count: p.v * p.d * p.cType.size))
             let (order, rank) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
-                                                     sorted: call.policy.sortVocabulary)
+                                                     sorted: call.policy.sortVocabulary, threads: call.threads)
             order.withUnsafeBufferPointer { order in
             rank.withUnsafeBufferPointer { rank in
             withOptionalPointer(biasS) { biasPointer in
