@@ -438,7 +438,7 @@ CCE_INLINE_AMX void amx_block(const uint32_t *a, long aStride, const uint32_t *b
 
 CCE_AMX
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
-                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask) {
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) {
     const long mr = CCE_AMX_MR, nr = CCE_AMX_NR, chunks = (d + 31) / 32, pairs = chunks * 16;
     if (d <= 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
     amx_config cfg;
@@ -453,7 +453,8 @@ void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *cons
             long nc = n - j0 < nr ? n - j0 : nr;
             AMX_BARRIER();
             long nextN = n - j0 - nr < nr ? n - j0 - nr : nr;
-            bf16_pack_columns(c_rows + j0, nc, d, q0, kq, scratch, c_rows + j0 + nr, nextN > 0 ? nextN : 0);
+            if (nextN <= 0) nextN = lookahead < nr ? lookahead : nr;  // the last panel: the next call's first
+            bf16_pack_columns(c_rows + j0, nc, d, q0, kq, scratch, c_rows + j0 + nc, nextN);
             AMX_BARRIER();
             for (long p = 0; p * mr < m; p++) {
                 if (panel_mask && !panel_mask[p]) continue;
@@ -627,6 +628,6 @@ size_t cce_amx_row_block_words(long m, long d) { return (size_t)((m + 31) / 32 *
 size_t cce_amx_scratch_words(void) { return (size_t)CCE_AMX_NR * CCE_AMX_KCP + 32 * 32; }
 void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
-                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask) { __builtin_trap(); }
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) { __builtin_trap(); }
 
 #endif

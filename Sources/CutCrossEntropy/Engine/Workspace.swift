@@ -129,7 +129,7 @@ final class Workspace<S: KernelScalar> {
         // 512-bit rank update reads the stored rows.
         cBlock = Scratch(count: (backend == .openBLAS ? wide : kernel == .portable ? vb : 0) * d)
         tile = Scratch(count: nb * wide)
-        cRaw = Scratch(count: wide)
+        cRaw = Scratch(count: wide + AMXTileShape.nr)
         cRows = Scratch(count: wide)
         outRows = Scratch(count: max(nb, vb))
         states = Scratch(count: nb); sums = Scratch(count: nb); comps = Scratch(count: nb)
@@ -186,9 +186,19 @@ final class Workspace<S: KernelScalar> {
                         f(eBlock.base), Int32(d), f(cBlock.base), Int32(d), 0, f(tile.base), Int32(ldo))
             return
         }
-        for q in 0..<vc { cRaw.base[q] = operands.sortedCRow(v0 + q) }
+        let lookahead = loadCRows(operands, v0: v0, vc: vc)
         run(kernel, rows: eRows.base, bf16Panels: bf16Panels.base, m: count, cType: operands.cType, n: vc, ldo: ldo,
-            panelMask: panelMask)
+            panelMask: panelMask, lookahead: lookahead)
+    }
+
+    /// Points cRaw[0 ..< vc] at the C rows at sorted positions v0 ..< v0 + vc and the entries
+    /// after them at the following rows (up to one AMX panel), which the AMX kernel prefetches
+    /// while it finishes: the next block's rows, scattered in memory by the sort. Returns how
+    /// many follow.
+    private func loadCRows(_ operands: Operands<S>, v0: Int, vc: Int) -> Int {
+        let lookahead = kernel == .amxBF16 ? min(AMXTileShape.nr, operands.v - v0 - vc) : 0
+        for q in 0..<(vc + lookahead) { cRaw.base[q] = operands.sortedCRow(v0 + q) }
+        return lookahead
     }
 
     /// Packs bf16 E rows in the layout of the bf16 kernel in use.
@@ -199,7 +209,7 @@ final class Workspace<S: KernelScalar> {
     /// The tile product of `kernel` into `tile`: E rows (or their bf16 panels) against the C
     /// rows cRaw[0 ..< n].
     private func run(_ kernel: TileKernel, rows: UnsafePointer<UnsafePointer<S>>, bf16Panels: UnsafePointer<UInt32>,
-                     m: Int, cType: ElementType, n: Int, ldo: Int, panelMask: UnsafePointer<Bool>?) {
+                     m: Int, cType: ElementType, n: Int, ldo: Int, panelMask: UnsafePointer<Bool>?, lookahead: Int) {
         // The AVX-512 kernels exist for S == Float only (tileKernel chooses them then).
         let out = UnsafeMutableRawPointer(tile.base).assumingMemoryBound(to: Float.self)
         let panel = UnsafeMutableRawPointer(cPanel.base)
@@ -217,7 +227,8 @@ final class Workspace<S: KernelScalar> {
                             panel: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask)
         case .amxBF16:
             tileProductAMX(eBlocks: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
-                           scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask)
+                           scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask,
+                           lookahead: lookahead)
         }
     }
 
@@ -232,9 +243,9 @@ final class Workspace<S: KernelScalar> {
                 packBF16(UnsafePointer(raw.baseAddress!), m: n, into: bf16Selected.base)
             }
         }
-        for q in 0..<vc { cRaw.base[q] = operands.sortedCRow(v0 + q) }
+        let lookahead = loadCRows(operands, v0: v0, vc: vc)
         run(kernel, rows: selectedRows.base, bf16Panels: bf16Selected.base, m: n, cType: operands.cType, n: vc,
-            ldo: ldo, panelMask: nil)
+            ldo: ldo, panelMask: nil, lookahead: lookahead)
     }
 
     /// The backward's rank update out_r += Σ_q A(r, q)·b_q (RankUpdate6x16.swift's contract)
