@@ -374,8 +374,8 @@ enum Backward {
 
     /// Stage 5a: queues block j's dC update of the `kept` front rows of the tile (flushing
     /// first, waiting if need be, when the queue is full). When the policy filters dC, an
-    /// entry with |dy_iv| < ε·|g_i| goes in as zero, and columns without an entry left are
-    /// not queued at all (the entry-level filter of dC).
+    /// entry with |dy_iv| < (ε/16)·|g_i| goes in as zero, and columns without an entry left
+    /// are not queued at all (dC's entry filter).
     static func queueC<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>,
                                         _ handOff: HandOff, b: Int, j: Int, v0: Int, vc: Int, first: Int, kept: Int) {
         if kept > 0 && !workspace.pending.fits(kept: kept, vc: vc) {
