@@ -63,10 +63,15 @@ static uint64_t next_u64(void) {
     return r;
 }
 static double uniform(void) { return (double)(next_u64() >> 11) * 0x1.0p-53; }
-static double normal(void) {
+static double normal(void) {   // Box–Muller, both values used
+    static int have = 0;
+    static double spare;
+    if (have) { have = 0; return spare; }
     double u1 = uniform(), u2 = uniform();
     if (u1 < 1e-300) u1 = 1e-300;
-    return sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);
+    double r = sqrt(-2 * log(u1));
+    spare = r * sin(2 * M_PI * u2); have = 1;
+    return r * cos(2 * M_PI * u2);
 }
 
 // bf16: the high half of a Float32, rounded to nearest even.
