@@ -57,7 +57,8 @@ gcc -O2 -march=native -ffast-math -fvect-cost-model=dynamic -Wall -o "$bin-vec" 
     Benchmarks/c/materialized_openblas.c -lopenblas -lpthread -lm
 
 {
-    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs available;" \
+    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') (family $(lscpu | sed -n 's/^CPU family: *//p')" \
+         "model $(lscpu | sed -n 's/^Model: *//p')), $(nproc) CPUs available;" \
          "flags: $(grep -m1 -o -w -E 'avx512f|avx512_bf16|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
     echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} OPENBLAS_NUM_THREADS=$threads threads=$threads" \
          "rounds=$rounds repeats=$repeats; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
