@@ -392,11 +392,12 @@ def split(corpus: Corpus, cfg: Config):
     return corpus.ids[:cut], corpus.ids[cut:]
 
 
-def memory_probe(kind: str, cfg: Config) -> dict:
+def memory_probe(kinds: list[str], cfg: Config) -> dict:
     """Runs in a fresh process (--memory-probe): fixes malloc's threshold before anything is
-    allocated, builds the initial model (the training's seed), and measures on the first
-    training batch the head's forward + backward four times (the first call, "cold", also pays
-    one-time costs such as thread start-up) and a whole step's forward + backward three times."""
+    allocated, builds the initial model (the training's seed), and measures for each kind, on
+    the first training batch, the head's forward + backward four times (the first call, "cold",
+    also pays one-time costs such as thread start-up) and a whole step's forward + backward
+    three times. Returns {kind: {...}}, or {"memory_note": why} when it cannot measure."""
     probe = RSSProbe()
     if not probe.available:
         return {"memory_note": probe.why}
@@ -407,16 +408,23 @@ def memory_probe(kind: str, cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
     model = LanguageModel(len(corpus.vocab), cfg.dim, cfg.layers, cfg.heads, cfg.context)
     x, y = next(batches(split(corpus, cfg)[0], 1, cfg.batch, cfg.context, cfg.seed))
-    run = Run(kind, model, cfg)
-    head = [run.head_memory(probe, x, y) for _ in range(4)]
-    step = [run.step_memory(probe, x, y) for _ in range(3)]
-    return {"head_bytes_cold": head[0], "head_bytes": head[1:], "step_bytes": step}
+    result = {}
+    for kind in kinds:
+        run = Run(kind, model, cfg)
+        head = [run.head_memory(probe, x, y) for _ in range(4)]
+        step = [run.step_memory(probe, x, y) for _ in range(3)]
+        result[kind] = {"head_bytes_cold": head[0], "head_bytes": head[1:], "step_bytes": step}
+    return result
 
 
-def measure_memory_in_subprocess(kind: str, cfg: Config) -> dict:
+def measure_memory_in_subprocess(kinds: list[str], cfg: Config) -> dict:
+    """memory_probe(kinds, cfg) in a fresh Python process (this file with --memory-probe). The
+    example measures each kind in its own process; after prepare() the heap keeps no large
+    free blocks, so kinds measured one after another in one process (the test) do not see each
+    other's allocations."""
     import subprocess
 
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-probe", kind,
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-probe", ",".join(kinds),
                           json.dumps(asdict(cfg))], capture_output=True, text=True)
     if out.returncode != 0:
         return {"memory_note": f"memory probe failed: {out.stderr.strip().splitlines()[-1:]}"}
@@ -487,10 +495,11 @@ def train(kinds: tuple[str, ...], cfg: Config, corpus: Corpus | None = None, *, 
                              **summary(r, skip)}
     if measure_memory:
         for k in kinds:
-            m = measure_memory_in_subprocess(k, cfg)
+            m = measure_memory_in_subprocess([k], cfg)
             if "memory_note" in m:
-                record["memory_note"] = m.pop("memory_note")
-            record["runs"][k].update(m)
+                record["memory_note"] = m["memory_note"]
+            else:
+                record["runs"][k].update(m[k])
     record["machine"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     record["agreement"] = {}
     for a, b in PAIRS:
@@ -573,7 +582,7 @@ def main(argv=None):
     p.add_argument("--memory-probe", nargs=2, metavar=("LOSS", "CONFIG_JSON"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.memory_probe:   # the fresh process of measure_memory_in_subprocess
-        print(json.dumps(memory_probe(a.memory_probe[0], Config(**json.loads(a.memory_probe[1])))))
+        print(json.dumps(memory_probe(a.memory_probe[0].split(","), Config(**json.loads(a.memory_probe[1])))))
         return 0
     for name in ("steps", "batch", "context", "dim", "layers", "heads"):
         if getattr(a, name) < 1:
