@@ -162,16 +162,19 @@ class LanguageModel(nn.Module):
         return self.ln_f(x)
 
 
-def head_loss(kind: str, h, w, targets, threads: int | None):
+def head_loss(kind: str, h, w, targets, threads: int | None, filter_eps="auto", mode="default"):
     """Mean cross-entropy of the logits h @ w.T against targets: through the engine without the
     (B·T, V) logits ("cce"), materialized by F.linear ("torch"; bf16 logits are cast to float32
     for the softmax, as the engine accumulates in float32), or materialized in float64
     ("torch64": a control, the most exact head, whose gradients come back to h and W in their
-    dtypes through the casts' backward)."""
+    dtypes through the casts' backward). filter_eps is the engine's gradient filter ("auto":
+    2^-28 for float32 inputs, 2^-12 for bfloat16; None: no filtering) and mode its accumulation
+    ("default", "kahan", "exact": Float64, no filtering; Docs/PYTHON.md)."""
     if kind == "cce":
         from cce_swift import linear_cross_entropy
 
-        return linear_cross_entropy(h, w, targets, threads=threads)
+        loss = linear_cross_entropy(h, w, targets, threads=threads, filter_eps=filter_eps, mode=mode)
+        return loss.float()   # float64 in exact mode
     if kind == "torch64":
         return F.cross_entropy(F.linear(h.double(), w.double()).flatten(0, 1), targets.flatten())
     logits = F.linear(h, w)
@@ -255,6 +258,8 @@ class Config:
     holdout: float = 0.1      # the last 10% of the corpus's tokens: the validation text
     eval_every: int = 50      # validation loss after every eval_every updates (0: never)
     eval_batches: int = 4     # validation batches (fixed windows of the held-out text)
+    filter_eps: str | float | None = "auto"   # the engine's gradient filter (--loss cce)
+    cce_mode: str = "default"                 # the engine's accumulation (--loss cce)
 
 
 class Run:
@@ -275,7 +280,7 @@ class Run:
         w = self.model.head.weight
         if self.dtype != torch.float32:
             h, w = h.to(self.dtype), w.to(self.dtype)
-        return head_loss(self.kind, h, w, targets, self.cfg.threads)
+        return head_loss(self.kind, h, w, targets, self.cfg.threads, self.cfg.filter_eps, self.cfg.cce_mode)
 
     def step(self, x, y) -> tuple[float, torch.Tensor, torch.Tensor]:
         """One training step; returns the loss and the head's gradients (dh, dW) before the update."""
@@ -316,7 +321,7 @@ class Run:
 
         def call():
             hh, ww = (h, w) if self.dtype == torch.float32 else (h.to(self.dtype), w.to(self.dtype))
-            head_loss(self.kind, hh, ww, y, self.cfg.threads).backward()
+            head_loss(self.kind, hh, ww, y, self.cfg.threads, self.cfg.filter_eps, self.cfg.cce_mode).backward()
             h.grad = w.grad = None
 
         return probe.measure(call)
@@ -451,7 +456,8 @@ def train(kinds: tuple[str, ...], cfg: Config, corpus: Corpus | None = None, *, 
     log(f"model: {cfg.layers} layers, D = {cfg.dim}, {cfg.heads} heads, context {cfg.context}, "
         f"{params:,} parameters ({v * cfg.dim:,} in the head W)")
     log(f"steps {cfg.steps} x {cfg.batch} sequences = {n} tokens per step, Adam lr {cfg.lr}, {cfg.dtype}, "
-        f"seed {cfg.seed}, threads {torch.get_num_threads()} (torch) / {cfg.threads or 'all'} (engine)")
+        f"seed {cfg.seed}, threads {torch.get_num_threads()} (torch) / {cfg.threads or 'all'} (engine), "
+        f"engine filter_eps {cfg.filter_eps}, mode {cfg.cce_mode}")
     log(f"logits a materialized head holds: N x V = {n} x {v} = {n * v * 4 / 2**20:.1f} MiB in float32")
     train_ids, val_ids = split(corpus, cfg)
     val_batches = list(batches(val_ids, cfg.eval_batches, cfg.batch, cfg.context, cfg.seed + 1)) \
@@ -573,6 +579,11 @@ def main(argv=None):
                         "parameters and Adam stay float32")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads and the engine's threads "
                                                              "(default: torch's default and every CPU)")
+    p.add_argument("--filter-eps", default="auto", help="the engine's gradient filter: auto (2^-28 for float32, "
+                   "2^-12 for bfloat16), none, or a number")
+    p.add_argument("--cce-mode", default="default",
+                   choices=("default", "kahan", "kahan-full-e", "kahan-full-c", "exact"),
+                   help="the engine's accumulation (exact: Float64, no filtering)")
     p.add_argument("--eval-every", type=int, default=Config.eval_every,
                    help="validation loss every this many updates (0: never)")
     p.add_argument("--agree-k", type=int, default=10, help="K of 'max relative difference over the first K steps'")
@@ -593,9 +604,15 @@ def main(argv=None):
         p.error("--threads must be >= 1")
     if a.lr <= 0:
         p.error("--lr must be > 0")
+    filter_eps = {"auto": "auto", "none": None}.get(a.filter_eps.lower(), a.filter_eps)
+    if isinstance(filter_eps, str) and filter_eps != "auto":
+        try:
+            filter_eps = float(filter_eps)
+        except ValueError:
+            p.error(f"--filter-eps must be auto, none or a number, got {a.filter_eps}")
     cfg = Config(steps=a.steps, batch=a.batch, context=a.context, dim=a.dim, layers=a.layers, heads=a.heads,
                  lr=a.lr, vocab=a.vocab, seed=a.seed, dtype=a.dtype, threads=a.threads,
-                 eval_every=a.eval_every)
+                 eval_every=a.eval_every, filter_eps=filter_eps, cce_mode=a.cce_mode)
     kinds = tuple(a.compare.split(",")) if a.compare else (a.loss,)
     if any(k not in LOSSES for k in kinds) or len(set(kinds)) != len(kinds):
         p.error(f"--compare takes distinct losses among {', '.join(LOSSES)}, got {a.compare}")
