@@ -1,11 +1,13 @@
 """The figure of a train_lm.py --compare run: the loss curves, and how far apart they are.
 
-    python python/examples/plot_training.py RUN.json [--out FIGURE.svg]
+    python python/examples/plot_training.py RUN.json [--also OTHER.json ...] [--out FIGURE.svg]
 
 Top: each loss's per-step training loss (the batch's mean loss before the update; the first
 curve wide and light, the others thin, so that curves that agree all stay visible) and the
 validation loss (markers). Bottom: |a - b| / |b| per step for each pair of runs, on a log
-scale; steps where the two losses are the same float are drawn at the floor, 1e-9.
+scale; steps where the two losses are the same float are drawn at the floor, 1e-17. --also adds
+the pairs of other runs of the same configuration to the bottom panel (e.g. a run with
+--cce-mode exact), labelled with the engine's mode.
 Needs matplotlib (pip install matplotlib).
 """
 from __future__ import annotations
@@ -24,13 +26,16 @@ STYLE = {"cce": dict(color="#f4a261", lw=3.0, alpha=0.55, label="cce_swift.linea
          "torch64": dict(color="#8a2be2", lw=0.6, ls=":", label="float64 control (materialized)")}
 PAIR_STYLE = {"cce-torch": dict(color="#e76f51", lw=0.9), "cce-torch64": dict(color="#2a9d8f", lw=0.7),
               "torch-torch64": dict(color="#6c757d", lw=0.7, ls="--")}
-FLOOR = 1e-9
+ALSO_COLORS = ("#9b2226", "#005f73", "#ca6702")
+FLOOR = 1e-17
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="the JSON written by train_lm.py --out")
     p.add_argument("--out", default=None, help="figure file (.svg or .png; default: beside the JSON, .svg)")
+    p.add_argument("--also", nargs="*", default=[], metavar="OTHER.json",
+                   help="other runs whose pairs are drawn in the bottom panel too")
     p.add_argument("--title", default=None)
     a = p.parse_args(argv)
     rec = json.loads(Path(a.run).read_text())
@@ -51,17 +56,24 @@ def main(argv=None):
                         f"{rec['tokens_per_step']} tokens/step, {cfg['dtype']}, seed {cfg['seed']}\n"
                         f"{rec['machine']['cpu']}, {rec['machine']['torch_threads']} threads")
     top.set_title(title, fontsize=9)
-    for pair, ag in rec.get("agreement", {}).items():
-        x, ref = pair.split("-")
-        if x not in runs or ref not in runs:
-            continue
-        rel = [max(abs(u - v) / abs(v), FLOOR) for u, v in zip(runs[x]["loss"], runs[ref]["loss"])]
-        bottom.plot(range(len(rel)), rel, label=f"|{x} − {ref}| / {ref}", **PAIR_STYLE.get(pair, {}))
+    def pairs(rec, styles, suffix=""):
+        runs = rec["runs"]
+        for pair in rec.get("agreement", {}):
+            x, ref = pair.split("-")
+            rel = [max(abs(u - v) / abs(v), FLOOR) for u, v in zip(runs[x]["loss"], runs[ref]["loss"])]
+            bottom.plot(range(len(rel)), rel, label=f"|{x} − {ref}| / {ref}{suffix}", **styles(pair))
+
+    pairs(rec, lambda pair: PAIR_STYLE.get(pair, {}))
+    colors = iter(ALSO_COLORS * 4)
+    for other in a.also:
+        o = json.loads(Path(other).read_text())
+        mode = o["config"].get("cce_mode", "default")
+        pairs(o, lambda pair: dict(color=next(colors), lw=0.8), f" (engine mode {mode})" if mode != "default" else "")
     bottom.set_yscale("log")
-    bottom.set_ylim(FLOOR / 2, 1)
+    bottom.set_ylim(FLOOR / 3, 1)
     bottom.set_xlabel("step")
     bottom.set_ylabel("relative difference of the step's loss")
-    bottom.legend(fontsize=8, loc="upper left")
+    bottom.legend(fontsize=8, loc="lower right")
     bottom.grid(alpha=0.3, which="both")
     fig.tight_layout()
     out = Path(a.out) if a.out else Path(a.run).with_suffix(".svg")

@@ -59,6 +59,20 @@ def corpus_files(root: Path = REPO) -> list[Path]:
     return [root / "README.md"] + sorted((root / "Docs").glob("*.md"))
 
 
+def corpus_at(rev: str, root: Path = REPO) -> tuple[list[str], str]:
+    """The same files as they are in commit rev (git show), so that a documented run can be
+    repeated after the documentation has changed: (names, text)."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True).stdout.decode()
+
+    docs = [n for n in git("ls-tree", "--name-only", rev, "Docs/").split("\n")
+            if n.endswith(".md") and n.count("/") == 1]
+    names = ["README.md"] + sorted(docs)
+    return names, "\n".join(git("show", f"{rev}:{n}") for n in names)
+
+
 TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
 
 
@@ -78,12 +92,16 @@ class Corpus:
     unk_fraction: float
 
 
-def load_corpus(files: list[Path] | None = None, vocab_cap: int = 0) -> Corpus:
-    """Reads the files, tokenizes, and builds the vocabulary: <unk> (id 0) and the words by
-    descending count, ties broken by spelling; vocab_cap > 0 keeps the vocab_cap - 1 most
-    frequent words (the rest become <unk>), 0 keeps every word."""
-    files = corpus_files() if files is None else files
-    text = "\n".join(Path(f).read_text(encoding="utf-8") for f in files)
+def load_corpus(files: list[Path] | None = None, vocab_cap: int = 0, rev: str | None = None) -> Corpus:
+    """Reads the files (default corpus_files(); with rev, corpus_at(rev)), tokenizes, and builds
+    the vocabulary: <unk> (id 0) and the words by descending count, ties broken by spelling;
+    vocab_cap > 0 keeps the vocab_cap - 1 most frequent words (the rest become <unk>), 0 keeps
+    every word."""
+    if rev:
+        files, text = corpus_at(rev)
+    else:
+        files = corpus_files() if files is None else files
+        text = "\n".join(Path(f).read_text(encoding="utf-8") for f in files)
     words = tokenize(text)
     counts = collections.Counter(words)
     ranked = sorted(counts, key=lambda w: (-counts[w], w))
@@ -92,8 +110,8 @@ def load_corpus(files: list[Path] | None = None, vocab_cap: int = 0) -> Corpus:
     vocab = ["<unk>"] + ranked
     index = {w: i for i, w in enumerate(vocab)}
     ids = torch.tensor([index.get(w, 0) for w in words], dtype=torch.int64)
-    names = [str(Path(f).resolve().relative_to(REPO)) if Path(f).resolve().is_relative_to(REPO) else str(f)
-             for f in files]
+    names = [str(f) if rev else str(Path(f).resolve().relative_to(REPO))
+             if Path(f).resolve().is_relative_to(REPO) else str(f) for f in files]
     return Corpus(files=names, sha256=hashlib.sha256(text.encode()).hexdigest(), words=len(words), vocab=vocab,
                   ids=ids, unk_fraction=float((ids == 0).float().mean()))
 
@@ -173,8 +191,7 @@ def head_loss(kind: str, h, w, targets, threads: int | None, filter_eps="auto", 
     if kind == "cce":
         from cce_swift import linear_cross_entropy
 
-        loss = linear_cross_entropy(h, w, targets, threads=threads, filter_eps=filter_eps, mode=mode)
-        return loss.float()   # float64 in exact mode
+        return linear_cross_entropy(h, w, targets, threads=threads, filter_eps=filter_eps, mode=mode)
     if kind == "torch64":
         return F.cross_entropy(F.linear(h.double(), w.double()).flatten(0, 1), targets.flatten())
     logits = F.linear(h, w)
@@ -260,6 +277,7 @@ class Config:
     eval_batches: int = 4     # validation batches (fixed windows of the held-out text)
     filter_eps: str | float | None = "auto"   # the engine's gradient filter (--loss cce)
     cce_mode: str = "default"                 # the engine's accumulation (--loss cce)
+    corpus_rev: str | None = None             # read the corpus from this git commit (None: the files)
 
 
 class Run:
@@ -369,6 +387,7 @@ def summary(run: Run, skip: int) -> dict:
     heads = run.head_s[skip:] or run.head_s
     return {"step_s_median": statistics.median(steps), "step_s_mean": statistics.fmean(steps),
             "head_s_median": statistics.median(heads), "head_s_mean": statistics.fmean(heads),
+            "step_s_min": min(steps), "head_s_min": min(heads),
             "timed_steps": len(steps), "first_loss": run.losses[0], "last_loss": run.losses[-1],
             "mean_loss_last_10": statistics.fmean(run.losses[-10:]), "val_last": run.val[-1][1] if run.val else None}
 
@@ -409,7 +428,7 @@ def memory_probe(kinds: list[str], cfg: Config) -> dict:
     probe.prepare()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    corpus = load_corpus(vocab_cap=cfg.vocab)
+    corpus = load_corpus(vocab_cap=cfg.vocab, rev=cfg.corpus_rev)
     torch.manual_seed(cfg.seed)
     model = LanguageModel(len(corpus.vocab), cfg.dim, cfg.layers, cfg.heads, cfg.context)
     x, y = next(batches(split(corpus, cfg)[0], 1, cfg.batch, cfg.context, cfg.seed))
@@ -444,14 +463,15 @@ def train(kinds: tuple[str, ...], cfg: Config, corpus: Corpus | None = None, *, 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
-    corpus = corpus or load_corpus(vocab_cap=cfg.vocab)
+    corpus = corpus or load_corpus(vocab_cap=cfg.vocab, rev=cfg.corpus_rev)
     v = len(corpus.vocab)
     torch.manual_seed(cfg.seed)
     initial = LanguageModel(v, cfg.dim, cfg.layers, cfg.heads, cfg.context)
     params = sum(p.numel() for p in initial.parameters())
     runs = {k: Run(k, copy.deepcopy(initial), cfg) for k in kinds}
     n = cfg.batch * cfg.context
-    log(f"corpus: {len(corpus.files)} files, {corpus.words} tokens, V = {v} "
+    at = f" at {cfg.corpus_rev}" if cfg.corpus_rev else ""
+    log(f"corpus: {len(corpus.files)} files{at}, {corpus.words} tokens, V = {v} "
         f"({100 * corpus.unk_fraction:.2f}% <unk>), sha256 {corpus.sha256[:16]}")
     log(f"model: {cfg.layers} layers, D = {cfg.dim}, {cfg.heads} heads, context {cfg.context}, "
         f"{params:,} parameters ({v * cfg.dim:,} in the head W)")
@@ -526,14 +546,16 @@ def mib(b) -> str:
 
 def report(record: dict, log=print):
     log("")
-    log(f"{'loss':7} {'first':>9} {'last':>9} {'val':>9} {'step (median)':>14} {'head fwd+bwd (median)':>22} "
+    log(f"{'loss':7} {'first':>8} {'last':>8} {'val':>8} {'step: median (min)':>20} {'head fwd+bwd: median (min)':>27} "
         f"{'head peak extra memory':>23} {'(first call)':>12} {'step peak extra memory':>23}")
     for k, r in record["runs"].items():
         hm = statistics.median(r["head_bytes"]) if r.get("head_bytes") else None
         sm = statistics.median(r["step_bytes"]) if r.get("step_bytes") else None
-        val = f"{r['val_last']:9.4f}" if r.get("val_last") is not None else f"{'-':>9}"
-        log(f"{k:7} {r['first_loss']:9.4f} {r['last_loss']:9.4f} {val} {r['step_s_median'] * 1e3:11.1f} ms "
-            f"{r['head_s_median'] * 1e3:19.1f} ms {mib(hm):>23} {mib(r.get('head_bytes_cold')):>12} {mib(sm):>23}")
+        val = f"{r['val_last']:8.4f}" if r.get("val_last") is not None else f"{'-':>8}"
+        step = f"{r['step_s_median'] * 1e3:.1f} ms ({r['step_s_min'] * 1e3:.1f})"
+        head = f"{r['head_s_median'] * 1e3:.1f} ms ({r['head_s_min'] * 1e3:.1f})"
+        log(f"{k:7} {r['first_loss']:8.4f} {r['last_loss']:8.4f} {val} {step:>20} {head:>27} "
+            f"{mib(hm):>23} {mib(r.get('head_bytes_cold')):>12} {mib(sm):>23}")
     if "memory_note" in record:
         log(record["memory_note"])
     for pair, a in record.get("agreement", {}).items():
@@ -584,6 +606,8 @@ def main(argv=None):
     p.add_argument("--cce-mode", default="default",
                    choices=("default", "kahan", "kahan-full-e", "kahan-full-c", "exact"),
                    help="the engine's accumulation (exact: Float64, no filtering)")
+    p.add_argument("--corpus-rev", default=None, metavar="COMMIT",
+                   help="read README.md and Docs/*.md as they are in this git commit (default: the files now)")
     p.add_argument("--eval-every", type=int, default=Config.eval_every,
                    help="validation loss every this many updates (0: never)")
     p.add_argument("--agree-k", type=int, default=10, help="K of 'max relative difference over the first K steps'")
@@ -612,7 +636,8 @@ def main(argv=None):
             p.error(f"--filter-eps must be auto, none or a number, got {a.filter_eps}")
     cfg = Config(steps=a.steps, batch=a.batch, context=a.context, dim=a.dim, layers=a.layers, heads=a.heads,
                  lr=a.lr, vocab=a.vocab, seed=a.seed, dtype=a.dtype, threads=a.threads,
-                 eval_every=a.eval_every, filter_eps=filter_eps, cce_mode=a.cce_mode)
+                 eval_every=a.eval_every, filter_eps=filter_eps, cce_mode=a.cce_mode,
+                 corpus_rev=a.corpus_rev)
     kinds = tuple(a.compare.split(",")) if a.compare else (a.loss,)
     if any(k not in LOSSES for k in kinds) or len(set(kinds)) != len(kinds):
         p.error(f"--compare takes distinct losses among {', '.join(LOSSES)}, got {a.compare}")
