@@ -7,7 +7,7 @@ curve wide and light, the others thin, so that curves that agree all stay visibl
 validation loss (markers). Bottom: |a - b| / |b| per step for each pair of runs, on a log
 scale; steps where the two losses are the same float are drawn at the floor, 1e-17. --also adds
 the pairs of other runs of the same configuration to the bottom panel (e.g. a run with
---cce-mode exact), labelled with the engine's mode.
+--cce-mode exact), labelled with the engine's mode and filter when they are not the default.
 Needs matplotlib (pip install matplotlib).
 """
 from __future__ import annotations
@@ -67,8 +67,10 @@ def main(argv=None):
     colors = iter(ALSO_COLORS * 4)
     for other in a.also:
         o = json.loads(Path(other).read_text())
-        mode = o["config"].get("cce_mode", "default")
-        pairs(o, lambda pair: dict(color=next(colors), lw=0.8), f" (engine mode {mode})" if mode != "default" else "")
+        notes = [f"engine mode {o['config'].get('cce_mode', 'default')}",
+                 f"filter_eps {o['config'].get('filter_eps', 'auto')}"]
+        notes = [n for n in notes if not n.endswith((" default", " auto"))]
+        pairs(o, lambda pair: dict(color=next(colors), lw=0.8), f" ({', '.join(notes)})" if notes else "")
     bottom.set_yscale("log")
     bottom.set_ylim(FLOOR / 3, 1)
     bottom.set_xlabel("step")

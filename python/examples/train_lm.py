@@ -38,7 +38,7 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -467,6 +467,7 @@ def train(kinds: tuple[str, ...], cfg: Config, corpus: Corpus | None = None, *, 
     v = len(corpus.vocab)
     torch.manual_seed(cfg.seed)
     initial = LanguageModel(v, cfg.dim, cfg.layers, cfg.heads, cfg.context)
+    host = machine()   # before training: its load average is the one at the start
     params = sum(p.numel() for p in initial.parameters())
     runs = {k: Run(k, copy.deepcopy(initial), cfg) for k in kinds}
     n = cfg.batch * cfg.context
@@ -513,7 +514,7 @@ def train(kinds: tuple[str, ...], cfg: Config, corpus: Corpus | None = None, *, 
     record = {"config": asdict(cfg), "corpus": {"files": corpus.files, "sha256": corpus.sha256,
                                                 "tokens": corpus.words, "vocab": v,
                                                 "unk_fraction": corpus.unk_fraction},
-              "model_parameters": params, "tokens_per_step": n, "machine": machine(), "runs": {}}
+              "model_parameters": params, "tokens_per_step": n, "machine": host, "runs": {}}
     skip = min(5, cfg.steps - 1)
     for k in kinds:
         r = runs[k]
