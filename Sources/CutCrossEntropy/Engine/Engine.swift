@@ -36,6 +36,24 @@ struct EngineCall {
     let savedLSE: Values?
     /// Caller memory for the gradients (nil: the engine allocates them).
     var destination: GradientDestination? = nil
+    /// The whole vocabulary when `problem` is one shard of it (Parallel.swift), else nil.
+    var shard: ShardContext? = nil
+    /// The mean embedding to sort the vocabulary by, when it is not this call's own
+    /// (a token-parallel rank's: the mean over every rank's tokens), else nil.
+    var sortingMean: [Float]? = nil
+}
+
+/// What a vocabulary shard's engine call needs to know of the whole vocabulary: V (for the
+/// label smoothing term α/V) and, with class weights, W = Σ_v w_v over every shard.
+struct ShardContext: Sendable {
+    let vocabulary: Int
+    let weightTotal: Double?
+}
+
+/// Where a shard's forward writes its per-token target logit and smoothing sum.
+struct ShardPartPointers<S: KernelScalar>: @unchecked Sendable {
+    let targetLogit: UnsafeMutablePointer<S>
+    let logitSum: UnsafeMutablePointer<S>
 }
 
 /// What an engine call computed. Per-token values are per active token, in the engine's
@@ -48,6 +66,9 @@ struct EngineResult {
     var dC: Values
     var dBias: Values?
     var stats: FilterStatistics
+    /// A shard's forward (call.shard set): per active token, the target logit (0 where
+    /// another shard holds the target) and the smoothing sum; else nil.
+    var shardParts: (targetLogit: Values, logitSum: Values)? = nil
 }
 
 enum Engine {
@@ -66,6 +87,9 @@ enum Engine {
         let biasS: [S]? = biasValues.map { $0.map { S(storage: $0) } }
         var lse = call.savedLSE.map { $0.doubles.map { S($0) } } ?? zeroed(S.self, p.active)
         var loss = zeroed(S.self, wantsLoss ? p.active : 0)
+        let wantsShardParts = wantsLoss && call.shard != nil
+        var targetLogit = zeroed(S.self, wantsShardParts ? p.active : 0)
+        var logitSum = zeroed(S.self, wantsShardParts ? p.active : 0)
         let upstream: [S] = call.upstream.map { S($0) }
         // Gradients: straight into the caller's Float32 memory when given (zeroed here),
         // else into arrays allocated now (the exact mode computes in Float64 and rounds
@@ -91,7 +115,7 @@ enum Engine {
         classifier.withRawPointer { c in
             Placement.interleave(UnsafeRawBufferPointer(start: c, count: p.v * p.d * p.cType.size))
             let (order, rank) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
-                                                     sorted: call.policy.sortVocabulary)
+                                                     sorted: call.policy.sortVocabulary, mean: call.sortingMean)
             order.withUnsafeBufferPointer { order in
             rank.withUnsafeBufferPointer { rank in
             withOptionalPointer(biasS) { biasPointer in
@@ -108,6 +132,10 @@ enum Engine {
                 compE.withUnsafeMutableBufferPointer { compE in
                 compC.withUnsafeMutableBufferPointer { compC in
                 withOptionalMutablePointer(&dBias) { dBias in
+                targetLogit.withUnsafeMutableBufferPointer { targetLogit in
+                logitSum.withUnsafeMutableBufferPointer { logitSum in
+                    let parts = wantsShardParts
+                        ? ShardPartPointers(targetLogit: targetLogit.baseAddress!, logitSum: logitSum.baseAddress!) : nil
                     let backward = wantsGradients
                         ? BackwardState(lse: UnsafePointer(lse.baseAddress!), upstream: upstream.baseAddress!,
                                         policy: call.policy,
@@ -117,9 +145,9 @@ enum Engine {
                                                                  compE: compensated ? compE.baseAddress : nil,
                                                                  compC: compensated ? compC.baseAddress : nil))
                         : nil
-                    stats = sweep(call.pass, operands, options: call.options, lse: lse.baseAddress,
-                                  loss: loss.baseAddress, backward: backward)
-                }}}}}}}}
+                    stats = sweep(call.pass, operands, options: call.options, shard: call.shard, lse: lse.baseAddress,
+                                  loss: loss.baseAddress, shardParts: parts, backward: backward)
+                }}}}}}}}}}
             }}}
         }}
         if wantsGradients, direct == nil, let destination = call.destination {
@@ -132,14 +160,15 @@ enum Engine {
                                 dBias: nil, stats: stats)
         }
         return EngineResult(lse: values(lse), loss: values(loss), dE: values(dE), dC: values(dC),
-                            dBias: dBias.map { values($0) }, stats: stats)
+                            dBias: dBias.map { values($0) }, stats: stats,
+                            shardParts: wantsShardParts ? (values(targetLogit), values(logitSum)) : nil)
     }
 
     /// Runs `pass` over all token blocks. Forward outputs go to lse/loss (per active token);
     /// backward outputs to backward.outputs (backward.lse is read, and for .fused written first).
     static func sweep<S: KernelScalar>(
-        _ pass: Pass, _ operands: Operands<S>, options: Options, lse: UnsafeMutablePointer<S>?,
-        loss: UnsafeMutablePointer<S>?, backward: BackwardState<S>?
+        _ pass: Pass, _ operands: Operands<S>, options: Options, shard: ShardContext? = nil, lse: UnsafeMutablePointer<S>?,
+        loss: UnsafeMutablePointer<S>?, shardParts: ShardPartPointers<S>? = nil, backward: BackwardState<S>?
     ) -> FilterStatistics {
         let m = operands.problem.active
         if m == 0 { return FilterStatistics() }
@@ -148,10 +177,12 @@ enum Engine {
         let blocks = (m + nb - 1) / nb
         let workers = min(plan.threads, blocks)
         // Class weights in the sweep's (sorted) vocabulary order; they live until the sweep ends.
+        // (A vocabulary shard's weights are its own classes'; V and W are the whole vocabulary's.)
         let weights = options.classWeights.map {
-            ClassWeights<S>($0, problem: operands.problem, order: operands.order, forwardBlock: plan.forwardVocabBlock)
+            ClassWeights<S>($0, problem: operands.problem, order: operands.order, forwardBlock: plan.forwardVocabBlock,
+                            total: shard?.weightTotal)
         }
-        let definition = LossDefinition<S>(options, vocabulary: operands.v, weights: weights)
+        let definition = LossDefinition<S>(options, vocabulary: shard?.vocabulary ?? operands.v, weights: weights)
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
         let stats = PerWorker(workers, initial: FilterStatistics())
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
@@ -168,7 +199,7 @@ enum Engine {
                 workspace.loadTokens(operands, first: first, count: count)
                 if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
                     Forward.block(operands, workspace, first: first, count: count, loss: definition,
-                                  lse: lse, loss: loss, blockStats: blockStats?.base)
+                                  lse: lse, loss: loss, blockStats: blockStats?.base, shardParts: shardParts)
                 }
                 if pass != .forward, let backward {
                     Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
