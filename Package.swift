@@ -97,7 +97,7 @@ let package = Package(
                 swiftSettings: fastFlags),
         .executableTarget(name: "cce",
                           dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCEData", "CCEReference", "CCERuntime",
-                                         "CCETraining", "CCEExplain",
+                                         "CCETraining", "CCEExplain", "CutCrossEntropyMPI",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: fastFlags),
 

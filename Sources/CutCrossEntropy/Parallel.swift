@@ -272,6 +272,17 @@ extension Values {
 func weightSum(_ w: [Float]) -> Double { w.reduce(0.0) { $0 + Double($1) } }
 
 extension Tensor {
+    /// The same values under another shape of as many elements (row-major: no copy of the
+    /// layout, e.g. (B, T, D) as (B·T, D)). Throws `CCEError.invalidShape` when the counts differ.
+    public func reshaped(_ newShape: [Int]) throws -> Tensor {
+        try Tensor.check(count: count, shape: newShape)
+        return Tensor(shape: newShape, elementType: elementType, storage: storage)
+    }
+
+    fileprivate init(shape: [Int], elementType: ElementType, storage: Storage) {
+        self.shape = shape; self.elementType = elementType; self.storage = storage
+    }
+
     /// A copy of rows `range` of the outermost dimension, in the same element type: a
     /// vocabulary shard of C or of the bias, or a token slice of E. Throws
     /// `CCEError.invalidShape` for a 0-d tensor or a range outside the first dimension.

@@ -28,6 +28,8 @@ struct Case {
     var bias = true
     var options = Options()
     var seed: UInt64 = 1
+    /// The spread of the logits: C ~ Normal(0, (scale/√D)²).
+    var scale = 2.0
     /// Relative budget against the one-process result, per tensor (loss, LSE and token losses
     /// always use `budget`).
     var budget = 1e-6
@@ -41,7 +43,10 @@ func cases() -> [Case] {
     // The bf16 filter (ε = 2^-12) drops different row segments when the vocabulary is cut
     // into other tiles (vocabulary-parallel): its gradients then differ from one process by
     // about what the filter drops (Docs/SCALING.md gives the measured numbers).
-    c = Case(name: "bf16-default"); c.type = .bfloat16; c.gradientBudget = 1e-2; list.append(c)
+    // Measured (P = 2, 3, 4): dE, dC, dBias within 5.2e-5 of one process; the budget is the
+    // bf16 default's own error against Float64 on LM-like data (7e-4, Docs/NUMERICS.md).
+    c = Case(name: "bf16-default"); c.type = .bfloat16; c.scale = 8; c.gradientBudget = 7e-4; list.append(c)
+    c = Case(name: "f32-default-peaked"); c.scale = 8; c.v = 1031; c.seed = 11; list.append(c)
     c = Case(name: "f32-options-sum"); c.options.softcap = 4; c.options.shift = 1; c.options.labelSmoothing = 0.1
     c.options.zLoss = 1e-3; c.options.reduction = .sum; c.options.ignoreIndex = 7; c.seed = 2; list.append(c)
     c = Case(name: "f32-weights-smoothing"); c.options.labelSmoothing = 0.2; c.seed = 3
@@ -69,7 +74,7 @@ func inputs(_ k: Case) -> Inputs {
     var rng = SeededRandom(seed: k.seed)
     func round(_ x: [Float]) -> [Float] { (try! Tensor(converting: x, to: k.type, shape: [x.count])).floats() }
     let e = round((0..<(k.n * k.d)).map { _ in Float(rng.normal()) })
-    let c = round((0..<(k.v * k.d)).map { _ in Float(rng.normal() * 2 / Double(k.d).squareRoot()) })
+    let c = round((0..<(k.v * k.d)).map { _ in Float(rng.normal() * k.scale / Double(k.d).squareRoot()) })
     let t = (0..<k.n).map { _ in rng.uniform() < 0.1 ? k.options.ignoreIndex : Int(rng.next() % UInt64(k.v)) }
     let b = k.bias ? round((0..<k.v).map { _ in Float(rng.normal()) }) : nil
     let seq = k.n / k.batch
@@ -174,7 +179,9 @@ func compare(_ a: Outputs, _ ref: Outputs) -> [(String, Double)] {
 
 func runCases(_ names: [String], _ comm: Communicator) -> Int32 {
     var failed = false
-    for k in cases() where names.isEmpty || names.contains(k.name) {
+    let chosen = cases().filter { names.isEmpty || names.contains($0.name) }
+    if comm.rank == 0 { say("expect \(2 * chosen.count) case lines") }
+    for k in chosen {
         let x = inputs(k)
         for (scheme, run) in [("vocab", vocabularyParallel), ("tokens", tokenParallel)] {
             do {

@@ -1,0 +1,130 @@
+// CCE across processes under a real mpirun (Open MPI): the program Tests/MPICheck
+// (CCEMPICheck) run with 1 to 4 ranks, and `cce reference --parallel` against one process.
+// Skipped, with a message, where mpirun or the programs are missing.
+//
+// What each test shows:
+// - every case of CCEMPICheck (f32, f16, bf16; every option; every mode's accumulation;
+//   V = 103 and 1031, not divisible by 2, 3 or 4; V = 3, where a rank of four holds no
+//   class) agrees with one process within its budget (1e-6 relative, 1e-12 in the exact
+//   mode) for both schemes, every rank holds the same bits of what every rank holds, and a
+//   second run in the same process has the first run's bits;
+// - two launches with the same rank count give the same bits (digests);
+// - ranks that disagree (V, options, element type, targets, C), or a rank with a bad input,
+//   give the same error on every rank and a non-zero exit, promptly.
+
+import CutCrossEntropy
+import Foundation
+import XCTest
+
+final class MPITests: XCTestCase {
+    /// mpirun, from $PATH (nil: the tests skip).
+    static let mpirun: String? = {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        return path.split(separator: ":").map { "\($0)/mpirun" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }()
+
+    /// A program `swift test` builds beside the test bundle (or in .build/{release,debug}).
+    static func built(_ name: String) -> URL? {
+        let fm = FileManager.default
+        let bundle = Bundle(for: MPITests.self).bundleURL
+        var candidates = [bundle, bundle.deletingLastPathComponent()].map { $0.appendingPathComponent(name) }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        candidates += ["release", "debug"].map { root.appendingPathComponent(".build/\($0)/\(name)") }
+        return candidates.first { fm.isExecutableFile(atPath: $0.path) }
+    }
+
+    struct Launch {
+        let status: Int32
+        let stdout: String, stderr: String
+        let seconds: Double
+        var lines: [Substring] { stdout.split(separator: "\n") }
+        var summary: String { "status \(status), \(String(format: "%.1f", seconds)) s, stdout: \(stdout.suffix(1500)), stderr: \(stderr.suffix(800))" }
+    }
+
+    /// `mpirun -np P program args`, output through files, killed after `timeout` seconds.
+    /// Arguments of the form `--mpi=X` go to mpirun (before -np).
+    func launch(_ ranks: Int, _ program: URL, _ args: [String], mpiArgs: [String] = [], timeout: Double = 300,
+                directory: URL? = nil) throws -> Launch {
+        guard let mpirun = MPITests.mpirun else { throw XCTSkip("mpirun is not on PATH (scripts/setup.sh installs openmpi-bin)") }
+        let fm = FileManager.default
+        let scratch = fm.temporaryDirectory.appendingPathComponent("cce-mpi-\(UUID().uuidString)")
+        try fm.createDirectory(at: scratch, withIntermediateDirectories: true)
+        defer { try? fm.removeItem(at: scratch) }
+        let outURL = scratch.appendingPathComponent("stdout"), errURL = scratch.appendingPathComponent("stderr")
+        fm.createFile(atPath: outURL.path, contents: nil); fm.createFile(atPath: errURL.path, contents: nil)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: mpirun)
+        var launcher = ["--oversubscribe"]
+        if getuid() == 0 { launcher.append("--allow-run-as-root") }
+        p.arguments = launcher + mpiArgs + ["-np", "\(ranks)", program.path] + args
+        p.currentDirectoryURL = directory ?? scratch
+        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
+        p.standardOutput = out; p.standardError = err
+        let start = Date()
+        try p.run()
+        while p.isRunning && Date().timeIntervalSince(start) < timeout { usleep(20_000) }
+        let timedOut = p.isRunning
+        if timedOut { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+        try out.close(); try err.close()
+        let result = Launch(status: p.terminationStatus, stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+                            stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "",
+                            seconds: Date().timeIntervalSince(start))
+        XCTAssertFalse(timedOut, "mpirun -np \(ranks) \(program.lastPathComponent) \(args.joined(separator: " ")) hung: \(result.summary)")
+        return result
+    }
+
+    func checker() throws -> URL {
+        guard MPITests.mpirun != nil else { throw XCTSkip("mpirun is not on PATH (scripts/setup.sh installs openmpi-bin)") }
+        guard let url = MPITests.built("CCEMPICheck") else {
+            XCTFail("CCEMPICheck was not found beside the test bundle nor in .build/{release,debug}")
+            throw XCTSkip("no CCEMPICheck")
+        }
+        return url
+    }
+
+    /// Every case, both schemes, P = 1 ... 4 (with P = 2 launched twice: the same bits).
+    func testParallelAgreesWithOneProcess() throws {
+        let program = try checker()
+        var digests: [String] = []
+        for ranks in [1, 2, 2, 3, 4] {
+            let r = try launch(ranks, program, ["cases"])
+            XCTAssertEqual(r.status, 0, "P = \(ranks): \(r.summary)")
+            let expected = r.lines.first { $0.hasPrefix("expect ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? -1
+            let cases = r.lines.filter { $0.hasPrefix("case ") }
+            XCTAssertGreaterThan(expected, 0, "P = \(ranks): no 'expect' line: \(r.summary)")
+            XCTAssertEqual(cases.count, expected, "P = \(ranks): case lines: \(r.summary)")
+            for line in cases { XCTAssertTrue(line.contains(": ok:"), "P = \(ranks): \(line)") }
+            if ranks == 2 { digests.append(r.lines.filter { $0.hasPrefix("digest ") }.joined(separator: "\n")) }
+        }
+        XCTAssertEqual(digests.count, 2)
+        if digests.count == 2 {
+            XCTAssertFalse(digests[0].isEmpty)
+            XCTAssertEqual(digests[0], digests[1], "two launches with 2 ranks gave different bits")
+        }
+    }
+
+    /// Ranks that disagree fail together, promptly, with the same message on every rank.
+    func testDisagreeingRanksFailTogether() throws {
+        let program = try checker()
+        let expected = [("vocab", "V: rank 0 has 103, rank 2 has 104"), ("options", "labelSmoothing: rank 0 has 0.0, rank 2 has 0.1"),
+                        ("dtype", "float32, rank 2 has [4, 16, 24] bfloat16"), ("targets", "targets: rank 0 has [4, 16], checksum"),
+                        ("tokens-c", "C's values: rank 0 has checksum")]
+        for (what, text) in expected {
+            let r = try launch(3, program, ["mismatch", what], timeout: 60)
+            XCTAssertNotEqual(r.status, 0, "\(what): \(r.summary)")
+            let agreed = r.lines.filter { $0.contains("agreed error: the ranks disagree: ") && $0.contains(text) }
+            XCTAssertEqual(agreed.count, 3, "\(what): every rank should report '\(text)': \(r.summary)")
+        }
+    }
+
+    /// A rank whose input is bad: every rank reports that rank's error.
+    func testFailingRankIsNamedOnEveryRank() throws {
+        let program = try checker()
+        let r = try launch(3, program, ["fail", "1"], timeout: 60)
+        XCTAssertNotEqual(r.status, 0, r.summary)
+        let agreed = r.lines.filter { $0.contains("agreed error: rank 1: target out of range: targets[1] = 108") }
+        XCTAssertEqual(agreed.count, 3, r.summary)
+    }
+}
