@@ -215,15 +215,9 @@ extension CutCrossEntropy {
         var shardOptions = options
         shardOptions.classWeights = options.classWeights.map { Array($0[shard.range]) }
         let partials: ShardPartials
-        let exact = options.mode == .exact
-        func filled(_ x: Double) -> Values {
-            exact ? .float64([Double](repeating: x, count: problem.active))
-                : .float32([Float](repeating: Float(x), count: problem.active))
-        }
-        let smoothing = options.labelSmoothing > 0
+        let exact = options.mode == .exact, smoothing = options.labelSmoothing > 0
         if shard.count == 0 {
-            partials = ShardPartials(lse: filled(-.infinity), targetLogit: filled(0),
-                                     logitSum: smoothing ? filled(0) : (exact ? .float64([]) : .float32([])))
+            partials = emptyShardPartials(problem)
         } else {
             var engineCall = call(.forward, shardProblem, options: shardOptions, upstream: [], savedLSE: nil)
             engineCall.shard = ShardContext(vocabulary: shard.vocabulary, weightTotal: options.classWeights.map(weightSum))
@@ -235,6 +229,76 @@ extension CutCrossEntropy {
         return ShardForward(shard: shard, partials: partials, problem: problem, options: options,
                             shardProblem: shardProblem, shardOptions: shardOptions,
                             embeddings: embeddings, classifier: classifier, bias: bias)
+    }
+
+    /// Checks the inputs of one vocabulary shard's call as `forward(…, shard:)` would, and
+    /// computes nothing: a run across processes agrees on the outcome before the exchange.
+    public func validate(embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor? = nil,
+                         shard: VocabularyShard) throws {
+        let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                                  options: options, shard: shard)
+        try checkSortingMean(problem)
+    }
+
+    /// Loss and gradients of one vocabulary shard in one call, the fused path: the shard's
+    /// forward over every token, then `exchange` (which must return every rank's partials in
+    /// rank order, this rank's among them: CutCrossEntropyMPI gathers them), the combination
+    /// (`ShardForward.combine`), then the shard's backward with the global LSE, skipping the
+    /// rows the forward's per-block maxima rule out (as `lossAndGradients` does; the maxima of
+    /// every token are kept meanwhile: 2/VBf = 0.8% of the shard's logits). Returns the whole
+    /// forward output, this shard's rows of dC and dBias and its partial dE, which the ranks
+    /// sum. An error thrown by `exchange` or the combination is rethrown after the engine
+    /// has stopped (no backward).
+    public func lossAndGradients(embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor? = nil,
+                                 upstream: Upstream = .scalar(1), shard: VocabularyShard,
+                                 exchange: (ShardPartials) throws -> [ShardPartials]) throws -> (ForwardOutput, Gradients) {
+        let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                                  options: options, shard: shard)
+        try checkSortingMean(problem)
+        let g = try problem.upstreamPerToken(upstream, reduction: options.reduction)
+        let shardProblem = problem.restricted(to: shard)
+        var shardOptions = options
+        shardOptions.classWeights = options.classWeights.map { Array($0[shard.range]) }
+        let context = ShardContext(vocabulary: shard.vocabulary, weightTotal: options.classWeights.map(weightSum))
+        func part(_ partials: ShardPartials) -> ShardForward {
+            ShardForward(shard: shard, partials: partials, problem: problem, options: options, shardProblem: shardProblem,
+                         shardOptions: shardOptions, embeddings: embeddings, classifier: classifier, bias: bias)
+        }
+        if shard.count == 0 {
+            let output = try part(emptyShardPartials(problem)).combine(try exchange(emptyShardPartials(problem)))
+            return (output, emptyShardGradients(problem, bias: bias != nil, exact: options.mode == .exact))
+        }
+        var output: ForwardOutput? = nil
+        var failure: Error? = nil
+        // The engine calls `exchange` once, before it returns; nothing keeps it after.
+        let result = withoutActuallyEscaping(exchange) { exchange in
+            var engineCall = call(.fused, shardProblem, options: shardOptions, upstream: g, savedLSE: nil)
+            engineCall.shard = context
+            engineCall.exchange = { partials in
+                do {
+                    let combined = try part(partials).combine(try exchange(partials))
+                    output = combined
+                    return combined.state.lse
+                } catch {
+                    failure = error
+                    return nil
+                }
+            }
+            return Engine.run(engineCall, embeddings: embeddings, classifier: classifier, bias: bias)
+        }
+        if let failure { throw failure }
+        return (output!, gradients(result))
+    }
+
+    /// The partials of a shard that holds no classes: L = −∞, T = 0, S = 0.
+    func emptyShardPartials(_ problem: Problem) -> ShardPartials {
+        let exact = options.mode == .exact
+        func filled(_ x: Double) -> Values {
+            exact ? .float64([Double](repeating: x, count: problem.active))
+                : .float32([Float](repeating: Float(x), count: problem.active))
+        }
+        return ShardPartials(lse: filled(-.infinity), targetLogit: filled(0),
+                             logitSum: options.labelSmoothing > 0 ? filled(0) : (exact ? .float64([]) : .float32([])))
     }
 
     /// What this rank's tokens contribute before a token-parallel step (`TokenSlice`).

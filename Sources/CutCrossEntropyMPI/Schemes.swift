@@ -70,16 +70,20 @@ public struct VocabularyParallel: Sendable {
         let part = try communicator.agree {
             try cce.forward(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias, shard: shard)
         }
-        let all: [ShardPartials]
-        switch part.partials.packed {
-        case .float32(let v): all = try communicator.allGather(v).map { try ShardPartials(packed: .float32($0), activeTokens: part.activeTokens) }
-        case .float64(let v): all = try communicator.allGather(v).map { try ShardPartials(packed: .float64($0), activeTokens: part.activeTokens) }
-        }
+        let all = try gatherPartials(part.partials)
         // Every rank combines the same values in the same order: the same output, or the
         // same overflow error, everywhere.
-        let output = try part.combine(all)
+        let output = try communicator.agree { try part.combine(all) }
         return ParallelForward(loss: output.loss, output: output, activeTokens: output.activeTokens,
                                meanDivisor: 0, sortingMean: nil)
+    }
+
+    /// Every rank's partials, in rank order.
+    func gatherPartials(_ mine: ShardPartials) throws -> [ShardPartials] {
+        switch mine.packed {
+        case .float32(let v): try communicator.allGather(v).map { try ShardPartials(packed: .float32($0), activeTokens: mine.activeTokens) }
+        case .float64(let v): try communicator.allGather(v).map { try ShardPartials(packed: .float64($0), activeTokens: mine.activeTokens) }
+        }
     }
 
     /// The backward of `forward`: this rank's rows of dC and dBias, and the whole dE (the
@@ -93,13 +97,28 @@ public struct VocabularyParallel: Sendable {
         return Gradients(dE: try communicator.orderedSum(g.dE), dC: g.dC, dBias: g.dBias, filter: g.filter)
     }
 
-    /// Forward and backward.
+    /// Forward and backward in one call: the engine's fused path on each shard (the rows the
+    /// forward's block maxima rule out are not recomputed), with the partials exchanged
+    /// between its forward and its backward. The same results as `forward` then `backward`,
+    /// up to what the skipped rows' estimate changes (nothing without filtering).
     public func lossAndGradients(_ cce: CutCrossEntropy, embeddings: Tensor, classifier: Tensor, targets: Targets,
                                  bias: Tensor? = nil, upstream: Upstream = .scalar(1)) throws
         -> (ParallelForward, Gradients)
     {
-        let f = try forward(cce, embeddings: embeddings, classifier: classifier, targets: targets, bias: bias)
-        return (f, try backward(cce, f, embeddings: embeddings, classifier: classifier, bias: bias, upstream: upstream))
+        try checkConfiguration(cce, embeddings: embeddings, classifier: classifier, targets: targets, bias: bias)
+        let shard = shard
+        try communicator.agree {
+            try cce.validate(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias, shard: shard)
+        }
+        // Every rank reaches the exchange (validated above; the engine itself does not fail),
+        // and the combination gives every rank the same output or the same error.
+        let (output, g) = try communicator.agree {
+            try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                                     upstream: upstream, shard: shard, exchange: gatherPartials)
+        }
+        let f = ParallelForward(loss: output.loss, output: output, activeTokens: output.activeTokens, meanDivisor: 0,
+                                sortingMean: nil)
+        return (f, Gradients(dE: try communicator.orderedSum(g.dE), dC: g.dC, dBias: g.dBias, filter: g.filter))
     }
 
     func checkConfiguration(_ cce: CutCrossEntropy, embeddings: Tensor, classifier: Tensor, targets: Targets,

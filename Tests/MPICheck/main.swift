@@ -116,14 +116,29 @@ func oneProcess(_ k: Case, _ x: Inputs) throws -> Outputs {
                    dC: g.dC.doubles, dBias: g.dBias?.doubles)
 }
 
-/// Vocabulary-parallel; the whole outputs on rank 0 (dC and dBias gathered), nil elsewhere.
+/// Vocabulary-parallel, fused (lossAndGradients); the whole outputs on rank 0 (dC and dBias
+/// gathered), nil elsewhere.
 func vocabularyParallel(_ k: Case, _ x: Inputs, _ comm: Communicator) throws -> Outputs? {
+    try vocabularyParallel(k, x, comm, fused: true)
+}
+
+/// Vocabulary-parallel as two calls, forward then backward.
+func vocabularyParallelTwoCalls(_ k: Case, _ x: Inputs, _ comm: Communicator) throws -> Outputs? {
+    try vocabularyParallel(k, x, comm, fused: false)
+}
+
+func vocabularyParallel(_ k: Case, _ x: Inputs, _ comm: Communicator, fused: Bool) throws -> Outputs? {
     let scheme = VocabularyParallel(comm, vocabulary: k.v)
     let shard = scheme.shard
     let c = try x.c.rows(shard.range), b = try x.bias.map { try $0.rows(shard.range) }
     let cce = CutCrossEntropy(options: k.options)
-    let (f, g) = try scheme.lossAndGradients(cce, embeddings: x.e, classifier: c, targets: x.t, bias: b,
-                                             upstream: upstream(k, positions: x.t.count))
+    let up = upstream(k, positions: x.t.count)
+    let (f, g) = fused
+        ? try scheme.lossAndGradients(cce, embeddings: x.e, classifier: c, targets: x.t, bias: b, upstream: up)
+        : try { () -> (ParallelForward, Gradients) in
+            let f = try scheme.forward(cce, embeddings: x.e, classifier: c, targets: x.t, bias: b)
+            return (f, try scheme.backward(cce, f, embeddings: x.e, classifier: c, bias: b, upstream: up))
+        }()
     let dC = try comm.gather(g.dC.doubles), dBias = try g.dBias.map { try comm.gather($0.doubles) }
     // Every rank holds the global forward and dE: they must have rank 0's bits.
     let global = Outputs(loss: f.loss, tokenLosses: f.output!.tokenLosses.doubles, lse: f.output!.lse.doubles,
@@ -180,10 +195,11 @@ func compare(_ a: Outputs, _ ref: Outputs) -> [(String, Double)] {
 func runCases(_ names: [String], _ comm: Communicator) -> Int32 {
     var failed = false
     let chosen = cases().filter { names.isEmpty || names.contains($0.name) }
-    if comm.rank == 0 { say("expect \(2 * chosen.count) case lines") }
+    if comm.rank == 0 { say("expect \(3 * chosen.count) case lines") }
     for k in chosen {
         let x = inputs(k)
-        for (scheme, run) in [("vocab", vocabularyParallel), ("tokens", tokenParallel)] {
+        for (scheme, run) in [("vocab", vocabularyParallel), ("vocab-2calls", vocabularyParallelTwoCalls),
+                              ("tokens", tokenParallel)] {
             do {
                 let first = try run(k, x, comm)
                 let second = try run(k, x, comm)

@@ -7,6 +7,10 @@
 //   .backward  per token block: Backward.block                     (dE, dC, dBias from saved lse)
 //   .fused     per token block: Forward.block, then Backward.block with the forward's
 //              per-block maxima, so negligible rows are not recomputed
+//   .fused with an exchange (a vocabulary shard, Parallel.swift): Forward.block over every
+//              token block, keeping every token's per-block maxima; then `exchange` turns the
+//              shard's LSE into the global one (the ranks combine their partials); then
+//              Backward.block over every token block with those maxima (sweepExchanging)
 //
 // Set-up, in order: the classifier's pages interleaved over NUMA nodes (it is read by
 // every worker), the vocabulary order (VocabularyOrder.swift), the output buffers (zeroed,
@@ -41,6 +45,9 @@ struct EngineCall {
     /// The mean embedding to sort the vocabulary by, when it is not this call's own
     /// (a token-parallel rank's: the mean over every rank's tokens), else nil.
     var sortingMean: [Float]? = nil
+    /// A fused call on a vocabulary shard: between its forward and its backward, the shard's
+    /// partials go out and the global LSE per active token comes back (nil: stop, no backward).
+    var exchange: ((ShardPartials) -> Values?)? = nil
 }
 
 /// What a vocabulary shard's engine call needs to know of the whole vocabulary: V (for the
@@ -145,8 +152,23 @@ enum Engine {
                                                                  compE: compensated ? compE.baseAddress : nil,
                                                                  compC: compensated ? compC.baseAddress : nil))
                         : nil
-                    stats = sweep(call.pass, operands, options: call.options, shard: call.shard, lse: lse.baseAddress,
-                                  loss: loss.baseAddress, shardParts: parts, backward: backward)
+                    if call.pass == .fused, let exchange = call.exchange, let parts, let backward {
+                        // The shard's partials out, the global LSE back into `lse`.
+                        let smoothing = call.options.labelSmoothing > 0
+                        let handOver = { () -> Bool in
+                            let partials = ShardPartials(lse: values(Array(lse)), targetLogit: values(Array(targetLogit)),
+                                                         logitSum: values(smoothing ? Array(logitSum) : []))
+                            guard let global = exchange(partials), global.count == p.active else { return false }
+                            for i in 0..<p.active { lse[i] = S(global[i]) }
+                            return true
+                        }
+                        stats = sweepExchanging(operands, options: call.options, shard: call.shard, lse: lse.baseAddress!,
+                                                loss: loss.baseAddress!, shardParts: parts, backward: backward,
+                                                exchange: handOver)
+                    } else {
+                        stats = sweep(call.pass, operands, options: call.options, shard: call.shard, lse: lse.baseAddress,
+                                      loss: loss.baseAddress, shardParts: parts, backward: backward)
+                    }
                 }}}}}}}}}}
             }}}
         }}
@@ -206,6 +228,67 @@ enum Engine {
                                    loss: definition, blockStats: blockStats.map { UnsafePointer($0.base) },
                                    stats: &workerStats)
                 }
+                b += workers
+            }
+            stats[w] = workerStats
+        }
+        return stats.values.reduce(into: FilterStatistics()) { $0.add($1) }
+    }
+}
+
+extension Engine {
+    /// The fused call of a vocabulary shard: the forward over every token block, keeping every
+    /// token's per-block maxima and log-sum-exps (2·M·V/VBf values: 2/VBf of the logits the
+    /// shard would materialize), then `exchange` (which writes the global LSE into `lse`, or
+    /// returns false to stop), then the backward over every token block with those maxima,
+    /// so that rows the bound rules out are not recomputed, as in the one-block fused call.
+    static func sweepExchanging<S: KernelScalar>(
+        _ operands: Operands<S>, options: Options, shard: ShardContext?, lse: UnsafeMutablePointer<S>,
+        loss: UnsafeMutablePointer<S>, shardParts: ShardPartPointers<S>, backward: BackwardState<S>,
+        exchange: () -> Bool
+    ) -> FilterStatistics {
+        let m = operands.problem.active
+        if m == 0 { _ = exchange(); return FilterStatistics() }   // the exchange is collective: every rank takes part
+        let plan = operands.plan
+        let nb = plan.tokenBlock
+        let blocks = (m + nb - 1) / nb
+        let workers = min(plan.threads, blocks)
+        let weights = options.classWeights.map {
+            ClassWeights<S>($0, problem: operands.problem, order: operands.order, forwardBlock: plan.forwardVocabBlock,
+                            total: shard?.weightTotal)
+        }
+        let definition = LossDefinition<S>(options, vocabulary: shard?.vocabulary ?? operands.v, weights: weights)
+        let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
+        let blockStats = Scratch<S>(count: 2 * m * forwardBlocks, policy: .interleaved)
+        let out = UncheckedSendable((lse: lse, loss: loss))
+        let compensated = backward.outputs.compE != nil
+        Workers.run(workers, pin: Placement.isNUMA) { w in
+            let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
+                                         backend: operands.backend, kernel: operands.kernel, partials: compensated)
+            var b = w
+            while b < blocks {
+                let first = b * nb, count = min(nb, m - first)
+                workspace.loadTokens(operands, first: first, count: count)
+                Forward.block(operands, workspace, first: first, count: count, loss: definition, lse: out.value.lse,
+                              loss: out.value.loss, blockStats: blockStats.base + 2 * first * forwardBlocks,
+                              shardParts: shardParts)
+                b += workers
+            }
+        }
+        guard exchange() else { return FilterStatistics() }
+        let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
+        let stats = PerWorker(workers, initial: FilterStatistics())
+        Workers.run(workers, pin: Placement.isNUMA) { w in
+            let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
+                                         backend: operands.backend, kernel: operands.kernel, partials: compensated)
+            var workerStats = FilterStatistics()
+            var b = w
+            while b < blocks {
+                let first = b * nb, count = min(nb, m - first)
+                workspace.loadTokens(operands, first: first, count: count)
+                Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
+                               loss: definition, blockStats: UnsafePointer(blockStats.base + 2 * first * forwardBlocks),
+                               stats: &workerStats)
                 b += workers
             }
             stats[w] = workerStats
