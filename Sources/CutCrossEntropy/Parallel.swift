@@ -128,52 +128,62 @@ public struct ShardForward: Sendable {
     /// them in rank order gets the same bits. Throws `CCEError.stateMismatch` when a
     /// partial's size or type does not fit, `CCEError.overflow` as `forward` does.
     public func combine(_ all: [ShardPartials]) throws -> ForwardOutput {
+        let (lse, loss) = try combine(all, tokens: 0..<problem.active)
+        return try output(lse: lse, loss: loss)
+    }
+
+    /// The global lse and loss of active tokens `tokens` from every shard's partials of them.
+    func combine(_ all: [ShardPartials], tokens: Range<Int>) throws -> (lse: Values, loss: Values) {
         guard !all.isEmpty else { throw CCEError.stateMismatch("no shard partials to combine") }
         let exact = options.mode == .exact, smoothing = options.labelSmoothing > 0
+        let m = tokens.count
         for (r, p) in all.enumerated() {
             let float64 = p.lse.float64
-            guard p.activeTokens == problem.active, p.targetLogit.count == problem.active,
-                  p.logitSum.count == (smoothing ? problem.active : 0), float64 == exact else {
+            guard p.activeTokens == m, p.targetLogit.count == m, p.logitSum.count == (smoothing ? m : 0), float64 == exact else {
                 throw CCEError.stateMismatch("shard partials \(r) cover \(p.activeTokens) tokens "
-                                             + "(\(float64 ? "Float64" : "Float32")), this forward has \(problem.active) "
+                                             + "(\(float64 ? "Float64" : "Float32")), this forward has \(m) "
                                              + "(\(exact ? "Float64" : "Float32"))")
             }
         }
-        let result = exact ? combined(Double.self, all) : combined(Float.self, all)
+        return exact ? combined(Double.self, all, tokens: tokens) : combined(Float.self, all, tokens: tokens)
+    }
+
+    /// The forward output from every active token's global lse and loss; its state is this
+    /// shard's with the global lse. Throws `CCEError.overflow` as `forward` does.
+    func output(lse: Values, loss: Values) throws -> ForwardOutput {
+        let result = EngineResult(lse: lse, loss: loss, dE: .float32([]), dC: .float32([]), dBias: nil,
+                                  stats: FilterStatistics())
         let cce = CutCrossEntropy(options: options)
         try cce.checkFinite(problem, result, embeddings: embeddings, classifier: classifier, bias: bias)
         let whole = cce.forwardOutput(problem, options: options, result)
         let context = ShardContext(vocabulary: problem.v, weightTotal: options.classWeights.map(weightSum))
         return ForwardOutput(loss: whole.loss, tokenLosses: whole.tokenLosses, lse: whole.lse,
                              activeTokens: whole.activeTokens,
-                             state: SavedState(problem: shardProblem, options: shardOptions, lse: result.lse,
-                                               shard: context))
+                             state: SavedState(problem: shardProblem, options: shardOptions, lse: lse, shard: context))
     }
 
-    /// The combination of the file's header, in S (the loss formula exactly as Forward.block
-    /// applies it); the log-sum-exp merge in Float64.
-    func combined<S: KernelScalar>(_: S.Type, _ all: [ShardPartials]) -> EngineResult {
-        let m = problem.active
+    /// The combination of the file's header for active tokens `tokens`, in S (the loss
+    /// formula exactly as Forward.block applies it); the log-sum-exp merge in Float64.
+    func combined<S: KernelScalar>(_: S.Type, _ all: [ShardPartials], tokens: Range<Int>) -> (lse: Values, loss: Values) {
         let weights = options.classWeights.map { ClassWeights<S>($0, problem: problem, order: nil, forwardBlock: max(problem.v, 1)) }
         let definition = LossDefinition<S>(options, vocabulary: problem.v, weights: weights)
         let lses = all.map { $0.lse.doubles }, targets = all.map { $0.targetLogit.doubles }
         let sums = all.map { $0.logitSum.doubles }
-        var lse = [S](repeating: 0, count: m), loss = [S](repeating: 0, count: m)
-        for i in 0..<m {
-            let top = lses.reduce(-Double.infinity) { max($0, $1[i]) }
+        var lse = [S](repeating: 0, count: tokens.count), loss = [S](repeating: 0, count: tokens.count)
+        for (k, i) in tokens.enumerated() {
+            let top = lses.reduce(-Double.infinity) { max($0, $1[k]) }
             var total = 0.0
-            for l in lses where l[i] != -.infinity { total += exp(l[i] - top) }   // an empty shard adds nothing; NaN stays NaN
+            for l in lses where l[k] != -.infinity { total += exp(l[k] - top) }   // an empty shard adds nothing; NaN stays NaN
             let l = S(top + log(total))
             var zt: S = 0, sum = 0.0
             for r in 0..<all.count {
-                zt += S(targets[r][i])
-                if definition.smoothing { sum += sums[r][i] }
+                zt += S(targets[r][k])
+                if definition.smoothing { sum += sums[r][k] }
             }
-            lse[i] = l
-            loss[i] = definition.tokenLoss(lse: l, targetLogit: zt, logitSum: S(sum), token: i)
+            lse[k] = l
+            loss[k] = definition.tokenLoss(lse: l, targetLogit: zt, logitSum: S(sum), token: i)
         }
-        return EngineResult(lse: values(lse), loss: values(loss), dE: .float32([]), dC: .float32([]), dBias: nil,
-                            stats: FilterStatistics())
+        return (values(lse), values(loss))
     }
 }
 
@@ -240,21 +250,36 @@ extension CutCrossEntropy {
         try checkSortingMean(problem)
     }
 
-    /// Loss and gradients of one vocabulary shard in one call, the fused path: the shard's
-    /// forward over every token, then `exchange` (which must return every rank's partials in
-    /// rank order, this rank's among them: CutCrossEntropyMPI gathers them), the combination
-    /// (`ShardForward.combine`), then the shard's backward with the global LSE, skipping the
-    /// rows the forward's per-block maxima rule out (as `lossAndGradients` does; the maxima of
-    /// every token are kept meanwhile: 2/VBf = 0.8% of the shard's logits). Returns the whole
-    /// forward output, this shard's rows of dC and dBias and its partial dE, which the ranks
-    /// sum. An error thrown by `exchange` or the combination is rethrown after the engine
-    /// has stopped (no backward).
+    /// Loss and gradients of one vocabulary shard in one call, the fused path, chunk by chunk
+    /// of 1024 active tokens: the shard's forward of the chunk, then `exchange` (which must
+    /// return every rank's partials of the chunk in rank order, this rank's among them:
+    /// CutCrossEntropyMPI gathers them), their combination (`ShardForward.combine`), then the
+    /// chunk's backward with the global LSE, skipping the rows the forward's per-block maxima
+    /// rule out (as `lossAndGradients` does; the chunk's maxima are kept meanwhile: 2·1024·V/256
+    /// values). Every rank calls `exchange` for the same token ranges, in the same order (a
+    /// rank that holds no classes too). Returns the whole forward output, this shard's rows of
+    /// dC and dBias and its partial dE, which the ranks sum. An error thrown by `exchange` or
+    /// the combination is rethrown after the engine has stopped (no further chunk).
+    ///
+    /// With `destination` the gradients go into caller memory (Float32: dE of E's size, dC and
+    /// dBias of the shard's; the exact mode rounds into it) and the returned ones are empty,
+    /// as with `lossAndGradients(…, writingTo:)`.
     public func lossAndGradients(embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor? = nil,
                                  upstream: Upstream = .scalar(1), shard: VocabularyShard,
+                                 writingTo destination: GradientDestination? = nil,
                                  exchange: (ShardPartials) throws -> [ShardPartials]) throws -> (ForwardOutput, Gradients) {
         let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
                                   options: options, shard: shard)
         try checkSortingMean(problem)
+        if let destination {
+            let expected: [(String, Int, Int)] = [
+                ("dE", problem.n * problem.d, destination.dE.count), ("dC", shard.count * problem.d, destination.dC.count),
+                ("dBias", bias == nil ? 0 : shard.count, destination.dBias?.count ?? 0),
+            ]
+            for (name, want, have) in expected where want != have {
+                throw CCEError.invalidShape("gradient buffer \(name) holds \(have) values, the shard's inputs need \(want)")
+            }
+        }
         let g = try problem.upstreamPerToken(upstream, reduction: options.reduction)
         let shardProblem = problem.restricted(to: shard)
         var shardOptions = options
@@ -264,22 +289,38 @@ extension CutCrossEntropy {
             ShardForward(shard: shard, partials: partials, problem: problem, options: options, shardProblem: shardProblem,
                          shardOptions: shardOptions, embeddings: embeddings, classifier: classifier, bias: bias)
         }
-        if shard.count == 0 {
-            let output = try part(emptyShardPartials(problem)).combine(try exchange(emptyShardPartials(problem)))
-            return (output, emptyShardGradients(problem, bias: bias != nil, exact: options.mode == .exact))
+        let whole = part(emptyShardPartials(problem))
+        let exact = options.mode == .exact
+        var lse: [Double] = [], loss: [Double] = []
+        lse.reserveCapacity(problem.active); loss.reserveCapacity(problem.active)
+        /// One chunk's exchange and combination; its global LSE.
+        func combineChunk(_ tokens: Range<Int>, _ partials: ShardPartials) throws -> Values {
+            let (l, t) = try whole.combine(try exchange(partials), tokens: tokens)
+            lse += l.doubles; loss += t.doubles
+            return l
         }
-        var output: ForwardOutput? = nil
+        func assembled() throws -> ForwardOutput {
+            try whole.output(lse: exact ? .float64(lse) : .float32(lse.map { Float($0) }),
+                             loss: exact ? .float64(loss) : .float32(loss.map { Float($0) }))
+        }
+        if shard.count == 0 {
+            destination?.dE.update(repeating: 0)
+            // The same chunks as the ranks that run the engine (Engine.exchangeChunk).
+            let chunk = Engine.exchangeChunk
+            for start in stride(from: 0, to: max(problem.active, 1), by: chunk) {
+                let tokens = start..<min(problem.active, start + chunk)
+                _ = try combineChunk(tokens, emptyShardPartials(problem, tokens: tokens.count))
+            }
+            return (try assembled(), emptyShardGradients(problem, bias: bias != nil, exact: exact))
+        }
         var failure: Error? = nil
-        // The engine calls `exchange` once, before it returns; nothing keeps it after.
-        let result = withoutActuallyEscaping(exchange) { exchange in
+        // The engine calls `exchange` once per chunk, before it returns; nothing keeps it after.
+        let result = withoutActuallyEscaping(combineChunk) { combineChunk in
             var engineCall = call(.fused, shardProblem, options: shardOptions, upstream: g, savedLSE: nil)
             engineCall.shard = context
-            engineCall.exchange = { partials in
-                do {
-                    let combined = try part(partials).combine(try exchange(partials))
-                    output = combined
-                    return combined.state.lse
-                } catch {
+            engineCall.destination = destination
+            engineCall.exchange = { tokens, partials in
+                do { return try combineChunk(tokens, partials) } catch {
                     failure = error
                     return nil
                 }
@@ -287,15 +328,15 @@ extension CutCrossEntropy {
             return Engine.run(engineCall, embeddings: embeddings, classifier: classifier, bias: bias)
         }
         if let failure { throw failure }
-        return (output!, gradients(result))
+        return (try assembled(), gradients(result))
     }
 
-    /// The partials of a shard that holds no classes: L = −∞, T = 0, S = 0.
-    func emptyShardPartials(_ problem: Problem) -> ShardPartials {
-        let exact = options.mode == .exact
+    /// The partials of a shard that holds no classes (for `tokens` active tokens, default
+    /// all): L = −∞, T = 0, S = 0.
+    func emptyShardPartials(_ problem: Problem, tokens: Int? = nil) -> ShardPartials {
+        let exact = options.mode == .exact, m = tokens ?? problem.active
         func filled(_ x: Double) -> Values {
-            exact ? .float64([Double](repeating: x, count: problem.active))
-                : .float32([Float](repeating: Float(x), count: problem.active))
+            exact ? .float64([Double](repeating: x, count: m)) : .float32([Float](repeating: Float(x), count: m))
         }
         return ShardPartials(lse: filled(-.infinity), targetLogit: filled(0),
                              logitSum: options.labelSmoothing > 0 ? filled(0) : (exact ? .float64([]) : .float32([])))

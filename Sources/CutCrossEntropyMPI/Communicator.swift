@@ -315,8 +315,9 @@ public final class Communicator: @unchecked Sendable {
             throw ParallelError.mismatch("a sum across ranks of \(counts[0]) values on rank 0 and \(counts[r]) on rank \(r)")
         }
         let p = size, stride = MemoryLayout<T>.stride
-        // Elements per round: the P pieces a rank receives stay within a round's bytes.
-        let perRound = max(p, roundBytes / stride / 2)
+        // Elements per round: at most 2^20 (the P pieces a rank receives and its sums then
+        // take 8 MiB or less: the sum's extra memory does not grow with the array).
+        let perRound = max(p, min(1 << 20, roundBytes / stride / 2))
         var start = 0
         repeat {
             let len = min(n - start, perRound)

@@ -74,8 +74,7 @@ public struct VocabularyParallel: Sendable {
         // Every rank combines the same values in the same order: the same output, or the
         // same overflow error, everywhere.
         let output = try communicator.agree { try part.combine(all) }
-        return ParallelForward(loss: output.loss, output: output, activeTokens: output.activeTokens,
-                               meanDivisor: 0, sortingMean: nil)
+        return ParallelForward(vocabulary: output)
     }
 
     /// Every rank's partials, in rank order.
@@ -112,13 +111,25 @@ public struct VocabularyParallel: Sendable {
         }
         // Every rank reaches the exchange (validated above; the engine itself does not fail),
         // and the combination gives every rank the same output or the same error.
-        let (output, g) = try communicator.agree {
-            try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
-                                     upstream: upstream, shard: shard, exchange: gatherPartials)
+        if cce.options.mode == .exact {
+            let (output, g) = try communicator.agree {
+                try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                                         upstream: upstream, shard: shard, exchange: gatherPartials)
+            }
+            return (ParallelForward(vocabulary: output),
+                    Gradients(dE: try communicator.orderedSum(g.dE), dC: g.dC, dBias: g.dBias, filter: g.filter))
         }
-        let f = ParallelForward(loss: output.loss, output: output, activeTokens: output.activeTokens, meanDivisor: 0,
-                                sortingMean: nil)
-        return (f, Gradients(dE: try communicator.orderedSum(g.dE), dC: g.dC, dBias: g.dBias, filter: g.filter))
+        // Float32: into buffers this function owns, so that dE is summed in place.
+        var buffers = GradientBuffers(embeddings: embeddings.count, classifier: shard.count * (classifier.shape.last ?? 0),
+                                      bias: bias == nil ? nil : shard.count)
+        let (output, g) = try communicator.agree {
+            try buffers.with { destination in
+                try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                                         upstream: upstream, shard: shard, writingTo: destination, exchange: gatherPartials)
+            }
+        }
+        try communicator.orderedSum(&buffers.dE)
+        return (ParallelForward(vocabulary: output), buffers.gradients(filter: g.filter))
     }
 
     func checkConfiguration(_ cce: CutCrossEntropy, embeddings: Tensor, classifier: Tensor, targets: Targets,
@@ -178,15 +189,30 @@ public struct TokenParallel: Sendable {
         -> (ParallelForward, Gradients)
     {
         let (local, step) = try prepare(cce, embeddings: embeddings, classifier: classifier, targets: targets, bias: bias)
-        let (output, g) = try communicator.agree { () -> (ForwardOutput?, Gradients) in
-            guard hasTokens(embeddings) else {
-                return (nil, try noTokens(classifier: classifier, bias: bias, mode: cce.options.mode))
+        let localUp = localUpstream(cce, upstream, divisor: step.meanDivisor)
+        if cce.options.mode == .exact {
+            let (output, g) = try communicator.agree { () -> (ForwardOutput?, Gradients) in
+                guard hasTokens(embeddings) else {
+                    return (nil, try noTokens(classifier: classifier, bias: bias, mode: cce.options.mode))
+                }
+                return try local.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets,
+                                                  bias: bias, upstream: localUp)
             }
-            let (f, g) = try local.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets,
-                                                    bias: bias, upstream: localUpstream(cce, upstream, divisor: step.meanDivisor))
-            return (f, g)
+            return (try finish(step, output), try summed(g))
         }
-        return (try finish(step, output), try summed(g))
+        // Float32: into buffers this function owns (zero where the rank holds no tokens), so
+        // that dC and dBias are summed in place.
+        var buffers = GradientBuffers(embeddings: embeddings.count, classifier: classifier.count, bias: bias?.count)
+        let (output, filter) = try communicator.agree { () -> (ForwardOutput?, FilterStatistics) in
+            guard hasTokens(embeddings) else { return (nil, .none) }
+            return try buffers.with { destination in
+                try local.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                                           upstream: localUp, writingTo: destination)
+            }
+        }
+        try communicator.orderedSum(&buffers.dC)
+        if buffers.dBias != nil { try communicator.orderedSum(&buffers.dBias!) }
+        return (try finish(step, output), buffers.gradients(filter: filter))
     }
 
     // MARK: - The steps
@@ -271,6 +297,45 @@ public struct TokenParallel: Sendable {
     }
 
     func hasTokens(_ embeddings: Tensor) -> Bool { embeddings.shape.dropLast().reduce(1, *) > 0 }
+}
+
+extension ParallelForward {
+    /// A vocabulary-parallel step's: the whole output, on every rank.
+    init(vocabulary output: ForwardOutput) {
+        self.init(loss: output.loss, output: output, activeTokens: output.activeTokens, meanDivisor: 0, sortingMean: nil)
+    }
+}
+
+/// Float32 gradients in arrays a scheme owns: the engine writes into them (`with`), and the
+/// ordered sums then work on them in place, with no second copy of dE or dC.
+struct GradientBuffers {
+    var dE: [Float], dC: [Float], dBias: [Float]?
+
+    /// Zeroed arrays of these sizes (dBias nil without a bias).
+    init(embeddings: Int, classifier: Int, bias: Int?) {
+        dE = [Float](repeating: 0, count: embeddings)
+        dC = [Float](repeating: 0, count: classifier)
+        dBias = bias.map { [Float](repeating: 0, count: $0) }
+    }
+
+    /// Runs `body` with the arrays as the engine's destination.
+    mutating func with<R>(_ body: (GradientDestination) throws -> R) rethrows -> R {
+        var bias = dBias ?? []
+        let hasBias = dBias != nil
+        dBias = nil   // `bias` holds the only reference while the engine writes
+        defer { dBias = hasBias ? bias : nil }
+        return try dE.withUnsafeMutableBufferPointer { dE in
+            try dC.withUnsafeMutableBufferPointer { dC in
+                try bias.withUnsafeMutableBufferPointer { b in
+                    try body(GradientDestination(dE: dE, dC: dC, dBias: hasBias ? b : nil))
+                }
+            }
+        }
+    }
+
+    func gradients(filter: FilterStatistics) -> Gradients {
+        Gradients(dE: .float32(dE), dC: .float32(dC), dBias: dBias.map { .float32($0) }, filter: filter)
+    }
 }
 
 // MARK: - Fingerprints

@@ -7,10 +7,11 @@
 //   .backward  per token block: Backward.block                     (dE, dC, dBias from saved lse)
 //   .fused     per token block: Forward.block, then Backward.block with the forward's
 //              per-block maxima, so negligible rows are not recomputed
-//   .fused with an exchange (a vocabulary shard, Parallel.swift): Forward.block over every
-//              token block, keeping every token's per-block maxima; then `exchange` turns the
-//              shard's LSE into the global one (the ranks combine their partials); then
-//              Backward.block over every token block with those maxima (sweepExchanging)
+//   .fused with an exchange (a vocabulary shard, Parallel.swift): per chunk of
+//              `exchangeChunk` tokens, Forward.block over the chunk's token blocks, keeping
+//              their per-block maxima; `exchange` turns the chunk's shard LSE into the global
+//              one (the ranks combine their partials); Backward.block over the chunk's token
+//              blocks with those maxima (sweepExchanging)
 //
 // Set-up, in order: the classifier's pages interleaved over NUMA nodes (it is read by
 // every worker), the vocabulary order (VocabularyOrder.swift), the output buffers (zeroed,
@@ -45,9 +46,10 @@ struct EngineCall {
     /// The mean embedding to sort the vocabulary by, when it is not this call's own
     /// (a token-parallel rank's: the mean over every rank's tokens), else nil.
     var sortingMean: [Float]? = nil
-    /// A fused call on a vocabulary shard: between its forward and its backward, the shard's
-    /// partials go out and the global LSE per active token comes back (nil: stop, no backward).
-    var exchange: ((ShardPartials) -> Values?)? = nil
+    /// A fused call on a vocabulary shard: between the forward and the backward of each chunk
+    /// of active tokens (`Engine.exchangeChunk`), the shard's partials of those tokens go out
+    /// and their global LSE comes back (nil: stop, no backward).
+    var exchange: ((Range<Int>, ShardPartials) -> Values?)? = nil
 }
 
 /// What a vocabulary shard's engine call needs to know of the whole vocabulary: V (for the
@@ -155,11 +157,12 @@ enum Engine {
                     if call.pass == .fused, let exchange = call.exchange, let parts, let backward {
                         // The shard's partials out, the global LSE back into `lse`.
                         let smoothing = call.options.labelSmoothing > 0
-                        let handOver = { () -> Bool in
-                            let partials = ShardPartials(lse: values(Array(lse)), targetLogit: values(Array(targetLogit)),
-                                                         logitSum: values(smoothing ? Array(logitSum) : []))
-                            guard let global = exchange(partials), global.count == p.active else { return false }
-                            for i in 0..<p.active { lse[i] = S(global[i]) }
+                        let handOver = { (tokens: Range<Int>) -> Bool in
+                            let partials = ShardPartials(lse: values(Array(lse[tokens])),
+                                                         targetLogit: values(Array(targetLogit[tokens])),
+                                                         logitSum: values(smoothing ? Array(logitSum[tokens]) : []))
+                            guard let global = exchange(tokens, partials), global.count == tokens.count else { return false }
+                            for (k, i) in tokens.enumerated() { lse[i] = S(global[k]) }
                             return true
                         }
                         stats = sweepExchanging(operands, options: call.options, shard: call.shard, lse: lse.baseAddress!,
@@ -237,63 +240,78 @@ enum Engine {
 }
 
 extension Engine {
-    /// The fused call of a vocabulary shard: the forward over every token block, keeping every
-    /// token's per-block maxima and log-sum-exps (2·M·V/VBf values: 2/VBf of the logits the
-    /// shard would materialize), then `exchange` (which writes the global LSE into `lse`, or
-    /// returns false to stop), then the backward over every token block with those maxima,
-    /// so that rows the bound rules out are not recomputed, as in the one-block fused call.
+    /// Active tokens per exchange of a vocabulary shard's fused call: a constant, so that
+    /// every rank exchanges the same token ranges whatever its thread count and tile plan.
+    static let exchangeChunk = 1024
+
+    /// The fused call of a vocabulary shard, chunk by chunk of `exchangeChunk` active tokens:
+    /// the forward over the chunk's token blocks, keeping their per-block maxima and
+    /// log-sum-exps (2·chunk·V/VBf values: for N = 4096, 0.2% of the logits the shard would
+    /// materialize); `exchange(chunk)` (which writes the chunk's global LSE into `lse`, or
+    /// returns false to stop); then the backward over the chunk's token blocks with those
+    /// maxima, so that rows the bound rules out are not recomputed, as in the one-process
+    /// fused call. Token blocks are numbered on across chunks, so dC's ordered hand-off runs
+    /// over all of them in order.
     static func sweepExchanging<S: KernelScalar>(
         _ operands: Operands<S>, options: Options, shard: ShardContext?, lse: UnsafeMutablePointer<S>,
         loss: UnsafeMutablePointer<S>, shardParts: ShardPartPointers<S>, backward: BackwardState<S>,
-        exchange: () -> Bool
+        exchange: (Range<Int>) -> Bool
     ) -> FilterStatistics {
         let m = operands.problem.active
-        if m == 0 { _ = exchange(); return FilterStatistics() }   // the exchange is collective: every rank takes part
+        if m == 0 { _ = exchange(0..<0); return FilterStatistics() }   // the exchange is collective: every rank takes part
         let plan = operands.plan
         let nb = plan.tokenBlock
-        let blocks = (m + nb - 1) / nb
-        let workers = min(plan.threads, blocks)
         let weights = options.classWeights.map {
             ClassWeights<S>($0, problem: operands.problem, order: operands.order, forwardBlock: plan.forwardVocabBlock,
                             total: shard?.weightTotal)
         }
         let definition = LossDefinition<S>(options, vocabulary: shard?.vocabulary ?? operands.v, weights: weights)
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
-        let blockStats = Scratch<S>(count: 2 * m * forwardBlocks, policy: .interleaved)
+        let chunk = min(m, exchangeChunk)
+        let blockStats = Scratch<S>(count: 2 * chunk * forwardBlocks, policy: .interleaved)
         let out = UncheckedSendable((lse: lse, loss: loss))
         let compensated = backward.outputs.compE != nil
-        Workers.run(workers, pin: Placement.isNUMA) { w in
-            let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
-                                         backend: operands.backend, kernel: operands.kernel, partials: compensated)
-            var b = w
-            while b < blocks {
-                let first = b * nb, count = min(nb, m - first)
-                workspace.loadTokens(operands, first: first, count: count)
-                Forward.block(operands, workspace, first: first, count: count, loss: definition, lse: out.value.lse,
-                              loss: out.value.loss, blockStats: blockStats.base + 2 * first * forwardBlocks,
-                              shardParts: shardParts)
-                b += workers
-            }
-        }
-        guard exchange() else { return FilterStatistics() }
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
-        let stats = PerWorker(workers, initial: FilterStatistics())
-        Workers.run(workers, pin: Placement.isNUMA) { w in
-            let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
-                                         backend: operands.backend, kernel: operands.kernel, partials: compensated)
-            var workerStats = FilterStatistics()
-            var b = w
-            while b < blocks {
-                let first = b * nb, count = min(nb, m - first)
-                workspace.loadTokens(operands, first: first, count: count)
-                Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
-                               loss: definition, blockStats: UnsafePointer(blockStats.base + 2 * first * forwardBlocks),
-                               stats: &workerStats)
-                b += workers
+        var total = FilterStatistics()
+        var firstBlock = 0   // the chunk's first token block, numbered on from earlier chunks
+        for start in stride(from: 0, to: m, by: chunk) {
+            let end = min(m, start + chunk)
+            let blocks = (end - start + nb - 1) / nb
+            let workers = min(plan.threads, blocks)
+            // Token block k of the chunk: tokens start + k·NB ..< …, its maxima at row k·NB.
+            let range: @Sendable (Int) -> (first: Int, count: Int) = { k in (start + k * nb, min(nb, end - start - k * nb)) }
+            Workers.run(workers, pin: Placement.isNUMA) { w in
+                let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
+                                             backend: operands.backend, kernel: operands.kernel, partials: compensated)
+                for k in stride(from: w, to: blocks, by: workers) {
+                    let (first, count) = range(k)
+                    workspace.loadTokens(operands, first: first, count: count)
+                    Forward.block(operands, workspace, first: first, count: count, loss: definition, lse: out.value.lse,
+                                  loss: out.value.loss, blockStats: blockStats.base + 2 * (first - start) * forwardBlocks,
+                                  shardParts: shardParts)
+                }
             }
-            stats[w] = workerStats
+            guard exchange(start..<end) else { return total }
+            let stats = PerWorker(workers, initial: FilterStatistics())
+            let base = firstBlock
+            Workers.run(workers, pin: Placement.isNUMA) { w in
+                let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
+                                             backend: operands.backend, kernel: operands.kernel, partials: compensated)
+                var workerStats = FilterStatistics()
+                for k in stride(from: w, to: blocks, by: workers) {
+                    let (first, count) = range(k)
+                    workspace.loadTokens(operands, first: first, count: count)
+                    Backward.block(operands, backward, workspace, handOff: handOff, b: base + k, first: first, count: count,
+                                   loss: definition,
+                                   blockStats: UnsafePointer(blockStats.base + 2 * (first - start) * forwardBlocks),
+                                   stats: &workerStats)
+                }
+                stats[w] = workerStats
+            }
+            for st in stats.values { total.add(st) }
+            firstBlock += blocks
         }
-        return stats.values.reduce(into: FilterStatistics()) { $0.add($1) }
+        return total
     }
 }
 
