@@ -169,6 +169,14 @@ extension ReferenceCommand {
     }
 }
 
+/// User and system CPU time of this process so far, every thread.
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF, &usage)
+    func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) * 1e-6 }
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// Every rank's values end to end, on rank 0 (nil elsewhere), in their type.
 func gatherValues(_ v: Values, _ comm: Communicator) throws -> Values? {
     switch v {
@@ -241,6 +249,7 @@ extension BenchCommand {
                 _ = try step(grad)   // warm-up
                 var times: [Double] = []
                 var loss = 0.0
+                let cpu0 = processCPUSeconds(), comm0 = comm.traffic.seconds
                 for _ in 0..<repeats {
                     try comm.barrier()
                     let t0 = Date()
@@ -248,13 +257,18 @@ extension BenchCommand {
                     try comm.barrier()
                     times.append(Date().timeIntervalSince(t0))
                 }
+                // CPU time of this rank per step (user + system, every thread; MPI's polling
+                // while it waits included), and its time inside collectives.
+                let cpuPerStep = (processCPUSeconds() - cpu0) / Double(repeats)
+                let commPerStep = (comm.traffic.seconds - comm0) / Double(repeats)
                 // One more step for memory and traffic.
                 let before = comm.traffic
                 let (result, peak) = try MemoryProbe.measure { try step(grad) }
                 let sent = comm.traffic.bytesSent - before.bytesSent, received = comm.traffic.bytesReceived - before.bytesReceived
                 let commSeconds = comm.traffic.seconds - before.seconds
                 let perRank = try comm.gather([Double(max(0, peak - result.gradientBytes)), Double(sent), Double(received),
-                                               commSeconds, Double(result.gradientBytes), Double(heldBytes)])
+                                               commSeconds, Double(result.gradientBytes), Double(heldBytes), cpuPerStep,
+                                               commPerStep])
                 let slowest = try comm.allGather(times).reduce([Double](repeating: 0, count: repeats)) { acc, t in
                     zip(acc, t).map { max($0, $1) }
                 }
@@ -262,13 +276,15 @@ extension BenchCommand {
                 rows.append(["kind": kind, "median_seconds": sorted[sorted.count / 2], "min_seconds": sorted[0], "loss": loss,
                              "ranks": perRank.enumerated().map { r, v in
                                  ["rank": r, "peak_bytes": Int(v[0]), "sent_bytes": Int(v[1]), "received_bytes": Int(v[2]),
-                                  "communication_seconds": v[3], "gradient_bytes": Int(v[4]), "input_bytes": Int(v[5])] as [String: Any]
+                                  "communication_seconds": v[3], "gradient_bytes": Int(v[4]), "input_bytes": Int(v[5]),
+                                  "cpu_seconds_per_step": v[6], "communication_seconds_per_step": v[7]] as [String: Any]
                              }])
             }
             guard comm.rank == 0 else { return }
             let shard = VocabularyShard.split(vocabulary: vocab, parts: comm.size)[0]
             let report: [String: Any] = [
                 "parallel": scheme.rawValue, "ranks": comm.size, "threads_per_rank": options.threads ?? 0,
+                "kernel": cce.tileKernel(embeddings: dtype, classifier: dtype).rawValue,
                 "machine": Bench.machineDescription(), "mpi": comm.mpiVersion ?? "none (one rank)",
                 "tokens": tokens, "dim": dim, "vocab": vocab, "dtype": dtype.rawValue, "repeats": repeats,
                 "rows": rows,
@@ -283,10 +299,12 @@ extension BenchCommand {
             print("machine: \(Bench.machineDescription())")
             print("MPI: \(comm.mpiVersion.map { $0.split(separator: "\n").first.map(String.init) ?? $0 } ?? "none (one rank, no mpirun)")")
             print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue); \(scheme.rawValue)-parallel over \(comm.size) "
-                  + "rank\(comm.size == 1 ? "" : "s") x \(options.threads ?? 0) thread\(options.threads == 1 ? "" : "s"), repeats \(repeats)")
+                  + "rank\(comm.size == 1 ? "" : "s") x \(options.threads ?? 0) thread\(options.threads == 1 ? "" : "s"), repeats \(repeats); "
+                  + "tile kernel \(report["kernel"] as! String)")
             print(String(format: "logits one rank's part would materialize: %.1f MB\n", Double(report["part_logit_bytes"] as! Int) / 1e6))
             print(pad("kind", 11) + lpad("median s", 10) + lpad("min s", 9) + "  " + pad("rank", 5) + lpad("peak MB", 9)
-                  + lpad("inputs MB", 11) + lpad("grads MB", 10) + lpad("sent MB", 10) + lpad("recv MB", 10) + lpad("comm s", 9))
+                  + lpad("inputs MB", 11) + lpad("grads MB", 10) + lpad("sent MB", 10) + lpad("recv MB", 10) + lpad("comm s", 9)
+                  + lpad("cpu s", 9))
             for row in rows {
                 for (r, rank) in (row["ranks"] as! [[String: Any]]).enumerated() {
                     let head = r == 0 ? pad(row["kind"] as! String, 11) + lpad(String(format: "%.3f", row["median_seconds"] as! Double), 10)
@@ -295,11 +313,13 @@ extension BenchCommand {
                     func mb(_ k: String) -> String { String(format: "%.2f", Double(rank[k] as! Int) / 1e6) }
                     print(head + "  " + pad("\(r)", 5) + lpad(mb("peak_bytes"), 9) + lpad(mb("input_bytes"), 11)
                           + lpad(mb("gradient_bytes"), 10) + lpad(mb("sent_bytes"), 10) + lpad(mb("received_bytes"), 10)
-                          + lpad(String(format: "%.3f", rank["communication_seconds"] as! Double), 9))
+                          + lpad(String(format: "%.3f", rank["communication_seconds_per_step"] as! Double), 9)
+                          + lpad(String(format: "%.2f", rank["cpu_seconds_per_step"] as! Double), 9))
                 }
             }
             print("\npeak: beyond the rank's inputs and returned gradients; sent/recv: the payload of one step's collectives "
-                  + "(Communicator.traffic); comm s: time inside them, waiting for other ranks included.")
+                  + "(Communicator.traffic); comm s: time inside them per step, waiting for other ranks included; cpu s: the "
+                  + "rank's CPU time per step (every thread, MPI's polling included).")
         }
     }
 }
