@@ -10,8 +10,13 @@
 //   second run in the same process has the first run's bits;
 // - two launches with the same rank count give the same bits (digests);
 // - ranks that disagree (V, options, element type, targets, C), or a rank with a bad input,
-//   give the same error on every rank and a non-zero exit, promptly.
+//   give the same error on every rank and a non-zero exit, promptly;
+// - `mpirun -np 3 cce reference --parallel vocab|tokens` writes the files one process writes,
+//   once, from rank 0, and a missing input file stops every rank with the same message and
+//   leaves no output.
 
+import CCEData
+import CCEReference
 import CutCrossEntropy
 import Foundation
 import XCTest
@@ -52,7 +57,7 @@ final class MPITests: XCTestCase {
         try fm.createDirectory(at: scratch, withIntermediateDirectories: true)
         defer { try? fm.removeItem(at: scratch) }
         let outURL = scratch.appendingPathComponent("stdout"), errURL = scratch.appendingPathComponent("stderr")
-        fm.createFile(atPath: outURL.path, contents: nil); fm.createFile(atPath: errURL.path, contents: nil)
+        _ = fm.createFile(atPath: outURL.path, contents: nil); _ = fm.createFile(atPath: errURL.path, contents: nil)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: mpirun)
         var launcher = ["--oversubscribe"]
@@ -120,6 +125,67 @@ final class MPITests: XCTestCase {
             let agreed = r.lines.filter { $0.contains("agreed error: the ranks disagree: ") && $0.contains(text) }
             XCTAssertEqual(agreed.count, 3, "\(what): every rank should report '\(text)': \(r.summary)")
         }
+    }
+
+    /// `cce reference --parallel` under mpirun: the same files as one process (1e-6 relative;
+    /// 1e-12 in the exact mode), written once (no temporary folder left), meta.json naming
+    /// the scheme and the ranks; a missing input stops every rank with one message each.
+    func testReferenceAcrossRanksWritesWhatOneProcessWrites() throws {
+        guard MPITests.mpirun != nil else { throw XCTSkip("mpirun is not on PATH (scripts/setup.sh installs openmpi-bin)") }
+        let cce = try CLI.tool()
+        let fm = FileManager.default
+        let dir = fm.temporaryDirectory.appendingPathComponent("cce-mpi-ref-\(UUID().uuidString)")
+        try fm.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? fm.removeItem(at: dir) }
+        // (B, T, D) = (3, 11, 16), V = 97 (not divisible by 3), shift 1, ignored targets, a bias.
+        let (b, t, d, v) = (3, 11, 16, 97)
+        var rng = SeededRandom(seed: 21)
+        let e = (0..<(b * t * d)).map { _ in Float(rng.normal()) }
+        let c = (0..<(v * d)).map { _ in Float(rng.normal() * 0.5) }
+        let bias = (0..<v).map { _ in Float(rng.normal()) }
+        let targets: [Int64] = (0..<(b * t)).map { i in i % 7 == 3 ? -100 : Int64(rng.next() % UInt64(v)) }
+        try NPYArray(floats: e, shape: [b, t, d]).encoded().write(to: dir.appendingPathComponent("E.npy"))
+        try NPYArray(floats: c, shape: [v, d]).encoded().write(to: dir.appendingPathComponent("C.npy"))
+        try NPYArray(floats: bias, shape: [v]).encoded().write(to: dir.appendingPathComponent("b.npy"))
+        try (FailFastTests.header("<i8", "(\(b), \(t))") + targets.withUnsafeBytes { Data($0) })
+            .write(to: dir.appendingPathComponent("T.npy"))
+        let inputs = ["--embeddings", dir.path + "/E.npy", "--classifier", dir.path + "/C.npy",
+                      "--targets", dir.path + "/T.npy", "--bias", dir.path + "/b.npy", "--shift", "1"]
+        for (options, budget) in [(["--label-smoothing", "0.1", "--z-loss", "1e-3", "--softcap", "5"], 1e-6),
+                                  (["--reduction", "none", "--mode", "exact"], 1e-12)] {
+            let one = dir.appendingPathComponent("one").path
+            try? fm.removeItem(atPath: one)
+            let r1 = try CLI.run(["reference"] + inputs + options + ["--out", one])
+            XCTAssertEqual(r1.status, 0, r1.summary)
+            for scheme in ["vocab", "tokens"] {
+                let out = dir.appendingPathComponent("\(scheme)").path
+                try? fm.removeItem(atPath: out)
+                let r = try launch(3, cce, ["reference"] + inputs + options + ["--parallel", scheme, "--out", out], timeout: 120)
+                let what = "\(scheme) \(options.joined(separator: " "))"
+                XCTAssertEqual(r.status, 0, "\(what): \(r.summary)")
+                XCTAssertEqual(r.lines.filter { $0.hasPrefix("loss ") }.count, 1, "\(what): rank 0 alone reports: \(r.summary)")
+                let files = try fm.contentsOfDirectory(atPath: out).sorted()
+                XCTAssertEqual(files, ["dBias.npy", "dC.npy", "dE.npy", "loss.npy", "lse.npy", "meta.json"], what)
+                for name in files where name.hasSuffix(".npy") {
+                    let a = try NPYArray.read(out + "/" + name), ref = try NPYArray.read(one + "/" + name)
+                    XCTAssertEqual(a.shape, ref.shape, "\(what): \(name)")
+                    XCTAssertEqual(a.dtype, ref.dtype, "\(what): \(name)")
+                    XCTAssertLessThanOrEqual(relativeError(a.doubles(), ref.doubles()), budget, "\(what): \(name)")
+                }
+                let meta = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/meta.json")))
+                    as? [String: String]
+                XCTAssertEqual(meta?["parallel"], scheme, what)
+                XCTAssertEqual(meta?["ranks"], "3", what)
+            }
+        }
+        let missing = dir.appendingPathComponent("missing").path
+        let r = try launch(2, cce, ["reference", "--embeddings", dir.path + "/nope.npy", "--classifier", dir.path + "/C.npy",
+                                    "--targets", dir.path + "/T.npy", "--parallel", "vocab", "--out", missing], timeout: 60)
+        XCTAssertNotEqual(r.status, 0, r.summary)
+        let lines = r.stderr.split(separator: "\n").filter { $0.hasPrefix("cce: error:") }
+        XCTAssertEqual(lines.count, 2, "one line per rank: \(r.summary)")
+        XCTAssertTrue(lines.allSatisfy { $0.contains("rank 0: \(dir.path)/nope.npy: no such file") }, r.summary)
+        XCTAssertFalse(fm.fileExists(atPath: missing), "no output folder after an error")
     }
 
     /// A rank whose input is bad: every rank reports that rank's error.
