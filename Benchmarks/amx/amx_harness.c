@@ -160,7 +160,7 @@ static float *amx_tile(const Rows *e, long e0, long m, const Rows *c, long c0, l
     float *out = malloc(sizeof(float) * (size_t)((m + extra) * ldo));
     for (long i = 0; i < (m + extra) * ldo; i++) out[i] = NAN;
     cce_amx_pack_rows(e->rows + e0, m, d, blocks);
-    cce_amx_tile_product(blocks, m, c->rows + c0, n, d, out, ldo, scratch, mask);
+    cce_amx_tile_product(blocks, m, c->rows + c0, n, d, out, ldo, scratch, mask, 0);
     free(blocks);
     free(scratch);
     return out;
@@ -796,7 +796,7 @@ CCE_AVX512 static void bench_once(Bench *b, int k) {
     long m = b->m, n = b->n, d = b->d;
     switch (k) {
     case K_AMX_BOTH: cce_amx_pack_rows(b->e.rows, m, d, b->blocks); /* fallthrough */
-    case K_AMX: cce_amx_tile_product(b->blocks, m, b->c.rows, n, d, b->out, n, b->scratch, NULL); break;
+    case K_AMX: cce_amx_tile_product(b->blocks, m, b->c.rows, n, d, b->out, n, b->scratch, NULL, 0); break;
     case K_AMX_PACK: cce_amx_pack_rows(b->e.rows, m, d, b->blocks); break;
     case K_CPACK: {  // the AMX product's C packing alone: every 32-column panel, every KCP chunk
         long pairs = (d + 31) / 32 * 16;

@@ -239,9 +239,15 @@ void cce_bf16_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *d
 }
 
 // Pairs q0 ..< q0 + kq of rows[0 ..< n] (n ≤ 32) into panel[q · 32 + j]; rows ≥ n zero.
-CCE_INLINE void bf16_pack_columns(const uint16_t *const *rows, long n, long d, long q0, long kq, uint32_t *panel) {
+// The same pairs of next[0 ..< nextN] (the following panel's rows) are prefetched meanwhile:
+// the rows lie scattered in the sorted vocabulary order, 32 streams of one cache line per
+// step, too many for the hardware prefetcher, and each would otherwise be a miss here.
+CCE_INLINE void bf16_pack_columns(const uint16_t *const *rows, long n, long d, long q0, long kq, uint32_t *panel,
+                                  const uint16_t *const *next, long nextN) {
     for (long qb = 0; qb < kq; qb += 16) {
         long qn = kq - qb < 16 ? kq - qb : 16;
+        if (2 * (q0 + qb) < d)
+            for (long j = 0; j < nextN; j++) _mm_prefetch((const char *)(next[j] + 2 * (q0 + qb)), _MM_HINT_T0);
         for (int half = 0; half < 2; half++) {
             __m512i r[16];
             for (int i = 0; i < 16; i++) {
@@ -265,7 +271,8 @@ void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *con
             long nc = n - j0 < nr ? n - j0 : nr;
             __mmask16 k0, k1;
             column_masks(nc, &k0, &k1);
-            bf16_pack_columns(c_rows + j0, nc, d, q0, kq, panel);
+            long nextN = n - j0 - nr < nr ? n - j0 - nr : nr;
+            bf16_pack_columns(c_rows + j0, nc, d, q0, kq, panel, c_rows + j0 + nr, nextN > 0 ? nextN : 0);
             for (long p = 0; p * mr < m; p++) {
                 if (panel_mask && !panel_mask[p]) continue;
                 long mc = m - p * mr < mr ? m - p * mr : mr;
@@ -431,7 +438,7 @@ CCE_INLINE_AMX void amx_block(const uint32_t *a, long aStride, const uint32_t *b
 
 CCE_AMX
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
-                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask) {
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) {
     const long mr = CCE_AMX_MR, nr = CCE_AMX_NR, chunks = (d + 31) / 32, pairs = chunks * 16;
     if (d <= 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
     amx_config cfg;
@@ -445,7 +452,9 @@ void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *cons
         for (long j0 = 0; j0 < n; j0 += nr) {
             long nc = n - j0 < nr ? n - j0 : nr;
             AMX_BARRIER();
-            bf16_pack_columns(c_rows + j0, nc, d, q0, kq, scratch);
+            long nextN = n - j0 - nr < nr ? n - j0 - nr : nr;
+            if (nextN <= 0) nextN = lookahead < nr ? lookahead : nr;  // the last panel: the next call's first
+            bf16_pack_columns(c_rows + j0, nc, d, q0, kq, scratch, c_rows + j0 + nc, nextN);
             AMX_BARRIER();
             for (long p = 0; p * mr < m; p++) {
                 if (panel_mask && !panel_mask[p]) continue;
@@ -619,6 +628,6 @@ size_t cce_amx_row_block_words(long m, long d) { return (size_t)((m + 31) / 32 *
 size_t cce_amx_scratch_words(void) { return (size_t)CCE_AMX_NR * CCE_AMX_KCP + 32 * 32; }
 void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
-                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask) { __builtin_trap(); }
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) { __builtin_trap(); }
 
 #endif

@@ -292,9 +292,9 @@ public func packRowsAMX(_ rows: UnsafePointer<UnsafeRawPointer>, m: Int, d: Int,
 @inlinable
 public func tileProductAMX(eBlocks: UnsafePointer<UInt32>, m: Int, cRows: UnsafePointer<UnsafeRawPointer>, n: Int,
                            d: Int, out: UnsafeMutablePointer<Float>, ldo: Int, scratch: UnsafeMutablePointer<UInt32>,
-                           panelMask: UnsafePointer<Bool>? = nil) {
+                           panelMask: UnsafePointer<Bool>? = nil, lookahead: Int = 0) {
     precondition(hasAMX, "tileProductAMX needs AMX-BF16")
-    cce_amx_tile_product(eBlocks, m, bf16Rows(cRows), n, d, out, ldo, scratch, panelMask)
+    cce_amx_tile_product(eBlocks, m, bf16Rows(cRows), n, d, out, ldo, scratch, panelMask, lookahead)
 }
 
 /// The AMX kernel's dot product in portable Swift, bit for bit what tdpbf16ps gives (measured

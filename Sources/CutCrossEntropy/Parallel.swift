@@ -349,7 +349,7 @@ extension CutCrossEntropy {
     {
         let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
                                   options: options)
-        let sum = embeddings.withRawPointer { VocabularyOrder.embeddingSum(problem: problem, e: $0).sum }
+        let sum = embeddings.withRawPointer { VocabularyOrder.embeddingSum(problem: problem, e: $0, threads: threadCount) }
         return TokenSlice(activeTokens: problem.active, meanDivisor: problem.meanDivisor, embeddingSum: sum)
     }
 

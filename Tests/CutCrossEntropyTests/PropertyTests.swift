@@ -187,4 +187,41 @@ final class PropertyTests: XCTestCase {
         XCTAssertLessThanOrEqual(errors[0], 5e-3, "dE with the estimate")
         XCTAssertLessThan(errors[0], errors[1] / 5, "the estimate removes most of the filtering error")
     }
+
+    /// dC's entry filter: inside kept row segments, entries with |∂loss/∂z| < ε/16 are left
+    /// out of dC, and a classifier row none of whose entries passes is never touched. So on
+    /// LM-like bf16 data (ε = 2^-12, mean reduction), a row of C gets a nonzero dC only if
+    /// some token's |p_iv − [v = t_i]| ≥ ε/16 (within Float32 rounding of p: the test allows
+    /// a factor 0.9), and every row some token's entry reaches ε with gets one. The first
+    /// half fails without the entry filter (rows in kept segments with tiny entries then get
+    /// tiny nonzero dC); the dC error stays within the filter's budget.
+    func testEntryFilterOfDC() throws {
+        let data = LMLikeData.make(tokens: 48, dim: 24, vocab: 1500, type: .bfloat16, seed: 11)
+        let (_, g) = try CutCrossEntropy().lossAndGradients(
+            embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+        let (n, d, v) = (data.n, data.d, data.v)
+        let e = data.embeddings.floats().map { Double($0) }, c = data.classifier.floats().map { Double($0) }
+        let t = data.targets.values.map { Int($0) }
+        let eps = 0x1p-12
+        var largest = [Double](repeating: 0, count: v)   // max over tokens of |∂loss/∂z_iv|
+        for i in 0..<n {
+            var z = [Double](repeating: 0, count: v)
+            for u in 0..<v { for k in 0..<d { z[u] += e[i * d + k] * c[u * d + k] } }
+            let m = z.max()!, lse = m + log(z.reduce(0) { $0 + exp($1 - m) })
+            for u in 0..<v { largest[u] = max(largest[u], abs(exp(z[u] - lse) - (u == t[i] ? 1 : 0))) }
+        }
+        let dC = g.dC.doubles
+        var touched = 0, needed = 0
+        for u in 0..<v {
+            let nonzero = (0..<d).contains { dC[u * d + $0] != 0 }
+            if nonzero {
+                touched += 1
+                XCTAssertGreaterThanOrEqual(largest[u], 0.9 * eps / 16, "row \(u) of dC is touched without an entry ≥ ε/16")
+            }
+            if largest[u] >= 1.1 * eps { needed += 1; XCTAssertTrue(nonzero, "row \(u) has an entry ≥ ε but no dC") }
+        }
+        XCTAssertGreaterThan(needed, 0); XCTAssertLessThan(touched, v, "some rows of C were left alone")
+        let r = try Oracle.compute(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+        XCTAssertLessThanOrEqual(relativeError(g.dC.doubles, r.dC), 2e-2)
+    }
 }

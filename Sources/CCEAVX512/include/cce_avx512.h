@@ -130,9 +130,10 @@ void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *ds
 
 /// The tile product from E blocks (cce_amx_pack_rows, same d) and n bf16 C rows: out[i·ldo
 /// + j] for i < m, j < n; panel_mask NULL or one flag per 32 rows; scratch of
-/// cce_amx_scratch_words() words. Requires cce_amx_supported().
+/// cce_amx_scratch_words() words. Requires cce_amx_supported(). c_rows[n ..< n + lookahead]
+/// are the rows the next call will start with: prefetched (never read) during the last panel.
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
-                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask);
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead);
 
 // MARK: - The Float32 FMA kernel (512-bit)
 

@@ -18,6 +18,14 @@
 // a tile none of whose rows is kept is skipped). Then:
 //   dE rows of the kept tokens += dy · C_block      (rank-VB update; rows are the worker's own)
 //   dC rows of the block       += dyᵀ · E_kept       (rank-kept update; rows shared by all)
+// dC's entry filter (BackwardPolicy.entryEpsilon): inside a kept row segment, an entry with
+// |∂loss_i/∂z_iv|·cap' < ε/16 enters dC and dBias as zero, and a column none of whose kept
+// entries passes is not queued: the C row's dC is neither read nor written. A segment is
+// kept because one entry is large (often only its target), so without this every dC update
+// would read and write all VB rows of the block (V·D·4 bytes per token block, the
+// backward's largest memory traffic) for a few entries. Dropped entries are each below
+// ε/16; on LM-like data dC's error is that of the row-segment filter alone (NUMERICS.md).
+// Leaving out a column whose every term is zero changes no bit of any sum.
 // dC is accumulated without races and deterministically by the ordered hand-off
 // (CCERuntime/HandOff.swift): token block b adds into vocabulary block j only after block
 // b − 1 has. Every dE element is a sum, in sorted vocabulary order, of per-block partials
@@ -80,6 +88,13 @@ struct BackwardState<S: KernelScalar>: @unchecked Sendable {
 
     /// ε in S; −1 (every |dy| passes) when nothing is filtered.
     var epsilon: S { policy.epsilon.map { S($0) } ?? -1 }
+
+    /// The entry filter's threshold on |dy| of token first + i: policy.entryEpsilon·|g|.
+    func entryThreshold(first: Int) -> ((Int) -> S)? {
+        guard let e = policy.entryEpsilon else { return nil }
+        let eps = S(e), upstream = self.upstream
+        return { i in eps * abs(upstream[first + i]) }
+    }
 }
 
 /// What the backward skipped, for reports and `cce explain`.
@@ -146,13 +161,13 @@ enum Backward {
             // rows kept for it. One set contains the other; the larger goes first, then
             // the tile is compacted to the smaller.
             if rows.forC == rows.kept {
-                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, kept: rows.forC)
+                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
                 if rows.forE < rows.kept { compactTile(workspace, count: rows.kept, where: workspace.inE.base) }
                 updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
             } else {
                 updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
                 compactTile(workspace, count: rows.kept, where: workspace.inC.base)
-                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, kept: rows.forC)
+                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
             }
             flush(operands, state, workspace, handOff, b: b, blocking: false)
             if policy.estimate && bound != nil && endsForward {
@@ -358,14 +373,17 @@ enum Backward {
     }
 
     /// Stage 5a: queues block j's dC update of the `kept` front rows of the tile (flushing
-    /// first, waiting if need be, when the queue is full).
+    /// first, waiting if need be, when the queue is full). When the policy filters dC, an
+    /// entry with |dy_iv| < (ε/16)·|g_i| goes in as zero, and columns without an entry left
+    /// are not queued at all (dC's entry filter).
     static func queueC<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>,
-                                        _ handOff: HandOff, b: Int, j: Int, v0: Int, vc: Int, kept: Int) {
+                                        _ handOff: HandOff, b: Int, j: Int, v0: Int, vc: Int, first: Int, kept: Int) {
         if kept > 0 && !workspace.pending.fits(kept: kept, vc: vc) {
             flush(operands, state, workspace, handOff, b: b, blocking: true)
         }
+        let threshold = state.policy.filtersDC ? state.entryThreshold(first: first) : nil
         workspace.pending.append(j: j, v0: v0, vc: vc, kept: kept, tile: workspace.tile.base, ldt: workspace.vb,
-                                 keep: workspace.keep.base)
+                                 keep: workspace.keep.base, threshold: threshold)
     }
 
     /// Stage 5b: applies queued dC updates of token block b in order: all of them when
@@ -377,35 +395,37 @@ enum Backward {
             let e = pending.entries[pending.head]
             if !blocking && !handOff.isReady(slot: e.j, turn: b) { return }
             handOff.wait(slot: e.j, turn: b)
-            if e.kept > 0 {
+            if e.kept > 0 && e.cols > 0 {
                 // kahan: this token block's partial first (zeroed rows), then folded into dC
                 // through the compensation rows.
                 let part = out.compC != nil ? workspace.partials?.base : nil
-                for q in 0..<e.vc {
+                let columns = pending.columns.base + e.colOffset
+                let vocabRow = { (c: Int) in Int(operands.order[e.v0 + columns[c]]) }
+                for c in 0..<e.cols {
                     if let part {
-                        (part + q * d).update(repeating: 0, count: d)
-                        workspace.outRows.base[q] = part + q * d
+                        (part + c * d).update(repeating: 0, count: d)
+                        workspace.outRows.base[c] = part + c * d
                     } else {
-                        workspace.outRows.base[q] = out.dC + Int(operands.order[e.v0 + q]) * d
+                        workspace.outRows.base[c] = out.dC + vocabRow(c) * d
                     }
                 }
                 // dC_v += Σ_r dy_rv · e_r over the kept rows, one sequential FMA chain per element.
                 let dy = pending.dy.base + e.offset
                 let keptRows = workspace.keptRows.base
                 for r in 0..<e.kept { keptRows[r] = workspace.eRows.base[pending.rows.base[e.rowOffset + r]] }
-                workspace.rankUpdate(out: workspace.outRows.base, m: e.vc, a: dy, ars: 1, aks: e.vc,
+                workspace.rankUpdate(out: workspace.outRows.base, m: e.cols, a: dy, ars: 1, aks: e.cols,
                                      b: UnsafePointer(keptRows), k: e.kept)
                 if let part, let comp = out.compC {
-                    for q in 0..<e.vc {
-                        let o = Int(operands.order[e.v0 + q]) * d
-                        kahanAxpy(out.dC + o, comp + o, 1, part + q * d, count: d)
+                    for c in 0..<e.cols {
+                        let o = vocabRow(c) * d
+                        kahanAxpy(out.dC + o, comp + o, 1, part + c * d, count: d)
                     }
                 }
                 if let dBias = out.dBias {
-                    for q in 0..<e.vc {
-                        var s = dBias[Int(operands.order[e.v0 + q])]
-                        for r in 0..<e.kept { s += dy[r * e.vc + q] }
-                        dBias[Int(operands.order[e.v0 + q])] = s
+                    for c in 0..<e.cols {
+                        var s = dBias[vocabRow(c)]
+                        for r in 0..<e.kept { s += dy[r * e.cols + c] }
+                        dBias[vocabRow(c)] = s
                     }
                 }
             }

@@ -105,18 +105,21 @@ enum Engine {
         // into the destination at the end).
         let direct = wantsGradients && S.self == Float.self ? call.destination : nil
         let internalGradients = wantsGradients && direct == nil
-        var dE = zeroed(S.self, internalGradients ? p.n * p.d : 0)
-        var dC = zeroed(S.self, internalGradients ? p.v * p.d : 0)
+        let threads = call.threads
+        var dE = zeroed(S.self, internalGradients ? p.n * p.d : 0, threads: threads)
+        var dC = zeroed(S.self, internalGradients ? p.v * p.d : 0, threads: threads)
         var dBias: [S]? = bias == nil || !internalGradients ? nil : zeroed(S.self, p.v)
         if let direct {
-            direct.dE.update(repeating: 0); direct.dC.update(repeating: 0); direct.dBias?.update(repeating: 0)
+            for b in [direct.dE, direct.dC, direct.dBias].compactMap({ $0 }) where b.count > 0 {
+                Workers.zero(b.baseAddress!, count: b.count, threads: threads)
+            }
         }
         func rebound(_ b: UnsafeMutableBufferPointer<Float>?) -> UnsafeMutablePointer<S>? {
             b.map { UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: S.self) }
         }
         let compensated = wantsGradients && call.policy.accumulation == .kahan
-        var compE = zeroed(S.self, compensated ? p.n * p.d : 0)
-        var compC = zeroed(S.self, compensated ? p.v * p.d : 0)
+        var compE = zeroed(S.self, compensated ? p.n * p.d : 0, threads: threads)
+        var compC = zeroed(S.self, compensated ? p.v * p.d : 0, threads: threads)
         let plan = TilePlan(tokens: p.active, dim: p.d, vocab: p.v, threads: call.threads,
                             scalarBytes: MemoryLayout<S>.size)
         var stats = FilterStatistics()
@@ -124,7 +127,8 @@ enum Engine {
         classifier.withRawPointer { c in
             Placement.interleave(UnsafeRawBufferPointer(start: c, count: p.v * p.d * p.cType.size))
             let (order, rank) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
-                                                     sorted: call.policy.sortVocabulary, mean: call.sortingMean)
+                                                     sorted: call.policy.sortVocabulary, threads: call.threads,
+                                                     mean: call.sortingMean)
             order.withUnsafeBufferPointer { order in
             rank.withUnsafeBufferPointer { rank in
             withOptionalPointer(biasS) { biasPointer in
@@ -322,10 +326,11 @@ func values<S: KernelScalar>(_ x: [S]) -> Values {
 }
 
 /// A zeroed array whose pages are all written now (not left to the kernel's zero pages), so
-/// that the memory a call reports and the memory the caller will touch are the same.
-func zeroed<S: KernelScalar>(_: S.Type, _ count: Int) -> [S] {
+/// that the memory a call reports and the memory the caller will touch are the same; by
+/// `threads` workers (Workers.zero).
+func zeroed<S: KernelScalar>(_: S.Type, _ count: Int, threads: Int = 1) -> [S] {
     [S](unsafeUninitializedCapacity: count) { buf, n in
-        buf.initialize(repeating: 0)
+        if count > 0 { Workers.zero(buf.baseAddress!, count: count, threads: threads) }
         n = count
     }
 }

@@ -17,53 +17,76 @@
 // entries, the last one a position no tile reaches.
 
 import CCEKernels
+import CCERuntime
 
 enum VocabularyOrder {
     /// (order, rank): order[k] is the vocabulary id at sorted position k, rank its inverse
-    /// (with rank[V] = Int32.max, the "held elsewhere" id of a vocabulary shard). `mean`:
-    /// the mean embedding to sort by (nil: the mean of the problem's active rows).
+    /// (with rank[V] = Int32.max, the "held elsewhere" id of a vocabulary shard). The mean
+    /// embedding, the V averages and the sort are shared among `threads` workers; each value
+    /// is computed by one fixed sequence of operations, so the order does not depend on the
+    /// thread count. `mean`: the mean embedding to sort by (nil: the mean of the problem's
+    /// active rows).
     static func make(problem: Problem, e: UnsafeRawPointer, c: UnsafeRawPointer,
-                     bias: [Double]?, sorted: Bool, mean given: [Float]? = nil) -> (order: [Int32], rank: [Int32]) {
+                     bias: [Double]?, sorted: Bool, threads: Int = 1,
+                     mean given: [Float]? = nil) -> (order: [Int32], rank: [Int32]) {
         let v = problem.v, d = problem.d
         guard sorted, problem.active > 0 || given != nil else {
             let id = (0..<v).map { Int32($0) }
             return (id, id + [Int32.max])
         }
-        let meanF = given ?? meanEmbedding(problem: problem, e: e)
-        var avg = [Double](repeating: 0, count: v)
-        var cRow = [Float](repeating: 0, count: d)
+        let workers = max(1, min(threads, v / 4096 + 1))
+        let meanF = given ?? mean(sum: embeddingSum(problem: problem, e: e, threads: workers), count: problem.active)
+        // avg_v = C_v · ē + b_v, workers taking vocabulary ranges.
+        var keys = [(avg: Double, id: Int32)](repeating: (0, 0), count: v)
         meanF.withUnsafeBufferPointer { mp in
-            cRow.withUnsafeMutableBufferPointer { cp in
-                for id in 0..<v {
-                    convertRow(c + id * d * problem.cType.size, type: problem.cType, count: d, into: cp.baseAddress!)
-                    avg[id] = Double(fastDot(UnsafePointer(cp.baseAddress!), mp.baseAddress!, d)) + (bias?[id] ?? 0)
+            keys.withUnsafeMutableBufferPointer { kp in
+                let out = UncheckedSendable(kp.baseAddress!), meanP = UncheckedSendable(mp.baseAddress!)
+                let cRows = UncheckedSendable(c), cType = problem.cType
+                let chunk = (v + workers - 1) / workers
+                Workers.run(workers) { w in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: d) { row in
+                        for id in w * chunk ..< min(v, (w + 1) * chunk) {
+                            convertRow(cRows.value + id * d * cType.size, type: cType, count: d, into: row.baseAddress!)
+                            let dot = Double(fastDot(UnsafePointer(row.baseAddress!), meanP.value, d))
+                            out.value[id] = (dot + (bias?[id] ?? 0), Int32(id))
+                        }
+                    }
                 }
             }
         }
-        let order = (0..<v).sorted { avg[$0] != avg[$1] ? avg[$0] > avg[$1] : $0 < $1 }.map { Int32($0) }
+        // Largest average first, ties in vocabulary order: a strict total order, so any
+        // correct sort gives the same permutation.
+        keys.sort { $0.avg != $1.avg ? $0.avg > $1.avg : $0.id < $1.id }
+        let order = keys.map(\.id)
         var rank = [Int32](repeating: Int32.max, count: v + 1)
         for (k, id) in order.enumerated() { rank[Int(id)] = Int32(k) }
         return (order, rank)
     }
 
-    /// ē = (1/M) Σ_i e_i over the active rows, summed in Float64 in row order, rounded to Float32.
-    static func meanEmbedding(problem: Problem, e: UnsafeRawPointer) -> [Float] {
-        let (sum, count) = embeddingSum(problem: problem, e: e)
-        return mean(sum: sum, count: count)
-    }
-
-    /// Σ_i e_i over the active rows (Float64, row order) and their count M.
-    static func embeddingSum(problem: Problem, e: UnsafeRawPointer) -> (sum: [Double], count: Int) {
+    /// Σ_i e_i over the active rows, in Float64, every column summed over the rows in order;
+    /// `threads` workers take column ranges.
+    static func embeddingSum(problem: Problem, e: UnsafeRawPointer, threads: Int = 1) -> [Double] {
         let d = problem.d
         var sum = [Double](repeating: 0, count: d)
-        for r in problem.rows {
-            let row = e + Int(r) * d * problem.eType.size
-            for k in 0..<d { sum[k] += Double(storedElement(row, type: problem.eType, k)) }
+        let rows = problem.rows, eType = problem.eType
+        sum.withUnsafeMutableBufferPointer { m in
+            let sums = UncheckedSendable(m.baseAddress!), eRows = UncheckedSendable(e)
+            let chunk = (d + threads - 1) / threads
+            Workers.run(threads) { w in
+                let k0 = w * chunk, k1 = min(d, k0 + chunk)
+                guard k0 < k1 else { return }
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: d) { row in
+                    for r in rows {
+                        convertRow(eRows.value + Int(r) * d * eType.size, type: eType, count: d, into: row.baseAddress!)
+                        for k in k0..<k1 { sums.value[k] += Double(row[k]) }
+                    }
+                }
+            }
         }
-        return (sum, problem.active)
+        return sum
     }
 
-    /// The mean from a sum over `count` rows, rounded as the sort uses it.
+    /// The mean from a sum over `count` rows, rounded as the sort uses it: Float32(sum·(1/count)).
     static func mean(sum: [Double], count: Int) -> [Float] {
         let inv = 1 / Double(max(count, 1))
         return sum.map { Float($0 * inv) }

@@ -129,7 +129,7 @@ final class Workspace<S: KernelScalar> {
         // 512-bit rank update reads the stored rows.
         cBlock = Scratch(count: (backend == .openBLAS ? wide : kernel == .portable ? vb : 0) * d)
         tile = Scratch(count: nb * wide)
-        cRaw = Scratch(count: wide)
+        cRaw = Scratch(count: wide + AMXTileShape.nr)
         cRows = Scratch(count: wide)
         outRows = Scratch(count: max(nb, vb))
         states = Scratch(count: nb); sums = Scratch(count: nb); comps = Scratch(count: nb)
@@ -140,7 +140,7 @@ final class Workspace<S: KernelScalar> {
         residual = Scratch(count: nb); residualOn = Scratch(count: nb); excluded = Scratch(count: nb)
         self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
         blockSums = BlockSums(plan: plan, d: d)
-        pending = PendingUpdates(capacity: max(32 << 10, nb * vb))
+        pending = PendingUpdates(capacity: max(32 << 10, nb * vb), vb: vb)
         let side = max(nb, vb)
         // The portable rank update packs A and slices of b; the 512-bit one reads them in place.
         let packs = kernel == .portable
@@ -186,9 +186,19 @@ final class Workspace<S: KernelScalar> {
                         f(eBlock.base), Int32(d), f(cBlock.base), Int32(d), 0, f(tile.base), Int32(ldo))
             return
         }
-        for q in 0..<vc { cRaw.base[q] = operands.sortedCRow(v0 + q) }
+        let lookahead = loadCRows(operands, v0: v0, vc: vc)
         run(kernel, rows: eRows.base, bf16Panels: bf16Panels.base, m: count, cType: operands.cType, n: vc, ldo: ldo,
-            panelMask: panelMask)
+            panelMask: panelMask, lookahead: lookahead)
+    }
+
+    /// Points cRaw[0 ..< vc] at the C rows at sorted positions v0 ..< v0 + vc and the entries
+    /// after them at the following rows (up to one AMX panel), which the AMX kernel prefetches
+    /// while it finishes: the next block's rows, scattered in memory by the sort. Returns how
+    /// many follow.
+    private func loadCRows(_ operands: Operands<S>, v0: Int, vc: Int) -> Int {
+        let lookahead = kernel == .amxBF16 ? min(AMXTileShape.nr, operands.v - v0 - vc) : 0
+        for q in 0..<(vc + lookahead) { cRaw.base[q] = operands.sortedCRow(v0 + q) }
+        return lookahead
     }
 
     /// Packs bf16 E rows in the layout of the bf16 kernel in use.
@@ -199,7 +209,7 @@ final class Workspace<S: KernelScalar> {
     /// The tile product of `kernel` into `tile`: E rows (or their bf16 panels) against the C
     /// rows cRaw[0 ..< n].
     private func run(_ kernel: TileKernel, rows: UnsafePointer<UnsafePointer<S>>, bf16Panels: UnsafePointer<UInt32>,
-                     m: Int, cType: ElementType, n: Int, ldo: Int, panelMask: UnsafePointer<Bool>?) {
+                     m: Int, cType: ElementType, n: Int, ldo: Int, panelMask: UnsafePointer<Bool>?, lookahead: Int) {
         // The AVX-512 kernels exist for S == Float only (tileKernel chooses them then).
         let out = UnsafeMutableRawPointer(tile.base).assumingMemoryBound(to: Float.self)
         let panel = UnsafeMutableRawPointer(cPanel.base)
@@ -217,7 +227,8 @@ final class Workspace<S: KernelScalar> {
                             panel: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask)
         case .amxBF16:
             tileProductAMX(eBlocks: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
-                           scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask)
+                           scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask,
+                           lookahead: lookahead)
         }
     }
 
@@ -232,9 +243,9 @@ final class Workspace<S: KernelScalar> {
                 packBF16(UnsafePointer(raw.baseAddress!), m: n, into: bf16Selected.base)
             }
         }
-        for q in 0..<vc { cRaw.base[q] = operands.sortedCRow(v0 + q) }
+        let lookahead = loadCRows(operands, v0: v0, vc: vc)
         run(kernel, rows: selectedRows.base, bf16Panels: bf16Selected.base, m: n, cType: operands.cType, n: vc,
-            ldo: ldo, panelMask: nil)
+            ldo: ldo, panelMask: nil, lookahead: lookahead)
     }
 
     /// The backward's rank update out_r += Σ_q A(r, q)·b_q (RankUpdate6x16.swift's contract)
@@ -350,39 +361,81 @@ final class BlockSums<S: KernelScalar> {
 }
 
 /// dC updates a worker has computed but whose hand-off turn has not come yet: the kept
-/// rows' dy (compacted, row stride vc) and which rows they were, in vocabulary-block order.
+/// rows' dy (only the columns some row has an entry in) and which rows and columns they
+/// were, in vocabulary-block order.
 final class PendingUpdates<S: KernelScalar> {
-    struct Entry { var j: Int, v0: Int, vc: Int, kept: Int, offset: Int, rowOffset: Int }
+    /// Block j's update: `kept` dy rows of `cols` values each (dy at offset, row-major), the
+    /// columns' positions in the block at colOffset, the rows' tile indices at rowOffset.
+    struct Entry { var j: Int, v0: Int, vc: Int, kept: Int, cols: Int, offset: Int, rowOffset: Int, colOffset: Int }
     var entries: [Entry] = []
     var head = 0
     let dy: Scratch<S>
     let rows: Scratch<Int>
-    var used = 0, rowsUsed = 0
+    let columns: Scratch<Int>
+    var used = 0, rowsUsed = 0, columnsUsed = 0
 
-    init(capacity: Int) {
+    init(capacity: Int, vb: Int) {
         dy = Scratch(count: capacity)
         rows = Scratch(count: capacity / 16 + 64)
+        columns = Scratch(count: capacity / 16 + 64 + vb)
     }
 
     var isEmpty: Bool { head == entries.count }
 
     /// Whether `kept` rows of `vc` values fit.
-    func fits(kept: Int, vc: Int) -> Bool { used + kept * vc <= dy.count && rowsUsed + kept <= rows.count }
+    func fits(kept: Int, vc: Int) -> Bool {
+        used + kept * vc <= dy.count && rowsUsed + kept <= rows.count && columnsUsed + vc <= columns.count
+    }
 
-    /// Queues block j's update (copies the dy rows out of the tile).
-    func append(j: Int, v0: Int, vc: Int, kept: Int, tile: UnsafePointer<S>, ldt: Int, keep: UnsafePointer<Int>) {
-        let off = used, roff = rowsUsed
-        for r in 0..<kept {
-            (dy.base + off + r * vc).update(from: tile + r * ldt, count: vc)
-            rows.base[roff + r] = keep[r]
-        }
-        used += kept * vc
+    /// Queues block j's update: copies the dy rows out of the tile (which stays as it is, for
+    /// dE), keeping only the columns where some row has an entry. With `threshold` (row r's
+    /// ε·|g_r|), an entry below its row's threshold is copied as zero: the entry-level filter
+    /// of dC (Backward.swift).
+    func append(j: Int, v0: Int, vc: Int, kept: Int, tile: UnsafePointer<S>, ldt: Int,
+                keep: UnsafePointer<Int>, threshold: ((Int) -> S)?) {
+        let cols = compactColumns(tile, ldt: ldt, rows: kept, vc: vc, keep: keep, threshold: threshold,
+                                  into: dy.base + used, columns: columns.base + columnsUsed)
+        for r in 0..<kept { rows.base[rowsUsed + r] = keep[r] }
+        entries.append(Entry(j: j, v0: v0, vc: vc, kept: kept, cols: cols, offset: used, rowOffset: rowsUsed,
+                             colOffset: columnsUsed))
+        used += kept * cols
         rowsUsed += kept
-        entries.append(Entry(j: j, v0: v0, vc: vc, kept: kept, offset: off, rowOffset: roff))
+        columnsUsed += cols
     }
 
     func popFirst() {
         head += 1
-        if isEmpty { entries.removeAll(keepingCapacity: true); head = 0; used = 0; rowsUsed = 0 }
+        if isEmpty { entries.removeAll(keepingCapacity: true); head = 0; used = 0; rowsUsed = 0; columnsUsed = 0 }
+    }
+}
+
+/// The entry filter's compaction: copies tile rows 0 ..< rows (stride ldt, vc values each)
+/// into `into` (row-major, one value per kept column), keeping only the columns where some
+/// row has an entry, and writes those columns' positions to `columns`; returns their count.
+/// With `threshold` (of the row's token keep[r]), an entry below it in magnitude counts as
+/// zero and is copied as zero. A left-out column's products would all have been FMAs with
+/// a zero factor, so every sum they would have entered keeps its bits.
+func compactColumns<S: KernelScalar>(_ tile: UnsafePointer<S>, ldt: Int, rows: Int, vc: Int, keep: UnsafePointer<Int>,
+                                     threshold: ((Int) -> S)?, into dst: UnsafeMutablePointer<S>,
+                                     columns: UnsafeMutablePointer<Int>) -> Int {
+    withUnsafeTemporaryAllocation(of: S.self, capacity: rows) { limit in
+        withUnsafeTemporaryAllocation(of: Bool.self, capacity: vc) { used in
+            for q in 0..<vc { used[q] = false }
+            for r in 0..<rows {
+                let row = tile + r * ldt, t = threshold?(keep[r]) ?? 0
+                limit[r] = t
+                for q in 0..<vc where row[q] != 0 && !(abs(row[q]) < t) { used[q] = true }
+            }
+            var cols = 0
+            for q in 0..<vc where used[q] { columns[cols] = q; cols += 1 }
+            for r in 0..<rows {
+                let row = tile + r * ldt, out = dst + r * cols, t = limit[r]
+                for c in 0..<cols {
+                    let x = row[columns[c]]
+                    out[c] = abs(x) < t ? 0 : x
+                }
+            }
+            return cols
+        }
     }
 }
