@@ -22,6 +22,11 @@ let package = Package(
         // The C ABI (Sources/CCECPU/include/cce_cpu.h): libcce_cpu.so, for C callers and the
         // Python package in python/ (`swift build -c release --product cce_cpu`).
         .library(name: "cce_cpu", type: .dynamic, targets: ["CCECABI", "CCECPU"]),
+        // CCE across processes over MPI (Docs/SCALING.md): vocabulary- and token-parallel.
+        .library(name: "CutCrossEntropyMPI", targets: ["CutCrossEntropyMPI"]),
+        // The MPI shim (Sources/CCEMPIABI/cce_mpi.h), the only binary that links libmpi:
+        // CutCrossEntropyMPI opens it with dlopen when a run has more than one rank.
+        .library(name: "cce_mpi", type: .dynamic, targets: ["CCEMPIShim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -36,6 +41,12 @@ let package = Package(
         // declarations only, nothing linked and no CUDA toolkit needed; CUDALibrary opens
         // libcce_cuda.so with dlopen at run time.
         .systemLibrary(name: "CCECUDAABI", path: "cuda/include"),
+        // Open MPI (Debian: libopenmpi-dev, openmpi-bin), for the shim below only.
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi", providers: [.apt(["libopenmpi-dev"])]),
+        // The shim's C ABI (cce_mpi.h through a module map): types and declarations, nothing linked.
+        .systemLibrary(name: "CCEMPIABI"),
+        // libcce_mpi.so: cce_mpi.h over mpi.h, linked to libmpi; loaded at run time.
+        .target(name: "CCEMPIShim", dependencies: ["CMPI"]),
 
         // MARK: - Internal modules
         // AVX-512 tile products (the bf16 dot product `vdpbf16ps`, and 512-bit FMAs), the one
@@ -57,6 +68,10 @@ let package = Package(
         // MARK: - The C ABI: the header and last-error storage (C), the entry points (Swift, @_cdecl)
         .target(name: "CCECPU"),
         .target(name: "CCECABI", dependencies: ["CCECPU", "CutCrossEntropy", "CCEKernels", "CCERuntime"],
+                swiftSettings: fastFlags),
+
+        // MARK: - Across processes: the communicator (MPI loaded at run time), vocabulary- and token-parallel CCE
+        .target(name: "CutCrossEntropyMPI", dependencies: ["CutCrossEntropy", "CCEMPIABI", "CCERuntime"],
                 swiftSettings: fastFlags),
 
         // MARK: - The numerical reference: .npy input and output, comparison
@@ -82,11 +97,14 @@ let package = Package(
                 swiftSettings: fastFlags),
         .executableTarget(name: "cce",
                           dependencies: ["CutCrossEntropy", "CCEBenchmarks", "CCEData", "CCEReference", "CCERuntime",
-                                         "CCETraining", "CCEExplain",
+                                         "CCETraining", "CCEExplain", "CutCrossEntropyMPI",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: fastFlags),
 
         // MARK: - Tests
+        // The program MPITests runs under mpirun (parallel against one-process results).
+        .executableTarget(name: "CCEMPICheck", dependencies: ["CutCrossEntropy", "CutCrossEntropyMPI", "CCEData"],
+                          path: "Tests/MPICheck", swiftSettings: fastFlags),
         .testTarget(name: "CutCrossEntropyTests",
                     dependencies: ["CutCrossEntropy", "CCEData", "CCEKernels", "CCERuntime", "CCEReference",
                                    "CCETraining", "CCEExplain", "CCECABI", "CCECPU", "CCEBenchmarks"],

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the build needs (OpenBLAS, libnuma, hwloc, pkg-config) when
-# they are missing. Needs root or sudo the first time; a no-op once they are there.
+# Installs the Debian packages the build needs (OpenBLAS, libnuma, hwloc, pkg-config, and
+# Open MPI for CCE across processes: libopenmpi-dev for the MPI shim libcce_mpi.so,
+# openmpi-bin for mpirun, which the MPI tests launch) when they are missing. Needs root or
+# sudo the first time; a no-op once they are there.
 set -euo pipefail
 need=()
-for pkg in libopenblas-dev libnuma-dev libhwloc-dev pkg-config; do
+for pkg in libopenblas-dev libnuma-dev libhwloc-dev pkg-config libopenmpi-dev openmpi-bin; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

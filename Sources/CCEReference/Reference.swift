@@ -92,6 +92,11 @@ public struct ReferenceInputs: Sendable {
 public struct ReferenceOutputs: Sendable {
     public var arrays: [(name: String, array: NPYArray)]
     public var meta: [String: String]
+
+    /// Outputs assembled elsewhere (`cce reference --parallel` on rank 0).
+    public init(arrays: [(name: String, array: NPYArray)], meta: [String: String]) {
+        self.arrays = arrays; self.meta = meta
+    }
 }
 
 public enum Reference {

@@ -36,6 +36,10 @@ public struct SavedState: Sendable {
     let options: Options
     /// Per active token, in the engine's scalar type.
     let lse: Values
+    /// When the forward was one vocabulary shard's (Parallel.swift): the whole vocabulary's
+    /// V and W, which the backward's gradient formula needs; `problem` is then the shard's
+    /// and `lse` the combined, global one.
+    var shard: ShardContext? = nil
 }
 
 /// Upstream gradient of the reduced loss.
@@ -56,6 +60,11 @@ public struct Gradients: Sendable {
     public let dBias: Values?
     /// What gradient filtering skipped.
     public let filter: FilterStatistics
+
+    /// Gradients assembled by a caller (CutCrossEntropyMPI sums the ranks' partial ones).
+    public init(dE: Values, dC: Values, dBias: Values?, filter: FilterStatistics) {
+        self.dE = dE; self.dC = dC; self.dBias = dBias; self.filter = filter
+    }
 }
 
 /// Caller memory that `lossAndGradients(…, writingTo:)` fills with Float32 gradients (E's
@@ -86,6 +95,11 @@ public struct CutCrossEntropy: Sendable {
     /// the one the environment's CCE_KERNEL names). A kernel the CPU cannot run, or one for
     /// other element types, is ignored. `tileKernel(for:classifier:)` says which one runs.
     public var tileKernel: TileKernel? = nil
+    /// The mean embedding ē to sort the vocabulary by (VocabularyOrder.swift), D values; nil:
+    /// the mean of the call's own active rows. A token-parallel rank (CutCrossEntropyMPI)
+    /// sets the mean over every rank's tokens (`TokenSlice.embeddingSum`), so that each rank
+    /// sweeps the vocabulary in the order one process would. Only the order depends on it.
+    public var sortingMean: [Float]? = nil
 
     public init(options: Options = Options()) { self.options = options }
 
@@ -111,6 +125,7 @@ public struct CutCrossEntropy: Sendable {
                         bias: Tensor? = nil) throws -> ForwardOutput {
         let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
                                   bias: bias, options: options)
+        try checkSortingMean(problem)
         let result = Engine.run(call(.forward, problem, options: options, upstream: [], savedLSE: nil),
                                 embeddings: embeddings, classifier: classifier, bias: bias)
         try checkFinite(problem, result, embeddings: embeddings, classifier: classifier, bias: bias)
@@ -131,10 +146,15 @@ public struct CutCrossEntropy: Sendable {
         guard bias?.shape == (problem.biasType == nil ? nil : [problem.v]), bias?.elementType == problem.biasType else {
             throw CCEError.stateMismatch("bias \(bias.map { "\($0.shape)" } ?? "nil") differs from the forward's")
         }
+        try checkSortingMean(problem)
         let forwardOptions = saved.state.options
         let g = try problem.upstreamPerToken(upstream, reduction: forwardOptions.reduction)
-        let result = Engine.run(call(.backward, problem, options: forwardOptions, upstream: g, savedLSE: saved.state.lse),
-                                embeddings: embeddings, classifier: classifier, bias: bias)
+        if saved.state.shard != nil && problem.v == 0 {
+            return emptyShardGradients(problem, bias: bias != nil, exact: forwardOptions.mode == .exact)
+        }
+        var backwardCall = call(.backward, problem, options: forwardOptions, upstream: g, savedLSE: saved.state.lse)
+        backwardCall.shard = saved.state.shard
+        let result = Engine.run(backwardCall, embeddings: embeddings, classifier: classifier, bias: bias)
         return gradients(result)
     }
 
@@ -213,6 +233,7 @@ public struct CutCrossEntropy: Sendable {
     /// result's gradients are then empty), else into new arrays.
     func fused(_ problem: Problem, _ embeddings: Tensor, _ classifier: Tensor, _ bias: Tensor?, _ upstream: Upstream,
                into destination: GradientDestination?) throws -> (ForwardOutput, EngineResult) {
+        try checkSortingMean(problem)
         let g = try problem.upstreamPerToken(upstream, reduction: options.reduction)
         var engineCall = call(.fused, problem, options: options, upstream: g, savedLSE: nil)
         engineCall.destination = destination
@@ -243,7 +264,7 @@ public struct CutCrossEntropy: Sendable {
         EngineCall(pass: pass, problem: problem, options: options,
                    policy: BackwardPolicy(options, embeddings: problem.eType, classifier: problem.cType),
                    threads: options.threads ?? Workers.availableCPUs, backend: tileBackend, kernel: tileKernel,
-                   upstream: upstream, savedLSE: savedLSE)
+                   upstream: upstream, savedLSE: savedLSE, sortingMean: sortingMean)
     }
 
     /// Per-token results scattered to their target positions, and the reduced loss.

@@ -29,8 +29,11 @@ struct Problem: Sendable {
 
     var active: Int { rows.count }
 
+    /// With `shard`, `c` (and the bias) hold that shard's rows of a V-class classifier: the
+    /// targets and the class weights are checked against the whole V, and the problem is the
+    /// whole one (`restricted(to:)` gives the shard's).
     init(embeddings e: Tensor, classifier c: Tensor, targets t: Targets, bias: Tensor?,
-         options: Options) throws {
+         options: Options, shard: VocabularyShard? = nil) throws {
         try options.validate()
         guard e.shape.count == 2 || e.shape.count == 3 else {
             throw CCEError.invalidShape("embeddings must be (N, D) or (B, T, D), got \(e.shape)")
@@ -39,7 +42,11 @@ struct Problem: Sendable {
             throw CCEError.invalidShape("classifier must be (V, D), got \(c.shape)")
         }
         let d = e.shape.last!
-        let v = c.shape[0]
+        let rowsHeld = c.shape[0]
+        let v = shard?.vocabulary ?? rowsHeld
+        if let shard, shard.count != rowsHeld {
+            throw CCEError.invalidShape("classifier shard \(c.shape) has \(rowsHeld) rows but the shard \(shard) holds \(shard.count)")
+        }
         guard c.shape[1] == d else {
             throw CCEError.invalidShape("embeddings have D = \(d) but the classifier \(c.shape) has D = \(c.shape[1])")
         }
@@ -52,29 +59,12 @@ struct Problem: Sendable {
         guard d > 0 else { throw CCEError.empty("embedding dimension D is 0") }
         guard v > 0 else { throw CCEError.empty("classifier \(c.shape) has no classes (V = 0)") }
         if let b = bias {
-            guard b.shape == [v] else {
-                throw CCEError.invalidShape("bias must be (V) = [\(v)], got \(b.shape)")
+            guard b.shape == [rowsHeld] else {
+                throw CCEError.invalidShape(shard == nil ? "bias must be (V) = [\(v)], got \(b.shape)"
+                                            : "bias shard must have the classifier shard's \(rowsHeld) entries, got \(b.shape)")
             }
         }
-        let seqLen = e.shape.count == 3 ? e.shape[1] : n
-        let batch = n / seqLen
-        var rows: [Int32] = [], targets: [Int32] = [], positions: [Int32] = []
-        rows.reserveCapacity(n); targets.reserveCapacity(n); positions.reserveCapacity(n)
-        let ignore = options.ignoreIndex
-        for b in 0..<batch {
-            var j = 0
-            while j + options.shift < seqLen {
-                let pos = b * seqLen + j + options.shift
-                let tv = Int(t.values[pos])
-                if tv != ignore {
-                    guard tv >= 0 && tv < v else {
-                        throw CCEError.targetOutOfRange(position: pos, value: tv, vocabulary: v)
-                    }
-                    rows.append(Int32(b * seqLen + j)); targets.append(Int32(tv)); positions.append(Int32(pos))
-                }
-                j += 1
-            }
-        }
+        let (rows, targets, positions) = try Problem.pair(t, options: options, vocabulary: v)
         if let w = options.classWeights, w.count != v {
             throw CCEError.invalidShape("classWeights must have V = \(v) entries, got \(w.count)")
         }
@@ -94,6 +84,53 @@ struct Problem: Sendable {
             tokenWeights = []
             meanDivisor = Double(rows.count)
         }
+    }
+
+    /// The active tokens of targets `t` (shape (N) or (B, T)): row j of each sequence paired
+    /// with target j + shift, ignored targets dropped. Throws `CCEError.targetOutOfRange` for
+    /// a target outside [0, vocabulary) that is not the ignore index.
+    static func pair(_ t: Targets, options: Options, vocabulary v: Int) throws
+        -> (rows: [Int32], targets: [Int32], positions: [Int32])
+    {
+        let n = t.count
+        let seqLen = t.shape.count == 2 ? t.shape[1] : n
+        let batch = seqLen > 0 ? n / seqLen : 0
+        var rows: [Int32] = [], targets: [Int32] = [], positions: [Int32] = []
+        rows.reserveCapacity(n); targets.reserveCapacity(n); positions.reserveCapacity(n)
+        let ignore = options.ignoreIndex
+        for b in 0..<batch {
+            var j = 0
+            while j + options.shift < seqLen {
+                let pos = b * seqLen + j + options.shift
+                let tv = Int(t.values[pos])
+                if tv != ignore {
+                    guard tv >= 0 && tv < v else {
+                        throw CCEError.targetOutOfRange(position: pos, value: tv, vocabulary: v)
+                    }
+                    rows.append(Int32(b * seqLen + j)); targets.append(Int32(tv)); positions.append(Int32(pos))
+                }
+                j += 1
+            }
+        }
+        return (rows, targets, positions)
+    }
+
+    /// This problem restricted to the classifier rows of `shard` (vocabulary-parallel,
+    /// Parallel.swift): `v` becomes the shard's row count and each target a shard-local
+    /// class id, or `v` itself when another shard holds it (VocabularyOrder gives that id no
+    /// position in this shard's sweep, so no tile holds it). The tokens, their class weights
+    /// and the mean divisor stay the whole problem's.
+    func restricted(to shard: VocabularyShard) -> Problem {
+        let local = targets.map { shard.contains(Int($0)) ? $0 - Int32(shard.offset) : Int32(shard.count) }
+        return Problem(self, v: shard.count, targets: local)
+    }
+
+    /// A copy with another vocabulary size and targets (for `restricted(to:)`).
+    private init(_ p: Problem, v: Int, targets: [Int32]) {
+        eShape = p.eShape; targetShape = p.targetShape; n = p.n; d = p.d; self.v = v
+        eType = p.eType; cType = p.cType; biasType = p.biasType
+        rows = p.rows; self.targets = targets; positions = p.positions
+        tokenWeights = p.tokenWeights; meanDivisor = p.meanDivisor
     }
 
     /// The reduced loss from the sum of the per-token losses: total / meanDivisor for

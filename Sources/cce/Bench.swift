@@ -29,6 +29,10 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce).") var cudaLibrary: String?
     @Option(parsing: .unconditional, help: "LM-like data scale S (with --backend cuda).") var scale = 4.0
     @Option(parsing: .unconditional, help: "LM-like data prior alpha (with --backend cuda).") var alpha = 1.5
+    @Option(help: "vocab or tokens: the cce step split over the ranks of mpirun (loss, loss+grad; Docs/SCALING.md).")
+    var parallel: ParallelScheme?
+    @Option(help: "Path of libcce_mpi.so (with --parallel under mpirun; default: $CCE_MPI_LIBRARY, then beside cce).")
+    var mpiLibrary: String?
     @Flag(help: "Print the tile plan and progress.") var verbose = false
     @Flag(help: "Print one JSON object.") var json = false
 
@@ -40,6 +44,7 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         if backend == .cuda { return try runCUDA() }
+        if let parallel { return try runParallel(parallel) }
         let (tokens, dim, vocab, dtype) = (problem.tokens, problem.dim, problem.vocab, problem.dtype)
         var c = BenchConfig()
         c.tokens = tokens; c.dim = dim; c.vocab = vocab; c.dtype = dtype

@@ -36,6 +36,10 @@ struct ReferenceCommand: ParsableCommand {
     @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce, then the loader's path).")
     var cudaLibrary: String?
     @Option(help: "Output folder (created, with its parents, if missing; files of other names in it are kept).") var out: String
+    @Option(help: "vocab or tokens: split the work over the ranks of mpirun (rank 0 writes; Docs/SCALING.md).")
+    var parallel: ParallelScheme?
+    @Option(help: "Path of libcce_mpi.so (with --parallel under mpirun; default: $CCE_MPI_LIBRARY, then beside cce).")
+    var mpiLibrary: String?
 
     func options() throws -> Options {
         var o = Options()
@@ -48,6 +52,7 @@ struct ReferenceCommand: ParsableCommand {
     }
 
     func run() throws {
+        if let parallel { return try runParallel(parallel) }
         let o = try options()
         // The output folder before the work: never an empty path, never a folder that would
         // mix two runs or lose a file of the user's (Reference.checkOutput).

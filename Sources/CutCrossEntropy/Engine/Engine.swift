@@ -7,6 +7,11 @@
 //   .backward  per token block: Backward.block                     (dE, dC, dBias from saved lse)
 //   .fused     per token block: Forward.block, then Backward.block with the forward's
 //              per-block maxima, so negligible rows are not recomputed
+//   .fused with an exchange (a vocabulary shard, Parallel.swift): per chunk of
+//              `exchangeChunk` tokens, Forward.block over the chunk's token blocks, keeping
+//              their per-block maxima; `exchange` turns the chunk's shard LSE into the global
+//              one (the ranks combine their partials); Backward.block over the chunk's token
+//              blocks with those maxima (sweepExchanging)
 //
 // Set-up, in order: the classifier's pages interleaved over NUMA nodes (it is read by
 // every worker), the vocabulary order (VocabularyOrder.swift), the output buffers (zeroed,
@@ -36,6 +41,28 @@ struct EngineCall {
     let savedLSE: Values?
     /// Caller memory for the gradients (nil: the engine allocates them).
     var destination: GradientDestination? = nil
+    /// The whole vocabulary when `problem` is one shard of it (Parallel.swift), else nil.
+    var shard: ShardContext? = nil
+    /// The mean embedding to sort the vocabulary by, when it is not this call's own
+    /// (a token-parallel rank's: the mean over every rank's tokens), else nil.
+    var sortingMean: [Float]? = nil
+    /// A fused call on a vocabulary shard: between the forward and the backward of each chunk
+    /// of active tokens (`Engine.exchangeChunk`), the shard's partials of those tokens go out
+    /// and their global LSE comes back (nil: stop, no backward).
+    var exchange: ((Range<Int>, ShardPartials) -> Values?)? = nil
+}
+
+/// What a vocabulary shard's engine call needs to know of the whole vocabulary: V (for the
+/// label smoothing term α/V) and, with class weights, W = Σ_v w_v over every shard.
+struct ShardContext: Sendable {
+    let vocabulary: Int
+    let weightTotal: Double?
+}
+
+/// Where a shard's forward writes its per-token target logit and smoothing sum.
+struct ShardPartPointers<S: KernelScalar>: @unchecked Sendable {
+    let targetLogit: UnsafeMutablePointer<S>
+    let logitSum: UnsafeMutablePointer<S>
 }
 
 /// What an engine call computed. Per-token values are per active token, in the engine's
@@ -48,6 +75,9 @@ struct EngineResult {
     var dC: Values
     var dBias: Values?
     var stats: FilterStatistics
+    /// A shard's forward (call.shard set): per active token, the target logit (0 where
+    /// another shard holds the target) and the smoothing sum; else nil.
+    var shardParts: (targetLogit: Values, logitSum: Values)? = nil
 }
 
 enum Engine {
@@ -66,6 +96,9 @@ enum Engine {
         let biasS: [S]? = biasValues.map { $0.map { S(storage: $0) } }
         var lse = call.savedLSE.map { $0.doubles.map { S($0) } } ?? zeroed(S.self, p.active)
         var loss = zeroed(S.self, wantsLoss ? p.active : 0)
+        let wantsShardParts = wantsLoss && call.shard != nil
+        var targetLogit = zeroed(S.self, wantsShardParts ? p.active : 0)
+        var logitSum = zeroed(S.self, wantsShardParts ? p.active : 0)
         let upstream: [S] = call.upstream.map { S($0) }
         // Gradients: straight into the caller's Float32 memory when given (zeroed here),
         // else into arrays allocated now (the exact mode computes in Float64 and rounds
@@ -94,7 +127,8 @@ enum Engine {
         classifier.withRawPointer { c in
             Placement.interleave(UnsafeRawBufferPointer(start: c, count: p.v * p.d * p.cType.size))
             let (order, rank) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
-                                                     sorted: call.policy.sortVocabulary, threads: call.threads)
+                                                     sorted: call.policy.sortVocabulary, threads: call.threads,
+                                                     mean: call.sortingMean)
             order.withUnsafeBufferPointer { order in
             rank.withUnsafeBufferPointer { rank in
             withOptionalPointer(biasS) { biasPointer in
@@ -111,6 +145,10 @@ enum Engine {
                 compE.withUnsafeMutableBufferPointer { compE in
                 compC.withUnsafeMutableBufferPointer { compC in
                 withOptionalMutablePointer(&dBias) { dBias in
+                targetLogit.withUnsafeMutableBufferPointer { targetLogit in
+                logitSum.withUnsafeMutableBufferPointer { logitSum in
+                    let parts = wantsShardParts
+                        ? ShardPartPointers(targetLogit: targetLogit.baseAddress!, logitSum: logitSum.baseAddress!) : nil
                     let backward = wantsGradients
                         ? BackwardState(lse: UnsafePointer(lse.baseAddress!), upstream: upstream.baseAddress!,
                                         policy: call.policy,
@@ -120,9 +158,25 @@ enum Engine {
                                                                  compE: compensated ? compE.baseAddress : nil,
                                                                  compC: compensated ? compC.baseAddress : nil))
                         : nil
-                    stats = sweep(call.pass, operands, options: call.options, lse: lse.baseAddress,
-                                  loss: loss.baseAddress, backward: backward)
-                }}}}}}}}
+                    if call.pass == .fused, let exchange = call.exchange, let parts, let backward {
+                        // The shard's partials out, the global LSE back into `lse`.
+                        let smoothing = call.options.labelSmoothing > 0
+                        let handOver = { (tokens: Range<Int>) -> Bool in
+                            let partials = ShardPartials(lse: values(Array(lse[tokens])),
+                                                         targetLogit: values(Array(targetLogit[tokens])),
+                                                         logitSum: values(smoothing ? Array(logitSum[tokens]) : []))
+                            guard let global = exchange(tokens, partials), global.count == tokens.count else { return false }
+                            for (k, i) in tokens.enumerated() { lse[i] = S(global[k]) }
+                            return true
+                        }
+                        stats = sweepExchanging(operands, options: call.options, shard: call.shard, lse: lse.baseAddress!,
+                                                loss: loss.baseAddress!, shardParts: parts, backward: backward,
+                                                exchange: handOver)
+                    } else {
+                        stats = sweep(call.pass, operands, options: call.options, shard: call.shard, lse: lse.baseAddress,
+                                      loss: loss.baseAddress, shardParts: parts, backward: backward)
+                    }
+                }}}}}}}}}}
             }}}
         }}
         if wantsGradients, direct == nil, let destination = call.destination {
@@ -135,14 +189,15 @@ enum Engine {
                                 dBias: nil, stats: stats)
         }
         return EngineResult(lse: values(lse), loss: values(loss), dE: values(dE), dC: values(dC),
-                            dBias: dBias.map { values($0) }, stats: stats)
+                            dBias: dBias.map { values($0) }, stats: stats,
+                            shardParts: wantsShardParts ? (values(targetLogit), values(logitSum)) : nil)
     }
 
     /// Runs `pass` over all token blocks. Forward outputs go to lse/loss (per active token);
     /// backward outputs to backward.outputs (backward.lse is read, and for .fused written first).
     static func sweep<S: KernelScalar>(
-        _ pass: Pass, _ operands: Operands<S>, options: Options, lse: UnsafeMutablePointer<S>?,
-        loss: UnsafeMutablePointer<S>?, backward: BackwardState<S>?
+        _ pass: Pass, _ operands: Operands<S>, options: Options, shard: ShardContext? = nil, lse: UnsafeMutablePointer<S>?,
+        loss: UnsafeMutablePointer<S>?, shardParts: ShardPartPointers<S>? = nil, backward: BackwardState<S>?
     ) -> FilterStatistics {
         let m = operands.problem.active
         if m == 0 { return FilterStatistics() }
@@ -151,10 +206,12 @@ enum Engine {
         let blocks = (m + nb - 1) / nb
         let workers = min(plan.threads, blocks)
         // Class weights in the sweep's (sorted) vocabulary order; they live until the sweep ends.
+        // (A vocabulary shard's weights are its own classes'; V and W are the whole vocabulary's.)
         let weights = options.classWeights.map {
-            ClassWeights<S>($0, problem: operands.problem, order: operands.order, forwardBlock: plan.forwardVocabBlock)
+            ClassWeights<S>($0, problem: operands.problem, order: operands.order, forwardBlock: plan.forwardVocabBlock,
+                            total: shard?.weightTotal)
         }
-        let definition = LossDefinition<S>(options, vocabulary: operands.v, weights: weights)
+        let definition = LossDefinition<S>(options, vocabulary: shard?.vocabulary ?? operands.v, weights: weights)
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
         let stats = PerWorker(workers, initial: FilterStatistics())
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
@@ -171,7 +228,7 @@ enum Engine {
                 workspace.loadTokens(operands, first: first, count: count)
                 if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
                     Forward.block(operands, workspace, first: first, count: count, loss: definition,
-                                  lse: lse, loss: loss, blockStats: blockStats?.base)
+                                  lse: lse, loss: loss, blockStats: blockStats?.base, shardParts: shardParts)
                 }
                 if pass != .forward, let backward {
                     Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
@@ -183,6 +240,82 @@ enum Engine {
             stats[w] = workerStats
         }
         return stats.values.reduce(into: FilterStatistics()) { $0.add($1) }
+    }
+}
+
+extension Engine {
+    /// Active tokens per exchange of a vocabulary shard's fused call: a constant, so that
+    /// every rank exchanges the same token ranges whatever its thread count and tile plan.
+    static let exchangeChunk = 1024
+
+    /// The fused call of a vocabulary shard, chunk by chunk of `exchangeChunk` active tokens:
+    /// the forward over the chunk's token blocks, keeping their per-block maxima and
+    /// log-sum-exps (2·chunk·V/VBf values: for N = 4096, 0.2% of the logits the shard would
+    /// materialize); `exchange(chunk)` (which writes the chunk's global LSE into `lse`, or
+    /// returns false to stop); then the backward over the chunk's token blocks with those
+    /// maxima, so that rows the bound rules out are not recomputed, as in the one-process
+    /// fused call. Token blocks are numbered on across chunks, so dC's ordered hand-off runs
+    /// over all of them in order.
+    static func sweepExchanging<S: KernelScalar>(
+        _ operands: Operands<S>, options: Options, shard: ShardContext?, lse: UnsafeMutablePointer<S>,
+        loss: UnsafeMutablePointer<S>, shardParts: ShardPartPointers<S>, backward: BackwardState<S>,
+        exchange: (Range<Int>) -> Bool
+    ) -> FilterStatistics {
+        let m = operands.problem.active
+        if m == 0 { _ = exchange(0..<0); return FilterStatistics() }   // the exchange is collective: every rank takes part
+        let plan = operands.plan
+        let nb = plan.tokenBlock
+        let weights = options.classWeights.map {
+            ClassWeights<S>($0, problem: operands.problem, order: operands.order, forwardBlock: plan.forwardVocabBlock,
+                            total: shard?.weightTotal)
+        }
+        let definition = LossDefinition<S>(options, vocabulary: shard?.vocabulary ?? operands.v, weights: weights)
+        let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
+        let chunk = min(m, exchangeChunk)
+        let blockStats = Scratch<S>(count: 2 * chunk * forwardBlocks, policy: .interleaved)
+        let out = UncheckedSendable((lse: lse, loss: loss))
+        let compensated = backward.outputs.compE != nil
+        let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
+        var total = FilterStatistics()
+        var firstBlock = 0   // the chunk's first token block, numbered on from earlier chunks
+        for start in stride(from: 0, to: m, by: chunk) {
+            let end = min(m, start + chunk)
+            let blocks = (end - start + nb - 1) / nb
+            let workers = min(plan.threads, blocks)
+            // Token block k of the chunk: tokens start + k·NB ..< …, its maxima at row k·NB.
+            let range: @Sendable (Int) -> (first: Int, count: Int) = { k in (start + k * nb, min(nb, end - start - k * nb)) }
+            Workers.run(workers, pin: Placement.isNUMA) { w in
+                let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
+                                             backend: operands.backend, kernel: operands.kernel, partials: compensated)
+                for k in stride(from: w, to: blocks, by: workers) {
+                    let (first, count) = range(k)
+                    workspace.loadTokens(operands, first: first, count: count)
+                    Forward.block(operands, workspace, first: first, count: count, loss: definition, lse: out.value.lse,
+                                  loss: out.value.loss, blockStats: blockStats.base + 2 * (first - start) * forwardBlocks,
+                                  shardParts: shardParts)
+                }
+            }
+            guard exchange(start..<end) else { return total }
+            let stats = PerWorker(workers, initial: FilterStatistics())
+            let base = firstBlock
+            Workers.run(workers, pin: Placement.isNUMA) { w in
+                let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
+                                             backend: operands.backend, kernel: operands.kernel, partials: compensated)
+                var workerStats = FilterStatistics()
+                for k in stride(from: w, to: blocks, by: workers) {
+                    let (first, count) = range(k)
+                    workspace.loadTokens(operands, first: first, count: count)
+                    Backward.block(operands, backward, workspace, handOff: handOff, b: base + k, first: first, count: count,
+                                   loss: definition,
+                                   blockStats: UnsafePointer(blockStats.base + 2 * (first - start) * forwardBlocks),
+                                   stats: &workerStats)
+                }
+                stats[w] = workerStats
+            }
+            for st in stats.values { total.add(st) }
+            firstBlock += blocks
+        }
+        return total
     }
 }
 

@@ -38,8 +38,9 @@ final class ClassWeights<S: KernelScalar>: @unchecked Sendable {
     private let blocks: Int
 
     /// `order[k]`: the class at position k (nil: the identity); `forwardBlock`: the forward's
-    /// vocabulary block (for `forwardBlockSums`).
-    init(_ w: [Float], problem: Problem, order: UnsafePointer<Int32>?, forwardBlock: Int) {
+    /// vocabulary block (for `forwardBlockSums`); `total`: W when `w` is one vocabulary
+    /// shard's weights (nil: the sum of `w`).
+    init(_ w: [Float], problem: Problem, order: UnsafePointer<Int32>?, forwardBlock: Int, total: Double? = nil) {
         let v = w.count
         blocks = (v + forwardBlock - 1) / forwardBlock
         token = .allocate(capacity: max(problem.active, 1))
@@ -52,7 +53,7 @@ final class ClassWeights<S: KernelScalar>: @unchecked Sendable {
             for k in (b * forwardBlock)..<min(v, (b + 1) * forwardBlock) { sum += byPosition[k] }
             forwardBlockSums[b] = sum
         }
-        total = S(w.reduce(0.0) { $0 + Double($1) })
+        self.total = S(total ?? w.reduce(0.0) { $0 + Double($1) })
         largest = S(w.max() ?? 0)
     }
 
@@ -149,10 +150,14 @@ enum Forward {
     /// The forward of active tokens first ..< first + count, whose E rows `workspace`
     /// holds. Writes lse and loss for them; when `blockStats` is given, fills
     /// blockStats[2(i · vBlocks + j)] with the block row's largest logit and the next value
-    /// with its log-sum-exp.
+    /// with its log-sum-exp. With `shardParts` (a vocabulary shard, Parallel.swift) also
+    /// writes each token's target logit (0 where another shard holds the target) and its
+    /// smoothing sum Σ_v z_iv or Σ_v w_v·z_iv (0 without label smoothing): with the shard's
+    /// lse, what the ranks combine.
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ workspace: Workspace<S>, first: Int, count: Int, loss definition: LossDefinition<S>,
-        lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockStats: UnsafeMutablePointer<S>?
+        lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockStats: UnsafeMutablePointer<S>?,
+        shardParts: ShardPartPointers<S>? = nil
     ) {
         let vb = operands.plan.forwardVocabBlock
         let vBlocks = (operands.v + vb - 1) / vb
@@ -188,6 +193,11 @@ enum Forward {
             lse[first + i] = l
             loss[first + i] = definition.tokenLoss(lse: l, targetLogit: targetLogits[i], logitSum: sums[i],
                                                    token: first + i)
+            if let shardParts {
+                let here = Int(targets[first + i]) < operands.v
+                shardParts.targetLogit[first + i] = here ? targetLogits[i] : 0
+                shardParts.logitSum[first + i] = sums[i]
+            }
         }
     }
 }

@@ -9,43 +9,33 @@
 // instead from the mean embedding in one V x D matrix-vector product (no per-tile
 // reduction, no extra state between forward and backward). Soft capping is monotone, so
 // ordering pre-cap averages is the natural choice there too. Ties keep vocabulary order.
+//
+// Two doors for runs split over processes (Parallel.swift): a token-parallel rank sorts by
+// the mean embedding over every rank's tokens (`mean`), so that all ranks sweep the
+// vocabulary in the order one process would; and a vocabulary shard's problem marks a
+// target held by another shard with the id V (Problem.restricted), so `rank` has V + 1
+// entries, the last one a position no tile reaches.
 
 import CCEKernels
 import CCERuntime
 
 enum VocabularyOrder {
-    /// (order, rank): order[k] is the vocabulary id at sorted position k, rank its inverse.
-    /// The mean embedding, the V averages and the sort are shared among `threads` workers;
-    /// each value is computed by one fixed sequence of operations, so the order does not
-    /// depend on the thread count.
+    /// (order, rank): order[k] is the vocabulary id at sorted position k, rank its inverse
+    /// (with rank[V] = Int32.max, the "held elsewhere" id of a vocabulary shard). The mean
+    /// embedding, the V averages and the sort are shared among `threads` workers; each value
+    /// is computed by one fixed sequence of operations, so the order does not depend on the
+    /// thread count. `mean`: the mean embedding to sort by (nil: the mean of the problem's
+    /// active rows).
     static func make(problem: Problem, e: UnsafeRawPointer, c: UnsafeRawPointer,
-                     bias: [Double]?, sorted: Bool, threads: Int = 1) -> (order: [Int32], rank: [Int32]) {
+                     bias: [Double]?, sorted: Bool, threads: Int = 1,
+                     mean given: [Float]? = nil) -> (order: [Int32], rank: [Int32]) {
         let v = problem.v, d = problem.d
-        guard sorted, problem.active > 0 else {
+        guard sorted, problem.active > 0 || given != nil else {
             let id = (0..<v).map { Int32($0) }
-            return (id, id)
+            return (id, id + [Int32.max])
         }
         let workers = max(1, min(threads, v / 4096 + 1))
-        // ē in Double, every column summed over the active rows in order; workers take
-        // column ranges.
-        var mean = [Double](repeating: 0, count: d)
-        let rows = problem.rows, eType = problem.eType, active = problem.active
-        mean.withUnsafeMutableBufferPointer { m in
-            let sums = UncheckedSendable(m.baseAddress!), eRows = UncheckedSendable(e)
-            let chunk = (d + workers - 1) / workers
-            Workers.run(workers) { w in
-                let k0 = w * chunk, k1 = min(d, k0 + chunk)
-                guard k0 < k1 else { return }
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: d) { row in
-                    for r in rows {
-                        convertRow(eRows.value + Int(r) * d * eType.size, type: eType, count: d, into: row.baseAddress!)
-                        for k in k0..<k1 { sums.value[k] += Double(row[k]) }
-                    }
-                }
-            }
-        }
-        let inv = 1 / Double(active)
-        let meanF = mean.map { Float($0 * inv) }
+        let meanF = given ?? mean(sum: embeddingSum(problem: problem, e: e, threads: workers), count: problem.active)
         // avg_v = C_v · ē + b_v, workers taking vocabulary ranges.
         var keys = [(avg: Double, id: Int32)](repeating: (0, 0), count: v)
         meanF.withUnsafeBufferPointer { mp in
@@ -68,8 +58,37 @@ enum VocabularyOrder {
         // correct sort gives the same permutation.
         keys.sort { $0.avg != $1.avg ? $0.avg > $1.avg : $0.id < $1.id }
         let order = keys.map(\.id)
-        var rank = [Int32](repeating: 0, count: v)
+        var rank = [Int32](repeating: Int32.max, count: v + 1)
         for (k, id) in order.enumerated() { rank[Int(id)] = Int32(k) }
         return (order, rank)
+    }
+
+    /// Σ_i e_i over the active rows, in Float64, every column summed over the rows in order;
+    /// `threads` workers take column ranges.
+    static func embeddingSum(problem: Problem, e: UnsafeRawPointer, threads: Int = 1) -> [Double] {
+        let d = problem.d
+        var sum = [Double](repeating: 0, count: d)
+        let rows = problem.rows, eType = problem.eType
+        sum.withUnsafeMutableBufferPointer { m in
+            let sums = UncheckedSendable(m.baseAddress!), eRows = UncheckedSendable(e)
+            let chunk = (d + threads - 1) / threads
+            Workers.run(threads) { w in
+                let k0 = w * chunk, k1 = min(d, k0 + chunk)
+                guard k0 < k1 else { return }
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: d) { row in
+                    for r in rows {
+                        convertRow(eRows.value + Int(r) * d * eType.size, type: eType, count: d, into: row.baseAddress!)
+                        for k in k0..<k1 { sums.value[k] += Double(row[k]) }
+                    }
+                }
+            }
+        }
+        return sum
+    }
+
+    /// The mean from a sum over `count` rows, rounded as the sort uses it: Float32(sum·(1/count)).
+    static func mean(sum: [Double], count: Int) -> [Float] {
+        let inv = 1 / Double(max(count, 1))
+        return sum.map { Float($0 * inv) }
     }
 }

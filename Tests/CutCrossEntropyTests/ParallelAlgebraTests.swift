@@ -1,0 +1,103 @@
+// The algebra of CCE split over processes, in one process and without MPI: vocabulary shards
+// combined by ShardForward.combine, token slices with the global mean embedding
+// (Sources/CutCrossEntropy/Parallel.swift). MPITests runs the same under mpirun.
+
+import CutCrossEntropy
+import XCTest
+
+final class ParallelAlgebraTests: XCTestCase {
+    /// P vocabulary shards (P = 1 ... 5, V = 61 and V = 3, where some shards hold nothing):
+    /// the combined loss, LSE and token losses, the summed partial dE and the shards' dC and
+    /// dBias agree with one process: 1e-6 relative (1e-12 in the exact mode).
+    func testVocabularyShardsCombineToOneProcess() throws {
+        var withOptions = Options()
+        withOptions.softcap = 6; withOptions.shift = 1; withOptions.labelSmoothing = 0.15; withOptions.zLoss = 1e-3
+        withOptions.filterEpsilon = .none
+        var weighted = Options(); weighted.labelSmoothing = 0.1; weighted.reduction = .sum
+        var exact = withOptions; exact.mode = .exact
+        for v in [61, 3] {
+            weighted.classWeights = (0..<v).map { Float(1 + $0 % 3) / 2 }
+            for (name, o) in [("options", withOptions), ("weights", weighted), ("exact", exact)] {
+                let (e, c, t, b) = randomProblem(n: 30, d: 12, v: v, seed: UInt64(v), batch: 3, withBias: true)
+                let cce = CutCrossEntropy(options: o)
+                let (f1, g1) = try cce.lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+                let budget = o.mode == .exact ? 1e-12 : 1e-6
+                for parts in 1...5 {
+                    let shards = VocabularyShard.split(vocabulary: v, parts: parts)
+                    let forwards = try shards.map { s in
+                        try cce.forward(embeddings: e, classifier: c.rows(s.range), targets: t, bias: b!.rows(s.range), shard: s)
+                    }
+                    let outputs = try forwards.map { try $0.combine(forwards.map(\.partials)) }
+                    var dE = [Double](repeating: 0, count: e.count), dC: [Double] = [], dBias: [Double] = []
+                    for (s, out) in zip(shards, outputs) {
+                        let g = try cce.backward(out, embeddings: e, classifier: c.rows(s.range), bias: b!.rows(s.range))
+                        for i in 0..<dE.count { dE[i] += g.dE[i] }
+                        dC += g.dC.doubles; dBias += g.dBias!.doubles
+                        XCTAssertTrue(bitwiseEqual(out.lse, outputs[0].lse), "every shard combines to the same bits")
+                    }
+                    let what = "V = \(v), \(name), \(parts) shards"
+                    XCTAssertLessThanOrEqual(relativeError([outputs[0].loss], [f1.loss]), budget, "\(what): loss")
+                    XCTAssertLessThanOrEqual(relativeError(outputs[0].lse.doubles, f1.lse.doubles), budget, "\(what): lse")
+                    XCTAssertLessThanOrEqual(relativeError(outputs[0].tokenLosses.doubles, f1.tokenLosses.doubles), budget,
+                                             "\(what): token losses")
+                    XCTAssertLessThanOrEqual(relativeError(dE, g1.dE.doubles), budget, "\(what): dE")
+                    XCTAssertLessThanOrEqual(relativeError(dC, g1.dC.doubles), budget, "\(what): dC")
+                    XCTAssertLessThanOrEqual(relativeError(dBias, g1.dBias!.doubles), budget, "\(what): dBias")
+                }
+            }
+        }
+    }
+
+    /// Token slices sorted by the global mean embedding: each slice's LSE, token losses and
+    /// dE have the bits of one process (the same tiles in the same order), dC summed over the
+    /// slices agrees within 1e-6; the mean divisor is the global one.
+    func testTokenSlicesMatchOneProcess() throws {
+        let (e, c, t, b) = randomProblem(n: 48, d: 16, v: 97, seed: 3, batch: 4, withBias: true)
+        var o = Options(); o.shift = 1
+        let cce = CutCrossEntropy(options: o)
+        let (f1, g1) = try cce.lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+        let seq = 12
+        let slices = [0..<1, 1..<3, 3..<4]   // sequences per rank
+        let parts = try slices.map { r in
+            (try e.rows(r), try Targets(Array(t.values[(r.lowerBound * seq)..<(r.upperBound * seq)]), shape: [r.count, seq]))
+        }
+        let summaries = try parts.map { try cce.tokenSlice(embeddings: $0.0, classifier: c, targets: $0.1, bias: b) }
+        let active = summaries.reduce(0) { $0 + $1.activeTokens }
+        let divisor = summaries.reduce(0.0) { $0 + $1.meanDivisor }
+        XCTAssertEqual(active, f1.activeTokens)
+        var sum = [Double](repeating: 0, count: 16)
+        for s in summaries { for k in 0..<16 { sum[k] += s.embeddingSum[k] } }
+        var local = cce
+        local.options.reduction = .sum
+        local.sortingMean = TokenSlice.mean(sum: sum, activeTokens: active)
+        var dC = [Double](repeating: 0, count: c.count), total = 0.0, lse: [Double] = [], dE: [Double] = []
+        for (pe, pt) in parts {
+            let (f, g) = try local.lossAndGradients(embeddings: pe, classifier: c, targets: pt, bias: b,
+                                                    upstream: .scalar(1 / divisor))
+            total += f.loss; lse += f.lse.doubles; dE += g.dE.doubles
+            for i in 0..<dC.count { dC[i] += g.dC[i] }
+        }
+        XCTAssertEqual(lse.map(\.bitPattern), f1.lse.doubles.map(\.bitPattern), "LSE bits")
+        XCTAssertEqual(dE.map(\.bitPattern), g1.dE.doubles.map(\.bitPattern), "dE bits")
+        XCTAssertLessThanOrEqual(relativeError([total / divisor], [f1.loss]), 1e-12)
+        XCTAssertLessThanOrEqual(relativeError(dC, g1.dC.doubles), 1e-6)
+    }
+
+    /// Bad shards and partials are refused with CCEError, not trapped.
+    func testShardErrors() throws {
+        XCTAssertThrowsError(try VocabularyShard(offset: 5, count: 10, vocabulary: 12))
+        let (e, c, t, _) = randomProblem(n: 10, d: 4, v: 9)
+        let cce = CutCrossEntropy()
+        let s = VocabularyShard.split(vocabulary: 9, parts: 2)
+        XCTAssertThrowsError(try cce.forward(embeddings: e, classifier: c, targets: t, shard: s[0])) {
+            XCTAssertTrue("\($0)".contains("has 9 rows but the shard"), "\($0)")
+        }
+        let f = try cce.forward(embeddings: e, classifier: c.rows(s[0].range), targets: t, shard: s[0])
+        let other = try cce.forward(embeddings: try e.rows(0..<5), classifier: c.rows(s[1].range),
+                                    targets: try Targets(Array(t.values[0..<5])), shard: s[1])
+        XCTAssertThrowsError(try f.combine([f.partials, other.partials])) {
+            XCTAssertTrue("\($0)".contains("shard partials 1 cover"), "\($0)")
+        }
+        XCTAssertThrowsError(try ShardPartials(packed: .float32([1, 2, 3]), activeTokens: 2))
+    }
+}
