@@ -467,6 +467,164 @@ void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *cons
     _tile_release();
 }
 
+// MARK: - The AMX rank update (the backward's dE product)
+
+// Float32 x as hi + lo, both bf16 rounded to nearest even: hi = bf16(x), lo = bf16(x − hi)
+// (x − hi is exact), so hi + lo = x to within 2^-17·|x|. Returns the 16 words' bf16 halves
+// in order (16 x 16 bits) for hi, and writes lo's.
+CCE_INLINE __m256i bf16_round(__m512 x) {
+    __m512i bits = _mm512_castps_si512(x);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+}
+CCE_INLINE __m256i bf16_split(__m512 x, __m256i *lo) {
+    __m256i hi = bf16_round(x);
+    __m512 h = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+    *lo = bf16_round(_mm512_sub_ps(x, h));
+    return hi;
+}
+
+size_t cce_amx_rank_scratch_words(void) {
+    return (size_t)CCE_AMX_RANK_MR * CCE_AMX_RANK_KMAX + CCE_AMX_RANK_KMAX * 16 + 32 * 32;
+}
+
+// The 2 x 2 accumulator block of rows 0 ..< 16·RH and columns 0 ..< 16·CH over kt 32-element
+// chunks of q: per chunk, the hi tile then the lo tile of A against the same B tiles.
+// a: A tiles, word ((t·2 + h)·RT + g)·256 for chunk t, half h (0 hi, 1 lo), row tile g;
+// b: B tiles, word (t·2 + j)·256 for chunk t, column tile j. c: 32 x 32 Float32 (stride 32).
+#define AMX_RANK_BLOCK(RH, CH)                                                                    \
+    do {                                                                                          \
+        if (blocked) {                                                                            \
+            _tile_zero(0);                                                                        \
+            if (CH > 1) _tile_zero(1);                                                            \
+            if (RH > 1) _tile_zero(2);                                                            \
+            if (RH > 1 && CH > 1) _tile_zero(3);                                                  \
+        } else {                                                                                  \
+            _tile_loadd(0, c, 128);                                                               \
+            if (CH > 1) _tile_loadd(1, c + 16, 128);                                              \
+            if (RH > 1) _tile_loadd(2, c + 16 * 32, 128);                                         \
+            if (RH > 1 && CH > 1) _tile_loadd(3, c + 16 * 32 + 16, 128);                          \
+        }                                                                                         \
+        for (long t = 0; t < kt; t++) {                                                           \
+            _tile_loadd(6, bt + (t * 2) * 256, 64);                                                \
+            if (CH > 1) _tile_loadd(7, bt + (t * 2 + 1) * 256, 64);                                \
+            for (int h = 0; h < 2; h++) {                                                         \
+                _tile_loadd(4, at + ((t * 2 + h) * 2) * 256, 64);                                  \
+                if (RH > 1) _tile_loadd(5, at + ((t * 2 + h) * 2 + 1) * 256, 64);                  \
+                _tile_dpbf16ps(0, 4, 6);                                                          \
+                if (CH > 1) _tile_dpbf16ps(1, 4, 7);                                              \
+                if (RH > 1) _tile_dpbf16ps(2, 5, 6);                                              \
+                if (RH > 1 && CH > 1) _tile_dpbf16ps(3, 5, 7);                                    \
+            }                                                                                     \
+        }                                                                                         \
+        _tile_stored(0, c, 128);                                                                  \
+        if (CH > 1) _tile_stored(1, c + 16, 128);                                                 \
+        if (RH > 1) _tile_stored(2, c + 16 * 32, 128);                                            \
+        if (RH > 1 && CH > 1) _tile_stored(3, c + 16 * 32 + 16, 128);                             \
+    } while (0)
+
+CCE_AMX
+void cce_amx_rank_update(float *const *out, long m, const float *a, long ars, long aks, const uint16_t *const *b,
+                         long k, long width, int blocked, uint32_t *scratch) {
+    if (m <= 0 || width <= 0 || k > CCE_AMX_RANK_KMAX) return;
+    const long chunks = (k + 31) / 32;
+    uint32_t *ap = scratch;                                            // A: 32 rows x KMAX, hi and lo
+    uint32_t *bp = scratch + (long)CCE_AMX_RANK_MR * CCE_AMX_RANK_KMAX; // B: KMAX x 32 columns
+    float *edge = (float *)(bp + CCE_AMX_RANK_KMAX * 16);              // 32 x 32 Float32
+    // 16-bit lane n of the interleave of rows x (lanes 0–31) and y (32–63): x[n/2] for even n,
+    // y[n/2] for odd n, from element 16·j of each: column tile j's 16 pairs.
+    __m512i pick[2];
+    for (int j = 0; j < 2; j++) {
+        uint16_t idx[32];
+        for (int n = 0; n < 32; n++) idx[n] = (uint16_t)((n & 1 ? 32 : 0) + 16 * j + n / 2);
+        pick[j] = _mm512_loadu_si512(idx);
+    }
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
+    _tile_loadconfig(&cfg);
+    for (long r0 = 0; r0 < m; r0 += 32) {
+        const long mc = m - r0 < 32 ? m - r0 : 32, rt = mc > 16 ? 2 : 1;
+        // A rows r0 ..< r0 + mc as bf16 hi and lo, 32 elements of q per tile row; rows ≥ mc
+        // and elements ≥ k zero.
+        for (long t = 0; t < chunks; t++)
+            for (int g = 0; g < 2; g++)
+                for (int r = 0; r < 16; r++) {
+                    long row = 16 * g + r;
+                    __m256i h0, h1, l0, l1;
+                    if (row < mc) {
+                        const float *x = a + (r0 + row) * ars + 32 * t * aks;
+                        const long left = k - 32 * t;
+                        __m512 x0, x1;
+                        if (aks == 1) {
+                            const __mmask32 km = left >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << left) - 1);
+                            x0 = _mm512_maskz_loadu_ps((__mmask16)km, x);
+                            x1 = _mm512_maskz_loadu_ps((__mmask16)(km >> 16), x + 16);
+                        } else {
+                            float v[32];
+                            for (int q = 0; q < 32; q++) v[q] = q < left ? x[q * aks] : 0.0f;
+                            x0 = _mm512_loadu_ps(v);
+                            x1 = _mm512_loadu_ps(v + 16);
+                        }
+                        h0 = bf16_split(x0, &l0);
+                        h1 = bf16_split(x1, &l1);
+                    } else {
+                        h0 = h1 = l0 = l1 = _mm256_setzero_si256();
+                    }
+                    uint32_t *hi = ap + ((t * 2 + 0) * 2 + g) * 256 + r * 16;
+                    uint32_t *lo = ap + ((t * 2 + 1) * 2 + g) * 256 + r * 16;
+                    _mm256_storeu_si256((__m256i *)hi, h0); _mm256_storeu_si256((__m256i *)(hi + 8), h1);
+                    _mm256_storeu_si256((__m256i *)lo, l0); _mm256_storeu_si256((__m256i *)(lo + 8), l1);
+                }
+        for (long j0 = 0; j0 < width; j0 += 32) {
+            const long nc = width - j0 < 32 ? width - j0 : 32, ct = nc > 16 ? 2 : 1;
+            const __mmask32 cm = nc == 32 ? ~(__mmask32)0 : (__mmask32)((1u << nc) - 1);
+            // B: rows q, q + 1 of b interleaved into pairs, columns j0 ..< j0 + nc; zero past
+            // k and nc.
+            for (long p = 0; p < chunks * 16; p++) {
+                long q = 2 * p;
+                __m512i x = q < k ? _mm512_maskz_loadu_epi16(cm, b[q] + j0) : _mm512_setzero_si512();
+                __m512i y = q + 1 < k ? _mm512_maskz_loadu_epi16(cm, b[q + 1] + j0) : _mm512_setzero_si512();
+                long t = p / 16, row = p % 16;
+                _mm512_storeu_si512(bp + (t * 2 + 0) * 256 + row * 16, _mm512_permutex2var_epi16(x, pick[0], y));
+                _mm512_storeu_si512(bp + (t * 2 + 1) * 256 + row * 16, _mm512_permutex2var_epi16(x, pick[1], y));
+            }
+            // The starting sums: +0 (blocked: the block's sum is added to out afterwards; the
+            // accumulators start zeroed) or out's, through the edge block.
+            const __mmask16 k0 = (__mmask16)cm, k1 = (__mmask16)(cm >> 16);
+            if (!blocked)
+                for (long r = 0; r < 16 * rt; r++) {
+                    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+                    if (r < mc) {
+                        s0 = _mm512_maskz_loadu_ps(k0, out[r0 + r] + j0);
+                        s1 = _mm512_maskz_loadu_ps(k1, out[r0 + r] + j0 + 16);
+                    }
+                    _mm512_storeu_ps(edge + r * 32, s0);
+                    _mm512_storeu_ps(edge + r * 32 + 16, s1);
+                }
+            float *c = edge;
+            const uint32_t *at = ap, *bt = bp;
+            const long kt = chunks;
+            AMX_BARRIER();
+            if (rt > 1) { if (ct > 1) AMX_RANK_BLOCK(2, 2); else AMX_RANK_BLOCK(2, 1); }
+            else { if (ct > 1) AMX_RANK_BLOCK(1, 2); else AMX_RANK_BLOCK(1, 1); }
+            AMX_BARRIER();
+            for (long r = 0; r < mc; r++) {
+                __m512 s0 = _mm512_loadu_ps(edge + r * 32), s1 = _mm512_loadu_ps(edge + r * 32 + 16);
+                if (blocked) {
+                    s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(k0, out[r0 + r] + j0));
+                    s1 = _mm512_add_ps(s1, _mm512_maskz_loadu_ps(k1, out[r0 + r] + j0 + 16));
+                }
+                _mm512_mask_storeu_ps(out[r0 + r] + j0, k0, s0);
+                _mm512_mask_storeu_ps(out[r0 + r] + j0 + 16, k1, s1);
+            }
+        }
+    }
+    _tile_release();
+}
+
 // MARK: - The Float32 FMA kernel
 
 // Elements k0 ..< k0 + kc of rows[0 ..< n] (n ≤ 32) into panel[k · 32 + j]; rows ≥ n zero.
@@ -629,5 +787,10 @@ size_t cce_amx_scratch_words(void) { return (size_t)CCE_AMX_NR * CCE_AMX_KCP + 3
 void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
                           float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) { __builtin_trap(); }
+size_t cce_amx_rank_scratch_words(void) {
+    return (size_t)CCE_AMX_RANK_MR * CCE_AMX_RANK_KMAX + CCE_AMX_RANK_KMAX * 16 + 32 * 32;
+}
+void cce_amx_rank_update(float *const *out, long m, const float *a, long ars, long aks, const uint16_t *const *b,
+                         long k, long width, int blocked, uint32_t *scratch) { __builtin_trap(); }
 
 #endif

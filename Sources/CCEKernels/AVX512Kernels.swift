@@ -102,6 +102,10 @@ public enum AMXTileShape {
     /// UInt32 words of the scratch `tileProductAMX` needs: the C panel (nr x kc/2 words,
     /// 128 KiB) and a 32 x 32 Float32 block for the edges.
     public static let scratchWords = Int(cce_amx_scratch_words())
+    /// The largest k of `rankUpdateAMX` (the backward's vocabulary block is at most 256).
+    public static let rankMaxK = Int(CCE_AMX_RANK_KMAX)
+    /// UInt32 words of the scratch `rankUpdateAMX` needs (52 KiB: fewer than `scratchWords`).
+    public static let rankScratchWords = Int(cce_amx_rank_scratch_words())
 }
 
 /// Whether this CPU and OS can run the 512-bit FMA kernel: AVX512F, AVX512BW and AVX512VL by
@@ -320,6 +324,54 @@ public func amxDotEmulated(_ a: UnsafePointer<UInt16>, _ b: UnsafePointer<UInt16
             odd = flush(odd.addingProduct(input(a, k + 1), input(b, k + 1)))
         }
         acc = flush(acc + flush(even + odd))
+        k0 += 32
+    }
+    return acc
+}
+
+/// The AMX rank update (the backward's dE product where C is stored as BFloat16):
+/// `rankUpdateAVX512`'s contract, out_r[j] (+)= Σ_{q<k} a[r·ars + q·aks]·b_q[j] for r < m,
+/// j < width, with the b rows stored as BFloat16 and k ≤ `AMXTileShape.rankMaxK`. Each A
+/// value is split into bf16 hi + lo (hi + lo = a to within 2^-17·|a|) and multiplied by
+/// tdpbf16ps; an element's bits depend on its A row, the b rows, k and the starting sum
+/// only (`amxRankEmulated` gives them). scratch: `AMXTileShape.rankScratchWords` words.
+/// Requires `hasAMX`.
+@inlinable
+public func rankUpdateAMX(out: UnsafePointer<UnsafeMutablePointer<Float>>, m: Int, a: UnsafePointer<Float>,
+                          ars: Int, aks: Int, b: UnsafePointer<UnsafeRawPointer>, k: Int, width: Int,
+                          blocked: Bool, scratch: UnsafeMutablePointer<UInt32>) {
+    precondition(hasAMX && k <= AMXTileShape.rankMaxK, "rankUpdateAMX needs AMX-BF16 and k ≤ \(AMXTileShape.rankMaxK)")
+    out.withMemoryRebound(to: UnsafeMutablePointer<Float>?.self, capacity: m) { o in
+        cce_amx_rank_update(o, m, a, ars, aks, bf16Rows(b), k, width, blocked ? 1 : 0, scratch)
+    }
+}
+
+/// One element of `rankUpdateAMX` in portable Swift, bit for bit (the model of
+/// `amxDotEmulated`, per 32-element chunk of q the hi products then the lo ones): from
+/// `start`, x_q = A(q) for q < k and b_q = the q-th bf16 value. A test reference.
+public func amxRankEmulated(start: Float, a: [Float], b: [UInt16]) -> Float {
+    precondition(a.count == b.count)
+    @inline(__always) func bf16(_ x: Float) -> UInt16 {
+        let bits = x.bitPattern
+        return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
+    }
+    @inline(__always) func input(_ bits: UInt16) -> Float {
+        bits & 0x7F80 == 0 ? Float(bitPattern: UInt32(bits & 0x8000) << 16) : floatFromBFloat16Bits(bits)
+    }
+    @inline(__always) func flush(_ x: Float) -> Float { x.isSubnormal ? Float(signOf: x, magnitudeOf: 0) : x }
+    let hi = a.map(bf16), lo = zip(a, hi).map { bf16($0 - floatFromBFloat16Bits($1)) }
+    var acc = flush(start)
+    var k0 = 0
+    while k0 < a.count {
+        for half in [hi, lo] {
+            var even: Float = 0, odd: Float = 0
+            for q in 0..<16 {
+                let k = k0 + 2 * q
+                if k < a.count { even = flush(even.addingProduct(input(half[k]), input(b[k]))) }
+                if k + 1 < a.count { odd = flush(odd.addingProduct(input(half[k + 1]), input(b[k + 1]))) }
+            }
+            acc = flush(acc + flush(even + odd))
+        }
         k0 += 32
     }
     return acc

@@ -13,7 +13,6 @@ import XCTest
 final class TileKernelEngineTests: XCTestCase {
     /// The kernels this CPU runs on bf16 E and C, and a note of those it skips.
     func runnableKernels() -> [TileKernel] {
-        // The AMX kernel is not wired into the engine yet (chooseTileKernel never picks it).
         let all = TileKernel.allCases
         let runs = all.filter { $0.runs(.bfloat16) }
         for k in all where !runs.contains(k) { print("TileKernelEngineTests: skipping \(k.name): this CPU cannot run it") }
@@ -72,19 +71,32 @@ final class TileKernelEngineTests: XCTestCase {
         guard TileKernel.avx512BF16.runs(.bfloat16) else {
             throw XCTSkip("this CPU has no AVX512_BF16: the dot-product kernel cannot run here")
         }
+        try assertReproducible(.avx512BF16)
+    }
+
+    /// The AMX kernel (its tile products, and its rank update for dE) likewise.
+    func testAMXKernelIsReproducible() throws {
+        guard TileKernel.amxBF16.runs(.bfloat16) else {
+            throw XCTSkip("this CPU has no AMX-BF16: the AMX kernel cannot run here")
+        }
+        try assertReproducible(.amxBF16)
+    }
+
+    /// Bitwise the same results at 1, 2 and 3 threads, and from the two-call path as fused.
+    func assertReproducible(_ kernel: TileKernel) throws {
         let data = try LMLikeCase.make()
         var o = Options(); o.threads = 1
-        let reference = try engine(.avx512BF16, o).lossAndGradients(embeddings: data.0, classifier: data.1, targets: data.2)
+        let reference = try engine(kernel, o).lossAndGradients(embeddings: data.0, classifier: data.1, targets: data.2)
         for threads in [2, 3] {
             o.threads = threads
-            let (f, g) = try engine(.avx512BF16, o).lossAndGradients(embeddings: data.0, classifier: data.1, targets: data.2)
-            XCTAssertEqual(f.loss.bitPattern, reference.0.loss.bitPattern, "\(threads) threads: loss")
+            let (f, g) = try engine(kernel, o).lossAndGradients(embeddings: data.0, classifier: data.1, targets: data.2)
+            XCTAssertEqual(f.loss.bitPattern, reference.0.loss.bitPattern, "\(kernel.name), \(threads) threads: loss")
             XCTAssertTrue(bitwiseEqual(g.dE, reference.1.dE) && bitwiseEqual(g.dC, reference.1.dC),
-                          "\(threads) threads: the same gradient bits")
+                          "\(kernel.name), \(threads) threads: the same gradient bits")
         }
         // Two calls, with the estimate's forward-block path not taken: the same bits as fused.
         var split = o; split.filterCorrection = false
-        let cce = engine(.avx512BF16, split)
+        let cce = engine(kernel, split)
         let fused = try cce.lossAndGradients(embeddings: data.0, classifier: data.1, targets: data.2)
         let f = try cce.forward(embeddings: data.0, classifier: data.1, targets: data.2)
         let g = try cce.backward(f, embeddings: data.0, classifier: data.1)
@@ -134,6 +146,56 @@ final class RankUpdateAVX512Tests: XCTestCase {
                 }
                 XCTAssertEqual(fast.map(\.bitPattern), portable.map(\.bitPattern),
                                "m=\(m) k=\(k) w=\(w) transposed=\(transposed) blocked=\(blocked)")
+            }
+        }
+    }
+}
+
+/// The AMX rank update (dE's product with bf16 C): bit for bit its model `amxRankEmulated`
+/// (A split into bf16 hi + lo, tdpbf16ps per 32-element chunk), and within 2^-15 relative of
+/// the Float64 sum (the split keeps A to 2^-17; the chain rounds in Float32), on shapes that
+/// are no multiple of its 32 x 32 block, both strides, blocked or not.
+final class RankUpdateAMXTests: XCTestCase {
+    func testBitwiseItsModelAndCloseToFloat64() throws {
+        guard hasAMX else { throw XCTSkip("this CPU has no AMX-BF16: the AMX rank update cannot run here") }
+        var rng = SeededRandom(seed: 12)
+        var scratch = [UInt32](repeating: 0, count: AMXTileShape.rankScratchWords)
+        for (m, k, w) in [(1, 1, 1), (13, 37, 19), (32, 32, 32), (33, 129, 100), (50, 256, 1023), (17, 200, 48)] {
+            for (transposed, blocked) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = (0..<(m * k)).map { _ in Float(rng.normal()) * 1e-3 }
+                let b = (0..<(k * w)).map { _ in bfloat16Bits(Float(rng.normal())) }
+                let start = (0..<(m * w)).map { _ in Float(rng.normal()) }
+                var fast = start
+                let (ars, aks) = transposed ? (1, m) : (k, 1)
+                a.withUnsafeBufferPointer { ap in
+                    b.withUnsafeBufferPointer { bp in
+                        let bRows = (0..<k).map { UnsafeRawPointer(bp.baseAddress! + $0 * w) }
+                        fast.withUnsafeMutableBufferPointer { o in
+                            let rows = (0..<m).map { o.baseAddress! + $0 * w }
+                            rankUpdateAMX(out: rows, m: m, a: ap.baseAddress!, ars: ars, aks: aks, b: bRows, k: k,
+                                          width: w, blocked: blocked, scratch: &scratch)
+                        }
+                    }
+                }
+                var worst = 0.0
+                for r in 0..<m {
+                    let row = (0..<k).map { a[r * ars + $0 * aks] }
+                    for j in 0..<w {
+                        let column = (0..<k).map { b[$0 * w + j] }
+                        let s = start[r * w + j]
+                        let model = blocked ? amxRankEmulated(start: 0, a: row, b: column) + s
+                                            : amxRankEmulated(start: s, a: row, b: column)
+                        XCTAssertEqual(fast[r * w + j].bitPattern, model.bitPattern,
+                                       "m=\(m) k=\(k) w=\(w) transposed=\(transposed) blocked=\(blocked) (\(r), \(j))")
+                        var exact = Double(s), scale = abs(Double(s))
+                        for q in 0..<k {
+                            let p = Double(row[q]) * Double(floatFromBFloat16Bits(column[q]))
+                            exact += p; scale += abs(p)
+                        }
+                        worst = max(worst, abs(Double(fast[r * w + j]) - exact) / scale)
+                    }
+                }
+                XCTAssertLessThan(worst, 0x1p-15, "m=\(m) k=\(k) w=\(w): error against Float64, relative to Σ|terms|")
             }
         }
     }

@@ -135,6 +135,24 @@ void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *ds
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
                           float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead);
 
+/// The AMX rank update: the contract of cce_fma_rank_update (out_r[j] (+)= Σ_{q < k} A(r, q)·
+/// b_q[j], A(r, q) = a[r·ars + q·aks], for r < m and j < width; with `blocked` the sum is
+/// formed from +0 and then added to out, else formed onto out) with b rows stored as bf16
+/// (exact) and k ≤ CCE_AMX_RANK_KMAX (larger k: nothing is done). Each A value is split into
+/// two bf16 values, hi = bf16(x) and lo = bf16(x − hi), both rounded to nearest even, so
+/// hi + lo = x to within 2^-17·|x|. Bits: per output element, one chain over the 32-element
+/// chunks of q from the starting sum s: s ← s + (E_hi + O_hi), then s ← s + (E_lo + O_lo),
+/// E and O the chunk's even- and odd-q products in order from +0 (one tdpbf16ps each, as in
+/// cce_amx_tile_product, with its flushes of subnormals). So an element's bits depend on
+/// its A row, the b rows, k and the starting sum only: not on m, width, the row or column
+/// position, or the thread. scratch: cce_amx_rank_scratch_words() words, 64-byte aligned
+/// is best. Requires cce_amx_supported().
+#define CCE_AMX_RANK_MR 32
+#define CCE_AMX_RANK_KMAX 256
+size_t cce_amx_rank_scratch_words(void);
+void cce_amx_rank_update(float *const *out, long m, const float *a, long ars, long aks, const uint16_t *const *b,
+                         long k, long width, int blocked, uint32_t *scratch);
+
 // MARK: - The Float32 FMA kernel (512-bit)
 
 /// Rows of the register block (and per panel-mask entry).

@@ -411,10 +411,8 @@ enum Backward {
                 }
                 // dC_v += Σ_r dy_rv · e_r over the kept rows, one sequential FMA chain per element.
                 let dy = pending.dy.base + e.offset
-                let keptRows = workspace.keptRows.base
-                for r in 0..<e.kept { keptRows[r] = workspace.eRows.base[pending.rows.base[e.rowOffset + r]] }
-                workspace.rankUpdate(out: workspace.outRows.base, m: e.cols, a: dy, ars: 1, aks: e.cols,
-                                     b: UnsafePointer(keptRows), k: e.kept)
+                workspace.rankUpdateTokens(out: workspace.outRows.base, m: e.cols, a: dy, ars: 1, aks: e.cols,
+                                           rows: pending.rows.base + e.rowOffset, k: e.kept, eType: operands.eType)
                 if let part, let comp = out.compC {
                     for c in 0..<e.cols {
                         let o = vocabRow(c) * d

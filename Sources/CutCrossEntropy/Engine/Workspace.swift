@@ -64,10 +64,17 @@ struct Operands<S: KernelScalar>: @unchecked Sendable {
 }
 
 final class Workspace<S: KernelScalar> {
-    let eBlock: Scratch<S>               // NB x D: the token block converted to S (unless read in place)
+    let eBlock: Scratch<S>               // NB x D: the token block converted to S (unless read in place
+                                         // or never needed: the bf16 kernels, see loadTokens)
     let eRows: Scratch<UnsafePointer<S>> // the token block's E rows as S: in place, or in eBlock
+    let eRaw: Scratch<UnsafeRawPointer>  // the token block's E rows as stored
+    /// Whether the products and dC's updates read E as stored (the AVX-512 kernels with bf16
+    /// E and C: the bf16 panels, and rank updates converting while loading), so that no row
+    /// is converted to S and eRows is not filled.
+    let eStoredOnly: Bool
     let selectedRows: Scratch<UnsafePointer<S>>  // backward: the E rows of the selected rows
     let keptRows: Scratch<UnsafePointer<S>>      // backward: the E rows of a dC update's kept rows
+    let keptRaw: Scratch<UnsafeRawPointer>       //   ... as stored (eStoredOnly)
     let cPanel: Scratch<S>               // one packed C panel (L1): 16 x 256, or 32 x 256 (AVX-512)
     let bf16Panels: Scratch<UInt32>      // bf16 kernels (AMX, dot product): the token block in bf16 pairs
     let bf16Selected: Scratch<UInt32>    //   ... and the selected rows (selectedProduct)
@@ -103,12 +110,16 @@ final class Workspace<S: KernelScalar> {
 
     init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
          partials: Bool = false) {
+        // The bf16 kernels run only for bf16 E and C in Float32 (chooseTileKernel).
+        eStoredOnly = (kernel == .amxBF16 || kernel == .avx512BF16) && backend == .swiftSIMD && S.self == Float.self
         let nb = plan.tokenBlock, vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
         let wide = max(vb, forwardVB)
         self.d = d; self.vb = vb
         // OpenBLAS needs the block contiguous, so it always takes the copy.
-        eBlock = Scratch(count: eInPlace && backend == .swiftSIMD ? 0 : nb * d)
+        eBlock = Scratch(count: (eInPlace && backend == .swiftSIMD) || eStoredOnly ? 0 : nb * d)
         eRows = Scratch(count: nb)
+        eRaw = Scratch(count: nb)
+        keptRaw = Scratch(count: nb)
         selectedRows = Scratch(count: selectedLimit)
         keptRows = Scratch(count: nb)
         self.kernel = kernel
@@ -152,9 +163,11 @@ final class Workspace<S: KernelScalar> {
     /// Points eRows at the E rows of active tokens first ..< first + count as S: in place
     /// when they are already S, else converted into eBlock. This is the only conversion of
     /// an E row in the sweep: the products, the target logits and the dC updates all read
-    /// these rows.
+    /// these rows. The bf16 kernels read them as stored instead (eStoredOnly: packed into
+    /// bf16 panels for the products, eRaw for dC's updates).
     func loadTokens(_ operands: Operands<S>, first: Int, count: Int) {
         let rows = operands.problem.rows
+        for i in 0..<count { eRaw.base[i] = operands.eRow(Int(rows[first + i])) }
         if kernel == .avx512BF16 || kernel == .amxBF16 {
             // The bf16 kernels multiply the stored bf16 pairs: packed from the caller's rows
             // (each kernel's own layout, no conversion).
@@ -163,6 +176,7 @@ final class Workspace<S: KernelScalar> {
                 packBF16(UnsafePointer(raw.baseAddress!), m: count, into: bf16Panels.base)
             }
         }
+        if eStoredOnly { return }
         if eBlock.count == 0 {
             for i in 0..<count { eRows.base[i] = operands.eRow(Int(rows[first + i])).assumingMemoryBound(to: S.self) }
         } else {
@@ -235,7 +249,7 @@ final class Workspace<S: KernelScalar> {
     /// The logit tile of the selected rows only (rows selected[0 ..< n], n ≤ selectedLimit),
     /// row r of the tile for row selected[r]: no other row is computed.
     func selectedProduct(_ operands: Operands<S>, first: Int, n: Int, v0: Int, vc: Int, ldo: Int) {
-        for r in 0..<n { selectedRows.base[r] = eRows.base[selected.base[r]] }
+        if !eStoredOnly { for r in 0..<n { selectedRows.base[r] = eRows.base[selected.base[r]] } }
         if kernel == .avx512BF16 || kernel == .amxBF16 {
             let rows = operands.problem.rows
             withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: n) { raw in
@@ -266,6 +280,24 @@ final class Workspace<S: KernelScalar> {
         }
     }
 
+    /// dC's update: out_c += Σ_q A(c, q)·e_{rows[q]} over the token block's rows rows[0 ..< k]
+    /// (tile indices), A(c, q) = a[c·ars + q·aks]: the 512-bit kernel reads the E rows as
+    /// stored when the products do (eStoredOnly; the conversion is exact, so the bits are
+    /// those of the converted rows), else the rows of eRows.
+    func rankUpdateTokens(out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int, a: UnsafePointer<S>, ars: Int, aks: Int,
+                          rows: UnsafePointer<Int>, k: Int, eType: ElementType) {
+        if eStoredOnly {
+            for q in 0..<k { keptRaw.base[q] = eRaw.base[rows[q]] }
+            UnsafeRawPointer(out).withMemoryRebound(to: UnsafeMutablePointer<Float>.self, capacity: m) { out in
+                rankUpdateAVX512(out: out, m: m, a: UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), ars: ars,
+                                 aks: aks, b: UnsafePointer(keptRaw.base), bType: eType, k: k, width: d)
+            }
+        } else {
+            for q in 0..<k { keptRows.base[q] = eRows.base[rows[q]] }
+            rankUpdate(out: out, m: m, a: a, ars: ars, aks: aks, b: UnsafePointer(keptRows.base), k: k)
+        }
+    }
+
     /// dE's update: out_r += Σ_q dy(r, q)·C_{v0+q} over the tile's first m rows and the
     /// vocabulary at sorted positions v0 ..< v0 + vc. The 512-bit kernel reads the C rows in
     /// their stored type; the portable one reads them converted and copied together (whole
@@ -275,7 +307,16 @@ final class Workspace<S: KernelScalar> {
         if kernel != .portable && S.self == Float.self {
             for q in 0..<vc { cRaw.base[q] = operands.sortedCRow(v0 + q) }
             UnsafeRawPointer(out).withMemoryRebound(to: UnsafeMutablePointer<Float>.self, capacity: m) { out in
-                rankUpdateAVX512(out: out, m: m, a: UnsafeRawPointer(tile.base).assumingMemoryBound(to: Float.self),
+                let a = UnsafeRawPointer(tile.base).assumingMemoryBound(to: Float.self)
+                if kernel == .amxBF16 && operands.cType == .bfloat16 && vc <= AMXTileShape.rankMaxK {
+                    // AMX: dy split into bf16 hi + lo, C's bf16 rows as they are (the panel
+                    // scratch is free: the tile product is done).
+                    rankUpdateAMX(out: out, m: m, a: a, ars: vb, aks: 1, b: UnsafePointer(cRaw.base), k: vc, width: d,
+                                  blocked: blocked, scratch: UnsafeMutableRawPointer(cPanel.base)
+                                    .assumingMemoryBound(to: UInt32.self))
+                    return
+                }
+                rankUpdateAVX512(out: out, m: m, a: a,
                                  ars: vb, aks: 1, b: UnsafePointer(cRaw.base), bType: operands.cType, k: vc, width: d,
                                  blocked: blocked)
             }
