@@ -486,54 +486,56 @@ CCE_INLINE __m256i bf16_split(__m512 x, __m256i *lo) {
 }
 
 size_t cce_amx_rank_scratch_words(void) {
-    return (size_t)CCE_AMX_RANK_MR * CCE_AMX_RANK_KMAX + CCE_AMX_RANK_KMAX * 16 + 32 * 32;
+    return (size_t)16 * CCE_AMX_RANK_KMAX + (size_t)CCE_AMX_RANK_KMAX / 2 * CCE_AMX_RANK_JB + 16 * 64;
 }
 
-// The 2 x 2 accumulator block of rows 0 ..< 16·RH and columns 0 ..< 16·CH over kt 32-element
-// chunks of q: per chunk, the hi tile then the lo tile of A against the same B tiles.
-// a: A tiles, word ((t·2 + h)·RT + g)·256 for chunk t, half h (0 hi, 1 lo), row tile g;
-// b: B tiles, word (t·2 + j)·256 for chunk t, column tile j. c: 32 x 32 Float32 (stride 32).
-#define AMX_RANK_BLOCK(RH, CH)                                                                    \
+// One 16-row tile of A (rows as packed: word (t·2 + h)·256 for chunk t, half h) against the
+// B tiles of up to 64 columns (four column tiles: word (t·tiles + j)·256 for chunk t, column
+// tile j, `tiles` per chunk), onto the 16 x 64 Float32 block c (stride 64): per chunk, the hi
+// products into every accumulator, then the lo products (so an accumulator's two steps are
+// three instructions apart). CT: column tiles computed (1 to 4).
+#define AMX_RANK_STRIP(CT)                                                                        \
     do {                                                                                          \
         if (blocked) {                                                                            \
             _tile_zero(0);                                                                        \
-            if (CH > 1) _tile_zero(1);                                                            \
-            if (RH > 1) _tile_zero(2);                                                            \
-            if (RH > 1 && CH > 1) _tile_zero(3);                                                  \
+            if (CT > 1) _tile_zero(1);                                                            \
+            if (CT > 2) _tile_zero(2);                                                            \
+            if (CT > 3) _tile_zero(3);                                                            \
         } else {                                                                                  \
-            _tile_loadd(0, c, 128);                                                               \
-            if (CH > 1) _tile_loadd(1, c + 16, 128);                                              \
-            if (RH > 1) _tile_loadd(2, c + 16 * 32, 128);                                         \
-            if (RH > 1 && CH > 1) _tile_loadd(3, c + 16 * 32 + 16, 128);                          \
+            _tile_loadd(0, c, 256);                                                               \
+            if (CT > 1) _tile_loadd(1, c + 16, 256);                                              \
+            if (CT > 2) _tile_loadd(2, c + 32, 256);                                              \
+            if (CT > 3) _tile_loadd(3, c + 48, 256);                                              \
         }                                                                                         \
         for (long t = 0; t < kt; t++) {                                                           \
-            _tile_loadd(6, bt + (t * 2) * 256, 64);                                                \
-            if (CH > 1) _tile_loadd(7, bt + (t * 2 + 1) * 256, 64);                                \
-            for (int h = 0; h < 2; h++) {                                                         \
-                _tile_loadd(4, at + ((t * 2 + h) * 2) * 256, 64);                                  \
-                if (RH > 1) _tile_loadd(5, at + ((t * 2 + h) * 2 + 1) * 256, 64);                  \
-                _tile_dpbf16ps(0, 4, 6);                                                          \
-                if (CH > 1) _tile_dpbf16ps(1, 4, 7);                                              \
-                if (RH > 1) _tile_dpbf16ps(2, 5, 6);                                              \
-                if (RH > 1 && CH > 1) _tile_dpbf16ps(3, 5, 7);                                    \
-            }                                                                                     \
+            const uint32_t *bt = b0 + t * tiles * 256;                                            \
+            _tile_loadd(4, at + (t * 2) * 256, 64);                                               \
+            _tile_loadd(5, at + (t * 2 + 1) * 256, 64);                                           \
+            _tile_loadd(6, bt, 64);                   _tile_dpbf16ps(0, 4, 6);                    \
+            if (CT > 1) { _tile_loadd(7, bt + 256, 64); _tile_dpbf16ps(1, 4, 7); }                \
+            if (CT > 2) { _tile_loadd(6, bt + 512, 64); _tile_dpbf16ps(2, 4, 6); }                \
+            if (CT > 3) { _tile_loadd(7, bt + 768, 64); _tile_dpbf16ps(3, 4, 7); }                \
+            _tile_loadd(6, bt, 64);                   _tile_dpbf16ps(0, 5, 6);                    \
+            if (CT > 1) { _tile_loadd(7, bt + 256, 64); _tile_dpbf16ps(1, 5, 7); }                \
+            if (CT > 2) { _tile_loadd(6, bt + 512, 64); _tile_dpbf16ps(2, 5, 6); }                \
+            if (CT > 3) { _tile_loadd(7, bt + 768, 64); _tile_dpbf16ps(3, 5, 7); }                \
         }                                                                                         \
-        _tile_stored(0, c, 128);                                                                  \
-        if (CH > 1) _tile_stored(1, c + 16, 128);                                                 \
-        if (RH > 1) _tile_stored(2, c + 16 * 32, 128);                                            \
-        if (RH > 1 && CH > 1) _tile_stored(3, c + 16 * 32 + 16, 128);                             \
+        _tile_stored(0, c, 256);                                                                  \
+        if (CT > 1) _tile_stored(1, c + 16, 256);                                                 \
+        if (CT > 2) _tile_stored(2, c + 32, 256);                                                 \
+        if (CT > 3) _tile_stored(3, c + 48, 256);                                                 \
     } while (0)
 
 CCE_AMX
 void cce_amx_rank_update(float *const *out, long m, const float *a, long ars, long aks, const uint16_t *const *b,
                          long k, long width, int blocked, uint32_t *scratch) {
     if (m <= 0 || width <= 0 || k > CCE_AMX_RANK_KMAX) return;
-    const long chunks = (k + 31) / 32;
-    uint32_t *ap = scratch;                                            // A: 32 rows x KMAX, hi and lo
-    uint32_t *bp = scratch + (long)CCE_AMX_RANK_MR * CCE_AMX_RANK_KMAX; // B: KMAX x 32 columns
-    float *edge = (float *)(bp + CCE_AMX_RANK_KMAX * 16);              // 32 x 32 Float32
-    // 16-bit lane n of the interleave of rows x (lanes 0–31) and y (32–63): x[n/2] for even n,
-    // y[n/2] for odd n, from element 16·j of each: column tile j's 16 pairs.
+    const long chunks = (k + 31) / 32, kt = chunks;
+    uint32_t *ap = scratch;                                        // A: one 16-row tile, hi and lo per chunk
+    uint32_t *bp = scratch + 16 * CCE_AMX_RANK_KMAX;               // B: KMAX x JB columns in pairs
+    float *c = (float *)(bp + CCE_AMX_RANK_KMAX / 2 * CCE_AMX_RANK_JB);  // 16 x 64 Float32
+    // 16-bit lane n of the interleave of x (lanes 0–31) and y (32–63): x[16j + n/2] for even
+    // n, y[16j + n/2] for odd n: column tile j's 16 pairs of the two rows.
     __m512i pick[2];
     for (int j = 0; j < 2; j++) {
         uint16_t idx[32];
@@ -545,17 +547,32 @@ void cce_amx_rank_update(float *const *out, long m, const float *a, long ars, lo
     cfg.palette = 1;
     for (int t = 0; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
     _tile_loadconfig(&cfg);
-    for (long r0 = 0; r0 < m; r0 += 32) {
-        const long mc = m - r0 < 32 ? m - r0 : 32, rt = mc > 16 ? 2 : 1;
-        // A rows r0 ..< r0 + mc as bf16 hi and lo, 32 elements of q per tile row; rows ≥ mc
-        // and elements ≥ k zero.
-        for (long t = 0; t < chunks; t++)
-            for (int g = 0; g < 2; g++)
-                for (int r = 0; r < 16; r++) {
-                    long row = 16 * g + r;
+    for (long j0 = 0; j0 < width; j0 += CCE_AMX_RANK_JB) {
+        const long jn = width - j0 < CCE_AMX_RANK_JB ? width - j0 : CCE_AMX_RANK_JB;
+        const long tiles = (jn + 15) / 16;
+        // B: rows q, q + 1 of b interleaved into pairs, columns j0 ..< j0 + jn (each row read
+        // as one contiguous stretch); zero past k and jn.
+        for (long p = 0; p < chunks * 16; p++) {
+            const long q = 2 * p, t = p / 16, row = p % 16;
+            for (long jj = 0; jj < jn; jj += 32) {
+                const long left = jn - jj;
+                const __mmask32 cm = left >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << left) - 1);
+                __m512i x = q < k ? _mm512_maskz_loadu_epi16(cm, b[q] + j0 + jj) : _mm512_setzero_si512();
+                __m512i y = q + 1 < k ? _mm512_maskz_loadu_epi16(cm, b[q + 1] + j0 + jj) : _mm512_setzero_si512();
+                uint32_t *w = bp + (t * tiles + jj / 16) * 256 + row * 16;
+                _mm512_storeu_si512(w, _mm512_permutex2var_epi16(x, pick[0], y));
+                if (jj + 16 < jn) _mm512_storeu_si512(w + 256, _mm512_permutex2var_epi16(x, pick[1], y));
+            }
+        }
+        for (long r0 = 0; r0 < m; r0 += 16) {
+            const long mc = m - r0 < 16 ? m - r0 : 16;
+            // A rows r0 ..< r0 + mc as bf16 hi and lo, 32 elements of q per tile row; rows ≥ mc
+            // and elements ≥ k zero. (Packed again for every column block: A is small.)
+            for (long t = 0; t < chunks; t++)
+                for (long r = 0; r < 16; r++) {
                     __m256i h0, h1, l0, l1;
-                    if (row < mc) {
-                        const float *x = a + (r0 + row) * ars + 32 * t * aks;
+                    if (r < mc) {
+                        const float *x = a + (r0 + r) * ars + 32 * t * aks;
                         const long left = k - 32 * t;
                         __m512 x0, x1;
                         if (aks == 1) {
@@ -573,52 +590,40 @@ void cce_amx_rank_update(float *const *out, long m, const float *a, long ars, lo
                     } else {
                         h0 = h1 = l0 = l1 = _mm256_setzero_si256();
                     }
-                    uint32_t *hi = ap + ((t * 2 + 0) * 2 + g) * 256 + r * 16;
-                    uint32_t *lo = ap + ((t * 2 + 1) * 2 + g) * 256 + r * 16;
+                    uint32_t *hi = ap + (t * 2) * 256 + r * 16, *lo = ap + (t * 2 + 1) * 256 + r * 16;
                     _mm256_storeu_si256((__m256i *)hi, h0); _mm256_storeu_si256((__m256i *)(hi + 8), h1);
                     _mm256_storeu_si256((__m256i *)lo, l0); _mm256_storeu_si256((__m256i *)(lo + 8), l1);
                 }
-        for (long j0 = 0; j0 < width; j0 += 32) {
-            const long nc = width - j0 < 32 ? width - j0 : 32, ct = nc > 16 ? 2 : 1;
-            const __mmask32 cm = nc == 32 ? ~(__mmask32)0 : (__mmask32)((1u << nc) - 1);
-            // B: rows q, q + 1 of b interleaved into pairs, columns j0 ..< j0 + nc; zero past
-            // k and nc.
-            for (long p = 0; p < chunks * 16; p++) {
-                long q = 2 * p;
-                __m512i x = q < k ? _mm512_maskz_loadu_epi16(cm, b[q] + j0) : _mm512_setzero_si512();
-                __m512i y = q + 1 < k ? _mm512_maskz_loadu_epi16(cm, b[q + 1] + j0) : _mm512_setzero_si512();
-                long t = p / 16, row = p % 16;
-                _mm512_storeu_si512(bp + (t * 2 + 0) * 256 + row * 16, _mm512_permutex2var_epi16(x, pick[0], y));
-                _mm512_storeu_si512(bp + (t * 2 + 1) * 256 + row * 16, _mm512_permutex2var_epi16(x, pick[1], y));
-            }
-            // The starting sums: +0 (blocked: the block's sum is added to out afterwards; the
-            // accumulators start zeroed) or out's, through the edge block.
-            const __mmask16 k0 = (__mmask16)cm, k1 = (__mmask16)(cm >> 16);
-            if (!blocked)
-                for (long r = 0; r < 16 * rt; r++) {
-                    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-                    if (r < mc) {
-                        s0 = _mm512_maskz_loadu_ps(k0, out[r0 + r] + j0);
-                        s1 = _mm512_maskz_loadu_ps(k1, out[r0 + r] + j0 + 16);
+            const uint32_t *at = ap;
+            for (long g = 0; g < tiles; g += 4) {
+                const long ct = tiles - g < 4 ? tiles - g : 4, jc = j0 + 16 * g;
+                const long nc = width - jc < 64 ? width - jc : 64;
+                const __mmask64 all = nc >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << nc) - 1);
+                const uint32_t *b0 = bp + g * 256;
+                // The starting sums: +0 (blocked: the sum is added to out afterwards; the
+                // accumulators start zeroed) or out's, through the block c.
+                if (!blocked)
+                    for (long r = 0; r < 16; r++)
+                        for (int v = 0; v < 4; v++) {
+                            __mmask16 kv = (__mmask16)(all >> (16 * v));
+                            _mm512_storeu_ps(c + r * 64 + 16 * v,
+                                             r < mc ? _mm512_maskz_loadu_ps(kv, out[r0 + r] + jc + 16 * v) : _mm512_setzero_ps());
+                        }
+                AMX_BARRIER();
+                switch (ct) {
+                case 4: AMX_RANK_STRIP(4); break;
+                case 3: AMX_RANK_STRIP(3); break;
+                case 2: AMX_RANK_STRIP(2); break;
+                default: AMX_RANK_STRIP(1); break;
+                }
+                AMX_BARRIER();
+                for (long r = 0; r < mc; r++)
+                    for (int v = 0; v < 4 && 16 * v < nc; v++) {
+                        __mmask16 kv = (__mmask16)(all >> (16 * v));
+                        __m512 sum = _mm512_loadu_ps(c + r * 64 + 16 * v);
+                        if (blocked) sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(kv, out[r0 + r] + jc + 16 * v));
+                        _mm512_mask_storeu_ps(out[r0 + r] + jc + 16 * v, kv, sum);
                     }
-                    _mm512_storeu_ps(edge + r * 32, s0);
-                    _mm512_storeu_ps(edge + r * 32 + 16, s1);
-                }
-            float *c = edge;
-            const uint32_t *at = ap, *bt = bp;
-            const long kt = chunks;
-            AMX_BARRIER();
-            if (rt > 1) { if (ct > 1) AMX_RANK_BLOCK(2, 2); else AMX_RANK_BLOCK(2, 1); }
-            else { if (ct > 1) AMX_RANK_BLOCK(1, 2); else AMX_RANK_BLOCK(1, 1); }
-            AMX_BARRIER();
-            for (long r = 0; r < mc; r++) {
-                __m512 s0 = _mm512_loadu_ps(edge + r * 32), s1 = _mm512_loadu_ps(edge + r * 32 + 16);
-                if (blocked) {
-                    s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(k0, out[r0 + r] + j0));
-                    s1 = _mm512_add_ps(s1, _mm512_maskz_loadu_ps(k1, out[r0 + r] + j0 + 16));
-                }
-                _mm512_mask_storeu_ps(out[r0 + r] + j0, k0, s0);
-                _mm512_mask_storeu_ps(out[r0 + r] + j0 + 16, k1, s1);
             }
         }
     }
@@ -788,7 +793,7 @@ void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *ds
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
                           float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) { __builtin_trap(); }
 size_t cce_amx_rank_scratch_words(void) {
-    return (size_t)CCE_AMX_RANK_MR * CCE_AMX_RANK_KMAX + CCE_AMX_RANK_KMAX * 16 + 32 * 32;
+    return (size_t)16 * CCE_AMX_RANK_KMAX + (size_t)CCE_AMX_RANK_KMAX / 2 * CCE_AMX_RANK_JB + 16 * 64;
 }
 void cce_amx_rank_update(float *const *out, long m, const float *a, long ars, long aks, const uint16_t *const *b,
                          long k, long width, int blocked, uint32_t *scratch) { __builtin_trap(); }

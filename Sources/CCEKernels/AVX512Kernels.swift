@@ -104,7 +104,7 @@ public enum AMXTileShape {
     public static let scratchWords = Int(cce_amx_scratch_words())
     /// The largest k of `rankUpdateAMX` (the backward's vocabulary block is at most 256).
     public static let rankMaxK = Int(CCE_AMX_RANK_KMAX)
-    /// UInt32 words of the scratch `rankUpdateAMX` needs (52 KiB: fewer than `scratchWords`).
+    /// UInt32 words of the scratch `rankUpdateAMX` needs (148 KiB).
     public static let rankScratchWords = Int(cce_amx_rank_scratch_words())
 }
 

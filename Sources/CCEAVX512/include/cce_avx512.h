@@ -147,8 +147,9 @@ void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *cons
 /// its A row, the b rows, k and the starting sum only: not on m, width, the row or column
 /// position, or the thread. scratch: cce_amx_rank_scratch_words() words, 64-byte aligned
 /// is best. Requires cce_amx_supported().
-#define CCE_AMX_RANK_MR 32
 #define CCE_AMX_RANK_KMAX 256
+/// Columns of b packed at a time (each b row read as one stretch of JB elements).
+#define CCE_AMX_RANK_JB 256
 size_t cce_amx_rank_scratch_words(void);
 void cce_amx_rank_update(float *const *out, long m, const float *a, long ars, long aks, const uint16_t *const *b,
                          long k, long width, int blocked, uint32_t *scratch);

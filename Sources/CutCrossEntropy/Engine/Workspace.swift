@@ -125,7 +125,7 @@ final class Workspace<S: KernelScalar> {
         self.kernel = kernel
         switch kernel {
         case .portable: cPanel = Scratch(count: TileShape.nr * TileShape.kc)
-        case .amxBF16: cPanel = Scratch(count: AMXTileShape.scratchWords)
+        case .amxBF16: cPanel = Scratch(count: max(AMXTileShape.scratchWords, AMXTileShape.rankScratchWords))
         case .avx512FMA, .avx512BF16:
             cPanel = Scratch(count: max(AVX512TileShape.columnPanelFloats, BF16TileShape.columnPanelWords))
         }
