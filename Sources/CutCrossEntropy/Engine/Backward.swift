@@ -85,6 +85,8 @@ struct BackwardState<S: KernelScalar>: @unchecked Sendable {
     let upstream: UnsafePointer<S>     // g_i per active token
     let policy: BackwardPolicy
     let outputs: GradientOutputs<S>
+    /// The C-row sums of the dropped-mass estimate (when the policy asks for it).
+    var sums: EstimateSums<S>? = nil
 
     /// ε in S; −1 (every |dy| passes) when nothing is filtered.
     var epsilon: S { policy.epsilon.map { S($0) } ?? -1 }
@@ -129,7 +131,7 @@ enum Backward {
     /// are not recomputed.
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, handOff: HandOff,
-        b: Int, first: Int, count: Int, loss definition: LossDefinition<S>, blockStats: UnsafePointer<S>?,
+        b: Int, first: Int, count: Int, loss definition: LossDefinition<S>, blockStats: UnsafeMutablePointer<S>?,
         stats: inout FilterStatistics
     ) {
         let plan = operands.plan
@@ -144,9 +146,9 @@ enum Backward {
             let forwardBlock = v0 / forwardVB
             let startsForward = v0 % forwardVB == 0
             let endsForward = v0 + vc == min(operands.v, (forwardBlock + 1) * forwardVB)
-            if startsForward && policy.estimate { workspace.blockSums.reset(forwardBlock: forwardBlock) }
             var rows = KeptRows()
-            rows.recomputed = rowsToRecompute(operands, state, workspace, bound: bound, first: first, count: count,
+            rows.recomputed = rowsToRecompute(operands, state, workspace, bound: bound.map { UnsafePointer($0) },
+                                              first: first, count: count,
                                               v0: v0, vc: vc, startsForward: startsForward, loss: definition)
             stats.tiles += 1; stats.rowSegments += count
             stats.boundSkippedRowSegments += count - rows.recomputed
@@ -170,9 +172,13 @@ enum Backward {
                 queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
             }
             flush(operands, state, workspace, handOff, b: b, blocking: false)
-            if policy.estimate && bound != nil && endsForward {
-                estimateSkipped(operands, state, workspace, first: first, count: count)
+            if policy.estimate, let bound, endsForward {
+                estimateSkipped(operands, state, workspace, coefficients: bound, forwardBlock: forwardBlock, first: first,
+                                count: count)
             }
+        }
+        if policy.estimate, let bound, state.outputs.compE == nil {
+            addSkippedEstimates(operands, state, workspace, coefficients: bound, first: first, count: count)
         }
         flush(operands, state, workspace, handOff, b: b, blocking: true)
     }
@@ -279,8 +285,7 @@ enum Backward {
                     workspace.excluded.base[i] = j
                 } else if !keepE {
                     addEstimate(state, row: Int(operands.problem.rows[first + i]), d: operands.d,
-                                scale: g * tileRowSum(row, count: vc) / S(vc),
-                                sum: workspace.blockSums.backward(j, operands))
+                                scale: g * tileRowSum(row, count: vc) / S(vc), sum: state.sums!.backward(j))
                 }
             }
             guard keepE || keepC else { continue }
@@ -298,29 +303,53 @@ enum Backward {
         }
     }
 
-    /// Stage 6: at the end of a forward block F, each row the bound skipped over F adds
-    /// r_iF · (mean C row of F) to dE, minus the sub-block it was recomputed in for its
-    /// target (whose C rows then leave the mean too).
+    /// Stage 6: at the end of forward block f, each row the bound skipped over f gets its
+    /// estimate r_if · (mean C row of f), minus the sub-block it was recomputed in for its
+    /// target (whose C rows then leave the mean too): the coefficient r_if / |f| (or
+    /// r_if / (|f| − |sub-block|)) goes into the row's slot of the block's log-sum-exp in
+    /// `coefficients` (the forward's block statistics, that value now used), 0 for rows not
+    /// skipped, and `addSkippedEstimates` adds them all at the end of the token block; the
+    /// excluded sub-block's part is added now. In the kahan accumulation every part is added
+    /// now, through the compensation rows.
     static func estimateSkipped<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>,
-                                                 _ workspace: Workspace<S>, first: Int, count: Int) {
+                                                 _ workspace: Workspace<S>, coefficients: UnsafeMutablePointer<S>,
+                                                 forwardBlock f: Int, first: Int, count: Int) {
         let vb = operands.plan.vocabBlock, forwardVB = operands.plan.forwardVocabBlock
-        let forwardBlock = workspace.blockSums.forwardBlock
-        let forwardCount = min(forwardVB, operands.v - forwardBlock * forwardVB)
-        for i in 0..<count where workspace.residualOn.base[i] {
+        let forwardBlocks = (operands.v + forwardVB - 1) / forwardVB
+        let forwardCount = min(forwardVB, operands.v - f * forwardVB)
+        let sums = state.sums!, now = state.outputs.compE != nil
+        for i in 0..<count {
+            let slot = coefficients + 2 * (i * forwardBlocks + f) + 1
+            slot.pointee = 0
+            guard workspace.residualOn.base[i] else { continue }
             let row = Int(operands.problem.rows[first + i])
             let excludedBlock = workspace.excluded.base[i]
-            let forwardSum = workspace.blockSums.forward(operands)
             let residual = workspace.residual.base[i]
-            if excludedBlock < 0 {
-                addEstimate(state, row: row, d: operands.d, scale: residual / S(forwardCount), sum: forwardSum)
-            } else {
+            var s = residual / S(forwardCount)
+            if excludedBlock >= 0 {
                 let excludedCount = min(vb, operands.v - excludedBlock * vb)
                 guard forwardCount > excludedCount else { continue }
-                let s = residual / S(forwardCount - excludedCount)
-                addEstimate(state, row: row, d: operands.d, scale: s, sum: forwardSum)
-                addEstimate(state, row: row, d: operands.d, scale: -s,
-                            sum: workspace.blockSums.backward(excludedBlock, operands))
+                s = residual / S(forwardCount - excludedCount)
+                addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.backward(excludedBlock))
             }
+            if now { addEstimate(state, row: row, d: operands.d, scale: s, sum: sums.forward(f)) } else { slot.pointee = s }
+        }
+    }
+
+    /// The skipped rows' estimates of the whole token block at once: dE_i += Σ_f c_if · F_f over
+    /// the coefficients estimateSkipped left, as rank updates over chunks of VB forward
+    /// blocks (a fixed chunking, so the bits do not depend on NB or the thread count); each
+    /// chunk's sum is formed from +0 and then added to dE. One pass over the block's dE rows
+    /// per chunk instead of one per row and forward block.
+    static func addSkippedEstimates<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>,
+                                                     _ workspace: Workspace<S>, coefficients: UnsafePointer<S>,
+                                                     first: Int, count: Int) {
+        let sums = state.sums!, forwardBlocks = sums.forwardBlocks, d = operands.d, chunk = operands.plan.vocabBlock
+        for i in 0..<count { workspace.outRows.base[i] = state.outputs.dE + Int(operands.problem.rows[first + i]) * d }
+        for f0 in stride(from: 0, to: forwardBlocks, by: chunk) {
+            workspace.rankUpdate(out: workspace.outRows.base, m: count, a: coefficients + 2 * f0 + 1,
+                                 ars: 2 * forwardBlocks, aks: 2, b: UnsafePointer(sums.wholeRows.base + f0),
+                                 k: min(chunk, forwardBlocks - f0), blocked: true)
         }
     }
 

@@ -156,7 +156,9 @@ enum Engine {
                                                                  dC: rebound(direct?.dC) ?? dC.baseAddress!,
                                                                  dBias: direct == nil ? dBias : rebound(direct?.dBias),
                                                                  compE: compensated ? compE.baseAddress : nil,
-                                                                 compC: compensated ? compC.baseAddress : nil))
+                                                                 compC: compensated ? compC.baseAddress : nil),
+                                        sums: call.policy.estimate && p.active > 0
+                                            ? EstimateSums(operands, threads: call.threads) : nil)
                         : nil
                     if call.pass == .fused, let exchange = call.exchange, let parts, let backward {
                         // The shard's partials out, the global LSE back into `lse`.
@@ -232,8 +234,7 @@ enum Engine {
                 }
                 if pass != .forward, let backward {
                     Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
-                                   loss: definition, blockStats: blockStats.map { UnsafePointer($0.base) },
-                                   stats: &workerStats)
+                                   loss: definition, blockStats: blockStats?.base, stats: &workerStats)
                 }
                 b += workers
             }
@@ -307,7 +308,7 @@ extension Engine {
                     workspace.loadTokens(operands, first: first, count: count)
                     Backward.block(operands, backward, workspace, handOff: handOff, b: base + k, first: first, count: count,
                                    loss: definition,
-                                   blockStats: UnsafePointer(blockStats.base + 2 * (first - start) * forwardBlocks),
+                                   blockStats: blockStats.base + 2 * (first - start) * forwardBlocks,
                                    stats: &workerStats)
                 }
                 stats[w] = workerStats

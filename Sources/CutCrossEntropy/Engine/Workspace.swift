@@ -98,7 +98,6 @@ final class Workspace<S: KernelScalar> {
     let residualOn: Scratch<Bool>        //   ... when the row is skipped over that block
     let excluded: Scratch<Int>           //   ... but for this recomputed backward block (or −1)
     let partials: Scratch<S>?            // kahan modes: max(NB, VB) x D gradient partials
-    let blockSums: BlockSums<S>          // backward: C-row sums of the current forward block's sub-blocks
     /// Rows recomputed on their own (selected product) rather than as a masked full tile.
     let selectedLimit = 48
     let pending: PendingUpdates<S>
@@ -150,7 +149,6 @@ final class Workspace<S: KernelScalar> {
         inE = Scratch(count: nb); inC = Scratch(count: nb)
         residual = Scratch(count: nb); residualOn = Scratch(count: nb); excluded = Scratch(count: nb)
         self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
-        blockSums = BlockSums(plan: plan, d: d)
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb), vb: vb)
         let side = max(nb, vb)
         // The portable rank update packs A and slices of b; the 512-bit one reads them in place.
@@ -343,62 +341,55 @@ final class Workspace<S: KernelScalar> {
     }
 }
 
-/// Σ of the C rows of backward blocks and of their forward block, for the dropped-mass
-/// estimate (Backward.swift): computed when first asked for, once per token block and
-/// forward block, from the caller's C (converted), so no V-sized buffer is kept. The cost is
-/// one pass over a forward block's C rows per token block, about 1/NB of its tile product.
-final class BlockSums<S: KernelScalar> {
+/// Σ of the C rows of every backward block j (T_j, its VB rows at sorted positions) and of
+/// every forward block f (F_f = Σ of its backward blocks' T_j, in order), in S, for the
+/// dropped-mass estimate (Backward.swift). Computed once per call by the call's workers, each
+/// sum in the sorted order from +0 over the converted rows, so the values do not depend on
+/// the thread count: (V/VB + V/VBf)·D values, one pass over C (about 1/N of the forward's
+/// reads).
+final class EstimateSums<S: KernelScalar>: @unchecked Sendable {
     let d: Int, vb: Int, forwardVB: Int
-    let sub: Scratch<S>          // (VBf / VB) x D: one sum per backward block of the forward block
-    let whole: Scratch<S>        // D: the forward block's sum
-    let row: Scratch<S>          // D: one converted C row
-    var ready: [Bool]
-    var wholeReady = false
-    /// The forward block whose sums are held.
-    var forwardBlock = 0
+    let sub: Scratch<S>                   // ⌈V/VB⌉ x D
+    let whole: Scratch<S>                 // ⌈V/VBf⌉ x D
+    /// Row pointers of `whole`, for the rank update of the skipped rows' estimates.
+    let wholeRows: Scratch<UnsafePointer<S>>
+    var forwardBlocks: Int { wholeRows.count }
 
-    init(plan: TilePlan, d: Int) {
-        self.d = d; vb = plan.vocabBlock; forwardVB = plan.forwardVocabBlock
-        let n = max(1, forwardVB / vb)
-        sub = Scratch(count: n * d); whole = Scratch(count: d); row = Scratch(count: d)
-        ready = [Bool](repeating: false, count: n)
-    }
-
-    /// Forgets the sums: the sweep has entered forward block `forwardBlock`.
-    func reset(forwardBlock: Int) {
-        self.forwardBlock = forwardBlock
-        for k in ready.indices { ready[k] = false }
-        wholeReady = false
-    }
-
-    /// Σ of the C rows of backward block j (which lies in the current forward block).
-    func backward(_ j: Int, _ operands: Operands<S>) -> UnsafePointer<S> {
-        let k = (j * vb - forwardBlock * forwardVB) / vb
-        let out = sub.base + k * d
-        if !ready[k] {
-            out.update(repeating: 0, count: d)
-            for q in j * vb ..< min(operands.v, (j + 1) * vb) {
-                convertRow(operands.sortedCRow(q), type: operands.cType, count: d, into: row.base)
-                axpy(out, 1, UnsafePointer(row.base), count: d)
+    init(_ operands: Operands<S>, threads: Int) {
+        d = operands.d; vb = operands.plan.vocabBlock; forwardVB = operands.plan.forwardVocabBlock
+        let v = operands.v, subs = (v + vb - 1) / vb, wholes = (v + forwardVB - 1) / forwardVB
+        sub = Scratch(count: subs * d); whole = Scratch(count: wholes * d); wholeRows = Scratch(count: wholes)
+        let d = self.d, vb = self.vb, forwardVB = self.forwardVB
+        let sub = UncheckedSendable(self.sub.base), whole = UncheckedSendable(self.whole.base)
+        // Forward block f and its backward blocks: one worker's task, every `workers`-th f.
+        let workers = max(1, min(threads, wholes))
+        Workers.run(workers, pin: Placement.isNUMA) { w in
+            let row = Scratch<S>(count: d)
+            var f = w
+            while f < wholes {
+                let total = whole.value + f * d
+                total.update(repeating: 0, count: d)
+                var j = f * forwardVB / vb
+                while j * vb < min(v, (f + 1) * forwardVB) {
+                    defer { j += 1 }
+                    let out = sub.value + j * d
+                    out.update(repeating: 0, count: d)
+                    for q in j * vb ..< min(v, (j + 1) * vb) {
+                        convertRow(operands.sortedCRow(q), type: operands.cType, count: d, into: row.base)
+                        axpy(out, 1, UnsafePointer(row.base), count: d)
+                    }
+                    axpy(total, 1, UnsafePointer(out), count: d)
+                }
+                f += workers
             }
-            ready[k] = true
         }
-        return UnsafePointer(out)
+        for f in 0..<wholes { wholeRows.base[f] = UnsafePointer(self.whole.base + f * d) }
     }
 
-    /// Σ of the C rows of the current forward block (the sum of its backward blocks' sums).
-    func forward(_ operands: Operands<S>) -> UnsafePointer<S> {
-        if !wholeReady {
-            whole.base.update(repeating: 0, count: d)
-            var j = forwardBlock * forwardVB / vb
-            while j * vb < min(operands.v, (forwardBlock + 1) * forwardVB) {
-                axpy(whole.base, 1, backward(j, operands), count: d)
-                j += 1
-            }
-            wholeReady = true
-        }
-        return UnsafePointer(whole.base)
-    }
+    /// T_j: Σ of the C rows of backward block j.
+    func backward(_ j: Int) -> UnsafePointer<S> { UnsafePointer(sub.base + j * d) }
+    /// F_f: Σ of the C rows of forward block f.
+    func forward(_ f: Int) -> UnsafePointer<S> { UnsafePointer(whole.base + f * d) }
 }
 
 /// dC updates a worker has computed but whose hand-off turn has not come yet: the kept
