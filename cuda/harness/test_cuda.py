@@ -266,6 +266,18 @@ def main():
         print(f"{'OK    ' if ok else 'NOT OK'} {'larger weight+smoothing':24s} {str(dtype):15s} {msg}", flush=True)
         passed += ok
         failed += not ok
+    # float32 takes D a multiple of 4: D % 8 == 4 (the last 8-column chunk of a dC row is half full;
+    # before the fix of write_products it wrote 4 columns into the next row).
+    for name, spec in (("f32 D=20", dict(bias=True)), ("f32 D=20 nolean", dict(lean_memory=False)),
+                       ("f32 D=20 weight+smoothing", dict(weight=True, label_smoothing=0.1, bias=True))):
+        try:
+            ok, errs, st = run_case(name, spec, torch.float32, D=20)
+            msg = " ".join(f"{k}={v:.2e}" for k, v in errs.items()) + f" tiles kept {st[1]}/{st[0]}"
+        except Exception as e:
+            ok, msg = False, f"EXCEPTION {e!r}"
+        print(f"{'OK    ' if ok else 'NOT OK'} {name:24s} {'torch.float32':15s} {msg}", flush=True)
+        passed += ok
+        failed += not ok
     # The host entry point (numpy arrays in and out) against the device path and the truth.
     for (name, spec, want, reps), dtype in itertools.product(HOST_CASES, [torch.float32, torch.float16, torch.bfloat16]):
         try:

@@ -129,16 +129,17 @@ __device__ void write_products(const ProdParams &p, bool roleC, int owner, int64
       const int64_t vrow = p.perm[pos];
       const float uw = p.cw ? p.u * p.cw[vrow] : p.u;
 #pragma unroll
-      for (int k = 0; k < 8; ++k) x[k] = stg[r * LDS + c + k] - (p.esum ? uw * p.esum[col + k] : 0.f);
+      for (int k = 0; k < 8; ++k)
+        x[k] = stg[r * LDS + c + k] - (p.esum && col + k < p.D ? uw * p.esum[col + k] : 0.f);
       T *o = dC + vrow * p.D + col;
       if constexpr (sizeof(T) == 2) {
         union { uint4 u; T h[8]; } pk;
 #pragma unroll
         for (int k = 0; k < 8; ++k) pk.h[k] = Elt<T>::store(x[k]);
         *reinterpret_cast<uint4 *>(o) = pk.u;
-      } else {
+      } else {  // f32 allows D % 8 == 4: then the last chunk of a row has 4 columns, not 8
         reinterpret_cast<float4 *>(o)[0] = make_float4(x[0], x[1], x[2], x[3]);
-        reinterpret_cast<float4 *>(o)[1] = make_float4(x[4], x[5], x[6], x[7]);
+        if (col + 4 < p.D) reinterpret_cast<float4 *>(o)[1] = make_float4(x[4], x[5], x[6], x[7]);
       }
     }
   } else {
