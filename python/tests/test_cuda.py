@@ -90,7 +90,9 @@ def test_gpu_agrees_with_the_cpu_engine(dtype, opts):
     e, c, t, b = small(dtype=dtype)
     outs = {}
     for device in ("cpu", "cuda"):
-        E, C, B = (x.to(device).requires_grad_(True) for x in (e, c, b))
+        # detach: on the CPU, .to("cpu") is e itself; without it e would become the leaf and the CUDA
+        # copies non-leaves with no .grad
+        E, C, B = (x.detach().to(device).requires_grad_(True) for x in (e, c, b))
         loss, lse = cs.linear_cross_entropy(E, C, t.to(device), bias=B, return_lse=True, **opts)
         up = torch.linspace(0.5, 1.5, loss.numel(), device=device).reshape(loss.shape)
         (loss * up).sum().backward()
