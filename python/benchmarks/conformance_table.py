@@ -2,7 +2,7 @@
 
     python python/benchmarks/conformance_table.py DIR     # DIR holds conf_<impl>_<dtype>.json
 
-One table: a row per case, a column per implementation and dtype; a cell is the worst error over
+One table per dtype: a row per case, a column per implementation; a cell is the worst error over
 the case's tensors as a percentage of its budget ("pass"), "**FAIL n.nx**" (the worst tensor's
 error over its budget), "error", "unsup." (the implementation refused an option) or "-" (not run).
 Then every failure and error with its numbers and message.
@@ -58,12 +58,13 @@ def main(d):
         if case not in cases:
             cases.append(case)
     impls = [(i, n) for i, n in IMPLS if any(k[0] == i for k in res)]
-    head = "| case | " + " | ".join(f"{n} {dt}" for i, n in impls for dt in DTYPES) + " |"
-    print(head)
-    print("|---" * (1 + len(impls) * len(DTYPES)) + "|")
-    for case in cases:
-        print(f"| {case} | " + " | ".join(cell(res.get((i, dt, case))) for i, _ in impls for dt in DTYPES) + " |")
-    print()
+    for dt in DTYPES:  # one table per dtype
+        print(f"**{dt}**\n")
+        print("| case | " + " | ".join(n for i, n in impls) + " |")
+        print("|---" * (1 + len(impls)) + "|")
+        for case in cases:
+            print(f"| {case} | " + " | ".join(cell(res.get((i, dt, case))) for i, _ in impls) + " |")
+        print()
     for i, n in impls:
         counts = {}
         for dt in DTYPES:
