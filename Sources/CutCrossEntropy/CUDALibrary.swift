@@ -85,7 +85,7 @@ public final class CUDALibrary: @unchecked Sendable {
             throw CCEError.invalidOption("the CUDA engine accumulates in Float32 only: mode \(o.mode.rawValue) is not available there (use the CPU engine)")
         }
         guard o.classWeights == nil else {
-            throw CCEError.invalidOption("the CUDA engine has no class weights yet (use the CPU engine)")
+            throw CCEError.invalidOption("the CUDA engine takes class weights only through its device entry points (cce_forward_weighted, cce_backward_weighted; the Python package uses them); cce_host_run, which this tool calls, has none: use the CPU engine")
         }
         guard c.elementType == e.elementType, bias.map({ $0.elementType == e.elementType }) ?? true else {
             throw CCEError.invalidOption("the CUDA engine needs E, C and the bias in one element type (got \(e.elementType), \(c.elementType)\(bias.map { ", \($0.elementType)" } ?? ""))")

@@ -87,6 +87,11 @@ def lib():
         L.cce_backward.restype = ctypes.c_int
         L.cce_backward.argtypes = [vp, vp, vp, vp, i64, i64, i64, ctypes.c_int, op, vp, vp, vp, vp, vp, vp, sz,
                                    ctypes.POINTER(ctypes.c_int64), vp]
+        L.cce_forward_weighted.restype = ctypes.c_int
+        L.cce_forward_weighted.argtypes = [vp, vp, vp, vp, i64, i64, i64, ctypes.c_int, vp, op, vp, vp, vp, sz, vp]
+        L.cce_backward_weighted.restype = ctypes.c_int
+        L.cce_backward_weighted.argtypes = [vp, vp, vp, vp, i64, i64, i64, ctypes.c_int, vp, op, vp, vp, vp, vp, vp,
+                                            vp, sz, ctypes.POINTER(ctypes.c_int64), vp]
         fp = ctypes.POINTER(ctypes.c_float)
         L.cce_host_run.restype = ctypes.c_int
         L.cce_host_run.argtypes = [vp, vp, vp, ctypes.POINTER(ctypes.c_int64), i64, i64, i64, ctypes.c_int, op,
@@ -124,7 +129,8 @@ def _check(rc):
         raise RuntimeError(f"cce error {rc}: {lib().cce_last_error().decode()}")
 
 
-def forward(E, C, targets, bias=None, **kw):
+def forward(E, C, targets, bias=None, weight=None, **kw):
+    """weight: per-class weights (V) float32 on the device, or None (cce_forward_weighted)."""
     N, D = E.shape
     V = C.shape[0]
     dt = DTYPES[E.dtype]
@@ -133,15 +139,15 @@ def forward(E, C, targets, bias=None, **kw):
     loss = torch.empty(N if kw.get("reduction", "mean") == "none" else 1, dtype=torch.float32, device=E.device)
     lse = torch.empty(N, dtype=torch.float32, device=E.device)
     stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-    _check(lib().cce_forward(_ptr(E), _ptr(C), _ptr(bias), _ptr(targets), N, D, V, dt, ctypes.byref(o),
-                             _ptr(loss), _ptr(lse), _ptr(ws), ws.numel(), stream))
+    _check(lib().cce_forward_weighted(_ptr(E), _ptr(C), _ptr(bias), _ptr(targets), N, D, V, dt, _ptr(weight),
+                                      ctypes.byref(o), _ptr(loss), _ptr(lse), _ptr(ws), ws.numel(), stream))
     if kw.get("reduction", "mean") != "none":
         loss = loss[0]
     return loss, lse
 
 
 def backward(E, C, targets, lse, grad, bias=None, want_dE=True, want_dC=True, want_dbias=None, stats=False,
-             poison=False, **kw):
+             poison=False, weight=None, **kw):
     """grad: the upstream gradient, a scalar tensor (sum / mean) or (N,) (none). Returns dE, dC, dbias, stats."""
     N, D = E.shape
     V = C.shape[0]
@@ -158,9 +164,9 @@ def backward(E, C, targets, lse, grad, bias=None, want_dE=True, want_dC=True, wa
     g = grad.reshape(-1).to(torch.float32).contiguous()
     st = (ctypes.c_int64 * 2)() if stats else None
     stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-    _check(lib().cce_backward(_ptr(E), _ptr(C), _ptr(bias), _ptr(targets), N, D, V, dt, ctypes.byref(o),
-                              _ptr(lse), _ptr(g), _ptr(dE), _ptr(dC), _ptr(db), _ptr(ws), ws.numel(),
-                              st, stream))
+    _check(lib().cce_backward_weighted(_ptr(E), _ptr(C), _ptr(bias), _ptr(targets), N, D, V, dt, _ptr(weight),
+                                       ctypes.byref(o), _ptr(lse), _ptr(g), _ptr(dE), _ptr(dC), _ptr(db), _ptr(ws),
+                                       ws.numel(), st, stream))
     return dE, dC, db, (tuple(st) if stats else None)
 
 

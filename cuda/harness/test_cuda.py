@@ -47,8 +47,10 @@ def lm_like(N, D, V, S=4.0, alpha=1.5, seed=0, device="cuda"):
     return E, C, t
 
 
-def reference(E, C, bias, t, grad, o):
-    """float64 truth with autograd over materialized logits."""
+def reference(E, C, bias, t, grad, o, weight=None):
+    """float64 truth with autograd over materialized logits. With per-class weights w (W = sum w):
+    loss_i = w_t [(1 - a)(lse - z_t) + zl lse^2] + (a / V)(W lse - sum_v w_v z_v), the mean over
+    sum_i w_{t_i} (F.cross_entropy(weight=w, label_smoothing=a) plus the weighted z-loss)."""
     E64 = E.double().requires_grad_()
     C64 = C.double().requires_grad_()
     b64 = bias.double().requires_grad_() if bias is not None else None
@@ -71,10 +73,18 @@ def reference(E, C, bias, t, grad, o):
     lse = torch.logsumexp(z, -1)
     zt = z.gather(1, torch.where(valid, eff, 0).unsqueeze(1)).squeeze(1)
     a = o.get("label_smoothing", 0.0)
-    rows = lse - (1 - a) * zt - a / V * z.sum(-1) + o.get("z_loss", 0.0) * lse * lse
+    zl = o.get("z_loss", 0.0)
+    if weight is None:
+        rows = lse - (1 - a) * zt - a / V * z.sum(-1) + zl * lse * lse
+        den = valid.sum()
+    else:
+        w = weight.double()
+        wt = torch.where(valid, w[torch.where(valid, eff, 0)], torch.zeros_like(lse))
+        rows = wt * ((1 - a) * (lse - zt) + zl * lse * lse) + a / V * (w.sum() * lse - (z * w).sum(-1))
+        den = wt.sum()
     rows = torch.where(valid, rows, torch.zeros_like(rows))
     red = o.get("reduction", "mean")
-    out = rows if red == "none" else rows.sum() if red == "sum" else rows.sum() / valid.sum()
+    out = rows if red == "none" else rows.sum() if red == "sum" else rows.sum() / den
     out.backward(grad.double() if red == "none" else grad.double().reshape(()))
     return dict(loss=out.detach(), lse=lse.detach(), dE=E64.grad, dC=C64.grad,
                 db=b64.grad if b64 is not None else None)
@@ -107,6 +117,14 @@ CASES = [
                         z_loss=1e-3, shift=1, batch=3)),
     ("everything-nosoftcap", dict(reduction="mean", bias=True, ignore=True, label_smoothing=0.2,
                                   z_loss=1e-3, shift=1, batch=3)),
+    # per-class weights (cce_forward_weighted / cce_backward_weighted)
+    ("weight", dict(weight=True, ignore=True)),
+    ("weight+bias+sum+nolean", dict(weight=True, bias=True, reduction="sum", lean_memory=False)),
+    ("weight+smoothing+zloss", dict(weight=True, label_smoothing=0.1, z_loss=1e-2, bias=True)),
+    ("weight+smoothing+softcap+none", dict(weight=True, label_smoothing=0.1, softcap=8.0, reduction="none",
+                                           bias=True, ignore=True)),
+    ("weight+everything", dict(weight=True, reduction="mean", bias=True, ignore=True, softcap=10.0,
+                               label_smoothing=0.05, z_loss=1e-3, shift=1, batch=3)),
 ]
 
 
@@ -114,19 +132,25 @@ def run_case(name, spec, dtype, N=300, D=72, V=1000, seed=1):
     spec = dict(spec)
     use_bias = spec.pop("bias", False)
     ignore = spec.pop("ignore", False)
+    use_weight = spec.pop("weight", False)
     spec.setdefault("dc_chunk_rows", 256)  # several f32 dC chunks at this size
     E, C, t = lm_like(N, D, V, seed=seed)
     g = torch.Generator(device="cuda").manual_seed(seed + 7)
     bias = (torch.randn(V, generator=g, device="cuda") * 0.5) if use_bias else None
+    weight = None
+    if use_weight:  # in [0, 2.5), every 11th class 0
+        weight = torch.rand(V, generator=g, device="cuda") * 2.5
+        weight[3::11] = 0
     if ignore:
         t[torch.rand(N, generator=g, device="cuda") < 0.2] = -100
     Ed, Cd = E.to(dtype).contiguous(), C.to(dtype).contiguous()
     bd = bias.to(dtype) if bias is not None else None
     red = spec.get("reduction", "mean")
     grad = (torch.rand(N, generator=g, device="cuda") + 0.5) if red == "none" else torch.tensor([1.7], device="cuda")
-    ref = reference(Ed, Cd, bd, t, grad, spec)
-    loss, lse = cce.forward(Ed, Cd, t, bias=bd, **spec)
-    dE, dC, db, st = cce.backward(Ed, Cd, t, lse, grad, bias=bd, want_dbias=use_bias, stats=True, poison=True, **spec)
+    ref = reference(Ed, Cd, bd, t, grad, spec, weight)
+    loss, lse = cce.forward(Ed, Cd, t, bias=bd, weight=weight, **spec)
+    dE, dC, db, st = cce.backward(Ed, Cd, t, lse, grad, bias=bd, want_dbias=use_bias, stats=True, poison=True,
+                                  weight=weight, **spec)
     torch.cuda.synchronize()
     errs = dict(loss=rel(loss, ref["loss"]), lse=rel(lse, ref["lse"]), dE=rel(dE, ref["dE"]), dC=rel(dC, ref["dC"]))
     if use_bias:
@@ -231,6 +255,27 @@ def main():
         except Exception as e:
             ok, msg = False, f"EXCEPTION {e!r}"
         print(f"{'OK    ' if ok else 'NOT OK'} {'larger N1000 D392 V20000':24s} {str(dtype):15s} {msg}", flush=True)
+        passed += ok
+        failed += not ok
+        try:  # the same with class weights and smoothing (the exact rank-one smoothing term) and filtering
+            ok, errs, st = run_case("larger", dict(dc_chunk_rows=0, weight=True, label_smoothing=0.1, bias=True),
+                                    dtype, N=1000, D=392, V=20000, seed=3)
+            msg = " ".join(f"{k}={v:.2e}" for k, v in errs.items()) + f" tiles kept {st[1]}/{st[0]}"
+        except Exception as e:
+            ok, msg = False, f"EXCEPTION {e!r}"
+        print(f"{'OK    ' if ok else 'NOT OK'} {'larger weight+smoothing':24s} {str(dtype):15s} {msg}", flush=True)
+        passed += ok
+        failed += not ok
+    # float32 takes D a multiple of 4: D % 8 == 4 (the last 8-column chunk of a dC row is half full;
+    # before the fix of write_products it wrote 4 columns into the next row).
+    for name, spec in (("f32 D=20", dict(bias=True)), ("f32 D=20 nolean", dict(lean_memory=False)),
+                       ("f32 D=20 weight+smoothing", dict(weight=True, label_smoothing=0.1, bias=True))):
+        try:
+            ok, errs, st = run_case(name, spec, torch.float32, D=20)
+            msg = " ".join(f"{k}={v:.2e}" for k, v in errs.items()) + f" tiles kept {st[1]}/{st[0]}"
+        except Exception as e:
+            ok, msg = False, f"EXCEPTION {e!r}"
+        print(f"{'OK    ' if ok else 'NOT OK'} {name:24s} {'torch.float32':15s} {msg}", flush=True)
         passed += ok
         failed += not ok
     # The host entry point (numpy arrays in and out) against the device path and the truth.

@@ -8,6 +8,13 @@
  *   loss_i = lse_i - (1 - a) z_{i,t_i} - (a / V) sum_v z_iv + zl * lse_i^2
  * a = label smoothing (PyTorch's definition), zl = z-loss coefficient.
  * Rows whose target equals ignore_index contribute nothing.
+ * With per-class weights w (V float32, PyTorch's `weight` of F.cross_entropy; W = sum_v w_v),
+ * through cce_forward_weighted / cce_backward_weighted, as in cce_cpu.h:
+ *   loss_i = w_t [(1 - a)(lse_i - z_it) + zl lse_i^2] + (a / V)(W lse_i - sum_v w_v z_iv)
+ * (F.cross_entropy(z, t, weight=w, label_smoothing=a) per row, the z-loss weighted like the
+ * row's own loss), and MEAN divides the sum by sum_i w_{t_i} over rows with a target (NaN when
+ * that is 0, as in PyTorch; the gradients are then 0). Without weights (weight == NULL) this
+ * is the formula above with every w_v = 1.
  *
  * Shapes (all row-major, contiguous, device memory):
  *   E (N, D), C (V, D), bias (V) or NULL, targets (N) int64,
@@ -102,6 +109,22 @@ int cce_backward(const void *E, const void *C, const void *bias, const int64_t *
                  const float *lse, const float *grad_loss, void *dE, void *dC, void *dbias,
                  void *workspace, size_t workspace_bytes, int64_t *stats, void *stream);
 
+/* Per-class weights (the `weight` of cce_cpu.h's cce_cpu_forward): weight is NULL or V float32
+ * values in DEVICE memory, finite and >= 0; the library does not read them back to check them
+ * (that would synchronize the stream): the caller checks (the Python binding does). A NULL
+ * weight makes these exactly cce_forward / cce_backward. Pass the same weight to both calls.
+ * The workspace sizes are those of cce_forward_workspace_size / cce_backward_workspace_size
+ * (they always include the few per-row values the weights need). */
+int cce_forward_weighted(const void *E, const void *C, const void *bias, const int64_t *targets,
+                         int64_t N, int64_t D, int64_t V, int dtype, const float *weight,
+                         const cce_options *opt, float *loss, float *lse, void *workspace,
+                         size_t workspace_bytes, void *stream);
+int cce_backward_weighted(const void *E, const void *C, const void *bias, const int64_t *targets,
+                          int64_t N, int64_t D, int64_t V, int dtype, const float *weight,
+                          const cce_options *opt, const float *lse, const float *grad_loss,
+                          void *dE, void *dC, void *dbias, void *workspace,
+                          size_t workspace_bytes, int64_t *stats, void *stream);
+
 /* ---- host-memory convenience (host.cu) ------------------------------------------------ */
 
 typedef struct cce_host_report {
@@ -155,6 +178,17 @@ typedef int (*cce_backward_fn)(const void *E, const void *C, const void *bias,
                                const cce_options *opt, const float *lse, const float *grad_loss,
                                void *dE, void *dC, void *dbias, void *workspace,
                                size_t workspace_bytes, int64_t *stats, void *stream);
+typedef int (*cce_forward_weighted_fn)(const void *E, const void *C, const void *bias,
+                                       const int64_t *targets, int64_t N, int64_t D, int64_t V,
+                                       int dtype, const float *weight, const cce_options *opt,
+                                       float *loss, float *lse, void *workspace,
+                                       size_t workspace_bytes, void *stream);
+typedef int (*cce_backward_weighted_fn)(const void *E, const void *C, const void *bias,
+                                        const int64_t *targets, int64_t N, int64_t D, int64_t V,
+                                        int dtype, const float *weight, const cce_options *opt,
+                                        const float *lse, const float *grad_loss, void *dE,
+                                        void *dC, void *dbias, void *workspace,
+                                        size_t workspace_bytes, int64_t *stats, void *stream);
 typedef int (*cce_host_run_fn)(const void *E, const void *C, const void *bias,
                                const int64_t *targets, int64_t N, int64_t D, int64_t V, int dtype,
                                const cce_options *opt, float *loss, float *lse, float *dE,

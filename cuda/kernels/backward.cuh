@@ -67,6 +67,12 @@ struct DzParams {
   int64_t N, D;
   int64_t p_begin, p_end;  // sorted vocabulary positions of this chunk
   float softcap, uniform, one_minus_alpha, zloss2, eps;
+  // Class weights (null without): cw[v] by vocabulary row, wt[i] = w_{t_i} per token row,
+  // wstat[0] = W = sum_v w_v; u_all = a / V. Then, per entry,
+  //   dz_iv = g_i [ (w_t (1 - a + 2 zl lse_i) + u_all W) p_iv - w_t (1 - a)[v = t_i] - uniform w_v ]
+  const float *cw, *wt;
+  const double *wstat;
+  float u_all;
   void *dz;      // [NT][VTc][128][128] input type (f32 for f32): tiles [0, split) here,
   void *dz2;     //   the rest here, from tile `split` on (see tile_ptr)
   int64_t split;
@@ -92,6 +98,7 @@ struct ProdParams {
   int64_t split;  // staged tiles [0, split) in dz, the rest in dz2
   const int *perm, *kept;
   const float *S, *Tc, *cbar, *ebar, *gmax, *esum;
+  const float *cw;  // class weights or null: the uniform smoothing term of dC row v is u w_v esum
   float u;
   int64_t N, D, p_begin, p_end;
   int NT, VTc, DC, nC;  // token blocks, vocabulary tiles, column slices of D, dC blocks
@@ -119,17 +126,20 @@ __device__ void write_products(const ProdParams &p, bool roleC, int owner, int64
       int64_t col = d0 + c;
       if (pos >= p.p_end || col >= p.D) continue;
       float x[8];
+      const int64_t vrow = p.perm[pos];
+      const float uw = p.cw ? p.u * p.cw[vrow] : p.u;
 #pragma unroll
-      for (int k = 0; k < 8; ++k) x[k] = stg[r * LDS + c + k] - (p.esum ? p.u * p.esum[col + k] : 0.f);
-      T *o = dC + int64_t(p.perm[pos]) * p.D + col;
+      for (int k = 0; k < 8; ++k)
+        x[k] = stg[r * LDS + c + k] - (p.esum && col + k < p.D ? uw * p.esum[col + k] : 0.f);
+      T *o = dC + vrow * p.D + col;
       if constexpr (sizeof(T) == 2) {
         union { uint4 u; T h[8]; } pk;
 #pragma unroll
         for (int k = 0; k < 8; ++k) pk.h[k] = Elt<T>::store(x[k]);
         *reinterpret_cast<uint4 *>(o) = pk.u;
-      } else {
+      } else {  // f32 allows D % 8 == 4: then the last chunk of a row has 4 columns, not 8
         reinterpret_cast<float4 *>(o)[0] = make_float4(x[0], x[1], x[2], x[3]);
-        reinterpret_cast<float4 *>(o)[1] = make_float4(x[4], x[5], x[6], x[7]);
+        if (col + 4 < p.D) reinterpret_cast<float4 *>(o)[1] = make_float4(x[4], x[5], x[6], x[7]);
       }
     }
   } else {

@@ -9,7 +9,7 @@ namespace cce {
 // rows and rows past N, which makes them inactive), the target's sorted position, the lse and
 // the z-loss factor 1 + 2 zl lse.
 template <class Tile> struct DzRowTerms {
-  float lse[Tile::R], w[Tile::R], coef[Tile::R];
+  float lse[Tile::R], w[Tile::R], coef[Tile::R], tc[Tile::R];
   int tp[Tile::R];
   bool act[Tile::R];
 };
@@ -24,13 +24,20 @@ __device__ __forceinline__ void dz_row_terms(DzRowTerms<Tile> &rw, const DzParam
     rw.act[r] = rw.w[r] != 0.f;  // ignored rows and rows past N have w = 0
     rw.tp[r] = gr < p.N ? p.tpos[gr] : -1;
     rw.lse[r] = rw.act[r] ? p.lse[gr] : 0.f;
-    rw.coef[r] = 1.f + p.zloss2 * rw.lse[r];
+    if (p.wt) {  // class weights: w_t (1 - a + 2 zl lse) + (a / V) W, and w_t (1 - a) at the target
+      float wt = gr < p.N ? p.wt[gr] : 0.f;
+      rw.coef[r] = wt * (p.one_minus_alpha + p.zloss2 * rw.lse[r]) + p.u_all * static_cast<float>(p.wstat[0]);
+      rw.tc[r] = wt * p.one_minus_alpha;
+    } else {
+      rw.coef[r] = 1.f + p.zloss2 * rw.lse[r];
+      rw.tc[r] = p.one_minus_alpha;
+    }
   }
 }
 
 // Per-column terms of the thread's columns: inside the chunk, and the bias there.
 template <class Tile> struct DzColTerms {
-  float bv[Tile::Cc];
+  float bv[Tile::Cc], uv[Tile::Cc];  // bias; the uniform smoothing term (times w_v with weights)
   bool in[Tile::Cc];
 };
 
@@ -43,6 +50,7 @@ __device__ __forceinline__ void dz_col_terms(DzColTerms<Tile> &cl, const DzParam
     int64_t pos = p0 + t.col(c);
     cl.in[c] = pos < p.p_end;
     cl.bv[c] = (bias && cl.in[c]) ? Elt<T>::load(bias[p.perm[pos]]) : 0.f;
+    cl.uv[c] = (p.cw && cl.in[c]) ? p.uniform * p.cw[p.perm[pos]] : p.uniform;
   }
 }
 
@@ -59,8 +67,8 @@ __device__ __forceinline__ bool dz_values(Tile &t, const DzParams &p, int64_t p0
       float z = cap(t.at(r, c) + cl.bv[c], p.softcap);
       bool on = rw.act[r] && cl.in[c];
       bool is_t = (p0 + t.col(c)) == rw.tp[r];
-      float d = rw.coef[r] * __expf(z - rw.lse[r]) - p.uniform;
-      if (is_t) d -= p.one_minus_alpha;
+      float d = rw.coef[r] * __expf(z - rw.lse[r]) - cl.uv[c];
+      if (is_t) d -= rw.tc[r];
       keep |= on && (is_t || fabsf(d) >= p.eps);
       float dy = 0.f;
       if (on) {

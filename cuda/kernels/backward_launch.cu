@@ -97,13 +97,14 @@ __global__ void finish_dE_kernel(const float *__restrict__ acc, const float *__r
   dE[idx] = Elt<T>::store(v);
 }
 
+// db[v] = acc[v] - u * (cw ? cw[v] : 1) * wsum (the uniform smoothing term, class-weighted)
 template <class T>
 __global__ void finish_db_kernel(const float *__restrict__ acc, int64_t V, const float *wsum, float u,
-                                 T *__restrict__ db) {
+                                 const float *__restrict__ cw, T *__restrict__ db) {
   int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (v >= V) return;
   float x = acc[v];
-  if (wsum) x -= u * wsum[0];
+  if (wsum) x -= u * (cw ? cw[v] : 1.f) * wsum[0];
   db[v] = Elt<T>::store(x);
 }
 
@@ -153,6 +154,8 @@ struct BwdWs {
   unsigned long long *kept_count;
   float *w, *gmax, *keys, *keys_out, *meanE, *csum, *esum, *wsum, *db_acc, *dE_acc;
   float *S, *Tc, *cbar, *ebar;
+  float *wt;      // class weights: w_{t_i}
+  double *wstat;  // class weights: W, sum_i w_{t_i}
   void *dz, *cub;
 };
 
@@ -162,6 +165,8 @@ static BwdWs carve_backward(Carver &cv, int64_t N, int64_t D, int64_t V, int dty
   w.count = cv.take<int>(1);
   w.kept_count = cv.take<unsigned long long>(1);
   w.gmax = cv.take<float>(1);
+  w.wstat = cv.take<double>(2);
+  w.wt = cv.take<float>(N);
   w.tgt = cv.take<int>(N);
   w.tpos = cv.take<int>(N);
   w.w = cv.take<float>(N);
@@ -197,6 +202,7 @@ static BwdWs carve_backward(Carver &cv, int64_t N, int64_t D, int64_t V, int dty
 template <class T> struct BackwardRun {
   const void *E, *C, *bias;
   const int64_t *targets;
+  const float *weight;  // class weights (V, device) or null
   int64_t N, D, V;
   int dtype;
   const Resolved &r;
@@ -218,11 +224,11 @@ template <class T> struct BackwardRun {
   bool skip_products = false;
   int64_t tiles_total = 0;
 
-  BackwardRun(const void *E, const void *C, const void *bias, const int64_t *targets, int64_t N,
-              int64_t D, int64_t V, int dtype, const Resolved &r, const BwdPlan &b, BwdWs &w,
-              const float *lse, const float *grad_loss, void *dE, void *dC, void *dbias,
-              cudaStream_t s)
-      : E(E), C(C), bias(bias), targets(targets), N(N), D(D), V(V), dtype(dtype), r(r), b(b),
+  BackwardRun(const void *E, const void *C, const void *bias, const int64_t *targets,
+              const float *weight, int64_t N, int64_t D, int64_t V, int dtype, const Resolved &r,
+              const BwdPlan &b, BwdWs &w, const float *lse, const float *grad_loss, void *dE,
+              void *dC, void *dbias, cudaStream_t s)
+      : E(E), C(C), bias(bias), targets(targets), weight(weight), N(N), D(D), V(V), dtype(dtype), r(r), b(b),
         w(w), lse(lse), grad_loss(grad_loss), dE(dE), dC(dC), dbias(dbias), s(s) {
     want_dE = dE != nullptr;
     want_dC = dC != nullptr;
@@ -242,7 +248,11 @@ template <class T> struct BackwardRun {
     CCE_CUDA(cudaMemsetAsync(w.kept_count, 0, sizeof(unsigned long long), s));
     launch_prep_targets(targets, N, V, r, w.tgt, w.count, s);
     CCE_LAUNCHED("prep_targets_kernel");
-    launch_row_weights(w.tgt, grad_loss, w.count, N, r.reduction, w.w, s);
+    if (weight) {
+      launch_class_weight_terms(w.tgt, weight, N, V, w.wt, w.wstat, s);
+      CCE_LAUNCHED("class_weight_terms_kernel");
+    }
+    launch_row_weights(w.tgt, grad_loss, w.count, N, r.reduction, w.w, weight ? w.wstat : nullptr, s);
     CCE_LAUNCHED("row_weights_kernel");
     reduce_rows_kernel<<<1, 256, 0, s>>>(w.w, N, 1, w.gmax);
     CCE_LAUNCHED("reduce_rows_kernel(gmax)");
@@ -265,7 +275,7 @@ template <class T> struct BackwardRun {
     CCE_CUDA(cudaMemsetAsync(w.esum, 0, D * sizeof(float), s));
     const int64_t rp = 1024;
     dim3 gc(static_cast<unsigned>((D + 255) / 256), static_cast<unsigned>((V + rp - 1) / rp));
-    colsum_kernel<T><<<gc, 256, 0, s>>>(static_cast<const T *>(C), nullptr, V, D, rp, w.csum);
+    colsum_kernel<T><<<gc, 256, 0, s>>>(static_cast<const T *>(C), weight, V, D, rp, w.csum);  // sum_v w_v C_v
     CCE_LAUNCHED("colsum_kernel(C)");
     dim3 ge(static_cast<unsigned>((D + 255) / 256), static_cast<unsigned>((N + rp - 1) / rp));
     colsum_kernel<T><<<ge, 256, 0, s>>>(static_cast<const T *>(E), w.w, N, D, rp, w.esum);
@@ -301,6 +311,10 @@ template <class T> struct BackwardRun {
     zp.uniform = r.split_uniform ? 0.f : u;
     zp.one_minus_alpha = 1.f - r.alpha;
     zp.zloss2 = 2.f * r.zloss;
+    zp.cw = weight;
+    zp.wt = weight ? w.wt : nullptr;
+    zp.wstat = w.wstat;
+    zp.u_all = u;
     zp.eps = r.eps;
     zp.dz = w.dz;
     zp.dz2 = w.dz;
@@ -322,6 +336,7 @@ template <class T> struct BackwardRun {
     pp.ebar = w.ebar;
     pp.gmax = w.gmax;
     pp.esum = r.split_uniform ? w.esum : nullptr;
+    pp.cw = weight;
     pp.u = u;
     pp.N = N;
     pp.D = D;
@@ -403,7 +418,7 @@ template <class T> struct BackwardRun {
   int finish_db() {
     if (!want_db) return 0;
     finish_db_kernel<T><<<static_cast<unsigned>((V + 255) / 256), 256, 0, s>>>(
-        w.db_acc, V, r.split_uniform ? w.wsum : nullptr, u, static_cast<T *>(dbias));
+        w.db_acc, V, r.split_uniform ? w.wsum : nullptr, u, weight, static_cast<T *>(dbias));
     CCE_LAUNCHED("finish_db_kernel");
     return 0;
   }
@@ -423,10 +438,11 @@ template <class T> struct BackwardRun {
 // dE and dC; dE finished; C: [seg, V) for dC), the plain one a single pass.
 template <class T>
 static int run_backward(const void *E, const void *C, const void *bias, const int64_t *targets,
-                        int64_t N, int64_t D, int64_t V, int dtype, const Resolved &r,
-                        const BwdPlan &b, BwdWs &w, const float *lse, const float *grad_loss,
-                        void *dE, void *dC, void *dbias, int64_t *stats, cudaStream_t s) {
-  BackwardRun<T> run(E, C, bias, targets, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, s);
+                        const float *weight, int64_t N, int64_t D, int64_t V, int dtype,
+                        const Resolved &r, const BwdPlan &b, BwdWs &w, const float *lse,
+                        const float *grad_loss, void *dE, void *dC, void *dbias, int64_t *stats,
+                        cudaStream_t s) {
+  BackwardRun<T> run(E, C, bias, targets, weight, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, s);
   const bool want_dE = run.want_dE, want_dC = run.want_dC, want_db = run.want_db;
   CCE_TRY(run.prepare_rows());
   CCE_TRY(run.uniform_sums());
@@ -466,7 +482,18 @@ extern "C" int cce_backward(const void *E, const void *C, const void *bias, cons
                             const float *lse, const float *grad_loss, void *dE, void *dC,
                             void *dbias, void *workspace, size_t workspace_bytes, int64_t *stats,
                             void *stream) {
+  return cce_backward_weighted(E, C, bias, targets, N, D, V, dtype, nullptr, opt, lse, grad_loss,
+                               dE, dC, dbias, workspace, workspace_bytes, stats, stream);
+}
+
+extern "C" int cce_backward_weighted(const void *E, const void *C, const void *bias,
+                                     const int64_t *targets, int64_t N, int64_t D, int64_t V,
+                                     int dtype, const float *weight, const cce_options *opt,
+                                     const float *lse, const float *grad_loss, void *dE, void *dC,
+                                     void *dbias, void *workspace, size_t workspace_bytes,
+                                     int64_t *stats, void *stream) {
   CCE_TRY(check_common(E, C, targets, N, D, V, dtype, opt));
+  CCE_TRY(check_weight(weight));
   if (!lse || !grad_loss) return fail(CCE_ERR_ARGUMENT, "lse and grad_loss must not be NULL");
   if ((reinterpret_cast<uintptr_t>(dE) | reinterpret_cast<uintptr_t>(dC)) % 16 != 0)
     return fail(CCE_ERR_ARGUMENT, "dE and dC must be 16-byte aligned");
@@ -480,8 +507,8 @@ extern "C" int cce_backward(const void *E, const void *C, const void *bias, cons
   BwdWs w = carve_backward(cv, N, D, V, dtype, r, b, dE != nullptr, dC != nullptr, dbias != nullptr);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (dtype == CCE_F32)
-    return run_backward<float>(E, C, bias, targets, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, stats, s);
+    return run_backward<float>(E, C, bias, targets, weight, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, stats, s);
   if (dtype == CCE_F16)
-    return run_backward<__half>(E, C, bias, targets, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, stats, s);
-  return run_backward<__nv_bfloat16>(E, C, bias, targets, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, stats, s);
+    return run_backward<__half>(E, C, bias, targets, weight, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, stats, s);
+  return run_backward<__nv_bfloat16>(E, C, bias, targets, weight, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, stats, s);
 }

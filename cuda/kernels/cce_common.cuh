@@ -80,15 +80,23 @@ Resolved resolve(const cce_options *opt);  // the options as given, defaults for
 
 int check_common(const void *E, const void *C, const int64_t *targets, int64_t N, int64_t D,
                  int64_t V, int dtype, const cce_options *opt);
+int check_weight(const float *weight);  // alignment only (the values are the caller's to check)
 
 // ---- per-row preparation (prep.cu) --------------------------------------------------
 
 // tgt[i] = effective target of row i (after shift), or -1 when ignored; *count += valid rows.
 void launch_prep_targets(const int64_t *targets, int64_t N, int64_t V, const Resolved &r,
                          int *tgt, int *count, cudaStream_t s);
-// w[i] = upstream gradient of row i's loss (0 for ignored rows).
+// w[i] = upstream gradient of row i's loss (0 for ignored rows). With class weights
+// (wstat != null) MEAN divides by wstat[1] = sum_i w_{t_i} instead of the count (and gives 0
+// when that is 0).
 void launch_row_weights(const int *tgt, const float *grad_loss, const int *count, int64_t N,
-                        int reduction, float *w, cudaStream_t s);
+                        int reduction, float *w, const double *wstat, cudaStream_t s);
+// Per-class weights (cce_forward_weighted): wt[i] = weight[tgt[i]] (0 for ignored rows), and
+// in one block, in a fixed order (deterministic), wstat[0] = W = sum_v weight[v],
+// wstat[1] = sum_i wt[i].
+void launch_class_weight_terms(const int *tgt, const float *weight, int64_t N, int64_t V,
+                               float *wt, double *wstat, cudaStream_t s);
 
 // ---- vocabulary order (vocab_sort.cu) ---------------------------------------------
 

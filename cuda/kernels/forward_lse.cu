@@ -17,6 +17,7 @@ namespace cce {
 
 struct FwdParams {
   const void *E, *C, *bias;
+  const float *cw;  // per-class weights (V) or null: the smoothing sum is then sum_v w_v z_v
   const int *tgt;
   int64_t N, D, V;
   int tiles_per_split, ntiles;
@@ -53,13 +54,14 @@ __global__ void __launch_bounds__(TileFor<T>::type::THREADS, TileFor<T>::type::M
   for (int vt = vt0; vt < vt1; ++vt) {
     const int64_t p0 = int64_t(vt) * kBN;
     t.run(E, p.N, tok0, C, nullptr, p0, p.V, p.D, smem);
-    float bv[Tile::Cc];
+    float bv[Tile::Cc], wv[Tile::Cc];
     bool in[Tile::Cc];
 #pragma unroll
     for (int c = 0; c < Tile::Cc; ++c) {
       int64_t v = p0 + t.col(c);
       in[c] = v < p.V;
       bv[c] = (bias && in[c]) ? Elt<T>::load(bias[v]) : 0.f;
+      wv[c] = (p.cw && in[c]) ? p.cw[v] : 1.f;
     }
 #pragma unroll
     for (int r = 0; r < Tile::R; ++r) {
@@ -78,7 +80,7 @@ __global__ void __launch_bounds__(TileFor<T>::type::THREADS, TileFor<T>::type::M
         float z = t.at(r, c);
         if (in[c]) {
           acc += __expf(z - nm);
-          zsum += z;
+          zsum += p.cw ? wv[c] * z : z;
           if (p0 + t.col(c) == tg[r]) p.ztgt[tok0 + t.row(r)] = z;
         }
       }
@@ -122,7 +124,8 @@ __global__ void __launch_bounds__(TileFor<T>::type::THREADS, TileFor<T>::type::M
 __global__ void lse_finish_kernel(const float *__restrict__ pm, const float *__restrict__ ps,
                                   const float *__restrict__ pz, const float *__restrict__ ztgt,
                                   const int *__restrict__ tgt, int64_t N, int64_t V, int splits,
-                                  float alpha, float zloss, float *__restrict__ lse_out,
+                                  float alpha, float zloss, const float *__restrict__ wt,
+                                  const double *__restrict__ wstat, float *__restrict__ lse_out,
                                   float *__restrict__ loss_row) {
   int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= N) return;
@@ -137,7 +140,11 @@ __global__ void lse_finish_kernel(const float *__restrict__ pm, const float *__r
   float lse = M + logf(S);
   if (lse_out) lse_out[i] = lse;
   float loss = 0.f;
-  if (tgt[i] >= 0) {
+  if (tgt[i] >= 0 && wt) {  // class weights: Z is sum_v w_v z_v
+    float w = wt[i];
+    loss = w * ((1.f - alpha) * (lse - ztgt[i]) + zloss * lse * lse);
+    if (alpha > 0.f) loss += alpha / static_cast<float>(V) * (static_cast<float>(wstat[0]) * lse - Z);
+  } else if (tgt[i] >= 0) {
     loss = lse - (1.f - alpha) * ztgt[i] + zloss * lse * lse;
     if (alpha > 0.f) loss -= alpha / static_cast<float>(V) * Z;
   }
@@ -145,8 +152,9 @@ __global__ void lse_finish_kernel(const float *__restrict__ pm, const float *__r
 }
 
 // Sum (and mean over valid rows) in double, fixed order: deterministic.
+// With class weights (wstat != null) the mean divides by wstat[1] = sum_i w_{t_i}.
 __global__ void reduce_kernel(const float *__restrict__ loss_row, int64_t N, const int *count,
-                              int mean, float *__restrict__ out) {
+                              const double *wstat, int mean, float *__restrict__ out) {
   __shared__ double sh[1024];
   double acc = 0.0;
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) acc += loss_row[i];
@@ -158,7 +166,7 @@ __global__ void reduce_kernel(const float *__restrict__ loss_row, int64_t N, con
   }
   if (threadIdx.x == 0) {
     double v = sh[0];
-    if (mean) v = v / static_cast<double>(*count);  // 0 / 0 = NaN when every row is ignored
+    if (mean) v = v / (wstat ? wstat[1] : static_cast<double>(*count));  // 0 / 0 = NaN when every row is ignored
     out[0] = static_cast<float>(v);
   }
 }
@@ -185,12 +193,15 @@ static FwdPlan plan_forward(int64_t N, int64_t V) {
 
 struct FwdWs {
   int *tgt, *count;
-  float *pm, *ps, *pz, *ztgt, *loss_row;
+  float *pm, *ps, *pz, *ztgt, *loss_row, *wt;
+  double *wstat;
 };
 
 static FwdWs carve_forward(Carver &cv, int64_t N, const FwdPlan &f) {
   FwdWs w;
   w.count = cv.take<int>(1);
+  w.wstat = cv.take<double>(2);  // class weights: W, sum_i w_{t_i}
+  w.wt = cv.take<float>(N);      // class weights: w_{t_i}
   w.tgt = cv.take<int>(N);
   w.ztgt = cv.take<float>(N);
   w.loss_row = cv.take<float>(N);
@@ -233,7 +244,17 @@ extern "C" int cce_forward(const void *E, const void *C, const void *bias, const
                            int64_t N, int64_t D, int64_t V, int dtype, const cce_options *opt,
                            float *loss, float *lse, void *workspace, size_t workspace_bytes,
                            void *stream) {
+  return cce_forward_weighted(E, C, bias, targets, N, D, V, dtype, nullptr, opt, loss, lse,
+                              workspace, workspace_bytes, stream);
+}
+
+extern "C" int cce_forward_weighted(const void *E, const void *C, const void *bias,
+                                    const int64_t *targets, int64_t N, int64_t D, int64_t V,
+                                    int dtype, const float *weight, const cce_options *opt,
+                                    float *loss, float *lse, void *workspace,
+                                    size_t workspace_bytes, void *stream) {
   CCE_TRY(check_common(E, C, targets, N, D, V, dtype, opt));
+  CCE_TRY(check_weight(weight));
   if (!loss) return fail(CCE_ERR_ARGUMENT, "loss must not be NULL");
   if (bias && reinterpret_cast<uintptr_t>(bias) % elt_size(dtype) != 0)
     return fail(CCE_ERR_ARGUMENT, "bias misaligned");
@@ -249,11 +270,16 @@ extern "C" int cce_forward(const void *E, const void *C, const void *bias, const
   CCE_CUDA(cudaMemsetAsync(w.ztgt, 0, N * sizeof(float), s));
   launch_prep_targets(targets, N, V, r, w.tgt, w.count, s);
   CCE_LAUNCHED("prep_targets_kernel");
+  if (weight) {
+    launch_class_weight_terms(w.tgt, weight, N, V, w.wt, w.wstat, s);
+    CCE_LAUNCHED("class_weight_terms_kernel");
+  }
 
   FwdParams p;
   p.E = E;
   p.C = C;
   p.bias = bias;
+  p.cw = weight;
   p.tgt = w.tgt;
   p.N = N;
   p.D = D;
@@ -272,10 +298,12 @@ extern "C" int cce_forward(const void *E, const void *C, const void *bias, const
 
   float *loss_row = r.reduction == CCE_REDUCE_NONE ? loss : w.loss_row;
   lse_finish_kernel<<<static_cast<unsigned>((N + 255) / 256), 256, 0, s>>>(
-      w.pm, w.ps, w.pz, w.ztgt, w.tgt, N, V, f.splits, r.alpha, r.zloss, lse, loss_row);
+      w.pm, w.ps, w.pz, w.ztgt, w.tgt, N, V, f.splits, r.alpha, r.zloss, weight ? w.wt : nullptr,
+      weight ? w.wstat : nullptr, lse, loss_row);
   CCE_LAUNCHED("lse_finish_kernel");
   if (r.reduction != CCE_REDUCE_NONE) {
-    reduce_kernel<<<1, 1024, 0, s>>>(w.loss_row, N, w.count, r.reduction == CCE_REDUCE_MEAN, loss);
+    reduce_kernel<<<1, 1024, 0, s>>>(w.loss_row, N, w.count, weight ? w.wstat : nullptr,
+                                     r.reduction == CCE_REDUCE_MEAN, loss);
     CCE_LAUNCHED("reduce_kernel");
   }
   return 0;

@@ -73,6 +73,12 @@ int check_common(const void *E, const void *C, const int64_t *targets, int64_t N
   return 0;
 }
 
+int check_weight(const float *weight) {
+  if (weight && reinterpret_cast<uintptr_t>(weight) % 4 != 0)
+    return fail(CCE_ERR_ARGUMENT, "weight must be 4-byte aligned (V float32 values)");
+  return 0;
+}
+
 // ---- kernels ------------------------------------------------------------------------
 
 __global__ void prep_targets_kernel(const int64_t *__restrict__ targets, int64_t N, int64_t V,
@@ -95,7 +101,7 @@ __global__ void prep_targets_kernel(const int64_t *__restrict__ targets, int64_t
 
 __global__ void row_weights_kernel(const int *__restrict__ tgt, const float *__restrict__ g,
                                    const int *__restrict__ count, int64_t N, int reduction,
-                                   float *__restrict__ w) {
+                                   const double *__restrict__ wstat, float *__restrict__ w) {
   int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= N) return;
   float v;
@@ -103,9 +109,40 @@ __global__ void row_weights_kernel(const int *__restrict__ tgt, const float *__r
     v = g[i];
   else if (reduction == CCE_REDUCE_SUM)
     v = g[0];
+  else if (wstat)  // weighted mean: divide by sum_i w_{t_i}; the loss is NaN at 0, the gradients 0
+    v = wstat[1] > 0.0 ? static_cast<float>(static_cast<double>(g[0]) / wstat[1]) : 0.f;
   else
     v = g[0] / static_cast<float>(*count);
   w[i] = tgt[i] >= 0 ? v : 0.f;
+}
+
+// One block of 1024 threads: wt[i] = weight[tgt[i]] or 0, and the sums W and sum_i wt[i] in
+// double, in a fixed order.
+__global__ void class_weight_terms_kernel(const int *__restrict__ tgt, const float *__restrict__ weight,
+                                          int64_t N, int64_t V, float *__restrict__ wt,
+                                          double *__restrict__ wstat) {
+  __shared__ double sh[2][1024];
+  double a = 0.0, b = 0.0;
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) a += weight[v];
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
+    float x = tgt[i] >= 0 ? weight[tgt[i]] : 0.f;
+    wt[i] = x;
+    b += x;
+  }
+  sh[0][threadIdx.x] = a;
+  sh[1][threadIdx.x] = b;
+  __syncthreads();
+  for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+    if (threadIdx.x < k) {
+      sh[0][threadIdx.x] += sh[0][threadIdx.x + k];
+      sh[1][threadIdx.x] += sh[1][threadIdx.x + k];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    wstat[0] = sh[0][0];
+    wstat[1] = sh[1][0];
+  }
 }
 
 void launch_prep_targets(const int64_t *targets, int64_t N, int64_t V, const Resolved &r,
@@ -116,9 +153,14 @@ void launch_prep_targets(const int64_t *targets, int64_t N, int64_t V, const Res
 }
 
 void launch_row_weights(const int *tgt, const float *grad_loss, const int *count, int64_t N,
-                        int reduction, float *w, cudaStream_t s) {
+                        int reduction, float *w, const double *wstat, cudaStream_t s) {
   unsigned blocks = static_cast<unsigned>((N + 255) / 256);
-  row_weights_kernel<<<blocks, 256, 0, s>>>(tgt, grad_loss, count, N, reduction, w);
+  row_weights_kernel<<<blocks, 256, 0, s>>>(tgt, grad_loss, count, N, reduction, wstat, w);
+}
+
+void launch_class_weight_terms(const int *tgt, const float *weight, int64_t N, int64_t V,
+                               float *wt, double *wstat, cudaStream_t s) {
+  class_weight_terms_kernel<<<1, 1024, 0, s>>>(tgt, weight, N, V, wt, wstat);
 }
 
 }  // namespace cce
@@ -151,4 +193,8 @@ static_assert(std::is_same<decltype(&cce_backward_workspace_size), cce_backward_
               "cce_backward_workspace_size_fn");
 static_assert(std::is_same<decltype(&cce_backward), cce_backward_fn>::value, "cce_backward_fn");
 static_assert(std::is_same<decltype(&cce_host_run), cce_host_run_fn>::value, "cce_host_run_fn");
+static_assert(std::is_same<decltype(&cce_forward_weighted), cce_forward_weighted_fn>::value,
+              "cce_forward_weighted_fn");
+static_assert(std::is_same<decltype(&cce_backward_weighted), cce_backward_weighted_fn>::value,
+              "cce_backward_weighted_fn");
 static_assert(sizeof(cce_options) == 56, "cce_options is 56 bytes (cce_cuda.h)");

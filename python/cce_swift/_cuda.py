@@ -3,9 +3,13 @@ cce_forward in the autograd forward, cce_backward in the backward, on the curren
 workspaces allocated by torch.
 
 Found through $CCE_CUDA_LIBRARY (as the Swift tool finds it), then libcce_cuda.so beside this
-file, then cuda/libcce_cuda.so of the checkout this file sits in. What the CUDA library does not
-have raises ValueError: per-class weight, modes other than "default", E / C / bias of different
-dtypes, filter_correction=False (the GPU always adds its first-order estimate), check_finite.
+file, then cuda/libcce_cuda.so of the checkout this file sits in. Per-class weights go through
+cce_forward_weighted / cce_backward_weighted (checked here first: a vector of V finite values
+>= 0, as the CPU engine requires; a library built before those entry points raises
+RuntimeError). What the CUDA library does not have raises ValueError: modes other than
+"default", E / C / bias of different dtypes, filter_correction=False (the GPU always adds its
+first-order estimate), check_finite. D that is not a multiple of 4 (float32) or 8 (16-bit
+types), which the library refuses, is padded with zero columns (a copy of E and C).
 ε is passed resolved (auto: 2^-28 / 2^-15 / 2^-12 by dtype; None: 0, no filtering), which the
 current and the announced cce_options.filter_eps both read the same way.
 
@@ -84,6 +88,15 @@ def library() -> ctypes.CDLL:
             L.cce_backward.restype = ctypes.c_int
             L.cce_backward.argtypes = [vp, vp, vp, vp, i64, i64, i64, ctypes.c_int, op, vp, vp, vp, vp, vp, vp, sz,
                                        ctypes.POINTER(ctypes.c_int64), vp]
+            # per-class weights (cce_cuda.h: cce_forward_weighted / cce_backward_weighted), when present
+            L.has_weighted = hasattr(L, "cce_forward_weighted") and hasattr(L, "cce_backward_weighted")
+            if L.has_weighted:
+                L.cce_forward_weighted.restype = ctypes.c_int
+                L.cce_forward_weighted.argtypes = [vp, vp, vp, vp, i64, i64, i64, ctypes.c_int, vp, op, vp, vp, vp,
+                                                   sz, vp]
+                L.cce_backward_weighted.restype = ctypes.c_int
+                L.cce_backward_weighted.argtypes = [vp, vp, vp, vp, i64, i64, i64, ctypes.c_int, vp, op, vp, vp, vp,
+                                                    vp, vp, vp, sz, ctypes.POINTER(ctypes.c_int64), vp]
             L.path = str(path)
             _lib_cuda = L
             return L
@@ -154,7 +167,7 @@ class _Call:
 
 class CudaFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, e, c, bias, targets, call, return_lse):
+    def forward(ctx, e, c, bias, targets, weight, call, return_lse):
         lay = call.lay
         lib = library()
         ws = torch.empty(lib.cce_forward_workspace_size(lay.n, lay.d, lay.v, call.dtype, ctypes.byref(call.opt)),
@@ -162,10 +175,15 @@ class CudaFunction(torch.autograd.Function):
         loss = torch.empty(lay.n if call.reduction == "none" else 1, dtype=torch.float32, device=e.device)
         lse = torch.empty(lay.n, dtype=torch.float32, device=e.device)
         flat = targets.reshape(-1)
-        _check(lib.cce_forward(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v, call.dtype,
-                               ctypes.byref(call.opt), _ptr(loss), _ptr(lse), _ptr(ws), ws.numel(), _stream()))
+        if weight is None:
+            _check(lib.cce_forward(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v, call.dtype,
+                                   ctypes.byref(call.opt), _ptr(loss), _ptr(lse), _ptr(ws), ws.numel(), _stream()))
+        else:
+            _check(lib.cce_forward_weighted(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v,
+                                            call.dtype, _ptr(weight), ctypes.byref(call.opt), _ptr(loss), _ptr(lse),
+                                            _ptr(ws), ws.numel(), _stream()))
         ctx.call = call
-        ctx.save_for_backward(e, c, bias, flat, lse)
+        ctx.save_for_backward(e, c, bias, flat, lse, weight)
         out, lse_out = call.outputs(loss, lse if return_lse else None, targets)
         if lse_out is None:
             return out
@@ -176,7 +194,7 @@ class CudaFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, *grad_lse):
         call = ctx.call
         lay = call.lay
-        e, c, bias, flat, lse = ctx.saved_tensors
+        e, c, bias, flat, lse, weight = ctx.saved_tensors
         need_e, need_c, need_b = ctx.needs_input_grad[:3]
         if call.reduction == "none":
             g = torch.zeros(lay.shape, dtype=torch.float32, device=e.device)
@@ -191,10 +209,15 @@ class CudaFunction(torch.autograd.Function):
         dE = torch.empty_like(e) if need_e else None
         dC = torch.empty_like(c) if need_c else None
         dB = torch.empty_like(bias) if need_b and bias is not None else None
-        _check(lib.cce_backward(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v, call.dtype,
-                                ctypes.byref(call.opt), _ptr(lse), _ptr(g), _ptr(dE), _ptr(dC), _ptr(dB), _ptr(ws),
-                                ws.numel(), None, _stream()))
-        return dE, dC, dB, None, None, None
+        if weight is None:
+            _check(lib.cce_backward(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v, call.dtype,
+                                    ctypes.byref(call.opt), _ptr(lse), _ptr(g), _ptr(dE), _ptr(dC), _ptr(dB),
+                                    _ptr(ws), ws.numel(), None, _stream()))
+        else:
+            _check(lib.cce_backward_weighted(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v,
+                                             call.dtype, _ptr(weight), ctypes.byref(call.opt), _ptr(lse), _ptr(g),
+                                             _ptr(dE), _ptr(dC), _ptr(dB), _ptr(ws), ws.numel(), None, _stream()))
+        return dE, dC, dB, None, None, None, None
 
 
 def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, ignore_index=-100, softcap=None,
@@ -203,16 +226,14 @@ def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, igno
     def unsupported(what):
         raise _lib.CCEValueError(f"the CUDA library has no {what}; use CPU tensors for it", 8)
 
-    if weight is not None:
-        unsupported("per-class weight (cce_cuda.h would need a `const float *weight` of V values)")
     if _core.normalize_mode(mode) != "default":
         unsupported(f"mode {mode!r} (it accumulates in float32 only)")
     if not filter_correction:
         unsupported("filter_correction=False (it always adds the first-order estimate of skipped tiles)")
     if check_finite:
         unsupported("check_finite")
-    for name, x in (("c", c), ("targets", targets), ("bias", bias)):
-        if x is not None and x.device != e.device:
+    for name, x in (("c", c), ("targets", targets), ("bias", bias), ("weight", weight)):
+        if isinstance(x, torch.Tensor) and x.device != e.device:
             raise _lib.CCEValueError(f"{name} is on {x.device}, e on {e.device}", 1)
     if e.dtype not in DTYPES:
         raise TypeError(f"e has dtype {e.dtype}; the CUDA engine takes float32, float16 or bfloat16")
@@ -220,9 +241,47 @@ def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, igno
         if x is not None and x.dtype != e.dtype:
             raise TypeError(f"the CUDA engine needs e, c and bias in one dtype ({name} is {x.dtype}, e {e.dtype})")
     shift = _core.normalize_shift(shift)
+    if e.dim() >= 1 and c.dim() == 2 and e.shape[-1] == c.shape[1]:
+        # The library takes D a multiple of 4 (float32) or 8 (16-bit types), for its 16-byte row
+        # loads. Zero columns change no logit: pad E and C with them (a copy, through autograd, so
+        # the padded columns' gradients are dropped).
+        align = 4 if e.dtype == torch.float32 else 8
+        pad = -e.shape[-1] % align
+        if pad:
+            e = torch.nn.functional.pad(e, (0, pad))
+            c = torch.nn.functional.pad(c, (0, pad))
     e, c = e.contiguous(), c.contiguous()
     bias = None if bias is None else bias.contiguous()
     targets = targets.to(torch.int64).contiguous()
+    if weight is not None:
+        weight = _class_weight(weight, c.shape[0] if c.dim() == 2 else None, e.device)
     call = _Call(e, c, bias, targets, shift, reduction, ignore_index=ignore_index, softcap=softcap,
                  label_smoothing=label_smoothing, z_loss=z_loss, filter_eps=filter_eps, sort_vocab=sort_vocab)
-    return CudaFunction.apply(e, c, bias, targets, call, return_lse)
+    if weight is not None:
+        if tuple(weight.shape) != (call.lay.v,):
+            raise _lib.CCEValueError(f"invalid shape: weight must be (V) = ({call.lay.v},), got "
+                                     f"{_core.shape_text(weight.shape)}", 4)
+        if not getattr(library(), "has_weighted", False):
+            raise _lib.CCERuntimeError(f"the CUDA library {library().path} predates per-class weights (no "
+                                       "cce_forward_weighted): rebuild it with cuda/build.sh", 11)
+    return CudaFunction.apply(e, c, bias, targets, weight, call, return_lse)
+
+
+def _class_weight(weight, v, device):
+    """The per-class weight as the library takes it: float32, contiguous, on e's device, every value
+    finite and >= 0 (checked here, as the CPU engine checks them; this reads one flag back from the GPU)."""
+    if not isinstance(weight, torch.Tensor):
+        weight = torch.as_tensor(weight)
+    if weight.dtype.is_complex or weight.dtype == torch.bool:
+        raise TypeError(f"weight must be real numbers, got {weight.dtype}")
+    w = weight.detach().to(device=device, dtype=torch.float32).contiguous()
+    if w.dim() != 1 or (v is not None and w.shape[0] != v):
+        raise _lib.CCEValueError(f"invalid shape: weight must be (V) = ({v},), got {_core.shape_text(w.shape)}", 4)
+    finite = torch.isfinite(w)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0, 0])
+        raise _lib.CCEValueError(f"non-finite value: classWeights[{i}] is NaN or infinite", 7)
+    if bool((w < 0).any()):
+        i = int((w < 0).nonzero()[0, 0])
+        raise _lib.CCEValueError(f"invalid option: classWeights must be >= 0 (classWeights[{i}] = {float(w[i])})", 8)
+    return w

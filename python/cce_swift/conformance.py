@@ -270,6 +270,11 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _write_json(path, function, device, results):
+    with open(path, "w") as f:
+        json.dump({"function": function, "device": device, "budgets": BUDGETS, "results": results}, f, indent=1)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cce_swift.conformance",
                                  description="Run a linear_cross_entropy implementation over the conformance cases.")
@@ -300,11 +305,12 @@ def main(argv=None) -> int:
             r = run_case(fn, case, dt, a.device)
             r.update(case=case.name, dtype=dt)
             results.append(r)
+            if a.json:  # written after every case, so that a run cut short keeps what it measured
+                _write_json(a.json, a.function, a.device, results)
     print(f"{a.function} on {a.device}: relative norm error against the Float64 reference ≤ budget")
     print(table(results))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"function": a.function, "device": a.device, "budgets": BUDGETS, "results": results}, f, indent=1)
+        _write_json(a.json, a.function, a.device, results)
     return 1 if any(r["status"] in ("FAIL", "error") for r in results) else 0
 
 

@@ -72,3 +72,75 @@ int main(void) {{
     assert float(out["loss"]) == pytest.approx(float(loss), rel=1e-7)
     assert float(out["dE0"]) == g.e[0, 0]
     assert out["error"].startswith("8 invalid option: labelSmoothing must be in [0, 1]")
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_cuda_header_beside_the_cpu_header(tmp_path):
+    """cuda/cce_cuda.h compiles as C together with cce_cpu.h (no CUDA needed: it is plain C), its
+    cce_options has the layout the CUDA binding (cce_swift._cuda) declares, and the per-class
+    weight is passed as in cce_cpu.h: `const float *weight` just before the options, in
+    cce_forward_weighted and cce_backward_weighted (checked by assigning the declared functions
+    to pointers of the expected types: a mismatch is a compile error under -Werror)."""
+    pytest.importorskip("torch")
+    from cce_swift import _cuda
+
+    cuda_include = ROOT / "cuda" / "include"
+    fields = [name for name, _ in _cuda.Options._fields_]
+    offsets = "\n".join(f'  printf("{f} %zu\\n", offsetof(cce_options, {f}));' for f in fields)
+    src = tmp_path / "both.c"
+    src.write_text(f"""
+#include <stddef.h>
+#include <stdio.h>
+#include "cce_cpu.h"
+#include "cce_cuda.h"
+typedef int (*fwd_t)(const void *, const void *, const void *, const int64_t *, int64_t, int64_t, int64_t, int,
+                     const float *weight, const cce_options *, float *, float *, void *, size_t, void *);
+typedef int (*bwd_t)(const void *, const void *, const void *, const int64_t *, int64_t, int64_t, int64_t, int,
+                     const float *weight, const cce_options *, const float *, const float *, void *, void *,
+                     void *, void *, size_t, int64_t *, void *);
+typedef int (*cpu_fwd_t)(const void *, const void *, const void *, const int64_t *, int64_t, int64_t, int64_t,
+                         int, int, int, const float *weight, const cce_cpu_options *, double *, double *,
+                         cce_cpu_state **);
+int main(void) {{
+  fwd_t f = cce_forward_weighted;
+  bwd_t b = cce_backward_weighted;
+  cce_forward_weighted_fn f2 = cce_forward_weighted;
+  cce_backward_weighted_fn b2 = cce_backward_weighted;
+  cpu_fwd_t c = cce_cpu_forward;
+  printf("ptrs %d\\n", (f != 0) + (b != 0) + (f2 != 0) + (b2 != 0) + (c != 0));
+  printf("size %zu\\n", sizeof(cce_options));
+{offsets}
+  return 0;
+}}
+""")
+    obj = tmp_path / "both.o"
+    build = subprocess.run([CC, "-std=c11", "-Wall", "-Werror", "-I", str(header_dir()), "-I", str(cuda_include),
+                            "-c", str(src), "-o", str(obj)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    # The offsets: compiled into a program of their own (the functions above are not linked).
+    probe = tmp_path / "probe.c"
+    probe.write_text(f"""
+#include <stddef.h>
+#include <stdio.h>
+#include "cce_cpu.h"
+#include "cce_cuda.h"
+int main(void) {{
+  printf("size %zu\\n", sizeof(cce_options));
+{offsets}
+  printf("codes %d%d%d %d%d%d\\n", (int)CCE_F32 == (int)CCE_CPU_F32, (int)CCE_F16 == (int)CCE_CPU_F16,
+         (int)CCE_BF16 == (int)CCE_CPU_BF16, (int)CCE_REDUCE_NONE == (int)CCE_CPU_REDUCE_NONE,
+         (int)CCE_REDUCE_SUM == (int)CCE_CPU_REDUCE_SUM, (int)CCE_REDUCE_MEAN == (int)CCE_CPU_REDUCE_MEAN);
+  return 0;
+}}
+""")
+    exe = tmp_path / "probe"
+    build = subprocess.run([CC, "-std=c11", "-Wall", "-Werror", "-I", str(header_dir()), "-I", str(cuda_include),
+                            str(probe), "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    out = dict(line.split(" ", 1) for line in run.stdout.strip().splitlines())
+    assert int(out["size"]) == ctypes.sizeof(_cuda.Options) == 56
+    assert out["codes"] == "111 111"
+    for name in fields:
+        assert int(out[name]) == getattr(_cuda.Options, name).offset, name

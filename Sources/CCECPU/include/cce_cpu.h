@@ -18,7 +18,8 @@
  *   - CPU-only fields: filter_correction, mode, threads, check_finite; no lean_memory or
  *     dc_chunk_rows (GPU memory knobs);
  *   - E, C and the bias each have their own element type, and the per-class weight (V float32,
- *     PyTorch's `weight`) is an argument;
+ *     PyTorch's `weight`) is an argument of every call (cce_cuda.h: of cce_forward_weighted and
+ *     cce_backward_weighted, at the same place, just before the options, in device memory);
  *   - host memory, no workspace, no stream: every call is synchronous;
  *   - loss and lse are double, lse is per target position (NaN where no row is paired or the
  *     target is ignored), the backward keeps its O(N) state in an opaque handle, and
