@@ -1,4 +1,5 @@
-# source with M=<folder holding usr/ and deps/>
+# Open MPI unpacked in $M (usr/ and deps/, scripts/device/make_mpi_bundle.sh): source with M set.
+# One host: no ssh (plm isolated), shared memory without CMA (btl self,vader), as root.
 export OPAL_PREFIX=$M/usr
 export PATH=$M/usr/bin:$PATH
 export LD_LIBRARY_PATH=$M/usr/lib/x86_64-linux-gnu:$M/usr/lib/x86_64-linux-gnu/pmix2/lib:$M/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
