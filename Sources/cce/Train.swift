@@ -108,8 +108,8 @@ struct Train: ParsableCommand {
                      cfg.tied ? "tied" : "untied", parameterCount))
         if let comm, let scheme {
             print(scheme == .vocab
-                  ? "parallel: vocabulary-parallel over \(comm.size) ranks (rank 0 holds classes \(trainer.model.classRows) of C and the bias)"
-                  : "parallel: token-parallel over \(comm.size) ranks (rank 0 runs rows \(trainer.partition!.tokenRows(batch: cfg.batch)) of each batch)")
+                  ? "parallel: vocabulary-parallel over \(comm.size) rank\(comm.size == 1 ? "" : "s") (rank 0 holds classes \(trainer.model.classRows) of C and the bias)"
+                  : "parallel: token-parallel over \(comm.size) rank\(comm.size == 1 ? "" : "s") (rank 0 runs rows \(trainer.partition!.tokenRows(batch: cfg.batch)) of each batch)")
         }
         print(String(format: "training: %d steps x %d tokens, Adam lr %g, loss head %@, %d threads, seed %llu",
                      cfg.steps, cfg.batch, cfg.learningRate, loss.rawValue, cfg.threads ?? Workers.availableCPUs, seed))
