@@ -162,9 +162,13 @@ struct Train: ParsableCommand {
         print(String(format: "peak resident memory: %.1f MB (process VmHWM%@); one %@ head call: %.2f MB extra (B x V logits would be %.2f MB)",
                      Double(peak) / 1e6, comm == nil ? "" : ", rank 0", loss.rawValue, Double(head) / 1e6,
                      Double(cfg.batch * corpus.vocab * 4) / 1e6))
-        guard root else { return }
+        // Rank 0 writes the figure; every rank learns whether it could.
+        try comm.map { try $0.agree { if root { try writeFigure(points, corpus: corpus, config: cfg, lnV: lnV) } } }
+            ?? writeFigure(points, corpus: corpus, config: cfg, lnV: lnV)
+    }
 
-        // The figure, with the other head's curve when its log is beside this one.
+    /// The figure, with the other head's curve when its log is beside this one.
+    func writeFigure(_ points: [(step: Int, loss: Double)], corpus: Corpus, config cfg: TrainingConfig, lnV: Double) throws {
         var curves = [LossCurve(name: loss.rawValue, points: points)]
         if let sib = TrainingLog.sibling(of: logPath, kind: loss), let pts = TrainingLog.read(sib.path), !pts.isEmpty {
             curves.append(LossCurve(name: sib.kind.rawValue, points: pts))
