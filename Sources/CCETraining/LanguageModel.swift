@@ -76,10 +76,24 @@ public struct LanguageModel<T: TrainingScalar> {
     /// One array per `Parameter`, row-major.
     public var parameters: [[T]]
 
+    /// The classes whose rows of C and entries of the bias this model holds: every class, or
+    /// (vocabulary-parallel training) one rank's shard.
+    public let classRows: Range<Int>
+
     /// Initial parameters: T, C ~ N(0, 1/D); W1 ~ N(0, 1/(k·D)); W2 ~ N(0, 1/H); biases 0.
-    public init(config: ModelConfig, seed: UInt64) throws {
+    /// `classRows`: keep only these rows of C and entries of the bias (the values the whole
+    /// model would have there, for the same seed); nil: all. Not with a tied table.
+    public init(config: ModelConfig, seed: UInt64, classRows: Range<Int>? = nil) throws {
         try config.validate()
+        let rows = classRows ?? 0..<config.vocab
+        guard rows.lowerBound >= 0, rows.upperBound <= config.vocab else {
+            throw TrainingError.invalidOption("class rows \(rows) outside the vocabulary of \(config.vocab)")
+        }
+        guard !config.tied || rows == 0..<config.vocab else {
+            throw TrainingError.invalidOption("a tied model holds the whole classifier (it is the input table)")
+        }
         self.config = config
+        self.classRows = rows
         var rng = SeededRandom(seed: seed)
         let v = config.vocab, d = config.dim, h = config.hidden, kd = config.context * config.dim
         func normal(_ count: Int, _ variance: Double) -> [T] {
@@ -93,7 +107,8 @@ public struct LanguageModel<T: TrainingScalar> {
         p[Parameter.b1.rawValue] = [T](repeating: 0, count: h)
         p[Parameter.w2.rawValue] = normal(h * d, 1 / Double(h))
         p[Parameter.b2.rawValue] = [T](repeating: 0, count: d)
-        p[Parameter.bias.rawValue] = [T](repeating: 0, count: v)
+        p[Parameter.bias.rawValue] = [T](repeating: 0, count: rows.count)
+        if rows != 0..<v { p[Parameter.classifier.rawValue] = Array(p[Parameter.classifier.rawValue][(rows.lowerBound * d)..<(rows.upperBound * d)]) }
         parameters = p
     }
 

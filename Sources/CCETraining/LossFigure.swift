@@ -119,7 +119,7 @@ public enum TrainingLog {
     public static let header = "step,loss,tokens_per_s,elapsed_s,floor,loss_kind"
 
     public static func line(_ r: StepReport, floor: Double?, kind: HeadKind) -> String {
-        String(format: "%d,%.6f,%.1f,%.3f,%@,%@", r.step, r.loss, r.tokensPerSecond, r.elapsed,
+        String(format: "%d,%.9f,%.1f,%.3f,%@,%@", r.step, r.loss, r.tokensPerSecond, r.elapsed,
                floor.map { String(format: "%.6f", $0) } ?? "", kind.rawValue)
     }
 

@@ -6,6 +6,7 @@ import CCEReference
 import CCERuntime
 import CCETraining
 import CutCrossEntropy
+import CutCrossEntropyMPI
 import Foundation
 
 extension HeadKind: ExpressibleByArgument {}
@@ -31,6 +32,10 @@ struct Train: ParsableCommand {
     @OptionGroup var engine: EngineOptions<StandardEngine>
     @Option(help: "CSV log (step,loss,tokens_per_s,elapsed_s,floor,loss_kind); the loss figure goes beside it (.svg). Default: train-<loss>.csv")
     var log: String?
+    @Option(help: "vocab or tokens: each step split over the ranks of mpirun (Docs/SCALING.md); rank 0 writes the log.")
+    var parallel: ParallelScheme?
+    @Option(help: "Path of libcce_mpi.so (with --parallel under mpirun; default: $CCE_MPI_LIBRARY, then beside cce).")
+    var mpiLibrary: String?
 
     /// The log and the figure beside it can be written: checked before the corpus is built.
     func validate() throws {
@@ -48,22 +53,64 @@ struct Train: ParsableCommand {
         c.steps = steps; c.batch = batch; c.learningRate = lr; c.dim = dim; c.hidden = hidden
         c.context = context; c.vocab = vocab; c.tied = tie; c.loss = loss; c.corpusPath = corpus
         c.seed = seed; c.threads = engine.threads
-        var trainer: Trainer
-        do { trainer = try Trainer(config: c) } catch let e as TrainingError { throw CLIError(e.description) }
+        guard let parallel else {
+            var trainer: Trainer
+            do { trainer = try Trainer(config: c) } catch let e as TrainingError { throw CLIError(e.description) }
+            try train(&trainer, root: true)
+            return
+        }
+        try withWorld(library: mpiLibrary) { comm in
+            // Whatever fails on one rank (an option, the corpus, the log) fails on every rank.
+            var trainer = try comm.agree { () -> Trainer in
+                try c.validate()
+                let corpus = try c.corpusPath.map { try Corpus.text(path: $0, vocab: c.vocab, context: c.context) }
+                    ?? Corpus.markov(vocab: c.vocab, seed: c.seed)
+                let partition = MPITrainingPartition(communicator: comm, scheme: parallel, vocabulary: corpus.vocab)
+                return try Trainer(config: c, corpus: corpus, partition: partition)
+            }
+            try comm.checkSame(Self.agreedFields(trainer.config, trainer.corpus, scheme: parallel))
+            try train(&trainer, root: comm.rank == 0, comm: comm, scheme: parallel)
+            // The parameters that every rank holds alike must have the same bits everywhere.
+            let d = Self.sharedDigest(trainer.model, scheme: parallel)
+            try comm.checkSame([("the parameters every rank holds alike (\(parallel == .vocab ? "all but C and the bias" : "all")) after \(trainer.config.steps) steps, digest", d)])
+            if comm.rank == 0 {
+                print("ranks: \(comm.size), \(parallel.rawValue)-parallel; every rank holds the same \(parallel == .vocab ? "body parameters" : "parameters") at the end (digest \(d))")
+            }
+        }
+    }
+
+    /// The training loop, its progress and its outputs; `root`: this process prints and
+    /// writes (one process, or rank 0). With `comm`, every rank runs the steps and the head's
+    /// memory measurement together.
+    func train(_ trainer: inout Trainer, root: Bool, comm: Communicator? = nil, scheme: ParallelScheme? = nil) throws {
         let corpus = trainer.corpus
         let cfg = trainer.config
-        guard FileManager.default.createFile(atPath: logPath, contents: nil),
-              let logFile = FileHandle(forWritingAtPath: logPath) else {
-            throw CLIError("cannot write the log \(logPath)")
+        let opened = { () throws -> FileHandle? in
+            guard root else { return nil }
+            guard FileManager.default.createFile(atPath: logPath, contents: nil),
+                  let f = FileHandle(forWritingAtPath: logPath) else {
+                throw CLIError("cannot write the log \(logPath)")
+            }
+            return f
         }
-        defer { try? logFile.close() }
-        logFile.write(Data((TrainingLog.header + "\n").utf8))
+        let logFile = try comm.map { try $0.agree(opened) } ?? opened()
+        defer { try? logFile?.close() }
+        logFile?.write(Data((TrainingLog.header + "\n").utf8))
+        let print: (String) -> Void = { s in if root { Swift.print(s) } }
+        let progress: (String) -> Void = { s in if root { stderr(s) } }
+        let parameterCount = cfg.dim * (cfg.context * cfg.hidden + 1) + cfg.hidden * (1 + cfg.dim)
+            + corpus.vocab * (cfg.dim + 1) + (cfg.tied ? 0 : corpus.vocab * cfg.dim)
 
         let lnV = Foundation.log(Double(corpus.vocab))
         print("corpus: \(corpus.summary)")
         print(String(format: "model: context %d -> %d x %d -> tanh %d -> %d -> classifier %d x %d + bias (%@), %d parameters",
                      cfg.context, cfg.context, cfg.dim, cfg.hidden, cfg.dim, corpus.vocab, cfg.dim,
-                     cfg.tied ? "tied" : "untied", trainer.model.parameterCount))
+                     cfg.tied ? "tied" : "untied", parameterCount))
+        if let comm, let scheme {
+            print(scheme == .vocab
+                  ? "parallel: vocabulary-parallel over \(comm.size) rank\(comm.size == 1 ? "" : "s") (rank 0 holds classes \(trainer.model.classRows) of C and the bias)"
+                  : "parallel: token-parallel over \(comm.size) rank\(comm.size == 1 ? "" : "s") (rank 0 runs rows \(trainer.partition!.tokenRows(batch: cfg.batch)) of each batch)")
+        }
         print(String(format: "training: %d steps x %d tokens, Adam lr %g, loss head %@, %d threads, seed %llu",
                      cfg.steps, cfg.batch, cfg.learningRate, loss.rawValue, cfg.threads ?? Workers.availableCPUs, seed))
         print(String(format: "reference levels: ln V = %.4f, unigram entropy %.4f, entropy floor %@",
@@ -81,7 +128,8 @@ struct Train: ParsableCommand {
         var last: StepReport?
         try trainer.run { r in
             points.append((r.step, r.loss))
-            logFile.write(Data((TrainingLog.line(r, floor: corpus.floor, kind: loss) + "\n").utf8))
+            guard root else { return }
+            logFile?.write(Data((TrainingLog.line(r, floor: corpus.floor, kind: loss) + "\n").utf8))
             last = r
             let draw = tty ? (Date().timeIntervalSince(lastDraw) > 0.1 || r.step == cfg.steps)
                            : (r.step % every == 0 || r.step == cfg.steps)
@@ -95,10 +143,10 @@ struct Train: ParsableCommand {
             if tty {
                 let width = 30, done = width * r.step / cfg.steps
                 let bar = String(repeating: "#", count: done) + String(repeating: ".", count: width - done)
-                stderr("\r[\(bar)] \(status) ")
-                if r.step == cfg.steps { stderr("\n") }
+                progress("\r[\(bar)] \(status) ")
+                if r.step == cfg.steps { progress("\n") }
             } else {
-                stderr("step \(status)\n")
+                progress("step \(status)\n")
             }
         }
         let (finalLoss, tailCount) = Self.meanOfLast(window, points)
@@ -111,10 +159,16 @@ struct Train: ParsableCommand {
                          tailCount, finalLoss - f, f, lnV))
         }
         let head = try trainer.measureHead()
-        print(String(format: "peak resident memory: %.1f MB (process VmHWM); one %@ head call: %.2f MB extra (B x V logits would be %.2f MB)",
-                     Double(peak) / 1e6, loss.rawValue, Double(head) / 1e6, Double(cfg.batch * corpus.vocab * 4) / 1e6))
+        print(String(format: "peak resident memory: %.1f MB (process VmHWM%@); one %@ head call: %.2f MB extra (B x V logits would be %.2f MB)",
+                     Double(peak) / 1e6, comm == nil ? "" : ", rank 0", loss.rawValue, Double(head) / 1e6,
+                     Double(cfg.batch * corpus.vocab * 4) / 1e6))
+        // Rank 0 writes the figure; every rank learns whether it could.
+        try comm.map { try $0.agree { if root { try writeFigure(points, corpus: corpus, config: cfg, lnV: lnV) } } }
+            ?? writeFigure(points, corpus: corpus, config: cfg, lnV: lnV)
+    }
 
-        // The figure, with the other head's curve when its log is beside this one.
+    /// The figure, with the other head's curve when its log is beside this one.
+    func writeFigure(_ points: [(step: Int, loss: Double)], corpus: Corpus, config cfg: TrainingConfig, lnV: Double) throws {
         var curves = [LossCurve(name: loss.rawValue, points: points)]
         if let sib = TrainingLog.sibling(of: logPath, kind: loss), let pts = TrainingLog.read(sib.path), !pts.isEmpty {
             curves.append(LossCurve(name: sib.kind.rawValue, points: pts))

@@ -212,6 +212,24 @@ final class TrainingTests: XCTestCase {
 
     // MARK: - Logs and figures
 
+    /// A model holding a shard of the classes (vocabulary-parallel training) has the whole
+    /// model's values there and everywhere else; a tied model cannot hold a shard.
+    func testModelWithAShardOfTheClasses() throws {
+        let config = ModelConfig(vocab: 37, dim: 5, hidden: 7, context: 2)
+        let whole = try LanguageModel<Float>(config: config, seed: 3)
+        let part = try LanguageModel<Float>(config: config, seed: 3, classRows: 19..<37)
+        XCTAssertEqual(part.classRows, 19..<37)
+        XCTAssertEqual(part[.classifier], Array(whole[.classifier][(19 * 5)..<(37 * 5)]))
+        XCTAssertEqual(part[.bias].count, 18)
+        for p in Parameter.allCases where p != .classifier && p != .bias { XCTAssertEqual(part[p], whole[p], "\(p)") }
+        XCTAssertThrowsError(try LanguageModel<Float>(config: config, seed: 3, classRows: 30..<38))
+        var tied = config
+        tied.tied = true
+        XCTAssertThrowsError(try LanguageModel<Float>(config: tied, seed: 3, classRows: 0..<10)) { e in
+            XCTAssertEqual(e as? TrainingError, .invalidOption("a tied model holds the whole classifier (it is the input table)"))
+        }
+    }
+
     func testLogAndFigure() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cce-log-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
