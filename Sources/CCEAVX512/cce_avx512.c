@@ -57,6 +57,7 @@
 
 #include <cpuid.h>
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 #if defined(__linux__)
 #include <sys/syscall.h>
@@ -766,6 +767,92 @@ void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, lo
     }
 }
 
+// MARK: - The LSE merge (the forward's fold of a tile row, 512-bit exp)
+
+// Exp.exp (CCEKernels/Exp.swift) on 16 lanes: the same operations per lane (Cody–Waite
+// reduction, degree-6 Horner polynomial in fused multiply-adds, 2^n from the rounded
+// bits), so every lane gives that function's bits.
+CCE_INLINE __m512 exp16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.33654f), hi = _mm512_set1_ps(88.37626f);
+    const __m512 magic = _mm512_set1_ps(12582912.0f);  // 1.5 · 2^23
+    __m512 xc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), x, lo);
+    xc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(xc, hi, _CMP_GT_OQ), xc, hi);
+    __m512 t = _mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.442695040888963f)), magic);
+    __m512 n = _mm512_sub_ps(t, magic);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), xc);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512i bits = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(magic));
+    __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(127)), 23));
+    __m512 y = _mm512_mul_ps(p, scale);
+    y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), y, _mm512_setzero_ps());
+    y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), y, _mm512_set1_ps(__builtin_inff()));
+    y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), y, _mm512_set1_ps(__builtin_nanf("")));
+    return y;
+}
+
+CCE_INLINE float exp1(float x) { return _mm512_cvtss_f32(exp16(_mm512_set1_ps(x))); }
+
+CCE_AVX512
+float cce_avx512_exp(float x) { return exp1(x); }
+
+// mergeTileRow (CCEKernels/LSEMerge.swift) for Float, step for step: the maximum in eight
+// lanes (a lane takes a later value only when it is larger; then the first largest lane;
+// then the tail, where a later equal value wins, as Swift.max does), the exponentials 16
+// at a time but summed into eight lanes in the Swift loop's order, the same lane reduction,
+// the tail, and the Kahan addition.
+CCE_AVX512
+void cce_avx512_merge_row(const float *z, long count, float *max, float *sum, float *comp, float *tile_max,
+                          float *log_sum) {
+    const long c8 = count & ~7L;
+    __m256 mv = _mm256_set1_ps(-__builtin_inff());
+    long p = 0;
+    for (; p < c8; p += 8) {
+        __m256 x = _mm256_loadu_ps(z + p);
+        mv = _mm256_blendv_ps(mv, x, _mm256_cmp_ps(x, mv, _CMP_GT_OQ));
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, mv);
+    float m = lanes[0];
+    for (int i = 1; i < 8; i++) if (lanes[i] > m) m = lanes[i];
+    for (; p < count; p++) m = z[p] >= m ? z[p] : m;
+    if (m == -__builtin_inff()) { *tile_max = m; *log_sum = m; return; }
+    if (m > *max) {
+        float scale = *max == -__builtin_inff() ? 0.0f : exp1(*max - m);
+        *sum *= scale;
+        *comp *= scale;
+        *max = m;
+    }
+    const __m512 m16 = _mm512_set1_ps(*max);
+    __m256 acc = _mm256_setzero_ps();
+    p = 0;
+    for (; p + 16 <= c8; p += 16) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(z + p), m16));
+        acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
+        acc = _mm256_add_ps(acc, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+    }
+    if (p < c8) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(0xFF, z + p), m16));
+        acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
+        p += 8;
+    }
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    float q0 = h[0] + h[2], q1 = h[1] + h[3];
+    float t = q0 + q1;
+    for (; p < count; p++) t += exp1(z[p] - *max);
+    float y = t - *comp, s = *sum + y;
+    *comp = (s - *sum) - y;
+    *sum = s;
+    *tile_max = m;
+    *log_sum = *max + logf(t);
+}
+
 #else  // not x86: neither kernel exists, and the feature queries say so.
 
 int cce_avx512_supported(void) { return 0; }
@@ -787,6 +874,9 @@ void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *c
 void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const void *const *b,
                          int type, long k, long width, int blocked) { __builtin_trap(); }
 int cce_amx_supported(void) { return 0; }
+float cce_avx512_exp(float x) { __builtin_trap(); }
+void cce_avx512_merge_row(const float *z, long count, float *max, float *sum, float *comp, float *tile_max,
+                          float *log_sum) { __builtin_trap(); }
 size_t cce_amx_row_block_words(long m, long d) { return (size_t)((m + 31) / 32 * 32 * ((d + 31) / 32 * 16)); }
 size_t cce_amx_scratch_words(void) { return (size_t)CCE_AMX_NR * CCE_AMX_KCP + 32 * 32; }
 void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }

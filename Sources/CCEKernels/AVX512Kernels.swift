@@ -377,6 +377,22 @@ public func amxRankEmulated(start: Float, a: [Float], b: [UInt16]) -> Float {
     return acc
 }
 
+// MARK: - The 512-bit LSE merge
+
+/// `mergeTileRow` for Float32 with 512-bit exponentials: the same bits (the same operations
+/// per lane and the same summation order). Requires `hasAVX512`.
+@inlinable @discardableResult
+public func mergeTileRowAVX512(_ z: UnsafePointer<Float>, count: Int,
+                               into state: inout RunningLSE<Float>) -> TileRowSummary<Float> {
+    precondition(hasAVX512, "mergeTileRowAVX512 needs AVX-512")
+    var summary = TileRowSummary<Float>(max: 0, logSum: 0)
+    cce_avx512_merge_row(z, count, &state.max, &state.sum, &state.comp, &summary.max, &summary.logSum)
+    return summary
+}
+
+/// `Exp.exp` of one value by the 512-bit merge's exponential (its bits). Requires `hasAVX512`.
+public func expAVX512(_ x: Float) -> Float { cce_avx512_exp(x) }
+
 // MARK: - The 512-bit Float32 FMA kernel
 
 /// out[i·ldo + j] = Σ_k e_i[k]·c_j[k] for i < m, j < n, in Float32 by 512-bit FMAs, with

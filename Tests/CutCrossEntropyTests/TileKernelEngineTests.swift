@@ -200,3 +200,33 @@ final class RankUpdateAMXTests: XCTestCase {
         }
     }
 }
+
+/// The 512-bit LSE merge against the Swift one: the same bits of the running state and of
+/// the row summary, on row lengths that are no multiple of 8 or 16, rows whose maximum
+/// repeats (ties, ±0), −∞ entries and whole −∞ rows, and across successive tiles (rescaling).
+final class MergeAVX512Tests: XCTestCase {
+    func testBitwiseTheSwiftMerge() throws {
+        guard hasAVX512 else { throw XCTSkip("this CPU has no AVX-512: the 512-bit merge cannot run here") }
+        var rng = SeededRandom(seed: 13)
+        for x: Float in [-100, -87.4, -87.3, -10, -1e-3, 0, -0.0, 1e-3, 0.5, 10, 88.3, 88.4, 100, .infinity, -.infinity] {
+            XCTAssertEqual(expAVX512(x).bitPattern, Float.exp(x).bitPattern, "exp(\(x))")
+        }
+        for count in [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 255, 256] {
+            for kind in 0..<5 {
+                var a = RunningLSE<Float>(), b = RunningLSE<Float>()
+                for tile in 0..<4 {
+                    var z = (0..<count).map { _ in Float(rng.normal()) * Float(1 + 3 * tile) - Float(kind == 1 ? 30 : 0) }
+                    if kind == 2 { for q in stride(from: 0, to: count, by: 3) { z[q] = 5 } }           // ties
+                    if kind == 3 { for q in 0..<count { z[q] = q % 2 == 0 ? 0 : -0.0 } }               // ±0
+                    if kind == 4 { for q in stride(from: 0, to: count, by: 2) { z[q] = -.infinity } }
+                    if kind == 4 && tile == 1 { z = [Float](repeating: -.infinity, count: count) }
+                    let sa = z.withUnsafeBufferPointer { mergeTileRow($0.baseAddress!, count: count, into: &a) }
+                    let sb = z.withUnsafeBufferPointer { mergeTileRowAVX512($0.baseAddress!, count: count, into: &b) }
+                    let name = "count \(count) kind \(kind) tile \(tile)"
+                    XCTAssertEqual([a.max, a.sum, a.comp].map(\.bitPattern), [b.max, b.sum, b.comp].map(\.bitPattern), name)
+                    XCTAssertEqual([sa.max, sa.logSum].map(\.bitPattern), [sb.max, sb.logSum].map(\.bitPattern), name)
+                }
+            }
+        }
+    }
+}

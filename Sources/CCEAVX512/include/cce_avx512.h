@@ -154,6 +154,17 @@ size_t cce_amx_rank_scratch_words(void);
 void cce_amx_rank_update(float *const *out, long m, const float *a, long ars, long aks, const uint16_t *const *b,
                          long k, long width, int blocked, uint32_t *scratch);
 
+// MARK: - The forward's LSE merge (512-bit)
+
+/// mergeTileRow (CCEKernels/LSEMerge.swift) for Float32, bit for bit: folds z[0 ..< count]
+/// into the running (max, sum, comp) and writes the row's largest logit and its own
+/// log-sum-exp. The exponentials are Exp.exp's operations on 16 lanes. Requires
+/// cce_avx512_supported().
+void cce_avx512_merge_row(const float *z, long count, float *max, float *sum, float *comp, float *tile_max,
+                          float *log_sum);
+/// Exp.exp of one value (its bits), for tests.
+float cce_avx512_exp(float x);
+
 // MARK: - The Float32 FMA kernel (512-bit)
 
 /// Rows of the register block (and per panel-mask entry).

@@ -146,6 +146,23 @@ func weightedRowSum<S: KernelScalar>(_ z: UnsafePointer<S>, _ w: UnsafePointer<S
     return t
 }
 
+/// `mergeTileRow`, by the 512-bit version where the CPU has AVX-512 (the same bits).
+@inline(__always)
+func mergeRow<S: KernelScalar>(_ z: UnsafeMutablePointer<S>, count: Int, into state: inout RunningLSE<S>)
+    -> TileRowSummary<S> {
+    if S.self == Float.self && hasAVX512 {
+        return UnsafeMutableRawPointer(z).withMemoryRebound(to: Float.self, capacity: count) { zf in
+            withUnsafeMutablePointer(to: &state) { sp in
+                UnsafeMutableRawPointer(sp).withMemoryRebound(to: RunningLSE<Float>.self, capacity: 1) { fs in
+                    let r = mergeTileRowAVX512(zf, count: count, into: &fs.pointee)
+                    return unsafeBitCast(r, to: TileRowSummary<S>.self)   // S is Float here
+                }
+            }
+        }
+    }
+    return mergeTileRow(z, count: count, into: &state)
+}
+
 enum Forward {
     /// The forward of active tokens first ..< first + count, whose E rows `workspace`
     /// holds. Writes lse and loss for them; when `blockStats` is given, fills
@@ -176,7 +193,7 @@ enum Forward {
                 logitEpilogue(row, count: vc, bias: nil, cap: definition.cap)
                 let targetPosition = Int(operands.rank[Int(targets[first + i])]) - v0
                 if targetPosition >= 0 && targetPosition < vc { targetLogits[i] = row[targetPosition] }
-                let seen = mergeTileRow(row, count: vc, into: &states[i])
+                let seen = mergeRow(row, count: vc, into: &states[i])
                 if let blockStats {
                     blockStats[2 * (i * vBlocks + j)] = seen.max
                     blockStats[2 * (i * vBlocks + j) + 1] = seen.logSum
