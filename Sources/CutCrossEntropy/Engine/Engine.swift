@@ -125,7 +125,11 @@ enum Engine {
         var stats = FilterStatistics()
         embeddings.withRawPointer { e in
         classifier.withRawPointer { c in
-            Placement.interleave(UnsafeRawBufferPointer(start: c, count: p.v * p.d * p.cType.size))
+            // Not a borrowed classifier's: those pages are the caller's (the C ABI's inputs), and
+            // mbind would change their memory policy, and that of any neighbour sharing a page.
+            if !classifier.isBorrowed {
+                Placement.interleave(UnsafeRawBufferPointer(start: c, count: p.v * p.d * p.cType.size))
+            }
             let (order, rank) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
                                                      sorted: call.policy.sortVocabulary, threads: call.threads,
                                                      mean: call.sortingMean)
