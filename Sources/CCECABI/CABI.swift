@@ -225,8 +225,8 @@ struct GradientTargets {
 
 /// Float32 memory for the gradients the engine cannot write into the caller's buffers (those
 /// asked for in F16, BF16 or F64, and those not asked for), kept from one call to the next: at
-/// the Gemma 2 shape dC alone is 513 MB, whose fresh pages cost about 0.4 s of page faults per
-/// call on this project's machine. One buffer is kept (the largest given back); a call takes
+/// the Gemma 2 shape dC alone is 525 MB (128 K pages of 4 KiB), which a new buffer would
+/// page-fault in, and zero, on every call. One buffer is kept (the largest given back); a call takes
 /// it when it is large enough, else allocates its own, so concurrent calls never share one.
 /// `cce_cpu_release_scratch` frees the kept buffer.
 final class GradientScratch: @unchecked Sendable {
