@@ -4,7 +4,9 @@
 // calls CutCrossEntropy, and writes the results into the caller's buffers, converting to
 // the element type asked for. The Swift API validates exactly as it does for Swift callers;
 // every CCEError becomes a status code (cce_cpu_status) and this thread's last-error message.
-// Nothing is written to an output unless the whole call succeeded.
+// Nothing is written to an output unless the whole call succeeded, except the fused call's
+// F32 gradients, which the engine writes in place: an error found after the sweep (a NaN in
+// unchecked inputs, an overflow) leaves partial values there (cce_cpu.h says so).
 //
 // Inputs are not copied: E, C and the bias become Tensors that borrow the caller's memory
 // (`Tensor(borrowing:type:shape:)`) for the length of the call, and no Tensor outlives it

@@ -14,8 +14,8 @@
 //              blocks with those maxima (sweepExchanging)
 //
 // Set-up, in order: the classifier's pages interleaved over NUMA nodes (it is read by
-// every worker; not a classifier that borrows the C ABI caller's memory), the vocabulary order (VocabularyOrder.swift), the output buffers (zeroed,
-// every page written now) and, for the kahan accumulation, the compensation rows. Workers
+// every worker; not a classifier that borrows the C ABI caller's memory), the vocabulary
+// order (VocabularyOrder.swift), the output buffers (zeroed, every page written now) and, for the kahan accumulation, the compensation rows. Workers
 // own token blocks round-robin (worker w takes blocks w, w + P, …); each allocates its
 // Workspace once per call.
 
