@@ -4,16 +4,26 @@
 // calls CutCrossEntropy, and writes the results into the caller's buffers, converting to
 // the element type asked for. The Swift API validates exactly as it does for Swift callers;
 // every CCEError becomes a status code (cce_cpu_status) and this thread's last-error message.
-// Nothing is written to an output unless the whole call succeeded.
+// Nothing is written to an output unless the whole call succeeded, except the fused call's
+// F32 gradients, which the engine writes in place: an error found after the sweep (a NaN in
+// unchecked inputs, an overflow) leaves partial values there (cce_cpu.h says so).
 //
-// Inputs are copied into the Tensors the Swift API takes (Tensor owns its storage); see
-// Docs/PYTHON.md for what that costs at the Gemma 2 shape.
+// Inputs are not copied: E, C and the bias become Tensors that borrow the caller's memory
+// (`Tensor(borrowing:type:shape:)`) for the length of the call, and no Tensor outlives it
+// (the backward's state keeps only shapes, types and the forward's O(N) output, and reads E,
+// C and the bias again from the backward call's own pointers). A borrowed classifier's pages
+// are not interleaved over NUMA nodes (the caller's memory policy is left as it is).
+// Gradients of the fused call are written by the engine straight into the caller's Float32
+// buffers; other output types go through a Float32 scratch that is kept for the next call
+// (`GradientScratch`) and converted once. Docs/PYTHON.md ("What the binding costs") measures
+// what this saves at the Gemma 2 shape.
 
 import CCECPU
 import CCEKernels
 import CCERuntime
 import CutCrossEntropy
 import Dispatch
+import Synchronization
 
 // MARK: - Errors and status codes
 
@@ -87,20 +97,30 @@ func inputType(_ code: Int32, _ name: String) throws -> ElementType {
     }
 }
 
-/// A Tensor holding a copy of `count(shape)` elements of `type` at `p`.
+/// A Tensor of `count(shape)` elements of `type` at `p`, borrowing the caller's memory (valid
+/// for this C call only: the Tensor must not outlive it). A pointer not aligned to the element
+/// size (which a C caller may pass) is copied into an owned Tensor instead.
 func tensor(_ p: UnsafeRawPointer?, _ type: ElementType, _ shape: [Int], _ name: String) throws -> Tensor {
     let count = shape.reduce(1, *)
     guard let p else {
         guard count == 0 else { throw ArgumentError("\(name) is NULL") }
         return try Tensor([Float](), shape: shape)
     }
+    if Int(bitPattern: p) % type.size == 0 { return try Tensor(borrowing: p, type: type, shape: shape) }
+    let bytes = UnsafeRawBufferPointer(start: p, count: count * type.size)
     switch type {
     case .float32:
-        return try Tensor(Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: Float.self), count: count)), shape: shape)
+        return try Tensor([Float](unsafeUninitializedCapacity: count) { b, n in
+            UnsafeMutableRawBufferPointer(b).copyMemory(from: bytes); n = count
+        }, shape: shape)
     case .float16:
-        return try Tensor(Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: Float16.self), count: count)), shape: shape)
+        return try Tensor([Float16](unsafeUninitializedCapacity: count) { b, n in
+            UnsafeMutableRawBufferPointer(b).copyMemory(from: bytes); n = count
+        }, shape: shape)
     case .bfloat16:
-        return try Tensor(Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: BFloat16.self), count: count)), shape: shape)
+        return try Tensor([BFloat16](unsafeUninitializedCapacity: count) { b, n in
+            UnsafeMutableRawBufferPointer(b).copyMemory(from: bytes); n = count
+        }, shape: shape)
     }
 }
 
@@ -193,13 +213,96 @@ struct GradientTargets {
         if let dE { store(g.dE, dE, eType, threads: threads) }
         if let dC { store(g.dC, dC, cType, threads: threads) }
         if let dBias, let b = g.dBias { store(b, dBias, biasType, threads: threads) }
+        write(g.filter)
+    }
+
+    func write(_ f: FilterStatistics) {
         if let stats {
-            let f = g.filter
             for (k, x) in [f.tiles, f.skippedTiles, f.rowSegments, f.keptRowSegments, f.boundSkippedRowSegments].enumerated() {
                 stats[k] = Int64(x)
             }
         }
     }
+}
+
+/// Float32 memory for the gradients the engine cannot write into the caller's buffers (those
+/// asked for in F16, BF16 or F64, and those not asked for), kept from one call to the next: at
+/// the Gemma 2 shape dC alone is 525 MB (128 K pages of 4 KiB), which a new buffer would
+/// page-fault in, and zero, on every call. One buffer is kept (the largest given back); a call takes
+/// it when it is large enough, else allocates its own, so concurrent calls never share one.
+/// `cce_cpu_release_scratch` frees the kept buffer.
+final class GradientScratch: @unchecked Sendable {
+    let base: UnsafeMutablePointer<Float>
+    let capacity: Int
+
+    init(capacity: Int) {
+        self.capacity = max(capacity, 1)
+        base = .allocate(capacity: self.capacity)
+    }
+
+    deinit { base.deallocate() }
+
+    static let kept = Mutex<GradientScratch?>(nil)
+
+    /// The kept buffer when it holds `count` floats, else a new one.
+    static func take(_ count: Int) -> GradientScratch {
+        let cached: GradientScratch? = kept.withLock { k in
+            guard let s = k, s.capacity >= count else { return nil }
+            k = nil
+            return s
+        }
+        return cached ?? GradientScratch(capacity: count)
+    }
+
+    /// Keeps `s` for the next call unless the kept buffer is at least as large.
+    static func give(_ s: GradientScratch) {
+        let dropped: GradientScratch? = kept.withLock { k in
+            if let current = k, current.capacity >= s.capacity { return s }
+            let previous = k
+            k = s
+            return previous
+        }
+        _ = dropped   // freed here, outside the lock
+    }
+
+    /// Frees the kept buffer; returns its size in bytes (0 when none was kept).
+    static func release() -> Int {
+        let dropped: GradientScratch? = kept.withLock { k in
+            let previous = k
+            k = nil
+            return previous
+        }
+        return (dropped?.capacity ?? 0) * MemoryLayout<Float>.size
+    }
+}
+
+/// The fused call (not the exact mode) with the gradients written by the engine: into the
+/// caller's buffers where they are Float32, else into the kept Float32 scratch, converted into
+/// the caller's buffers (in their types) only once the call has succeeded.
+func fusedIntoBuffers(_ engine: CutCrossEntropy, _ E: Tensor, _ C: Tensor, _ B: Tensor?, _ T: Targets,
+                      _ up: Upstream, _ shapes: Shapes, _ out: GradientTargets, threads: Int) throws -> ForwardOutput {
+    let sizes = [shapes.n * shapes.d, shapes.v * shapes.d, B == nil ? 0 : shapes.v]
+    let callers = [out.dE, out.dC, out.dBias]
+    let types = [out.eType, out.cType, out.biasType]
+    let direct = (0..<3).map { callers[$0] != nil && types[$0] == .float32 }
+    var offsets = [0, 0, 0], total = 0
+    for k in 0..<3 where !direct[k] { offsets[k] = total; total += sizes[k] }
+    let scratch = GradientScratch.take(total)
+    defer { GradientScratch.give(scratch) }
+    func buffer(_ k: Int) -> UnsafeMutableBufferPointer<Float> {
+        UnsafeMutableBufferPointer(start: direct[k] ? callers[k]!.assumingMemoryBound(to: Float.self) : scratch.base + offsets[k],
+                                   count: sizes[k])
+    }
+    let (f, stats) = try engine.lossAndGradients(
+        embeddings: E, classifier: C, targets: T, bias: B, upstream: up,
+        writingTo: GradientDestination(dE: buffer(0), dC: buffer(1), dBias: B == nil ? nil : buffer(2)))
+    for k in 0..<3 where !direct[k] && sizes[k] > 0 {
+        guard let dst = callers[k] else { continue }
+        let src = UnsafePointer(scratch.base + offsets[k])
+        parallel(count: sizes[k], threads: threads) { lo, hi in convert(src + lo, dst, at: lo, count: hi - lo, types[k]) }
+    }
+    out.write(stats)
+    return f
 }
 
 /// Writes `values` to `out` as `type`, split over `threads` threads (these are V x D arrays:
@@ -397,30 +500,19 @@ public func cceCPULossAndGradients(
         let T = try targets(targetIDs, shapes)
         let engine = CutCrossEntropy(options: o)
         let up = upstream(gradLoss, reduction: o.reduction, positions: shapes.n)
-        if let dE, let dC, out.eType == .float32, out.cType == .float32, out.biasType == .float32, o.mode != .exact {
-            // Float32 gradients go straight into the caller's buffers (no copy, no new pages).
-            let nd = shapes.n * shapes.d, vd = shapes.v * shapes.d
-            var biasScratch = [Float](repeating: 0, count: B != nil && dBias == nil ? shapes.v : 0)
-            let (f, stats) = try biasScratch.withUnsafeMutableBufferPointer { scratch in
-                let dB: UnsafeMutableBufferPointer<Float>? = B == nil ? nil
-                    : dBias.map { UnsafeMutableBufferPointer(start: $0.assumingMemoryBound(to: Float.self), count: shapes.v) }
-                      ?? scratch
-                return try engine.lossAndGradients(
-                    embeddings: E, classifier: C, targets: T, bias: B, upstream: up,
-                    writingTo: GradientDestination(
-                        dE: UnsafeMutableBufferPointer(start: dE.assumingMemoryBound(to: Float.self), count: nd),
-                        dC: UnsafeMutableBufferPointer(start: dC.assumingMemoryBound(to: Float.self), count: vd),
-                        dBias: dB))
-            }
+        if o.mode != .exact {
+            let f = try fusedIntoBuffers(engine, E, C, B, T, up, shapes, out, threads: o.threads ?? Workers.availableCPUs)
             writeForward(f, reduction: o.reduction, loss: loss, lse: lse)
-            if let statsOut = out.stats {
-                for (k, x) in [stats.tiles, stats.skippedTiles, stats.rowSegments, stats.keptRowSegments,
-                               stats.boundSkippedRowSegments].enumerated() { statsOut[k] = Int64(x) }
-            }
             return
         }
+        // The exact mode computes its gradients in Float64: arrays, converted as asked.
         let (f, g) = try engine.lossAndGradients(embeddings: E, classifier: C, targets: T, bias: B, upstream: up)
         writeForward(f, reduction: o.reduction, loss: loss, lse: lse)
         out.write(g, threads: o.threads ?? Workers.availableCPUs)
     }
+}
+
+@_cdecl("cce_cpu_release_scratch")
+public func cceCPUReleaseScratch() -> Int64 {
+    Int64(GradientScratch.release())
 }

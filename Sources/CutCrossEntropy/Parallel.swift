@@ -402,6 +402,19 @@ extension Tensor {
         case .float32(let v): return try Tensor(Array(v[span]), shape: newShape)
         case .float16(let v): return try Tensor(Array(v[span]), shape: newShape)
         case .bfloat16(let v): return try Tensor(v[span].map { BFloat16(bitPattern: $0) }, shape: newShape)
+        case .borrowed(let m):
+            let p = m.base + span.lowerBound * elementType.size
+            switch elementType {
+            case .float32:
+                return try Tensor(Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: Float.self), count: span.count)),
+                                  shape: newShape)
+            case .float16:
+                return try Tensor(Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: Float16.self), count: span.count)),
+                                  shape: newShape)
+            case .bfloat16:
+                return try Tensor(UnsafeBufferPointer(start: p.assumingMemoryBound(to: UInt16.self), count: span.count)
+                                    .map { BFloat16(bitPattern: $0) }, shape: newShape)
+            }
         }
     }
 }

@@ -21,7 +21,8 @@ public struct BFloat16: Sendable, Hashable, CustomStringConvertible {
 ///
 /// Shapes: embeddings E are (N, D) or (B, T, D); the classifier C is (V, D); the bias is (V).
 /// The tensor owns its storage (a Swift array), so it can be kept across a forward and a
-/// backward call.
+/// backward call. (Inside the package a tensor may instead borrow caller memory for the
+/// length of one call: `init(borrowing:type:shape:)`, used by the C ABI.)
 public struct Tensor: Sendable {
     /// The dimensions, outermost first, e.g. [N, D], [B, T, D], [V, D] or [V].
     public let shape: [Int]
@@ -33,6 +34,14 @@ public struct Tensor: Sendable {
         case float32([Float])
         case float16([Float16])
         case bfloat16([UInt16])
+        /// Caller memory holding `count` elements of `elementType` (see `init(borrowing:type:shape:)`).
+        case borrowed(BorrowedMemory)
+    }
+
+    /// The address of memory a tensor borrows. Sendable by contract: the memory is only read,
+    /// and only while the call that made the tensor runs.
+    @usableFromInline struct BorrowedMemory: @unchecked Sendable {
+        @usableFromInline let base: UnsafeRawPointer
     }
 
     /// A Float32 tensor. Throws if the shape does not match the number of values.
@@ -62,6 +71,37 @@ public struct Tensor: Sendable {
         }
     }
 
+    /// A tensor that reads `shape`'s element count of `type` at `pointer` in place, without a
+    /// copy: how the C ABI (Sources/CCECABI) hands its callers' arrays to the engine.
+    ///
+    /// Lifetime contract: the memory must stay valid and unchanged for as long as the tensor or
+    /// any copy of it exists. That is why this initializer is `package`, not public: the only
+    /// users build the tensor inside one C call, pass it to the engine (which keeps no tensor
+    /// beyond the call: a `ForwardOutput` holds none) and drop it before returning. `pointer`
+    /// must be aligned to the element type's size. The engine reads borrowed memory exactly as it
+    /// reads an owned array (same results, bit for bit) with one difference: it does not
+    /// interleave a borrowed classifier's pages over NUMA nodes (`Placement.interleave` would
+    /// change the memory policy of the caller's pages, and of neighbouring ones that share them).
+    package init(borrowing pointer: UnsafeRawPointer, type: ElementType, shape: [Int]) throws {
+        guard shape.allSatisfy({ $0 >= 0 }) else {
+            throw CCEError.invalidShape("shape \(shape) has a negative dimension")
+        }
+        var count = 1
+        for x in shape {
+            let (p, overflow) = count.multipliedReportingOverflow(by: x)
+            guard !overflow, !p.multipliedReportingOverflow(by: type.size).overflow else {
+                throw CCEError.invalidShape("shape \(shape) has too many elements")
+            }
+            count = p
+        }
+        self.shape = shape; elementType = type; storage = .borrowed(BorrowedMemory(base: pointer))
+    }
+
+    /// Whether the tensor reads caller memory in place (`init(borrowing:type:shape:)`).
+    package var isBorrowed: Bool {
+        if case .borrowed = storage { true } else { false }
+    }
+
     static func check(count: Int, shape: [Int]) throws {
         guard shape.allSatisfy({ $0 >= 0 }) else {
             throw CCEError.invalidShape("shape \(shape) has a negative dimension")
@@ -81,6 +121,16 @@ public struct Tensor: Sendable {
         case .float32(let v): return v
         case .float16(let v): return v.map { Float($0) }
         case .bfloat16(let v): return v.map { floatFromBFloat16Bits($0) }
+        case .borrowed(let m):
+            let n = count
+            switch elementType {
+            case .float32: return Array(UnsafeBufferPointer(start: m.base.assumingMemoryBound(to: Float.self), count: n))
+            case .float16:
+                return UnsafeBufferPointer(start: m.base.assumingMemoryBound(to: Float16.self), count: n).map { Float($0) }
+            case .bfloat16:
+                return UnsafeBufferPointer(start: m.base.assumingMemoryBound(to: UInt16.self), count: n)
+                    .map { floatFromBFloat16Bits($0) }
+            }
         }
     }
 
@@ -91,6 +141,7 @@ public struct Tensor: Sendable {
         case .float32(let v): return try v.withUnsafeBytes { try body($0.baseAddress!) }
         case .float16(let v): return try v.withUnsafeBytes { try body($0.baseAddress!) }
         case .bfloat16(let v): return try v.withUnsafeBytes { try body($0.baseAddress!) }
+        case .borrowed(let m): return try body(m.base)
         }
     }
 }

@@ -293,6 +293,164 @@ final class CABITests: XCTestCase {
         XCTAssertTrue(String(cString: cce_cpu_last_error()).contains("embeddings[5]"))
     }
 
+    /// A Tensor that borrows memory (`Tensor(borrowing:type:shape:)`, what the C ABI hands the
+    /// engine) gives the owned Tensor's results bit for bit: forward, backward and the fused
+    /// call, every storage type, a bias, the kahan and exact modes; and reads like it
+    /// (floats, rows, reshaped).
+    func testBorrowedTensorEqualsOwned() throws {
+        func bits(_ v: Values) -> [UInt64] { v.doubles.map(\.bitPattern) }
+        for type in [ElementType.float32, .float16, .bfloat16] {
+            for mode in [Mode.default, .kahan, .exact] {
+                let (e, c, t, b) = randomProblem(n: 23, d: 17, v: 203, type: type, seed: 5, withBias: true)
+                var o = Options(); o.mode = mode; o.labelSmoothing = 0.1; o.threads = 2
+                let cce = CutCrossEntropy(options: o)
+                let (f0, g0) = try cce.lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+                let s0 = try cce.forward(embeddings: e, classifier: c, targets: t, bias: b)
+                let h0 = try cce.backward(s0, embeddings: e, classifier: c, bias: b)
+                try e.withRawPointer { ep in try c.withRawPointer { cp in try b!.withRawPointer { bp in
+                    let E = try Tensor(borrowing: ep, type: type, shape: e.shape)
+                    let C = try Tensor(borrowing: cp, type: type, shape: c.shape)
+                    let B = try Tensor(borrowing: bp, type: type, shape: b!.shape)
+                    XCTAssertTrue(E.isBorrowed && C.isBorrowed && !e.isBorrowed)
+                    XCTAssertEqual(C.floats().map(\.bitPattern), c.floats().map(\.bitPattern))
+                    XCTAssertEqual(try C.rows(7..<19).floats().map(\.bitPattern), try c.rows(7..<19).floats().map(\.bitPattern))
+                    XCTAssertFalse(try C.rows(0..<1).isBorrowed, "rows() copies")
+                    XCTAssertEqual(try E.reshaped([17, 23]).floats().map(\.bitPattern), e.floats().map(\.bitPattern))
+                    let what = "\(type) \(mode)"
+                    let (f1, g1) = try cce.lossAndGradients(embeddings: E, classifier: C, targets: t, bias: B)
+                    XCTAssertEqual(f1.loss.bitPattern, f0.loss.bitPattern, what)
+                    XCTAssertEqual(bits(f1.lse), bits(f0.lse), what)
+                    XCTAssertEqual(bits(f1.tokenLosses), bits(f0.tokenLosses), what)
+                    XCTAssertEqual(bits(g1.dE), bits(g0.dE), what)
+                    XCTAssertEqual(bits(g1.dC), bits(g0.dC), what)
+                    XCTAssertEqual(bits(g1.dBias!), bits(g0.dBias!), what)
+                    XCTAssertEqual(g1.filter.keptRowSegments, g0.filter.keptRowSegments, what)
+                    let s1 = try cce.forward(embeddings: E, classifier: C, targets: t, bias: B)
+                    let h1 = try cce.backward(s1, embeddings: E, classifier: C, bias: B)
+                    XCTAssertEqual(bits(s1.lse), bits(s0.lse), what)
+                    XCTAssertEqual(bits(h1.dE), bits(h0.dE), what)
+                    XCTAssertEqual(bits(h1.dC), bits(h0.dC), what)
+                    // The backward of an owned forward accepts the borrowed inputs, and the reverse.
+                    XCTAssertEqual(bits(try cce.backward(s0, embeddings: E, classifier: C, bias: B).dC), bits(h0.dC), what)
+                    XCTAssertEqual(bits(try cce.backward(s1, embeddings: e, classifier: c, bias: b).dE), bits(h0.dE), what)
+                }}}
+            }
+        }
+        // Shapes are validated as for owned tensors.
+        let x: [Float] = [1, 2]
+        try x.withUnsafeBytes { p in
+            XCTAssertThrowsError(try Tensor(borrowing: p.baseAddress!, type: .float32, shape: [2, -1]))
+            XCTAssertThrowsError(try Tensor(borrowing: p.baseAddress!, type: .float32, shape: [Int.max, 4]))
+        }
+    }
+
+    /// Gradients asked for in BF16, F16 and F64 go through the kept Float32 scratch: the same
+    /// values as converting the Swift API's arrays, on the first call and on later ones (the
+    /// scratch reused), after cce_cpu_release_scratch, and with a larger call in between.
+    func testConvertedOutputsThroughKeptScratch() throws {
+        let x = inputs(n: 33, d: 21, v: 517, type: .bfloat16, seed: 9)
+        var o = options { $0.threads = 2; $0.z_loss = 1e-3 }
+        var so = Options(); so.threads = 2; so.zLoss = 1e-3
+        let (e, c, t, b) = x.tensors
+        let (f, g) = try CutCrossEntropy(options: so).lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+        _ = cce_cpu_release_scratch()
+        for round in 0..<4 {
+            if round == 2 { XCTAssertGreaterThan(cce_cpu_release_scratch(), 0, "a scratch was kept") }
+            if round == 3 {   // a larger call first: its scratch is kept, and serves the smaller one
+                let y = inputs(n: 40, d: 21, v: 900, type: .bfloat16, seed: 3)
+                var dC = [UInt16](repeating: 0, count: 900 * 21)
+                let rc = withPointers(y) { ep, cp, bp, tp in
+                    cce_cpu_loss_and_gradients(ep, cp, bp, tp, 40, 21, 900, 2, 2, 2, nil, &o, nil, nil, nil,
+                                               nil, &dC, nil, 0, 2, 0, nil)
+                }
+                XCTAssertEqual(rc, 0, String(cString: cce_cpu_last_error()))
+            }
+            var loss = [Double](repeating: 0, count: 1)
+            var dE = [UInt16](repeating: 0xFFFF, count: 33 * 21), dC = [Float16](repeating: 7, count: 517 * 21)
+            var dB = [Double](repeating: 7, count: 517)
+            let rc = withPointers(x) { ep, cp, bp, tp in
+                cce_cpu_loss_and_gradients(ep, cp, bp, tp, 33, 21, 517, 2, 2, 2, nil, &o, nil, &loss, nil,
+                                           &dE, &dC, &dB, Int32(CCE_CPU_BF16.rawValue), Int32(CCE_CPU_F16.rawValue),
+                                           Int32(CCE_CPU_F64.rawValue), nil)
+            }
+            XCTAssertEqual(rc, 0, String(cString: cce_cpu_last_error()))
+            XCTAssertEqual(loss[0].bitPattern, f.loss.bitPattern, "round \(round)")
+            XCTAssertEqual(dE, g.dE.floats.map { bfloat16Bits($0) }, "round \(round)")
+            XCTAssertEqual(dC.map(\.bitPattern), g.dC.floats.map { Float16($0).bitPattern }, "round \(round)")
+            XCTAssertEqual(dB, g.dBias!.floats.map { Double($0) }, "round \(round)")
+        }
+        XCTAssertGreaterThan(cce_cpu_release_scratch(), 0)
+        XCTAssertEqual(cce_cpu_release_scratch(), 0, "nothing kept after a release")
+    }
+
+    /// Inputs at addresses not aligned to their element size are copied, with the same results.
+    func testMisalignedInputsAreCopied() throws {
+        let x = inputs(n: 12, d: 9, v: 77, type: .float32, bias: false)
+        var o = options()
+        let reference = fused(x, o)
+        XCTAssertEqual(reference.status, 0)
+        var raw = [UInt8](repeating: 0, count: (x.e32.count + x.c32.count) * 4 + 8)
+        var dE = [Float](repeating: 0, count: 12 * 9), dC = [Float](repeating: 0, count: 77 * 9)
+        var loss = [Double](repeating: 0, count: 1)
+        let rc = raw.withUnsafeMutableBytes { r -> Int32 in
+            let e = r.baseAddress! + 2, c = e + x.e32.count * 4
+            x.e32.withUnsafeBytes { e.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            x.c32.withUnsafeBytes { c.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            return x.targets.withUnsafeBufferPointer { t in
+                cce_cpu_loss_and_gradients(e, c, nil, t.baseAddress, 12, 9, 77, 0, 0, 0, nil, &o, nil, &loss, nil,
+                                           &dE, &dC, nil, 0, 0, 0, nil)
+            }
+        }
+        XCTAssertEqual(rc, 0, String(cString: cce_cpu_last_error()))
+        XCTAssertEqual(loss.map(\.bitPattern), reference.loss.map(\.bitPattern))
+        XCTAssertEqual(dE.map(\.bitPattern), reference.dE.map(\.bitPattern))
+        XCTAssertEqual(dC.map(\.bitPattern), reference.dC.map(\.bitPattern))
+    }
+
+    /// Bad input with the inputs borrowed and the gradients converted through the scratch: an
+    /// error status with a message (no crash), and the caller's outputs untouched, also when
+    /// the error is found only after the sweep (a NaN in E without check_finite; F32 outputs,
+    /// written in place, are the header's documented exception, so none is asked for here).
+    func testErrorsWithBorrowedInputsAndConvertedOutputs() {
+        var x = inputs(n: 6, d: 4, v: 9, type: .bfloat16, bias: true)
+        func call(_ x: Inputs, targets: [Int64]? = nil, weight: [Float]? = nil, nullC: Bool = false,
+                  _ mutate: (inout cce_cpu_options) -> Void = { _ in }) -> (Int32, String, Bool) {
+            var o = options(mutate)
+            var loss = [Double](repeating: 42, count: 1)
+            var dE = [UInt16](repeating: 42, count: 24), dC = [Float16](repeating: 42, count: 36)
+            var dB = [Double](repeating: 42, count: 9)
+            let t = targets ?? x.targets
+            let rc = withPointers(x) { e, c, b, _ in
+                t.withUnsafeBufferPointer { tp in optionalPointer(weight) { w in
+                    cce_cpu_loss_and_gradients(e, nullC ? nil : c, b, tp.baseAddress, 6, 4, 9, 2, 2, 2, w, &o, nil, &loss,
+                                               nil, &dE, &dC, &dB, 2, 1, 3, nil)
+                }}
+            }
+            let untouched = loss == [42] && dE.allSatisfy { $0 == 42 } && dC.allSatisfy { $0 == 42 } && dB.allSatisfy { $0 == 42 }
+            return (rc, String(cString: cce_cpu_last_error()), untouched)
+        }
+        let cases: [(cce_cpu_status, String, (Int32, String, Bool))] = [
+            (CCE_CPU_ERR_ARGUMENT, "C is NULL", call(x, nullC: true)),
+            (CCE_CPU_ERR_TARGET, "targets[1] = 9", call(x, targets: [0, 9, 1, 2, 3, 4])),
+            (CCE_CPU_ERR_TARGET, "targets[0] = -5", call(x, targets: [-5, 1, 1, 2, 3, 4])),
+            (CCE_CPU_ERR_OPTION, "reduction 7", call(x, { $0.reduction = 7 })),
+            (CCE_CPU_ERR_NON_FINITE, "classWeights[2]", call(x, weight: [1, 1, .infinity, 1, 1, 1, 1, 1, 1])),
+        ]
+        for (status, contains, (rc, message, untouched)) in cases {
+            XCTAssertEqual(rc, Int32(status.rawValue), message)
+            XCTAssertTrue(message.contains(contains), "'\(message)' lacks '\(contains)'")
+            XCTAssertTrue(untouched, "\(message): outputs written")
+        }
+        x.e[5] = 0x7FC0   // a NaN in E, found after the sweep (check_finite off)
+        let (rc, message, untouched) = call(x, targets: [0, 1, 2, 3, 4, 5])
+        XCTAssertEqual(rc, Int32(CCE_CPU_ERR_NON_FINITE.rawValue), message)
+        XCTAssertTrue(message.contains("embeddings[5]"), message)
+        XCTAssertTrue(untouched, "converted outputs are written only after success")
+        let checked = call(x, targets: [0, 1, 2, 3, 4, 5], { $0.check_finite = 1 })
+        XCTAssertEqual(checked.0, Int32(CCE_CPU_ERR_NON_FINITE.rawValue), checked.1)
+        XCTAssertTrue(checked.2)
+    }
+
     func cceCPUNullStateBackward() -> Int32 {
         cce_cpu_backward(nil, nil, nil, nil, nil, nil, nil, nil, 0, 0, 0, nil)
     }

@@ -12,7 +12,10 @@ is shared: compare minimums and medians over the rounds.
 
 The Python time is `loss = linear_cross_entropy(E, C, t); loss.backward()` with E and C
 requiring gradients (bf16 gradients written into the tensors autograd returns). The C ABI's
-call is also timed alone ("engine call": input copies, engine, conversion of the outputs).
+call is also timed alone ("engine call": engine, conversion of the outputs), and both the
+Python call and the Swift API's call are also measured in CPU time (every thread of the
+process, user and system; `cce reference` writes it as cpu_seconds), which a loaded machine
+disturbs less than wall time.
 """
 from __future__ import annotations
 
@@ -80,23 +83,26 @@ def main():
         engine_times.append(time.perf_counter() - t0)
 
     py, ref, bench = [], [], []
+    py_cpu, ref_cpu = [], []   # CPU time (every thread) of the same calls: less sensitive to a loaded machine
     E = e.clone().requires_grad_(True)
     C = c.clone().requires_grad_(True)
     for r in range(a.rounds):
         E.grad = C.grad = None
         _lib.loss_and_gradients = timed
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = cs.linear_cross_entropy(E, C, t)
         loss.backward()
         py.append(time.perf_counter() - t0)
+        py_cpu.append(time.process_time() - c0)
         _lib.loss_and_gradients = real
         assert E.grad.dtype == torch.bfloat16 and C.grad.dtype == torch.bfloat16
         subprocess.run([a.cce, "reference", "--embeddings", str(tmp / "E.npy"), "--classifier", str(tmp / "C.npy"),
                         "--targets", str(tmp / "T.npy"), "--out", str(tmp / "out")], check=True, capture_output=True)
         meta = json.loads((tmp / "out" / "meta.json").read_text())
         ref.append(float(meta["seconds"]))
-        line = (f"round {r + 1}: python {py[-1]:.3f} s (engine call {engine_times[-1]:.3f} s), "
-                f"Swift API on the same data (cce reference) {ref[-1]:.3f} s")
+        ref_cpu.append(float(meta.get("cpu_seconds", "nan")))
+        line = (f"round {r + 1}: python {py[-1]:.3f} s (engine call {engine_times[-1]:.3f} s, CPU {py_cpu[-1]:.3f} s), "
+                f"Swift API on the same data (cce reference) {ref[-1]:.3f} s (CPU {ref_cpu[-1]:.3f} s)")
         if a.bench:
             out = subprocess.run([a.cce, "bench", "--tokens", str(a.tokens), "--dim", str(a.dim), "--vocab",
                                   str(a.vocab), "--dtype", "bf16", "--methods", "cce", "--kinds", "loss+grad",
@@ -121,6 +127,8 @@ def main():
           + (f"; cce bench: {summary(bench)}" if bench else ""))
     print(f"python / cce reference: min {min(py) / min(ref):.3f}, median {statistics.median(py) / statistics.median(ref):.3f};"
           f" python - engine call (median): {statistics.median(py) - statistics.median(engine_times):.4f} s")
+    print(f"CPU time: python {summary(py_cpu)}; cce reference {summary(ref_cpu)}; python / cce reference: "
+          f"min {min(py_cpu) / min(ref_cpu):.3f}, median {statistics.median(py_cpu) / statistics.median(ref_cpu):.3f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from ._lib import CCEError, CCERuntimeError, CCEValueError
 from .compare import CompareReport, TensorComparison, compare
 
 __all__ = ["linear_cross_entropy", "reference", "compare", "CompareReport", "TensorComparison", "Gradients",
-           "CCEError", "CCEValueError", "CCERuntimeError", "library_path"]
+           "CCEError", "CCEValueError", "CCERuntimeError", "library_path", "release_scratch"]
 __version__ = "0.1.0"
 
 
@@ -82,6 +82,15 @@ def library_path() -> str:
     from . import _lib
 
     return _lib.lib().path
+
+
+def release_scratch() -> int:
+    """Frees the Float32 scratch the engine keeps between calls for gradients that are not
+    float32 (bf16, f16 tensors: 4·(N·D + V·D) bytes at most, the largest call's, kept so that
+    the next call does not page-fault it in again). Returns the bytes freed."""
+    from . import _lib
+
+    return _lib.release_scratch()
 
 
 def __getattr__(name):

@@ -131,6 +131,9 @@ def _declare(L: ctypes.CDLL) -> None:
     L.cce_cpu_loss_and_gradients.restype = ctypes.c_int
     L.cce_cpu_loss_and_gradients.argtypes = [vp, vp, vp, vp, i64, i64, i64, i32, i32, i32, fp, op, fp, dp, dp,
                                              vp, vp, vp, i32, i32, i32, vp]
+    if hasattr(L, "cce_cpu_release_scratch"):   # absent from libraries built before it (CCE_CPU_LIBRARY)
+        L.cce_cpu_release_scratch.restype = i64
+        L.cce_cpu_release_scratch.argtypes = []
 
 
 def check(status: int) -> None:
@@ -173,3 +176,9 @@ def backward(*args) -> None:
 
 def loss_and_gradients(*args) -> None:
     check(lib().cce_cpu_loss_and_gradients(*args))
+
+
+def release_scratch() -> int:
+    """Frees the Float32 gradient scratch the library keeps between fused calls; bytes freed."""
+    L = lib()
+    return int(L.cce_cpu_release_scratch()) if hasattr(L, "cce_cpu_release_scratch") else 0

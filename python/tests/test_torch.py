@@ -275,3 +275,45 @@ def test_weight_matches_torch_exactly_in_float64_terms():
     got = cs.linear_cross_entropy(e, c, t, bias=b, weight=w, label_smoothing=0.3, mode="exact", reduction="none")
     want = F.cross_entropy(z, t, weight=w.double(), label_smoothing=0.3, reduction="none")
     assert_close(got.numpy(), want.numpy(), atol=1e-12, rtol=1e-12, what="per-token")
+
+
+def test_bf16_gradients_repeatable_with_kept_scratch():
+    """bf16 gradients go through the library's kept Float32 scratch: the same bits on a first
+    call, on a call that reuses the scratch, after a larger call and after release_scratch;
+    the inputs (read in place by the engine) are unchanged."""
+    e0, c0, t, b0 = tensors(n=41, d=23, v=517, dtype=torch.bfloat16, seed=3)
+    before = (e0.clone(), c0.clone(), b0.clone())
+
+    def grads():
+        e, c, b = (x.clone().requires_grad_(True) for x in (e0, c0, b0))
+        loss = cs.linear_cross_entropy(e, c, t, b, z_loss=1e-3)
+        loss.backward()
+        return loss.detach(), e.grad, c.grad, b.grad
+
+    cs.release_scratch()
+    first = grads()
+    assert all(g.dtype == torch.bfloat16 for g in first[1:])
+    again = grads()
+    assert cs.release_scratch() > 0
+    big_e, big_c, big_t, _ = tensors(n=50, d=23, v=900, dtype=torch.bfloat16, seed=4, bias=False)
+    big_e.requires_grad_(True)
+    cs.linear_cross_entropy(big_e, big_c, big_t).backward()
+    after_big = grads()
+    cs.release_scratch()
+    after_release = grads()
+    for other in (again, after_big, after_release):
+        for x, y in zip(first, other):
+            assert torch.equal(x.view(torch.int16) if x.dtype == torch.bfloat16 else x,
+                               y.view(torch.int16) if y.dtype == torch.bfloat16 else y)
+    for x, y in zip(before, (e0, c0, b0)):
+        assert torch.equal(x.view(torch.int16), y.view(torch.int16))
+    # And they are the float32 gradients (written in place: the NumPy path's) rounded once.
+    import ml_dtypes
+
+    def np_bf16(x):
+        return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+
+    _, g = cs.linear_cross_entropy(np_bf16(e0), np_bf16(c0), t.numpy(), np_bf16(b0), z_loss=1e-3, return_grads=True)
+    for ours, f32 in zip(first[1:], (g.e, g.c, g.bias)):
+        assert f32.dtype == np.float32
+        assert torch.equal(ours.view(torch.int16), torch.from_numpy(f32).to(torch.bfloat16).view(torch.int16))

@@ -45,7 +45,18 @@
  *
  * Every function returns CCE_CPU_OK (0) or a cce_cpu_status; cce_cpu_last_error() then
  * describes the failure (per thread, valid until this thread's next call). Nothing is written
- * to any output when a call fails. Calls are thread-safe; each uses opt->threads threads.
+ * to any output when a call fails, with one exception: cce_cpu_loss_and_gradients writes F32
+ * gradients in place as it computes them, so when it fails with CCE_CPU_ERR_NON_FINITE (inputs
+ * not checked beforehand) or CCE_CPU_ERR_OVERFLOW, its F32 gradient buffers hold partial values.
+ * Calls are thread-safe; each uses opt->threads threads.
+ *
+ * Memory: E, C and the bias are read in place during the call (not copied; pointers aligned to
+ * their element size, else they are copied), and nothing keeps a pointer to them after it
+ * returns. Their pages keep the caller's NUMA policy (the Swift API interleaves its own copy of
+ * C over the nodes). cce_cpu_loss_and_gradients computes gradients in Float32: F32 outputs
+ * directly in the caller's buffers; F16, BF16 and F64 outputs (and gradients not asked for, and
+ * dbias when NULL with a bias) in a Float32 scratch that the library keeps for the next call
+ * (4 * (N*D + V*D) bytes at most, the largest call's); cce_cpu_release_scratch() frees it.
  */
 #ifndef CCE_CPU_H
 #define CCE_CPU_H
@@ -159,6 +170,11 @@ int cce_cpu_loss_and_gradients(const void *E, const void *C, const void *bias, c
                                const float *weight, const cce_cpu_options *opt, const float *grad_loss,
                                double *loss, double *lse, void *dE, void *dC, void *dbias,
                                int dE_dtype, int dC_dtype, int dbias_dtype, int64_t *stats);
+
+/* Frees the Float32 gradient scratch kept between cce_cpu_loss_and_gradients calls (see
+ * "Memory" above); returns the bytes freed (0 when none was kept). Thread-safe; a call running
+ * at the same time keeps its own scratch, and the next call allocates one again. */
+int64_t cce_cpu_release_scratch(void);
 
 #ifdef __cplusplus
 }

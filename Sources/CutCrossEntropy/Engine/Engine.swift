@@ -14,8 +14,8 @@
 //              blocks with those maxima (sweepExchanging)
 //
 // Set-up, in order: the classifier's pages interleaved over NUMA nodes (it is read by
-// every worker), the vocabulary order (VocabularyOrder.swift), the output buffers (zeroed,
-// every page written now) and, for the kahan accumulation, the compensation rows. Workers
+// every worker; not a classifier that borrows the C ABI caller's memory), the vocabulary
+// order (VocabularyOrder.swift), the output buffers (zeroed, every page written now) and, for the kahan accumulation, the compensation rows. Workers
 // own token blocks round-robin (worker w takes blocks w, w + P, …); each allocates its
 // Workspace once per call.
 
@@ -125,7 +125,11 @@ enum Engine {
         var stats = FilterStatistics()
         embeddings.withRawPointer { e in
         classifier.withRawPointer { c in
-            Placement.interleave(UnsafeRawBufferPointer(start: c, count: p.v * p.d * p.cType.size))
+            // Not a borrowed classifier's: those pages are the caller's (the C ABI's inputs), and
+            // mbind would change their memory policy, and that of any neighbour sharing a page.
+            if !classifier.isBorrowed {
+                Placement.interleave(UnsafeRawBufferPointer(start: c, count: p.v * p.d * p.cType.size))
+            }
             let (order, rank) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
                                                      sorted: call.policy.sortVocabulary, threads: call.threads,
                                                      mean: call.sortingMean)
