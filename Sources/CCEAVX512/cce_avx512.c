@@ -13,7 +13,7 @@
 // Swift side calls them only after cce_avx512_supported() / cce_bf16_supported() /
 // cce_amx_supported().
 //
-// Three kernels (contract and layouts in cce_avx512.h):
+// The kernels (contract and layouts in cce_avx512.h):
 //
 // 1. bf16 dot product (cce_bf16_*). E is packed once per token block into MR = 12-row
 //    panels of bf16 pairs, pair-major, so one 32-bit broadcast (folded into the
@@ -44,6 +44,16 @@
 //    blocks go through a 32 x 32 scratch block. Summation order and flushes: cce_avx512.h.
 //    The tile permission (Linux arch_prctl) is asked once per process; each product call
 //    configures the tiles (ldtilecfg) and releases them (tilerelease) before it returns.
+//    The AMX rank update (cce_amx_rank_update: dE += dy · C_block with C stored as bf16)
+//    splits each Float32 dy into bf16 hi + lo (hi + lo = dy to 2^-17) and multiplies both
+//    halves by the C rows packed as pairs of consecutive rows, 256 columns at a time.
+//    Why not dC too: its chain runs over the tokens, and tdpbf16ps sums each 32-element
+//    chunk on its own, so the chunks (the kept rows of a token block) would fix the bits
+//    and those depend on the token block size, which follows the thread count; and dC's
+//    updates are mostly a few columns, where 16-row tiles would be mostly padding.
+//
+// 4. The forward's LSE merge (cce_avx512_merge_row): the Swift merge with its exponential
+//    on 16 lanes (Swift's SIMD8 exp compiles to 128-bit operations), bit for bit.
 //
 // In all, a chain crosses KC chunks through the stored Float32 partial (exact), chunks
 // hold whole pairs, and padding (an odd d's last pair, rows beyond m, columns beyond n) is

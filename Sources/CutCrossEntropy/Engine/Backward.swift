@@ -345,11 +345,25 @@ enum Backward {
                                                      _ workspace: Workspace<S>, coefficients: UnsafePointer<S>,
                                                      first: Int, count: Int) {
         let sums = state.sums!, forwardBlocks = sums.forwardBlocks, d = operands.d, chunk = operands.plan.vocabBlock
-        for i in 0..<count { workspace.outRows.base[i] = state.outputs.dE + Int(operands.problem.rows[first + i]) * d }
+        // Only the rows with a skipped segment (none, when the filter keeps nearly everything):
+        // the others' coefficients are all 0. Rows are independent, so this changes no bit.
+        var m = 0
+        for i in 0..<count where (0..<forwardBlocks).contains(where: { coefficients[2 * (i * forwardBlocks + $0) + 1] != 0 }) {
+            workspace.outRows.base[m] = state.outputs.dE + Int(operands.problem.rows[first + i]) * d
+            workspace.selected.base[m] = i
+            m += 1
+        }
+        guard m > 0 else { return }
         for f0 in stride(from: 0, to: forwardBlocks, by: chunk) {
-            workspace.rankUpdate(out: workspace.outRows.base, m: count, a: coefficients + 2 * f0 + 1,
-                                 ars: 2 * forwardBlocks, aks: 2, b: UnsafePointer(sums.wholeRows.base + f0),
-                                 k: min(chunk, forwardBlocks - f0), blocked: true)
+            for r in 0..<m {   // the chunk's coefficients of the rows, gathered (row-major, k per row)
+                let i = workspace.selected.base[r]
+                for f in f0..<min(forwardBlocks, f0 + chunk) {
+                    workspace.tile.base[r * chunk + f - f0] = coefficients[2 * (i * forwardBlocks + f) + 1]
+                }
+            }
+            workspace.rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: chunk, aks: 1,
+                                 b: UnsafePointer(sums.wholeRows.base + f0), k: min(chunk, forwardBlocks - f0),
+                                 blocked: true)
         }
     }
 

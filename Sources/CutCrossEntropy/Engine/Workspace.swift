@@ -306,9 +306,11 @@ final class Workspace<S: KernelScalar> {
             for q in 0..<vc { cRaw.base[q] = operands.sortedCRow(v0 + q) }
             UnsafeRawPointer(out).withMemoryRebound(to: UnsafeMutablePointer<Float>.self, capacity: m) { out in
                 let a = UnsafeRawPointer(tile.base).assumingMemoryBound(to: Float.self)
-                if kernel == .amxBF16 && operands.cType == .bfloat16 && vc <= AMXTileShape.rankMaxK {
+                if kernel == .amxBF16 && operands.cType == .bfloat16 && vc <= AMXTileShape.rankMaxK && partials == nil {
                     // AMX: dy split into bf16 hi + lo, C's bf16 rows as they are (the panel
-                    // scratch is free: the tile product is done).
+                    // scratch is free: the tile product is done). Not in the kahan modes
+                    // (partials): there dy's 2^-17 split error would be the largest one left,
+                    // so they keep the exact Float32 products.
                     rankUpdateAMX(out: out, m: m, a: a, ars: vb, aks: 1, b: UnsafePointer(cRaw.base), k: vc, width: d,
                                   blocked: blocked, scratch: UnsafeMutableRawPointer(cPanel.base)
                                     .assumingMemoryBound(to: UInt32.self))
