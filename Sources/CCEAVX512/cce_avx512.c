@@ -764,14 +764,17 @@ CCE_AVX512
 void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const void *const *b,
                          int type, long k, long width, int blocked) {
     const long mr = CCE_FMA_MR;
-    for (long j0 = 0; j0 < width; j0 += 32) {
-        __mmask16 k0m, k1m;
-        column_masks(width - j0 < 32 ? width - j0 : 32, &k0m, &k1m);
-        for (long r0 = 0; r0 < m; r0 += mr) {
-            long mc = m - r0 < mr ? m - r0 : mr;
-            // Rows beyond m repeat the group's first row: computed, never stored.
-            const float *rows[CCE_FMA_MR];
-            for (long r = 0; r < mr; r++) rows[r] = a + (r0 + (r < mc ? r : 0)) * ars;
+    // Row groups outer: a group's out rows are read and written in order, one 128-byte
+    // stretch after another (dC's rows lie scattered, so this is what lets the hardware
+    // prefetcher follow them), while the b rows' stretches come back from L1 or L2.
+    for (long r0 = 0; r0 < m; r0 += mr) {
+        long mc = m - r0 < mr ? m - r0 : mr;
+        // Rows beyond m repeat the group's first row: computed, never stored.
+        const float *rows[CCE_FMA_MR];
+        for (long r = 0; r < mr; r++) rows[r] = a + (r0 + (r < mc ? r : 0)) * ars;
+        for (long j0 = 0; j0 < width; j0 += 32) {
+            __mmask16 k0m, k1m;
+            column_masks(width - j0 < 32 ? width - j0 : 32, &k0m, &k1m);
             rank_kernel(k, rows, aks, b, type, j0, out + r0, blocked, mc, k0m, k1m);
         }
     }
