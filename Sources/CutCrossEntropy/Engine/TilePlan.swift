@@ -6,7 +6,8 @@
 // columns at a time into an L1-resident panel (TileProduct6x16.swift). The logit tile is
 // NB x VB.
 //
-//   NB: the token block's E rows take about two L2s:  NB ≈ 2·L2 / (D · size), 6 ≤ NB ≤ 258,
+//   NB: the token block's E rows take about two L2s:  NB ≈ 2·L2 / (D · size), 6 ≤ NB ≤ 258
+//       (CCE_TOKEN_BLOCK_MAX in the environment moves the 258, for experiments),
 //       a multiple of 6 (each 6-row group streams through L1 past the 16-row C panel, so
 //       the block may live in L3; a larger NB packs each C panel for more rows); then the
 //       number of token blocks is rounded up to a multiple of the thread count and NB
@@ -24,6 +25,11 @@
 // on the thread count: see Backward.swift.
 
 import CCERuntime
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Tile sizes for one call.
 public struct TilePlan: Sendable, CustomStringConvertible {
@@ -44,7 +50,7 @@ public struct TilePlan: Sendable, CustomStringConvertible {
                 topology: Topology = .current) {
         let row = max(1, dim * scalarBytes)
         var nb = 2 * topology.l2Bytes / row
-        nb = min(258, max(6, nb / 6 * 6))
+        nb = min(TilePlan.tokenBlockLimit, max(6, nb / 6 * 6))
         let t = max(1, threads), m = max(1, tokens)
         var blocks = (m + nb - 1) / nb
         blocks = (blocks + t - 1) / t * t
@@ -58,6 +64,16 @@ public struct TilePlan: Sendable, CustomStringConvertible {
         self.threads = threads
         self.topology = topology
     }
+
+    /// The largest NB: 258, or `CCE_TOKEN_BLOCK_MAX` from the environment (a multiple of 6
+    /// from 6 to 4098; other values are ignored), for tuning experiments. Results do not
+    /// depend on NB (Backward.swift), only speed and per-worker memory do.
+    public static let tokenBlockLimit: Int = {
+        if let text = getenv("CCE_TOKEN_BLOCK_MAX"), let n = Int(String(cString: text)), n >= 6, n <= 4098, n % 6 == 0 {
+            return n
+        }
+        return 258
+    }()
 
     public var description: String {
         "token block NB = \(tokenBlock), vocabulary block VB = \(vocabBlock) (forward \(forwardVocabBlock)), "
