@@ -72,17 +72,10 @@ extension ReferenceCommand {
             let start = Date()
             let result = try scheme == .vocab ? vocabularyReference(inputs, o, comm) : tokenReference(inputs, o, comm)
             let seconds = Date().timeIntervalSince(start)
-            var recorded: [String: String] = [
-                "embeddings": embeddings, "classifier": classifier, "targets": targets,
-                "reduction": reduction.rawValue, "ignore_index": "\(ignoreIndex)", "shift": "\(shift)",
-                "label_smoothing": "\(labelSmoothing)", "z_loss": "\(zLoss)",
-                "filter_eps": filter.filterEps.defaultValueDescription,
-                "filter_correction": "\(!noFilterCorrection)", "sort_vocabulary": "\(!noSort)",
-                "threads": "\(engine.threads.map(String.init) ?? "all")",
-                "parallel": scheme.rawValue, "ranks": "\(comm.size)", "seconds": String(format: "%.6f", seconds),
-            ]
-            if let bias { recorded["bias"] = bias }
-            if let softcap { recorded["softcap"] = "\(softcap)" }
+            var recorded = recordedOptions()
+            recorded["parallel"] = scheme.rawValue
+            recorded["ranks"] = "\(comm.size)"
+            recorded["seconds"] = String(format: "%.6f", seconds)
             if let v = comm.mpiVersion { recorded["mpi"] = v.split(separator: "\n").first.map(String.init) ?? v }
             // Rank 0 writes; every rank learns whether it could.
             try comm.agree {

@@ -72,6 +72,17 @@ struct ReferenceCommand: ParsableCommand {
                                + "run with --mode exact, which computes in Float64, or scale E and C down")
             } catch { throw CLIError("\(error)") }
         }
+        try Reference.write(result, to: out, options: recordedOptions())
+        let loss = result.arrays.first { $0.name == "loss.npy" }!.array
+        let shown = loss.shape.isEmpty ? String(format: "%.9g", loss.doubles()[0]) : "per position, shape \(shapeText(loss.shape))"
+        print("loss \(shown); wrote \(result.arrays.map(\.name).joined(separator: ", ")), meta.json into \(out) "
+              + "(\(result.meta["backend"] ?? "cpu"), \(mode.rawValue) mode, \(result.meta["seconds"] ?? "?") s)")
+    }
+}
+
+extension ReferenceCommand {
+    /// The command's inputs and options as meta.json records them.
+    func recordedOptions() -> [String: String] {
         var recorded: [String: String] = [
             "embeddings": embeddings, "classifier": classifier, "targets": targets,
             "reduction": reduction.rawValue, "ignore_index": "\(ignoreIndex)", "shift": "\(shift)",
@@ -82,11 +93,7 @@ struct ReferenceCommand: ParsableCommand {
         ]
         if let bias { recorded["bias"] = bias }
         if let softcap { recorded["softcap"] = "\(softcap)" }
-        try Reference.write(result, to: out, options: recorded)
-        let loss = result.arrays.first { $0.name == "loss.npy" }!.array
-        let shown = loss.shape.isEmpty ? String(format: "%.9g", loss.doubles()[0]) : "per position, shape \(shapeText(loss.shape))"
-        print("loss \(shown); wrote \(result.arrays.map(\.name).joined(separator: ", ")), meta.json into \(out) "
-              + "(\(result.meta["backend"] ?? "cpu"), \(mode.rawValue) mode, \(result.meta["seconds"] ?? "?") s)")
+        return recorded
     }
 }
 
