@@ -88,6 +88,32 @@ private func bf16Tile(_ e: BF16Rows, eFirst: Int = 0, m: Int, _ c: BF16Rows, cFi
     return out
 }
 
+/// The panel-mask contract of a tile kernel with `mr`-row panels, through `tile(e, m, c, n,
+/// ldo, mask)` (out pre-filled with NaN): the rows of masked-in panels are bitwise the full
+/// tile's, rows of skipped panels and columns ≥ n are never written, and an all-false mask
+/// writes nothing.
+private func assertPanelMask(mr: Int, file: StaticString = #filePath, line: UInt = #line,
+                             _ tile: (BF16Rows, Int, BF16Rows, Int, Int, [Bool]?) -> [Float]) {
+    let m = 3 * mr + 5, n = 37, d = 257, ldo = 40
+    let e = BF16Rows(count: m, d: d, seed: 7), c = BF16Rows(count: n, d: d, seed: 8)
+    let full = tile(e, m, c, n, ldo, nil)
+    let mask = [true, false, false, true]
+    let part = tile(e, m, c, n, ldo, mask)
+    for i in 0..<m {
+        for j in 0..<ldo {
+            if mask[i / mr] && j < n {
+                XCTAssertEqual(part[i * ldo + j].bitPattern, full[i * ldo + j].bitPattern, "(\(i),\(j))",
+                               file: file, line: line)
+            } else {
+                XCTAssertTrue(part[i * ldo + j].isNaN, "row \(i) of a skipped panel (or column \(j) ≥ n) written",
+                              file: file, line: line)
+            }
+        }
+    }
+    let none = tile(e, m, c, n, ldo, [false, false, false, false])
+    XCTAssertTrue(none.allSatisfy(\.isNaN), "an all-false mask writes nothing", file: file, line: line)
+}
+
 private let skipMessage = "this CPU (or its OS) lacks AVX512_BF16 with ZMM state: the bf16 dot-product kernel "
     + "is not tested here; the portable path is (testPortable*)"
 private let skipFMAMessage = "this CPU (or its OS) lacks AVX-512 (F, BW, VL) with ZMM state: the 512-bit FMA kernel "
@@ -145,23 +171,7 @@ final class BF16KernelTests: XCTestCase {
 
     func testPanelMaskSkipsPanelsAndLeavesRows() throws {
         try XCTSkipUnless(hasBF16DotProduct, skipMessage)
-        let mr = BF16TileShape.mr
-        let m = 3 * mr + 5, n = 37, d = 257, ldo = 40
-        let e = BF16Rows(count: m, d: d, seed: 7), c = BF16Rows(count: n, d: d, seed: 8)
-        let full = bf16Tile(e, m: m, c, n: n, ldo: ldo)
-        let mask = [true, false, false, true]
-        let part = bf16Tile(e, m: m, c, n: n, ldo: ldo, mask: mask)
-        for i in 0..<m {
-            for j in 0..<ldo {
-                if mask[i / mr] && j < n {
-                    XCTAssertEqual(part[i * ldo + j].bitPattern, full[i * ldo + j].bitPattern, "(\(i),\(j))")
-                } else {
-                    XCTAssertTrue(part[i * ldo + j].isNaN, "row \(i) of a skipped panel (or column \(j) ≥ n) written")
-                }
-            }
-        }
-        let none = bf16Tile(e, m: m, c, n: n, ldo: ldo, mask: [false, false, false, false])
-        XCTAssertTrue(none.allSatisfy(\.isNaN), "an all-false mask writes nothing")
+        assertPanelMask(mr: BF16TileShape.mr) { bf16Tile($0, m: $1, $2, n: $3, ldo: $4, mask: $5) }
     }
 
     /// An element's bits do not depend on its row or column position in the tile, on m, n,
@@ -530,22 +540,9 @@ final class AMXKernelTests: XCTestCase {
     func testAMXPanelMaskSkipsPanelsAndLeavesRows() throws {
         try XCTSkipUnless(hasAMX, skipAMXMessage)
         let mr = AMXTileShape.mr
-        let m = 3 * mr + 5, n = 37, d = 257, ldo = 40
-        let e = BF16Rows(count: m, d: d, seed: 7), c = BF16Rows(count: n, d: d, seed: 8)
-        let full = amxTile(e, m: m, c, n: n, ldo: ldo)
+        let m = 3 * mr + 5, n = 37, ldo = 40
         let mask = [true, false, false, true]
-        let part = amxTile(e, m: m, c, n: n, ldo: ldo, mask: mask)
-        for i in 0..<m {
-            for j in 0..<ldo {
-                if mask[i / mr] && j < n {
-                    XCTAssertEqual(part[i * ldo + j].bitPattern, full[i * ldo + j].bitPattern, "(\(i),\(j))")
-                } else {
-                    XCTAssertTrue(part[i * ldo + j].isNaN, "row \(i) of a skipped panel (or column \(j) ≥ n) written")
-                }
-            }
-        }
-        let none = amxTile(e, m: m, c, n: n, ldo: ldo, mask: [false, false, false, false])
-        XCTAssertTrue(none.allSatisfy(\.isNaN), "an all-false mask writes nothing")
+        assertPanelMask(mr: mr) { amxTile($0, m: $1, $2, n: $3, ldo: $4, mask: $5) }
         // d = 0: empty sums, zeros where the mask allows.
         let e0 = BF16Rows(count: m, d: 0, seed: 1), c0 = BF16Rows(count: n, d: 0, seed: 2)
         let zeros = amxTile(e0, m: m, c0, n: n, ldo: ldo, mask: mask)
