@@ -63,7 +63,9 @@
 //   4. updateE           dE of the kept rows (the worker's own rows, at once);
 //   5. queueC / flush    dC and dBias of the kept rows, in the hand-off's order;
 //   6. estimateSkipped   at the end of a forward block, the estimate of the rows the bound
-//                        skipped without recomputing them.
+//                        skipped without recomputing them (their coefficients; one rank
+//                        update adds them all at the end of the token block:
+//                        addSkippedEstimates).
 
 import CCEKernels
 import CCERuntime
