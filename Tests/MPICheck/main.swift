@@ -264,7 +264,7 @@ func runMismatch(_ what: String, _ comm: Communicator) -> Int32 {
         x = Inputs(e: x.e, c: x.c, t: try! Targets(t, shape: x.t.shape), bias: x.bias, eValues: x.eValues,
                    cValues: x.cValues, targets: t, biasValues: x.biasValues)
     }
-    do {
+    return outcome(comm) {
         if what == "tokens-c" {
             _ = try TokenParallel(comm).lossAndGradients(CutCrossEntropy(options: k.options), embeddings: x.e,
                                                          classifier: x.c, targets: x.t, bias: x.bias)
@@ -274,14 +274,6 @@ func runMismatch(_ what: String, _ comm: Communicator) -> Int32 {
                                             classifier: try x.c.rows(scheme.shard.range), targets: x.t,
                                             bias: try x.bias.map { try $0.rows(scheme.shard.range) })
         }
-        say("rank \(comm.rank): no error")
-        return 0
-    } catch let e as ParallelError where e.isAgreed {
-        say("rank \(comm.rank): agreed error: \(e)")
-        return 3
-    } catch {
-        say("rank \(comm.rank): other error: \(error)")
-        return 4
     }
 }
 
@@ -291,10 +283,18 @@ func runFail(_ bad: Int, _ comm: Communicator) -> Int32 {
     let x = inputs(k)
     var t = x.targets
     if comm.rank == bad { t[1] = k.v + 5 }
-    do {
+    return outcome(comm) {
         _ = try TokenParallel(comm).lossAndGradients(CutCrossEntropy(options: k.options), embeddings: x.e,
                                                      classifier: x.c, targets: try Targets(t, shape: x.t.shape),
                                                      bias: x.bias)
+    }
+}
+
+/// What a rank reports of a call that should fail on every rank: exit code 0 and "no error",
+/// 3 and the error every rank agreed on, or 4 and any other error.
+func outcome(_ comm: Communicator, _ body: () throws -> Void) -> Int32 {
+    do {
+        try body()
         say("rank \(comm.rank): no error")
         return 0
     } catch let e as ParallelError where e.isAgreed {

@@ -169,10 +169,7 @@ final class Workspace<S: KernelScalar> {
         if kernel == .avx512BF16 || kernel == .amxBF16 {
             // The bf16 kernels multiply the stored bf16 pairs: packed from the caller's rows
             // (each kernel's own layout, no conversion).
-            withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: count) { raw in
-                for i in 0..<count { raw[i] = operands.eRow(Int(rows[first + i])) }
-                packBF16(UnsafePointer(raw.baseAddress!), m: count, into: bf16Panels.base)
-            }
+            packBF16(UnsafePointer(eRaw.base), m: count, into: bf16Panels.base)
         }
         if eStoredOnly { return }
         if eBlock.count == 0 {
@@ -249,11 +246,9 @@ final class Workspace<S: KernelScalar> {
     func selectedProduct(_ operands: Operands<S>, first: Int, n: Int, v0: Int, vc: Int, ldo: Int) {
         if !eStoredOnly { for r in 0..<n { selectedRows.base[r] = eRows.base[selected.base[r]] } }
         if kernel == .avx512BF16 || kernel == .amxBF16 {
-            let rows = operands.problem.rows
-            withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: n) { raw in
-                for r in 0..<n { raw[r] = operands.eRow(Int(rows[first + selected.base[r]])) }
-                packBF16(UnsafePointer(raw.baseAddress!), m: n, into: bf16Selected.base)
-            }
+            // The selected rows' stored E rows, gathered into keptRaw (free until the dC updates).
+            for r in 0..<n { keptRaw.base[r] = eRaw.base[selected.base[r]] }
+            packBF16(UnsafePointer(keptRaw.base), m: n, into: bf16Selected.base)
         }
         let lookahead = loadCRows(operands, v0: v0, vc: vc)
         run(kernel, rows: selectedRows.base, bf16Panels: bf16Selected.base, m: n, cType: operands.cType, n: vc,
