@@ -803,7 +803,7 @@ CCE_AVX512 static void bench_once(Bench *b, int k) {
         for (long q0 = 0; q0 < pairs; q0 += CCE_AMX_KCP)
             for (long j0 = 0; j0 < n; j0 += 32)
                 bf16_pack_columns(b->c.rows + j0, n - j0 < 32 ? n - j0 : 32, d, q0,
-                                  pairs - q0 < CCE_AMX_KCP ? pairs - q0 : CCE_AMX_KCP, b->scratch);
+                                  pairs - q0 < CCE_AMX_KCP ? pairs - q0 : CCE_AMX_KCP, b->scratch, NULL, 0);
         break;
     }
     case K_DP_BOTH: cce_bf16_pack_rows(b->e.rows, m, d, b->panels); /* fallthrough */

@@ -33,13 +33,18 @@ public final class HandOff: @unchecked Sendable {
     }
 
     /// Waits until slot `slot` is at `turn` (acquire: what the previous owner wrote is visible).
-    @inline(__always)
-    public func wait(slot: Int, turn: Int) {
+    /// Returns the seconds it waited when PhaseTrace is enabled and the turn had not come
+    /// yet, else 0.
+    @inline(__always) @discardableResult
+    public func wait(slot: Int, turn: Int) -> Double {
+        if tickets[slot].load(ordering: .acquiring) == turn { return 0 }
+        let start = PhaseTrace.enabled ? monotonicSeconds() : 0
         var spins = 0
         while tickets[slot].load(ordering: .acquiring) != turn {
             spins += 1
             if spins > 64 { sched_yield() }
         }
+        return PhaseTrace.enabled ? monotonicSeconds() - start : 0
     }
 
     /// Whether slot `slot` is at `turn` now (acquire), without waiting.

@@ -1,7 +1,10 @@
 // Threads: a fixed number of workers that run at the same time.
 //
-// The engine hands token blocks to workers round-robin (worker w takes blocks w, w+P,
-// w+2P, …), so which block a worker computes never depends on timing. The backward's dC
+// The engine hands token blocks to workers in increasing order as they ask for them
+// (`Counter`: a worker takes the next block when it finishes one), so a worker on a slower
+// or busier CPU simply computes fewer blocks. Which worker computes a block depends on
+// timing; what the block computes does not (its rows, its tiles, and dC's hand-off order are
+// fixed by the tile plan), so results stay bitwise reproducible. The backward's dC
 // hand-off (HandOff.swift) makes a worker wait for its predecessor block, which is only
 // safe when every worker really runs concurrently: `DispatchQueue.concurrentPerform` does
 // not promise that (it may run iterations one after another on a busy pool), so workers
@@ -10,9 +13,22 @@
 
 import Foundation
 import CNUMA
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Hands out 0, 1, 2, … to whoever asks, each number once, in increasing order (an atomic
+/// fetch-and-add): the dynamic schedule of token blocks.
+public final class Counter: @unchecked Sendable {
+    private let value = Atomic<Int>(0)
+
+    public init() {}
+
+    /// The next number.
+    @inline(__always)
+    public func next() -> Int { value.add(1, ordering: .relaxed).oldValue }
+}
 
 public enum Workers {
     /// The number of CPUs this process may run on (sched_getaffinity), at least 1.

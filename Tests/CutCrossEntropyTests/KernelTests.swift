@@ -163,5 +163,26 @@ final class KernelTests: XCTestCase {
     }
 }
 
+/// The vocabulary order's radix sort against a comparison sort of the same strict order
+/// (largest first, ties by id), on keys with many ties, both zeros, negatives, extremes and
+/// one-digit differences.
+final class OrderTests: XCTestCase {
+    func testDescendingOrderMatchesComparisonSort() {
+        var rng = SystemRandomNumberGenerator()
+        let specials: [Double] = [0, -0.0, 1, -1, .greatestFiniteMagnitude, -.greatestFiniteMagnitude,
+                                  .leastNonzeroMagnitude, -.leastNonzeroMagnitude, .infinity, -.infinity,
+                                  1.0000000000000002, 0.9999999999999999]
+        for (n, pool) in [(0, 0), (1, 0), (7, 3), (1000, 10), (5000, 0), (70_000, 500)] {
+            var keys: [Double] = (0..<n).map { _ in
+                pool > 0 ? Double(Int.random(in: 0..<pool, using: &rng)) * 0.25 - 10
+                         : Double.random(in: -50...50, using: &rng)
+            }
+            for k in 0..<min(n, specials.count * 3) { keys[(k * 7919) % n] = specials[k % specials.count] }
+            let expected = (0..<n).sorted { keys[$0] != keys[$1] ? keys[$0] > keys[$1] : $0 < $1 }.map { Int32($0) }
+            XCTAssertEqual(descendingOrder(keys), expected, "n=\(n) pool=\(pool)")
+        }
+    }
+}
+
 import Foundation
 func Foundation_exp(_ x: Double) -> Double { Foundation.exp(x) }

@@ -439,7 +439,7 @@ enum Backward {
         while !pending.isEmpty {
             let e = pending.entries[pending.head]
             if !blocking && !handOff.isReady(slot: e.j, turn: b) { return }
-            handOff.wait(slot: e.j, turn: b)
+            workspace.handOffWait += handOff.wait(slot: e.j, turn: b)
             if e.kept > 0 && e.cols > 0 {
                 // kahan: this token block's partial first (zeroed rows), then folded into dC
                 // through the compensation rows.

@@ -16,7 +16,8 @@
 // Set-up, in order: the classifier's pages interleaved over NUMA nodes (it is read by
 // every worker; not a classifier that borrows the C ABI caller's memory), the vocabulary
 // order (VocabularyOrder.swift), the output buffers (zeroed, every page written now) and, for the kahan accumulation, the compensation rows. Workers
-// own token blocks round-robin (worker w takes blocks w, w + P, …); each allocates its
+// take token blocks in increasing order as they finish the previous one (Counter in
+// CCERuntime/Workers.swift: faster workers take more); each allocates its
 // Workspace once per call.
 
 import CCEKernels
@@ -91,6 +92,7 @@ enum Engine {
     static func run<S: KernelScalar>(_: S.Type, _ call: EngineCall, _ embeddings: Tensor, _ classifier: Tensor,
                                      _ bias: Tensor?) -> EngineResult {
         let p = call.problem
+        var trace = PhaseTrace()
         let wantsLoss = call.pass != .backward, wantsGradients = call.pass != .forward
         let biasValues = bias?.floats()
         let biasS: [S]? = biasValues.map { $0.map { S(storage: $0) } }
@@ -120,6 +122,7 @@ enum Engine {
         let compensated = wantsGradients && call.policy.accumulation == .kahan
         var compE = zeroed(S.self, compensated ? p.n * p.d : 0, threads: threads)
         var compC = zeroed(S.self, compensated ? p.v * p.d : 0, threads: threads)
+        trace.mark("outputs zeroed")
         let plan = TilePlan(tokens: p.active, dim: p.d, vocab: p.v, threads: call.threads,
                             scalarBytes: MemoryLayout<S>.size)
         var stats = FilterStatistics()
@@ -133,6 +136,7 @@ enum Engine {
             let (order, rank) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
                                                      sorted: call.policy.sortVocabulary, threads: call.threads,
                                                      mean: call.sortingMean)
+            trace.mark("vocabulary order")
             order.withUnsafeBufferPointer { order in
             rank.withUnsafeBufferPointer { rank in
             withOptionalPointer(biasS) { biasPointer in
@@ -164,6 +168,7 @@ enum Engine {
                                         sums: call.policy.estimate && p.active > 0
                                             ? EstimateSums(operands, threads: call.threads) : nil)
                         : nil
+                    trace.mark("estimate sums")
                     if call.pass == .fused, let exchange = call.exchange, let parts, let backward {
                         // The shard's partials out, the global LSE back into `lse`.
                         let smoothing = call.options.labelSmoothing > 0
@@ -180,11 +185,13 @@ enum Engine {
                                                 exchange: handOver)
                     } else {
                         stats = sweep(call.pass, operands, options: call.options, shard: call.shard, lse: lse.baseAddress,
-                                      loss: loss.baseAddress, shardParts: parts, backward: backward)
+                                      loss: loss.baseAddress, shardParts: parts, backward: backward, trace: &trace)
                     }
+                    trace.mark("sweep")
                 }}}}}}}}}}
             }}}
         }}
+        defer { trace.mark("results"); trace.report("\(call.pass), N \(p.active) D \(p.d) V \(p.v), \(threads) threads") }
         if wantsGradients, direct == nil, let destination = call.destination {
             // Float64 gradients rounded into the caller's Float32 memory.
             for (source, target) in [(dE, destination.dE), (dC, destination.dC)] {
@@ -203,7 +210,8 @@ enum Engine {
     /// backward outputs to backward.outputs (backward.lse is read, and for .fused written first).
     static func sweep<S: KernelScalar>(
         _ pass: Pass, _ operands: Operands<S>, options: Options, shard: ShardContext? = nil, lse: UnsafeMutablePointer<S>?,
-        loss: UnsafeMutablePointer<S>?, shardParts: ShardPartPointers<S>? = nil, backward: BackwardState<S>?
+        loss: UnsafeMutablePointer<S>?, shardParts: ShardPartPointers<S>? = nil, backward: BackwardState<S>?,
+        trace: inout PhaseTrace
     ) -> FilterStatistics {
         let m = operands.problem.active
         if m == 0 { return FilterStatistics() }
@@ -222,14 +230,18 @@ enum Engine {
         let stats = PerWorker(workers, initial: FilterStatistics())
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
         let out = UncheckedSendable((lse: lse, loss: loss))
+        let clock = WorkerClock(workers: workers)
+        let queue = Counter()
         Workers.run(workers, pin: Placement.isNUMA) { w in
+            let started = PhaseTrace.enabled ? monotonicSeconds() : 0
             let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
                                          backend: operands.backend, kernel: operands.kernel,
                                          partials: backward?.outputs.compE != nil)
             let blockStats: Scratch<S>? = pass == .fused ? Scratch(count: 2 * nb * forwardBlocks) : nil
             var workerStats = FilterStatistics()
-            var b = w
-            while b < blocks {
+            while true {
+                let b = queue.next()
+                if b >= blocks { break }
                 let first = b * nb, count = min(nb, m - first)
                 workspace.loadTokens(operands, first: first, count: count)
                 if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
@@ -240,10 +252,14 @@ enum Engine {
                     Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
                                    loss: definition, blockStats: blockStats?.base, stats: &workerStats)
                 }
-                b += workers
             }
             stats[w] = workerStats
+            if PhaseTrace.enabled {
+                clock.record(worker: w, busy: monotonicSeconds() - started - workspace.handOffWait,
+                             waited: workspace.handOffWait)
+            }
         }
+        trace.note(clock.summary)
         return stats.values.reduce(into: FilterStatistics()) { $0.add($1) }
     }
 }
@@ -289,10 +305,11 @@ extension Engine {
             let workers = min(plan.threads, blocks)
             // Token block k of the chunk: tokens start + k·NB ..< …, its maxima at row k·NB.
             let range: @Sendable (Int) -> (first: Int, count: Int) = { k in (start + k * nb, min(nb, end - start - k * nb)) }
+            let forwardQueue = Counter()
             Workers.run(workers, pin: Placement.isNUMA) { w in
                 let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
                                              backend: operands.backend, kernel: operands.kernel, partials: compensated)
-                for k in stride(from: w, to: blocks, by: workers) {
+                while case let k = forwardQueue.next(), k < blocks {
                     let (first, count) = range(k)
                     workspace.loadTokens(operands, first: first, count: count)
                     Forward.block(operands, workspace, first: first, count: count, loss: definition, lse: out.value.lse,
@@ -303,11 +320,12 @@ extension Engine {
             guard exchange(start..<end) else { return total }
             let stats = PerWorker(workers, initial: FilterStatistics())
             let base = firstBlock
+            let backwardQueue = Counter()
             Workers.run(workers, pin: Placement.isNUMA) { w in
                 let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
                                              backend: operands.backend, kernel: operands.kernel, partials: compensated)
                 var workerStats = FilterStatistics()
-                for k in stride(from: w, to: blocks, by: workers) {
+                while case let k = backwardQueue.next(), k < blocks {
                     let (first, count) = range(k)
                     workspace.loadTokens(operands, first: first, count: count)
                     Backward.block(operands, backward, workspace, handOff: handOff, b: base + k, first: first, count: count,

@@ -37,7 +37,7 @@ enum VocabularyOrder {
         let workers = max(1, min(threads, v / 4096 + 1))
         let meanF = given ?? mean(sum: embeddingSum(problem: problem, e: e, threads: workers), count: problem.active)
         // avg_v = C_v · ē + b_v, workers taking vocabulary ranges.
-        var keys = [(avg: Double, id: Int32)](repeating: (0, 0), count: v)
+        var keys = [Double](repeating: 0, count: v)
         meanF.withUnsafeBufferPointer { mp in
             keys.withUnsafeMutableBufferPointer { kp in
                 let out = UncheckedSendable(kp.baseAddress!), meanP = UncheckedSendable(mp.baseAddress!)
@@ -48,16 +48,13 @@ enum VocabularyOrder {
                         for id in w * chunk ..< min(v, (w + 1) * chunk) {
                             convertRow(cRows.value + id * d * cType.size, type: cType, count: d, into: row.baseAddress!)
                             let dot = Double(fastDot(UnsafePointer(row.baseAddress!), meanP.value, d))
-                            out.value[id] = (dot + (bias?[id] ?? 0), Int32(id))
+                            out.value[id] = dot + (bias?[id] ?? 0)
                         }
                     }
                 }
             }
         }
-        // Largest average first, ties in vocabulary order: a strict total order, so any
-        // correct sort gives the same permutation.
-        keys.sort { $0.avg != $1.avg ? $0.avg > $1.avg : $0.id < $1.id }
-        let order = keys.map(\.id)
+        let order = descendingOrder(keys)
         var rank = [Int32](repeating: Int32.max, count: v + 1)
         for (k, id) in order.enumerated() { rank[Int(id)] = Int32(k) }
         return (order, rank)
@@ -75,10 +72,11 @@ enum VocabularyOrder {
             Workers.run(threads) { w in
                 let k0 = w * chunk, k1 = min(d, k0 + chunk)
                 guard k0 < k1 else { return }
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: d) { row in
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: k1 - k0) { row in
                     for r in rows {
-                        convertRow(eRows.value + Int(r) * d * eType.size, type: eType, count: d, into: row.baseAddress!)
-                        for k in k0..<k1 { sums.value[k] += Double(row[k]) }
+                        convertRow(eRows.value + (Int(r) * d + k0) * eType.size, type: eType, count: k1 - k0,
+                                   into: row.baseAddress!)
+                        for k in k0..<k1 { sums.value[k] += Double(row[k - k0]) }
                     }
                 }
             }
