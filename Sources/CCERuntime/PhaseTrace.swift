@@ -3,7 +3,9 @@
 // With CCE_TRACE set in the environment, each engine call prints one line to standard
 // error: the wall time of each set-up phase (ordering the vocabulary, zeroing the
 // gradients, the dropped-mass estimate's sums), of the sweep, and, per worker, how long
-// it computed and how long it waited in dC's hand-off. A sweep whose workers finish at
+// it computed and how long it waited in dC's hand-off; after each phase, the process's peak
+// resident memory so far above what it held when the call began (VmHWM − VmRSS: meaningful
+// when the caller reset the peak just before, as `cce bench` does). A sweep whose workers finish at
 // different times, or whose hand-off waits are large, scales badly however fast the
 // kernels are. Without CCE_TRACE nothing is measured (one branch per phase).
 
@@ -26,16 +28,20 @@ public struct PhaseTrace {
     public static let enabled: Bool = getenv("CCE_TRACE") != nil
 
     private var last: Double
-    private var phases: [(name: String, seconds: Double)] = []
+    private let resident: Int
+    private var phases: [(name: String, seconds: Double, peak: Int)] = []
     private var notes: [String] = []
 
-    public init() { last = PhaseTrace.enabled ? monotonicSeconds() : 0 }
+    public init() {
+        last = PhaseTrace.enabled ? monotonicSeconds() : 0
+        resident = PhaseTrace.enabled ? MemoryProbe.residentBytes() : 0
+    }
 
     /// Ends the phase called `name` (it began at the previous mark or at init).
     public mutating func mark(_ name: String) {
         guard PhaseTrace.enabled else { return }
         let now = monotonicSeconds()
-        phases.append((name, now - last))
+        phases.append((name, now - last, MemoryProbe.peakBytes() - resident))
         last = now
     }
 
@@ -50,11 +56,13 @@ public struct PhaseTrace {
         guard PhaseTrace.enabled else { return }
         let total = phases.reduce(0) { $0 + $1.seconds }
         var line = "cce trace \(title): total \(ms(total))"
-        for p in phases { line += "; \(p.name) \(ms(p.seconds))" }
+        for p in phases { line += "; \(p.name) \(ms(p.seconds)) (peak +\(mb(p.peak)))" }
         for n in notes { line += "; \(n)" }
         let bytes = Array((line + "\n").utf8)
         _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
     }
+
+    private func mb(_ bytes: Int) -> String { "\((Double(bytes) / 1e5).rounded() / 10) MB" }
 
     private func ms(_ s: Double) -> String {
         let v = (s * 1e4).rounded() / 10
