@@ -22,6 +22,11 @@
 
 import CCEKernels
 import CCERuntime
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 enum Pass { case forward, backward, fused }
 
@@ -267,7 +272,14 @@ enum Engine {
 extension Engine {
     /// Active tokens per exchange of a vocabulary shard's fused call: a constant, so that
     /// every rank exchanges the same token ranges whatever its thread count and tile plan.
-    static let exchangeChunk = 1024
+    /// 1024, or CCE_EXCHANGE_CHUNK from the environment (64 to 1048576; other values are
+    /// ignored), for experiments: every rank must see the same value (mpirun -x). Results do
+    /// not depend on it; the blockStats memory (2·chunk·V/VBf values) and the number of
+    /// exchanges and worker start-ups per step (two per chunk) do.
+    static let exchangeChunk: Int = {
+        if let text = getenv("CCE_EXCHANGE_CHUNK"), let n = Int(String(cString: text)), n >= 64, n <= 1 << 20 { return n }
+        return 1024
+    }()
 
     /// The fused call of a vocabulary shard, chunk by chunk of `exchangeChunk` active tokens:
     /// the forward over the chunk's token blocks, keeping their per-block maxima and
