@@ -251,11 +251,11 @@ extension CutCrossEntropy {
     }
 
     /// Loss and gradients of one vocabulary shard in one call, the fused path, chunk by chunk
-    /// of 1024 active tokens: the shard's forward of the chunk, then `exchange` (which must
+    /// of `Engine.exchangeChunk` (4096) active tokens: the shard's forward of the chunk, then `exchange` (which must
     /// return every rank's partials of the chunk in rank order, this rank's among them:
     /// CutCrossEntropyMPI gathers them), their combination (`ShardForward.combine`), then the
     /// chunk's backward with the global LSE, skipping the rows the forward's per-block maxima
-    /// rule out (as `lossAndGradients` does; the chunk's maxima are kept meanwhile: 2·1024·V/256
+    /// rule out (as `lossAndGradients` does; the chunk's maxima are kept meanwhile: 2·4096·V/256
     /// values). Every rank calls `exchange` for the same token ranges, in the same order (a
     /// rank that holds no classes too). Returns the whole forward output, this shard's rows of
     /// dC and dBias and its partial dE, which the ranks sum. An error thrown by `exchange` or

@@ -62,7 +62,7 @@ func cases() -> [Case] {
     list.append(c)
     c = Case(name: "f16-nosort"); c.type = .float16; c.options.sortVocabulary = false; c.options.filterEpsilon = .none
     c.seed = 7; list.append(c)
-    // More than one chunk of 1024 active tokens (the fused vocabulary-parallel exchange goes
+    // More than one chunk of 1024 active tokens (set above; the fused vocabulary-parallel exchange goes
     // chunk by chunk, and dC's hand-off runs on across chunks).
     c = Case(name: "chunks-f32"); c.n = 2600; c.batch = 4; c.d = 16; c.v = 301; c.scale = 8; c.seed = 12; list.append(c)
     c = Case(name: "chunks-bf16-options"); c.n = 2600; c.batch = 4; c.d = 16; c.v = 301; c.scale = 8; c.seed = 13
@@ -306,6 +306,11 @@ func outcome(_ comm: Communicator, _ body: () throws -> Void) -> Int32 {
     }
 }
 
+// The exchange chunk at 1024 tokens (Engine.exchangeChunk's override; 4096 by default), set
+// before the engine first reads it and the same on every rank: the "chunks" cases' 2600
+// tokens then cross three chunks while staying small enough for the token-parallel sums'
+// 1e-6 budget (at 9000 tokens dBias's relative difference reached 2e-6).
+setenv("CCE_EXCHANGE_CHUNK", "1024", 1)
 // Lines go out at once (unbuffered), so that ranks' lines interleave whole.
 let args = Array(CommandLine.arguments.dropFirst())
 let comm: Communicator
