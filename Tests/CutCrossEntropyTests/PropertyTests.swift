@@ -104,6 +104,28 @@ final class PropertyTests: XCTestCase {
         same(again.1.dC, results[1].1.dC, "dC, repeated")
     }
 
+    /// Token blocks are handed out by a counter, so with more blocks than workers which
+    /// worker computes which block changes from run to run (and more so with more threads
+    /// than CPUs); the bits must not. 3000 tokens make 12 or more blocks here; 7 threads
+    /// oversubscribe a small machine. bf16 storage takes the machine's fastest kernel.
+    func testDynamicBlockScheduleGivesIdenticalBits() throws {
+        let (e, c, t, b) = randomProblem(n: 3000, d: 24, v: 500, type: .bfloat16, seed: 21, withBias: true)
+        func run(_ threads: Int) throws -> (ForwardOutput, Gradients) {
+            var o = Options(); o.threads = threads; o.labelSmoothing = 0.05
+            return try CutCrossEntropy(options: o).lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b)
+        }
+        let first = try run(1)
+        for threads in [2, 3, 7, 7, 3] {
+            let r = try run(threads)
+            XCTAssertEqual(r.0.loss.bitPattern, first.0.loss.bitPattern, "loss, \(threads) threads")
+            XCTAssertEqual(r.0.lse.floats.map(\.bitPattern), first.0.lse.floats.map(\.bitPattern), "lse, \(threads) threads")
+            XCTAssertEqual(r.1.dE.floats.map(\.bitPattern), first.1.dE.floats.map(\.bitPattern), "dE, \(threads) threads")
+            XCTAssertEqual(r.1.dC.floats.map(\.bitPattern), first.1.dC.floats.map(\.bitPattern), "dC, \(threads) threads")
+            XCTAssertEqual(r.1.dBias!.floats.map(\.bitPattern), first.1.dBias!.floats.map(\.bitPattern),
+                           "dBias, \(threads) threads")
+        }
+    }
+
     /// A forward now and a backward later give what the fused call gives.
     func testSplitForwardBackwardEqualsFused() throws {
         let (e, c, t, b) = randomProblem(n: 37, d: 19, v: 301, withBias: true)
