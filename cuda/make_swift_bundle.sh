@@ -9,16 +9,9 @@
 # `bash cuda/swift_validate.sh`. Needs numpy and ml_dtypes for the cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CCE_TARGET_CPU=${CCE_TARGET_CPU:-haswell} swift build -c release --static-swift-stdlib --product cce \
-  --scratch-path .build-static
 B=$(mktemp -d)
 trap 'rm -rf "$B"' EXIT
-mkdir -p "$B/lib"
-cp .build-static/release/cce "$B/cce"
-strip "$B/cce"
-for lib in $(ldd "$B/cce" | awk '/=> \// {print $3}' | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so'); do
-  cp -L "$lib" "$B/lib/"
-done
+bash scripts/device/stage_cce.sh "$B"
 python3 cuda/harness/make_swift_cases.py "$B/cases"
 mkdir -p .gpu
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude

@@ -25,7 +25,7 @@ public func monotonicSeconds() -> Double {
 
 public struct PhaseTrace {
     /// Whether CCE_TRACE is set.
-    public static let enabled: Bool = getenv("CCE_TRACE") != nil
+    public static let enabled: Bool = Environment.isSet("CCE_TRACE")
 
     private var last: Double
     private let resident: Int

@@ -233,98 +233,71 @@ def run_host_case(name, spec, want, repeats, dtype, N=300, D=72, V=1000, seed=5)
     return ok, msg
 
 
+def check(label, dtype, run):
+    """Runs run() -> (ok, msg) and prints one line; an exception is a failure, reported."""
+    try:
+        ok, msg = run()
+    except Exception as e:  # report and go on
+        ok, msg = False, f"EXCEPTION {e!r}"
+    print(f"{'OK    ' if ok else 'NOT OK'} {label:24s} {str(dtype):15s} {msg}", flush=True)
+    return bool(ok)
+
+
+def device_case(name, spec, dtype, **shape):
+    """run_case as (ok, message): the errors against the truth and the tiles kept."""
+    ok, errs, st = run_case(name, spec, dtype, **shape)
+    return ok, " ".join(f"{k}={v:.2e}" for k, v in errs.items()) + f" tiles kept {st[1]}/{st[0]}"
+
+
+def raises(call, *needles):
+    """(ok, "") where call() raises a RuntimeError whose message holds every needle."""
+    try:
+        call()
+    except RuntimeError as e:
+        return all(n in str(e) for n in needles), ""
+    return False, "no error"
+
+
 def main():
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False
-    passed = failed = 0
+    results = []
     for (name, spec), dtype in itertools.product(CASES, [torch.float32, torch.float16, torch.bfloat16]):
-        try:
-            ok, errs, st = run_case(name, spec, dtype)
-            msg = " ".join(f"{k}={v:.2e}" for k, v in errs.items())
-            msg += f" tiles kept {st[1]}/{st[0]}"
-        except Exception as e:  # report and go on
-            ok, msg = False, f"EXCEPTION {e!r}"
-        print(f"{'OK    ' if ok else 'NOT OK'} {name:24s} {str(dtype):15s} {msg}", flush=True)
-        passed += ok
-        failed += not ok
-    # Larger shape on the tensor-core path: several token blocks and a filtered, sorted vocabulary.
+        results.append(check(name, dtype, lambda: device_case(name, spec, dtype)))
+    # Larger shape on the tensor-core path: several token blocks and a filtered, sorted vocabulary;
+    # then the same with class weights and smoothing (the exact rank-one smoothing term) and filtering.
+    larger = dict(N=1000, D=392, V=20000, seed=3)
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        try:
-            ok, errs, st = run_case("larger", dict(dc_chunk_rows=0), dtype, N=1000, D=392, V=20000, seed=3)
-            msg = " ".join(f"{k}={v:.2e}" for k, v in errs.items()) + f" tiles kept {st[1]}/{st[0]}"
-        except Exception as e:
-            ok, msg = False, f"EXCEPTION {e!r}"
-        print(f"{'OK    ' if ok else 'NOT OK'} {'larger N1000 D392 V20000':24s} {str(dtype):15s} {msg}", flush=True)
-        passed += ok
-        failed += not ok
-        try:  # the same with class weights and smoothing (the exact rank-one smoothing term) and filtering
-            ok, errs, st = run_case("larger", dict(dc_chunk_rows=0, weight=True, label_smoothing=0.1, bias=True),
-                                    dtype, N=1000, D=392, V=20000, seed=3)
-            msg = " ".join(f"{k}={v:.2e}" for k, v in errs.items()) + f" tiles kept {st[1]}/{st[0]}"
-        except Exception as e:
-            ok, msg = False, f"EXCEPTION {e!r}"
-        print(f"{'OK    ' if ok else 'NOT OK'} {'larger weight+smoothing':24s} {str(dtype):15s} {msg}", flush=True)
-        passed += ok
-        failed += not ok
+        results.append(check("larger N1000 D392 V20000", dtype,
+                             lambda: device_case("larger", dict(dc_chunk_rows=0), dtype, **larger)))
+        spec = dict(dc_chunk_rows=0, weight=True, label_smoothing=0.1, bias=True)
+        results.append(check("larger weight+smoothing", dtype, lambda: device_case("larger", spec, dtype, **larger)))
     # float32 takes D a multiple of 4: D % 8 == 4 (the last 8-column chunk of a dC row is half full;
     # before the fix of write_products it wrote 4 columns into the next row).
     for name, spec in (("f32 D=20", dict(bias=True)), ("f32 D=20 nolean", dict(lean_memory=False)),
                        ("f32 D=20 weight+smoothing", dict(weight=True, label_smoothing=0.1, bias=True))):
-        try:
-            ok, errs, st = run_case(name, spec, torch.float32, D=20)
-            msg = " ".join(f"{k}={v:.2e}" for k, v in errs.items()) + f" tiles kept {st[1]}/{st[0]}"
-        except Exception as e:
-            ok, msg = False, f"EXCEPTION {e!r}"
-        print(f"{'OK    ' if ok else 'NOT OK'} {name:24s} {'torch.float32':15s} {msg}", flush=True)
-        passed += ok
-        failed += not ok
+        results.append(check(name, torch.float32, lambda: device_case(name, spec, torch.float32, D=20)))
     # The host entry point (numpy arrays in and out) against the device path and the truth.
     for (name, spec, want, reps), dtype in itertools.product(HOST_CASES, [torch.float32, torch.float16, torch.bfloat16]):
-        try:
-            ok, msg = run_host_case(name, spec, want, reps, dtype)
-        except Exception as e:
-            ok, msg = False, f"EXCEPTION {e!r}"
-        print(f"{'OK    ' if ok else 'NOT OK'} {name:24s} {str(dtype):15s} {msg}", flush=True)
-        passed += ok
-        failed += not ok
-    try:
-        ok, msg = run_host_case("host larger", dict(dc_chunk_rows=0, bias=True), ("dE", "dC", "dbias"), 1,
-                                torch.bfloat16, N=1000, D=392, V=20000, seed=3)
-    except Exception as e:
-        ok, msg = False, f"EXCEPTION {e!r}"
-    print(f"{'OK    ' if ok else 'NOT OK'} {'host N1000 D392 V20000':24s} {'torch.bfloat16':15s} {msg}", flush=True)
-    passed += ok
-    failed += not ok
-    try:  # a bad dtype comes back as CCE_ERR_ARGUMENT with a message
-        z = np.zeros((4, 8), np.float32)
-        cce.host_run(z, np.zeros((10, 8), np.float32), np.zeros(4, np.int64), dtype=7)
-        ok = False
-    except RuntimeError as e:
-        ok = "cce error 1" in str(e) and "dtype" in str(e)
-    print(f"{'OK    ' if ok else 'NOT OK'} host bad-dtype error reported", flush=True)
-    passed += ok
-    failed += not ok
+        results.append(check(name, dtype, lambda: run_host_case(name, spec, want, reps, dtype)))
+    results.append(check("host N1000 D392 V20000", torch.bfloat16,
+                         lambda: run_host_case("host larger", dict(dc_chunk_rows=0, bias=True), ("dE", "dC", "dbias"), 1,
+                                               torch.bfloat16, **larger)))
+    # A bad dtype comes back as CCE_ERR_ARGUMENT with a message.
+    z = np.zeros((4, 8), np.float32)
+    results.append(check("host bad-dtype error", "", lambda: raises(
+        lambda: cce.host_run(z, np.zeros((10, 8), np.float32), np.zeros(4, np.int64), dtype=7), "cce error 1", "dtype")))
     # Argument errors come back as codes with a message.
-    try:
-        E = torch.zeros(4, 6, device="cuda")
-        cce.forward(E, torch.zeros(10, 6, device="cuda"), torch.zeros(4, dtype=torch.long, device="cuda"))
-        ok = False
-    except RuntimeError as e:
-        ok = "multiple" in str(e)
-    print(f"{'OK    ' if ok else 'NOT OK'} bad-D error reported", flush=True)
-    passed += ok
-    failed += not ok
+    results.append(check("bad-D error", "", lambda: raises(
+        lambda: cce.forward(torch.zeros(4, 6, device="cuda"), torch.zeros(10, 6, device="cuda"),
+                            torch.zeros(4, dtype=torch.long, device="cuda")), "multiple")))
     # filter_eps is the caller's resolved threshold: a negative value (once "by type") is an error.
-    try:
-        E = torch.zeros(4, 8, device="cuda")
-        cce.forward(E, torch.zeros(10, 8, device="cuda"), torch.zeros(4, dtype=torch.long, device="cuda"),
-                    filter_eps=-1.0)
-        ok = False
-    except RuntimeError as e:
-        ok = "cce error 1" in str(e) and "filter_eps" in str(e)
-    print(f"{'OK    ' if ok else 'NOT OK'} negative filter_eps error reported", flush=True)
-    passed += ok
-    failed += not ok
+    results.append(check("negative filter_eps error", "", lambda: raises(
+        lambda: cce.forward(torch.zeros(4, 8, device="cuda"), torch.zeros(10, 8, device="cuda"),
+                            torch.zeros(4, dtype=torch.long, device="cuda"), filter_eps=-1.0),
+        "cce error 1", "filter_eps")))
+    passed = sum(results)
+    failed = len(results) - passed
     print(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
 

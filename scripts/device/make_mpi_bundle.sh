@@ -13,9 +13,9 @@
 #                  one host's transports (plm isolated: no ssh; btl self,vader: shared
 #                  memory without CMA).
 # Then, with the device tool: carry [".gpu/mpi"] and run scripts/device/mpi_check.sh (the OS,
-# the CPU, mpirun with 4 ranks), mpi_bench_4x4.sh or mpi_bench_plain_vs_4x4.sh (copied into
-# .gpu/mpi/ with the command `bash .gpu/mpi/NAME.sh`, since a helper's worktree does not
-# travel). Tested here in a mount namespace that hides the system's Open MPI.
+# the CPU, mpirun with 4 ranks), mpi_bench_4x4.sh, mpi_bench_plain_vs_4x4.sh or
+# mpi_bench_chunks.sh, as `bash scripts/device/NAME.sh` from the repository root (the benches
+# source mpi_setup.sh). Tested here in a mount namespace that hides the system's Open MPI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -25,14 +25,7 @@ mkdir -p .gpu/mpi
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> "$(git rev-parse --git-common-dir)/info/exclude"
 
 # cce, static
-CCE_TARGET_CPU=${CCE_TARGET_CPU:-haswell} nice -n 10 swift build -c release --static-swift-stdlib --product cce \
-  --scratch-path .build-static
-mkdir -p "$W/cce/lib"
-cp .build-static/release/cce "$W/cce/cce"
-strip "$W/cce/cce"
-for lib in $(ldd "$W/cce/cce" | awk '/=> \// {print $3}' | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so'); do
-  cp -L "$lib" "$W/cce/lib/"
-done
+bash scripts/device/stage_cce.sh "$W/cce"
 mpicc -shared -fPIC -O2 -I Sources/CCEMPIShim/include Sources/CCEMPIShim/cce_mpi.c -o "$W/cce/libcce_mpi.so"
 tar -cJf .gpu/mpi/bundle.tar.xz -C "$W/cce" .
 

@@ -3,11 +3,7 @@
 # 1 process x 16 threads against vocab-parallel 4 ranks x 4 threads (and token-parallel 4x4),
 # bf16 loss+grad, N=4096 D=1024 V=128256, LM-like data; alternating rounds in one run.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-B=/tmp/cce; mkdir -p $B; tar -xJf .gpu/mpi/bundle.tar.xz -C $B
-M=/tmp/ompi; mkdir -p $M; tar -xJf .gpu/mpi/ompi.tar.xz -C $M; . $M/env.sh
-export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$B/lib CCE_MPI_LIBRARY=$B/libcce_mpi.so OPENBLAS_CORETYPE=SkylakeX
-grep -E "Model name|^CPU\(s\)" <(lscpu); uptime
+. scripts/device/mpi_setup.sh
 SHAPE=${SHAPE:-"--tokens 4096 --dim 1024 --vocab 128256 --dtype bf16 --kinds loss,loss+grad --repeats 3 --json"}
 one() { OPENBLAS_NUM_THREADS=16 timeout 150 $B/cce bench --parallel vocab $SHAPE --threads 16 > "$OUT/$1.json" 2> "$OUT/$1.err"; echo "$1 rc=$?"; }
 par() { local name=$1 scheme=$2; shift 2; OPENBLAS_NUM_THREADS=4 timeout 150 mpirun -np 4 "$@" -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x CCE_MPI_LIBRARY $B/cce bench --parallel $scheme $SHAPE --threads 4 > "$OUT/$name.json" 2> "$OUT/$name.err"; local rc=$?; echo "$name rc=$rc"; return $rc; }

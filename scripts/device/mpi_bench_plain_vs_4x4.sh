@@ -2,11 +2,8 @@
 # device call 3 (mpi-train helper): the one-process baseline through the engine's own path
 # (cce bench --methods cce, 16 threads) against vocab-parallel 4 ranks x 4 threads; alternating.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-B=/tmp/cce; mkdir -p $B; tar -xJf .gpu/mpi/bundle.tar.xz -C $B
-M=/tmp/ompi; mkdir -p $M; tar -xJf .gpu/mpi/ompi.tar.xz -C $M; . $M/env.sh
-export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$B/lib CCE_MPI_LIBRARY=$B/libcce_mpi.so OPENBLAS_CORETYPE=SkylakeX PMIX_MCA_pcompress_base_silence_warning=1
-uptime; T0=$(date +%s)
+. scripts/device/mpi_setup.sh
+T0=$(date +%s)
 SHAPE="--tokens 4096 --dim 1024 --vocab 128256 --dtype bf16 --kinds loss,loss+grad --repeats 5 --json"
 plain() { OPENBLAS_NUM_THREADS=16 timeout 100 $B/cce bench $SHAPE --methods cce --threads 16 > "$OUT/$1.json" 2> "$OUT/$1.err"; echo "$1 rc=$? at $(( $(date +%s) - T0 )) s"; }
 vocab() { OPENBLAS_NUM_THREADS=4 timeout 100 mpirun -np 4 --map-by slot:PE=4 --bind-to core -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x CCE_MPI_LIBRARY $B/cce bench --parallel vocab $SHAPE --threads 4 > "$OUT/$1.json" 2> "$OUT/$1.err"; echo "$1 rc=$? at $(( $(date +%s) - T0 )) s"; }

@@ -22,11 +22,6 @@
 
 import CCEKernels
 import CCERuntime
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 enum Pass { case forward, backward, fused }
 
@@ -280,10 +275,7 @@ extension Engine {
     /// loss+grad 0.67 to 0.70 s against 0.90 to 0.98 s at N = 4096 (one exchange instead of
     /// four; 16 token blocks a phase for 4 workers instead of 4), per-rank peak 8.5 MB
     /// against 6.8 MB.
-    static let exchangeChunk: Int = {
-        if let text = getenv("CCE_EXCHANGE_CHUNK"), let n = Int(String(cString: text)), n >= 64, n <= 1 << 20 { return n }
-        return 4096
-    }()
+    static let exchangeChunk: Int = Environment.integer("CCE_EXCHANGE_CHUNK", in: 64...(1 << 20)) ?? 4096
 
     /// The fused call of a vocabulary shard, chunk by chunk of `exchangeChunk` active tokens:
     /// the forward over the chunk's token blocks, keeping their per-block maxima and

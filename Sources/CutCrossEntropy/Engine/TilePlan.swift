@@ -25,11 +25,6 @@
 // on the thread count: see Backward.swift.
 
 import CCERuntime
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// Tile sizes for one call.
 public struct TilePlan: Sendable, CustomStringConvertible {
@@ -68,12 +63,8 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     /// The largest NB: 258, or `CCE_TOKEN_BLOCK_MAX` from the environment (a multiple of 6
     /// from 6 to 4098; other values are ignored), for tuning experiments. Results do not
     /// depend on NB (Backward.swift), only speed and per-worker memory do.
-    public static let tokenBlockLimit: Int = {
-        if let text = getenv("CCE_TOKEN_BLOCK_MAX"), let n = Int(String(cString: text)), n >= 6, n <= 4098, n % 6 == 0 {
-            return n
-        }
-        return 258
-    }()
+    public static let tokenBlockLimit: Int =
+        Environment.integer("CCE_TOKEN_BLOCK_MAX", in: 6...4098, where: { $0 % 6 == 0 }) ?? 258
 
     public var description: String {
         "token block NB = \(tokenBlock), vocabulary block VB = \(vocabBlock) (forward \(forwardVocabBlock)), "

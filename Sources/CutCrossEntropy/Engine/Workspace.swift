@@ -175,11 +175,11 @@ final class Workspace<S: KernelScalar> {
         }
         if eStoredOnly { return }
         if eBlock.count == 0 {
-            for i in 0..<count { eRows.base[i] = operands.eRow(Int(rows[first + i])).assumingMemoryBound(to: S.self) }
+            for i in 0..<count { eRows.base[i] = eRaw.base[i].assumingMemoryBound(to: S.self) }
         } else {
             for i in 0..<count {
                 let dst = eBlock.base + i * d
-                convertRow(operands.eRow(Int(rows[first + i])), type: operands.eType, count: d, into: dst)
+                convertRow(eRaw.base[i], type: operands.eType, count: d, into: dst)
                 eRows.base[i] = UnsafePointer(dst)
             }
         }
@@ -360,12 +360,12 @@ final class EstimateSums<S: KernelScalar>: @unchecked Sendable {
         sub = Scratch(count: subs * d); whole = Scratch(count: wholes * d); wholeRows = Scratch(count: wholes)
         let d = self.d, vb = self.vb, forwardVB = self.forwardVB
         let sub = UncheckedSendable(self.sub.base), whole = UncheckedSendable(self.whole.base)
-        // Forward block f and its backward blocks: one worker's task, every `workers`-th f.
+        // Forward block f and its backward blocks: one worker's task, taken from a counter.
         let workers = max(1, min(threads, wholes))
-        Workers.run(workers, pin: Placement.isNUMA) { w in
+        let queue = Counter()
+        Workers.run(workers, pin: Placement.isNUMA) { _ in
             let row = Scratch<S>(count: d)
-            var f = w
-            while f < wholes {
+            while case let f = queue.next(), f < wholes {
                 let total = whole.value + f * d
                 total.update(repeating: 0, count: d)
                 var j = f * forwardVB / vb
@@ -379,7 +379,6 @@ final class EstimateSums<S: KernelScalar>: @unchecked Sendable {
                     }
                     axpy(total, 1, UnsafePointer(out), count: d)
                 }
-                f += workers
             }
         }
         for f in 0..<wholes { wholeRows.base[f] = UnsafePointer(self.whole.base + f * d) }
