@@ -108,19 +108,13 @@ func tensor(_ p: UnsafeRawPointer?, _ type: ElementType, _ shape: [Int], _ name:
     }
     if Int(bitPattern: p) % type.size == 0 { return try Tensor(borrowing: p, type: type, shape: shape) }
     let bytes = UnsafeRawBufferPointer(start: p, count: count * type.size)
+    func copy<T>(_: T.Type) -> [T] {
+        [T](unsafeUninitializedCapacity: count) { b, n in UnsafeMutableRawBufferPointer(b).copyMemory(from: bytes); n = count }
+    }
     switch type {
-    case .float32:
-        return try Tensor([Float](unsafeUninitializedCapacity: count) { b, n in
-            UnsafeMutableRawBufferPointer(b).copyMemory(from: bytes); n = count
-        }, shape: shape)
-    case .float16:
-        return try Tensor([Float16](unsafeUninitializedCapacity: count) { b, n in
-            UnsafeMutableRawBufferPointer(b).copyMemory(from: bytes); n = count
-        }, shape: shape)
-    case .bfloat16:
-        return try Tensor([BFloat16](unsafeUninitializedCapacity: count) { b, n in
-            UnsafeMutableRawBufferPointer(b).copyMemory(from: bytes); n = count
-        }, shape: shape)
+    case .float32: return try Tensor(copy(Float.self), shape: shape)
+    case .float16: return try Tensor(copy(Float16.self), shape: shape)
+    case .bfloat16: return try Tensor(copy(BFloat16.self), shape: shape)
     }
 }
 

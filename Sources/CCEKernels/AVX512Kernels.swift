@@ -308,25 +308,31 @@ public func tileProductAMX(eBlocks: UnsafePointer<UInt32>, m: Int, cRows: Unsafe
 /// in Float32 from +0; every step one rounding to nearest even; subnormal bf16 inputs read
 /// as zero and subnormal results flushed to zero. Slow: a test reference.
 public func amxDotEmulated(_ a: UnsafePointer<UInt16>, _ b: UnsafePointer<UInt16>, _ d: Int) -> Float {
-    @inline(__always) func input(_ p: UnsafePointer<UInt16>, _ k: Int) -> Float {
-        guard k < d else { return 0 }
-        let bits = p[k]
-        return bits & 0x7F80 == 0 ? Float(bitPattern: UInt32(bits & 0x8000) << 16) : floatFromBFloat16Bits(bits)
-    }
-    @inline(__always) func flush(_ x: Float) -> Float { x.isSubnormal ? Float(signOf: x, magnitudeOf: 0) : x }
     var acc: Float = 0
     var k0 = 0
     while k0 < d {
-        var even: Float = 0, odd: Float = 0
-        for q in 0..<16 {
-            let k = k0 + 2 * q
-            even = flush(even.addingProduct(input(a, k), input(b, k)))
-            odd = flush(odd.addingProduct(input(a, k + 1), input(b, k + 1)))
-        }
-        acc = flush(acc + flush(even + odd))
+        acc = amxStepEmulated(acc, count: min(32, d - k0)) { a[k0 + $0] } b: { b[k0 + $0] }
         k0 += 32
     }
     return acc
+}
+
+/// One tdpbf16ps for one output, in portable Swift (`amxDotEmulated`'s step): acc + (E + O)
+/// over a 32-element chunk whose first `count` elements have the bf16 bits a(k) and b(k) and
+/// whose rest is zero padding (multiplied as zeros, as the kernels' padded tiles are).
+@inline(__always)
+func amxStepEmulated(_ acc: Float, count: Int, a: (Int) -> UInt16, b: (Int) -> UInt16) -> Float {
+    @inline(__always) func input(_ bits: UInt16) -> Float {
+        bits & 0x7F80 == 0 ? Float(bitPattern: UInt32(bits & 0x8000) << 16) : floatFromBFloat16Bits(bits)
+    }
+    @inline(__always) func element(_ f: (Int) -> UInt16, _ k: Int) -> Float { k < count ? input(f(k)) : 0 }
+    @inline(__always) func flush(_ x: Float) -> Float { x.isSubnormal ? Float(signOf: x, magnitudeOf: 0) : x }
+    var even: Float = 0, odd: Float = 0
+    for q in 0..<16 {
+        even = flush(even.addingProduct(element(a, 2 * q), element(b, 2 * q)))
+        odd = flush(odd.addingProduct(element(a, 2 * q + 1), element(b, 2 * q + 1)))
+    }
+    return flush(flush(acc) + flush(even + odd))
 }
 
 /// The AMX rank update (the backward's dE product where C is stored as BFloat16):
@@ -351,27 +357,12 @@ public func rankUpdateAMX(out: UnsafePointer<UnsafeMutablePointer<Float>>, m: In
 /// `start`, x_q = A(q) for q < k and b_q = the q-th bf16 value. A test reference.
 public func amxRankEmulated(start: Float, a: [Float], b: [UInt16]) -> Float {
     precondition(a.count == b.count)
-    @inline(__always) func bf16(_ x: Float) -> UInt16 {
-        let bits = x.bitPattern
-        return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
-    }
-    @inline(__always) func input(_ bits: UInt16) -> Float {
-        bits & 0x7F80 == 0 ? Float(bitPattern: UInt32(bits & 0x8000) << 16) : floatFromBFloat16Bits(bits)
-    }
-    @inline(__always) func flush(_ x: Float) -> Float { x.isSubnormal ? Float(signOf: x, magnitudeOf: 0) : x }
-    let hi = a.map(bf16), lo = zip(a, hi).map { bf16($0 - floatFromBFloat16Bits($1)) }
-    var acc = flush(start)
+    let hi = a.map(bfloat16Bits), lo = zip(a, hi).map { bfloat16Bits($0 - floatFromBFloat16Bits($1)) }
+    var acc = start
     var k0 = 0
     while k0 < a.count {
-        for half in [hi, lo] {
-            var even: Float = 0, odd: Float = 0
-            for q in 0..<16 {
-                let k = k0 + 2 * q
-                if k < a.count { even = flush(even.addingProduct(input(half[k]), input(b[k]))) }
-                if k + 1 < a.count { odd = flush(odd.addingProduct(input(half[k + 1]), input(b[k + 1]))) }
-            }
-            acc = flush(acc + flush(even + odd))
-        }
+        let count = min(32, a.count - k0)
+        for half in [hi, lo] { acc = amxStepEmulated(acc, count: count) { half[k0 + $0] } b: { b[k0 + $0] } }
         k0 += 32
     }
     return acc
