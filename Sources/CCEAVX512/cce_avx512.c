@@ -392,6 +392,16 @@ typedef struct {
     uint8_t rows[16];
 } __attribute__((aligned(64))) amx_config;
 
+// Configures all eight tiles as 16 rows of 64 bytes (palette 1), the one shape every AMX
+// kernel here uses; each kernel releases the tiles (tilerelease) before it returns.
+CCE_INLINE_AMX void amx_configure(void) {
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
+    _tile_loadconfig(&cfg);
+}
+
 // One block: c (32 x 32 Float32, row stride ldc floats; only the halves in use) (+)= the
 // rows' products over kt 16-pair chunks. a: the E tile of rows 16g.. at the first chunk
 // (the next group's tile aStride words on); b: the C panel at the first chunk (word
@@ -452,11 +462,7 @@ void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *cons
                           float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) {
     const long mr = CCE_AMX_MR, nr = CCE_AMX_NR, chunks = (d + 31) / 32, pairs = chunks * 16;
     if (d <= 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
-    amx_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
-    _tile_loadconfig(&cfg);
+    amx_configure();
     float *edge = (float *)(scratch + (long)nr * CCE_AMX_KCP);
     for (long q0 = 0; q0 < pairs; q0 += CCE_AMX_KCP) {
         long kq = pairs - q0 < CCE_AMX_KCP ? pairs - q0 : CCE_AMX_KCP;  // a multiple of 16
@@ -553,11 +559,7 @@ void cce_amx_rank_update(float *const *out, long m, const float *a, long ars, lo
         for (int n = 0; n < 32; n++) idx[n] = (uint16_t)((n & 1 ? 32 : 0) + 16 * j + n / 2);
         pick[j] = _mm512_loadu_si512(idx);
     }
-    amx_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
-    _tile_loadconfig(&cfg);
+    amx_configure();
     for (long j0 = 0; j0 < width; j0 += CCE_AMX_RANK_JB) {
         const long jn = width - j0 < CCE_AMX_RANK_JB ? width - j0 : CCE_AMX_RANK_JB;
         const long tiles = (jn + 15) / 16;
