@@ -43,6 +43,22 @@ public enum Placement {
         return cce_interleave_pages(UnsafeMutableRawPointer(mutating: base), UInt(buffer.count)) == 0
     }
 
+    /// Asks the kernel for transparent huge pages (2 MiB) over the whole 2 MiB pages inside
+    /// `bytes` bytes at `p` (madvise MADV_HUGEPAGE; nothing for less than two of them). For a
+    /// large output about to be written for the first time: a new V x D gradient is tens of
+    /// thousands of 4 KiB page faults, each taken and zeroed by the thread that first writes
+    /// the page; with huge pages they are a few hundred. It changes no value and no memory
+    /// outside the range; where THP is off (or `never`) the kernel ignores it or refuses it,
+    /// which is ignored too. Measured on Docs/PYTHON.md's machine: a new 262 MB bf16 tensor
+    /// allocated and filled by 2 threads in 34 ms with the advice, 80 ms without.
+    public static func adviseHugePages(_ p: UnsafeMutableRawPointer, bytes: Int) {
+        let page = 1 << 21
+        let start = (Int(bitPattern: p) + page - 1) & ~(page - 1)
+        let end = (Int(bitPattern: p) + bytes) & ~(page - 1)
+        guard end - start >= 2 * page, let aligned = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        _ = madvise(aligned, end - start, MADV_HUGEPAGE)
+    }
+
     /// Pins the calling thread to one CPU of its allowed set (no-op on one-node machines,
     /// where the scheduler already does well and pinning could fight other processes).
     public static func pinCurrentThread(toCPU index: Int) {

@@ -64,7 +64,10 @@ public enum Workers {
     /// Writes zeros over `count` elements at `base`, split into contiguous ranges among up to
     /// `threads` workers (at least 1 MiB each): zeroing a V x D gradient is a pass over
     /// hundreds of megabytes, which one thread would do at a fraction of the memory's rate.
+    /// Huge pages are asked for first (Placement.adviseHugePages): new memory then faults in
+    /// 2 MiB at a time.
     public static func zero<T>(_ base: UnsafeMutablePointer<T>, count: Int, threads: Int) {
+        Placement.adviseHugePages(UnsafeMutableRawPointer(base), bytes: count * MemoryLayout<T>.stride)
         let perWorker = max(1, (1 << 20) / max(1, MemoryLayout<T>.stride))
         let workers = max(1, min(threads, count / perWorker))
         let chunk = (count + workers - 1) / workers

@@ -78,6 +78,13 @@ public struct GradientDestination: @unchecked Sendable {
     public var dC: UnsafeMutableBufferPointer<Float>
     /// V values; required exactly when a bias is given.
     public var dBias: UnsafeMutableBufferPointer<Float>?
+    /// The caller promises that dC holds zeros already (a buffer it keeps zeroed between
+    /// calls): the engine does not zero it again. With `touchedRows` (V flags, false on entry)
+    /// the engine sets the flag of every dC row it writes; the other rows stay zero. The C ABI
+    /// uses both for its kept scratch (CCECABI/CABI.swift): it converts and re-zeroes only
+    /// the rows written, instead of zeroing and converting all V x D values.
+    package var dCIsZero = false
+    package var touchedRows: UnsafeMutablePointer<Bool>? = nil
 
     public init(dE: UnsafeMutableBufferPointer<Float>, dC: UnsafeMutableBufferPointer<Float>,
                 dBias: UnsafeMutableBufferPointer<Float>? = nil) {

@@ -2,6 +2,12 @@
 Swift API's time for the same work, interleaved and repeated.
 
     python python/benchmarks/overhead.py [--tokens 1024 --dim 1024 --vocab 128256 --rounds 5] [--bench]
+    python python/benchmarks/overhead.py --paired --rounds 20
+
+--paired: only the in-process comparison. Each round runs the PyTorch call and the same C ABI
+call writing Float32 gradients into buffers kept across rounds (the work `cce bench` times),
+in alternating order; it prints the ratios of the minima, medians and sums, and the median of
+the per-round ratios.
 
 Data: LM-like (Docs/LMLIKE.md: S = 4, alpha = 1.5), bfloat16, generated with torch's RNG as
 cuda/bench_cuda.py does, and written as .npy files so that `cce reference` (mode default,
@@ -65,6 +71,9 @@ def main():
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bench", action="store_true", help="also run cce bench each round")
+    ap.add_argument("--paired", action="store_true",
+                    help="only the in-process comparison: each round the PyTorch call, then the same C ABI call "
+                         "into Float32 gradient buffers kept across rounds (what cce bench times)")
     ap.add_argument("--cce", default=str(ROOT / ".build" / "release" / "cce"))
     a = ap.parse_args()
     e, c, t = lm_like(a.tokens, a.dim, a.vocab)
@@ -82,6 +91,8 @@ def main():
         real(*args)
         engine_times.append(time.perf_counter() - t0)
 
+    if a.paired:
+        return paired(e, c, t, a)
     py, ref, bench = [], [], []
     py_cpu, ref_cpu = [], []   # CPU time (every thread) of the same calls: less sensitive to a loaded machine
     E = e.clone().requires_grad_(True)
@@ -129,6 +140,52 @@ def main():
           f" python - engine call (median): {statistics.median(py) - statistics.median(engine_times):.4f} s")
     print(f"CPU time: python {summary(py_cpu)}; cce reference {summary(ref_cpu)}; python / cce reference: "
           f"min {min(py_cpu) / min(ref_cpu):.3f}, median {statistics.median(py_cpu) / statistics.median(ref_cpu):.3f}")
+
+
+def paired(e, c, t, a):
+    """PyTorch call against the engine's own call (gradients into kept Float32 buffers, as `cce
+    bench` times it) in the same process, alternating, so that both see the same machine load."""
+    opt = _core.make_options()
+    dE32 = torch.zeros(e.shape, dtype=torch.float32)
+    dC32 = torch.zeros(c.shape, dtype=torch.float32)
+    loss = torch.empty(1, dtype=torch.float64)
+
+    def p(x):
+        return ctypes.c_void_p(x.data_ptr())
+
+    def engine_call():
+        _lib.loss_and_gradients(p(e), p(c), None, p(t), a.tokens, a.dim, a.vocab, _lib.BF16, _lib.BF16, 0, None,
+                                ctypes.byref(opt), None, p(loss), None, p(dE32), p(dC32), None, _lib.F32, _lib.F32,
+                                0, None)
+
+    E = e.clone().requires_grad_(True)
+    C = c.clone().requires_grad_(True)
+    engine_call()   # warm-up: the kept buffers and the library's pages
+    py, eng = [], []
+
+    def python_call():
+        E.grad = C.grad = None
+        t0 = time.perf_counter()
+        out = cs.linear_cross_entropy(E, C, t)
+        out.backward()
+        py.append(time.perf_counter() - t0)
+        assert E.grad.dtype == torch.bfloat16 and C.grad.dtype == torch.bfloat16
+
+    def timed_engine_call():
+        t0 = time.perf_counter()
+        engine_call()
+        eng.append(time.perf_counter() - t0)
+
+    for r in range(a.rounds):   # the order alternates, so that neither call always follows the other
+        for f in ((python_call, timed_engine_call) if r % 2 == 0 else (timed_engine_call, python_call)):
+            f()
+        print(f"round {r + 1}: python {py[-1]:.3f} s, engine into kept f32 buffers {eng[-1]:.3f} s, "
+              f"ratio {py[-1] / eng[-1]:.3f}", flush=True)
+    ratios = [x / y for x, y in zip(py, eng)]
+    print(f"python: {summary(py)}; engine into kept f32 buffers: {summary(eng)}")
+    print(f"python / engine: ratio of the minima {min(py) / min(eng):.3f}, of the medians "
+          f"{statistics.median(py) / statistics.median(eng):.3f}, of the sums {sum(py) / sum(eng):.3f}; "
+          f"median of the per-round ratios {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ struct GradientOutputs<S: KernelScalar>: @unchecked Sendable {
     let dBias: UnsafeMutablePointer<S>? // V
     let compE: UnsafeMutablePointer<S>? // kahan: n x D compensation
     let compC: UnsafeMutablePointer<S>? // kahan: V x D compensation
+    /// V flags: set for every dC row written (GradientDestination.touchedRows), or nil.
+    var touched: UnsafeMutablePointer<Bool>? = nil
 }
 
 /// What the backward reads besides the operands: the forward's LSE, the upstream gradient,
@@ -446,6 +448,9 @@ enum Backward {
                 let part = out.compC != nil ? workspace.partials?.base : nil
                 let columns = pending.columns.base + e.colOffset
                 let vocabRow = { (c: Int) in Int(operands.order[e.v0 + columns[c]]) }
+                // Only this token block writes these rows now (the hand-off's turn), so the
+                // flags need no atomics.
+                if let touched = out.touched { for c in 0..<e.cols { touched[vocabRow(c)] = true } }
                 for c in 0..<e.cols {
                     if let part {
                         (part + c * d).update(repeating: 0, count: d)

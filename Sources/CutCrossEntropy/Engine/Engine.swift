@@ -112,7 +112,7 @@ enum Engine {
         var dC = zeroed(S.self, internalGradients ? p.v * p.d : 0, threads: threads)
         var dBias: [S]? = bias == nil || !internalGradients ? nil : zeroed(S.self, p.v)
         if let direct {
-            for b in [direct.dE, direct.dC, direct.dBias].compactMap({ $0 }) where b.count > 0 {
+            for b in [direct.dE, direct.dCIsZero ? nil : direct.dC, direct.dBias].compactMap({ $0 }) where b.count > 0 {
                 Workers.zero(b.baseAddress!, count: b.count, threads: threads)
             }
         }
@@ -164,7 +164,8 @@ enum Engine {
                                                                  dC: rebound(direct?.dC) ?? dC.baseAddress!,
                                                                  dBias: direct == nil ? dBias : rebound(direct?.dBias),
                                                                  compE: compensated ? compE.baseAddress : nil,
-                                                                 compC: compensated ? compC.baseAddress : nil),
+                                                                 compC: compensated ? compC.baseAddress : nil,
+                                                                 touched: direct?.touchedRows),
                                         sums: call.policy.estimate && p.active > 0
                                             ? EstimateSums(operands, threads: call.threads) : nil)
                         : nil
