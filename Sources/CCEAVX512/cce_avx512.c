@@ -458,15 +458,10 @@ CCE_INLINE_AMX void amx_block(const uint32_t *a, long aStride, const uint32_t *b
 }
 
 CCE_AMX
-void cce_amx_tile_product_shared(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
-                                 float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead,
-                                 const cce_amx_rows *also) {
+void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) {
     const long mr = CCE_AMX_MR, nr = CCE_AMX_NR, chunks = (d + 31) / 32, pairs = chunks * 16;
-    if (d <= 0) {
-        zero_rows(m, n, mr, out, ldo, panel_mask);
-        if (also) zero_rows(also->m, n, mr, also->out, also->ldo, also->panel_mask);
-        return;
-    }
+    if (d <= 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
     amx_configure();
     float *edge = (float *)(scratch + (long)nr * CCE_AMX_KCP);
     for (long q0 = 0; q0 < pairs; q0 += CCE_AMX_KCP) {
@@ -484,22 +479,9 @@ void cce_amx_tile_product_shared(const uint32_t *e_blocks, long m, const uint16_
                 const uint32_t *a = e_blocks + (2 * p * chunks + q0 / 16) * 256;
                 amx_block(a, chunks * 256, scratch, kq / 16, out + p * mr * ldo + j0, ldo, mc, nc, q0 > 0, edge);
             }
-            // The second set of rows against the same packed panel: no second trip for C.
-            for (long p = 0; also && p * mr < also->m; p++) {
-                if (also->panel_mask && !also->panel_mask[p]) continue;
-                long mc = also->m - p * mr < mr ? also->m - p * mr : mr;
-                const uint32_t *a = also->e_blocks + (2 * p * chunks + q0 / 16) * 256;
-                amx_block(a, chunks * 256, scratch, kq / 16, also->out + p * mr * also->ldo + j0, also->ldo, mc, nc,
-                          q0 > 0, edge);
-            }
         }
     }
     _tile_release();
-}
-
-void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
-                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) {
-    cce_amx_tile_product_shared(e_blocks, m, c_rows, n, d, out, ldo, scratch, panel_mask, lookahead, NULL);
 }
 
 // MARK: - The AMX rank update (the backward's dE product)
@@ -915,9 +897,6 @@ size_t cce_amx_scratch_words(void) { return (size_t)CCE_AMX_NR * CCE_AMX_KCP + 3
 void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
                           float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) { __builtin_trap(); }
-void cce_amx_tile_product_shared(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
-                                 float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead,
-                                 const cce_amx_rows *also) { __builtin_trap(); }
 size_t cce_amx_rank_scratch_words(void) {
     return (size_t)16 * CCE_AMX_RANK_KMAX + (size_t)CCE_AMX_RANK_KMAX / 2 * CCE_AMX_RANK_JB + 16 * 64;
 }

@@ -296,30 +296,9 @@ public func packRowsAMX(_ rows: UnsafePointer<UnsafeRawPointer>, m: Int, d: Int,
 @inlinable
 public func tileProductAMX(eBlocks: UnsafePointer<UInt32>, m: Int, cRows: UnsafePointer<UnsafeRawPointer>, n: Int,
                            d: Int, out: UnsafeMutablePointer<Float>, ldo: Int, scratch: UnsafeMutablePointer<UInt32>,
-                           panelMask: UnsafePointer<Bool>? = nil, lookahead: Int = 0, also: AMXRows? = nil) {
+                           panelMask: UnsafePointer<Bool>? = nil, lookahead: Int = 0) {
     precondition(hasAMX, "tileProductAMX needs AMX-BF16")
-    guard let also else {
-        cce_amx_tile_product(eBlocks, m, bf16Rows(cRows), n, d, out, ldo, scratch, panelMask, lookahead)
-        return
-    }
-    var rows = cce_amx_rows(e_blocks: also.eBlocks, m: also.m, out: also.out, ldo: also.ldo, panel_mask: also.panelMask)
-    cce_amx_tile_product_shared(eBlocks, m, bf16Rows(cRows), n, d, out, ldo, scratch, panelMask, lookahead, &rows)
-}
-
-/// A second set of rows for `tileProductAMX` (cce_amx_tile_product_shared): E blocks of m rows
-/// (cce_amx_pack_rows), multiplied by the same packed C panels into out (row stride ldo), 32-row
-/// panels with panelMask false left out.
-public struct AMXRows {
-    public var eBlocks: UnsafePointer<UInt32>
-    public var m: Int
-    public var out: UnsafeMutablePointer<Float>
-    public var ldo: Int
-    public var panelMask: UnsafePointer<Bool>?
-
-    public init(eBlocks: UnsafePointer<UInt32>, m: Int, out: UnsafeMutablePointer<Float>, ldo: Int,
-                panelMask: UnsafePointer<Bool>?) {
-        self.eBlocks = eBlocks; self.m = m; self.out = out; self.ldo = ldo; self.panelMask = panelMask
-    }
+    cce_amx_tile_product(eBlocks, m, bf16Rows(cRows), n, d, out, ldo, scratch, panelMask, lookahead)
 }
 
 /// The AMX kernel's dot product in portable Swift, bit for bit what tdpbf16ps gives (measured

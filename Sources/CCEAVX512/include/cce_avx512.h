@@ -135,24 +135,6 @@ void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *ds
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
                           float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead);
 
-/// A second set of E blocks for cce_amx_tile_product_shared: also->out[i·also->ldo + j] for
-/// i < also->m, j < n, panel_mask NULL or one flag per 32 rows.
-typedef struct cce_amx_rows {
-    const uint32_t *e_blocks;
-    long m;
-    float *out;
-    long ldo;
-    const bool *panel_mask;
-} cce_amx_rows;
-
-/// cce_amx_tile_product, and (when `also` is not NULL) the same product for also's rows from
-/// each packed C panel while it is at hand: the fused sweep's recompute of the previous token
-/// block shares the forward's packing and its one read of the C rows. Each output element's
-/// bits are those cce_amx_tile_product gives it (they depend on its E row and C row only).
-void cce_amx_tile_product_shared(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
-                                 float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead,
-                                 const cce_amx_rows *also);
-
 /// The AMX rank update: the contract of cce_fma_rank_update (out_r[j] (+)= Σ_{q < k} A(r, q)·
 /// b_q[j], A(r, q) = a[r·ars + q·aks], for r < m and j < width; with `blocked` the sum is
 /// formed from +0 and then added to out, else formed onto out) with b rows stored as bf16

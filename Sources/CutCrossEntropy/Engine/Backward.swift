@@ -129,123 +129,62 @@ struct KeptRows {
     var kept = 0, forE = 0, forC = 0
 }
 
-/// One token block's backward as steps, one per vocabulary block in order, then `finish`:
-/// `Backward.block` runs them back to back. The fused sweep (Engine.swift) runs each step
-/// while the next token block's forward reads the same C rows: with the AMX kernel the
-/// recompute is formed in the forward's own product (`prepare`, `operand`, then `complete`),
-/// from the same packed C panels; with the other kernels right after it, the rows in cache.
-final class BackwardBlock<S: KernelScalar> {
-    let operands: Operands<S>, state: BackwardState<S>, workspace: Workspace<S>, handOff: HandOff
-    let b: Int, first: Int, count: Int, definition: LossDefinition<S>
-    /// The forward's block statistics when the bound may skip rows (fused call), else nil.
-    let bound: UnsafeMutablePointer<S>?
-    /// Vocabulary blocks of VB entries.
-    let vBlocks: Int
-    var stats = FilterStatistics()
-
+enum Backward {
     /// The backward of active tokens first ..< first + count (token block `b`), whose E rows
     /// `workspace` holds. With `blockStats` (from the fused forward), rows bounded below ε
     /// are not recomputed.
-    init(_ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, handOff: HandOff,
-         b: Int, first: Int, count: Int, loss definition: LossDefinition<S>, blockStats: UnsafeMutablePointer<S>?) {
-        self.operands = operands; self.state = state; self.workspace = workspace; self.handOff = handOff
-        self.b = b; self.first = first; self.count = count; self.definition = definition
-        vBlocks = (operands.v + operands.plan.vocabBlock - 1) / operands.plan.vocabBlock
-        // The bound needs filtering on both sides, and the estimate needs no soft cap.
-        let policy = state.policy
-        bound = policy.filtersBoth && !(policy.estimate && definition.cap != nil) ? blockStats : nil
-        if bound != nil { for i in 0..<count { workspace.residualOn.base[i] = false } }
-    }
-
-    /// Vocabulary block j's sorted positions.
-    func range(_ j: Int) -> (v0: Int, vc: Int) {
-        let vb = operands.plan.vocabBlock
-        return (j * vb, min(vb, operands.v - j * vb))
-    }
-
-    /// Stages 1 to 6 for vocabulary block j (Backward.swift's header).
-    func step(_ j: Int) {
-        var rows = prepare(j)
-        if rows.recomputed > 0 {
-            let (v0, vc) = range(j)
-            Backward.recompute(operands, workspace, &rows, first: first, count: count, v0: v0, vc: vc)
-        }
-        complete(j, &rows)
-    }
-
-    /// Stage 1 for vocabulary block j, and the choice of stage 2's rows (Backward.selectRows).
-    func prepare(_ j: Int) -> KeptRows {
-        let (v0, vc) = range(j)
-        var rows = KeptRows()
-        rows.recomputed = Backward.rowsToRecompute(operands, state, workspace, bound: bound.map { UnsafePointer($0) },
-                                                   first: first, count: count, v0: v0, vc: vc,
-                                                   startsForward: v0 % operands.plan.forwardVocabBlock == 0,
-                                                   loss: definition)
-        stats.tiles += 1; stats.rowSegments += count
-        stats.boundSkippedRowSegments += count - rows.recomputed
-        if rows.recomputed > 0 { Backward.selectRows(operands, workspace, &rows, count: count) }
-        return rows
-    }
-
-    /// Stage 2's rows as the second operand of a product of the same C rows (AMX kernel).
-    func operand(_ rows: KeptRows) -> AMXRows {
-        workspace.recomputeOperand(compact: rows.compact, n: rows.recomputed, count: count)
-    }
-
-    /// Stages 3 to 6 for vocabulary block j, its recomputed rows in the workspace's tile.
-    func complete(_ j: Int, _ rows: inout KeptRows) {
-        let (v0, vc) = range(j)
-        let forwardVB = operands.plan.forwardVocabBlock, policy = state.policy
-        let forwardBlock = v0 / forwardVB
-        let endsForward = v0 + vc == min(operands.v, (forwardBlock + 1) * forwardVB)
-        if rows.recomputed > 0 {
-            Backward.toGradients(operands, state, workspace, &rows, bounded: bound != nil, first: first, j: j,
-                                 v0: v0, vc: vc, loss: definition)
-        }
-        stats.keptRowSegments += rows.kept
-        if rows.kept == 0 { stats.skippedTiles += 1 }
-        // dE from the rows kept for it, dC (queued, applied in hand-off order) from the
-        // rows kept for it. One set contains the other; the larger goes first, then
-        // the tile is compacted to the smaller.
-        if rows.forC == rows.kept {
-            Backward.queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
-            if rows.forE < rows.kept { Backward.compactTile(workspace, count: rows.kept, where: workspace.inE.base) }
-            Backward.updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
-        } else {
-            Backward.updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
-            Backward.compactTile(workspace, count: rows.kept, where: workspace.inC.base)
-            Backward.queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
-        }
-        Backward.flush(operands, state, workspace, handOff, b: b, blocking: false)
-        if policy.estimate, let bound, endsForward {
-            Backward.estimateSkipped(operands, state, workspace, coefficients: bound, forwardBlock: forwardBlock,
-                                     first: first, count: count)
-        }
-    }
-
-    /// After the last step: the skipped rows' estimates, and dC's queued updates (waiting for
-    /// their turns).
-    func finish() {
-        if state.policy.estimate, let bound, state.outputs.compE == nil {
-            Backward.addSkippedEstimates(operands, state, workspace, coefficients: bound, first: first, count: count)
-        }
-        Backward.flush(operands, state, workspace, handOff, b: b, blocking: true)
-    }
-}
-
-enum Backward {
-    /// The backward of active tokens first ..< first + count (token block `b`) in one go
-    /// (BackwardBlock's steps, then finish).
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, handOff: HandOff,
         b: Int, first: Int, count: Int, loss definition: LossDefinition<S>, blockStats: UnsafeMutablePointer<S>?,
         stats: inout FilterStatistics
     ) {
-        let steps = BackwardBlock(operands, state, workspace, handOff: handOff, b: b, first: first, count: count,
-                                  loss: definition, blockStats: blockStats)
-        for j in 0..<steps.vBlocks { steps.step(j) }
-        steps.finish()
-        stats.add(steps.stats)
+        let plan = operands.plan
+        let vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
+        let vBlocks = (operands.v + vb - 1) / vb
+        let policy = state.policy
+        // The bound needs filtering on both sides, and the estimate needs no soft cap.
+        let bound = policy.filtersBoth && !(policy.estimate && definition.cap != nil) ? blockStats : nil
+        if bound != nil { for i in 0..<count { workspace.residualOn.base[i] = false } }
+        for j in 0..<vBlocks {
+            let v0 = j * vb, vc = min(vb, operands.v - v0)
+            let forwardBlock = v0 / forwardVB
+            let startsForward = v0 % forwardVB == 0
+            let endsForward = v0 + vc == min(operands.v, (forwardBlock + 1) * forwardVB)
+            var rows = KeptRows()
+            rows.recomputed = rowsToRecompute(operands, state, workspace, bound: bound.map { UnsafePointer($0) },
+                                              first: first, count: count,
+                                              v0: v0, vc: vc, startsForward: startsForward, loss: definition)
+            stats.tiles += 1; stats.rowSegments += count
+            stats.boundSkippedRowSegments += count - rows.recomputed
+            if rows.recomputed > 0 {
+                recompute(operands, workspace, &rows, first: first, count: count, v0: v0, vc: vc)
+                toGradients(operands, state, workspace, &rows, bounded: bound != nil, first: first, j: j,
+                            v0: v0, vc: vc, loss: definition)
+            }
+            stats.keptRowSegments += rows.kept
+            if rows.kept == 0 { stats.skippedTiles += 1 }
+            // dE from the rows kept for it, dC (queued, applied in hand-off order) from the
+            // rows kept for it. One set contains the other; the larger goes first, then
+            // the tile is compacted to the smaller.
+            if rows.forC == rows.kept {
+                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
+                if rows.forE < rows.kept { compactTile(workspace, count: rows.kept, where: workspace.inE.base) }
+                updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
+            } else {
+                updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
+                compactTile(workspace, count: rows.kept, where: workspace.inC.base)
+                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
+            }
+            flush(operands, state, workspace, handOff, b: b, blocking: false)
+            if policy.estimate, let bound, endsForward {
+                estimateSkipped(operands, state, workspace, coefficients: bound, forwardBlock: forwardBlock, first: first,
+                                count: count)
+            }
+        }
+        if policy.estimate, let bound, state.outputs.compE == nil {
+            addSkippedEstimates(operands, state, workspace, coefficients: bound, first: first, count: count)
+        }
+        flush(operands, state, workspace, handOff, b: b, blocking: true)
     }
 
     /// Stage 1: marks in `need` the rows whose logits must be recomputed for vocabulary
@@ -293,22 +232,15 @@ enum Backward {
         return needed
     }
 
-    /// Stage 2's rows: the rows marked in `need` listed in selected[0 ..< recomputed], and
-    /// whether they are few enough to be multiplied on their own (rows.compact: tile row r for
-    /// selected[r]) rather than as the whole tile with the row groups (the kernel's
-    /// register-block height) holding no needed row left out.
-    static func selectRows<S: KernelScalar>(_ operands: Operands<S>, _ workspace: Workspace<S>, _ rows: inout KeptRows,
-                                            count: Int) {
+    /// Stage 2: the logit tile of the rows marked in `need`: only those rows when they are
+    /// few (rows.compact: tile row r for selected[r]), else the whole tile with the row
+    /// groups (the kernel's register-block height) holding no needed row left out.
+    static func recompute<S: KernelScalar>(_ operands: Operands<S>, _ workspace: Workspace<S>, _ rows: inout KeptRows,
+                                           first: Int, count: Int, v0: Int, vc: Int) {
         let selected = workspace.selected.base
         var n = 0
         for i in 0..<count where workspace.need.base[i] { selected[n] = i; n += 1 }
         rows.compact = n < count && n <= workspace.selectedLimit && operands.backend == .swiftSIMD
-    }
-
-    /// Stage 2: the logit tile of the rows selectRows chose.
-    static func recompute<S: KernelScalar>(_ operands: Operands<S>, _ workspace: Workspace<S>, _ rows: inout KeptRows,
-                                           first: Int, count: Int, v0: Int, vc: Int) {
-        let n = rows.recomputed
         if rows.compact {
             workspace.selectedProduct(operands, first: first, n: n, v0: v0, vc: vc, ldo: workspace.vb)
         } else {

@@ -240,45 +240,10 @@ enum Engine {
                                          partials: backward?.outputs.compE != nil)
             let blockStats: Scratch<S>? = pass == .fused ? Scratch(count: 2 * nb * forwardBlocks) : nil
             var workerStats = FilterStatistics()
-            // The fused call: a block's backward waits for the worker's next block and runs
-            // alongside its forward (Forward.block's companion), vocabulary block by vocabulary
-            // block, so that C's rows come from memory once for both (C is far larger than the
-            // caches): with the AMX kernel the recompute is formed from the forward's packed C
-            // panels, and dE's products read the rows from cache. A second workspace and block
-            // statistics hold the waiting block; they are allocated only when a worker gets a
-            // second block (so not at all with one block per worker). The bits are those of
-            // forward then backward per block: every step is the same arithmetic on the same
-            // values, dE's partials still add in vocabulary order, dC's in hand-off order.
-            var second: (workspace: Workspace<S>, blockStats: Scratch<S>)? = nil
-            var waiting: (workspace: Workspace<S>, blockStats: Scratch<S>, b: Int, first: Int, count: Int)? = nil
             while true {
                 let b = queue.next()
                 if b >= blocks { break }
                 let first = b * nb, count = min(nb, m - first)
-                if pass == .fused, let backward, let lse = out.value.lse, let loss = out.value.loss,
-                   let blockStats {
-                    var mine = (workspace: workspace, blockStats: blockStats)
-                    if let held = waiting, held.workspace === workspace {
-                        if second == nil {
-                            second = (Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
-                                                   backend: operands.backend, kernel: operands.kernel,
-                                                   partials: backward.outputs.compE != nil),
-                                      Scratch(count: 2 * nb * forwardBlocks))
-                        }
-                        mine = second!
-                    }
-                    mine.workspace.loadTokens(operands, first: first, count: count)
-                    let companion = waiting.map {
-                        BackwardBlock(operands, backward, $0.workspace, handOff: handOff, b: $0.b, first: $0.first,
-                                      count: $0.count, loss: definition, blockStats: $0.blockStats.base)
-                    }
-                    Forward.block(operands, mine.workspace, first: first, count: count, loss: definition,
-                                  lse: lse, loss: loss, blockStats: mine.blockStats.base, shardParts: shardParts,
-                                  companion: companion)
-                    if let companion { companion.finish(); workerStats.add(companion.stats) }
-                    waiting = (mine.workspace, mine.blockStats, b, first, count)
-                    continue
-                }
                 workspace.loadTokens(operands, first: first, count: count)
                 if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
                     Forward.block(operands, workspace, first: first, count: count, loss: definition,
@@ -289,15 +254,10 @@ enum Engine {
                                    loss: definition, blockStats: blockStats?.base, stats: &workerStats)
                 }
             }
-            if let held = waiting, let backward {
-                Backward.block(operands, backward, held.workspace, handOff: handOff, b: held.b, first: held.first,
-                               count: held.count, loss: definition, blockStats: held.blockStats.base,
-                               stats: &workerStats)
-            }
             stats[w] = workerStats
             if PhaseTrace.enabled {
-                let wait = workspace.handOffWait + (second?.workspace.handOffWait ?? 0)
-                clock.record(worker: w, busy: monotonicSeconds() - started - wait, waited: wait)
+                clock.record(worker: w, busy: monotonicSeconds() - started - workspace.handOffWait,
+                             waited: workspace.handOffWait)
             }
         }
         trace.note(clock.summary)

@@ -170,14 +170,11 @@ enum Forward {
     /// with its log-sum-exp. With `shardParts` (a vocabulary shard, Parallel.swift) also
     /// writes each token's target logit (0 where another shard holds the target) and its
     /// smoothing sum Σ_v z_iv or Σ_v w_v·z_iv (0 without label smoothing): with the shard's
-    /// lse, what the ranks combine. With `companion` (the fused sweep: the previous token
-    /// block's backward), the companion's steps for each vocabulary block run here too, while
-    /// its C rows are at hand: inside the tile product with the AMX kernel (the recompute from
-    /// the same packed C panels), right after the tile's merge with the others.
+    /// lse, what the ranks combine.
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ workspace: Workspace<S>, first: Int, count: Int, loss definition: LossDefinition<S>,
         lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockStats: UnsafeMutablePointer<S>?,
-        shardParts: ShardPartPointers<S>? = nil, companion: BackwardBlock<S>? = nil
+        shardParts: ShardPartPointers<S>? = nil
     ) {
         let vb = operands.plan.forwardVocabBlock
         let vBlocks = (operands.v + vb - 1) / vb
@@ -185,23 +182,9 @@ enum Forward {
         let states = workspace.states.base, sums = workspace.sums.base, comps = workspace.comps.base
         let targetLogits = workspace.targetLogits.base
         for i in 0..<count { states[i] = RunningLSE(); sums[i] = 0; comps[i] = 0 }
-        let sharing = companion != nil && workspace.kernel == .amxBF16
-        var next = 0   // the companion's next vocabulary block (VB divides VBf, or one block holds all of V)
         for j in 0..<vBlocks {
             let v0 = j * vb, vc = min(vb, operands.v - v0)
-            if sharing, let companion {
-                // The tile in the companion's blocks, each product also forming its recompute.
-                while next < companion.vBlocks && companion.range(next).v0 < v0 + vc {
-                    let (c0, cc) = companion.range(next)
-                    var rows = companion.prepare(next)
-                    workspace.product(operands, count: count, v0: c0, vc: cc, ldo: vb, column: c0 - v0,
-                                      also: rows.recomputed > 0 ? companion.operand(rows) : nil)
-                    companion.complete(next, &rows)
-                    next += 1
-                }
-            } else {
-                workspace.product(operands, count: count, v0: v0, vc: vc, ldo: vb)
-            }
+            workspace.product(operands, count: count, v0: v0, vc: vc, ldo: vb)
             for i in 0..<count {
                 let row = workspace.tile.base + i * vb
                 if let bias = operands.bias {
@@ -221,14 +204,7 @@ enum Forward {
                     kahanAdd(&sums[i], &comps[i], tileRowSum(row, count: vc))
                 }
             }
-            if !sharing, let companion {
-                while next < companion.vBlocks && companion.range(next).v0 < v0 + vc {
-                    companion.step(next)
-                    next += 1
-                }
-            }
         }
-        if let companion { while next < companion.vBlocks { companion.step(next); next += 1 } }
         for i in 0..<count {
             let l = states[i].value
             lse[first + i] = l

@@ -187,10 +187,8 @@ final class Workspace<S: KernelScalar> {
 
     /// The logit tile (count x vc, row stride ldo) of the loaded tokens and the vocabulary
     /// at sorted positions v0 ..< v0 + vc; 6-row groups with panelMask false are left out.
-    /// With `column` the tile's columns start there; with `also` (the AMX kernel only) the
-    /// product is also formed for those rows from the same packed C panels.
     func product(_ operands: Operands<S>, count: Int, v0: Int, vc: Int, ldo: Int,
-                 panelMask: UnsafePointer<Bool>? = nil, column: Int = 0, also: AMXRows? = nil) {
+                 panelMask: UnsafePointer<Bool>? = nil) {
         if operands.backend == .openBLAS, S.self == Float.self {
             // OpenBLAS wants both operands contiguous.
             loadVocabulary(operands, v0: v0, count: vc, contiguous: true)
@@ -201,7 +199,7 @@ final class Workspace<S: KernelScalar> {
         }
         let lookahead = loadCRows(operands, v0: v0, vc: vc)
         run(kernel, rows: eRows.base, bf16Panels: bf16Panels.base, m: count, cType: operands.cType, n: vc, ldo: ldo,
-            panelMask: panelMask, lookahead: lookahead, column: column, also: also)
+            panelMask: panelMask, lookahead: lookahead)
     }
 
     /// Points cRaw[0 ..< vc] at the C rows at sorted positions v0 ..< v0 + vc and the entries
@@ -222,14 +220,13 @@ final class Workspace<S: KernelScalar> {
     /// The tile product of `kernel` into `tile`: E rows (or their bf16 panels) against the C
     /// rows cRaw[0 ..< n].
     private func run(_ kernel: TileKernel, rows: UnsafePointer<UnsafePointer<S>>, bf16Panels: UnsafePointer<UInt32>,
-                     m: Int, cType: ElementType, n: Int, ldo: Int, panelMask: UnsafePointer<Bool>?, lookahead: Int,
-                     column: Int = 0, also: AMXRows? = nil) {
+                     m: Int, cType: ElementType, n: Int, ldo: Int, panelMask: UnsafePointer<Bool>?, lookahead: Int) {
         // The AVX-512 kernels exist for S == Float only (tileKernel chooses them then).
-        let out = UnsafeMutableRawPointer(tile.base + column).assumingMemoryBound(to: Float.self)
+        let out = UnsafeMutableRawPointer(tile.base).assumingMemoryBound(to: Float.self)
         let panel = UnsafeMutableRawPointer(cPanel.base)
         switch kernel {
         case .portable:
-            tileProduct(eRows: rows, m: m, cRows: cRaw.base, cType: cType, n: n, d: d, out: tile.base + column, ldo: ldo,
+            tileProduct(eRows: rows, m: m, cRows: cRaw.base, cType: cType, n: n, d: d, out: tile.base, ldo: ldo,
                         panel: cPanel.base, panelMask: panelMask)
         case .avx512FMA:
             UnsafeRawPointer(rows).withMemoryRebound(to: UnsafePointer<Float>.self, capacity: m) { floatRows in
@@ -242,24 +239,8 @@ final class Workspace<S: KernelScalar> {
         case .amxBF16:
             tileProductAMX(eBlocks: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
                            scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask,
-                           lookahead: lookahead, also: also)
+                           lookahead: lookahead)
         }
-    }
-
-    /// The rows a recompute of this block multiplies, as the second operand of a product of
-    /// the same C rows by another block (`product(also:)`; the AMX kernel only): the selected
-    /// rows selected[0 ..< n] packed, tile row r for selected[r] (`compact`), or the block's
-    /// own rows with the 32-row panels marked in panelNeeded (all of them when n = count),
-    /// tile row i for row i.
-    func recomputeOperand(compact: Bool, n: Int, count: Int) -> AMXRows {
-        let out = UnsafeMutableRawPointer(tile.base).assumingMemoryBound(to: Float.self)
-        if compact {
-            for r in 0..<n { keptRaw.base[r] = eRaw.base[selected.base[r]] }
-            packBF16(UnsafePointer(keptRaw.base), m: n, into: bf16Selected.base)
-            return AMXRows(eBlocks: bf16Selected.base, m: n, out: out, ldo: vb, panelMask: nil)
-        }
-        return AMXRows(eBlocks: bf16Panels.base, m: count, out: out, ldo: vb,
-                       panelMask: n < count ? UnsafePointer(panelNeeded.base) : nil)
     }
 
     /// The logit tile of the selected rows only (rows selected[0 ..< n], n ≤ selectedLimit),
