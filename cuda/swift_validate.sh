@@ -22,7 +22,7 @@ declare -A BUDGET=([f32]="--budget 1e-4 --budget loss=1e-6" [f16]="--budget 5e-3
 {
 for d in "$G"/cases/f*/ "$G"/cases/bf*/; do
   name=$(basename "$d"); type=${name%%-*}
-  args=$(sed "s#B.npy#${d}B.npy#" "$d/args")
+  args=$(sed "s#B.npy#${d}B.npy#; s#W.npy#${d}W.npy#" "$d/args")
   in="--embeddings $d/E.npy --classifier $d/C.npy --targets $d/T.npy $args"
   echo "=== $name ($args)"
   "$CCE" reference $in --mode exact --out "$G/r/$name/truth" || { echo "FAILED: cpu exact"; fail=1; continue; }

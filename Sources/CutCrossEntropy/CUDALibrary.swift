@@ -1,7 +1,7 @@
 // The optional CUDA engine (cuda/, built separately with nvcc), loaded at run time with
 // dlopen, so this package builds and runs without CUDA. The C ABI is cuda/include/cce_cuda.h,
 // imported as the module CCECUDAABI (its structs, enums and function types; nothing linked);
-// this file uses its host-memory entry point `cce_host_run`, which copies the inputs to the
+// this file uses its host-memory entry point `cce_host_run_weighted`, which copies the inputs to the
 // GPU, runs the forward and the backward there, and copies loss, LSE and the gradients back as
 // Float32. The CPU engine stays the numerical reference for it (`cce reference --backend
 // cuda` + `cce compare`, Docs/CUDA.md).
@@ -18,11 +18,11 @@ public final class CUDALibrary: @unchecked Sendable {
     public let path: String
     private let handle: UnsafeMutableRawPointer
     // The symbols used, typed as cce_cuda.h declares them.
-    private let hostRun: cce_host_run_fn
+    private let hostRun: cce_host_run_weighted_fn
     private let defaultOptions: cce_default_options_fn
     private let lastError: cce_last_error_fn
 
-    private init(path: String, handle: UnsafeMutableRawPointer, hostRun: cce_host_run_fn,
+    private init(path: String, handle: UnsafeMutableRawPointer, hostRun: cce_host_run_weighted_fn,
                  defaultOptions: cce_default_options_fn, lastError: cce_last_error_fn) {
         self.path = path; self.handle = handle; self.hostRun = hostRun
         self.defaultOptions = defaultOptions; self.lastError = lastError
@@ -51,7 +51,7 @@ public final class CUDALibrary: @unchecked Sendable {
                 }
                 return unsafeBitCast(s, to: T.self)
             }
-            return CUDALibrary(path: c, handle: h, hostRun: try sym("cce_host_run", cce_host_run_fn.self),
+            return CUDALibrary(path: c, handle: h, hostRun: try sym("cce_host_run_weighted", cce_host_run_weighted_fn.self),
                                defaultOptions: try sym("cce_default_options", cce_default_options_fn.self),
                                lastError: try sym("cce_last_error", cce_last_error_fn.self))
         }
@@ -83,9 +83,6 @@ public final class CUDALibrary: @unchecked Sendable {
         try o.validate()
         guard o.mode == .default else {
             throw CCEError.invalidOption("the CUDA engine accumulates in Float32 only: mode \(o.mode.rawValue) is not available there (use the CPU engine)")
-        }
-        guard o.classWeights == nil else {
-            throw CCEError.invalidOption("the CUDA engine takes class weights only through its device entry points (cce_forward_weighted, cce_backward_weighted; the Python package uses them); cce_host_run, which this tool calls, has none: use the CPU engine")
         }
         guard c.elementType == e.elementType, bias.map({ $0.elementType == e.elementType }) ?? true else {
             throw CCEError.invalidOption("the CUDA engine needs E, C and the bias in one element type (got \(e.elementType), \(c.elementType)\(bias.map { ", \($0.elementType)" } ?? ""))")
@@ -124,12 +121,14 @@ public final class CUDALibrary: @unchecked Sendable {
                        dC: [Float](repeating: .nan, count: v * d),
                        dBias: bias == nil ? nil : [Float](repeating: .nan, count: v))
         let t64 = targets.values.map { Int64($0) }
+        // Class weights (checked by Problem above: V values, finite and ≥ 0), or nil.
+        let weights: [Float]? = o.classWeights
         var dBias = [Float](repeating: .nan, count: bias == nil ? 0 : v)
         let status = e.withRawPointer { ep in c.withRawPointer { cp in withOptionalRaw(bias) { bp in
             r.loss.withUnsafeMutableBufferPointer { lossP in r.lse.withUnsafeMutableBufferPointer { lseP in
             r.dE.withUnsafeMutableBufferPointer { dEP in r.dC.withUnsafeMutableBufferPointer { dCP in
             dBias.withUnsafeMutableBufferPointer { dbP in
-                hostRun(ep, cp, bp, t64, Int64(n), Int64(d), Int64(v), Int32(dtype.rawValue), &opt,
+                hostRun(ep, cp, bp, t64, Int64(n), Int64(d), Int64(v), Int32(dtype.rawValue), weights, &opt,
                         lossP.baseAddress, lseP.baseAddress, dEP.baseAddress, dCP.baseAddress,
                         bias == nil ? nil : dbP.baseAddress, Int32(repeats), &report)
             }}}}}

@@ -21,6 +21,8 @@ struct ReferenceCommand: ParsableCommand {
     @Option(help: "C: (V, D).") var classifier: String
     @Option(help: "Targets: (N) or (B, T), integers.") var targets: String
     @Option(help: "Bias: (V).") var bias: String?
+    @Option(help: "Class weights: (V) .npy of finite values ≥ 0 (PyTorch's `weight` of F.cross_entropy: the mean divides by the targets' total weight).")
+    var weight: String?
     @Option(parsing: .unconditional, help: "Targets equal to this are ignored.") var ignoreIndex = -100
     @Option(help: "mean, sum or none.") var reduction: Reduction = .mean
     @Option(parsing: .unconditional, help: "Soft cap s: logits become s·tanh(logits/s).") var softcap: Double?
@@ -47,6 +49,11 @@ struct ReferenceCommand: ParsableCommand {
         o.labelSmoothing = labelSmoothing; o.zLoss = zLoss; o.mode = mode; o.threads = engine.threads
         o.filterEpsilon = filter.filterEps
         o.filterCorrection = !noFilterCorrection; o.sortVocabulary = !noSort
+        if let weight {
+            let w = try NPYArray.read(weight)
+            guard w.shape.count == 1 else { throw CLIError("--weight \(weight): shape \(w.shape), expected (V)") }
+            o.classWeights = w.doubles().map { Float($0) }
+        }
         do { try o.validate() } catch { throw CLIError("\(error)") }
         return o
     }
@@ -92,6 +99,7 @@ extension ReferenceCommand {
             "threads": "\(engine.threads.map(String.init) ?? "all")",
         ]
         if let bias { recorded["bias"] = bias }
+        if let weight { recorded["weight"] = weight }
         if let softcap { recorded["softcap"] = "\(softcap)" }
         return recorded
     }

@@ -25,6 +25,8 @@ p /= p.sum(1, keepdims=True)
 t = np.array([rng.choice(V, p=row) for row in p]).reshape(B, T)
 t[rng.random((B, T)) < 0.1] = -100
 bias = rng.standard_normal(V) * 0.5
+weight = rng.uniform(0.0, 2.0, V)  # PyTorch's per-class weight (some near 0)
+weight[rng.random(V) < 0.05] = 0.0
 
 cases = {
     "mean": "",
@@ -37,6 +39,8 @@ cases = {
     "shift2-none": "--shift 2 --reduction none",
     "nosort-nofilter": "--no-sort --filter-eps none",
     "all-options": "--bias --softcap 20 --label-smoothing 0.05 --z-loss 1e-4 --shift 1 --reduction sum",
+    "weight": "--weight",
+    "weight-smoothing-zloss": "--weight --label-smoothing 0.1 --z-loss 1e-4 --bias",
 }
 types = {"f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16}
 t7 = t.copy()
@@ -48,11 +52,12 @@ for tname, dt in types.items():
     np.save(f"{shared}/C.npy", c.astype(np.float32).astype(dt))
     np.save(f"{shared}/B.npy", bias.astype(np.float32).astype(dt))
     np.save(f"{shared}/T.npy", t.astype(np.int64))
+    np.save(f"{shared}/W.npy", weight.astype(np.float32))
     np.save(f"{shared}/T7.npy", t7.astype(np.int64))
     for cname, args in cases.items():
         d = os.path.join(out, f"{tname}-{cname}")
         os.makedirs(d, exist_ok=True)
-        for f in ["E", "C", "B"]:
+        for f in ["E", "C", "B", "W"]:
             link = f"{d}/{f}.npy"
             if not os.path.lexists(link):
                 os.symlink(f"../data-{tname}/{f}.npy", link)
@@ -60,5 +65,5 @@ for tname, dt in types.items():
         if not os.path.lexists(tl):
             os.symlink(f"../data-{tname}/{'T7' if 'ignore-index 7' in args else 'T'}.npy", tl)
         with open(f"{d}/args", "w") as f:
-            f.write(args.replace("--bias", "--bias B.npy") + "\n")
+            f.write(args.replace("--bias", "--bias B.npy").replace("--weight", "--weight W.npy") + "\n")
 print(f"{len(types) * len(cases)} cases in {out}")

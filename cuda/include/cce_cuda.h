@@ -159,6 +159,14 @@ int cce_host_run(const void *E, const void *C, const void *bias, const int64_t *
                  float *loss, float *lse, float *dE, float *dC, float *dbias,
                  int repeats, cce_host_report *report);
 
+/* cce_host_run with per-class weights (cce_forward_weighted / cce_backward_weighted): weight is
+ * NULL (then exactly cce_host_run) or V float32 values in HOST memory, each finite and >= 0
+ * (checked here: CCE_ERR_ARGUMENT naming the first that is not), copied to the GPU with the inputs. */
+int cce_host_run_weighted(const void *E, const void *C, const void *bias, const int64_t *targets,
+                          int64_t N, int64_t D, int64_t V, int dtype, const float *weight,
+                          const cce_options *opt, float *loss, float *lse, float *dE, float *dC,
+                          float *dbias, int repeats, cce_host_report *report);
+
 /* ---- the functions' types, for callers that load the library at run time ---------------
  * (dlopen / dlsym: the Swift package imports this header through include/module.modulemap and
  * types the symbols it looks up with these; prep.cu checks that they match the declarations). */
@@ -193,6 +201,11 @@ typedef int (*cce_host_run_fn)(const void *E, const void *C, const void *bias,
                                const int64_t *targets, int64_t N, int64_t D, int64_t V, int dtype,
                                const cce_options *opt, float *loss, float *lse, float *dE,
                                float *dC, float *dbias, int repeats, cce_host_report *report);
+typedef int (*cce_host_run_weighted_fn)(const void *E, const void *C, const void *bias,
+                                        const int64_t *targets, int64_t N, int64_t D, int64_t V,
+                                        int dtype, const float *weight, const cce_options *opt,
+                                        float *loss, float *lse, float *dE, float *dC, float *dbias,
+                                        int repeats, cce_host_report *report);
 
 #ifdef __cplusplus
 }

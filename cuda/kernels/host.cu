@@ -3,7 +3,9 @@
 // GPU, runs cce_forward / cce_backward on a stream of its own, copies the results back as
 // float32, optionally times the calls with CUDA events, and frees everything it allocated.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cce_common.cuh"
@@ -91,6 +93,14 @@ extern "C" int cce_host_run(const void *E, const void *C, const void *bias, cons
                             int64_t N, int64_t D, int64_t V, int dtype, const cce_options *opt,
                             float *loss, float *lse, float *dE, float *dC, float *dbias,
                             int repeats, cce_host_report *report) {
+  return cce_host_run_weighted(E, C, bias, targets, N, D, V, dtype, nullptr, opt, loss, lse, dE, dC, dbias,
+                               repeats, report);
+}
+
+extern "C" int cce_host_run_weighted(const void *E, const void *C, const void *bias, const int64_t *targets,
+                                     int64_t N, int64_t D, int64_t V, int dtype, const float *weight,
+                                     const cce_options *opt, float *loss, float *lse, float *dE, float *dC,
+                                     float *dbias, int repeats, cce_host_report *report) {
   if (dtype != CCE_F32 && dtype != CCE_F16 && dtype != CCE_BF16)
     return fail(CCE_ERR_ARGUMENT, "dtype must be CCE_F32, CCE_F16 or CCE_BF16");
   if (!E || !C || !targets) return fail(CCE_ERR_ARGUMENT, "E, C and targets must not be NULL");
@@ -117,6 +127,16 @@ extern "C" int cce_host_run(const void *E, const void *C, const void *bias, cons
   CCE_TRY(pool.alloc(&dCin, size_t(V) * D * es, true, "C"));
   if (bias) CCE_TRY(pool.alloc(&dbin, size_t(V) * es, true, "bias"));
   CCE_TRY(pool.alloc(&dtg, size_t(N) * sizeof(int64_t), true, "targets"));
+  void *dw = nullptr;  // class weights: an input, checked on the host (the device entry points do not read them back)
+  if (weight) {
+    for (int64_t v = 0; v < V; ++v)
+      if (!(weight[v] >= 0.f) || std::isinf(weight[v]))
+        return fail(CCE_ERR_ARGUMENT, "weight[" + std::to_string(v) + "] = " + std::to_string(weight[v]) +
+                                          " is not finite and >= 0");
+    CCE_TRY(pool.alloc(&dw, size_t(V) * 4, true, "weight"));
+    CCE_CUDA(cudaMemcpyAsync(dw, weight, size_t(V) * 4, cudaMemcpyHostToDevice, s));
+  }
+  const float *fw = static_cast<const float *>(dw);
   CCE_CUDA(cudaMemcpyAsync(dEin, E, size_t(N) * D * es, cudaMemcpyHostToDevice, s));
   CCE_CUDA(cudaMemcpyAsync(dCin, C, size_t(V) * D * es, cudaMemcpyHostToDevice, s));
   if (bias) CCE_CUDA(cudaMemcpyAsync(dbin, bias, size_t(V) * es, cudaMemcpyHostToDevice, s));
@@ -144,12 +164,12 @@ extern "C" int cce_host_run(const void *E, const void *C, const void *bias, cons
   float *flse = static_cast<float *>(dlse);
   const float *fgrad = static_cast<const float *>(dgrad);
   auto fwd = [&]() {
-    return cce_forward(dEin, dCin, dbin, static_cast<const int64_t *>(dtg), N, D, V, dtype, opt,
-                       static_cast<float *>(dloss), flse, ws, wsb, s);
+    return cce_forward_weighted(dEin, dCin, dbin, static_cast<const int64_t *>(dtg), N, D, V, dtype, fw, opt,
+                                static_cast<float *>(dloss), flse, ws, wsb, s);
   };
   auto bwd = [&](int64_t *stats) {
-    return cce_backward(dEin, dCin, dbin, static_cast<const int64_t *>(dtg), N, D, V, dtype, opt,
-                        flse, fgrad, ddE, ddC, ddb, ws, wsb, stats, s);
+    return cce_backward_weighted(dEin, dCin, dbin, static_cast<const int64_t *>(dtg), N, D, V, dtype, fw, opt,
+                                 flse, fgrad, ddE, ddC, ddb, ws, wsb, stats, s);
   };
 
   // The run whose results are returned.

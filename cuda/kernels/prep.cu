@@ -193,6 +193,8 @@ static_assert(std::is_same<decltype(&cce_backward_workspace_size), cce_backward_
               "cce_backward_workspace_size_fn");
 static_assert(std::is_same<decltype(&cce_backward), cce_backward_fn>::value, "cce_backward_fn");
 static_assert(std::is_same<decltype(&cce_host_run), cce_host_run_fn>::value, "cce_host_run_fn");
+static_assert(std::is_same<decltype(&cce_host_run_weighted), cce_host_run_weighted_fn>::value,
+              "cce_host_run_weighted_fn");
 static_assert(std::is_same<decltype(&cce_forward_weighted), cce_forward_weighted_fn>::value,
               "cce_forward_weighted_fn");
 static_assert(std::is_same<decltype(&cce_backward_weighted), cce_backward_weighted_fn>::value,
