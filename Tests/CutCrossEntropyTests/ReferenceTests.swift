@@ -221,6 +221,20 @@ final class ReferenceTests: XCTestCase {
         let args = ["reference", "--embeddings", path("E.npy"), "--classifier", path("C.npy"), "--targets", path("T.npy")]
         let good = try cce(args + ["--out", path("ok")])
         XCTAssertEqual(good.0, 0, good.2)
+        // --weight: weights of 1 give the unweighted loss; others change it; a wrong length is named.
+        func loss(_ folder: String) throws -> Double { try NPYArray.read(path("\(folder)/loss.npy")).doubles()[0] }
+        for (name, w) in [("W1", [Float](repeating: 1, count: v)), ("W2", (0..<v).map { Float($0 % 3) }), ("W3", [1, 2])] {
+            try NPYArray(floats: w, shape: [w.count]).encoded().write(to: URL(fileURLWithPath: path("\(name).npy")))
+        }
+        let ones = try cce(args + ["--weight", path("W1.npy"), "--out", path("w1")])
+        XCTAssertEqual(ones.0, 0, ones.2)
+        XCTAssertEqual(try loss("w1"), try loss("ok"))
+        let weighted = try cce(args + ["--weight", path("W2.npy"), "--out", path("w2")])
+        XCTAssertEqual(weighted.0, 0, weighted.2)
+        XCTAssertNotEqual(try loss("w2"), try loss("ok"))
+        let short = try cce(args + ["--weight", path("W3.npy"), "--out", path("w3")])
+        XCTAssertEqual(short.0, 1)
+        XCTAssertTrue(short.2.contains("classWeights must have V = 9 entries, got 2"), short.2)
         let full = try Data(contentsOf: URL(fileURLWithPath: path("C.npy")))
         try full.prefix(full.count - 5).write(to: URL(fileURLWithPath: path("C.npy")))
         let bad = try cce(args + ["--out", path("bad")])
