@@ -70,7 +70,7 @@ final class FailFastTests: XCTestCase {
     func testNegativeValuesAfterASpace() throws {
         let notNumeric: Set<String> = ["embeddings", "classifier", "targets", "bias", "out", "reduction", "mode",
                                        "backend", "cuda-library", "dtype", "dtypes", "methods", "kinds", "svg", "json",
-                                       "log", "corpus", "loss", "reference", "candidate", "parallel", "mpi-library"]
+                                       "log", "corpus", "loss", "reference", "candidate", "parallel", "mpi-library", "weight"]
         let required = ["reference": ["--embeddings", "x", "--classifier", "x", "--targets", "x", "--out", "x"],
                         "compare": ["--reference", "x", "--candidate", "x"]]
         var checked: [String] = []
