@@ -121,14 +121,13 @@ public final class CUDALibrary: @unchecked Sendable {
                        dC: [Float](repeating: .nan, count: v * d),
                        dBias: bias == nil ? nil : [Float](repeating: .nan, count: v))
         let t64 = targets.values.map { Int64($0) }
-        // Class weights (checked by Problem above: V values, finite and ≥ 0), or nil.
-        let weights: [Float]? = o.classWeights
         var dBias = [Float](repeating: .nan, count: bias == nil ? 0 : v)
         let status = e.withRawPointer { ep in c.withRawPointer { cp in withOptionalRaw(bias) { bp in
             r.loss.withUnsafeMutableBufferPointer { lossP in r.lse.withUnsafeMutableBufferPointer { lseP in
             r.dE.withUnsafeMutableBufferPointer { dEP in r.dC.withUnsafeMutableBufferPointer { dCP in
             dBias.withUnsafeMutableBufferPointer { dbP in
-                hostRun(ep, cp, bp, t64, Int64(n), Int64(d), Int64(v), Int32(dtype.rawValue), weights, &opt,
+                hostRun(ep, cp, bp, t64, Int64(n), Int64(d), Int64(v), Int32(dtype.rawValue),
+                        o.classWeights, &opt,   // class weights, checked by Problem above (V values, finite, ≥ 0), or nil
                         lossP.baseAddress, lseP.baseAddress, dEP.baseAddress, dCP.baseAddress,
                         bias == nil ? nil : dbP.baseAddress, Int32(repeats), &report)
             }}}}}

@@ -240,9 +240,7 @@ enum Engine {
                                          partials: backward?.outputs.compE != nil)
             let blockStats: Scratch<S>? = pass == .fused ? Scratch(count: 2 * nb * forwardBlocks) : nil
             var workerStats = FilterStatistics()
-            while true {
-                let b = queue.next()
-                if b >= blocks { break }
+            while case let b = queue.next(), b < blocks {
                 let first = b * nb, count = min(nb, m - first)
                 workspace.loadTokens(operands, first: first, count: count)
                 if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
