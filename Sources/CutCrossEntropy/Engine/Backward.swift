@@ -89,8 +89,6 @@ struct BackwardState<S: KernelScalar>: @unchecked Sendable {
     let upstream: UnsafePointer<S>     // g_i per active token
     let policy: BackwardPolicy
     let outputs: GradientOutputs<S>
-    /// The C-row sums of the dropped-mass estimate (when the policy asks for it).
-    var sums: EstimateSums<S>? = nil
 
     /// ε in S; −1 (every |dy| passes) when nothing is filtered.
     var epsilon: S { policy.epsilon.map { S($0) } ?? -1 }
@@ -135,7 +133,7 @@ enum Backward {
     /// are not recomputed.
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, handOff: HandOff,
-        b: Int, first: Int, count: Int, loss definition: LossDefinition<S>, blockStats: UnsafeMutablePointer<S>?,
+        b: Int, first: Int, count: Int, loss definition: LossDefinition<S>, blockStats: BlockStatistics?,
         stats: inout FilterStatistics
     ) {
         let plan = operands.plan
@@ -151,7 +149,7 @@ enum Backward {
             let startsForward = v0 % forwardVB == 0
             let endsForward = v0 + vc == min(operands.v, (forwardBlock + 1) * forwardVB)
             var rows = KeptRows()
-            rows.recomputed = rowsToRecompute(operands, state, workspace, bound: bound.map { UnsafePointer($0) },
+            rows.recomputed = rowsToRecompute(operands, state, workspace, bound: bound,
                                               first: first, count: count,
                                               v0: v0, vc: vc, startsForward: startsForward, loss: definition)
             stats.tiles += 1; stats.rowSegments += count
@@ -176,13 +174,9 @@ enum Backward {
                 queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
             }
             flush(operands, state, workspace, handOff, b: b, blocking: false)
-            if policy.estimate, let bound, endsForward {
-                estimateSkipped(operands, state, workspace, coefficients: bound, forwardBlock: forwardBlock, first: first,
-                                count: count)
+            if policy.estimate, bound != nil, endsForward {
+                estimateSkipped(operands, state, workspace, forwardBlock: forwardBlock, first: first, count: count)
             }
-        }
-        if policy.estimate, let bound, state.outputs.compE == nil {
-            addSkippedEstimates(operands, state, workspace, coefficients: bound, first: first, count: count)
         }
         flush(operands, state, workspace, handOff, b: b, blocking: true)
     }
@@ -193,7 +187,7 @@ enum Backward {
     /// block and its target lies elsewhere; at the start of a forward block, the estimate's
     /// residual r_iF of such rows is set from the block's log-sum-exp.
     static func rowsToRecompute<S: KernelScalar>(
-        _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, bound: UnsafePointer<S>?,
+        _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, bound: BlockStatistics?,
         first: Int, count: Int, v0: Int, vc: Int, startsForward: Bool, loss definition: LossDefinition<S>
     ) -> Int {
         let need = workspace.need.base
@@ -202,7 +196,6 @@ enum Backward {
             return count
         }
         let forwardVB = operands.plan.forwardVocabBlock
-        let forwardBlocks = (operands.v + forwardVB - 1) / forwardVB
         let forwardBlock = v0 / forwardVB
         let forwardCount = min(forwardVB, operands.v - forwardBlock * forwardVB)
         let smoothBound = definition.smoothingBound, eps = state.epsilon
@@ -215,13 +208,13 @@ enum Backward {
         for i in 0..<count {
             let l = state.lse[first + i], coef = definition.softmaxCoefficient(lse: l, token: first + i)
             let targetPosition = Int(operands.rank[Int(operands.problem.targets[first + i])]) - v0
-            let blockMax = bound[2 * (i * forwardBlocks + forwardBlock)]
-            let blockLogSum = bound[2 * (i * forwardBlocks + forwardBlock) + 1]
+            let blockMax: S = bound.bound(row: i, block: forwardBlock)
             let skippable = abs(coef) * S.exp(blockMax - l) + smoothBound < eps
             if correcting {
                 workspace.residualOn.base[i] = skippable
                 workspace.excluded.base[i] = -1
                 if skippable {
+                    let blockLogSum: S = bound.logSum(row: i, block: forwardBlock)
                     workspace.residual.base[i] = state.upstream[first + i]
                         * (coef * S.exp(blockLogSum - l) - smoothMass)
                 }
@@ -289,7 +282,7 @@ enum Backward {
                     workspace.excluded.base[i] = j
                 } else if !keepE {
                     addEstimate(state, row: Int(operands.problem.rows[first + i]), d: operands.d,
-                                scale: g * tileRowSum(row, count: vc) / S(vc), sum: state.sums!.backward(j))
+                                scale: g * tileRowSum(row, count: vc) / S(vc), sum: workspace.estimateSums!.backward(operands, j))
                 }
             }
             guard keepE || keepC else { continue }
@@ -309,21 +302,20 @@ enum Backward {
 
     /// Stage 6: at the end of forward block f, each row the bound skipped over f gets its
     /// estimate r_if · (mean C row of f), minus the sub-block it was recomputed in for its
-    /// target (whose C rows then leave the mean too): the coefficient r_if / |f| (or
-    /// r_if / (|f| − |sub-block|)) goes into the row's slot of the block's log-sum-exp in
-    /// `coefficients` (the forward's block statistics, that value now used), 0 for rows not
-    /// skipped, and `addSkippedEstimates` adds them all at the end of the token block; the
-    /// excluded sub-block's part is added now. In the kahan accumulation every part is added
-    /// now, through the compensation rows.
+    /// target (whose C rows then leave the mean too): the coefficient c_if = r_if / |f| (or
+    /// r_if / (|f| − |sub-block|)) goes into the row's slot of the chunk (EstimateSums), 0 for
+    /// rows not skipped, and `addSkippedEstimates` adds the chunk's when it ends; the excluded
+    /// sub-block's part is added now. In the kahan accumulation every part is added now,
+    /// through the compensation rows.
     static func estimateSkipped<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>,
-                                                 _ workspace: Workspace<S>, coefficients: UnsafeMutablePointer<S>,
-                                                 forwardBlock f: Int, first: Int, count: Int) {
+                                                 _ workspace: Workspace<S>, forwardBlock f: Int, first: Int, count: Int) {
         let vb = operands.plan.vocabBlock, forwardVB = operands.plan.forwardVocabBlock
         let forwardBlocks = (operands.v + forwardVB - 1) / forwardVB
         let forwardCount = min(forwardVB, operands.v - f * forwardVB)
-        let sums = state.sums!, now = state.outputs.compE != nil
+        let sums = workspace.estimateSums!, now = state.outputs.compE != nil, chunk = EstimateSums<S>.chunk
+        var total: UnsafePointer<S>? = nil   // F_f, formed when a row first needs it
         for i in 0..<count {
-            let slot = coefficients + 2 * (i * forwardBlocks + f) + 1
+            let slot = sums.coefficients.base + i * chunk + f % chunk
             slot.pointee = 0
             guard workspace.residualOn.base[i] else { continue }
             let row = Int(operands.problem.rows[first + i])
@@ -334,41 +326,43 @@ enum Backward {
                 let excludedCount = min(vb, operands.v - excludedBlock * vb)
                 guard forwardCount > excludedCount else { continue }
                 s = residual / S(forwardCount - excludedCount)
-                addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.backward(excludedBlock))
+                addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.backward(operands, excludedBlock))
             }
-            if now { addEstimate(state, row: row, d: operands.d, scale: s, sum: sums.forward(f)) } else { slot.pointee = s }
+            let sum = total ?? sums.formForward(operands, f)
+            total = sum
+            if now { addEstimate(state, row: row, d: operands.d, scale: s, sum: sum) } else { slot.pointee = s }
+        }
+        guard !now else { return }
+        // No row needs F_f: its coefficients are all 0, and a zero row adds the same bits.
+        if total == nil { sums.whole.base.advanced(by: f % chunk * operands.d).update(repeating: 0, count: operands.d) }
+        if f % chunk == chunk - 1 || f == forwardBlocks - 1 {
+            addSkippedEstimates(operands, state, workspace, chunkStart: f - f % chunk, blocks: f % chunk + 1,
+                                first: first, count: count)
         }
     }
 
-    /// The skipped rows' estimates of the whole token block at once: dE_i += Σ_f c_if · F_f over
-    /// the coefficients estimateSkipped left, as rank updates over chunks of VB forward
-    /// blocks (a fixed chunking, so the bits do not depend on NB or the thread count); each
-    /// chunk's sum is formed from +0 and then added to dE. One pass over the block's dE rows
-    /// per chunk instead of one per row and forward block.
+    /// The skipped rows' estimates over a chunk of forward blocks at once: dE_i += Σ_f c_if · F_f
+    /// over the coefficients estimateSkipped left, as one rank update whose sum is formed from
+    /// +0 and then added to dE (the chunks are fixed, so the bits do not depend on NB or the
+    /// thread count). One pass over the block's dE rows per chunk instead of one per row and
+    /// forward block.
     static func addSkippedEstimates<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>,
-                                                     _ workspace: Workspace<S>, coefficients: UnsafePointer<S>,
+                                                     _ workspace: Workspace<S>, chunkStart: Int, blocks: Int,
                                                      first: Int, count: Int) {
-        let sums = state.sums!, forwardBlocks = sums.forwardBlocks, d = operands.d, chunk = operands.plan.vocabBlock
-        // Only the rows with a skipped segment (none, when the filter keeps nearly everything):
-        // the others' coefficients are all 0. Rows are independent, so this changes no bit.
+        let sums = workspace.estimateSums!, d = operands.d, chunk = EstimateSums<S>.chunk
+        let coefficients = sums.coefficients.base
+        // Only the rows with a skipped segment in the chunk (none, when the filter keeps nearly
+        // everything): the others' coefficients are all 0. Rows are independent, so this
+        // changes no bit.
         var m = 0
-        for i in 0..<count where (0..<forwardBlocks).contains(where: { coefficients[2 * (i * forwardBlocks + $0) + 1] != 0 }) {
+        for i in 0..<count where (0..<blocks).contains(where: { coefficients[i * chunk + $0] != 0 }) {
             workspace.outRows.base[m] = state.outputs.dE + Int(operands.problem.rows[first + i]) * d
-            workspace.selected.base[m] = i
+            (workspace.tile.base + m * chunk).update(from: coefficients + i * chunk, count: blocks)
             m += 1
         }
         guard m > 0 else { return }
-        for f0 in stride(from: 0, to: forwardBlocks, by: chunk) {
-            for r in 0..<m {   // the chunk's coefficients of the rows, gathered (row-major, k per row)
-                let i = workspace.selected.base[r]
-                for f in f0..<min(forwardBlocks, f0 + chunk) {
-                    workspace.tile.base[r * chunk + f - f0] = coefficients[2 * (i * forwardBlocks + f) + 1]
-                }
-            }
-            workspace.rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: chunk, aks: 1,
-                                 b: UnsafePointer(sums.wholeRows.base + f0), k: min(chunk, forwardBlocks - f0),
-                                 blocked: true)
-        }
+        workspace.rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: chunk, aks: 1,
+                             b: UnsafePointer(sums.wholeRows.base), k: blocks, blocked: true)
     }
 
     /// dE_row += scale · sum (compensated in the kahan accumulation).

@@ -165,11 +165,8 @@ enum Engine {
                                                                  dBias: direct == nil ? dBias : rebound(direct?.dBias),
                                                                  compE: compensated ? compE.baseAddress : nil,
                                                                  compC: compensated ? compC.baseAddress : nil,
-                                                                 touched: direct?.touchedRows),
-                                        sums: call.policy.estimate && p.active > 0
-                                            ? EstimateSums(operands, threads: call.threads) : nil)
+                                                                 touched: direct?.touchedRows))
                         : nil
-                    trace.mark("estimate sums")
                     if call.pass == .fused, let exchange = call.exchange, let parts, let backward {
                         // The shard's partials out, the global LSE back into `lse`.
                         let smoothing = call.options.labelSmoothing > 0
@@ -237,19 +234,22 @@ enum Engine {
             let started = PhaseTrace.enabled ? monotonicSeconds() : 0
             let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
                                          backend: operands.backend, kernel: operands.kernel,
-                                         partials: backward?.outputs.compE != nil)
-            let blockStats: Scratch<S>? = pass == .fused ? Scratch(count: 2 * nb * forwardBlocks) : nil
+                                         partials: backward?.outputs.compE != nil,
+                                         estimate: backward?.policy.estimate == true)
+            let statistics = pass == .fused
+                ? Scratch<Float16>(count: BlockStatistics.count(rows: nb, blocks: forwardBlocks)) : nil
+            let blockStats = statistics.map { BlockStatistics(base: $0.base, blocks: forwardBlocks) }
             var workerStats = FilterStatistics()
             while case let b = queue.next(), b < blocks {
                 let first = b * nb, count = min(nb, m - first)
                 workspace.loadTokens(operands, first: first, count: count)
                 if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
                     Forward.block(operands, workspace, first: first, count: count, loss: definition,
-                                  lse: lse, loss: loss, blockStats: blockStats?.base, shardParts: shardParts)
+                                  lse: lse, loss: loss, blockStats: blockStats, shardParts: shardParts)
                 }
                 if pass != .forward, let backward {
                     Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
-                                   loss: definition, blockStats: blockStats?.base, stats: &workerStats)
+                                   loss: definition, blockStats: blockStats, stats: &workerStats)
                 }
             }
             stats[w] = workerStats
@@ -268,8 +268,8 @@ extension Engine {
     /// every rank exchanges the same token ranges whatever its thread count and tile plan.
     /// 4096, or CCE_EXCHANGE_CHUNK from the environment (64 to 1048576; other values are
     /// ignored): every rank must see the same value (mpirun -x). Results do not depend on it;
-    /// the blockStats memory (2·chunk·V/VBf values: 0.8% of the shard's logits when N is the
-    /// chunk) and the number of exchanges and worker start-ups per step (two per chunk) do.
+    /// the blockStats memory (2·chunk·V/VBf Float16 values: 0.4% of the shard's logits when N
+    /// is the chunk) and the number of exchanges and worker start-ups per step (two per chunk) do.
     /// 4096 against 1024 on the 16-core host (Docs/SCALING.md): vocabulary-parallel 4 x 4
     /// loss+grad 0.67 to 0.70 s against 0.90 to 0.98 s at N = 4096 (one exchange instead of
     /// four; 16 token blocks a phase for 4 workers instead of 4), per-rank peak 8.5 MB
@@ -278,8 +278,8 @@ extension Engine {
 
     /// The fused call of a vocabulary shard, chunk by chunk of `exchangeChunk` active tokens:
     /// the forward over the chunk's token blocks, keeping their per-block maxima and
-    /// log-sum-exps (2·chunk·V/VBf values: for N = 4096, 0.8% of the logits the shard would
-    /// materialize); `exchange(chunk)` (which writes the chunk's global LSE into `lse`, or
+    /// log-sum-exps (2·chunk·V/VBf Float16 values: for N = 4096, 0.4% of the logits the shard
+    /// would materialize); `exchange(chunk)` (which writes the chunk's global LSE into `lse`, or
     /// returns false to stop); then the backward over the chunk's token blocks with those
     /// maxima, so that rows the bound rules out are not recomputed, as in the one-process
     /// fused call. Token blocks are numbered on across chunks, so dC's ordered hand-off runs
@@ -300,7 +300,9 @@ extension Engine {
         let definition = LossDefinition<S>(options, vocabulary: shard?.vocabulary ?? operands.v, weights: weights)
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
         let chunk = min(m, exchangeChunk)
-        let blockStats = Scratch<S>(count: 2 * chunk * forwardBlocks, policy: .interleaved)
+        let statistics = Scratch<Float16>(count: BlockStatistics.count(rows: chunk, blocks: forwardBlocks),
+                                          policy: .interleaved)
+        let blockStats = BlockStatistics(base: statistics.base, blocks: forwardBlocks)
         let out = UncheckedSendable((lse: lse, loss: loss))
         let compensated = backward.outputs.compE != nil
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
@@ -320,7 +322,7 @@ extension Engine {
                     let (first, count) = range(k)
                     workspace.loadTokens(operands, first: first, count: count)
                     Forward.block(operands, workspace, first: first, count: count, loss: definition, lse: out.value.lse,
-                                  loss: out.value.loss, blockStats: blockStats.base + 2 * (first - start) * forwardBlocks,
+                                  loss: out.value.loss, blockStats: blockStats.advanced(by: first - start),
                                   shardParts: shardParts)
                 }
             }
@@ -330,14 +332,15 @@ extension Engine {
             let backwardQueue = Counter()
             Workers.run(workers, pin: Placement.isNUMA) { w in
                 let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
-                                             backend: operands.backend, kernel: operands.kernel, partials: compensated)
+                                             backend: operands.backend, kernel: operands.kernel, partials: compensated,
+                                             estimate: backward.policy.estimate)
                 var workerStats = FilterStatistics()
                 while case let k = backwardQueue.next(), k < blocks {
                     let (first, count) = range(k)
                     workspace.loadTokens(operands, first: first, count: count)
                     Backward.block(operands, backward, workspace, handOff: handOff, b: base + k, first: first, count: count,
                                    loss: definition,
-                                   blockStats: blockStats.base + 2 * (first - start) * forwardBlocks,
+                                   blockStats: blockStats.advanced(by: first - start),
                                    stats: &workerStats)
                 }
                 stats[w] = workerStats

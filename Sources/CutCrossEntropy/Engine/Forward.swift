@@ -165,15 +165,14 @@ func mergeRow<S: KernelScalar>(_ z: UnsafeMutablePointer<S>, count: Int, into st
 
 enum Forward {
     /// The forward of active tokens first ..< first + count, whose E rows `workspace`
-    /// holds. Writes lse and loss for them; when `blockStats` is given, fills
-    /// blockStats[2(i · vBlocks + j)] with the block row's largest logit and the next value
-    /// with its log-sum-exp. With `shardParts` (a vocabulary shard, Parallel.swift) also
+    /// holds. Writes lse and loss for them; when `blockStats` is given, stores each block
+    /// row's largest logit and log-sum-exp there (BlockStatistics). With `shardParts` (a vocabulary shard, Parallel.swift) also
     /// writes each token's target logit (0 where another shard holds the target) and its
     /// smoothing sum Σ_v z_iv or Σ_v w_v·z_iv (0 without label smoothing): with the shard's
     /// lse, what the ranks combine.
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ workspace: Workspace<S>, first: Int, count: Int, loss definition: LossDefinition<S>,
-        lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockStats: UnsafeMutablePointer<S>?,
+        lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockStats: BlockStatistics?,
         shardParts: ShardPartPointers<S>? = nil
     ) {
         let vb = operands.plan.forwardVocabBlock
@@ -194,10 +193,7 @@ enum Forward {
                 let targetPosition = Int(operands.rank[Int(targets[first + i])]) - v0
                 if targetPosition >= 0 && targetPosition < vc { targetLogits[i] = row[targetPosition] }
                 let seen = mergeRow(row, count: vc, into: &states[i])
-                if let blockStats {
-                    blockStats[2 * (i * vBlocks + j)] = seen.max
-                    blockStats[2 * (i * vBlocks + j) + 1] = seen.logSum
-                }
+                blockStats?.store(row: i, block: j, max: seen.max, logSum: seen.logSum)
                 if let w = definition.weights, definition.smoothing {
                     kahanAdd(&sums[i], &comps[i], weightedRowSum(row, w.byPosition + v0, count: vc))
                 } else if definition.smoothing {
@@ -216,5 +212,45 @@ enum Forward {
                 shardParts.logitSum[first + i] = sums[i]
             }
         }
+    }
+}
+
+/// What the fused call's forward keeps of each (token row, forward block) for its backward
+/// (Backward.swift), in Float16, two per pair, half the bytes of two Float32 values (NB·V/VBf
+/// pairs per worker: the fused call's largest buffer):
+/// - m̂, the block row's largest logit m rounded up to Float16, so that the skip bound
+///   e^(m̂ − lse) ≥ e^(m − lse) stays a bound (a row the exact m would skip may be recomputed,
+///   never the reverse);
+/// - δ = L − m̂, its log-sum-exp L as an offset from m̂, rounded to nearest: −ulp(m̂) ≤ δ ≤
+///   log VBf, so L̂ = m̂ + δ is within 2^-9 of L and e^L̂ within 0.2% of e^L. L enters only the
+///   dropped-mass estimate of the rows the bound skips (itself an approximation of mass
+///   each entry of which is below ε).
+struct BlockStatistics: @unchecked Sendable {
+    let base: UnsafeMutablePointer<Float16>
+    /// Forward blocks per row.
+    let blocks: Int
+
+    /// Pairs for `rows` rows of `blocks` forward blocks.
+    static func count(rows: Int, blocks: Int) -> Int { 2 * rows * blocks }
+
+    /// The statistics from row `rows` on.
+    func advanced(by rows: Int) -> BlockStatistics { BlockStatistics(base: base + 2 * rows * blocks, blocks: blocks) }
+
+    @inline(__always)
+    func store<S: KernelScalar>(row i: Int, block f: Int, max m: S, logSum l: S) {
+        var top = Float16(m)
+        if S(top) < m { top = top.nextUp }
+        base[2 * (i * blocks + f)] = top
+        base[2 * (i * blocks + f) + 1] = top.isFinite ? Float16(l - S(top)) : 0
+    }
+
+    /// m̂ of row i over forward block f.
+    @inline(__always)
+    func bound<S: KernelScalar>(row i: Int, block f: Int) -> S { S(base[2 * (i * blocks + f)]) }
+
+    /// L̂ = m̂ + δ of row i over forward block f.
+    @inline(__always)
+    func logSum<S: KernelScalar>(row i: Int, block f: Int) -> S {
+        S(base[2 * (i * blocks + f)]) + S(base[2 * (i * blocks + f) + 1])
     }
 }

@@ -98,6 +98,7 @@ final class Workspace<S: KernelScalar> {
     let residualOn: Scratch<Bool>        //   ... when the row is skipped over that block
     let excluded: Scratch<Int>           //   ... but for this recomputed backward block (or −1)
     let partials: Scratch<S>?            // kahan modes: max(NB, VB) x D gradient partials
+    let estimateSums: EstimateSums<S>?   // backward: the dropped-mass estimate's C-row sums
     /// Rows recomputed on their own (selected product) rather than as a masked full tile.
     let selectedLimit = 48
     let pending: PendingUpdates<S>
@@ -110,7 +111,7 @@ final class Workspace<S: KernelScalar> {
     var handOffWait = 0.0
 
     init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
-         partials: Bool = false) {
+         partials: Bool = false, estimate: Bool = false) {
         // The bf16 kernels run only for bf16 E and C in Float32 (chooseTileKernel).
         eStoredOnly = (kernel == .amxBF16 || kernel == .avx512BF16) && backend == .swiftSIMD && S.self == Float.self
         let nb = plan.tokenBlock, vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
@@ -151,6 +152,7 @@ final class Workspace<S: KernelScalar> {
         inE = Scratch(count: nb); inC = Scratch(count: nb)
         residual = Scratch(count: nb); residualOn = Scratch(count: nb); excluded = Scratch(count: nb)
         self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
+        estimateSums = estimate ? EstimateSums(plan: plan, d: d) : nil
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb), vb: vb)
         let side = max(nb, vb)
         // The portable rank update packs A and slices of b; the 512-bit one reads them in place.
@@ -340,54 +342,74 @@ final class Workspace<S: KernelScalar> {
     }
 }
 
-/// Σ of the C rows of every backward block j (T_j, its VB rows at sorted positions) and of
-/// every forward block f (F_f = Σ of its backward blocks' T_j, in order), in S, for the
-/// dropped-mass estimate (Backward.swift). Computed once per call by the call's workers, each
-/// sum in the sorted order from +0 over the converted rows, so the values do not depend on
-/// the thread count: (V/VB + V/VBf)·D values, one pass over C (about 1/N of the forward's
-/// reads).
-final class EstimateSums<S: KernelScalar>: @unchecked Sendable {
+/// The C-row sums of the dropped-mass estimate (Backward.swift), one set per worker, formed as
+/// the worker's backward reaches them:
+/// - T_j, the sum of backward block j's VB C rows (sorted positions), for the backward blocks
+///   of the forward block being swept, each formed the first time that block needs it;
+/// - F_f, the sum of forward block f's T_j in order, for the current chunk of `chunk` forward
+///   blocks, with the coefficients c_if of the rows the bound skipped over them: one rank
+///   update adds Σ_f c_if·F_f to dE when the chunk ends (Backward.addSkippedEstimates).
+/// Every sum runs in the sorted order from +0 over the converted rows, so its bits depend on
+/// C, the order, VB and VBf only, not on the worker, NB or the thread count. The memory is
+/// (VBf/VB + chunk)·D + NB·chunk values per worker, where one shared table of every T_j and
+/// F_f took (V/VB + V/VBf)·D (6 MB at V = 128256, D = 1024). The price: each worker forms
+/// the T_j its token blocks need, one pass of adds over C per token block, right after the
+/// recompute has read the same C rows.
+final class EstimateSums<S: KernelScalar> {
+    /// Forward blocks per rank update of the skipped rows' estimates: a constant, so that the
+    /// bits do not depend on the tile plan's NB or the thread count.
+    static var chunk: Int { 16 }
     let d: Int, vb: Int, forwardVB: Int
-    let sub: Scratch<S>                   // ⌈V/VB⌉ x D
-    let whole: Scratch<S>                 // ⌈V/VBf⌉ x D
-    /// Row pointers of `whole`, for the rank update of the skipped rows' estimates.
-    let wholeRows: Scratch<UnsafePointer<S>>
-    var forwardBlocks: Int { wholeRows.count }
+    let sub: Scratch<S>                       // T_j of the swept forward block's backward blocks
+    let formed: Scratch<Bool>                 //   ... which of them are formed
+    private var forwardBlock = -1             //   ... and which forward block they belong to
+    let whole: Scratch<S>                     // chunk x D: F_f of the current chunk
+    let wholeRows: Scratch<UnsafePointer<S>>  //   ... as rows, for the rank update
+    let coefficients: Scratch<S>              // NB x chunk: c_if of the current chunk
+    private let row: Scratch<S>               // one converted C row
 
-    init(_ operands: Operands<S>, threads: Int) {
-        d = operands.d; vb = operands.plan.vocabBlock; forwardVB = operands.plan.forwardVocabBlock
-        let v = operands.v, subs = (v + vb - 1) / vb, wholes = (v + forwardVB - 1) / forwardVB
-        sub = Scratch(count: subs * d); whole = Scratch(count: wholes * d); wholeRows = Scratch(count: wholes)
-        let d = self.d, vb = self.vb, forwardVB = self.forwardVB
-        let sub = UncheckedSendable(self.sub.base), whole = UncheckedSendable(self.whole.base)
-        // Forward block f and its backward blocks: one worker's task, taken from a counter.
-        let workers = max(1, min(threads, wholes))
-        let queue = Counter()
-        Workers.run(workers, pin: Placement.isNUMA) { _ in
-            let row = Scratch<S>(count: d)
-            while case let f = queue.next(), f < wholes {
-                let total = whole.value + f * d
-                total.update(repeating: 0, count: d)
-                var j = f * forwardVB / vb
-                while j * vb < min(v, (f + 1) * forwardVB) {
-                    defer { j += 1 }
-                    let out = sub.value + j * d
-                    out.update(repeating: 0, count: d)
-                    for q in j * vb ..< min(v, (j + 1) * vb) {
-                        convertRow(operands.sortedCRow(q), type: operands.cType, count: d, into: row.base)
-                        axpy(out, 1, UnsafePointer(row.base), count: d)
-                    }
-                    axpy(total, 1, UnsafePointer(out), count: d)
-                }
-            }
-        }
-        for f in 0..<wholes { wholeRows.base[f] = UnsafePointer(self.whole.base + f * d) }
+    init(plan: TilePlan, d: Int) {
+        self.d = d; vb = plan.vocabBlock; forwardVB = plan.forwardVocabBlock
+        let subs = max(1, forwardVB / vb), chunk = Self.chunk
+        sub = Scratch(count: subs * d); formed = Scratch(count: subs)
+        whole = Scratch(count: chunk * d); wholeRows = Scratch(count: chunk)
+        coefficients = Scratch(count: plan.tokenBlock * chunk)
+        row = Scratch(count: d)
+        for f in 0..<chunk { wholeRows.base[f] = UnsafePointer(whole.base + f * d) }
     }
 
-    /// T_j: Σ of the C rows of backward block j.
-    func backward(_ j: Int) -> UnsafePointer<S> { UnsafePointer(sub.base + j * d) }
-    /// F_f: Σ of the C rows of forward block f.
-    func forward(_ f: Int) -> UnsafePointer<S> { UnsafePointer(whole.base + f * d) }
+    /// T_j: Σ of the C rows of backward block j (which must lie in the forward block swept now
+    /// or in a later one).
+    func backward(_ operands: Operands<S>, _ j: Int) -> UnsafePointer<S> {
+        let f = j * vb / forwardVB
+        if f != forwardBlock {
+            forwardBlock = f
+            for s in 0..<formed.count { formed.base[s] = false }
+        }
+        let s = j - f * forwardVB / vb
+        let out = sub.base + s * d
+        if !formed.base[s] {
+            out.update(repeating: 0, count: d)
+            for q in j * vb ..< min(operands.v, (j + 1) * vb) {
+                convertRow(operands.sortedCRow(q), type: operands.cType, count: d, into: row.base)
+                axpy(out, 1, UnsafePointer(row.base), count: d)
+            }
+            formed.base[s] = true
+        }
+        return UnsafePointer(out)
+    }
+
+    /// Forms F_f (Σ of forward block f's T_j, in order, from +0) in its slot of the chunk.
+    func formForward(_ operands: Operands<S>, _ f: Int) -> UnsafePointer<S> {
+        let total = whole.base + f % Self.chunk * d
+        total.update(repeating: 0, count: d)
+        var j = f * forwardVB / vb
+        while j * vb < min(operands.v, (f + 1) * forwardVB) {
+            axpy(total, 1, backward(operands, j), count: d)
+            j += 1
+        }
+        return UnsafePointer(total)
+    }
 }
 
 /// dC updates a worker has computed but whose hand-off turn has not come yet: the kept
