@@ -403,11 +403,9 @@ CCE_INLINE_AMX void amx_configure(void) {
 }
 
 // One block: c (32 x 32 Float32, row stride ldc floats; only the halves in use) (+)= the
-// rows' products over kt 16-pair chunks. a: the E tile of rows 16g.. at the first chunk,
-// rows aRow bytes apart, chunk t at t·aStep bytes on, the next 16 rows' tile aHalf bytes
-// on (packed blocks: 64, 1024 and ⌈d/32⌉·1024; E rows in place: the row stride, 64 and 16
-// rows); b: the C panel at the first chunk (word q·32 + j). RH, CH: 16-row and 16-column
-// halves computed (1 or 2).
+// rows' products over kt 16-pair chunks. a: the E tile of rows 16g.. at the first chunk
+// (the next group's tile aStride words on); b: the C panel at the first chunk (word
+// q·32 + j). RH, CH: 16-row and 16-column halves computed (1 or 2).
 #define AMX_BLOCK(RH, CH)                                                                         \
     do {                                                                                          \
         const long ls = ldc * 4;                                                                  \
@@ -423,8 +421,8 @@ CCE_INLINE_AMX void amx_configure(void) {
             if (RH > 1 && CH > 1) _tile_zero(3);                                                  \
         }                                                                                         \
         for (long t = 0; t < kt; t++) {                                                           \
-            _tile_loadd(4, a + t * aStep, aRow);                                                  \
-            if (RH > 1) _tile_loadd(5, a + aHalf + t * aStep, aRow);                              \
+            _tile_loadd(4, a + t * 256, 64);                                                      \
+            if (RH > 1) _tile_loadd(5, a + aStride + t * 256, 64);                                \
             _tile_loadd(6, b + t * 512, 128);                                                     \
             if (CH > 1) _tile_loadd(7, b + t * 512 + 16, 128);                                    \
             _tile_dpbf16ps(0, 4, 6);                                                              \
@@ -441,8 +439,8 @@ CCE_INLINE_AMX void amx_configure(void) {
 // out rows 0 ..< mc, columns 0 ..< nc (+)= the block's products: whole blocks straight
 // from and to out, edge blocks through the 32 x 32 scratch block `edge` (only the valid
 // part copied in and out).
-CCE_INLINE_AMX void amx_block(const char *a, long aRow, long aStep, long aHalf, const uint32_t *b, long kt,
-                              float *out, long ldo, long mc, long nc, int acc, float *edge) {
+CCE_INLINE_AMX void amx_block(const uint32_t *a, long aStride, const uint32_t *b, long kt, float *out, long ldo,
+                              long mc, long nc, int acc, float *edge) {
     const int whole = mc == 32 && nc == 32;
     float *c = whole ? out : edge;
     const long ldc = whole ? ldo : 32;
@@ -459,13 +457,9 @@ CCE_INLINE_AMX void amx_block(const char *a, long aRow, long aStep, long aHalf, 
         for (long i = 0; i < mc; i++) memcpy(out + i * ldo, edge + i * 32, (size_t)nc * sizeof(float));
 }
 
-// The tile product with E's 16 x 32 tiles as amx_block reads them: rows aRow bytes apart,
-// chunks aStep bytes apart, the second 16 rows of a group aHalf bytes on, 32-row groups
-// aGroup bytes apart from a0.
 CCE_AMX
-static void amx_product(const char *a0, long aRow, long aStep, long aHalf, long aGroup, long m,
-                        const uint16_t *const *c_rows, long n, long d, float *out, long ldo, uint32_t *scratch,
-                        const bool *panel_mask, long lookahead) {
+void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) {
     const long mr = CCE_AMX_MR, nr = CCE_AMX_NR, chunks = (d + 31) / 32, pairs = chunks * 16;
     if (d <= 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
     amx_configure();
@@ -482,29 +476,12 @@ static void amx_product(const char *a0, long aRow, long aStep, long aHalf, long 
             for (long p = 0; p * mr < m; p++) {
                 if (panel_mask && !panel_mask[p]) continue;
                 long mc = m - p * mr < mr ? m - p * mr : mr;
-                const char *a = a0 + p * aGroup + q0 / 16 * aStep;
-                amx_block(a, aRow, aStep, aHalf, scratch, kq / 16, out + p * mr * ldo + j0, ldo, mc, nc, q0 > 0, edge);
+                const uint32_t *a = e_blocks + (2 * p * chunks + q0 / 16) * 256;
+                amx_block(a, chunks * 256, scratch, kq / 16, out + p * mr * ldo + j0, ldo, mc, nc, q0 > 0, edge);
             }
         }
     }
     _tile_release();
-}
-
-CCE_AMX
-void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
-                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) {
-    const long tile = 1024, chunks = (d + 31) / 32;
-    amx_product((const char *)e_blocks, 64, tile, chunks * tile, 2 * chunks * tile, m, c_rows, n, d, out, ldo,
-                scratch, panel_mask, lookahead);
-}
-
-CCE_AMX
-void cce_amx_tile_product_in_place(const uint16_t *e, long stride, long m, const uint16_t *const *c_rows, long n,
-                                   long d, float *out, long ldo, uint32_t *scratch, const bool *panel_mask,
-                                   long lookahead) {
-    const long row = 2 * stride;
-    amx_product((const char *)e, row, 64, 16 * row, 32 * row, m, c_rows, n, d, out, ldo, scratch, panel_mask,
-                lookahead);
 }
 
 // MARK: - The AMX rank update (the backward's dE product)
@@ -920,9 +897,6 @@ size_t cce_amx_scratch_words(void) { return (size_t)CCE_AMX_NR * CCE_AMX_KCP + 3
 void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
                           float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) { __builtin_trap(); }
-void cce_amx_tile_product_in_place(const uint16_t *e, long stride, long m, const uint16_t *const *c_rows, long n,
-                                   long d, float *out, long ldo, uint32_t *scratch, const bool *panel_mask,
-                                   long lookahead) { __builtin_trap(); }
 size_t cce_amx_rank_scratch_words(void) {
     return (size_t)16 * CCE_AMX_RANK_KMAX + (size_t)CCE_AMX_RANK_KMAX / 2 * CCE_AMX_RANK_JB + 16 * 64;
 }

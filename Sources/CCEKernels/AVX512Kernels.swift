@@ -301,19 +301,6 @@ public func tileProductAMX(eBlocks: UnsafePointer<UInt32>, m: Int, cRows: Unsafe
     cce_amx_tile_product(eBlocks, m, bf16Rows(cRows), n, d, out, ldo, scratch, panelMask, lookahead)
 }
 
-/// `tileProductAMX` with the E rows read where they are instead of packed: row i at
-/// e + i·stride elements (BFloat16 bits) for i < ⌈m / 16⌉·16, which must all be readable
-/// (rows from m on are multiplied, never stored); d a multiple of 32. The same bits.
-@inlinable
-public func tileProductAMXInPlace(e: UnsafeRawPointer, stride: Int, m: Int, cRows: UnsafePointer<UnsafeRawPointer>,
-                                  n: Int, d: Int, out: UnsafeMutablePointer<Float>, ldo: Int,
-                                  scratch: UnsafeMutablePointer<UInt32>, panelMask: UnsafePointer<Bool>? = nil,
-                                  lookahead: Int = 0) {
-    precondition(hasAMX && d % 32 == 0, "tileProductAMXInPlace needs AMX-BF16 and d a multiple of 32")
-    cce_amx_tile_product_in_place(e.assumingMemoryBound(to: UInt16.self), stride, m, bf16Rows(cRows), n, d, out, ldo,
-                                  scratch, panelMask, lookahead)
-}
-
 /// The AMX kernel's dot product in portable Swift, bit for bit what tdpbf16ps gives (measured
 /// on a Xeon 6, model 207: every output of the harness's tiles, and the special cases of
 /// `AMXKernelTests`): over 32-element chunks of k (zero-padded), from +0, acc ← acc + (E + O)

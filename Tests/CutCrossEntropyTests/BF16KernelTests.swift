@@ -555,40 +555,6 @@ final class AMXKernelTests: XCTestCase {
         }
     }
 
-    /// E read in place (tileProductAMXInPlace, which the engine uses when a token block's rows
-    /// follow one another in E): the bits of the packed product, the same columns and rows
-    /// written, with or without a panel mask; the rows from m up to the next multiple of 16,
-    /// which the kernel reads, hold NaN and must not reach any output, and E ends at a guard
-    /// page right after them. d = 2080 spans two of the kernel's KC chunks.
-    func testAMXInPlaceRowsGiveThePackedBits() throws {
-        try XCTSkipUnless(hasAMX, skipAMXMessage)
-        for d in [32, 64, 1024, 2080] {
-            for (idx, m) in [1, 15, 16, 17, 33, 47, 100, 258].enumerated() {
-                let n = [37, 32, 65, 1, 256, 17, 40, 33][idx], ldo = n + 3
-                let rows = (m + 15) / 16 * 16
-                let e = BF16Rows(count: rows, d: d, seed: UInt64(7000 * d + idx), wide: idx % 2 == 1, guardPage: true)
-                for i in m * d ..< rows * d { e.bits[i] = 0x7FC1 }
-                let c = BF16Rows(count: n, d: d, seed: UInt64(7000 * d + idx + 100))
-                let cRaw = Array(c.raw[0 ..< n])
-                let groups = (m + AMXTileShape.mr - 1) / AMXTileShape.mr
-                for mask in [nil, (0..<groups).map { $0 % 2 == 0 }] as [[Bool]?] {
-                    let packed = amxTile(e, m: m, c, n: n, ldo: ldo, mask: mask)
-                    var scratch = [UInt32](repeating: 0x7FC0_0001, count: AMXTileShape.scratchWords)
-                    var out = [Float](repeating: .nan, count: (m + 1) * ldo)
-                    if let mask {
-                        tileProductAMXInPlace(e: e.bits, stride: d, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo,
-                                              scratch: &scratch, panelMask: mask)
-                    } else {
-                        tileProductAMXInPlace(e: e.bits, stride: d, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo,
-                                              scratch: &scratch)
-                    }
-                    let differ = zip(out, packed).filter { $0.bitPattern != $1.bitPattern }.count
-                    XCTAssertEqual(differ, 0, "in place vs packed, m=\(m) n=\(n) d=\(d) mask \(mask != nil)")
-                }
-            }
-        }
-    }
-
     /// An element's bits do not depend on its row or column position in the tile (whole or
     /// edge block, first or second 16-row tile), on m, n or the kernel's KC chunks (d = 2048
     /// spans one, d = 2100 two), and the emulation gives them.

@@ -134,12 +134,6 @@ void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *ds
 /// are the rows the next call will start with: prefetched (never read) during the last panel.
 void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
                           float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead);
-/// The same product with E read in place: row i of E at e + i·stride (bf16 elements), for
-/// i < ⌈m / 16⌉·16 (rows from m on are read, their products never stored: they must be
-/// readable, whatever they hold), d a multiple of 32. The same bits as packing those rows.
-void cce_amx_tile_product_in_place(const uint16_t *e, long stride, long m, const uint16_t *const *c_rows, long n,
-                                   long d, float *out, long ldo, uint32_t *scratch, const bool *panel_mask,
-                                   long lookahead);
 
 /// The AMX rank update: the contract of cce_fma_rank_update (out_r[j] (+)= Σ_{q < k} A(r, q)·
 /// b_q[j], A(r, q) = a[r·ars + q·aks], for r < m and j < width; with `blocked` the sum is

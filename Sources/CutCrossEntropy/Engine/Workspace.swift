@@ -77,9 +77,6 @@ final class Workspace<S: KernelScalar> {
     let keptRaw: Scratch<UnsafeRawPointer>       //   ... as stored (eStoredOnly)
     let cPanel: Scratch<S>               // one packed C panel (L1): 16 x 256, or 32 x 256 (AVX-512)
     let bf16Panels: Scratch<UInt32>      // bf16 kernels (AMX, dot product): the token block in bf16 pairs
-    /// The AMX kernel: the token block's first E row when its rows lie one after another in E
-    /// and the kernel reads its tiles from there (bf16Panels then stays untouched).
-    private(set) var eContiguous: UnsafeRawPointer? = nil
     let bf16Selected: Scratch<UInt32>    //   ... and the selected rows (selectedProduct)
     /// Rows per entry of a product's panel mask: the kernel's register-block height.
     let maskRows: Int
@@ -173,8 +170,7 @@ final class Workspace<S: KernelScalar> {
     func loadTokens(_ operands: Operands<S>, first: Int, count: Int) {
         let rows = operands.problem.rows
         for i in 0..<count { eRaw.base[i] = operands.eRow(Int(rows[first + i])) }
-        eContiguous = kernel == .amxBF16 ? contiguousRows(operands, first: first, count: count) : nil
-        if (kernel == .avx512BF16 || kernel == .amxBF16) && eContiguous == nil {
+        if kernel == .avx512BF16 || kernel == .amxBF16 {
             // The bf16 kernels multiply the stored bf16 pairs: packed from the caller's rows
             // (each kernel's own layout, no conversion).
             packBF16(UnsafePointer(eRaw.base), m: count, into: bf16Panels.base)
@@ -191,17 +187,6 @@ final class Workspace<S: KernelScalar> {
         }
     }
 
-    /// The first of the E rows of active tokens first ..< first + count when the AMX kernel can
-    /// read its tiles from them where they are: the rows follow one another in E (no ignored
-    /// token among them), D is a multiple of 32, and the rows after them up to the next
-    /// multiple of 16 exist (the kernel reads them and drops their products). Else nil.
-    private func contiguousRows(_ operands: Operands<S>, first: Int, count: Int) -> UnsafeRawPointer? {
-        let rows = operands.problem.rows, start = Int(rows[first])
-        guard d % 32 == 0, start + (count + 15) / 16 * 16 <= operands.problem.n,
-              (0..<count).allSatisfy({ Int(rows[first + $0]) == start + $0 }) else { return nil }
-        return operands.eRow(start)
-    }
-
     /// The logit tile (count x vc, row stride ldo) of the loaded tokens and the vocabulary
     /// at sorted positions v0 ..< v0 + vc; 6-row groups with panelMask false are left out.
     func product(_ operands: Operands<S>, count: Int, v0: Int, vc: Int, ldo: Int,
@@ -215,8 +200,8 @@ final class Workspace<S: KernelScalar> {
             return
         }
         let lookahead = loadCRows(operands, v0: v0, vc: vc)
-        run(kernel, rows: eRows.base, bf16Panels: bf16Panels.base, inPlace: eContiguous, m: count,
-            cType: operands.cType, n: vc, ldo: ldo, panelMask: panelMask, lookahead: lookahead)
+        run(kernel, rows: eRows.base, bf16Panels: bf16Panels.base, m: count, cType: operands.cType, n: vc, ldo: ldo,
+            panelMask: panelMask, lookahead: lookahead)
     }
 
     /// Points cRaw[0 ..< vc] at the C rows at sorted positions v0 ..< v0 + vc and the entries
@@ -234,11 +219,10 @@ final class Workspace<S: KernelScalar> {
         if kernel == .amxBF16 { packRowsAMX(raw, m: m, d: d, into: dst) } else { packRowPanelsBF16(raw, m: m, d: d, into: dst) }
     }
 
-    /// The tile product of `kernel` into `tile`: E rows (or their bf16 panels, or for AMX the
-    /// rows in place from `inPlace` on) against the C rows cRaw[0 ..< n].
+    /// The tile product of `kernel` into `tile`: E rows (or their bf16 panels) against the C
+    /// rows cRaw[0 ..< n].
     private func run(_ kernel: TileKernel, rows: UnsafePointer<UnsafePointer<S>>, bf16Panels: UnsafePointer<UInt32>,
-                     inPlace: UnsafeRawPointer? = nil, m: Int, cType: ElementType, n: Int, ldo: Int,
-                     panelMask: UnsafePointer<Bool>?, lookahead: Int) {
+                     m: Int, cType: ElementType, n: Int, ldo: Int, panelMask: UnsafePointer<Bool>?, lookahead: Int) {
         // The AVX-512 kernels exist for S == Float only (tileKernel chooses them then).
         let out = UnsafeMutableRawPointer(tile.base).assumingMemoryBound(to: Float.self)
         let panel = UnsafeMutableRawPointer(cPanel.base)
@@ -255,15 +239,9 @@ final class Workspace<S: KernelScalar> {
             tileProductBF16(ePanels: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
                             panel: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask)
         case .amxBF16:
-            if let inPlace {
-                tileProductAMXInPlace(e: inPlace, stride: d, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
-                                      scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask,
-                                      lookahead: lookahead)
-            } else {
-                tileProductAMX(eBlocks: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
-                               scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask,
-                               lookahead: lookahead)
-            }
+            tileProductAMX(eBlocks: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
+                           scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask,
+                           lookahead: lookahead)
         }
     }
 
@@ -271,16 +249,13 @@ final class Workspace<S: KernelScalar> {
     /// row r of the tile for row selected[r]: no other row is computed.
     func selectedProduct(_ operands: Operands<S>, first: Int, n: Int, v0: Int, vc: Int, ldo: Int) {
         if !eStoredOnly { for r in 0..<n { selectedRows.base[r] = eRows.base[selected.base[r]] } }
-        // Packed into bf16Selected, or into bf16Panels where the block's product reads E in
-        // place and leaves those pages untouched (so that they never become resident).
-        let packed = eContiguous == nil ? bf16Selected.base : bf16Panels.base
         if kernel == .avx512BF16 || kernel == .amxBF16 {
             // The selected rows' stored E rows, gathered into keptRaw (free until the dC updates).
             for r in 0..<n { keptRaw.base[r] = eRaw.base[selected.base[r]] }
-            packBF16(UnsafePointer(keptRaw.base), m: n, into: packed)
+            packBF16(UnsafePointer(keptRaw.base), m: n, into: bf16Selected.base)
         }
         let lookahead = loadCRows(operands, v0: v0, vc: vc)
-        run(kernel, rows: selectedRows.base, bf16Panels: packed, m: n, cType: operands.cType, n: vc,
+        run(kernel, rows: selectedRows.base, bf16Panels: bf16Selected.base, m: n, cType: operands.cType, n: vc,
             ldo: ldo, panelMask: nil, lookahead: lookahead)
     }
 
