@@ -89,6 +89,8 @@ struct BackwardState<S: KernelScalar>: @unchecked Sendable {
     let upstream: UnsafePointer<S>     // g_i per active token
     let policy: BackwardPolicy
     let outputs: GradientOutputs<S>
+    /// The C-row sums of the dropped-mass estimate (when the policy asks for it).
+    var sums: EstimateSums<S>? = nil
 
     /// ε in S; −1 (every |dy| passes) when nothing is filtered.
     var epsilon: S { policy.epsilon.map { S($0) } ?? -1 }
@@ -282,7 +284,7 @@ enum Backward {
                     workspace.excluded.base[i] = j
                 } else if !keepE {
                     addEstimate(state, row: Int(operands.problem.rows[first + i]), d: operands.d,
-                                scale: g * tileRowSum(row, count: vc) / S(vc), sum: workspace.estimateSums!.backward(operands, j))
+                                scale: g * tileRowSum(row, count: vc) / S(vc), sum: state.sums!.backward(j))
                 }
             }
             guard keepE || keepC else { continue }
@@ -303,7 +305,7 @@ enum Backward {
     /// Stage 6: at the end of forward block f, each row the bound skipped over f gets its
     /// estimate r_if · (mean C row of f), minus the sub-block it was recomputed in for its
     /// target (whose C rows then leave the mean too): the coefficient c_if = r_if / |f| (or
-    /// r_if / (|f| − |sub-block|)) goes into the row's slot of the chunk (EstimateSums), 0 for
+    /// r_if / (|f| − |sub-block|)) goes into the row's slot of the chunk (SkippedEstimates), 0 for
     /// rows not skipped, and `addSkippedEstimates` adds the chunk's when it ends; the excluded
     /// sub-block's part is added now. In the kahan accumulation every part is added now,
     /// through the compensation rows.
@@ -312,10 +314,11 @@ enum Backward {
         let vb = operands.plan.vocabBlock, forwardVB = operands.plan.forwardVocabBlock
         let forwardBlocks = (operands.v + forwardVB - 1) / forwardVB
         let forwardCount = min(forwardVB, operands.v - f * forwardVB)
-        let sums = workspace.estimateSums!, now = state.outputs.compE != nil, chunk = EstimateSums<S>.chunk
+        let sums = state.sums!, skipped = workspace.skipped!, now = state.outputs.compE != nil
+        let chunk = SkippedEstimates<S>.chunk
         var total: UnsafePointer<S>? = nil   // F_f, formed when a row first needs it
         for i in 0..<count {
-            let slot = sums.coefficients.base + i * chunk + f % chunk
+            let slot = skipped.coefficients.base + i * chunk + f % chunk
             slot.pointee = 0
             guard workspace.residualOn.base[i] else { continue }
             let row = Int(operands.problem.rows[first + i])
@@ -326,15 +329,15 @@ enum Backward {
                 let excludedCount = min(vb, operands.v - excludedBlock * vb)
                 guard forwardCount > excludedCount else { continue }
                 s = residual / S(forwardCount - excludedCount)
-                addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.backward(operands, excludedBlock))
+                addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.backward(excludedBlock))
             }
-            let sum = total ?? sums.formForward(operands, f)
+            let sum = total ?? skipped.formForward(sums, f)
             total = sum
             if now { addEstimate(state, row: row, d: operands.d, scale: s, sum: sum) } else { slot.pointee = s }
         }
         guard !now else { return }
         // No row needs F_f: its coefficients are all 0, and a zero row adds the same bits.
-        if total == nil { sums.whole.base.advanced(by: f % chunk * operands.d).update(repeating: 0, count: operands.d) }
+        if total == nil { skipped.whole.base.advanced(by: f % chunk * operands.d).update(repeating: 0, count: operands.d) }
         if f % chunk == chunk - 1 || f == forwardBlocks - 1 {
             addSkippedEstimates(operands, state, workspace, chunkStart: f - f % chunk, blocks: f % chunk + 1,
                                 first: first, count: count)
@@ -349,8 +352,8 @@ enum Backward {
     static func addSkippedEstimates<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>,
                                                      _ workspace: Workspace<S>, chunkStart: Int, blocks: Int,
                                                      first: Int, count: Int) {
-        let sums = workspace.estimateSums!, d = operands.d, chunk = EstimateSums<S>.chunk
-        let coefficients = sums.coefficients.base
+        let skipped = workspace.skipped!, d = operands.d, chunk = SkippedEstimates<S>.chunk
+        let coefficients = skipped.coefficients.base
         // Only the rows with a skipped segment in the chunk (none, when the filter keeps nearly
         // everything): the others' coefficients are all 0. Rows are independent, so this
         // changes no bit.
@@ -362,7 +365,7 @@ enum Backward {
         }
         guard m > 0 else { return }
         workspace.rankUpdate(out: workspace.outRows.base, m: m, a: workspace.tile.base, ars: chunk, aks: 1,
-                             b: UnsafePointer(sums.wholeRows.base), k: blocks, blocked: true)
+                             b: UnsafePointer(skipped.wholeRows.base), k: blocks, blocked: true)
     }
 
     /// dE_row += scale · sum (compensated in the kahan accumulation).

@@ -165,8 +165,11 @@ enum Engine {
                                                                  dBias: direct == nil ? dBias : rebound(direct?.dBias),
                                                                  compE: compensated ? compE.baseAddress : nil,
                                                                  compC: compensated ? compC.baseAddress : nil,
-                                                                 touched: direct?.touchedRows))
+                                                                 touched: direct?.touchedRows),
+                                        sums: call.policy.estimate && p.active > 0
+                                            ? EstimateSums(operands, threads: call.threads) : nil)
                         : nil
+                    trace.mark("estimate sums")
                     if call.pass == .fused, let exchange = call.exchange, let parts, let backward {
                         // The shard's partials out, the global LSE back into `lse`.
                         let smoothing = call.options.labelSmoothing > 0

@@ -98,7 +98,7 @@ final class Workspace<S: KernelScalar> {
     let residualOn: Scratch<Bool>        //   ... when the row is skipped over that block
     let excluded: Scratch<Int>           //   ... but for this recomputed backward block (or −1)
     let partials: Scratch<S>?            // kahan modes: max(NB, VB) x D gradient partials
-    let estimateSums: EstimateSums<S>?   // backward: the dropped-mass estimate's C-row sums
+    let skipped: SkippedEstimates<S>?   // fused backward: the estimates of the rows the bound skipped
     /// Rows recomputed on their own (selected product) rather than as a masked full tile.
     let selectedLimit = 48
     let pending: PendingUpdates<S>
@@ -152,7 +152,7 @@ final class Workspace<S: KernelScalar> {
         inE = Scratch(count: nb); inC = Scratch(count: nb)
         residual = Scratch(count: nb); residualOn = Scratch(count: nb); excluded = Scratch(count: nb)
         self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
-        estimateSums = estimate ? EstimateSums(plan: plan, d: d) : nil
+        skipped = estimate ? SkippedEstimates(plan: plan, d: d) : nil
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb), vb: vb)
         let side = max(nb, vb)
         // The portable rank update packs A and slices of b; the 512-bit one reads them in place.
@@ -342,70 +342,71 @@ final class Workspace<S: KernelScalar> {
     }
 }
 
-/// The C-row sums of the dropped-mass estimate (Backward.swift), one set per worker, formed as
-/// the worker's backward reaches them:
-/// - T_j, the sum of backward block j's VB C rows (sorted positions), for the backward blocks
-///   of the forward block being swept, each formed the first time that block needs it;
-/// - F_f, the sum of forward block f's T_j in order, for the current chunk of `chunk` forward
-///   blocks, with the coefficients c_if of the rows the bound skipped over them: one rank
-///   update adds Σ_f c_if·F_f to dE when the chunk ends (Backward.addSkippedEstimates).
-/// Every sum runs in the sorted order from +0 over the converted rows, so its bits depend on
-/// C, the order, VB and VBf only, not on the worker, NB or the thread count. The memory is
-/// (VBf/VB + chunk)·D + NB·chunk values per worker, where one shared table of every T_j and
-/// F_f took (V/VB + V/VBf)·D (6 MB at V = 128256, D = 1024). The price: each worker forms
-/// the T_j its token blocks need, one pass of adds over C per token block, right after the
-/// recompute has read the same C rows.
-final class EstimateSums<S: KernelScalar> {
-    /// Forward blocks per rank update of the skipped rows' estimates: a constant, so that the
-    /// bits do not depend on the tile plan's NB or the thread count.
+/// Σ of the C rows of every backward block j (T_j, its VB rows at sorted positions), in S,
+/// for the dropped-mass estimate (Backward.swift). Computed once per call by the call's
+/// workers, each sum in the sorted order from +0 over the converted rows, so the values do
+/// not depend on the thread count: (V/VB)·D values (4 MB at V = 128256, D = 1024), one pass
+/// over C (about 1/N of the forward's reads). The forward blocks' sums F_f are formed from
+/// them by each worker as it needs them (SkippedEstimates).
+final class EstimateSums<S: KernelScalar>: @unchecked Sendable {
+    let d: Int, vb: Int, forwardVB: Int, v: Int
+    let sub: Scratch<S>                   // ⌈V/VB⌉ x D
+
+    init(_ operands: Operands<S>, threads: Int) {
+        d = operands.d; vb = operands.plan.vocabBlock; forwardVB = operands.plan.forwardVocabBlock; v = operands.v
+        let v = operands.v, subs = (v + vb - 1) / vb
+        sub = Scratch(count: subs * d)
+        let d = self.d, vb = self.vb
+        let sub = UncheckedSendable(self.sub.base)
+        // Backward block j: one worker's task, taken from a counter.
+        let workers = max(1, min(threads, subs))
+        let queue = Counter()
+        Workers.run(workers, pin: Placement.isNUMA) { _ in
+            let row = Scratch<S>(count: d)
+            while case let j = queue.next(), j < subs {
+                let out = sub.value + j * d
+                out.update(repeating: 0, count: d)
+                for q in j * vb ..< min(v, (j + 1) * vb) {
+                    convertRow(operands.sortedCRow(q), type: operands.cType, count: d, into: row.base)
+                    axpy(out, 1, UnsafePointer(row.base), count: d)
+                }
+            }
+        }
+    }
+
+    /// T_j: Σ of the C rows of backward block j.
+    func backward(_ j: Int) -> UnsafePointer<S> { UnsafePointer(sub.base + j * d) }
+}
+
+/// A worker's estimates of the rows its bound skipped, one chunk of `chunk` forward blocks at a
+/// time (Backward.estimateSkipped, addSkippedEstimates): F_f = Σ of forward block f's T_j in
+/// order from +0, and the coefficients c_if of the chunk's forward blocks, which one rank update
+/// adds to dE as Σ_f c_if·F_f when the chunk ends. chunk·(D + NB) values per worker, where the
+/// whole call's F_f and c_if took (V/VBf)·(D + NB).
+final class SkippedEstimates<S: KernelScalar> {
+    /// Forward blocks per rank update: a constant, so that the bits do not depend on the tile
+    /// plan's NB or the thread count.
     static var chunk: Int { 16 }
-    let d: Int, vb: Int, forwardVB: Int
-    let sub: Scratch<S>                       // T_j of the swept forward block's backward blocks
-    let formed: Scratch<Bool>                 //   ... which of them are formed
-    private var forwardBlock = -1             //   ... and which forward block they belong to
+    let d: Int
     let whole: Scratch<S>                     // chunk x D: F_f of the current chunk
     let wholeRows: Scratch<UnsafePointer<S>>  //   ... as rows, for the rank update
     let coefficients: Scratch<S>              // NB x chunk: c_if of the current chunk
-    private let row: Scratch<S>               // one converted C row
 
     init(plan: TilePlan, d: Int) {
-        self.d = d; vb = plan.vocabBlock; forwardVB = plan.forwardVocabBlock
-        let subs = max(1, forwardVB / vb), chunk = Self.chunk
-        sub = Scratch(count: subs * d); formed = Scratch(count: subs)
+        self.d = d
+        let chunk = Self.chunk
         whole = Scratch(count: chunk * d); wholeRows = Scratch(count: chunk)
         coefficients = Scratch(count: plan.tokenBlock * chunk)
-        row = Scratch(count: d)
         for f in 0..<chunk { wholeRows.base[f] = UnsafePointer(whole.base + f * d) }
     }
 
-    /// T_j: Σ of the C rows of backward block j (which must lie in the forward block swept now
-    /// or in a later one).
-    func backward(_ operands: Operands<S>, _ j: Int) -> UnsafePointer<S> {
-        let f = j * vb / forwardVB
-        if f != forwardBlock {
-            forwardBlock = f
-            for s in 0..<formed.count { formed.base[s] = false }
-        }
-        let s = j - f * forwardVB / vb
-        let out = sub.base + s * d
-        if !formed.base[s] {
-            out.update(repeating: 0, count: d)
-            for q in j * vb ..< min(operands.v, (j + 1) * vb) {
-                convertRow(operands.sortedCRow(q), type: operands.cType, count: d, into: row.base)
-                axpy(out, 1, UnsafePointer(row.base), count: d)
-            }
-            formed.base[s] = true
-        }
-        return UnsafePointer(out)
-    }
-
     /// Forms F_f (Σ of forward block f's T_j, in order, from +0) in its slot of the chunk.
-    func formForward(_ operands: Operands<S>, _ f: Int) -> UnsafePointer<S> {
+    func formForward(_ sums: EstimateSums<S>, _ f: Int) -> UnsafePointer<S> {
         let total = whole.base + f % Self.chunk * d
         total.update(repeating: 0, count: d)
-        var j = f * forwardVB / vb
-        while j * vb < min(operands.v, (f + 1) * forwardVB) {
-            axpy(total, 1, backward(operands, j), count: d)
+        var j = f * sums.forwardVB / sums.vb
+        while j * sums.vb < min(sums.v, (f + 1) * sums.forwardVB) {
+            axpy(total, 1, sums.backward(j), count: d)
             j += 1
         }
         return UnsafePointer(total)
