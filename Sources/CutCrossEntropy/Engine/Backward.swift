@@ -339,19 +339,17 @@ enum Backward {
         // No row needs F_f: its coefficients are all 0, and a zero row adds the same bits.
         if total == nil { skipped.whole.base.advanced(by: f % chunk * operands.d).update(repeating: 0, count: operands.d) }
         if f % chunk == chunk - 1 || f == forwardBlocks - 1 {
-            addSkippedEstimates(operands, state, workspace, chunkStart: f - f % chunk, blocks: f % chunk + 1,
-                                first: first, count: count)
+            addSkippedEstimates(operands, state, workspace, blocks: f % chunk + 1, first: first, count: count)
         }
     }
 
-    /// The skipped rows' estimates over a chunk of forward blocks at once: dE_i += Σ_f c_if · F_f
-    /// over the coefficients estimateSkipped left, as one rank update whose sum is formed from
+    /// The skipped rows' estimates over the chunk's first `blocks` forward blocks at once:
+    /// dE_i += Σ_f c_if · F_f over the coefficients estimateSkipped left, as one rank update whose sum is formed from
     /// +0 and then added to dE (the chunks are fixed, so the bits do not depend on NB or the
     /// thread count). One pass over the block's dE rows per chunk instead of one per row and
     /// forward block.
     static func addSkippedEstimates<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>,
-                                                     _ workspace: Workspace<S>, chunkStart: Int, blocks: Int,
-                                                     first: Int, count: Int) {
+                                                     _ workspace: Workspace<S>, blocks: Int, first: Int, count: Int) {
         let skipped = workspace.skipped!, d = operands.d, chunk = SkippedEstimates<S>.chunk
         let coefficients = skipped.coefficients.base
         // Only the rows with a skipped segment in the chunk (none, when the filter keeps nearly

@@ -166,10 +166,10 @@ func mergeRow<S: KernelScalar>(_ z: UnsafeMutablePointer<S>, count: Int, into st
 enum Forward {
     /// The forward of active tokens first ..< first + count, whose E rows `workspace`
     /// holds. Writes lse and loss for them; when `blockStats` is given, stores each block
-    /// row's largest logit and log-sum-exp there (BlockStatistics). With `shardParts` (a vocabulary shard, Parallel.swift) also
-    /// writes each token's target logit (0 where another shard holds the target) and its
-    /// smoothing sum Σ_v z_iv or Σ_v w_v·z_iv (0 without label smoothing): with the shard's
-    /// lse, what the ranks combine.
+    /// row's largest logit and log-sum-exp there (BlockStatistics). With `shardParts` (a
+    /// vocabulary shard, Parallel.swift) also writes each token's target logit (0 where
+    /// another shard holds the target) and its smoothing sum Σ_v z_iv or Σ_v w_v·z_iv (0
+    /// without label smoothing): with the shard's lse, what the ranks combine.
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ workspace: Workspace<S>, first: Int, count: Int, loss definition: LossDefinition<S>,
         lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockStats: BlockStatistics?,
