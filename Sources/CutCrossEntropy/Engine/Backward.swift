@@ -331,13 +331,16 @@ enum Backward {
                 s = residual / S(forwardCount - excludedCount)
                 addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.backward(excludedBlock))
             }
-            let sum = total ?? skipped.formForward(sums, f)
+            let sum = total ?? {
+                sums.forward(f, into: skipped.slot(f))
+                return UnsafePointer(skipped.slot(f))
+            }()
             total = sum
             if now { addEstimate(state, row: row, d: operands.d, scale: s, sum: sum) } else { slot.pointee = s }
         }
         guard !now else { return }
         // No row needs F_f: its coefficients are all 0, and a zero row adds the same bits.
-        if total == nil { skipped.whole.base.advanced(by: f % chunk * operands.d).update(repeating: 0, count: operands.d) }
+        if total == nil { skipped.slot(f).update(repeating: 0, count: operands.d) }
         if f % chunk == chunk - 1 || f == forwardBlocks - 1 {
             addSkippedEstimates(operands, state, workspace, blocks: f % chunk + 1, first: first, count: count)
         }

@@ -238,10 +238,8 @@ enum Engine {
             let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
                                          backend: operands.backend, kernel: operands.kernel,
                                          partials: backward?.outputs.compE != nil,
-                                         estimate: backward?.policy.estimate == true)
-            let statistics = pass == .fused
-                ? Scratch<Float16>(count: BlockStatistics.count(rows: nb, blocks: forwardBlocks)) : nil
-            let blockStats = statistics.map { BlockStatistics(base: $0.base, blocks: forwardBlocks) }
+                                         estimate: pass == .fused && backward?.policy.estimate == true)
+            let blockStats = pass == .fused ? BlockStatistics(rows: nb, blocks: forwardBlocks) : nil
             var workerStats = FilterStatistics()
             while case let b = queue.next(), b < blocks {
                 let first = b * nb, count = min(nb, m - first)
@@ -303,9 +301,7 @@ extension Engine {
         let definition = LossDefinition<S>(options, vocabulary: shard?.vocabulary ?? operands.v, weights: weights)
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
         let chunk = min(m, exchangeChunk)
-        let statistics = Scratch<Float16>(count: BlockStatistics.count(rows: chunk, blocks: forwardBlocks),
-                                          policy: .interleaved)
-        let blockStats = BlockStatistics(base: statistics.base, blocks: forwardBlocks)
+        let blockStats = BlockStatistics(rows: chunk, blocks: forwardBlocks, policy: .interleaved)
         let out = UncheckedSendable((lse: lse, loss: loss))
         let compensated = backward.outputs.compE != nil
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)

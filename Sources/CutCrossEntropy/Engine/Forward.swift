@@ -226,15 +226,26 @@ enum Forward {
 ///   dropped-mass estimate of the rows the bound skips (itself an approximation of mass
 ///   each entry of which is below ε).
 struct BlockStatistics: @unchecked Sendable {
-    let base: UnsafeMutablePointer<Float16>
+    private let storage: Scratch<Float16>
+    private let base: UnsafeMutablePointer<Float16>
     /// Forward blocks per row.
     let blocks: Int
 
-    /// Pairs for `rows` rows of `blocks` forward blocks.
-    static func count(rows: Int, blocks: Int) -> Int { 2 * rows * blocks }
+    /// Room for `rows` rows of `blocks` forward blocks.
+    init(rows: Int, blocks: Int, policy: Placement.Policy = .local) {
+        storage = Scratch(count: 2 * rows * blocks, policy: policy)
+        base = storage.base
+        self.blocks = blocks
+    }
 
-    /// The statistics from row `rows` on.
-    func advanced(by rows: Int) -> BlockStatistics { BlockStatistics(base: base + 2 * rows * blocks, blocks: blocks) }
+    private init(storage: Scratch<Float16>, base: UnsafeMutablePointer<Float16>, blocks: Int) {
+        self.storage = storage; self.base = base; self.blocks = blocks
+    }
+
+    /// The statistics from row `rows` on (the same storage).
+    func advanced(by rows: Int) -> BlockStatistics {
+        BlockStatistics(storage: storage, base: base + 2 * rows * blocks, blocks: blocks)
+    }
 
     @inline(__always)
     func store<S: KernelScalar>(row i: Int, block f: Int, max m: S, logSum l: S) {

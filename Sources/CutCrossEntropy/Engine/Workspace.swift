@@ -346,8 +346,8 @@ final class Workspace<S: KernelScalar> {
 /// for the dropped-mass estimate (Backward.swift). Computed once per call by the call's
 /// workers, each sum in the sorted order from +0 over the converted rows, so the values do
 /// not depend on the thread count: (V/VB)·D values (4 MB at V = 128256, D = 1024), one pass
-/// over C (about 1/N of the forward's reads). The forward blocks' sums F_f are formed from
-/// them by each worker as it needs them (SkippedEstimates).
+/// over C (about 1/N of the forward's reads). A forward block's sum F_f is formed from them
+/// where a worker needs it (`forward`, into SkippedEstimates).
 final class EstimateSums<S: KernelScalar>: @unchecked Sendable {
     let d: Int, vb: Int, forwardVB: Int, v: Int
     let sub: Scratch<S>                   // ⌈V/VB⌉ x D
@@ -376,6 +376,16 @@ final class EstimateSums<S: KernelScalar>: @unchecked Sendable {
 
     /// T_j: Σ of the C rows of backward block j.
     func backward(_ j: Int) -> UnsafePointer<S> { UnsafePointer(sub.base + j * d) }
+
+    /// F_f = Σ of forward block f's T_j, in order from +0, written into `out` (D values).
+    func forward(_ f: Int, into out: UnsafeMutablePointer<S>) {
+        out.update(repeating: 0, count: d)
+        var j = f * forwardVB / vb
+        while j * vb < min(v, (f + 1) * forwardVB) {
+            axpy(out, 1, backward(j), count: d)
+            j += 1
+        }
+    }
 }
 
 /// A worker's estimates of the rows its bound skipped, one chunk of `chunk` forward blocks at a
@@ -400,17 +410,8 @@ final class SkippedEstimates<S: KernelScalar> {
         for f in 0..<chunk { wholeRows.base[f] = UnsafePointer(whole.base + f * d) }
     }
 
-    /// Forms F_f (Σ of forward block f's T_j, in order, from +0) in its slot of the chunk.
-    func formForward(_ sums: EstimateSums<S>, _ f: Int) -> UnsafePointer<S> {
-        let total = whole.base + f % Self.chunk * d
-        total.update(repeating: 0, count: d)
-        var j = f * sums.forwardVB / sums.vb
-        while j * sums.vb < min(sums.v, (f + 1) * sums.forwardVB) {
-            axpy(total, 1, sums.backward(j), count: d)
-            j += 1
-        }
-        return UnsafePointer(total)
-    }
+    /// Forward block f's slot of the chunk (D values).
+    func slot(_ f: Int) -> UnsafeMutablePointer<S> { whole.base + f % Self.chunk * d }
 }
 
 /// dC updates a worker has computed but whose hand-off turn has not come yet: the kept
