@@ -315,12 +315,12 @@ public final class Communicator: @unchecked Sendable {
             throw ParallelError.mismatch("a sum across ranks of \(counts[0]) values on rank 0 and \(counts[r]) on rank \(r)")
         }
         let p = size, stride = MemoryLayout<T>.stride
-        // Elements per round: at most 2^18 (the P pieces a rank receives and its sums then
-        // take 1.25 MiB or less in Float32: the sum's extra memory does not grow with the
+        // Elements per round: at most 2^16 (the P pieces a rank receives and its sums then
+        // take 320 KiB or less in Float32: the sum's extra memory does not grow with the
         // array). The bits do not depend on it: each element is added over the ranks in rank
         // order whatever round it is in. 2^20 took 5 MiB, as much as a vocabulary shard's
-        // whole 1% budget at N = 4096, D = 1024, V = 128256 over 4 ranks.
-        let perRound = max(p, min(1 << 18, roundBytes / stride / 2))
+        // whole 1% budget at N = 4096, D = 1024, V = 128256 over 4 ranks; 2^18, 1.25 MiB.
+        let perRound = max(p, min(1 << 16, roundBytes / stride / 2))
         var start = 0
         repeat {
             let len = min(n - start, perRound)

@@ -209,7 +209,7 @@ enum Backward {
         for p in 0..<(count + maskRows - 1) / maskRows { panelNeeded[p] = false }
         for i in 0..<count {
             let l = state.lse[first + i], coef = definition.softmaxCoefficient(lse: l, token: first + i)
-            let targetPosition = Int(operands.rank[Int(operands.problem.targets[first + i])]) - v0
+            let targetPosition = Int(operands.targetPosition[first + i]) - v0
             let blockMax: S = bound.bound(row: i, block: forwardBlock)
             let skippable = abs(coef) * S.exp(blockMax - l) + smoothBound < eps
             if correcting {
@@ -262,7 +262,7 @@ enum Backward {
                 for q in 0..<vc { row[q] += bias[Int(operands.order[v0 + q])] }
             }
             logitEpilogue(row, count: vc, bias: nil, cap: definition.cap)
-            let targetPosition = Int(operands.rank[Int(operands.problem.targets[first + i])]) - v0
+            let targetPosition = Int(operands.targetPosition[first + i]) - v0
             let hasTarget = targetPosition >= 0 && targetPosition < vc
             let targetLogit = hasTarget ? row[targetPosition] : 0
             let l = state.lse[first + i]
@@ -284,7 +284,7 @@ enum Backward {
                     workspace.excluded.base[i] = j
                 } else if !keepE {
                     addEstimate(state, row: Int(operands.problem.rows[first + i]), d: operands.d,
-                                scale: g * tileRowSum(row, count: vc) / S(vc), sum: state.sums!.backward(j))
+                                scale: g * tileRowSum(row, count: vc) / S(vc), sum: workspace.estimateSum(state.sums!, block: j))
                 }
             }
             guard keepE || keepC else { continue }
@@ -329,10 +329,11 @@ enum Backward {
                 let excludedCount = min(vb, operands.v - excludedBlock * vb)
                 guard forwardCount > excludedCount else { continue }
                 s = residual / S(forwardCount - excludedCount)
-                addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.backward(excludedBlock))
+                addEstimate(state, row: row, d: operands.d, scale: -s, sum: workspace.estimateSum(sums, block: excludedBlock))
             }
             let sum = total ?? {
-                sums.forward(f, into: skipped.slot(f))
+                sums.forward(f, into: skipped.slot(f), row: workspace.estimateRow.base)
+                workspace.estimateRowBlock = -1
                 return UnsafePointer(skipped.slot(f))
             }()
             total = sum

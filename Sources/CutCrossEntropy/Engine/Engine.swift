@@ -133,15 +133,16 @@ enum Engine {
             if !classifier.isBorrowed {
                 Placement.interleave(UnsafeRawBufferPointer(start: c, count: p.v * p.d * p.cType.size))
             }
-            let (order, rank) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
+            let (order, targetPositions) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
                                                      sorted: call.policy.sortVocabulary, threads: call.threads,
                                                      mean: call.sortingMean)
             trace.mark("vocabulary order")
             order.withUnsafeBufferPointer { order in
-            rank.withUnsafeBufferPointer { rank in
+            targetPositions.withUnsafeBufferPointer { targetPositions in
             withOptionalPointer(biasS) { biasPointer in
                 let operands = Operands(e: e, eType: p.eType, c: c, cType: p.cType, bias: biasPointer, d: p.d, v: p.v,
-                                        plan: plan, problem: p, order: order.baseAddress!, rank: rank.baseAddress!,
+                                        plan: plan, problem: p, order: order.baseAddress!,
+                                        targetPosition: targetPositions.baseAddress!,
                                         backend: call.backend,
                                         kernel: chooseTileKernel(S.self, eType: p.eType, cType: p.cType, backend: call.backend,
                                                            requested: call.kernel))

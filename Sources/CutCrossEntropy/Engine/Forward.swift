@@ -190,7 +190,7 @@ enum Forward {
                     for q in 0..<vc { row[q] += bias[Int(operands.order[v0 + q])] }
                 }
                 logitEpilogue(row, count: vc, bias: nil, cap: definition.cap)
-                let targetPosition = Int(operands.rank[Int(targets[first + i])]) - v0
+                let targetPosition = Int(operands.targetPosition[first + i]) - v0
                 if targetPosition >= 0 && targetPosition < vc { targetLogits[i] = row[targetPosition] }
                 let seen = mergeRow(row, count: vc, into: &states[i])
                 blockStats?.store(row: i, block: j, max: seen.max, logSum: seen.logSum)

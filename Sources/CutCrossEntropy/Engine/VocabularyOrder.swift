@@ -13,26 +13,27 @@
 // Two doors for runs split over processes (Parallel.swift): a token-parallel rank sorts by
 // the mean embedding over every rank's tokens (`mean`), so that all ranks sweep the
 // vocabulary in the order one process would; and a vocabulary shard's problem marks a
-// target held by another shard with the id V (Problem.restricted), so `rank` has V + 1
-// entries, the last one a position no tile reaches.
+// target held by another shard with the id V (Problem.restricted), whose position is
+// Int32.max, one no tile reaches.
 
 import CCEKernels
 import CCERuntime
 
 enum VocabularyOrder {
-    /// (order, rank): order[k] is the vocabulary id at sorted position k, rank its inverse
-    /// (with rank[V] = Int32.max, the "held elsewhere" id of a vocabulary shard). The mean
+    /// (order, targetPositions): order[k] is the vocabulary id at sorted position k, and
+    /// targetPositions[t] the sorted position of active token t's target (Int32.max for the
+    /// "held elsewhere" id V of a vocabulary shard): N values kept for the sweep where the
+    /// inverse permutation would be V. The mean
     /// embedding, the V averages and the sort are shared among `threads` workers; each value
     /// is computed by one fixed sequence of operations, so the order does not depend on the
     /// thread count. `mean`: the mean embedding to sort by (nil: the mean of the problem's
     /// active rows).
     static func make(problem: Problem, e: UnsafeRawPointer, c: UnsafeRawPointer,
                      bias: [Double]?, sorted: Bool, threads: Int = 1,
-                     mean given: [Float]? = nil) -> (order: [Int32], rank: [Int32]) {
+                     mean given: [Float]? = nil) -> (order: [Int32], targetPositions: [Int32]) {
         let v = problem.v, d = problem.d
         guard sorted, problem.active > 0 || given != nil else {
-            let id = (0..<v).map { Int32($0) }
-            return (id, id + [Int32.max])
+            return ((0..<v).map { Int32($0) }, problem.targets.map { $0 == v ? Int32.max : Int32($0) })
         }
         let workers = max(1, min(threads, v / 4096 + 1))
         let meanF = given ?? mean(sum: embeddingSum(problem: problem, e: e, threads: workers), count: problem.active)
@@ -57,7 +58,7 @@ enum VocabularyOrder {
         let order = descendingOrder(keys)
         var rank = [Int32](repeating: Int32.max, count: v + 1)
         for (k, id) in order.enumerated() { rank[Int(id)] = Int32(k) }
-        return (order, rank)
+        return (order, problem.targets.map { rank[Int($0)] })
     }
 
     /// Σ_i e_i over the active rows, in Float64, every column summed over the rows in order;

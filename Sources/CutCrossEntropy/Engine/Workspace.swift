@@ -46,9 +46,11 @@ struct Operands<S: KernelScalar>: @unchecked Sendable {
     let v: Int
     let plan: TilePlan
     let problem: Problem
-    /// order[k]: the vocabulary id at sorted position k; rank: its inverse.
+    /// order[k]: the vocabulary id at sorted position k.
     let order: UnsafePointer<Int32>
-    let rank: UnsafePointer<Int32>
+    /// targetPosition[t]: the sorted position of active token t's target (Int32.max: held by
+    /// another vocabulary shard).
+    let targetPosition: UnsafePointer<Int32>
     let backend: TileBackend
     let kernel: TileKernel
 
@@ -99,6 +101,9 @@ final class Workspace<S: KernelScalar> {
     let excluded: Scratch<Int>           //   ... but for this recomputed backward block (or −1)
     let partials: Scratch<S>?            // kahan modes: max(NB, VB) x D gradient partials
     let skipped: SkippedEstimates<S>?   // fused backward: the estimates of the rows the bound skipped
+    let estimateRow: Scratch<S>          // backward: a T_j of the estimate (EstimateSums), as S
+    /// Which backward block's T_j estimateRow holds (−1: none).
+    var estimateRowBlock = -1
     /// Rows recomputed on their own (selected product) rather than as a masked full tile.
     let selectedLimit = 48
     let pending: PendingUpdates<S>
@@ -153,6 +158,7 @@ final class Workspace<S: KernelScalar> {
         residual = Scratch(count: nb); residualOn = Scratch(count: nb); excluded = Scratch(count: nb)
         self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
         skipped = estimate ? SkippedEstimates(plan: plan, d: d) : nil
+        estimateRow = Scratch(count: d)
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb), vb: vb)
         let side = max(nb, vb)
         // The portable rank update packs A and slices of b; the 512-bit one reads them in place.
@@ -160,6 +166,12 @@ final class Workspace<S: KernelScalar> {
         aPanels = Scratch(count: packs ? (side + 5) / 6 * 6 * side : 0)
         spare = Scratch(count: packs ? d : 0)
         bSlice = Scratch(count: packs ? side * 16 : 0)
+    }
+
+    /// T_j of the dropped-mass estimate as S, converted when block j differs from the last asked.
+    func estimateSum(_ sums: EstimateSums<S>, block j: Int) -> UnsafePointer<S> {
+        if estimateRowBlock != j { sums.backward(j, into: estimateRow.base); estimateRowBlock = j }
+        return UnsafePointer(estimateRow.base)
     }
 
     /// Points eRows at the E rows of active tokens first ..< first + count as S: in place
@@ -342,47 +354,67 @@ final class Workspace<S: KernelScalar> {
     }
 }
 
-/// Σ of the C rows of every backward block j (T_j, its VB rows at sorted positions), in S,
-/// for the dropped-mass estimate (Backward.swift). Computed once per call by the call's
-/// workers, each sum in the sorted order from +0 over the converted rows, so the values do
-/// not depend on the thread count: (V/VB)·D values (4 MB at V = 128256, D = 1024), one pass
-/// over C (about 1/N of the forward's reads). A forward block's sum F_f is formed from them
+/// Σ of the C rows of every backward block j (T_j, its VB rows at sorted positions), for the
+/// dropped-mass estimate (Backward.swift). Computed once per call by the call's workers, each
+/// sum in S in the sorted order from +0 over the converted rows, so the values do not depend
+/// on the thread count; then kept in BFloat16 (rounded to nearest even) when S is Float32, in
+/// S in the exact mode: (V/VB)·D values, 2 MB at V = 128256, D = 1024 (4 MB as Float32), one
+/// pass over C (about 1/N of the forward's reads). T_j only ever scales an estimate r·T_j/|J|
+/// of mass the filter dropped, each entry of which is below ε, and the estimate leaves out the
+/// part of that mass that varies inside the block (Backward.swift): bf16's relative 2^-9 is far
+/// below what the estimate itself misses. A forward block's sum F_f is formed from the T_j
 /// where a worker needs it (`forward`, into SkippedEstimates).
 final class EstimateSums<S: KernelScalar>: @unchecked Sendable {
     let d: Int, vb: Int, forwardVB: Int, v: Int
-    let sub: Scratch<S>                   // ⌈V/VB⌉ x D
+    /// ⌈V/VB⌉ x D: bf16 bits (S = Float) ...
+    private let narrow: Scratch<UInt16>?
+    /// ... or S (the exact mode).
+    private let wide: Scratch<S>?
 
     init(_ operands: Operands<S>, threads: Int) {
         d = operands.d; vb = operands.plan.vocabBlock; forwardVB = operands.plan.forwardVocabBlock; v = operands.v
         let v = operands.v, subs = (v + vb - 1) / vb
-        sub = Scratch(count: subs * d)
+        let isFloat = S.self == Float.self
+        narrow = isFloat ? Scratch(count: subs * d) : nil
+        wide = isFloat ? nil : Scratch(count: subs * d)
         let d = self.d, vb = self.vb
-        let sub = UncheckedSendable(self.sub.base)
+        let narrowP = UncheckedSendable(narrow?.base), wideP = UncheckedSendable(wide?.base)
         // Backward block j: one worker's task, taken from a counter.
         let workers = max(1, min(threads, subs))
         let queue = Counter()
         Workers.run(workers, pin: Placement.isNUMA) { _ in
-            let row = Scratch<S>(count: d)
+            let row = Scratch<S>(count: d), sum = Scratch<S>(count: d)
             while case let j = queue.next(), j < subs {
-                let out = sub.value + j * d
+                let out = wideP.value.map { $0 + j * d } ?? sum.base
                 out.update(repeating: 0, count: d)
                 for q in j * vb ..< min(v, (j + 1) * vb) {
                     convertRow(operands.sortedCRow(q), type: operands.cType, count: d, into: row.base)
                     axpy(out, 1, UnsafePointer(row.base), count: d)
                 }
+                if let bits = narrowP.value.map({ $0 + j * d }) {
+                    for k in 0..<d { bits[k] = bfloat16Bits(Float(out[k])) }
+                }
             }
         }
     }
 
-    /// T_j: Σ of the C rows of backward block j.
-    func backward(_ j: Int) -> UnsafePointer<S> { UnsafePointer(sub.base + j * d) }
+    /// T_j: Σ of the C rows of backward block j, written into `out` (D values).
+    func backward(_ j: Int, into out: UnsafeMutablePointer<S>) {
+        if let narrow {
+            convertRow(UnsafeRawPointer(narrow.base + j * d), type: .bfloat16, count: d, into: out)
+        } else {
+            out.update(from: wide!.base + j * d, count: d)
+        }
+    }
 
-    /// F_f = Σ of forward block f's T_j, in order from +0, written into `out` (D values).
-    func forward(_ f: Int, into out: UnsafeMutablePointer<S>) {
+    /// F_f = Σ of forward block f's T_j, in order from +0, written into `out` (D values);
+    /// `row`: D values of room for a T_j.
+    func forward(_ f: Int, into out: UnsafeMutablePointer<S>, row: UnsafeMutablePointer<S>) {
         out.update(repeating: 0, count: d)
         var j = f * forwardVB / vb
         while j * vb < min(v, (f + 1) * forwardVB) {
-            axpy(out, 1, backward(j), count: d)
+            backward(j, into: row)
+            axpy(out, 1, UnsafePointer(row), count: d)
             j += 1
         }
     }
