@@ -782,6 +782,34 @@ void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, lo
     }
 }
 
+// dC's sparse update: out[j] += Σ_t values[t] · b_t[j] over t < nnz, each element one FMA
+// chain in t order. Given the nonzero terms of a dense chain in its order, this is the dense
+// chain's sum bit for bit: a left-out term 0·b_q adds ±0, which leaves every value but −0
+// unchanged, and a chain that starts from +0 (zeroed gradients) never reaches −0 (x + y is
+// −0 only when both are −0). 64 columns a step: four independent chains per t.
+CCE_AVX512
+void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width) {
+    for (long j0 = 0; j0 < width; j0 += 64) {
+        long nc = width - j0 < 64 ? width - j0 : 64;
+        __mmask16 k0, k1, k2, k3;
+        column_masks(nc, &k0, &k1);
+        column_masks(nc > 32 ? nc - 32 : 0, &k2, &k3);
+        __m512 s0 = _mm512_maskz_loadu_ps(k0, out + j0), s1 = _mm512_maskz_loadu_ps(k1, out + j0 + 16);
+        __m512 s2 = _mm512_maskz_loadu_ps(k2, out + j0 + 32), s3 = _mm512_maskz_loadu_ps(k3, out + j0 + 48);
+        for (long t = 0; t < nnz; t++) {
+            __m512 x = _mm512_set1_ps(values[t]);
+            s0 = _mm512_fmadd_ps(x, load_row16(b[t], type, j0, k0), s0);
+            s1 = _mm512_fmadd_ps(x, load_row16(b[t], type, j0 + 16, k1), s1);
+            s2 = _mm512_fmadd_ps(x, load_row16(b[t], type, j0 + 32, k2), s2);
+            s3 = _mm512_fmadd_ps(x, load_row16(b[t], type, j0 + 48, k3), s3);
+        }
+        _mm512_mask_storeu_ps(out + j0, k0, s0);
+        _mm512_mask_storeu_ps(out + j0 + 16, k1, s1);
+        _mm512_mask_storeu_ps(out + j0 + 32, k2, s2);
+        _mm512_mask_storeu_ps(out + j0 + 48, k3, s3);
+    }
+}
+
 // MARK: - The LSE merge (the forward's fold of a tile row, 512-bit exp)
 
 // Exp.exp (CCEKernels/Exp.swift) on 16 lanes: the same operations per lane (Cody–Waite
@@ -888,6 +916,9 @@ void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *c
                                long d, float *out, long ldo, float *panel, const bool *panel_mask) { __builtin_trap(); }
 void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const void *const *b,
                          int type, long k, long width, int blocked) { __builtin_trap(); }
+void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width) {
+    __builtin_trap();
+}
 int cce_amx_supported(void) { return 0; }
 float cce_avx512_exp(float x) { __builtin_trap(); }
 void cce_avx512_merge_row(const float *z, long count, float *max, float *sum, float *comp, float *tile_max,

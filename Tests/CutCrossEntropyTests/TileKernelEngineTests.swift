@@ -151,6 +151,50 @@ final class RankUpdateAVX512Tests: XCTestCase {
     }
 }
 
+/// dC's sparse update against the dense 512-bit rank update (not blocked) on the same A with
+/// most entries zero: each out row given only its nonzero terms, in order, must come out with
+/// the dense chain's bits, for bf16 and Float32 b rows and widths that are no multiple of 64.
+final class SparseUpdateAVX512Tests: XCTestCase {
+    func testBitwiseTheDenseRankUpdate() throws {
+        guard hasAVX512 else { throw XCTSkip("this CPU has no AVX-512: the sparse update cannot run here") }
+        var rng = SeededRandom(seed: 13)
+        for (m, k, w) in [(1, 1, 1), (7, 40, 65), (20, 62, 1024), (3, 258, 130)] {
+            for bType in [ElementType.bfloat16, .float32] {
+                // About one entry in eight nonzero, and one row with none (it must stay as it was).
+                let a = (0..<(m * k)).map { i -> Float in i / k == m / 2 || rng.uniform() > 0.125 ? 0 : Float(rng.normal()) }
+                let b32 = (0..<(k * w)).map { _ in Float(rng.normal()) }
+                let b16 = b32.map(bfloat16Bits)
+                let start = (0..<(m * w)).map { _ in Float(rng.normal()) }
+                var dense = start, sparse = start
+                let (ars, aks) = (1, m)   // dC's layout: A read by columns
+                b32.withUnsafeBufferPointer { p32 in
+                    b16.withUnsafeBufferPointer { p16 in
+                        let bRows: [UnsafeRawPointer] = (0..<k).map {
+                            bType == .float32 ? UnsafeRawPointer(p32.baseAddress! + $0 * w) : UnsafeRawPointer(p16.baseAddress! + $0 * w)
+                        }
+                        a.withUnsafeBufferPointer { ap in
+                            dense.withUnsafeMutableBufferPointer { o in
+                                let rows = (0..<m).map { o.baseAddress! + $0 * w }
+                                rankUpdateAVX512(out: rows, m: m, a: ap.baseAddress!, ars: ars, aks: aks, b: bRows,
+                                                 bType: bType, k: k, width: w)
+                            }
+                        }
+                        sparse.withUnsafeMutableBufferPointer { o in
+                            for r in 0..<m {
+                                let terms = (0..<k).filter { a[r * ars + $0 * aks] != 0 }
+                                let values = terms.map { a[r * ars + $0 * aks] }, rows = terms.map { bRows[$0] }
+                                sparseUpdateAVX512(out: o.baseAddress! + r * w, nnz: terms.count, values: values,
+                                                   b: rows, bType: bType, width: w)
+                            }
+                        }
+                    }
+                }
+                XCTAssertEqual(sparse.map(\.bitPattern), dense.map(\.bitPattern), "m=\(m) k=\(k) w=\(w) \(bType)")
+            }
+        }
+    }
+}
+
 /// The AMX rank update (dE's product with bf16 C): bit for bit its model `amxRankEmulated`
 /// (A split into bf16 hi + lo, tdpbf16ps per 32-element chunk), and within 2^-15 relative of
 /// the Float64 sum (the split keeps A to 2^-17; the chain rounds in Float32), on shapes that

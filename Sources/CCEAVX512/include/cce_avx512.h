@@ -189,6 +189,12 @@ void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *c
 void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const void *const *b,
                          int type, long k, long width, int blocked);
 
+/// dC's sparse update, one out row: out[j] += Σ_{t < nnz} values[t] · b[t][j] for j < width, each
+/// element one FMA chain in t order from its stored value (the b rows stored as `type`,
+/// converted exactly while loaded). With the nonzero terms of cce_fma_rank_update's chain for
+/// that row, in order, it gives that chain's bits when the row holds no −0.
+void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width);
+
 #ifdef __cplusplus
 }
 #endif

@@ -77,6 +77,8 @@ final class Workspace<S: KernelScalar> {
     let selectedRows: Scratch<UnsafePointer<S>>  // backward: the E rows of the selected rows
     let keptRows: Scratch<UnsafePointer<S>>      // backward: the E rows of a dC update's kept rows
     let keptRaw: Scratch<UnsafeRawPointer>       //   ... as stored (eStoredOnly)
+    let sparseValues: Scratch<S>                 // backward: one dC row's nonzero terms ...
+    let sparseRows: Scratch<UnsafeRawPointer>    //   ... and their E rows (rankUpdateTokens)
     let cPanel: Scratch<S>               // one packed C panel (L1): 16 x 256, or 32 x 256 (AVX-512)
     let bf16Panels: Scratch<UInt32>      // bf16 kernels (AMX, dot product): the token block in bf16 pairs
     let bf16Selected: Scratch<UInt32>    //   ... and the selected rows (selectedProduct)
@@ -127,6 +129,7 @@ final class Workspace<S: KernelScalar> {
         eRows = Scratch(count: nb)
         eRaw = Scratch(count: nb)
         keptRaw = Scratch(count: nb)
+        sparseValues = Scratch(count: nb); sparseRows = Scratch(count: nb)
         selectedRows = Scratch(count: selectedLimit)
         keptRows = Scratch(count: nb)
         self.kernel = kernel
@@ -293,17 +296,41 @@ final class Workspace<S: KernelScalar> {
     /// (tile indices), A(c, q) = a[c·ars + q·aks]: the 512-bit kernel reads the E rows as
     /// stored when the products do (eStoredOnly; the conversion is exact, so the bits are
     /// those of the converted rows), else the rows of eRows.
+    ///
+    /// Most of A is zero: a row segment is kept for one large entry, and dC's entry filter
+    /// zeroes the rest (on LM-like bf16 data about 7% of a queued block's entries are not zero).
+    /// When at most half are nonzero, each out row takes only its nonzero terms, in order
+    /// (sparseUpdateAVX512): the same FMA chain without its zero terms, so the same bits
+    /// (dC is zeroed before the sweep and so never holds −0), whichever of the two runs.
     func rankUpdateTokens(out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int, a: UnsafePointer<S>, ars: Int, aks: Int,
                           rows: UnsafePointer<Int>, k: Int, eType: ElementType) {
-        if eStoredOnly {
-            for q in 0..<k { keptRaw.base[q] = eRaw.base[rows[q]] }
-            UnsafeRawPointer(out).withMemoryRebound(to: UnsafeMutablePointer<Float>.self, capacity: m) { out in
-                rankUpdateAVX512(out: out, m: m, a: UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), ars: ars,
-                                 aks: aks, b: UnsafePointer(keptRaw.base), bType: eType, k: k, width: d)
-            }
-        } else {
+        guard kernel != .portable && S.self == Float.self else {
             for q in 0..<k { keptRows.base[q] = eRows.base[rows[q]] }
             rankUpdate(out: out, m: m, a: a, ars: ars, aks: aks, b: UnsafePointer(keptRows.base), k: k)
+            return
+        }
+        for q in 0..<k { keptRaw.base[q] = eStoredOnly ? eRaw.base[rows[q]] : UnsafeRawPointer(eRows.base[rows[q]]) }
+        let bType = eStoredOnly ? eType : .float32
+        let af = UnsafeRawPointer(a).assumingMemoryBound(to: Float.self)
+        var nonzero = 0
+        for c in 0..<m { for q in 0..<k where af[c * ars + q * aks] != 0 { nonzero += 1 } }
+        UnsafeRawPointer(out).withMemoryRebound(to: UnsafeMutablePointer<Float>.self, capacity: m) { out in
+            guard 2 * nonzero <= m * k else {
+                rankUpdateAVX512(out: out, m: m, a: af, ars: ars, aks: aks, b: UnsafePointer(keptRaw.base), bType: bType,
+                                 k: k, width: d)
+                return
+            }
+            let values = UnsafeMutableRawPointer(sparseValues.base).assumingMemoryBound(to: Float.self)
+            for c in 0..<m {
+                var t = 0
+                for q in 0..<k where af[c * ars + q * aks] != 0 {
+                    values[t] = af[c * ars + q * aks]; sparseRows.base[t] = keptRaw.base[q]; t += 1
+                }
+                if t > 0 {
+                    sparseUpdateAVX512(out: out[c], nnz: t, values: values, b: UnsafePointer(sparseRows.base),
+                                       bType: bType, width: d)
+                }
+            }
         }
     }
 
