@@ -301,7 +301,9 @@ final class Workspace<S: KernelScalar> {
     /// zeroes the rest (on LM-like bf16 data about 7% of a queued block's entries are not zero).
     /// When at most half are nonzero, each out row takes only its nonzero terms, in order
     /// (sparseUpdateAVX512): the same FMA chain without its zero terms, so the same bits
-    /// (dC is zeroed before the sweep and so never holds −0), whichever of the two runs.
+    /// whichever of the two runs (adding 0·e changes no value but −0, and dC, zeroed before the
+    /// sweep, never holds −0; a caller's dC declared zero that held −0 could keep it where the
+    /// dense chain would have made it +0).
     func rankUpdateTokens(out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int, a: UnsafePointer<S>, ars: Int, aks: Int,
                           rows: UnsafePointer<Int>, k: Int, eType: ElementType) {
         guard kernel != .portable && S.self == Float.self else {
