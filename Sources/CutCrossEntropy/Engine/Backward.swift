@@ -332,8 +332,7 @@ enum Backward {
                 addEstimate(state, row: row, d: operands.d, scale: -s, sum: workspace.estimateSum(sums, block: excludedBlock))
             }
             let sum = total ?? {
-                sums.forward(f, into: skipped.slot(f), row: workspace.estimateRow.base)
-                workspace.estimateRowBlock = -1
+                sums.forward(f, into: skipped.slot(f))
                 return UnsafePointer(skipped.slot(f))
             }()
             total = sum
@@ -461,6 +460,7 @@ enum Backward {
                 // dC_v += Σ_r dy_rv · e_r over the kept rows, one sequential FMA chain per element.
                 let dy = pending.dy.base + e.offset
                 workspace.rankUpdateTokens(out: workspace.outRows.base, m: e.cols, a: dy, ars: 1, aks: e.cols,
+                                           nonzero: e.nonzero,
                                            rows: pending.rows.base + e.rowOffset, k: e.kept, eType: operands.eType)
                 if let part, let comp = out.compC {
                     for c in 0..<e.cols {

@@ -304,8 +304,10 @@ final class Workspace<S: KernelScalar> {
     /// whichever of the two runs (adding 0·e changes no value but −0, and dC, zeroed before the
     /// sweep, never holds −0; a caller's dC declared zero that held −0 could keep it where the
     /// dense chain would have made it +0).
+    /// `nonzero`: how many of A's m·k entries are not zero (PendingUpdates counts them while
+    /// it copies them).
     func rankUpdateTokens(out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int, a: UnsafePointer<S>, ars: Int, aks: Int,
-                          rows: UnsafePointer<Int>, k: Int, eType: ElementType) {
+                          nonzero: Int, rows: UnsafePointer<Int>, k: Int, eType: ElementType) {
         guard kernel != .portable && S.self == Float.self else {
             for q in 0..<k { keptRows.base[q] = eRows.base[rows[q]] }
             rankUpdate(out: out, m: m, a: a, ars: ars, aks: aks, b: UnsafePointer(keptRows.base), k: k)
@@ -314,8 +316,6 @@ final class Workspace<S: KernelScalar> {
         for q in 0..<k { keptRaw.base[q] = eStoredOnly ? eRaw.base[rows[q]] : UnsafeRawPointer(eRows.base[rows[q]]) }
         let bType = eStoredOnly ? eType : .float32
         let af = UnsafeRawPointer(a).assumingMemoryBound(to: Float.self)
-        var nonzero = 0
-        for c in 0..<m { for q in 0..<k where af[c * ars + q * aks] != 0 { nonzero += 1 } }
         UnsafeRawPointer(out).withMemoryRebound(to: UnsafeMutablePointer<Float>.self, capacity: m) { out in
             guard 2 * nonzero <= m * k else {
                 rankUpdateAVX512(out: out, m: m, a: af, ars: ars, aks: aks, b: UnsafePointer(keptRaw.base), bType: bType,
@@ -436,14 +436,17 @@ final class EstimateSums<S: KernelScalar>: @unchecked Sendable {
         }
     }
 
-    /// F_f = Σ of forward block f's T_j, in order from +0, written into `out` (D values);
-    /// `row`: D values of room for a T_j.
-    func forward(_ f: Int, into out: UnsafeMutablePointer<S>, row: UnsafeMutablePointer<S>) {
+    /// F_f = Σ of forward block f's T_j, in order from +0, written into `out` (D values).
+    func forward(_ f: Int, into out: UnsafeMutablePointer<S>) {
         out.update(repeating: 0, count: d)
         var j = f * forwardVB / vb
         while j * vb < min(v, (f + 1) * forwardVB) {
-            backward(j, into: row)
-            axpy(out, 1, UnsafePointer(row), count: d)
+            if let narrow {
+                let bits = narrow.base + j * d
+                for k in 0..<d { out[k] += S(storage: floatFromBFloat16Bits(bits[k])) }
+            } else {
+                axpy(out, 1, UnsafePointer(wide!.base + j * d), count: d)
+            }
             j += 1
         }
     }
@@ -479,9 +482,12 @@ final class SkippedEstimates<S: KernelScalar> {
 /// rows' dy (only the columns some row has an entry in) and which rows and columns they
 /// were, in vocabulary-block order.
 final class PendingUpdates<S: KernelScalar> {
-    /// Block j's update: `kept` dy rows of `cols` values each (dy at offset, row-major), the
-    /// columns' positions in the block at colOffset, the rows' tile indices at rowOffset.
-    struct Entry { var j: Int, v0: Int, vc: Int, kept: Int, cols: Int, offset: Int, rowOffset: Int, colOffset: Int }
+    /// Block j's update: `kept` dy rows of `cols` values each (dy at offset, row-major; `nonzero`
+    /// of them not zero), the columns' positions in the block at colOffset, the rows' tile
+    /// indices at rowOffset.
+    struct Entry {
+        var j: Int, v0: Int, vc: Int, kept: Int, cols: Int, nonzero: Int, offset: Int, rowOffset: Int, colOffset: Int
+    }
     var entries: [Entry] = []
     var head = 0
     let dy: Scratch<S>
@@ -508,11 +514,11 @@ final class PendingUpdates<S: KernelScalar> {
     /// of dC (Backward.swift).
     func append(j: Int, v0: Int, vc: Int, kept: Int, tile: UnsafePointer<S>, ldt: Int,
                 keep: UnsafePointer<Int>, threshold: ((Int) -> S)?) {
-        let cols = compactColumns(tile, ldt: ldt, rows: kept, vc: vc, keep: keep, threshold: threshold,
-                                  into: dy.base + used, columns: columns.base + columnsUsed)
+        let (cols, nonzero) = compactColumns(tile, ldt: ldt, rows: kept, vc: vc, keep: keep, threshold: threshold,
+                                             into: dy.base + used, columns: columns.base + columnsUsed)
         for r in 0..<kept { rows.base[rowsUsed + r] = keep[r] }
-        entries.append(Entry(j: j, v0: v0, vc: vc, kept: kept, cols: cols, offset: used, rowOffset: rowsUsed,
-                             colOffset: columnsUsed))
+        entries.append(Entry(j: j, v0: v0, vc: vc, kept: kept, cols: cols, nonzero: nonzero, offset: used,
+                             rowOffset: rowsUsed, colOffset: columnsUsed))
         used += kept * cols
         rowsUsed += kept
         columnsUsed += cols
@@ -526,13 +532,14 @@ final class PendingUpdates<S: KernelScalar> {
 
 /// The entry filter's compaction: copies tile rows 0 ..< rows (stride ldt, vc values each)
 /// into `into` (row-major, one value per kept column), keeping only the columns where some
-/// row has an entry, and writes those columns' positions to `columns`; returns their count.
+/// row has an entry, and writes those columns' positions to `columns`; returns their count
+/// and how many of the copied values are not zero.
 /// With `threshold` (of the row's token keep[r]), an entry below it in magnitude counts as
 /// zero and is copied as zero. A left-out column's products would all have been FMAs with
 /// a zero factor, so every sum they would have entered keeps its bits.
 func compactColumns<S: KernelScalar>(_ tile: UnsafePointer<S>, ldt: Int, rows: Int, vc: Int, keep: UnsafePointer<Int>,
                                      threshold: ((Int) -> S)?, into dst: UnsafeMutablePointer<S>,
-                                     columns: UnsafeMutablePointer<Int>) -> Int {
+                                     columns: UnsafeMutablePointer<Int>) -> (cols: Int, nonzero: Int) {
     withUnsafeTemporaryAllocation(of: S.self, capacity: rows) { limit in
         withUnsafeTemporaryAllocation(of: Bool.self, capacity: vc) { used in
             for q in 0..<vc { used[q] = false }
@@ -543,14 +550,16 @@ func compactColumns<S: KernelScalar>(_ tile: UnsafePointer<S>, ldt: Int, rows: I
             }
             var cols = 0
             for q in 0..<vc where used[q] { columns[cols] = q; cols += 1 }
+            var nonzero = 0
             for r in 0..<rows {
                 let row = tile + r * ldt, out = dst + r * cols, t = limit[r]
                 for c in 0..<cols {
                     let x = row[columns[c]]
                     out[c] = abs(x) < t ? 0 : x
+                    if out[c] != 0 { nonzero += 1 }
                 }
             }
-            return cols
+            return (cols, nonzero)
         }
     }
 }
