@@ -810,6 +810,91 @@ void cce_fma_sparse_update(float *out, long nnz, const float *values, const void
     }
 }
 
+// The dropped-mass estimate's block sums: out[j] = Σ_{r < count} rows[r][j] for j < width, each
+// element a chain of Float32 additions in r order from +0 (the rows stored as `type`,
+// converted exactly while loaded): the bits of adding the converted rows one after another
+// to a zeroed row. 256 columns at a time in 16 registers, so out is written once; the rows
+// of the next steps are prefetched (they lie scattered, as in bf16_pack_columns).
+CCE_INLINE void sum_rows(const void *const *rows, long count, const int type, long width, float *out) {
+    const long size = type == CCE_STORAGE_F32 ? 4 : 2;
+    for (long j0 = 0; j0 < width; j0 += 256) {
+        const long nc = width - j0 < 256 ? width - j0 : 256;
+        __m512 s[16];
+        __mmask16 k[16];
+        _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++) {
+            const long left = nc - 16 * c;
+            k[c] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+            s[c] = _mm512_setzero_ps();
+        }
+        for (long r = 0; r < count; r++) {
+            if (r + 4 < count)  // scattered rows (sorted order): fetch four rows ahead
+                for (long b = j0 * size; b < (j0 + nc) * size; b += 64) _mm_prefetch((const char *)rows[r + 4] + b, _MM_HINT_T0);
+            _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++)
+                if (16 * c < nc) s[c] = _mm512_add_ps(s[c], load_row16(rows[r], type, j0 + 16 * c, k[c]));
+        }
+        _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++)
+            if (16 * c < nc) _mm512_mask_storeu_ps(out + j0 + 16 * c, k[c], s[c]);
+    }
+}
+
+CCE_AVX512
+void cce_sum_rows(const void *const *rows, long count, int type, long width, float *out) {
+    switch (type) {  // one specialized loop per storage type
+    case CCE_STORAGE_BF16: sum_rows(rows, count, CCE_STORAGE_BF16, width, out); break;
+    case CCE_STORAGE_F32: sum_rows(rows, count, CCE_STORAGE_F32, width, out); break;
+    default: sum_rows(rows, count, CCE_STORAGE_F16, width, out); break;
+    }
+}
+
+// The vocabulary sort's averages: out[r] = Σ_k row_r[k]·x[k] for the `count` rows stored
+// contiguously from `rows` as `type` (converted exactly while loaded), with fastDot's
+// (CCEKernels/TileProduct6x16.swift) operations: four 8-lane FMA chains over 32-element
+// steps, their lanes folded as laneSum folds them, then the tail in one scalar FMA chain;
+// so each value has the bits of converting the row to Float32 and calling fastDot.
+CCE_INLINE __m256 load8_as(const void *row, int type, long k) {
+    if (type == CCE_STORAGE_F32) return _mm256_loadu_ps((const float *)row + k);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + k));
+    if (type == CCE_STORAGE_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+CCE_INLINE float element_as(const void *row, int type, long k) {
+    if (type == CCE_STORAGE_F32) return ((const float *)row)[k];
+    const uint16_t h = ((const uint16_t *)row)[k];
+    if (type == CCE_STORAGE_BF16) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+    return _cvtsh_ss(h);
+}
+
+CCE_INLINE void row_dots(const void *rows, long count, const int type, long d, const float *x, float *out) {
+    const long size = type == CCE_STORAGE_F32 ? 4 : 2;
+    for (long r = 0; r < count; r++) {
+        const char *row = (const char *)rows + r * d * size;
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+        long p = 0;
+        for (; p + 32 <= d; p += 32) {
+            s0 = _mm256_fmadd_ps(load8_as(row, type, p), _mm256_loadu_ps(x + p), s0);
+            s1 = _mm256_fmadd_ps(load8_as(row, type, p + 8), _mm256_loadu_ps(x + p + 8), s1);
+            s2 = _mm256_fmadd_ps(load8_as(row, type, p + 16), _mm256_loadu_ps(x + p + 16), s2);
+            s3 = _mm256_fmadd_ps(load8_as(row, type, p + 24), _mm256_loadu_ps(x + p + 24), s3);
+        }
+        __m256 v = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        float s = _mm_cvtss_f32(q) + _mm_cvtss_f32(_mm_shuffle_ps(q, q, 1));
+        for (; p < d; p++) s = __builtin_fmaf(element_as(row, type, p), x[p], s);
+        out[r] = s;
+    }
+}
+
+CCE_AVX512
+void cce_row_dots(const void *rows, long count, int type, long d, const float *x, float *out) {
+    switch (type) {  // one specialized loop per storage type
+    case CCE_STORAGE_BF16: row_dots(rows, count, CCE_STORAGE_BF16, d, x, out); break;
+    case CCE_STORAGE_F32: row_dots(rows, count, CCE_STORAGE_F32, d, x, out); break;
+    default: row_dots(rows, count, CCE_STORAGE_F16, d, x, out); break;
+    }
+}
+
 // MARK: - The LSE merge (the forward's fold of a tile row, 512-bit exp)
 
 // Exp.exp (CCEKernels/Exp.swift) on 16 lanes: the same operations per lane (Cody–Waite
@@ -919,6 +1004,8 @@ void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, lo
 void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width) {
     __builtin_trap();
 }
+void cce_sum_rows(const void *const *rows, long count, int type, long width, float *out) { __builtin_trap(); }
+void cce_row_dots(const void *rows, long count, int type, long d, const float *x, float *out) { __builtin_trap(); }
 int cce_amx_supported(void) { return 0; }
 float cce_avx512_exp(float x) { __builtin_trap(); }
 void cce_avx512_merge_row(const float *z, long count, float *max, float *sum, float *comp, float *tile_max,

@@ -274,3 +274,73 @@ final class MergeAVX512Tests: XCTestCase {
         }
     }
 }
+
+/// The estimate's block sums on AVX-512 (cce_sum_rows) against the portable sum (each row
+/// converted, then added with axpy from +0): the same bits for bf16, Float16 and Float32 rows,
+/// widths that are no multiple of 16 or 256, one row and a block of 128, with −0 and
+/// subnormal-producing cancellations among the entries.
+final class SumRowsAVX512Tests: XCTestCase {
+    func testBitwiseThePortableSum() throws {
+        guard hasAVX512 else { throw XCTSkip("this CPU has no AVX-512: the 512-bit row sum cannot run here") }
+        var rng = SeededRandom(seed: 14)
+        for (count, width) in [(1, 1), (3, 17), (128, 256), (97, 300), (128, 1024), (5, 513)] {
+            for type in [ElementType.bfloat16, .float16, .float32] {
+                let values = (0..<(count * width)).map { i -> Float in
+                    i % 11 == 0 ? -0.0 : i % 13 == 0 ? 1e-39 : Float(rng.normal()) * (i % 7 == 0 ? 1e4 : 1)
+                }
+                let stored: [UInt8] = values.withUnsafeBufferPointer { v in
+                    switch type {
+                    case .float32: return Array(UnsafeRawBufferPointer(v))
+                    case .bfloat16: return values.map(bfloat16Bits).withUnsafeBytes { Array($0) }
+                    case .float16: return values.map { Float16($0).bitPattern }.withUnsafeBytes { Array($0) }
+                    }
+                }
+                var fast = [Float](repeating: .nan, count: width), portable = [Float](repeating: 0, count: width)
+                var row = [Float](repeating: 0, count: width)
+                stored.withUnsafeBytes { s in
+                    let rows = (0..<count).map { s.baseAddress! + $0 * width * type.size }
+                    sumRowsAVX512(rows, count: count, type: type, width: width, into: &fast)
+                    for r in rows {
+                        convertRow(r, type: type, count: width, into: &row)
+                        axpy(&portable, 1, row, count: width)
+                    }
+                }
+                XCTAssertEqual(fast.map(\.bitPattern), portable.map(\.bitPattern), "count \(count) width \(width) \(type)")
+            }
+        }
+    }
+}
+
+/// The vocabulary sort's averages on AVX-512 (cce_row_dots) against the portable path (each
+/// row converted, then fastDot): the same bits for bf16, Float16 and Float32 rows and
+/// lengths around fastDot's 32-element steps, so the sorted order cannot depend on the CPU.
+final class RowDotsAVX512Tests: XCTestCase {
+    func testBitwiseConvertThenFastDot() throws {
+        guard hasAVX512 else { throw XCTSkip("this CPU has no AVX-512: the 512-bit row dots cannot run here") }
+        var rng = SeededRandom(seed: 15)
+        for d in [0, 1, 31, 32, 33, 100, 1024, 1031] {
+            let count = 9
+            let x = (0..<max(d, 1)).map { _ in Float(rng.normal()) }
+            let values = (0..<(count * d)).map { _ in Float(rng.normal()) * 3 }
+            for type in [ElementType.bfloat16, .float16, .float32] {
+                let stored: [UInt8] = values.withUnsafeBufferPointer { v in
+                    switch type {
+                    case .float32: return Array(UnsafeRawBufferPointer(v))
+                    case .bfloat16: return values.map(bfloat16Bits).withUnsafeBytes { Array($0) }
+                    case .float16: return values.map { Float16($0).bitPattern }.withUnsafeBytes { Array($0) }
+                    }
+                }
+                var fast = [Float](repeating: .nan, count: count), row = [Float](repeating: 0, count: max(d, 1))
+                var portable = [Float]()
+                stored.withUnsafeBytes { s in
+                    rowDotsAVX512(s.baseAddress!, count: count, type: type, d: d, x: x, into: &fast)
+                    for r in 0..<count {
+                        convertRow(s.baseAddress! + r * d * type.size, type: type, count: d, into: &row)
+                        portable.append(fastDot(row, x, d))
+                    }
+                }
+                XCTAssertEqual(fast.map(\.bitPattern), portable.map(\.bitPattern), "d \(d) \(type)")
+            }
+        }
+    }
+}

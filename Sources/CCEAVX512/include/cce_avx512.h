@@ -195,6 +195,17 @@ void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, lo
 /// that row, in order, it gives that chain's bits when the row holds no −0.
 void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width);
 
+/// The dropped-mass estimate's block sums: out[j] = Σ_{r < count} rows[r][j] for j < width, each
+/// element a chain of Float32 additions in r order from +0 (the rows stored as `type`,
+/// converted exactly while loaded): the bits of adding the converted rows to a zeroed row one
+/// after another.
+void cce_sum_rows(const void *const *rows, long count, int type, long width, float *out);
+
+/// The vocabulary sort's averages: out[r] = Σ_k row_r[k]·x[k] for `count` rows of d elements
+/// stored contiguously from `rows` as `type`, each with the bits of converting the row to
+/// Float32 and calling CCEKernels' fastDot (same operations in the same order).
+void cce_row_dots(const void *rows, long count, int type, long d, const float *x, float *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -89,8 +89,6 @@ struct BackwardState<S: KernelScalar>: @unchecked Sendable {
     let upstream: UnsafePointer<S>     // g_i per active token
     let policy: BackwardPolicy
     let outputs: GradientOutputs<S>
-    /// The C-row sums of the dropped-mass estimate (when the policy asks for it).
-    var sums: EstimateSums<S>? = nil
 
     /// ε in S; −1 (every |dy| passes) when nothing is filtered.
     var epsilon: S { policy.epsilon.map { S($0) } ?? -1 }
@@ -158,6 +156,9 @@ enum Backward {
             stats.boundSkippedRowSegments += count - rows.recomputed
             if rows.recomputed > 0 {
                 recompute(operands, workspace, &rows, first: first, count: count, v0: v0, vc: vc)
+                // The estimate's T_j while the block's C rows are still in cache (nearly every
+                // block needs it: for its filtered rows or its forward block's skipped ones).
+                if policy.estimate { _ = workspace.blockSums?.block(operands, j) }
                 toGradients(operands, state, workspace, &rows, bounded: bound != nil, first: first, j: j,
                             v0: v0, vc: vc, loss: definition)
             }
@@ -284,7 +285,7 @@ enum Backward {
                     workspace.excluded.base[i] = j
                 } else if !keepE {
                     addEstimate(state, row: Int(operands.problem.rows[first + i]), d: operands.d,
-                                scale: g * tileRowSum(row, count: vc) / S(vc), sum: workspace.estimateSum(state.sums!, block: j))
+                                scale: g * tileRowSum(row, count: vc) / S(vc), sum: workspace.blockSums!.block(operands, j))
                 }
             }
             guard keepE || keepC else { continue }
@@ -314,7 +315,7 @@ enum Backward {
         let vb = operands.plan.vocabBlock, forwardVB = operands.plan.forwardVocabBlock
         let forwardBlocks = (operands.v + forwardVB - 1) / forwardVB
         let forwardCount = min(forwardVB, operands.v - f * forwardVB)
-        let sums = state.sums!, skipped = workspace.skipped!, now = state.outputs.compE != nil
+        let sums = workspace.blockSums!, skipped = workspace.skipped!, now = state.outputs.compE != nil
         let chunk = SkippedEstimates<S>.chunk
         var total: UnsafePointer<S>? = nil   // F_f, formed when a row first needs it
         for i in 0..<count {
@@ -329,10 +330,10 @@ enum Backward {
                 let excludedCount = min(vb, operands.v - excludedBlock * vb)
                 guard forwardCount > excludedCount else { continue }
                 s = residual / S(forwardCount - excludedCount)
-                addEstimate(state, row: row, d: operands.d, scale: -s, sum: workspace.estimateSum(sums, block: excludedBlock))
+                addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.block(operands, excludedBlock))
             }
             let sum = total ?? {
-                sums.forward(f, into: skipped.slot(f))
+                sums.forward(operands, f, into: skipped.slot(f))
                 return UnsafePointer(skipped.slot(f))
             }()
             total = sum

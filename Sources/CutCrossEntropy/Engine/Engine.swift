@@ -166,11 +166,8 @@ enum Engine {
                                                                  dBias: direct == nil ? dBias : rebound(direct?.dBias),
                                                                  compE: compensated ? compE.baseAddress : nil,
                                                                  compC: compensated ? compC.baseAddress : nil,
-                                                                 touched: direct?.touchedRows),
-                                        sums: call.policy.estimate && p.active > 0
-                                            ? EstimateSums(operands, threads: call.threads) : nil)
+                                                                 touched: direct?.touchedRows))
                         : nil
-                    trace.mark("estimate sums")
                     if call.pass == .fused, let exchange = call.exchange, let parts, let backward {
                         // The shard's partials out, the global LSE back into `lse`.
                         let smoothing = call.options.labelSmoothing > 0
@@ -239,7 +236,8 @@ enum Engine {
             let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
                                          backend: operands.backend, kernel: operands.kernel,
                                          partials: backward?.outputs.compE != nil,
-                                         estimate: pass == .fused && backward?.policy.estimate == true)
+                                         estimate: pass != .forward && backward?.policy.estimate == true,
+                                         skippedEstimates: pass == .fused && backward?.policy.estimate == true)
             let blockStats = pass == .fused ? BlockStatistics(rows: nb, blocks: forwardBlocks) : nil
             var workerStats = FilterStatistics()
             while case let b = queue.next(), b < blocks {
@@ -333,7 +331,8 @@ extension Engine {
             Workers.run(workers, pin: Placement.isNUMA) { w in
                 let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
                                              backend: operands.backend, kernel: operands.kernel, partials: compensated,
-                                             estimate: backward.policy.estimate)
+                                             estimate: backward.policy.estimate,
+                                             skippedEstimates: backward.policy.estimate)
                 var workerStats = FilterStatistics()
                 while case let k = backwardQueue.next(), k < blocks {
                     let (first, count) = range(k)

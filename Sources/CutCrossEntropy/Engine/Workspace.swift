@@ -103,9 +103,7 @@ final class Workspace<S: KernelScalar> {
     let excluded: Scratch<Int>           //   ... but for this recomputed backward block (or −1)
     let partials: Scratch<S>?            // kahan modes: max(NB, VB) x D gradient partials
     let skipped: SkippedEstimates<S>?   // fused backward: the estimates of the rows the bound skipped
-    let estimateRow: Scratch<S>          // backward: a T_j of the estimate (EstimateSums), as S
-    /// Which backward block's T_j estimateRow holds (−1: none).
-    var estimateRowBlock = -1
+    let blockSums: BlockSums<S>?         // backward: the estimate's T_j, formed when needed
     /// Rows recomputed on their own (selected product) rather than as a masked full tile.
     let selectedLimit = 48
     let pending: PendingUpdates<S>
@@ -118,7 +116,7 @@ final class Workspace<S: KernelScalar> {
     var handOffWait = 0.0
 
     init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
-         partials: Bool = false, estimate: Bool = false) {
+         partials: Bool = false, estimate: Bool = false, skippedEstimates: Bool = false) {
         // The bf16 kernels run only for bf16 E and C in Float32 (chooseTileKernel).
         eStoredOnly = (kernel == .amxBF16 || kernel == .avx512BF16) && backend == .swiftSIMD && S.self == Float.self
         let nb = plan.tokenBlock, vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
@@ -160,8 +158,8 @@ final class Workspace<S: KernelScalar> {
         inE = Scratch(count: nb); inC = Scratch(count: nb)
         residual = Scratch(count: nb); residualOn = Scratch(count: nb); excluded = Scratch(count: nb)
         self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
-        skipped = estimate ? SkippedEstimates(plan: plan, d: d) : nil
-        estimateRow = Scratch(count: d)
+        skipped = skippedEstimates ? SkippedEstimates(plan: plan, d: d) : nil
+        blockSums = estimate ? BlockSums(plan: plan, d: d) : nil
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb), vb: vb)
         let side = max(nb, vb)
         // The portable rank update packs A and slices of b; the 512-bit one reads them in place.
@@ -169,12 +167,6 @@ final class Workspace<S: KernelScalar> {
         aPanels = Scratch(count: packs ? (side + 5) / 6 * 6 * side : 0)
         spare = Scratch(count: packs ? d : 0)
         bSlice = Scratch(count: packs ? side * 16 : 0)
-    }
-
-    /// T_j of the dropped-mass estimate as S, converted when block j differs from the last asked.
-    func estimateSum(_ sums: EstimateSums<S>, block j: Int) -> UnsafePointer<S> {
-        if estimateRowBlock != j { sums.backward(j, into: estimateRow.base); estimateRowBlock = j }
-        return UnsafePointer(estimateRow.base)
     }
 
     /// Points eRows at the E rows of active tokens first ..< first + count as S: in place
@@ -383,71 +375,77 @@ final class Workspace<S: KernelScalar> {
     }
 }
 
-/// Σ of the C rows of every backward block j (T_j, its VB rows at sorted positions), for the
-/// dropped-mass estimate (Backward.swift). Computed once per call by the call's workers, each
-/// sum in S in the sorted order from +0 over the converted rows, so the values do not depend
-/// on the thread count; then kept in BFloat16 (rounded to nearest even) when S is Float32, in
-/// S in the exact mode: (V/VB)·D values, 2 MB at V = 128256, D = 1024 (4 MB as Float32), one
-/// pass over C (about 1/N of the forward's reads). T_j only ever scales an estimate r·T_j/|J|
-/// of mass the filter dropped, each entry of which is below ε, and the estimate leaves out the
-/// part of that mass that varies inside the block (Backward.swift): bf16's relative 2^-9 is far
-/// below what the estimate itself misses. A forward block's sum F_f is formed from the T_j
-/// where a worker needs it (`forward`, into SkippedEstimates).
-final class EstimateSums<S: KernelScalar>: @unchecked Sendable {
-    let d: Int, vb: Int, forwardVB: Int, v: Int
-    /// ⌈V/VB⌉ x D: bf16 bits (S = Float) ...
-    private let narrow: Scratch<UInt16>?
-    /// ... or S (the exact mode).
-    private let wide: Scratch<S>?
+/// Σ of the C rows of backward block j (T_j, its VB rows at sorted positions), for the
+/// dropped-mass estimate (Backward.swift), formed by each worker when its backward first asks
+/// for it within a forward block and held until the next forward block's: (VBf/VB)·D values
+/// per worker. Each sum is taken in S in the sorted order from +0 over the converted rows
+/// (`cce_sum_rows` on AVX-512, the same bits), so the values depend neither on the worker nor
+/// on the thread count; in Float32 it is then rounded to BFloat16 (nearest even) and back,
+/// the precision the estimate is documented with, and kept in S in the exact mode. T_j only
+/// ever scales an estimate r·T_j/|J| of mass the filter dropped, each entry of which is below
+/// ε, and the estimate leaves out the part of that mass that varies inside the block: bf16's
+/// relative 2^-9 is far below what the estimate itself misses. The C block is usually in
+/// cache already (its rows were just recomputed), so this costs a pass over 1/N of the
+/// forward's C reads per token block, where one shared pass before the sweep held all V/VB
+/// sums (2 MB at V = 128256, D = 1024).
+final class BlockSums<S: KernelScalar> {
+    let d: Int, vb: Int, forwardVB: Int
+    private let slots: Scratch<S>                  // (VBf/VB) x D: T_j of the forward block's blocks
+    private let held: Scratch<Int>                 // which j each slot holds (−1: none)
+    private let rows: Scratch<UnsafeRawPointer>    // VB C row pointers
+    private let row: Scratch<S>                    // one converted row (portable path)
 
-    init(_ operands: Operands<S>, threads: Int) {
-        d = operands.d; vb = operands.plan.vocabBlock; forwardVB = operands.plan.forwardVocabBlock; v = operands.v
-        let v = operands.v, subs = (v + vb - 1) / vb
-        let isFloat = S.self == Float.self
-        narrow = isFloat ? Scratch(count: subs * d) : nil
-        wide = isFloat ? nil : Scratch(count: subs * d)
-        let d = self.d, vb = self.vb
-        let narrowP = UncheckedSendable(narrow?.base), wideP = UncheckedSendable(wide?.base)
-        // Backward block j: one worker's task, taken from a counter.
-        let workers = max(1, min(threads, subs))
-        let queue = Counter()
-        Workers.run(workers, pin: Placement.isNUMA) { _ in
-            let row = Scratch<S>(count: d), sum = Scratch<S>(count: d)
-            while case let j = queue.next(), j < subs {
-                let out = wideP.value.map { $0 + j * d } ?? sum.base
-                out.update(repeating: 0, count: d)
-                for q in j * vb ..< min(v, (j + 1) * vb) {
-                    convertRow(operands.sortedCRow(q), type: operands.cType, count: d, into: row.base)
-                    axpy(out, 1, UnsafePointer(row.base), count: d)
-                }
-                if let bits = narrowP.value.map({ $0 + j * d }) {
-                    for k in 0..<d { bits[k] = bfloat16Bits(Float(out[k])) }
-                }
-            }
-        }
+    init(plan: TilePlan, d: Int) {
+        self.d = d; vb = plan.vocabBlock; forwardVB = plan.forwardVocabBlock
+        let perForward = max(1, forwardVB / vb)
+        slots = Scratch(count: perForward * d)
+        held = Scratch(count: perForward)
+        for k in 0..<perForward { held.base[k] = -1 }
+        rows = Scratch(count: vb)
+        row = Scratch(count: hasAVX512 ? 0 : d)
     }
 
-    /// T_j: Σ of the C rows of backward block j, written into `out` (D values).
-    func backward(_ j: Int, into out: UnsafeMutablePointer<S>) {
-        if let narrow {
-            convertRow(UnsafeRawPointer(narrow.base + j * d), type: .bfloat16, count: d, into: out)
+    /// T_j (D values), formed now unless this worker holds it already.
+    func block(_ operands: Operands<S>, _ j: Int) -> UnsafePointer<S> {
+        let slot = j % max(1, forwardVB / vb)
+        let out = slots.base + slot * d
+        if held.base[slot] == j { return UnsafePointer(out) }
+        let v0 = j * vb, count = min(vb, operands.v - v0)
+        if S.self == Float.self {
+            let outF = UnsafeMutableRawPointer(out).assumingMemoryBound(to: Float.self)
+            if hasAVX512 {
+                for q in 0..<count { rows.base[q] = operands.sortedCRow(v0 + q) }
+                sumRowsAVX512(UnsafePointer(rows.base), count: count, type: operands.cType, width: d, into: outF)
+            } else {
+                sumConverted(operands, v0: v0, count: count, into: out)
+            }
+            for k in 0..<d { outF[k] = floatFromBFloat16Bits(bfloat16Bits(outF[k])) }
         } else {
-            out.update(from: wide!.base + j * d, count: d)
+            sumConverted(operands, v0: v0, count: count, into: out)
         }
+        held.base[slot] = j
+        return UnsafePointer(out)
     }
 
     /// F_f = Σ of forward block f's T_j, in order from +0, written into `out` (D values).
-    func forward(_ f: Int, into out: UnsafeMutablePointer<S>) {
+    func forward(_ operands: Operands<S>, _ f: Int, into out: UnsafeMutablePointer<S>) {
         out.update(repeating: 0, count: d)
         var j = f * forwardVB / vb
-        while j * vb < min(v, (f + 1) * forwardVB) {
-            if let narrow {
-                let bits = narrow.base + j * d
-                for k in 0..<d { out[k] += S(storage: floatFromBFloat16Bits(bits[k])) }
-            } else {
-                axpy(out, 1, UnsafePointer(wide!.base + j * d), count: d)
-            }
+        while j * vb < min(operands.v, (f + 1) * forwardVB) {
+            axpy(out, 1, block(operands, j), count: d)
             j += 1
+        }
+    }
+
+    /// The portable sum: each row converted to S, then added (axpy with a = 1: exact products,
+    /// so the bits of plain additions in order from +0).
+    private func sumConverted(_ operands: Operands<S>, v0: Int, count: Int, into out: UnsafeMutablePointer<S>) {
+        let r = row.count >= d ? row.base : UnsafeMutablePointer<S>.allocate(capacity: d)
+        defer { if r != row.base { r.deallocate() } }
+        out.update(repeating: 0, count: d)
+        for q in v0..<(v0 + count) {
+            convertRow(operands.sortedCRow(q), type: operands.cType, count: d, into: r)
+            axpy(out, 1, UnsafePointer(r), count: d)
         }
     }
 }
