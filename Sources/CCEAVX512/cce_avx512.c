@@ -837,10 +837,49 @@ CCE_INLINE void sum_rows(const void *const *rows, long count, const int type, lo
     }
 }
 
+// The bf16 case without widening shuffles: a 64-byte load holds 16 pairs; the pair's first
+// element becomes a Float32 by a left shift, its second by masking the low half away, and
+// the two are summed in separate registers (the same additions per element, in the same
+// order), interleaved back into out at the end.
+CCE_INLINE void sum_rows_bf16(const void *const *rows, long count, long width, float *out) {
+    const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
+    const __m512i firsts = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i seconds = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    for (long j0 = 0; j0 < width; j0 += 256) {
+        const long nc = width - j0 < 256 ? width - j0 : 256;
+        __m512 e[8], o[8];
+        __mmask32 k[8];
+        _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++) {
+            const long left = nc - 32 * c;
+            k[c] = left >= 32 ? ~(__mmask32)0 : left <= 0 ? 0 : (__mmask32)((1ull << left) - 1);
+            e[c] = _mm512_setzero_ps(); o[c] = _mm512_setzero_ps();
+        }
+        for (long r = 0; r < count; r++) {
+            const uint16_t *row = (const uint16_t *)rows[r] + j0;
+            if (r + 4 < count)  // scattered rows (sorted order): fetch four rows ahead
+                for (long b = 0; b < nc; b += 32) _mm_prefetch((const char *)((const uint16_t *)rows[r + 4] + j0 + b), _MM_HINT_T0);
+            _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++)
+                if (32 * c < nc) {
+                    __m512i w = _mm512_maskz_loadu_epi16(k[c], row + 32 * c);
+                    e[c] = _mm512_add_ps(e[c], _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+                    o[c] = _mm512_add_ps(o[c], _mm512_castsi512_ps(_mm512_and_si512(w, high)));
+                }
+        }
+        _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++) {
+            const long left = nc - 32 * c;
+            if (left <= 0) continue;
+            const __mmask16 k0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+            const __mmask16 k1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+            _mm512_mask_storeu_ps(out + j0 + 32 * c, k0, _mm512_permutex2var_ps(e[c], firsts, o[c]));
+            _mm512_mask_storeu_ps(out + j0 + 32 * c + 16, k1, _mm512_permutex2var_ps(e[c], seconds, o[c]));
+        }
+    }
+}
+
 CCE_AVX512
 void cce_sum_rows(const void *const *rows, long count, int type, long width, float *out) {
     switch (type) {  // one specialized loop per storage type
-    case CCE_STORAGE_BF16: sum_rows(rows, count, CCE_STORAGE_BF16, width, out); break;
+    case CCE_STORAGE_BF16: sum_rows_bf16(rows, count, width, out); break;
     case CCE_STORAGE_F32: sum_rows(rows, count, CCE_STORAGE_F32, width, out); break;
     default: sum_rows(rows, count, CCE_STORAGE_F16, width, out); break;
     }

@@ -2,7 +2,7 @@
 //
 // With CCE_TRACE set in the environment, each engine call prints one line to standard
 // error: the wall time of each set-up phase (ordering the vocabulary, zeroing the
-// gradients, the dropped-mass estimate's sums), of the sweep, and, per worker, how long
+// gradients), of the sweep, and, per worker, how long
 // it computed and how long it waited in dC's hand-off; after each phase, the process's peak
 // resident memory so far above what it held when the call began (VmHWM − VmRSS: meaningful
 // when the caller reset the peak just before, as `cce bench` does). A sweep whose workers finish at

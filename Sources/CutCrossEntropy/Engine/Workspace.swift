@@ -384,10 +384,10 @@ final class Workspace<S: KernelScalar> {
 /// the precision the estimate is documented with, and kept in S in the exact mode. T_j only
 /// ever scales an estimate r·T_j/|J| of mass the filter dropped, each entry of which is below
 /// ε, and the estimate leaves out the part of that mass that varies inside the block: bf16's
-/// relative 2^-9 is far below what the estimate itself misses. The C block is usually in
-/// cache already (its rows were just recomputed), so this costs a pass over 1/N of the
-/// forward's C reads per token block, where one shared pass before the sweep held all V/VB
-/// sums (2 MB at V = 128256, D = 1024).
+/// relative 2^-9 is far below what the estimate itself misses. Cost: one more read of the
+/// block's C rows per token block, usually from cache (the backward forms T_j right after
+/// the block's recompute has read them), in place of one shared pass over C before the sweep
+/// whose V/VB sums (2 MB at V = 128256, D = 1024) every worker then read.
 final class BlockSums<S: KernelScalar> {
     let d: Int, vb: Int, forwardVB: Int
     private let slots: Scratch<S>                  // (VBf/VB) x D: T_j of the forward block's blocks
