@@ -885,55 +885,6 @@ void cce_sum_rows(const void *const *rows, long count, int type, long width, flo
     }
 }
 
-// The vocabulary sort's averages: out[r] = Σ_k row_r[k]·x[k] for the `count` rows stored
-// contiguously from `rows` as `type` (converted exactly while loaded), with fastDot's
-// (CCEKernels/TileProduct6x16.swift) operations: four 8-lane FMA chains over 32-element
-// steps, their lanes folded as laneSum folds them, then the tail in one scalar FMA chain;
-// so each value has the bits of converting the row to Float32 and calling fastDot.
-CCE_INLINE __m256 load8_as(const void *row, int type, long k) {
-    if (type == CCE_STORAGE_F32) return _mm256_loadu_ps((const float *)row + k);
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + k));
-    if (type == CCE_STORAGE_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    return _mm256_cvtph_ps(h);
-}
-
-CCE_INLINE float element_as(const void *row, int type, long k) {
-    if (type == CCE_STORAGE_F32) return ((const float *)row)[k];
-    const uint16_t h = ((const uint16_t *)row)[k];
-    if (type == CCE_STORAGE_BF16) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
-    return _cvtsh_ss(h);
-}
-
-CCE_INLINE void row_dots(const void *rows, long count, const int type, long d, const float *x, float *out) {
-    const long size = type == CCE_STORAGE_F32 ? 4 : 2;
-    for (long r = 0; r < count; r++) {
-        const char *row = (const char *)rows + r * d * size;
-        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-        long p = 0;
-        for (; p + 32 <= d; p += 32) {
-            s0 = _mm256_fmadd_ps(load8_as(row, type, p), _mm256_loadu_ps(x + p), s0);
-            s1 = _mm256_fmadd_ps(load8_as(row, type, p + 8), _mm256_loadu_ps(x + p + 8), s1);
-            s2 = _mm256_fmadd_ps(load8_as(row, type, p + 16), _mm256_loadu_ps(x + p + 16), s2);
-            s3 = _mm256_fmadd_ps(load8_as(row, type, p + 24), _mm256_loadu_ps(x + p + 24), s3);
-        }
-        __m256 v = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        float s = _mm_cvtss_f32(q) + _mm_cvtss_f32(_mm_shuffle_ps(q, q, 1));
-        for (; p < d; p++) s = __builtin_fmaf(element_as(row, type, p), x[p], s);
-        out[r] = s;
-    }
-}
-
-CCE_AVX512
-void cce_row_dots(const void *rows, long count, int type, long d, const float *x, float *out) {
-    switch (type) {  // one specialized loop per storage type
-    case CCE_STORAGE_BF16: row_dots(rows, count, CCE_STORAGE_BF16, d, x, out); break;
-    case CCE_STORAGE_F32: row_dots(rows, count, CCE_STORAGE_F32, d, x, out); break;
-    default: row_dots(rows, count, CCE_STORAGE_F16, d, x, out); break;
-    }
-}
-
 // MARK: - The LSE merge (the forward's fold of a tile row, 512-bit exp)
 
 // Exp.exp (CCEKernels/Exp.swift) on 16 lanes: the same operations per lane (Cody–Waite
@@ -1044,7 +995,6 @@ void cce_fma_sparse_update(float *out, long nnz, const float *values, const void
     __builtin_trap();
 }
 void cce_sum_rows(const void *const *rows, long count, int type, long width, float *out) { __builtin_trap(); }
-void cce_row_dots(const void *rows, long count, int type, long d, const float *x, float *out) { __builtin_trap(); }
 int cce_amx_supported(void) { return 0; }
 float cce_avx512_exp(float x) { __builtin_trap(); }
 void cce_avx512_merge_row(const float *z, long count, float *max, float *sum, float *comp, float *tile_max,

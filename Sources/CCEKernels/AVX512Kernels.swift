@@ -440,16 +440,6 @@ public func sumRowsAVX512(_ rows: UnsafePointer<UnsafeRawPointer>, count: Int, t
     cce_sum_rows(rawRows(rows), count, cStorage(type), width, out)
 }
 
-/// out[r] = Σ_k row_r[k]·x[k] for `count` rows of d elements stored contiguously from `rows`
-/// as `type`: each value the bits of `convertRow` then `fastDot` (the same operations in the
-/// same order), without the converted copy. Requires `hasAVX512`.
-@inlinable
-public func rowDotsAVX512(_ rows: UnsafeRawPointer, count: Int, type: ElementType, d: Int, x: UnsafePointer<Float>,
-                          into out: UnsafeMutablePointer<Float>) {
-    precondition(hasAVX512, "rowDotsAVX512 needs AVX-512")
-    cce_row_dots(rows, count, cStorage(type), d, x, out)
-}
-
 /// The same with Float32 b rows.
 @inlinable
 public func rankUpdateAVX512(out: UnsafePointer<UnsafeMutablePointer<Float>>, m: Int, a: UnsafePointer<Float>,

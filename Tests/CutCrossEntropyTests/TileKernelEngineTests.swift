@@ -310,37 +310,3 @@ final class SumRowsAVX512Tests: XCTestCase {
         }
     }
 }
-
-/// The vocabulary sort's averages on AVX-512 (cce_row_dots) against the portable path (each
-/// row converted, then fastDot): the same bits for bf16, Float16 and Float32 rows and
-/// lengths around fastDot's 32-element steps, so the sorted order cannot depend on the CPU.
-final class RowDotsAVX512Tests: XCTestCase {
-    func testBitwiseConvertThenFastDot() throws {
-        guard hasAVX512 else { throw XCTSkip("this CPU has no AVX-512: the 512-bit row dots cannot run here") }
-        var rng = SeededRandom(seed: 15)
-        for d in [0, 1, 31, 32, 33, 100, 1024, 1031] {
-            let count = 9
-            let x = (0..<max(d, 1)).map { _ in Float(rng.normal()) }
-            let values = (0..<(count * d)).map { _ in Float(rng.normal()) * 3 }
-            for type in [ElementType.bfloat16, .float16, .float32] {
-                let stored: [UInt8] = values.withUnsafeBufferPointer { v in
-                    switch type {
-                    case .float32: return Array(UnsafeRawBufferPointer(v))
-                    case .bfloat16: return values.map(bfloat16Bits).withUnsafeBytes { Array($0) }
-                    case .float16: return values.map { Float16($0).bitPattern }.withUnsafeBytes { Array($0) }
-                    }
-                }
-                var fast = [Float](repeating: .nan, count: count), row = [Float](repeating: 0, count: max(d, 1))
-                var portable = [Float]()
-                stored.withUnsafeBytes { s in
-                    rowDotsAVX512(s.baseAddress!, count: count, type: type, d: d, x: x, into: &fast)
-                    for r in 0..<count {
-                        convertRow(s.baseAddress! + r * d * type.size, type: type, count: d, into: &row)
-                        portable.append(fastDot(row, x, d))
-                    }
-                }
-                XCTAssertEqual(fast.map(\.bitPattern), portable.map(\.bitPattern), "d \(d) \(type)")
-            }
-        }
-    }
-}

@@ -201,11 +201,6 @@ void cce_fma_sparse_update(float *out, long nnz, const float *values, const void
 /// after another.
 void cce_sum_rows(const void *const *rows, long count, int type, long width, float *out);
 
-/// The vocabulary sort's averages: out[r] = Σ_k row_r[k]·x[k] for `count` rows of d elements
-/// stored contiguously from `rows` as `type`, each with the bits of converting the row to
-/// Float32 and calling CCEKernels' fastDot (same operations in the same order).
-void cce_row_dots(const void *rows, long count, int type, long d, const float *x, float *out);
-
 #ifdef __cplusplus
 }
 #endif

@@ -45,22 +45,8 @@ enum VocabularyOrder {
                 let cRows = UncheckedSendable(c), cType = problem.cType
                 let chunk = (v + workers - 1) / workers
                 Workers.run(workers) { w in
-                    let ids = w * chunk ..< min(v, (w + 1) * chunk)
-                    guard !ids.isEmpty else { return }
-                    if hasAVX512 {
-                        // The same bits as below, 256 rows a call, without the converted copy.
-                        withUnsafeTemporaryAllocation(of: Float.self, capacity: 256) { dots in
-                            for start in stride(from: ids.lowerBound, to: ids.upperBound, by: 256) {
-                                let n = min(256, ids.upperBound - start)
-                                rowDotsAVX512(cRows.value + start * d * cType.size, count: n, type: cType, d: d,
-                                              x: meanP.value, into: dots.baseAddress!)
-                                for r in 0..<n { out.value[start + r] = Double(dots[r]) + (bias?[start + r] ?? 0) }
-                            }
-                        }
-                        return
-                    }
                     withUnsafeTemporaryAllocation(of: Float.self, capacity: d) { row in
-                        for id in ids {
+                        for id in w * chunk ..< min(v, (w + 1) * chunk) {
                             convertRow(cRows.value + id * d * cType.size, type: cType, count: d, into: row.baseAddress!)
                             let dot = Double(fastDot(UnsafePointer(row.baseAddress!), meanP.value, d))
                             out.value[id] = dot + (bias?[id] ?? 0)
