@@ -421,8 +421,8 @@ CCE_INLINE_AMX void amx_configure(void) {
             if (RH > 1 && CH > 1) _tile_zero(3);                                                  \
         }                                                                                         \
         for (long t = 0; t < kt; t++) {                                                           \
-            _tile_loadd(4, a + t * aStep, aRowBytes);                                             \
-            if (RH > 1) _tile_loadd(5, a + aStride + t * aStep, aRowBytes);                       \
+            _tile_loadd(4, a + t * 256, 64);                                                      \
+            if (RH > 1) _tile_loadd(5, a + aStride + t * 256, 64);                                \
             _tile_loadd(6, b + t * 512, 128);                                                     \
             if (CH > 1) _tile_loadd(7, b + t * 512 + 16, 128);                                    \
             _tile_dpbf16ps(0, 4, 6);                                                              \
@@ -439,8 +439,8 @@ CCE_INLINE_AMX void amx_configure(void) {
 // out rows 0 ..< mc, columns 0 ..< nc (+)= the block's products: whole blocks straight
 // from and to out, edge blocks through the 32 x 32 scratch block `edge` (only the valid
 // part copied in and out).
-CCE_INLINE_AMX void amx_block(const uint32_t *a, long aStride, long aStep, long aRowBytes, const uint32_t *b, long kt,
-                              float *out, long ldo, long mc, long nc, int acc, float *edge) {
+CCE_INLINE_AMX void amx_block(const uint32_t *a, long aStride, const uint32_t *b, long kt, float *out, long ldo,
+                              long mc, long nc, int acc, float *edge) {
     const int whole = mc == 32 && nc == 32;
     float *c = whole ? out : edge;
     const long ldc = whole ? ldo : 32;
@@ -458,13 +458,9 @@ CCE_INLINE_AMX void amx_block(const uint32_t *a, long aStride, long aStep, long 
 }
 
 CCE_AMX
-void cce_amx_tile_product(const uint32_t *e_blocks, long e_stride, long m, const uint16_t *const *c_rows, long n,
-                          long d, float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) {
+void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) {
     const long mr = CCE_AMX_MR, nr = CCE_AMX_NR, chunks = (d + 31) / 32, pairs = chunks * 16;
-    // A tiles: packed blocks (1 KiB a tile, 64-byte rows), or the rows in place (e_stride
-    // words apart; a tile's 16 rows are then 16 rows of E, each 32 elements of its own).
-    const long aStep = e_stride ? 16 : 256, aRowBytes = e_stride ? e_stride * 4 : 64;
-    const long aHalf = e_stride ? 16 * e_stride : chunks * 256;
     if (d <= 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
     amx_configure();
     float *edge = (float *)(scratch + (long)nr * CCE_AMX_KCP);
@@ -480,8 +476,8 @@ void cce_amx_tile_product(const uint32_t *e_blocks, long e_stride, long m, const
             for (long p = 0; p * mr < m; p++) {
                 if (panel_mask && !panel_mask[p]) continue;
                 long mc = m - p * mr < mr ? m - p * mr : mr;
-                const uint32_t *a = e_stride ? e_blocks + p * mr * e_stride + q0 : e_blocks + (2 * p * chunks + q0 / 16) * 256;
-                amx_block(a, aHalf, aStep, aRowBytes, scratch, kq / 16, out + p * mr * ldo + j0, ldo, mc, nc, q0 > 0, edge);
+                const uint32_t *a = e_blocks + (2 * p * chunks + q0 / 16) * 256;
+                amx_block(a, chunks * 256, scratch, kq / 16, out + p * mr * ldo + j0, ldo, mc, nc, q0 > 0, edge);
             }
         }
     }
@@ -1006,7 +1002,7 @@ void cce_avx512_merge_row(const float *z, long count, float *max, float *sum, fl
 size_t cce_amx_row_block_words(long m, long d) { return (size_t)((m + 31) / 32 * 32 * ((d + 31) / 32 * 16)); }
 size_t cce_amx_scratch_words(void) { return (size_t)CCE_AMX_NR * CCE_AMX_KCP + 32 * 32; }
 void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
-void cce_amx_tile_product(const uint32_t *e_blocks, long e_stride, long m, const uint16_t *const *c_rows, long n, long d,
+void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
                           float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead) { __builtin_trap(); }
 size_t cce_amx_rank_scratch_words(void) {
     return (size_t)16 * CCE_AMX_RANK_KMAX + (size_t)CCE_AMX_RANK_KMAX / 2 * CCE_AMX_RANK_JB + 16 * 64;

@@ -286,9 +286,7 @@ public func packRowsAMX(_ rows: UnsafePointer<UnsafeRawPointer>, m: Int, d: Int,
 
 /// out[i·ldo + j] = Σ_k e_i[k]·c_j[k] for i < m, j < n, from BFloat16 rows, in Float32, by
 /// AMX tile products (tdpbf16ps); rows ≥ m and columns ≥ n of out are never read or written.
-/// - eBlocks: the E rows packed by `packRowsAMX` (same m and d), or, with `eStride` > 0, the
-///   first E row in place, row i at eBlocks + i·eStride words (d a multiple of 32, rows up to
-///   ⌈m / 32⌉·32 readable; the same bits).
+/// - eBlocks: the E rows packed by `packRowsAMX` (same m and d).
 /// - cRows: raw pointers to the n C rows (BFloat16 bits, d elements each; never read past).
 /// - scratch: `AMXTileShape.scratchWords` words (64-byte aligned is best), overwritten.
 /// - panelMask: when given, ⌈m / 32⌉ flags: 32-row group p with panelMask[p] == false is not
@@ -296,13 +294,11 @@ public func packRowsAMX(_ rows: UnsafePointer<UnsafeRawPointer>, m: Int, d: Int,
 /// Each call loads the tile configuration and releases the tiles before it returns.
 /// Requires `hasAMX`.
 @inlinable
-public func tileProductAMX(eBlocks: UnsafePointer<UInt32>, eStride: Int = 0, m: Int, cRows: UnsafePointer<UnsafeRawPointer>,
-                           n: Int, d: Int, out: UnsafeMutablePointer<Float>, ldo: Int,
-                           scratch: UnsafeMutablePointer<UInt32>, panelMask: UnsafePointer<Bool>? = nil,
-                           lookahead: Int = 0) {
+public func tileProductAMX(eBlocks: UnsafePointer<UInt32>, m: Int, cRows: UnsafePointer<UnsafeRawPointer>, n: Int,
+                           d: Int, out: UnsafeMutablePointer<Float>, ldo: Int, scratch: UnsafeMutablePointer<UInt32>,
+                           panelMask: UnsafePointer<Bool>? = nil, lookahead: Int = 0) {
     precondition(hasAMX, "tileProductAMX needs AMX-BF16")
-    precondition(eStride == 0 || d % 32 == 0, "tileProductAMX reads E in place only when d is a multiple of 32")
-    cce_amx_tile_product(eBlocks, eStride, m, bf16Rows(cRows), n, d, out, ldo, scratch, panelMask, lookahead)
+    cce_amx_tile_product(eBlocks, m, bf16Rows(cRows), n, d, out, ldo, scratch, panelMask, lookahead)
 }
 
 /// The AMX kernel's dot product in portable Swift, bit for bit what tdpbf16ps gives (measured

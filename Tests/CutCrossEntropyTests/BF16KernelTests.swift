@@ -582,37 +582,6 @@ final class AMXKernelTests: XCTestCase {
         }
     }
 
-    /// E read in place (eStride, d a multiple of 32): every stored element bit for bit the
-    /// packed blocks' product, at m around the 16- and 32-row tiles (the last group's extra
-    /// rows are other E rows, NaN included: multiplied, never stored), with and without the
-    /// panel mask, over one and two KC chunks; rows ≥ m and columns ≥ n of out left alone.
-    func testAMXInPlaceRowsGiveThePackedBits() throws {
-        try XCTSkipUnless(hasAMX, skipAMXMessage)
-        for d in [32, 1024, 2080] {
-            for (m, n) in [(1, 5), (15, 17), (16, 32), (17, 33), (31, 40), (33, 64), (150, 37), (258, 100)] {
-                let e = BF16Rows(count: (m + 31) / 32 * 32, d: d, seed: UInt64(31 + m), wide: true)
-                for i in m..<e.count { e.bits[i * d] = 0x7FC0 }   // NaN in the rows past m
-                let c = BF16Rows(count: n, d: d, seed: 32)
-                let mask: [Bool]? = m > 32 ? (0..<((m + 31) / 32)).map { $0 % 2 == 0 } : nil
-                let ldo = n + 3
-                let packed = amxTile(e, m: m, c, n: n, ldo: ldo, mask: mask)
-                var scratch = [UInt32](repeating: 0x7FC0_0001, count: AMXTileShape.scratchWords)
-                var out = [Float](repeating: .nan, count: (m + 1) * ldo)
-                let cRaw = c.raw
-                UnsafeRawPointer(e.bits).withMemoryRebound(to: UInt32.self, capacity: e.count * d / 2) { rows in
-                    if let mask {
-                        tileProductAMX(eBlocks: rows, eStride: d / 2, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo,
-                                       scratch: &scratch, panelMask: mask)
-                    } else {
-                        tileProductAMX(eBlocks: rows, eStride: d / 2, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo,
-                                       scratch: &scratch)
-                    }
-                }
-                XCTAssertEqual(out.map(\.bitPattern), packed.map(\.bitPattern), "d=\(d) m=\(m) n=\(n)")
-            }
-        }
-    }
-
     /// The packed E blocks hold the documented layout, with zeros for rows beyond m and
     /// elements beyond d; no operand is read past its last element (rows end at a guard page).
     func testAMXZeroPaddingAndLayout() throws {

@@ -128,15 +128,12 @@ size_t cce_amx_scratch_words(void);
 /// blocks at dst (cce_amx_row_block_words(m, d) words), zero-padded.
 void cce_amx_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst);
 
-/// The tile product from E blocks (cce_amx_pack_rows, same d; e_stride 0) or from E rows in
-/// place (e_stride > 0: row i at e_blocks + i·e_stride words, d a multiple of 32, and rows up
-/// to ceil(m / 32)·32 readable: the last group's extra rows are multiplied, never stored), and
-/// n bf16 C rows: out[i·ldo + j] for i < m, j < n (the same bits either way); panel_mask NULL
-/// or one flag per 32 rows; scratch of cce_amx_scratch_words() words. Requires
-/// cce_amx_supported(). c_rows[n ..< n + lookahead] are the rows the next call will start
-/// with: prefetched (never read) during the last panel.
-void cce_amx_tile_product(const uint32_t *e_blocks, long e_stride, long m, const uint16_t *const *c_rows, long n,
-                          long d, float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead);
+/// The tile product from E blocks (cce_amx_pack_rows, same d) and n bf16 C rows: out[i·ldo
+/// + j] for i < m, j < n; panel_mask NULL or one flag per 32 rows; scratch of
+/// cce_amx_scratch_words() words. Requires cce_amx_supported(). c_rows[n ..< n + lookahead]
+/// are the rows the next call will start with: prefetched (never read) during the last panel.
+void cce_amx_tile_product(const uint32_t *e_blocks, long m, const uint16_t *const *c_rows, long n, long d,
+                          float *out, long ldo, uint32_t *scratch, const bool *panel_mask, long lookahead);
 
 /// The AMX rank update: the contract of cce_fma_rank_update (out_r[j] (+)= Σ_{q < k} A(r, q)·
 /// b_q[j], A(r, q) = a[r·ars + q·aks], for r < m and j < width; with `blocked` the sum is

@@ -81,11 +81,6 @@ final class Workspace<S: KernelScalar> {
     let sparseRows: Scratch<UnsafeRawPointer>    //   ... and their E rows (rankUpdateTokens)
     let cPanel: Scratch<S>               // one packed C panel (L1): 16 x 256, or 32 x 256 (AVX-512)
     let bf16Panels: Scratch<UInt32>      // bf16 kernels (AMX, dot product): the token block in bf16 pairs
-    /// The token block as the bf16 kernels read it (loadTokens): bf16Panels, or for the AMX
-    /// kernel the caller's rows in place, eStride words apart (0: packed). Pages of
-    /// bf16Panels that no block packs into are never touched, so they cost no memory.
-    private(set) var ePanels: UnsafePointer<UInt32>? = nil
-    private(set) var eStride = 0
     let bf16Selected: Scratch<UInt32>    //   ... and the selected rows (selectedProduct)
     /// Rows per entry of a product's panel mask: the kernel's register-block height.
     let maskRows: Int
@@ -184,14 +179,8 @@ final class Workspace<S: KernelScalar> {
         for i in 0..<count { eRaw.base[i] = operands.eRow(Int(rows[first + i])) }
         if kernel == .avx512BF16 || kernel == .amxBF16 {
             // The bf16 kernels multiply the stored bf16 pairs: packed from the caller's rows
-            // (each kernel's own layout, no conversion), or read in place by the AMX kernel.
-            if kernel == .amxBF16, rowsInPlace(operands, first: first, count: count) {
-                ePanels = UnsafeRawPointer(eRaw.base[0]).assumingMemoryBound(to: UInt32.self)
-                eStride = d / 2
-            } else {
-                packBF16(UnsafePointer(eRaw.base), m: count, into: bf16Panels.base)
-                ePanels = UnsafePointer(bf16Panels.base); eStride = 0
-            }
+            // (each kernel's own layout, no conversion).
+            packBF16(UnsafePointer(eRaw.base), m: count, into: bf16Panels.base)
         }
         if eStoredOnly { return }
         if eBlock.count == 0 {
@@ -203,20 +192,6 @@ final class Workspace<S: KernelScalar> {
                 eRows.base[i] = UnsafePointer(dst)
             }
         }
-    }
-
-    /// Whether the AMX kernel can read the token block's E rows where they are: an AMX tile
-    /// row is 32 consecutive elements of one row, exactly a packed block's row, when the rows
-    /// follow each other in E (no ignored or shifted-out token among them), d is a multiple of
-    /// 32 (no padding to zero), and E holds the rows up to the block's last 32-row group (read
-    /// and multiplied, never stored). Saves the packed copy: NB·D·2 bytes per worker.
-    private func rowsInPlace(_ operands: Operands<S>, first: Int, count: Int) -> Bool {
-        let rows = operands.problem.rows
-        guard d % 32 == 0, count > 0, operands.eType == .bfloat16 else { return false }
-        let start = Int(rows[first])
-        guard start + (count + 31) / 32 * 32 <= operands.problem.n else { return false }
-        for i in 1..<count where Int(rows[first + i]) != start + i { return false }
-        return true
     }
 
     /// The logit tile (count x vc, row stride ldo) of the loaded tokens and the vocabulary
@@ -232,8 +207,8 @@ final class Workspace<S: KernelScalar> {
             return
         }
         let lookahead = loadCRows(operands, v0: v0, vc: vc)
-        run(kernel, rows: eRows.base, bf16Panels: ePanels ?? UnsafePointer(bf16Panels.base), eStride: eStride, m: count,
-            cType: operands.cType, n: vc, ldo: ldo, panelMask: panelMask, lookahead: lookahead)
+        run(kernel, rows: eRows.base, bf16Panels: bf16Panels.base, m: count, cType: operands.cType, n: vc, ldo: ldo,
+            panelMask: panelMask, lookahead: lookahead)
     }
 
     /// Points cRaw[0 ..< vc] at the C rows at sorted positions v0 ..< v0 + vc and the entries
@@ -254,7 +229,7 @@ final class Workspace<S: KernelScalar> {
     /// The tile product of `kernel` into `tile`: E rows (or their bf16 panels) against the C
     /// rows cRaw[0 ..< n].
     private func run(_ kernel: TileKernel, rows: UnsafePointer<UnsafePointer<S>>, bf16Panels: UnsafePointer<UInt32>,
-                     eStride: Int = 0, m: Int, cType: ElementType, n: Int, ldo: Int, panelMask: UnsafePointer<Bool>?, lookahead: Int) {
+                     m: Int, cType: ElementType, n: Int, ldo: Int, panelMask: UnsafePointer<Bool>?, lookahead: Int) {
         // The AVX-512 kernels exist for S == Float only (tileKernel chooses them then).
         let out = UnsafeMutableRawPointer(tile.base).assumingMemoryBound(to: Float.self)
         let panel = UnsafeMutableRawPointer(cPanel.base)
@@ -271,7 +246,7 @@ final class Workspace<S: KernelScalar> {
             tileProductBF16(ePanels: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
                             panel: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask)
         case .amxBF16:
-            tileProductAMX(eBlocks: bf16Panels, eStride: eStride, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
+            tileProductAMX(eBlocks: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
                            scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask,
                            lookahead: lookahead)
         }
