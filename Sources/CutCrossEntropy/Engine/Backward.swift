@@ -156,9 +156,12 @@ enum Backward {
             stats.boundSkippedRowSegments += count - rows.recomputed
             if rows.recomputed > 0 {
                 recompute(operands, workspace, &rows, first: first, count: count, v0: v0, vc: vc)
-                // The estimate's T_j while the block's C rows are still in cache (nearly every
-                // block needs it: for its filtered rows or its forward block's skipped ones).
-                if policy.estimate { _ = workspace.blockSums?.block(operands, j) }
+                // Rows the bound skipped get their estimate at the end of the forward block,
+                // which needs this block's T_j: formed now, while the block's C rows are still
+                // in cache. (A filtered recomputed row asks for it in toGradients, just as hot;
+                // where neither happens, as in Float32 where nearly every row is kept, T_j is
+                // never formed.)
+                if policy.estimate && rows.recomputed < count { _ = workspace.blockSums?.block(operands, j) }
                 toGradients(operands, state, workspace, &rows, bounded: bound != nil, first: first, j: j,
                             v0: v0, vc: vc, loss: definition)
             }
