@@ -384,10 +384,11 @@ final class Workspace<S: KernelScalar> {
 /// the precision the estimate is documented with, and kept in S in the exact mode. T_j only
 /// ever scales an estimate r·T_j/|J| of mass the filter dropped, each entry of which is below
 /// ε, and the estimate leaves out the part of that mass that varies inside the block: bf16's
-/// relative 2^-9 is far below what the estimate itself misses. Cost: one more read of the
-/// block's C rows per token block, usually from cache (the backward forms T_j right after
-/// the block's recompute has read them), in place of one shared pass over C before the sweep
-/// whose V/VB sums (2 MB at V = 128256, D = 1024) every worker then read.
+/// relative 2^-9 is far below what the estimate itself misses. Cost: one more read of a
+/// needed block's C rows per token block, usually from cache (the backward forms T_j right
+/// after the block's recompute has read them: ahead of need where the bound skipped rows of
+/// the block, on demand for a filtered recomputed row), in place of one shared pass over C
+/// before the sweep whose V/VB sums (2 MB at V = 128256, D = 1024) every worker then read.
 final class BlockSums<S: KernelScalar> {
     let d: Int, vb: Int, forwardVB: Int
     private let slots: Scratch<S>                  // (VBf/VB) x D: T_j of the forward block's blocks
@@ -402,7 +403,7 @@ final class BlockSums<S: KernelScalar> {
         held = Scratch(count: perForward)
         for k in 0..<perForward { held.base[k] = -1 }
         rows = Scratch(count: vb)
-        row = Scratch(count: hasAVX512 ? 0 : d)
+        row = Scratch(count: S.self == Float.self && hasAVX512 ? 0 : d)
     }
 
     /// T_j (D values), formed now unless this worker holds it already.
@@ -440,12 +441,10 @@ final class BlockSums<S: KernelScalar> {
     /// The portable sum: each row converted to S, then added (axpy with a = 1: exact products,
     /// so the bits of plain additions in order from +0).
     private func sumConverted(_ operands: Operands<S>, v0: Int, count: Int, into out: UnsafeMutablePointer<S>) {
-        let r = row.count >= d ? row.base : UnsafeMutablePointer<S>.allocate(capacity: d)
-        defer { if r != row.base { r.deallocate() } }
         out.update(repeating: 0, count: d)
         for q in v0..<(v0 + count) {
-            convertRow(operands.sortedCRow(q), type: operands.cType, count: d, into: r)
-            axpy(out, 1, UnsafePointer(r), count: d)
+            convertRow(operands.sortedCRow(q), type: operands.cType, count: d, into: row.base)
+            axpy(out, 1, UnsafePointer(row.base), count: d)
         }
     }
 }
