@@ -360,9 +360,18 @@ public enum Bench {
     /// OpenBLAS's kernel for this CPU, e.g. "OpenBLAS SkylakeX". An OpenBLAS that does not
     /// know the CPU falls back to an old kernel (Debian 12's 0.3.21 picks Prescott, SSE3, on
     /// Sapphire Rapids and later): the sgemm and materialized rows are then far below the
-    /// machine's rate, and OPENBLAS_CORETYPE (e.g. SkylakeX or Cooperlake) fixes it.
+    /// machine's rate, and OPENBLAS_CORETYPE (e.g. SkylakeX or Cooperlake) fixes it. The
+    /// description says so when it happens, so that no ratio against those rows flatters the
+    /// engine unnoticed.
     public static func blasDescription() -> String {
-        "OpenBLAS " + String(cString: openblas_get_corename())
+        let core = String(cString: openblas_get_corename())
+        let preAVX: Set<String> = ["Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Katmai",
+                                   "Coppermine", "Northwood", "Banias"]
+        let flags = Set(simdFlags().split(separator: " ").map(String.init))
+        guard preAVX.contains(core), flags.contains("avx2") else { return "OpenBLAS " + core }
+        let better = flags.contains("avx512f") ? "SkylakeX" : "Haswell"
+        return "OpenBLAS \(core) (a pre-AVX kernel on a CPU with AVX2: the sgemm and materialized rows understate "
+            + "this machine; OPENBLAS_CORETYPE=\(better) gives them its vector units)"
     }
 
     public static func machineDescription() -> String {
