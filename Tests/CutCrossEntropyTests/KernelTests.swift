@@ -182,6 +182,24 @@ final class OrderTests: XCTestCase {
             XCTAssertEqual(descendingOrder(keys), expected, "n=\(n) pool=\(pool)")
         }
     }
+
+    /// Float keys sorted through their 32-bit words give the permutation of the same keys as
+    /// Doubles (the sort the vocabulary order uses without a bias): ties, ±0, infinities,
+    /// subnormals and NaNs of either sign included.
+    func testFloatWordsGiveTheDoublePermutation() {
+        var rng = SystemRandomNumberGenerator()
+        let specials: [Float] = [0, -0.0, 1, -1, .greatestFiniteMagnitude, -.greatestFiniteMagnitude,
+                                 .leastNonzeroMagnitude, -.leastNonzeroMagnitude, .infinity, -.infinity,
+                                 .nan, -.nan, 1.0000001, 0.99999994]
+        for (n, pool) in [(0, 0), (1, 0), (9, 3), (1000, 10), (70_000, 500), (70_000, 0)] {
+            var keys: [Float] = (0..<n).map { _ in
+                pool > 0 ? Float(Int.random(in: 0..<pool, using: &rng)) * 0.25 - 10 : Float.random(in: -50...50, using: &rng)
+            }
+            for k in 0..<min(n, specials.count * 3) { keys[(k * 7919) % n] = specials[k % specials.count] }
+            XCTAssertEqual(descendingOrder(words: keys.map(descendingWord)), descendingOrder(keys.map { Double($0) }),
+                           "n=\(n) pool=\(pool)")
+        }
+    }
 }
 
 import Foundation

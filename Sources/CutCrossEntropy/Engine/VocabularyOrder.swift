@@ -31,34 +31,55 @@ enum VocabularyOrder {
     static func make(problem: Problem, e: UnsafeRawPointer, c: UnsafeRawPointer,
                      bias: [Double]?, sorted: Bool, threads: Int = 1,
                      mean given: [Float]? = nil) -> (order: [Int32], targetPositions: [Int32]) {
-        let v = problem.v, d = problem.d
+        let v = problem.v
         guard sorted, problem.active > 0 || given != nil else {
             return ((0..<v).map { Int32($0) }, problem.targets.map { $0 == v ? Int32.max : Int32($0) })
         }
         let workers = max(1, min(threads, v / 4096 + 1))
         let meanF = given ?? mean(sum: embeddingSum(problem: problem, e: e, threads: workers), count: problem.active)
-        // avg_v = C_v · ē + b_v, workers taking vocabulary ranges.
-        var keys = [Double](repeating: 0, count: v)
-        meanF.withUnsafeBufferPointer { mp in
-            keys.withUnsafeMutableBufferPointer { kp in
-                let out = UncheckedSendable(kp.baseAddress!), meanP = UncheckedSendable(mp.baseAddress!)
+        // avg_v = C_v · ē + b_v, workers taking vocabulary ranges, each written as the radix
+        // sort's word (descendingWord). Without a bias avg_v is a Float32 value, whose 32-bit
+        // word orders as the 64-bit one: the same permutation from half the sort's memory.
+        let order: [Int32]
+        if let bias {
+            var words = [UInt64](repeating: 0, count: v)
+            averages(problem: problem, c: c, mean: meanF, workers: workers, into: &words) { id, dot in
+                descendingWord(Double(dot) + bias[id])
+            }
+            order = descendingOrder(words: consume words)
+        } else {
+            var words = [UInt32](repeating: 0, count: v)
+            averages(problem: problem, c: c, mean: meanF, workers: workers, into: &words) { _, dot in
+                descendingWord(dot)
+            }
+            order = descendingOrder(words: consume words)
+        }
+        var rank = [Int32](repeating: Int32.max, count: v + 1)
+        for (k, id) in order.enumerated() { rank[Int(id)] = Int32(k) }
+        return (order, problem.targets.map { rank[Int($0)] })
+    }
+
+    /// out[id] = word(id, C_id · ē) for every vocabulary id, `workers` workers taking ranges;
+    /// each dot is fastDot over the row converted to Float32 (one fixed sequence of
+    /// operations, so the words do not depend on the thread count).
+    static func averages<W>(problem: Problem, c: UnsafeRawPointer, mean: [Float], workers: Int, into out: inout [W],
+                            word: @escaping @Sendable (Int, Float) -> W) {
+        let v = problem.v, d = problem.d
+        mean.withUnsafeBufferPointer { mp in
+            out.withUnsafeMutableBufferPointer { op in
+                let out = UncheckedSendable(op.baseAddress!), meanP = UncheckedSendable(mp.baseAddress!)
                 let cRows = UncheckedSendable(c), cType = problem.cType
                 let chunk = (v + workers - 1) / workers
                 Workers.run(workers) { w in
                     withUnsafeTemporaryAllocation(of: Float.self, capacity: d) { row in
                         for id in w * chunk ..< min(v, (w + 1) * chunk) {
                             convertRow(cRows.value + id * d * cType.size, type: cType, count: d, into: row.baseAddress!)
-                            let dot = Double(fastDot(UnsafePointer(row.baseAddress!), meanP.value, d))
-                            out.value[id] = dot + (bias?[id] ?? 0)
+                            out.value[id] = word(id, fastDot(UnsafePointer(row.baseAddress!), meanP.value, d))
                         }
                     }
                 }
             }
         }
-        let order = descendingOrder(keys)
-        var rank = [Int32](repeating: Int32.max, count: v + 1)
-        for (k, id) in order.enumerated() { rank[Int(id)] = Int32(k) }
-        return (order, problem.targets.map { rank[Int($0)] })
     }
 
     /// Σ_i e_i over the active rows, in Float64, every column summed over the rows in order;
