@@ -33,8 +33,8 @@ enum ParallelScheme: String, ExpressibleByArgument, CaseIterable {
 }
 
 /// Runs `body` with the world communicator, then finalizes MPI. An agreed error (every rank
-/// throws it) finalizes and is thrown as the command's error, so each rank prints it and
-/// exits 1; any other error with more than one rank prints it and aborts the job.
+/// throws it) is printed by each rank, which then finalizes and exits 1; any other error with
+/// more than one rank prints it and aborts the job.
 func withWorld<R>(library: String?, _ body: (Communicator) throws -> R) throws -> R {
     let comm: Communicator
     do { comm = try Communicator.world(library: library) } catch { throw CLIError("\(error)") }
@@ -43,8 +43,13 @@ func withWorld<R>(library: String?, _ body: (Communicator) throws -> R) throws -
         comm.finalize()
         return r
     } catch let e as ParallelError where e.isAgreed {
+        // Each rank prints the error before MPI_Finalize, which the ranks leave together:
+        // mpirun ends the job as soon as one rank exits non-zero, and a rank that printed
+        // only after finalizing could be killed before its line was out.
+        let line = "\(e)".split(separator: "\n").first.map(String.init) ?? "\(e)"
+        FileHandle.standardError.write(Data("cce: error: \(line)\n".utf8))
         comm.finalize()
-        throw CLIError("\(e)")
+        exit(1)
     } catch {
         if comm.size == 1 { throw error }
         FileHandle.standardError.write(Data("cce: error: rank \(comm.rank): \(error) (ending every rank)\n".utf8))
