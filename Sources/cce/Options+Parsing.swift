@@ -68,6 +68,13 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ s: String) { description = s }
 }
 
+/// Writes `cce: error: ` and the first line of `message` to standard error: the one line every
+/// failing command (and every rank of a failing parallel command) prints before exiting 1.
+func printError(_ message: String) {
+    let line = message.split(separator: "\n").first.map(String.init) ?? message
+    FileHandle.standardError.write(Data("cce: error: \(line)\n".utf8))
+}
+
 /// Checks, before the work, that the file `path` given to `option` can be written, and
 /// touches nothing: the path is not empty and not a folder; its folder exists and is
 /// writable (files are written whole, some through a temporary file beside them); an

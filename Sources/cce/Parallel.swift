@@ -46,8 +46,7 @@ func withWorld<R>(library: String?, _ body: (Communicator) throws -> R) throws -
         // Each rank prints the error before MPI_Finalize, which the ranks leave together:
         // mpirun ends the job as soon as one rank exits non-zero, and a rank that printed
         // only after finalizing could be killed before its line was out.
-        let line = "\(e)".split(separator: "\n").first.map(String.init) ?? "\(e)"
-        FileHandle.standardError.write(Data("cce: error: \(line)\n".utf8))
+        printError("\(e)")
         comm.finalize()
         exit(1)
     } catch {

@@ -58,7 +58,7 @@ func unknownHelpTopic(_ args: [String]) -> String? {
 }
 
 if let message = unknownHelpTopic(Array(CommandLine.arguments.dropFirst())) {
-    FileHandle.standardError.write(Data("cce: error: \(message)\n".utf8))
+    printError(message)
     exit(1)
 }
 
@@ -68,7 +68,7 @@ do {
 } catch {
     let code = CCE.exitCode(for: error)
     if code == .success { CCE.exit(withError: error) }  // --help, --version
-    let message = CCE.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-    FileHandle.standardError.write(Data("cce: error: \(message)\n".utf8))
+    let message = CCE.message(for: error)
+    printError(message.contains(where: { $0 != "\n" }) ? message : "\(error)")
     exit(1)
 }
