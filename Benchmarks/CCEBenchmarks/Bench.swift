@@ -131,7 +131,7 @@ public enum Bench {
         let data = LMLikeData.make(tokens: c.tokens, dim: c.dim, vocab: c.vocab, type: c.dtype, seed: c.seed)
         var opts = Options(); opts.threads = c.threads
         let cce = CutCrossEntropy(options: opts)
-        let plan = cce.plan(tokens: c.tokens, dim: c.dim, vocab: c.vocab)
+        let plan = cce.plan(tokens: c.tokens, dim: c.dim, vocab: c.vocab, storage: c.dtype)
         log("tile plan: \(plan)")
         var rows: [BenchRow] = []
         var filterNote: String? = nil

@@ -74,7 +74,7 @@ public struct FilterMap: Sendable {
         var opts = Options()
         opts.filterEpsilon = .value(epsilon)
         opts.threads = threads
-        let plan = CutCrossEntropy(options: opts).plan(tokens: n, dim: d, vocab: v)
+        let plan = CutCrossEntropy(options: opts).plan(tokens: n, dim: d, vocab: v, storage: type)
         vocabBlock = plan.vocabBlock; tokenBlock = plan.tokenBlock
         let data = LMLikeData.make(tokens: n, dim: d, vocab: v, type: type, seed: seed)
         let e = data.embeddings.floats(), c = data.classifier.floats()

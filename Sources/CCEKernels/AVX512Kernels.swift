@@ -136,6 +136,17 @@ public enum TileKernel: String, Sendable, CaseIterable {
     /// The name reports print.
     public var name: String { rawValue }
 
+    /// Token rows per register block, and per panel-mask entry: the tile plan makes the
+    /// token block a multiple of it, so that no block ends in a part-filled group.
+    public var rowGroup: Int {
+        switch self {
+        case .portable: return TileShape.mr
+        case .avx512FMA: return AVX512TileShape.mr
+        case .avx512BF16: return BF16TileShape.mr
+        case .amxBF16: return AMXTileShape.mr
+        }
+    }
+
     /// Whether this machine can run the kernel on inputs stored as `type`.
     public func runs(_ type: ElementType) -> Bool {
         switch self {

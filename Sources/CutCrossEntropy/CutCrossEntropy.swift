@@ -110,10 +110,11 @@ public struct CutCrossEntropy: Sendable {
 
     public init(options: Options = Options()) { self.options = options }
 
-    /// The tile plan a call with these sizes would use.
-    public func plan(tokens: Int, dim: Int, vocab: Int) -> TilePlan {
+    /// The tile plan a call with these sizes, on E and C stored as `storage`, would use.
+    public func plan(tokens: Int, dim: Int, vocab: Int, storage: ElementType = .float32) -> TilePlan {
         TilePlan(tokens: tokens, dim: dim, vocab: vocab, threads: threadCount,
-                 scalarBytes: options.mode == .exact ? 8 : 4)
+                 scalarBytes: options.mode == .exact ? 8 : 4,
+                 rowGroup: tileKernel(embeddings: storage, classifier: storage).rowGroup)
     }
 
     var threadCount: Int { options.threads ?? Workers.availableCPUs }

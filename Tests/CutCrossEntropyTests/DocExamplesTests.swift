@@ -256,7 +256,8 @@ final class DocExamplesTests: XCTestCase {
         options.threads = 2
         let cce = CutCrossEntropy(options: options)
         let plan = cce.plan(tokens: 1024, dim: 1024, vocab: 128256)
-        // On a machine with a 512 KiB L2: token block NB = 174, vocabulary block VB = 32 (forward 256)
+        // On a machine with a 512 KiB L2 and the portable kernel:
+        // token block NB = 174 (groups of 6), vocabulary block VB = 32 (forward 256)
 
         XCTAssertEqual(plan.threads, 2)
         XCTAssertEqual(plan.topology.l2Bytes, Topology.current.l2Bytes, "planned from this machine's L2")
@@ -268,19 +269,23 @@ final class DocExamplesTests: XCTestCase {
             var vb = 256
             while vb > 16 && vb * row > l2 / 4 { vb /= 2 }
             XCTAssertEqual(plan.vocabBlock, vb, "VB, \(what)")
-            // NB: the E panels take at most two L2s (a multiple of 6 in 6 ... 258); then the
-            // number of token blocks is rounded up to a multiple of the thread count and NB is
-            // the smallest multiple of 6 that covers the tokens in that many blocks.
-            let budget = min(258, max(6, 2 * l2 / row / 6 * 6))
+            // NB: the E panels take at most two L2s and at most 288 rows, a multiple of the
+            // kernel's row group g; then the number of token blocks is rounded up to a
+            // multiple of the thread count and NB is the smallest multiple of g that covers
+            // the tokens in that many blocks.
+            let g = plan.rowGroup
+            let budget = max(g, min(288, 2 * l2 / row) / g * g)
             let blocks = ((1024 + budget - 1) / budget + 1) / 2 * 2
-            XCTAssertEqual(plan.tokenBlock, ((1024 + blocks - 1) / blocks + 5) / 6 * 6, "NB, \(what)")
+            XCTAssertEqual(plan.tokenBlock, ((1024 + blocks - 1) / blocks + g - 1) / g * g, "NB, \(what)")
             XCTAssertLessThanOrEqual(plan.tokenBlock, budget, "NB within the L2 budget, \(what)")
-            XCTAssertEqual(plan.tokenBlock % 6, 0, "\(what)")
+            XCTAssertEqual(plan.tokenBlock % g, 0, "\(what)")
             XCTAssertEqual((1024 + plan.tokenBlock - 1) / plan.tokenBlock % 2, 0,
                            "token blocks are a multiple of the thread count, \(what)")
             XCTAssertEqual(plan.forwardVocabBlock, 256, "\(what)")
             XCTAssertEqual(plan.forwardVocabBlock % plan.vocabBlock, 0, "a backward block lies in one forward block, \(what)")
         }
+        XCTAssertEqual(plan.rowGroup, cce.tileKernel(embeddings: .float32, classifier: .float32).rowGroup,
+                       "groups of the kernel a Float32 call runs")
         check(plan, "this machine's L2 (\(plan.topology.l2Bytes >> 10) KiB)")
         // The comment's values, on any machine: the same call planned for a 512 KiB L2.
         var l2At512 = plan.topology
@@ -290,6 +295,14 @@ final class DocExamplesTests: XCTestCase {
         XCTAssertEqual(documented.tokenBlock, 174)
         XCTAssertEqual(documented.vocabBlock, 32)
         XCTAssertEqual(documented.forwardVocabBlock, 256)
+        // The row group: 4096 tokens on 16 threads with a 2 MiB L2 make 16 blocks, of 258
+        // rows in groups of 6, of 256 in AMX's groups of 32 (258 would add a ninth group).
+        var l2At2M = plan.topology
+        l2At2M.l2Bytes = 2 << 20
+        for (g, nb) in [(6, 258), (12, 264), (32, 256)] {
+            let p = TilePlan(tokens: 4096, dim: 1024, vocab: 128256, threads: 16, rowGroup: g, topology: l2At2M)
+            XCTAssertEqual(p.tokenBlock, nb, "rows in groups of \(g)")
+        }
     }
 
     /// API.md "Half-precision values": rounding, storage types, and a Float16 classifier.

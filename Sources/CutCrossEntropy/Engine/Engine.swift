@@ -123,8 +123,10 @@ enum Engine {
         var compE = zeroed(S.self, compensated ? p.n * p.d : 0, threads: threads)
         var compC = zeroed(S.self, compensated ? p.v * p.d : 0, threads: threads)
         trace.mark("outputs zeroed")
+        let kernel = chooseTileKernel(S.self, eType: p.eType, cType: p.cType, backend: call.backend,
+                                      requested: call.kernel)
         let plan = TilePlan(tokens: p.active, dim: p.d, vocab: p.v, threads: call.threads,
-                            scalarBytes: MemoryLayout<S>.size)
+                            scalarBytes: MemoryLayout<S>.size, rowGroup: kernel.rowGroup)
         var stats = FilterStatistics()
         embeddings.withRawPointer { e in
         classifier.withRawPointer { c in
@@ -143,9 +145,7 @@ enum Engine {
                 let operands = Operands(e: e, eType: p.eType, c: c, cType: p.cType, bias: biasPointer, d: p.d, v: p.v,
                                         plan: plan, problem: p, order: order.baseAddress!,
                                         targetPosition: targetPositions.baseAddress!,
-                                        backend: call.backend,
-                                        kernel: chooseTileKernel(S.self, eType: p.eType, cType: p.cType, backend: call.backend,
-                                                           requested: call.kernel))
+                                        backend: call.backend, kernel: kernel)
                 lse.withUnsafeMutableBufferPointer { lse in
                 loss.withUnsafeMutableBufferPointer { loss in
                 upstream.withUnsafeBufferPointer { upstream in

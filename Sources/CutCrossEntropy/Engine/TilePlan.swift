@@ -6,15 +6,18 @@
 // columns at a time into an L1-resident panel (TileProduct6x16.swift). The logit tile is
 // NB x VB.
 //
-//   NB: the token block's E rows take about two L2s:  NB ≈ 2·L2 / (D · size), 6 ≤ NB ≤ 258
-//       (CCE_TOKEN_BLOCK_MAX in the environment moves the 258, for experiments),
-//       a multiple of 6 (each 6-row group streams through L1 past the 16-row C panel, so
-//       the block may live in L3; a larger NB packs each C panel for more rows); then the
-//       number of token blocks is rounded up to a multiple of the thread count and NB
-//       shrunk to match (and rounded up to a multiple of 6 again), so that the workers get
-//       the same number of blocks, or nearly: the second rounding can leave the last
-//       worker one block short (e.g. 33 blocks for 2 threads at L2 = 128 KiB, N = 4096,
-//       D = 512);
+//   NB: the token block's E rows take about two L2s:  NB ≈ 2·L2 / (D · size), at most 288
+//       (CCE_TOKEN_BLOCK_MAX in the environment moves the 288, for experiments), a
+//       multiple of the tile kernel's row group g (its register block's height: 6 for the
+//       portable kernel, 12 for the AVX-512 ones, 32 for AMX; 288 is a multiple of each),
+//       so that no block ends in a part-filled group (each group streams through L1 past
+//       the C panel, so the block may live in L3; a larger NB packs each C panel for more
+//       rows); then the number of token blocks is rounded up to a multiple of the thread
+//       count and NB shrunk to match (and rounded up to a multiple of g again), so that the
+//       workers get the same number of blocks, or nearly: the second rounding can leave the
+//       last worker one block short (e.g. 33 blocks for 2 threads at L2 = 128 KiB, N = 4096,
+//       D = 512). At N = 4096 on 16 threads AMX gets blocks of 256 rows, eight groups, where
+//       a multiple of 6 would give 258: a ninth group for two rows.
 //   VB (backward): the C rows of the gradient updates take a quarter of L2,
 //       VB ≈ L2 / 4 / (D · size), 16 ≤ VB ≤ 256, a power of two, so that VB divides VBf and
 //       every backward block lies inside one forward block (the fused call's skip bound
@@ -24,6 +27,7 @@
 // Results depend on VB and VBf (they fix where tiles start on each row) but not on NB or
 // on the thread count: see Backward.swift.
 
+import CCEKernels
 import CCERuntime
 
 /// Tile sizes for one call.
@@ -36,20 +40,25 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     /// converts C rows four at a time right before the tile product reads them, so its
     /// tile can be wider than the L2 budget: only the NB x VBf logits are held.
     public var forwardVocabBlock: Int
+    /// The tile kernel's row group, of which NB is a multiple.
+    public var rowGroup: Int
     /// Worker threads.
     public var threads: Int
     /// Where the cache sizes came from.
     public var topology: Topology
 
+    /// `rowGroup`: the tile kernel's (TileKernel.rowGroup).
     public init(tokens: Int, dim: Int, vocab: Int, threads: Int, scalarBytes: Int = 4,
-                topology: Topology = .current) {
+                rowGroup: Int = TileShape.mr, topology: Topology = .current) {
+        let g = max(1, rowGroup)
         let row = max(1, dim * scalarBytes)
         var nb = 2 * topology.l2Bytes / row
-        nb = min(TilePlan.tokenBlockLimit, max(6, nb / 6 * 6))
+        nb = max(g, min(TilePlan.tokenBlockLimit, nb) / g * g)
         let t = max(1, threads), m = max(1, tokens)
         var blocks = (m + nb - 1) / nb
         blocks = (blocks + t - 1) / t * t
-        nb = max(6, ((m + blocks - 1) / blocks + 5) / 6 * 6)
+        nb = max(g, ((m + blocks - 1) / blocks + g - 1) / g * g)
+        self.rowGroup = g
         var vb = topology.l2Bytes / 4 / row
         vb = min(256, max(16, vb))
         while vb & (vb - 1) != 0 { vb &= vb - 1 }  // round down to a power of two
@@ -60,14 +69,13 @@ public struct TilePlan: Sendable, CustomStringConvertible {
         self.topology = topology
     }
 
-    /// The largest NB: 258, or `CCE_TOKEN_BLOCK_MAX` from the environment (a multiple of 6
-    /// from 6 to 4098; other values are ignored), for tuning experiments. Results do not
-    /// depend on NB (Backward.swift), only speed and per-worker memory do.
-    public static let tokenBlockLimit: Int =
-        Environment.integer("CCE_TOKEN_BLOCK_MAX", in: 6...4098, where: { $0 % 6 == 0 }) ?? 258
+    /// The largest NB before rounding down to the row group: 288, or `CCE_TOKEN_BLOCK_MAX`
+    /// from the environment (6 to 4096; other values are ignored), for tuning experiments.
+    /// Results do not depend on NB (Backward.swift), only speed and per-worker memory do.
+    public static let tokenBlockLimit: Int = Environment.integer("CCE_TOKEN_BLOCK_MAX", in: 6...4096) ?? 288
 
     public var description: String {
-        "token block NB = \(tokenBlock), vocabulary block VB = \(vocabBlock) (forward \(forwardVocabBlock)), "
+        "token block NB = \(tokenBlock) (groups of \(rowGroup)), vocabulary block VB = \(vocabBlock) (forward \(forwardVocabBlock)), "
             + "threads = \(threads); "
             + "machine: \(topology)"
     }

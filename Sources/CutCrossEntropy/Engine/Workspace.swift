@@ -142,7 +142,7 @@ final class Workspace<S: KernelScalar> {
         }
         bf16Panels = Scratch(count: panelWords(nb))
         bf16Selected = Scratch(count: panelWords(selectedLimit))
-        maskRows = kernel == .portable ? TileShape.mr : kernel == .amxBF16 ? AMXTileShape.mr : AVX512TileShape.mr
+        maskRows = kernel.rowGroup
         // OpenBLAS needs whole contiguous blocks; the Swift kernels pack 16 rows at a time.
         // OpenBLAS products and the portable dE update read C converted and contiguous; the
         // 512-bit rank update reads the stored rows.
