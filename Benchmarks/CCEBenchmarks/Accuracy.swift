@@ -23,6 +23,9 @@ public struct AccuracyRow: Codable, Sendable {
     public var kept: Double?
     public var seconds: Double, peak_mb: Double
     public var loss_rel: Double, dE_rel: Double, dC_rel: Double
+    /// The engine rows' tile kernel and backward vocabulary block VB (the rounding depends
+    /// on both); nil for the materialized baseline.
+    public var kernel: String? = nil, vocab_block: Int? = nil
 }
 
 public enum Accuracy {
@@ -49,9 +52,15 @@ public enum Accuracy {
                 }
                 let truthSeconds = Date().timeIntervalSince(start)
                 let tE = truth.1.dE.doubles, tC = truth.1.dC.doubles, tL = truth.0.loss
+                func engine(_ o: Options) -> (kernel: String, vb: Int) {
+                    let cce = CutCrossEntropy(options: o)
+                    return (cce.tileKernel(embeddings: type, classifier: type).name,
+                            cce.plan(tokens: n, dim: d, vocab: v, storage: type).vocabBlock)
+                }
+                let exact = engine(opts(.exact))
                 rows.append(AccuracyRow(dtype: type.rawValue, data: label, variant: "exact (the truth)", kept: 1,
                                         seconds: truthSeconds, peak_mb: max(0, Double(truthPeak) - 2 * gradBytes) / 1e6,
-                                        loss_rel: 0, dE_rel: 0, dC_rel: 0))
+                                        loss_rel: 0, dE_rel: 0, dC_rel: 0, kernel: exact.kernel, vocab_block: exact.vb))
                 let variants: [(String, Options)] = [
                     ("default", opts(.default)),
                     ("default, plain filter (no estimate)", opts(.default, correction: false)),
@@ -73,7 +82,8 @@ public enum Accuracy {
                                             kept: Double(fs.keptRowSegments) / Double(max(1, fs.rowSegments)),
                                             seconds: secs, peak_mb: max(0, Double(peak) - gradBytes) / 1e6,
                                             loss_rel: abs(r.0.loss - tL) / abs(tL),
-                                            dE_rel: relativeError(r.1.dE.doubles, tE), dC_rel: relativeError(r.1.dC.doubles, tC)))
+                                            dE_rel: relativeError(r.1.dE.doubles, tE), dC_rel: relativeError(r.1.dC.doubles, tC),
+                                            kernel: engine(o).kernel, vocab_block: engine(o).vb))
                 }
                 log("\(type.rawValue) \(label): materialized")
                 let t0 = Date()
@@ -108,11 +118,12 @@ public enum Accuracy {
 
     /// The rows as a Markdown table.
     public static func markdown(_ rows: [AccuracyRow]) -> String {
-        var s = "| type | data | variant | rows kept | time s | peak MB | loss rel err | dE rel err | dC rel err |\n"
-        s += "|---|---|---|---|---|---|---|---|---|\n"
+        var s = "| type | data | variant | kernel, VB | rows kept | time s | peak MB | loss rel err | dE rel err | dC rel err |\n"
+        s += "|---|---|---|---|---|---|---|---|---|---|\n"
         for r in rows {
             let kept = r.kept.map { String(format: "%.1f%%", 100 * $0) } ?? "—"
-            s += "| \(r.dtype) | \(r.data) | \(r.variant) | \(kept) | \(String(format: "%.2f", r.seconds)) | "
+            let kernel = r.kernel.map { "\($0), \(r.vocab_block ?? 0)" } ?? "—"
+            s += "| \(r.dtype) | \(r.data) | \(r.variant) | \(kernel) | \(kept) | \(String(format: "%.2f", r.seconds)) | "
                 + "\(String(format: "%.1f", r.peak_mb)) | \(String(format: "%.1e", r.loss_rel)) | "
                 + "\(String(format: "%.1e", r.dE_rel)) | \(String(format: "%.1e", r.dC_rel)) |\n"
         }

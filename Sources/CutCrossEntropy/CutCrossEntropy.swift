@@ -114,7 +114,8 @@ public struct CutCrossEntropy: Sendable {
     public func plan(tokens: Int, dim: Int, vocab: Int, storage: ElementType = .float32) -> TilePlan {
         TilePlan(tokens: tokens, dim: dim, vocab: vocab, threads: threadCount,
                  scalarBytes: options.mode == .exact ? 8 : 4,
-                 rowGroup: tileKernel(embeddings: storage, classifier: storage).rowGroup)
+                 rowGroup: TilePlan.rowGroup(kernel: tileKernel(embeddings: storage, classifier: storage),
+                                             compensated: options.mode.compensated))
     }
 
     var threadCount: Int { options.threads ?? Workers.availableCPUs }

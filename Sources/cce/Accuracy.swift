@@ -60,7 +60,9 @@ struct AccuracyCommand: ParsableCommand {
         let (types, settings) = (try types(), try settings())
         let (tokens, dim, vocab) = (shape.tokens, shape.dim, shape.vocab)
         let nThreads = engine.resolvedThreads
-        print("LM-like N=\(tokens) D=\(dim) V=\(vocab), \(nThreads) threads, seed \(seed); truth: exact mode (Float64, no filter)\n")
+        print("LM-like N=\(tokens) D=\(dim) V=\(vocab), \(nThreads) threads, seed \(seed); truth: exact mode (Float64, no filter)")
+        print("machine: \(Bench.machineDescription())")
+        print("(the rounding depends on the tile kernel and on VB, which follows the L2 size: Docs/NUMERICS.md)\n")
         let rows = try Accuracy.run(tokens: tokens, dim: dim, vocab: vocab, types: types, settings: settings,
                                     threads: nThreads, seed: seed) { FileHandle.standardError.write(Data(("  " + $0 + "\n").utf8)) }
         print(Accuracy.markdown(rows))

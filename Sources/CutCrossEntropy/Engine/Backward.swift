@@ -52,7 +52,8 @@
 // derivative is not in L_iF). dC and dBias get no estimate.
 //
 // Policy (Policy.swift): `kahan` accumulation adds each dE partial (per vocabulary block)
-// and each dC partial (per token block) through a Kahan compensation row; a policy that
+// and each dC partial (per chunk of 96 tokens, TilePlan.compensatedChunk: the token blocks
+// are multiples of it, so dC too is independent of NB) through a Kahan compensation row; a policy that
 // does not filter dE (kahan-full-e) keeps every recomputed row for dE and filters only dC,
 // one that does not filter dC (kahan-full-c) the reverse (both recompute every row).
 //
@@ -445,32 +446,20 @@ enum Backward {
             if !blocking && !handOff.isReady(slot: e.j, turn: b) { return }
             workspace.handOffWait += handOff.wait(slot: e.j, turn: b)
             if e.kept > 0 && e.cols > 0 {
-                // kahan: this token block's partial first (zeroed rows), then folded into dC
-                // through the compensation rows.
-                let part = out.compC != nil ? workspace.partials?.base : nil
                 let columns = pending.columns.base + e.colOffset
                 let vocabRow = { (c: Int) in Int(operands.order[e.v0 + columns[c]]) }
                 // Only this token block writes these rows now (the hand-off's turn), so the
                 // flags need no atomics.
                 if let touched = out.touched { for c in 0..<e.cols { touched[vocabRow(c)] = true } }
-                for c in 0..<e.cols {
-                    if let part {
-                        (part + c * d).update(repeating: 0, count: d)
-                        workspace.outRows.base[c] = part + c * d
-                    } else {
-                        workspace.outRows.base[c] = out.dC + vocabRow(c) * d
-                    }
-                }
-                // dC_v += Σ_r dy_rv · e_r over the kept rows, one sequential FMA chain per element.
-                let dy = pending.dy.base + e.offset
-                workspace.rankUpdateTokens(out: workspace.outRows.base, m: e.cols, a: dy, ars: 1, aks: e.cols,
-                                           nonzero: e.nonzero,
-                                           rows: pending.rows.base + e.rowOffset, k: e.kept, eType: operands.eType)
-                if let part, let comp = out.compC {
-                    for c in 0..<e.cols {
-                        let o = vocabRow(c) * d
-                        kahanAxpy(out.dC + o, comp + o, 1, part + c * d, count: d)
-                    }
+                let dy = pending.dy.base + e.offset, rows = pending.rows.base + e.rowOffset
+                if let comp = out.compC, let part = workspace.partials?.base {
+                    compensatedUpdate(operands, workspace, dC: out.dC, comp: comp, part: part, dy: dy, rows: rows,
+                                      kept: e.kept, cols: e.cols, vocabRow: vocabRow)
+                } else {
+                    // dC_v += Σ_r dy_rv · e_r over the kept rows, one sequential FMA chain per element.
+                    for c in 0..<e.cols { workspace.outRows.base[c] = out.dC + vocabRow(c) * d }
+                    workspace.rankUpdateTokens(out: workspace.outRows.base, m: e.cols, a: dy, ars: 1, aks: e.cols,
+                                               nonzero: e.nonzero, rows: rows, k: e.kept, eType: operands.eType)
                 }
                 if let dBias = out.dBias {
                     for c in 0..<e.cols {
@@ -482,6 +471,41 @@ enum Backward {
             }
             handOff.pass(slot: e.j, turn: b)
             pending.popFirst()
+        }
+    }
+
+    /// The kahan accumulation's dC update (stage 5b): the kept rows (tile indices rows[0 ..<
+    /// kept], in token order; dy row r at dy[r·cols]) split by chunks of
+    /// `TilePlan.compensatedChunk` rows of the token block; each chunk's partial, an FMA
+    /// chain from +0 over its rows, is added to dC through the compensation rows, column by
+    /// column, where the chunk has a nonzero entry in that column. Token blocks are
+    /// multiples of the chunk (TilePlan) and start at multiples of NB, so the chunks, the
+    /// partials and the adds, and dC's bits, do not depend on NB or the thread count.
+    /// (Adding a zero partial is not a no-op: it folds the compensation in.)
+    static func compensatedUpdate<S: KernelScalar>(
+        _ operands: Operands<S>, _ workspace: Workspace<S>, dC: UnsafeMutablePointer<S>, comp: UnsafeMutablePointer<S>,
+        part: UnsafeMutablePointer<S>, dy: UnsafePointer<S>, rows: UnsafePointer<Int>, kept: Int, cols: Int,
+        vocabRow: (Int) -> Int
+    ) {
+        let d = operands.d, k = TilePlan.compensatedChunk
+        var s = 0
+        while s < kept {
+            let chunk = rows[s] / k
+            var t = s + 1
+            while t < kept && rows[t] / k == chunk { t += 1 }
+            var nonzero = 0
+            for q in s * cols..<t * cols where dy[q] != 0 { nonzero += 1 }
+            for c in 0..<cols {
+                (part + c * d).update(repeating: 0, count: d)
+                workspace.outRows.base[c] = part + c * d
+            }
+            workspace.rankUpdateTokens(out: workspace.outRows.base, m: cols, a: dy + s * cols, ars: 1, aks: cols,
+                                       nonzero: nonzero, rows: rows + s, k: t - s, eType: operands.eType)
+            for c in 0..<cols where (s..<t).contains(where: { dy[$0 * cols + c] != 0 }) {
+                let o = vocabRow(c) * d
+                kahanAxpy(dC + o, comp + o, 1, part + c * d, count: d)
+            }
+            s = t
         }
     }
 }

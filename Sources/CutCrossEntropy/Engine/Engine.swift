@@ -126,7 +126,8 @@ enum Engine {
         let kernel = chooseTileKernel(S.self, eType: p.eType, cType: p.cType, backend: call.backend,
                                       requested: call.kernel)
         let plan = TilePlan(tokens: p.active, dim: p.d, vocab: p.v, threads: call.threads,
-                            scalarBytes: MemoryLayout<S>.size, rowGroup: kernel.rowGroup)
+                            scalarBytes: MemoryLayout<S>.size,
+                            rowGroup: TilePlan.rowGroup(kernel: kernel, compensated: call.policy.accumulation == .kahan))
         var stats = FilterStatistics()
         embeddings.withRawPointer { e in
         classifier.withRawPointer { c in

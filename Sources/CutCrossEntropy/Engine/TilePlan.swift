@@ -9,7 +9,8 @@
 //   NB: the token block's E rows take about two L2s:  NB ≈ 2·L2 / (D · size), at most 288
 //       (CCE_TOKEN_BLOCK_MAX in the environment moves the 288, for experiments), a
 //       multiple of the tile kernel's row group g (its register block's height: 6 for the
-//       portable kernel, 12 for the AVX-512 ones, 32 for AMX; 288 is a multiple of each),
+//       portable kernel, 12 for the AVX-512 ones, 32 for AMX; 288 is a multiple of each;
+//       in the kahan accumulation a multiple of 96 too, the chunk of its dC partials),
 //       so that no block ends in a part-filled group (each group streams through L1 past
 //       the C panel, so the block may live in L3; a larger NB packs each C panel for more
 //       rows); then the number of token blocks is rounded up to a multiple of the thread
@@ -67,6 +68,22 @@ public struct TilePlan: Sendable, CustomStringConvertible {
         forwardVocabBlock = min(256, max(16, (vocab + 15) / 16 * 16))
         self.threads = threads
         self.topology = topology
+    }
+
+    /// Active tokens per dC partial in the kahan accumulation (Backward.compensatedUpdate).
+    /// A compensated call's token blocks are multiples of it, so that its dC, like every
+    /// other result, does not depend on NB or the thread count.
+    public static let compensatedChunk = 96
+
+    /// The row group a call's token blocks are multiples of: the tile kernel's, or, in the
+    /// kahan accumulation, its least common multiple with `compensatedChunk` (96 for every
+    /// kernel here).
+    public static func rowGroup(kernel: TileKernel, compensated: Bool) -> Int {
+        let g = kernel.rowGroup
+        guard compensated else { return g }
+        var a = g, b = compensatedChunk
+        while b != 0 { (a, b) = (b, a % b) }
+        return g / a * compensatedChunk
     }
 
     /// The largest NB before rounding down to the row group: 288, or `CCE_TOKEN_BLOCK_MAX`
