@@ -77,13 +77,13 @@ public enum Accuracy {
                             embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
                     }
                     let secs = Date().timeIntervalSince(t0)
-                    let fs = r.1.filter
+                    let fs = r.1.filter, info = engine(o)
                     rows.append(AccuracyRow(dtype: type.rawValue, data: label, variant: name,
                                             kept: Double(fs.keptRowSegments) / Double(max(1, fs.rowSegments)),
                                             seconds: secs, peak_mb: max(0, Double(peak) - gradBytes) / 1e6,
                                             loss_rel: abs(r.0.loss - tL) / abs(tL),
                                             dE_rel: relativeError(r.1.dE.doubles, tE), dC_rel: relativeError(r.1.dC.doubles, tC),
-                                            kernel: engine(o).kernel, vocab_block: engine(o).vb))
+                                            kernel: info.kernel, vocab_block: info.vb))
                 }
                 log("\(type.rawValue) \(label): materialized")
                 let t0 = Date()

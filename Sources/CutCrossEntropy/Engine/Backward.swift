@@ -479,8 +479,9 @@ enum Backward {
     /// `TilePlan.compensatedChunk` rows of the token block; each chunk's partial, an FMA
     /// chain from +0 over its rows, is added to dC through the compensation rows, column by
     /// column, where the chunk has a nonzero entry in that column. Token blocks are
-    /// multiples of the chunk (TilePlan) and start at multiples of NB, so the chunks, the
-    /// partials and the adds, and dC's bits, do not depend on NB or the thread count.
+    /// multiples of the chunk (TilePlan) and follow one another from the call's first token
+    /// (a vocabulary shard's: from its exchange chunk's), so the chunks, the partials and the
+    /// adds, and dC's bits, do not depend on NB or the thread count.
     /// (Adding a zero partial is not a no-op: it folds the compensation in.)
     static func compensatedUpdate<S: KernelScalar>(
         _ operands: Operands<S>, _ workspace: Workspace<S>, dC: UnsafeMutablePointer<S>, comp: UnsafeMutablePointer<S>,
