@@ -7,8 +7,10 @@
 // matmul: Float32 accumulation, bf16 output). τ is the slack the engine may take beyond
 // that; the table of τ is in Docs/NUMERICS.md. Shapes are not tile multiples.
 
+import CCEBenchmarks
 import CCEData
 import CutCrossEntropy
+import Foundation
 import XCTest
 
 final class ModeBudgetTests: XCTestCase {
@@ -132,5 +134,31 @@ final class ModeBudgetTests: XCTestCase {
         XCTAssertEqual(plan(4).tokenBlock % TilePlan.compensatedChunk, 0)
         XCTAssertTrue(bitwiseEqual(a.dE, c.dE), "dE across thread counts")
         XCTAssertTrue(bitwiseEqual(a.dC, c.dC), "dC across thread counts")
+    }
+
+    /// `cce accuracy`'s rows (Docs/NUMERICS.md's table): each engine row names the tile kernel
+    /// and VB its mode runs with (the rounding depends on both), the materialized row neither,
+    /// and the JSON carries them.
+    func testAccuracyRowsNameTheirKernel() throws {
+        let (n, d, v) = (70, 40, 700)
+        let rows = try Accuracy.run(tokens: n, dim: d, vocab: v, types: [.bfloat16], settings: [(4, 1.5)],
+                                    threads: 2, seed: 3) { _ in }
+        XCTAssertEqual(rows.count, 8, "the truth, six engine variants, the materialized baseline")
+        let modes: [String: Mode] = ["exact (the truth)": .exact, "default": .default, "kahan": .kahan,
+                                     "kahan-full-e": .kahanFullE, "kahan-full-c": .kahanFullC]
+        for r in rows {
+            if r.variant.hasPrefix("materialized") {
+                XCTAssertNil(r.kernel); XCTAssertNil(r.vocab_block)
+                continue
+            }
+            let mode = modes[r.variant] ?? .default
+            var o = Options(); o.mode = mode; o.threads = 2
+            let cce = CutCrossEntropy(options: o)
+            XCTAssertEqual(r.kernel, cce.tileKernel(embeddings: .bfloat16, classifier: .bfloat16).name, r.variant)
+            XCTAssertEqual(r.vocab_block, cce.plan(tokens: n, dim: d, vocab: v, storage: .bfloat16).vocabBlock, r.variant)
+            XCTAssertTrue(r.dE_rel.isFinite && r.dC_rel.isFinite, r.variant)
+        }
+        let json = try XCTUnwrap(String(data: JSONEncoder().encode(rows), encoding: .utf8))
+        XCTAssertTrue(json.contains("\"kernel\"") && json.contains("\"vocab_block\""))
     }
 }
