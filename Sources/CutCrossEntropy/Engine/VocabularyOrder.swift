@@ -40,19 +40,15 @@ enum VocabularyOrder {
         // avg_v = C_v · ē + b_v, workers taking vocabulary ranges, each written as the radix
         // sort's word (descendingWord). Without a bias avg_v is a Float32 value, whose 32-bit
         // word orders as the 64-bit one: the same permutation from half the sort's memory.
-        let order: [Int32]
-        if let bias {
-            var words = [UInt64](repeating: 0, count: v)
-            averages(problem: problem, c: c, mean: meanF, workers: workers, into: &words) { id, dot in
-                descendingWord(Double(dot) + bias[id])
-            }
-            order = descendingOrder(words: consume words)
+        func ordered<W: FixedWidthInteger & UnsignedInteger>(_ word: @escaping @Sendable (Int, Float) -> W) -> [Int32] {
+            var words = [W](repeating: 0, count: v)
+            averages(problem: problem, c: c, mean: meanF, workers: workers, into: &words, word: word)
+            return descendingOrder(words: consume words)
+        }
+        let order = if let bias {
+            ordered { id, dot in descendingWord(Double(dot) + bias[id]) }
         } else {
-            var words = [UInt32](repeating: 0, count: v)
-            averages(problem: problem, c: c, mean: meanF, workers: workers, into: &words) { _, dot in
-                descendingWord(dot)
-            }
-            order = descendingOrder(words: consume words)
+            ordered { _, dot in descendingWord(dot) }
         }
         var rank = [Int32](repeating: Int32.max, count: v + 1)
         for (k, id) in order.enumerated() { rank[Int(id)] = Int32(k) }

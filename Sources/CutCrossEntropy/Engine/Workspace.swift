@@ -391,6 +391,7 @@ final class Workspace<S: KernelScalar> {
 /// before the sweep whose V/VB sums (2 MB at V = 128256, D = 1024) every worker then read.
 final class BlockSums<S: KernelScalar> {
     let d: Int, vb: Int, forwardVB: Int
+    private let perForward: Int                    // backward blocks per forward block, VBf/VB
     private let slots: Scratch<S>                  // (VBf/VB) x D: T_j of the forward block's blocks
     private let held: Scratch<Int>                 // which j each slot holds (−1: none)
     private let rows: Scratch<UnsafeRawPointer>    // VB C row pointers
@@ -398,7 +399,7 @@ final class BlockSums<S: KernelScalar> {
 
     init(plan: TilePlan, d: Int) {
         self.d = d; vb = plan.vocabBlock; forwardVB = plan.forwardVocabBlock
-        let perForward = max(1, forwardVB / vb)
+        perForward = max(1, forwardVB / vb)
         slots = Scratch(count: perForward * d)
         held = Scratch(count: perForward)
         for k in 0..<perForward { held.base[k] = -1 }
@@ -408,7 +409,7 @@ final class BlockSums<S: KernelScalar> {
 
     /// T_j (D values), formed now unless this worker holds it already.
     func block(_ operands: Operands<S>, _ j: Int) -> UnsafePointer<S> {
-        let slot = j % max(1, forwardVB / vb)
+        let slot = j % perForward
         let out = slots.base + slot * d
         if held.base[slot] == j { return UnsafePointer(out) }
         let v0 = j * vb, count = min(vb, operands.v - v0)
