@@ -74,20 +74,16 @@ public struct PhaseTrace {
 public final class WorkerClock: @unchecked Sendable {
     public private(set) var busy: [Double]
     public private(set) var waited: [Double]
-    public private(set) var idle: [Double]
 
     public init(workers: Int) {
         busy = [Double](repeating: 0, count: workers)
         waited = [Double](repeating: 0, count: workers)
-        idle = [Double](repeating: 0, count: workers)
     }
 
-    /// Records worker w's totals (each worker writes only its own entries): `idle`, the time
-    /// it had no step it could start (CCERuntime/Chains.swift).
-    public func record(worker w: Int, busy b: Double, waited wt: Double, idle i: Double = 0) {
+    /// Records worker w's totals (each worker writes only its own entries).
+    public func record(worker w: Int, busy b: Double, waited wt: Double) {
         busy[w] = b
         waited[w] = wt
-        idle[w] = i
     }
 
     /// "workers busy min–max ms, hand-off waits min–max ms".
@@ -96,7 +92,6 @@ public final class WorkerClock: @unchecked Sendable {
             guard let lo = x.min(), let hi = x.max() else { return "-" }
             return "\((lo * 1e4).rounded() / 10)–\((hi * 1e4).rounded() / 10) ms"
         }
-        return "\(busy.count) workers busy \(range(busy)), waiting in dC's hand-off \(range(waited)), "
-            + "for a step \(range(idle))"
+        return "\(busy.count) workers busy \(range(busy)), waiting in dC's hand-off \(range(waited))"
     }
 }

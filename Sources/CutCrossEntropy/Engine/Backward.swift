@@ -130,15 +130,12 @@ struct KeptRows {
 
 enum Backward {
     /// The backward of active tokens first ..< first + count (token block `b`), whose E rows
-    /// `workspace` holds, over vocabulary blocks `blocks` (a step of the block's chain,
-    /// starting and ending on chunk boundaries of the estimate's forward blocks, Engine.swift;
-    /// the whole vocabulary when nil). With `blockStats` (from the fused forward), rows
-    /// bounded below ε are not recomputed. Every step ends with its dC updates applied, so
-    /// the next step may run on another worker.
+    /// `workspace` holds. With `blockStats` (from the fused forward), rows bounded below ε
+    /// are not recomputed.
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, handOff: HandOff,
         b: Int, first: Int, count: Int, loss definition: LossDefinition<S>, blockStats: BlockStatistics?,
-        blocks: Range<Int>? = nil, stats: inout FilterStatistics
+        stats: inout FilterStatistics
     ) {
         let plan = operands.plan
         let vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
@@ -147,7 +144,7 @@ enum Backward {
         // The bound needs filtering on both sides, and the estimate needs no soft cap.
         let bound = policy.filtersBoth && !(policy.estimate && definition.cap != nil) ? blockStats : nil
         if bound != nil { for i in 0..<count { workspace.residualOn.base[i] = false } }
-        for j in blocks ?? 0..<vBlocks {
+        for j in 0..<vBlocks {
             let v0 = j * vb, vc = min(vb, operands.v - v0)
             let forwardBlock = v0 / forwardVB
             let startsForward = v0 % forwardVB == 0

@@ -15,13 +15,10 @@
 //
 // Set-up, in order: the classifier's pages interleaved over NUMA nodes (it is read by
 // every worker; not a classifier that borrows the C ABI caller's memory), the vocabulary
-// order (VocabularyOrder.swift), the output buffers (zeroed, every page written now) and, for the kahan accumulation, the compensation rows.
-// Each token block is a chain of steps, one per vocabulary segment (TilePlan.segments):
-// its forward over each segment, then its backward over each; a step starts on whichever
-// worker is free once the block's previous step is done (ChainSchedule in
-// CCERuntime/Chains.swift), so faster workers take more and finish slower workers' blocks.
-// Each worker allocates its Workspace once per call; the state a block carries from step to
-// step (running LSE per row, the fused call's block statistics) is the call's.
+// order (VocabularyOrder.swift), the output buffers (zeroed, every page written now) and, for the kahan accumulation, the compensation rows. Workers
+// take token blocks in increasing order as they finish the previous one (Counter in
+// CCERuntime/Workers.swift: faster workers take more); each allocates its
+// Workspace once per call.
 
 import CCEKernels
 import CCERuntime
@@ -232,24 +229,9 @@ enum Engine {
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
         let stats = PerWorker(workers, initial: FilterStatistics())
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
-        // Each token block a chain of steps over segments of the vocabulary (CCERuntime/Chains.swift):
-        // the forward's segments, then the backward's over the same vocabulary.
-        let segments = vocabularySegments(forwardBlocks: forwardBlocks, count: plan.segments)
-        // A segment's backward blocks: those of its vocabulary positions (a segment of more than
-        // one has whole chunks of 16 forward blocks of 256, which VB divides).
-        let vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
-        let backwardBlocks = segments.map { f in
-            f.lowerBound * forwardVB / vb..<(min(operands.v, f.upperBound * forwardVB) + vb - 1) / vb
-        }
-        let forwardSteps = pass == .backward ? 0 : segments.count
-        let steps = forwardSteps + (pass == .forward ? 0 : segments.count)
-        let schedule = ChainSchedule(blocks: blocks, steps: steps, slots: workers, orderedFrom: forwardSteps)
-        let rows = pass == .backward ? nil : ForwardRows<S>(count: m)
-        // The fused call's block statistics: one block's per in-flight slot.
-        let statistics = pass == .fused
-            ? BlockStatistics(rows: workers * nb, blocks: forwardBlocks, policy: .interleaved) : nil
         let out = UncheckedSendable((lse: lse, loss: loss))
         let clock = WorkerClock(workers: workers)
+        let queue = Counter()
         Workers.run(workers, pin: Placement.isNUMA) { w in
             let started = PhaseTrace.enabled ? monotonicSeconds() : 0
             let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
@@ -257,28 +239,24 @@ enum Engine {
                                          partials: backward?.outputs.compE != nil,
                                          estimate: pass != .forward && backward?.policy.estimate == true,
                                          skippedEstimates: pass == .fused && backward?.policy.estimate == true)
+            let blockStats = pass == .fused ? BlockStatistics(rows: nb, blocks: forwardBlocks) : nil
             var workerStats = FilterStatistics()
-            var loaded = -1, idle = 0.0
-            while let item = schedule.next(waited: &idle) {
-                let b = item.block, first = b * nb, count = min(nb, m - first)
-                if loaded != b { workspace.loadTokens(operands, first: first, count: count); loaded = b }
-                let blockStats = statistics?.advanced(by: item.slot * nb)
-                if item.step < forwardSteps, let rows, let lse = out.value.lse, let loss = out.value.loss {
+            while case let b = queue.next(), b < blocks {
+                let first = b * nb, count = min(nb, m - first)
+                workspace.loadTokens(operands, first: first, count: count)
+                if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
                     Forward.block(operands, workspace, first: first, count: count, loss: definition,
-                                  lse: lse, loss: loss, blockStats: blockStats, rows: rows,
-                                  blocks: segments[item.step], shardParts: shardParts)
-                } else if let backward {
-                    Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
-                                   loss: definition, blockStats: blockStats,
-                                   blocks: backwardBlocks[item.step - forwardSteps],
-                                   stats: &workerStats)
+                                  lse: lse, loss: loss, blockStats: blockStats, shardParts: shardParts)
                 }
-                schedule.finish(item)
+                if pass != .forward, let backward {
+                    Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
+                                   loss: definition, blockStats: blockStats, stats: &workerStats)
+                }
             }
             stats[w] = workerStats
             if PhaseTrace.enabled {
-                clock.record(worker: w, busy: monotonicSeconds() - started - workspace.handOffWait - idle,
-                             waited: workspace.handOffWait, idle: idle)
+                clock.record(worker: w, busy: monotonicSeconds() - started - workspace.handOffWait,
+                             waited: workspace.handOffWait)
             }
         }
         trace.note(clock.summary)
@@ -287,17 +265,6 @@ enum Engine {
 }
 
 extension Engine {
-    /// `count` contiguous ranges of the forward blocks 0 ..< forwardBlocks, as even as whole
-    /// chunks of SkippedEstimates.chunk forward blocks allow.
-    static func vocabularySegments(forwardBlocks: Int, count: Int) -> [Range<Int>] {
-        let chunk = SkippedEstimates<Float>.chunk
-        let chunks = max(1, (forwardBlocks + chunk - 1) / chunk)
-        let n = max(1, min(count, chunks))
-        return (0..<n).map { s in
-            min(forwardBlocks, s * chunks / n * chunk)..<min(forwardBlocks, (s + 1) * chunks / n * chunk)
-        }
-    }
-
     /// Active tokens per exchange of a vocabulary shard's fused call: a constant, so that
     /// every rank exchanges the same token ranges whatever its thread count and tile plan.
     /// 4096, or CCE_EXCHANGE_CHUNK from the environment (64 to 1048576; other values are
@@ -335,7 +302,6 @@ extension Engine {
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
         let chunk = min(m, exchangeChunk)
         let blockStats = BlockStatistics(rows: chunk, blocks: forwardBlocks, policy: .interleaved)
-        let rows = ForwardRows<S>(count: m)
         let out = UncheckedSendable((lse: lse, loss: loss))
         let compensated = backward.outputs.compE != nil
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
@@ -356,7 +322,7 @@ extension Engine {
                     workspace.loadTokens(operands, first: first, count: count)
                     Forward.block(operands, workspace, first: first, count: count, loss: definition, lse: out.value.lse,
                                   loss: out.value.loss, blockStats: blockStats.advanced(by: first - start),
-                                  rows: rows, shardParts: shardParts)
+                                  shardParts: shardParts)
                 }
             }
             guard exchange(start..<end) else { return total }

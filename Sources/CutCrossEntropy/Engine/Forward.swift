@@ -163,45 +163,25 @@ func mergeRow<S: KernelScalar>(_ z: UnsafeMutablePointer<S>, count: Int, into st
     return mergeTileRow(z, count: count, into: &state)
 }
 
-/// Each active token's running forward state (running LSE, smoothing sum with its Kahan
-/// compensation, target logit), kept in the call's memory between the steps of its token
-/// block's chain (CCERuntime/Chains.swift): O(N), whichever worker runs the next step.
-final class ForwardRows<S: KernelScalar>: @unchecked Sendable {
-    let states: Scratch<RunningLSE<S>>
-    let sums: Scratch<S>, comps: Scratch<S>
-    let targetLogits: Scratch<S>
-
-    init(count: Int) {
-        states = Scratch(count: count); sums = Scratch(count: count); comps = Scratch(count: count)
-        targetLogits = Scratch(count: count)
-    }
-}
-
 enum Forward {
     /// The forward of active tokens first ..< first + count, whose E rows `workspace`
-    /// holds, over forward vocabulary blocks `blocks` (a step of the block's chain; the
-    /// whole vocabulary when nil), with the rows' running state in `rows` (token-indexed).
-    /// The first step starts the state; the last writes lse and loss. When `blockStats` is
-    /// given, stores each block row's largest logit and log-sum-exp there (BlockStatistics).
-    /// With `shardParts` (a vocabulary shard, Parallel.swift) the last step also writes each
-    /// token's target logit (0 where another shard holds the target) and its smoothing sum
-    /// Σ_v z_iv or Σ_v w_v·z_iv (0 without label smoothing): with the shard's lse, what the
-    /// ranks combine.
+    /// holds. Writes lse and loss for them; when `blockStats` is given, stores each block
+    /// row's largest logit and log-sum-exp there (BlockStatistics). With `shardParts` (a
+    /// vocabulary shard, Parallel.swift) also writes each token's target logit (0 where
+    /// another shard holds the target) and its smoothing sum Σ_v z_iv or Σ_v w_v·z_iv (0
+    /// without label smoothing): with the shard's lse, what the ranks combine.
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ workspace: Workspace<S>, first: Int, count: Int, loss definition: LossDefinition<S>,
         lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockStats: BlockStatistics?,
-        rows: ForwardRows<S>, blocks: Range<Int>? = nil, shardParts: ShardPartPointers<S>? = nil
+        shardParts: ShardPartPointers<S>? = nil
     ) {
         let vb = operands.plan.forwardVocabBlock
         let vBlocks = (operands.v + vb - 1) / vb
-        let steps = blocks ?? 0..<vBlocks
         let targets = operands.problem.targets
-        let states = rows.states.base + first, sums = rows.sums.base + first, comps = rows.comps.base + first
-        let targetLogits = rows.targetLogits.base + first
-        if steps.lowerBound == 0 {
-            for i in 0..<count { states[i] = RunningLSE(); sums[i] = 0; comps[i] = 0; targetLogits[i] = 0 }
-        }
-        for j in steps {
+        let states = workspace.states.base, sums = workspace.sums.base, comps = workspace.comps.base
+        let targetLogits = workspace.targetLogits.base
+        for i in 0..<count { states[i] = RunningLSE(); sums[i] = 0; comps[i] = 0 }
+        for j in 0..<vBlocks {
             let v0 = j * vb, vc = min(vb, operands.v - v0)
             workspace.product(operands, count: count, v0: v0, vc: vc, ldo: vb)
             for i in 0..<count {
@@ -221,7 +201,6 @@ enum Forward {
                 }
             }
         }
-        guard steps.upperBound == vBlocks else { return }
         for i in 0..<count {
             let l = states[i].value
             lse[first + i] = l

@@ -24,12 +24,6 @@
 //       every backward block lies inside one forward block (the fused call's skip bound
 //       and dropped-mass estimate are per forward block);
 //   VBf (forward): 256 (one LSE merge per row per 256 logits).
-//   segments: the steps a token block's sweep is cut into, so that workers that free up
-//       early continue the blocks of slower ones (CCERuntime/Chains.swift): about four
-//       steps per worker over the call (1 where there are at least four blocks per worker),
-//       at most one per 16 forward blocks (a chunk of the dropped-mass estimate, whose
-//       partial sums must not straddle two steps). CCE_SEGMENTS in the environment (1 to
-//       1024) sets it, for experiments.
 //
 // Results depend on VB and VBf (they fix where tiles start on each row) but not on NB or
 // on the thread count: see Backward.swift.
@@ -49,8 +43,6 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     public var forwardVocabBlock: Int
     /// The tile kernel's row group, of which NB is a multiple.
     public var rowGroup: Int
-    /// Steps of each token block's sweep over the vocabulary (contiguous segments of it).
-    public var segments: Int
     /// Worker threads.
     public var threads: Int
     /// Where the cache sizes came from.
@@ -74,19 +66,9 @@ public struct TilePlan: Sendable, CustomStringConvertible {
         tokenBlock = nb
         vocabBlock = vb
         forwardVocabBlock = min(256, max(16, (vocab + 15) / 16 * 16))
-        let forwardBlocks = (max(1, vocab) + forwardVocabBlock - 1) / forwardVocabBlock
-        let chunks = (forwardBlocks + TilePlan.segmentChunk - 1) / TilePlan.segmentChunk
-        let tokenBlocks = (m + nb - 1) / nb, workers = min(t, tokenBlocks)
-        segments = max(1, min(chunks, TilePlan.segmentOverride ?? (4 * workers + tokenBlocks - 1) / tokenBlocks))
         self.threads = threads
         self.topology = topology
     }
-
-    /// Forward blocks per chunk of the dropped-mass estimate (SkippedEstimates.chunk): a
-    /// vocabulary segment is a whole number of them.
-    static var segmentChunk: Int { SkippedEstimates<Float>.chunk }
-
-    static let segmentOverride: Int? = Environment.integer("CCE_SEGMENTS", in: 1...1024)
 
     /// Active tokens per dC partial in the kahan accumulation (Backward.compensatedUpdate).
     /// A compensated call's token blocks are multiples of it, so that its dC, like every
@@ -111,7 +93,6 @@ public struct TilePlan: Sendable, CustomStringConvertible {
 
     public var description: String {
         "token block NB = \(tokenBlock) (groups of \(rowGroup)), vocabulary block VB = \(vocabBlock) (forward \(forwardVocabBlock)), "
-            + "\(segments) vocabulary segment\(segments == 1 ? "" : "s") per block, "
             + "threads = \(threads); "
             + "machine: \(topology)"
     }

@@ -90,6 +90,9 @@ final class Workspace<S: KernelScalar> {
     let cRaw: Scratch<UnsafeRawPointer>
     let cRows: Scratch<UnsafePointer<S>>
     let outRows: Scratch<UnsafeMutablePointer<S>>
+    let states: Scratch<RunningLSE<S>>   // forward: running LSE per row
+    let sums: Scratch<S>, comps: Scratch<S>  // forward: Σ_v z per row (label smoothing), Kahan
+    let targetLogits: Scratch<S>         // forward: z at each row's target, taken from its tile
     let keep: Scratch<Int>               // backward: kept row -> row
     let need: Scratch<Bool>              // backward: rows to recompute
     let panelNeeded: Scratch<Bool>       // backward: 6-row groups to recompute
@@ -148,6 +151,8 @@ final class Workspace<S: KernelScalar> {
         cRaw = Scratch(count: wide + AMXTileShape.nr)
         cRows = Scratch(count: wide)
         outRows = Scratch(count: max(nb, vb))
+        states = Scratch(count: nb); sums = Scratch(count: nb); comps = Scratch(count: nb)
+        targetLogits = Scratch(count: nb)
         keep = Scratch(count: nb); need = Scratch(count: nb); panelNeeded = Scratch(count: (nb + 5) / 6)
         selected = Scratch(count: nb)
         inE = Scratch(count: nb); inC = Scratch(count: nb)
