@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""How many logits a backward without recomputation would have to keep (a census, numpy only).
+
+The fused call's backward recomputes every row segment the forward's block maxima cannot rule
+out (Docs/PERFORMANCE.md). A backward that recomputed nothing would need the forward to keep
+every logit that may still matter once the row's LSE is known. Because lse_i only grows as the
+sweep goes on, an entry with z - (running LSE so far) < log(eps/16) is below eps/16 at the end
+too, so the forward can decide as it goes what to keep. This script counts, per row:
+
+  - entries with p >= eps and p >= eps/16 against the final LSE (what the filter and dC's
+    entry filter keep);
+  - entries a forward would keep against its running LSE (over 256-wide blocks of the
+    vocabulary sorted by C_v . mean(E), as the engine sweeps it);
+  - row segments of VB = 128 with some p >= eps (what the fused call keeps today).
+
+Data: lm-like(N, D, V, S, alpha) as Docs/LMLIKE.md defines it (numpy's generator, so other
+draws than the Swift tool's; the statistics are the same). eps = 2^-12 (the bf16 default).
+
+    python3 Benchmarks/scripts/sparse_census.py 512 1024 128256 4 1.5
+"""
+import math
+import sys
+
+import numpy as np
+
+
+def lm_like(n, d, v, s, alpha, seed=0):
+    r = np.random.default_rng(seed)
+    c = np.empty((v, d), np.float32)
+    c[:, :d - 1] = r.standard_normal((v, d - 1), dtype=np.float32) / math.sqrt(d - 1)
+    c[:, d - 1] = -alpha * np.log(r.permutation(v).astype(np.float32) + 1)
+    e = np.empty((n, d), np.float32)
+    e[:, :d - 1] = r.standard_normal((n, d - 1), dtype=np.float32) * s
+    e[:, d - 1] = 1
+    return e, c
+
+
+def main(argv):
+    n, d, v = int(argv[1]), int(argv[2]), int(argv[3])
+    s, alpha = float(argv[4]), float(argv[5])
+    e, c = lm_like(n, d, v, s, alpha)
+    sorted_c = c[np.argsort(-(c @ e.mean(0)), kind="stable")]
+    eps = 2.0 ** -12
+    log_eps, log_eps16 = math.log(eps), math.log(eps / 16)
+    forward_block, vb = 256, 128
+    above_eps = above_eps16 = kept_segments = 0
+    kept_running = []
+    for i0 in range(0, n, 128):
+        z = e[i0:i0 + 128] @ sorted_c.T
+        top = z.max(1, keepdims=True)
+        lse = top + np.log(np.exp(z - top).sum(1, keepdims=True))
+        above_eps += int((z - lse >= log_eps).sum())
+        above_eps16 += int((z - lse >= log_eps16).sum())
+        running = np.full((z.shape[0], 1), -np.inf, np.float32)
+        count = np.zeros(z.shape[0], np.int64)
+        for j in range(0, v, forward_block):
+            block = z[:, j:j + forward_block]
+            m = block.max(1, keepdims=True)
+            running = np.logaddexp(running, m + np.log(np.exp(block - m).sum(1, keepdims=True)))
+            count += (block - running >= log_eps16).sum(1)
+        kept_running.append(count)
+        whole = v // vb * vb
+        kept_segments += int((z[:, :whole] - lse >= log_eps).reshape(z.shape[0], -1, vb).any(2).sum())
+    k = np.concatenate(kept_running)
+    print(f"N={n} D={d} V={v} S={s:g} alpha={alpha:g}, eps=2^-12, per row: "
+          f"p >= eps {above_eps / n:.1f}, p >= eps/16 {above_eps16 / n:.1f}; "
+          f"kept against the running LSE: mean {k.mean():.1f}, median {np.median(k):.0f}, "
+          f"99th percentile {np.percentile(k, 99):.0f}, max {k.max()}; "
+          f"row segments (VB = {vb}) with some p >= eps: {kept_segments / n:.1f} of {v // vb} "
+          f"({100 * kept_segments / n / (v // vb):.2f}%)")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
