@@ -920,6 +920,26 @@ CCE_INLINE float exp1(float x) { return _mm512_cvtss_f32(exp16(_mm512_set1_ps(x)
 CCE_AVX512
 float cce_avx512_exp(float x) { return exp1(x); }
 
+// The positions of a tile row's logits at or above a threshold (the fused forward's saved
+// logits): one 16-lane compare and a compress-store of the lane indices per 16 values.
+CCE_AVX512
+long cce_avx512_select_above(const float *z, long count, float threshold, int32_t *positions) {
+    const __m512 t = _mm512_set1_ps(threshold);
+    __m512i index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i step = _mm512_set1_epi32(16);
+    long n = 0, p = 0;
+    for (; p + 16 <= count; p += 16) {
+        __mmask16 k = _mm512_cmp_ps_mask(_mm512_loadu_ps(z + p), t, _CMP_GE_OQ);
+        if (k) {
+            _mm512_mask_compressstoreu_epi32(positions + n, k, index);
+            n += __builtin_popcount((unsigned)k);
+        }
+        index = _mm512_add_epi32(index, step);
+    }
+    for (; p < count; p++) if (z[p] >= threshold) positions[n++] = (int32_t)p;
+    return n;
+}
+
 // mergeTileRow (CCEKernels/LSEMerge.swift) for Float, step for step: the maximum in eight
 // lanes (a lane takes a later value only when it is larger; then the first largest lane;
 // then the tail, where a later equal value wins, as Swift.max does), the exponentials 16
@@ -997,6 +1017,7 @@ void cce_fma_sparse_update(float *out, long nnz, const float *values, const void
 void cce_sum_rows(const void *const *rows, long count, int type, long width, float *out) { __builtin_trap(); }
 int cce_amx_supported(void) { return 0; }
 float cce_avx512_exp(float x) { __builtin_trap(); }
+long cce_avx512_select_above(const float *z, long count, float threshold, int32_t *positions) { __builtin_trap(); }
 void cce_avx512_merge_row(const float *z, long count, float *max, float *sum, float *comp, float *tile_max,
                           float *log_sum) { __builtin_trap(); }
 size_t cce_amx_row_block_words(long m, long d) { return (size_t)((m + 31) / 32 * 32 * ((d + 31) / 32 * 16)); }

@@ -392,6 +392,17 @@ public func mergeTileRowAVX512(_ z: UnsafePointer<Float>, count: Int,
     return summary
 }
 
+/// The positions q < count with z[q] ≥ threshold, in increasing order, into `positions`;
+/// returns how many: by 16-lane compares where the CPU has AVX-512, else one by one.
+@inlinable
+public func selectAbove(_ z: UnsafePointer<Float>, count: Int, threshold: Float,
+                        into positions: UnsafeMutablePointer<Int32>) -> Int {
+    if hasAVX512 { return cce_avx512_select_above(z, count, threshold, positions) }
+    var n = 0
+    for q in 0..<count where z[q] >= threshold { positions[n] = Int32(q); n += 1 }
+    return n
+}
+
 /// `Exp.exp` of one value by the 512-bit merge's exponential (its bits). Requires `hasAVX512`.
 public func expAVX512(_ x: Float) -> Float { cce_avx512_exp(x) }
 

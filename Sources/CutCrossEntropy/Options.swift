@@ -103,6 +103,18 @@ public struct Options: Sendable {
     /// rows. Filtering then loses only the deviations from the block mean, which do not add
     /// up coherently (Docs/NUMERICS.md). Costs one D-vector update per skipped segment.
     public var filterCorrection: Bool = true
+    /// The fused call (`lossAndGradients`): logits its forward keeps per row of a token block,
+    /// on average, so that the backward reads them instead of recomputing the logit tiles:
+    /// every entry with p ≥ ε/16 against the row's LSE so far, and the target's (about 670 a
+    /// row on LM-like data at V = 128256). Costs 8 bytes an entry per worker (2 MiB for a
+    /// block of 256 rows at 1024), and one sum of C's rows per forward block, once per call.
+    /// Past that room, a block's remaining vocabulary is recomputed as without it. dC, dBias
+    /// and the loss are bitwise the same either way; dE differs by the entries below ε/16 of
+    /// the rows the filter keeps, which the dropped-mass estimate then carries (Docs/NUMERICS.md).
+    /// Applies in Float32 accumulation with filtering on both gradients, without soft cap,
+    /// class weights or z-loss; 0 turns it off. (CCE_SAVED_PER_ROW in the environment
+    /// overrides it, for experiments.)
+    public var savedLogitsPerRow: Int = 1024
     /// Check inputs for NaN and infinities (costs one pass over E, C and the bias).
     public var checkFinite: Bool = false
     /// Worker threads; nil: every CPU this process may use.
@@ -126,6 +138,9 @@ public struct Options: Sendable {
             throw CCEError.invalidOption("filter epsilon must be finite and >= 0 (got \(e))")
         }
         if let t = threads, t < 1 { throw CCEError.invalidOption("threads must be >= 1 (got \(t))") }
+        guard (0...65536).contains(savedLogitsPerRow) else {
+            throw CCEError.invalidOption("savedLogitsPerRow must be in 0...65536 (got \(savedLogitsPerRow))")
+        }
         if let w = classWeights {
             if let i = w.firstIndex(where: { !$0.isFinite }) { throw CCEError.nonFinite(tensor: "classWeights", index: i) }
             if let i = w.firstIndex(where: { $0 < 0 }) {

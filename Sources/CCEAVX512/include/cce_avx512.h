@@ -164,6 +164,9 @@ void cce_avx512_merge_row(const float *z, long count, float *max, float *sum, fl
                           float *log_sum);
 /// Exp.exp of one value (its bits), for tests.
 float cce_avx512_exp(float x);
+/// The positions p < count with z[p] >= threshold, increasing, into `positions`; returns
+/// how many. Requires cce_avx512_supported().
+long cce_avx512_select_above(const float *z, long count, float threshold, int32_t *positions);
 
 // MARK: - The Float32 FMA kernel (512-bit)
 

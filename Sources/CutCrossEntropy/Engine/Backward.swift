@@ -150,10 +150,13 @@ enum Backward {
             let startsForward = v0 % forwardVB == 0
             let endsForward = v0 + vc == min(operands.v, (forwardBlock + 1) * forwardVB)
             var rows = KeptRows()
-            rows.recomputed = rowsToRecompute(operands, state, workspace, bound: bound,
+            stats.tiles += 1; stats.rowSegments += count
+            // Rows whose logits of this forward block the forward kept are not recomputed.
+            let saved = bound != nil ? workspace.saved : nil
+            if let saved, startsForward { saved.locateRows(block: forwardBlock, rows: count) }
+            rows.recomputed = rowsToRecompute(operands, state, workspace, bound: bound, saved: saved,
                                               first: first, count: count,
                                               v0: v0, vc: vc, startsForward: startsForward, loss: definition)
-            stats.tiles += 1; stats.rowSegments += count
             stats.boundSkippedRowSegments += count - rows.recomputed
             if rows.recomputed > 0 {
                 recompute(operands, workspace, &rows, first: first, count: count, v0: v0, vc: vc)
@@ -162,7 +165,9 @@ enum Backward {
                 // in cache. (A filtered recomputed row asks for it in toGradients, just as hot;
                 // where neither happens, as in Float32 where nearly every row is kept, T_j is
                 // never formed.)
-                if policy.estimate && rows.recomputed < count { _ = workspace.blockSums?.block(operands, j) }
+                if policy.estimate && rows.recomputed < count && workspace.forwardSums == nil {
+                    _ = workspace.blockSums?.block(operands, j)
+                }
                 toGradients(operands, state, workspace, &rows, bounded: bound != nil, first: first, j: j,
                             v0: v0, vc: vc, loss: definition)
             }
@@ -171,7 +176,17 @@ enum Backward {
             // dE from the rows kept for it, dC (queued, applied in hand-off order) from the
             // rows kept for it. One set contains the other; the larger goes first, then
             // the tile is compacted to the smaller.
-            if rows.forC == rows.kept {
+            if let saved, let bound {
+                // Both filters on (Engine.savesLogits): every kept row is kept for dE and dC.
+                // The recomputed rows' dE by the tile kernel, the saved rows' from their entries;
+                // then all of them, in token order, to dC.
+                updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
+                fromSaved(operands, state, workspace, saved, bound: bound, &rows, first: first, count: count,
+                          v0: v0, vc: vc, startsForward: startsForward, loss: definition)
+                stats.keptRowSegments += rows.kept - rows.forE
+                if rows.kept > 0 && rows.forE == 0 { stats.skippedTiles -= 1 }
+                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.kept)
+            } else if rows.forC == rows.kept {
                 queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
                 if rows.forE < rows.kept { compactTile(workspace, count: rows.kept, where: workspace.inE.base) }
                 updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
@@ -195,6 +210,7 @@ enum Backward {
     /// residual r_iF of such rows is set from the block's log-sum-exp.
     static func rowsToRecompute<S: KernelScalar>(
         _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, bound: BlockStatistics?,
+        saved: SavedLogits<S>? = nil,
         first: Int, count: Int, v0: Int, vc: Int, startsForward: Bool, loss definition: LossDefinition<S>
     ) -> Int {
         let need = workspace.need.base
@@ -213,6 +229,8 @@ enum Backward {
         let maskRows = workspace.maskRows
         for p in 0..<(count + maskRows - 1) / maskRows { panelNeeded[p] = false }
         for i in 0..<count {
+            // A row whose logits the forward kept is fromSaved's.
+            if let saved, saved.covers(row: i, block: forwardBlock) { need[i] = false; continue }
             let l = state.lse[first + i], coef = definition.softmaxCoefficient(lse: l, token: first + i)
             let targetPosition = Int(operands.targetPosition[first + i]) - v0
             let blockMax: S = bound.bound(row: i, block: forwardBlock)
@@ -230,6 +248,113 @@ enum Backward {
             if need[i] { needed += 1; panelNeeded[i / maskRows] = true }
         }
         return needed
+    }
+
+    /// Stages 2 to 4 for the rows whose logits of this forward block the forward kept
+    /// (SavedLogits), which are not recomputed: such a row gets dy at its kept entries and 0
+    /// elsewhere (each entry left out has |∂loss/∂z| < ε/16, which dC's entry filter zeroes
+    /// anyway), and is kept by the same rule as a recomputed row. Its dE update runs over its
+    /// kept entries alone (one FMA chain per element over them, in column order: only their C
+    /// rows are read); then the kept rows join the recomputed ones (tile rows 0 ..< rows.kept)
+    /// in token order, for dC. At the start of the forward block each such row gets the
+    /// estimate's residual of what was not kept, r_iF = g_i·[coef_i·e^(U_iF − lse_i) −
+    /// (α/V)·(|F| − n_iF)], U_iF being the log-sum-exp of the entries not kept (the forward's
+    /// block statistics) and n_iF how many were; the kept entries of a row that is not kept
+    /// add their dy to it. At the end of the forward block the estimate adds r_iF times the
+    /// block's mean C row (estimateSkipped).
+    static func fromSaved<S: KernelScalar>(
+        _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, _ saved: SavedLogits<S>,
+        bound: BlockStatistics, _ rows: inout KeptRows, first: Int, count: Int, v0: Int, vc: Int,
+        startsForward: Bool, loss definition: LossDefinition<S>
+    ) {
+        let forwardVB = operands.plan.forwardVocabBlock, vb = workspace.vb, d = operands.d
+        let f = v0 / forwardVB
+        let smooth = definition.smoothingShare, eps = state.epsilon
+        let estimate = state.policy.estimate
+        if startsForward && estimate {
+            let width = S(min(forwardVB, operands.v - f * forwardVB))
+            for i in 0..<count where saved.covers(row: i, block: f) {
+                let l = state.lse[first + i], coef = definition.softmaxCoefficient(lse: l, token: first + i)
+                let n = S(Int(saved.rowEnd.base[i] - saved.rowStart.base[i]))
+                let rest: S = bound.logSum(row: i, block: f)
+                workspace.residualOn.base[i] = true
+                workspace.excluded.base[i] = -1
+                workspace.residual.base[i] = state.upstream[first + i] * (coef * S.exp(rest - l) - smooth * (width - n))
+            }
+        }
+        let q0 = v0 - f * forwardVB, q1 = q0 + vc
+        let tile = workspace.sparseTile.base, cRows = workspace.savedCRows.base, columns = workspace.savedColumns.base
+        var kept = 0
+        for i in 0..<count where saved.covers(row: i, block: f) {
+            var e = Int(saved.rowStart.base[i])
+            let end = Int(saved.rowEnd.base[i])
+            while e < end && Int(saved.keys.base[e] & 0xFF) < q0 { e += 1 }
+            guard e < end && Int(saved.keys.base[e] & 0xFF) < q1 else { continue }
+            let l = state.lse[first + i], g = state.upstream[first + i]
+            let coef = definition.softmaxCoefficient(lse: l, token: first + i)
+            let row = tile + kept * vb
+            row.update(repeating: 0, count: vc)
+            var significant = false, sum: S = 0, n = 0
+            while e < end, case let q = Int(saved.keys.base[e] & 0xFF), q < q1 {
+                let gq = coef * S.exp(saved.values.base[e] - l) - smooth
+                significant = significant || abs(gq) >= eps
+                row[q - q0] = gq
+                sum += gq
+                columns[n] = q - q0
+                cRows[n] = operands.sortedCRow(v0 + q - q0)
+                n += 1; e += 1
+            }
+            let targetPosition = Int(operands.targetPosition[first + i]) - v0
+            let hasTarget = targetPosition >= 0 && targetPosition < vc
+            guard significant || hasTarget else {
+                if estimate { workspace.residual.base[i] += g * sum }
+                continue
+            }
+            if hasTarget { row[targetPosition] -= definition.targetShare(token: first + i) }
+            scaleRow(row, count: vc, by: g)
+            // dE_i += Σ over the kept entries of dy·C_v, in column order.
+            for t in 0..<n { workspace.savedValues.base[t] = row[columns[t]] }
+            addEntries(operands, workspace, dE: state.outputs.dE + Int(operands.problem.rows[first + i]) * d,
+                       values: workspace.savedValues.base, rows: cRows, count: n)
+            workspace.sparseKeep.base[kept] = i
+            kept += 1
+        }
+        guard kept > 0 else { return }
+        // Merge into the tile's recomputed kept rows (both in token order), from the back.
+        var a = rows.kept - 1, bIndex = kept - 1, out = rows.kept + kept - 1
+        while bIndex >= 0 {
+            if a >= 0 && workspace.keep.base[a] > workspace.sparseKeep.base[bIndex] {
+                (workspace.tile.base + out * vb).update(from: workspace.tile.base + a * vb, count: vc)
+                workspace.keep.base[out] = workspace.keep.base[a]
+                a -= 1
+            } else {
+                (workspace.tile.base + out * vb).update(from: tile + bIndex * vb, count: vc)
+                workspace.keep.base[out] = workspace.sparseKeep.base[bIndex]
+                bIndex -= 1
+            }
+            out -= 1
+        }
+        rows.kept += kept; rows.forC += kept
+    }
+
+    /// dE_row += Σ_t values[t]·C_t over `count` C rows (stored type), one FMA chain per element
+    /// in t order: the 512-bit kernel, or (portable) each row converted, then added by axpy.
+    static func addEntries<S: KernelScalar>(_ operands: Operands<S>, _ workspace: Workspace<S>,
+                                            dE: UnsafeMutablePointer<S>, values: UnsafePointer<S>,
+                                            rows: UnsafePointer<UnsafeRawPointer>, count: Int) {
+        let d = operands.d
+        if S.self == Float.self && hasAVX512 {
+            UnsafeMutableRawPointer(dE).withMemoryRebound(to: Float.self, capacity: d) { out in
+                UnsafeRawPointer(values).withMemoryRebound(to: Float.self, capacity: count) { v in
+                    sparseUpdateAVX512(out: out, nnz: count, values: v, b: rows, bType: operands.cType, width: d)
+                }
+            }
+            return
+        }
+        for t in 0..<count {
+            convertRow(rows[t], type: operands.cType, count: d, into: workspace.savedCRow.base)
+            axpy(dE, values[t], UnsafePointer(workspace.savedCRow.base), count: d)
+        }
     }
 
     /// Stage 2: the logit tile of the rows marked in `need`: only those rows when they are
@@ -337,7 +462,11 @@ enum Backward {
                 addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.block(operands, excludedBlock))
             }
             let sum = total ?? {
-                sums.forward(operands, f, into: skipped.slot(f))
+                if let table = workspace.forwardSums {
+                    skipped.slot(f).update(from: table + f * operands.d, count: operands.d)
+                } else {
+                    sums.forward(operands, f, into: skipped.slot(f))
+                }
                 return UnsafePointer(skipped.slot(f))
             }()
             total = sum

@@ -232,13 +232,32 @@ enum Engine {
         let out = UncheckedSendable((lse: lse, loss: loss))
         let clock = WorkerClock(workers: workers)
         let queue = Counter()
+        // The fused call's forward keeps the logits its backward needs (SavedLogits), where the
+        // options allow; then every forward block's F_f for the estimate is formed once, here.
+        let entryEpsilon = backward?.policy.entryEpsilon.map { S($0) }
+        let savedPerRow = savedPerRowOverride ?? options.savedLogitsPerRow
+        let saves = pass == .fused && savesLogits(savedPerRow, backward, definition)
+        let forwardSums = saves && backward?.policy.estimate == true
+            ? Scratch<S>(count: forwardBlocks * operands.d) : nil
+        if let forwardSums {
+            let table = UncheckedSendable(forwardSums.base)
+            Workers.run(workers) { w in
+                let sums = BlockSums<S>(plan: plan, d: operands.d)
+                for f in stride(from: w, to: forwardBlocks, by: workers) {
+                    sums.forward(operands, f, into: table.value + f * operands.d)
+                }
+            }
+            trace.mark("estimate sums")
+        }
         Workers.run(workers, pin: Placement.isNUMA) { w in
             let started = PhaseTrace.enabled ? monotonicSeconds() : 0
             let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
                                          backend: operands.backend, kernel: operands.kernel,
                                          partials: backward?.outputs.compE != nil,
                                          estimate: pass != .forward && backward?.policy.estimate == true,
-                                         skippedEstimates: pass == .fused && backward?.policy.estimate == true)
+                                         skippedEstimates: pass == .fused && backward?.policy.estimate == true,
+                                         savedLogits: saves ? (savedPerRow, forwardBlocks) : nil)
+            workspace.forwardSums = forwardSums.map { UnsafePointer($0.base) }
             let blockStats = pass == .fused ? BlockStatistics(rows: nb, blocks: forwardBlocks) : nil
             var workerStats = FilterStatistics()
             while case let b = queue.next(), b < blocks {
@@ -246,7 +265,8 @@ enum Engine {
                 workspace.loadTokens(operands, first: first, count: count)
                 if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
                     Forward.block(operands, workspace, first: first, count: count, loss: definition,
-                                  lse: lse, loss: loss, blockStats: blockStats, shardParts: shardParts)
+                                  lse: lse, loss: loss, blockStats: blockStats, saved: workspace.saved,
+                                  entryEpsilon: entryEpsilon ?? 0, shardParts: shardParts)
                 }
                 if pass != .forward, let backward {
                     Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
@@ -265,6 +285,23 @@ enum Engine {
 }
 
 extension Engine {
+    /// CCE_SAVED_PER_ROW from the environment (0 to 65536), which overrides
+    /// Options.savedLogitsPerRow: for experiments.
+    static let savedPerRowOverride: Int? = Environment.integer("CCE_SAVED_PER_ROW", in: 0...65536)
+
+    /// Whether a fused call's forward keeps the logits its backward needs (SavedLogits): in
+    /// Float32 with the default accumulation, filtering both gradients (so the bound applies),
+    /// without soft cap, class weights or z-loss (then ∂loss/∂z_iv = p_iv − α/V off the
+    /// target, and an entry below ε/16 against the running LSE stays below it), and with
+    /// α/V < ε/16 (so that such an entry's |∂loss/∂z| is below ε/16 too).
+    static func savesLogits<S: KernelScalar>(_ perRow: Int, _ backward: BackwardState<S>?,
+                                             _ definition: LossDefinition<S>) -> Bool {
+        guard perRow > 0, S.self == Float.self, let backward, let entry = backward.policy.entryEpsilon,
+              backward.policy.filtersBoth, backward.outputs.compE == nil,
+              definition.cap == nil, definition.weights == nil, definition.zLoss == 0 else { return false }
+        return Double(definition.smoothingShare) < entry
+    }
+
     /// Active tokens per exchange of a vocabulary shard's fused call: a constant, so that
     /// every rank exchanges the same token ranges whatever its thread count and tile plan.
     /// 4096, or CCE_EXCHANGE_CHUNK from the environment (64 to 1048576; other values are

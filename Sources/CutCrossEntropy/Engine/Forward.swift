@@ -173,7 +173,7 @@ enum Forward {
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ workspace: Workspace<S>, first: Int, count: Int, loss definition: LossDefinition<S>,
         lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockStats: BlockStatistics?,
-        shardParts: ShardPartPointers<S>? = nil
+        saved: SavedLogits<S>? = nil, entryEpsilon: S = 0, shardParts: ShardPartPointers<S>? = nil
     ) {
         let vb = operands.plan.forwardVocabBlock
         let vBlocks = (operands.v + vb - 1) / vb
@@ -181,8 +181,11 @@ enum Forward {
         let states = workspace.states.base, sums = workspace.sums.base, comps = workspace.comps.base
         let targetLogits = workspace.targetLogits.base
         for i in 0..<count { states[i] = RunningLSE(); sums[i] = 0; comps[i] = 0 }
+        saved?.reset(rows: count)
+        let logEntry = S.log(entryEpsilon)
         for j in 0..<vBlocks {
             let v0 = j * vb, vc = min(vb, operands.v - v0)
+            saved?.begin(block: j)
             workspace.product(operands, count: count, v0: v0, vc: vc, ldo: vb)
             for i in 0..<count {
                 let row = workspace.tile.base + i * vb
@@ -193,13 +196,18 @@ enum Forward {
                 let targetPosition = Int(operands.targetPosition[first + i]) - v0
                 if targetPosition >= 0 && targetPosition < vc { targetLogits[i] = row[targetPosition] }
                 let seen = mergeRow(row, count: vc, into: &states[i])
-                blockStats?.store(row: i, block: j, max: seen.max, logSum: seen.logSum)
+                // Kept logits leave the block's log-sum-exp: the backward adds them exactly.
+                let rest = saved?.keep(row, width: vc, row: i, block: j, threshold: states[i].value + logEntry,
+                                       target: targetPosition >= 0 && targetPosition < vc ? targetPosition : -1,
+                                       max: seen.max, logSum: seen.logSum)
+                blockStats?.store(row: i, block: j, max: seen.max, logSum: rest ?? seen.logSum)
                 if let w = definition.weights, definition.smoothing {
                     kahanAdd(&sums[i], &comps[i], weightedRowSum(row, w.byPosition + v0, count: vc))
                 } else if definition.smoothing {
                     kahanAdd(&sums[i], &comps[i], tileRowSum(row, count: vc))
                 }
             }
+            saved?.end(block: j)
         }
         for i in 0..<count {
             let l = states[i].value

@@ -94,6 +94,12 @@ final class Workspace<S: KernelScalar> {
     let sums: Scratch<S>, comps: Scratch<S>  // forward: Σ_v z per row (label smoothing), Kahan
     let targetLogits: Scratch<S>         // forward: z at each row's target, taken from its tile
     let keep: Scratch<Int>               // backward: kept row -> row
+    let sparseTile: Scratch<S>           // backward: the kept rows from saved logits, before they merge into the tile
+    let sparseKeep: Scratch<Int>         //   ... and which rows they are
+    let savedCRows: Scratch<UnsafeRawPointer>  //   ... one row's C rows for its dE update
+    let savedCRow: Scratch<S>            //   ... and one C row converted (portable path)
+    let savedValues: Scratch<S>          //   ... that row's dy at its entries
+    let savedColumns: Scratch<Int>       //   ... and their columns
     let need: Scratch<Bool>              // backward: rows to recompute
     let panelNeeded: Scratch<Bool>       // backward: 6-row groups to recompute
     let selected: Scratch<Int>           // backward: rows recomputed, in order
@@ -104,6 +110,8 @@ final class Workspace<S: KernelScalar> {
     let partials: Scratch<S>?            // kahan modes: max(NB, VB) x D gradient partials
     let skipped: SkippedEstimates<S>?   // fused backward: the estimates of the rows the bound skipped
     let blockSums: BlockSums<S>?         // backward: the estimate's T_j, formed when needed
+    let saved: SavedLogits<S>?           // fused call: the logits its backward reads instead of recomputing
+    var forwardSums: UnsafePointer<S>?   //   ... and every forward block's F_f, formed once for the call
     /// Rows recomputed on their own (selected product) rather than as a masked full tile.
     let selectedLimit = 48
     let pending: PendingUpdates<S>
@@ -116,7 +124,8 @@ final class Workspace<S: KernelScalar> {
     var handOffWait = 0.0
 
     init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
-         partials: Bool = false, estimate: Bool = false, skippedEstimates: Bool = false) {
+         partials: Bool = false, estimate: Bool = false, skippedEstimates: Bool = false,
+         savedLogits: (perRow: Int, forwardBlocks: Int)? = nil) {
         // The bf16 kernels run only for bf16 E and C in Float32 (chooseTileKernel).
         eStoredOnly = (kernel == .amxBF16 || kernel == .avx512BF16) && backend == .swiftSIMD && S.self == Float.self
         let nb = plan.tokenBlock, vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
@@ -153,13 +162,19 @@ final class Workspace<S: KernelScalar> {
         outRows = Scratch(count: max(nb, vb))
         states = Scratch(count: nb); sums = Scratch(count: nb); comps = Scratch(count: nb)
         targetLogits = Scratch(count: nb)
-        keep = Scratch(count: nb); need = Scratch(count: nb); panelNeeded = Scratch(count: (nb + 5) / 6)
+        keep = Scratch(count: nb); need = Scratch(count: nb)
+        let saves = savedLogits != nil
+        sparseTile = Scratch(count: saves ? nb * vb : 0); sparseKeep = Scratch(count: saves ? nb : 0)
+        savedCRows = Scratch(count: saves ? vb : 0); savedCRow = Scratch(count: saves ? d : 0)
+        savedValues = Scratch(count: saves ? vb : 0); savedColumns = Scratch(count: saves ? vb : 0)
+        panelNeeded = Scratch(count: (nb + 5) / 6)
         selected = Scratch(count: nb)
         inE = Scratch(count: nb); inC = Scratch(count: nb)
         residual = Scratch(count: nb); residualOn = Scratch(count: nb); excluded = Scratch(count: nb)
         self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
         skipped = skippedEstimates ? SkippedEstimates(plan: plan, d: d) : nil
         blockSums = estimate ? BlockSums(plan: plan, d: d) : nil
+        saved = savedLogits.map { SavedLogits(plan: plan, perRow: $0.perRow, forwardBlocks: $0.forwardBlocks) }
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb), vb: vb)
         let side = max(nb, vb)
         // The portable rank update packs A and slices of b; the 512-bit one reads them in place.
@@ -474,6 +489,105 @@ final class SkippedEstimates<S: KernelScalar> {
 
     /// Forward block f's slot of the chunk (D values).
     func slot(_ f: Int) -> UnsafeMutablePointer<S> { whole.base + f % Self.chunk * d }
+}
+
+/// The logits the fused call's forward keeps so that its backward need not recompute them
+/// (Backward.fromSaved): of each row and forward block, every entry with
+/// z ≥ lse_running + log(ε/16), lse_running being the row's LSE over the blocks swept so far
+/// (this one included), and the target's. The row's final LSE is at least lse_running, so an
+/// entry left out has p < ε/16 at the end, and so |∂loss/∂z| < ε/16 where α/V < ε/16
+/// (Engine.savesLogits): below dC's entry filter, which zeroes it today too. Kept in sweep
+/// order, forward block by forward block, row by row, column by column: (row << 8 | column,
+/// z), 8 bytes each. Each row has room for `perRow` entries; a row whose next block would
+/// not fit keeps nothing more, and from that block on (its `frontier`) the backward
+/// recomputes it as before. A row's choices depend on the row alone, so the results do not
+/// depend on NB or the thread count. (LM-like data, V = 128256: about 670 entries a row;
+/// Benchmarks/scripts/sparse_census.py.)
+final class SavedLogits<S: KernelScalar> {
+    let perRow: Int
+    let keys: Scratch<UInt32>
+    let values: Scratch<S>
+    let starts: Scratch<Int>          // per forward block: its first entry (forward blocks + 1)
+    let rowStart: Scratch<Int32>      // backward, per row of the current forward block: first entry
+    let rowEnd: Scratch<Int32>        //   ... and one past its last
+    private let rowCount: Scratch<Int32>     // forward: entries each row holds
+    private let frontier: Scratch<Int32>     // per row: the first forward block not kept
+    private let positions: Scratch<Int32>    // forward: one row's selected columns
+    private(set) var count = 0
+
+    init(plan: TilePlan, perRow: Int, forwardBlocks: Int) {
+        self.perRow = perRow
+        keys = Scratch(count: plan.tokenBlock * perRow); values = Scratch(count: plan.tokenBlock * perRow)
+        starts = Scratch(count: forwardBlocks + 1)
+        rowStart = Scratch(count: plan.tokenBlock); rowEnd = Scratch(count: plan.tokenBlock)
+        rowCount = Scratch(count: plan.tokenBlock); frontier = Scratch(count: plan.tokenBlock)
+        positions = Scratch(count: plan.forwardVocabBlock + 1)
+    }
+
+    /// A token block of `rows` rows begins its forward.
+    func reset(rows: Int) {
+        count = 0
+        for i in 0..<rows { rowCount.base[i] = 0; frontier.base[i] = Int32.max }
+    }
+
+    /// Forward block f begins (its entries start here).
+    func begin(block f: Int) { starts.base[f] = count }
+
+    /// Forward block f is done (the next one's entries start here).
+    func end(block f: Int) { starts.base[f + 1] = count }
+
+    /// Whether row i's logits of forward block f were kept.
+    @inline(__always)
+    func covers(row i: Int, block f: Int) -> Bool { f < Int(frontier.base[i]) }
+
+    /// Keeps row i's entries of forward block f (z[0 ..< width]) with z ≥ threshold, and the
+    /// target's (column `target`, −1 for none), and returns the log-sum-exp of the rest,
+    /// log(e^(logSum − m) − Σ_kept e^(z − m)) + m with m the block row's largest logit
+    /// (−∞ when nothing is left); nil, keeping nothing, once the row's room is used up.
+    func keep(_ z: UnsafePointer<S>, width: Int, row i: Int, block f: Int, threshold: S, target: Int,
+              max m: S, logSum: S) -> S? {
+        guard covers(row: i, block: f) else { return nil }
+        // Only Float32 calls save (Engine.savesLogits).
+        let zf = UnsafeRawPointer(z).assumingMemoryBound(to: Float.self)
+        var n = selectAbove(zf, count: width, threshold: Float(threshold), into: positions.base)
+        if target >= 0 && !(0..<n).contains(where: { Int(positions.base[$0]) == target }) {
+            // The target's entry, in its place among the others.
+            var k = n
+            while k > 0 && Int(positions.base[k - 1]) > target { positions.base[k] = positions.base[k - 1]; k -= 1 }
+            positions.base[k] = Int32(target)
+            n += 1
+        }
+        guard Int(rowCount.base[i]) + n <= perRow else {
+            frontier.base[i] = Int32(f)
+            return nil
+        }
+        if n == 0 { return logSum }
+        var kept: S = 0
+        for k in 0..<n {
+            let q = Int(positions.base[k])
+            keys.base[count + k] = UInt32(i) << 8 | UInt32(q)
+            values.base[count + k] = z[q]
+            kept += S.exp(z[q] - m)
+        }
+        count += n
+        rowCount.base[i] += Int32(n)
+        let rest = S.exp(logSum - m) - kept
+        return rest > 0 ? m + S.log(rest) : -S.infinity
+    }
+
+    /// Backward, at the start of forward block f: each row's entries (rowStart ..< rowEnd;
+    /// equal for a row with none).
+    func locateRows(block f: Int, rows: Int) {
+        for i in 0..<rows { rowStart.base[i] = 0; rowEnd.base[i] = 0 }
+        var e = starts.base[f]
+        let end = starts.base[f + 1]
+        while e < end {
+            let i = Int(keys.base[e] >> 8)
+            rowStart.base[i] = Int32(e)
+            while e < end && Int(keys.base[e] >> 8) == i { e += 1 }
+            rowEnd.base[i] = Int32(e)
+        }
+    }
 }
 
 /// dC updates a worker has computed but whose hand-off turn has not come yet: the kept
