@@ -11,6 +11,8 @@
 //   cce-alloc     loss+grad            the same with gradients returned in new arrays each call
 //   cce-nofilter, cce-nosort            ablations: no gradient filtering / no vocabulary sort
 //   cce-noestimate                      ablation: filtering without the dropped-mass estimate
+//   cce-recompute                       ablation: the fused backward recomputes its tiles
+//                                        instead of reading the forward's saved logits
 //   cce-kahan                           the kahan mode (compensated gradient sums)
 //   cce-openblas  loss, loss+grad      the engine with OpenBLAS tile products
 //   cce-portable  loss, loss+grad      the engine with the portable Swift tile kernel
@@ -83,7 +85,7 @@ public enum BenchError: Error, CustomStringConvertible {
 
 public enum Bench {
     public static let allMethods = ["sgemm", "tile-swift", "materialized", "cce", "cce-alloc", "cce-nofilter",
-                                    "cce-nosort", "cce-noestimate", "cce-kahan", "cce-openblas", "cce-exact", "cce-portable", "cce-avx512fma", "cce-avx512bf16"]
+                                    "cce-nosort", "cce-noestimate", "cce-recompute", "cce-kahan", "cce-openblas", "cce-exact", "cce-portable", "cce-avx512fma", "cce-avx512bf16"]
 
     /// Checks sizes before anything is allocated: positive, and small enough for memory.
     public static func validate(_ c: BenchConfig) throws {
@@ -251,6 +253,10 @@ public enum Bench {
             var o = opts; o.filterCorrection = false
             cceRows("cce-noestimate", o, kinds: ["loss+grad"])
         }
+        if methods.contains("cce-recompute") {
+            var o = opts; o.savedLogitsPerRow = 0
+            cceRows("cce-recompute", o, kinds: ["loss+grad"])
+        }
         if methods.contains("cce-kahan") {
             var o = opts; o.mode = .kahan
             cceRows("cce-kahan", o, kinds: ["loss+grad"])
@@ -300,6 +306,9 @@ public enum Bench {
         }
         if let a = row("cce", "loss+grad"), let b = row("cce-noestimate", "loss+grad") {
             ratios["cce_lossgrad_over_noestimate_lossgrad"] = a.median_seconds / b.median_seconds
+        }
+        if let a = row("cce", "loss+grad"), let b = row("cce-recompute", "loss+grad") {
+            ratios["cce_lossgrad_over_recompute_lossgrad"] = a.median_seconds / b.median_seconds
         }
         if let a = row("cce-kahan", "loss+grad"), let b = row("cce", "loss+grad") {
             ratios["cce_kahan_lossgrad_over_cce_lossgrad"] = a.median_seconds / b.median_seconds
