@@ -111,8 +111,9 @@ public struct Options: Sendable {
     /// Past that room, a block's remaining vocabulary is recomputed as without it. dC, dBias
     /// and the loss are bitwise the same either way; dE differs by the entries below ε/16 of
     /// the rows the filter keeps, which the dropped-mass estimate then carries (Docs/NUMERICS.md).
-    /// Applies in Float32 accumulation with filtering on both gradients, without soft cap,
-    /// class weights or z-loss; 0 turns it off. (CCE_SAVED_PER_ROW in the environment
+    /// Applies in Float32 accumulation with filtering on both gradients at ε ≥ 2^-16 (the
+    /// 16-bit types' defaults, not Float32's 2^-28, which keeps nearly every entry), without
+    /// soft cap, class weights or z-loss; 0 turns it off. (CCE_SAVED_PER_ROW in the environment
     /// overrides it, for experiments.)
     public var savedLogitsPerRow: Int = 1024
     /// Check inputs for NaN and infinities (costs one pass over E, C and the bias).

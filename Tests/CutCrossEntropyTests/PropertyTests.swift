@@ -128,12 +128,13 @@ final class PropertyTests: XCTestCase {
 
     /// A forward now and a backward later give what the fused call gives: bitwise when the
     /// fused call recomputes its tiles (savedLogitsPerRow = 0); with the forward's saved
-    /// logits, dC bitwise and dE within 1e-6 (the entries below ε/16 = 2^-32 of kept rows move
-    /// into the dropped-mass estimate).
+    /// logits (ε = 2^-12, as for bf16, so that they apply to these Float32 inputs), dC bitwise
+    /// and dE within 1e-4 (the entries below ε/16 of kept rows move into the dropped-mass
+    /// estimate).
     func testSplitForwardBackwardEqualsFused() throws {
         let (e, c, t, b) = randomProblem(n: 37, d: 19, v: 301, withBias: true)
         for perRow in [0, 1024] {
-            var o = Options(); o.savedLogitsPerRow = perRow
+            var o = Options(); o.savedLogitsPerRow = perRow; o.filterEpsilon = .value(0x1p-12)
             let cce = CutCrossEntropy(options: o)
             let f = try cce.forward(embeddings: e, classifier: c, targets: t, bias: b)
             let g = try cce.backward(f, embeddings: e, classifier: c, bias: b, upstream: .scalar(2))
@@ -142,7 +143,9 @@ final class PropertyTests: XCTestCase {
             if perRow == 0 {
                 XCTAssertTrue(bitwiseEqual(g.dE, g2.dE), "dE")
             } else {
-                XCTAssertLessThanOrEqual(relativeError(g2.dE.doubles, g.dE.doubles), 1e-6, "dE")
+                let difference = relativeError(g2.dE.doubles, g.dE.doubles)
+                XCTAssertGreaterThan(difference, 0, "the saved logits were used")
+                XCTAssertLessThanOrEqual(difference, 1e-4, "dE")
             }
             XCTAssertTrue(bitwiseEqual(g.dC, g2.dC), "dC, \(perRow) saved per row")
         }

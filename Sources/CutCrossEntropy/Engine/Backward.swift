@@ -41,6 +41,19 @@
 // the tile product). Without the dropped-mass estimate the result is bitwise the same as
 // the two-call path.
 //
+// Reading the forward's logits instead (the fused call, Options.savedLogitsPerRow): the
+// forward keeps, per row and forward block, every logit with z ≥ lse_running + log(ε/16)
+// and the target's (SavedLogits in Workspace.swift); lse only grows, so every entry left out
+// has p < ε/16 at the end, and with α/V < ε/16 an |∂loss/∂z| below dC's entry filter, which
+// zeroes it anyway. Such a row is not recomputed (fromSaved): dy at its kept entries, 0
+// elsewhere, kept by the same rule; its dE from those entries alone (only their C rows are
+// read), its dC through the same queue as a recomputed row's. So dC, dBias and the loss are
+// bitwise the same as when recomputing; dE loses, from the rows the filter keeps, the entries
+// below ε/16, which the estimate below then carries (the forward's block statistics hold the
+// log-sum-exp of the entries not kept, U_iF, for such a row). A row keeps at most
+// `perRow` entries; from the forward block where it would run out, it is recomputed as
+// before (its choices depend on the row alone, not on NB or the thread count).
+//
 // Dropped-mass estimate (Options.filterCorrection): a filtered row segment (i, J) still has
 // Σ_{v∈J} dy_iv C_v = r_iJ·C̄_J + Σ_{v∈J} (dy_iv − r_iJ/|J|)(C_v − C̄_J), with r_iJ = Σ_{v∈J} dy_iv
 // and C̄_J the mean of the block's C rows. The first term is added to dE_i; only the
@@ -62,6 +75,7 @@
 //   2. recompute         their logit tile;
 //   3. toGradients       logits -> dy, the filter, the estimate of filtered segments;
 //   4. updateE           dE of the kept rows (the worker's own rows, at once);
+//   2-4. fromSaved       the same for the rows whose logits the forward kept;
 //   5. queueC / flush    dC and dBias of the kept rows, in the hand-off's order;
 //   6. estimateSkipped   at the end of a forward block, the estimate of the rows the bound
 //                        skipped without recomputing them (their coefficients; one rank

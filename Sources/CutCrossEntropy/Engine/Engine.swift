@@ -293,10 +293,13 @@ extension Engine {
     /// Float32 with the default accumulation, filtering both gradients (so the bound applies),
     /// without soft cap, class weights or z-loss (then ∂loss/∂z_iv = p_iv − α/V off the
     /// target, and an entry below ε/16 against the running LSE stays below it), and with
-    /// α/V < ε/16 (so that such an entry's |∂loss/∂z| is below ε/16 too).
+    /// α/V < ε/16 (so that such an entry's |∂loss/∂z| is below ε/16 too); and with ε ≥ 2^-16
+    /// (the 16-bit types' defaults): Float32's 2^-28 keeps nearly every entry, so every row
+    /// would run out of room within a few blocks.
     static func savesLogits<S: KernelScalar>(_ perRow: Int, _ backward: BackwardState<S>?,
                                              _ definition: LossDefinition<S>) -> Bool {
         guard perRow > 0, S.self == Float.self, let backward, let entry = backward.policy.entryEpsilon,
+              entry >= 0x1p-20,
               backward.policy.filtersBoth, backward.outputs.compE == nil,
               definition.cap == nil, definition.weights == nil, definition.zLoss == 0 else { return false }
         return Double(definition.smoothingShare) < entry
