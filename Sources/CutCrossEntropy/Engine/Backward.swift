@@ -179,14 +179,12 @@ enum Backward {
                 // in cache. (A filtered recomputed row asks for it in toGradients, just as hot;
                 // where neither happens, as in Float32 where nearly every row is kept, T_j is
                 // never formed.)
-                if policy.estimate && rows.recomputed < count && workspace.forwardSums == nil {
+                if policy.estimate && rows.recomputed < count && workspace.saved?.setting.forwardSums == nil {
                     _ = workspace.blockSums?.block(operands, j)
                 }
                 toGradients(operands, state, workspace, &rows, bounded: bound != nil, first: first, j: j,
                             v0: v0, vc: vc, loss: definition)
             }
-            stats.keptRowSegments += rows.kept
-            if rows.kept == 0 { stats.skippedTiles += 1 }
             // dE from the rows kept for it, dC (queued, applied in hand-off order) from the
             // rows kept for it. One set contains the other; the larger goes first, then
             // the tile is compacted to the smaller.
@@ -197,8 +195,6 @@ enum Backward {
                 updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
                 fromSaved(operands, state, workspace, saved, bound: bound, &rows, first: first, count: count,
                           v0: v0, vc: vc, startsForward: startsForward, loss: definition)
-                stats.keptRowSegments += rows.kept - rows.forE
-                if rows.kept > 0 && rows.forE == 0 { stats.skippedTiles -= 1 }
                 queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.kept)
             } else if rows.forC == rows.kept {
                 queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
@@ -209,6 +205,8 @@ enum Backward {
                 compactTile(workspace, count: rows.kept, where: workspace.inC.base)
                 queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
             }
+            stats.keptRowSegments += rows.kept
+            if rows.kept == 0 { stats.skippedTiles += 1 }
             flush(operands, state, workspace, handOff, b: b, blocking: false)
             if policy.estimate, bound != nil, endsForward {
                 estimateSkipped(operands, state, workspace, forwardBlock: forwardBlock, first: first, count: count)
@@ -297,7 +295,7 @@ enum Backward {
             }
         }
         let q0 = v0 - f * forwardVB, q1 = q0 + vc
-        let tile = workspace.sparseTile.base, cRows = workspace.savedCRows.base, columns = workspace.savedColumns.base
+        let tile = saved.tile.base, cRows = saved.cRows.base, columns = saved.columns.base
         var kept = 0
         for i in 0..<count where saved.covers(row: i, block: f) {
             var e = Int(saved.rowStart.base[i])
@@ -327,23 +325,23 @@ enum Backward {
             if hasTarget { row[targetPosition] -= definition.targetShare(token: first + i) }
             scaleRow(row, count: vc, by: g)
             // dE_i += Σ over the kept entries of dy·C_v, in column order.
-            for t in 0..<n { workspace.savedValues.base[t] = row[columns[t]] }
-            addEntries(operands, workspace, dE: state.outputs.dE + Int(operands.problem.rows[first + i]) * d,
-                       values: workspace.savedValues.base, rows: cRows, count: n)
-            workspace.sparseKeep.base[kept] = i
+            for t in 0..<n { saved.dy.base[t] = row[columns[t]] }
+            addEntries(operands, dE: state.outputs.dE + Int(operands.problem.rows[first + i]) * d,
+                       values: saved.dy.base, rows: cRows, count: n, scratch: saved.cRow.base)
+            saved.keep.base[kept] = i
             kept += 1
         }
         guard kept > 0 else { return }
         // Merge into the tile's recomputed kept rows (both in token order), from the back.
         var a = rows.kept - 1, bIndex = kept - 1, out = rows.kept + kept - 1
         while bIndex >= 0 {
-            if a >= 0 && workspace.keep.base[a] > workspace.sparseKeep.base[bIndex] {
+            if a >= 0 && workspace.keep.base[a] > saved.keep.base[bIndex] {
                 (workspace.tile.base + out * vb).update(from: workspace.tile.base + a * vb, count: vc)
                 workspace.keep.base[out] = workspace.keep.base[a]
                 a -= 1
             } else {
                 (workspace.tile.base + out * vb).update(from: tile + bIndex * vb, count: vc)
-                workspace.keep.base[out] = workspace.sparseKeep.base[bIndex]
+                workspace.keep.base[out] = saved.keep.base[bIndex]
                 bIndex -= 1
             }
             out -= 1
@@ -353,9 +351,9 @@ enum Backward {
 
     /// dE_row += Σ_t values[t]·C_t over `count` C rows (stored type), one FMA chain per element
     /// in t order: the 512-bit kernel, or (portable) each row converted, then added by axpy.
-    static func addEntries<S: KernelScalar>(_ operands: Operands<S>, _ workspace: Workspace<S>,
-                                            dE: UnsafeMutablePointer<S>, values: UnsafePointer<S>,
-                                            rows: UnsafePointer<UnsafeRawPointer>, count: Int) {
+    static func addEntries<S: KernelScalar>(_ operands: Operands<S>, dE: UnsafeMutablePointer<S>, values: UnsafePointer<S>,
+                                            rows: UnsafePointer<UnsafeRawPointer>, count: Int,
+                                            scratch: UnsafeMutablePointer<S>) {
         let d = operands.d
         if S.self == Float.self && hasAVX512 {
             UnsafeMutableRawPointer(dE).withMemoryRebound(to: Float.self, capacity: d) { out in
@@ -366,8 +364,8 @@ enum Backward {
             return
         }
         for t in 0..<count {
-            convertRow(rows[t], type: operands.cType, count: d, into: workspace.savedCRow.base)
-            axpy(dE, values[t], UnsafePointer(workspace.savedCRow.base), count: d)
+            convertRow(rows[t], type: operands.cType, count: d, into: scratch)
+            axpy(dE, values[t], UnsafePointer(scratch), count: d)
         }
     }
 
@@ -476,7 +474,7 @@ enum Backward {
                 addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.block(operands, excludedBlock))
             }
             let sum = total ?? {
-                if let table = workspace.forwardSums {
+                if let table = workspace.saved?.setting.forwardSums {
                     skipped.slot(f).update(from: table + f * operands.d, count: operands.d)
                 } else {
                     sums.forward(operands, f, into: skipped.slot(f))

@@ -234,7 +234,6 @@ enum Engine {
         let queue = Counter()
         // The fused call's forward keeps the logits its backward needs (SavedLogits), where the
         // options allow; then every forward block's F_f for the estimate is formed once, here.
-        let entryEpsilon = backward?.policy.entryEpsilon.map { S($0) }
         let savedPerRow = savedPerRowOverride ?? options.savedLogitsPerRow
         let saves = pass == .fused && savesLogits(savedPerRow, backward, definition)
         let forwardSums = saves && backward?.policy.estimate == true
@@ -249,6 +248,10 @@ enum Engine {
             }
             trace.mark("estimate sums")
         }
+        let savedSetting = saves ? backward?.policy.entryEpsilon.map {
+            SavedLogits<S>.Setting(perRow: savedPerRow, logEntry: S.log(S($0)), forwardBlocks: forwardBlocks,
+                                   forwardSums: forwardSums.map { UnsafePointer($0.base) })
+        } : nil
         Workers.run(workers, pin: Placement.isNUMA) { w in
             let started = PhaseTrace.enabled ? monotonicSeconds() : 0
             let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
@@ -256,8 +259,7 @@ enum Engine {
                                          partials: backward?.outputs.compE != nil,
                                          estimate: pass != .forward && backward?.policy.estimate == true,
                                          skippedEstimates: pass == .fused && backward?.policy.estimate == true,
-                                         savedLogits: saves ? (savedPerRow, forwardBlocks) : nil)
-            workspace.forwardSums = forwardSums.map { UnsafePointer($0.base) }
+                                         savedLogits: savedSetting)
             let blockStats = pass == .fused ? BlockStatistics(rows: nb, blocks: forwardBlocks) : nil
             var workerStats = FilterStatistics()
             while case let b = queue.next(), b < blocks {
@@ -266,7 +268,7 @@ enum Engine {
                 if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
                     Forward.block(operands, workspace, first: first, count: count, loss: definition,
                                   lse: lse, loss: loss, blockStats: blockStats, saved: workspace.saved,
-                                  entryEpsilon: entryEpsilon ?? 0, shardParts: shardParts)
+                                  shardParts: shardParts)
                 }
                 if pass != .forward, let backward {
                     Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,

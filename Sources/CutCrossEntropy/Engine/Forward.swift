@@ -173,7 +173,7 @@ enum Forward {
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ workspace: Workspace<S>, first: Int, count: Int, loss definition: LossDefinition<S>,
         lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockStats: BlockStatistics?,
-        saved: SavedLogits<S>? = nil, entryEpsilon: S = 0, shardParts: ShardPartPointers<S>? = nil
+        saved: SavedLogits<S>? = nil, shardParts: ShardPartPointers<S>? = nil
     ) {
         let vb = operands.plan.forwardVocabBlock
         let vBlocks = (operands.v + vb - 1) / vb
@@ -182,7 +182,6 @@ enum Forward {
         let targetLogits = workspace.targetLogits.base
         for i in 0..<count { states[i] = RunningLSE(); sums[i] = 0; comps[i] = 0 }
         saved?.reset(rows: count)
-        let logEntry = S.log(entryEpsilon)
         for j in 0..<vBlocks {
             let v0 = j * vb, vc = min(vb, operands.v - v0)
             saved?.begin(block: j)
@@ -197,7 +196,7 @@ enum Forward {
                 if targetPosition >= 0 && targetPosition < vc { targetLogits[i] = row[targetPosition] }
                 let seen = mergeRow(row, count: vc, into: &states[i])
                 // Kept logits leave the block's log-sum-exp: the backward adds them exactly.
-                let rest = saved?.keep(row, width: vc, row: i, block: j, threshold: states[i].value + logEntry,
+                let rest = saved?.keep(row, width: vc, row: i, block: j, running: states[i],
                                        target: targetPosition >= 0 && targetPosition < vc ? targetPosition : -1,
                                        max: seen.max, logSum: seen.logSum)
                 blockStats?.store(row: i, block: j, max: seen.max, logSum: rest ?? seen.logSum)

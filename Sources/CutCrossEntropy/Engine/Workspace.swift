@@ -94,12 +94,6 @@ final class Workspace<S: KernelScalar> {
     let sums: Scratch<S>, comps: Scratch<S>  // forward: Σ_v z per row (label smoothing), Kahan
     let targetLogits: Scratch<S>         // forward: z at each row's target, taken from its tile
     let keep: Scratch<Int>               // backward: kept row -> row
-    let sparseTile: Scratch<S>           // backward: the kept rows from saved logits, before they merge into the tile
-    let sparseKeep: Scratch<Int>         //   ... and which rows they are
-    let savedCRows: Scratch<UnsafeRawPointer>  //   ... one row's C rows for its dE update
-    let savedCRow: Scratch<S>            //   ... and one C row converted (portable path)
-    let savedValues: Scratch<S>          //   ... that row's dy at its entries
-    let savedColumns: Scratch<Int>       //   ... and their columns
     let need: Scratch<Bool>              // backward: rows to recompute
     let panelNeeded: Scratch<Bool>       // backward: 6-row groups to recompute
     let selected: Scratch<Int>           // backward: rows recomputed, in order
@@ -111,7 +105,6 @@ final class Workspace<S: KernelScalar> {
     let skipped: SkippedEstimates<S>?   // fused backward: the estimates of the rows the bound skipped
     let blockSums: BlockSums<S>?         // backward: the estimate's T_j, formed when needed
     let saved: SavedLogits<S>?           // fused call: the logits its backward reads instead of recomputing
-    var forwardSums: UnsafePointer<S>?   //   ... and every forward block's F_f, formed once for the call
     /// Rows recomputed on their own (selected product) rather than as a masked full tile.
     let selectedLimit = 48
     let pending: PendingUpdates<S>
@@ -125,7 +118,7 @@ final class Workspace<S: KernelScalar> {
 
     init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
          partials: Bool = false, estimate: Bool = false, skippedEstimates: Bool = false,
-         savedLogits: (perRow: Int, forwardBlocks: Int)? = nil) {
+         savedLogits: SavedLogits<S>.Setting? = nil) {
         // The bf16 kernels run only for bf16 E and C in Float32 (chooseTileKernel).
         eStoredOnly = (kernel == .amxBF16 || kernel == .avx512BF16) && backend == .swiftSIMD && S.self == Float.self
         let nb = plan.tokenBlock, vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
@@ -163,10 +156,6 @@ final class Workspace<S: KernelScalar> {
         states = Scratch(count: nb); sums = Scratch(count: nb); comps = Scratch(count: nb)
         targetLogits = Scratch(count: nb)
         keep = Scratch(count: nb); need = Scratch(count: nb)
-        let saves = savedLogits != nil
-        sparseTile = Scratch(count: saves ? nb * vb : 0); sparseKeep = Scratch(count: saves ? nb : 0)
-        savedCRows = Scratch(count: saves ? vb : 0); savedCRow = Scratch(count: saves ? d : 0)
-        savedValues = Scratch(count: saves ? vb : 0); savedColumns = Scratch(count: saves ? vb : 0)
         panelNeeded = Scratch(count: (nb + 5) / 6)
         selected = Scratch(count: nb)
         inE = Scratch(count: nb); inC = Scratch(count: nb)
@@ -174,7 +163,7 @@ final class Workspace<S: KernelScalar> {
         self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
         skipped = skippedEstimates ? SkippedEstimates(plan: plan, d: d) : nil
         blockSums = estimate ? BlockSums(plan: plan, d: d) : nil
-        saved = savedLogits.map { SavedLogits(plan: plan, perRow: $0.perRow, forwardBlocks: $0.forwardBlocks) }
+        saved = savedLogits.map { SavedLogits(plan: plan, d: d, $0) }
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb), vb: vb)
         let side = max(nb, vb)
         // The portable rank update packs A and slices of b; the 512-bit one reads them in place.
@@ -504,7 +493,17 @@ final class SkippedEstimates<S: KernelScalar> {
 /// depend on NB or the thread count. (LM-like data, V = 128256: about 670 entries a row;
 /// Benchmarks/scripts/sparse_census.py.)
 final class SavedLogits<S: KernelScalar> {
-    let perRow: Int
+    /// What a call's workers share: the room per row, log(ε/16) (the threshold's offset from
+    /// the running LSE), the forward blocks, and every forward block's F_f for the estimate
+    /// (formed once for the call; nil without the estimate).
+    struct Setting: @unchecked Sendable {
+        let perRow: Int
+        let logEntry: S
+        let forwardBlocks: Int
+        let forwardSums: UnsafePointer<S>?
+    }
+
+    let setting: Setting
     let keys: Scratch<UInt32>
     let values: Scratch<S>
     let starts: Scratch<Int>          // per forward block: its first entry (forward blocks + 1)
@@ -514,14 +513,26 @@ final class SavedLogits<S: KernelScalar> {
     private let frontier: Scratch<Int32>     // per row: the first forward block not kept
     private let positions: Scratch<Int32>    // forward: one row's selected columns
     private(set) var count = 0
+    // Backward (Backward.fromSaved): the kept rows built from saved entries, before they
+    // merge into the tile, and which rows they are; one row's entries: columns, dy, C rows,
+    // and one C row converted (portable path).
+    let tile: Scratch<S>
+    let keep: Scratch<Int>
+    let columns: Scratch<Int>
+    let dy: Scratch<S>
+    let cRows: Scratch<UnsafeRawPointer>
+    let cRow: Scratch<S>
 
-    init(plan: TilePlan, perRow: Int, forwardBlocks: Int) {
-        self.perRow = perRow
-        keys = Scratch(count: plan.tokenBlock * perRow); values = Scratch(count: plan.tokenBlock * perRow)
-        starts = Scratch(count: forwardBlocks + 1)
-        rowStart = Scratch(count: plan.tokenBlock); rowEnd = Scratch(count: plan.tokenBlock)
-        rowCount = Scratch(count: plan.tokenBlock); frontier = Scratch(count: plan.tokenBlock)
+    init(plan: TilePlan, d: Int, _ setting: Setting) {
+        self.setting = setting
+        let nb = plan.tokenBlock, vb = plan.vocabBlock
+        keys = Scratch(count: nb * setting.perRow); values = Scratch(count: nb * setting.perRow)
+        starts = Scratch(count: setting.forwardBlocks + 1)
+        rowStart = Scratch(count: nb); rowEnd = Scratch(count: nb)
+        rowCount = Scratch(count: nb); frontier = Scratch(count: nb)
         positions = Scratch(count: plan.forwardVocabBlock + 1)
+        tile = Scratch(count: nb * vb); keep = Scratch(count: nb)
+        columns = Scratch(count: vb); dy = Scratch(count: vb); cRows = Scratch(count: vb); cRow = Scratch(count: d)
     }
 
     /// A token block of `rows` rows begins its forward.
@@ -540,16 +551,17 @@ final class SavedLogits<S: KernelScalar> {
     @inline(__always)
     func covers(row i: Int, block f: Int) -> Bool { f < Int(frontier.base[i]) }
 
-    /// Keeps row i's entries of forward block f (z[0 ..< width]) with z ≥ threshold, and the
-    /// target's (column `target`, −1 for none), and returns the log-sum-exp of the rest,
+    /// Keeps row i's entries of forward block f (z[0 ..< width]) with z ≥ lse_running +
+    /// log(ε/16), `running` being the row's state with this block merged, and the target's
+    /// (column `target`, −1 for none), and returns the log-sum-exp of the rest,
     /// log(e^(logSum − m) − Σ_kept e^(z − m)) + m with m the block row's largest logit
     /// (−∞ when nothing is left); nil, keeping nothing, once the row's room is used up.
-    func keep(_ z: UnsafePointer<S>, width: Int, row i: Int, block f: Int, threshold: S, target: Int,
+    func keep(_ z: UnsafePointer<S>, width: Int, row i: Int, block f: Int, running: RunningLSE<S>, target: Int,
               max m: S, logSum: S) -> S? {
         guard covers(row: i, block: f) else { return nil }
         // Only Float32 calls save (Engine.savesLogits).
         let zf = UnsafeRawPointer(z).assumingMemoryBound(to: Float.self)
-        var n = selectAbove(zf, count: width, threshold: Float(threshold), into: positions.base)
+        var n = selectAbove(zf, count: width, threshold: Float(running.value + setting.logEntry), into: positions.base)
         if target >= 0 && !(0..<n).contains(where: { Int(positions.base[$0]) == target }) {
             // The target's entry, in its place among the others.
             var k = n
@@ -557,7 +569,7 @@ final class SavedLogits<S: KernelScalar> {
             positions.base[k] = Int32(target)
             n += 1
         }
-        guard Int(rowCount.base[i]) + n <= perRow else {
+        guard Int(rowCount.base[i]) + n <= setting.perRow else {
             frontier.base[i] = Int32(f)
             return nil
         }
