@@ -70,28 +70,43 @@ public struct PhaseTrace {
     }
 }
 
-/// Per-worker compute and hand-off wait times of one sweep (filled only when tracing).
+/// Per-worker times of one sweep (filled only when tracing): busy (not waiting), waiting in
+/// dC's hand-off, in the forward, applying dC updates, and when the worker finished. Each
+/// worker writes only its own slots of one buffer allocated here (not Swift arrays, whose
+/// shared storage would be copied, racily, on the first write).
 public final class WorkerClock: @unchecked Sendable {
-    public private(set) var busy: [Double]
-    public private(set) var waited: [Double]
+    private static let fields = 5
+    private let workers: Int
+    private let slots: UnsafeMutablePointer<Double>
 
     public init(workers: Int) {
-        busy = [Double](repeating: 0, count: workers)
-        waited = [Double](repeating: 0, count: workers)
+        self.workers = workers
+        slots = .allocate(capacity: max(1, workers * Self.fields))
+        slots.initialize(repeating: 0, count: max(1, workers * Self.fields))
     }
 
-    /// Records worker w's totals (each worker writes only its own entries).
-    public func record(worker w: Int, busy b: Double, waited wt: Double) {
-        busy[w] = b
-        waited[w] = wt
+    deinit { slots.deallocate() }
+
+    /// Records worker w's totals.
+    public func record(worker w: Int, busy: Double, waited: Double, forward: Double = 0,
+                       applying: Double = 0, ended: Double = 0) {
+        let s = slots + w * Self.fields
+        s[0] = busy; s[1] = waited; s[2] = forward; s[3] = applying; s[4] = ended
     }
 
-    /// "workers busy min–max ms, hand-off waits min–max ms".
+    private func field(_ k: Int) -> [Double] { (0..<workers).map { slots[$0 * Self.fields + k] } }
+
+    /// "workers busy min–max ms, hand-off waits min–max ms", then per worker
+    /// forward/dC applied/waited/finished at, in ms.
     public var summary: String {
+        func ms(_ x: Double) -> String { "\(Int((x * 1e3).rounded()))" }
         func range(_ x: [Double]) -> String {
             guard let lo = x.min(), let hi = x.max() else { return "-" }
             return "\((lo * 1e4).rounded() / 10)–\((hi * 1e4).rounded() / 10) ms"
         }
-        return "\(busy.count) workers busy \(range(busy)), waiting in dC's hand-off \(range(waited))"
+        let (busy, waited, forward, applying, ended) = (field(0), field(1), field(2), field(3), field(4))
+        let each = (0..<workers).map { "\(ms(forward[$0]))/\(ms(applying[$0]))/\(ms(waited[$0]))/\(ms(ended[$0]))" }
+        return "\(workers) workers busy \(range(busy)), waiting in dC's hand-off \(range(waited))"
+            + "; per worker forward/dC applied/waited/finished ms: " + each.joined(separator: " ")
     }
 }

@@ -586,6 +586,8 @@ enum Backward {
             let e = pending.entries[pending.head]
             if !blocking && !handOff.isReady(slot: e.j, turn: b) { return }
             workspace.handOffWait += handOff.wait(slot: e.j, turn: b)
+            let applying = PhaseTrace.enabled ? monotonicSeconds() : 0
+            defer { if PhaseTrace.enabled { workspace.applyTime += monotonicSeconds() - applying } }
             if e.kept > 0 && e.cols > 0 {
                 let columns = pending.columns.base + e.colOffset
                 let vocabRow = { (c: Int) in Int(operands.order[e.v0 + columns[c]]) }

@@ -252,6 +252,7 @@ enum Engine {
             SavedLogits<S>.Setting(perRow: savedPerRow, logEntry: S.log(S($0)), forwardBlocks: forwardBlocks,
                                    forwardSums: forwardSums.map { UnsafePointer($0.base) })
         } : nil
+        let sweepStart = PhaseTrace.enabled ? monotonicSeconds() : 0
         Workers.run(workers, pin: Placement.isNUMA) { w in
             let started = PhaseTrace.enabled ? monotonicSeconds() : 0
             let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
@@ -266,9 +267,11 @@ enum Engine {
                 let first = b * nb, count = min(nb, m - first)
                 workspace.loadTokens(operands, first: first, count: count)
                 if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
+                    let t0 = PhaseTrace.enabled ? monotonicSeconds() : 0
                     Forward.block(operands, workspace, first: first, count: count, loss: definition,
                                   lse: lse, loss: loss, blockStats: blockStats, saved: workspace.saved,
                                   shardParts: shardParts)
+                    if PhaseTrace.enabled { workspace.forwardTime += monotonicSeconds() - t0 }
                 }
                 if pass != .forward, let backward {
                     Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
@@ -277,8 +280,9 @@ enum Engine {
             }
             stats[w] = workerStats
             if PhaseTrace.enabled {
-                clock.record(worker: w, busy: monotonicSeconds() - started - workspace.handOffWait,
-                             waited: workspace.handOffWait)
+                let now = monotonicSeconds()
+                clock.record(worker: w, busy: now - started - workspace.handOffWait, waited: workspace.handOffWait,
+                             forward: workspace.forwardTime, applying: workspace.applyTime, ended: now - sweepStart)
             }
         }
         trace.note(clock.summary)

@@ -113,8 +113,9 @@ final class Workspace<S: KernelScalar> {
     let bSlice: Scratch<S>               // backward: one k x 16 slice of the rank update's b
     let d: Int
     let vb: Int
-    /// Seconds this worker waited in dC's hand-off (measured only under CCE_TRACE).
-    var handOffWait = 0.0
+    /// Seconds this worker waited in dC's hand-off, spent in the forward, and spent applying
+    /// dC updates (measured only under CCE_TRACE).
+    var handOffWait = 0.0, forwardTime = 0.0, applyTime = 0.0
 
     init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
          partials: Bool = false, estimate: Bool = false, skippedEstimates: Bool = false,
