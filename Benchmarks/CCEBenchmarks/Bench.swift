@@ -41,6 +41,8 @@ public struct BenchConfig: Sendable {
     public var threads = Workers.availableCPUs
     public var repeats = 3
     public var seed: UInt64 = 0
+    /// The LM-like data's scale S and prior α (Docs/LMLIKE.md; S = 2, α = 1 is the flat set).
+    public var scale = 4.0, alpha = 1.5
     public var methods: [String]? = nil
     /// Kinds to run for the cce methods (default: all of loss, grad, loss+grad).
     public var kinds: [String]? = nil
@@ -69,7 +71,11 @@ public struct BenchReport: Codable, Sendable {
     public var toolchain: String
     public var target_cpu_flags: String
     public var shape: Shape
-    public struct Shape: Codable, Sendable { public var tokens, dim, vocab: Int; public var dtype: String }
+    public struct Shape: Codable, Sendable {
+        public var tokens, dim, vocab: Int; public var dtype: String
+        /// The LM-like data's S and α (absent in reports from before they were settable).
+        public var scale, alpha: Double?
+    }
     public var threads: Int
     public var repeats: Int
     public var plan: String
@@ -129,8 +135,9 @@ public enum Bench {
     public static func run(_ c: BenchConfig, log: (String) -> Void = { _ in }) throws -> BenchReport {
         try validate(c)
         let methods = c.methods ?? allMethods
-        log("generating LM-like data N=\(c.tokens) D=\(c.dim) V=\(c.vocab) \(c.dtype.rawValue)…")
-        let data = LMLikeData.make(tokens: c.tokens, dim: c.dim, vocab: c.vocab, type: c.dtype, seed: c.seed)
+        log("generating LM-like data N=\(c.tokens) D=\(c.dim) V=\(c.vocab) \(c.dtype.rawValue) S=\(c.scale) alpha=\(c.alpha)…")
+        let data = LMLikeData.make(tokens: c.tokens, dim: c.dim, vocab: c.vocab, type: c.dtype, scale: c.scale,
+                                   alpha: c.alpha, seed: c.seed)
         var opts = Options(); opts.threads = c.threads
         let cce = CutCrossEntropy(options: opts)
         let plan = cce.plan(tokens: c.tokens, dim: c.dim, vocab: c.vocab, storage: c.dtype)
@@ -326,7 +333,8 @@ public enum Bench {
         }
         return BenchReport(
             machine: machineDescription(), blas: blasDescription(), toolchain: toolchain(), target_cpu_flags: simdFlags(),
-            shape: BenchReport.Shape(tokens: c.tokens, dim: c.dim, vocab: c.vocab, dtype: c.dtype.rawValue),
+            shape: BenchReport.Shape(tokens: c.tokens, dim: c.dim, vocab: c.vocab, dtype: c.dtype.rawValue,
+                                     scale: c.scale, alpha: c.alpha),
             threads: c.threads, repeats: c.repeats, plan: plan.description, filter: filterNote,
             rows: rows, ratios: ratios)
     }

@@ -27,8 +27,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "cpu (this engine and the baselines), or cuda (the CUDA library, loaded at run time).")
     var backend = Backend.cpu
     @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce).") var cudaLibrary: String?
-    @Option(parsing: .unconditional, help: "LM-like data scale S (with --backend cuda).") var scale = 4.0
-    @Option(parsing: .unconditional, help: "LM-like data prior alpha (with --backend cuda).") var alpha = 1.5
+    @Option(parsing: .unconditional, help: "LM-like data scale S (Docs/LMLIKE.md; 2 with --alpha 1: the flat set).") var scale = 4.0
+    @Option(parsing: .unconditional, help: "LM-like data prior alpha.") var alpha = 1.5
     @Option(help: "vocab or tokens: the cce step split over the ranks of mpirun (loss, loss+grad; Docs/SCALING.md).")
     var parallel: ParallelScheme?
     @Option(help: "Path of libcce_mpi.so (with --parallel under mpirun; default: $CCE_MPI_LIBRARY, then beside cce).")
@@ -49,6 +49,7 @@ struct BenchCommand: ParsableCommand {
         var c = BenchConfig()
         c.tokens = tokens; c.dim = dim; c.vocab = vocab; c.dtype = dtype
         c.threads = engine.resolvedThreads; c.repeats = repeats; c.seed = problem.seed
+        c.scale = scale; c.alpha = alpha
         c.methods = methods.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         c.kinds = kinds.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         c.verbose = verbose
@@ -66,7 +67,7 @@ struct BenchCommand: ParsableCommand {
         print("machine: \(report.machine)")
         print("BLAS: \(report.blas)")
         print("toolchain: \(report.toolchain); SIMD: \(report.target_cpu_flags)")
-        print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), threads \(c.threads), repeats \(repeats)")
+        print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), LM-like S=\(scale) alpha=\(alpha), threads \(c.threads), repeats \(repeats)")
         print("plan: \(report.plan)\n")
         print(pad("method", 14) + pad("kind", 10) + lpad("median s", 10) + lpad("min s", 10)
               + lpad("peak MB", 12) + lpad("GFLOP/s", 10))
