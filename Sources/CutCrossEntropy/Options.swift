@@ -103,19 +103,24 @@ public struct Options: Sendable {
     /// rows. Filtering then loses only the deviations from the block mean, which do not add
     /// up coherently (Docs/NUMERICS.md). Costs one D-vector update per skipped segment.
     public var filterCorrection: Bool = true
-    /// The fused call (`lossAndGradients`): logits its forward keeps per row of a token block,
-    /// on average, so that the backward reads them instead of recomputing the logit tiles:
+    /// The fused call (`lossAndGradients`): the most logits its forward keeps for one row of a
+    /// token block, so that the backward reads them instead of recomputing the logit tiles:
     /// every entry with p ≥ ε/16 against the row's LSE so far, and the target's (about 670 a
-    /// row on LM-like data at V = 128256). Costs 8 bytes an entry per worker (2 MiB for a
-    /// block of 256 rows at 1024), and one sum of C's rows per forward block, once per call.
-    /// Past that room, a block's remaining vocabulary is recomputed as without it. dC, dBias
-    /// and the loss are bitwise the same either way; dE differs by the entries below ε/16 of
-    /// the rows the filter keeps, which the dropped-mass estimate then carries (Docs/NUMERICS.md).
+    /// row on LM-like data at V = 128256, at most about 1640).
+    /// Each kept entry costs 8 bytes per worker: the room is reserved for the whole block
+    /// (4 MiB for 256 rows at 2048) but only the pages the entries fill become resident, so
+    /// the memory a call takes is what its rows kept. A row that would run out of room, or
+    /// keep more than 5/8 of a forward block's entries (as flat rows do from the first block:
+    /// such rows are cheaper recomputed by the tile kernel than added entry by entry), is
+    /// recomputed, as without it, from that forward block on (a choice of the row alone, so no
+    /// result depends on the thread count). dC, dBias and the loss are bitwise the same either
+    /// way; dE differs by the entries below ε/16 of the rows the filter keeps, which the
+    /// dropped-mass estimate then carries (Docs/NUMERICS.md).
     /// Applies in Float32 accumulation with filtering on both gradients at ε ≥ 2^-16 (the
     /// 16-bit types' defaults, not Float32's 2^-28, which keeps nearly every entry), without
     /// soft cap, class weights or z-loss; 0 turns it off. (CCE_SAVED_PER_ROW in the environment
     /// overrides it, for experiments.)
-    public var savedLogitsPerRow: Int = 1024
+    public var savedLogitsPerRow: Int = 2048
     /// Check inputs for NaN and infinities (costs one pass over E, C and the bias).
     public var checkFinite: Bool = false
     /// Worker threads; nil: every CPU this process may use.

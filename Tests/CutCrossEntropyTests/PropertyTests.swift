@@ -130,10 +130,15 @@ final class PropertyTests: XCTestCase {
     /// fused call recomputes its tiles (savedLogitsPerRow = 0); with the forward's saved
     /// logits (ε = 2^-12, as for bf16, so that they apply to these Float32 inputs), dC bitwise
     /// and dE within 1e-4 (the entries below ε/16 of kept rows move into the dropped-mass
-    /// estimate).
+    /// estimate). The saved logits are tried on LM-like logits: with random logits of unit
+    /// scale every row keeps nearly every entry of a block, and such rows are recomputed
+    /// rather than saved.
     func testSplitForwardBackwardEqualsFused() throws {
-        let (e, c, t, b) = randomProblem(n: 37, d: 19, v: 301, withBias: true)
+        let lm = LMLikeData.make(tokens: 37, dim: 19, vocab: 301, type: .float32, seed: 3)
+        let lmBias = try Tensor(converting: (0..<301).map { Float($0 % 5) * 0.2 - 0.4 }, to: .float32, shape: [301])
+        let random = randomProblem(n: 37, d: 19, v: 301, withBias: true)
         for perRow in [0, 1024] {
+            let (e, c, t, b) = perRow == 0 ? random : (lm.embeddings, lm.classifier, lm.targets, lmBias)
             var o = Options(); o.savedLogitsPerRow = perRow; o.filterEpsilon = .value(0x1p-12)
             let cce = CutCrossEntropy(options: o)
             let f = try cce.forward(embeddings: e, classifier: c, targets: t, bias: b)
@@ -154,8 +159,9 @@ final class PropertyTests: XCTestCase {
     /// The fused call's backward from the forward's saved logits (SavedLogits) instead of
     /// recomputed tiles, on LM-like bf16 data with a bias and label smoothing: loss, LSE, dC
     /// and dBias bitwise those of the recomputing call, whether every forward block fits in
-    /// the room (9000 a row, V: nothing is recomputed) or the room runs out part way (48 a
-    /// row: the rest is recomputed); dE bitwise the same for 1 and 3 threads, and against the
+    /// the room (9000 a row, V: only the few rows that keep more than 5/8 of some block are
+    /// recomputed) or the room runs out part way (48 a row: the rest is recomputed); dE bitwise
+    /// the same for 1 and 3 threads, and against the
     /// Float64 oracle within twice the recomputing call's error (the entries below ε/16 of
     /// kept rows go to the dropped-mass estimate instead: 1.7 times here, at D = 40; 1.1 times
     /// in Docs/NUMERICS.md's table) and within the 5e-3 budget of testFilteringOnLMLikeData.
@@ -180,11 +186,12 @@ final class PropertyTests: XCTestCase {
             XCTAssertTrue(bitwiseEqual(g.dBias!, g0.dBias!), "dBias, \(perRow)")
             XCTAssertEqual(g.filter.keptRowSegments, g0.filter.keptRowSegments, "kept segments, \(perRow)")
             let recomputed = g.filter.rowSegments - g.filter.boundSkippedRowSegments
+            let recomputing = g0.filter.rowSegments - g0.filter.boundSkippedRowSegments
             if perRow == 9000 {
-                XCTAssertEqual(recomputed, 0, "nothing recomputed")
+                XCTAssertLessThan(recomputed * 20, recomputing, "nearly nothing recomputed")
             } else {
                 XCTAssertGreaterThan(recomputed, 0, "the room ran out: some blocks recomputed")
-                XCTAssertLessThan(recomputed, g0.filter.rowSegments - g0.filter.boundSkippedRowSegments, "fewer than without")
+                XCTAssertLessThan(recomputed, recomputing, "fewer than without")
             }
             let error = relativeError(g.dE.doubles, truth.dE)
             XCTAssertLessThanOrEqual(error, 2 * recomputedError, "dE error, \(perRow) (recomputing: \(recomputedError))")

@@ -556,7 +556,8 @@ final class SavedLogits<S: KernelScalar> {
     /// log(ε/16), `running` being the row's state with this block merged, and the target's
     /// (column `target`, −1 for none), and returns the log-sum-exp of the rest,
     /// log(e^(logSum − m) − Σ_kept e^(z − m)) + m with m the block row's largest logit
-    /// (−∞ when nothing is left); nil, keeping nothing, once the row's room is used up.
+    /// (−∞ when nothing is left); nil, keeping nothing, from the block where the row's room
+    /// would run out or where it would keep more than 5/8 of the block's entries on.
     func keep(_ z: UnsafePointer<S>, width: Int, row i: Int, block f: Int, running: RunningLSE<S>, target: Int,
               max m: S, logSum: S) -> S? {
         guard covers(row: i, block: f) else { return nil }
@@ -570,7 +571,10 @@ final class SavedLogits<S: KernelScalar> {
             positions.base[k] = Int32(target)
             n += 1
         }
-        guard Int(rowCount.base[i]) + n <= setting.perRow else {
+        // Out of room, or a block where the row keeps more than 5/8 of its entries (nearly
+        // every block of a flat row: cheaper recomputed by the tile kernel than saved and
+        // added one entry at a time): recomputed from here on.
+        guard Int(rowCount.base[i]) + n <= setting.perRow, n * 8 <= width * 5 else {
             frontier.base[i] = Int32(f)
             return nil
         }
