@@ -10,7 +10,8 @@ too, so the forward can decide as it goes what to keep. This script counts, per 
   - entries with p >= eps and p >= eps/16 against the final LSE (what the filter and dC's
     entry filter keep);
   - entries a forward would keep against its running LSE (over 256-wide blocks of the
-    vocabulary sorted by C_v . mean(E), as the engine sweeps it);
+    vocabulary sorted by C_v . mean(E), as the engine sweeps it), in all, in the first block,
+    and in a row's densest block (a row keeping more than 5/8 of a block is recomputed);
   - row segments of VB = 128 with some p >= eps (what the fused call keeps today).
 
 Data: lm-like(N, D, V, S, alpha) as Docs/LMLIKE.md defines it (numpy's generator, so other
@@ -44,7 +45,7 @@ def main(argv):
     log_eps, log_eps16 = math.log(eps), math.log(eps / 16)
     forward_block, vb = 256, 128
     above_eps = above_eps16 = kept_segments = 0
-    kept_running = []
+    kept_running, first_block, densest_block = [], [], []
     for i0 in range(0, n, 128):
         z = e[i0:i0 + 128] @ sorted_c.T
         top = z.max(1, keepdims=True)
@@ -53,19 +54,28 @@ def main(argv):
         above_eps16 += int((z - lse >= log_eps16).sum())
         running = np.full((z.shape[0], 1), -np.inf, np.float32)
         count = np.zeros(z.shape[0], np.int64)
+        densest = np.zeros(z.shape[0], np.int64)
         for j in range(0, v, forward_block):
             block = z[:, j:j + forward_block]
             m = block.max(1, keepdims=True)
             running = np.logaddexp(running, m + np.log(np.exp(block - m).sum(1, keepdims=True)))
-            count += (block - running >= log_eps16).sum(1)
+            here = (block - running >= log_eps16).sum(1)
+            count += here
+            densest = np.maximum(densest, here)
+            if j == 0:
+                first_block.append(here.copy())
         kept_running.append(count)
+        densest_block.append(densest)
         whole = v // vb * vb
         kept_segments += int((z[:, :whole] - lse >= log_eps).reshape(z.shape[0], -1, vb).any(2).sum())
     k = np.concatenate(kept_running)
+    first, densest = np.concatenate(first_block), np.concatenate(densest_block)
     print(f"N={n} D={d} V={v} S={s:g} alpha={alpha:g}, eps=2^-12, per row: "
           f"p >= eps {above_eps / n:.1f}, p >= eps/16 {above_eps16 / n:.1f}; "
           f"kept against the running LSE: mean {k.mean():.1f}, median {np.median(k):.0f}, "
           f"99th percentile {np.percentile(k, 99):.0f}, max {k.max()}; "
+          f"in the first block mean {first.mean():.1f} of {forward_block}, "
+          f"in a row's densest block max {densest.max()}; "
           f"row segments (VB = {vb}) with some p >= eps: {kept_segments / n:.1f} of {v // vb} "
           f"({100 * kept_segments / n / (v // vb):.2f}%)")
 
