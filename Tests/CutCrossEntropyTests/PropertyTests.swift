@@ -201,6 +201,26 @@ final class PropertyTests: XCTestCase {
         }
     }
 
+    /// A row that would keep more than 5/8 of a forward block's entries is recomputed from
+    /// that block on, not saved (SavedLogits.keep). On the flat LM-like set (S = 2, α = 1)
+    /// rows keep most of their first block, so with room to spare the fused call saves
+    /// nothing: every output bitwise that of the recomputing call (savedLogitsPerRow = 0),
+    /// against LM-like S = 4 data, where the same room changes dE.
+    func testDenseRowsAreRecomputedNotSaved() throws {
+        for (scale, alpha, saves) in [(2.0, 1.0, false), (4.0, 1.5, true)] {
+            let data = LMLikeData.make(tokens: 96, dim: 48, vocab: 3000, type: .bfloat16, scale: scale, alpha: alpha, seed: 5)
+            func run(_ perRow: Int) throws -> (ForwardOutput, Gradients) {
+                var o = Options(); o.savedLogitsPerRow = perRow; o.threads = 2
+                return try CutCrossEntropy(options: o).lossAndGradients(embeddings: data.embeddings,
+                                                                        classifier: data.classifier, targets: data.targets)
+            }
+            let (f0, g0) = try run(0), (f, g) = try run(3000)
+            XCTAssertEqual(f.loss.bitPattern, f0.loss.bitPattern, "loss, S = \(scale)")
+            XCTAssertTrue(bitwiseEqual(g.dC, g0.dC), "dC, S = \(scale)")
+            XCTAssertEqual(bitwiseEqual(g.dE, g0.dE), !saves, "dE \(saves ? "differs" : "bitwise"), S = \(scale)")
+        }
+    }
+
     /// The same on LM-like BFloat16 data, where the fused call skips many rows without
     /// recomputing them, recomputes few rows in their own panels and queues dC updates:
     /// bitwise equal to forward + backward, for 1 and 3 threads, without the dropped-mass
