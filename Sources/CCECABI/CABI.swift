@@ -158,6 +158,7 @@ func options(_ p: UnsafePointer<cce_cpu_options>?, weight: UnsafePointer<Float>?
     o.mode = modes[Int(c.mode)]
     o.threads = c.threads == 0 ? nil : Int(c.threads)
     o.checkFinite = c.check_finite != 0
+    o.savedLogitsPerRow = Int(c.saved_logits_per_row)
     if let weight { o.classWeights = Array(UnsafeBufferPointer(start: weight, count: v)) }
     return o
 }

@@ -30,6 +30,7 @@ void cce_cpu_default_options(cce_cpu_options *opt) {
   opt->mode = CCE_CPU_MODE_DEFAULT;
   opt->threads = 0;
   opt->check_finite = 0;
+  opt->saved_logits_per_row = 2048;
 }
 
-_Static_assert(sizeof(cce_cpu_options) == 80, "cce_cpu_options is 80 bytes");
+_Static_assert(sizeof(cce_cpu_options) == 88, "cce_cpu_options is 88 bytes");

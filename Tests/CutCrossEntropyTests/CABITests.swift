@@ -93,10 +93,12 @@ final class CABITests: XCTestCase {
 
     func testDefaultsAndLayout() {
         XCTAssertEqual(cce_cpu_abi_version(), CCE_CPU_ABI_VERSION)
-        XCTAssertEqual(MemoryLayout<cce_cpu_options>.size, 80)
+        XCTAssertEqual(CCE_CPU_ABI_VERSION, 2)
+        XCTAssertEqual(MemoryLayout<cce_cpu_options>.size, 88)
         XCTAssertEqual(MemoryLayout<cce_cpu_options>.offset(of: \.softcap), 24)
         XCTAssertEqual(MemoryLayout<cce_cpu_options>.offset(of: \.sort_vocab), 56)
         XCTAssertEqual(MemoryLayout<cce_cpu_options>.offset(of: \.check_finite), 76)
+        XCTAssertEqual(MemoryLayout<cce_cpu_options>.offset(of: \.saved_logits_per_row), 80)
         let o = options()
         XCTAssertEqual(o.ignore_index, -100)
         XCTAssertEqual(o.reduction, Int32(CCE_CPU_REDUCE_MEAN.rawValue))
@@ -107,6 +109,26 @@ final class CABITests: XCTestCase {
         XCTAssertEqual(o.filter_correction, 1)
         XCTAssertEqual(o.mode, Int32(CCE_CPU_MODE_DEFAULT.rawValue))
         XCTAssertEqual(o.threads, 0)
+        XCTAssertEqual(o.saved_logits_per_row, Int32(Options().savedLogitsPerRow))
+    }
+
+    /// saved_logits_per_row reaches the engine: on LM-like bf16 data (where the forward's saved
+    /// logits apply) 0 gives the Swift API's savedLogitsPerRow = 0 bit for bit, and a dE that
+    /// differs from the default's (which reads the saved logits instead of recomputing).
+    func testSavedLogitsPerRowReachesTheEngine() throws {
+        let data = LMLikeData.make(tokens: 64, dim: 32, vocab: 2000, type: .bfloat16, seed: 6)
+        var x = Inputs(tensors: (data.embeddings, data.classifier, data.targets, nil), type: .bfloat16, n: 64, d: 32, v: 2000)
+        x.targets = data.targets.values.map { Int64($0) }
+        x.e = data.embeddings.floats().map { bfloat16Bits($0) }; x.c = data.classifier.floats().map { bfloat16Bits($0) }
+        let off = fused(x, options { $0.saved_logits_per_row = 0; $0.threads = 2 })
+        let on = fused(x, options { $0.threads = 2 })
+        XCTAssertEqual(off.status, 0); XCTAssertEqual(on.status, 0)
+        var so = Options(); so.savedLogitsPerRow = 0; so.threads = 2
+        let (_, g) = try CutCrossEntropy(options: so).lossAndGradients(embeddings: data.embeddings,
+                                                                       classifier: data.classifier, targets: data.targets)
+        XCTAssertEqual(off.dE.map(\.bitPattern), g.dE.floats.map(\.bitPattern), "0 through C = 0 in Swift")
+        XCTAssertEqual(off.dC.map(\.bitPattern), on.dC.map(\.bitPattern), "dC does not depend on it")
+        XCTAssertNotEqual(off.dE.map(\.bitPattern), on.dE.map(\.bitPattern), "the default saves logits")
     }
 
     /// The fused call through C equals the Swift API bit for bit, for Float32 and BFloat16
@@ -282,6 +304,7 @@ final class CABITests: XCTestCase {
         expect(CCE_CPU_ERR_OPTION, "eps mode", contains: "filter_eps_mode 5", { $0.filter_eps_mode = 5 })
         expect(CCE_CPU_ERR_OPTION, "eps value", contains: "filter epsilon", { $0.filter_eps_mode = 2; $0.filter_eps = -1 })
         expect(CCE_CPU_ERR_OPTION, "threads", contains: "threads", { $0.threads = -3 })
+        expect(CCE_CPU_ERR_OPTION, "saved logits", contains: "savedLogitsPerRow", { $0.saved_logits_per_row = 70000 })
         expect(CCE_CPU_ERR_OPTION, "shift", contains: "shift", { $0.shift = -1 })
         XCTAssertEqual(cceCPUNullStateBackward(), Int32(CCE_CPU_ERR_ARGUMENT.rawValue))
         // A non-finite input is found only when asked for.

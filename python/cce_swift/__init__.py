@@ -28,7 +28,8 @@ def _is_torch(x) -> bool:
 def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=None, reduction="mean", shift=0,
                          label_smoothing=0.0, z_loss=0.0, weight=None, filter_eps="auto", mode="default",
                          return_lse=False, *, filter_correction=True, sort_vocab=True, threads=None,
-                         check_finite=False, allow_copy=True, return_grads=False, grad_output=None, grad_dtype=None):
+                         check_finite=False, saved_logits_per_row=None, allow_copy=True, return_grads=False,
+                         grad_output=None, grad_dtype=None):
     """Cross-entropy of the logits e @ c.T (+ bias) against targets, without materializing them.
 
     e (..., D), c (V, D), targets (...) integers in [0, V) or ignore_index, bias (V) optional,
@@ -41,12 +42,13 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
     The loss is float32 (float64 in exact mode).
 
     Options beyond apple's: filter_correction (add the first-order part of filtered gradient
-    segments back to dE), sort_vocab, threads (None: every CPU), check_finite, allow_copy
-    (False: raise instead of copying a non-contiguous input). Bad input raises ValueError or
+    segments back to dE), sort_vocab, threads (None: every CPU), check_finite,
+    saved_logits_per_row (logits the fused forward keeps a row for its backward, 0...65536,
+    0 off; None: 2048), allow_copy (False: raise instead of copying a non-contiguous input). Bad input raises ValueError or
     TypeError with the engine's message (CCEValueError has the C status code)."""
     options = dict(ignore_index=ignore_index, softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss,
                    filter_eps=filter_eps, filter_correction=filter_correction, sort_vocab=sort_vocab, threads=threads,
-                   check_finite=check_finite)
+                   check_finite=check_finite, saved_logits_per_row=saved_logits_per_row)
     if _is_torch(e) or _is_torch(c):
         if return_grads or grad_output is not None or grad_dtype is not None:
             raise TypeError("return_grads, grad_output and grad_dtype are for NumPy arrays; "

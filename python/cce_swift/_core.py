@@ -83,7 +83,7 @@ def normalize_shift(shift) -> int:
 
 def make_options(*, ignore_index=-100, softcap=None, reduction="mean", shift=0, label_smoothing=0.0,
                  z_loss=0.0, filter_eps="auto", mode="default", filter_correction=True, sort_vocab=True,
-                 threads=None, check_finite=False, batch=1) -> _lib.Options:
+                 threads=None, check_finite=False, saved_logits_per_row=None, batch=1) -> _lib.Options:
     """The cce_cpu_options struct for these arguments (the engine validates the values)."""
     o = _lib.default_options()
     o.ignore_index = int(ignore_index)
@@ -117,4 +117,6 @@ def make_options(*, ignore_index=-100, softcap=None, reduction="mean", shift=0, 
             raise _lib.CCEValueError("invalid option: threads must be >= 1 (got 0)", 8)
         o.threads = threads
     o.check_finite = int(bool(check_finite))
+    if saved_logits_per_row is not None:  # None: the engine's default
+        o.saved_logits_per_row = int(saved_logits_per_row)
     return o

@@ -222,7 +222,7 @@ class CudaFunction(torch.autograd.Function):
 
 def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, ignore_index=-100, softcap=None,
         label_smoothing=0.0, z_loss=0.0, filter_eps="auto", filter_correction=True, sort_vocab=True, threads=None,
-        check_finite=False):
+        check_finite=False, saved_logits_per_row=None):
     def unsupported(what):
         raise _lib.CCEValueError(f"the CUDA library has no {what}; use CPU tensors for it", 8)
 
@@ -232,6 +232,8 @@ def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, igno
         unsupported("filter_correction=False (it always adds the first-order estimate of skipped tiles)")
     if check_finite:
         unsupported("check_finite")
+    if saved_logits_per_row is not None:
+        unsupported("saved_logits_per_row (its backward is a separate call)")
     for name, x in (("c", c), ("targets", targets), ("bias", bias), ("weight", weight)):
         if isinstance(x, torch.Tensor) and x.device != e.device:
             raise _lib.CCEValueError(f"{name} is on {x.device}, e on {e.device}", 1)

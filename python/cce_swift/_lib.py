@@ -42,7 +42,7 @@ class CCERuntimeError(CCEError, RuntimeError):
 
 
 class Options(ctypes.Structure):
-    """cce_cpu_options (80 bytes; field order and types are the ABI)."""
+    """cce_cpu_options (88 bytes, ABI version 2; field order and types are the ABI)."""
 
     _fields_ = [
         ("ignore_index", ctypes.c_int64),
@@ -59,10 +59,11 @@ class Options(ctypes.Structure):
         ("mode", ctypes.c_int32),
         ("threads", ctypes.c_int32),
         ("check_finite", ctypes.c_int32),
+        ("saved_logits_per_row", ctypes.c_int32),
     ]
 
 
-assert ctypes.sizeof(Options) == 80
+assert ctypes.sizeof(Options) == 88
 
 _lib = None
 _lock = threading.Lock()
@@ -101,8 +102,8 @@ def lib() -> ctypes.CDLL:
                 reasons.append(f"{path}: {e}")
                 continue
             _declare(L)
-            if L.cce_cpu_abi_version() != 1:
-                reasons.append(f"{path}: ABI version {L.cce_cpu_abi_version()}, this binding needs 1")
+            if L.cce_cpu_abi_version() != 2:
+                reasons.append(f"{path}: ABI version {L.cce_cpu_abi_version()}, this binding needs 2")
                 continue
             L.path = str(path)
             _lib = L

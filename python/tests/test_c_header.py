@@ -43,6 +43,7 @@ int main(void) {{
   cce_cpu_options o;
   cce_cpu_default_options(&o);
   o.label_smoothing = 0.1;
+  printf("saved %d\\n", (int)o.saved_logits_per_row);
   double loss = 0;
   float dE[6];
   int rc = cce_cpu_loss_and_gradients(E, C, NULL, t, 3, 2, 4, CCE_CPU_F32, CCE_CPU_F32, CCE_CPU_F32, NULL, &o,
@@ -62,10 +63,11 @@ int main(void) {{
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     out = dict(line.split(" ", 1) for line in run.stdout.strip().splitlines())
-    assert int(out["size"]) == ctypes.sizeof(_lib.Options) == 80
+    assert int(out["size"]) == ctypes.sizeof(_lib.Options) == 88
     for name in fields:
         assert int(out[name]) == getattr(_lib.Options, name).offset, name
     assert out["rc"] == "0"
+    assert out["saved"] == str(_lib.default_options().saved_logits_per_row) == "2048"
     e = np.array([0.5, -1.0, 2.0, 0.25, -0.75, 1.5], np.float32).reshape(3, 2)
     c = np.array([1.0, 0.0, 0.0, 1.0, -1.0, 0.5, 0.25, -2.0], np.float32).reshape(4, 2)
     loss, g = cs.linear_cross_entropy(e, c, np.array([0, 3, -100]), label_smoothing=0.1, return_grads=True)

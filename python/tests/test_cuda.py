@@ -35,6 +35,7 @@ def small(device="cpu", dtype=torch.float32, bias=True, lead=(4, 16), v=1000, d=
     (dict(mode="exact"), "mode 'exact'"),
     (dict(filter_correction=False), "filter_correction=False"),
     (dict(check_finite=True), "check_finite"),
+    (dict(saved_logits_per_row=0), "saved_logits_per_row"),
 ])
 def test_what_the_cuda_library_lacks_is_refused(kw, match):
     e, c, t, b = small()

@@ -174,6 +174,7 @@ def test_bad_input_raises_with_the_engine_message():
     bad(ValueError, "mode must be one of", e, c, t, mode="fast")
     bad(ValueError, "threads must be >= 1", e, c, t, threads=0)
     bad(ValueError, "threads must be >= 1", e, c, t, threads=-2)
+    bad(ValueError, "savedLogitsPerRow must be in 0...65536", e, c, t, saved_logits_per_row=70000)
     w = np.ones(9, np.float32); w[4] = np.nan
     bad(ValueError, r"non-finite value: classWeights\[4\]", e, c, t, weight=w)
     bad(ValueError, "classWeights must be >= 0", e, c, t, weight=-np.ones(9))

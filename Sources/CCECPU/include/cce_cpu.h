@@ -15,7 +15,8 @@
  *   - softcap, label_smoothing, z_loss and filter_eps are double (the exact mode is a Float64
  *     reference: α = 0.1 must be 0.1), and ε is given explicitly: filter_eps_mode AUTO / NONE /
  *     VALUE plus the value in filter_eps (cce_cuda.h: one float, < 0 auto, 0 off);
- *   - CPU-only fields: filter_correction, mode, threads, check_finite; no lean_memory or
+ *   - CPU-only fields: filter_correction, mode, threads, check_finite, saved_logits_per_row;
+ *     no lean_memory or
  *     dc_chunk_rows (GPU memory knobs);
  *   - E, C and the bias each have their own element type, and the per-class weight (V float32,
  *     PyTorch's `weight`) is an argument of every call (cce_cuda.h: of cce_forward_weighted and
@@ -68,7 +69,8 @@
 extern "C" {
 #endif
 
-#define CCE_CPU_ABI_VERSION 1
+/* 2: cce_cpu_options gained saved_logits_per_row (88 bytes; 80 in version 1). */
+#define CCE_CPU_ABI_VERSION 2
 
 /* Storage types: inputs are F32, F16 or BF16; outputs (gradients) may also be F64. */
 typedef enum cce_cpu_dtype {
@@ -133,7 +135,9 @@ typedef struct cce_cpu_options {
   int32_t mode;              /* cce_cpu_mode, default CCE_CPU_MODE_DEFAULT */
   int32_t threads;           /* worker threads; 0 (default): every CPU this process may use */
   int32_t check_finite;      /* 1: check E, C and the bias for NaN and infinities; default 0 */
-} cce_cpu_options;
+  int32_t saved_logits_per_row; /* fused call: logits its forward keeps a row for the backward
+                                   (0...65536; 0 off), default 2048 (Swift: Options.savedLogitsPerRow) */
+} cce_cpu_options;                /* 88 bytes (4 of them trailing padding) */
 
 /* The forward's O(N) state, for cce_cpu_backward. */
 typedef struct cce_cpu_state cce_cpu_state;
