@@ -44,8 +44,9 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
     Options beyond apple's: filter_correction (add the first-order part of filtered gradient
     segments back to dE), sort_vocab, threads (None: every CPU), check_finite,
     saved_logits_per_row (logits the fused forward keeps a row for its backward, 0...65536,
-    0 off; None: 2048), allow_copy (False: raise instead of copying a non-contiguous input). Bad input raises ValueError or
-    TypeError with the engine's message (CCEValueError has the C status code)."""
+    0 off; None: 2048), allow_copy (False: raise instead of copying a non-contiguous input).
+    Bad input raises ValueError or TypeError with the engine's message (CCEValueError has the
+    C status code)."""
     options = dict(ignore_index=ignore_index, softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss,
                    filter_eps=filter_eps, filter_correction=filter_correction, sort_vocab=sort_vocab, threads=threads,
                    check_finite=check_finite, saved_logits_per_row=saved_logits_per_row)

@@ -16,8 +16,7 @@
  *     reference: α = 0.1 must be 0.1), and ε is given explicitly: filter_eps_mode AUTO / NONE /
  *     VALUE plus the value in filter_eps (cce_cuda.h: one float, < 0 auto, 0 off);
  *   - CPU-only fields: filter_correction, mode, threads, check_finite, saved_logits_per_row;
- *     no lean_memory or
- *     dc_chunk_rows (GPU memory knobs);
+ *     no lean_memory or dc_chunk_rows (GPU memory knobs);
  *   - E, C and the bias each have their own element type, and the per-class weight (V float32,
  *     PyTorch's `weight`) is an argument of every call (cce_cuda.h: of cce_forward_weighted and
  *     cce_backward_weighted, at the same place, just before the options, in device memory);
