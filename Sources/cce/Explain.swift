@@ -147,6 +147,11 @@ extension Explain {
             + "a segment holding its target is kept) and adds back each dropped segment's first-order part by default:")
         say(String(format: "    at this eps it keeps %d of %d segments; max |dE change| %.1e with the plain filter, %.1e with the estimate",
                    w.engineKeptSegments, w.engineSegments, w.enginePlainFilterError, w.engineEstimateError))
+        say("  the engine's fused call (lossAndGradients) recomputes less than this walkthrough: its forward keeps each row's")
+        say("  largest logit per block, so rows bounded below eps are never recomputed, and (bf16/f16) it keeps every logit")
+        say("  with z >= lse so far + log(eps/16) (Options.savedLogitsPerRow a row at most), which its backward reads instead of")
+        say("  recomputing the tile; the lse only grows, so an entry left out ends below eps/16 (Docs/DERIVATION.md,")
+        say("  \"Reading the forward's logits instead of recomputing them\").")
         return out
     }
 
