@@ -475,19 +475,20 @@ enum Backward {
                 addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.block(operands, excludedBlock))
             }
             let sum = total ?? {
-                if let table = workspace.saved?.setting.forwardSums {
-                    skipped.slot(f).update(from: table + f * operands.d, count: operands.d)
-                } else {
-                    sums.forward(operands, f, into: skipped.slot(f))
-                }
-                return UnsafePointer(skipped.slot(f))
+                // The call's table of every F_f when it formed one (read in place), else formed now.
+                if let table = workspace.saved?.setting.forwardSums { return skipped.use(table + f * operands.d, for: f) }
+                sums.forward(operands, f, into: skipped.slot(f))
+                return skipped.use(UnsafePointer(skipped.slot(f)), for: f)
             }()
             total = sum
             if now { addEstimate(state, row: row, d: operands.d, scale: s, sum: sum) } else { slot.pointee = s }
         }
         guard !now else { return }
         // No row needs F_f: its coefficients are all 0, and a zero row adds the same bits.
-        if total == nil { skipped.slot(f).update(repeating: 0, count: operands.d) }
+        if total == nil {
+            skipped.slot(f).update(repeating: 0, count: operands.d)
+            _ = skipped.use(UnsafePointer(skipped.slot(f)), for: f)
+        }
         if f % chunk == chunk - 1 || f == forwardBlocks - 1 {
             addSkippedEstimates(operands, state, workspace, blocks: f % chunk + 1, first: first, count: count)
         }

@@ -465,8 +465,8 @@ final class SkippedEstimates<S: KernelScalar> {
     /// plan's NB or the thread count.
     static var chunk: Int { 16 }
     let d: Int
-    let whole: Scratch<S>                     // chunk x D: F_f of the current chunk
-    let wholeRows: Scratch<UnsafePointer<S>>  //   ... as rows, for the rank update
+    let whole: Scratch<S>                     // chunk x D: F_f of the current chunk, where formed here
+    let wholeRows: Scratch<UnsafePointer<S>>  // the chunk's F_f rows for the rank update (slots or a call's table)
     let coefficients: Scratch<S>              // NB x chunk: c_if of the current chunk
 
     init(plan: TilePlan, d: Int) {
@@ -479,6 +479,12 @@ final class SkippedEstimates<S: KernelScalar> {
 
     /// Forward block f's slot of the chunk (D values).
     func slot(_ f: Int) -> UnsafeMutablePointer<S> { whole.base + f % Self.chunk * d }
+
+    /// Makes `row` forward block f's F_f in the chunk's rank update, and returns it.
+    func use(_ row: UnsafePointer<S>, for f: Int) -> UnsafePointer<S> {
+        wholeRows.base[f % Self.chunk] = row
+        return row
+    }
 }
 
 /// The logits the fused call's forward keeps so that its backward need not recompute them
