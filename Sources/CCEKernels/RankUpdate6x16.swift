@@ -22,6 +22,14 @@
 // (the determinism guarantee across thread counts rests on this). `spare` is a scratch row
 // of `width` values that absorbs the missing rows of a partial 6-row group.
 //
+// b's 16-column slices are copied contiguous, one chunk of columns at a time. For dC (b = the
+// token block's E rows, k up to NB of them) that copy gathers one 64-byte line from each of k
+// rows 4 KB apart, for every vocabulary block: when nearly every row segment is kept (Float32's
+// ε) it cost a quarter of the update. `slices` lets the caller cut b into slice-major
+// 16-column slices once (cutSlices, once per token block) and the chunks then come from
+// there: gathered from one contiguous stretch, or read in place when the update's rows are
+// the slices' first k rows in order. The loads change, not the FMA chains: the same bits.
+//
 // `rankUpdateReference` is the portable version.
 
 @inlinable
@@ -30,32 +38,47 @@ public func rankUpdate<S: KernelScalar>(
     a: UnsafePointer<S>, ars: Int, aks: Int,
     b: UnsafePointer<UnsafePointer<S>>, k: Int, width: Int,
     scratch: UnsafeMutablePointer<S>, spare: UnsafeMutablePointer<S>, blocked: Bool = false,
-    bSlice: UnsafeMutablePointer<S>
+    bSlice: UnsafeMutablePointer<S>, slices: BSlices<S>? = nil
 ) {
     // A is packed first into 6-row panels (Packing.swift), so the microkernel's six
     // broadcasts are consecutive. Column chunks outside, row groups inside: the k x 16
     // slice of b stays in L1 while every group of six out rows passes.
     let mr = TileShape.mr
     packRowPanels(a, rowStride: ars, columnStride: aks, m: m, k: k, into: scratch)
+    // With slices whose first k rows are b's rows in order, each chunk's slice is read in place.
+    let inPlace = slices.map { s in (0..<k).allSatisfy { s.index[$0] == $0 } } ?? false
     var d = 0
     while d + 16 <= width {
-        // This chunk's k x 16 slice of b, contiguous (rows of b are scattered).
-        for q in 0..<k {
-            let src = b[q] + d
-            store8(load8(src), bSlice + (q &* 16))
-            store8(load8(src + 8), bSlice + (q &* 16 &+ 8))
+        // This chunk's k x 16 slice of b, contiguous (rows of b are scattered), gathered from
+        // the caller's slices of b where it has them.
+        var slice = UnsafePointer(bSlice)
+        if let slices, inPlace {
+            slice = slices.base + (d / 16) &* slices.stride
+        } else if let slices {
+            let chunk = slices.base + (d / 16) &* slices.stride
+            for q in 0..<k {
+                let src = UnsafePointer(chunk + slices.index[q] &* 16)
+                store8(load8(src), bSlice + (q &* 16))
+                store8(load8(src + 8), bSlice + (q &* 16 &+ 8))
+            }
+        } else {
+            for q in 0..<k {
+                let src = b[q] + d
+                store8(load8(src), bSlice + (q &* 16))
+                store8(load8(src + 8), bSlice + (q &* 16 &+ 8))
+            }
         }
         var r = 0
         while r < m {
             let panel = UnsafePointer(scratch + r * k)
             if m - r >= mr {
-                update6x16(out + r, panel, UnsafePointer(bSlice), k, d, blocked)
+                update6x16(out + r, panel, slice, k, d, blocked)
             } else {
                 // A partial group runs the 6-row kernel too (a single row's FMA chain is
                 // latency-bound): missing rows write into `spare`, their A rows are zero.
                 withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<S>.self, capacity: mr) { rows in
                     for rr in 0..<mr { rows[rr] = r + rr < m ? out[r + rr] : spare }
-                    update6x16(UnsafePointer(rows.baseAddress!), panel, UnsafePointer(bSlice), k, d, blocked)
+                    update6x16(UnsafePointer(rows.baseAddress!), panel, slice, k, d, blocked)
                 }
             }
             r += mr
@@ -75,6 +98,32 @@ public func rankUpdate<S: KernelScalar>(
             o[d] = blocked ? o[d] + s : s
         }
         d += 1
+    }
+}
+
+/// b's rows cut into 16-column slices, slice-major: row r's columns 16c ..< 16c + 16 at
+/// base[c·stride + r·16]; row q of a rank update is row index[q] here.
+public struct BSlices<S: KernelScalar> {
+    public let base: UnsafePointer<S>
+    public let stride: Int
+    public let index: UnsafePointer<Int>
+    @inlinable public init(base: UnsafePointer<S>, stride: Int, index: UnsafePointer<Int>) {
+        self.base = base; self.stride = stride; self.index = index
+    }
+}
+
+/// Copies rows[0 ..< m] (width values each) into slice-major 16-column slices (BSlices):
+/// row r's columns 16c ..< 16c + 16 at into[c·stride + r·16], for the width / 16 whole slices.
+@inlinable
+public func cutSlices<S: KernelScalar>(_ rows: UnsafePointer<UnsafePointer<S>>, m: Int, width: Int,
+                                       into: UnsafeMutablePointer<S>, stride: Int) {
+    for r in 0..<m {
+        var src = rows[r], dst = into + r * 16
+        for _ in 0..<width / 16 {
+            store8(load8(src), dst)
+            store8(load8(src + 8), dst + 8)
+            src += 16; dst += stride
+        }
     }
 }
 

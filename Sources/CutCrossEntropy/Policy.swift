@@ -40,6 +40,10 @@ public struct BackwardPolicy: Sendable, Equatable, CustomStringConvertible {
     /// (ε/16) is left out of dC and dBias, so that a classifier row no kept entry needs is
     /// not read or written at all; nil when nothing is filtered.
     public var entryEpsilon: Double? { epsilon.map { $0 * Self.entryFraction } }
+
+    /// Whether nearly every row segment is expected to enter the gradient products: no filter,
+    /// or ε below 2^-20 (Float32's default 2^-28 keeps about 97% of them on LM-like data).
+    var densePrediction: Bool { (epsilon ?? 0) < 0x1p-20 }
     /// entryEpsilon / ε. At 1/16 the relative error of dC on LM-like data is that of the
     /// row-segment filter alone, to two digits (Docs/NUMERICS.md).
     public static let entryFraction = 1.0 / 16

@@ -142,6 +142,53 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// b read from 16-column slices (cutSlices, through a row index) gives the bits b read
+    /// through row pointers gives: the same FMA chains, only the loads come from elsewhere.
+    /// Widths with a tail past the last whole slice; an index that skips and reorders rows
+    /// (slices gathered), and one that takes the first k rows in order (slices read in place).
+    func testRankUpdateFromSlicesIsBitwiseFromRows() {
+        for (m, k, w, blocked, shuffled) in [(5, 7, 16, false, true), (13, 11, 45, true, true), (32, 20, 70, false, true),
+                                             (1, 3, 8, true, true), (13, 11, 45, true, false), (32, 20, 70, false, false)] {
+            var rng = SystemRandomNumberGenerator()
+            let pool = k + 4   // rows the slices hold; the update reads k of them
+            let a = (0..<(m * k)).map { _ in Float.random(in: -1...1, using: &rng) }
+            let b = (0..<(pool * w)).map { _ in Float.random(in: -1...1, using: &rng) }
+            let index = shuffled ? (0..<pool).shuffled(using: &rng).prefix(k).map { $0 } : Array(0..<k)
+            let start = (0..<(m * w)).map { _ in Float.random(in: -1...1, using: &rng) }
+            var fromRows = start, fromSlices = start
+            b.withUnsafeBufferPointer { bp in
+                let poolRows = (0..<pool).map { UnsafePointer(bp.baseAddress! + $0 * w) }
+                let bRows = index.map { poolRows[$0] }
+                var slices = [Float](repeating: .nan, count: pool * w)
+                slices.withUnsafeMutableBufferPointer {
+                    cutSlices(poolRows, m: pool, width: w, into: $0.baseAddress!, stride: pool * 16)
+                }
+                for useSlices in [false, true] {
+                    var scratch = [Float](repeating: .nan, count: (m + 5) / 6 * 6 * k)
+                    var spare = [Float](repeating: 0, count: w), bSlice = [Float](repeating: .nan, count: k * 16)
+                    let update = { (out: [UnsafeMutablePointer<Float>], s: BSlices<Float>?) in
+                        rankUpdate(out: out, m: m, a: a, ars: k, aks: 1, b: bRows, k: k, width: w, scratch: &scratch,
+                                   spare: &spare, blocked: blocked, bSlice: &bSlice, slices: s)
+                    }
+                    if useSlices {
+                        slices.withUnsafeBufferPointer { sp in
+                            index.withUnsafeBufferPointer { ip in
+                                fromSlices.withUnsafeMutableBufferPointer { f in
+                                    update((0..<m).map { f.baseAddress! + $0 * w },
+                                           BSlices(base: sp.baseAddress!, stride: pool * 16, index: ip.baseAddress!))
+                                }
+                            }
+                        }
+                    } else {
+                        fromRows.withUnsafeMutableBufferPointer { f in update((0..<m).map { f.baseAddress! + $0 * w }, nil) }
+                    }
+                }
+            }
+            XCTAssertEqual(fromSlices.map(\.bitPattern), fromRows.map(\.bitPattern), "m=\(m) k=\(k) w=\(w) \(shuffled)")
+            XCTAssertNotEqual(fromRows, start, "the update changed nothing: the test would prove nothing")
+        }
+    }
+
     func testLSEMergeMatchesTwoPassReference() {
         var rng = SystemRandomNumberGenerator()
         let z = (0..<1000).map { _ in Float.random(in: -30...30, using: &rng) }

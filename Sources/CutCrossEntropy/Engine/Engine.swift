@@ -260,7 +260,8 @@ enum Engine {
                                          partials: backward?.outputs.compE != nil,
                                          estimate: pass != .forward && backward?.policy.estimate == true,
                                          skippedEstimates: pass == .fused && backward?.policy.estimate == true,
-                                         savedLogits: savedSetting)
+                                         savedLogits: savedSetting,
+                                         denseUpdates: pass != .forward && backward?.policy.densePrediction == true)
             let blockStats = pass == .fused ? BlockStatistics(rows: nb, blocks: forwardBlocks) : nil
             var workerStats = FilterStatistics()
             while case let b = queue.next(), b < blocks {
@@ -379,7 +380,8 @@ extension Engine {
                 let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
                                              backend: operands.backend, kernel: operands.kernel, partials: compensated,
                                              estimate: backward.policy.estimate,
-                                             skippedEstimates: backward.policy.estimate)
+                                             skippedEstimates: backward.policy.estimate,
+                                             denseUpdates: backward.policy.densePrediction)
                 var workerStats = FilterStatistics()
                 while case let k = backwardQueue.next(), k < blocks {
                     let (first, count) = range(k)

@@ -111,6 +111,11 @@ final class Workspace<S: KernelScalar> {
     let aPanels: Scratch<S>              // backward: dy packed for the rank updates
     let spare: Scratch<S>                // backward: a row for partial 6-row groups
     let bSlice: Scratch<S>               // backward: one k x 16 slice of the rank update's b
+    /// Backward with dense dC updates on the portable kernel (BackwardPolicy.densePrediction): the
+    /// token block's E rows cut into 16-column slices (cutSlices), which dC's rank updates read
+    /// instead of gathering each slice from NB rows 4 KB apart for every vocabulary block.
+    /// NB·D values; empty otherwise.
+    let eSlices: Scratch<S>
     let d: Int
     let vb: Int
     /// Seconds this worker waited in dC's hand-off, spent in the forward, and spent applying
@@ -119,7 +124,7 @@ final class Workspace<S: KernelScalar> {
 
     init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
          partials: Bool = false, estimate: Bool = false, skippedEstimates: Bool = false,
-         savedLogits: SavedLogits<S>.Setting? = nil) {
+         savedLogits: SavedLogits<S>.Setting? = nil, denseUpdates: Bool = false) {
         // The bf16 kernels run only for bf16 E and C in Float32 (chooseTileKernel).
         eStoredOnly = (kernel == .amxBF16 || kernel == .avx512BF16) && backend == .swiftSIMD && S.self == Float.self
         let nb = plan.tokenBlock, vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
@@ -172,6 +177,7 @@ final class Workspace<S: KernelScalar> {
         aPanels = Scratch(count: packs ? (side + 5) / 6 * 6 * side : 0)
         spare = Scratch(count: packs ? d : 0)
         bSlice = Scratch(count: packs ? side * 16 : 0)
+        eSlices = Scratch(count: packs && denseUpdates ? nb * d : 0)
     }
 
     /// Points eRows at the E rows of active tokens first ..< first + count as S: in place
@@ -196,6 +202,9 @@ final class Workspace<S: KernelScalar> {
                 convertRow(eRaw.base[i], type: operands.eType, count: d, into: dst)
                 eRows.base[i] = UnsafePointer(dst)
             }
+        }
+        if eSlices.count > 0 {
+            cutSlices(UnsafePointer(eRows.base), m: count, width: d, into: eSlices.base, stride: eSlices.count / d * 16)
         }
     }
 
@@ -307,7 +316,11 @@ final class Workspace<S: KernelScalar> {
                           nonzero: Int, rows: UnsafePointer<Int>, k: Int, eType: ElementType) {
         guard kernel != .portable && S.self == Float.self else {
             for q in 0..<k { keptRows.base[q] = eRows.base[rows[q]] }
-            rankUpdate(out: out, m: m, a: a, ars: ars, aks: aks, b: UnsafePointer(keptRows.base), k: k)
+            let slices = eSlices.count == 0 ? nil
+                : BSlices(base: UnsafePointer(eSlices.base), stride: eSlices.count / d * 16, index: rows)
+            CCEKernels.rankUpdate(out: out, m: m, a: a, ars: ars, aks: aks, b: UnsafePointer(keptRows.base), k: k,
+                                  width: d, scratch: aPanels.base, spare: spare.base, bSlice: bSlice.base,
+                                  slices: slices)
             return
         }
         for q in 0..<k { keptRaw.base[q] = eStoredOnly ? eRaw.base[rows[q]] : UnsafeRawPointer(eRows.base[rows[q]]) }
@@ -678,20 +691,31 @@ func compactColumns<S: KernelScalar>(_ tile: UnsafePointer<S>, ldt: Int, rows: I
     withUnsafeTemporaryAllocation(of: S.self, capacity: rows) { limit in
         withUnsafeTemporaryAllocation(of: Bool.self, capacity: vc) { used in
             for q in 0..<vc { used[q] = false }
-            for r in 0..<rows {
-                let row = tile + r * ldt, t = threshold?(keep[r]) ?? 0
-                limit[r] = t
-                for q in 0..<vc where row[q] != 0 && !(abs(row[q]) < t) { used[q] = true }
+            for r in 0..<rows { limit[r] = threshold?(keep[r]) ?? 0 }
+            // Which columns have an entry (the search stops once all of them have one).
+            var usedCount = 0
+            for r in 0..<rows where usedCount < vc {
+                let row = tile + r * ldt, t = limit[r]
+                for q in 0..<vc where !used[q] && row[q] != 0 && !(abs(row[q]) < t) { used[q] = true; usedCount += 1 }
             }
             var cols = 0
             for q in 0..<vc where used[q] { columns[cols] = q; cols += 1 }
             var nonzero = 0
             for r in 0..<rows {
                 let row = tile + r * ldt, out = dst + r * cols, t = limit[r]
-                for c in 0..<cols {
-                    let x = row[columns[c]]
-                    out[c] = abs(x) < t ? 0 : x
-                    if out[c] != 0 { nonzero += 1 }
+                if cols == vc {
+                    // Every column: a straight copy with the threshold, which vectorizes.
+                    for q in 0..<vc {
+                        let x = row[q], y = abs(x) < t ? 0 : x
+                        out[q] = y
+                        nonzero &+= y != 0 ? 1 : 0
+                    }
+                } else {
+                    for c in 0..<cols {
+                        let x = row[columns[c]], y = abs(x) < t ? 0 : x
+                        out[c] = y
+                        nonzero &+= y != 0 ? 1 : 0
+                    }
                 }
             }
             return (cols, nonzero)
