@@ -2,6 +2,7 @@
 // combined by ShardForward.combine, token slices with the global mean embedding
 // (Sources/CutCrossEntropy/Parallel.swift). MPITests runs the same under mpirun.
 
+import CCEData
 import CutCrossEntropy
 import XCTest
 
@@ -46,6 +47,31 @@ final class ParallelAlgebraTests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// The fused call of one shard holding the whole vocabulary, through the exchange (the path
+    /// every rank of a vocabulary-parallel run takes: the chunk's forward, the exchange, then
+    /// its backward, on other workspaces), gives the one-process call's bits: with the saved
+    /// logits (one SavedLogits per token block of the chunk) and without them. On LM-like data
+    /// the two settings differ in dE, so the saved logits were read on both paths.
+    func testOneShardThroughTheExchangeIsTheOneProcessCall() throws {
+        let data = LMLikeData.make(tokens: 150, dim: 48, vocab: 3000, type: .bfloat16, scale: 4, alpha: 1.5, seed: 9)
+        var dEs: [Values] = []
+        for perRow in [0, 2048] {
+            var o = Options(); o.savedLogitsPerRow = perRow; o.threads = 2
+            let cce = CutCrossEntropy(options: o)
+            let (f1, g1) = try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
+                                                    targets: data.targets)
+            let shard = VocabularyShard.split(vocabulary: 3000, parts: 1)[0]
+            let (f, g) = try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
+                                                  targets: data.targets, shard: shard, exchange: { [$0] })
+            XCTAssertEqual(f.loss.bitPattern, f1.loss.bitPattern, "loss, room \(perRow)")
+            XCTAssertTrue(bitwiseEqual(f.lse, f1.lse), "lse, room \(perRow)")
+            XCTAssertTrue(bitwiseEqual(g.dE, g1.dE), "dE, room \(perRow)")
+            XCTAssertTrue(bitwiseEqual(g.dC, g1.dC), "dC, room \(perRow)")
+            dEs.append(g.dE)
+        }
+        XCTAssertFalse(bitwiseEqual(dEs[0], dEs[1]), "the saved logits changed nothing: they were not read")
     }
 
     /// Token slices sorted by the global mean embedding: each slice's LSE, token losses and

@@ -234,24 +234,10 @@ enum Engine {
         let queue = Counter()
         // The fused call's forward keeps the logits its backward needs (SavedLogits), where the
         // options allow; then every forward block's F_f for the estimate is formed once, here.
-        let savedPerRow = savedPerRowOverride ?? options.savedLogitsPerRow
-        let saves = pass == .fused && savesLogits(savedPerRow, backward, definition)
-        let forwardSums = saves && backward?.policy.estimate == true
-            ? Scratch<S>(count: forwardBlocks * operands.d) : nil
-        if let forwardSums {
-            let table = UncheckedSendable(forwardSums.base)
-            Workers.run(workers) { w in
-                let sums = BlockSums<S>(plan: plan, d: operands.d)
-                for f in stride(from: w, to: forwardBlocks, by: workers) {
-                    sums.forward(operands, f, into: table.value + f * operands.d)
-                }
-            }
-            trace.mark("estimate sums")
-        }
-        let savedSetting = saves ? backward?.policy.entryEpsilon.map {
-            SavedLogits<S>.Setting(perRow: savedPerRow, logEntry: S.log(S($0)), forwardBlocks: forwardBlocks,
-                                   forwardSums: forwardSums.map { UnsafePointer($0.base) })
-        } : nil
+        let (savedSetting, forwardSums) = pass == .fused
+            ? savedLogitsSetting(operands, options: options, backward: backward, definition, workers: workers)
+            : (nil, nil)
+        if forwardSums != nil { trace.mark("estimate sums") }
         let sweepStart = PhaseTrace.enabled ? monotonicSeconds() : 0
         Workers.run(workers, pin: Placement.isNUMA) { w in
             let started = PhaseTrace.enabled ? monotonicSeconds() : 0
@@ -286,6 +272,7 @@ enum Engine {
                              forward: workspace.forwardTime, applying: workspace.applyTime, ended: now - sweepStart)
             }
         }
+        withExtendedLifetime(forwardSums) {}   // savedSetting points into it
         trace.note(clock.summary)
         return stats.values.reduce(into: FilterStatistics()) { $0.add($1) }
     }
@@ -295,6 +282,33 @@ extension Engine {
     /// CCE_SAVED_PER_ROW from the environment (0 to 65536), which overrides
     /// Options.savedLogitsPerRow: for experiments.
     static let savedPerRowOverride: Int? = Environment.integer("CCE_SAVED_PER_ROW", in: 0...65536)
+
+    /// A fused call's SavedLogits setting where it saves logits (savesLogits), and the table of
+    /// every forward block's F_f for the estimate, formed once here by `workers` threads (nil
+    /// without the estimate); the setting points into the table, which must outlive it.
+    static func savedLogitsSetting<S: KernelScalar>(
+        _ operands: Operands<S>, options: Options, backward: BackwardState<S>?, _ definition: LossDefinition<S>,
+        workers: Int
+    ) -> (setting: SavedLogits<S>.Setting?, sums: Scratch<S>?) {
+        let savedPerRow = savedPerRowOverride ?? options.savedLogitsPerRow
+        guard savesLogits(savedPerRow, backward, definition), let backward, let entry = backward.policy.entryEpsilon
+        else { return (nil, nil) }
+        let plan = operands.plan
+        let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
+        let forwardSums = backward.policy.estimate ? Scratch<S>(count: forwardBlocks * operands.d) : nil
+        if let forwardSums {
+            let table = UncheckedSendable(forwardSums.base)
+            Workers.run(workers) { w in
+                let sums = BlockSums<S>(plan: plan, d: operands.d)
+                for f in stride(from: w, to: forwardBlocks, by: workers) {
+                    sums.forward(operands, f, into: table.value + f * operands.d)
+                }
+            }
+        }
+        let setting = SavedLogits<S>.Setting(perRow: savedPerRow, logEntry: S.log(S(entry)), forwardBlocks: forwardBlocks,
+                                             forwardSums: forwardSums.map { UnsafePointer($0.base) })
+        return (setting, forwardSums)
+    }
 
     /// Whether a fused call's forward keeps the logits its backward needs (SavedLogits): in
     /// Float32 with the default accumulation, filtering both gradients (so the bound applies),
@@ -352,6 +366,14 @@ extension Engine {
         let out = UncheckedSendable((lse: lse, loss: loss))
         let compensated = backward.outputs.compE != nil
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
+        // The logits the backward reads instead of recomputing, one SavedLogits per token block
+        // of a chunk (the whole chunk's forward runs before its backward, and a block's backward
+        // may fall to another worker); only the pages the entries reach become resident.
+        let (savedSetting, forwardSums) = savedLogitsSetting(operands, options: options, backward: backward, definition,
+                                                             workers: plan.threads)
+        let savedBlocks = UncheckedSendable(savedSetting.map { setting in
+            (0..<(chunk + nb - 1) / nb).map { _ in SavedLogits<S>(plan: plan, d: operands.d, setting) }
+        })
         var total = FilterStatistics()
         var firstBlock = 0   // the chunk's first token block, numbered on from earlier chunks
         for start in stride(from: 0, to: m, by: chunk) {
@@ -367,9 +389,10 @@ extension Engine {
                 while case let k = forwardQueue.next(), k < blocks {
                     let (first, count) = range(k)
                     workspace.loadTokens(operands, first: first, count: count)
+                    workspace.saved = savedBlocks.value?[k]
                     Forward.block(operands, workspace, first: first, count: count, loss: definition, lse: out.value.lse,
                                   loss: out.value.loss, blockStats: blockStats.advanced(by: first - start),
-                                  shardParts: shardParts)
+                                  saved: workspace.saved, shardParts: shardParts)
                 }
             }
             guard exchange(start..<end) else { return total }
@@ -386,6 +409,7 @@ extension Engine {
                 while case let k = backwardQueue.next(), k < blocks {
                     let (first, count) = range(k)
                     workspace.loadTokens(operands, first: first, count: count)
+                    workspace.saved = savedBlocks.value?[k]
                     Backward.block(operands, backward, workspace, handOff: handOff, b: base + k, first: first, count: count,
                                    loss: definition,
                                    blockStats: blockStats.advanced(by: first - start),
@@ -396,6 +420,7 @@ extension Engine {
             for st in stats.values { total.add(st) }
             firstBlock += blocks
         }
+        withExtendedLifetime(forwardSums) {}   // savedSetting points into it
         return total
     }
 }

@@ -104,7 +104,10 @@ final class Workspace<S: KernelScalar> {
     let partials: Scratch<S>?            // kahan modes: max(NB, VB) x D gradient partials
     let skipped: SkippedEstimates<S>?   // fused backward: the estimates of the rows the bound skipped
     let blockSums: BlockSums<S>?         // backward: the estimate's T_j, formed when needed
-    let saved: SavedLogits<S>?           // fused call: the logits its backward reads instead of recomputing
+    /// Fused call: the logits its backward reads instead of recomputing: the worker's own (one
+    /// token block's, forward then backward), or, in a vocabulary shard's call, the token
+    /// block's that the worker takes on (Engine.sweepExchanging).
+    var saved: SavedLogits<S>?
     /// Rows recomputed on their own (selected product) rather than as a masked full tile.
     let selectedLimit = 48
     let pending: PendingUpdates<S>
