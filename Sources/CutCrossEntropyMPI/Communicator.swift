@@ -216,10 +216,19 @@ public final class Communicator: @unchecked Sendable {
     /// same bits on every rank. Each rank adds the P copies of one 1/P of the elements
     /// (MPI_Alltoallv), then every rank gets every part (MPI_Allgatherv): (P − 1)/P of the
     /// array sent and received twice, as a ring all-reduce would, in rounds of bounded size.
-    public func orderedSum(_ values: inout [Float]) throws { try orderedSum(&values, widen: { Double($0) }, narrow: { Float($0) }) }
+    public func orderedSum(_ values: inout [Float]) throws {
+        try values.withUnsafeMutableBufferPointer { try orderedSum($0) }
+    }
+
+    /// The same over caller memory (Float32 values, summed in place).
+    public func orderedSum(_ values: UnsafeMutableBufferPointer<Float>) throws {
+        try orderedSum(values, widen: { Double($0) }, narrow: { Float($0) })
+    }
 
     /// The same for Float64 values (added in Float64).
-    public func orderedSum(_ values: inout [Double]) throws { try orderedSum(&values, widen: { $0 }, narrow: { $0 }) }
+    public func orderedSum(_ values: inout [Double]) throws {
+        try values.withUnsafeMutableBufferPointer { try orderedSum($0, widen: { $0 }, narrow: { $0 }) }
+    }
 
     /// The same for engine values (Float32 or Float64).
     public func orderedSum(_ values: Values) throws -> Values {
@@ -307,13 +316,15 @@ public final class Communicator: @unchecked Sendable {
         }
     }
 
-    func orderedSum<T: BitwiseCopyable>(_ values: inout [T], widen: (T) -> Double, narrow: (Double) -> T) throws {
+    func orderedSum<T: BitwiseCopyable>(_ values: UnsafeMutableBufferPointer<T>, widen: (T) -> Double,
+                                         narrow: (Double) -> T) throws {
         guard let library else { return }
         let n = values.count
         let counts = try allGatherCounts(n)
         if let r = counts.firstIndex(where: { $0 != n }) {
             throw ParallelError.mismatch("a sum across ranks of \(counts[0]) values on rank 0 and \(counts[r]) on rank \(r)")
         }
+        guard n > 0 else { return }   // every rank has n values (checked above): all return here
         let p = size, stride = MemoryLayout<T>.stride
         // Elements per round: at most 2^16 (the P pieces a rank receives and its sums then
         // take 320 KiB or less in Float32: the sum's extra memory does not grow with the
@@ -333,11 +344,9 @@ public final class Communicator: @unchecked Sendable {
             let recvDispls = (0..<p).map { Int64($0 * mineCount * stride) }
             let others = Int(sendCounts.reduce(0, +)) - mineCount * stride
             try timed(sent: others, received: (p - 1) * mineCount * stride) {
-                try values.withUnsafeBytes { v in
-                    try pieces.withUnsafeMutableBytes { recv in
-                        try check(library.alltoallv(v.baseAddress! + start * stride, sendCounts, sendDispls,
-                                                    recv.baseAddress, recvCounts, recvDispls), "MPI_Alltoallv")
-                    }
+                try pieces.withUnsafeMutableBytes { recv in
+                    try check(library.alltoallv(UnsafeRawPointer(values.baseAddress!) + start * stride, sendCounts,
+                                                sendDispls, recv.baseAddress, recvCounts, recvDispls), "MPI_Alltoallv")
                 }
             }
             // The owner adds the P copies of its elements in rank order.
@@ -350,10 +359,9 @@ public final class Communicator: @unchecked Sendable {
             let gatherCounts = sendCounts, gatherDispls = sendDispls
             try timed(sent: mineCount * stride * (p - 1), received: others) {
                 try part.withUnsafeBytes { send in
-                    try values.withUnsafeMutableBytes { v in
-                        try check(library.allgatherv(send.baseAddress, Int64(mineCount * stride), v.baseAddress! + start * stride,
-                                                     gatherCounts, gatherDispls), "MPI_Allgatherv")
-                    }
+                    try check(library.allgatherv(send.baseAddress, Int64(mineCount * stride),
+                                                 UnsafeMutableRawPointer(values.baseAddress!) + start * stride,
+                                                 gatherCounts, gatherDispls), "MPI_Allgatherv")
                 }
             }
             start += len

@@ -209,17 +209,26 @@ extension BenchCommand {
             let cce = CutCrossEntropy(options: options)
             let step: (Bool) throws -> (loss: Double, gradientBytes: Int)
             let data = LMLikeData.make(tokens: tokens, dim: dim, vocab: vocab, type: dtype, seed: problem.seed)
-            var heldBytes = 0
+            var heldBytes = 0, keptGradientBytes = 0
+            var buffers: [UnsafeMutableRawPointer] = []
+            defer { for b in buffers { b.deallocate() } }
             switch scheme {
             case .vocab:
                 let vp = VocabularyParallel(comm, vocabulary: vocab)
                 let c = try data.classifier.rows(vp.shard.range)
                 let e = data.embeddings, t = data.targets
                 heldBytes = (e.count + c.count) * dtype.size
+                // The gradients go into buffers kept from step to step, as a training loop
+                // keeps them (and as the one-process `cce bench` row does).
+                let dE = UnsafeMutableBufferPointer<Float>.allocate(capacity: e.count)
+                let dC = UnsafeMutableBufferPointer<Float>.allocate(capacity: c.count)
+                buffers = [UnsafeMutableRawPointer(dE.baseAddress!), UnsafeMutableRawPointer(dC.baseAddress!)]
+                keptGradientBytes = (e.count + c.count) * 4
                 step = { grad in
                     if grad {
-                        let (f, g) = try vp.lossAndGradients(cce, embeddings: e, classifier: c, targets: t)
-                        return (f.loss, g.dE.byteCount + g.dC.byteCount)
+                        let (f, _) = try vp.lossAndGradients(cce, embeddings: e, classifier: c, targets: t,
+                                                             writingTo: GradientDestination(dE: dE, dC: dC))
+                        return (f.loss, 0)
                     }
                     return (try vp.forward(cce, embeddings: e, classifier: c, targets: t).loss, 0)
                 }
@@ -264,7 +273,8 @@ extension BenchCommand {
                 let sent = comm.traffic.bytesSent - before.bytesSent, received = comm.traffic.bytesReceived - before.bytesReceived
                 let commSeconds = comm.traffic.seconds - before.seconds
                 let perRank = try comm.gather([Double(max(0, peak - result.gradientBytes)), Double(sent), Double(received),
-                                               commSeconds, Double(result.gradientBytes), Double(heldBytes), cpuPerStep,
+                                               commSeconds, Double(grad ? max(result.gradientBytes, keptGradientBytes) : 0),
+                                               Double(heldBytes), cpuPerStep,
                                                commPerStep])
                 let slowest = try comm.allGather(times).reduce([Double](repeating: 0, count: repeats)) { acc, t in
                     zip(acc, t).map { max($0, $1) }

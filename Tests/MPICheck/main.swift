@@ -147,6 +147,26 @@ func vocabularyParallel(_ k: Case, _ x: Inputs, _ comm: Communicator, fused: Boo
             let f = try scheme.forward(cce, embeddings: x.e, classifier: c, targets: x.t, bias: b)
             return (f, try scheme.backward(cce, f, embeddings: x.e, classifier: c, bias: b, upstream: up))
         }()
+    if fused {
+        // The same step into caller memory (as a training loop keeps its gradients): the same
+        // loss, and the gradients' bits as Float32 (the exact mode's rounded once).
+        var dE = [Float](repeating: .nan, count: x.e.count), dC = [Float](repeating: .nan, count: c.count)
+        var dBias = [Float](repeating: .nan, count: b == nil ? 0 : shard.count)
+        let (f2, _) = try dE.withUnsafeMutableBufferPointer { e in
+            try dC.withUnsafeMutableBufferPointer { cb in
+                try dBias.withUnsafeMutableBufferPointer { bb in
+                    try scheme.lossAndGradients(cce, embeddings: x.e, classifier: c, targets: x.t, bias: b, upstream: up,
+                                                writingTo: GradientDestination(dE: e, dC: cb, dBias: b == nil ? nil : bb))
+                }
+            }
+        }
+        let bits = { (v: [Double]) in v.map { Float($0).bitPattern } }
+        let same = f2.loss.bitPattern == f.loss.bitPattern && dE.map(\.bitPattern) == bits(g.dE.doubles)
+            && dC.map(\.bitPattern) == bits(g.dC.doubles) && dBias.map(\.bitPattern) == bits(g.dBias?.doubles ?? [])
+        try comm.agree {   // every rank fails together, or none does
+            if !same { throw ParallelError.mismatch("the step into caller memory differs from the returned gradients") }
+        }
+    }
     let dC = try comm.gather(g.dC.doubles), dBias = try g.dBias.map { try comm.gather($0.doubles) }
     // Every rank holds the global forward and dE: they must have rank 0's bits.
     let global = Outputs(loss: f.loss, tokenLosses: f.output!.tokenLosses.doubles, lse: f.output!.lse.doubles,

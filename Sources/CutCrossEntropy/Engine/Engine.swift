@@ -182,7 +182,7 @@ enum Engine {
                         }
                         stats = sweepExchanging(operands, options: call.options, shard: call.shard, lse: lse.baseAddress!,
                                                 loss: loss.baseAddress!, shardParts: parts, backward: backward,
-                                                exchange: handOver)
+                                                exchange: handOver, trace: &trace)
                     } else {
                         stats = sweep(call.pass, operands, options: call.options, shard: call.shard, lse: lse.baseAddress,
                                       loss: loss.baseAddress, shardParts: parts, backward: backward, trace: &trace)
@@ -349,7 +349,7 @@ extension Engine {
     static func sweepExchanging<S: KernelScalar>(
         _ operands: Operands<S>, options: Options, shard: ShardContext?, lse: UnsafeMutablePointer<S>,
         loss: UnsafeMutablePointer<S>, shardParts: ShardPartPointers<S>, backward: BackwardState<S>,
-        exchange: (Range<Int>) -> Bool
+        exchange: (Range<Int>) -> Bool, trace: inout PhaseTrace
     ) -> FilterStatistics {
         let m = operands.problem.active
         if m == 0 { _ = exchange(0..<0); return FilterStatistics() }   // the exchange is collective: every rank takes part
@@ -374,6 +374,7 @@ extension Engine {
         let savedBlocks = UncheckedSendable(savedSetting.map { setting in
             (0..<(chunk + nb - 1) / nb).map { _ in SavedLogits<S>(plan: plan, d: operands.d, setting) }
         })
+        if forwardSums != nil { trace.mark("estimate sums") }
         var total = FilterStatistics()
         var firstBlock = 0   // the chunk's first token block, numbered on from earlier chunks
         for start in stride(from: 0, to: m, by: chunk) {
@@ -395,7 +396,9 @@ extension Engine {
                                   saved: workspace.saved, shardParts: shardParts)
                 }
             }
+            trace.mark("forward \(start / chunk)")
             guard exchange(start..<end) else { return total }
+            trace.mark("exchange \(start / chunk)")
             let stats = PerWorker(workers, initial: FilterStatistics())
             let base = firstBlock
             let backwardQueue = Counter()
@@ -419,6 +422,7 @@ extension Engine {
             }
             for st in stats.values { total.add(st) }
             firstBlock += blocks
+            trace.mark("backward \(start / chunk)")
         }
         withExtendedLifetime(forwardSums) {}   // savedSetting points into it
         return total
