@@ -133,32 +133,18 @@ public struct VocabularyParallel: Sendable {
     }
 
     /// The same step with the gradients written into caller memory, as a training loop keeps
-    /// them from step to step (Float32 modes; the exact mode rounds into it): `destination.dE`
-    /// of E's size receives the whole dE (the ranks' partials summed in rank order, in place),
-    /// `dC` and `dBias` this rank's rows. Returns the step's output and the filter's
-    /// statistics. A buffer of the wrong size throws `CCEError.invalidShape` on every rank
-    /// (the engine checks them inside the agreement). Without it, every step allocates and first touches a rank's dE and dC
-    /// anew (148 MB a rank at N = 4096, D = 1024 and a quarter of V = 128256).
+    /// them from step to step (Float32; the exact mode sums in Float64 and rounds into it):
+    /// `destination.dE`, of E's size, receives the whole dE (the ranks' partials summed in
+    /// rank order, in place), `dC` and `dBias` this rank's rows. Returns the step's output and
+    /// the filter's statistics. A buffer of the wrong size on any rank throws
+    /// `CCEError.invalidShape` on every rank, before anything is computed. Without it, every
+    /// step allocates and first touches a rank's dE and dC anew (148 MB a rank at N = 4096,
+    /// D = 1024 and a quarter of V = 128256).
     public func lossAndGradients(_ cce: CutCrossEntropy, embeddings: Tensor, classifier: Tensor, targets: Targets,
                                  bias: Tensor? = nil, upstream: Upstream = .scalar(1),
                                  writingTo destination: GradientDestination) throws
         -> (ParallelForward, FilterStatistics)
     {
-        if cce.options.mode == .exact {
-            // Summed in Float64 first (the returned gradients), then rounded into the caller's memory.
-            let (forward, g) = try lossAndGradients(cce, embeddings: embeddings, classifier: classifier, targets: targets,
-                                                    bias: bias, upstream: upstream)
-            let sizes = [("dE", g.dE.count, destination.dE.count), ("dC", g.dC.count, destination.dC.count),
-                         ("dBias", g.dBias?.count ?? 0, destination.dBias?.count ?? 0)]
-            for (name, want, have) in sizes where want != have {
-                throw CCEError.invalidShape("gradient buffer \(name) holds \(have) values, the shard's inputs need \(want)")
-            }
-            for (source, target) in [(g.dE, destination.dE), (g.dC, destination.dC)] {
-                for (i, x) in source.doubles.enumerated() { target[i] = Float(x) }
-            }
-            if let b = g.dBias, let target = destination.dBias { for (i, x) in b.doubles.enumerated() { target[i] = Float(x) } }
-            return (forward, g.filter)
-        }
         try checkConfiguration(cce, embeddings: embeddings, classifier: classifier, targets: targets, bias: bias)
         let shard = shard
         try communicator.agree {
@@ -171,6 +157,15 @@ public struct VocabularyParallel: Sendable {
             for (name, want, have) in sizes where want != have {
                 throw CCEError.invalidShape("gradient buffer \(name) holds \(have) values, the shard's inputs need \(want)")
             }
+        }
+        if cce.options.mode == .exact {
+            let (forward, g) = try lossAndGradients(cce, embeddings: embeddings, classifier: classifier, targets: targets,
+                                                    bias: bias, upstream: upstream)
+            for (source, target) in [(g.dE, destination.dE), (g.dC, destination.dC)] {
+                for (i, x) in source.doubles.enumerated() { target[i] = Float(x) }
+            }
+            if let b = g.dBias, let target = destination.dBias { for (i, x) in b.doubles.enumerated() { target[i] = Float(x) } }
+            return (forward, g.filter)
         }
         let (output, g) = try communicator.agree {
             try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,

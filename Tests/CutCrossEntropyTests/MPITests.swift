@@ -202,6 +202,16 @@ final class MPITests: XCTestCase {
         XCTAssertEqual(agreed.count, 3, r.summary)
     }
 
+    /// A rank whose gradient buffer is the wrong size: every rank reports that rank's error,
+    /// and none is left waiting in the step's exchange.
+    func testWrongGradientBufferIsNamedOnEveryRank() throws {
+        let program = try checker()
+        let r = try launch(3, program, ["fail-buffer", "1"], timeout: 60)
+        XCTAssertNotEqual(r.status, 0, r.summary)
+        let agreed = r.lines.filter { $0.contains("agreed error: rank 1:") && $0.contains("gradient buffer dE holds") }
+        XCTAssertEqual(agreed.count, 3, r.summary)
+    }
+
     // MARK: - cce train --parallel
 
     /// The small model of the training tests: V = 301 (not divisible by 2), 8 steps.

@@ -298,6 +298,27 @@ func runMismatch(_ what: String, _ comm: Communicator) -> Int32 {
 }
 
 /// Rank `bad` passes a target outside [0, V): every rank must report that rank's error.
+/// Rank `bad` hands the vocabulary-parallel step a dE buffer one value short.
+func runFailBuffer(_ bad: Int, _ comm: Communicator) -> Int32 {
+    let k = Case(name: "fail")
+    let x = inputs(k)
+    let scheme = VocabularyParallel(comm, vocabulary: k.v)
+    return outcome(comm) {
+        let c = try x.c.rows(scheme.shard.range), b = try x.bias.map { try $0.rows(scheme.shard.range) }
+        var dE = [Float](repeating: 0, count: x.e.count - (comm.rank == bad ? 1 : 0))
+        var dC = [Float](repeating: 0, count: c.count), dBias = [Float](repeating: 0, count: b?.count ?? 0)
+        _ = try dE.withUnsafeMutableBufferPointer { e in
+            try dC.withUnsafeMutableBufferPointer { cb in
+                try dBias.withUnsafeMutableBufferPointer { bb in
+                    try scheme.lossAndGradients(CutCrossEntropy(options: k.options), embeddings: x.e, classifier: c,
+                                                targets: x.t, bias: b,
+                                                writingTo: GradientDestination(dE: e, dC: cb, dBias: b == nil ? nil : bb))
+                }
+            }
+        }
+    }
+}
+
 func runFail(_ bad: Int, _ comm: Communicator) -> Int32 {
     let k = Case(name: "fail")
     let x = inputs(k)
@@ -343,6 +364,7 @@ switch args.first {
 case "cases": status = runCases(Array(args.dropFirst()), comm)
 case "mismatch": status = runMismatch(args.count > 1 ? args[1] : "", comm)
 case "fail": status = runFail(args.count > 1 ? Int(args[1]) ?? 1 : 1, comm)
+case "fail-buffer": status = runFailBuffer(args.count > 1 ? Int(args[1]) ?? 1 : 1, comm)
 default:
     say("usage: CCEMPICheck cases [NAME ...] | mismatch WHAT | fail RANK")
     status = 2
