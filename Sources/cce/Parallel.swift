@@ -324,7 +324,7 @@ extension BenchCommand {
                           + lpad(String(format: "%.2f", rank["cpu_seconds_per_step"] as! Double), 9))
                 }
             }
-            print("\npeak: beyond the rank's inputs and returned gradients; sent/recv: the payload of one step's collectives "
+            print("\npeak: beyond the rank's inputs and its gradients (vocab: buffers kept from step to step; tokens: returned); sent/recv: the payload of one step's collectives "
                   + "(Communicator.traffic); comm s: time inside them per step, waiting for other ranks included; cpu s: the "
                   + "rank's CPU time per step (every thread, MPI's polling included).")
         }
