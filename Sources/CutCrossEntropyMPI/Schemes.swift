@@ -104,32 +104,19 @@ public struct VocabularyParallel: Sendable {
                                  bias: Tensor? = nil, upstream: Upstream = .scalar(1)) throws
         -> (ParallelForward, Gradients)
     {
-        try checkConfiguration(cce, embeddings: embeddings, classifier: classifier, targets: targets, bias: bias)
-        let shard = shard
-        try communicator.agree {
-            try cce.validate(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias, shard: shard)
-        }
-        // Every rank reaches the exchange (validated above; the engine itself does not fail),
-        // and the combination gives every rank the same output or the same error.
+        try checkStep(cce, embeddings: embeddings, classifier: classifier, targets: targets, bias: bias, destination: nil)
         if cce.options.mode == .exact {
-            let (output, g) = try communicator.agree {
-                try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
-                                         upstream: upstream, shard: shard, exchange: gatherPartials)
-            }
-            return (ParallelForward(vocabulary: output),
-                    Gradients(dE: try communicator.orderedSum(g.dE), dC: g.dC, dBias: g.dBias, filter: g.filter))
+            return try exactStep(cce, embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                                 upstream: upstream)
         }
         // Float32: into buffers this function owns, so that dE is summed in place.
         var buffers = GradientBuffers(embeddings: embeddings.count, classifier: shard.count * (classifier.shape.last ?? 0),
                                       bias: bias == nil ? nil : shard.count)
-        let (output, g) = try communicator.agree {
-            try buffers.with { destination in
-                try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
-                                         upstream: upstream, shard: shard, writingTo: destination, exchange: gatherPartials)
-            }
+        let (forward, filter) = try buffers.with { destination in
+            try float32Step(cce, embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                            upstream: upstream, into: destination)
         }
-        try communicator.orderedSum(&buffers.dE)
-        return (ParallelForward(vocabulary: output), buffers.gradients(filter: g.filter))
+        return (forward, buffers.gradients(filter: filter))
     }
 
     /// The same step with the gradients written into caller memory, as a training loop keeps
@@ -145,12 +132,33 @@ public struct VocabularyParallel: Sendable {
                                  writingTo destination: GradientDestination) throws
         -> (ParallelForward, FilterStatistics)
     {
+        try checkStep(cce, embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                      destination: destination)
+        guard cce.options.mode == .exact else {
+            return try float32Step(cce, embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                                   upstream: upstream, into: destination)
+        }
+        let (forward, g) = try exactStep(cce, embeddings: embeddings, classifier: classifier, targets: targets,
+                                         bias: bias, upstream: upstream)
+        for (source, target) in [(g.dE, destination.dE), (g.dC, destination.dC)] {
+            for (i, x) in source.doubles.enumerated() { target[i] = Float(x) }
+        }
+        if let b = g.dBias, let target = destination.dBias { for (i, x) in b.doubles.enumerated() { target[i] = Float(x) } }
+        return (forward, g.filter)
+    }
+
+    /// A fused step's checks, agreed by every rank before the engine runs: the configuration,
+    /// the inputs and, with `destination`, its buffers' sizes. After them every rank reaches
+    /// the exchange (the engine itself does not fail), and the combination gives every rank
+    /// the same output or the same error; a rank that threw in the engine before the exchange
+    /// would leave the others waiting in it.
+    func checkStep(_ cce: CutCrossEntropy, embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor?,
+                   destination: GradientDestination?) throws {
         try checkConfiguration(cce, embeddings: embeddings, classifier: classifier, targets: targets, bias: bias)
         let shard = shard
         try communicator.agree {
             try cce.validate(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias, shard: shard)
-            // Here, not in the engine: a rank whose engine threw before the exchange would
-            // leave the others waiting in it.
+            guard let destination else { return }
             let sizes = [("dE", embeddings.count, destination.dE.count),
                          ("dC", shard.count * (classifier.shape.last ?? 0), destination.dC.count),
                          ("dBias", bias == nil ? 0 : shard.count, destination.dBias?.count ?? 0)]
@@ -158,15 +166,24 @@ public struct VocabularyParallel: Sendable {
                 throw CCEError.invalidShape("gradient buffer \(name) holds \(have) values, the shard's inputs need \(want)")
             }
         }
-        if cce.options.mode == .exact {
-            let (forward, g) = try lossAndGradients(cce, embeddings: embeddings, classifier: classifier, targets: targets,
-                                                    bias: bias, upstream: upstream)
-            for (source, target) in [(g.dE, destination.dE), (g.dC, destination.dC)] {
-                for (i, x) in source.doubles.enumerated() { target[i] = Float(x) }
-            }
-            if let b = g.dBias, let target = destination.dBias { for (i, x) in b.doubles.enumerated() { target[i] = Float(x) } }
-            return (forward, g.filter)
+    }
+
+    /// The exact mode's checked step: Float64 gradients, dE summed over the ranks in Float64.
+    func exactStep(_ cce: CutCrossEntropy, embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor?,
+                   upstream: Upstream) throws -> (ParallelForward, Gradients) {
+        let shard = shard
+        let (output, g) = try communicator.agree {
+            try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
+                                     upstream: upstream, shard: shard, exchange: gatherPartials)
         }
+        return (ParallelForward(vocabulary: output),
+                Gradients(dE: try communicator.orderedSum(g.dE), dC: g.dC, dBias: g.dBias, filter: g.filter))
+    }
+
+    /// The Float32 modes' checked step into `destination`, dE summed over the ranks in place.
+    func float32Step(_ cce: CutCrossEntropy, embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor?,
+                     upstream: Upstream, into destination: GradientDestination) throws -> (ParallelForward, FilterStatistics) {
+        let shard = shard
         let (output, g) = try communicator.agree {
             try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
                                      upstream: upstream, shard: shard, writingTo: destination, exchange: gatherPartials)

@@ -152,13 +152,9 @@ func vocabularyParallel(_ k: Case, _ x: Inputs, _ comm: Communicator, fused: Boo
         // loss, and the gradients' bits as Float32 (the exact mode's rounded once).
         var dE = [Float](repeating: .nan, count: x.e.count), dC = [Float](repeating: .nan, count: c.count)
         var dBias = [Float](repeating: .nan, count: b == nil ? 0 : shard.count)
-        let (f2, _) = try dE.withUnsafeMutableBufferPointer { e in
-            try dC.withUnsafeMutableBufferPointer { cb in
-                try dBias.withUnsafeMutableBufferPointer { bb in
-                    try scheme.lossAndGradients(cce, embeddings: x.e, classifier: c, targets: x.t, bias: b, upstream: up,
-                                                writingTo: GradientDestination(dE: e, dC: cb, dBias: b == nil ? nil : bb))
-                }
-            }
+        let (f2, _) = try withDestination(&dE, &dC, &dBias, bias: b != nil) { destination in
+            try scheme.lossAndGradients(cce, embeddings: x.e, classifier: c, targets: x.t, bias: b, upstream: up,
+                                        writingTo: destination)
         }
         let bits = { (v: [Double]) in v.map { Float($0).bitPattern } }
         let same = f2.loss.bitPattern == f.loss.bitPattern && dE.map(\.bitPattern) == bits(g.dE.doubles)
@@ -298,6 +294,16 @@ func runMismatch(_ what: String, _ comm: Communicator) -> Int32 {
 }
 
 /// Rank `bad` passes a target outside [0, V): every rank must report that rank's error.
+/// The arrays as a step's gradient destination (dBias only `bias`).
+func withDestination<R>(_ dE: inout [Float], _ dC: inout [Float], _ dBias: inout [Float], bias: Bool,
+                        _ body: (GradientDestination) throws -> R) throws -> R {
+    try dE.withUnsafeMutableBufferPointer { e in
+        try dC.withUnsafeMutableBufferPointer { c in
+            try dBias.withUnsafeMutableBufferPointer { b in try body(GradientDestination(dE: e, dC: c, dBias: bias ? b : nil)) }
+        }
+    }
+}
+
 /// Rank `bad` hands the vocabulary-parallel step a dE buffer one value short.
 func runFailBuffer(_ bad: Int, _ comm: Communicator) -> Int32 {
     let k = Case(name: "fail")
@@ -307,14 +313,9 @@ func runFailBuffer(_ bad: Int, _ comm: Communicator) -> Int32 {
         let c = try x.c.rows(scheme.shard.range), b = try x.bias.map { try $0.rows(scheme.shard.range) }
         var dE = [Float](repeating: 0, count: x.e.count - (comm.rank == bad ? 1 : 0))
         var dC = [Float](repeating: 0, count: c.count), dBias = [Float](repeating: 0, count: b?.count ?? 0)
-        _ = try dE.withUnsafeMutableBufferPointer { e in
-            try dC.withUnsafeMutableBufferPointer { cb in
-                try dBias.withUnsafeMutableBufferPointer { bb in
-                    try scheme.lossAndGradients(CutCrossEntropy(options: k.options), embeddings: x.e, classifier: c,
-                                                targets: x.t, bias: b,
-                                                writingTo: GradientDestination(dE: e, dC: cb, dBias: b == nil ? nil : bb))
-                }
-            }
+        _ = try withDestination(&dE, &dC, &dBias, bias: b != nil) { destination in
+            try scheme.lossAndGradients(CutCrossEntropy(options: k.options), embeddings: x.e, classifier: c,
+                                        targets: x.t, bias: b, writingTo: destination)
         }
     }
 }

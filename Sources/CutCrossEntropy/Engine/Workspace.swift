@@ -119,6 +119,8 @@ final class Workspace<S: KernelScalar> {
     /// instead of gathering each slice from NB rows 4 KB apart for every vocabulary block.
     /// NB·D values; empty otherwise.
     let eSlices: Scratch<S>
+    /// Values from one 16-column slice of eSlices to the next (NB·16).
+    var eSliceStride: Int { eSlices.count / max(d, 1) * 16 }
     let d: Int
     let vb: Int
     /// Seconds this worker waited in dC's hand-off, spent in the forward, and spent applying
@@ -207,7 +209,7 @@ final class Workspace<S: KernelScalar> {
             }
         }
         if eSlices.count > 0 {
-            cutSlices(UnsafePointer(eRows.base), m: count, width: d, into: eSlices.base, stride: eSlices.count / d * 16)
+            cutSlices(UnsafePointer(eRows.base), m: count, width: d, into: eSlices.base, stride: eSliceStride)
         }
     }
 
@@ -286,8 +288,9 @@ final class Workspace<S: KernelScalar> {
     /// The backward's rank update out_r += Σ_q A(r, q)·b_q (RankUpdate6x16.swift's contract)
     /// over `width` = D columns: the 512-bit kernel where the tile kernel is an AVX-512 one
     /// (the same bits), else the portable Swift kernel.
+    /// `slices` (the portable kernel only): b's rows also cut into 16-column slices, read instead.
     func rankUpdate(out: UnsafePointer<UnsafeMutablePointer<S>>, m: Int, a: UnsafePointer<S>, ars: Int, aks: Int,
-                    b: UnsafePointer<UnsafePointer<S>>, k: Int, blocked: Bool = false) {
+                    b: UnsafePointer<UnsafePointer<S>>, k: Int, blocked: Bool = false, slices: BSlices<S>? = nil) {
         if kernel != .portable && S.self == Float.self {
             UnsafeRawPointer(out).withMemoryRebound(to: UnsafeMutablePointer<Float>.self, capacity: m) { out in
                 UnsafeRawPointer(b).withMemoryRebound(to: UnsafePointer<Float>.self, capacity: k) { b in
@@ -297,7 +300,8 @@ final class Workspace<S: KernelScalar> {
             }
         } else {
             CCEKernels.rankUpdate(out: out, m: m, a: a, ars: ars, aks: aks, b: b, k: k, width: d,
-                                  scratch: aPanels.base, spare: spare.base, blocked: blocked, bSlice: bSlice.base)
+                                  scratch: aPanels.base, spare: spare.base, blocked: blocked, bSlice: bSlice.base,
+                                  slices: slices)
         }
     }
 
@@ -319,11 +323,9 @@ final class Workspace<S: KernelScalar> {
                           nonzero: Int, rows: UnsafePointer<Int>, k: Int, eType: ElementType) {
         guard kernel != .portable && S.self == Float.self else {
             for q in 0..<k { keptRows.base[q] = eRows.base[rows[q]] }
-            let slices = eSlices.count == 0 ? nil
-                : BSlices(base: UnsafePointer(eSlices.base), stride: eSlices.count / d * 16, index: rows)
-            CCEKernels.rankUpdate(out: out, m: m, a: a, ars: ars, aks: aks, b: UnsafePointer(keptRows.base), k: k,
-                                  width: d, scratch: aPanels.base, spare: spare.base, bSlice: bSlice.base,
-                                  slices: slices)
+            rankUpdate(out: out, m: m, a: a, ars: ars, aks: aks, b: UnsafePointer(keptRows.base), k: k,
+                       slices: eSlices.count == 0 ? nil
+                           : BSlices(base: UnsafePointer(eSlices.base), stride: eSliceStride, index: rows))
             return
         }
         for q in 0..<k { keptRaw.base[q] = eStoredOnly ? eRaw.base[rows[q]] : UnsafeRawPointer(eRows.base[rows[q]]) }
