@@ -88,9 +88,12 @@ def test_bfloat16_runs_and_starts_together(example):
 
 def test_memory_probe_sees_the_logits(example):
     """In a fresh process, the materialized head's peak extra memory holds its N x V float32
-    logits (and their gradient), the engine's stays below one such buffer."""
-    cfg = example.Config(batch=8, context=32, dim=32, layers=1, heads=2, vocab=1024, threads=1)
-    logits = cfg.batch * cfg.context * cfg.vocab * 4      # 1 MiB
+    logits (and their gradient), the engine's stays below one such buffer. N = 1024: the
+    engine's one-thread workspace is about 1 MB whatever N (tiles of about 256 x 256 Float32
+    values), so at N = 256 (1 MiB of logits) it measured 0.85 to 1.08 MB from run to run and
+    machine to machine, too near the bound to test anything."""
+    cfg = example.Config(batch=16, context=64, dim=32, layers=1, heads=2, vocab=1024, threads=1)
+    logits = cfg.batch * cfg.context * cfg.vocab * 4      # 4 MiB
     mem = example.measure_memory_in_subprocess(["cce", "torch"], cfg)
     if "memory_note" in mem:
         pytest.skip(mem["memory_note"])
