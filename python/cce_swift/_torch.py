@@ -1,5 +1,5 @@
 """The PyTorch path: a torch.autograd.Function over the CPU engine (CUDA tensors go to the
-CUDA library, _cuda.py).
+CUDA library, _cuda.py; while torch.compile traces, the registered operators of _compile.py).
 
 Contiguous float32 / float16 / bfloat16 tensors are handed to the engine by their data
 pointers, without a copy. Gradients are written by the engine into tensors of each
@@ -14,7 +14,7 @@ import ctypes
 
 import torch
 
-from . import _core, _lib
+from . import _compile, _core, _lib
 
 DTYPES = {torch.float32: _lib.F32, torch.float16: _lib.F16, torch.bfloat16: _lib.BF16, torch.float64: _lib.F64}
 
@@ -42,6 +42,15 @@ def as_input(t: torch.Tensor | None, name: str, allow_copy: bool) -> torch.Tenso
 
 def ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def ptrs(*ts):
+    return tuple(ptr(t) for t in ts)
+
+
+def grad_codes(*grads):
+    """The C ABI's dtype codes of the gradient buffers (0 for one not asked for)."""
+    return tuple(0 if g is None else DTYPES[g.dtype] for g in grads)
 
 
 class _Call:
@@ -101,11 +110,9 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             dE = torch.empty_like(e) if need_e else None
             dC = torch.empty_like(c) if need_c else None
             dB = torch.empty_like(bias) if need_b else None
-            _lib.loss_and_gradients(ptr(e), ptr(c), ptr(bias), ptr(targets), lay.n, lay.d, lay.v, *call.codes,
+            _lib.loss_and_gradients(*ptrs(e, c, bias, targets), lay.n, lay.d, lay.v, *call.codes,
                                     ptr(weight), ctypes.byref(call.opt), None, ptr(loss), ptr(lse),
-                                    ptr(dE), ptr(dC), ptr(dB),
-                                    0 if dE is None else DTYPES[dE.dtype], 0 if dC is None else DTYPES[dC.dtype],
-                                    0 if dB is None else DTYPES[dB.dtype], None)
+                                    *ptrs(dE, dC, dB), *grad_codes(dE, dC, dB), None)
             ctx.grads = (dE, dC, dB)
         out, lse_out = call.outputs(loss, lse)
         if lse_out is None:
@@ -140,9 +147,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         dC = torch.empty_like(c) if need_c else None
         dB = torch.empty_like(bias) if need_b else None
         state, ctx.state = ctx.state, None
-        _lib.backward(state.handle, ptr(e), ptr(c), ptr(bias), ptr(full.contiguous()), ptr(dE), ptr(dC), ptr(dB),
-                      0 if dE is None else DTYPES[dE.dtype], 0 if dC is None else DTYPES[dC.dtype],
-                      0 if dB is None else DTYPES[dB.dtype], None)
+        _lib.backward(state.handle, *ptrs(e, c, bias, full.contiguous(), dE, dC, dB), *grad_codes(dE, dC, dB), None)
         del state
         return dE, dC, dB, None, None, None, None
 
@@ -170,6 +175,9 @@ def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, allo
         if not isinstance(weight, torch.Tensor):
             weight = torch.as_tensor(weight)
         weight = weight.detach().to(torch.float32).contiguous()
+    if _compile.compiling():   # torch.compile is tracing: the registered operators (_compile.py)
+        return _compile.run(e, c, bias, targets, weight, reduction=reduction, shift=shift, mode=mode,
+                            return_lse=return_lse, **options)
     call = _Call(e, c, bias, targets, weight, shift, mode, reduction, options)
     wants_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (e, c, bias))
     if not wants_grad:

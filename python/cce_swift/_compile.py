@@ -1,0 +1,172 @@
+"""The PyTorch path inside torch.compile: the CPU engine as two registered custom operators.
+
+Dynamo cannot trace the ctypes calls of the eager path (_torch.py): a compiled function that
+calls the loss broke its graph at each of them (18 breaks per call with torch 2.13), and
+`fullgraph=True` failed. While compiling, `_torch.run` calls these operators instead, which
+the compiler keeps as opaque nodes: no graph break, the surrounding operations compiled
+around them. Outside torch.compile nothing here runs.
+
+- `cce_swift::loss`: loss (and lse), and for reduction mean or sum the gradients too (the
+  fused call, upstream gradient 1, as the eager path). Its autograd formula scales those
+  gradients by the upstream gradient (out of place: the compiled backward may hold a second
+  copy of dE and dC while it does).
+- `cce_swift::grads`: reduction none's gradients for a per-position upstream gradient. The
+  eager path keeps the forward's O(N) state for its backward; an operator's outputs must be
+  tensors, so this one runs the fused call again (one more forward's work).
+
+The values are the eager path's, bit for bit (the same engine calls), and every option
+works. Operators need torch >= 2.4 (torch.library.custom_op); older versions keep the eager
+path, graph breaks included. Options travel as plain arguments; filter_eps as text ("auto",
+"none" or the number's repr). Tensors an operator does not produce are empty.
+"""
+# No `from __future__ import annotations`: torch.library.custom_op reads the annotations.
+import ctypes
+from typing import Optional
+
+import torch
+
+from . import _core, _lib
+
+AVAILABLE = hasattr(torch.library, "custom_op") and hasattr(torch, "compiler") \
+    and hasattr(torch.compiler, "is_compiling")
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing this call (and the operators exist)."""
+    return AVAILABLE and torch.compiler.is_compiling()
+
+
+def _eps_text(filter_eps) -> str:
+    return "none" if filter_eps is None else filter_eps if isinstance(filter_eps, str) else repr(float(filter_eps))
+
+
+def _eps_value(text: str):
+    return None if text == "none" else text if text == "auto" else float(text)
+
+
+def _options(reduction, shift, mode, ignore_index, softcap, label_smoothing, z_loss, filter_eps, filter_correction,
+             sort_vocab, threads, check_finite, saved_logits_per_row) -> dict:
+    return dict(reduction=reduction, shift=shift, mode=mode, ignore_index=ignore_index, softcap=softcap,
+                label_smoothing=label_smoothing, z_loss=z_loss, filter_eps=_eps_value(filter_eps),
+                filter_correction=filter_correction, sort_vocab=sort_vocab, threads=threads,
+                check_finite=check_finite, saved_logits_per_row=saved_logits_per_row)
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty((0,))
+
+
+if AVAILABLE:
+    from . import _torch
+
+    @torch.library.custom_op("cce_swift::loss", mutates_args=())
+    def loss_op(e: torch.Tensor, c: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+                weight: Optional[torch.Tensor], need_e: bool, need_c: bool, need_b: bool, return_lse: bool,
+                reduction: str, shift: int, mode: str, ignore_index: int, softcap: Optional[float],
+                label_smoothing: float, z_loss: float, filter_eps: str, filter_correction: bool, sort_vocab: bool,
+                threads: Optional[int], check_finite: bool, saved_logits_per_row: Optional[int]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        opts = _options(reduction, shift, mode, ignore_index, softcap, label_smoothing, z_loss, filter_eps,
+                        filter_correction, sort_vocab, threads, check_finite, saved_logits_per_row)
+        call = _torch._Call(e, c, bias, targets, weight, opts.pop("shift"), opts.pop("mode"), opts.pop("reduction"),
+                            opts)
+        lay = call.lay
+        dE = dC = dB = None
+        if reduction == "none" or not (need_e or need_c or need_b):
+            loss, lse, _ = _torch.forward_only(call, e, c, bias, targets, weight, return_lse)
+        else:
+            loss, lse = call.loss_buffers(return_lse)
+            dE = torch.empty_like(e) if need_e else None
+            dC = torch.empty_like(c) if need_c else None
+            dB = torch.empty_like(bias) if need_b and bias is not None else None
+            _lib.loss_and_gradients(*_torch.ptrs(e, c, bias, targets), lay.n, lay.d, lay.v, *call.codes,
+                                    _torch.ptr(weight), ctypes.byref(call.opt), None,
+                                    _torch.ptr(loss), _torch.ptr(lse), *_torch.ptrs(dE, dC, dB),
+                                    *_torch.grad_codes(dE, dC, dB), None)
+        out, lse_out = call.outputs(loss, lse)
+        return (out.clone(), _empty(out) if lse_out is None else lse_out.clone(),
+                _empty(e) if dE is None else dE, _empty(c) if dC is None else dC,
+                _empty(e) if dB is None else dB)
+
+    @loss_op.register_fake
+    def _(e, c, bias, targets, weight, need_e, need_c, need_b, return_lse, reduction, shift, mode, *rest):
+        # The checks of the eager path that need no engine, here because Dynamo cannot trace
+        # the construction of CCEValueError; the engine checks the rest when the operator runs.
+        lay = _core.layout(e.shape, c.shape, targets.shape, None if bias is None else bias.shape,
+                           None if weight is None else weight.shape, shift)
+        _core.make_options(**_options(reduction, shift, mode, *rest))
+        dtype = torch.float64 if _core.normalize_mode(mode) == "exact" else torch.float32
+        out = e.new_empty(lay.sliced_shape if reduction == "none" else (), dtype=dtype)
+        lse = e.new_empty(lay.sliced_shape, dtype=dtype) if return_lse else e.new_empty((0,), dtype=dtype)
+        grads = reduction != "none" and (need_e or need_c or need_b)
+        return (out, lse, torch.empty_like(e) if grads and need_e else _empty(e),
+                torch.empty_like(c) if grads and need_c else _empty(c),
+                torch.empty_like(bias) if grads and need_b and bias is not None else _empty(e))
+
+    @torch.library.custom_op("cce_swift::grads", mutates_args=())
+    def grads_op(e: torch.Tensor, c: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+                 weight: Optional[torch.Tensor], grad_loss: torch.Tensor, need_e: bool, need_c: bool, need_b: bool,
+                 shift: int, mode: str, ignore_index: int, softcap: Optional[float], label_smoothing: float,
+                 z_loss: float, filter_eps: str, filter_correction: bool, sort_vocab: bool, threads: Optional[int],
+                 check_finite: bool, saved_logits_per_row: Optional[int]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        opts = _options("none", shift, mode, ignore_index, softcap, label_smoothing, z_loss, filter_eps,
+                        filter_correction, sort_vocab, threads, check_finite, saved_logits_per_row)
+        call = _torch._Call(e, c, bias, targets, weight, opts.pop("shift"), opts.pop("mode"), opts.pop("reduction"),
+                            opts)
+        lay = call.lay
+        full = torch.zeros(lay.shape, dtype=torch.float32)
+        full[..., lay.shift:] = grad_loss.to(torch.float32)
+        loss, _ = call.loss_buffers(False)
+        dE = torch.empty_like(e) if need_e else None
+        dC = torch.empty_like(c) if need_c else None
+        dB = torch.empty_like(bias) if need_b and bias is not None else None
+        _lib.loss_and_gradients(*_torch.ptrs(e, c, bias, targets), lay.n, lay.d, lay.v, *call.codes,
+                                _torch.ptr(weight), ctypes.byref(call.opt), _torch.ptr(full.contiguous()),
+                                _torch.ptr(loss), None, *_torch.ptrs(dE, dC, dB), *_torch.grad_codes(dE, dC, dB), None)
+        return (_empty(e) if dE is None else dE, _empty(c) if dC is None else dC, _empty(e) if dB is None else dB)
+
+    @grads_op.register_fake
+    def _(e, c, bias, targets, weight, grad_loss, need_e, need_c, need_b, *rest):
+        return (torch.empty_like(e) if need_e else _empty(e), torch.empty_like(c) if need_c else _empty(c),
+                torch.empty_like(bias) if need_b and bias is not None else _empty(e))
+
+    # Positions of loss_op's arguments that grads_op takes after grad_loss and the flags.
+    _OPTION_ARGS = slice(10, None)   # shift ... saved_logits_per_row, skipping reduction (9)
+
+    def _setup(ctx, inputs, output):
+        e, c, bias, targets, weight, need_e, need_c, need_b = inputs[:8]
+        ctx.reduction = inputs[9]
+        ctx.flags = (need_e, need_c, need_b and bias is not None)
+        if ctx.reduction == "none":
+            ctx.save_for_backward(e, c, bias, targets, weight)
+            ctx.options = inputs[_OPTION_ARGS]
+        else:
+            ctx.save_for_backward(*output[2:])
+
+    def _backward(ctx, g_loss, g_lse, g_de, g_dc, g_db):
+        need_e, need_c, need_b = ctx.flags
+        if ctx.reduction == "none":
+            e, c, bias, targets, weight = ctx.saved_tensors
+            dE, dC, dB = grads_op(e, c, bias, targets, weight, g_loss, need_e, need_c, need_b, *ctx.options)
+        else:
+            dE, dC, dB = (x * g_loss for x in ctx.saved_tensors)
+        return (dE if need_e else None, dC if need_c else None, dB if need_b else None) + (None,) * 19
+
+    loss_op.register_autograd(_backward, setup_context=_setup)
+
+
+def run(e, c, bias, targets, weight, *, reduction, shift, mode, return_lse, ignore_index=-100, softcap=None,
+        label_smoothing=0.0, z_loss=0.0, filter_eps="auto", filter_correction=True, sort_vocab=True, threads=None,
+        check_finite=False, saved_logits_per_row=None):
+    """The loss through loss_op (inputs already made contiguous by _torch.run). Bad shapes and
+    options raise while the operator's fake tensors are formed: Dynamo reports the
+    CCEValueError as the cause of its own error (TorchRuntimeError)."""
+    grad = torch.is_grad_enabled()
+    need = [grad and x is not None and x.requires_grad for x in (e, c, bias)]
+    out, lse, _, _, _ = loss_op(e, c, bias, targets, weight, *need, return_lse, reduction, shift, mode,
+                                int(ignore_index), None if softcap is None else float(softcap),
+                                float(label_smoothing), float(z_loss), _eps_text(filter_eps), bool(filter_correction),
+                                bool(sort_vocab), None if threads is None else int(threads), bool(check_finite),
+                                None if saved_logits_per_row is None else int(saved_logits_per_row))
+    return (out, lse) if return_lse else out
