@@ -278,6 +278,7 @@ class Config:
     filter_eps: str | float | None = "auto"   # the engine's gradient filter (--loss cce)
     cce_mode: str = "default"                 # the engine's accumulation (--loss cce)
     corpus_rev: str | None = None             # read the corpus from this git commit (None: the files)
+    compile: bool = False                     # torch.compile the body and the head's loss (each run's own)
 
 
 class Run:
@@ -293,12 +294,16 @@ class Run:
         self.step_s: list[float] = []
         self.head_s: list[float] = []
         self.val: list[tuple[int, float]] = []   # (updates done, mean validation loss)
+        # With cfg.compile, the body and the head's loss as torch.compile makes them (the engine's
+        # loss as registered operators, fullgraph, Docs/PYTHON.md); the first steps pay the compile.
+        self.body = torch.compile(model.body) if cfg.compile else model.body
+        self.head_loss = torch.compile(head_loss, fullgraph=True) if cfg.compile else head_loss
 
     def head(self, h, targets):
         w = self.model.head.weight
         if self.dtype != torch.float32:
             h, w = h.to(self.dtype), w.to(self.dtype)
-        return head_loss(self.kind, h, w, targets, self.cfg.threads, self.cfg.filter_eps, self.cfg.cce_mode)
+        return self.head_loss(self.kind, h, w, targets, self.cfg.threads, self.cfg.filter_eps, self.cfg.cce_mode)
 
     def step(self, x, y) -> tuple[float, torch.Tensor, torch.Tensor]:
         """One training step; returns the loss and the head's gradients (dh, dW) before the update."""
@@ -306,7 +311,7 @@ class Run:
         self.opt.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype != torch.float32):
-            hidden = model.body(x)
+            hidden = self.body(x)
         h = hidden.detach().requires_grad_(True)
         t1 = time.perf_counter()
         loss = self.head(h, y)
@@ -325,7 +330,7 @@ class Run:
         """Mean loss over the validation batches, forward only (the engine's forward without
         gradients; F.cross_entropy under no_grad)."""
         with torch.no_grad(), torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype != torch.float32):
-            value = statistics.fmean(self.head(self.model.body(x), y).item() for x, y in val_batches)
+            value = statistics.fmean(self.head(self.body(x), y).item() for x, y in val_batches)
         self.val.append((updates, value))
         return value
 
@@ -478,7 +483,8 @@ def train(kinds: tuple[str, ...], cfg: Config, corpus: Corpus | None = None, *, 
         f"{params:,} parameters ({v * cfg.dim:,} in the head W)")
     log(f"steps {cfg.steps} x {cfg.batch} sequences = {n} tokens per step, Adam lr {cfg.lr}, {cfg.dtype}, "
         f"seed {cfg.seed}, threads {torch.get_num_threads()} (torch) / {cfg.threads or 'all'} (engine), "
-        f"engine filter_eps {cfg.filter_eps}, mode {cfg.cce_mode}")
+        f"engine filter_eps {cfg.filter_eps}, mode {cfg.cce_mode}"
+        + (", body and head loss through torch.compile" if cfg.compile else ""))
     log(f"logits a materialized head holds: N x V = {n} x {v} = {n * v * 4 / 2**20:.1f} MiB in float32")
     train_ids, val_ids = split(corpus, cfg)
     val_batches = list(batches(val_ids, cfg.eval_batches, cfg.batch, cfg.context, cfg.seed + 1)) \
@@ -613,6 +619,7 @@ def main(argv=None):
                    help="validation loss every this many updates (0: never)")
     p.add_argument("--agree-k", type=int, default=10, help="K of 'max relative difference over the first K steps'")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--compile", action="store_true", help="torch.compile each run's body and head loss")
     p.add_argument("--log-every", type=int, default=1)
     p.add_argument("--out", default=None, help="write OUT.json (everything) and OUT.csv (per-step curves)")
     p.add_argument("--memory-probe", nargs=2, metavar=("LOSS", "CONFIG_JSON"), help=argparse.SUPPRESS)
@@ -638,7 +645,7 @@ def main(argv=None):
     cfg = Config(steps=a.steps, batch=a.batch, context=a.context, dim=a.dim, layers=a.layers, heads=a.heads,
                  lr=a.lr, vocab=a.vocab, seed=a.seed, dtype=a.dtype, threads=a.threads,
                  eval_every=a.eval_every, filter_eps=filter_eps, cce_mode=a.cce_mode,
-                 corpus_rev=a.corpus_rev)
+                 corpus_rev=a.corpus_rev, compile=a.compile)
     kinds = tuple(a.compare.split(",")) if a.compare else (a.loss,)
     if any(k not in LOSSES for k in kinds) or len(set(kinds)) != len(kinds):
         p.error(f"--compare takes distinct losses among {', '.join(LOSSES)}, got {a.compare}")

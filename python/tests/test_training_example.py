@@ -113,3 +113,17 @@ def test_plot_script_draws_the_run(f32_run, tmp_path):
     assert plot.main([str(out.with_suffix(".json")), "--out", str(figure)]) == 0
     text = figure.read_text()
     assert "<svg" in text and "cce_swift.linear_cross_entropy" in text and "|cce − torch| / torch" in text
+
+
+def test_compiled_run(example, tmp_path):
+    """--compile: each run's body and head loss through torch.compile (the engine's loss as its
+    registered operators, no graph break); both heads start from the same loss and train."""
+    out = tmp_path / "compiled"
+    args = ["--steps", "4", "--batch", "4", "--context", "16", "--dim", "32", "--layers", "1", "--heads", "2",
+            "--vocab", "1024", "--eval-every", "0", "--log-every", "0", "--threads", "1", "--lr", "1e-2"]
+    assert example.main(args + ["--compile", "--compare", "cce,torch", "--no-memory", "--out", str(out)]) == 0
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert rec["config"]["compile"] is True
+    cce, ref = rec["runs"]["cce"]["loss"], rec["runs"]["torch"]["loss"]
+    assert len(cce) == 4 and abs(cce[0] - ref[0]) <= F32_BUDGET * abs(ref[0])
+    assert max(abs(a - b) / abs(b) for a, b in zip(cce, ref)) <= 1e-4
