@@ -14,17 +14,5 @@ for r in 1 2; do
 done
 par tokens_core_r1 tokens --map-by slot:PE=4 --bind-to core || par tokens_none_r1 tokens --bind-to none
 uptime
-python3 - "$OUT" <<'PY'
-import json, os, sys, glob
-out = sys.argv[1]; runs = {}
-for f in sorted(glob.glob(out + "/*.json")):
-    name = os.path.basename(f)[:-5]
-    try: runs[name] = json.load(open(f))
-    except Exception as e: print(name, "unreadable:", e, open(f[:-5] + ".err").read()[-600:]); continue
-    for row in runs[name]["rows"]:
-        print(f'{name:16s} {runs[name]["ranks"]}x{runs[name]["threads_per_rank"]} {row["kind"]:10s} median {row["median_seconds"]:.3f} min {row["min_seconds"]:.3f} loss {row["loss"]:.6f} ' +
-              " ".join(f'r{x["rank"]}:peak {x["peak_bytes"]/1e6:.1f}MB sent {x["sent_bytes"]/1e6:.2f}MB comm {x["communication_seconds_per_step"]:.3f}s cpu {x["cpu_seconds_per_step"]:.2f}s' for x in row["ranks"]))
-json.dump(runs, open(out + "/scaling_h200_host.json", "w"), indent=1, sort_keys=True)
-for f in set(glob.glob(out + "/*_r*.json")): os.remove(f)
-PY
+python3 scripts/device/collect_bench.py "$OUT" '*_r*.json' scaling_h200_host.json
 for f in $OUT/*.err; do echo "== $f"; cat $f; done > $OUT/stderr.txt; rm -f $OUT/*.err; grep -v "^==" $OUT/stderr.txt | sort | uniq -c | head -20

@@ -9,17 +9,7 @@ SHAPE="--tokens 4096 --dim 1024 --vocab 128256 --dtype bf16 --kinds loss,loss+gr
 plain() { CCE_TRACE=1 OPENBLAS_NUM_THREADS=16 timeout 100 $B/cce bench $SHAPE --methods cce --threads 16 > "$OUT/$1.json" 2> "$OUT/$1.err"; echo "$1 rc=$? at $(( $(date +%s) - T0 )) s"; }
 vocab() { local name=$1 chunk=$2; CCE_TRACE=1 CCE_EXCHANGE_CHUNK=$chunk OPENBLAS_NUM_THREADS=4 timeout 100 mpirun -np 4 --map-by slot:PE=4 --bind-to core -x CCE_TRACE -x CCE_EXCHANGE_CHUNK -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE -x CCE_MPI_LIBRARY $B/cce bench --parallel vocab $SHAPE --threads 4 > "$OUT/$name.json" 2> "$OUT/$name.err"; echo "$name rc=$? at $(( $(date +%s) - T0 )) s"; }
 plain plain_r1; vocab vocab1024_r1 1024; vocab vocab4096_r1 4096; plain plain_r2; vocab vocab4096_r2 4096; vocab vocab1024_r2 1024
-python3 - "$OUT" <<'PY'
-import json, os, sys, glob
-out = sys.argv[1]
-for f in sorted(glob.glob(out + "/*_r*.json")):
-    name = os.path.basename(f)[:-5]
-    try: r = json.load(open(f))
-    except Exception as e: print(name, "unreadable:", e); continue
-    for row in r["rows"]:
-        extra = " ".join(f'r{x["rank"]}:peak {x["peak_bytes"]/1e6:.1f}MB comm {x["communication_seconds_per_step"]:.3f}s' for x in row.get("ranks", []))
-        print(f'{name:14s} {row["kind"]:10s} median {row["median_seconds"]:.3f} min {row["min_seconds"]:.3f} peak {row.get("peak_bytes", 0)/1e6:.1f}MB {extra}')
-PY
+python3 scripts/device/collect_bench.py "$OUT" '*_r*.json'
 for f in $OUT/*.err; do echo "== $f"; grep -E "trace" $f | grep fused | head -4 | cut -c1-400; done
 echo "== f32 V=32768 N=1024, cce vs materialized"
 for t in 2 16; do OPENBLAS_CORETYPE=SkylakeX "$B/cce" bench --tokens 1024 --dim 1024 --vocab 32768 --dtype f32 --threads $t --methods cce,materialized --kinds loss+grad --repeats 3 2>&1 | grep -E "^(cce|materialized) " | sed "s/^/t$t /"; done

@@ -10,16 +10,5 @@ vocab() { OPENBLAS_NUM_THREADS=4 timeout 100 mpirun -np 4 --map-by slot:PE=4 --b
 plain plain_r1; vocab vocab_core_r3; plain plain_r2
 [ $(( $(date +%s) - T0 )) -lt 80 ] && vocab vocab_core_r4
 uptime
-python3 - "$OUT" <<'PY'
-import json, os, sys, glob
-out = sys.argv[1]; runs = {}
-for f in sorted(glob.glob(out + "/*_r*.json")):
-    name = os.path.basename(f)[:-5]
-    try: runs[name] = json.load(open(f))
-    except Exception as e: print(name, "unreadable:", e); continue
-    for row in runs[name]["rows"]:
-        print(f'{name:16s} {row["kind"]:10s} median {row["median_seconds"]:.3f} min {row["min_seconds"]:.3f}', row.get("peak_bytes", ""), row.get("loss", ""))
-json.dump(runs, open(out + "/scaling_h200_host_plain.json", "w"), indent=1, sort_keys=True)
-for f in set(glob.glob(out + "/*_r*.json")): os.remove(f)
-PY
+python3 scripts/device/collect_bench.py "$OUT" '*_r*.json' scaling_h200_host_plain.json
 for f in $OUT/*.err; do echo "== $f"; cat $f; done > $OUT/stderr3.txt; rm -f $OUT/*.err; grep -c . $OUT/stderr3.txt

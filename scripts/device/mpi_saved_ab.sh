@@ -20,18 +20,5 @@ for t in 2 16; do for k in auto portable; do
   env $K timeout 60 $B/cce bench --tokens 1024 --dim 1024 --vocab 32768 --dtype f32 --threads $t --methods cce,materialized --kinds loss,loss+grad --repeats 3 2>&1 | grep -E "^(cce|materialized) "
 done; done
 uptime
-python3 - "$OUT" <<'PY'
-import json, os, sys, glob
-out = sys.argv[1]; runs = {}
-for f in sorted(glob.glob(out + "/*_r*.json")):
-    name = os.path.basename(f)[:-5]
-    try: runs[name] = json.load(open(f))
-    except Exception as e: print(name, "unreadable:", e); continue
-    for row in runs[name]["rows"]:
-        ranks = " ".join(f'r{x["rank"]}:{x["peak_bytes"]/1e6:.1f}MB' for x in row.get("ranks", []))
-        print(f'{name:14s} {row["kind"]:10s} median {row["median_seconds"]:.3f} min {row["min_seconds"]:.3f}',
-              f'peak {row["peak_bytes"]/1e6:.1f}MB' if "peak_bytes" in row else "", ranks)
-json.dump(runs, open(out + "/mpi_saved_ab.json", "w"), indent=1, sort_keys=True)
-for f in set(glob.glob(out + "/*_r*.json")): os.remove(f)
-PY
+python3 scripts/device/collect_bench.py "$OUT" '*_r*.json' mpi_saved_ab.json
 for f in $OUT/*.err; do echo "== $f"; cat $f; done > $OUT/stderr.txt; rm -f $OUT/*.err; grep -v "^==" $OUT/stderr.txt | sort | uniq -c | head -20

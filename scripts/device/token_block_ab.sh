@@ -16,17 +16,5 @@ for nb in 288 128; do
   CCE_TRACE=1 CCE_TOKEN_BLOCK_MAX=$nb timeout 60 $B/cce bench --tokens 4096 --dim 1024 --vocab 128256 --dtype bf16 --kinds loss+grad --repeats 1 --methods cce --threads 16 2>&1 | grep -vE "^\s*$" | tail -n 40
 done > "$OUT/traces.txt" 2>&1
 uptime
-python3 - "$OUT" <<'PY'
-import json, os, sys, glob
-out = sys.argv[1]; runs = {}
-for f in sorted(glob.glob(out + "/nb*_r*.json")):
-    name = os.path.basename(f)[:-5]
-    try: runs[name] = json.load(open(f))
-    except Exception as e: print(name, "unreadable:", e); continue
-    for row in runs[name]["rows"]:
-        print(f'{name:10s} {row["kind"]:10s} median {row["median_seconds"]:.3f} min {row["min_seconds"]:.3f}',
-              f'peak {row["peak_bytes"]/1e6:.1f}MB' if "peak_bytes" in row else "", row.get("kernel", ""))
-json.dump(runs, open(out + "/token_block_ab.json", "w"), indent=1, sort_keys=True)
-for f in glob.glob(out + "/nb*_r*.json"): os.remove(f)
-PY
+python3 scripts/device/collect_bench.py "$OUT" 'nb*_r*.json' token_block_ab.json
 cat $OUT/*.err 2>/dev/null | sort | uniq -c | head; rm -f $OUT/*.err
