@@ -107,8 +107,8 @@ public struct Options: Sendable {
     /// token block, so that the backward reads them instead of recomputing the logit tiles:
     /// every entry with p ≥ ε/16 against the row's LSE so far, and the target's (about 670 a
     /// row on LM-like data at V = 128256, at most about 1640).
-    /// Each kept entry costs 8 bytes per worker: the room is reserved for the whole block
-    /// (4 MiB for 256 rows at 2048) but only the pages the entries fill become resident, so
+    /// Each kept entry costs 6 bytes per worker: the room is reserved for the whole block
+    /// (3 MiB for 256 rows at 2048) but only the pages the entries fill become resident, so
     /// the memory a call takes is what its rows kept. A row that would run out of room, or
     /// keep more than 5/8 of a forward block's entries (as flat rows do from the first block:
     /// such rows are cheaper recomputed by the tile kernel than added entry by entry), is
@@ -118,7 +118,8 @@ public struct Options: Sendable {
     /// dropped-mass estimate then carries (Docs/NUMERICS.md).
     /// Applies in Float32 accumulation with filtering on both gradients at ε ≥ 2^-16 (the
     /// 16-bit types' defaults, not Float32's 2^-28, which keeps nearly every entry), without
-    /// soft cap, class weights or z-loss; 0 turns it off. (CCE_SAVED_PER_ROW in the environment
+    /// soft cap, class weights or z-loss (and token blocks of at most 512 rows: the tile plan
+    /// makes at most 288 unless CCE_TOKEN_BLOCK_MAX says otherwise); 0 turns it off. (CCE_SAVED_PER_ROW in the environment
     /// overrides it, for experiments.)
     /// A vocabulary shard's fused call (`lossAndGradients(…, shard:, exchange:)`) keeps them too,
     /// for a whole exchange chunk of up to 4096 tokens at once, against the shard's running LSE

@@ -201,6 +201,29 @@ final class PropertyTests: XCTestCase {
         }
     }
 
+    /// Saved logits in token blocks of more than 256 rows: a key holds the row's low 8 bits and
+    /// each forward block the index of its first entry of a row ≥ 256 (SavedLogits). At
+    /// N = 576 one thread plans two blocks of 288 rows and three threads three of 192: every
+    /// output bitwise the same, with dE apart from the recomputing call's (the saved logits
+    /// were read). Fails if the ninth bit is dropped (checked).
+    func testSavedLogitsInBlocksOfMoreThan256Rows() throws {
+        let data = LMLikeData.make(tokens: 576, dim: 32, vocab: 3000, type: .bfloat16, seed: 3)
+        func run(threads: Int, perRow: Int = 2048) throws -> (ForwardOutput, Gradients) {
+            var o = Options(); o.threads = threads; o.savedLogitsPerRow = perRow
+            let cce = CutCrossEntropy(options: o)
+            let nb = cce.plan(tokens: 576, dim: 32, vocab: 3000, storage: .bfloat16).tokenBlock
+            XCTAssertEqual(nb, threads == 1 ? 288 : 192, "token block, \(threads) threads")
+            return try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
+                                            targets: data.targets)
+        }
+        let (f1, g1) = try run(threads: 1), (f3, g3) = try run(threads: 3), (_, g0) = try run(threads: 1, perRow: 0)
+        XCTAssertEqual(f1.loss.bitPattern, f3.loss.bitPattern)
+        XCTAssertTrue(bitwiseEqual(g1.dE, g3.dE), "dE, 1 vs 3 threads")
+        XCTAssertTrue(bitwiseEqual(g1.dC, g3.dC), "dC, 1 vs 3 threads")
+        XCTAssertFalse(bitwiseEqual(g1.dE, g0.dE), "the saved logits were read")
+        XCTAssertTrue(bitwiseEqual(g1.dC, g0.dC), "dC as the recomputing call's")
+    }
+
     /// A row that would keep more than 5/8 of a forward block's entries is recomputed from
     /// that block on, not saved (SavedLogits.keep). On the flat LM-like set (S = 2, α = 1)
     /// rows keep most of their first block, so with room to spare the fused call saves

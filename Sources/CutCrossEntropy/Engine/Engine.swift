@@ -291,7 +291,8 @@ extension Engine {
         workers: Int
     ) -> (setting: SavedLogits<S>.Setting?, sums: Scratch<S>?) {
         let savedPerRow = savedPerRowOverride ?? options.savedLogitsPerRow
-        guard savesLogits(savedPerRow, backward, definition), let backward, let entry = backward.policy.entryEpsilon
+        guard savesLogits(savedPerRow, backward, definition), operands.plan.tokenBlock <= SavedLogits<S>.maxRows,
+              let backward, let entry = backward.policy.entryEpsilon
         else { return (nil, nil) }
         let plan = operands.plan
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock

@@ -511,8 +511,10 @@ final class SkippedEstimates<S: KernelScalar> {
 /// (this one included), and the target's. The row's final LSE is at least lse_running, so an
 /// entry left out has p < ε/16 at the end, and so |∂loss/∂z| < ε/16 where α/V < ε/16
 /// (Engine.savesLogits): below dC's entry filter, which zeroes it today too. Kept in sweep
-/// order, forward block by forward block, row by row, column by column: (row << 8 | column,
-/// z), 8 bytes each. Each row has room for `perRow` entries; a row whose next block would
+/// order, forward block by forward block, row by row, column by column: ((row mod 256) << 8 |
+/// column in 16 bits, z), 6 bytes each, and per forward block the first entry of a row ≥ 256
+/// (rows come in order, so that one index restores the ninth bit: NB ≤ `maxRows`, VBf ≤ 256).
+/// Each row has room for `perRow` entries; a row whose next block would
 /// not fit keeps nothing more, and from that block on (its `frontier`) the backward
 /// recomputes it as before. A row's choices depend on the row alone, so the results do not
 /// depend on NB or the thread count. (LM-like data, V = 128256: about 670 entries a row;
@@ -528,10 +530,14 @@ final class SavedLogits<S: KernelScalar> {
         let forwardSums: UnsafePointer<S>?
     }
 
+    /// The most rows a token block may have: a key's high byte and the block's `highStarts`.
+    static var maxRows: Int { 512 }
+
     let setting: Setting
-    let keys: Scratch<UInt32>
+    let keys: Scratch<UInt16>
     let values: Scratch<S>
     let starts: Scratch<Int>          // per forward block: its first entry (forward blocks + 1)
+    private let highStarts: Scratch<Int>   // per forward block: its first entry of a row ≥ 256
     let rowStart: Scratch<Int32>      // backward, per row of the current forward block: first entry
     let rowEnd: Scratch<Int32>        //   ... and one past its last
     private let rowCount: Scratch<Int32>     // forward: entries each row holds
@@ -552,7 +558,7 @@ final class SavedLogits<S: KernelScalar> {
         self.setting = setting
         let nb = plan.tokenBlock, vb = plan.vocabBlock
         keys = Scratch(count: nb * setting.perRow); values = Scratch(count: nb * setting.perRow)
-        starts = Scratch(count: setting.forwardBlocks + 1)
+        starts = Scratch(count: setting.forwardBlocks + 1); highStarts = Scratch(count: setting.forwardBlocks)
         rowStart = Scratch(count: nb); rowEnd = Scratch(count: nb)
         rowCount = Scratch(count: nb); frontier = Scratch(count: nb)
         positions = Scratch(count: plan.forwardVocabBlock + 1)
@@ -567,10 +573,13 @@ final class SavedLogits<S: KernelScalar> {
     }
 
     /// Forward block f begins (its entries start here).
-    func begin(block f: Int) { starts.base[f] = count }
+    func begin(block f: Int) { starts.base[f] = count; highStarts.base[f] = -1 }
 
     /// Forward block f is done (the next one's entries start here).
-    func end(block f: Int) { starts.base[f + 1] = count }
+    func end(block f: Int) {
+        starts.base[f + 1] = count
+        if highStarts.base[f] < 0 { highStarts.base[f] = count }
+    }
 
     /// Whether row i's logits of forward block f were kept.
     @inline(__always)
@@ -584,6 +593,7 @@ final class SavedLogits<S: KernelScalar> {
     /// would run out or where it would keep more than 5/8 of the block's entries on.
     func keep(_ z: UnsafePointer<S>, width: Int, row i: Int, block f: Int, running: RunningLSE<S>, target: Int,
               max m: S, logSum: S) -> S? {
+        if i >= 256 && highStarts.base[f] < 0 { highStarts.base[f] = count }   // the forward calls rows in order
         guard covers(row: i, block: f) else { return nil }
         // Only Float32 calls save (Engine.savesLogits).
         let zf = UnsafeRawPointer(z).assumingMemoryBound(to: Float.self)
@@ -606,7 +616,7 @@ final class SavedLogits<S: KernelScalar> {
         var kept: S = 0
         for k in 0..<n {
             let q = Int(positions.base[k])
-            keys.base[count + k] = UInt32(i) << 8 | UInt32(q)
+            keys.base[count + k] = UInt16(truncatingIfNeeded: i) << 8 | UInt16(q)
             values.base[count + k] = z[q]
             kept += S.exp(z[q] - m)
         }
@@ -621,11 +631,12 @@ final class SavedLogits<S: KernelScalar> {
     func locateRows(block f: Int, rows: Int) {
         for i in 0..<rows { rowStart.base[i] = 0; rowEnd.base[i] = 0 }
         var e = starts.base[f]
-        let end = starts.base[f + 1]
+        let end = starts.base[f + 1], high = highStarts.base[f]
+        func row(_ e: Int) -> Int { Int(keys.base[e] >> 8) | (e >= high ? 256 : 0) }
         while e < end {
-            let i = Int(keys.base[e] >> 8)
+            let i = row(e)
             rowStart.base[i] = Int32(e)
-            while e < end && Int(keys.base[e] >> 8) == i { e += 1 }
+            while e < end && row(e) == i { e += 1 }
             rowEnd.base[i] = Int32(e)
         }
     }
