@@ -119,8 +119,8 @@ public struct Options: Sendable {
     /// Applies in Float32 accumulation with filtering on both gradients at ε ≥ 2^-16 (the
     /// 16-bit types' defaults, not Float32's 2^-28, which keeps nearly every entry), without
     /// soft cap, class weights or z-loss (and token blocks of at most 512 rows: the tile plan
-    /// makes at most 288 unless CCE_TOKEN_BLOCK_MAX says otherwise); 0 turns it off. (CCE_SAVED_PER_ROW in the environment
-    /// overrides it, for experiments.)
+    /// makes at most 288 unless CCE_TOKEN_BLOCK_MAX says otherwise); 0 turns it off.
+    /// (CCE_SAVED_PER_ROW in the environment overrides it, for experiments.)
     /// A vocabulary shard's fused call (`lossAndGradients(…, shard:, exchange:)`) keeps them too,
     /// for a whole exchange chunk of up to 4096 tokens at once, against the shard's running LSE
     /// (a looser bound than one process's): about 4 to 5% of the logits its shard would
