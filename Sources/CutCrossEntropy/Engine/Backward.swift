@@ -475,8 +475,13 @@ enum Backward {
                 addEstimate(state, row: row, d: operands.d, scale: -s, sum: sums.block(operands, excludedBlock))
             }
             let sum = total ?? {
-                // The call's table of every F_f when it formed one (read in place), else formed now.
-                if let table = workspace.saved?.setting.forwardSums { return skipped.use(table + f * operands.d, for: f) }
+                // The call's table of every F_f when it formed one (its BFloat16 bits, converted
+                // exactly into this chunk's slot), else formed now.
+                if let table = workspace.saved?.setting.forwardSums {
+                    let slot = skipped.slot(f), bits = table + f * operands.d
+                    for k in 0..<operands.d { slot[k] = S(floatFromBFloat16Bits(bits[k])) }
+                    return skipped.use(UnsafePointer(slot), for: f)
+                }
                 sums.forward(operands, f, into: skipped.slot(f))
                 return skipped.use(UnsafePointer(skipped.slot(f)), for: f)
             }()

@@ -285,24 +285,25 @@ extension Engine {
 
     /// A fused call's SavedLogits setting where it saves logits (savesLogits), and the table of
     /// every forward block's F_f for the estimate, formed once here by `workers` threads (nil
-    /// without the estimate); the setting points into the table, which must outlive it.
+    /// without the estimate), in BFloat16 (V/VBf·D·2 bytes: 1 MB at V = 128256, D = 1024); the
+    /// setting points into the table, which must outlive it.
     static func savedLogitsSetting<S: KernelScalar>(
         _ operands: Operands<S>, options: Options, backward: BackwardState<S>?, _ definition: LossDefinition<S>,
         workers: Int
-    ) -> (setting: SavedLogits<S>.Setting?, sums: Scratch<S>?) {
+    ) -> (setting: SavedLogits<S>.Setting?, sums: Scratch<UInt16>?) {
         let savedPerRow = savedPerRowOverride ?? options.savedLogitsPerRow
         guard savesLogits(savedPerRow, backward, definition), operands.plan.tokenBlock <= SavedLogits<S>.maxRows,
               let backward, let entry = backward.policy.entryEpsilon
         else { return (nil, nil) }
         let plan = operands.plan
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
-        let forwardSums = backward.policy.estimate ? Scratch<S>(count: forwardBlocks * operands.d) : nil
+        let forwardSums = backward.policy.estimate ? Scratch<UInt16>(count: forwardBlocks * operands.d) : nil
         if let forwardSums {
             let table = UncheckedSendable(forwardSums.base)
             Workers.run(workers) { w in
-                let sums = BlockSums<S>(plan: plan, d: operands.d)
+                let sums = BlockSums<S>(plan: plan, d: operands.d), row = Scratch<S>(count: operands.d)
                 for f in stride(from: w, to: forwardBlocks, by: workers) {
-                    sums.forward(operands, f, into: table.value + f * operands.d)
+                    sums.forwardTable(operands, f, into: table.value + f * operands.d, row: row.base)
                 }
             }
         }

@@ -452,7 +452,9 @@ final class BlockSums<S: KernelScalar> {
         return UnsafePointer(out)
     }
 
-    /// F_f = Σ of forward block f's T_j, in order from +0, written into `out` (D values).
+    /// F_f = Σ of forward block f's T_j, in order from +0, written into `out` (D values); in
+    /// Float32 rounded to BFloat16 values, as each T_j is, so that the fused call's table of
+    /// every F_f holds them in 2 bytes (`forwardTable`) and every path reads the same F_f.
     func forward(_ operands: Operands<S>, _ f: Int, into out: UnsafeMutablePointer<S>) {
         out.update(repeating: 0, count: d)
         var j = f * forwardVB / vb
@@ -460,6 +462,18 @@ final class BlockSums<S: KernelScalar> {
             axpy(out, 1, block(operands, j), count: d)
             j += 1
         }
+        if S.self == Float.self {
+            let outF = UnsafeMutableRawPointer(out).assumingMemoryBound(to: Float.self)
+            for k in 0..<d { outF[k] = floatFromBFloat16Bits(bfloat16Bits(outF[k])) }
+        }
+    }
+
+    /// F_f as forward(_:_:into:) forms it, stored as BFloat16 bits (exact: F_f's values are
+    /// BFloat16 values in Float32) into `out` (D values), through `row` (D values of scratch).
+    func forwardTable(_ operands: Operands<S>, _ f: Int, into out: UnsafeMutablePointer<UInt16>,
+                      row: UnsafeMutablePointer<S>) {
+        forward(operands, f, into: row)
+        for k in 0..<d { out[k] = bfloat16Bits(Float(row[k])) }
     }
 
     /// The portable sum: each row converted to S, then added (axpy with a = 1: exact products,
@@ -521,13 +535,13 @@ final class SkippedEstimates<S: KernelScalar> {
 /// Benchmarks/scripts/sparse_census.py.)
 final class SavedLogits<S: KernelScalar> {
     /// What a call's workers share: the room per row, log(ε/16) (the threshold's offset from
-    /// the running LSE), the forward blocks, and every forward block's F_f for the estimate
-    /// (formed once for the call; nil without the estimate).
+    /// the running LSE), the forward blocks, and every forward block's F_f for the estimate as
+    /// BFloat16 bits (BlockSums.forwardTable; formed once for the call; nil without the estimate).
     struct Setting: @unchecked Sendable {
         let perRow: Int
         let logEntry: S
         let forwardBlocks: Int
-        let forwardSums: UnsafePointer<S>?
+        let forwardSums: UnsafePointer<UInt16>?
     }
 
     /// The most rows a token block may have: a key's high byte and the block's `highStarts`.
