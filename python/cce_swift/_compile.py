@@ -20,12 +20,11 @@ path, graph breaks included. Options travel as plain arguments; filter_eps as te
 "none" or the number's repr). Tensors an operator does not produce are empty.
 """
 # No `from __future__ import annotations`: torch.library.custom_op reads the annotations.
-import ctypes
 from typing import Optional
 
 import torch
 
-from . import _core, _lib
+from . import _core
 
 AVAILABLE = hasattr(torch.library, "custom_op") and hasattr(torch, "compiler") \
     and hasattr(torch.compiler, "is_compiling")
@@ -70,19 +69,12 @@ if AVAILABLE:
                         filter_correction, sort_vocab, threads, check_finite, saved_logits_per_row)
         call = _torch._Call(e, c, bias, targets, weight, opts.pop("shift"), opts.pop("mode"), opts.pop("reduction"),
                             opts)
-        lay = call.lay
         dE = dC = dB = None
         if reduction == "none" or not (need_e or need_c or need_b):
             loss, lse, _ = _torch.forward_only(call, e, c, bias, targets, weight, return_lse)
         else:
-            loss, lse = call.loss_buffers(return_lse)
-            dE = torch.empty_like(e) if need_e else None
-            dC = torch.empty_like(c) if need_c else None
-            dB = torch.empty_like(bias) if need_b and bias is not None else None
-            _lib.loss_and_gradients(*_torch.ptrs(e, c, bias, targets), lay.n, lay.d, lay.v, *call.codes,
-                                    _torch.ptr(weight), ctypes.byref(call.opt), None,
-                                    _torch.ptr(loss), _torch.ptr(lse), *_torch.ptrs(dE, dC, dB),
-                                    *_torch.grad_codes(dE, dC, dB), None)
+            loss, lse, dE, dC, dB = _torch.fused(call, e, c, bias, targets, weight, (need_e, need_c, need_b),
+                                                 return_lse)
         out, lse_out = call.outputs(loss, lse)
         return (out.clone(), _empty(out) if lse_out is None else lse_out.clone(),
                 _empty(e) if dE is None else dE, _empty(c) if dC is None else dC,
@@ -114,16 +106,8 @@ if AVAILABLE:
                         filter_correction, sort_vocab, threads, check_finite, saved_logits_per_row)
         call = _torch._Call(e, c, bias, targets, weight, opts.pop("shift"), opts.pop("mode"), opts.pop("reduction"),
                             opts)
-        lay = call.lay
-        full = torch.zeros(lay.shape, dtype=torch.float32)
-        full[..., lay.shift:] = grad_loss.to(torch.float32)
-        loss, _ = call.loss_buffers(False)
-        dE = torch.empty_like(e) if need_e else None
-        dC = torch.empty_like(c) if need_c else None
-        dB = torch.empty_like(bias) if need_b and bias is not None else None
-        _lib.loss_and_gradients(*_torch.ptrs(e, c, bias, targets), lay.n, lay.d, lay.v, *call.codes,
-                                _torch.ptr(weight), ctypes.byref(call.opt), _torch.ptr(full.contiguous()),
-                                _torch.ptr(loss), None, *_torch.ptrs(dE, dC, dB), *_torch.grad_codes(dE, dC, dB), None)
+        _, _, dE, dC, dB = _torch.fused(call, e, c, bias, targets, weight, (need_e, need_c, need_b),
+                                        upstream=_torch.upstream_rows(call.lay, grad_loss))
         return (_empty(e) if dE is None else dE, _empty(c) if dC is None else dC, _empty(e) if dB is None else dB)
 
     @grads_op.register_fake

@@ -83,6 +83,29 @@ class _Call:
         return out, lse
 
 
+def fused(call: _Call, e, c, bias, targets, weight, need, return_lse=False, upstream=None):
+    """The fused call (cce_cpu_loss_and_gradients): loss, lse (when asked) and the gradients
+    in `need` = (e, c, bias) flags, each in its input's dtype; `upstream`: the per-position
+    upstream gradient of reduction none as a contiguous float32 tensor (None: ones)."""
+    loss, lse = call.loss_buffers(return_lse)
+    dE = torch.empty_like(e) if need[0] else None
+    dC = torch.empty_like(c) if need[1] else None
+    dB = torch.empty_like(bias) if need[2] and bias is not None else None
+    lay = call.lay
+    _lib.loss_and_gradients(*ptrs(e, c, bias, targets), lay.n, lay.d, lay.v, *call.codes, ptr(weight),
+                            ctypes.byref(call.opt), ptr(upstream), ptr(loss), ptr(lse), *ptrs(dE, dC, dB),
+                            *grad_codes(dE, dC, dB), None)
+    return loss, lse, dE, dC, dB
+
+
+def upstream_rows(lay, grad_loss):
+    """Reduction none's upstream gradient at every row (0 at the first `shift` of a sequence),
+    float32 and contiguous, as the engine takes it."""
+    full = torch.zeros(lay.shape, dtype=torch.float32)
+    full[..., lay.shift:] = grad_loss.to(torch.float32)
+    return full.contiguous()
+
+
 def forward_only(call: _Call, e, c, bias, targets, weight, return_lse, state=False):
     loss, lse = call.loss_buffers(return_lse)
     handle = ctypes.c_void_p() if state else None
@@ -100,20 +123,13 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         need_e, need_c, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         ctx.call = call
         ctx.set_materialize_grads(False)
-        lay = call.lay
         if call.reduction == "none":
             loss, lse, ctx.state = forward_only(call, e, c, bias, targets, weight, return_lse, state=True)
             ctx.save_for_backward(e, c, bias)
             ctx.grads = None
         else:
-            loss, lse = call.loss_buffers(return_lse)
-            dE = torch.empty_like(e) if need_e else None
-            dC = torch.empty_like(c) if need_c else None
-            dB = torch.empty_like(bias) if need_b else None
-            _lib.loss_and_gradients(*ptrs(e, c, bias, targets), lay.n, lay.d, lay.v, *call.codes,
-                                    ptr(weight), ctypes.byref(call.opt), None, ptr(loss), ptr(lse),
-                                    *ptrs(dE, dC, dB), *grad_codes(dE, dC, dB), None)
-            ctx.grads = (dE, dC, dB)
+            loss, lse, *grads = fused(call, e, c, bias, targets, weight, (need_e, need_c, need_b), return_lse)
+            ctx.grads = tuple(grads)
         out, lse_out = call.outputs(loss, lse)
         if lse_out is None:
             return out
@@ -139,15 +155,13 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
                         x.mul_(g)
             return dE, dC, dB, None, None, None, None
         e, c, bias = ctx.saved_tensors
-        lay = call.lay
-        full = torch.zeros(lay.shape, dtype=torch.float32)
-        full[..., lay.shift:] = grad_loss.to(torch.float32)
+        full = upstream_rows(call.lay, grad_loss)
         need_e, need_c, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         dE = torch.empty_like(e) if need_e else None
         dC = torch.empty_like(c) if need_c else None
         dB = torch.empty_like(bias) if need_b else None
         state, ctx.state = ctx.state, None
-        _lib.backward(state.handle, *ptrs(e, c, bias, full.contiguous(), dE, dC, dB), *grad_codes(dE, dC, dB), None)
+        _lib.backward(state.handle, *ptrs(e, c, bias, full, dE, dC, dB), *grad_codes(dE, dC, dB), None)
         del state
         return dE, dC, dB, None, None, None, None
 

@@ -296,7 +296,8 @@ enum Backward {
             }
         }
         let q0 = v0 - f * forwardVB, q1 = q0 + vc
-        let tile = saved.tile.base, cRows = saved.cRows.base, columns = saved.columns.base
+        let scratch = workspace.fromSaved
+        let tile = scratch.tile.base, cRows = scratch.cRows.base, columns = scratch.columns.base
         var kept = 0
         for i in 0..<count where saved.covers(row: i, block: f) {
             var e = Int(saved.rowStart.base[i])
@@ -326,23 +327,23 @@ enum Backward {
             if hasTarget { row[targetPosition] -= definition.targetShare(token: first + i) }
             scaleRow(row, count: vc, by: g)
             // dE_i += Σ over the kept entries of dy·C_v, in column order.
-            for t in 0..<n { saved.dy.base[t] = row[columns[t]] }
+            for t in 0..<n { scratch.dy.base[t] = row[columns[t]] }
             addEntries(operands, dE: state.outputs.dE + Int(operands.problem.rows[first + i]) * d,
-                       values: saved.dy.base, rows: cRows, count: n, scratch: saved.cRow.base)
-            saved.keep.base[kept] = i
+                       values: scratch.dy.base, rows: cRows, count: n, scratch: scratch.cRow.base)
+            scratch.keep.base[kept] = i
             kept += 1
         }
         guard kept > 0 else { return }
         // Merge into the tile's recomputed kept rows (both in token order), from the back.
         var a = rows.kept - 1, bIndex = kept - 1, out = rows.kept + kept - 1
         while bIndex >= 0 {
-            if a >= 0 && workspace.keep.base[a] > saved.keep.base[bIndex] {
+            if a >= 0 && workspace.keep.base[a] > scratch.keep.base[bIndex] {
                 (workspace.tile.base + out * vb).update(from: workspace.tile.base + a * vb, count: vc)
                 workspace.keep.base[out] = workspace.keep.base[a]
                 a -= 1
             } else {
                 (workspace.tile.base + out * vb).update(from: tile + bIndex * vb, count: vc)
-                workspace.keep.base[out] = saved.keep.base[bIndex]
+                workspace.keep.base[out] = scratch.keep.base[bIndex]
                 bIndex -= 1
             }
             out -= 1
@@ -478,9 +479,8 @@ enum Backward {
                 // The call's table of every F_f when it formed one (its BFloat16 bits, converted
                 // exactly into this chunk's slot), else formed now.
                 if let table = workspace.saved?.setting.forwardSums {
-                    let slot = skipped.slot(f), bits = table + f * operands.d
-                    for k in 0..<operands.d { slot[k] = S(floatFromBFloat16Bits(bits[k])) }
-                    return skipped.use(UnsafePointer(slot), for: f)
+                    convertRow(table + f * operands.d, type: .bfloat16, count: operands.d, into: skipped.slot(f))
+                    return skipped.use(UnsafePointer(skipped.slot(f)), for: f)
                 }
                 sums.forward(operands, f, into: skipped.slot(f))
                 return skipped.use(UnsafePointer(skipped.slot(f)), for: f)

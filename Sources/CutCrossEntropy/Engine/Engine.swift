@@ -409,6 +409,7 @@ extension Engine {
                                              backend: operands.backend, kernel: operands.kernel, partials: compensated,
                                              estimate: backward.policy.estimate,
                                              skippedEstimates: backward.policy.estimate,
+                                             readsSavedLogits: savedSetting != nil,
                                              denseUpdates: backward.policy.densePrediction)
                 var workerStats = FilterStatistics()
                 while case let k = backwardQueue.next(), k < blocks {

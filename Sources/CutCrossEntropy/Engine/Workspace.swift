@@ -108,6 +108,8 @@ final class Workspace<S: KernelScalar> {
     /// token block's, forward then backward), or, in a vocabulary shard's call, the token
     /// block's that the worker takes on (Engine.sweepExchanging).
     var saved: SavedLogits<S>?
+    /// Backward: the scratch for reading `saved` (the worker's, whichever block's logits it reads).
+    let fromSaved: FromSavedScratch<S>
     /// Rows recomputed on their own (selected product) rather than as a masked full tile.
     let selectedLimit = 48
     let pending: PendingUpdates<S>
@@ -129,7 +131,7 @@ final class Workspace<S: KernelScalar> {
 
     init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
          partials: Bool = false, estimate: Bool = false, skippedEstimates: Bool = false,
-         savedLogits: SavedLogits<S>.Setting? = nil, denseUpdates: Bool = false) {
+         savedLogits: SavedLogits<S>.Setting? = nil, readsSavedLogits: Bool = false, denseUpdates: Bool = false) {
         // The bf16 kernels run only for bf16 E and C in Float32 (chooseTileKernel).
         eStoredOnly = (kernel == .amxBF16 || kernel == .avx512BF16) && backend == .swiftSIMD && S.self == Float.self
         let nb = plan.tokenBlock, vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
@@ -175,6 +177,7 @@ final class Workspace<S: KernelScalar> {
         skipped = skippedEstimates ? SkippedEstimates(plan: plan, d: d) : nil
         blockSums = estimate ? BlockSums(plan: plan, d: d) : nil
         saved = savedLogits.map { SavedLogits(plan: plan, d: d, $0) }
+        fromSaved = FromSavedScratch(plan: plan, d: d, used: savedLogits != nil || readsSavedLogits)
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb), vb: vb)
         let side = max(nb, vb)
         // The portable rank update packs A and slices of b; the 512-bit one reads them in place.
@@ -558,26 +561,15 @@ final class SavedLogits<S: KernelScalar> {
     private let frontier: Scratch<Int32>     // per row: the first forward block not kept
     private let positions: Scratch<Int32>    // forward: one row's selected columns
     private(set) var count = 0
-    // Backward (Backward.fromSaved): the kept rows built from saved entries, before they
-    // merge into the tile, and which rows they are; one row's entries: columns, dy, C rows,
-    // and one C row converted (portable path).
-    let tile: Scratch<S>
-    let keep: Scratch<Int>
-    let columns: Scratch<Int>
-    let dy: Scratch<S>
-    let cRows: Scratch<UnsafeRawPointer>
-    let cRow: Scratch<S>
 
     init(plan: TilePlan, d: Int, _ setting: Setting) {
         self.setting = setting
-        let nb = plan.tokenBlock, vb = plan.vocabBlock
+        let nb = plan.tokenBlock
         keys = Scratch(count: nb * setting.perRow); values = Scratch(count: nb * setting.perRow)
         starts = Scratch(count: setting.forwardBlocks + 1); highStarts = Scratch(count: setting.forwardBlocks)
         rowStart = Scratch(count: nb); rowEnd = Scratch(count: nb)
         rowCount = Scratch(count: nb); frontier = Scratch(count: nb)
         positions = Scratch(count: plan.forwardVocabBlock + 1)
-        tile = Scratch(count: nb * vb); keep = Scratch(count: nb)
-        columns = Scratch(count: vb); dy = Scratch(count: vb); cRows = Scratch(count: vb); cRow = Scratch(count: d)
     }
 
     /// A token block of `rows` rows begins its forward.
@@ -653,6 +645,25 @@ final class SavedLogits<S: KernelScalar> {
             while e < end && row(e) == i { e += 1 }
             rowEnd.base[i] = Int32(e)
         }
+    }
+}
+
+/// A worker's scratch for the backward from saved logits (Backward.fromSaved), whichever token
+/// block's SavedLogits it reads: the kept rows built from saved entries before they merge into
+/// the tile (NB x VB) and which rows they are; one row's entries: columns, dy, C rows, and one
+/// C row converted (portable path). Empty (count 0) in a workspace that never reads them.
+struct FromSavedScratch<S: KernelScalar> {
+    let tile: Scratch<S>
+    let keep: Scratch<Int>
+    let columns: Scratch<Int>
+    let dy: Scratch<S>
+    let cRows: Scratch<UnsafeRawPointer>
+    let cRow: Scratch<S>
+
+    init(plan: TilePlan, d: Int, used: Bool) {
+        let nb = used ? plan.tokenBlock : 0, vb = used ? plan.vocabBlock : 0
+        tile = Scratch(count: nb * vb); keep = Scratch(count: nb)
+        columns = Scratch(count: vb); dy = Scratch(count: vb); cRows = Scratch(count: vb); cRow = Scratch(count: used ? d : 0)
     }
 }
 
