@@ -11,20 +11,9 @@
 // reduce_kernel: one block; sums the per-row losses in a fixed order (deterministic).
 #include <cmath>
 
-#include "tiles.cuh"
+#include "forward.cuh"
 
 namespace cce {
-
-struct FwdParams {
-  const void *E, *C, *bias;
-  const float *cw;  // per-class weights (V) or null: the smoothing sum is then sum_v w_v z_v
-  const int *tgt;
-  int64_t N, D, V;
-  int tiles_per_split, ntiles;
-  float softcap;
-  float *part_m, *part_s, *part_z;  // [splits][N]
-  float *ztgt;                      // [N]
-};
 
 template <class T>
 __global__ void __launch_bounds__(TileFor<T>::type::THREADS, TileFor<T>::type::MINB) lse_partial_kernel(FwdParams p) {
@@ -175,12 +164,13 @@ struct FwdPlan {
   int ntiles, splits, tiles_per_split;
 };
 
-static FwdPlan plan_forward(int64_t N, int64_t V) {
+// Vocabulary splits for token blocks of tile_m rows and tiles of tile_n entries.
+static FwdPlan plan_forward(int64_t N, int64_t V, int tile_m, int tile_n) {
   int dev = 0, sms = 132;
   if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   FwdPlan f;
-  f.ntiles = static_cast<int>((V + kBN - 1) / kBN);
-  int64_t tblocks = (N + kBM - 1) / kBM;
+  f.ntiles = static_cast<int>((V + tile_n - 1) / tile_n);
+  int64_t tblocks = (N + tile_m - 1) / tile_m;
   // About 16 blocks per multiprocessor in all: enough waves to hide the tail.
   int64_t want = (int64_t(sms) * 16 + tblocks - 1) / tblocks;
   if (want < 1) want = 1;
@@ -189,6 +179,9 @@ static FwdPlan plan_forward(int64_t N, int64_t V) {
   f.tiles_per_split = static_cast<int>((f.ntiles + want - 1) / want);
   f.splits = (f.ntiles + f.tiles_per_split - 1) / f.tiles_per_split;
   return f;
+}
+static FwdPlan plan_forward(int64_t N, int64_t V, bool tma) {
+  return tma ? plan_forward(N, V, kTmaFM, kTmaFN) : plan_forward(N, V, kBM, kBN);
 }
 
 struct FwdWs {
@@ -234,7 +227,8 @@ extern "C" size_t cce_forward_workspace_size(int64_t N, int64_t D, int64_t V, in
   (void)D;
   (void)dtype;
   (void)opt;
-  FwdPlan f = plan_forward(N, V);
+  FwdPlan f = plan_forward(N, V, false), g = plan_forward(N, V, true);
+  if (g.splits > f.splits) f = g;  // room for either kernel's partials
   Carver cv(nullptr);
   carve_forward(cv, N, f);
   return cv.used;
@@ -260,7 +254,8 @@ extern "C" int cce_forward_weighted(const void *E, const void *C, const void *bi
     return fail(CCE_ERR_ARGUMENT, "bias misaligned");
   Resolved r = resolve(opt);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  FwdPlan f = plan_forward(N, V);
+  const bool tma = tma_forward_usable(dtype);
+  FwdPlan f = plan_forward(N, V, tma);
   if (!workspace || workspace_bytes < cce_forward_workspace_size(N, D, V, dtype, opt))
     return fail(CCE_ERR_WORKSPACE, "forward workspace too small");
   Carver cv(workspace);
@@ -287,12 +282,14 @@ extern "C" int cce_forward_weighted(const void *E, const void *C, const void *bi
   p.tiles_per_split = f.tiles_per_split;
   p.ntiles = f.ntiles;
   p.softcap = r.softcap;
+  p.sum_z = r.alpha > 0.f;
   p.part_m = w.pm;
   p.part_s = w.ps;
   p.part_z = w.pz;
   p.ztgt = w.ztgt;
   dim3 grid(static_cast<unsigned>((N + kBM - 1) / kBM), static_cast<unsigned>(f.splits));
-  if (dtype == CCE_F32) CCE_TRY(launch_partial<float>(p, grid, s));
+  if (tma) CCE_TRY(launch_partial_tma(p, dtype, f.splits, s));
+  else if (dtype == CCE_F32) CCE_TRY(launch_partial<float>(p, grid, s));
   else if (dtype == CCE_F16) CCE_TRY(launch_partial<__half>(p, grid, s));
   else CCE_TRY(launch_partial<__nv_bfloat16>(p, grid, s));
 
