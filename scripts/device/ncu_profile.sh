@@ -8,6 +8,6 @@ T0=$(date +%s)
 echo "built in $(( $(date +%s) - T0 )) s"
 export CCE_LIB=$PWD/libcce_cuda.so CCE_CUDA_LIBRARY=$PWD/libcce_cuda.so PYTHONPATH=$PWD/harness
 cd harness
-timeout 250 ncu --clock-control none --section SpeedOfLight --csv --kernel-name-base function --kernel-name 'regex:^(avg_logit|block_mean|class_weight_terms|colsum|dz|finish_dE|finish_db|invert|iota|lse_finish|lse_partial|mean_rows|prep_targets|products|products_wg|reduce|reduce_rows|row_weights|tpos|fill)_kernel$|[Rr]adix' python3 profile_one.py > "$OUT/ncu_all.csv" 2> "$OUT/ncu_all.err"
+timeout 250 ncu --clock-control none --section SpeedOfLight --csv --kernel-name-base function --kernel-name 'regex:^(avg_logit|block_mean|class_weight_terms|colsum|dz|finish_dE|finish_db|invert|iota|lse_finish|lse_partial|lse_tma|mean_rows|prep_targets|products|products_wg|reduce|reduce_rows|row_weights|tpos|fill)_kernel$|[Rr]adix' python3 profile_one.py > "$OUT/ncu_all.csv" 2> "$OUT/ncu_all.err"
 echo "ncu rc=$? after $(( $(date +%s) - T0 )) s"; tail -3 "$OUT/ncu_all.err"
 python3 ../../scripts/device/ncu_stages.py "$OUT/ncu_all.csv"

@@ -37,7 +37,7 @@ def short(name):
 
 launches = [(short(name), metrics) for name, metrics in kernels(sys.argv[1]).values()]
 # The second forward + backward: from the second forward kernel to the end.
-starts = [j for j, (name, _) in enumerate(launches) if name == "lse_partial_kernel"]
+starts = [j for j, (name, _) in enumerate(launches) if name in ("lse_partial_kernel", "lse_tma_kernel")]
 call = launches[starts[1]:]
 agg = collections.OrderedDict()   # name: [launches, µs, µs·SM%, µs·DRAM%, µs·memory%]
 for name, m in call:
