@@ -23,7 +23,7 @@ OUTLIB=${CCE_OUT:-libcce_cuda.so}
 BDIR=build/${OUTLIB%.so}
 mkdir -p "$BDIR"
 pids=()
-SRCS=(prep forward_lse forward_tma vocab_sort backward_dz backward_products backward_wgmma backward_launch host)
+SRCS=(prep forward_lse forward_tma vocab_sort backward_dz backward_dz_tma backward_products backward_wgmma backward_launch host)
 for src in "${SRCS[@]}"; do
   "$NVCC" "${FLAGS[@]}" -c "kernels/$src.cu" -o "$BDIR/$src.o" &
   pids+=($!)

@@ -241,15 +241,18 @@ def main():
                          ("cce_cuda no filter", dict(filter_eps=0.0)), ("cce_cuda no sort", dict(sort_vocab=False)),
                          ("cce_cuda not lean", dict(lean_memory=False)),
                          ("cce_cuda chunk 6144 rows", dict(dc_chunk_rows=6144)),
-                         ("(timing aid: dz stage only)", dict(_env="CCE_DEBUG_SKIP_PRODUCTS"))]:
+                         ("cce_cuda forward by cp.async (former kernel)", dict(_env="CCE_FORWARD_CPASYNC")),
+                         ("cce_cuda dz by cp.async (former kernel)", dict(_env="CCE_DZ_CPASYNC")),
+                         ("(timing aid: dz stage only)", dict(_env="CCE_DEBUG_SKIP_PRODUCTS")),
+                         ("(timing aid: dz stage only, cp.async)", dict(_env="CCE_DEBUG_SKIP_PRODUCTS,CCE_DZ_CPASYNC"))]:
             if a.only and not any(x in name for x in a.only.split(",")):
                 continue
-            env = kw.pop("_env", None)
-            if env:
-                os.environ[env] = "1"
+            env = kw.pop("_env", "")
+            for v in filter(None, env.split(",")):
+                os.environ[v] = "1"
             r, loss, dE, dC = bench_cce(name, E, C, t, a.reps, **kw)
-            if env:
-                os.environ.pop(env)
+            for v in filter(None, env.split(",")):
+                os.environ.pop(v)
             r.update(loss_err=abs(loss.item() - tl) / abs(tl), dE_err=rel(dE, tdE), dC_err=rel(dC, tdC))
             rows.append(r)
             print(r, flush=True)

@@ -44,7 +44,7 @@
 //   dE_i -= g_i a/V sum_v C_v,  dC_v -= a/V sum_i g_i E_i,  dbias_v -= a/V sum_i g_i.
 #pragma once
 
-#include "tiles.cuh"
+#include "tma.cuh"
 
 namespace cce {
 
@@ -181,6 +181,14 @@ struct ProductsKernel {
   size_t smem;  // dynamic shared memory per block
   int cols;     // columns of D per block
 };
+// dz_tma_kernel (backward_dz_tma.cu): whether it serves this call (a 16-bit type, sm_90a build,
+// compute capability 9.0 device, CCE_DZ_CPASYNC unset), and its launch for the chunk
+// [p.p_begin, p.p_end) of vtc tiles: the chunk's C rows gathered into Cs (at least
+// (p_end - p_begin) x D elements), then the tiles, mapE describing E (encode_rows, kTmaFM rows).
+bool tma_dz_usable(int dtype);
+#if CCE_USE_WGMMA
+int launch_dz_tma(const DzParams &p, const CUtensorMap &mapE, void *Cs, int dtype, int vtc, cudaStream_t s);
+#endif
 // products_kernel<T>: mma.sync for 16-bit types, f32 FMA for f32; kPD columns per block
 template <class T> ProductsKernel products_mma_for();
 #if CCE_USE_WGMMA

@@ -116,10 +116,12 @@ struct BwdPlan {
   int NT, VTc;  // token blocks; vocabulary tiles per chunk, staging in the workspace only
   int VTcBig;   // vocabulary tiles per chunk while dE's output buffer is free to stage in too
   size_t cub_bytes;
+  bool tma;        // dz_tma_kernel: the chunk's C rows are gathered into a buffer of cs_rows rows
+  int64_t cs_rows;
 };
 
 static BwdPlan plan_backward(int64_t N, int64_t D, int64_t V, int dtype, const Resolved &r,
-                             bool want_dE, bool want_dC) {
+                             bool want_dE, bool want_dC, bool tma) {
   BwdPlan b;
   const int64_t elt = int64_t(elt_size(dtype));
   int64_t rows = (N * 4 + elt - 1) / elt;  // rows of dC that hold the f32 dE accumulator
@@ -128,24 +130,27 @@ static BwdPlan plan_backward(int64_t N, int64_t D, int64_t V, int dtype, const R
   b.seg = b.lean ? V - rows : V;
   b.NT = static_cast<int>((N + kBM - 1) / kBM);
   int64_t vt_all = (V + kBN - 1) / kBN;
-  int64_t vtc;
-  if (r.chunk_rows > 0) {
-    vtc = (r.chunk_rows + kBN - 1) / kBN;
-  } else {  // about 24 MiB of staged dy tiles
-    vtc = (int64_t(24) << 20) / (int64_t(b.NT) * kTileElems * elt);
-  }
-  b.VTc = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(vtc, vt_all)));
   // Until dE is finished, its output buffer (N x D elements = N D / 16384 whole tiles) is free:
   // the chunks before that stage there as well, so they are larger at no memory cost.
   // (CCE_NO_DE_STAGING=1, for measurement only, turns this off.)
   const char *nods = std::getenv("CCE_NO_DE_STAGING");
-  b.VTcBig = b.VTc;
-  if (want_dE && r.chunk_rows == 0 && !(nods && nods[0] == '1')) {
-    int64_t extra = (N * D / kTileElems) / b.NT;
-    b.VTcBig = static_cast<int>(std::min<int64_t>(b.VTc + extra, vt_all));
+  const bool big = want_dE && r.chunk_rows == 0 && !(nods && nods[0] == '1');
+  const int64_t extra = big ? (N * D / kTileElems) / b.NT : 0;
+  const int64_t tile_bytes = int64_t(b.NT) * kTileElems * elt, crow_bytes = int64_t(kBN) * D * elt;
+  int64_t vtc;
+  if (r.chunk_rows > 0) {
+    vtc = (r.chunk_rows + kBN - 1) / kBN;
+  } else if (!tma) {  // about 24 MiB of staged dy tiles
+    vtc = (int64_t(24) << 20) / tile_bytes;
+  } else {  // the same 24 MiB for the staged tiles and the gathered C rows of the larger chunks
+    int64_t room = (int64_t(24) << 20) - extra * crow_bytes;
+    vtc = room > 0 ? room / (tile_bytes + crow_bytes) : 1;
   }
+  b.VTc = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(vtc, vt_all)));
+  b.VTcBig = static_cast<int>(std::min<int64_t>(b.VTc + extra, vt_all));
   b.cub_bytes = r.sort_vocab ? vocab_sort_temp_bytes(V) : 0;
-  (void)D;
+  b.tma = tma;
+  b.cs_rows = tma ? int64_t(b.VTcBig) * kBN : 0;
   return b;
 }
 
@@ -157,6 +162,7 @@ struct BwdWs {
   float *wt;      // class weights: w_{t_i}
   double *wstat;  // class weights: W, sum_i w_{t_i}
   void *dz, *cub;
+  void *cs;  // the chunk's C rows in sorted order (dz_tma_kernel)
 };
 
 static BwdWs carve_backward(Carver &cv, int64_t N, int64_t D, int64_t V, int dtype, const Resolved &r,
@@ -193,6 +199,7 @@ static BwdWs carve_backward(Carver &cv, int64_t N, int64_t D, int64_t V, int dty
   w.Tc = cv.take<float>(tiles * kBN);
   w.cbar = cv.take<float>(size_t(b.VTcBig) * D);
   w.ebar = cv.take<float>(size_t(b.NT) * D);
+  if (b.tma) w.cs = cv.take<char>(size_t(b.cs_rows) * D * elt_size(dtype));
   return w;
 }
 
@@ -223,6 +230,9 @@ template <class T> struct BackwardRun {
   ProductsKernel prod = {};
   bool skip_products = false;
   int64_t tiles_total = 0;
+#if CCE_USE_WGMMA
+  CUtensorMap mapE;  // dz_tma_kernel's view of E
+#endif
 
   BackwardRun(const void *E, const void *C, const void *bias, const int64_t *targets,
               const float *weight, int64_t N, int64_t D, int64_t V, int dtype, const Resolved &r,
@@ -359,6 +369,9 @@ template <class T> struct BackwardRun {
     const char *el = std::getenv("CCE_EARLY_LOAD");  // measurement only: the former loop order
     pp.early_load = el && el[0] == '1';
     CCE_CUDA(cudaFuncSetAttribute(dz, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(zsmem)));
+#if CCE_USE_WGMMA
+    if (b.tma) CCE_TRY(encode_rows(&mapE, E, dtype, N, D, kTmaFM));
+#endif
     CCE_CUDA(cudaFuncSetAttribute(prod.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(prod.smem)));
     // Timing aid only (wrong gradients): CCE_DEBUG_SKIP_PRODUCTS=1 leaves out the products.
     const char *dbg = std::getenv("CCE_DEBUG_SKIP_PRODUCTS");
@@ -386,8 +399,14 @@ template <class T> struct BackwardRun {
       zp.db_acc = doB ? w.db_acc : nullptr;
       zp.kept_count = count ? w.kept_count : nullptr;
       if (count) tiles_total += int64_t(NT) * vt;
-      dz<<<dim3((NT + DzLayout<T>::HB - 1) / DzLayout<T>::HB, vt), TileFor<T>::type::THREADS, zsmem, s>>>(zp);
-      CCE_LAUNCHED("dz_kernel");
+      if (b.tma) {
+#if CCE_USE_WGMMA
+        CCE_TRY(launch_dz_tma(zp, mapE, w.cs, dtype, vt, s));
+#endif
+      } else {
+        dz<<<dim3((NT + DzLayout<T>::HB - 1) / DzLayout<T>::HB, vt), TileFor<T>::type::THREADS, zsmem, s>>>(zp);
+        CCE_LAUNCHED("dz_kernel");
+      }
       if ((!doE && !doC) || skip_products) continue;
       if (doE) {  // vocabulary-tile means of C, for the first-order part of skipped tiles
         block_mean_kernel<T><<<dim3(mean_gx, vt), 256, 0, s>>>(static_cast<const T *>(C), w.perm, s0, s1, D, w.cbar);
@@ -471,10 +490,15 @@ extern "C" size_t cce_backward_workspace_size(int64_t N, int64_t D, int64_t V, i
                                               const cce_options *opt, int want_dE, int want_dC,
                                               int want_dbias) {
   Resolved r = resolve(opt);
-  BwdPlan b = plan_backward(N, D, V, dtype, r, want_dE != 0, want_dC != 0);
-  Carver cv(nullptr);
-  carve_backward(cv, N, D, V, dtype, r, b, want_dE != 0, want_dC != 0, want_dbias != 0);
-  return cv.used;
+  size_t need = 0;
+  for (bool tma : {false, true}) {  // room for either dz kernel's plan
+    if (tma && dtype == CCE_F32) continue;
+    BwdPlan b = plan_backward(N, D, V, dtype, r, want_dE != 0, want_dC != 0, tma);
+    Carver cv(nullptr);
+    carve_backward(cv, N, D, V, dtype, r, b, want_dE != 0, want_dC != 0, want_dbias != 0);
+    need = std::max(need, cv.used);
+  }
+  return need;
 }
 
 extern "C" int cce_backward(const void *E, const void *C, const void *bias, const int64_t *targets,
@@ -502,7 +526,7 @@ extern "C" int cce_backward_weighted(const void *E, const void *C, const void *b
   if (!workspace || workspace_bytes < need)
     return fail(CCE_ERR_WORKSPACE, "backward workspace too small: need " + std::to_string(need) + " bytes");
   Resolved r = resolve(opt);
-  BwdPlan b = plan_backward(N, D, V, dtype, r, dE != nullptr, dC != nullptr);
+  BwdPlan b = plan_backward(N, D, V, dtype, r, dE != nullptr, dC != nullptr, tma_dz_usable(dtype));
   Carver cv(workspace);
   BwdWs w = carve_backward(cv, N, D, V, dtype, r, b, dE != nullptr, dC != nullptr, dbias != nullptr);
   cudaStream_t s = static_cast<cudaStream_t>(stream);

@@ -4,7 +4,7 @@
 // entry point of the Hopper kernel.
 #pragma once
 
-#include "tiles.cuh"
+#include "tma.cuh"
 
 namespace cce {
 
@@ -22,11 +22,6 @@ struct FwdParams {
   float *part_m, *part_s, *part_z;  // [splits][N]
   float *ztgt;                      // [N]
 };
-
-// The Hopper kernel's tile: 128 tokens (two consumer warpgroups of 64 rows) x 256 vocabulary
-// entries (one wgmma m64n256k16 per warpgroup and 16 of D).
-constexpr int kTmaFM = 128;
-constexpr int kTmaFN = 256;
 
 // Whether the bulk-copy forward serves this call: a 16-bit type, the library built for sm_90a
 // (CCE_USE_WGMMA), a compute capability 9.0 device, the driver's tensor-map encoder found,

@@ -18,99 +18,33 @@
 // copies in flight.
 //
 // The partials have forward_lse.cu's meaning and layout; lse_finish_kernel merges them.
-#include <cuda.h>
-#include <cudaTypedefs.h>
-
 #include <cmath>
 #include <cstdlib>
 
 #include "forward.cuh"
+#include "tma.cuh"
 
 namespace cce {
 
 #if CCE_USE_WGMMA
-constexpr int kTK = 64;                                   // D per ring slot: one 128-byte swizzle row
-constexpr int kTStages = 4;
-constexpr int kTABytes = kTmaFM * kTK * 2;                // 16 KiB of E
-constexpr int kTBBytes = kTmaFN * kTK * 2;                // 32 KiB of C
-constexpr int kTStageBytes = kTABytes + kTBBytes;
-constexpr int kTThreads = 384;                            // 2 consumer warpgroups + 1 producer
-constexpr int kTConsumerWarps = 8;
-constexpr size_t kTSmem = size_t(kTStages) * kTStageBytes + 2 * kTStages * sizeof(uint64_t) + 1024;
-
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint64_t *b, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(b)), "r"(count));
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t *b) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(b)) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t *b, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(b)), "r"(bytes)
-               : "memory");
-}
-// Spins until the barrier's phase with the given parity has completed.
-__device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred P1;\nLAB_WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
-      "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(smem_u32(b)),
-      "r"(parity)
-      : "memory");
-}
-// Tensor copy of the box at (c0 = column, c1 = row) into shared memory, completing on `bar`.
-__device__ __forceinline__ void tma_load_2d(void *dst, const CUtensorMap *map, uint64_t *bar, int c0, int c1) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_u32(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
-      : "memory");
-}
-
-// The consumer thread's view of its accumulators (wgmma m64n256 layout): rows
-// row0 + 8 r (r = 0, 1), columns col(c) (c = 0..63); four lanes (lane % 4) share a row.
-__device__ __forceinline__ int tcol(int lane, int c) { return (c >> 1) * 8 + (lane & 3) * 2 + (c & 1); }
-__device__ __forceinline__ float &tat(float (&acc)[128], int r, int c) { return acc[(c >> 1) * 4 + r * 2 + (c & 1)]; }
-
 template <class T>
 __global__ void __launch_bounds__(kTThreads, 1)
     lse_tma_kernel(const __grid_constant__ CUtensorMap mapE, const __grid_constant__ CUtensorMap mapC,
                    FwdParams p) {
   extern __shared__ __align__(16) char smem_raw[];
-  char *base = reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint64_t *full = reinterpret_cast<uint64_t *>(base + kTStages * kTStageBytes);
-  uint64_t *empty = full + kTStages;
+  const TmaRing ring(smem_raw);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   const int tok0 = static_cast<int>(blockIdx.x) * kTmaFM;
   const int split = blockIdx.y;
   const int vt0 = split * p.tiles_per_split;
   const int vt1 = min(vt0 + p.tiles_per_split, p.ntiles);
   const int KT = static_cast<int>((p.D + kTK - 1) / kTK);
-  if (tid == 0) {
-    for (int s = 0; s < kTStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], kTConsumerWarps);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
+  if (tid == 0) ring.init();
   __syncthreads();
 
   if (wg == 2) {  // producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-    if (tid == 256) {
-      const int total = (vt1 - vt0) * KT;
-      for (int q = 0; q < total; ++q) {
-        const int s = q % kTStages;
-        if (q >= kTStages) mbar_wait(&empty[s], ((q / kTStages) - 1) & 1);
-        const int vt = vt0 + q / KT, kt = q % KT;
-        char *sa = base + s * kTStageBytes;
-        mbar_expect_tx(&full[s], kTStageBytes);
-        tma_load_2d(sa, &mapE, &full[s], kt * kTK, tok0);
-        tma_load_2d(sa + kTABytes, &mapC, &full[s], kt * kTK, vt * kTmaFN);
-      }
-    }
+    if (tid == 256) tma_produce(ring, &mapE, &mapC, tok0, vt0 * kTmaFN, vt1 - vt0, KT);
     return;
   }
 
@@ -134,20 +68,7 @@ __global__ void __launch_bounds__(kTThreads, 1)
 
   int q = 0;
   for (int vt = vt0; vt < vt1; ++vt) {
-    for (int kt = 0; kt < KT; ++kt, ++q) {
-      const int st = q % kTStages;
-      mbar_wait(&full[st], (q / kTStages) & 1);
-      const char *sa = base + st * kTStageBytes + wg * 64 * 128;
-      const char *sb = base + st * kTStageBytes + kTABytes;
-      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-      for (int ks = 0; ks < kTK / 16; ++ks) Wgmma256<T, 0, 0>::run(acc, wg_desc(sa + ks * 32), wg_desc(sb + ks * 32));
-      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-      if (kt > 0 && lane == 0) mbar_arrive(&empty[(q - 1) % kTStages]);
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    if (lane == 0) mbar_arrive(&empty[(q - 1) % kTStages]);
+    tma_consume<T>(ring, acc, q, KT, wg);
 
     // Epilogue: bias, softcap and the columns past V (-inf), then the online fold.
     const int64_t p0 = int64_t(vt) * kTmaFN;
@@ -216,41 +137,8 @@ __global__ void __launch_bounds__(kTThreads, 1)
   }
 }
 
-// The driver's tensor-map encoder, looked up once through the runtime (no -lcuda needed).
-static PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void *f = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
-            cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      f = nullptr;
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
-// A row-major (rows x D) 16-bit matrix as boxes of box_rows x 64, 128-byte swizzled.
-static int encode_rows(CUtensorMap *map, const void *ptr, int dtype, int64_t rows, int64_t D, int box_rows) {
-  cuuint64_t dims[2] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(rows)};
-  cuuint64_t strides[1] = {static_cast<cuuint64_t>(D) * 2};
-  cuuint32_t box[2] = {static_cast<cuuint32_t>(kTK), static_cast<cuuint32_t>(box_rows)};
-  cuuint32_t estr[2] = {1, 1};
-  CUresult rc = tensor_map_encoder()(
-      map, dtype == CCE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
-      const_cast<void *>(ptr), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (rc != CUDA_SUCCESS) return fail(CCE_ERR_CUDA, "cuTensorMapEncodeTiled failed (" + std::to_string(rc) + ")");
-  return 0;
-}
-
 bool tma_forward_usable(int dtype) {
-  if (dtype == CCE_F32 || std::getenv("CCE_FORWARD_CPASYNC")) return false;
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  return major == 9 && minor == 0 && tensor_map_encoder() != nullptr;
+  return dtype != CCE_F32 && !std::getenv("CCE_FORWARD_CPASYNC") && tma_device();
 }
 
 template <class T> static int launch_tma(const FwdParams &p, int dtype, int splits, cudaStream_t s) {
@@ -258,9 +146,9 @@ template <class T> static int launch_tma(const FwdParams &p, int dtype, int spli
   CCE_TRY(encode_rows(&mapE, p.E, dtype, p.N, p.D, kTmaFM));
   CCE_TRY(encode_rows(&mapC, p.C, dtype, p.V, p.D, kTmaFN));
   CCE_CUDA(cudaFuncSetAttribute(lse_tma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                static_cast<int>(kTSmem)));
+                                static_cast<int>(kTRingSmem)));
   dim3 grid(static_cast<unsigned>((p.N + kTmaFM - 1) / kTmaFM), static_cast<unsigned>(splits));
-  lse_tma_kernel<T><<<grid, kTThreads, kTSmem, s>>>(mapE, mapC, p);
+  lse_tma_kernel<T><<<grid, kTThreads, kTRingSmem, s>>>(mapE, mapC, p);
   CCE_LAUNCHED("lse_tma_kernel");
   return 0;
 }
