@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import cce_ctypes as cce
-from bench_cuda import lm_like
+from bench_cuda import lm_like, timed
 
 
 def both(fn):
@@ -61,21 +61,6 @@ def agreement():
     return worst
 
 
-def timed(fn, reps):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return ts
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--N", type=int, default=8192)
@@ -91,27 +76,28 @@ def main():
     E, C, t, ent = lm_like(a.N, a.D, a.V, 4.0, 1.5, 0, torch.bfloat16)
     fwd = lambda: cce.forward(E, C, t)
     out = {"shape": [a.N, a.D, a.V], "entropy": ent, "worst_rel_diff": worst}
-    ta, tb = [], []
+    rounds = {"tma": [], "cpasync": []}  # (median, min, max) of each round
     for _ in range(3):  # alternate in rounds: the machine's state drifts
         os.environ.pop("CCE_FORWARD_CPASYNC", None)
-        ta += timed(fwd, a.reps)
+        rounds["tma"].append(timed(fwd, a.reps, warm=3))
         os.environ["CCE_FORWARD_CPASYNC"] = "1"
-        tb += timed(fwd, a.reps)
+        rounds["cpasync"].append(timed(fwd, a.reps, warm=3))
     os.environ.pop("CCE_FORWARD_CPASYNC", None)
     flops = 2.0 * a.N * a.D * a.V
-    for name, ts in (("tma", ta), ("cpasync", tb)):
-        med = statistics.median(ts)
-        out[name] = {"median_ms": med, "min_ms": min(ts), "max_ms": max(ts), "tflops": flops / med / 1e9}
-        print(f"forward {name:8}: median {med:.2f} ms (min {min(ts):.2f}, max {max(ts):.2f}), "
+    for name, rs in rounds.items():
+        med = statistics.median(r[0] for r in rs)
+        lo, hi = min(r[1] for r in rs), max(r[2] for r in rs)
+        out[name] = {"median_ms": med, "min_ms": lo, "max_ms": hi, "tflops": flops / med / 1e9}
+        print(f"forward {name:8}: median of round medians {med:.2f} ms (min {lo:.2f}, max {hi:.2f}), "
               f"{flops / med / 1e9:.0f} TFLOP/s", flush=True)
     if not a.no_compile:
         def ref(E, C, t):
             return F.cross_entropy((E @ C.T).float(), t)
         comp = torch.compile(ref)
         with torch.no_grad():
-            ts = timed(lambda: comp(E, C, t), a.reps)
-        out["torch_compile"] = {"median_ms": statistics.median(ts), "min_ms": min(ts)}
-        print(f"torch.compile forward: median {statistics.median(ts):.2f} ms", flush=True)
+            med, lo, _ = timed(lambda: comp(E, C, t), a.reps, warm=3)
+        out["torch_compile"] = {"median_ms": med, "min_ms": lo}
+        print(f"torch.compile forward: median {med:.2f} ms", flush=True)
         la = cce.forward(E, C, t)[0]
         print(f"loss cce {float(la):.6f} torch {float(comp(E, C, t)):.6f}", flush=True)
     if a.json:

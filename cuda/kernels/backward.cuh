@@ -1,8 +1,10 @@
-// backward.cuh — the backward pass, shared by its four files: the gradients of the loss with
+// backward.cuh — the backward pass, shared by its five files: the gradients of the loss with
 // respect to E, C and the bias, with tile filtering, vocabulary sorting and float32
 // accumulation, and no atomics on dE or dC.
 //
 //   backward_dz.cu        stage 1: dz tiles (dz_kernel)
+//   backward_dz_tma.cu    stage 1 on Hopper for 16-bit types: the same tiles through the
+//                         bulk-copy ring of tma.cuh from the chunk's gathered C rows (dz_tma_kernel)
 //   backward_products.cu  stage 2: the gradient products, mma.sync / f32 FMA (products_kernel)
 //   backward_wgmma.cu     stage 2 on Hopper: the same products through wgmma (products_wg_kernel)
 //   backward_launch.cu    the host side: plan, workspace, the launch sequence with its small

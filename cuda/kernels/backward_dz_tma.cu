@@ -121,37 +121,34 @@ __global__ void __launch_bounds__(kTThreads, 1)
           tat(acc, r, c) = on ? w[r] * d : 0.f;
         }
       }
-    } else {
-#pragma unroll 1
-      for (int c0 = 0; c0 < 64; c0 += 64) {  // (one trip: keeps the general form out of the hot path's way)
+    } else {  // bias, class weights or softcap
 #pragma unroll
-        for (int c = 0; c < 64; ++c) {
-          const int pos = pos0 + tcol(0, c);
-          const bool in = pos < pend;
-          float bv = 0.f, uv = p.uniform;
-          if (in && (bias || p.cw)) {
-            const int v = p.perm[pos];
-            if (bias) bv = Elt<T>::load(bias[v]);
-            if (p.cw) uv = p.uniform * p.cw[v];
-          }
+      for (int c = 0; c < 64; ++c) {
+        const int pos = pos0 + tcol(0, c);
+        const bool in = pos < pend;
+        float bv = 0.f, uv = p.uniform;
+        if (in && (bias || p.cw)) {
+          const int v = p.perm[pos];
+          if (bias) bv = Elt<T>::load(bias[v]);
+          if (p.cw) uv = p.uniform * p.cw[v];
+        }
 #pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const float z = cap(tat(acc, r, c) + bv, p.softcap);
-            const bool on = act[r] && in;
-            const bool is_t = pos == tp[r];
-            float d = coef[r] * fast_exp2(fmaf(z, kLog2e, -lse2[r])) - uv;
-            if (is_t) d -= tc[r];
-            keep[c >> 5] |= on && (is_t || fabsf(d) >= p.eps);
-            float dy = 0.f;
-            if (on) {
-              dy = w[r] * d;
-              if (p.softcap > 0.f) {
-                const float t = z / p.softcap;
-                dy *= 1.f - t * t;
-              }
+        for (int r = 0; r < 2; ++r) {
+          const float z = cap(tat(acc, r, c) + bv, p.softcap);
+          const bool on = act[r] && in;
+          const bool is_t = pos == tp[r];
+          float d = coef[r] * fast_exp2(fmaf(z, kLog2e, -lse2[r])) - uv;
+          if (is_t) d -= tc[r];
+          keep[c >> 5] |= on && (is_t || fabsf(d) >= p.eps);
+          float dy = 0.f;
+          if (on) {
+            dy = w[r] * d;
+            if (p.softcap > 0.f) {
+              const float t = z / p.softcap;
+              dy *= 1.f - t * t;
             }
-            tat(acc, r, c) = dy;
           }
+          tat(acc, r, c) = dy;
         }
       }
     }

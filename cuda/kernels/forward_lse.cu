@@ -1,7 +1,10 @@
 // forward_lse.cu — the forward: per-row log-sum-exp of the logits and the indexed dot
 // z_{i, t_i}, without ever storing the N x V logits.
 //
-// lse_partial_kernel: grid (token blocks, vocabulary splits). A block owns 128 token rows
+// lse_tma_kernel (forward_tma.cu): on Hopper for 16-bit types, the per-split partials with the
+//   operands brought in by the bulk tensor copy engine; the default there.
+// lse_partial_kernel: the same partials with tiles loaded by cp.async (tiles.cuh): f32, other
+//   GPUs, and CCE_FORWARD_CPASYNC=1. Grid (token blocks, vocabulary splits). A block owns 128 token rows
 //   and a contiguous run of 128-wide vocabulary tiles; for each tile it computes the logit
 //   tile (tiles.cuh), applies bias and softcap, and folds it into per-thread online
 //   (max, sum exp, sum z) triples; the entry whose column is the row's target is written
