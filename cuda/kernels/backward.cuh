@@ -93,6 +93,36 @@ template <class T> struct DzLayout {
   static constexpr size_t SMEM = RING + (Tile::BM + HB * kBN + 4) * sizeof(float);
 };
 
+// Per-row terms of the thread's rows: the upstream weight scaled by 1 / gmax (0 for ignored
+// rows and rows past N, which makes them inactive), the target's sorted position, the lse and
+// the z-loss factor 1 + 2 zl lse.
+template <class Tile> struct DzRowTerms {
+  float lse[Tile::R], w[Tile::R], coef[Tile::R], tc[Tile::R];
+  int tp[Tile::R];
+  bool act[Tile::R];
+};
+
+template <class Tile>
+__device__ __forceinline__ void dz_row_terms(DzRowTerms<Tile> &rw, const DzParams &p, const Tile &t,
+                                             int64_t tok0, float inv) {
+#pragma unroll
+  for (int r = 0; r < Tile::R; ++r) {
+    int64_t gr = tok0 + t.row(r);
+    rw.w[r] = gr < p.N ? p.w[gr] * inv : 0.f;
+    rw.act[r] = rw.w[r] != 0.f;  // ignored rows and rows past N have w = 0
+    rw.tp[r] = gr < p.N ? p.tpos[gr] : -1;
+    rw.lse[r] = rw.act[r] ? p.lse[gr] : 0.f;
+    if (p.wt) {  // class weights: w_t (1 - a + 2 zl lse) + (a / V) W, and w_t (1 - a) at the target
+      float wt = gr < p.N ? p.wt[gr] : 0.f;
+      rw.coef[r] = wt * (p.one_minus_alpha + p.zloss2 * rw.lse[r]) + p.u_all * static_cast<float>(p.wstat[0]);
+      rw.tc[r] = wt * p.one_minus_alpha;
+    } else {
+      rw.coef[r] = 1.f + p.zloss2 * rw.lse[r];
+      rw.tc[r] = p.one_minus_alpha;
+    }
+  }
+}
+
 // ---- stage 2: the gradient products (backward_products.cu, backward_wgmma.cu) -------------
 
 struct ProdParams {
@@ -186,11 +216,9 @@ struct ProductsKernel {
 // dz_tma_kernel (backward_dz_tma.cu): whether it serves this call (a 16-bit type, sm_90a build,
 // compute capability 9.0 device, CCE_DZ_CPASYNC unset), and its launch for the chunk
 // [p.p_begin, p.p_end) of vtc tiles: the chunk's C rows gathered into Cs (at least
-// (p_end - p_begin) x D elements), then the tiles, mapE describing E (encode_rows, kTmaFM rows).
+// (p_end - p_begin) x D elements), then the tiles.
 bool tma_dz_usable(int dtype);
-#if CCE_USE_WGMMA
-int launch_dz_tma(const DzParams &p, const CUtensorMap &mapE, void *Cs, int dtype, int vtc, cudaStream_t s);
-#endif
+int launch_dz_tma(const DzParams &p, void *Cs, int dtype, int vtc, cudaStream_t s);
 // products_kernel<T>: mma.sync for 16-bit types, f32 FMA for f32; kPD columns per block
 template <class T> ProductsKernel products_mma_for();
 #if CCE_USE_WGMMA

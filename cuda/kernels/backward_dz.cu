@@ -5,36 +5,6 @@
 
 namespace cce {
 
-// Per-row terms of the thread's rows: the upstream weight scaled by 1 / gmax (0 for ignored
-// rows and rows past N, which makes them inactive), the target's sorted position, the lse and
-// the z-loss factor 1 + 2 zl lse.
-template <class Tile> struct DzRowTerms {
-  float lse[Tile::R], w[Tile::R], coef[Tile::R], tc[Tile::R];
-  int tp[Tile::R];
-  bool act[Tile::R];
-};
-
-template <class Tile>
-__device__ __forceinline__ void dz_row_terms(DzRowTerms<Tile> &rw, const DzParams &p, Tile &t,
-                                             int64_t tok0, float inv) {
-#pragma unroll
-  for (int r = 0; r < Tile::R; ++r) {
-    int64_t gr = tok0 + t.row(r);
-    rw.w[r] = gr < p.N ? p.w[gr] * inv : 0.f;
-    rw.act[r] = rw.w[r] != 0.f;  // ignored rows and rows past N have w = 0
-    rw.tp[r] = gr < p.N ? p.tpos[gr] : -1;
-    rw.lse[r] = rw.act[r] ? p.lse[gr] : 0.f;
-    if (p.wt) {  // class weights: w_t (1 - a + 2 zl lse) + (a / V) W, and w_t (1 - a) at the target
-      float wt = gr < p.N ? p.wt[gr] : 0.f;
-      rw.coef[r] = wt * (p.one_minus_alpha + p.zloss2 * rw.lse[r]) + p.u_all * static_cast<float>(p.wstat[0]);
-      rw.tc[r] = wt * p.one_minus_alpha;
-    } else {
-      rw.coef[r] = 1.f + p.zloss2 * rw.lse[r];
-      rw.tc[r] = p.one_minus_alpha;
-    }
-  }
-}
-
 // Per-column terms of the thread's columns: inside the chunk, and the bias there.
 template <class Tile> struct DzColTerms {
   float bv[Tile::Cc], uv[Tile::Cc];  // bias; the uniform smoothing term (times w_v with weights)

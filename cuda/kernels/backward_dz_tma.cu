@@ -38,6 +38,13 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// A consumer thread's rows, as dz_row_terms takes them: row0 and row0 + 8 of the token block.
+struct TmaRows {
+  static constexpr int R = 2;
+  int row0;
+  __device__ __forceinline__ int row(int r) const { return row0 + 8 * r; }
+};
+
 __device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
 
 template <class T>
@@ -57,39 +64,19 @@ __global__ void __launch_bounds__(kTThreads, 1)
   for (int i = tid; i < 2 * kTmaFN + 4; i += kTThreads) sCol[i] = 0.f;  // sKeep: 0 bits too
   __syncthreads();
 
-  if (wg == 2) {  // producer
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-    if (tid == 256) tma_produce(ring, &mapE, &mapCs, tok0, pr0 * kTmaFN, pr1 - pr0, KT);
-    return;
-  }
+  if (!tma_roles(ring, &mapE, &mapCs, tok0, pr0 * kTmaFN, pr1 - pr0, KT)) return;
 
   // consumers
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   const int row0 = wg * 64 + (warp & 3) * 16 + (lane >> 2);
   const float gm = *p.gmax, inv = gm > 0.f ? 1.f / gm : 0.f;
   const T *bias = static_cast<const T *>(p.bias);
-  // The rows' terms (as dz_row_terms): upstream weight / gmax (0: inactive), target position,
-  // lse, the coefficient of p and the target's term.
-  float lse[2], lse2[2], w[2], coef[2], tc[2];
-  int tp[2];
-  bool act[2];
+  // The rows' terms (dz_row_terms), and lse in log2 units for ex2.
+  const TmaRows rows{row0};
+  DzRowTerms<TmaRows> rw;
+  dz_row_terms(rw, p, rows, tok0, inv);
+  float lse2[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t gr = int64_t(tok0) + row0 + 8 * r;
-    w[r] = gr < p.N ? p.w[gr] * inv : 0.f;
-    act[r] = w[r] != 0.f;  // ignored rows and rows past N have w = 0
-    tp[r] = gr < p.N ? p.tpos[gr] : -1;
-    lse[r] = act[r] ? p.lse[gr] : 0.f;
-    lse2[r] = lse[r] * kLog2e;
-    if (p.wt) {
-      const float wt = gr < p.N ? p.wt[gr] : 0.f;
-      coef[r] = wt * (p.one_minus_alpha + p.zloss2 * lse[r]) + p.u_all * static_cast<float>(p.wstat[0]);
-      tc[r] = wt * p.one_minus_alpha;
-    } else {
-      coef[r] = 1.f + p.zloss2 * lse[r];
-      tc[r] = p.one_minus_alpha;
-    }
-  }
+  for (int r = 0; r < 2; ++r) lse2[r] = rw.lse[r] * kLog2e;
   const bool plain = !bias && !p.cw && !(p.softcap > 0.f);
   float acc[128];
 #pragma unroll
@@ -113,12 +100,12 @@ __global__ void __launch_bounds__(kTThreads, 1)
         const bool in = pos < pend;
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          float d = fmaf(coef[r], fast_exp2(fmaf(tat(acc, r, c), kLog2e, -lse2[r])), -p.uniform);
-          const bool is_t = pos == tp[r];
-          if (is_t) d -= tc[r];
-          const bool on = act[r] && in;
+          float d = fmaf(rw.coef[r], fast_exp2(fmaf(tat(acc, r, c), kLog2e, -lse2[r])), -p.uniform);
+          const bool is_t = pos == rw.tp[r];
+          if (is_t) d -= rw.tc[r];
+          const bool on = rw.act[r] && in;
           keep[c >> 5] |= on && (is_t || fabsf(d) >= p.eps);
-          tat(acc, r, c) = on ? w[r] * d : 0.f;
+          tat(acc, r, c) = on ? rw.w[r] * d : 0.f;
         }
       }
     } else {  // bias, class weights or softcap
@@ -135,14 +122,14 @@ __global__ void __launch_bounds__(kTThreads, 1)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const float z = cap(tat(acc, r, c) + bv, p.softcap);
-          const bool on = act[r] && in;
-          const bool is_t = pos == tp[r];
-          float d = coef[r] * fast_exp2(fmaf(z, kLog2e, -lse2[r])) - uv;
-          if (is_t) d -= tc[r];
+          const bool on = rw.act[r] && in;
+          const bool is_t = pos == rw.tp[r];
+          float d = rw.coef[r] * fast_exp2(fmaf(z, kLog2e, -lse2[r])) - uv;
+          if (is_t) d -= rw.tc[r];
           keep[c >> 5] |= on && (is_t || fabsf(d) >= p.eps);
           float dy = 0.f;
           if (on) {
-            dy = w[r] * d;
+            dy = rw.w[r] * d;
             if (p.softcap > 0.f) {
               const float t = z / p.softcap;
               dy *= 1.f - t * t;
@@ -240,14 +227,15 @@ __global__ void __launch_bounds__(kTThreads, 1)
 constexpr size_t kDzTmaSmem = kTRingSmem + (2 * kTmaFN + 4) * sizeof(float);
 
 template <class T>
-static int launch_dz_tma_t(const DzParams &p, const CUtensorMap &mapE, void *Cs, int dtype, int vtc, cudaStream_t s) {
+static int launch_dz_tma_t(const DzParams &p, void *Cs, int dtype, int vtc, cudaStream_t s) {
   const int64_t rows = p.p_end - p.p_begin;
   const int64_t chunks16 = rows * p.D * int64_t(sizeof(T)) / 16;
   const int gb = static_cast<int>(std::min<int64_t>((chunks16 + 255) / 256, 4096));
   gather_rows_kernel<T><<<gb, 256, 0, s>>>(static_cast<const T *>(p.C), p.perm, p.p_begin, rows, p.D,
                                            static_cast<T *>(Cs));
   CCE_LAUNCHED("gather_rows_kernel");
-  CUtensorMap mapCs;
+  CUtensorMap mapE, mapCs;  // (encoding one is a host call of about a microsecond)
+  CCE_TRY(encode_rows(&mapE, p.E, dtype, p.N, p.D, kTmaFM));
   CCE_TRY(encode_rows(&mapCs, Cs, dtype, rows, p.D, kTmaFN));
   int dev = 0, sms = 132;
   if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
@@ -267,12 +255,15 @@ static int launch_dz_tma_t(const DzParams &p, const CUtensorMap &mapE, void *Cs,
 
 bool tma_dz_usable(int dtype) { return dtype != CCE_F32 && !std::getenv("CCE_DZ_CPASYNC") && tma_device(); }
 
-int launch_dz_tma(const DzParams &p, const CUtensorMap &mapE, void *Cs, int dtype, int vtc, cudaStream_t s) {
-  return dtype == CCE_BF16 ? launch_dz_tma_t<__nv_bfloat16>(p, mapE, Cs, dtype, vtc, s)
-                           : launch_dz_tma_t<__half>(p, mapE, Cs, dtype, vtc, s);
+int launch_dz_tma(const DzParams &p, void *Cs, int dtype, int vtc, cudaStream_t s) {
+  return dtype == CCE_BF16 ? launch_dz_tma_t<__nv_bfloat16>(p, Cs, dtype, vtc, s)
+                           : launch_dz_tma_t<__half>(p, Cs, dtype, vtc, s);
 }
 #else
 bool tma_dz_usable(int) { return false; }
+int launch_dz_tma(const DzParams &, void *, int, int, cudaStream_t) {
+  return fail(CCE_ERR_CUDA, "the bulk-copy dz stage needs the sm_90a build");
+}
 #endif
 
 }  // namespace cce

@@ -235,9 +235,6 @@ template <class T> struct BackwardRun {
   ProductsKernel prod = {};
   bool skip_products = false;
   int64_t tiles_total = 0;
-#if CCE_USE_WGMMA
-  CUtensorMap mapE;  // dz_tma_kernel's view of E
-#endif
 
   BackwardRun(const void *E, const void *C, const void *bias, const int64_t *targets,
               const float *weight, int64_t N, int64_t D, int64_t V, int dtype, const Resolved &r,
@@ -374,9 +371,6 @@ template <class T> struct BackwardRun {
     const char *el = std::getenv("CCE_EARLY_LOAD");  // measurement only: the former loop order
     pp.early_load = el && el[0] == '1';
     CCE_CUDA(cudaFuncSetAttribute(dz, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(zsmem)));
-#if CCE_USE_WGMMA
-    if (b.tma) CCE_TRY(encode_rows(&mapE, E, dtype, N, D, kTmaFM));
-#endif
     CCE_CUDA(cudaFuncSetAttribute(prod.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(prod.smem)));
     // Timing aid only (wrong gradients): CCE_DEBUG_SKIP_PRODUCTS=1 leaves out the products.
     const char *dbg = std::getenv("CCE_DEBUG_SKIP_PRODUCTS");
@@ -405,9 +399,7 @@ template <class T> struct BackwardRun {
       zp.kept_count = count ? w.kept_count : nullptr;
       if (count) tiles_total += int64_t(NT) * vt;
       if (b.tma) {
-#if CCE_USE_WGMMA
-        CCE_TRY(launch_dz_tma(zp, mapE, w.cs, dtype, vt, s));
-#endif
+        CCE_TRY(launch_dz_tma(zp, w.cs, dtype, vt, s));
       } else {
         dz<<<dim3((NT + DzLayout<T>::HB - 1) / DzLayout<T>::HB, vt), TileFor<T>::type::THREADS, zsmem, s>>>(zp);
         CCE_LAUNCHED("dz_kernel");

@@ -42,14 +42,9 @@ __global__ void __launch_bounds__(kTThreads, 1)
   if (tid == 0) ring.init();
   __syncthreads();
 
-  if (wg == 2) {  // producer
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-    if (tid == 256) tma_produce(ring, &mapE, &mapC, tok0, vt0 * kTmaFN, vt1 - vt0, KT);
-    return;
-  }
+  if (!tma_roles(ring, &mapE, &mapC, tok0, vt0 * kTmaFN, vt1 - vt0, KT)) return;
 
   // consumers
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   const int row0 = wg * 64 + (warp & 3) * 16 + (lane >> 2);
   const T *bias = static_cast<const T *>(p.bias);
   float acc[128];

@@ -101,6 +101,20 @@ __device__ __forceinline__ void tma_produce(const TmaRing &r, const CUtensorMap 
   }
 }
 
+// The block's roles once the ring is set up: the producer warpgroup (threads 256..383) hands
+// back registers, runs tma_produce in one thread and gets false; the consumer warpgroups take
+// 232 registers a thread (for the 128 accumulators and the epilogue) and get true.
+__device__ __forceinline__ bool tma_roles(const TmaRing &r, const CUtensorMap *mapE, const CUtensorMap *mapC,
+                                          int tok0, int c0, int ntiles, int KT) {
+  if (threadIdx.x >= 256) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x == 256) tma_produce(r, mapE, mapC, tok0, c0, ntiles, KT);
+    return false;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  return true;
+}
+
 // Consumer warpgroup wg: one tile's KT steps added into acc (wgmma m64n256 layout: rows
 // 64 wg + 16 (warp % 4) + lane / 4 + 8 r, columns tcol(lane, c)); q counts steps across the
 // block's tiles. One wgmma group stays in flight; each slot is freed as soon as its group is
