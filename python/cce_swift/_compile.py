@@ -6,6 +6,10 @@ calls the loss broke its graph at each of them (18 breaks per call with torch 2.
 the compiler keeps as opaque nodes: no graph break, the surrounding operations compiled
 around them. Outside torch.compile nothing here runs.
 
+CUDA tensors (the CUDA library, _cuda.py) have their own two: `cce_swift::cuda_loss` (the
+library's forward: loss and lse rows, the lse kept for the backward) and `cce_swift::cuda_grads`
+(its backward for the upstream gradient), the eager CudaFunction's calls, so the same values.
+
 - `cce_swift::loss`: loss (and lse), and for reduction mean or sum the gradients too (the
   fused call, upstream gradient 1, as the eager path). Its autograd formula scales those
   gradients by the upstream gradient (out of place: the compiled backward may hold a second
@@ -138,6 +142,91 @@ if AVAILABLE:
         return (dE if need_e else None, dC if need_c else None, dB if need_b else None) + (None,) * 19
 
     loss_op.register_autograd(_backward, setup_context=_setup)
+
+    # CUDA tensors: the CUDA library's forward and backward as two operators (_cuda.py's
+    # CudaFunction, whose ctypes calls Dynamo cannot trace either). The forward keeps the lse
+    # rows for the backward, as the eager path does.
+
+    def _cuda_options(ignore_index, softcap, label_smoothing, z_loss, filter_eps, sort_vocab) -> dict:
+        return dict(ignore_index=ignore_index, softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss,
+                    filter_eps=_eps_value(filter_eps), sort_vocab=sort_vocab)
+
+    @torch.library.custom_op("cce_swift::cuda_loss", mutates_args=(), device_types="cuda")
+    def cuda_loss_op(e: torch.Tensor, c: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+                     weight: Optional[torch.Tensor], need_e: bool, need_c: bool, need_b: bool,
+                     reduction: str, shift: int, ignore_index: int,
+                     softcap: Optional[float], label_smoothing: float, z_loss: float, filter_eps: str,
+                     sort_vocab: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        from . import _cuda
+
+        if weight is not None:
+            _cuda.check_weight_values(weight)
+        call = _cuda.make_call(e, c, bias, targets, weight, shift, reduction,
+                               _cuda_options(ignore_index, softcap, label_smoothing, z_loss, filter_eps, sort_vocab))
+        return _cuda.forward(call, e, c, bias, targets, weight)
+
+    @cuda_loss_op.register_fake
+    def _(e, c, bias, targets, weight, need_e, need_c, need_b, reduction, shift, ignore_index, softcap,
+          label_smoothing, z_loss, filter_eps, sort_vocab):
+        from . import _cuda
+
+        # The checks that need no device values, here so that bad options fail while tracing.
+        call = _cuda.make_call(e, c, bias, targets, weight, shift, reduction,
+                               _cuda_options(ignore_index, softcap, label_smoothing, z_loss, filter_eps, sort_vocab))
+        n = call.lay.n
+        return (e.new_empty((n if reduction == "none" else 1,), dtype=torch.float32),
+                e.new_empty((n,), dtype=torch.float32))
+
+    @torch.library.custom_op("cce_swift::cuda_grads", mutates_args=(), device_types="cuda")
+    def cuda_grads_op(e: torch.Tensor, c: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+                      weight: Optional[torch.Tensor], lse: torch.Tensor, grad_loss: torch.Tensor, need_e: bool,
+                      need_c: bool, need_b: bool, reduction: str, shift: int, ignore_index: int,
+                      softcap: Optional[float], label_smoothing: float, z_loss: float, filter_eps: str,
+                      sort_vocab: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from . import _cuda
+
+        call = _cuda.make_call(e, c, bias, targets, weight, shift, reduction,
+                               _cuda_options(ignore_index, softcap, label_smoothing, z_loss, filter_eps, sort_vocab))
+        # grad_loss is the loss rows' gradient (zeros where a row holds no position): the
+        # library's upstream as it is.
+        g = grad_loss.to(torch.float32).reshape(-1).contiguous()
+        dE, dC, dB = _cuda.backward(call, e, c, bias, targets, weight, lse, g, need_e, need_c, need_b)
+        return (_empty(e) if dE is None else dE, _empty(c) if dC is None else dC, _empty(e) if dB is None else dB)
+
+    @cuda_grads_op.register_fake
+    def _(e, c, bias, targets, weight, lse, grad_loss, need_e, need_c, need_b, *rest):
+        return (torch.empty_like(e) if need_e else _empty(e), torch.empty_like(c) if need_c else _empty(c),
+                torch.empty_like(bias) if need_b and bias is not None else _empty(e))
+
+    def _cuda_setup(ctx, inputs, output):
+        e, c, bias, targets, weight, need_e, need_c, need_b = inputs[:8]
+        ctx.flags = (need_e, need_c, need_b and bias is not None)
+        ctx.options = inputs[8:]
+        ctx.save_for_backward(e, c, bias, targets, weight, output[1])
+
+    def _cuda_backward(ctx, g_loss, g_lse):
+        e, c, bias, targets, weight, lse = ctx.saved_tensors
+        need_e, need_c, need_b = ctx.flags
+        dE, dC, dB = cuda_grads_op(e, c, bias, targets, weight, lse, g_loss, need_e, need_c, need_b, *ctx.options)
+        return (dE if need_e else None, dC if need_c else None, dB if need_b else None) + (None,) * 13
+
+    cuda_loss_op.register_autograd(_cuda_backward, setup_context=_cuda_setup)
+
+
+def cuda_run(e, c, bias, targets, weight, *, reduction, shift, return_lse, ignore_index, softcap, label_smoothing,
+             z_loss, filter_eps, sort_vocab):
+    """CUDA tensors through cuda_loss_op (inputs already checked, padded and made contiguous by
+    _cuda.run); the library's rows become the caller's positions as in the eager path."""
+    from . import _cuda
+
+    grad = torch.is_grad_enabled()
+    need = [grad and x is not None and x.requires_grad for x in (e, c, bias)]
+    loss, lse = cuda_loss_op(e, c, bias, targets, weight, *need, reduction, shift, int(ignore_index),
+                             None if softcap is None else float(softcap), float(label_smoothing), float(z_loss),
+                             _eps_text(filter_eps), bool(sort_vocab))
+    lay = _core.layout(e.shape, c.shape, targets.shape, None if bias is None else bias.shape, None, shift)
+    out, lse_out = _cuda.outputs(lay, reduction, ignore_index, loss, lse if return_lse else None, targets)
+    return (out, lse_out) if return_lse else out
 
 
 def run(e, c, bias, targets, weight, *, reduction, shift, mode, return_lse, ignore_index=-100, softcap=None,

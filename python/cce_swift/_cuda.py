@@ -150,41 +150,81 @@ class _Call:
         o.sort_vocab = int(bool(sort_vocab))
         self.opt = o
 
-    def outputs(self, loss_rows, lse_rows, targets):
-        lay = self.lay
-        T = lay.shape[-1]
-        keep = T - lay.shift
 
-        def rows_to_positions(x):  # row j of a sequence holds the value of target j + shift
-            return x.view(lay.shape)[..., :keep]
+def outputs(lay, reduction, ignore_index, loss_rows, lse_rows, targets):
+    """The library's per-row loss (or the reduced one) and lse as the caller's positions: row j of a
+    sequence holds the value of target j + shift; lse 0 at ignored positions."""
+    keep = lay.shape[-1] - lay.shift
 
-        loss = rows_to_positions(loss_rows) if self.reduction == "none" else loss_rows[0]
-        lse = None
-        if lse_rows is not None:
-            lse = torch.where(targets[..., lay.shift:] != self.ignore_index, rows_to_positions(lse_rows), 0.0)
-        return loss, lse
+    def rows_to_positions(x):
+        return x.view(lay.shape)[..., :keep]
+
+    loss = rows_to_positions(loss_rows) if reduction == "none" else loss_rows[0]
+    lse = None
+    if lse_rows is not None:
+        lse = torch.where(targets[..., lay.shift:] != ignore_index, rows_to_positions(lse_rows), 0.0)
+    return loss, lse
+
+
+def forward(call, e, c, bias, targets, weight):
+    """cce_forward (or its weighted twin): the loss rows (N, or 1 when reduced) and the lse rows (N), float32."""
+    lay = call.lay
+    lib = library()
+    ws = torch.empty(lib.cce_forward_workspace_size(lay.n, lay.d, lay.v, call.dtype, ctypes.byref(call.opt)),
+                     dtype=torch.uint8, device=e.device)
+    loss = torch.empty(lay.n if call.reduction == "none" else 1, dtype=torch.float32, device=e.device)
+    lse = torch.empty(lay.n, dtype=torch.float32, device=e.device)
+    flat = targets.reshape(-1)
+    if weight is None:
+        _check(lib.cce_forward(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v, call.dtype,
+                               ctypes.byref(call.opt), _ptr(loss), _ptr(lse), _ptr(ws), ws.numel(), _stream()))
+    else:
+        _check(lib.cce_forward_weighted(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v,
+                                        call.dtype, _ptr(weight), ctypes.byref(call.opt), _ptr(loss), _ptr(lse),
+                                        _ptr(ws), ws.numel(), _stream()))
+    return loss, lse
+
+
+def upstream(lay, reduction, grad_loss, device):
+    """The upstream gradient as the library takes it: one value per row for reduction none (zeros
+    on the rows that hold no position), else one value."""
+    if reduction == "none":
+        g = torch.zeros(lay.shape, dtype=torch.float32, device=device)
+        g[..., : lay.shape[-1] - lay.shift] = grad_loss.to(torch.float32)
+        return g.reshape(-1).contiguous()
+    return grad_loss.reshape(1).to(torch.float32).contiguous()
+
+
+def backward(call, e, c, bias, targets, weight, lse, g, need_e, need_c, need_b):
+    """cce_backward (or its weighted twin) for upstream g (see upstream): dE, dC, dB, None where not asked."""
+    lay = call.lay
+    lib = library()
+    need_b = need_b and bias is not None
+    ws = torch.empty(lib.cce_backward_workspace_size(lay.n, lay.d, lay.v, call.dtype, ctypes.byref(call.opt),
+                                                     int(need_e), int(need_c), int(need_b)),
+                     dtype=torch.uint8, device=e.device)
+    dE = torch.empty_like(e) if need_e else None
+    dC = torch.empty_like(c) if need_c else None
+    dB = torch.empty_like(bias) if need_b else None
+    flat = targets.reshape(-1)
+    if weight is None:
+        _check(lib.cce_backward(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v, call.dtype,
+                                ctypes.byref(call.opt), _ptr(lse), _ptr(g), _ptr(dE), _ptr(dC), _ptr(dB),
+                                _ptr(ws), ws.numel(), None, _stream()))
+    else:
+        _check(lib.cce_backward_weighted(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v,
+                                         call.dtype, _ptr(weight), ctypes.byref(call.opt), _ptr(lse), _ptr(g),
+                                         _ptr(dE), _ptr(dC), _ptr(dB), _ptr(ws), ws.numel(), None, _stream()))
+    return dE, dC, dB
 
 
 class CudaFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, e, c, bias, targets, weight, call, return_lse):
-        lay = call.lay
-        lib = library()
-        ws = torch.empty(lib.cce_forward_workspace_size(lay.n, lay.d, lay.v, call.dtype, ctypes.byref(call.opt)),
-                         dtype=torch.uint8, device=e.device)
-        loss = torch.empty(lay.n if call.reduction == "none" else 1, dtype=torch.float32, device=e.device)
-        lse = torch.empty(lay.n, dtype=torch.float32, device=e.device)
-        flat = targets.reshape(-1)
-        if weight is None:
-            _check(lib.cce_forward(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v, call.dtype,
-                                   ctypes.byref(call.opt), _ptr(loss), _ptr(lse), _ptr(ws), ws.numel(), _stream()))
-        else:
-            _check(lib.cce_forward_weighted(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v,
-                                            call.dtype, _ptr(weight), ctypes.byref(call.opt), _ptr(loss), _ptr(lse),
-                                            _ptr(ws), ws.numel(), _stream()))
+        loss, lse = forward(call, e, c, bias, targets, weight)
         ctx.call = call
-        ctx.save_for_backward(e, c, bias, flat, lse, weight)
-        out, lse_out = call.outputs(loss, lse if return_lse else None, targets)
+        ctx.save_for_backward(e, c, bias, targets, lse, weight)
+        out, lse_out = outputs(call.lay, call.reduction, call.ignore_index, loss, lse if return_lse else None, targets)
         if lse_out is None:
             return out
         ctx.mark_non_differentiable(lse_out)
@@ -193,30 +233,9 @@ class CudaFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *grad_lse):
         call = ctx.call
-        lay = call.lay
-        e, c, bias, flat, lse, weight = ctx.saved_tensors
-        need_e, need_c, need_b = ctx.needs_input_grad[:3]
-        if call.reduction == "none":
-            g = torch.zeros(lay.shape, dtype=torch.float32, device=e.device)
-            g[..., : lay.shape[-1] - lay.shift] = grad_loss.to(torch.float32)
-            g = g.reshape(-1).contiguous()
-        else:
-            g = grad_loss.reshape(1).to(torch.float32).contiguous()
-        lib = library()
-        ws = torch.empty(lib.cce_backward_workspace_size(lay.n, lay.d, lay.v, call.dtype, ctypes.byref(call.opt),
-                                                         int(need_e), int(need_c), int(need_b and bias is not None)),
-                         dtype=torch.uint8, device=e.device)
-        dE = torch.empty_like(e) if need_e else None
-        dC = torch.empty_like(c) if need_c else None
-        dB = torch.empty_like(bias) if need_b and bias is not None else None
-        if weight is None:
-            _check(lib.cce_backward(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v, call.dtype,
-                                    ctypes.byref(call.opt), _ptr(lse), _ptr(g), _ptr(dE), _ptr(dC), _ptr(dB),
-                                    _ptr(ws), ws.numel(), None, _stream()))
-        else:
-            _check(lib.cce_backward_weighted(_ptr(e), _ptr(c), _ptr(bias), _ptr(flat), lay.n, lay.d, lay.v,
-                                             call.dtype, _ptr(weight), ctypes.byref(call.opt), _ptr(lse), _ptr(g),
-                                             _ptr(dE), _ptr(dC), _ptr(dB), _ptr(ws), ws.numel(), None, _stream()))
+        e, c, bias, targets, lse, weight = ctx.saved_tensors
+        g = upstream(call.lay, call.reduction, grad_loss, e.device)
+        dE, dC, dB = backward(call, e, c, bias, targets, weight, lse, g, *ctx.needs_input_grad[:3])
         return dE, dC, dB, None, None, None, None
 
 
@@ -255,10 +274,25 @@ def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, igno
     e, c = e.contiguous(), c.contiguous()
     bias = None if bias is None else bias.contiguous()
     targets = targets.to(torch.int64).contiguous()
+    from . import _compile
+
+    compiling = _compile.compiling()
     if weight is not None:
-        weight = _class_weight(weight, c.shape[0] if c.dim() == 2 else None, e.device)
-    call = _Call(e, c, bias, targets, shift, reduction, ignore_index=ignore_index, softcap=softcap,
-                 label_smoothing=label_smoothing, z_loss=z_loss, filter_eps=filter_eps, sort_vocab=sort_vocab)
+        # Its values are looked at on the host: here, or, while torch.compile traces (where that
+        # would break the graph), when the operator runs.
+        weight = _class_weight(weight, c.shape[0] if c.dim() == 2 else None, e.device, values=not compiling)
+    options = dict(ignore_index=ignore_index, softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss,
+                   filter_eps=filter_eps, sort_vocab=sort_vocab)
+    if compiling:   # torch.compile is tracing: the registered operators (_compile.py)
+        return _compile.cuda_run(e, c, bias, targets, weight, reduction=reduction, shift=shift,
+                                 return_lse=return_lse, **options)
+    call = make_call(e, c, bias, targets, weight, shift, reduction, options)
+    return CudaFunction.apply(e, c, bias, targets, weight, call, return_lse)
+
+
+def make_call(e, c, bias, targets, weight, shift, reduction, options):
+    """The call's layout and library options, after the checks that need the library."""
+    call = _Call(e, c, bias, targets, shift, reduction, **options)
     if weight is not None:
         if tuple(weight.shape) != (call.lay.v,):
             raise _lib.CCEValueError(f"invalid shape: weight must be (V) = ({call.lay.v},), got "
@@ -266,12 +300,13 @@ def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, igno
         if not getattr(library(), "has_weighted", False):
             raise _lib.CCERuntimeError(f"the CUDA library {library().path} predates per-class weights (no "
                                        "cce_forward_weighted): rebuild it with cuda/build.sh", 11)
-    return CudaFunction.apply(e, c, bias, targets, weight, call, return_lse)
+    return call
 
 
-def _class_weight(weight, v, device):
-    """The per-class weight as the library takes it: float32, contiguous, on e's device, every value
-    finite and >= 0 (checked here, as the CPU engine checks them; this reads one flag back from the GPU)."""
+def _class_weight(weight, v, device, values=True):
+    """The per-class weight as the library takes it: float32, contiguous, on e's device, and (with
+    `values`) every value finite and >= 0 (checked here, as the CPU engine checks them; this reads
+    one flag back from the GPU)."""
     if not isinstance(weight, torch.Tensor):
         weight = torch.as_tensor(weight)
     if weight.dtype.is_complex or weight.dtype == torch.bool:
@@ -279,6 +314,11 @@ def _class_weight(weight, v, device):
     w = weight.detach().to(device=device, dtype=torch.float32).contiguous()
     if w.dim() != 1 or (v is not None and w.shape[0] != v):
         raise _lib.CCEValueError(f"invalid shape: weight must be (V) = ({v},), got {_core.shape_text(w.shape)}", 4)
+    return check_weight_values(w) if values else w
+
+
+def check_weight_values(w):
+    """w itself, after checking that every value is finite and >= 0."""
     finite = torch.isfinite(w)
     if not bool(finite.all()):
         i = int((~finite).nonzero()[0, 0])
