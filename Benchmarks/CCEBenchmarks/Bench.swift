@@ -262,7 +262,7 @@ public enum Bench {
         }
         if methods.contains("cce-nosort") {
             var o = opts; o.sortVocabulary = false
-            cceRows("cce-nosort", o, kinds: ["loss+grad"])
+            cceRows("cce-nosort", o, kinds: ["loss", "loss+grad"])
         }
         if methods.contains("cce-noestimate") {
             var o = opts; o.filterCorrection = false
