@@ -147,6 +147,11 @@ public enum TileKernel: String, Sendable, CaseIterable {
         }
     }
 
+    /// Bytes an E element takes in the token block as the kernel holds it, where that is not
+    /// the compute type's (TilePlan's NB): the dot-product kernel's bf16 pairs. (AMX holds
+    /// bf16 tiles too; its NB was measured with the Float32 size and is left so.)
+    public var tokenBytes: Int? { self == .avx512BF16 ? 2 : nil }
+
     /// Whether this machine can run the kernel on inputs stored as `type`.
     public func runs(_ type: ElementType) -> Bool {
         switch self {

@@ -112,10 +112,10 @@ public struct CutCrossEntropy: Sendable {
 
     /// The tile plan a call with these sizes, on E and C stored as `storage`, would use.
     public func plan(tokens: Int, dim: Int, vocab: Int, storage: ElementType = .float32) -> TilePlan {
-        TilePlan(tokens: tokens, dim: dim, vocab: vocab, threads: threadCount,
-                 scalarBytes: options.mode == .exact ? 8 : 4,
-                 rowGroup: TilePlan.rowGroup(kernel: tileKernel(embeddings: storage, classifier: storage),
-                                             compensated: options.mode.compensated))
+        let kernel = tileKernel(embeddings: storage, classifier: storage)
+        return TilePlan(tokens: tokens, dim: dim, vocab: vocab, threads: threadCount,
+                        scalarBytes: options.mode == .exact ? 8 : 4, tokenBytes: kernel.tokenBytes,
+                        rowGroup: TilePlan.rowGroup(kernel: kernel, compensated: options.mode.compensated))
     }
 
     var threadCount: Int { options.threads ?? Workers.availableCPUs }

@@ -127,6 +127,7 @@ enum Engine {
                                       requested: call.kernel)
         let plan = TilePlan(tokens: p.active, dim: p.d, vocab: p.v, threads: call.threads,
                             scalarBytes: MemoryLayout<S>.size,
+                            tokenBytes: kernel.tokenBytes,
                             rowGroup: TilePlan.rowGroup(kernel: kernel, compensated: call.policy.accumulation == .kahan))
         var stats = FilterStatistics()
         embeddings.withRawPointer { e in

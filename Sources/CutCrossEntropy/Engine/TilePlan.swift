@@ -6,7 +6,11 @@
 // columns at a time into an L1-resident panel (TileProduct6x16.swift). The logit tile is
 // NB x VB.
 //
-//   NB: the token block's E rows take about two L2s:  NB ≈ 2·L2 / (D · size), at most 288
+//   NB: the token block's E rows take about two L2s:  NB ≈ 2·L2 / (D · size), size the bytes
+//       an E element takes as the tile kernel holds it (the compute type's, or 2 for the
+//       AVX512_BF16 dot-product kernel, which packs the token block as bf16 pairs: at D = 2048
+//       and 4096 on a 1 MiB L2 that doubles NB and halves how often each C panel is packed,
+//       loss+grad about 10% faster on a Zen 4, for 1.5 to 2 MB more peak at 2 threads), at most 288
 //       (CCE_TOKEN_BLOCK_MAX in the environment moves the 288, for experiments), a
 //       multiple of the tile kernel's row group g (its register block's height: 6 for the
 //       portable kernel, 12 for the AVX-512 ones, 32 for AMX; 288 is a multiple of each;
@@ -48,12 +52,13 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     /// Where the cache sizes came from.
     public var topology: Topology
 
-    /// `rowGroup`: the tile kernel's (TileKernel.rowGroup).
-    public init(tokens: Int, dim: Int, vocab: Int, threads: Int, scalarBytes: Int = 4,
+    /// `rowGroup`: the tile kernel's (TileKernel.rowGroup). `tokenBytes`: the bytes of an E
+    /// element as the kernel holds the token block, when not `scalarBytes` (NB only).
+    public init(tokens: Int, dim: Int, vocab: Int, threads: Int, scalarBytes: Int = 4, tokenBytes: Int? = nil,
                 rowGroup: Int = TileShape.mr, topology: Topology = .current) {
         let g = max(1, rowGroup)
         let row = max(1, dim * scalarBytes)
-        var nb = 2 * topology.l2Bytes / row
+        var nb = 2 * topology.l2Bytes / max(1, dim * (tokenBytes ?? scalarBytes))
         nb = max(g, min(TilePlan.tokenBlockLimit, nb) / g * g)
         let t = max(1, threads), m = max(1, tokens)
         var blocks = (m + nb - 1) / nb
