@@ -303,6 +303,19 @@ final class DocExamplesTests: XCTestCase {
             let p = TilePlan(tokens: 4096, dim: 1024, vocab: 128256, threads: 16, rowGroup: g, topology: l2At2M)
             XCTAssertEqual(p.tokenBlock, nb, "rows in groups of \(g)")
         }
+        // The dot-product kernel holds the token block as bf16 pairs (TileKernel.tokenBytes):
+        // at D = 4096 on a 1 MiB L2, 2·L2 / (D·2) = 256 rows before rounding, not 128: 180
+        // rows (6 blocks for 2 threads) instead of 108 (10 blocks). VB keeps the Float32 sizing.
+        XCTAssertEqual(TileKernel.avx512BF16.tokenBytes, 2)
+        XCTAssertNil(TileKernel.amxBF16.tokenBytes)
+        var l2At1M = plan.topology
+        l2At1M.l2Bytes = 1 << 20
+        let f32Sized = TilePlan(tokens: 1024, dim: 4096, vocab: 128256, threads: 2, rowGroup: 12, topology: l2At1M)
+        let bf16Sized = TilePlan(tokens: 1024, dim: 4096, vocab: 128256, threads: 2, tokenBytes: 2, rowGroup: 12,
+                                 topology: l2At1M)
+        XCTAssertEqual(f32Sized.tokenBlock, 108)
+        XCTAssertEqual(bf16Sized.tokenBlock, 180)
+        XCTAssertEqual(bf16Sized.vocabBlock, f32Sized.vocabBlock)
     }
 
     /// API.md "Half-precision values": rounding, storage types, and a Float16 classifier.

@@ -4,6 +4,9 @@ CCE_FORWARD_CPASYNC=1, read on every call), plus torch.compile's forward over ma
 logits for reference.
 
     python3 harness/forward_ab.py [--N 8192 --D 2304 --V 256000 --reps 15] [--json out.json]
+        [--b-env NAME=VALUE]   (side B: another setting the library reads on every call,
+                                e.g. CCE_FORWARD_WAVE_PLAN=0, the vocabulary splits before
+                                they were fitted to whole waves)
 
 Checks first that both kernels give the same loss and lse (within float32 reordering) on
 shapes that are not tile multiples, with every forward option; then times both, alternating,
@@ -21,12 +24,24 @@ import cce_ctypes as cce
 from bench_cuda import lm_like, timed
 
 
+# The environment variable that selects side B (read by the library on every call):
+# CCE_FORWARD_CPASYNC=1 (the cp.async kernel), or --b-env NAME=VALUE.
+B_ENV = ("CCE_FORWARD_CPASYNC", "1")
+
+
+def side(b):
+    if b:
+        os.environ[B_ENV[0]] = B_ENV[1]
+    else:
+        os.environ.pop(B_ENV[0], None)
+
+
 def both(fn):
-    os.environ.pop("CCE_FORWARD_CPASYNC", None)
+    side(False)
     a = fn()
-    os.environ["CCE_FORWARD_CPASYNC"] = "1"
+    side(True)
     b = fn()
-    os.environ.pop("CCE_FORWARD_CPASYNC", None)
+    side(False)
     return a, b
 
 
@@ -69,20 +84,26 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--b-env", default="CCE_FORWARD_CPASYNC=1",
+                    help="NAME=VALUE that selects side B (default: the cp.async kernel)")
     a = ap.parse_args()
+    global B_ENV
+    B_ENV = tuple(a.b_env.split("=", 1))
     print(torch.cuda.get_device_name(), flush=True)
     worst = agreement()
     print(f"worst relative difference between the kernels: {worst:.2e}", flush=True)
     E, C, t, ent = lm_like(a.N, a.D, a.V, 4.0, 1.5, 0, torch.bfloat16)
     fwd = lambda: cce.forward(E, C, t)
     out = {"shape": [a.N, a.D, a.V], "entropy": ent, "worst_rel_diff": worst}
-    rounds = {"tma": [], "cpasync": []}  # (median, min, max) of each round
+    names = ("tma", "cpasync") if B_ENV == ("CCE_FORWARD_CPASYNC", "1") else ("default", "=".join(B_ENV))
+    rounds = {names[0]: [], names[1]: []}  # (median, min, max) of each round
+    out["b_env"] = "=".join(B_ENV)
     for _ in range(3):  # alternate in rounds: the machine's state drifts
-        os.environ.pop("CCE_FORWARD_CPASYNC", None)
-        rounds["tma"].append(timed(fwd, a.reps, warm=3))
-        os.environ["CCE_FORWARD_CPASYNC"] = "1"
-        rounds["cpasync"].append(timed(fwd, a.reps, warm=3))
-    os.environ.pop("CCE_FORWARD_CPASYNC", None)
+        side(False)
+        rounds[names[0]].append(timed(fwd, a.reps, warm=3))
+        side(True)
+        rounds[names[1]].append(timed(fwd, a.reps, warm=3))
+    side(False)
     flops = 2.0 * a.N * a.D * a.V
     for name, rs in rounds.items():
         med = statistics.median(r[0] for r in rs)

@@ -13,6 +13,7 @@
 // lse_finish_kernel: merges the splits of each row: lse, per-row loss.
 // reduce_kernel: one block; sums the per-row losses in a fixed order (deterministic).
 #include <cmath>
+#include <cstdlib>
 
 #include "forward.cuh"
 
@@ -183,8 +184,42 @@ static FwdPlan plan_forward(int64_t N, int64_t V, int tile_m, int tile_n) {
   f.splits = (f.ntiles + f.tiles_per_split - 1) / f.tiles_per_split;
   return f;
 }
+// The bulk-copy kernel runs one block per multiprocessor, every block the same work but the
+// last split's: blocks go in waves of `sms`, and a last wave that fills few of them idles the
+// rest (N = 8192, V = 128256: 64 token blocks x 32 splits = 2048 blocks, 15.5 waves, so the
+// call lasts 16 waves of 16 tiles where 15.5 would do). Among up to twice the splits of the
+// plan above, take the one whose waves x (tiles per split + a block's ramp, about 1/20 of a
+// tile) is least: there 63 splits of 8 tiles, 31 waves of 8.05. CCE_FORWARD_WAVE_PLAN=0 (read
+// on every call) keeps the plan above.
+static bool wave_plan() {
+  const char *env = std::getenv("CCE_FORWARD_WAVE_PLAN");
+  return !(env && env[0] == '0');
+}
+static FwdPlan plan_forward_waves(int64_t N, int64_t V, bool waves) {
+  FwdPlan f = plan_forward(N, V, kTmaFM, kTmaFN);
+  if (!waves) return f;
+  int dev = 0, sms = 132;
+  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const int64_t tblocks = (N + kTmaFM - 1) / kTmaFM;
+  auto cost = [&](int tps) {
+    const int64_t splits = (f.ntiles + tps - 1) / tps;
+    const int64_t waves = (tblocks * splits + sms - 1) / sms;
+    return static_cast<double>(waves) * (tps + 0.05);
+  };
+  double best = cost(f.tiles_per_split);
+  for (int s = 1; s <= 2 * f.splits && s <= f.ntiles && s <= 65535; ++s) {
+    const int tps = (f.ntiles + s - 1) / s;
+    const double c = cost(tps);
+    if (c < best - 1e-9) {
+      best = c;
+      f.tiles_per_split = tps;
+    }
+  }
+  f.splits = (f.ntiles + f.tiles_per_split - 1) / f.tiles_per_split;
+  return f;
+}
 static FwdPlan plan_forward(int64_t N, int64_t V, bool tma) {
-  return tma ? plan_forward(N, V, kTmaFM, kTmaFN) : plan_forward(N, V, kBM, kBN);
+  return tma ? plan_forward_waves(N, V, wave_plan()) : plan_forward(N, V, kBM, kBN);
 }
 
 struct FwdWs {
@@ -230,8 +265,12 @@ extern "C" size_t cce_forward_workspace_size(int64_t N, int64_t D, int64_t V, in
   (void)D;
   (void)dtype;
   (void)opt;
-  FwdPlan f = plan_forward(N, V, false), g = plan_forward(N, V, true);
-  if (g.splits > f.splits) f = g;  // room for either kernel's partials
+  // Room for either kernel's partials, and either plan of the bulk-copy one's.
+  FwdPlan f = plan_forward(N, V, false);
+  for (bool waves : {false, true}) {
+    const FwdPlan g = plan_forward_waves(N, V, waves);
+    if (g.splits > f.splits) f = g;
+  }
   Carver cv(nullptr);
   carve_forward(cv, N, f);
   return cv.used;
