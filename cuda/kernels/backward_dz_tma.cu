@@ -237,8 +237,7 @@ static int launch_dz_tma_t(const DzParams &p, void *Cs, int dtype, int vtc, cuda
   CUtensorMap mapE, mapCs;  // (encoding one is a host call of about a microsecond)
   CCE_TRY(encode_rows(&mapE, p.E, dtype, p.N, p.D, kTmaFM));
   CCE_TRY(encode_rows(&mapCs, Cs, dtype, rows, p.D, kTmaFN));
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const int sms = sm_count();
   const int NT = static_cast<int>((p.N + kTmaFM - 1) / kTmaFM);
   const int pairs = (vtc + 1) / 2;
   // About one block per multiprocessor: a block's pairs share its ring, so the copies of the

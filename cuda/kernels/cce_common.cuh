@@ -31,6 +31,13 @@ template <> struct Elt<__nv_bfloat16> {
 
 inline size_t elt_size(int dtype) { return dtype == CCE_F32 ? 4 : 2; }
 
+// Multiprocessors of the current device (132 when it cannot be asked): the grids' wave size.
+inline int sm_count() {
+  int dev = 0, sms = 132;
+  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  return sms;
+}
+
 // ---- errors ------------------------------------------------------------------------
 
 void set_error(const std::string &msg);

@@ -169,9 +169,7 @@ struct FwdPlan {
 };
 
 // Vocabulary splits for token blocks of tile_m rows and tiles of tile_n entries.
-static FwdPlan plan_forward(int64_t N, int64_t V, int tile_m, int tile_n) {
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+static FwdPlan plan_forward(int64_t N, int64_t V, int tile_m, int tile_n, int sms) {
   FwdPlan f;
   f.ntiles = static_cast<int>((V + tile_n - 1) / tile_n);
   int64_t tblocks = (N + tile_m - 1) / tile_m;
@@ -196,10 +194,9 @@ static bool wave_plan() {
   return !(env && env[0] == '0');
 }
 static FwdPlan plan_forward_waves(int64_t N, int64_t V, bool waves) {
-  FwdPlan f = plan_forward(N, V, kTmaFM, kTmaFN);
+  const int sms = sm_count();
+  FwdPlan f = plan_forward(N, V, kTmaFM, kTmaFN, sms);
   if (!waves) return f;
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   const int64_t tblocks = (N + kTmaFM - 1) / kTmaFM;
   auto cost = [&](int tps) {
     const int64_t splits = (f.ntiles + tps - 1) / tps;
@@ -219,7 +216,7 @@ static FwdPlan plan_forward_waves(int64_t N, int64_t V, bool waves) {
   return f;
 }
 static FwdPlan plan_forward(int64_t N, int64_t V, bool tma) {
-  return tma ? plan_forward_waves(N, V, wave_plan()) : plan_forward(N, V, kBM, kBN);
+  return tma ? plan_forward_waves(N, V, wave_plan()) : plan_forward(N, V, kBM, kBN, sm_count());
 }
 
 struct FwdWs {
