@@ -18,6 +18,7 @@ out, against the device path (cce_forward / cce_backward on the same inputs, whi
 to the bit after the same float32 conversion) and against the float64 truth.
 """
 import itertools
+import os
 import math
 import sys
 
@@ -249,6 +250,32 @@ def device_case(name, spec, dtype, **shape):
     return ok, " ".join(f"{k}={v:.2e}" for k, v in errs.items()) + f" tiles kept {st[1]}/{st[0]}"
 
 
+def products_agree(dtype, N, D, V, seed):
+    """(ok, message): dE, dC and dbias with the default products and with CCE_PRODUCTS_CPASYNC=1."""
+    E, C, t = lm_like(N, D, V, seed=seed)
+    g = torch.Generator(device="cuda").manual_seed(seed + 11)
+    bias = (torch.randn(V, generator=g, device="cuda") * 0.5).to(dtype)
+    Ed, Cd = E.to(dtype).contiguous(), C.to(dtype).contiguous()
+    loss, lse = cce.forward(Ed, Cd, t, bias=bias, dc_chunk_rows=0)
+    grad = torch.tensor([1.3], device="cuda")
+    outs = []
+    for env in (None, "1"):
+        if env:
+            os.environ["CCE_PRODUCTS_CPASYNC"] = env
+        try:
+            dE, dC, db, st = cce.backward(Ed, Cd, t, lse, grad, bias=bias, want_dbias=True, stats=True, poison=True,
+                                          dc_chunk_rows=0)
+            torch.cuda.synchronize()
+        finally:
+            os.environ.pop("CCE_PRODUCTS_CPASYNC", None)
+        outs.append((dE.float(), dC.float(), db.float()))
+    diffs = [rel(a, b) for a, b in zip(outs[0], outs[1])]
+    same = all(torch.equal(a, b) for a, b in zip(outs[0], outs[1]))
+    ok = all(d <= 1e-6 for d in diffs) and all(torch.isfinite(x).all().item() for x in outs[0])
+    return ok, ("bitwise equal" if same else "dE/dC/db rel diff " + " ".join(f"{d:.1e}" for d in diffs)) + \
+        f", tiles kept {st[1]}/{st[0]}"
+
+
 def raises(call, *needles):
     """(ok, "") where call() raises a RuntimeError whose message holds every needle."""
     try:
@@ -272,6 +299,13 @@ def main():
                              lambda: device_case("larger", dict(dc_chunk_rows=0), dtype, **larger)))
         spec = dict(dc_chunk_rows=0, weight=True, label_smoothing=0.1, bias=True)
         results.append(check("larger weight+smoothing", dtype, lambda: device_case("larger", spec, dtype, **larger)))
+    # The products fed by the bulk-copy ring against the cp.async wgmma kernel
+    # (CCE_PRODUCTS_CPASYNC=1), same inputs: the same sums in the same order, so the gradients
+    # must agree to float32 rounding (they are expected to be bitwise equal).
+    for dtype in (torch.bfloat16, torch.float16):
+        for shape in (larger, dict(N=700, D=200, V=9000, seed=4)):
+            results.append(check(f"products tma=cp.async N{shape['N']} D{shape['D']}", dtype,
+                                 lambda: products_agree(dtype, **shape)))
     # float32 takes D a multiple of 4: D % 8 == 4 (the last 8-column chunk of a dC row is half full;
     # before the fix of write_products it wrote 4 columns into the next row).
     for name, spec in (("f32 D=20", dict(bias=True)), ("f32 D=20 nolean", dict(lean_memory=False)),

@@ -234,6 +234,7 @@ template <class T> struct BackwardRun {
   size_t zsmem = DzLayout<T>::SMEM;
   ProductsKernel prod = {};
   bool skip_products = false;
+  bool tma_products = false;  // products_tma_kernel (with the bulk-copy dz stage's gathered C rows)
   int64_t tiles_total = 0;
 
   BackwardRun(const void *E, const void *C, const void *bias, const int64_t *targets,
@@ -365,7 +366,15 @@ template <class T> struct BackwardRun {
     prod = products_mma_for<T>();
 #if CCE_USE_WGMMA
     const char *nowg = std::getenv("CCE_NO_WGMMA_PRODUCTS");  // 1: the mma.sync products instead
-    if constexpr (sizeof(T) == 2) if (!(nowg && nowg[0] == '1')) prod = products_wgmma_for<T>();
+    // With the bulk-copy dz stage the wgmma products are fed by the copy engine too, unless
+    // CCE_PRODUCTS_CPASYNC=1 (the cp.async wgmma kernel, for comparison).
+    const char *pcp = std::getenv("CCE_PRODUCTS_CPASYNC");
+    if constexpr (sizeof(T) == 2) {
+      if (!(nowg && nowg[0] == '1')) {
+        prod = products_wgmma_for<T>();
+        tma_products = b.tma && !(pcp && pcp[0] == '1');
+      }
+    }
 #endif
     pp.DC = static_cast<int>((D + prod.cols - 1) / prod.cols);
     const char *el = std::getenv("CCE_EARLY_LOAD");  // measurement only: the former loop order
@@ -414,6 +423,10 @@ template <class T> struct BackwardRun {
       pp.VTc = vt;
       pp.nC = doC ? vt * PDC : 0;
       int blocks = pp.nC + (doE ? NT * PDC : 0);
+      if (tma_products) {
+        CCE_TRY(launch_products_tma(pp, w.cs, dtype, blocks, s));
+        continue;
+      }
       prod.fn<<<blocks, kThreads, prod.smem, s>>>(pp);
       CCE_LAUNCHED("products_kernel");
     }

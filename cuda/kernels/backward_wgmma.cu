@@ -1,6 +1,8 @@
 // backward_wgmma.cu — stage 2 of the backward on Hopper (backward.cuh): the same gradient
 // products as backward_products.cu through wgmma, for 16-bit types (built with
 // CCE_USE_WGMMA, the sm_90a default).
+#include <algorithm>
+
 #include "backward.cuh"
 
 namespace cce {
@@ -91,9 +93,16 @@ __device__ __forceinline__ void wg_kept_tiles(float (&acc)[128], const ProdParam
 // First-order part of the skipped tiles, 32 at a time through shared memory (at base): the
 // tiles' row or column sums and the tile means of the operand, then rank-one updates of the
 // accumulators (rows row0 and row0 + 8 of each column pair).
-template <class KeptAt, class TileOf>
+// `sync` synchronizes the 256 threads that hold the accumulators (the whole block here, the
+// consumer warpgroups in products_tma_kernel).
+struct BlockSync {
+  __device__ void operator()() const { __syncthreads(); }
+};
+
+template <class KeptAt, class TileOf, class Sync = BlockSync>
 __device__ __forceinline__ void wg_first_order(float (&acc)[128], const ProdParams &p, const WgBlock &blk,
-                                               int row0, const KeptAt &kept_at, const TileOf &tile_of) {
+                                               int row0, const KeptAt &kept_at, const TileOf &tile_of,
+                                               const Sync &sync = Sync()) {
   const bool roleC = blk.roleC;
   const int count = blk.count;
   const int64_t d0 = blk.d0;
@@ -105,7 +114,7 @@ __device__ __forceinline__ void wg_first_order(float (&acc)[128], const ProdPara
   for (int k0 = 0; k0 < count; k0 += 32) {
     const int kn = min(32, count - k0);
     if (tid < 32) sf[tid] = tid < kn ? kept_at(k0 + tid) : 1;
-    __syncthreads();
+    sync();
     // all loads of the block in flight together (fixed trip counts, predicated)
 #pragma unroll 4
     for (int it = 0; it < 16; ++it) {
@@ -125,7 +134,7 @@ __device__ __forceinline__ void wg_first_order(float (&acc)[128], const ProdPara
       if (!sf[i] && col < p.D) v = (roleC ? p.ebar : p.cbar)[int64_t(k0 + i) * p.D + col];
       sm[q] = v;
     }
-    __syncthreads();
+    sync();
     for (int i = 0; i < kn; ++i) {
       if (sf[i]) continue;
       float a0 = sv[i * 128 + row0], a1 = sv[i * 128 + row0 + 8];
@@ -139,22 +148,22 @@ __device__ __forceinline__ void wg_first_order(float (&acc)[128], const ProdPara
         acc[j * 4 + 3] = fmaf(a1, b.y, acc[j * 4 + 3]);
       }
     }
-    __syncthreads();
+    sync();
   }
 }
 
 // The accumulators times gmax into shared memory stg[128][256 + 4], then written out
 // (write_products).
-template <class T, class ColOf>
+template <class T, class ColOf, class Sync = BlockSync>
 __device__ __forceinline__ void wg_write(float (&acc)[128], const ProdParams &p, const WgBlock &blk,
-                                         int row0, const ColOf &colof) {
+                                         int row0, const ColOf &colof, const Sync &sync = Sync()) {
   const float gm = *p.gmax;
   float *stg = reinterpret_cast<float *>(blk.base);  // [128][kPDW + 4]
 #pragma unroll
   for (int h = 0; h < 2; ++h)
 #pragma unroll
     for (int c = 0; c < 64; ++c) stg[(row0 + 8 * h) * (kPDW + 4) + colof(c)] = acc[(c >> 1) * 4 + h * 2 + (c & 1)] * gm;
-  __syncthreads();
+  sync();
   write_products<T>(p, blk.roleC, blk.owner, blk.d0, kPDW, stg);
 }
 
@@ -246,6 +255,153 @@ template <class T> ProductsKernel products_wgmma_for() {
 }
 template ProductsKernel products_wgmma_for<__half>();
 template ProductsKernel products_wgmma_for<__nv_bfloat16>();
+
+// ---- the same products through the bulk-copy ring (Hopper, 16-bit types) -------------------
+//
+// products_wg_kernel stages each kept tile by cp.async in two stages behind block-wide
+// barriers, and ran at about a third of the tensor cores' rate. products_tma_kernel keeps its
+// blocks, sums and epilogue but feeds the wgmma the way the forward does (tma.cuh): a producer
+// warpgroup's one thread issues bulk tensor copies of each kept tile, in two steps of 64 along
+// the summed dimension, into a 4-deep ring of 48 KiB slots; two consumer warpgroups wait on
+// the slots' mbarriers and keep one wgmma group in flight, across tiles, with no block-wide
+// barrier in the loop. A slot is 16 KiB of dy and 32 KiB of the operand, boxes of 64 x 64:
+//   dE (A = dy, K-major): the 128 token rows of dy's 64 columns [64 h, 64 h + 64);
+//      B = the chunk's C rows, gathered in sorted order by the dz stage (Cs), rows
+//      [128 k + 64 h, +64) of tile k, as four 64-column blocks of D (MN-major);
+//   dC (A = dyᵀ, MN-major): dy's token rows [64 h, +64) as two blocks of 64 vocabulary
+//      columns (warpgroup wg takes block wg); B = E's rows [128 k + 64 h, +64) likewise.
+// Rows past N or past the chunk and columns past D arrive as zeros. Sums in the same order
+// as products_wg_kernel's (tile by tile, 16 at a time along the summed dimension), so the
+// results are the same up to the tensor cores' own summation order.
+
+struct ProdMaps {
+  CUtensorMap dzA, dzB;  // staged dy tiles [0, split) and [split, ...): (tiles 128) x 128
+  CUtensorMap E, Cs;     // E (N x D) and the chunk's gathered C rows, boxes of 64 x 64
+};
+
+constexpr int kPTABytes = 2 * 64 * 128;  // dy: two 64 x 64 boxes
+constexpr int kPTStage = kPTABytes + 4 * 64 * 128;
+static_assert(kPTStage == kTStageBytes, "the products' slots are the ring's");
+
+template <class T>
+__global__ void __launch_bounds__(kTThreads, 1) products_tma_kernel(const __grid_constant__ ProdMaps maps,
+                                                                    ProdParams p) {
+  extern __shared__ __align__(16) char smem_raw[];
+  const TmaRing ring(smem_raw);
+  int *s_kept = reinterpret_cast<int *>(ring.after());
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+  const bool roleC = int(blockIdx.x) < p.nC;
+  const int id = roleC ? blockIdx.x : blockIdx.x - p.nC;
+  const int owner = id / p.DC;
+  const int64_t d0 = int64_t(id % p.DC) * kPDW;
+  const int count = roleC ? p.NT : p.VTc;
+  auto tile_of = [&](int k) -> int64_t {
+    return roleC ? int64_t(k) * p.VTc + owner : int64_t(owner) * p.VTc + k;
+  };
+  const bool flags_in_smem = count <= kMaxFlags;
+  if (tid == 0) ring.init();
+  if (flags_in_smem)
+    for (int k = tid; k < count; k += kTThreads) s_kept[k] = p.kept[tile_of(k)];
+  __syncthreads();
+  auto kept_at = [&](int k) { return flags_in_smem ? s_kept[k] : p.kept[tile_of(k)]; };
+  auto next_kept = [&](int k) {
+    while (k < count && !kept_at(k)) ++k;
+    return k;
+  };
+
+  if (threadIdx.x >= 256) {  // the producer warpgroup: one thread issues every copy
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x != 256) return;
+    const CUtensorMap *op = roleC ? &maps.E : &maps.Cs;
+    int q = 0;
+    for (int k = next_kept(0); k < count; k = next_kept(k + 1)) {
+      const int64_t t = tile_of(k);
+      const CUtensorMap *dz = t < p.split ? &maps.dzA : &maps.dzB;
+      const int zr = static_cast<int>((t < p.split ? t : t - p.split) * kBM);
+      for (int h = 0; h < 2; ++h, ++q) {
+        const int st = q % kTStages;
+        if (q >= kTStages) mbar_wait(&ring.empty[st], ((q / kTStages) - 1) & 1);
+        char *sa = ring.base + st * kTStageBytes;
+        uint64_t *full = &ring.full[st];
+        mbar_expect_tx(full, kTStageBytes);
+        if (roleC) {
+          tma_load_2d(sa, dz, full, 0, zr + 64 * h);
+          tma_load_2d(sa + 8192, dz, full, 64, zr + 64 * h);
+        } else {
+          tma_load_2d(sa, dz, full, 64 * h, zr);
+          tma_load_2d(sa + 8192, dz, full, 64 * h, zr + 64);
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          tma_load_2d(sa + kPTABytes + c * 8192, op, full, static_cast<int>(d0) + 64 * c, k * kBM + 64 * h);
+      }
+    }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+  int q = 0;
+  for (int k = next_kept(0); k < count; k = next_kept(k + 1)) {
+    for (int h = 0; h < 2; ++h, ++q) {
+      const int st = q % kTStages;
+      mbar_wait(&ring.full[st], (q / kTStages) & 1);
+      const char *sa = ring.base + st * kTStageBytes;
+      const char *sb = sa + kPTABytes;
+      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+      if (roleC) {
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+          Wgmma256<T, 1, 1>::run(acc, wg_desc2(sa + wg * 8192 + ks * 2048, 8192, 1024),
+                                 wg_desc2(sb + ks * 2048, 8192, 1024));
+      } else {
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+          Wgmma256<T, 0, 1>::run(acc, wg_desc(sa + wg * 64 * 128 + ks * 32), wg_desc2(sb + ks * 2048, 8192, 1024));
+      }
+      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+      if (q > 0 && lane == 0) mbar_arrive(&ring.empty[(q - 1) % kTStages]);
+    }
+  }
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  // Every copy has landed (each slot was waited on): the ring is free for the epilogue.
+  auto sync = [] { asm volatile("bar.sync 1, 256;\n" ::: "memory"); };
+  sync();
+
+  const int row0 = wg * 64 + (warp & 3) * 16 + (lane >> 2);
+  auto colof = [&](int c) { return (c >> 1) * 8 + (lane & 3) * 2 + (c & 1); };
+  const WgBlock blk{roleC, owner, count, d0, ring.base};
+  wg_first_order(acc, p, blk, row0, kept_at, tile_of, sync);
+  wg_write<T>(acc, p, blk, row0, colof, sync);
+}
+
+constexpr size_t kProductsTmaSmem = kTRingSmem + kMaxFlags * sizeof(int);
+static_assert(size_t(kBM) * (kPDW + 4) * sizeof(float) <= size_t(kTStages) * kTStageBytes,
+              "the epilogue's staging fits in the ring");
+
+template <class T>
+static int launch_products_tma_t(const ProdParams &p, const void *Cs, int dtype, int blocks, cudaStream_t s) {
+  ProdMaps maps;
+  const int64_t tiles = int64_t(p.NT) * p.VTc;
+  const int64_t in_a = std::min<int64_t>(tiles, p.split), in_b = tiles - in_a;
+  CCE_TRY(encode_rows(&maps.dzA, p.dz, dtype, in_a * kBM, kBN, 64));
+  CCE_TRY(encode_rows(&maps.dzB, in_b > 0 ? p.dz2 : p.dz, dtype, (in_b > 0 ? in_b : in_a) * kBM, kBN, 64));
+  CCE_TRY(encode_rows(&maps.E, p.E, dtype, p.N, p.D, 64));
+  CCE_TRY(encode_rows(&maps.Cs, Cs, dtype, p.p_end - p.p_begin, p.D, 64));
+  CCE_CUDA(cudaFuncSetAttribute(products_tma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(kProductsTmaSmem)));
+  products_tma_kernel<T><<<blocks, kTThreads, kProductsTmaSmem, s>>>(maps, p);
+  CCE_LAUNCHED("products_tma_kernel");
+  return 0;
+}
+
+int launch_products_tma(const ProdParams &p, const void *Cs, int dtype, int blocks, cudaStream_t s) {
+  return dtype == CCE_BF16 ? launch_products_tma_t<__nv_bfloat16>(p, Cs, dtype, blocks, s)
+                           : launch_products_tma_t<__half>(p, Cs, dtype, blocks, s);
+}
 #endif
 
 }  // namespace cce
