@@ -121,7 +121,7 @@ struct BwdPlan {
 };
 
 static BwdPlan plan_backward(int64_t N, int64_t D, int64_t V, int dtype, const Resolved &r,
-                             bool want_dE, bool want_dC, bool tma) {
+                             bool want_dE, bool want_dC, bool tma, bool de_staging = true) {
   BwdPlan b;
   const int64_t elt = int64_t(elt_size(dtype));
   int64_t rows = (N * 4 + elt - 1) / elt;  // rows of dC that hold the f32 dE accumulator
@@ -134,7 +134,7 @@ static BwdPlan plan_backward(int64_t N, int64_t D, int64_t V, int dtype, const R
   // the chunks before that stage there as well, so they are larger at no memory cost.
   // (CCE_NO_DE_STAGING=1, for measurement only, turns this off.)
   const char *nods = std::getenv("CCE_NO_DE_STAGING");
-  const bool big = want_dE && r.chunk_rows == 0 && !(nods && nods[0] == '1');
+  const bool big = de_staging && want_dE && r.chunk_rows == 0 && !(nods && nods[0] == '1');
   const int64_t extra = big ? (N * D / kTileElems) / b.NT : 0;
   const int64_t tile_bytes = int64_t(b.NT) * kTileElems * elt, crow_bytes = int64_t(kBN) * D * elt;
   int64_t vtc;
@@ -146,10 +146,13 @@ static BwdPlan plan_backward(int64_t N, int64_t D, int64_t V, int dtype, const R
     const int64_t room = (int64_t(24) << 20) - extra * crow_bytes;
     vtc = room / (tile_bytes + crow_bytes);
     // Where not even one tile fits (large D: at N = 8192, D = 4096 the gathered rows of the
-    // larger chunks alone take 32 MiB), the cp.async dz stage and its plan serve instead: the
-    // bulk-copy plan would take chunks of one tile and more memory (measured there: loss +
-    // gradients 100.8 ms against 86.3 with the cp.async stage).
-    if (vtc < 1) return plan_backward(N, D, V, dtype, r, want_dE, want_dC, false);
+    // larger chunks alone take 32 MiB), the chunks stage in the workspace only (8 tiles at
+    // that shape; measured there, loss + gradients 79.6 ms against 86.9 with the cp.async
+    // stages and the larger chunks); where not even that leaves one tile, the cp.async dz
+    // stage and its plan serve.
+    if (vtc < 1)
+      return big ? plan_backward(N, D, V, dtype, r, want_dE, want_dC, true, false)
+                 : plan_backward(N, D, V, dtype, r, want_dE, want_dC, false);
   }
   b.VTc = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(vtc, vt_all)));
   b.VTcBig = static_cast<int>(std::min<int64_t>(b.VTc + extra, vt_all));
