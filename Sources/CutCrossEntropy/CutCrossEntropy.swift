@@ -107,8 +107,31 @@ public struct CutCrossEntropy: Sendable {
     /// sets the mean over every rank's tokens (`TokenSlice.embeddingSum`), so that each rank
     /// sweeps the vocabulary in the order one process would. Only the order depends on it.
     public var sortingMean: [Float]? = nil
+    /// Active tokens per exchange in a vocabulary shard's fused call (`lossAndGradients(…,
+    /// shard:, exchange:)`, what `VocabularyParallel` runs): the shard's forward of so many
+    /// tokens, the exchange of their partials, their backward. nil: CCE_EXCHANGE_CHUNK from
+    /// the environment, else `defaultExchangeChunk(threads:)`. Results do not depend on it; a
+    /// rank's memory does (the chunk's saved logits and block statistics: about 6 KB a token on
+    /// LM-like data), and so does the number of exchanges a step. Every rank of a step must use
+    /// the same value (`VocabularyParallel` takes rank 0's).
+    public var exchangeChunk: Int? = nil
 
     public init(options: Options = Options()) { self.options = options }
+
+    /// The exchange chunk a call uses: `exchangeChunk`, CCE_EXCHANGE_CHUNK, or the default for
+    /// `options.threads` (every CPU when nil).
+    public var resolvedExchangeChunk: Int {
+        exchangeChunk ?? Engine.exchangeChunkOverride ?? Self.defaultExchangeChunk(threads: threadCount)
+    }
+
+    /// 1024 tokens for one or two threads, 4096 for more: enough token blocks for every worker
+    /// in each chunk's forward and backward phases (about two a worker at 2 threads, four at 4),
+    /// and no more, since a chunk's saved logits are held from its forward to its backward.
+    /// Measured (Docs/SCALING.md), vocabulary-parallel at N = 4096, D = 1024, V = 128256, bf16:
+    /// on a 2-CPU Zen 4, 2 ranks x 1 thread, 1024 against 4096: loss+grad 3.43 against
+    /// 3.55-3.76 s, 6.5-7.4 MB a rank against 18.8-22.7 MB; on the 16-core host 4 ranks x 4
+    /// threads, 4096 against 1024: 0.67-0.70 against 0.90-0.98 s.
+    public static func defaultExchangeChunk(threads: Int) -> Int { threads <= 2 ? 1024 : 4096 }
 
     /// The tile plan a call with these sizes, on E and C stored as `storage`, would use.
     public func plan(tokens: Int, dim: Int, vocab: Int, storage: ElementType = .float32) -> TilePlan {
@@ -273,7 +296,8 @@ public struct CutCrossEntropy: Sendable {
         EngineCall(pass: pass, problem: problem, options: options,
                    policy: BackwardPolicy(options, embeddings: problem.eType, classifier: problem.cType),
                    threads: options.threads ?? Workers.availableCPUs, backend: tileBackend, kernel: tileKernel,
-                   upstream: upstream, savedLSE: savedLSE, sortingMean: sortingMean)
+                   upstream: upstream, savedLSE: savedLSE, sortingMean: sortingMean,
+                   exchangeChunk: resolvedExchangeChunk)
     }
 
     /// Per-token results scattered to their target positions, and the reduced loss.

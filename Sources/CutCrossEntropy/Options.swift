@@ -122,9 +122,11 @@ public struct Options: Sendable {
     /// makes at most 288 unless CCE_TOKEN_BLOCK_MAX says otherwise); 0 turns it off.
     /// (CCE_SAVED_PER_ROW in the environment overrides it, for experiments.)
     /// A vocabulary shard's fused call (`lossAndGradients(…, shard:, exchange:)`) keeps them too,
-    /// for a whole exchange chunk of up to 4096 tokens at once, against the shard's running LSE
-    /// (a looser bound than one process's): about 4 to 5% of the logits its shard would
-    /// materialize at N = 4096 on LM-like data against about 1% with 0 (Docs/SCALING.md).
+    /// for a whole exchange chunk at once (CutCrossEntropy.exchangeChunk: 1024 tokens at one or
+    /// two threads, 4096 with more), against the shard's running LSE (a looser bound than one
+    /// process's): at 4 ranks x 4 threads, N = 4096, LM-like data, about 4 to 5% of the logits
+    /// a shard would materialize against about 1% with 0; at 2 ranks x 1 thread 0.7%
+    /// (Docs/SCALING.md).
     public var savedLogitsPerRow: Int = 2048
     /// Check inputs for NaN and infinities (costs one pass over E, C and the bias).
     public var checkFinite: Bool = false

@@ -251,11 +251,11 @@ extension CutCrossEntropy {
     }
 
     /// Loss and gradients of one vocabulary shard in one call, the fused path, chunk by chunk
-    /// of `Engine.exchangeChunk` (4096) active tokens: the shard's forward of the chunk, then `exchange` (which must
+    /// of `resolvedExchangeChunk` active tokens: the shard's forward of the chunk, then `exchange` (which must
     /// return every rank's partials of the chunk in rank order, this rank's among them:
     /// CutCrossEntropyMPI gathers them), their combination (`ShardForward.combine`), then the
     /// chunk's backward with the global LSE, skipping the rows the forward's per-block maxima
-    /// rule out (as `lossAndGradients` does; the chunk's maxima are kept meanwhile: 2·4096·V/256
+    /// rule out (as `lossAndGradients` does; the chunk's maxima are kept meanwhile: 2·chunk·V/256
     /// values). Every rank calls `exchange` for the same token ranges, in the same order (a
     /// rank that holds no classes too). Returns the whole forward output, this shard's rows of
     /// dC and dBias and its partial dE, which the ranks sum. An error thrown by `exchange` or
@@ -268,6 +268,7 @@ extension CutCrossEntropy {
                                  upstream: Upstream = .scalar(1), shard: VocabularyShard,
                                  writingTo destination: GradientDestination? = nil,
                                  exchange: (ShardPartials) throws -> [ShardPartials]) throws -> (ForwardOutput, Gradients) {
+        if let c = exchangeChunk, c < 1 { throw CCEError.invalidOption("exchangeChunk must be >= 1 (got \(c))") }
         let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
                                   options: options, shard: shard)
         try checkSortingMean(problem)
@@ -305,8 +306,8 @@ extension CutCrossEntropy {
         }
         if shard.count == 0 {
             destination?.dE.update(repeating: 0)
-            // The same chunks as the ranks that run the engine (Engine.exchangeChunk).
-            let chunk = Engine.exchangeChunk
+            // The same chunks as the ranks that run the engine.
+            let chunk = resolvedExchangeChunk
             for start in stride(from: 0, to: max(problem.active, 1), by: chunk) {
                 let tokens = start..<min(problem.active, start + chunk)
                 _ = try combineChunk(tokens, emptyShardPartials(problem, tokens: tokens.count))

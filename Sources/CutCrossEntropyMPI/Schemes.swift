@@ -171,7 +171,7 @@ public struct VocabularyParallel: Sendable {
     /// The exact mode's checked step: Float64 gradients, dE summed over the ranks in Float64.
     func exactStep(_ cce: CutCrossEntropy, embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor?,
                    upstream: Upstream) throws -> (ParallelForward, Gradients) {
-        let shard = shard
+        let shard = shard, cce = try agreedChunk(cce)
         let (output, g) = try communicator.agree {
             try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
                                      upstream: upstream, shard: shard, exchange: gatherPartials)
@@ -183,13 +183,22 @@ public struct VocabularyParallel: Sendable {
     /// The Float32 modes' checked step into `destination`, dE summed over the ranks in place.
     func float32Step(_ cce: CutCrossEntropy, embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor?,
                      upstream: Upstream, into destination: GradientDestination) throws -> (ParallelForward, FilterStatistics) {
-        let shard = shard
+        let shard = shard, cce = try agreedChunk(cce)
         let (output, g) = try communicator.agree {
             try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
                                      upstream: upstream, shard: shard, writingTo: destination, exchange: gatherPartials)
         }
         try communicator.orderedSum(destination.dE)
         return (ParallelForward(vocabulary: output), g.filter)
+    }
+
+    /// `cce` with rank 0's exchange chunk (its `resolvedExchangeChunk`, which follows its own
+    /// thread count): every rank must exchange the same token ranges, and ranks may run
+    /// different thread counts.
+    func agreedChunk(_ cce: CutCrossEntropy) throws -> CutCrossEntropy {
+        var agreed = cce
+        agreed.exchangeChunk = try communicator.broadcast([cce.resolvedExchangeChunk])[0]
+        return agreed
     }
 
     func checkConfiguration(_ cce: CutCrossEntropy, embeddings: Tensor, classifier: Tensor, targets: Targets,

@@ -74,6 +74,39 @@ final class ParallelAlgebraTests: XCTestCase {
         XCTAssertFalse(bitwiseEqual(dEs[0], dEs[1]), "the saved logits changed nothing: they were not read")
     }
 
+    /// The exchange chunk moves how often a shard's fused call exchanges, not its results:
+    /// chunks of 64 tokens (three exchanges for 150 tokens, each of its own token range, in
+    /// order) give the bits of one chunk; a chunk below 1 is a clear error.
+    func testExchangeChunkChangesNoBits() throws {
+        let data = LMLikeData.make(tokens: 150, dim: 48, vocab: 3000, type: .bfloat16, scale: 4, alpha: 1.5, seed: 10)
+        let shard = VocabularyShard.split(vocabulary: 3000, parts: 1)[0]
+        var o = Options(); o.threads = 2
+        var results: [(ForwardOutput, Gradients)] = [], ranges: [[Int]] = []
+        for chunk in [4096, 64] {
+            var cce = CutCrossEntropy(options: o)
+            cce.exchangeChunk = chunk
+            var seen: [Int] = []
+            results.append(try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
+                                                    targets: data.targets, shard: shard,
+                                                    exchange: { seen.append($0.lse.count); return [$0] }))
+            ranges.append(seen)
+        }
+        XCTAssertEqual(ranges[0].count, 1)
+        XCTAssertEqual(ranges[1], [64, 64, 22])
+        XCTAssertEqual(results[0].0.loss.bitPattern, results[1].0.loss.bitPattern)
+        XCTAssertTrue(bitwiseEqual(results[0].0.lse, results[1].0.lse))
+        XCTAssertTrue(bitwiseEqual(results[0].1.dE, results[1].1.dE))
+        XCTAssertTrue(bitwiseEqual(results[0].1.dC, results[1].1.dC))
+        XCTAssertEqual(CutCrossEntropy.defaultExchangeChunk(threads: 1), 1024)
+        XCTAssertEqual(CutCrossEntropy.defaultExchangeChunk(threads: 16), 4096)
+        var bad = CutCrossEntropy(options: o)
+        bad.exchangeChunk = 0
+        XCTAssertThrowsError(try bad.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
+                                                      targets: data.targets, shard: shard, exchange: { [$0] })) {
+            XCTAssertTrue("\($0)".contains("exchangeChunk"), "\($0)")
+        }
+    }
+
     /// Token slices sorted by the global mean embedding: each slice's LSE, token losses and
     /// dE have the bits of one process (the same tiles in the same order), dC summed over the
     /// slices agrees within 1e-6; the mean divisor is the global one.

@@ -139,7 +139,10 @@ func vocabularyParallel(_ k: Case, _ x: Inputs, _ comm: Communicator, fused: Boo
     let scheme = VocabularyParallel(comm, vocabulary: k.v)
     let shard = scheme.shard
     let c = try x.c.rows(shard.range), b = try x.bias.map { try $0.rows(shard.range) }
-    let cce = CutCrossEntropy(options: k.options)
+    var cce = CutCrossEntropy(options: k.options)
+    // The "chunks" cases give each rank another exchange chunk: the step takes rank 0's (700
+    // tokens: four chunks of 2600), so the ranks still exchange the same token ranges.
+    if k.name.hasPrefix("chunks") { cce.exchangeChunk = 700 + 300 * comm.rank }
     let up = upstream(k, positions: x.t.count)
     let (f, g) = fused
         ? try scheme.lossAndGradients(cce, embeddings: x.e, classifier: c, targets: x.t, bias: b, upstream: up)
@@ -348,7 +351,7 @@ func outcome(_ comm: Communicator, _ body: () throws -> Void) -> Int32 {
     }
 }
 
-// The exchange chunk at 1024 tokens (Engine.exchangeChunk's override; 4096 by default), set
+// The exchange chunk at 1024 tokens (CutCrossEntropy.exchangeChunk's override), set
 // before the engine first reads it and the same on every rank: the "chunks" cases' 2600
 // tokens then cross three chunks while staying small enough for the token-parallel sums'
 // 1e-6 budget (at 9000 tokens dBias's relative difference reached 2e-6).

@@ -48,9 +48,11 @@ struct EngineCall {
     /// (a token-parallel rank's: the mean over every rank's tokens), else nil.
     var sortingMean: [Float]? = nil
     /// A fused call on a vocabulary shard: between the forward and the backward of each chunk
-    /// of active tokens (`Engine.exchangeChunk`), the shard's partials of those tokens go out
+    /// of active tokens (`exchangeChunk`), the shard's partials of those tokens go out
     /// and their global LSE comes back (nil: stop, no backward).
     var exchange: ((Range<Int>, ShardPartials) -> Values?)? = nil
+    /// Active tokens per exchange (CutCrossEntropy.resolvedExchangeChunk).
+    var exchangeChunk = 4096
 }
 
 /// What a vocabulary shard's engine call needs to know of the whole vocabulary: V (for the
@@ -181,7 +183,8 @@ enum Engine {
                             for (k, i) in tokens.enumerated() { lse[i] = S(global[k]) }
                             return true
                         }
-                        stats = sweepExchanging(operands, options: call.options, shard: call.shard, lse: lse.baseAddress!,
+                        stats = sweepExchanging(operands, options: call.options, shard: call.shard,
+                                                exchangeChunk: call.exchangeChunk, lse: lse.baseAddress!,
                                                 loss: loss.baseAddress!, shardParts: parts, backward: backward,
                                                 exchange: handOver, trace: &trace)
                     } else {
@@ -329,17 +332,11 @@ extension Engine {
         return Double(definition.smoothingShare) < entry
     }
 
-    /// Active tokens per exchange of a vocabulary shard's fused call: a constant, so that
-    /// every rank exchanges the same token ranges whatever its thread count and tile plan.
-    /// 4096, or CCE_EXCHANGE_CHUNK from the environment (64 to 1048576; other values are
-    /// ignored): every rank must see the same value (mpirun -x). Results do not depend on it;
-    /// the blockStats memory (2·chunk·V/VBf Float16 values: 0.4% of the shard's logits when N
-    /// is the chunk) and the number of exchanges and worker start-ups per step (two per chunk) do.
-    /// 4096 against 1024 on the 16-core host (Docs/SCALING.md): vocabulary-parallel 4 x 4
-    /// loss+grad 0.67 to 0.70 s against 0.90 to 0.98 s at N = 4096 (one exchange instead of
-    /// four; 16 token blocks a phase for 4 workers instead of 4), per-rank peak 8.5 MB
-    /// against 6.8 MB.
-    static let exchangeChunk: Int = Environment.integer("CCE_EXCHANGE_CHUNK", in: 64...(1 << 20)) ?? 4096
+    /// CCE_EXCHANGE_CHUNK from the environment (64 to 1048576; other values are ignored): the
+    /// active tokens per exchange of a vocabulary shard's fused call when the caller sets none
+    /// (CutCrossEntropy.exchangeChunk), for experiments.
+    static let exchangeChunkOverride: Int? = Environment.integer("CCE_EXCHANGE_CHUNK", in: 64...(1 << 20))
+
 
     /// The fused call of a vocabulary shard, chunk by chunk of `exchangeChunk` active tokens:
     /// the forward over the chunk's token blocks, keeping their per-block maxima and
@@ -350,9 +347,9 @@ extension Engine {
     /// fused call. Token blocks are numbered on across chunks, so dC's ordered hand-off runs
     /// over all of them in order.
     static func sweepExchanging<S: KernelScalar>(
-        _ operands: Operands<S>, options: Options, shard: ShardContext?, lse: UnsafeMutablePointer<S>,
-        loss: UnsafeMutablePointer<S>, shardParts: ShardPartPointers<S>, backward: BackwardState<S>,
-        exchange: (Range<Int>) -> Bool, trace: inout PhaseTrace
+        _ operands: Operands<S>, options: Options, shard: ShardContext?, exchangeChunk: Int,
+        lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, shardParts: ShardPartPointers<S>,
+        backward: BackwardState<S>, exchange: (Range<Int>) -> Bool, trace: inout PhaseTrace
     ) -> FilterStatistics {
         let m = operands.problem.active
         if m == 0 { _ = exchange(0..<0); return FilterStatistics() }   // the exchange is collective: every rank takes part
@@ -364,7 +361,7 @@ extension Engine {
         }
         let definition = LossDefinition<S>(options, vocabulary: shard?.vocabulary ?? operands.v, weights: weights)
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
-        let chunk = min(m, exchangeChunk)
+        let chunk = min(m, max(1, exchangeChunk))
         let blockStats = BlockStatistics(rows: chunk, blocks: forwardBlocks, policy: .interleaved)
         let out = UncheckedSendable((lse: lse, loss: loss))
         let compensated = backward.outputs.compE != nil
