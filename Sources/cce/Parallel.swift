@@ -292,6 +292,8 @@ extension BenchCommand {
             let report: [String: Any] = [
                 "parallel": scheme.rawValue, "ranks": comm.size, "threads_per_rank": options.threads ?? 0,
                 "kernel": cce.tileKernel(embeddings: dtype, classifier: dtype).rawValue,
+                // Rank 0's, which every rank takes (VocabularyParallel); token-parallel has none.
+                "exchange_chunk": scheme == .vocab ? cce.resolvedExchangeChunk : 0,
                 "machine": Bench.machineDescription(), "mpi": comm.mpiVersion ?? "none (one rank)",
                 "tokens": tokens, "dim": dim, "vocab": vocab, "dtype": dtype.rawValue, "repeats": repeats,
                 "rows": rows,
@@ -307,7 +309,8 @@ extension BenchCommand {
             print("MPI: \(comm.mpiVersion.map { $0.split(separator: "\n").first.map(String.init) ?? $0 } ?? "none (one rank, no mpirun)")")
             print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue); \(scheme.rawValue)-parallel over \(comm.size) "
                   + "rank\(comm.size == 1 ? "" : "s") x \(options.threads ?? 0) thread\(options.threads == 1 ? "" : "s"), repeats \(repeats); "
-                  + "tile kernel \(report["kernel"] as! String)")
+                  + "tile kernel \(report["kernel"] as! String)"
+                  + (scheme == .vocab ? "; exchange chunk \(cce.resolvedExchangeChunk) tokens" : ""))
             print(String(format: "logits one rank's part would materialize: %.1f MB\n", Double(report["part_logit_bytes"] as! Int) / 1e6))
             print(pad("kind", 11) + lpad("median s", 10) + lpad("min s", 9) + "  " + pad("rank", 5) + lpad("peak MB", 9)
                   + lpad("inputs MB", 11) + lpad("grads MB", 10) + lpad("sent MB", 10) + lpad("recv MB", 10) + lpad("comm s", 9)

@@ -6,7 +6,8 @@
 //   backward_dz_tma.cu    stage 1 on Hopper for 16-bit types: the same tiles through the
 //                         bulk-copy ring of tma.cuh from the chunk's gathered C rows (dz_tma_kernel)
 //   backward_products.cu  stage 2: the gradient products, mma.sync / f32 FMA (products_kernel)
-//   backward_wgmma.cu     stage 2 on Hopper: the same products through wgmma (products_wg_kernel)
+//   backward_wgmma.cu     stage 2 on Hopper: the same products through wgmma, staged by cp.async
+//                         (products_wg_kernel) or fed by the bulk-copy ring (products_tma_kernel)
 //   backward_launch.cu    the host side: plan, workspace, the launch sequence with its small
 //                         kernels (means, sums, finishing), and the C entry points
 //

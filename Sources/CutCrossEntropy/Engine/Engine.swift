@@ -337,7 +337,6 @@ extension Engine {
     /// (CutCrossEntropy.exchangeChunk), for experiments.
     static let exchangeChunkOverride: Int? = Environment.integer("CCE_EXCHANGE_CHUNK", in: 64...(1 << 20))
 
-
     /// The fused call of a vocabulary shard, chunk by chunk of `exchangeChunk` active tokens:
     /// the forward over the chunk's token blocks, keeping their per-block maxima and
     /// log-sum-exps (2·chunk·V/VBf Float16 values: for N = 4096, 0.4% of the logits the shard
