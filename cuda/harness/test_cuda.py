@@ -251,7 +251,7 @@ def device_case(name, spec, dtype, **shape):
 
 
 def products_agree(dtype, N, D, V, seed):
-    """(ok, message): dE, dC and dbias with the default products and with CCE_PRODUCTS_CPASYNC=1."""
+    """(ok, message): dE, dC and dbias with the opt-in bulk-copy products (CCE_PRODUCTS_TMA=1) and the default."""
     E, C, t = lm_like(N, D, V, seed=seed)
     g = torch.Generator(device="cuda").manual_seed(seed + 11)
     bias = (torch.randn(V, generator=g, device="cuda") * 0.5).to(dtype)
@@ -259,15 +259,15 @@ def products_agree(dtype, N, D, V, seed):
     loss, lse = cce.forward(Ed, Cd, t, bias=bias, dc_chunk_rows=0)
     grad = torch.tensor([1.3], device="cuda")
     outs = []
-    for env in (None, "1"):
+    for env in ("1", None):
         if env:
-            os.environ["CCE_PRODUCTS_CPASYNC"] = env
+            os.environ["CCE_PRODUCTS_TMA"] = env
         try:
             dE, dC, db, st = cce.backward(Ed, Cd, t, lse, grad, bias=bias, want_dbias=True, stats=True, poison=True,
                                           dc_chunk_rows=0)
             torch.cuda.synchronize()
         finally:
-            os.environ.pop("CCE_PRODUCTS_CPASYNC", None)
+            os.environ.pop("CCE_PRODUCTS_TMA", None)
         outs.append((dE.float(), dC.float(), db.float()))
     diffs = [rel(a, b) for a, b in zip(outs[0], outs[1])]
     same = all(torch.equal(a, b) for a, b in zip(outs[0], outs[1]))
@@ -299,9 +299,10 @@ def main():
                              lambda: device_case("larger", dict(dc_chunk_rows=0), dtype, **larger)))
         spec = dict(dc_chunk_rows=0, weight=True, label_smoothing=0.1, bias=True)
         results.append(check("larger weight+smoothing", dtype, lambda: device_case("larger", spec, dtype, **larger)))
-    # The products fed by the bulk-copy ring against the cp.async wgmma kernel
-    # (CCE_PRODUCTS_CPASYNC=1), same inputs: the same sums in the same order, so the gradients
-    # must agree to float32 rounding (they are expected to be bitwise equal).
+    # The opt-in products fed by the bulk-copy ring (CCE_PRODUCTS_TMA=1) against the default
+    # cp.async wgmma kernel, same inputs: the same sums in the same order, so the gradients must
+    # agree to float32 rounding (bitwise in most runs; the f16 N700 D200 case has differed by
+    # 1.2e-6 in dE in some runs, the open defect that keeps that kernel opt-in: Docs/CUDA.md).
     for dtype in (torch.bfloat16, torch.float16):
         for shape in (larger, dict(N=700, D=200, V=9000, seed=4)):
             results.append(check(f"products tma=cp.async N{shape['N']} D{shape['D']}", dtype,

@@ -220,8 +220,9 @@ struct ProductsKernel {
 // (p_end - p_begin) x D elements), then the tiles.
 bool tma_dz_usable(int dtype);
 int launch_dz_tma(const DzParams &p, void *Cs, int dtype, int vtc, cudaStream_t s);
-// products_tma_kernel (backward_wgmma.cu, sm_90a builds): the wgmma products fed by the
-// bulk-copy ring, for a 16-bit type when the dz stage has gathered the chunk's C rows into Cs;
+// products_tma_kernel (backward_wgmma.cu, sm_90a builds; opt-in, CCE_PRODUCTS_TMA=1): the wgmma
+// products fed by the bulk-copy ring, for a 16-bit type when the dz stage has gathered the
+// chunk's C rows into Cs;
 // `blocks` as for the other products kernels (p.nC dC blocks, then the dE blocks).
 int launch_products_tma(const ProdParams &p, const void *Cs, int dtype, int blocks, cudaStream_t s);
 // products_kernel<T>: mma.sync for 16-bit types, f32 FMA for f32; kPD columns per block
