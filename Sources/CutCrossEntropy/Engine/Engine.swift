@@ -51,8 +51,8 @@ struct EngineCall {
     /// of active tokens (`exchangeChunk`), the shard's partials of those tokens go out
     /// and their global LSE comes back (nil: stop, no backward).
     var exchange: ((Range<Int>, ShardPartials) -> Values?)? = nil
-    /// Active tokens per exchange (CutCrossEntropy.resolvedExchangeChunk).
-    var exchangeChunk = 4096
+    /// Active tokens per exchange (CutCrossEntropy.resolvedExchangeChunk, which holds the default).
+    var exchangeChunk: Int
 }
 
 /// What a vocabulary shard's engine call needs to know of the whole vocabulary: V (for the
