@@ -276,6 +276,30 @@ def products_agree(dtype, N, D, V, seed):
         f", tiles kept {st[1]}/{st[0]}"
 
 
+def repeatable(dtype, N, D, V, seed, calls=4, **opts):
+    """(ok, message): the same backward `calls` times, each call's dE, dC and dbias bit for bit the
+    first's (no atomic float adds: the set-up's column sums, the dz stage's sums and dbias are
+    added in fixed orders)."""
+    E, C, t = lm_like(N, D, V, seed=seed)
+    g = torch.Generator(device="cuda").manual_seed(seed + 11)
+    bias = (torch.randn(V, generator=g, device="cuda") * 0.5).to(dtype)
+    weight = (torch.rand(V, generator=g, device="cuda") + 0.5) if opts.pop("weight", False) else None
+    Ed, Cd = E.to(dtype).contiguous(), C.to(dtype).contiguous()
+    loss, lse = cce.forward(Ed, Cd, t, bias=bias, weight=weight, **opts)
+    grad = torch.tensor([1.3], device="cuda")
+    first, differ = None, 0
+    for _ in range(calls):
+        dE, dC, db, st = cce.backward(Ed, Cd, t, lse, grad, bias=bias, weight=weight, want_dbias=True, stats=True,
+                                      poison=True, **opts)
+        torch.cuda.synchronize()
+        out = [x.clone() for x in (dE, dC, db)]
+        if first is None:
+            first = out
+        elif not all(torch.equal(a, b) for a, b in zip(out, first)):
+            differ += 1
+    return differ == 0, f"{differ} of {calls - 1} later calls differ, tiles kept {st[1]}/{st[0]}"
+
+
 def raises(call, *needles):
     """(ok, "") where call() raises a RuntimeError whose message holds every needle."""
     try:
@@ -299,6 +323,20 @@ def main():
                              lambda: device_case("larger", dict(dc_chunk_rows=0), dtype, **larger)))
         spec = dict(dc_chunk_rows=0, weight=True, label_smoothing=0.1, bias=True)
         results.append(check("larger weight+smoothing", dtype, lambda: device_case("larger", spec, dtype, **larger)))
+    # Run to run, bit for bit: the same backward four times, with bias, class weights and label
+    # smoothing (the smoothing's column sums), for each dtype; on both dz stages where they differ.
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for shape in (larger, dict(N=700, D=200, V=9000, seed=4)):
+            spec = dict(dc_chunk_rows=0, weight=True, label_smoothing=0.1)
+            results.append(check(f"repeatable N{shape['N']} D{shape['D']}", dtype,
+                                 lambda: repeatable(dtype, **shape, **spec)))
+    os.environ["CCE_DZ_CPASYNC"] = "1"
+    try:
+        for dtype in (torch.bfloat16, torch.float16):
+            results.append(check("repeatable, dz by cp.async", dtype,
+                                 lambda: repeatable(dtype, **larger, dc_chunk_rows=0, label_smoothing=0.1)))
+    finally:
+        os.environ.pop("CCE_DZ_CPASYNC", None)
     # The opt-in products fed by the bulk-copy ring (CCE_PRODUCTS_TMA=1) against the default
     # cp.async wgmma kernel, same inputs: the same sums in the same order, so the gradients must
     # agree to float32 rounding (bitwise in most runs; the f16 N700 D200 case has differed by

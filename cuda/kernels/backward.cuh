@@ -80,8 +80,7 @@ struct DzParams {
   void *dz2;     //   the rest here, from tile `split` on (see tile_ptr)
   int64_t split;
   int *kept;     // [NT][VTc]
-  float *S, *Tc; // [NT][VTc][128] row sums, column sums of dy / gmax
-  float *db_acc; // [V] or null
+  float *S, *Tc; // [NT][VTc][128] row sums, column sums of dy / gmax (also dbias's source)
   unsigned long long *kept_count;  // or null
 };
 
@@ -91,7 +90,8 @@ template <class T> struct DzLayout {
   static constexpr int LDZ = kBN + 16 / int(sizeof(T));  // 16-byte padded rows
   static constexpr size_t STAGE = size_t(Tile::BM) * LDZ * sizeof(T);
   static constexpr size_t RING = Tile::SMEM > STAGE ? Tile::SMEM : STAGE;
-  static constexpr size_t SMEM = RING + (Tile::BM + HB * kBN + 4) * sizeof(float);
+  // then the row sums' and column sums' partials (dz_sums) and the kept flags
+  static constexpr size_t SMEM = RING + (size_t(Tile::RSLOTS + Tile::CSLOTS) * Tile::BM + 4) * sizeof(float);
 };
 
 // Per-row terms of the thread's rows: the upstream weight scaled by 1 / gmax (0 for ignored

@@ -53,12 +53,17 @@ __device__ __forceinline__ bool dz_values(Tile &t, const DzParams &p, int64_t p0
   return keep;
 }
 
-// Row sums of dy into sRow[row] and column sums into sCol[half][col] (shared memory, zeroed).
+// Partial row and column sums of dy into shared memory, one row of partials per thread that
+// shares the row (column): sRowP[rslot][row] (Tile::RSLOTS x BM) and sColP[cslot][half][col]
+// (Tile::CSLOTS x HB x 128). dz_kernel adds each row's (column's) partials in slot order, so the
+// sums do not depend on timing (atomic adds would: the order in which threads got there).
 template <class Tile>
-__device__ __forceinline__ void dz_sums(Tile &t, float *sRow, float *sCol, int half) {
+__device__ __forceinline__ void dz_sums(Tile &t, float *sRowP, float *sColP, int half) {
+  constexpr int BM = Tile::BM, CW = Tile::BM;  // a column's partials: HB x 128 = BM floats a slot
   if constexpr (Tile::SLOTS == 4) {
-    // Warpgroup tile: a row lives in one quad of lanes, a column in the 8 quads of each warp.
-    const int lane = threadIdx.x & 31;
+    // Warpgroup tile: a row lives in one quad of lanes (summed by shuffles: one slot), a
+    // column in the 8 quads of each warp, and in the 8 warps of its 128-row half.
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
     for (int r = 0; r < Tile::R; ++r) {
       float s = 0.f;
@@ -66,7 +71,7 @@ __device__ __forceinline__ void dz_sums(Tile &t, float *sRow, float *sCol, int h
       for (int c = 0; c < Tile::Cc; ++c) s += t.at(r, c);
       s += __shfl_xor_sync(0xffffffffu, s, 1);
       s += __shfl_xor_sync(0xffffffffu, s, 2);
-      if ((lane & 3) == 0) sRow[t.row(r)] = s;
+      if ((lane & 3) == 0) sRowP[t.row(r)] = s;
     }
 #pragma unroll
     for (int c = 0; c < Tile::Cc; ++c) {
@@ -76,7 +81,7 @@ __device__ __forceinline__ void dz_sums(Tile &t, float *sRow, float *sCol, int h
       s += __shfl_xor_sync(0xffffffffu, s, 4);
       s += __shfl_xor_sync(0xffffffffu, s, 8);
       s += __shfl_xor_sync(0xffffffffu, s, 16);
-      if (lane < 4 && s != 0.f) atomicAdd(&sCol[half * kBN + t.col(c)], s);
+      if (lane < 4) sColP[(warp & 7) * CW + half * kBN + t.col(c)] = s;
     }
   } else {
 #pragma unroll
@@ -84,14 +89,14 @@ __device__ __forceinline__ void dz_sums(Tile &t, float *sRow, float *sCol, int h
       float s = 0.f;
 #pragma unroll
       for (int c = 0; c < Tile::Cc; ++c) s += t.at(r, c);
-      if (s != 0.f) atomicAdd(&sRow[t.row(r)], s);
+      sRowP[t.rslot() * BM + t.row(r)] = s;
     }
 #pragma unroll
     for (int c = 0; c < Tile::Cc; ++c) {
       float s = 0.f;
 #pragma unroll
       for (int r = 0; r < Tile::R; ++r) s += t.at(r, c);
-      if (s != 0.f) atomicAdd(&sCol[half * kBN + t.col(c)], s);
+      sColP[t.cslot() * CW + half * kBN + t.col(c)] = s;
     }
   }
 }
@@ -134,11 +139,11 @@ __global__ void __launch_bounds__(TileFor<T>::type::THREADS, CCE_DZ_MINB) dz_ker
   using Tile = typename L::Tile;
   constexpr int HB = L::HB, BM = Tile::BM, NTH = Tile::THREADS;
   extern __shared__ __align__(16) char smem[];
-  float *sRow = reinterpret_cast<float *>(smem + L::RING);  // [BM]
-  float *sCol = sRow + BM;                                    // [HB][128]
-  int *sKeep = reinterpret_cast<int *>(sCol + HB * kBN);      // [HB]
+  float *sRowP = reinterpret_cast<float *>(smem + L::RING);  // [RSLOTS][BM] row sums' partials
+  float *sColP = sRowP + Tile::RSLOTS * BM;                    // [CSLOTS][HB][128] column sums' partials
+  int *sKeep = reinterpret_cast<int *>(sColP + Tile::CSLOTS * BM);  // [HB]
   const int tid = threadIdx.x;
-  for (int i = tid; i < BM + HB * kBN + HB; i += NTH) sRow[i] = 0.f;  // sKeep: 0 bits too
+  if (tid < HB) sKeep[tid] = 0;
 
   const int VTc = gridDim.y, j = blockIdx.y;
   const int64_t tok0 = int64_t(blockIdx.x) * BM;
@@ -157,8 +162,8 @@ __global__ void __launch_bounds__(TileFor<T>::type::THREADS, CCE_DZ_MINB) dz_ker
   // Every row of a thread lies in the same 128-row half of the block.
   const int half = t.row(0) / kBM;
   if (keep) sKeep[half] = 1;
-  dz_sums(t, sRow, sCol, half);
-  __syncthreads();  // sKeep complete
+  dz_sums(t, sRowP, sColP, half);
+  __syncthreads();  // sKeep and the partial sums complete
   bool kept[HB];
 #pragma unroll
   for (int h = 0; h < HB; ++h) kept[h] = p.eps > 0.f ? sKeep[h] != 0 : true;
@@ -166,23 +171,22 @@ __global__ void __launch_bounds__(TileFor<T>::type::THREADS, CCE_DZ_MINB) dz_ker
   if (p.eps > 0.f ? sKeep[half] != 0 : true) dz_tile_to_smem<T, L>(t, sZ);
   __syncthreads();
   const int64_t b0 = int64_t(blockIdx.x) * HB;
-  // The row and column sums of the block's HB tiles (tile number (b0 + h) * VTc + j), and the
-  // column sums times gmax into dbias. (Left in the kernel: as a function of its own, the same
+  // The row and column sums of the block's HB tiles (tile number (b0 + h) * VTc + j), each the
+  // sum of its partials in slot order. (Left in the kernel: as a function of its own, the same
   // code compiles to other address arithmetic.)
   for (int i = tid; i < HB * kBM; i += NTH) {
     int h = i / kBM, r = i % kBM;
-    if (b0 + h < NT) p.S[((b0 + h) * VTc + j) * kBM + r] = sRow[i];
-  }
-  for (int c = tid; c < kBN; c += NTH) {
-    float tot = 0.f;
+    float s = 0.f;
 #pragma unroll
-    for (int h = 0; h < HB; ++h) {
-      float s = sCol[h * kBN + c];
-      tot += s;
-      if (b0 + h < NT) p.Tc[((b0 + h) * VTc + j) * kBN + c] = s;
-    }
-    int64_t pos = p0 + c;
-    if (p.db_acc && pos < p.p_end && tot != 0.f) atomicAdd(&p.db_acc[p.perm[pos]], tot * gm);
+    for (int k = 0; k < Tile::RSLOTS; ++k) s += sRowP[k * BM + i];
+    if (b0 + h < NT) p.S[((b0 + h) * VTc + j) * kBM + r] = s;
+  }
+  for (int i = tid; i < HB * kBN; i += NTH) {
+    int h = i / kBN, c = i % kBN;
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < Tile::CSLOTS; ++k) s += sColP[k * BM + i];
+    if (b0 + h < NT) p.Tc[((b0 + h) * VTc + j) * kBN + c] = s;
   }
   if (tid < HB && b0 + tid < NT) {
     p.kept[(b0 + tid) * VTc + j] = kept[tid] ? 1 : 0;

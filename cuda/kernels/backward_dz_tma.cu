@@ -8,7 +8,7 @@
 // backward's 128 x 128 tiles side by side (columns 0..127: tile 2 pr, 128..255: 2 pr + 1).
 // For each pair the consumers turn the accumulators into dy in place (the formula of
 // backward_dz.cu), decide each tile's filter, write the row sums (S) from the registers, the
-// column sums (Tc, and dbias) through shared memory, the kept flags, and the kept tiles into
+// column sums (Tc, from which dbias is formed afterwards) through shared memory, the kept flags, and the kept tiles into
 // the staging buffer, while the producer already loads the next pair. Outputs, layouts and
 // meanings are those of dz_kernel, so the products stage is unchanged.
 #include <algorithm>
@@ -53,15 +53,16 @@ __global__ void __launch_bounds__(kTThreads, 1)
                   int vtc, int pairs, int pairs_per_block) {
   extern __shared__ __align__(16) char smem_raw[];
   const TmaRing ring(smem_raw);
-  float *sCol = reinterpret_cast<float *>(ring.after());  // [2][256] column sums, by pair parity
-  int *sKeep = reinterpret_cast<int *>(sCol + 2 * kTmaFN);  // [2][2] kept flags, by pair parity
+  // [8][256] column sums: each consumer warp's own (over its 16 rows), added in warp order
+  float *sColW = reinterpret_cast<float *>(ring.after());
+  int *sKeep = reinterpret_cast<int *>(sColW + 8 * kTmaFN);  // [2][2] kept flags, by pair parity
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   const int64_t b = blockIdx.x;  // token block
   const int tok0 = static_cast<int>(b) * kTmaFM;
   const int pr0 = blockIdx.y * pairs_per_block, pr1 = min(pr0 + pairs_per_block, pairs);
   const int KT = static_cast<int>((p.D + kTK - 1) / kTK);
   if (tid == 0) ring.init();
-  for (int i = tid; i < 2 * kTmaFN + 4; i += kTThreads) sCol[i] = 0.f;  // sKeep: 0 bits too
+  if (tid < 4) sKeep[tid] = 0;
   __syncthreads();
 
   if (!tma_roles(ring, &mapE, &mapCs, tok0, pr0 * kTmaFN, pr1 - pr0, KT)) return;
@@ -86,7 +87,6 @@ __global__ void __launch_bounds__(kTThreads, 1)
   for (int pr = pr0; pr < pr1; ++pr) {
     tma_consume<T>(ring, acc, q, KT, wg);
     const int buf = (pr - pr0) & 1;
-    float *col = sCol + buf * kTmaFN;
     int *keepf = sKeep + buf * 2;
     const int64_t p0 = p.p_begin + int64_t(pr) * kTmaFN;  // sorted position of column 0
 
@@ -158,7 +158,8 @@ __global__ void __launch_bounds__(kTThreads, 1)
     // Column sums: a column lives in the 8 quads of a warp (lanes xor 4, 8, 16). A
     // reduce-scatter over them (each step keeps half the columns and adds the partner's
     // other half: 56 shuffles instead of 192) leaves each lane 8 whole-warp column sums,
-    // which go through shared memory.
+    // which go to the warp's row of shared memory (not atomic adds: the block adds the 8
+    // warps' sums in warp order, so the bits do not depend on timing).
     {
       float v[64];
 #pragma unroll
@@ -181,17 +182,15 @@ __global__ void __launch_bounds__(kTThreads, 1)
       }
       const int cb = (b1 ? 32 : 0) + (b2 ? 16 : 0) + (b3 ? 8 : 0);  // v[i] is entry cb + i's sum
 #pragma unroll
-      for (int i = 0; i < 8; ++i)
-        if (v[i] != 0.f) atomicAdd(&col[tcol(lane, cb + i)], v[i]);
+      for (int i = 0; i < 8; ++i) sColW[warp * kTmaFN + tcol(lane, cb + i)] = v[i];
     }
     consumers_sync();
     {  // thread tid: column tid of the pair (tile 2 pr + tid / 128)
       const int h = tid >> 7, j = 2 * pr + h;
-      const float sv = col[tid];
+      float sv = 0.f;
+#pragma unroll
+      for (int w = 0; w < 8; ++w) sv += sColW[w * kTmaFN + tid];
       if (j < vtc) p.Tc[(b * vtc + j) * kBN + (tid & 127)] = sv;
-      const int64_t pos = p0 + tid;
-      if (p.db_acc && pos < p.p_end && sv != 0.f) atomicAdd(&p.db_acc[p.perm[pos]], sv * gm);
-      sCol[(buf ^ 1) * kTmaFN + tid] = 0.f;  // the next pair's buffers
       if (tid < 2) {
         sKeep[(buf ^ 1) * 2 + tid] = 0;
         const int jt = 2 * pr + tid;
@@ -220,11 +219,11 @@ __global__ void __launch_bounds__(kTThreads, 1)
     }
 #pragma unroll
     for (int i = 0; i < 128; ++i) acc[i] = 0.f;
-    consumers_sync();  // the next pair's buffers are zeroed; this pair's flags are read
+    consumers_sync();  // the next pair's flags are zeroed; this pair's flags and column sums are read
   }
 }
 
-constexpr size_t kDzTmaSmem = kTRingSmem + (2 * kTmaFN + 4) * sizeof(float);
+constexpr size_t kDzTmaSmem = kTRingSmem + (8 * kTmaFN + 4) * sizeof(float);
 
 template <class T>
 static int launch_dz_tma_t(const DzParams &p, void *Cs, int dtype, int vtc, cudaStream_t s) {

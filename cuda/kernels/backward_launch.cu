@@ -56,19 +56,18 @@ __global__ void tpos_kernel(const int *__restrict__ tgt, const int *__restrict__
   if (i < N) tpos[i] = tgt[i] >= 0 ? invperm[tgt[i]] : -1;
 }
 
-// out[d] += sum over a slice of rows of (wt ? wt[i] : 1) * X[i][d]
-template <class T>
-__global__ void colsum_kernel(const T *__restrict__ X, const float *__restrict__ wt, int64_t rows,
-                              int64_t D, int64_t rows_per, float *__restrict__ out) {
-  int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (d >= D) return;
-  int64_t i0 = int64_t(blockIdx.y) * rows_per, i1 = min(i0 + rows_per, rows);
-  float acc = 0.f;
-  for (int64_t i = i0; i < i1; ++i) {
-    float x = Elt<T>::load(X[i * D + d]);
-    acc += wt ? wt[i] * x : x;
-  }
-  atomicAdd(&out[d], acc);
+// dbias of the chunk's positions from the dz stage's column sums, the token blocks added in
+// order (deterministic; the dz kernels used to add each block's sums atomically):
+// db[perm[pos]] += gmax * sum_b Tc[b][tile][col] for pos in [p_begin, p_end).
+__global__ void dbias_from_sums_kernel(const float *__restrict__ Tc, const int *__restrict__ perm,
+                                       const float *__restrict__ gmax, int64_t p_begin, int64_t p_end,
+                                       int NT, int vtc, float *__restrict__ db) {
+  const int64_t pos = p_begin + int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (pos >= p_end) return;
+  const int64_t j = (pos - p_begin) / kBN, c = (pos - p_begin) % kBN;
+  float tot = 0.f;
+  for (int b = 0; b < NT; ++b) tot += Tc[(int64_t(b) * vtc + j) * kBN + c];
+  if (tot != 0.f) db[perm[pos]] += tot * *gmax;
 }
 
 // out[0] = sum x (when !absmax) or max |x|; one block of 256 threads, fixed order.
@@ -180,6 +179,7 @@ struct BwdWs {
   float *wt;      // class weights: w_{t_i}
   double *wstat;  // class weights: W, sum_i w_{t_i}
   void *dz, *cub;
+  size_t dz_bytes;  // also the scratch of the set-up's column sums (at least D floats)
   void *cs;  // the chunk's C rows in sorted order (dz_tma_kernel)
 };
 
@@ -211,7 +211,8 @@ static BwdWs carve_backward(Carver &cv, int64_t N, int64_t D, int64_t V, int dty
   if (want_db) w.db_acc = cv.take<float>(V);
   if (want_dE && !b.lean) w.dE_acc = cv.take<float>(size_t(N) * D);
   const size_t tiles = size_t(b.NT) * b.VTcBig;
-  w.dz = cv.take<char>(size_t(b.NT) * b.VTc * kTileElems * elt_size(dtype));
+  w.dz_bytes = std::max(size_t(b.NT) * b.VTc * kTileElems * elt_size(dtype), size_t(D) * sizeof(float));
+  w.dz = cv.take<char>(w.dz_bytes);
   w.kept = cv.take<int>(tiles);
   w.S = cv.take<float>(tiles * kBM);
   w.Tc = cv.take<float>(tiles * kBN);
@@ -283,7 +284,7 @@ template <class T> struct BackwardRun {
     reduce_rows_kernel<<<1, 256, 0, s>>>(w.w, N, 1, w.gmax);
     CCE_LAUNCHED("reduce_rows_kernel(gmax)");
     CCE_TRY(build_vocab_order(E, C, bias, dtype, N, D, V, r.sort_vocab, b.seg, w.meanE, w.keys,
-                              w.keys_out, w.vals, w.perm, w.invperm, w.cub, b.cub_bytes, s));
+                              w.keys_out, w.vals, w.perm, w.invperm, w.cub, b.cub_bytes, w.dz, w.dz_bytes, s));
     tpos_kernel<<<static_cast<unsigned>((N + 255) / 256), 256, 0, s>>>(w.tgt, w.invperm, N, w.tpos);
     CCE_LAUNCHED("tpos_kernel");
     if (want_dC) {  // token-block means of E, for the first-order part of skipped tiles
@@ -297,15 +298,9 @@ template <class T> struct BackwardRun {
   // rank-one terms of the uniform -a/V part.
   int uniform_sums() {
     if (!r.split_uniform) return 0;
-    CCE_CUDA(cudaMemsetAsync(w.csum, 0, D * sizeof(float), s));
-    CCE_CUDA(cudaMemsetAsync(w.esum, 0, D * sizeof(float), s));
-    const int64_t rp = 1024;
-    dim3 gc(static_cast<unsigned>((D + 255) / 256), static_cast<unsigned>((V + rp - 1) / rp));
-    colsum_kernel<T><<<gc, 256, 0, s>>>(static_cast<const T *>(C), weight, V, D, rp, w.csum);  // sum_v w_v C_v
-    CCE_LAUNCHED("colsum_kernel(C)");
-    dim3 ge(static_cast<unsigned>((D + 255) / 256), static_cast<unsigned>((N + rp - 1) / rp));
-    colsum_kernel<T><<<ge, 256, 0, s>>>(static_cast<const T *>(E), w.w, N, D, rp, w.esum);
-    CCE_LAUNCHED("colsum_kernel(E)");
+    // sum_v w_v C_v and sum_i g_i E_i, in a fixed order (the staging buffer is still free)
+    CCE_TRY(column_sums(C, dtype, weight, V, D, 1.f, w.csum, w.dz, w.dz_bytes, s));
+    CCE_TRY(column_sums(E, dtype, w.w, N, D, 1.f, w.esum, w.dz, w.dz_bytes, s));
     reduce_rows_kernel<<<1, 256, 0, s>>>(w.w, N, 0, w.wsum);
     CCE_LAUNCHED("reduce_rows_kernel(wsum)");
     return 0;
@@ -416,7 +411,6 @@ template <class T> struct BackwardRun {
       int vt = static_cast<int>((s1 - s0 + kBN - 1) / kBN);
       zp.p_begin = s0;
       zp.p_end = s1;
-      zp.db_acc = doB ? w.db_acc : nullptr;
       zp.kept_count = count ? w.kept_count : nullptr;
       if (count) tiles_total += int64_t(NT) * vt;
       if (b.tma) {
@@ -424,6 +418,11 @@ template <class T> struct BackwardRun {
       } else {
         dz<<<dim3((NT + DzLayout<T>::HB - 1) / DzLayout<T>::HB, vt), TileFor<T>::type::THREADS, zsmem, s>>>(zp);
         CCE_LAUNCHED("dz_kernel");
+      }
+      if (doB && want_db) {
+        dbias_from_sums_kernel<<<static_cast<unsigned>((s1 - s0 + 255) / 256), 256, 0, s>>>(
+            w.Tc, w.perm, w.gmax, s0, s1, NT, vt, w.db_acc);
+        CCE_LAUNCHED("dbias_from_sums_kernel");
       }
       if ((!doE && !doC) || skip_products) continue;
       if (doE) {  // vocabulary-tile means of C, for the first-order part of skipped tiles

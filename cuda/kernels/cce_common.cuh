@@ -112,10 +112,16 @@ size_t vocab_sort_temp_bytes(int64_t V);
 // perm[s] = vocabulary row at sorted position s; invperm is its inverse. With sort, the
 // positions [0, seg) and [seg, V) are each ordered by average logit C_v . mean(E) + b_v,
 // descending (two segments so that the lean backward can treat [seg, V) apart); without,
-// perm is the identity. The scratch pointers may be null when sort is false.
+// perm is the identity. The scratch pointers may be null when sort is false; `scratch` (at
+// least D floats) serves column_sums.
 int build_vocab_order(const void *E, const void *C, const void *bias, int dtype, int64_t N,
                       int64_t D, int64_t V, bool sort, int64_t seg, float *meanE, float *keys,
                       float *keys_out, int *vals, int *perm, int *invperm, void *temp,
-                      size_t temp_bytes, cudaStream_t s);
+                      size_t temp_bytes, void *scratch, size_t scratch_bytes, cudaStream_t s);
+// out[d] = scale * sum_i (wt ? wt[i] : 1) * X[i][d] over `rows` rows of D elements of `dtype`, in a
+// fixed order (deterministic, unlike atomic adds): slices of rows summed into `scratch` (as many
+// slices of D floats as it holds, at most 1024), then the slices added in order.
+int column_sums(const void *X, int dtype, const float *wt, int64_t rows, int64_t D, float scale, float *out,
+                void *scratch, size_t scratch_bytes, cudaStream_t s);
 
 }  // namespace cce

@@ -5,22 +5,68 @@
 // vocabulary tiles, so that more of the remaining (token x vocabulary) tiles fall entirely
 // below the filter threshold and are skipped. The order only moves work around: every
 // gradient is still written to its own vocabulary row.
+#include <algorithm>
+
 #include <cub/cub.cuh>
 
 #include "cce_common.cuh"
 
 namespace cce {
 
-// meanE[d] += sum over a slice of rows of E[i][d] / N   (grid: D columns x row slices)
+// ---- column sums in a fixed order ------------------------------------------------------
+// out[d] = scale * sum_i (wt ? wt[i] : 1) * X[i][d]. Atomic adds of per-slice sums would add the
+// slices in whatever order the blocks finish, so the last bits (and, through the vocabulary
+// order, which entries share a tile) would change from call to call. Instead each slice of rows
+// writes its sum to part[slice][d] and a second kernel adds the slices in slice order.
 template <class T>
-__global__ void mean_rows_kernel(const T *__restrict__ E, int64_t N, int64_t D, int64_t rows_per,
-                                 float *__restrict__ meanE) {
-  int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+__global__ void colsum_part_kernel(const T *__restrict__ X, const float *__restrict__ wt, int64_t rows,
+                                   int64_t D, int64_t rows_per, float *__restrict__ part) {
+  const int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (d >= D) return;
-  int64_t i0 = int64_t(blockIdx.y) * rows_per, i1 = min(i0 + rows_per, N);
+  const int64_t i0 = int64_t(blockIdx.y) * rows_per, i1 = min(i0 + rows_per, rows);
   float acc = 0.f;
-  for (int64_t i = i0; i < i1; ++i) acc += Elt<T>::load(E[i * D + d]);
-  atomicAdd(&meanE[d], acc / static_cast<float>(N));
+  for (int64_t i = i0; i < i1; ++i) {
+    const float x = Elt<T>::load(X[i * D + d]);
+    acc += wt ? wt[i] * x : x;
+  }
+  part[int64_t(blockIdx.y) * D + d] = acc;
+}
+
+__global__ void colsum_finish_kernel(const float *__restrict__ part, int slices, int64_t D, float scale,
+                                     float *__restrict__ out) {
+  const int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (d >= D) return;
+  float acc = 0.f;
+  for (int k = 0; k < slices; ++k) acc += part[int64_t(k) * D + d];
+  out[d] = acc * scale;
+}
+
+template <class T>
+static int column_sums_t(const T *X, const float *wt, int64_t rows, int64_t D, float scale, float *out,
+                         void *scratch, size_t scratch_bytes, cudaStream_t s) {
+  // As many slices as the scratch holds, at most 1024 and at least 32 rows each.
+  int64_t slices = std::min<int64_t>(int64_t(scratch_bytes / (size_t(D) * sizeof(float))), 1024);
+  slices = std::max<int64_t>(1, std::min<int64_t>(slices, (rows + 31) / 32));
+  if (size_t(slices) * D * sizeof(float) > scratch_bytes)
+    return fail(CCE_ERR_WORKSPACE, "column sums: the scratch holds less than one slice of D floats");
+  const int64_t rows_per = (rows + slices - 1) / slices;
+  slices = std::max<int64_t>(1, (rows + rows_per - 1) / rows_per);
+  float *part = static_cast<float *>(scratch);
+  const unsigned gx = static_cast<unsigned>((D + 255) / 256);
+  colsum_part_kernel<T><<<dim3(gx, static_cast<unsigned>(slices)), 256, 0, s>>>(X, wt, rows, D, rows_per, part);
+  CCE_LAUNCHED("colsum_part_kernel");
+  colsum_finish_kernel<<<gx, 256, 0, s>>>(part, static_cast<int>(slices), D, scale, out);
+  CCE_LAUNCHED("colsum_finish_kernel");
+  return 0;
+}
+
+int column_sums(const void *X, int dtype, const float *wt, int64_t rows, int64_t D, float scale, float *out,
+                void *scratch, size_t scratch_bytes, cudaStream_t s) {
+  if (dtype == CCE_F32)
+    return column_sums_t(static_cast<const float *>(X), wt, rows, D, scale, out, scratch, scratch_bytes, s);
+  if (dtype == CCE_F16)
+    return column_sums_t(static_cast<const __half *>(X), wt, rows, D, scale, out, scratch, scratch_bytes, s);
+  return column_sums_t(static_cast<const __nv_bfloat16 *>(X), wt, rows, D, scale, out, scratch, scratch_bytes, s);
 }
 
 // keys[v] = C_v . meanE + b_v; one warp per vocabulary row, 16-byte loads.
@@ -69,12 +115,8 @@ size_t vocab_sort_temp_bytes(int64_t V) {
 
 template <class T>
 static int avg_logits(const T *E, const T *C, const T *bias, int64_t N, int64_t D, int64_t V,
-                      float *meanE, float *keys, int *vals, cudaStream_t s) {
-  CCE_CUDA(cudaMemsetAsync(meanE, 0, D * sizeof(float), s));
-  int64_t rows_per = 64;
-  dim3 g1(static_cast<unsigned>((D + 255) / 256), static_cast<unsigned>((N + rows_per - 1) / rows_per));
-  mean_rows_kernel<T><<<g1, 256, 0, s>>>(E, N, D, rows_per, meanE);
-  CCE_LAUNCHED("mean_rows_kernel");
+                      float *meanE, float *keys, int *vals, void *scratch, size_t scratch_bytes, cudaStream_t s) {
+  CCE_TRY(column_sums_t(E, nullptr, N, D, 1.f / static_cast<float>(N), meanE, scratch, scratch_bytes, s));
   unsigned g2 = static_cast<unsigned>((V * 32 + 255) / 256);
   avg_logit_kernel<T><<<g2, 256, 0, s>>>(C, bias, meanE, V, D, keys, vals);
   CCE_LAUNCHED("avg_logit_kernel");
@@ -84,19 +126,22 @@ static int avg_logits(const T *E, const T *C, const T *bias, int64_t N, int64_t 
 int build_vocab_order(const void *E, const void *C, const void *bias, int dtype, int64_t N,
                       int64_t D, int64_t V, bool sort, int64_t seg, float *meanE, float *keys,
                       float *keys_out, int *vals, int *perm, int *invperm, void *temp,
-                      size_t temp_bytes, cudaStream_t s) {
+                      size_t temp_bytes, void *scratch, size_t scratch_bytes, cudaStream_t s) {
   unsigned gv = static_cast<unsigned>((V + 255) / 256);
   if (!sort) {
     iota_kernel<<<gv, 256, 0, s>>>(perm, V);
     CCE_LAUNCHED("iota_kernel");
   } else {
     if (dtype == CCE_F32)
-      CCE_TRY(avg_logits<float>((const float *)E, (const float *)C, (const float *)bias, N, D, V, meanE, keys, vals, s));
+      CCE_TRY(avg_logits<float>((const float *)E, (const float *)C, (const float *)bias, N, D, V, meanE, keys, vals,
+                                scratch, scratch_bytes, s));
     else if (dtype == CCE_F16)
-      CCE_TRY(avg_logits<__half>((const __half *)E, (const __half *)C, (const __half *)bias, N, D, V, meanE, keys, vals, s));
+      CCE_TRY(avg_logits<__half>((const __half *)E, (const __half *)C, (const __half *)bias, N, D, V, meanE, keys,
+                                 vals, scratch, scratch_bytes, s));
     else
       CCE_TRY(avg_logits<__nv_bfloat16>((const __nv_bfloat16 *)E, (const __nv_bfloat16 *)C,
-                                        (const __nv_bfloat16 *)bias, N, D, V, meanE, keys, vals, s));
+                                        (const __nv_bfloat16 *)bias, N, D, V, meanE, keys, vals, scratch,
+                                        scratch_bytes, s));
     int64_t bounds[3] = {0, seg, V};
     for (int k = 0; k < 2; ++k) {
       int64_t b = bounds[k], n = bounds[k + 1] - b;

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Run-to-run check of the backward: the same inputs, many calls, each call's gradients against
+the first call of its configuration, bit for bit (and each configuration's first call against
+the default's).
+
+    CCE_LIB=cuda/libcce_cuda.so python3 cuda/harness/repeat_backward.py [--calls 40] [--dtype f16]
+
+Configurations: the default products (cp.async), the bulk-copy products (CCE_PRODUCTS_TMA=1), and
+the bulk-copy products without dE's staging (CCE_NO_DE_STAGING=1) and without the lean layout, so
+that a difference can be placed. For each call that differs it prints how many elements of dE,
+dC and dbias differ and where the first dE ones are (token row, column; their token block of
+128 rows and 64-column box). dbias is summed with atomic adds, so it may differ in any call.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cce_ctypes as cce  # noqa: E402
+from test_cuda import lm_like  # noqa: E402
+
+CONFIGS = [
+    ("cp.async products", {}, {}),
+    ("bulk-copy products", {"CCE_PRODUCTS_TMA": "1"}, {}),
+    ("bulk-copy, no dE staging", {"CCE_PRODUCTS_TMA": "1", "CCE_NO_DE_STAGING": "1"}, {}),
+    ("bulk-copy, not lean", {"CCE_PRODUCTS_TMA": "1"}, {"lean_memory": False}),
+    ("cp.async products, again", {}, {}),
+    ("bulk-copy products, again", {"CCE_PRODUCTS_TMA": "1"}, {}),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=40)
+    ap.add_argument("--dtype", default="f16", choices=["f16", "bf16"])
+    ap.add_argument("--N", type=int, default=700)
+    ap.add_argument("--D", type=int, default=200)
+    ap.add_argument("--V", type=int, default=9000)
+    ap.add_argument("--seed", type=int, default=4)
+    ap.add_argument("--poison", type=int, default=1)
+    a = ap.parse_args()
+    dtype = torch.float16 if a.dtype == "f16" else torch.bfloat16
+    E, C, t = lm_like(a.N, a.D, a.V, seed=a.seed)
+    g = torch.Generator(device="cuda").manual_seed(a.seed + 11)
+    bias = (torch.randn(a.V, generator=g, device="cuda") * 0.5).to(dtype)
+    Ed, Cd = E.to(dtype).contiguous(), C.to(dtype).contiguous()
+    loss, lse = cce.forward(Ed, Cd, t, bias=bias, dc_chunk_rows=0)
+    grad = torch.tensor([1.3], device="cuda")
+    ref0 = None
+    print(f"{a.dtype} N {a.N} D {a.D} V {a.V} seed {a.seed}, {a.calls} calls a configuration, poison {a.poison}")
+    for name, env, kw in CONFIGS:
+        for k, v in env.items():
+            os.environ[k] = v
+        try:
+            differing, worst, ref = 0, "", None
+            for call in range(a.calls):
+                dE, dC, db, st = cce.backward(Ed, Cd, t, lse, grad, bias=bias, want_dbias=True, stats=True,
+                                              poison=bool(a.poison), dc_chunk_rows=0, **kw)
+                torch.cuda.synchronize()
+                out = (dE.view(torch.int16).clone(), dC.view(torch.int16).clone(), db.view(torch.int16).clone())
+                if ref is None:
+                    ref = out
+                    if ref0 is None:
+                        ref0 = out
+                    n0 = [int((x != y).sum().item()) for x, y in zip(out, ref0)]
+                    print(f"  {name}: first call against the first configuration's: dE {n0[0]} dC {n0[1]} "
+                          f"dbias {n0[2]} elements differ; tiles kept {st[1]}/{st[0]}")
+                    continue
+                n = [int((x != y).sum().item()) for x, y in zip(out, ref)]
+                if n[0] or n[1]:
+                    differing += 1
+                    where = (out[0] != ref[0]).nonzero()[:8].tolist()
+                    vals = [(float(dE[r, c]), float(ref[0].view(dtype)[r, c])) for r, c in where[:3]]
+                    print(f"  {name}: call {call}: dE {n[0]} dC {n[1]} dbias {n[2]} differ; dE at "
+                          + " ".join(f"({r},{c}|blk {r // 128},box {c // 64})" for r, c in where)
+                          + f" values {vals}")
+                elif n[2]:
+                    worst = f" (dbias alone differed in some calls: atomics)"
+            print(f"{name:28s}: {differing} of {a.calls - 1} later calls differ in dE or dC from its first{worst}")
+        finally:
+            for k in env:
+                os.environ.pop(k, None)
+
+
+if __name__ == "__main__":
+    main()
