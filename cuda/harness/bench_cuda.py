@@ -243,7 +243,7 @@ def main():
                          ("cce_cuda chunk 6144 rows", dict(dc_chunk_rows=6144)),
                          ("cce_cuda forward by cp.async (former kernel)", dict(_env="CCE_FORWARD_CPASYNC")),
                          ("cce_cuda dz by cp.async (former kernel)", dict(_env="CCE_DZ_CPASYNC")),
-                         ("cce_cuda products by bulk copy (opt-in)", dict(_env="CCE_PRODUCTS_TMA")),
+                         ("cce_cuda products by cp.async (former kernel)", dict(_env="CCE_PRODUCTS_CPASYNC")),
                          ("(timing aid: dz stage only)", dict(_env="CCE_DEBUG_SKIP_PRODUCTS")),
                          ("(timing aid: dz stage only, cp.async)", dict(_env="CCE_DEBUG_SKIP_PRODUCTS,CCE_DZ_CPASYNC"))]:
             if a.only and not any(x in name for x in a.only.split(",")):

@@ -251,7 +251,8 @@ def device_case(name, spec, dtype, **shape):
 
 
 def products_agree(dtype, N, D, V, seed):
-    """(ok, message): dE, dC and dbias with the opt-in bulk-copy products (CCE_PRODUCTS_TMA=1) and the default."""
+    """(ok, message): dE, dC and dbias with the default bulk-copy products and with the cp.async ones
+    (CCE_PRODUCTS_CPASYNC=1)."""
     E, C, t = lm_like(N, D, V, seed=seed)
     g = torch.Generator(device="cuda").manual_seed(seed + 11)
     bias = (torch.randn(V, generator=g, device="cuda") * 0.5).to(dtype)
@@ -261,13 +262,13 @@ def products_agree(dtype, N, D, V, seed):
     outs = []
     for env in ("1", None):
         if env:
-            os.environ["CCE_PRODUCTS_TMA"] = env
+            os.environ["CCE_PRODUCTS_CPASYNC"] = env
         try:
             dE, dC, db, st = cce.backward(Ed, Cd, t, lse, grad, bias=bias, want_dbias=True, stats=True, poison=True,
                                           dc_chunk_rows=0)
             torch.cuda.synchronize()
         finally:
-            os.environ.pop("CCE_PRODUCTS_TMA", None)
+            os.environ.pop("CCE_PRODUCTS_CPASYNC", None)
         outs.append((dE.float(), dC.float(), db.float()))
     diffs = [rel(a, b) for a, b in zip(outs[0], outs[1])]
     same = all(torch.equal(a, b) for a, b in zip(outs[0], outs[1]))
@@ -337,10 +338,9 @@ def main():
                                  lambda: repeatable(dtype, **larger, dc_chunk_rows=0, label_smoothing=0.1)))
     finally:
         os.environ.pop("CCE_DZ_CPASYNC", None)
-    # The opt-in products fed by the bulk-copy ring (CCE_PRODUCTS_TMA=1) against the default
-    # cp.async wgmma kernel, same inputs: the same sums in the same order, so the gradients must
-    # agree to float32 rounding (bitwise in most runs; the f16 N700 D200 case has differed by
-    # 1.2e-6 in dE in some runs, the open defect that keeps that kernel opt-in: Docs/CUDA.md).
+    # The products fed by the bulk-copy ring (the default on Hopper) against the cp.async wgmma
+    # kernel (CCE_PRODUCTS_CPASYNC=1), same inputs: the same sums in the same order, so the same
+    # bits (they once differed now and then: the set-up's atomic adds, since made ordered).
     for dtype in (torch.bfloat16, torch.float16):
         for shape in (larger, dict(N=700, D=200, V=9000, seed=4)):
             results.append(check(f"products tma=cp.async N{shape['N']} D{shape['D']}", dtype,

@@ -220,7 +220,7 @@ struct ProductsKernel {
 // (p_end - p_begin) x D elements), then the tiles.
 bool tma_dz_usable(int dtype);
 int launch_dz_tma(const DzParams &p, void *Cs, int dtype, int vtc, cudaStream_t s);
-// products_tma_kernel (backward_wgmma.cu, sm_90a builds; opt-in, CCE_PRODUCTS_TMA=1): the wgmma
+// products_tma_kernel (backward_wgmma.cu, sm_90a builds; CCE_PRODUCTS_CPASYNC=1 opts out): the wgmma
 // products fed by the bulk-copy ring, for a 16-bit type when the dz stage has gathered the
 // chunk's C rows into Cs;
 // `blocks` as for the other products kernels (p.nC dC blocks, then the dE blocks).

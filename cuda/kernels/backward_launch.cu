@@ -119,13 +119,15 @@ struct BwdPlan {
   int64_t cs_rows;
 };
 
-// CCE_PRODUCTS_TMA=1: the bulk-copy products (products_tma_kernel) where the bulk-copy dz stage
-// runs. Opt-in: on the H200 one call in eleven of a repeated f16 backward (N 700, D 200, V 9000)
-// gave dE differing in the last bits from the others, which the cp.async products never did in
-// as many calls; until that is understood the default stays the deterministic kernel.
-static bool tma_products_requested() {
-  const char *v = std::getenv("CCE_PRODUCTS_TMA");
-  return v && v[0] == '1';
+// The bulk-copy products (products_tma_kernel) run where the bulk-copy dz stage does, unless
+// CCE_PRODUCTS_CPASYNC=1 asks for the cp.async wgmma products (products_wg_kernel). (They were
+// opt-in for a while: repeated calls' dE differed in the last bits now and then. The cause was
+// not that kernel but the order of atomic adds in the set-up's mean of E, which could swap
+// near-tied vocabulary entries; those sums are now added in a fixed order, and both products
+// kernels give the same bits, call after call: harness/repeat_backward.py.)
+static bool tma_products_wanted() {
+  const char *v = std::getenv("CCE_PRODUCTS_CPASYNC");
+  return !(v && v[0] == '1');
 }
 
 static BwdPlan plan_backward(int64_t N, int64_t D, int64_t V, int dtype, const Resolved &r,
@@ -154,14 +156,13 @@ static BwdPlan plan_backward(int64_t N, int64_t D, int64_t V, int dtype, const R
     const int64_t room = (int64_t(24) << 20) - extra * crow_bytes;
     vtc = room / (tile_bytes + crow_bytes);
     // Where not even one tile fits (large D: at N = 8192, D = 4096 the gathered rows of the
-    // larger chunks alone take 32 MiB), the cp.async dz stage and its plan serve; with the
-    // opt-in bulk-copy products (CCE_PRODUCTS_TMA=1) the chunks stage in the workspace only
-    // instead (8 tiles at that shape; measured there with those products, loss + gradients
-    // 80.1 ms against 87.4 with the cp.async stages and the larger chunks), and the cp.async
-    // stage serves only where not even that leaves one tile.
+    // larger chunks alone take 32 MiB), the chunks stage in the workspace only (8 tiles at that
+    // shape; loss + gradients 80.1 ms against 87.4 with the cp.async stages and the larger
+    // chunks), and the cp.async dz stage and its plan serve only where not even that leaves
+    // one tile (or where CCE_PRODUCTS_CPASYNC=1 asks for the cp.async products).
     if (vtc < 1)
-      return big && tma_products_requested() ? plan_backward(N, D, V, dtype, r, want_dE, want_dC, true, false)
-                                             : plan_backward(N, D, V, dtype, r, want_dE, want_dC, false);
+      return big && tma_products_wanted() ? plan_backward(N, D, V, dtype, r, want_dE, want_dC, true, false)
+                                          : plan_backward(N, D, V, dtype, r, want_dE, want_dC, false);
   }
   b.VTc = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(vtc, vt_all)));
   b.VTcBig = static_cast<int>(std::min<int64_t>(b.VTc + extra, vt_all));
@@ -374,12 +375,12 @@ template <class T> struct BackwardRun {
     prod = products_mma_for<T>();
 #if CCE_USE_WGMMA
     const char *nowg = std::getenv("CCE_NO_WGMMA_PRODUCTS");  // 1: the mma.sync products instead
-    // With the bulk-copy dz stage and CCE_PRODUCTS_TMA=1 the wgmma products are fed by the
-    // copy engine too (tma_products_requested: opt-in).
+    // With the bulk-copy dz stage the wgmma products are fed by the copy engine too, unless
+    // CCE_PRODUCTS_CPASYNC=1 (tma_products_wanted).
     if constexpr (sizeof(T) == 2) {
       if (!(nowg && nowg[0] == '1')) {
         prod = products_wgmma_for<T>();
-        tma_products = b.tma && tma_products_requested();
+        tma_products = b.tma && tma_products_wanted();
       }
     }
 #endif

