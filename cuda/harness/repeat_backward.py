@@ -10,8 +10,8 @@ Configurations: the default (bulk-copy products on Hopper), the cp.async product
 lean layout, and the cp.async dz stage (CCE_DZ_CPASYNC=1), so that a difference can be placed.
 (Written to find why repeated calls once differed in dE's last bits: the set-up's mean of E was
 summed by atomic adds, and a last-bit change could swap near-tied vocabulary entries.)
-For each call that differs it prints how many elements of dE, dC and dbias differ and where the first dE ones are (token row, column; their token block of
-128 rows and 64-column box).
+For each call that differs it prints how many elements of dE, dC and dbias differ and where the
+first dE ones are (token row, column; their token block of 128 rows and 64-column box).
 """
 import argparse
 import os
