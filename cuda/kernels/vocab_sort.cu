@@ -44,6 +44,10 @@ __global__ void colsum_finish_kernel(const float *__restrict__ part, int slices,
 template <class T>
 static int column_sums_t(const T *X, const float *wt, int64_t rows, int64_t D, float scale, float *out,
                          void *scratch, size_t scratch_bytes, cudaStream_t s) {
+  if (rows <= 0) {  // (callers pass positive sizes; an empty sum is zero)
+    CCE_CUDA(cudaMemsetAsync(out, 0, size_t(D) * sizeof(float), s));
+    return 0;
+  }
   // As many slices as the scratch holds, at most 1024 and at least 32 rows each.
   int64_t slices = std::min<int64_t>(int64_t(scratch_bytes / (size_t(D) * sizeof(float))), 1024);
   slices = std::max<int64_t>(1, std::min<int64_t>(slices, (rows + 31) / 32));
