@@ -8,8 +8,9 @@
 // backward's 128 x 128 tiles side by side (columns 0..127: tile 2 pr, 128..255: 2 pr + 1).
 // For each pair the consumers turn the accumulators into dy in place (the formula of
 // backward_dz.cu), decide each tile's filter, write the row sums (S) from the registers, the
-// column sums (Tc, from which dbias is formed afterwards) through shared memory, the kept flags, and the kept tiles into
-// the staging buffer, while the producer already loads the next pair. Outputs, layouts and
+// column sums (Tc, from which dbias is formed afterwards) through shared memory, the kept
+// flags, and the kept tiles into the staging buffer, while the producer already loads the
+// next pair. Outputs, layouts and
 // meanings are those of dz_kernel, so the products stage is unchanged.
 #include <algorithm>
 #include <cstdlib>
