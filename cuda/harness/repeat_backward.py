@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cce_ctypes as cce  # noqa: E402
-from test_cuda import lm_like  # noqa: E402
+from test_cuda import backward_inputs  # noqa: E402
 
 CONFIGS = [
     ("default", {}, {}),
@@ -44,12 +44,7 @@ def main():
     ap.add_argument("--poison", type=int, default=1)
     a = ap.parse_args()
     dtype = torch.float16 if a.dtype == "f16" else torch.bfloat16
-    E, C, t = lm_like(a.N, a.D, a.V, seed=a.seed)
-    g = torch.Generator(device="cuda").manual_seed(a.seed + 11)
-    bias = (torch.randn(a.V, generator=g, device="cuda") * 0.5).to(dtype)
-    Ed, Cd = E.to(dtype).contiguous(), C.to(dtype).contiguous()
-    loss, lse = cce.forward(Ed, Cd, t, bias=bias, dc_chunk_rows=0)
-    grad = torch.tensor([1.3], device="cuda")
+    Ed, Cd, t, bias, _, lse, grad = backward_inputs(dtype, a.N, a.D, a.V, a.seed, dc_chunk_rows=0)
     ref0 = None
     print(f"{a.dtype} N {a.N} D {a.D} V {a.V} seed {a.seed}, {a.calls} calls a configuration, poison {a.poison}")
     for name, env, kw in CONFIGS:

@@ -250,15 +250,22 @@ def device_case(name, spec, dtype, **shape):
     return ok, " ".join(f"{k}={v:.2e}" for k, v in errs.items()) + f" tiles kept {st[1]}/{st[0]}"
 
 
-def products_agree(dtype, N, D, V, seed):
-    """(ok, message): dE, dC and dbias with the default bulk-copy products and with the cp.async ones
-    (CCE_PRODUCTS_CPASYNC=1)."""
+def backward_inputs(dtype, N, D, V, seed, weight=False, **opts):
+    """A backward's inputs on LM-like data in `dtype`: E, C, targets, a bias, class weights (or None),
+    the forward's lse with `opts`, and an upstream gradient of 1.3."""
     E, C, t = lm_like(N, D, V, seed=seed)
     g = torch.Generator(device="cuda").manual_seed(seed + 11)
     bias = (torch.randn(V, generator=g, device="cuda") * 0.5).to(dtype)
+    w = (torch.rand(V, generator=g, device="cuda") + 0.5) if weight else None
     Ed, Cd = E.to(dtype).contiguous(), C.to(dtype).contiguous()
-    loss, lse = cce.forward(Ed, Cd, t, bias=bias, dc_chunk_rows=0)
-    grad = torch.tensor([1.3], device="cuda")
+    _, lse = cce.forward(Ed, Cd, t, bias=bias, weight=w, **opts)
+    return Ed, Cd, t, bias, w, lse, torch.tensor([1.3], device="cuda")
+
+
+def products_agree(dtype, N, D, V, seed):
+    """(ok, message): dE, dC and dbias with the default bulk-copy products and with the cp.async ones
+    (CCE_PRODUCTS_CPASYNC=1)."""
+    Ed, Cd, t, bias, _, lse, grad = backward_inputs(dtype, N, D, V, seed, dc_chunk_rows=0)
     outs = []
     for env in ("1", None):
         if env:
@@ -281,13 +288,8 @@ def repeatable(dtype, N, D, V, seed, calls=4, **opts):
     """(ok, message): the same backward `calls` times, each call's dE, dC and dbias bit for bit the
     first's (no atomic float adds: the set-up's column sums, the dz stage's sums and dbias are
     added in fixed orders)."""
-    E, C, t = lm_like(N, D, V, seed=seed)
-    g = torch.Generator(device="cuda").manual_seed(seed + 11)
-    bias = (torch.randn(V, generator=g, device="cuda") * 0.5).to(dtype)
-    weight = (torch.rand(V, generator=g, device="cuda") + 0.5) if opts.pop("weight", False) else None
-    Ed, Cd = E.to(dtype).contiguous(), C.to(dtype).contiguous()
-    loss, lse = cce.forward(Ed, Cd, t, bias=bias, weight=weight, **opts)
-    grad = torch.tensor([1.3], device="cuda")
+    Ed, Cd, t, bias, weight, lse, grad = backward_inputs(dtype, N, D, V, seed, weight=opts.pop("weight", False),
+                                                         **opts)
     first, differ = None, 0
     for _ in range(calls):
         dE, dC, db, st = cce.backward(Ed, Cd, t, lse, grad, bias=bias, weight=weight, want_dbias=True, stats=True,

@@ -54,7 +54,7 @@ __device__ __forceinline__ bool dz_values(Tile &t, const DzParams &p, int64_t p0
 }
 
 // Partial row and column sums of dy into shared memory, one row of partials per thread that
-// shares the row (column): sRowP[rslot][row] (Tile::RSLOTS x BM) and sColP[cslot][half][col]
+// shares the row (column): sRowP[slot][row] (Tile::RSLOTS x BM) and sColP[cslot][half][col]
 // (Tile::CSLOTS x HB x 128). dz_kernel adds each row's (column's) partials in slot order, so the
 // sums do not depend on timing (atomic adds would: the order in which threads got there).
 template <class Tile>
@@ -89,7 +89,7 @@ __device__ __forceinline__ void dz_sums(Tile &t, float *sRowP, float *sColP, int
       float s = 0.f;
 #pragma unroll
       for (int c = 0; c < Tile::Cc; ++c) s += t.at(r, c);
-      sRowP[t.rslot() * BM + t.row(r)] = s;
+      sRowP[t.slot() * BM + t.row(r)] = s;
     }
 #pragma unroll
     for (int c = 0; c < Tile::Cc; ++c) {

@@ -86,7 +86,7 @@ template <class T> struct TcTile {
   static constexpr int MINB = 1, BM = kBM, THREADS = kThreads;
   static constexpr size_t SMEM = size_t(STAGES) * (kBM + kBN) * LDS * sizeof(T);
   static constexpr int R = 8, Cc = 8, SLOTS = 16;
-  static constexpr int RSLOTS = 16, CSLOTS = 16;     // threads that share a row, a column
+  static constexpr int RSLOTS = SLOTS, CSLOTS = 16;  // dz_sums' partials a row (slot()), a column
   static constexpr int CPR = BK / 8;                 // 16-byte chunks per row per stage
   static constexpr int RPP = kThreads / CPR;         // rows per loader pass
   static constexpr int PASSES = kBM / RPP;
@@ -106,8 +106,7 @@ template <class T> struct TcTile {
   __device__ __forceinline__ int col(int c) const {
     return wn * 32 + (c >> 1) * 8 + (lane & 3) * 2 + (c & 1);
   }
-  // Which of the threads sharing its rows (columns) this one is.
-  __device__ __forceinline__ int rslot() const { return wn * 4 + (lane & 3); }
+  // Which of the threads sharing its columns this one is (its rows: slot()).
   __device__ __forceinline__ int cslot() const { return wm * 8 + (lane >> 2); }
   __device__ __forceinline__ float &at(int r, int c) {
     return acc[r >> 1][c >> 1][(r & 1) * 2 + (c & 1)];
@@ -198,7 +197,7 @@ struct SimtTile {
   static constexpr int MINB = 1, BM = kBM, THREADS = kThreads;
   static constexpr size_t SMEM = size_t(kBM + kBN) * LDS * sizeof(float);
   static constexpr int R = 8, Cc = 8, SLOTS = 16;
-  static constexpr int RSLOTS = 16, CSLOTS = 16;  // threads that share a row, a column
+  static constexpr int RSLOTS = SLOTS, CSLOTS = 16;  // dz_sums' partials a row (slot()), a column
 
   float acc[8][8];
   int ty, tx;
@@ -211,8 +210,7 @@ struct SimtTile {
   __device__ __forceinline__ int col(int c) const { return tx + 16 * c; }
   __device__ __forceinline__ float &at(int r, int c) { return acc[r][c]; }
   __device__ __forceinline__ int slot() const { return tx; }
-  __device__ __forceinline__ int rslot() const { return tx; }
-  __device__ __forceinline__ int cslot() const { return ty; }
+  __device__ __forceinline__ int cslot() const { return ty; }  // among the threads sharing a column
 
   __device__ void run(const float *__restrict__ E, int64_t N, int64_t tok0,
                       const float *__restrict__ C, const int *__restrict__ perm, int64_t p0,

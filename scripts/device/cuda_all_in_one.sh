@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One device call for when starts are scarce: cuda_validate_all.sh, then the side-by-side runs of
-# cuda_side_by_side.sh (Gemma 2 shape with flat data and the former kernels, Llama 3 shape), each
-# under a time limit so that the whole stays inside one call. Carry .gpu/bundle.tar.xz and .whl.
+# One device call: cuda_validate_all.sh, then the side-by-side runs of Docs/CUDA.md (Gemma 2 shape
+# with flat data and the former kernels, Llama 3 shape; Liger Kernel and ml-cross-entropy from the
+# wheels in .whl/: pip download --no-deps liger-kernel cut-cross-entropy), each under a time limit
+# so that the whole stays inside one call. Carry .gpu/bundle.tar.xz and .whl.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s)
