@@ -16,4 +16,4 @@ CCE_CUDA_LIBRARY=cuda/libcce_cuda.so PYTHONPATH=python python3 -m pytest -q pyth
   echo "swift validate rc=$? at $(( $(date +%s) - T0 )) s"; }
 grep -E "later calls" "$OUT"/repeat_*.log | cut -c1-200
 echo "harness OK: $(grep -c '^OK' "$OUT/test.log")"; grep "NOT OK" "$OUT/test.log" | cut -c1-200
-tail -2 "$OUT/pytest.log"; grep -E "FAILED|passed|failed" "$OUT/validate.log" | tail -5
+tail -2 "$OUT/pytest.log"; grep -E "FAILED|VALIDATION" "$OUT/validate.log" | tail -3 || true
