@@ -271,10 +271,17 @@ CCE_INLINE void bf16_pack_columns(const uint16_t *const *rows, long n, long d, l
     }
 }
 
+// Lines t0 ..< t1 of the pairs q0 ..< q0 + kq of rows[0 ..< n], taken column by column (line
+// t: row t mod n, its (t / n)-th line of those pairs), prefetched into L2.
+CCE_INLINE void prefetch_pairs(const uint16_t *const *rows, long n, long q0, long kq, long t0, long t1) {
+    for (long t = t0; t < t1; t++)
+        _mm_prefetch((const char *)(rows[t % n] + 2 * q0) + 64 * (t / n), _MM_HINT_T1);
+}
+
 CCE_AVX512_BF16
 void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *const *c_rows, long n, long d,
-                           float *out, long ldo, uint32_t *panel, const bool *panel_mask) {
-    const long mr = CCE_BF16_MR, nr = CCE_BF16_NR, dp = (d + 1) / 2;
+                           float *out, long ldo, uint32_t *panel, const bool *panel_mask, long lookahead) {
+    const long mr = CCE_BF16_MR, nr = CCE_BF16_NR, dp = (d + 1) / 2, panels = (m + mr - 1) / mr;
     if (dp == 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
     for (long q0 = 0; q0 < dp; q0 += CCE_BF16_KCP) {
         long kq = dp - q0 < CCE_BF16_KCP ? dp - q0 : CCE_BF16_KCP;
@@ -282,9 +289,23 @@ void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *con
             long nc = n - j0 < nr ? n - j0 : nr;
             __mmask16 k0, k1;
             column_masks(nc, &k0, &k1);
-            long nextN = n - j0 - nr < nr ? n - j0 - nr : nr;
-            bf16_pack_columns(c_rows + j0, nc, d, q0, kq, panel, c_rows + j0 + nr, nextN > 0 ? nextN : 0);
-            for (long p = 0; p * mr < m; p++) {
+            // The panel packed next: the following columns, else the first columns' next pairs,
+            // else the next call's first rows (lookahead of them follow c_rows[n − 1]). Its C
+            // rows lie scattered in the sorted vocabulary order; their lines are prefetched a
+            // share per row panel while this one is multiplied, so that the pack finds them in L2.
+            const uint16_t *const *next = c_rows + j0 + nr;
+            long nextN = n - j0 - nr < nr ? n - j0 - nr : nr, nextQ = q0, nextK = kq;
+            if (nextN <= 0 && q0 + CCE_BF16_KCP < dp) {
+                next = c_rows; nextN = n < nr ? n : nr; nextQ = q0 + CCE_BF16_KCP;
+                nextK = dp - nextQ < CCE_BF16_KCP ? dp - nextQ : CCE_BF16_KCP;
+            } else if (nextN <= 0) {
+                next = c_rows + n; nextN = lookahead < nr ? lookahead : nr; nextQ = 0;
+                nextK = dp < CCE_BF16_KCP ? dp : CCE_BF16_KCP;
+            }
+            long lines = nextN > 0 ? nextN * ((4 * nextK + 63) / 64) : 0;
+            bf16_pack_columns(c_rows + j0, nc, d, q0, kq, panel, NULL, 0);
+            for (long p = 0; p < panels; p++) {
+                prefetch_pairs(next, nextN, nextQ, nextK, lines * p / panels, lines * (p + 1) / panels);
                 if (panel_mask && !panel_mask[p]) continue;
                 long mc = m - p * mr < mr ? m - p * mr : mr;
                 bf16_kernel(kq, e_panels + p * mr * dp + q0 * mr, panel, out + p * mr * ldo + j0, ldo, q0 > 0, mc,
@@ -1003,7 +1024,9 @@ size_t cce_bf16_column_panel_words(void) { return (size_t)CCE_BF16_NR * CCE_BF16
 size_t cce_fma_column_panel_floats(void) { return (size_t)CCE_FMA_NR * CCE_FMA_KC; }
 void cce_bf16_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
 void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *const *c_rows, long n, long d,
-                           float *out, long ldo, uint32_t *panel, const bool *panel_mask) { __builtin_trap(); }
+                           float *out, long ldo, uint32_t *panel, const bool *panel_mask, long lookahead) {
+    __builtin_trap();
+}
 void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long count, long d, float *out) {
     __builtin_trap();
 }

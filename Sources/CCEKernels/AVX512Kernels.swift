@@ -241,13 +241,15 @@ public func packRowPanelsBF16(_ rows: UnsafePointer<UnsafeRawPointer>, m: Int, d
 /// - panel: scratch of `BF16TileShape.columnPanelWords` words (64-byte aligned is best).
 /// - panelMask: when given, 12-row panels p with panelMask[p] == false are not computed
 ///   (their out rows are left as they were).
+/// - lookahead: how many rows follow cRows[n − 1] (at most `BF16TileShape.nr`: the next
+///   call's first), prefetched meanwhile.
 /// Requires `hasBF16DotProduct`.
 @inlinable
 public func tileProductBF16(ePanels: UnsafePointer<UInt32>, m: Int, cRows: UnsafePointer<UnsafeRawPointer>, n: Int,
                             d: Int, out: UnsafeMutablePointer<Float>, ldo: Int, panel: UnsafeMutablePointer<UInt32>,
-                            panelMask: UnsafePointer<Bool>? = nil) {
+                            panelMask: UnsafePointer<Bool>? = nil, lookahead: Int = 0) {
     precondition(hasBF16DotProduct, "tileProductBF16 needs AVX512_BF16")
-    cce_bf16_tile_product(ePanels, m, bf16Rows(cRows), n, d, out, ldo, panel, panelMask)
+    cce_bf16_tile_product(ePanels, m, bf16Rows(cRows), n, d, out, ldo, panel, panelMask, lookahead)
 }
 
 /// out[i] = Σ_k a_i[k]·b_i[k] for i < count (BFloat16 rows of d elements), bit for bit as

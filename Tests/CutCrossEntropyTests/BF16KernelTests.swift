@@ -70,20 +70,22 @@ private struct SplitMix {
 }
 
 /// The bf16 kernel's tile out (m x n, row stride ldo, rows ≥ m and columns ≥ n pre-filled
-/// with a NaN sentinel) for e's rows eFirst ..< eFirst + m and c's rows cFirst ..< cFirst + n.
+/// with a NaN sentinel) for e's rows eFirst ..< eFirst + m and c's rows cFirst ..< cFirst + n;
+/// the `lookahead` rows of c after those are passed as the next call's (prefetched only).
 private func bf16Tile(_ e: BF16Rows, eFirst: Int = 0, m: Int, _ c: BF16Rows, cFirst: Int = 0, n: Int, ldo: Int,
-                      extraRows: Int = 1, mask: [Bool]? = nil) -> [Float] {
+                      extraRows: Int = 1, mask: [Bool]? = nil, lookahead: Int = 0) -> [Float] {
     let d = e.d
-    let eRaw = Array(e.raw[eFirst ..< eFirst + m]), cRaw = Array(c.raw[cFirst ..< cFirst + n])
+    let eRaw = Array(e.raw[eFirst ..< eFirst + m]), cRaw = Array(c.raw[cFirst ..< cFirst + n + lookahead])
     var panels = [UInt32](repeating: 0xDEAD_BEEF, count: bf16RowPanelWords(m: m, d: d))
     var panel = [UInt32](repeating: 0, count: BF16TileShape.columnPanelWords)
     var out = [Float](repeating: .nan, count: (m + extraRows) * ldo)
     packRowPanelsBF16(eRaw, m: m, d: d, into: &panels)
     if let mask {
         tileProductBF16(ePanels: panels, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo, panel: &panel,
-                        panelMask: mask)
+                        panelMask: mask, lookahead: lookahead)
     } else {
-        tileProductBF16(ePanels: panels, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo, panel: &panel)
+        tileProductBF16(ePanels: panels, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo, panel: &panel,
+                        lookahead: lookahead)
     }
     return out
 }
@@ -175,7 +177,8 @@ final class BF16KernelTests: XCTestCase {
     }
 
     /// An element's bits do not depend on its row or column position in the tile, on m, n,
-    /// or the kernel's KC chunks (d = 1023 spans two), and single dot products match them.
+    /// the kernel's KC chunks (d = 1023 spans two), or the rows that follow the tile's (the
+    /// next call's, which the kernel prefetches), and single dot products match them.
     func testBitsIndependentOfPositionAndShape() throws {
         try XCTSkipUnless(hasBF16DotProduct, skipMessage)
         for d in [17, 1023] {
@@ -183,7 +186,8 @@ final class BF16KernelTests: XCTestCase {
             let e = BF16Rows(count: m, d: d, seed: 21, wide: true), c = BF16Rows(count: n, d: d, seed: 22)
             let full = bf16Tile(e, m: m, c, n: n, ldo: n)
             for (i0, mm, j0, nn) in [(5, 17, 3, 29), (0, 1, 255, 1), (149, 1, 0, 256), (13, 13, 40, 33), (100, 50, 200, 56)] {
-                let sub = bf16Tile(e, eFirst: i0, m: mm, c, cFirst: j0, n: nn, ldo: nn)
+                let sub = bf16Tile(e, eFirst: i0, m: mm, c, cFirst: j0, n: nn, ldo: nn,
+                                   lookahead: min(BF16TileShape.nr, n - j0 - nn))
                 for i in 0..<mm {
                     for j in 0..<nn {
                         XCTAssertEqual(sub[i * nn + j].bitPattern, full[(i0 + i) * n + j0 + j].bitPattern,

@@ -203,16 +203,19 @@ final class PropertyTests: XCTestCase {
 
     /// Saved logits in token blocks of more than 256 rows: a key holds the row's low 8 bits and
     /// each forward block the index of its first entry of a row ≥ 256 (SavedLogits). At
-    /// N = 576 one thread plans two blocks of 288 rows and three threads three of 192: every
-    /// output bitwise the same, with dE apart from the recomputing call's (the saved logits
-    /// were read). Fails if the ninth bit is dropped (checked).
+    /// N = 1152 one thread plans four blocks of 288 rows and three threads six of 192 (a
+    /// quarter of the tokens per thread is no less than the plan's blocks, so the fused call
+    /// keeps them: TilePlan.limitingRowsInFlight): every output bitwise the same, with dE
+    /// apart from the recomputing call's (the saved logits were read). Fails if the ninth bit
+    /// is dropped (checked).
     func testSavedLogitsInBlocksOfMoreThan256Rows() throws {
-        let data = LMLikeData.make(tokens: 576, dim: 32, vocab: 3000, type: .bfloat16, seed: 3)
+        let data = LMLikeData.make(tokens: 1152, dim: 32, vocab: 3000, type: .bfloat16, seed: 3)
         func run(threads: Int, perRow: Int = 2048) throws -> (ForwardOutput, Gradients) {
             var o = Options(); o.threads = threads; o.savedLogitsPerRow = perRow
             let cce = CutCrossEntropy(options: o)
-            let nb = cce.plan(tokens: 576, dim: 32, vocab: 3000, storage: .bfloat16).tokenBlock
-            XCTAssertEqual(nb, threads == 1 ? 288 : 192, "token block, \(threads) threads")
+            let plan = cce.plan(tokens: 1152, dim: 32, vocab: 3000, storage: .bfloat16)
+            XCTAssertEqual(plan.tokenBlock, threads == 1 ? 288 : 192, "token block, \(threads) threads")
+            XCTAssertEqual(plan.limitingRowsInFlight(tokens: 1152).tokenBlock, plan.tokenBlock, "fused token block")
             return try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
                                             targets: data.targets)
         }
@@ -222,6 +225,46 @@ final class PropertyTests: XCTestCase {
         XCTAssertTrue(bitwiseEqual(g1.dC, g3.dC), "dC, 1 vs 3 threads")
         XCTAssertFalse(bitwiseEqual(g1.dE, g0.dE), "the saved logits were read")
         XCTAssertTrue(bitwiseEqual(g1.dC, g0.dC), "dC as the recomputing call's")
+    }
+
+    /// A fused call that keeps logits holds at most a quarter of the tokens in its workers'
+    /// blocks where blocks of at least 128 rows can do that (TilePlan.limitingRowsInFlight),
+    /// else keeps the plan's; and its results do not depend on it: at N = 600 one thread
+    /// (a quarter: 150 rows) runs smaller blocks than the plan's, three threads (50 rows, below
+    /// the floor) the plan's, and every output is bitwise the same.
+    func testFusedCallLimitsRowsInFlight() throws {
+        for (tokens, threads) in [(600, 1), (600, 3), (1024, 2), (4096, 2), (4096, 16), (100, 1), (5000, 4)] {
+            for group in [6, 12, 32] {
+                let plan = TilePlan(tokens: tokens, dim: 1024, vocab: 128256, threads: threads, tokenBytes: 2,
+                                    rowGroup: group)
+                let fused = plan.limitingRowsInFlight(tokens: tokens)
+                let quarter = tokens / (4 * threads), what = "N \(tokens), \(threads) threads, groups of \(group)"
+                XCTAssertEqual(fused.tokenBlock % group, 0, what)
+                XCTAssertEqual(fused.vocabBlock, plan.vocabBlock, what)
+                if quarter >= TilePlan.fusedBlockFloor && quarter < plan.tokenBlock {
+                    XCTAssertLessThan(fused.tokenBlock, plan.tokenBlock, what)
+                    XCTAssertLessThanOrEqual(fused.tokenBlock, (quarter + group - 1) / group * group, what)
+                } else {
+                    XCTAssertEqual(fused.tokenBlock, plan.tokenBlock, what)
+                }
+            }
+        }
+        let data = LMLikeData.make(tokens: 600, dim: 32, vocab: 3000, type: .bfloat16, seed: 5)
+        func run(threads: Int, perRow: Int = 2048) throws -> (ForwardOutput, Gradients) {
+            var o = Options(); o.threads = threads; o.savedLogitsPerRow = perRow
+            let cce = CutCrossEntropy(options: o)
+            let plan = cce.plan(tokens: 600, dim: 32, vocab: 3000, storage: .bfloat16)
+            let fused = plan.limitingRowsInFlight(tokens: 600).tokenBlock
+            if threads == 1 { XCTAssertLessThan(fused, plan.tokenBlock, "smaller blocks, 1 thread") }
+            else { XCTAssertEqual(fused, plan.tokenBlock, "the plan's blocks, \(threads) threads") }
+            return try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+        }
+        let (f1, g1) = try run(threads: 1), (f3, g3) = try run(threads: 3), (_, g0) = try run(threads: 1, perRow: 0)
+        XCTAssertFalse(bitwiseEqual(g1.dE, g0.dE), "the saved logits were read")
+        XCTAssertEqual(f1.loss.bitPattern, f3.loss.bitPattern, "loss")
+        XCTAssertTrue(f1.lse.floats.map(\.bitPattern) == f3.lse.floats.map(\.bitPattern), "lse")
+        XCTAssertTrue(bitwiseEqual(g1.dE, g3.dE), "dE")
+        XCTAssertTrue(bitwiseEqual(g1.dC, g3.dC), "dC")
     }
 
     /// A row that would keep more than 5/8 of a forward block's entries is recomputed from

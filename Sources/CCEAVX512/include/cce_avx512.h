@@ -72,9 +72,11 @@ size_t cce_bf16_column_panel_words(void);
 void cce_bf16_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst);
 
 /// The tile product from E panels (cce_bf16_pack_rows, same d) and n bf16 C rows; panel is
-/// the scratch (cce_bf16_column_panel_words() words; 64-byte aligned is best).
+/// the scratch (cce_bf16_column_panel_words() words; 64-byte aligned is best). The `lookahead`
+/// rows after c_rows[n − 1] (at most CCE_BF16_NR: the next call's first) are prefetched while
+/// the last panel is multiplied.
 void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *const *c_rows, long n, long d,
-                           float *out, long ldo, uint32_t *panel, const bool *panel_mask);
+                           float *out, long ldo, uint32_t *panel, const bool *panel_mask, long lookahead);
 
 /// out[i] = Σ_k a_i[k] · b_i[k] for i < count (bf16 rows of d elements), bit for bit as
 /// cce_bf16_tile_product computes the same pair of rows; 16 dot products per pass.

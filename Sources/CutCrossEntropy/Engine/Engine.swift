@@ -219,17 +219,22 @@ enum Engine {
     ) -> FilterStatistics {
         let m = operands.problem.active
         if m == 0 { return FilterStatistics() }
+        // Class weights in the sweep's (sorted) vocabulary order; they live until the sweep ends.
+        // (A vocabulary shard's weights are its own classes'; V and W are the whole vocabulary's.)
+        let weights = options.classWeights.map {
+            ClassWeights<S>($0, problem: operands.problem, order: operands.order,
+                            forwardBlock: operands.plan.forwardVocabBlock, total: shard?.weightTotal)
+        }
+        let definition = LossDefinition<S>(options, vocabulary: shard?.vocabulary ?? operands.v, weights: weights)
+        // A fused call that keeps logits holds them for every row it has swept and not yet
+        // finished: fewer rows in flight (TilePlan.limitingRowsInFlight).
+        let keepsLogits = pass == .fused
+            && savesLogits(savedPerRowOverride ?? options.savedLogitsPerRow, backward, definition)
+        let operands = keepsLogits ? operands.with(plan: operands.plan.limitingRowsInFlight(tokens: m)) : operands
         let plan = operands.plan
         let nb = plan.tokenBlock
         let blocks = (m + nb - 1) / nb
         let workers = min(plan.threads, blocks)
-        // Class weights in the sweep's (sorted) vocabulary order; they live until the sweep ends.
-        // (A vocabulary shard's weights are its own classes'; V and W are the whole vocabulary's.)
-        let weights = options.classWeights.map {
-            ClassWeights<S>($0, problem: operands.problem, order: operands.order, forwardBlock: plan.forwardVocabBlock,
-                            total: shard?.weightTotal)
-        }
-        let definition = LossDefinition<S>(options, vocabulary: shard?.vocabulary ?? operands.v, weights: weights)
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
         let stats = PerWorker(workers, initial: FilterStatistics())
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock

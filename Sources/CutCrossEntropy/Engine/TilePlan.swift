@@ -58,22 +58,53 @@ public struct TilePlan: Sendable, CustomStringConvertible {
                 rowGroup: Int = TileShape.mr, topology: Topology = .current) {
         let g = max(1, rowGroup)
         let row = max(1, dim * scalarBytes)
-        var nb = 2 * topology.l2Bytes / max(1, dim * (tokenBytes ?? scalarBytes))
-        nb = max(g, min(TilePlan.tokenBlockLimit, nb) / g * g)
-        let t = max(1, threads), m = max(1, tokens)
-        var blocks = (m + nb - 1) / nb
-        blocks = (blocks + t - 1) / t * t
-        nb = max(g, ((m + blocks - 1) / blocks + g - 1) / g * g)
+        let nb = 2 * topology.l2Bytes / max(1, dim * (tokenBytes ?? scalarBytes))
         self.rowGroup = g
         var vb = topology.l2Bytes / 4 / row
         vb = min(256, max(16, vb))
         while vb & (vb - 1) != 0 { vb &= vb - 1 }  // round down to a power of two
-        tokenBlock = nb
+        tokenBlock = TilePlan.balancedBlock(tokens: tokens, threads: threads, rowGroup: g,
+                                            largest: min(TilePlan.tokenBlockLimit, nb))
         vocabBlock = vb
         forwardVocabBlock = min(256, max(16, (vocab + 15) / 16 * 16))
         self.threads = threads
         self.topology = topology
     }
+
+    /// NB for `tokens` tokens and `threads` workers: at most `largest` rounded down to the row
+    /// group g (but at least g), then the number of blocks rounded up to a multiple of the
+    /// thread count and NB shrunk to match, rounded up to a multiple of g again.
+    static func balancedBlock(tokens: Int, threads: Int, rowGroup g: Int, largest: Int) -> Int {
+        let nb = max(g, largest / g * g)
+        let t = max(1, threads), m = max(1, tokens)
+        var blocks = (m + nb - 1) / nb
+        blocks = (blocks + t - 1) / t * t
+        return max(g, ((m + blocks - 1) / blocks + g - 1) / g * g)
+    }
+
+    /// The plan of a fused call whose forward keeps logits for its backward (SavedLogits):
+    /// each row a worker has swept and not yet finished holds its saved entries and block
+    /// statistics (about 11 KB a row at V = 128256 and D = 1024 on LM-like data, with its bf16
+    /// E row and its share of the tiles, against the 5 KB that 1% of its logits would be), so
+    /// the workers' token blocks together hold at most a quarter of the tokens where blocks
+    /// of at least `fusedBlockFloor` rows can do that. Below that floor every block would
+    /// pack and stream all of C for too few rows, and shrinking part of the way costs those
+    /// sweeps without reaching the quarter (16 threads at N = 4096: 128-row blocks were 3 to
+    /// 20% slower and still held 1.4% of the logits; Docs/PERFORMANCE.md), so the plan's
+    /// blocks stay. At N = 1024 on two threads: NB 132 instead of 264, peak extra about 0.9%
+    /// of N·V·4 instead of 1.3%, loss+grad about 4% slower. Results do not depend on NB.
+    public func limitingRowsInFlight(tokens: Int) -> TilePlan {
+        let largest = tokens / (4 * max(1, threads))
+        guard largest >= TilePlan.fusedBlockFloor, largest < tokenBlock else { return self }
+        var plan = self
+        let g = max(1, rowGroup)
+        plan.tokenBlock = TilePlan.balancedBlock(tokens: tokens, threads: threads, rowGroup: g,
+                                                 largest: (largest + g - 1) / g * g)
+        return plan
+    }
+
+    /// The least NB `limitingRowsInFlight` asks for.
+    public static let fusedBlockFloor = 128
 
     /// Active tokens per dC partial in the kahan accumulation (Backward.compensatedUpdate).
     /// A compensated call's token blocks are multiples of it, so that its dC, like every

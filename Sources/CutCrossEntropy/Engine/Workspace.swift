@@ -44,7 +44,7 @@ struct Operands<S: KernelScalar>: @unchecked Sendable {
     let bias: UnsafePointer<S>?
     let d: Int
     let v: Int
-    let plan: TilePlan
+    private(set) var plan: TilePlan
     let problem: Problem
     /// order[k]: the vocabulary id at sorted position k.
     let order: UnsafePointer<Int32>
@@ -53,6 +53,13 @@ struct Operands<S: KernelScalar>: @unchecked Sendable {
     let targetPosition: UnsafePointer<Int32>
     let backend: TileBackend
     let kernel: TileKernel
+
+    /// The same operands with another tile plan.
+    func with(plan: TilePlan) -> Operands {
+        var copy = self
+        copy.plan = plan
+        return copy
+    }
 
     /// C rows can be read in place (no conversion) when they are already S.
     var cInPlace: Bool { S.self == Float.self && cType == .float32 }
@@ -163,7 +170,7 @@ final class Workspace<S: KernelScalar> {
         // 512-bit rank update reads the stored rows.
         cBlock = Scratch(count: (backend == .openBLAS ? wide : kernel == .portable ? vb : 0) * d)
         tile = Scratch(count: nb * wide)
-        cRaw = Scratch(count: wide + AMXTileShape.nr)
+        cRaw = Scratch(count: wide + max(AMXTileShape.nr, BF16TileShape.nr))
         cRows = Scratch(count: wide)
         outRows = Scratch(count: max(nb, vb))
         states = Scratch(count: nb); sums = Scratch(count: nb); comps = Scratch(count: nb)
@@ -234,11 +241,12 @@ final class Workspace<S: KernelScalar> {
     }
 
     /// Points cRaw[0 ..< vc] at the C rows at sorted positions v0 ..< v0 + vc and the entries
-    /// after them at the following rows (up to one AMX panel), which the AMX kernel prefetches
-    /// while it finishes: the next block's rows, scattered in memory by the sort. Returns how
-    /// many follow.
+    /// after them at the following rows (up to one panel of the bf16 kernels), which those
+    /// kernels prefetch while they finish: the next block's rows, scattered in memory by the
+    /// sort. Returns how many follow.
     private func loadCRows(_ operands: Operands<S>, v0: Int, vc: Int) -> Int {
-        let lookahead = kernel == .amxBF16 ? min(AMXTileShape.nr, operands.v - v0 - vc) : 0
+        let follow = kernel == .amxBF16 ? AMXTileShape.nr : kernel == .avx512BF16 ? BF16TileShape.nr : 0
+        let lookahead = min(follow, operands.v - v0 - vc)
         for q in 0..<(vc + lookahead) { cRaw.base[q] = operands.sortedCRow(v0 + q) }
         return lookahead
     }
@@ -266,7 +274,8 @@ final class Workspace<S: KernelScalar> {
             }
         case .avx512BF16:
             tileProductBF16(ePanels: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
-                            panel: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask)
+                            panel: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask,
+                            lookahead: lookahead)
         case .amxBF16:
             tileProductAMX(eBlocks: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
                            scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask,
