@@ -1,5 +1,6 @@
 // Settings read from the environment, for experiments and diagnostics (CCE_TRACE,
-// CCE_TOKEN_BLOCK_MAX, CCE_EXCHANGE_CHUNK): read once where they are used, through these.
+// CCE_TOKEN_BLOCK_MAX, CCE_FUSED_BLOCK_FLOOR, CCE_EXCHANGE_CHUNK): read once where they are
+// used, through these.
 
 #if canImport(Glibc)
 import Glibc

@@ -257,7 +257,9 @@ final class PropertyTests: XCTestCase {
             let fused = plan.limitingRowsInFlight(tokens: 600).tokenBlock
             if threads == 1 { XCTAssertLessThan(fused, plan.tokenBlock, "smaller blocks, 1 thread") }
             else { XCTAssertEqual(fused, plan.tokenBlock, "the plan's blocks, \(threads) threads") }
-            return try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+            let r = try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+            XCTAssertEqual(r.1.filter.tokenBlock, perRow > 0 ? fused : plan.tokenBlock, "the blocks the call ran")
+            return r
         }
         let (f1, g1) = try run(threads: 1), (f3, g3) = try run(threads: 3), (_, g0) = try run(threads: 1, perRow: 0)
         XCTAssertFalse(bitwiseEqual(g1.dE, g0.dE), "the saved logits were read")

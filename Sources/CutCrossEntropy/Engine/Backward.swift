@@ -125,11 +125,16 @@ public struct FilterStatistics: Sendable {
     public var rowSegments = 0, keptRowSegments = 0
     /// Row segments whose logits were never recomputed (fused call only).
     public var boundSkippedRowSegments = 0
+    /// The token block NB the call's sweep ran (a fused call that keeps logits may run smaller
+    /// blocks than `CutCrossEntropy.plan` reports: TilePlan.limitingRowsInFlight); the largest
+    /// of the sweeps added, 0 for none.
+    public var tokenBlock = 0
 
     mutating func add(_ o: FilterStatistics) {
         tiles += o.tiles; skippedTiles += o.skippedTiles
         rowSegments += o.rowSegments; keptRowSegments += o.keptRowSegments
         boundSkippedRowSegments += o.boundSkippedRowSegments
+        tokenBlock = max(tokenBlock, o.tokenBlock)
     }
 }
 

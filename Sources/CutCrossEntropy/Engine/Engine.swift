@@ -283,7 +283,9 @@ enum Engine {
         }
         withExtendedLifetime(forwardSums) {}   // savedSetting points into it
         trace.note(clock.summary)
-        return stats.values.reduce(into: FilterStatistics()) { $0.add($1) }
+        var total = stats.values.reduce(into: FilterStatistics()) { $0.add($1) }
+        total.tokenBlock = nb
+        return total
     }
 }
 
@@ -380,6 +382,7 @@ extension Engine {
         })
         if forwardSums != nil { trace.mark("estimate sums") }
         var total = FilterStatistics()
+        total.tokenBlock = nb
         var firstBlock = 0   // the chunk's first token block, numbered on from earlier chunks
         for start in stride(from: 0, to: m, by: chunk) {
             let end = min(m, start + chunk)

@@ -103,8 +103,10 @@ public struct TilePlan: Sendable, CustomStringConvertible {
         return plan
     }
 
-    /// The least NB `limitingRowsInFlight` asks for.
-    public static let fusedBlockFloor = 128
+    /// The least NB `limitingRowsInFlight` asks for: 128, or `CCE_FUSED_BLOCK_FLOOR` from the
+    /// environment (6 to 65536; other values are ignored), for experiments (a floor above
+    /// N / (4 · threads) leaves the plan's blocks).
+    public static let fusedBlockFloor: Int = Environment.integer("CCE_FUSED_BLOCK_FLOOR", in: 6...65536) ?? 128
 
     /// Active tokens per dC partial in the kahan accumulation (Backward.compensatedUpdate).
     /// A compensated call's token blocks are multiples of it, so that its dC, like every
