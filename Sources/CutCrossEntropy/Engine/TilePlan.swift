@@ -87,15 +87,19 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     /// statistics (about 11 KB a row at V = 128256 and D = 1024 on LM-like data, with its bf16
     /// E row and its share of the tiles, against the 5 KB that 1% of its logits would be), so
     /// the workers' token blocks together hold at most a quarter of the tokens where blocks
-    /// of at least `fusedBlockFloor` rows can do that. Below that floor every block would
-    /// pack and stream all of C for too few rows, and shrinking part of the way costs those
-    /// sweeps without reaching the quarter (16 threads at N = 4096: 128-row blocks were 3 to
-    /// 20% slower and still held 1.4% of the logits; Docs/PERFORMANCE.md), so the plan's
-    /// blocks stay. At N = 1024 on two threads: NB 132 instead of 264, peak extra about 0.9%
-    /// of N·V·4 instead of 1.3%, loss+grad about 4% slower. Results do not depend on NB.
+    /// of at least `fusedBlockFloor` rows can do that, on at most `fusedLimitThreads` threads.
+    /// Below that floor every block would pack and stream all of C for too few rows, and
+    /// shrinking part of the way costs those sweeps without reaching the quarter (16 threads
+    /// at N = 4096: 128-row blocks were 3 to 20% slower and still held 1.4% of the logits);
+    /// with many threads the extra sweeps cost more than they save (16 threads at N = 8192:
+    /// 128-row blocks 17% slower for 0.7% of the logits against 1.2%), so the plan's blocks
+    /// stay (Docs/PERFORMANCE.md). At N = 1024 on two threads: NB 132 instead of 264 (AMX:
+    /// 128 instead of 256), peak extra about 0.9% of N·V·4 instead of 1.3%, loss+grad 0 to 4%
+    /// slower. Results do not depend on NB.
     public func limitingRowsInFlight(tokens: Int) -> TilePlan {
         let largest = tokens / (4 * max(1, threads))
-        guard largest >= TilePlan.fusedBlockFloor, largest < tokenBlock else { return self }
+        guard threads <= TilePlan.fusedLimitThreads, largest >= TilePlan.fusedBlockFloor, largest < tokenBlock
+        else { return self }
         var plan = self
         let g = max(1, rowGroup)
         plan.tokenBlock = TilePlan.balancedBlock(tokens: tokens, threads: threads, rowGroup: g,
@@ -107,6 +111,11 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     /// environment (6 to 65536; other values are ignored), for experiments (a floor above
     /// N / (4 · threads) leaves the plan's blocks).
     public static let fusedBlockFloor: Int = Environment.integer("CCE_FUSED_BLOCK_FLOOR", in: 6...65536) ?? 128
+
+    /// The most threads `limitingRowsInFlight` limits: measured to cost 0 to 4% at 2 threads
+    /// (a Zen 4's dot-product kernel, a Xeon's AMX kernel) and 17% at 16 (the Xeon); between
+    /// them not measured, so the limit stays where it was measured cheap.
+    public static let fusedLimitThreads = 4
 
     /// Active tokens per dC partial in the kahan accumulation (Backward.compensatedUpdate).
     /// A compensated call's token blocks are multiples of it, so that its dC, like every
