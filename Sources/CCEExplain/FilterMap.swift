@@ -33,7 +33,7 @@ import Foundation
 public struct FilterMap: Sendable {
     public let n: Int, d: Int, v: Int
     public let eps: Double
-    /// Engine's vocabulary block VB and token block NB for this shape.
+    /// Engine's vocabulary block VB and the token block NB its fused call ran for this shape.
     public let vocabBlock: Int, tokenBlock: Int
     /// Tokens per picture tile.
     public let pictureRows = 8
@@ -75,7 +75,7 @@ public struct FilterMap: Sendable {
         opts.filterEpsilon = .value(epsilon)
         opts.threads = threads
         let plan = CutCrossEntropy(options: opts).plan(tokens: n, dim: d, vocab: v, storage: type)
-        vocabBlock = plan.vocabBlock; tokenBlock = plan.tokenBlock
+        vocabBlock = plan.vocabBlock
         let data = LMLikeData.make(tokens: n, dim: d, vocab: v, type: type, seed: seed)
         let e = data.embeddings.floats(), c = data.classifier.floats()
         let targets = data.targets.values.map(Int.init)
@@ -99,7 +99,13 @@ public struct FilterMap: Sendable {
             embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
 
         func panel(_ order: [Int], sorted: Bool) throws -> Panel {
-            let vb = plan.vocabBlock, nb = plan.tokenBlock, blocks = (v + vb - 1) / vb
+            var o = opts
+            o.sortVocabulary = sorted
+            let g = try CutCrossEntropy(options: o).lossAndGradients(
+                embeddings: data.embeddings, classifier: data.classifier, targets: data.targets).1
+            // The token blocks the engine's call ran (a fused call may run smaller ones than the plan's).
+            let vb = plan.vocabBlock, nb = g.filter.tokenBlock > 0 ? g.filter.tokenBlock : plan.tokenBlock
+            let blocks = (v + vb - 1) / vb
             var kept = [Bool](repeating: false, count: n * blocks)
             var rank = [Int](repeating: 0, count: v)
             for (k, q) in order.enumerated() { rank[q] = k }
@@ -119,15 +125,12 @@ public struct FilterMap: Sendable {
                     if !(b0..<min(n, b0 + nb)).contains(where: { kept[$0 * blocks + j] }) { skippedTiles += 1 }
                 }
             }
-            var o = opts
-            o.sortVocabulary = sorted
-            let g = try CutCrossEntropy(options: o).lossAndGradients(
-                embeddings: data.embeddings, classifier: data.classifier, targets: data.targets).1
             return Panel(sorted: sorted, kept: kept, keptSegments: kept.filter { $0 }.count,
                          skippedEngineTiles: skippedTiles, engineTiles: tiles, engine: g.filter)
         }
         let u = try panel(Array(0..<v), sorted: false), so = try panel(sortedOrder, sorted: true)
         unsorted = u; sorted = so
+        tokenBlock = so.engine.tokenBlock
     }
 
     public var blocks: Int { (v + vocabBlock - 1) / vocabBlock }

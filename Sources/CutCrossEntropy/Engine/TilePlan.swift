@@ -86,8 +86,9 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     /// each row a worker has swept and not yet finished holds its saved entries and block
     /// statistics (about 11 KB a row at V = 128256 and D = 1024 on LM-like data, with its bf16
     /// E row and its share of the tiles, against the 5 KB that 1% of its logits would be), so
-    /// the workers' token blocks together hold at most a quarter of the tokens where blocks
-    /// of at least `fusedBlockFloor` rows can do that, on at most `fusedLimitThreads` threads.
+    /// the workers' token blocks together hold a quarter of the tokens (each block at most
+    /// N / (4 · threads) rounded up to the row group) where blocks of at least
+    /// `fusedBlockFloor` rows can do that, on at most `fusedLimitThreads` threads.
     /// Below that floor every block would pack and stream all of C for too few rows, and
     /// shrinking part of the way costs those sweeps without reaching the quarter (16 threads
     /// at N = 4096: 128-row blocks were 3 to 20% slower and still held 1.4% of the logits);
