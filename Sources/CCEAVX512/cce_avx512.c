@@ -271,11 +271,15 @@ CCE_INLINE void bf16_pack_columns(const uint16_t *const *rows, long n, long d, l
     }
 }
 
-// Lines t0 ..< t1 of the pairs q0 ..< q0 + kq of rows[0 ..< n], taken column by column (line
+// Lines t0 ..< t1 of the pairs starting at q0 of rows[0 ..< n], taken column by column (line
 // t: row t mod n, its (t / n)-th line of those pairs), prefetched into L2.
-CCE_INLINE void prefetch_pairs(const uint16_t *const *rows, long n, long q0, long kq, long t0, long t1) {
-    for (long t = t0; t < t1; t++)
-        _mm_prefetch((const char *)(rows[t % n] + 2 * q0) + 64 * (t / n), _MM_HINT_T1);
+CCE_INLINE void prefetch_pairs(const uint16_t *const *rows, long n, long q0, long t0, long t1) {
+    if (t0 >= t1) return;
+    long row = t0 % n, offset = 64 * (t0 / n);
+    for (long t = t0; t < t1; t++) {
+        _mm_prefetch((const char *)(rows[row] + 2 * q0) + offset, _MM_HINT_T1);
+        if (++row == n) { row = 0; offset += 64; }
+    }
 }
 
 CCE_AVX512_BF16
@@ -305,7 +309,7 @@ void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *con
             long lines = nextN > 0 ? nextN * ((4 * nextK + 63) / 64) : 0;
             bf16_pack_columns(c_rows + j0, nc, d, q0, kq, panel, NULL, 0);
             for (long p = 0; p < panels; p++) {
-                prefetch_pairs(next, nextN, nextQ, nextK, lines * p / panels, lines * (p + 1) / panels);
+                prefetch_pairs(next, nextN, nextQ, lines * p / panels, lines * (p + 1) / panels);
                 if (panel_mask && !panel_mask[p]) continue;
                 long mc = m - p * mr < mr ? m - p * mr : mr;
                 bf16_kernel(kq, e_panels + p * mr * dp + q0 * mr, panel, out + p * mr * ldo + j0, ldo, q0 > 0, mc,

@@ -230,9 +230,8 @@ final class PropertyTests: XCTestCase {
     /// A fused call that keeps logits holds at most a quarter of the tokens in its workers'
     /// blocks where blocks of at least 128 rows can do that on at most 4 threads
     /// (TilePlan.limitingRowsInFlight), else keeps the plan's; and its results do not depend
-    /// on it: at N = 600 one thread
-    /// (a quarter: 150 rows) runs smaller blocks than the plan's, three threads (50 rows, below
-    /// the floor) the plan's, and every output is bitwise the same.
+    /// on it: at N = 600 one thread (a quarter: 150 rows) runs smaller blocks than the plan's,
+    /// three threads (50 rows, below the floor) the plan's, and every output is bitwise the same.
     func testFusedCallLimitsRowsInFlight() throws {
         for (tokens, threads) in [(600, 1), (600, 3), (1024, 2), (4096, 2), (4096, 16), (8192, 16), (100, 1), (5000, 4),
                                   (5000, 5)] {

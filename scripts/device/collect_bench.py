@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What the device scripts do with the `cce bench --json` files they leave in OUT: one line per
-row (run name, kind, median and minimum seconds, peak, tile kernel, and for runs under mpirun
-each rank's peak, bytes sent and communication time), then every run in one JSON file.
+row (run name, kind, median and minimum seconds, peak and later calls' peak, tile kernel, the
+filter note of a loss+grad row (kept segments, token blocks), and for runs under mpirun each
+rank's peak, bytes sent and communication time), then every run in one JSON file.
 
     python3 scripts/device/collect_bench.py OUT PATTERN [NAME.json]
 
@@ -17,11 +18,15 @@ def line(name: str, run: dict, row: dict) -> str:
     text = f'{name:16s} {row["kind"]:10s} median {row["median_seconds"]:.3f} min {row["min_seconds"]:.3f}'
     if "peak_bytes" in row:
         text += f' peak {row["peak_bytes"] / 1e6:.1f}MB'
+    if row.get("later_peak_bytes") is not None:
+        text += f' later {row["later_peak_bytes"] / 1e6:.1f}MB'
     if "ranks" in run:
         text += f' {run["ranks"]}x{run.get("threads_per_rank", "?")}'
     if "loss" in row:
         text += f' loss {row["loss"]:.6f}'
     text += f' {row.get("kernel", "")}'
+    if row["kind"] == "loss+grad" and run.get("filter"):
+        text += f' | {run["filter"]}'
     for r in row.get("ranks", []):
         text += (f' r{r["rank"]}:peak {r["peak_bytes"] / 1e6:.1f}MB sent {r.get("sent_bytes", 0) / 1e6:.2f}MB'
                  f' comm {r.get("communication_seconds_per_step", 0):.3f}s')

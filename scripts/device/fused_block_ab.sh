@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # On the GPU machine's 16-core host (carry .gpu/bundle.tar.xz from cuda/make_swift_bundle.sh):
 # the fused call's rows-in-flight limit (TilePlan.limitingRowsInFlight, floor 128 rows) against
-# the plan's blocks (CCE_FUSED_BLOCK_FLOOR=65536 turns the limit off) where the limit applies on
-# this host: N = 8192 at 16 threads (128-row blocks instead of 256) and N = 1024 at 2 threads;
-# bf16 D = 1024, V = 128256, LM-like, loss+grad; three alternating rounds, medians of 5 (3 at
-# 2 threads). JSON rows in $OUT, a summary on stdout.
+# the plan's blocks (CCE_FUSED_BLOCK_FLOOR=65536 turns the limit off), bf16 D = 1024,
+# V = 128256, LM-like, loss+grad, three alternating rounds, medians of 5 (3 at 2 threads):
+# N = 1024 at 2 threads, where the limit applies (128-row blocks instead of 256), and N = 8192
+# at 16 threads, where it applied before it was bounded to 4 threads (both sides now run the
+# plan's 256-row blocks there: the pair checks that). Lines on stdout (collect_bench.py), every
+# run in $OUT/fused_block_ab.json.
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 B=$(mktemp -d); tar -xJf .gpu/bundle.tar.xz -C "$B"
@@ -20,14 +22,5 @@ for r in 1 2 3; do
   for f in 128 65536; do one n8192_t16_f${f}_r$r $f 8192 16 5; done
   for f in 128 65536; do one n1024_t2_f${f}_r$r $f 1024 2 3; done
 done
-python3 - "$OUT" <<'PY'
-import glob, json, os, sys
-for path in sorted(glob.glob(os.path.join(sys.argv[1], "n*_r*.json"))):
-    try: r = json.load(open(path))
-    except Exception as e: print(os.path.basename(path), "unreadable", e); continue
-    for x in r["rows"]:
-        if x["kind"] == "loss+grad":
-            print(os.path.basename(path), x.get("kernel"), "median %.3f min %.3f s" % (x["median_seconds"], x["min_seconds"]),
-                  "peak %.1f later %.1f MB" % (x["peak_bytes"] / 1e6, (x.get("later_peak_bytes") or 0) / 1e6), "|", r.get("filter"))
-PY
+python3 scripts/device/collect_bench.py "$OUT" 'n*_r*.json' fused_block_ab.json
 cat "$OUT"/*.err 2>/dev/null | sort | uniq -c | head; rm -f "$OUT"/*.err
