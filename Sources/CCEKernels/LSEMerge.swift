@@ -21,6 +21,21 @@ public struct RunningLSE<S: KernelScalar>: Sendable {
 
     /// The log-sum-exp of everything merged so far.
     @inlinable public var value: S { max + S.log(sum) }
+
+    /// Merges `other`, the running state of another stretch of the same row's logits, as
+    /// one more term: with M = max(m_a, m_b), sum_a·e^(m_a − M) + (sum_b − comp_b)·e^(m_b − M),
+    /// the second term added with Kahan's compensation. (A row's vocabulary segments,
+    /// merged in segment order: Engine.swift.)
+    @inlinable public mutating func merge(_ other: RunningLSE<S>) {
+        guard other.max > -.infinity else { return }
+        if other.max > max {
+            let scale = max == -.infinity ? 0 : S.exp(max - other.max)
+            sum *= scale
+            comp *= scale
+            max = other.max
+        }
+        kahanAdd(&sum, &comp, (other.sum - other.comp) * S.exp(other.max - max))
+    }
 }
 
 /// Kahan-compensated `sum += x`.

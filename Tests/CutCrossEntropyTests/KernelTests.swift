@@ -202,6 +202,35 @@ final class KernelTests: XCTestCase {
         XCTAssertEqual(Double(st.value), truth, accuracy: 1e-5)
     }
 
+    /// A row's running states over separate stretches (vocabulary segments), merged in order,
+    /// against the two-pass Float64 LSE: stretches of very different scales (so the merge
+    /// rescales both ways), and empty ones (−∞, nothing merged), which must change nothing.
+    func testRunningStatesMergeInSegmentOrder() {
+        var rng = SystemRandomNumberGenerator()
+        for trial in 0..<20 {
+            let shift = Float(trial % 5) * 12 - 24
+            let stretches: [[Float]] = (0..<5).map { s in
+                s == 2 ? [] : (0..<(37 * s + 11)).map { _ in Float.random(in: -20...20, using: &rng) + (s == 3 ? shift : 0) }
+            }
+            var merged = RunningLSE<Float>()
+            for z in stretches {
+                var part = RunningLSE<Float>()
+                z.withUnsafeBufferPointer { p in if !z.isEmpty { mergeTileRow(p.baseAddress!, count: z.count, into: &part) } }
+                merged.merge(part)
+            }
+            let truth = stretches.joined().map { Double($0) }.withUnsafeBufferPointer { lseReference($0) }
+            XCTAssertEqual(Double(merged.value), truth, accuracy: 1e-5 * max(1, abs(truth)), "trial \(trial)")
+        }
+        var one = RunningLSE<Float>()
+        [Float(1), 2, 3].withUnsafeBufferPointer { _ = mergeTileRow($0.baseAddress!, count: 3, into: &one) }
+        var copy = one
+        copy.merge(RunningLSE())
+        XCTAssertEqual(copy.value.bitPattern, one.value.bitPattern, "merging an empty state changes nothing")
+        var empty = RunningLSE<Float>()
+        empty.merge(one)
+        XCTAssertEqual(empty.value, one.value, accuracy: 1e-6, "an empty state takes the other's value")
+    }
+
     func testBFloat16Rounding() {
         XCTAssertEqual(floatFromBFloat16Bits(bfloat16Bits(1.0)), 1.0)
         XCTAssertEqual(floatFromBFloat16Bits(bfloat16Bits(1.00390625)), 1.0)        // tie to even

@@ -126,6 +126,48 @@ final class PropertyTests: XCTestCase {
         }
     }
 
+    /// Vocabulary segments (TilePlan.vocabSegments: one per 8 forward blocks, at most 4): a
+    /// token block's forward runs as that many work items that any worker may take, so with
+    /// few blocks several workers share one. Every output must be the same bits for any thread
+    /// count (1 to 7, and 37 tokens: one block, all workers on its segments), in the fused call
+    /// with saved logits (LM-like bf16, ε = 2^-12: the later segments wait for the first one's
+    /// seed) and with bias, label smoothing and soft cap; and within the usual budgets of the
+    /// Float64 oracle (loss and LSE 1e-5, dE and dC 5e-3 relative in bf16 storage).
+    func testVocabularySegmentsGiveIdenticalBits() throws {
+        let cce = CutCrossEntropy()
+        XCTAssertEqual(cce.plan(tokens: 300, dim: 40, vocab: 9000, storage: .bfloat16).vocabSegments, 4)
+        XCTAssertEqual(cce.plan(tokens: 300, dim: 40, vocab: 4500, storage: .bfloat16).vocabSegments, 2)
+        XCTAssertEqual(cce.plan(tokens: 300, dim: 40, vocab: 1000, storage: .bfloat16).vocabSegments, 1)
+        for (tokens, vocab) in [(300, 9000), (37, 4500)] {
+            let data = LMLikeData.make(tokens: tokens, dim: 40, vocab: vocab, type: .bfloat16, seed: 5)
+            let bias = try Tensor(converting: (0..<vocab).map { Float($0 % 5) * 0.05 }, to: .bfloat16, shape: [vocab])
+            for capped in [false, true] {
+                var base = Options(); base.labelSmoothing = capped ? 0.05 : 0; base.softcap = capped ? 20 : nil
+                func run(_ threads: Int) throws -> (ForwardOutput, Gradients) {
+                    var o = base; o.threads = threads
+                    return try CutCrossEntropy(options: o).lossAndGradients(
+                        embeddings: data.embeddings, classifier: data.classifier, targets: data.targets,
+                        bias: capped ? bias : nil)
+                }
+                let first = try run(1)
+                let what = "N \(tokens) V \(vocab)\(capped ? " capped" : "")"
+                for threads in [2, 3, 7] {
+                    let r = try run(threads)
+                    XCTAssertEqual(r.0.loss.bitPattern, first.0.loss.bitPattern, "loss, \(what), \(threads) threads")
+                    XCTAssertTrue(bitwiseEqual(r.0.lse, first.0.lse), "lse, \(what), \(threads) threads")
+                    XCTAssertTrue(bitwiseEqual(r.1.dE, first.1.dE), "dE, \(what), \(threads) threads")
+                    XCTAssertTrue(bitwiseEqual(r.1.dC, first.1.dC), "dC, \(what), \(threads) threads")
+                }
+                let truth = try Oracle.compute(embeddings: data.embeddings, classifier: data.classifier,
+                                               targets: data.targets, bias: capped ? bias : nil, options: base)
+                XCTAssertEqual(Double(first.0.loss), truth.loss, accuracy: 1e-5 * abs(truth.loss), "loss, \(what)")
+                XCTAssertLessThanOrEqual(relativeError(first.0.lse.doubles, truth.lse), 1e-5, "lse, \(what)")
+                XCTAssertLessThanOrEqual(relativeError(first.1.dE.doubles, truth.dE), 5e-3, "dE, \(what)")
+                XCTAssertLessThanOrEqual(relativeError(first.1.dC.doubles, truth.dC), 5e-3, "dC, \(what)")
+            }
+        }
+    }
+
     /// A forward now and a backward later give what the fused call gives: bitwise when the
     /// fused call recomputes its tiles (savedLogitsPerRow = 0); with the forward's saved
     /// logits (ε = 2^-12, as for bf16, so that they apply to these Float32 inputs), dC bitwise

@@ -172,6 +172,7 @@ enum Backward {
             var rows = KeptRows()
             stats.tiles += 1; stats.rowSegments += count
             // Rows whose logits of this forward block the forward kept are not recomputed.
+            if startsForward, let segments = workspace.savedSegments { workspace.saved = segments.logits(forwardBlock) }
             let saved = bound != nil ? workspace.saved : nil
             if let saved, startsForward { saved.locateRows(block: forwardBlock, rows: count) }
             rows.recomputed = rowsToRecompute(operands, state, workspace, bound: bound, saved: saved,

@@ -3,10 +3,12 @@
 // up what the sweep needs, runs the workers, and hands back raw per-token results and
 // gradients; the facade (CutCrossEntropy.swift) turns them into the public types.
 //
-//   .forward   per token block: Forward.block                      (lse, loss)
+//   .forward   per token block: Forward.segment for each vocabulary segment, then
+//              Forward.finish                                      (lse, loss)
 //   .backward  per token block: Backward.block                     (dE, dC, dBias from saved lse)
-//   .fused     per token block: Forward.block, then Backward.block with the forward's
-//              per-block maxima, so negligible rows are not recomputed
+//   .fused     per token block: Forward.segment for each vocabulary segment, Forward.finish,
+//              then Backward.block with the forward's per-block maxima, so negligible rows
+//              are not recomputed
 //   .fused with an exchange (a vocabulary shard, Parallel.swift): per chunk of
 //              `exchangeChunk` tokens, Forward.block over the chunk's token blocks, keeping
 //              their per-block maxima; `exchange` turns the chunk's shard LSE into the global
@@ -15,13 +17,17 @@
 //
 // Set-up, in order: the classifier's pages interleaved over NUMA nodes (it is read by
 // every worker; not a classifier that borrows the C ABI caller's memory), the vocabulary
-// order (VocabularyOrder.swift), the output buffers (zeroed, every page written now) and, for the kahan accumulation, the compensation rows. Workers
-// take token blocks in increasing order as they finish the previous one (Counter in
-// CCERuntime/Workers.swift: faster workers take more); each allocates its
-// Workspace once per call.
+// order (VocabularyOrder.swift), the output buffers (zeroed, every page written now) and, for
+// the kahan accumulation, the compensation rows. Workers take work items in a fixed order as
+// they finish the previous one (Counter in CCERuntime/Workers.swift: faster workers take
+// more): in the forward and fused passes an item is one vocabulary segment of one token
+// block (a quarter of V at V = 128256), so a fast worker takes part of a slow one's block
+// instead of waiting for it; each worker allocates its Workspace once per call, and each
+// token block in flight uses a BlockSlot.
 
 import CCEKernels
 import CCERuntime
+import Synchronization
 
 enum Pass { case forward, backward, fused }
 
@@ -234,10 +240,20 @@ enum Engine {
         let plan = operands.plan
         let nb = plan.tokenBlock
         let blocks = (m + nb - 1) / nb
-        let workers = min(plan.threads, blocks)
+        // The forward of token block b is `segments` work items (b, s): a worker that is done
+        // takes part of a block another worker has begun. The worker that finishes a block's
+        // last segment merges the segments' partials and, in the fused call, runs the block's
+        // backward. At most `slots.count` blocks are in flight: block b uses slot b mod that,
+        // once the slot's previous block is done (`slotTurns`). Items are taken window by
+        // window of that many blocks, segment by segment within a window (`item`), so that
+        // workers sweep the same stretch of C at the same time (on a 32 MiB L3, what one
+        // worker has read from memory the others find there).
+        let segments = pass == .backward ? 1 : plan.vocabSegments
+        let items = blocks * segments
+        let workers = min(plan.threads, items)
+        let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
         let stats = PerWorker(workers, initial: FilterStatistics())
-        let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
         let out = UncheckedSendable((lse: lse, loss: loss))
         let clock = WorkerClock(workers: workers)
         let queue = Counter()
@@ -247,6 +263,17 @@ enum Engine {
             ? savedLogitsSetting(operands, options: options, backward: backward, definition, workers: workers)
             : (nil, nil)
         if forwardSums != nil { trace.mark("estimate sums") }
+        let slots = pass == .backward ? [] : (0..<min(workers, blocks)).map { _ in
+            BlockSlot<S>(plan: plan, d: operands.d, segments: segments, forwardBlocks: forwardBlocks,
+                         statistics: pass == .fused, saved: savedSetting)
+        }
+        let slotTurns = HandOff(count: slots.count), seedTurns = HandOff(count: slots.count)
+        let window = max(1, slots.count)
+        let item: @Sendable (Int) -> (b: Int, s: Int) = { k in
+            let g = k / (window * segments), r = k % (window * segments)
+            let width = min(window, blocks - g * window)
+            return (g * window + r % width, r / width)
+        }
         let sweepStart = PhaseTrace.enabled ? monotonicSeconds() : 0
         Workers.run(workers, pin: Placement.isNUMA) { w in
             let started = PhaseTrace.enabled ? monotonicSeconds() : 0
@@ -255,24 +282,47 @@ enum Engine {
                                          partials: backward?.outputs.compE != nil,
                                          estimate: pass != .forward && backward?.policy.estimate == true,
                                          skippedEstimates: pass == .fused && backward?.policy.estimate == true,
-                                         savedLogits: savedSetting,
+                                         readsSavedLogits: savedSetting != nil,
                                          denseUpdates: pass != .forward && backward?.policy.densePrediction == true)
-            let blockStats = pass == .fused ? BlockStatistics(rows: nb, blocks: forwardBlocks) : nil
             var workerStats = FilterStatistics()
-            while case let b = queue.next(), b < blocks {
+            var loaded = -1   // the token block whose E rows the workspace holds
+            while case let k = queue.next(), k < items {
+                let (b, s) = item(k)
                 let first = b * nb, count = min(nb, m - first)
-                workspace.loadTokens(operands, first: first, count: count)
-                if pass != .backward, let lse = out.value.lse, let loss = out.value.loss {
-                    let t0 = PhaseTrace.enabled ? monotonicSeconds() : 0
-                    Forward.block(operands, workspace, first: first, count: count, loss: definition,
-                                  lse: lse, loss: loss, blockStats: blockStats, saved: workspace.saved,
-                                  shardParts: shardParts)
-                    if PhaseTrace.enabled { workspace.forwardTime += monotonicSeconds() - t0 }
+                if loaded != b { workspace.loadTokens(operands, first: first, count: count); loaded = b }
+                guard pass != .backward else {
+                    if let backward {
+                        Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
+                                       loss: definition, blockStats: nil, stats: &workerStats)
+                    }
+                    continue
                 }
-                if pass != .forward, let backward {
+                let index = b % slots.count, turn = b / slots.count, slot = slots[index]
+                workspace.handOffWait += slotTurns.wait(slot: index, turn: turn)
+                let seed = segments > 1 && savedSetting != nil
+                    ? SegmentSeed(values: slot.seed.base,
+                                  publish: { seedTurns.pass(slot: index, turn: turn) },
+                                  wait: { workspace.handOffWait += seedTurns.wait(slot: index, turn: turn + 1) })
+                    : nil
+                let t0 = PhaseTrace.enabled ? monotonicSeconds() : 0
+                Forward.segment(operands, workspace, first: first, count: count, loss: definition,
+                                blocks: plan.segmentBlocks(s, forwardBlocks: forwardBlocks),
+                                into: slot.partials.segment(s), seed: seed,
+                                blockStats: slot.blockStats, saved: slot.saved?.parts[s])
+                if PhaseTrace.enabled { workspace.forwardTime += monotonicSeconds() - t0 }
+                // The block's last segment: what the others wrote is visible from here on.
+                guard slot.remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { continue }
+                slot.remaining.store(segments, ordering: .relaxed)
+                if let lse = out.value.lse, let loss = out.value.loss {
+                    Forward.finish(operands, first: first, count: count, loss: definition, partials: slot.partials,
+                                   segments: segments, lse: lse, loss: loss, shardParts: shardParts)
+                }
+                if pass == .fused, let backward {
+                    workspace.savedSegments = slot.saved
                     Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
-                                   loss: definition, blockStats: blockStats, stats: &workerStats)
+                                   loss: definition, blockStats: slot.blockStats, stats: &workerStats)
                 }
+                slotTurns.pass(slot: index, turn: turn)
             }
             stats[w] = workerStats
             if PhaseTrace.enabled {
@@ -286,6 +336,34 @@ enum Engine {
         var total = stats.values.reduce(into: FilterStatistics()) { $0.add($1) }
         total.tokenBlock = nb
         return total
+    }
+}
+
+/// What a token block in flight keeps from its vocabulary segments' forwards to its merge and
+/// backward (Engine.sweep), reused by every slots-th block: per segment and row the forward's
+/// partials, the seed the first segment hands the others, and in the fused call the block
+/// statistics and the saved logits.
+final class BlockSlot<S: KernelScalar>: @unchecked Sendable {
+    let states: Scratch<RunningLSE<S>>
+    let sums: Scratch<S>, comps: Scratch<S>
+    let targetLogits: Scratch<S>
+    let seed: Scratch<S>
+    let blockStats: BlockStatistics?
+    let saved: SavedSegments<S>?
+    /// Segments of the current block not yet done.
+    let remaining: Atomic<Int>
+    let partials: ForwardPartials<S>
+
+    init(plan: TilePlan, d: Int, segments: Int, forwardBlocks: Int, statistics: Bool,
+         saved setting: SavedLogits<S>.Setting?) {
+        let nb = plan.tokenBlock
+        states = Scratch(count: segments * nb); sums = Scratch(count: segments * nb); comps = Scratch(count: segments * nb)
+        targetLogits = Scratch(count: nb); seed = Scratch(count: nb)
+        blockStats = statistics ? BlockStatistics(rows: nb, blocks: forwardBlocks) : nil
+        saved = setting.map { SavedSegments(plan: plan, d: d, $0) }
+        remaining = Atomic(segments)
+        partials = ForwardPartials(states: states.base, sums: sums.base, comps: comps.base,
+                                   targetLogits: targetLogits.base, stride: nb)
     }
 }
 
@@ -462,3 +540,4 @@ func withOptionalMutablePointer<T, R>(_ a: inout [T]?, _ body: (UnsafeMutablePoi
     guard a != nil else { return body(nil) }
     return a!.withUnsafeMutableBufferPointer { body($0.baseAddress) }
 }
+

@@ -9,17 +9,22 @@
 //     loss_i = w_{t_i}·[(1 − α)·(lse_i − z_{i,t_i}) + zloss·lse_i²] + (α/V)·(W·lse_i − Σ_v w_v z_iv),
 // which is the line above when every w_v = 1; the smoothing sum is then weighted per class.
 //
-// Schedule (Engine.swift): workers own token blocks. For its block, a worker converts the E
-// rows to the compute type once (unless they already are), then sweeps the vocabulary, in the sorted order (VocabularyOrder.swift), in
-// blocks of VBf: tile product (NB x VBf logits), epilogue (bias, soft cap), and the LSE
-// merge into each row's running (max, sum) with a Kahan-compensated sum; Σ_v z_iv is kept
-// too when label smoothing needs it. The target logit z_{i,t_i} is read from the tile that
-// holds it (after the epilogue), so it has exactly the bits the backward recomputes. Rows
-// never cross workers, and a row's result does not depend on the block it falls in.
+// Schedule (Engine.swift): a token block's forward is G work items, one per vocabulary
+// segment (G = TilePlan.vocabSegments, up to 4, from V alone). For its item a worker converts
+// the block's E rows to the compute type (unless they already are), then sweeps the segment's
+// stretch of the vocabulary, in the sorted order (VocabularyOrder.swift), in blocks of VBf:
+// tile product (NB x VBf logits), epilogue (bias, soft cap), and the LSE merge into each
+// row's running (max, sum) with a Kahan-compensated sum; Σ_v z_iv is kept too when label
+// smoothing needs it. The target logit z_{i,t_i} is read from the tile that holds it (after
+// the epilogue), so it has exactly the bits the backward recomputes. The worker that finishes
+// a block's last segment merges the G partial states of each row in segment order (`finish`):
+//     M = max_s m_s,  S = Σ_s S_s·e^(m_s − M) (Kahan),  lse = M + log S.
+// A row's result depends on G (where the merges fall) but not on the block it falls in, the
+// worker that ran a segment, or the thread count.
 //
 // In the fused call the forward also keeps, per row and vocabulary block, the block's
 // largest logit m_ij and its own log-sum-exp L_ij = log Σ_{v in block j} e^(z_iv)
-// (2 x NB x V/VBf values per worker): once the row's LSE is known, e^(m_ij − lse_i) bounds
+// (2 x NB x V/VBf values per token block in flight): once the row's LSE is known, e^(m_ij − lse_i) bounds
 // every softmax entry of the block, so the backward can skip the block's row without
 // recomputing it, and e^(L_ij − lse_i) is the probability mass it skips (Backward.swift).
 
@@ -163,26 +168,79 @@ func mergeRow<S: KernelScalar>(_ z: UnsafeMutablePointer<S>, count: Int, into st
     return mergeTileRow(z, count: count, into: &state)
 }
 
+/// Per-row partial results of a token block's forward over some of its vocabulary: the
+/// running LSE state and the smoothing sum Σ_v z_iv (Kahan-compensated) of each row, one set
+/// per vocabulary segment (segment s at offset s·stride), and each row's target logit, written
+/// by the segment whose vocabulary holds the target.
+struct ForwardPartials<S: KernelScalar>: @unchecked Sendable {
+    let states: UnsafeMutablePointer<RunningLSE<S>>
+    let sums: UnsafeMutablePointer<S>
+    let comps: UnsafeMutablePointer<S>
+    let targetLogits: UnsafeMutablePointer<S>
+    let stride: Int
+
+    /// Segment s's set (the target logits are shared).
+    func segment(_ s: Int) -> ForwardPartials {
+        ForwardPartials(states: states + s * stride, sums: sums + s * stride, comps: comps + s * stride,
+                        targetLogits: targetLogits, stride: stride)
+    }
+}
+
+/// A lower bound of each row's LSE that the first vocabulary segment of a token block hands
+/// the later ones, so that a later segment keeps (SavedLogits) only the logits that could
+/// matter against the whole row, not against its own smaller log-sum-exp: the LSE over the
+/// row's first `Forward.seedBlocks` forward blocks (the sorted vocabulary's most probable
+/// entries), published when those blocks are done.
+struct SegmentSeed<S: KernelScalar> {
+    let values: UnsafeMutablePointer<S>
+    let publish: () -> Void
+    let wait: () -> Void
+}
+
 enum Forward {
+    /// The forward blocks a token block's first segment merges before it publishes its seed
+    /// (SegmentSeed): 16, 4096 entries of the sorted vocabulary. At V = 128256 on LM-like
+    /// data the later segments then keep 2% more entries than one piece would, against 14%
+    /// with a seed from the first block alone; a later segment that starts before the seed is
+    /// out waits for it (a segment's first 16 of some 125 blocks).
+    static let seedBlocks = 16
     /// The forward of active tokens first ..< first + count, whose E rows `workspace`
-    /// holds. Writes lse and loss for them; when `blockStats` is given, stores each block
-    /// row's largest logit and log-sum-exp there (BlockStatistics). With `shardParts` (a
-    /// vocabulary shard, Parallel.swift) also writes each token's target logit (0 where
-    /// another shard holds the target) and its smoothing sum Σ_v z_iv or Σ_v w_v·z_iv (0
-    /// without label smoothing): with the shard's lse, what the ranks combine.
+    /// holds, over the whole vocabulary. Writes lse and loss for them; when `blockStats` is
+    /// given, stores each block row's largest logit and log-sum-exp there (BlockStatistics).
+    /// With `shardParts` (a vocabulary shard, Parallel.swift) also writes each token's target
+    /// logit (0 where another shard holds the target) and its smoothing sum Σ_v z_iv or
+    /// Σ_v w_v·z_iv (0 without label smoothing): with the shard's lse, what the ranks combine.
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ workspace: Workspace<S>, first: Int, count: Int, loss definition: LossDefinition<S>,
         lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, blockStats: BlockStatistics?,
         saved: SavedLogits<S>? = nil, shardParts: ShardPartPointers<S>? = nil
     ) {
+        let vBlocks = (operands.v + operands.plan.forwardVocabBlock - 1) / operands.plan.forwardVocabBlock
+        segment(operands, workspace, first: first, count: count, loss: definition, blocks: 0..<vBlocks,
+                into: workspace.forwardPartials, blockStats: blockStats, saved: saved)
+        finish(operands, first: first, count: count, loss: definition, partials: workspace.forwardPartials, segments: 1,
+               lse: lse, loss: loss, shardParts: shardParts)
+    }
+
+    /// The forward of those tokens over forward blocks `blocks` of the vocabulary (a segment,
+    /// Engine.swift): each row's running LSE state and smoothing sum into `partials`, its
+    /// target logit where the target lies in these blocks, block statistics and saved logits
+    /// as in `block`. With `seed`, the segment that starts at block 0 publishes each row's LSE
+    /// over its first `seedBlocks` blocks, and a later one (keeping logits) waits for it and
+    /// keeps only entries that clear it too.
+    static func segment<S: KernelScalar>(
+        _ operands: Operands<S>, _ workspace: Workspace<S>, first: Int, count: Int, loss definition: LossDefinition<S>,
+        blocks: Range<Int>, into partials: ForwardPartials<S>, seed: SegmentSeed<S>? = nil,
+        blockStats: BlockStatistics?, saved: SavedLogits<S>?
+    ) {
         let vb = operands.plan.forwardVocabBlock
-        let vBlocks = (operands.v + vb - 1) / vb
-        let targets = operands.problem.targets
-        let states = workspace.states.base, sums = workspace.sums.base, comps = workspace.comps.base
-        let targetLogits = workspace.targetLogits.base
+        let states = partials.states, sums = partials.sums, comps = partials.comps
+        let targetLogits = partials.targetLogits
         for i in 0..<count { states[i] = RunningLSE(); sums[i] = 0; comps[i] = 0 }
         saved?.reset(rows: count)
-        for j in 0..<vBlocks {
+        var floor: UnsafePointer<S>? = nil
+        if let seed, saved != nil, blocks.lowerBound > 0 { seed.wait(); floor = UnsafePointer(seed.values) }
+        for j in blocks {
             let v0 = j * vb, vc = min(vb, operands.v - v0)
             saved?.begin(block: j)
             workspace.product(operands, count: count, v0: v0, vc: vc, ldo: vb)
@@ -197,6 +255,7 @@ enum Forward {
                 let seen = mergeRow(row, count: vc, into: &states[i])
                 // Kept logits leave the block's log-sum-exp: the backward adds them exactly.
                 let rest = saved?.keep(row, width: vc, row: i, block: j, running: states[i],
+                                       floor: floor?[i] ?? -S.infinity,
                                        target: targetPosition >= 0 && targetPosition < vc ? targetPosition : -1,
                                        max: seen.max, logSum: seen.logSum)
                 blockStats?.store(row: i, block: j, max: seen.max, logSum: rest ?? seen.logSum)
@@ -207,16 +266,38 @@ enum Forward {
                 }
             }
             saved?.end(block: j)
+            if j == min(blocks.upperBound, seedBlocks) - 1, blocks.lowerBound == 0, let seed {
+                for i in 0..<count { seed.values[i] = states[i].value }
+                seed.publish()
+            }
         }
+    }
+
+    /// Merges the `segments` partial sets of those tokens (`partials`, segment order) and
+    /// writes their lse and loss (and, with `shardParts`, their target logit and smoothing
+    /// sum). One segment is the row's single state, as it is.
+    static func finish<S: KernelScalar>(
+        _ operands: Operands<S>, first: Int, count: Int, loss definition: LossDefinition<S>,
+        partials: ForwardPartials<S>, segments: Int,
+        lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, shardParts: ShardPartPointers<S>? = nil
+    ) {
+        let targets = operands.problem.targets
         for i in 0..<count {
-            let l = states[i].value
+            var state = partials.states[i]
+            var sum = partials.sums[i], comp = partials.comps[i]
+            for s in 1..<max(1, segments) {
+                let k = s * partials.stride + i
+                state.merge(partials.states[k])
+                kahanAdd(&sum, &comp, partials.sums[k] - partials.comps[k])
+            }
+            let l = state.value
             lse[first + i] = l
-            loss[first + i] = definition.tokenLoss(lse: l, targetLogit: targetLogits[i], logitSum: sums[i],
+            loss[first + i] = definition.tokenLoss(lse: l, targetLogit: partials.targetLogits[i], logitSum: sum,
                                                    token: first + i)
             if let shardParts {
                 let here = Int(targets[first + i]) < operands.v
-                shardParts.targetLogit[first + i] = here ? targetLogits[i] : 0
-                shardParts.logitSum[first + i] = sums[i]
+                shardParts.targetLogit[first + i] = here ? partials.targetLogits[i] : 0
+                shardParts.logitSum[first + i] = sum
             }
         }
     }

@@ -47,6 +47,11 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     public var forwardVocabBlock: Int
     /// The tile kernel's row group, of which NB is a multiple.
     public var rowGroup: Int
+    /// Vocabulary segments per token block in the forward and fused passes: the forward of a
+    /// token block is that many work items, each over its own stretch of the sorted
+    /// vocabulary (`segmentBlocks`), whose per-row partials merge in segment order (Engine.swift).
+    /// Set from V alone, so results do not depend on the thread count.
+    public var vocabSegments: Int
     /// Worker threads.
     public var threads: Int
     /// Where the cache sizes came from.
@@ -67,6 +72,7 @@ public struct TilePlan: Sendable, CustomStringConvertible {
                                             largest: min(TilePlan.tokenBlockLimit, nb))
         vocabBlock = vb
         forwardVocabBlock = min(256, max(16, (vocab + 15) / 16 * 16))
+        vocabSegments = TilePlan.segments(forwardBlocks: (vocab + forwardVocabBlock - 1) / forwardVocabBlock)
         self.threads = threads
         self.topology = topology
     }
@@ -118,6 +124,22 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     /// them not measured, so the limit stays where it was measured cheap.
     public static let fusedLimitThreads = 4
 
+    /// Vocabulary segments for `forwardBlocks` forward blocks: one per 8 of them, at most
+    /// `segmentLimit` (4: at V = 128256, 501 forward blocks, four segments of 125 or 126).
+    /// Segments let a worker that is done take part of another token block's forward instead
+    /// of waiting for the slowest (16 workers on a host whose vCPUs differ two-fold in speed,
+    /// one token block each), without the extra sweeps over C that smaller token blocks cost.
+    static func segments(forwardBlocks: Int) -> Int { max(1, min(segmentLimit, forwardBlocks / 8)) }
+
+    /// The most vocabulary segments: 4, or `CCE_VOCAB_SEGMENTS` from the environment (1 to
+    /// 64; other values are ignored), for experiments (1: a token block's forward in one piece).
+    public static let segmentLimit: Int = Environment.integer("CCE_VOCAB_SEGMENTS", in: 1...64) ?? 4
+
+    /// Forward blocks of vocabulary segment s: s·F/G ..< (s + 1)·F/G.
+    public func segmentBlocks(_ s: Int, forwardBlocks f: Int) -> Range<Int> {
+        (s * f / vocabSegments)..<((s + 1) * f / vocabSegments)
+    }
+
     /// Active tokens per dC partial in the kahan accumulation (Backward.compensatedUpdate).
     /// A compensated call's token blocks are multiples of it, so that its dC, like every
     /// other result, does not depend on NB or the thread count.
@@ -141,7 +163,7 @@ public struct TilePlan: Sendable, CustomStringConvertible {
 
     public var description: String {
         "token block NB = \(tokenBlock) (groups of \(rowGroup)), vocabulary block VB = \(vocabBlock) (forward \(forwardVocabBlock)), "
-            + "threads = \(threads); "
+            + "vocabulary segments = \(vocabSegments), threads = \(threads); "
             + "machine: \(topology)"
     }
 }

@@ -115,6 +115,9 @@ final class Workspace<S: KernelScalar> {
     /// token block's, forward then backward), or, in a vocabulary shard's call, the token
     /// block's that the worker takes on (Engine.sweepExchanging).
     var saved: SavedLogits<S>?
+    /// Fused call split into vocabulary segments (Engine.swift): the token block's saved logits,
+    /// one SavedLogits per segment; the backward reads each forward block's from its segment's.
+    var savedSegments: SavedSegments<S>?
     /// Backward: the scratch for reading `saved` (the worker's, whichever block's logits it reads).
     let fromSaved: FromSavedScratch<S>
     /// Rows recomputed on their own (selected product) rather than as a masked full tile.
@@ -200,6 +203,12 @@ final class Workspace<S: KernelScalar> {
     /// an E row in the sweep: the products, the target logits and the dC updates all read
     /// these rows. The bf16 kernels read them as stored instead (eStoredOnly: packed into
     /// bf16 panels for the products, eRaw for dC's updates).
+    /// The forward's per-row partials in this workspace (one segment: Forward.block).
+    var forwardPartials: ForwardPartials<S> {
+        ForwardPartials(states: states.base, sums: sums.base, comps: comps.base, targetLogits: targetLogits.base,
+                        stride: states.count)
+    }
+
     func loadTokens(_ operands: Operands<S>, first: Int, count: Int) {
         let rows = operands.problem.rows
         for i in 0..<count { eRaw.base[i] = operands.eRow(Int(rows[first + i])) }
@@ -600,19 +609,21 @@ final class SavedLogits<S: KernelScalar> {
     @inline(__always)
     func covers(row i: Int, block f: Int) -> Bool { f < Int(frontier.base[i]) }
 
-    /// Keeps row i's entries of forward block f (z[0 ..< width]) with z ≥ lse_running +
-    /// log(ε/16), `running` being the row's state with this block merged, and the target's
+    /// Keeps row i's entries of forward block f (z[0 ..< width]) with z ≥ max(lse_running,
+    /// floor) + log(ε/16), `running` being the row's state with this block merged and `floor`
+    /// a lower bound of the row's final LSE (−∞, or a vocabulary segment's seed), and the target's
     /// (column `target`, −1 for none), and returns the log-sum-exp of the rest,
     /// log(e^(logSum − m) − Σ_kept e^(z − m)) + m with m the block row's largest logit
     /// (−∞ when nothing is left); nil, keeping nothing, from the block where the row's room
     /// would run out or where it would keep more than 5/8 of the block's entries on.
-    func keep(_ z: UnsafePointer<S>, width: Int, row i: Int, block f: Int, running: RunningLSE<S>, target: Int,
-              max m: S, logSum: S) -> S? {
+    func keep(_ z: UnsafePointer<S>, width: Int, row i: Int, block f: Int, running: RunningLSE<S>, floor: S,
+              target: Int, max m: S, logSum: S) -> S? {
         if i >= 256 && highStarts.base[f] < 0 { highStarts.base[f] = count }   // the forward calls rows in order
         guard covers(row: i, block: f) else { return nil }
         // Only Float32 calls save (Engine.savesLogits).
         let zf = UnsafeRawPointer(z).assumingMemoryBound(to: Float.self)
-        var n = selectAbove(zf, count: width, threshold: Float(running.value + setting.logEntry), into: positions.base)
+        var n = selectAbove(zf, count: width, threshold: Float(Swift.max(running.value, floor) + setting.logEntry),
+                            into: positions.base)
         if target >= 0 && !(0..<n).contains(where: { Int(positions.base[$0]) == target }) {
             // The target's entry, in its place among the others.
             var k = n
@@ -654,6 +665,29 @@ final class SavedLogits<S: KernelScalar> {
             while e < end && row(e) == i { e += 1 }
             rowEnd.base[i] = Int32(e)
         }
+    }
+}
+
+/// A token block's saved logits when its forward runs in vocabulary segments (Engine.sweep):
+/// one SavedLogits per segment, each holding its own segment's forward blocks (with its own
+/// room per row), and each forward block read back from its segment's.
+final class SavedSegments<S: KernelScalar>: @unchecked Sendable {
+    let parts: [SavedLogits<S>]
+    /// The first forward block of each segment, and the forward block count at the end.
+    private let starts: [Int]
+
+    init(plan: TilePlan, d: Int, _ setting: SavedLogits<S>.Setting) {
+        let g = plan.vocabSegments
+        parts = (0..<g).map { _ in SavedLogits(plan: plan, d: d, setting) }
+        starts = (0...g).map { plan.segmentBlocks(min($0, g - 1), forwardBlocks: setting.forwardBlocks).lowerBound }
+            .enumerated().map { $0.offset == g ? setting.forwardBlocks : $0.element }
+    }
+
+    /// The SavedLogits of the segment that holds forward block f.
+    func logits(_ f: Int) -> SavedLogits<S> {
+        var s = 0
+        while s + 1 < parts.count && f >= starts[s + 1] { s += 1 }
+        return parts[s]
     }
 }
 
