@@ -96,7 +96,8 @@ public final class WorkerClock: @unchecked Sendable {
 
     private func field(_ k: Int) -> [Double] { (0..<workers).map { slots[$0 * Self.fields + k] } }
 
-    /// "workers busy min–max ms, hand-off waits min–max ms", then per worker
+    /// "workers busy min–max ms, waits min–max ms" (dC's hand-off, and a token block's slot
+    /// or its first segment's seed: Engine.sweep), then per worker
     /// forward/dC applied/waited/finished at, in ms.
     public var summary: String {
         func ms(_ x: Double) -> String { "\(Int((x * 1e3).rounded()))" }
@@ -106,7 +107,7 @@ public final class WorkerClock: @unchecked Sendable {
         }
         let (busy, waited, forward, applying, ended) = (field(0), field(1), field(2), field(3), field(4))
         let each = (0..<workers).map { "\(ms(forward[$0]))/\(ms(applying[$0]))/\(ms(waited[$0]))/\(ms(ended[$0]))" }
-        return "\(workers) workers busy \(range(busy)), waiting in dC's hand-off \(range(waited))"
+        return "\(workers) workers busy \(range(busy)), waiting (dC's hand-off, token block slots) \(range(waited))"
             + "; per worker forward/dC applied/waited/finished ms: " + each.joined(separator: " ")
     }
 }

@@ -540,4 +540,3 @@ func withOptionalMutablePointer<T, R>(_ a: inout [T]?, _ body: (UnsafeMutablePoi
     guard a != nil else { return body(nil) }
     return a!.withUnsafeMutableBufferPointer { body($0.baseAddress) }
 }
-

@@ -111,12 +111,12 @@ final class Workspace<S: KernelScalar> {
     let partials: Scratch<S>?            // kahan modes: max(NB, VB) x D gradient partials
     let skipped: SkippedEstimates<S>?   // fused backward: the estimates of the rows the bound skipped
     let blockSums: BlockSums<S>?         // backward: the estimate's T_j, formed when needed
-    /// Fused call: the logits its backward reads instead of recomputing: the worker's own (one
-    /// token block's, forward then backward), or, in a vocabulary shard's call, the token
-    /// block's that the worker takes on (Engine.sweepExchanging).
+    /// Fused call: the logits the backward reads instead of recomputing, of the forward block it
+    /// is at: from `savedSegments`, or, in a vocabulary shard's call, the token block's that the
+    /// worker takes on (Engine.sweepExchanging).
     var saved: SavedLogits<S>?
-    /// Fused call split into vocabulary segments (Engine.swift): the token block's saved logits,
-    /// one SavedLogits per segment; the backward reads each forward block's from its segment's.
+    /// Fused call (Engine.sweep): the token block's saved logits, one SavedLogits per vocabulary
+    /// segment; the backward reads each forward block's from its segment's.
     var savedSegments: SavedSegments<S>?
     /// Backward: the scratch for reading `saved` (the worker's, whichever block's logits it reads).
     let fromSaved: FromSavedScratch<S>
@@ -135,13 +135,13 @@ final class Workspace<S: KernelScalar> {
     var eSliceStride: Int { eSlices.count / max(d, 1) * 16 }
     let d: Int
     let vb: Int
-    /// Seconds this worker waited in dC's hand-off, spent in the forward, and spent applying
-    /// dC updates (measured only under CCE_TRACE).
+    /// Seconds this worker waited (in dC's hand-off, for a token block's slot or seed), spent in
+    /// the forward, and spent applying dC updates (measured only under CCE_TRACE).
     var handOffWait = 0.0, forwardTime = 0.0, applyTime = 0.0
 
     init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
          partials: Bool = false, estimate: Bool = false, skippedEstimates: Bool = false,
-         savedLogits: SavedLogits<S>.Setting? = nil, readsSavedLogits: Bool = false, denseUpdates: Bool = false) {
+         readsSavedLogits: Bool = false, denseUpdates: Bool = false) {
         // The bf16 kernels run only for bf16 E and C in Float32 (chooseTileKernel).
         eStoredOnly = (kernel == .amxBF16 || kernel == .avx512BF16) && backend == .swiftSIMD && S.self == Float.self
         let nb = plan.tokenBlock, vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
@@ -186,8 +186,7 @@ final class Workspace<S: KernelScalar> {
         self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
         skipped = skippedEstimates ? SkippedEstimates(plan: plan, d: d) : nil
         blockSums = estimate ? BlockSums(plan: plan, d: d) : nil
-        saved = savedLogits.map { SavedLogits(plan: plan, d: d, $0) }
-        fromSaved = FromSavedScratch(plan: plan, d: d, used: savedLogits != nil || readsSavedLogits)
+        fromSaved = FromSavedScratch(plan: plan, d: d, used: readsSavedLogits)
         pending = PendingUpdates(capacity: max(32 << 10, nb * vb), vb: vb)
         let side = max(nb, vb)
         // The portable rank update packs A and slices of b; the 512-bit one reads them in place.
@@ -679,8 +678,8 @@ final class SavedSegments<S: KernelScalar>: @unchecked Sendable {
     init(plan: TilePlan, d: Int, _ setting: SavedLogits<S>.Setting) {
         let g = plan.vocabSegments
         parts = (0..<g).map { _ in SavedLogits(plan: plan, d: d, setting) }
-        starts = (0...g).map { plan.segmentBlocks(min($0, g - 1), forwardBlocks: setting.forwardBlocks).lowerBound }
-            .enumerated().map { $0.offset == g ? setting.forwardBlocks : $0.element }
+        starts = (0..<g).map { plan.segmentBlocks($0, forwardBlocks: setting.forwardBlocks).lowerBound }
+            + [setting.forwardBlocks]
     }
 
     /// The SavedLogits of the segment that holds forward block f.
