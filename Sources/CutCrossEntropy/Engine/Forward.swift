@@ -190,7 +190,9 @@ struct ForwardPartials<S: KernelScalar>: @unchecked Sendable {
 /// the later ones, so that a later segment keeps (SavedLogits) only the logits that could
 /// matter against the whole row, not against its own smaller log-sum-exp: the LSE over the
 /// row's first `Forward.seedBlocks` forward blocks (the sorted vocabulary's most probable
-/// entries), published when those blocks are done.
+/// entries), published when those blocks are done; +∞ for a row that stopped keeping logits
+/// within them (a flat row that keeps more than 5/8 of a block), which then keeps none in the
+/// later segments either, as in one piece it would keep none in the later blocks.
 struct SegmentSeed<S: KernelScalar> {
     let values: UnsafeMutablePointer<S>
     let publish: () -> Void
@@ -267,7 +269,7 @@ enum Forward {
             }
             saved?.end(block: j)
             if j == min(blocks.upperBound, seedBlocks) - 1, blocks.lowerBound == 0, let seed {
-                for i in 0..<count { seed.values[i] = states[i].value }
+                for i in 0..<count { seed.values[i] = saved?.covers(row: i, block: j) == false ? S.infinity : states[i].value }
                 seed.publish()
             }
         }

@@ -610,7 +610,8 @@ final class SavedLogits<S: KernelScalar> {
 
     /// Keeps row i's entries of forward block f (z[0 ..< width]) with z ≥ max(lse_running,
     /// floor) + log(ε/16), `running` being the row's state with this block merged and `floor`
-    /// a lower bound of the row's final LSE (−∞, or a vocabulary segment's seed), and the target's
+    /// a lower bound of the row's final LSE (−∞, or a vocabulary segment's seed; +∞: keep
+    /// nothing from here on), and the target's
     /// (column `target`, −1 for none), and returns the log-sum-exp of the rest,
     /// log(e^(logSum − m) − Σ_kept e^(z − m)) + m with m the block row's largest logit
     /// (−∞ when nothing is left); nil, keeping nothing, from the block where the row's room
@@ -619,6 +620,7 @@ final class SavedLogits<S: KernelScalar> {
               target: Int, max m: S, logSum: S) -> S? {
         if i >= 256 && highStarts.base[f] < 0 { highStarts.base[f] = count }   // the forward calls rows in order
         guard covers(row: i, block: f) else { return nil }
+        guard floor < S.infinity else { frontier.base[i] = Int32(f); return nil }   // the seed says stop
         // Only Float32 calls save (Engine.savesLogits).
         let zf = UnsafeRawPointer(z).assumingMemoryBound(to: Float.self)
         var n = selectAbove(zf, count: width, threshold: Float(Swift.max(running.value, floor) + setting.logEntry),
