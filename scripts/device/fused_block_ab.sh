@@ -8,11 +8,7 @@
 # plan's 256-row blocks there: the pair checks that). Lines on stdout (collect_bench.py), every
 # run in $OUT/fused_block_ab.json.
 set -uo pipefail
-OUT=${OUT:-out}; mkdir -p "$OUT"
-B=$(mktemp -d); tar -xJf .gpu/bundle.tar.xz -C "$B"
-export LD_LIBRARY_PATH="$B/lib"
-grep -E "Model name|^CPU\(s\)" <(lscpu)
-T0=$(date +%s)
+source scripts/device/bundle_env.sh
 one() {  # name floor tokens threads repeats
   CCE_FUSED_BLOCK_FLOOR=$2 timeout 150 "$B/cce" bench --tokens $3 --dim 1024 --vocab 128256 --dtype bf16 --threads $4 \
     --methods cce --kinds loss+grad --repeats $5 --json > "$OUT/$1.json" 2> "$OUT/$1.err"

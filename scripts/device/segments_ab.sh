@@ -6,11 +6,7 @@
 # one traced 16-thread loss+grad call of each (per-worker busy and waiting times). Lines on
 # stdout (collect_bench.py), every run in $OUT/segments_ab.json, the traces in $OUT/traces.txt.
 set -uo pipefail
-OUT=${OUT:-out}; mkdir -p "$OUT"
-B=$(mktemp -d); tar -xJf .gpu/bundle.tar.xz -C "$B"
-export LD_LIBRARY_PATH="$B/lib"
-grep -E "Model name|^CPU\(s\)" <(lscpu)
-T0=$(date +%s)
+source scripts/device/bundle_env.sh
 one() {  # name segments threads repeats
   CCE_VOCAB_SEGMENTS=$2 timeout 200 "$B/cce" bench --tokens 4096 --dim 1024 --vocab 128256 --dtype bf16 --threads $3 \
     --methods cce --kinds loss,loss+grad --repeats $4 --json > "$OUT/$1.json" 2> "$OUT/$1.err"
