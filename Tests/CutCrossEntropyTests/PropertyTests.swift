@@ -129,7 +129,8 @@ final class PropertyTests: XCTestCase {
     /// Vocabulary segments (TilePlan.vocabSegments: one per 8 forward blocks, at most 4): a
     /// token block's forward runs as that many work items that any worker may take, so with
     /// few blocks several workers share one. Every output must be the same bits for any thread
-    /// count (1 to 7, and 37 tokens: one block, all workers on its segments), in the fused call
+    /// count (1 to 7, and 37 tokens: one block, all workers on its segments; the backward of a
+    /// block whole with one thread at N = 300, in parts with seven), in the fused call
     /// with saved logits (LM-like bf16, ε = 2^-12: the later segments wait for the first one's
     /// seed) and with bias, label smoothing and soft cap; and within the usual budgets of the
     /// Float64 oracle (loss and LSE 1e-5, dE and dC 5e-3 relative in bf16 storage).
@@ -157,6 +158,10 @@ final class PropertyTests: XCTestCase {
                     XCTAssertTrue(bitwiseEqual(r.0.lse, first.0.lse), "lse, \(what), \(threads) threads")
                     XCTAssertTrue(bitwiseEqual(r.1.dE, first.1.dE), "dE, \(what), \(threads) threads")
                     XCTAssertTrue(bitwiseEqual(r.1.dC, first.1.dC), "dC, \(what), \(threads) threads")
+                    if tokens == 300 && threads == 7 {
+                        // One thread runs each block's backward whole, seven in parts (TilePlan.backwardParts).
+                        XCTAssertLessThan(r.1.filter.tokenBlock, first.1.filter.tokenBlock, "backward parts, \(what)")
+                    }
                 }
                 let truth = try Oracle.compute(embeddings: data.embeddings, classifier: data.classifier,
                                                targets: data.targets, bias: capped ? bias : nil, options: base)
@@ -249,24 +254,33 @@ final class PropertyTests: XCTestCase {
     /// quarter of the tokens per thread is no less than the plan's blocks, so the fused call
     /// keeps them: TilePlan.limitingRowsInFlight): every output bitwise the same, with dE
     /// apart from the recomputing call's (the saved logits were read). Fails if the ninth bit
-    /// is dropped (checked).
+    /// is dropped (checked). At N = 1440 five threads get one block of 288 rows each and run
+    /// its backward in parts (TilePlan.backwardParts: at least four items per worker), one of
+    /// which reads saved rows on both sides of row 256: the same bits as one thread's whole blocks.
     func testSavedLogitsInBlocksOfMoreThan256Rows() throws {
-        let data = LMLikeData.make(tokens: 1152, dim: 32, vocab: 3000, type: .bfloat16, seed: 3)
-        func run(threads: Int, perRow: Int = 2048) throws -> (ForwardOutput, Gradients) {
-            var o = Options(); o.threads = threads; o.savedLogitsPerRow = perRow
-            let cce = CutCrossEntropy(options: o)
-            let plan = cce.plan(tokens: 1152, dim: 32, vocab: 3000, storage: .bfloat16)
-            XCTAssertEqual(plan.tokenBlock, threads == 1 ? 288 : 192, "token block, \(threads) threads")
-            XCTAssertEqual(plan.limitingRowsInFlight(tokens: 1152).tokenBlock, plan.tokenBlock, "fused token block")
-            return try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
-                                            targets: data.targets)
+        for (tokens, threadCounts) in [(1152, [1, 3]), (1440, [1, 5])] {
+            let data = LMLikeData.make(tokens: tokens, dim: 32, vocab: 3000, type: .bfloat16, seed: 3)
+            func run(threads: Int, perRow: Int = 2048) throws -> (ForwardOutput, Gradients) {
+                var o = Options(); o.threads = threads; o.savedLogitsPerRow = perRow
+                let cce = CutCrossEntropy(options: o)
+                let plan = cce.plan(tokens: tokens, dim: 32, vocab: 3000, storage: .bfloat16)
+                XCTAssertEqual(plan.tokenBlock, threads == 3 ? 192 : 288, "token block, \(threads) threads")
+                XCTAssertEqual(plan.limitingRowsInFlight(tokens: tokens).tokenBlock, plan.tokenBlock, "fused token block")
+                let r = try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
+                                                 targets: data.targets)
+                let part = plan.backwardParts(blocks: (tokens + plan.tokenBlock - 1) / plan.tokenBlock)
+                XCTAssertEqual(r.1.filter.tokenBlock, part.rows, "backward part, N \(tokens), \(threads) threads")
+                if threads == 5 { XCTAssertTrue(part.parts > 1 && 256 % part.rows != 0, "a part across row 256") }
+                return r
+            }
+            let (f1, g1) = try run(threads: 1), (f3, g3) = try run(threads: threadCounts[1])
+            let (_, g0) = try run(threads: 1, perRow: 0)
+            XCTAssertEqual(f1.loss.bitPattern, f3.loss.bitPattern)
+            XCTAssertTrue(bitwiseEqual(g1.dE, g3.dE), "dE, 1 vs \(threadCounts[1]) threads, N \(tokens)")
+            XCTAssertTrue(bitwiseEqual(g1.dC, g3.dC), "dC, 1 vs \(threadCounts[1]) threads, N \(tokens)")
+            XCTAssertFalse(bitwiseEqual(g1.dE, g0.dE), "the saved logits were read, N \(tokens)")
+            XCTAssertTrue(bitwiseEqual(g1.dC, g0.dC), "dC as the recomputing call's, N \(tokens)")
         }
-        let (f1, g1) = try run(threads: 1), (f3, g3) = try run(threads: 3), (_, g0) = try run(threads: 1, perRow: 0)
-        XCTAssertEqual(f1.loss.bitPattern, f3.loss.bitPattern)
-        XCTAssertTrue(bitwiseEqual(g1.dE, g3.dE), "dE, 1 vs 3 threads")
-        XCTAssertTrue(bitwiseEqual(g1.dC, g3.dC), "dC, 1 vs 3 threads")
-        XCTAssertFalse(bitwiseEqual(g1.dE, g0.dE), "the saved logits were read")
-        XCTAssertTrue(bitwiseEqual(g1.dC, g0.dC), "dC as the recomputing call's")
     }
 
     /// A fused call that keeps logits holds at most a quarter of the tokens in its workers'

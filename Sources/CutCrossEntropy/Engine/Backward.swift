@@ -174,7 +174,9 @@ enum Backward {
             // Rows whose logits of this forward block the forward kept are not recomputed.
             if startsForward, let segments = workspace.savedSegments { workspace.saved = segments.logits(forwardBlock) }
             let saved = bound != nil ? workspace.saved : nil
-            if let saved, startsForward { saved.locateRows(block: forwardBlock, rows: count) }
+            if let saved, startsForward {
+                saved.locateRows(block: forwardBlock, rows: workspace.savedRowOffset..<workspace.savedRowOffset + count)
+            }
             rows.recomputed = rowsToRecompute(operands, state, workspace, bound: bound, saved: saved,
                                               first: first, count: count,
                                               v0: v0, vc: vc, startsForward: startsForward, loss: definition)
@@ -249,7 +251,7 @@ enum Backward {
         for p in 0..<(count + maskRows - 1) / maskRows { panelNeeded[p] = false }
         for i in 0..<count {
             // A row whose logits the forward kept is fromSaved's.
-            if let saved, saved.covers(row: i, block: forwardBlock) { need[i] = false; continue }
+            if let saved, saved.covers(row: workspace.savedRowOffset + i, block: forwardBlock) { need[i] = false; continue }
             let l = state.lse[first + i], coef = definition.softmaxCoefficient(lse: l, token: first + i)
             let targetPosition = Int(operands.targetPosition[first + i]) - v0
             let blockMax: S = bound.bound(row: i, block: forwardBlock)
@@ -290,11 +292,12 @@ enum Backward {
         let f = v0 / forwardVB
         let smooth = definition.smoothingShare, eps = state.epsilon
         let estimate = state.policy.estimate
+        let o = workspace.savedRowOffset   // saved row o + i is this part's row i
         if startsForward && estimate {
             let width = S(min(forwardVB, operands.v - f * forwardVB))
-            for i in 0..<count where saved.covers(row: i, block: f) {
+            for i in 0..<count where saved.covers(row: o + i, block: f) {
                 let l = state.lse[first + i], coef = definition.softmaxCoefficient(lse: l, token: first + i)
-                let n = S(Int(saved.rowEnd.base[i] - saved.rowStart.base[i]))
+                let n = S(Int(saved.rowEnd.base[o + i] - saved.rowStart.base[o + i]))
                 let rest: S = bound.logSum(row: i, block: f)
                 workspace.residualOn.base[i] = true
                 workspace.excluded.base[i] = -1
@@ -305,9 +308,9 @@ enum Backward {
         let scratch = workspace.fromSaved
         let tile = scratch.tile.base, cRows = scratch.cRows.base, columns = scratch.columns.base
         var kept = 0
-        for i in 0..<count where saved.covers(row: i, block: f) {
-            var e = Int(saved.rowStart.base[i])
-            let end = Int(saved.rowEnd.base[i])
+        for i in 0..<count where saved.covers(row: o + i, block: f) {
+            var e = Int(saved.rowStart.base[o + i])
+            let end = Int(saved.rowEnd.base[o + i])
             while e < end && Int(saved.keys.base[e] & 0xFF) < q0 { e += 1 }
             guard e < end && Int(saved.keys.base[e] & 0xFF) < q1 else { continue }
             let l = state.lse[first + i], g = state.upstream[first + i]

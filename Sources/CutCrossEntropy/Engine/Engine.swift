@@ -248,9 +248,13 @@ enum Engine {
         // window of that many blocks, segment by segment within a window (`item`), so that
         // workers sweep the same stretch of C at the same time (on a 32 MiB L3, what one
         // worker has read from memory the others find there).
+        // In the fused call the block's backward is `parts` more items of `partRows` rows each,
+        // after the window's forward items, which wait for the block's merge (`readyTurns`);
+        // the part that finishes last frees the slot.
         let segments = pass == .backward ? 1 : plan.vocabSegments
-        let items = blocks * segments
-        let workers = min(plan.threads, items)
+        let (parts, partRows) = pass == .fused && backward != nil ? plan.backwardParts(blocks: blocks) : (0, nb)
+        let items = blocks * (segments + parts)
+        let workers = min(plan.threads, blocks * max(segments, parts))
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
         let stats = PerWorker(workers, initial: FilterStatistics())
@@ -264,15 +268,19 @@ enum Engine {
             : (nil, nil)
         if forwardSums != nil { trace.mark("estimate sums") }
         let slots = pass == .backward ? [] : (0..<min(workers, blocks)).map { _ in
-            BlockSlot<S>(plan: plan, d: operands.d, segments: segments, forwardBlocks: forwardBlocks,
+            BlockSlot<S>(plan: plan, d: operands.d, segments: segments, parts: parts, forwardBlocks: forwardBlocks,
                          statistics: pass == .fused, saved: savedSetting)
         }
         let slotTurns = HandOff(count: slots.count), seedTurns = HandOff(count: slots.count)
+        let readyTurns = HandOff(count: slots.count)
         let window = max(1, slots.count)
+        // Item k: forward segment s of block b, or (s ≥ segments) backward part s − segments.
         let item: @Sendable (Int) -> (b: Int, s: Int) = { k in
-            let g = k / (window * segments), r = k % (window * segments)
+            let g = k / (window * (segments + parts)), r = k % (window * (segments + parts))
             let width = min(window, blocks - g * window)
-            return (g * window + r % width, r / width)
+            if r < width * segments { return (g * window + r % width, r / width) }
+            let q = r - width * segments
+            return (g * window + q / parts, segments + q % parts)
         }
         let sweepStart = PhaseTrace.enabled ? monotonicSeconds() : 0
         Workers.run(workers, pin: Placement.isNUMA) { w in
@@ -285,12 +293,15 @@ enum Engine {
                                          readsSavedLogits: savedSetting != nil,
                                          denseUpdates: pass != .forward && backward?.policy.densePrediction == true)
             var workerStats = FilterStatistics()
-            var loaded = -1   // the token block whose E rows the workspace holds
+            var loaded = (first: -1, count: 0)   // the E rows the workspace holds
+            func load(_ first: Int, _ count: Int) {
+                if loaded != (first, count) { workspace.loadTokens(operands, first: first, count: count); loaded = (first, count) }
+            }
             while case let k = queue.next(), k < items {
                 let (b, s) = item(k)
                 let first = b * nb, count = min(nb, m - first)
-                if loaded != b { workspace.loadTokens(operands, first: first, count: count); loaded = b }
                 guard pass != .backward else {
+                    load(first, count)
                     if let backward {
                         Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
                                        loss: definition, blockStats: nil, stats: &workerStats)
@@ -298,6 +309,26 @@ enum Engine {
                     continue
                 }
                 let index = b % slots.count, turn = b / slots.count, slot = slots[index]
+                if s >= segments, let backward {
+                    // Backward part p: rows r0 ..< r0 + rows of the block, once its forward is merged.
+                    let p = s - segments, r0 = p * partRows, rows = min(partRows, count - r0)
+                    workspace.handOffWait += readyTurns.wait(slot: index, turn: turn + 1)
+                    // (Only the last block can be short; its empty parts' dC turns are nobody's.)
+                    if rows > 0 {
+                        load(first + r0, rows)
+                        workspace.savedSegments = slot.saved
+                        workspace.savedRowOffset = r0
+                        Backward.block(operands, backward, workspace, handOff: handOff, b: b * parts + p,
+                                       first: first + r0, count: rows, loss: definition,
+                                       blockStats: slot.blockStats?.advanced(by: r0), stats: &workerStats)
+                    }
+                    if slot.partsLeft.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+                        slot.partsLeft.store(parts, ordering: .relaxed)
+                        slotTurns.pass(slot: index, turn: turn)
+                    }
+                    continue
+                }
+                load(first, count)
                 workspace.handOffWait += slotTurns.wait(slot: index, turn: turn)
                 let seed = segments > 1 && savedSetting != nil
                     ? SegmentSeed(values: slot.seed.base,
@@ -317,12 +348,11 @@ enum Engine {
                     Forward.finish(operands, first: first, count: count, loss: definition, partials: slot.partials,
                                    segments: segments, lse: lse, loss: loss, shardParts: shardParts)
                 }
-                if pass == .fused, let backward {
-                    workspace.savedSegments = slot.saved
-                    Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
-                                   loss: definition, blockStats: slot.blockStats, stats: &workerStats)
+                if parts > 0 {
+                    readyTurns.pass(slot: index, turn: turn)   // the parts may start
+                } else {
+                    slotTurns.pass(slot: index, turn: turn)
                 }
-                slotTurns.pass(slot: index, turn: turn)
             }
             stats[w] = workerStats
             if PhaseTrace.enabled {
@@ -334,7 +364,7 @@ enum Engine {
         withExtendedLifetime(forwardSums) {}   // savedSetting points into it
         trace.note(clock.summary)
         var total = stats.values.reduce(into: FilterStatistics()) { $0.add($1) }
-        total.tokenBlock = nb
+        total.tokenBlock = partRows
         return total
     }
 }
@@ -352,9 +382,11 @@ final class BlockSlot<S: KernelScalar>: @unchecked Sendable {
     let saved: SavedSegments<S>?
     /// Segments of the current block not yet done.
     let remaining: Atomic<Int>
+    /// Backward parts of the current block not yet done (fused call).
+    let partsLeft: Atomic<Int>
     let partials: ForwardPartials<S>
 
-    init(plan: TilePlan, d: Int, segments: Int, forwardBlocks: Int, statistics: Bool,
+    init(plan: TilePlan, d: Int, segments: Int, parts: Int, forwardBlocks: Int, statistics: Bool,
          saved setting: SavedLogits<S>.Setting?) {
         let nb = plan.tokenBlock
         states = Scratch(count: segments * nb); sums = Scratch(count: segments * nb); comps = Scratch(count: segments * nb)
@@ -362,6 +394,7 @@ final class BlockSlot<S: KernelScalar>: @unchecked Sendable {
         blockStats = statistics ? BlockStatistics(rows: nb, blocks: forwardBlocks) : nil
         saved = setting.map { SavedSegments(plan: plan, d: d, $0) }
         remaining = Atomic(segments)
+        partsLeft = Atomic(parts)
         partials = ForwardPartials(states: states.base, sums: sums.base, comps: comps.base,
                                    targetLogits: targetLogits.base, stride: nb)
     }

@@ -140,6 +140,26 @@ public struct TilePlan: Sendable, CustomStringConvertible {
         (s * f / vocabSegments)..<((s + 1) * f / vocabSegments)
     }
 
+    /// The fused call's backward of a token block runs in `parts` work items of `rows` rows
+    /// each (the last may be shorter), which any worker may take once the block's forward is
+    /// done (Engine.sweep): at least 4 items per worker over the call's `blocks` token
+    /// blocks, `parts` dividing NB's row groups (so every block splits at the same rows) and at
+    /// most `backwardPartLimit`. Each row's results do not depend on which rows share its
+    /// tile (Backward.swift), so `parts` may follow the thread count. 16 workers with one
+    /// 256-row block each get four parts of 64 rows; two workers with eight blocks keep whole
+    /// blocks (a smaller tile reads each kept C block for fewer rows).
+    public func backwardParts(blocks: Int) -> (parts: Int, rows: Int) {
+        let g = max(1, rowGroup), groups = max(1, tokenBlock / g)
+        let wanted = min(TilePlan.backwardPartLimit, groups, (4 * threads + blocks - 1) / max(1, blocks))
+        var parts = max(1, wanted)
+        while groups % parts != 0 { parts -= 1 }
+        return (parts, groups / parts * g)
+    }
+
+    /// The most backward parts of a token block: 4, or `CCE_BACKWARD_PARTS` from the
+    /// environment (1 to 64; other values are ignored), for experiments (1: whole blocks).
+    public static let backwardPartLimit: Int = Environment.integer("CCE_BACKWARD_PARTS", in: 1...64) ?? 4
+
     /// Active tokens per dC partial in the kahan accumulation (Backward.compensatedUpdate).
     /// A compensated call's token blocks are multiples of it, so that its dC, like every
     /// other result, does not depend on NB or the thread count.

@@ -118,6 +118,9 @@ final class Workspace<S: KernelScalar> {
     /// Fused call (Engine.sweep): the token block's saved logits, one SavedLogits per vocabulary
     /// segment; the backward reads each forward block's from its segment's.
     var savedSegments: SavedSegments<S>?
+    /// The saved logits' row of the backward's row 0: the first row of the backward's part of
+    /// its token block (Engine.sweep), 0 for a whole block.
+    var savedRowOffset = 0
     /// Backward: the scratch for reading `saved` (the worker's, whichever block's logits it reads).
     let fromSaved: FromSavedScratch<S>
     /// Rows recomputed on their own (selected product) rather than as a masked full tile.
@@ -653,18 +656,19 @@ final class SavedLogits<S: KernelScalar> {
         return rest > 0 ? m + S.log(rest) : -S.infinity
     }
 
-    /// Backward, at the start of forward block f: each row's entries (rowStart ..< rowEnd;
-    /// equal for a row with none).
-    func locateRows(block f: Int, rows: Int) {
-        for i in 0..<rows { rowStart.base[i] = 0; rowEnd.base[i] = 0 }
+    /// Backward, at the start of forward block f: the entries of each of `rows` (rowStart ..<
+    /// rowEnd; equal for a row with none). Workers running parts of one token block's backward
+    /// locate disjoint rows.
+    func locateRows(block f: Int, rows: Range<Int>) {
+        for i in rows { rowStart.base[i] = 0; rowEnd.base[i] = 0 }
         var e = starts.base[f]
         let end = starts.base[f + 1], high = highStarts.base[f]
         func row(_ e: Int) -> Int { Int(keys.base[e] >> 8) | (e >= high ? 256 : 0) }
         while e < end {
             let i = row(e)
-            rowStart.base[i] = Int32(e)
+            let start = e
             while e < end && row(e) == i { e += 1 }
-            rowEnd.base[i] = Int32(e)
+            if rows.contains(i) { rowStart.base[i] = Int32(start); rowEnd.base[i] = Int32(e) }
         }
     }
 }
