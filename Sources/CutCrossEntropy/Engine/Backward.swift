@@ -11,7 +11,8 @@
 // so for α = 0 every entry is w_{t_i} times the unweighted one, and for α > 0 the smoothing
 // term is per class (weightedGradientEpilogue). ε is compared with this weighted ∂loss/∂z.
 //
-// Schedule (Engine.swift): workers own token blocks. For each vocabulary block of VB
+// Schedule (Engine.swift): workers own token blocks (in the fused call, parts of one:
+// consecutive rows of it, `count` of them from `first`). For each vocabulary block of VB
 // entries, in the sorted order (VocabularyOrder.swift), a worker recomputes the logit
 // tile, turns each row into dy, and keeps only the rows where some
 // |∂loss_i/∂z_iv|·cap' ≥ ε or the row's target falls in this block (gradient filtering;
@@ -30,8 +31,8 @@
 // (CCERuntime/HandOff.swift): token block b adds into vocabulary block j only after block
 // b − 1 has. Every dE element is a sum, in sorted vocabulary order, of per-block partials
 // (each a VB-term FMA chain), and every dC element one sequential FMA chain over the tokens
-// in order, so the results are bitwise reproducible and independent of the thread count
-// and of NB.
+// in order, so the results are bitwise reproducible and independent of the thread count,
+// of NB and of which rows share a tile (the fused call's backward parts).
 //
 // Skipping without recomputing (the fused call): the forward kept each row's largest
 // logit m_ij per forward block. With the LSE known, every entry of that block has
@@ -149,8 +150,9 @@ struct KeptRows {
 }
 
 enum Backward {
-    /// The backward of active tokens first ..< first + count (token block `b`), whose E rows
-    /// `workspace` holds. With `blockStats` (from the fused forward), rows bounded below ε
+    /// The backward of active tokens first ..< first + count, whose E rows `workspace` holds;
+    /// `b` is their turn in dC's hand-off (the token block's number, or in the fused call its
+    /// part's, numbered on in token order). With `blockStats` (from the fused forward), rows bounded below ε
     /// are not recomputed.
     static func block<S: KernelScalar>(
         _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, handOff: HandOff,
