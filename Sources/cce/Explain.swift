@@ -62,7 +62,7 @@ struct Explain: ParsableCommand {
             print("FILTERING ON A LARGER PROBLEM: LM-like N = \(tokens), D = \(dim), V = \(vocab), \(dtype.rawValue)")
             map = try FilterMap(tokens: tokens, dim: dim, vocab: vocab, type: dtype, seed: seed, threads: engine.threads)
         } catch let e as ExplainError { throw CLIError(e.description) } catch let e as CCEError { throw CLIError(e.description) }
-        print(String(format: "eps = %g; engine tile plan: NB = %d tokens, VB = %d vocabulary entries; a row segment is one token x VB entries.",
+        print(String(format: "eps = %g; the engine's backward tiles: %d tokens x VB = %d vocabulary entries; a row segment is one token x VB entries.",
                      map.eps, map.tokenBlock, map.vocabBlock))
         print("  " + Self.summary(map, map.unsorted))
         print("  " + Self.summary(map, map.sorted))

@@ -126,9 +126,10 @@ public struct FilterStatistics: Sendable {
     public var rowSegments = 0, keptRowSegments = 0
     /// Row segments whose logits were never recomputed (fused call only).
     public var boundSkippedRowSegments = 0
-    /// The token block NB the call's sweep ran (a fused call that keeps logits may run smaller
-    /// blocks than `CutCrossEntropy.plan` reports: TilePlan.limitingRowsInFlight); the largest
-    /// of the sweeps added, 0 for none.
+    /// The rows of the backward's tiles: the token block NB the call's sweep ran (a fused call
+    /// that keeps logits may run smaller blocks than `CutCrossEntropy.plan` reports:
+    /// TilePlan.limitingRowsInFlight), or in the fused call the part of it one backward item
+    /// took (TilePlan.backwardParts); the largest of the sweeps added, 0 for none.
     public var tokenBlock = 0
 
     mutating func add(_ o: FilterStatistics) {
