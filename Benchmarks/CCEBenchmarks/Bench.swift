@@ -239,7 +239,7 @@ public enum Bench {
                 timeRow(name, "loss+grad", repeats: repeats, note: "gradients into buffers kept across calls") {
                     let (f, fs) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t,
                                                                dE: &dE, dC: &dC, dBias: &dBias)
-                    filterNote = String(format: "kept %.2f%% of row segments (%.2f%% not even recomputed); skipped %d of %d tiles; token blocks of %d rows",
+                    filterNote = String(format: "kept %.2f%% of row segments (%.2f%% not even recomputed); skipped %d of %d tiles; backward tiles of %d rows",
                                         100 * Double(fs.keptRowSegments) / Double(max(1, fs.rowSegments)),
                                         100 * Double(fs.boundSkippedRowSegments) / Double(max(1, fs.rowSegments)),
                                         fs.skippedTiles, fs.tiles, fs.tokenBlock)

@@ -23,7 +23,7 @@ done
 for v in $VALUES; do
   echo "== $VAR=$v" >> "$OUT/traces.txt"
   env "$VAR=$v" CCE_TRACE=1 timeout 120 "$B/cce" bench --tokens 4096 --dim 1024 --vocab 128256 --dtype bf16 \
-    --threads 16 --methods cce --kinds loss,loss+grad --repeats 3 2>&1 | grep "cce trace" >> "$OUT/traces.txt"
+    --threads 16 --methods cce --kinds loss,loss+grad --repeats 3 2>&1 | grep -E "cce trace|^cce " >> "$OUT/traces.txt"
 done
 python3 scripts/device/collect_bench.py "$OUT" 't*_r*.json' "${NAME}_ab.json"
 cat "$OUT"/*.err 2>/dev/null | sort | uniq -c | head; rm -f "$OUT"/*.err "$OUT"/t*_r*.json
