@@ -811,27 +811,30 @@ void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, lo
 // chain in t order. Given the nonzero terms of a dense chain in its order, this is the dense
 // chain's sum bit for bit: a left-out term 0·b_q adds ±0, which leaves every value but −0
 // unchanged, and a chain that starts from +0 (zeroed gradients) never reaches −0 (x + y is
-// −0 only when both are −0). 64 columns a step: four independent chains per t.
+// −0 only when both are −0). 256 columns a step in 16 registers: sixteen independent chains
+// per t, and each b_t read in 512-byte stretches (bf16) with the rows four steps ahead
+// prefetched, since they lie scattered (64 columns a step, four chains, took about twice as long).
 CCE_AVX512
 void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width) {
-    for (long j0 = 0; j0 < width; j0 += 64) {
-        long nc = width - j0 < 64 ? width - j0 : 64;
-        __mmask16 k0, k1, k2, k3;
-        column_masks(nc, &k0, &k1);
-        column_masks(nc > 32 ? nc - 32 : 0, &k2, &k3);
-        __m512 s0 = _mm512_maskz_loadu_ps(k0, out + j0), s1 = _mm512_maskz_loadu_ps(k1, out + j0 + 16);
-        __m512 s2 = _mm512_maskz_loadu_ps(k2, out + j0 + 32), s3 = _mm512_maskz_loadu_ps(k3, out + j0 + 48);
-        for (long t = 0; t < nnz; t++) {
-            __m512 x = _mm512_set1_ps(values[t]);
-            s0 = _mm512_fmadd_ps(x, load_row16(b[t], type, j0, k0), s0);
-            s1 = _mm512_fmadd_ps(x, load_row16(b[t], type, j0 + 16, k1), s1);
-            s2 = _mm512_fmadd_ps(x, load_row16(b[t], type, j0 + 32, k2), s2);
-            s3 = _mm512_fmadd_ps(x, load_row16(b[t], type, j0 + 48, k3), s3);
+    const long size = type == CCE_STORAGE_F32 ? 4 : 2;
+    for (long j0 = 0; j0 < width; j0 += 256) {
+        const long nc = width - j0 < 256 ? width - j0 : 256;
+        __m512 s[16];
+        __mmask16 k[16];
+        _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++) {
+            const long left = nc - 16 * c;
+            k[c] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+            s[c] = _mm512_maskz_loadu_ps(k[c], out + j0 + 16 * c);
         }
-        _mm512_mask_storeu_ps(out + j0, k0, s0);
-        _mm512_mask_storeu_ps(out + j0 + 16, k1, s1);
-        _mm512_mask_storeu_ps(out + j0 + 32, k2, s2);
-        _mm512_mask_storeu_ps(out + j0 + 48, k3, s3);
+        for (long t = 0; t < nnz; t++) {
+            if (t + 4 < nnz)
+                for (long q = j0 * size; q < (j0 + nc) * size; q += 64) _mm_prefetch((const char *)b[t + 4] + q, _MM_HINT_T0);
+            const __m512 x = _mm512_set1_ps(values[t]);
+            _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++)
+                if (16 * c < nc) s[c] = _mm512_fmadd_ps(x, load_row16(b[t], type, j0 + 16 * c, k[c]), s[c]);
+        }
+        _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++)
+            if (16 * c < nc) _mm512_mask_storeu_ps(out + j0 + 16 * c, k[c], s[c]);
     }
 }
 
