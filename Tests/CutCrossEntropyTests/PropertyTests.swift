@@ -203,6 +203,29 @@ final class PropertyTests: XCTestCase {
         }
     }
 
+    /// The backward call alone (after a forward call) runs in parts of a token block's rows as
+    /// the fused call does (TilePlan.backwardParts): at N = 300 one thread takes whole blocks and
+    /// seven take parts of 12 rows; dE, dC and dBias the same bits, with label smoothing and a
+    /// bias, and with a soft cap.
+    func testSplitBackwardInPartsGivesIdenticalBits() throws {
+        let data = LMLikeData.make(tokens: 300, dim: 40, vocab: 9000, type: .bfloat16, seed: 4)
+        let bias = try Tensor(converting: (0..<9000).map { Float($0 % 7) * 0.05 }, to: .bfloat16, shape: [9000])
+        for capped in [false, true] {
+            func run(_ threads: Int) throws -> Gradients {
+                var o = Options(); o.threads = threads; o.labelSmoothing = 0.05; o.softcap = capped ? 20 : nil
+                let cce = CutCrossEntropy(options: o)
+                let f = try cce.forward(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets,
+                                        bias: bias)
+                return try cce.backward(f, embeddings: data.embeddings, classifier: data.classifier, bias: bias)
+            }
+            let one = try run(1), seven = try run(7)
+            XCTAssertLessThan(seven.filter.tokenBlock, one.filter.tokenBlock, "backward parts, capped \(capped)")
+            XCTAssertTrue(bitwiseEqual(one.dE, seven.dE), "dE, capped \(capped)")
+            XCTAssertTrue(bitwiseEqual(one.dC, seven.dC), "dC, capped \(capped)")
+            XCTAssertTrue(bitwiseEqual(one.dBias!, seven.dBias!), "dBias, capped \(capped)")
+        }
+    }
+
     /// The fused call's backward from the forward's saved logits (SavedLogits) instead of
     /// recomputed tiles, on LM-like bf16 data with a bias and label smoothing: loss, LSE, dC
     /// and dBias bitwise those of the recomputing call, whether every forward block fits in

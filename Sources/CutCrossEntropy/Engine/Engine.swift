@@ -252,8 +252,9 @@ enum Engine {
         // In the fused call the block's backward is `parts` more items of `partRows` rows each,
         // after the window's forward items, which wait for the block's merge (`readyTurns`);
         // the part that finishes last frees the slot.
-        let segments = pass == .backward ? 1 : plan.vocabSegments
-        let (parts, partRows) = pass == .fused && backward != nil ? plan.backwardParts(blocks: blocks) : (0, nb)
+        // The backward pass alone is its parts (no forward items, no slots).
+        let segments = pass == .backward ? 0 : plan.vocabSegments
+        let (parts, partRows) = pass != .forward && backward != nil ? plan.backwardParts(blocks: blocks) : (0, nb)
         let items = blocks * (segments + parts)
         let workers = min(plan.threads, blocks * max(segments, parts))
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
@@ -301,34 +302,29 @@ enum Engine {
             while case let k = queue.next(), k < items {
                 let (b, s) = item(k)
                 let first = b * nb, count = min(nb, m - first)
-                guard pass != .backward else {
-                    load(first, count)
-                    if let backward {
-                        Backward.block(operands, backward, workspace, handOff: handOff, b: b, first: first, count: count,
-                                       loss: definition, blockStats: nil, stats: &workerStats)
-                    }
-                    continue
-                }
-                let index = b % slots.count, turn = b / slots.count, slot = slots[index]
+                // The fused call's block in flight (none in the backward pass).
+                let slot = slots.isEmpty ? nil : (index: b % slots.count, turn: b / slots.count, slot: slots[b % slots.count])
                 if s >= segments, let backward {
-                    // Backward part p: rows r0 ..< r0 + rows of the block, once its forward is merged.
+                    // Backward part p: rows r0 ..< r0 + rows of the block, in the fused call once its
+                    // forward is merged. (Only the last block can be short; its empty parts' dC
+                    // turns are nobody's.)
                     let p = s - segments, r0 = p * partRows, rows = min(partRows, count - r0)
-                    workspace.handOffWait += readyTurns.wait(slot: index, turn: turn + 1)
-                    // (Only the last block can be short; its empty parts' dC turns are nobody's.)
+                    if let slot { workspace.handOffWait += readyTurns.wait(slot: slot.index, turn: slot.turn + 1) }
                     if rows > 0 {
                         load(first + r0, rows)
-                        workspace.savedSegments = slot.saved
+                        workspace.savedSegments = slot?.slot.saved
                         workspace.savedRowOffset = r0
                         Backward.block(operands, backward, workspace, handOff: handOff, b: b * parts + p,
                                        first: first + r0, count: rows, loss: definition,
-                                       blockStats: slot.blockStats?.advanced(by: r0), stats: &workerStats)
+                                       blockStats: slot?.slot.blockStats?.advanced(by: r0), stats: &workerStats)
                     }
-                    if slot.partsLeft.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
-                        slot.partsLeft.store(parts, ordering: .relaxed)
-                        slotTurns.pass(slot: index, turn: turn)
+                    if let slot, slot.slot.partsLeft.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+                        slot.slot.partsLeft.store(parts, ordering: .relaxed)
+                        slotTurns.pass(slot: slot.index, turn: slot.turn)
                     }
                     continue
                 }
+                guard let (index, turn, slot) = slot else { continue }
                 load(first, count)
                 workspace.handOffWait += slotTurns.wait(slot: index, turn: turn)
                 let seed = segments > 1 && savedSetting != nil
