@@ -5,7 +5,7 @@
 //
 //   .forward   per token block: Forward.segment for each vocabulary segment, then
 //              Forward.finish                                      (lse, loss)
-//   .backward  per token block: Backward.block                     (dE, dC, dBias from saved lse)
+//   .backward  per part of a token block's rows: Backward.block    (dE, dC, dBias from saved lse)
 //   .fused     per token block: Forward.segment for each vocabulary segment, Forward.finish,
 //              then Backward.block for each part of its rows with the forward's per-block
 //              maxima, so negligible rows are not recomputed
@@ -22,8 +22,8 @@
 // they finish the previous one (Counter in CCERuntime/Workers.swift: faster workers take
 // more): in the forward and fused passes an item is one vocabulary segment of one token
 // block (a quarter of V at V = 128256), so a fast worker takes part of a slow one's block
-// instead of waiting for it, and in the fused pass a block's backward is a few items of its
-// rows (TilePlan.backwardParts); each worker allocates its Workspace once per call, and each
+// instead of waiting for it, and in the fused and backward passes a block's backward is a
+// few items of its rows (TilePlan.backwardParts); each worker allocates its Workspace once per call, and each
 // token block in flight uses a BlockSlot.
 
 import CCEKernels
