@@ -23,8 +23,8 @@
 // more): in the forward and fused passes an item is one vocabulary segment of one token
 // block (a quarter of V at V = 128256), so a fast worker takes part of a slow one's block
 // instead of waiting for it, and in the fused and backward passes a block's backward is a
-// few items of its rows (TilePlan.backwardParts); each worker allocates its Workspace once per call, and each
-// token block in flight uses a BlockSlot.
+// few items of its rows (TilePlan.backwardParts); each worker allocates its Workspace once
+// per call, and each token block in flight uses a BlockSlot.
 
 import CCEKernels
 import CCERuntime
@@ -251,8 +251,8 @@ enum Engine {
         // worker has read from memory the others find there).
         // In the fused call the block's backward is `parts` more items of `partRows` rows each,
         // after the window's forward items, which wait for the block's merge (`readyTurns`);
-        // the part that finishes last frees the slot.
-        // The backward pass alone is its parts (no forward items, no slots).
+        // the part that finishes last frees the slot. The backward pass alone is its parts
+        // (no forward items, no slots).
         let segments = pass == .backward ? 0 : plan.vocabSegments
         let (parts, partRows) = pass != .forward && backward != nil ? plan.backwardParts(blocks: blocks) : (0, nb)
         let items = blocks * (segments + parts)
