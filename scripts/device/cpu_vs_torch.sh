@@ -4,10 +4,8 @@
 # N=4096 D=1024 V=128256; then f32 against the materialized baseline. Needs .gpu/bundle.tar.xz
 # (cuda/make_swift_bundle.sh); with the device tool: carry it and run this script.
 set -uo pipefail
-OUT=${OUT:-out}; mkdir -p "$OUT"
-B=$(mktemp -d); tar -xJf .gpu/bundle.tar.xz -C "$B"
-export LD_LIBRARY_PATH="$B/lib"
-lscpu > "$OUT/lscpu.txt"; grep -E "Model name|^CPU\(s\)|Flags" "$OUT/lscpu.txt" | cut -c1-100
+source scripts/device/bundle_env.sh
+lscpu > "$OUT/lscpu.txt"
 SHAPE="--tokens 4096 --dim 1024 --vocab 128256 --dtype bf16"
 "$B/cce" bench $SHAPE --threads 16 --methods cce --kinds loss,loss+grad --repeats 5 --json > "$OUT/bench_t16.json" 2> "$OUT/bench_t16.log"
 python3 Benchmarks/scripts/pytorch_baseline.py --compare "$OUT/bench_t16.json" --threads 16 --methods torch-compile --repeats 3 > "$OUT/torch_t16.txt" 2>&1

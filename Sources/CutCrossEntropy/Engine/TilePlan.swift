@@ -142,9 +142,9 @@ public struct TilePlan: Sendable, CustomStringConvertible {
 
     /// The backward of a token block (fused call or backward call) runs in `parts` work items
     /// of `rows` rows each (the last may be shorter), which any worker may take (in the fused
-    /// call once the block's forward is done; Engine.sweep): at least 4 items per worker over the call's `blocks` token
-    /// blocks, `parts` dividing NB's row groups (so every block splits at the same rows) and at
-    /// most `backwardPartLimit`. Each row's results do not depend on which rows share its
+    /// call once the block's forward is done; Engine.sweep): at least 4 items per worker over
+    /// the call's `blocks` token blocks, `parts` dividing NB's row groups (so every block
+    /// splits at the same rows) and at most `backwardPartLimit`. Each row's results do not depend on which rows share its
     /// tile (Backward.swift), so `parts` may follow the thread count. 16 workers with one
     /// 256-row block each get four parts of 64 rows; two workers with eight blocks keep whole
     /// blocks (a smaller tile reads each kept C block for fewer rows).
