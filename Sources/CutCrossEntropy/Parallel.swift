@@ -264,9 +264,19 @@ extension CutCrossEntropy {
     /// With `destination` the gradients go into caller memory (Float32: dE of E's size, dC and
     /// dBias of the shard's; the exact mode rounds into it) and the returned ones are empty,
     /// as with `lossAndGradients(…, writingTo:)`.
+    ///
+    /// With `seeds` (which, like `exchange`, must return every rank's values in rank order),
+    /// each chunk's `exchange` is preceded by one of `seeds`: every rank's LSE of each token over
+    /// the first forward block of its sorted shard (−∞ from a rank that keeps no logits), which
+    /// combined bound the global LSE from below, so that a rank keeps only the logits that can
+    /// matter against the whole vocabulary (Engine.sweepExchanging): fewer than half as many on
+    /// LM-like data at 4 ranks. Results stay within the same budgets (the kept logits move dE by
+    /// entries below ε/16). Every rank passes `seeds` or none does; with one rank it bounds
+    /// nothing new, so pass none.
     public func lossAndGradients(embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor? = nil,
                                  upstream: Upstream = .scalar(1), shard: VocabularyShard,
                                  writingTo destination: GradientDestination? = nil,
+                                 seeds: (([Float]) throws -> [[Float]])? = nil,
                                  exchange: (ShardPartials) throws -> [ShardPartials]) throws -> (ForwardOutput, Gradients) {
         if let c = exchangeChunk, c < 1 { throw CCEError.invalidOption("exchangeChunk must be >= 1 (got \(c))") }
         let problem = try Problem(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
@@ -304,12 +314,29 @@ extension CutCrossEntropy {
             try whole.output(lse: exact ? .float64(lse) : .float32(lse.map { Float($0) }),
                              loss: exact ? .float64(loss) : .float32(loss.map { Float($0) }))
         }
+        /// One chunk's lower bounds of the global LSE from every rank's (Float32, rounded down).
+        func combineSeeds(_ mine: [Float]) throws -> [Float] {
+            guard let seeds else { return mine }
+            let all = try seeds(mine)
+            guard !all.isEmpty, all.allSatisfy({ $0.count == mine.count }) else {
+                throw CCEError.stateMismatch("seed exchange: ranks sent \(all.map(\.count)) values, this rank \(mine.count)")
+            }
+            return (0..<mine.count).map { k in
+                let top = all.reduce(-Float.infinity) { max($0, $1[k]) }
+                guard top.isFinite else { return top }
+                var total = 0.0
+                for r in all where r[k] != -.infinity { total += exp(Double(r[k] - top)) }
+                let bound = Double(top) + log(total), rounded = Float(bound)
+                return Double(rounded) > bound ? rounded.nextDown : rounded
+            }
+        }
         if shard.count == 0 {
             destination?.dE.update(repeating: 0)
-            // The same chunks as the ranks that run the engine.
+            // The same chunks and exchanges as the ranks that run the engine.
             let chunk = resolvedExchangeChunk
             for start in stride(from: 0, to: max(problem.active, 1), by: chunk) {
                 let tokens = start..<min(problem.active, start + chunk)
+                if seeds != nil { _ = try combineSeeds([Float](repeating: -.infinity, count: tokens.count)) }
                 _ = try combineChunk(tokens, emptyShardPartials(problem, tokens: tokens.count))
             }
             return (try assembled(), emptyShardGradients(problem, bias: bias != nil, exact: exact))
@@ -324,6 +351,14 @@ extension CutCrossEntropy {
                 do { return try combineChunk(tokens, partials) } catch {
                     failure = error
                     return nil
+                }
+            }
+            if seeds != nil {
+                engineCall.exchangeSeeds = { _, mine in
+                    do { return try combineSeeds(mine) } catch {
+                        failure = error
+                        return nil
+                    }
                 }
             }
             return Engine.run(engineCall, embeddings: embeddings, classifier: classifier, bias: bias)

@@ -180,13 +180,17 @@ public struct VocabularyParallel: Sendable {
                 Gradients(dE: try communicator.orderedSum(g.dE), dC: g.dC, dBias: g.dBias, filter: g.filter))
     }
 
-    /// The Float32 modes' checked step into `destination`, dE summed over the ranks in place.
+    /// The Float32 modes' checked step into `destination`, dE summed over the ranks in place;
+    /// with more than one rank each chunk's partials are preceded by the seed exchange (a lower
+    /// bound of the global LSE, one Float32 a token) that tightens what a rank's forward keeps.
     func float32Step(_ cce: CutCrossEntropy, embeddings: Tensor, classifier: Tensor, targets: Targets, bias: Tensor?,
                      upstream: Upstream, into destination: GradientDestination) throws -> (ParallelForward, FilterStatistics) {
         let shard = shard, cce = try agreedChunk(cce)
         let (output, g) = try communicator.agree {
             try cce.lossAndGradients(embeddings: embeddings, classifier: classifier, targets: targets, bias: bias,
-                                     upstream: upstream, shard: shard, writingTo: destination, exchange: gatherPartials)
+                                     upstream: upstream, shard: shard, writingTo: destination,
+                                     seeds: communicator.size > 1 ? { try self.communicator.allGather($0) } : nil,
+                                     exchange: gatherPartials)
         }
         try communicator.orderedSum(destination.dE)
         return (ParallelForward(vocabulary: output), g.filter)

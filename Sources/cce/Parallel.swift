@@ -210,6 +210,7 @@ extension BenchCommand {
             let step: (Bool) throws -> (loss: Double, gradientBytes: Int)
             let data = LMLikeData.make(tokens: tokens, dim: dim, vocab: vocab, type: dtype, seed: problem.seed)
             var heldBytes = 0, keptGradientBytes = 0
+            var savedLogits = 0   // what the last vocabulary-parallel loss+grad step kept (FilterStatistics.savedLogits)
             var buffers: [UnsafeMutableRawPointer] = []
             defer { for b in buffers { b.deallocate() } }
             switch scheme {
@@ -226,8 +227,9 @@ extension BenchCommand {
                 keptGradientBytes = (e.count + c.count) * 4
                 step = { grad in
                     if grad {
-                        let (f, _) = try vp.lossAndGradients(cce, embeddings: e, classifier: c, targets: t,
-                                                             writingTo: GradientDestination(dE: dE, dC: dC))
+                        let (f, fs) = try vp.lossAndGradients(cce, embeddings: e, classifier: c, targets: t,
+                                                              writingTo: GradientDestination(dE: dE, dC: dC))
+                        savedLogits = fs.savedLogits
                         return (f.loss, 0)
                     }
                     return (try vp.forward(cce, embeddings: e, classifier: c, targets: t).loss, 0)
@@ -275,7 +277,7 @@ extension BenchCommand {
                 let perRank = try comm.gather([Double(max(0, peak - result.gradientBytes)), Double(sent), Double(received),
                                                commSeconds, Double(grad ? max(result.gradientBytes, keptGradientBytes) : 0),
                                                Double(heldBytes), cpuPerStep,
-                                               commPerStep])
+                                               commPerStep, Double(grad ? savedLogits : 0)])
                 let slowest = try comm.allGather(times).reduce([Double](repeating: 0, count: repeats)) { acc, t in
                     zip(acc, t).map { max($0, $1) }
                 }
@@ -284,7 +286,8 @@ extension BenchCommand {
                              "ranks": perRank.enumerated().map { r, v in
                                  ["rank": r, "peak_bytes": Int(v[0]), "sent_bytes": Int(v[1]), "received_bytes": Int(v[2]),
                                   "communication_seconds": v[3], "gradient_bytes": Int(v[4]), "input_bytes": Int(v[5]),
-                                  "cpu_seconds_per_step": v[6], "communication_seconds_per_step": v[7]] as [String: Any]
+                                  "cpu_seconds_per_step": v[6], "communication_seconds_per_step": v[7],
+                                  "saved_logits": Int(v[8])] as [String: Any]
                              }])
             }
             guard comm.rank == 0 else { return }
@@ -314,7 +317,7 @@ extension BenchCommand {
             print(String(format: "logits one rank's part would materialize: %.1f MB\n", Double(report["part_logit_bytes"] as! Int) / 1e6))
             print(pad("kind", 11) + lpad("median s", 10) + lpad("min s", 9) + "  " + pad("rank", 5) + lpad("peak MB", 9)
                   + lpad("inputs MB", 11) + lpad("grads MB", 10) + lpad("sent MB", 10) + lpad("recv MB", 10) + lpad("comm s", 9)
-                  + lpad("cpu s", 9))
+                  + lpad("cpu s", 9) + lpad("saved", 10))
             for row in rows {
                 for (r, rank) in (row["ranks"] as! [[String: Any]]).enumerated() {
                     let head = r == 0 ? pad(row["kind"] as! String, 11) + lpad(String(format: "%.3f", row["median_seconds"] as! Double), 10)
@@ -324,12 +327,14 @@ extension BenchCommand {
                     print(head + "  " + pad("\(r)", 5) + lpad(mb("peak_bytes"), 9) + lpad(mb("input_bytes"), 11)
                           + lpad(mb("gradient_bytes"), 10) + lpad(mb("sent_bytes"), 10) + lpad(mb("received_bytes"), 10)
                           + lpad(String(format: "%.3f", rank["communication_seconds_per_step"] as! Double), 9)
-                          + lpad(String(format: "%.2f", rank["cpu_seconds_per_step"] as! Double), 9))
+                          + lpad(String(format: "%.2f", rank["cpu_seconds_per_step"] as! Double), 9)
+                          + lpad("\(rank["saved_logits"] as! Int)", 10))
                 }
             }
             print("\npeak: beyond the rank's inputs and its gradients (vocab: buffers kept from step to step; tokens: returned); sent/recv: the payload of one step's collectives "
                   + "(Communicator.traffic); comm s: time inside them per step, waiting for other ranks included; cpu s: the "
-                  + "rank's CPU time per step (every thread, MPI's polling included).")
+                  + "rank's CPU time per step (every thread, MPI's polling included); saved: logits the rank's forward kept "
+                  + "for its backward in a loss+grad step (6 bytes each while their chunk is in flight).")
         }
     }
 }

@@ -4,6 +4,7 @@
 
 import CCEData
 import CutCrossEntropy
+import Foundation
 import XCTest
 
 final class ParallelAlgebraTests: XCTestCase {
@@ -142,6 +143,93 @@ final class ParallelAlgebraTests: XCTestCase {
         XCTAssertLessThanOrEqual(relativeError(dC, g1.dC.doubles), 1e-6)
     }
 
+    /// P shards of a bf16 vocabulary on LM-like data through the fused exchanging call, run
+    /// side by side on P threads with in-process collectives (what the ranks of a
+    /// vocabulary-parallel run do over MPI), in chunks of 96 tokens (three, the last short),
+    /// at 4 and 2 shards (4100 and 8200 classes each: 2 and 4 vocabulary segments after the
+    /// first block): the loss and LSE agree with one process (1e-6); dE (the shards' partials
+    /// summed in order), dC and dBias are within twice one process's own error against the
+    /// Float64 truth plus 1e-4, as under mpirun (Tests/MPICheck); 1 and 3 threads a shard give
+    /// the same bits (segments and backward parts follow the thread count, results do not);
+    /// the seed exchange runs once per chunk before each partials exchange, and with it the
+    /// shards keep fewer logits than with only their own bound.
+    func testShardsWithSeedExchangeAgreeWithOneProcess() throws {
+        let data = LMLikeData.make(tokens: 200, dim: 16, vocab: 16400, type: .bfloat16, seed: 5)
+        let bias = try Tensor((0..<16400).map { Float(($0 * 7919) % 13) / 50 }, shape: [16400])
+        var o = Options(); o.threads = 1
+        let one = CutCrossEntropy(options: o)
+        let (f1, g1) = try one.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
+                                                targets: data.targets, bias: bias)
+        var exact = o; exact.mode = .exact
+        let (_, truth) = try CutCrossEntropy(options: exact).lossAndGradients(
+            embeddings: data.embeddings, classifier: data.classifier, targets: data.targets, bias: bias)
+        func error(_ a: [Double], _ b: Values) -> Double { relativeError(a, b.doubles) }
+        for parts in [4, 2] {
+            let shards = VocabularyShard.split(vocabulary: 16400, parts: parts)
+            var runs: [[ShardRun]] = []
+            for (threads, seeds) in [(1, true), (3, true), (1, false)] {
+                var cce = CutCrossEntropy(options: o)
+                cce.options.threads = threads
+                cce.exchangeChunk = 96
+                runs.append(try runShards(cce, data, bias: bias, shards: shards, seeds: seeds))
+            }
+            let what = "\(parts) shards"
+            let (f, _) = runs[0][0].result
+            XCTAssertLessThanOrEqual(relativeError([f.loss], [f1.loss]), 1e-6, "\(what): loss")
+            XCTAssertLessThanOrEqual(relativeError(f.lse.doubles, f1.lse.doubles), 1e-6, "\(what): lse")
+            var dE = [Double](repeating: 0, count: data.embeddings.count), dC: [Double] = [], dBias: [Double] = []
+            for run in runs[0] {
+                let g = run.result.1
+                for i in 0..<dE.count { dE[i] += g.dE.doubles[i] }
+                dC += g.dC.doubles; dBias += g.dBias!.doubles
+                XCTAssertEqual(run.seedCalls, [96, 96, 8], "\(what): one seed exchange per chunk, before its partials")
+            }
+            for (name, mine, oneProcess, exactValues) in [("dE", dE, g1.dE, truth.dE), ("dC", dC, g1.dC, truth.dC),
+                                                           ("dBias", dBias, g1.dBias!, truth.dBias!)] {
+                let own = error(oneProcess.doubles, exactValues)
+                XCTAssertLessThanOrEqual(error(mine, exactValues), 2 * own + 1e-4, "\(what): \(name) against Float64")
+            }
+            for (a, b) in zip(runs[0], runs[1]) {
+                XCTAssertTrue(bitwiseEqual(a.result.1.dE, b.result.1.dE), "\(what): dE, 1 and 3 threads")
+                XCTAssertTrue(bitwiseEqual(a.result.1.dC, b.result.1.dC), "\(what): dC, 1 and 3 threads")
+                XCTAssertTrue(bitwiseEqual(a.result.0.lse, b.result.0.lse), "\(what): lse, 1 and 3 threads")
+            }
+            let saved = runs.map { $0.reduce(0) { $0 + $1.result.1.filter.savedLogits } }
+            XCTAssertGreaterThan(saved[0], 0, "\(what): the shards kept logits")
+            XCTAssertLessThan(saved[0], saved[2], "\(what): the seed exchange cut the kept logits")
+            XCTAssertTrue(runs[2].allSatisfy { $0.seedCalls.isEmpty })
+        }
+    }
+
+    /// What one shard's call gave in `runShards`, and the token counts of its seed exchanges.
+    struct ShardRun { var result: (ForwardOutput, Gradients); var seedCalls: [Int] }
+
+    /// Each shard's fused exchanging call on its own thread, the exchanges all-gathers in shard order.
+    func runShards(_ cce: CutCrossEntropy, _ data: LMLikeData, bias: Tensor, shards: [VocabularyShard], seeds: Bool) throws
+        -> [ShardRun]
+    {
+        let partials = Rendezvous<ShardPartials>(parties: shards.count), bounds = Rendezvous<[Float]>(parties: shards.count)
+        let results = Locked([Result<ShardRun, Error>?](repeating: nil, count: shards.count))
+        let done = DispatchSemaphore(value: 0)
+        for (r, shard) in shards.enumerated() {
+            Thread {
+                var calls: [Int] = []
+                let outcome = Result {
+                    let result = try cce.lossAndGradients(
+                        embeddings: data.embeddings, classifier: try data.classifier.rows(shard.range), targets: data.targets,
+                        bias: try bias.rows(shard.range), shard: shard,
+                        seeds: seeds ? { calls.append($0.count); return bounds.allGather(r, $0) } : nil,
+                        exchange: { partials.allGather(r, $0) })
+                    return ShardRun(result: result, seedCalls: calls)
+                }
+                results.withLock { $0[r] = outcome }
+                done.signal()
+            }.start()
+        }
+        for _ in shards { done.wait() }
+        return try results.withLock { $0 }.map { try $0!.get() }
+    }
+
     /// Bad shards and partials are refused with CCEError, not trapped.
     func testShardErrors() throws {
         XCTAssertThrowsError(try VocabularyShard(offset: 5, count: 10, vocabulary: 12))
@@ -159,4 +247,40 @@ final class ParallelAlgebraTests: XCTestCase {
         }
         XCTAssertThrowsError(try ShardPartials(packed: .float32([1, 2, 3]), activeTokens: 2))
     }
+}
+
+/// All-gathers among `parties` threads in one process, round after round: each hands in its
+/// value and gets every party's, in party order.
+final class Rendezvous<T>: @unchecked Sendable {
+    private let parties: Int
+    private let condition = NSCondition()
+    private var round = 0, arrived = 0
+    private var values: [T?], gathered: [T] = []
+
+    init(parties: Int) { self.parties = parties; values = Array(repeating: nil, count: parties) }
+
+    func allGather(_ party: Int, _ value: T) -> [T] {
+        condition.lock(); defer { condition.unlock() }
+        let mine = round
+        values[party] = value
+        arrived += 1
+        if arrived == parties {
+            gathered = values.map { $0! }
+            values = Array(repeating: nil, count: parties)
+            arrived = 0
+            round += 1
+            condition.broadcast()
+        } else {
+            while round == mine { condition.wait() }
+        }
+        return gathered   // not replaced before every party of this round has returned
+    }
+}
+
+/// A value behind a lock.
+final class Locked<T>: @unchecked Sendable {
+    private var value: T
+    private let lock = NSLock()
+    init(_ value: T) { self.value = value }
+    func withLock<R>(_ body: (inout T) throws -> R) rethrows -> R { lock.lock(); defer { lock.unlock() }; return try body(&value) }
 }

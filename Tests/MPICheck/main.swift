@@ -67,6 +67,10 @@ func cases() -> [Case] {
     c = Case(name: "chunks-f32"); c.n = 2600; c.batch = 4; c.d = 16; c.v = 301; c.scale = 8; c.seed = 12; list.append(c)
     c = Case(name: "chunks-bf16-options"); c.n = 2600; c.batch = 4; c.d = 16; c.v = 301; c.scale = 8; c.seed = 13
     c.type = .bfloat16; c.options.labelSmoothing = 0.05; c.options.zLoss = 1e-3; c.filtered = true; list.append(c)
+    // Shards of over 4096 classes that keep logits (bf16, default filter): the forward in
+    // pieces with the seed exchange between them, in vocabulary segments, the backward in parts.
+    c = Case(name: "bf16-seeds-segments"); c.n = 100; c.batch = 2; c.d = 16; c.v = 16400; c.scale = 8; c.seed = 14
+    c.type = .bfloat16; c.filtered = true; list.append(c)
     c = Case(name: "tiny-vocab"); c.v = 3; c.d = 8; c.n = 12; c.batch = 2; c.seed = 8; list.append(c)
     c = Case(name: "tiny-vocab-exact"); c.v = 3; c.d = 8; c.n = 12; c.batch = 2; c.seed = 9; c.options.mode = .exact
     c.options.labelSmoothing = 0.3; c.budget = 1e-12; list.append(c)

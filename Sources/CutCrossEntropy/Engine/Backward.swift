@@ -131,11 +131,15 @@ public struct FilterStatistics: Sendable {
     /// TilePlan.limitingRowsInFlight), or in the fused call the part of it one backward item
     /// took (TilePlan.backwardParts); the largest of the sweeps added, 0 for none.
     public var tokenBlock = 0
+    /// Logits the fused call's forward kept for its backward (Options.savedLogitsPerRow), over
+    /// every token block: 6 bytes each while their block is in flight.
+    public var savedLogits = 0
 
     mutating func add(_ o: FilterStatistics) {
         tiles += o.tiles; skippedTiles += o.skippedTiles
         rowSegments += o.rowSegments; keptRowSegments += o.keptRowSegments
         boundSkippedRowSegments += o.boundSkippedRowSegments
+        savedLogits += o.savedLogits
         tokenBlock = max(tokenBlock, o.tokenBlock)
     }
 }

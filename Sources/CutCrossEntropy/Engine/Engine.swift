@@ -13,7 +13,9 @@
 //              `exchangeChunk` tokens, Forward.block over the chunk's token blocks, keeping
 //              their per-block maxima; `exchange` turns the chunk's shard LSE into the global
 //              one (the ranks combine their partials); Backward.block over the chunk's token
-//              blocks with those maxima (sweepExchanging)
+//              blocks with those maxima (sweepExchanging). With more ranks and saved logits
+//              the forward runs in two pieces, with a lower bound of the global LSE
+//              exchanged between them (`exchangeSeeds`)
 //
 // Set-up, in order: the classifier's pages interleaved over NUMA nodes (it is read by
 // every worker; not a classifier that borrows the C ABI caller's memory), the vocabulary
@@ -58,6 +60,10 @@ struct EngineCall {
     /// of active tokens (`exchangeChunk`), the shard's partials of those tokens go out
     /// and their global LSE comes back (nil: stop, no backward).
     var exchange: ((Range<Int>, ShardPartials) -> Values?)? = nil
+    /// With more than one rank, before each chunk's `exchange`: the shard's LSE of each token
+    /// over its first forward block (−∞ from a shard that keeps no logits) goes out, and a
+    /// lower bound of its global LSE comes back (nil: stop) (sweepExchanging).
+    var exchangeSeeds: ((Range<Int>, [Float]) -> [Float]?)? = nil
     /// Active tokens per exchange (CutCrossEntropy.resolvedExchangeChunk, which holds the default).
     var exchangeChunk: Int
 }
@@ -193,7 +199,7 @@ enum Engine {
                         stats = sweepExchanging(operands, options: call.options, shard: call.shard,
                                                 exchangeChunk: call.exchangeChunk, lse: lse.baseAddress!,
                                                 loss: loss.baseAddress!, shardParts: parts, backward: backward,
-                                                exchange: handOver, trace: &trace)
+                                                seeds: call.exchangeSeeds, exchange: handOver, trace: &trace)
                     } else {
                         stats = sweep(call.pass, operands, options: call.options, shard: call.shard, lse: lse.baseAddress,
                                       loss: loss.baseAddress, shardParts: parts, backward: backward, trace: &trace)
@@ -320,6 +326,7 @@ enum Engine {
                     }
                     if let slot, slot.slot.partsLeft.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
                         slot.slot.partsLeft.store(parts, ordering: .relaxed)
+                        workerStats.savedLogits += slot.slot.saved?.count ?? 0
                         slotTurns.pass(slot: slot.index, turn: slot.turn)
                     }
                     continue
@@ -452,21 +459,44 @@ extension Engine {
     /// (CutCrossEntropy.exchangeChunk), for experiments.
     static let exchangeChunkOverride: Int? = Environment.integer("CCE_EXCHANGE_CHUNK", in: 64...(1 << 20))
 
+    /// CCE_EXCHANGE_SEEDS=0 in the environment: a vocabulary shard's forward keeps logits
+    /// against its own running LSE alone, in one piece (the seed exchange still runs, with −∞
+    /// from this rank): for experiments.
+    static let exchangeSeedsOverride: Int? = Environment.integer("CCE_EXCHANGE_SEEDS", in: 0...1)
+
     /// The fused call of a vocabulary shard, chunk by chunk of `exchangeChunk` active tokens:
     /// the forward over the chunk's token blocks, keeping their per-block maxima and
     /// log-sum-exps (2·chunk·V/VBf Float16 values: for N = 4096, 0.4% of the logits the shard
     /// would materialize); `exchange(chunk)` (which writes the chunk's global LSE into `lse`, or
     /// returns false to stop); then the backward over the chunk's token blocks with those
     /// maxima, so that rows the bound rules out are not recomputed, as in the one-process
-    /// fused call. Token blocks are numbered on across chunks, so dC's ordered hand-off runs
-    /// over all of them in order.
+    /// fused call. As there, a token block's forward is several work items, one per
+    /// vocabulary segment (merged once the chunk's items are done), and its backward several
+    /// parts of its rows (TilePlan.backwardParts), so that a worker that is done takes part of
+    /// a slower one's block: a chunk's phases end together, and chunks may be small. dC's
+    /// ordered hand-off numbers the parts on across chunks.
+    ///
+    /// A shard that keeps logits (SavedLogits) runs its forward in two pieces: its first forward
+    /// block (the most probable classes of its sorted vocabulary), then the rest in segments,
+    /// which keep only the entries that clear a lower bound of the token's global LSE
+    /// (SegmentSeed), as a later vocabulary segment does in one process. With `seeds` (more
+    /// than one rank) the bound is every rank's LSE over its first block combined: `seeds(chunk,
+    /// L)` returns it, once per chunk before `exchange`, on every rank (a rank that keeps no
+    /// logits sends −∞). Against the shard's own running LSE alone a rank keeps about three
+    /// times its share of the entries (LM-like data, 4 shards: 470 to 570 a row against 150 to
+    /// 160 above the global LSE); with the bound about 230 (`cce bench --parallel vocab` reports
+    /// them). CCE_EXCHANGE_SEEDS=0 keeps the forward of a token block in one piece, as before.
     static func sweepExchanging<S: KernelScalar>(
         _ operands: Operands<S>, options: Options, shard: ShardContext?, exchangeChunk: Int,
         lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, shardParts: ShardPartPointers<S>,
-        backward: BackwardState<S>, exchange: (Range<Int>) -> Bool, trace: inout PhaseTrace
+        backward: BackwardState<S>, seeds: ((Range<Int>, [Float]) -> [Float]?)?, exchange: (Range<Int>) -> Bool,
+        trace: inout PhaseTrace
     ) -> FilterStatistics {
         let m = operands.problem.active
-        if m == 0 { _ = exchange(0..<0); return FilterStatistics() }   // the exchange is collective: every rank takes part
+        if m == 0 {   // the exchanges are collective: every rank takes part
+            if let seeds, seeds(0..<0, []) == nil { return FilterStatistics() }
+            _ = exchange(0..<0); return FilterStatistics()
+        }
         let plan = operands.plan
         let nb = plan.tokenBlock
         let weights = options.classWeights.map {
@@ -480,64 +510,114 @@ extension Engine {
         let out = UncheckedSendable((lse: lse, loss: loss))
         let compensated = backward.outputs.compE != nil
         let handOff = HandOff(count: (operands.v + plan.vocabBlock - 1) / plan.vocabBlock)
-        // The logits the backward reads instead of recomputing, one SavedLogits per token block
-        // of a chunk (the whole chunk's forward runs before its backward, and a block's backward
-        // may fall to another worker); only the pages the entries reach become resident.
         let (savedSetting, forwardSums) = savedLogitsSetting(operands, options: options, backward: backward, definition,
                                                              workers: plan.threads)
+        // The forward's pieces of the vocabulary (ranges of forward blocks), each with its own
+        // partials: with saved logits, the first block, then segments of the rest with a bound;
+        // with saved logits but one segment and no other rank (or CCE_EXCHANGE_SEEDS=0), one
+        // piece; without, the plan's segments.
+        let g = plan.vocabSegments
+        let split = savedSetting != nil && forwardBlocks > 1 && (seeds != nil || g > 1) && exchangeSeedsOverride != 0
+        let pieces: [Range<Int>] = split
+            ? [0..<1] + (0..<g).map { s in (1 + s * (forwardBlocks - 1) / g)..<(1 + (s + 1) * (forwardBlocks - 1) / g) }
+            : savedSetting != nil ? [0..<forwardBlocks] : (0..<g).map { plan.segmentBlocks($0, forwardBlocks: forwardBlocks) }
+        let later = split ? 1 : 0   // pieces from here on are work items after the bound
+        // The logits the backward reads instead of recomputing, per token block of a chunk (the
+        // whole chunk's forward runs before its backward, and a block's backward may fall to
+        // another worker), one SavedLogits per piece; only the pages the entries reach become resident.
         let savedBlocks = UncheckedSendable(savedSetting.map { setting in
-            (0..<(chunk + nb - 1) / nb).map { _ in SavedLogits<S>(plan: plan, d: operands.d, setting) }
+            (0..<(chunk + nb - 1) / nb).map { _ in
+                SavedSegments<S>(plan: plan, d: operands.d, setting, firstBlocks: pieces.map(\.lowerBound))
+            }
         })
+        // Each row's partials, piece by piece (stride `chunk`), and its bound.
+        let states = Scratch<RunningLSE<S>>(count: pieces.count * chunk)
+        let sums = Scratch<S>(count: pieces.count * chunk), comps = Scratch<S>(count: pieces.count * chunk)
+        let targetLogits = Scratch<S>(count: chunk), bounds = Scratch<S>(count: split ? chunk : 0)
+        let rowPartials: @Sendable (Int) -> ForwardPartials<S> = { row in
+            ForwardPartials(states: states.base + row, sums: sums.base + row, comps: comps.base + row,
+                            targetLogits: targetLogits.base + row, stride: chunk)
+        }
         if forwardSums != nil { trace.mark("estimate sums") }
         var total = FilterStatistics()
-        total.tokenBlock = nb
-        var firstBlock = 0   // the chunk's first token block, numbered on from earlier chunks
+        var turns = 0   // dC hand-off turns taken by earlier chunks' backward parts
         for start in stride(from: 0, to: m, by: chunk) {
             let end = min(m, start + chunk)
             let blocks = (end - start + nb - 1) / nb
-            let workers = min(plan.threads, blocks)
-            // Token block k of the chunk: tokens start + k·NB ..< …, its maxima at row k·NB.
+            // Token block k of the chunk: tokens start + k·NB ..< …, its statistics at row k·NB.
             let range: @Sendable (Int) -> (first: Int, count: Int) = { k in (start + k * nb, min(nb, end - start - k * nb)) }
-            let forwardQueue = Counter()
-            Workers.run(workers, pin: Placement.isNUMA) { w in
-                let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
-                                             backend: operands.backend, kernel: operands.kernel, partials: compensated)
-                while case let k = forwardQueue.next(), k < blocks {
-                    let (first, count) = range(k)
-                    workspace.loadTokens(operands, first: first, count: count)
-                    workspace.saved = savedBlocks.value?[k]
-                    Forward.block(operands, workspace, first: first, count: count, loss: definition, lse: out.value.lse,
-                                  loss: out.value.loss, blockStats: blockStats.advanced(by: first - start),
-                                  saved: workspace.saved, shardParts: shardParts)
+            /// Runs `body(workspace, item, first, count)` for items 0 ..< items, item i on token
+            /// block i mod `blocks`, on up to the plan's threads.
+            func run(items: Int, backward forBackward: Bool = false,
+                     _ body: @escaping @Sendable (Workspace<S>, Int, inout FilterStatistics) -> Void) -> FilterStatistics {
+                let workers = min(plan.threads, items)
+                let stats = PerWorker(workers, initial: FilterStatistics())
+                let queue = Counter()
+                Workers.run(workers, pin: Placement.isNUMA) { w in
+                    let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
+                                                 backend: operands.backend, kernel: operands.kernel, partials: compensated,
+                                                 estimate: forBackward && backward.policy.estimate,
+                                                 skippedEstimates: forBackward && backward.policy.estimate,
+                                                 readsSavedLogits: forBackward && savedSetting != nil,
+                                                 denseUpdates: forBackward && backward.policy.densePrediction)
+                    var workerStats = FilterStatistics()
+                    while case let i = queue.next(), i < items { body(workspace, i, &workerStats) }
+                    stats[w] = workerStats
                 }
+                return stats.values.reduce(into: FilterStatistics()) { $0.add($1) }
+            }
+            let forwardItem: @Sendable (Workspace<S>, Int, Int, SegmentSeed<S>?) -> Void = { workspace, k, piece, seed in
+                let (first, count) = range(k)
+                workspace.loadTokens(operands, first: first, count: count)
+                Forward.segment(operands, workspace, first: first, count: count, loss: definition, blocks: pieces[piece],
+                                into: rowPartials(k * nb).segment(piece), seed: seed,
+                                blockStats: blockStats.advanced(by: k * nb), saved: savedBlocks.value?[k].parts[piece])
+            }
+            let bound: @Sendable (Int) -> SegmentSeed<S>? = { k in
+                split ? SegmentSeed(values: bounds.base + k * nb, publish: {}, wait: {}) : nil
+            }
+            if split {
+                // Every token block's first forward block; their LSE out, the bound back (a row
+                // that stopped keeping logits there, +∞, keeps none after it).
+                _ = run(items: blocks) { workspace, k, _ in forwardItem(workspace, k, 0, bound(k)) }
+                let own = (0..<(end - start)).map { Float(states.base[$0].value) }
+                guard let global = seeds.map({ $0(start..<end, own) }) ?? own else { return total }
+                for i in 0..<(end - start) where bounds.base[i] != S.infinity { bounds.base[i] = S(global[i]) }
+                trace.mark("bound \(start / chunk)")
+            } else if let seeds, seeds(start..<end, [Float](repeating: -.infinity, count: end - start)) == nil {
+                return total
+            }
+            // The other pieces, piece by piece, so that the workers sweep the same stretch of C.
+            _ = run(items: blocks * (pieces.count - later)) { workspace, i, _ in
+                forwardItem(workspace, i % blocks, later + i / blocks, bound(i % blocks))
+            }
+            for k in 0..<blocks {
+                let (first, count) = range(k)
+                Forward.finish(operands, first: first, count: count, loss: definition, partials: rowPartials(k * nb),
+                               segments: pieces.count, lse: out.value.lse, loss: out.value.loss, shardParts: shardParts)
             }
             trace.mark("forward \(start / chunk)")
             guard exchange(start..<end) else { return total }
             trace.mark("exchange \(start / chunk)")
-            let stats = PerWorker(workers, initial: FilterStatistics())
-            let base = firstBlock
-            let backwardQueue = Counter()
-            Workers.run(workers, pin: Placement.isNUMA) { w in
-                let workspace = Workspace<S>(plan: plan, d: operands.d, eInPlace: operands.eInPlace,
-                                             backend: operands.backend, kernel: operands.kernel, partials: compensated,
-                                             estimate: backward.policy.estimate,
-                                             skippedEstimates: backward.policy.estimate,
-                                             readsSavedLogits: savedSetting != nil,
-                                             denseUpdates: backward.policy.densePrediction)
-                var workerStats = FilterStatistics()
-                while case let k = backwardQueue.next(), k < blocks {
-                    let (first, count) = range(k)
-                    workspace.loadTokens(operands, first: first, count: count)
-                    workspace.saved = savedBlocks.value?[k]
-                    Backward.block(operands, backward, workspace, handOff: handOff, b: base + k, first: first, count: count,
-                                   loss: definition,
-                                   blockStats: blockStats.advanced(by: first - start),
-                                   stats: &workerStats)
-                }
-                stats[w] = workerStats
+            // The backward in parts of the blocks' rows; dC's turns number the parts that have
+            // rows (only the chunk's last block can be short), on from the earlier chunks'.
+            let (parts, partRows) = plan.backwardParts(blocks: blocks)
+            let base = turns
+            var stats = run(items: blocks * parts, backward: true) { workspace, i, workerStats in
+                let k = i / parts, p = i % parts
+                let (first, count) = range(k)
+                let r0 = p * partRows, rows = min(partRows, count - r0)
+                guard rows > 0 else { return }
+                workspace.loadTokens(operands, first: first + r0, count: rows)
+                workspace.savedSegments = savedBlocks.value?[k]
+                workspace.savedRowOffset = r0
+                Backward.block(operands, backward, workspace, handOff: handOff, b: base + i, first: first + r0, count: rows,
+                               loss: definition, blockStats: blockStats.advanced(by: k * nb + r0), stats: &workerStats)
+                if p == 0 { workerStats.savedLogits += savedBlocks.value?[k].count ?? 0 }
             }
-            for st in stats.values { total.add(st) }
-            firstBlock += blocks
+            turns += (blocks - 1) * parts + (range(blocks - 1).count + partRows - 1) / partRows
+            stats.tokenBlock = partRows
+            total.add(stats)
             trace.mark("backward \(start / chunk)")
         }
         withExtendedLifetime(forwardSums) {}   // savedSetting points into it

@@ -112,11 +112,11 @@ final class Workspace<S: KernelScalar> {
     let skipped: SkippedEstimates<S>?   // fused backward: the estimates of the rows the bound skipped
     let blockSums: BlockSums<S>?         // backward: the estimate's T_j, formed when needed
     /// Fused call: the logits the backward reads instead of recomputing, of the forward block it
-    /// is at: from `savedSegments`, or, in a vocabulary shard's call, the token block's that the
-    /// worker takes on (Engine.sweepExchanging).
+    /// is at (from `savedSegments`).
     var saved: SavedLogits<S>?
-    /// Fused call (Engine.sweep): the token block's saved logits, one SavedLogits per vocabulary
-    /// segment; the backward reads each forward block's from its segment's.
+    /// Fused call: the token block's saved logits, one SavedLogits per vocabulary segment (one
+    /// per piece in a vocabulary shard's call, Engine.sweepExchanging); the backward reads each
+    /// forward block's from its segment's.
     var savedSegments: SavedSegments<S>?
     /// The saved logits' row of the backward's row 0: the first row of the backward's part of
     /// its token block (Engine.sweep), 0 for a whole block.
@@ -673,20 +673,29 @@ final class SavedLogits<S: KernelScalar> {
     }
 }
 
-/// A token block's saved logits when its forward runs in vocabulary segments (Engine.sweep):
-/// one SavedLogits per segment, each holding its own segment's forward blocks (with its own
-/// room per row), and each forward block read back from its segment's.
+/// A token block's saved logits when its forward runs in vocabulary segments (Engine.sweep,
+/// and a vocabulary shard's call in two pieces, Engine.sweepExchanging): one SavedLogits per
+/// segment, each holding its own segment's forward blocks (with its own room per row), and
+/// each forward block read back from its segment's.
 final class SavedSegments<S: KernelScalar>: @unchecked Sendable {
     let parts: [SavedLogits<S>]
     /// The first forward block of each segment, and the forward block count at the end.
     private let starts: [Int]
 
-    init(plan: TilePlan, d: Int, _ setting: SavedLogits<S>.Setting) {
-        let g = plan.vocabSegments
-        parts = (0..<g).map { _ in SavedLogits(plan: plan, d: d, setting) }
-        starts = (0..<g).map { plan.segmentBlocks($0, forwardBlocks: setting.forwardBlocks).lowerBound }
-            + [setting.forwardBlocks]
+    /// The plan's vocabulary segments.
+    convenience init(plan: TilePlan, d: Int, _ setting: SavedLogits<S>.Setting) {
+        self.init(plan: plan, d: d, setting,
+                  firstBlocks: (0..<plan.vocabSegments).map { plan.segmentBlocks($0, forwardBlocks: setting.forwardBlocks).lowerBound })
     }
+
+    /// Segments that begin at these forward blocks (the first at 0, ascending).
+    init(plan: TilePlan, d: Int, _ setting: SavedLogits<S>.Setting, firstBlocks: [Int]) {
+        parts = firstBlocks.map { _ in SavedLogits(plan: plan, d: d, setting) }
+        starts = firstBlocks + [setting.forwardBlocks]
+    }
+
+    /// Logits kept over every segment.
+    var count: Int { parts.reduce(0) { $0 + $1.count } }
 
     /// The SavedLogits of the segment that holds forward block f.
     func logits(_ f: Int) -> SavedLogits<S> {
