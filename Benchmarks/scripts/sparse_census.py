@@ -18,6 +18,15 @@ Data: lm-like(N, D, V, S, alpha) as Docs/LMLIKE.md defines it (numpy's generator
 draws than the Swift tool's; the statistics are the same). eps = 2^-12 (the bf16 default).
 
     python3 Benchmarks/scripts/sparse_census.py 512 1024 128256 4 1.5
+
+With `--shards P` it counts instead, per row and contiguous vocabulary shard (each sorted by
+C_v . mean(E) on its own, as a rank of a vocabulary-parallel run sweeps it), the entries a
+shard's forward keeps: against its own running LSE alone; with the seed exchange
+(Engine.sweepExchanging: the first forward block against the running LSE, the rest against
+the larger of the running LSE of the rest and the ranks' first-block LSEs combined); and its
+share, against the global LSE.
+
+    python3 Benchmarks/scripts/sparse_census.py 512 1024 128256 4 1.5 --shards 4
 """
 import math
 import sys
@@ -36,10 +45,52 @@ def lm_like(n, d, v, s, alpha, seed=0):
     return e, c
 
 
+def block_lse(z, width):
+    """Each row's log-sum-exp over each block of `width` columns (rows x blocks)."""
+    out = []
+    for j in range(0, z.shape[1], width):
+        b = z[:, j:j + width]
+        m = b.max(1)
+        out.append(m + np.log(np.exp(b - m[:, None]).sum(1)))
+    return np.stack(out, 1)
+
+
+def shard_census(e, c, shards, log_eps16, width=256):
+    v = c.shape[0]
+    zs = []
+    for p in range(shards):
+        cs = c[p * v // shards:(p + 1) * v // shards]
+        zs.append(e @ cs[np.argsort(-(cs @ e.mean(0)), kind="stable")].T)
+    lse = np.logaddexp.reduce(np.concatenate([block_lse(z, width) for z in zs], 1), axis=1)
+    stats = [block_lse(z, width) for z in zs]
+    bound = np.logaddexp.reduce(np.stack([s[:, 0] for s in stats], 1), axis=1)
+    n = e.shape[0]
+    for p, (z, s) in enumerate(zip(zs, stats)):
+        running = np.logaddexp.accumulate(s, axis=1)
+        rest = np.logaddexp.accumulate(s[:, 1:], axis=1)
+        own = seeded = 0
+        for j in range(s.shape[1]):
+            block = z[:, j * width:(j + 1) * width]
+            own += int((block >= (running[:, j] + log_eps16)[:, None]).sum())
+            floor = running[:, 0] if j == 0 else np.maximum(rest[:, j - 1], bound)
+            seeded += int((block >= (floor + log_eps16)[:, None]).sum())
+        share = int((z >= (lse + log_eps16)[:, None]).sum())
+        print(f"shard {p} of {shards} ({z.shape[1]} classes), kept per row: against its own running LSE "
+              f"{own / n:.0f}, with the seed exchange {seeded / n:.0f}, its share (against the global LSE) {share / n:.0f}")
+
+
 def main(argv):
+    shards = 0
+    if "--shards" in argv:
+        k = argv.index("--shards")
+        shards = int(argv[k + 1])
+        argv = argv[:k] + argv[k + 2:]
     n, d, v = int(argv[1]), int(argv[2]), int(argv[3])
     s, alpha = float(argv[4]), float(argv[5])
     e, c = lm_like(n, d, v, s, alpha)
+    if shards:
+        shard_census(e, c, shards, math.log(2.0 ** -12 / 16))
+        return
     sorted_c = c[np.argsort(-(c @ e.mean(0)), kind="stable")]
     eps = 2.0 ** -12
     log_eps, log_eps16 = math.log(eps), math.log(eps / 16)

@@ -123,9 +123,11 @@ public struct Options: Sendable {
     /// (CCE_SAVED_PER_ROW in the environment overrides it, for experiments.)
     /// A vocabulary shard's fused call (`lossAndGradients(…, shard:, exchange:)`) keeps them too,
     /// for a whole exchange chunk at once (CutCrossEntropy.exchangeChunk: 1024 tokens at one or
-    /// two threads, 4096 with more), against the shard's running LSE (a looser bound than one
-    /// process's): at 4 ranks x 4 threads, N = 4096, LM-like data, about 4 to 5% of the logits
-    /// a shard would materialize against about 1% with 0; at 2 ranks x 1 thread 0.7%
+    /// two threads, 4096 with more), against a lower bound of the global LSE that the ranks
+    /// exchange (a looser one than one process has: about 230 entries a row of a quarter of the
+    /// vocabulary where one process keeps about 170): at 4 ranks x 4 threads, N = 4096, LM-like
+    /// data, a rank's peak is 2.2 to 2.5% of the logits its shard would materialize (1.0 to
+    /// 1.4% at chunks of 1024, which are slower); at 2 ranks x 1 thread about 0.55%
     /// (Docs/SCALING.md).
     public var savedLogitsPerRow: Int = 2048
     /// Check inputs for NaN and infinities (costs one pass over E, C and the bias).

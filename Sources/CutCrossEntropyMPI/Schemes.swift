@@ -5,7 +5,9 @@
 // every rank. A step moves, per rank:
 //   forward   every rank's per-token partials (L, T, and S with label smoothing): an
 //             all-gather of 2 or 3 values per active token (CutCrossEntropy/Parallel.swift
-//             gives the combination);
+//             gives the combination); in the Float32 modes' fused step, before it, the seed
+//             exchange: an all-gather of 1 value per active token (each rank's LSE over its
+//             first forward block: a lower bound of the global LSE for the saved logits);
 //   backward  the ordered sum of the N x D partial dE (Communicator.orderedSum).
 // dC and dBias stay where they are: each rank has its shard's rows.
 //

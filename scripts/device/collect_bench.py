@@ -2,7 +2,7 @@
 """What the device scripts do with the `cce bench --json` files they leave in OUT: one line per
 row (run name, kind, median and minimum seconds, peak and later calls' peak, tile kernel, the
 filter note of a loss+grad row (kept segments, token blocks), and for runs under mpirun each
-rank's peak, bytes sent and communication time), then every run in one JSON file.
+rank's peak, bytes sent, communication time and saved logits), then every run in one JSON file.
 
     python3 scripts/device/collect_bench.py OUT PATTERN [NAME.json]
 
@@ -29,7 +29,8 @@ def line(name: str, run: dict, row: dict) -> str:
         text += f' | {run["filter"]}'
     for r in row.get("ranks", []):
         text += (f' r{r["rank"]}:peak {r["peak_bytes"] / 1e6:.1f}MB sent {r.get("sent_bytes", 0) / 1e6:.2f}MB'
-                 f' comm {r.get("communication_seconds_per_step", 0):.3f}s')
+                 f' comm {r.get("communication_seconds_per_step", 0):.3f}s'
+                 + (f' saved {r["saved_logits"]}' if r.get("saved_logits") else ''))
     return text
 
 

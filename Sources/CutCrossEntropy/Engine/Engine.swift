@@ -484,8 +484,8 @@ extension Engine {
     /// L)` returns it, once per chunk before `exchange`, on every rank (a rank that keeps no
     /// logits sends −∞). Against the shard's own running LSE alone a rank keeps about three
     /// times its share of the entries (LM-like data, 4 shards: 470 to 570 a row against 150 to
-    /// 160 above the global LSE); with the bound about 230 (`cce bench --parallel vocab` reports
-    /// them). CCE_EXCHANGE_SEEDS=0 keeps the forward of a token block in one piece, as before.
+    /// 160 above the global LSE); with the bound about 230 (Benchmarks/scripts/sparse_census.py
+    /// --shards; `cce bench --parallel vocab` reports a rank's count). CCE_EXCHANGE_SEEDS=0 keeps the forward of a token block in one piece, as before.
     static func sweepExchanging<S: KernelScalar>(
         _ operands: Operands<S>, options: Options, shard: ShardContext?, exchangeChunk: Int,
         lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, shardParts: ShardPartPointers<S>,
