@@ -132,7 +132,8 @@ public struct CutCrossEntropy: Sendable {
     /// 3.55-3.76 s, 6.5-7.4 MB a rank against 18.8-22.7 MB; on the 16-core host 4 ranks x 4
     /// threads, 4096 against 1024: 0.67-0.70 against 0.90-0.98 s; later, with the seed
     /// exchange and the shard's call in segments and parts, 4096 / 2048 / 1024: 0.29-0.31 /
-    /// 0.33 / 0.38-0.39 s at 11-13 / 7-9 / 5-7 MB a rank (one process of 16 threads 0.27-0.29 s).
+    /// 0.33 / 0.38-0.39 s at 11-13 / 7-9 / 5-7 MB a rank (one process of 16 threads 0.27-0.29 s;
+    /// in a slower launch 4096 / 2048 0.36-0.43 / 0.37-0.42 s against 0.31-0.40 s).
     public static func defaultExchangeChunk(threads: Int) -> Int { threads <= 2 ? 1024 : 4096 }
 
     /// The tile plan a call with these sizes, on E and C stored as `storage`, would use.

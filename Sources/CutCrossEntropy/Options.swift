@@ -126,7 +126,7 @@ public struct Options: Sendable {
     /// two threads, 4096 with more), against a lower bound of the global LSE that the ranks
     /// exchange (a looser one than one process has: about 230 entries a row of a quarter of the
     /// vocabulary where one process keeps about 170): at 4 ranks x 4 threads, N = 4096, LM-like
-    /// data, a rank's peak is 2.2 to 2.5% of the logits its shard would materialize (1.0 to
+    /// data, a rank's peak is 2.2 to 2.7% of the logits its shard would materialize (1.0 to
     /// 1.4% at chunks of 1024, which are slower); at 2 ranks x 1 thread about 0.55%
     /// (Docs/SCALING.md).
     public var savedLogitsPerRow: Int = 2048

@@ -485,7 +485,8 @@ extension Engine {
     /// logits sends −∞). Against the shard's own running LSE alone a rank keeps about three
     /// times its share of the entries (LM-like data, 4 shards: 470 to 570 a row against 150 to
     /// 160 above the global LSE); with the bound about 230 (Benchmarks/scripts/sparse_census.py
-    /// --shards; `cce bench --parallel vocab` reports a rank's count). CCE_EXCHANGE_SEEDS=0 keeps the forward of a token block in one piece, as before.
+    /// --shards; `cce bench --parallel vocab` reports a rank's count). CCE_EXCHANGE_SEEDS=0
+    /// keeps each token block's forward in one piece against the shard's own bound, as before.
     static func sweepExchanging<S: KernelScalar>(
         _ operands: Operands<S>, options: Options, shard: ShardContext?, exchangeChunk: Int,
         lse: UnsafeMutablePointer<S>, loss: UnsafeMutablePointer<S>, shardParts: ShardPartPointers<S>,
@@ -546,8 +547,9 @@ extension Engine {
             let blocks = (end - start + nb - 1) / nb
             // Token block k of the chunk: tokens start + k·NB ..< …, its statistics at row k·NB.
             let range: @Sendable (Int) -> (first: Int, count: Int) = { k in (start + k * nb, min(nb, end - start - k * nb)) }
-            /// Runs `body(workspace, item, first, count)` for items 0 ..< items, item i on token
-            /// block i mod `blocks`, on up to the plan's threads.
+            /// Runs `body(workspace, item, statistics)` for items 0 ..< items on up to the plan's
+            /// threads, each with its own workspace (one for the backward with `backward`), and
+            /// returns the statistics they added.
             func run(items: Int, backward forBackward: Bool = false,
                      _ body: @escaping @Sendable (Workspace<S>, Int, inout FilterStatistics) -> Void) -> FilterStatistics {
                 let workers = min(plan.threads, items)
