@@ -820,26 +820,26 @@ CCE_INLINE void prefetch_stretch(const void *row, long j0, long nc, long size) {
     for (long q = j0 * size; q < (j0 + nc) * size; q += 64) _mm_prefetch((const char *)row + q, _MM_HINT_T0);
 }
 
-// dC's sparse update: out[j] += Σ_t values[t] · b_t[j] over t < nnz, each element one FMA
-// chain in t order. Given the nonzero terms of a dense chain in its order, this is the dense
-// chain's sum bit for bit: a left-out term 0·b_q adds ±0, which leaves every value but −0
-// unchanged, and a chain that starts from +0 (zeroed gradients) never reaches −0 (x + y is
-// −0 only when both are −0). 256 columns a step in 16 registers: sixteen independent chains
-// per t, and each b_t read in 512-byte stretches (bf16) with the rows four steps ahead
-// prefetched, since they lie scattered (64 columns a step in four chains took 1.4 times as long
-// in a Zen 4 loss+grad profile).
-CCE_AVX512
-void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width) {
+// out[j] = from + Σ_t w_t · b_t[j] over t < n for j < width, each element one FMA chain in t
+// order, `from` being out's own values (accumulate) or +0, and w_t = values[t], or 1 where
+// values is NULL (fma(1, x, s) rounds x + s once, as an addition does: the bits of adding the
+// rows one after another). 256 columns a step in 16 registers: sixteen independent chains per
+// t, each b_t read in 512-byte stretches (bf16) with the rows four steps ahead prefetched,
+// since they lie scattered (64 columns a step in four chains took 1.4 times as long in a Zen 4
+// loss+grad profile).
+CCE_INLINE void stretch_chains(float *out, long n, const float *values, const void *const *b, int type, long width,
+                               int accumulate) {
     const long size = type == CCE_STORAGE_F32 ? 4 : 2;
     for (long j0 = 0; j0 < width; j0 += 256) {
         const long nc = width - j0 < 256 ? width - j0 : 256;
         __m512 s[16];
         __mmask16 k[16];
         stretch_masks(nc, k);
-        _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++) s[c] = _mm512_maskz_loadu_ps(k[c], out + j0 + 16 * c);
-        for (long t = 0; t < nnz; t++) {
-            if (t + 4 < nnz) prefetch_stretch(b[t + 4], j0, nc, size);
-            const __m512 x = _mm512_set1_ps(values[t]);
+        _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++)
+            s[c] = accumulate ? _mm512_maskz_loadu_ps(k[c], out + j0 + 16 * c) : _mm512_setzero_ps();
+        for (long t = 0; t < n; t++) {
+            if (t + 4 < n) prefetch_stretch(b[t + 4], j0, nc, size);
+            const __m512 x = _mm512_set1_ps(values ? values[t] : 1.0f);
             _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++)
                 if (16 * c < nc) s[c] = _mm512_fmadd_ps(x, load_row16(b[t], type, j0 + 16 * c, k[c]), s[c]);
         }
@@ -848,27 +848,23 @@ void cce_fma_sparse_update(float *out, long nnz, const float *values, const void
     }
 }
 
+// dC's sparse update: out[j] += Σ_t values[t] · b_t[j] over t < nnz, each element one FMA
+// chain in t order. Given the nonzero terms of a dense chain in its order, this is the dense
+// chain's sum bit for bit: a left-out term 0·b_q adds ±0, which leaves every value but −0
+// unchanged, and a chain that starts from +0 (zeroed gradients) never reaches −0 (x + y is
+// −0 only when both are −0).
+CCE_AVX512
+void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width) {
+    stretch_chains(out, nnz, values, b, type, width, 1);
+}
+
 // The dropped-mass estimate's block sums: out[j] = Σ_{r < count} rows[r][j] for j < width, each
 // element a chain of Float32 additions in r order from +0 (the rows stored as `type`,
 // converted exactly while loaded): the bits of adding the converted rows one after another
 // to a zeroed row. 256 columns at a time in 16 registers, so out is written once; the rows
 // of the next steps are prefetched (they lie scattered, as in bf16_pack_columns).
 CCE_INLINE void sum_rows(const void *const *rows, long count, const int type, long width, float *out) {
-    const long size = type == CCE_STORAGE_F32 ? 4 : 2;
-    for (long j0 = 0; j0 < width; j0 += 256) {
-        const long nc = width - j0 < 256 ? width - j0 : 256;
-        __m512 s[16];
-        __mmask16 k[16];
-        stretch_masks(nc, k);
-        _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++) s[c] = _mm512_setzero_ps();
-        for (long r = 0; r < count; r++) {
-            if (r + 4 < count) prefetch_stretch(rows[r + 4], j0, nc, size);   // scattered rows (sorted order)
-            _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++)
-                if (16 * c < nc) s[c] = _mm512_add_ps(s[c], load_row16(rows[r], type, j0 + 16 * c, k[c]));
-        }
-        _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++)
-            if (16 * c < nc) _mm512_mask_storeu_ps(out + j0 + 16 * c, k[c], s[c]);
-    }
+    stretch_chains(out, count, NULL, rows, type, width, 0);
 }
 
 // The bf16 case without widening shuffles: a 64-byte load holds 16 pairs; the pair's first
@@ -890,8 +886,7 @@ CCE_INLINE void sum_rows_bf16(const void *const *rows, long count, long width, f
         }
         for (long r = 0; r < count; r++) {
             const uint16_t *row = (const uint16_t *)rows[r] + j0;
-            if (r + 4 < count)  // scattered rows (sorted order): fetch four rows ahead
-                for (long b = 0; b < nc; b += 32) _mm_prefetch((const char *)((const uint16_t *)rows[r + 4] + j0 + b), _MM_HINT_T0);
+            if (r + 4 < count) prefetch_stretch(rows[r + 4], j0, nc, 2);   // scattered rows (sorted order)
             _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++)
                 if (32 * c < nc) {
                     __m512i w = _mm512_maskz_loadu_epi16(k[c], row + 32 * c);
