@@ -826,15 +826,17 @@ CCE_INLINE void prefetch_stretch(const void *row, long j0, long nc, long size) {
 // rows one after another). 256 columns a step in 16 registers: sixteen independent chains per
 // t, each b_t read in 512-byte stretches (bf16) with the rows four steps ahead prefetched,
 // since they lie scattered (64 columns a step in four chains took 1.4 times as long in a Zen 4
-// loss+grad profile).
+// loss+grad profile); `next` (or NULL), a row of `width` floats the caller goes on to, is
+// prefetched a stretch at a time.
 CCE_INLINE void stretch_chains(float *out, long n, const float *values, const void *const *b, int type, long width,
-                               int accumulate) {
+                               int accumulate, const float *next) {
     const long size = type == CCE_STORAGE_F32 ? 4 : 2;
     for (long j0 = 0; j0 < width; j0 += 256) {
         const long nc = width - j0 < 256 ? width - j0 : 256;
         __m512 s[16];
         __mmask16 k[16];
         stretch_masks(nc, k);
+        if (next) prefetch_stretch(next, j0, nc, 4);
         _Pragma("clang loop unroll(full)") for (int c = 0; c < 16; c++)
             s[c] = accumulate ? _mm512_maskz_loadu_ps(k[c], out + j0 + 16 * c) : _mm512_setzero_ps();
         for (long t = 0; t < n; t++) {
@@ -854,8 +856,9 @@ CCE_INLINE void stretch_chains(float *out, long n, const float *values, const vo
 // unchanged, and a chain that starts from +0 (zeroed gradients) never reaches −0 (x + y is
 // −0 only when both are −0).
 CCE_AVX512
-void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width) {
-    stretch_chains(out, nnz, values, b, type, width, 1);
+void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width,
+                           const float *next) {
+    stretch_chains(out, nnz, values, b, type, width, 1, next);
 }
 
 // The dropped-mass estimate's block sums: out[j] = Σ_{r < count} rows[r][j] for j < width, each
@@ -864,7 +867,7 @@ void cce_fma_sparse_update(float *out, long nnz, const float *values, const void
 // to a zeroed row. 256 columns at a time in 16 registers, so out is written once; the rows
 // of the next steps are prefetched (they lie scattered, as in bf16_pack_columns).
 CCE_INLINE void sum_rows(const void *const *rows, long count, const int type, long width, float *out) {
-    stretch_chains(out, count, NULL, rows, type, width, 0);
+    stretch_chains(out, count, NULL, rows, type, width, 0, NULL);
 }
 
 // The bf16 case without widening shuffles: a 64-byte load holds 16 pairs; the pair's first
@@ -1042,7 +1045,8 @@ void cce_fma_tile_product_rows(const float *const *e_rows, long m, const void *c
                                long d, float *out, long ldo, float *panel, const bool *panel_mask) { __builtin_trap(); }
 void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, long aks, const void *const *b,
                          int type, long k, long width, int blocked) { __builtin_trap(); }
-void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width) {
+void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width,
+                           const float *next) {
     __builtin_trap();
 }
 void cce_sum_rows(const void *const *rows, long count, int type, long width, float *out) { __builtin_trap(); }

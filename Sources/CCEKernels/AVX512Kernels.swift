@@ -450,12 +450,14 @@ public func rankUpdateAVX512(out: UnsafePointer<UnsafeMutablePointer<Float>>, m:
 /// One out row of a sparse rank update: out[j] += Σ_{t<nnz} values[t] · b_t[j] for j < width,
 /// one FMA chain per element in t order, the b rows stored as `bType`. Given the nonzero
 /// terms of one row of `rankUpdateAVX512` (not blocked) in order, it gives that row's bits
-/// unless the row holds −0 (cce_avx512.c). Requires `hasAVX512`.
+/// unless the row holds −0 (cce_avx512.c). `next`: the out row of the caller's next update,
+/// prefetched meanwhile (only its addresses are touched). Requires `hasAVX512`.
 @inlinable
 public func sparseUpdateAVX512(out: UnsafeMutablePointer<Float>, nnz: Int, values: UnsafePointer<Float>,
-                               b: UnsafePointer<UnsafeRawPointer>, bType: ElementType, width: Int) {
+                               b: UnsafePointer<UnsafeRawPointer>, bType: ElementType, width: Int,
+                               next: UnsafePointer<Float>? = nil) {
     precondition(hasAVX512, "sparseUpdateAVX512 needs AVX-512")
-    cce_fma_sparse_update(out, nnz, values, rawRows(b), cStorage(bType), width)
+    cce_fma_sparse_update(out, nnz, values, rawRows(b), cStorage(bType), width, next)
 }
 
 /// out[j] = Σ_{r<count} rows[r][j] for j < width: one chain of additions per element, in r

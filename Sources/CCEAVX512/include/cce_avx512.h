@@ -197,8 +197,10 @@ void cce_fma_rank_update(float *const *out, long m, const float *a, long ars, lo
 /// dC's sparse update, one out row: out[j] += Σ_{t < nnz} values[t] · b[t][j] for j < width, each
 /// element one FMA chain in t order from its stored value (the b rows stored as `type`,
 /// converted exactly while loaded). With the nonzero terms of cce_fma_rank_update's chain for
-/// that row, in order, it gives that chain's bits when the row holds no −0.
-void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width);
+/// that row, in order, it gives that chain's bits when the row holds no −0. `next` (or NULL):
+/// the out row of the caller's next update, prefetched meanwhile (never read here).
+void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width,
+                           const float *next);
 
 /// The dropped-mass estimate's block sums: out[j] = Σ_{r < count} rows[r][j] for j < width, each
 /// element a chain of Float32 additions in r order from +0 (the rows stored as `type`,
