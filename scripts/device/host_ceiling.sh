@@ -4,7 +4,9 @@
 # If 16 copies each run slower than one, that is the host's ceiling for thread scaling (shared
 # power, caches, memory), not the engine's scheduling. Then the engine's own 2 -> 16 threads
 # at N = 4096, interleaved, and one traced 16-thread loss+grad call. Needs .gpu/bundle.tar.xz
-# (cuda/make_swift_bundle.sh). Usage: host_ceiling.sh ["P values"] [rounds]
+# (cuda/make_swift_bundle.sh). Usage: host_ceiling.sh ["P values"] [rounds]. With the defaults
+# the copies alone take most of a device call's 10 minutes (on 2026-12-03 the limit cut the
+# traced call at the end; Docs/bench/h200host-ceiling-trace16.txt is from a second call).
 set -uo pipefail
 source scripts/device/bundle_env.sh
 lscpu > "$OUT/lscpu.txt"
