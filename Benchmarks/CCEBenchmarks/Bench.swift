@@ -391,20 +391,32 @@ public enum Bench {
     }
 
     /// OpenBLAS's kernel for this CPU, e.g. "OpenBLAS SkylakeX". An OpenBLAS that does not
-    /// know the CPU falls back to an old kernel (Debian 12's 0.3.21 picks Prescott, SSE3, on
-    /// Sapphire Rapids and later): the sgemm and materialized rows are then far below the
-    /// machine's rate, and OPENBLAS_CORETYPE (e.g. SkylakeX or Cooperlake) fixes it. The
-    /// description says so when it happens, so that no ratio against those rows flatters the
-    /// engine unnoticed.
+    /// know the CPU falls back to an older kernel: Debian 12's 0.3.21 picks Prescott (SSE3) on
+    /// Xeons of the Sapphire Rapids generation and later, and Haswell (AVX2) on AMD's Zen 5
+    /// (family 26), where its SkylakeX kernel ran sgemm 1.8 times as fast. The sgemm and
+    /// materialized rows are then below the machine's rate, and OPENBLAS_CORETYPE fixes it.
+    /// The description says so when it happens (`blasNote`), so that no ratio against those
+    /// rows flatters the engine unnoticed.
     public static func blasDescription() -> String {
         let core = String(cString: openblas_get_corename())
+        let flags = Set(simdFlags().split(separator: " ").map(String.init))
+        return "OpenBLAS " + core + (blasNote(core: core, flags: flags).map { " (\($0))" } ?? "")
+    }
+
+    /// Why OpenBLAS's kernel `core` understates a CPU with these SIMD `flags` (as `simdFlags`
+    /// names them), and the setting that fixes it; nil when the kernel uses the CPU's widest
+    /// vectors (or the CPU is not one this can judge).
+    public static func blasNote(core: String, flags: Set<String>) -> String? {
         let preAVX: Set<String> = ["Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Katmai",
                                    "Coppermine", "Northwood", "Banias"]
-        let flags = Set(simdFlags().split(separator: " ").map(String.init))
-        guard preAVX.contains(core), flags.contains("avx2") else { return "OpenBLAS " + core }
+        let avx512: Set<String> = ["SkylakeX", "Cooperlake", "SapphireRapids"]
         let better = flags.contains("avx512f") ? "SkylakeX" : "Haswell"
-        return "OpenBLAS \(core) (a pre-AVX kernel on a CPU with AVX2: the sgemm and materialized rows understate "
-            + "this machine; OPENBLAS_CORETYPE=\(better) gives them its vector units)"
+        let fix = "the sgemm and materialized rows understate this machine; OPENBLAS_CORETYPE=\(better) gives them its vector units"
+        if preAVX.contains(core), flags.contains("avx2") { return "a pre-AVX kernel on a CPU with AVX2: " + fix }
+        if !preAVX.contains(core), !avx512.contains(core), flags.contains("avx512f") {
+            return "a kernel without AVX-512 on a CPU with it: " + fix
+        }
+        return nil
     }
 
     public static func machineDescription() -> String {

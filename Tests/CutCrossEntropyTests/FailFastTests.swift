@@ -608,4 +608,20 @@ final class FailFastTests: XCTestCase {
         print("npy fuzz: 400 parsed (\(read) read, \(refused) refused); 300 reference runs (\(passed) ran, \(failed) refused, nothing written); 30 through cce (\(toolRefused) refused); \(String(format: "%.2f", seconds)) s")
         XCTAssertLessThan(seconds, 30)
     }
+
+    /// `cce bench` names an OpenBLAS kernel that leaves the CPU's vectors unused, so that no
+    /// ratio against the sgemm and materialized rows flatters the engine unnoticed: a pre-AVX
+    /// kernel on an AVX2 CPU, and (Debian 12's OpenBLAS on AMD Zen 5) an AVX2 kernel on an
+    /// AVX-512 CPU; not a kernel that fits.
+    func testBenchNamesAnOpenBLASKernelBelowTheCPU() {
+        let zen5: Set<String> = ["avx2", "fma", "avx512f", "avx512_bf16"], zen3: Set<String> = ["avx2", "fma"]
+        XCTAssertTrue(Bench.blasNote(core: "Haswell", flags: zen5)?.contains("OPENBLAS_CORETYPE=SkylakeX") == true)
+        XCTAssertTrue(Bench.blasNote(core: "Zen", flags: zen5)?.contains("without AVX-512") == true)
+        XCTAssertTrue(Bench.blasNote(core: "Prescott", flags: zen5)?.contains("pre-AVX") == true)
+        XCTAssertTrue(Bench.blasNote(core: "Prescott", flags: zen3)?.contains("OPENBLAS_CORETYPE=Haswell") == true)
+        XCTAssertNil(Bench.blasNote(core: "SkylakeX", flags: zen5))
+        XCTAssertNil(Bench.blasNote(core: "Cooperlake", flags: zen5))
+        XCTAssertNil(Bench.blasNote(core: "Haswell", flags: zen3))
+        XCTAssertNil(Bench.blasNote(core: "Zen", flags: zen3))
+    }
 }
