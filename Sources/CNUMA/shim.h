@@ -49,3 +49,30 @@ static inline int cce_interleave_pages(void *addr, unsigned long len) {
     return (int)mbind((void *)start, end - start, MPOL_INTERLEAVE, numa_all_nodes_ptr->maskp,
                       numa_all_nodes_ptr->size + 1, MPOL_MF_MOVE);
 }
+
+// Zeroes [addr, addr + bytes) with non-temporal stores where the CPU has them (x86-64: SSE2's
+// streaming stores, which write whole lines to memory without reading them first or filling
+// the caches), else with memset. For zeroing a large buffer in pieces between compute-bound
+// work (CCERuntime/Chores.swift): the pieces neither evict the caches' working set nor wait
+// for each line to be read. The stores are fenced before returning.
+#include <string.h>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+static inline void cce_stream_zero(void *addr, unsigned long bytes) {
+#if defined(__x86_64__)
+    char *p = (char *)addr, *end = p + bytes;
+    while (p < end && ((unsigned long)p & 15)) *p++ = 0;
+    const __m128i z = _mm_setzero_si128();
+    for (; p + 64 <= end; p += 64) {
+        _mm_stream_si128((__m128i *)p, z);
+        _mm_stream_si128((__m128i *)(p + 16), z);
+        _mm_stream_si128((__m128i *)(p + 32), z);
+        _mm_stream_si128((__m128i *)(p + 48), z);
+    }
+    for (; p < end; p++) *p = 0;
+    _mm_sfence();
+#else
+    memset(addr, 0, bytes);
+#endif
+}

@@ -126,9 +126,18 @@ enum Engine {
         var dE = zeroed(S.self, internalGradients ? p.n * p.d : 0, threads: threads)
         var dC = zeroed(S.self, internalGradients ? p.v * p.d : 0, threads: threads)
         var dBias: [S]? = bias == nil || !internalGradients ? nil : zeroed(S.self, p.v)
+        // The fused call (not a vocabulary shard's exchanging one) zeroes the caller's dC during
+        // its forward (SweepChores), which is compute-bound, instead of here.
+        let exchanging = call.pass == .fused && call.exchange != nil && wantsShardParts
+        let deferredC = call.pass == .fused && !exchanging && SweepChores<S>.enabled
+            && direct.map { !$0.dCIsZero && $0.dC.count > 0 } == true
         if let direct {
-            for b in [direct.dE, direct.dCIsZero ? nil : direct.dC, direct.dBias].compactMap({ $0 }) where b.count > 0 {
+            for b in [direct.dE, direct.dCIsZero || deferredC ? nil : direct.dC, direct.dBias].compactMap({ $0 })
+            where b.count > 0 {
                 Workers.zero(b.baseAddress!, count: b.count, threads: threads)
+            }
+            if deferredC {
+                Placement.adviseHugePages(UnsafeMutableRawPointer(direct.dC.baseAddress!), bytes: direct.dC.count * 4)
             }
         }
         func rebound(_ b: UnsafeMutableBufferPointer<Float>?) -> UnsafeMutablePointer<S>? {
@@ -202,7 +211,8 @@ enum Engine {
                                                 seeds: call.exchangeSeeds, exchange: handOver, trace: &trace)
                     } else {
                         stats = sweep(call.pass, operands, options: call.options, shard: call.shard, lse: lse.baseAddress,
-                                      loss: loss.baseAddress, shardParts: parts, backward: backward, trace: &trace)
+                                      loss: loss.baseAddress, shardParts: parts, backward: backward,
+                                      zeroC: deferredC ? UnsafeMutableRawBufferPointer(direct!.dC) : nil, trace: &trace)
                     }
                     trace.mark("sweep")
                 }}}}}}}}}}
@@ -225,13 +235,17 @@ enum Engine {
 
     /// Runs `pass` over all token blocks. Forward outputs go to lse/loss (per active token);
     /// backward outputs to backward.outputs (backward.lse is read, and for .fused written first).
+    /// `zeroC` (fused call): dC's memory, not yet zeroed; the sweep zeroes it (SweepChores).
     static func sweep<S: KernelScalar>(
         _ pass: Pass, _ operands: Operands<S>, options: Options, shard: ShardContext? = nil, lse: UnsafeMutablePointer<S>?,
         loss: UnsafeMutablePointer<S>?, shardParts: ShardPartPointers<S>? = nil, backward: BackwardState<S>?,
-        trace: inout PhaseTrace
+        zeroC: UnsafeMutableRawBufferPointer? = nil, trace: inout PhaseTrace
     ) -> FilterStatistics {
         let m = operands.problem.active
-        if m == 0 { return FilterStatistics() }
+        if m == 0 {
+            if let zeroC, zeroC.count > 0 { streamZero(zeroC.baseAddress!, bytes: zeroC.count) }
+            return FilterStatistics()
+        }
         // Class weights in the sweep's (sorted) vocabulary order; they live until the sweep ends.
         // (A vocabulary shard's weights are its own classes'; V and W are the whole vocabulary's.)
         let weights = options.classWeights.map {
@@ -270,11 +284,12 @@ enum Engine {
         let clock = WorkerClock(workers: workers)
         let queue = Counter()
         // The fused call's forward keeps the logits its backward needs (SavedLogits), where the
-        // options allow; then every forward block's F_f for the estimate is formed once, here.
+        // options allow; the estimate's table of every forward block's F_f is formed during the
+        // forward (SweepChores), as is dC's zeroing.
         let (savedSetting, forwardSums) = pass == .fused
-            ? savedLogitsSetting(operands, options: options, backward: backward, definition, workers: workers)
+            ? savedLogitsSetting(operands, options: options, backward: backward, definition, workers: workers,
+                                 formLater: SweepChores<S>.enabled)
             : (nil, nil)
-        if forwardSums != nil { trace.mark("estimate sums") }
         let slots = pass == .backward ? [] : (0..<min(workers, blocks)).map { _ in
             BlockSlot<S>(plan: plan, d: operands.d, segments: segments, parts: parts, forwardBlocks: forwardBlocks,
                          statistics: pass == .fused, saved: savedSetting)
@@ -282,6 +297,11 @@ enum Engine {
         let slotTurns = HandOff(count: slots.count), seedTurns = HandOff(count: slots.count)
         let readyTurns = HandOff(count: slots.count)
         let window = max(1, slots.count)
+        if forwardSums != nil && !SweepChores<S>.enabled { trace.mark("estimate sums") }
+        let chores = pass == .fused && SweepChores<S>.enabled && (zeroC?.count ?? 0) + (forwardSums == nil ? 0 : 1) > 0
+            ? SweepChores<S>(dC: zeroC?.baseAddress, bytes: zeroC?.count ?? 0, table: forwardSums?.base,
+                             forwardBlocks: forwardBlocks, steps: window * forwardBlocks)
+            : nil
         // Item k: forward segment s of block b, or (s ≥ segments) backward part s − segments.
         let item: @Sendable (Int) -> (b: Int, s: Int) = { k in
             let g = k / (window * (segments + parts)), r = k % (window * (segments + parts))
@@ -301,6 +321,8 @@ enum Engine {
                                          readsSavedLogits: savedSetting != nil,
                                          denseUpdates: pass != .forward && backward?.policy.densePrediction == true)
             var workerStats = FilterStatistics()
+            let choreScratch = SweepChores<S>.Scratch()
+            let afterBlock: ((Int) -> Void)? = chores.map { c in { f in c.afterForwardBlock(f, operands, choreScratch) } }
             var loaded = (first: -1, count: 0)   // the E rows the workspace holds
             func load(_ first: Int, _ count: Int) {
                 if loaded != (first, count) { workspace.loadTokens(operands, first: first, count: count); loaded = (first, count) }
@@ -316,6 +338,7 @@ enum Engine {
                     // turns are nobody's.)
                     let p = s - segments, r0 = p * partRows, rows = min(partRows, count - r0)
                     if let slot { workspace.handOffWait += readyTurns.wait(slot: slot.index, turn: slot.turn + 1) }
+                    if let chores { workspace.handOffWait += chores.complete(operands, choreScratch) }
                     if rows > 0 {
                         load(first + r0, rows)
                         workspace.savedSegments = slot?.slot.saved
@@ -343,7 +366,7 @@ enum Engine {
                 Forward.segment(operands, workspace, first: first, count: count, loss: definition,
                                 blocks: plan.segmentBlocks(s, forwardBlocks: forwardBlocks),
                                 into: slot.partials.segment(s), seed: seed,
-                                blockStats: slot.blockStats, saved: slot.saved?.parts[s])
+                                blockStats: slot.blockStats, saved: slot.saved?.parts[s], afterBlock: afterBlock)
                 if PhaseTrace.enabled { workspace.forwardTime += monotonicSeconds() - t0 }
                 // The block's last segment: what the others wrote is visible from here on.
                 guard slot.remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { continue }
@@ -404,7 +427,78 @@ final class BlockSlot<S: KernelScalar>: @unchecked Sendable {
     }
 }
 
+/// The fused call's memory-bound set-up, done in pieces between the forward's block steps
+/// (CCERuntime/Chores.swift) instead of before the sweep: zeroing dC (V·D·4 bytes, 525 MB at
+/// V = 128256, D = 1024), which only the backward writes, and the estimate's table of every
+/// forward block's F_f (SavedLogits.Setting.forwardSums), which only the backward reads. After
+/// each forward block step a worker zeroes the next piece of dC (non-temporal stores: no cache
+/// line of the forward's is evicted for it) and forms F_f of the block it has just swept, whose
+/// C rows the tile product has just read (the first worker there does it); before its first
+/// backward item a worker does what is left and waits for the pieces others are still doing.
+/// The zeros and the F_f are the same whoever writes them: no result changes by a bit.
+final class SweepChores<S: KernelScalar>: @unchecked Sendable {
+    /// False with CCE_SETUP_CHORES=0 in the environment: the set-up runs before the sweep, as
+    /// it did before the chores (for measurements).
+    static var enabled: Bool { Engine.setupChoresOverride != 0 }
+
+    private let zeroBase: UnsafeMutableRawPointer?
+    private let zeroBytes: Int, pieceBytes: Int
+    private let zeroing: Chores
+    private let table: UnsafeMutablePointer<UInt16>?
+    private let forming: Chores
+
+    /// `dC`: `bytes` to zero, or nil; `table`: the unformed table of `forwardBlocks` rows of D, or
+    /// nil; `steps`: the forward block steps the first window of token blocks takes (the zeroing
+    /// is cut so that about half of them finish it).
+    init(dC: UnsafeMutableRawPointer?, bytes: Int, table: UnsafeMutablePointer<UInt16>?, forwardBlocks: Int, steps: Int) {
+        zeroBase = dC
+        zeroBytes = dC == nil ? 0 : bytes
+        let pieces = max(1, steps / 2)
+        pieceBytes = max(1 << 16, (zeroBytes / pieces + 4095) / 4096 * 4096)
+        zeroing = Chores(count: (zeroBytes + pieceBytes - 1) / pieceBytes)
+        self.table = table
+        forming = Chores(count: table == nil ? 0 : forwardBlocks)
+    }
+
+    /// What a worker needs to form F_f: its own block sums and a row (made on first use).
+    final class Scratch {
+        var sums: BlockSums<S>?, row: CCERuntime.Scratch<S>?
+    }
+
+    /// After forward block `f`: F_f if nobody has formed it, and the next piece of dC.
+    @inline(__always)
+    func afterForwardBlock(_ f: Int, _ operands: Operands<S>, _ scratch: Scratch) {
+        if table != nil, forming.claim(f) { form(f, operands, scratch) }
+        if let k = zeroing.claimNext() { zero(k) }
+    }
+
+    /// Before the backward: every piece left, then a wait for those others are doing. Returns
+    /// the seconds waited (PhaseTrace).
+    func complete(_ operands: Operands<S>, _ scratch: Scratch) -> Double {
+        if zeroing.allDone && forming.allDone { return 0 }
+        while let k = zeroing.claimNext() { zero(k) }
+        for f in 0..<forming.count where forming.claim(f) { form(f, operands, scratch) }
+        return zeroing.waitForAll() + forming.waitForAll()
+    }
+
+    private func zero(_ k: Int) {
+        let lo = k * pieceBytes
+        streamZero(zeroBase! + lo, bytes: min(pieceBytes, zeroBytes - lo))
+        zeroing.done()
+    }
+
+    private func form(_ f: Int, _ operands: Operands<S>, _ scratch: Scratch) {
+        let d = operands.d
+        if scratch.sums == nil { scratch.sums = BlockSums(plan: operands.plan, d: d); scratch.row = .init(count: d) }
+        scratch.sums!.forwardTable(operands, f, into: table! + f * d, row: scratch.row!.base)
+        forming.done()
+    }
+}
+
 extension Engine {
+    /// CCE_SETUP_CHORES from the environment (0 or 1; SweepChores.enabled), for measurements.
+    static let setupChoresOverride: Int? = Environment.integer("CCE_SETUP_CHORES", in: 0...1)
+
     /// CCE_SAVED_PER_ROW from the environment (0 to 65536), which overrides
     /// Options.savedLogitsPerRow: for experiments.
     static let savedPerRowOverride: Int? = Environment.integer("CCE_SAVED_PER_ROW", in: 0...65536)
@@ -412,10 +506,11 @@ extension Engine {
     /// A fused call's SavedLogits setting where it saves logits (savesLogits), and the table of
     /// every forward block's F_f for the estimate, formed once here by `workers` threads (nil
     /// without the estimate), in BFloat16 (V/VBf·D·2 bytes: 1 MB at V = 128256, D = 1024); the
-    /// setting points into the table, which must outlive it.
+    /// setting points into the table, which must outlive it. With `formLater` the table is left
+    /// unformed: the caller forms it (SweepChores) before the backward reads it.
     static func savedLogitsSetting<S: KernelScalar>(
         _ operands: Operands<S>, options: Options, backward: BackwardState<S>?, _ definition: LossDefinition<S>,
-        workers: Int
+        workers: Int, formLater: Bool = false
     ) -> (setting: SavedLogits<S>.Setting?, sums: Scratch<UInt16>?) {
         let savedPerRow = savedPerRowOverride ?? options.savedLogitsPerRow
         guard savesLogits(savedPerRow, backward, definition), operands.plan.tokenBlock <= SavedLogits<S>.maxRows,
@@ -424,7 +519,7 @@ extension Engine {
         let plan = operands.plan
         let forwardBlocks = (operands.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock
         let forwardSums = backward.policy.estimate ? Scratch<UInt16>(count: forwardBlocks * operands.d) : nil
-        if let forwardSums {
+        if let forwardSums, !formLater {
             let table = UncheckedSendable(forwardSums.base)
             Workers.run(workers) { w in
                 let sums = BlockSums<S>(plan: plan, d: operands.d), row = Scratch<S>(count: operands.d)

@@ -229,11 +229,12 @@ enum Forward {
     /// target logit where the target lies in these blocks, block statistics and saved logits
     /// as in `block`. With `seed`, the segment that starts at block 0 publishes each row's LSE
     /// over its first `seedBlocks` blocks, and a later one (keeping logits) waits for it and
-    /// keeps only entries that clear it too.
+    /// keeps only entries that clear it too. `afterBlock(j)` runs after each forward block j (the
+    /// fused call's set-up chores, Engine.swift: SweepChores).
     static func segment<S: KernelScalar>(
         _ operands: Operands<S>, _ workspace: Workspace<S>, first: Int, count: Int, loss definition: LossDefinition<S>,
         blocks: Range<Int>, into partials: ForwardPartials<S>, seed: SegmentSeed<S>? = nil,
-        blockStats: BlockStatistics?, saved: SavedLogits<S>?
+        blockStats: BlockStatistics?, saved: SavedLogits<S>?, afterBlock: ((Int) -> Void)? = nil
     ) {
         let vb = operands.plan.forwardVocabBlock
         let states = partials.states, sums = partials.sums, comps = partials.comps
@@ -268,6 +269,7 @@ enum Forward {
                 }
             }
             saved?.end(block: j)
+            afterBlock?(j)
             if j == min(blocks.upperBound, seedBlocks) - 1, blocks.lowerBound == 0, let seed {
                 for i in 0..<count { seed.values[i] = saved?.covers(row: i, block: j) == false ? S.infinity : states[i].value }
                 seed.publish()
