@@ -75,7 +75,7 @@ public struct PhaseTrace {
 /// worker writes only its own slots of one buffer allocated here (not Swift arrays, whose
 /// shared storage would be copied, racily, on the first write).
 public final class WorkerClock: @unchecked Sendable {
-    private static let fields = 5
+    private static let fields = 6
     private let workers: Int
     private let slots: UnsafeMutablePointer<Double>
 
@@ -88,17 +88,18 @@ public final class WorkerClock: @unchecked Sendable {
     deinit { slots.deallocate() }
 
     /// Records worker w's totals.
-    public func record(worker w: Int, busy: Double, waited: Double, forward: Double = 0,
+    /// Records worker w's totals (`products`: the part of `forward` spent in tile products).
+    public func record(worker w: Int, busy: Double, waited: Double, forward: Double = 0, products: Double = 0,
                        applying: Double = 0, ended: Double = 0) {
         let s = slots + w * Self.fields
-        s[0] = busy; s[1] = waited; s[2] = forward; s[3] = applying; s[4] = ended
+        s[0] = busy; s[1] = waited; s[2] = forward; s[3] = applying; s[4] = ended; s[5] = products
     }
 
     private func field(_ k: Int) -> [Double] { (0..<workers).map { slots[$0 * Self.fields + k] } }
 
     /// "workers busy min–max ms, waits min–max ms" (dC's hand-off, and a token block's slot
     /// or its first segment's seed: Engine.sweep), then per worker
-    /// forward/dC applied/waited/finished at, in ms.
+    /// forward (of it tile products)/dC applied/waited/finished at, in ms.
     public var summary: String {
         func ms(_ x: Double) -> String { "\(Int((x * 1e3).rounded()))" }
         func range(_ x: [Double]) -> String {
@@ -106,8 +107,11 @@ public final class WorkerClock: @unchecked Sendable {
             return "\((lo * 1e4).rounded() / 10)–\((hi * 1e4).rounded() / 10) ms"
         }
         let (busy, waited, forward, applying, ended) = (field(0), field(1), field(2), field(3), field(4))
-        let each = (0..<workers).map { "\(ms(forward[$0]))/\(ms(applying[$0]))/\(ms(waited[$0]))/\(ms(ended[$0]))" }
+        let products = field(5)
+        let each = (0..<workers).map {
+            "\(ms(forward[$0]))(\(ms(products[$0])))/\(ms(applying[$0]))/\(ms(waited[$0]))/\(ms(ended[$0]))"
+        }
         return "\(workers) workers busy \(range(busy)), waiting (dC's hand-off, token block slots) \(range(waited))"
-            + "; per worker forward/dC applied/waited/finished ms: " + each.joined(separator: " ")
+            + "; per worker forward(of it tile products)/dC applied/waited/finished ms: " + each.joined(separator: " ")
     }
 }

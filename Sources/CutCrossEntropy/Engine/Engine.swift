@@ -17,10 +17,11 @@
 //              the forward runs in two pieces, with a lower bound of the global LSE
 //              exchanged between them (`exchangeSeeds`)
 //
-// Set-up, in order: the classifier's pages interleaved over NUMA nodes (it is read by
-// every worker; not a classifier that borrows the C ABI caller's memory), the vocabulary
-// order (VocabularyOrder.swift), the output buffers (zeroed, every page written now) and, for
-// the kahan accumulation, the compensation rows. Workers take work items in a fixed order as
+// Set-up, in order: the output buffers (zeroed, every page written now; a fused call's
+// caller-given dC is zeroed during its forward instead, SweepChores, as is the table of the
+// dropped-mass estimate), for the kahan accumulation the compensation rows, the classifier's
+// pages interleaved over NUMA nodes (it is read by every worker; not a classifier that
+// borrows the C ABI caller's memory), and the vocabulary order (VocabularyOrder.swift). Workers take work items in a fixed order as
 // they finish the previous one (Counter in CCERuntime/Workers.swift: faster workers take
 // more): in the forward and fused passes an item is one vocabulary segment of one token
 // block (a quarter of V at V = 128256), so a fast worker takes part of a slow one's block
@@ -362,12 +363,13 @@ enum Engine {
                                   publish: { seedTurns.pass(slot: index, turn: turn) },
                                   wait: { workspace.handOffWait += seedTurns.wait(slot: index, turn: turn + 1) })
                     : nil
-                let t0 = PhaseTrace.enabled ? monotonicSeconds() : 0
+                let t0 = PhaseTrace.enabled ? monotonicSeconds() : 0, w0 = workspace.handOffWait
                 Forward.segment(operands, workspace, first: first, count: count, loss: definition,
                                 blocks: plan.segmentBlocks(s, forwardBlocks: forwardBlocks),
                                 into: slot.partials.segment(s), seed: seed,
                                 blockStats: slot.blockStats, saved: slot.saved?.parts[s], afterBlock: afterBlock)
-                if PhaseTrace.enabled { workspace.forwardTime += monotonicSeconds() - t0 }
+                // (A later segment's wait for the first one's seed counts as waiting, not as forward.)
+                if PhaseTrace.enabled { workspace.forwardTime += monotonicSeconds() - t0 - (workspace.handOffWait - w0) }
                 // The block's last segment: what the others wrote is visible from here on.
                 guard slot.remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { continue }
                 slot.remaining.store(segments, ordering: .relaxed)
@@ -385,7 +387,8 @@ enum Engine {
             if PhaseTrace.enabled {
                 let now = monotonicSeconds()
                 clock.record(worker: w, busy: now - started - workspace.handOffWait, waited: workspace.handOffWait,
-                             forward: workspace.forwardTime, applying: workspace.applyTime, ended: now - sweepStart)
+                             forward: workspace.forwardTime, products: workspace.productTime,
+                             applying: workspace.applyTime, ended: now - sweepStart)
             }
         }
         withExtendedLifetime(forwardSums) {}   // savedSetting points into it

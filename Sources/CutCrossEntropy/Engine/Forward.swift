@@ -246,7 +246,9 @@ enum Forward {
         for j in blocks {
             let v0 = j * vb, vc = min(vb, operands.v - v0)
             saved?.begin(block: j)
+            let t0 = PhaseTrace.enabled ? monotonicSeconds() : 0
             workspace.product(operands, count: count, v0: v0, vc: vc, ldo: vb)
+            if PhaseTrace.enabled { workspace.productTime += monotonicSeconds() - t0 }
             for i in 0..<count {
                 let row = workspace.tile.base + i * vb
                 if let bias = operands.bias {

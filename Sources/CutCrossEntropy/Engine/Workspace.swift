@@ -139,8 +139,9 @@ final class Workspace<S: KernelScalar> {
     let d: Int
     let vb: Int
     /// Seconds this worker waited (in dC's hand-off, for a token block's slot or seed), spent in
-    /// the forward, and spent applying dC updates (measured only under CCE_TRACE).
-    var handOffWait = 0.0, forwardTime = 0.0, applyTime = 0.0
+    /// the forward (and of it in its tile products), and spent applying dC updates (measured only
+    /// under CCE_TRACE).
+    var handOffWait = 0.0, forwardTime = 0.0, applyTime = 0.0, productTime = 0.0
 
     init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
          partials: Bool = false, estimate: Bool = false, skippedEstimates: Bool = false,
