@@ -87,7 +87,6 @@ public final class WorkerClock: @unchecked Sendable {
 
     deinit { slots.deallocate() }
 
-    /// Records worker w's totals.
     /// Records worker w's totals (`products`: the part of `forward` spent in tile products).
     public func record(worker w: Int, busy: Double, waited: Double, forward: Double = 0, products: Double = 0,
                        applying: Double = 0, ended: Double = 0) {

@@ -21,8 +21,8 @@
 // caller-given dC is zeroed during its forward instead, SweepChores, as is the table of the
 // dropped-mass estimate), for the kahan accumulation the compensation rows, the classifier's
 // pages interleaved over NUMA nodes (it is read by every worker; not a classifier that
-// borrows the C ABI caller's memory), and the vocabulary order (VocabularyOrder.swift). Workers take work items in a fixed order as
-// they finish the previous one (Counter in CCERuntime/Workers.swift: faster workers take
+// borrows the C ABI caller's memory), and the vocabulary order (VocabularyOrder.swift).
+// Workers take work items in a fixed order as they finish the previous one (Counter in CCERuntime/Workers.swift: faster workers take
 // more): in the forward and fused passes an item is one vocabulary segment of one token
 // block (a quarter of V at V = 128256), so a fast worker takes part of a slow one's block
 // instead of waiting for it, and in the fused and backward passes a block's backward is a
@@ -291,6 +291,7 @@ enum Engine {
             ? savedLogitsSetting(operands, options: options, backward: backward, definition, workers: workers,
                                  formLater: SweepChores<S>.enabled)
             : (nil, nil)
+        if forwardSums != nil && !SweepChores<S>.enabled { trace.mark("estimate sums") }
         let slots = pass == .backward ? [] : (0..<min(workers, blocks)).map { _ in
             BlockSlot<S>(plan: plan, d: operands.d, segments: segments, parts: parts, forwardBlocks: forwardBlocks,
                          statistics: pass == .fused, saved: savedSetting)
@@ -298,7 +299,6 @@ enum Engine {
         let slotTurns = HandOff(count: slots.count), seedTurns = HandOff(count: slots.count)
         let readyTurns = HandOff(count: slots.count)
         let window = max(1, slots.count)
-        if forwardSums != nil && !SweepChores<S>.enabled { trace.mark("estimate sums") }
         let chores = pass == .fused && SweepChores<S>.enabled && (zeroC?.count ?? 0) + (forwardSums == nil ? 0 : 1) > 0
             ? SweepChores<S>(dC: zeroC?.baseAddress, bytes: zeroC?.count ?? 0, table: forwardSums?.base,
                              forwardBlocks: forwardBlocks, steps: window * forwardBlocks)
@@ -322,7 +322,7 @@ enum Engine {
                                          readsSavedLogits: savedSetting != nil,
                                          denseUpdates: pass != .forward && backward?.policy.densePrediction == true)
             var workerStats = FilterStatistics()
-            let choreScratch = SweepChores<S>.Scratch()
+            let choreScratch = SweepChores<S>.TableScratch()
             let afterBlock: ((Int) -> Void)? = chores.map { c in { f in c.afterForwardBlock(f, operands, choreScratch) } }
             var loaded = (first: -1, count: 0)   // the E rows the workspace holds
             func load(_ first: Int, _ count: Int) {
@@ -464,20 +464,20 @@ final class SweepChores<S: KernelScalar>: @unchecked Sendable {
     }
 
     /// What a worker needs to form F_f: its own block sums and a row (made on first use).
-    final class Scratch {
-        var sums: BlockSums<S>?, row: CCERuntime.Scratch<S>?
+    final class TableScratch {
+        var sums: BlockSums<S>?, row: Scratch<S>?
     }
 
     /// After forward block `f`: F_f if nobody has formed it, and the next piece of dC.
     @inline(__always)
-    func afterForwardBlock(_ f: Int, _ operands: Operands<S>, _ scratch: Scratch) {
+    func afterForwardBlock(_ f: Int, _ operands: Operands<S>, _ scratch: TableScratch) {
         if table != nil, forming.claim(f) { form(f, operands, scratch) }
         if let k = zeroing.claimNext() { zero(k) }
     }
 
     /// Before the backward: every piece left, then a wait for those others are doing. Returns
     /// the seconds waited (PhaseTrace).
-    func complete(_ operands: Operands<S>, _ scratch: Scratch) -> Double {
+    func complete(_ operands: Operands<S>, _ scratch: TableScratch) -> Double {
         if zeroing.allDone && forming.allDone { return 0 }
         while let k = zeroing.claimNext() { zero(k) }
         for f in 0..<forming.count where forming.claim(f) { form(f, operands, scratch) }
@@ -490,7 +490,7 @@ final class SweepChores<S: KernelScalar>: @unchecked Sendable {
         zeroing.done()
     }
 
-    private func form(_ f: Int, _ operands: Operands<S>, _ scratch: Scratch) {
+    private func form(_ f: Int, _ operands: Operands<S>, _ scratch: TableScratch) {
         let d = operands.d
         if scratch.sums == nil { scratch.sums = BlockSums(plan: operands.plan, d: d); scratch.row = .init(count: d) }
         scratch.sums!.forwardTable(operands, f, into: table! + f * d, row: scratch.row!.base)
