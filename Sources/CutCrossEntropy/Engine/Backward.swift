@@ -77,8 +77,7 @@
 //   2. recompute         their logit tile;
 //   3. toGradients       logits -> dy, the filter, the estimate of filtered segments;
 //   4. updateE           dE of the kept rows (the worker's own rows, at once);
-//   2-4. fromSaved       the same for the rows whose logits the forward kept (their dE
-//                        once a forward block: addPendingE);
+//   2-4. fromSaved       the same for the rows whose logits the forward kept;
 //   5. queueC / flush    dC and dBias of the kept rows, in the hand-off's order;
 //   6. estimateSkipped   at the end of a forward block, the estimate of the rows the bound
 //                        skipped without recomputing them (their coefficients; one rank
@@ -211,7 +210,7 @@ enum Backward {
                 // then all of them, in token order, to dC.
                 updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
                 fromSaved(operands, state, workspace, saved, bound: bound, &rows, first: first, count: count,
-                          v0: v0, vc: vc, startsForward: startsForward, endsForward: endsForward, loss: definition)
+                          v0: v0, vc: vc, startsForward: startsForward, loss: definition)
                 queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.kept)
             } else if rows.forC == rows.kept {
                 queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
@@ -284,8 +283,8 @@ enum Backward {
     /// elsewhere (each entry left out has |∂loss/∂z| < ε/16, which dC's entry filter zeroes
     /// anyway), and is kept by the same rule as a recomputed row. Its dE update runs over its
     /// kept entries alone (one FMA chain per element over them, in column order: only their C
-    /// rows are read), once for the whole forward block at its end (addPendingE); then the kept
-    /// rows join the recomputed ones (tile rows 0 ..< rows.kept) in token order, for dC. At the start of the forward block each such row gets the
+    /// rows are read); then the kept rows join the recomputed ones (tile rows 0 ..< rows.kept)
+    /// in token order, for dC. At the start of the forward block each such row gets the
     /// estimate's residual of what was not kept, r_iF = g_i·[coef_i·e^(U_iF − lse_i) −
     /// (α/V)·(|F| − n_iF)], U_iF being the log-sum-exp of the entries not kept (the forward's
     /// block statistics) and n_iF how many were; the kept entries of a row that is not kept
@@ -294,16 +293,13 @@ enum Backward {
     static func fromSaved<S: KernelScalar>(
         _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, _ saved: SavedLogits<S>,
         bound: BlockStatistics, _ rows: inout KeptRows, first: Int, count: Int, v0: Int, vc: Int,
-        startsForward: Bool, endsForward: Bool, loss definition: LossDefinition<S>
+        startsForward: Bool, loss definition: LossDefinition<S>
     ) {
-        let forwardVB = operands.plan.forwardVocabBlock, vb = workspace.vb
+        let forwardVB = operands.plan.forwardVocabBlock, vb = workspace.vb, d = operands.d
         let f = v0 / forwardVB
         let smooth = definition.smoothingShare, eps = state.epsilon
         let estimate = state.policy.estimate
         let o = workspace.savedRowOffset   // saved row o + i is this part's row i
-        let pendingE = workspace.fromSaved.pendingE.base
-        if startsForward { for i in 0..<count { pendingE[i] = 0 } }
-        defer { if endsForward { addPendingE(operands, state, workspace, saved, first: first, count: count, forwardBlock: f) } }
         if startsForward && estimate {
             let width = S(min(forwardVB, operands.v - f * forwardVB))
             for i in 0..<count where saved.covers(row: o + i, block: f) {
@@ -317,7 +313,7 @@ enum Backward {
         }
         let q0 = v0 - f * forwardVB, q1 = q0 + vc
         let scratch = workspace.fromSaved
-        let tile = scratch.tile.base, columns = scratch.columns.base
+        let tile = scratch.tile.base, cRows = scratch.cRows.base, columns = scratch.columns.base
         var kept = 0
         for i in 0..<count where saved.covers(row: o + i, block: f) {
             var e = Int(saved.rowStart.base[o + i])
@@ -335,6 +331,7 @@ enum Backward {
                 row[q - q0] = gq
                 sum += gq
                 columns[n] = q - q0
+                cRows[n] = operands.sortedCRow(v0 + q - q0)
                 n += 1; e += 1
             }
             let targetPosition = Int(operands.targetPosition[first + i]) - v0
@@ -345,16 +342,10 @@ enum Backward {
             }
             if hasTarget { row[targetPosition] -= definition.targetShare(token: first + i) }
             scaleRow(row, count: vc, by: g)
-            // dE_i += Σ over the kept entries of dy·C_v, in column order: their dy wait, in the
-            // row's own saved entries already read (in place, after those that wait already),
-            // for the end of the forward block, where one update adds them all (addPendingE).
-            let start = Int(saved.rowStart.base[o + i]), w = start + pendingE[i]
-            let rowBits = saved.keys.base[start] & 0xFF00
-            for t in 0..<n {
-                saved.values.base[w + t] = row[columns[t]]
-                saved.keys.base[w + t] = rowBits | UInt16(q0 + columns[t])
-            }
-            pendingE[i] += n
+            // dE_i += Σ over the kept entries of dy·C_v, in column order.
+            for t in 0..<n { scratch.dy.base[t] = row[columns[t]] }
+            addEntries(operands, dE: state.outputs.dE + Int(operands.problem.rows[first + i]) * d,
+                       values: scratch.dy.base, rows: cRows, count: n, scratch: scratch.cRow.base)
             scratch.keep.base[kept] = i
             kept += 1
         }
@@ -374,28 +365,6 @@ enum Backward {
             out -= 1
         }
         rows.kept += kept; rows.forC += kept
-    }
-
-    /// At the end of forward block `forwardBlock`: each saved row's dE += Σ dy·C_v over the
-    /// entries of its kept row segments in the block (fromSaved put their dy and columns, in
-    /// column order, at the front of the row's saved entries), one update a row. Each dE element
-    /// is one FMA chain over those entries in column order, continued from its value: the bits
-    /// of one update per vocabulary block, with a quarter of the calls and of the passes over
-    /// the dE row (VBf = 4·VB).
-    static func addPendingE<S: KernelScalar>(
-        _ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>, _ saved: SavedLogits<S>,
-        first: Int, count: Int, forwardBlock f: Int
-    ) {
-        let scratch = workspace.fromSaved, pendingE = scratch.pendingE.base, d = operands.d
-        let o = workspace.savedRowOffset, v0 = f * operands.plan.forwardVocabBlock
-        for i in 0..<count where pendingE[i] > 0 {
-            let start = Int(saved.rowStart.base[o + i]), n = pendingE[i]
-            for t in 0..<n { scratch.blockCRows.base[t] = operands.sortedCRow(v0 + Int(saved.keys.base[start + t] & 0xFF)) }
-            addEntries(operands, dE: state.outputs.dE + Int(operands.problem.rows[first + i]) * d,
-                       values: saved.values.base + start, rows: scratch.blockCRows.base, count: n,
-                       scratch: scratch.cRow.base)
-            pendingE[i] = 0
-        }
     }
 
     /// dE_row += Σ_t values[t]·C_t over `count` C rows (stored type), one FMA chain per element

@@ -713,23 +713,20 @@ final class SavedSegments<S: KernelScalar>: @unchecked Sendable {
 
 /// A worker's scratch for the backward from saved logits (Backward.fromSaved), whichever token
 /// block's SavedLogits it reads: the kept rows built from saved entries before they merge into
-/// the tile (NB x VB) and which rows they are; one row's columns in the block, and one C row
-/// converted (portable path); per row, how many dE entries of the current forward block wait
-/// for its end, and their C rows then (VBf). Empty (count 0) in a workspace that never reads
-/// them.
+/// the tile (NB x VB) and which rows they are; one row's entries: columns, dy, C rows, and one
+/// C row converted (portable path). Empty (count 0) in a workspace that never reads them.
 struct FromSavedScratch<S: KernelScalar> {
     let tile: Scratch<S>
     let keep: Scratch<Int>
     let columns: Scratch<Int>
+    let dy: Scratch<S>
+    let cRows: Scratch<UnsafeRawPointer>
     let cRow: Scratch<S>
-    let pendingE: Scratch<Int>
-    let blockCRows: Scratch<UnsafeRawPointer>
 
     init(plan: TilePlan, d: Int, used: Bool) {
         let nb = used ? plan.tokenBlock : 0, vb = used ? plan.vocabBlock : 0
         tile = Scratch(count: nb * vb); keep = Scratch(count: nb)
-        columns = Scratch(count: vb); cRow = Scratch(count: used ? d : 0)
-        pendingE = Scratch(count: nb); blockCRows = Scratch(count: used ? plan.forwardVocabBlock : 0)
+        columns = Scratch(count: vb); dy = Scratch(count: vb); cRows = Scratch(count: vb); cRow = Scratch(count: used ? d : 0)
     }
 }
 
