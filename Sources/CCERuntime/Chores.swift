@@ -13,9 +13,6 @@
 
 import CNUMA
 import Synchronization
-#if canImport(Glibc)
-import Glibc
-#endif
 
 public final class Chores: @unchecked Sendable {
     private let claimed: UnsafeMutablePointer<Atomic<Bool>>
@@ -67,16 +64,7 @@ public final class Chores: @unchecked Sendable {
     /// claiming and doing the pieces left, so that it waits only for pieces other workers are
     /// doing. Returns the seconds it waited when PhaseTrace is enabled, else 0.
     @discardableResult
-    public func waitForAll() -> Double {
-        if allDone { return 0 }
-        let start = PhaseTrace.enabled ? monotonicSeconds() : 0
-        var spins = 0
-        while !allDone {
-            spins += 1
-            if spins > 64 { sched_yield() }
-        }
-        return PhaseTrace.enabled ? monotonicSeconds() - start : 0
-    }
+    public func waitForAll() -> Double { spinUntil { allDone } }
 }
 
 /// Zeroes `bytes` bytes at `base` with non-temporal stores where the CPU has them (x86-64),

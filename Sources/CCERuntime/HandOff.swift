@@ -37,14 +37,7 @@ public final class HandOff: @unchecked Sendable {
     /// yet, else 0.
     @inline(__always) @discardableResult
     public func wait(slot: Int, turn: Int) -> Double {
-        if tickets[slot].load(ordering: .acquiring) == turn { return 0 }
-        let start = PhaseTrace.enabled ? monotonicSeconds() : 0
-        var spins = 0
-        while tickets[slot].load(ordering: .acquiring) != turn {
-            spins += 1
-            if spins > 64 { sched_yield() }
-        }
-        return PhaseTrace.enabled ? monotonicSeconds() - start : 0
+        spinUntil { tickets[slot].load(ordering: .acquiring) == turn }
     }
 
     /// Whether slot `slot` is at `turn` now (acquire), without waiting.
@@ -58,4 +51,19 @@ public final class HandOff: @unchecked Sendable {
     public func pass(slot: Int, turn: Int) {
         tickets[slot].store(turn + 1, ordering: .releasing)
     }
+}
+
+/// Spins until `ready()` holds, yielding the CPU after a while (on an oversubscribed machine
+/// the thread awaited may need the core): the wait of HandOff and Chores. Returns the seconds
+/// it waited when PhaseTrace is enabled and `ready()` did not hold at once, else 0.
+@inline(__always)
+func spinUntil(_ ready: () -> Bool) -> Double {
+    if ready() { return 0 }
+    let start = PhaseTrace.enabled ? monotonicSeconds() : 0
+    var spins = 0
+    while !ready() {
+        spins += 1
+        if spins > 64 { sched_yield() }
+    }
+    return PhaseTrace.enabled ? monotonicSeconds() - start : 0
 }

@@ -5,8 +5,8 @@
 # rounds, medians of 5 (3 below 16 threads); then one traced 16-thread loss+grad call of each.
 #   bash scripts/device/bundles_ab.sh "NAME=BUNDLE[,VAR=VALUE...] ..." "THREAD COUNTS" ROUNDS
 # e.g. "base=.gpu/base.tar.xz new=.gpu/bundle.tar.xz seg16=.gpu/bundle.tar.xz,CCE_VOCAB_SEGMENTS=16" "16" 3.
-# Lines on stdout (collect_bench.py), every run in $OUT/${AB_NAME:-bundles}_ab.json, the traces
-# in $OUT/traces.txt. (env_ab.sh is this with one bundle and one setting's values.)
+# Lines on stdout (collect_bench.py), every run in $OUT/${AB_NAME:-bundles}_ab.json (the per-run
+# files are removed: the device returns few files), the traces in $OUT/traces.txt. (env_ab.sh is this with one bundle and one setting's values.)
 set -uo pipefail
 CONFIGS=$1 THREADS=$2 ROUNDS=$3
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -37,4 +37,4 @@ for c in $CONFIGS; do
   one "$c" trace 16 2 CCE_TRACE=1 2>&1 | grep -E "cce trace fused" >> "$OUT/traces.txt"
 done
 python3 scripts/device/collect_bench.py "$OUT" 't*_r*.json' "${AB_NAME:-bundles}_ab.json"
-cat "$OUT"/*.err 2>/dev/null | sort | uniq -c | head; rm -f "$OUT"/*.err
+cat "$OUT"/*.err 2>/dev/null | sort | uniq -c | head; rm -f "$OUT"/*.err "$OUT"/t*_r*.json

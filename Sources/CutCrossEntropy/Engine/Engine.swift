@@ -195,7 +195,7 @@ enum Engine {
                                                                  compC: compensated ? compC.baseAddress : nil,
                                                                  touched: direct?.touchedRows))
                         : nil
-                    if call.pass == .fused, let exchange = call.exchange, let parts, let backward {
+                    if exchanging, let exchange = call.exchange, let parts, let backward {
                         // The shard's partials out, the global LSE back into `lse`.
                         let smoothing = call.options.labelSmoothing > 0
                         let handOver = { (tokens: Range<Int>) -> Bool in
@@ -299,7 +299,7 @@ enum Engine {
         let slotTurns = HandOff(count: slots.count), seedTurns = HandOff(count: slots.count)
         let readyTurns = HandOff(count: slots.count)
         let window = max(1, slots.count)
-        let chores = pass == .fused && SweepChores<S>.enabled && (zeroC?.count ?? 0) + (forwardSums == nil ? 0 : 1) > 0
+        let chores = pass == .fused && SweepChores<S>.enabled && (zeroC != nil || forwardSums != nil)
             ? SweepChores<S>(dC: zeroC?.baseAddress, bytes: zeroC?.count ?? 0, table: forwardSums?.base,
                              forwardBlocks: forwardBlocks, steps: window * forwardBlocks)
             : nil
