@@ -850,6 +850,53 @@ CCE_INLINE void stretch_chains(float *out, long n, const float *values, const vo
     }
 }
 
+// The bf16 rows' pairs, 32 columns to a 64-byte load: the pair's first element becomes a
+// Float32 by a left shift, its second by masking the low half away (one operation for 16
+// values where widening takes two, one of them a shuffle). out's 32 columns are split into
+// their even and odd ones to match, and interleaved back at the end: every element is the
+// same FMA chain over the same terms, in the same order, as in stretch_chains.
+CCE_INLINE void sparse_update_bf16(float *out, long n, const float *values, const void *const *b, long width,
+                                   const float *next) {
+    const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
+    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odds = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    const __m512i firsts = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i seconds = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    for (long j0 = 0; j0 < width; j0 += 256) {
+        const long nc = width - j0 < 256 ? width - j0 : 256;
+        __m512 e[8], o[8];
+        __mmask32 k[8];
+        __mmask16 k0[8], k1[8];
+        if (next) prefetch_stretch(next, j0, nc, 4);
+        _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++) {
+            const long left = nc - 32 * c;
+            k[c] = left >= 32 ? ~(__mmask32)0 : left <= 0 ? 0 : (__mmask32)((1ull << left) - 1);
+            k0[c] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+            k1[c] = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+            const __m512 lo = _mm512_maskz_loadu_ps(k0[c], out + j0 + 32 * c);
+            const __m512 hi = _mm512_maskz_loadu_ps(k1[c], out + j0 + 32 * c + 16);
+            e[c] = _mm512_permutex2var_ps(lo, evens, hi);
+            o[c] = _mm512_permutex2var_ps(lo, odds, hi);
+        }
+        for (long t = 0; t < n; t++) {
+            if (t + 4 < n) prefetch_stretch(b[t + 4], j0, nc, 2);
+            const uint16_t *row = (const uint16_t *)b[t] + j0;
+            const __m512 x = _mm512_set1_ps(values[t]);
+            _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++)
+                if (32 * c < nc) {
+                    const __m512i w = _mm512_maskz_loadu_epi16(k[c], row + 32 * c);
+                    e[c] = _mm512_fmadd_ps(x, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), e[c]);
+                    o[c] = _mm512_fmadd_ps(x, _mm512_castsi512_ps(_mm512_and_si512(w, high)), o[c]);
+                }
+        }
+        _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++)
+            if (32 * c < nc) {
+                _mm512_mask_storeu_ps(out + j0 + 32 * c, k0[c], _mm512_permutex2var_ps(e[c], firsts, o[c]));
+                _mm512_mask_storeu_ps(out + j0 + 32 * c + 16, k1[c], _mm512_permutex2var_ps(e[c], seconds, o[c]));
+            }
+    }
+}
+
 // dC's sparse update: out[j] += Σ_t values[t] · b_t[j] over t < nnz, each element one FMA
 // chain in t order. Given the nonzero terms of a dense chain in its order, this is the dense
 // chain's sum bit for bit: a left-out term 0·b_q adds ±0, which leaves every value but −0
@@ -858,7 +905,11 @@ CCE_INLINE void stretch_chains(float *out, long n, const float *values, const vo
 CCE_AVX512
 void cce_fma_sparse_update(float *out, long nnz, const float *values, const void *const *b, int type, long width,
                            const float *next) {
-    stretch_chains(out, nnz, values, b, type, width, 1, next);
+    switch (type) {  // one specialized loop per storage type
+    case CCE_STORAGE_BF16: sparse_update_bf16(out, nnz, values, b, width, next); break;
+    case CCE_STORAGE_F32: stretch_chains(out, nnz, values, b, CCE_STORAGE_F32, width, 1, next); break;
+    default: stretch_chains(out, nnz, values, b, CCE_STORAGE_F16, width, 1, next); break;
+    }
 }
 
 // The dropped-mass estimate's block sums: out[j] = Σ_{r < count} rows[r][j] for j < width, each
