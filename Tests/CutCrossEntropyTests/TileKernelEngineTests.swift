@@ -153,17 +153,18 @@ final class RankUpdateAVX512Tests: XCTestCase {
 
 /// dC's sparse update against the dense 512-bit rank update (not blocked) on the same A with
 /// most entries zero: each out row given only its nonzero terms, in order, must come out with
-/// the dense chain's bits, for bf16 and Float32 b rows and widths that are no multiple of 64.
+/// the dense chain's bits, for bf16, Float16 and Float32 b rows (each its own loop: bf16 in
+/// pairs of columns) and widths that are no multiple of 64.
 final class SparseUpdateAVX512Tests: XCTestCase {
     func testBitwiseTheDenseRankUpdate() throws {
         guard hasAVX512 else { throw XCTSkip("this CPU has no AVX-512: the sparse update cannot run here") }
         var rng = SeededRandom(seed: 13)
         for (m, k, w) in [(1, 1, 1), (7, 40, 65), (20, 62, 1024), (3, 258, 130)] {
-            for bType in [ElementType.bfloat16, .float32] {
+            for bType in [ElementType.bfloat16, .float16, .float32] {
                 // About one entry in eight nonzero, and one row with none (it must stay as it was).
                 let a = (0..<(m * k)).map { i -> Float in i / k == m / 2 || rng.uniform() > 0.125 ? 0 : Float(rng.normal()) }
                 let b32 = (0..<(k * w)).map { _ in Float(rng.normal()) }
-                let b16 = b32.map(bfloat16Bits)
+                let b16 = bType == .float16 ? b32.map { Float16($0).bitPattern } : b32.map(bfloat16Bits)
                 let start = (0..<(m * w)).map { _ in Float(rng.normal()) }
                 var dense = start, sparse = start
                 let (ars, aks) = (1, m)   // dC's layout: A read by columns
