@@ -15,13 +15,18 @@
 //
 // The kernels (contract and layouts in cce_avx512.h):
 //
-// 1. bf16 dot product (cce_bf16_*). E is packed once per token block into MR = 12-row
-//    panels of bf16 pairs, pair-major, so one 32-bit broadcast (folded into the
-//    instruction's memory operand) feeds a vdpbf16ps. For every chunk of KCP = 256 pairs
-//    (the outer loop: the E panels' chunk stays in L2 across the columns) and every
-//    NR = 32 columns, the C rows are transposed into a 32 x 256-pair panel (32 KiB, in L1
-//    while every E panel streams past it). The 12 x 32 microkernel keeps 24 accumulators
-//    in zmm registers: per pair, two loads of C, 12 broadcasts of E, 24 vdpbf16ps.
+// 1. bf16 dot product (cce_bf16_*). E is packed once per token block into MR = 32-row
+//    panels of bf16 pairs, pair-major (word q·32 + t = token t's pair q), so that two
+//    vector loads give 32 tokens' pair q. C is not packed: for every NR = 12 C rows the
+//    microkernel broadcasts each row's pair q (one 32-bit load from the row itself) and
+//    multiplies it into both vectors, over every E panel of the block in turn (the 12 rows,
+//    24 KiB at D = 1024, stay in L1/L2 meanwhile; the next 12 rows are prefetched into L2).
+//    The 32 x 12 microkernel keeps 24 accumulators in zmm registers: per pair, two loads of
+//    E, 12 broadcasts of C, 24 vdpbf16ps; at the end it transposes them to token rows
+//    (16 x 16 transposes, four vectors zero) and stores 12 columns a row. An earlier
+//    version broadcast E and transposed C into 32-column panels for every token block: the
+//    same bits, but the transposes cost about 5% of the tile products at 132-row blocks
+//    (Docs/PERFORMANCE.md).
 //    Summation order: each output is one chain over the pairs q = 0, 1, …, pairs(d) − 1,
 //    from +0: s ← s + e[2q+1]·c[2q+1], then s ← s + e[2q]·c[2q], each step one Float32
 //    rounding (to nearest even) of an exact product (a bf16 x bf16 product is exact in
@@ -38,8 +43,8 @@
 //
 // 3. AMX tile products (cce_amx_*), for CPUs with AMX-BF16 (Sapphire Rapids and later):
 //    E packed once per token block into 16-row x 32-element tiles, C rows transposed per 32
-//    columns by the bf16 kernel's packer (its pair panel is AMX's B layout, 128 bytes a
-//    row), 32 x 32 output blocks in four accumulator tiles, tdpbf16ps over 32-element
+//    columns by bf16_pack_columns (the pair panel the bf16 kernel packs its E rows into:
+//    AMX's B layout, 128 bytes a row), 32 x 32 output blocks in four accumulator tiles, tdpbf16ps over 32-element
 //    chunks; whole blocks load and store their partial sums straight from and to out, edge
 //    blocks go through a 32 x 32 scratch block. Summation order and flushes: cce_avx512.h.
 //    The tile permission (Linux arch_prctl) is asked once per process; each product call
@@ -79,8 +84,11 @@
 #define CCE_INLINE static inline __attribute__((always_inline)) CCE_AVX512
 #define CCE_INLINE_BF16 static inline __attribute__((always_inline)) CCE_AVX512_BF16
 
-#if CCE_BF16_NR != 32 || CCE_FMA_NR != 32
-#error "the microkernels are written for NR = 32"
+#if CCE_FMA_NR != 32
+#error "the fma microkernel is written for NR = 32"
+#endif
+#if CCE_BF16_MR != 32 || CCE_BF16_NR > 16
+#error "the bf16 microkernel is written for 32-row E panels and at most 16 C rows"
 #endif
 
 // MARK: - CPU features
@@ -120,7 +128,7 @@ int cce_cpu_is_amd(void) {
 size_t cce_bf16_row_panel_words(long m, long d) {
     return (size_t)((m + CCE_BF16_MR - 1) / CCE_BF16_MR * CCE_BF16_MR * ((d + 1) / 2));
 }
-size_t cce_bf16_column_panel_words(void) { return (size_t)CCE_BF16_NR * CCE_BF16_KCP; }
+size_t cce_bf16_column_panel_words(void) { return 16; }
 size_t cce_fma_column_panel_floats(void) { return (size_t)CCE_FMA_NR * CCE_FMA_KC; }
 
 // MARK: - Loads and the 16 x 16 transpose
@@ -227,27 +235,9 @@ static void zero_rows(long m, long n, long mr, float *out, long ldo, const bool 
 // MARK: - The bf16 dot-product kernel
 
 #define DP_STEP(s, x, b) _mm512_dpbf16_ps((s), (__m512bh)(x), (__m512bh)(b))
-#define DP_BCAST(v) _mm512_set1_epi32((int)(v))
-DEFINE_KERNEL(bf16_kernel, CCE_AVX512_BF16, CCE_BF16_MR, uint32_t, DP_BCAST, DP_STEP)
 
-CCE_AVX512_BF16
-void cce_bf16_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) {
-    const long mr = CCE_BF16_MR, dp = (d + 1) / 2;
-    const __mmask16 rowMask = (__mmask16)((1u << mr) - 1);
-    for (long p = 0; p * mr < m; p++) {
-        uint32_t *panel = dst + p * mr * dp;
-        for (long q0 = 0; q0 < dp; q0 += 16) {
-            __m512i r[16];
-            for (int i = 0; i < 16; i++) {
-                long row = p * mr + i;
-                r[i] = load_pairs(i < mr && row < m ? rows[row] : NULL, q0, d);
-            }
-            transpose16(r);
-            long qn = dp - q0 < 16 ? dp - q0 : 16;
-            for (long q = 0; q < qn; q++) _mm512_mask_storeu_epi32(panel + (q0 + q) * mr, rowMask, r[q]);
-        }
-    }
-}
+// A C row's pair q as one word, read in place (C rows are 2-byte aligned).
+typedef uint32_t cce_word_unaligned __attribute__((aligned(1), may_alias));
 
 // Pairs q0 ..< q0 + kq of rows[0 ..< n] (n ≤ 32) into panel[q · 32 + j]; rows ≥ n zero.
 // The same pairs of next[0 ..< nextN] (the following panel's rows) are prefetched meanwhile:
@@ -283,38 +273,93 @@ CCE_INLINE void prefetch_pairs(const uint16_t *const *rows, long n, long q0, lon
 }
 
 CCE_AVX512_BF16
+void cce_bf16_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) {
+    const long mr = CCE_BF16_MR, dp = (d + 1) / 2;
+    for (long p = 0; p * mr < m; p++) {
+        long rows_here = m - p * mr < mr ? m - p * mr : mr;
+        bf16_pack_columns(rows + p * mr, rows_here, d, 0, dp, dst + p * mr * dp, NULL, 0);
+    }
+}
+
+// The microkernel: out[t·ldo + v] = Σ_q e[q·32 + t] ⊙ c_v's pair q for t < mc, v < nc, from +0.
+// The 12 C rows are broadcast a pair at a time from their own memory (the broadcast folds into
+// vdpbf16ps's memory operand); the E panel's 32 tokens are two vectors; 24 accumulators, one
+// per C row and half of the panel, are transposed to token rows at the end (16 x 16 with four
+// zero vectors). An odd d's last pair reads c_v's last element alone (high half zero).
+// (Not inlined, and its loop counts up to 0 over rows offset to their ends, so that the 24
+// accumulators, two E vectors and a broadcast stay in the 32 vector registers and the 12 row
+// pointers, the E pointer and the counter in general registers: no spills in the loop.)
+static __attribute__((noinline)) CCE_AVX512_BF16 void bf16_kernel(const uint32_t *e, long d,
+                                                                  const uint16_t *const c[CCE_BF16_NR], float *out,
+                                                                  long ldo, long mc, __mmask16 columns) {
+    __m512 s0[CCE_BF16_NR], s1[CCE_BF16_NR];
+    const cce_word_unaligned *w[CCE_BF16_NR];
+    const long whole = d / 2;
+    _Pragma("clang loop unroll(full)") for (int v = 0; v < CCE_BF16_NR; v++) {
+        s0[v] = _mm512_setzero_ps();
+        s1[v] = _mm512_setzero_ps();
+        w[v] = (const cce_word_unaligned *)c[v] + whole;
+    }
+    const uint32_t *ep = e;
+    for (long q = -whole; q != 0; q++, ep += 32) {
+        __m512i e0 = _mm512_loadu_si512((const void *)ep);
+        __m512i e1 = _mm512_loadu_si512((const void *)(ep + 16));
+        _Pragma("clang loop unroll(full)") for (int v = 0; v < CCE_BF16_NR; v++) {
+            __m512i x = _mm512_set1_epi32((int)w[v][q]);
+            s0[v] = DP_STEP(s0[v], e0, x);
+            s1[v] = DP_STEP(s1[v], e1, x);
+        }
+    }
+    if (d & 1) {
+        __m512i e0 = _mm512_loadu_si512((const void *)ep);
+        __m512i e1 = _mm512_loadu_si512((const void *)(ep + 16));
+        _Pragma("clang loop unroll(full)") for (int v = 0; v < CCE_BF16_NR; v++) {
+            __m512i x = _mm512_set1_epi32((int)c[v][d - 1]);
+            s0[v] = DP_STEP(s0[v], e0, x);
+            s1[v] = DP_STEP(s1[v], e1, x);
+        }
+    }
+    // Through memory, so that the transpose's registers do not overlap the accumulators'.
+    __attribute__((aligned(64))) float sums[2][CCE_BF16_NR][16];
+    _Pragma("clang loop unroll(full)") for (int v = 0; v < CCE_BF16_NR; v++) {
+        _mm512_store_ps(sums[0][v], s0[v]);
+        _mm512_store_ps(sums[1][v], s1[v]);
+    }
+    for (int h = 0; h < 2; h++) {
+        __m512i r[16];
+        _Pragma("clang loop unroll(full)") for (int v = 0; v < 16; v++)
+            r[v] = v < CCE_BF16_NR ? _mm512_load_si512((const void *)sums[h][v]) : _mm512_setzero_si512();
+        transpose16(r);
+        for (int t = 0; t < 16 && 16 * h + t < mc; t++)
+            _mm512_mask_storeu_epi32(out + (16 * h + t) * ldo, columns, r[t]);
+    }
+}
+
+CCE_AVX512_BF16
 void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *const *c_rows, long n, long d,
                            float *out, long ldo, uint32_t *panel, const bool *panel_mask, long lookahead) {
+    (void)panel;
     const long mr = CCE_BF16_MR, nr = CCE_BF16_NR, dp = (d + 1) / 2, panels = (m + mr - 1) / mr;
     if (dp == 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
-    for (long q0 = 0; q0 < dp; q0 += CCE_BF16_KCP) {
-        long kq = dp - q0 < CCE_BF16_KCP ? dp - q0 : CCE_BF16_KCP;
-        for (long j0 = 0; j0 < n; j0 += nr) {
-            long nc = n - j0 < nr ? n - j0 : nr;
-            __mmask16 k0, k1;
-            column_masks(nc, &k0, &k1);
-            // The panel packed next: the following columns, else the first columns' next pairs,
-            // else the next call's first rows (lookahead of them follow c_rows[n − 1]). Its C
-            // rows lie scattered in the sorted vocabulary order; their lines are prefetched a
-            // share per row panel while this one is multiplied, so that the pack finds them in L2.
-            const uint16_t *const *next = c_rows + j0 + nr;
-            long nextN = n - j0 - nr < nr ? n - j0 - nr : nr, nextQ = q0, nextK = kq;
-            if (nextN <= 0 && q0 + CCE_BF16_KCP < dp) {
-                next = c_rows; nextN = n < nr ? n : nr; nextQ = q0 + CCE_BF16_KCP;
-                nextK = dp - nextQ < CCE_BF16_KCP ? dp - nextQ : CCE_BF16_KCP;
-            } else if (nextN <= 0) {
-                next = c_rows + n; nextN = lookahead < nr ? lookahead : nr; nextQ = 0;
-                nextK = dp < CCE_BF16_KCP ? dp : CCE_BF16_KCP;
-            }
-            long lines = nextN > 0 ? nextN * ((4 * nextK + 63) / 64) : 0;
-            bf16_pack_columns(c_rows + j0, nc, d, q0, kq, panel, NULL, 0);
-            for (long p = 0; p < panels; p++) {
-                prefetch_pairs(next, nextN, nextQ, lines * p / panels, lines * (p + 1) / panels);
-                if (panel_mask && !panel_mask[p]) continue;
-                long mc = m - p * mr < mr ? m - p * mr : mr;
-                bf16_kernel(kq, e_panels + p * mr * dp + q0 * mr, panel, out + p * mr * ldo + j0, ldo, q0 > 0, mc,
-                            k0, k1);
-            }
+    const long lines_per_row = (4 * dp + 63) / 64;
+    for (long j0 = 0; j0 < n; j0 += nr) {
+        long nc = n - j0 < nr ? n - j0 : nr;
+        // Past the last C row, its pointer again: read, never stored.
+        const uint16_t *c[CCE_BF16_NR];
+        for (long v = 0; v < nr; v++) c[v] = c_rows[j0 + (v < nc ? v : nc - 1)];
+        __mmask16 columns = (__mmask16)((1u << nc) - 1);
+        // The next C rows (the following ones, else the next call's first `lookahead`) lie
+        // scattered in the sorted vocabulary order: their lines are prefetched into L2 a
+        // share per E panel while these are multiplied.
+        long nextN = n - j0 - nr < nr ? n - j0 - nr : nr;
+        const uint16_t *const *next = c_rows + j0 + nr;
+        if (nextN <= 0) nextN = lookahead < nr ? lookahead : nr;
+        long lines = nextN > 0 ? nextN * lines_per_row : 0;
+        for (long p = 0; p < panels; p++) {
+            prefetch_pairs(next, nextN, 0, lines * p / panels, lines * (p + 1) / panels);
+            if (panel_mask && !panel_mask[p]) continue;
+            long mc = m - p * mr < mr ? m - p * mr : mr;
+            bf16_kernel(e_panels + p * mr * dp, d, c, out + p * mr * ldo + j0, ldo, mc, columns);
         }
     }
 }
@@ -1082,7 +1127,7 @@ int cce_cpu_is_amd(void) { return 0; }
 size_t cce_bf16_row_panel_words(long m, long d) {
     return (size_t)((m + CCE_BF16_MR - 1) / CCE_BF16_MR * CCE_BF16_MR * ((d + 1) / 2));
 }
-size_t cce_bf16_column_panel_words(void) { return (size_t)CCE_BF16_NR * CCE_BF16_KCP; }
+size_t cce_bf16_column_panel_words(void) { return 16; }
 size_t cce_fma_column_panel_floats(void) { return (size_t)CCE_FMA_NR * CCE_FMA_KC; }
 void cce_bf16_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
 void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *const *c_rows, long n, long d,

@@ -6,17 +6,17 @@
 // Two kernels, same contract as `tileProduct` with Float32 outputs: out[i·ldo + j] =
 // Σ_k e_i[k]·c_j[k] for i < m, j < n; rows ≥ m and columns ≥ n are never read or written;
 // with a panel mask, MR-row panel p with panelMask[p] == false is skipped and its out rows
-// are left as they were. Both have MR = 12, not the portable kernel's 6: their masks have
-// ⌈m / 12⌉ entries, entry p covering the portable kernel's 6-row panels 2p and 2p + 1.
+// are left as they were. The FMA kernel has MR = 12 (its mask's entry p covers the portable
+// kernel's 6-row panels 2p and 2p + 1), the bf16 kernel MR = 32 (as AMX): ⌈m / MR⌉ entries.
 //
 // - bf16 dot product (`tileProductBF16`, CPUs with AVX512_BF16): bf16 inputs, pairs of
 //   elements multiplied by vdpbf16ps. Layouts (one UInt32 word = one pair of bf16 elements,
 //   k = 2q in the low half and 2q + 1 in the high half; pairs(d) = ⌈d / 2⌉, an odd d padded
 //   with a zero high half):
-//   E panels (`packRowPanelsBF16`, once per token block): ⌈m / 12⌉ panels of 12 rows, panel
-//   p at word p·12·pairs(d), word q·12 + r = row 12p + r's pair q; rows ≥ m zero;
-//   `bf16RowPanelWords(m:d:)` words. C panel: scratch of `BF16TileShape.columnPanelWords`
-//   (32 columns x 256 pairs = 32 KiB), refilled by the product.
+//   E panels (`packRowPanelsBF16`, once per token block): ⌈m / 32⌉ panels of 32 rows, panel
+//   p at word p·32·pairs(d), word q·32 + r = row 32p + r's pair q; rows ≥ m zero;
+//   `bf16RowPanelWords(m:d:)` words. C rows are read in place, a pair (one word) at a time
+//   broadcast to 16 lanes: nothing of C is packed.
 //   Summation order: each output is one chain over the pairs q = 0 ..< pairs(d), from +0:
 //   s ← s + e[2q+1]·c[2q+1], then s ← s + e[2q]·c[2q], one Float32 rounding each (the
 //   products are exact), subnormal inputs read as zero and subnormal sums flushed to zero
@@ -32,9 +32,9 @@
 //   Summation order: one FMA chain over k = 0 ..< d from +0, the portable kernel's order:
 //   its outputs are bit for bit those of `tileProduct` (and `sequentialDot`).
 //
-// In both, KC chunks continue a chain through the stored Float32 partial, so an output's
-// bits depend only on its two rows and d: not on its place in the tile, m, n, the chunking,
-// the mask or the thread.
+// In both an output's bits depend only on its two rows and d (the FMA kernel's KC chunks
+// continue a chain through the stored Float32 partial): not on its place in the tile, m, n,
+// the chunking, the mask or the thread.
 //
 // - AMX tile products (`tileProductAMX`, CPUs with AMX-TILE and AMX-BF16 that the OS lets
 //   this process use): bf16 inputs, 32 x 32 output blocks of four 16 x 16 Float32 tiles,
@@ -69,13 +69,11 @@ import Darwin
 
 /// Register block and panel sizes of the bf16 dot-product kernel.
 public enum BF16TileShape {
-    /// E rows per register block and per panel-mask entry.
+    /// E rows (tokens) per register block and per panel-mask entry: two 16-lane vectors.
     public static let mr = Int(CCE_BF16_MR)
-    /// C rows per packed panel (two 16-lane vectors).
+    /// C rows per register block, each read in place a pair at a time.
     public static let nr = Int(CCE_BF16_NR)
-    /// Elements of k per packed C panel (256 pairs).
-    public static let kc = 2 * Int(CCE_BF16_KCP)
-    /// UInt32 words of the C-panel scratch `tileProductBF16` needs.
+    /// UInt32 words of the scratch `tileProductBF16` takes.
     public static let columnPanelWords = Int(cce_bf16_column_panel_words())
 }
 
@@ -129,7 +127,7 @@ public enum TileKernel: String, Sendable, CaseIterable {
     /// The 512-bit Float32 FMA kernel (`tileProductAVX512`): the portable kernel's bits.
     case avx512FMA = "avx512-fma-12x32"
     /// The AVX512_BF16 `vdpbf16ps` kernel (`tileProductBF16`), for bf16 storage only.
-    case avx512BF16 = "avx512bf16-dp-12x32"
+    case avx512BF16 = "avx512bf16-dp-32x12"
     /// The AMX-BF16 tile kernel (`tileProductAMX`), for bf16 storage only.
     case amxBF16 = "amx-bf16-32x32"
 
@@ -220,11 +218,11 @@ func rawRows(_ rows: UnsafePointer<UnsafeRawPointer>) -> UnsafePointer<UnsafeRaw
 
 // MARK: - The bf16 dot-product kernel
 
-/// UInt32 words of the bf16 kernel's E panels for m rows of d elements: ⌈m / 12⌉·12·⌈d / 2⌉.
+/// UInt32 words of the bf16 kernel's E panels for m rows of d elements: ⌈m / 32⌉·32·⌈d / 2⌉.
 @inlinable
 public func bf16RowPanelWords(m: Int, d: Int) -> Int { Int(cce_bf16_row_panel_words(m, d)) }
 
-/// Packs rows[0 ..< m] (BFloat16 bits, d elements each) into 12-row panels of pairs at dst
+/// Packs rows[0 ..< m] (BFloat16 bits, d elements each) into 32-row panels of pairs at dst
 /// (`bf16RowPanelWords(m:d:)` words), zero-padding rows beyond m and an odd d.
 /// Requires `hasBF16DotProduct`.
 @inlinable
@@ -238,8 +236,8 @@ public func packRowPanelsBF16(_ rows: UnsafePointer<UnsafeRawPointer>, m: Int, d
 /// vdpbf16ps.
 /// - ePanels: the E rows packed by `packRowPanelsBF16` (same d).
 /// - cRows: raw pointers to the n C rows (BFloat16 bits, d elements each; never read past).
-/// - panel: scratch of `BF16TileShape.columnPanelWords` words (64-byte aligned is best).
-/// - panelMask: when given, 12-row panels p with panelMask[p] == false are not computed
+/// - panel: scratch of `BF16TileShape.columnPanelWords` words (unused by today's kernel).
+/// - panelMask: when given, 32-row panels p with panelMask[p] == false are not computed
 ///   (their out rows are left as they were).
 /// - lookahead: how many rows follow cRows[n − 1] (at most `BF16TileShape.nr`: the next
 ///   call's first), prefetched meanwhile.

@@ -56,16 +56,15 @@ int cce_cpu_is_amd(void);
 
 // MARK: - The bf16 dot-product kernel (vdpbf16ps)
 
-/// Rows of the register block (E rows per microkernel call and per panel-mask entry).
-#define CCE_BF16_MR 12
-/// Columns of the register block (C rows per packed panel): two 16-lane vectors.
-#define CCE_BF16_NR 32
-/// k-pairs per packed C panel: NR · KCP · 4 bytes = 32 KiB.
-#define CCE_BF16_KCP 256
+/// Rows of the register block (E rows per microkernel call and per panel-mask entry): two
+/// 16-lane vectors of tokens.
+#define CCE_BF16_MR 32
+/// Columns of the register block: C rows, each broadcast a pair at a time from its own memory.
+#define CCE_BF16_NR 12
 
 /// Words of E panels for m rows of d elements: ceil(m / MR) · MR · pairs(d).
 size_t cce_bf16_row_panel_words(long m, long d);
-/// Words of the C-panel scratch: NR · KCP.
+/// Words of the scratch cce_bf16_tile_product takes (none used now; kept for the contract).
 size_t cce_bf16_column_panel_words(void);
 
 /// Packs rows[0 ..< m] (bf16 bits, d elements each) into E panels at dst.
@@ -87,7 +86,7 @@ void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long coun
 // The contract of cce_bf16_tile_product (panel mask per 32 rows), computed by AMX tile
 // products (tdpbf16ps): E
 // packed once per token block into 16 x 32-element tiles, C rows transposed per 32 columns
-// into the bf16 kernel's pair panel (word q·32 + j = row j's pair q: AMX's VNNI B layout),
+// into a pair panel like the bf16 kernel's E panels (word q·32 + j = row j's pair q: AMX's VNNI B layout),
 // 32 x 32 output blocks of four Float32 accumulator tiles. Layouts (32-bit words, one word
 // = one pair of bf16 elements, k = 2q in the low half):
 //   E blocks : rows padded to ceil(m / 32)·32, elements to chunks(d)·32 with chunks(d) =

@@ -9,11 +9,12 @@
 //   NB: the token block's E rows take about two L2s:  NB ≈ 2·L2 / (D · size), size the bytes
 //       an E element takes as the tile kernel holds it (the compute type's, or 2 for the
 //       AVX512_BF16 dot-product kernel, which packs the token block as bf16 pairs: at D = 2048
-//       and 4096 on a 1 MiB L2 that doubles NB and halves how often each C panel is packed,
+//       and 4096 on a 1 MiB L2 that doubles NB and halves how often C is swept,
 //       loss+grad about 10% faster on a Zen 4, for 1.5 to 2 MB more peak at 2 threads), at most 288
 //       (CCE_TOKEN_BLOCK_MAX in the environment moves the 288, for experiments), a
 //       multiple of the tile kernel's row group g (its register block's height: 6 for the
-//       portable kernel, 12 for the AVX-512 ones, 32 for AMX; 288 is a multiple of each;
+//       portable kernel, 12 for the AVX-512 FMA one, 32 for the bf16 dot-product kernel and
+//       AMX; 288 is a multiple of each;
 //       in the kahan accumulation a multiple of 96 too, the chunk of its dC partials),
 //       so that no block ends in a part-filled group (each group streams through L1 past
 //       the C panel, so the block may live in L3; a larger NB packs each C panel for more
@@ -100,9 +101,10 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     /// at N = 4096: 128-row blocks were 3 to 20% slower and still held 1.4% of the logits);
     /// with many threads the extra sweeps cost more than they save (16 threads at N = 8192:
     /// 128-row blocks 17% slower for 0.7% of the logits against 1.2%), so the plan's blocks
-    /// stay (Docs/PERFORMANCE.md). At N = 1024 on two threads: NB 132 instead of 264 (AMX:
-    /// 128 instead of 256), peak extra about 0.9% of N·V·4 instead of 1.3%, loss+grad 0 to 4%
-    /// slower. Results do not depend on NB.
+    /// stay (Docs/PERFORMANCE.md). At N = 1024 on two threads: NB 128 instead of 256 (the
+    /// dot-product and AMX kernels' groups of 32; 132 instead of 264 in groups of 12), peak
+    /// extra about 0.9% of N·V·4 instead of 1.3%, loss+grad 0 to 4% slower. Results do not
+    /// depend on NB.
     public func limitingRowsInFlight(tokens: Int) -> TilePlan {
         let largest = tokens / (4 * max(1, threads))
         guard threads <= TilePlan.fusedLimitThreads, largest >= TilePlan.fusedBlockFloor, largest < tokenBlock
