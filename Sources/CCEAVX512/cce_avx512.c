@@ -353,7 +353,7 @@ void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *con
         // share per E panel while these are multiplied.
         long nextN = n - j0 - nr < nr ? n - j0 - nr : nr;
         const uint16_t *const *next = c_rows + j0 + nr;
-        if (nextN <= 0) nextN = lookahead < nr ? lookahead : nr;
+        if (nextN <= 0) { next = c_rows + n; nextN = lookahead < nr ? lookahead : nr; }
         long lines = nextN > 0 ? nextN * lines_per_row : 0;
         for (long p = 0; p < panels; p++) {
             prefetch_pairs(next, nextN, 0, lines * p / panels, lines * (p + 1) / panels);
