@@ -895,6 +895,22 @@ CCE_INLINE void stretch_chains(float *out, long n, const float *values, const vo
     }
 }
 
+// The 32 bf16 columns c·32 ..< c·32 + 32 of a 256-column stretch with `left` columns left
+// from c·32 on: the mask of their 16-bit elements, and of the two Float32 halves.
+CCE_INLINE void pair_masks(long left, __mmask32 *k, __mmask16 *k0, __mmask16 *k1) {
+    *k = left >= 32 ? ~(__mmask32)0 : left <= 0 ? 0 : (__mmask32)((1ull << left) - 1);
+    *k0 = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+    *k1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+}
+
+// out[0 ..< 32] (as the masks allow) ← the columns whose even ones are in e and odd ones in o.
+CCE_INLINE void store_interleaved(float *out, __m512 e, __m512 o, __mmask16 k0, __mmask16 k1) {
+    const __m512i firsts = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i seconds = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    _mm512_mask_storeu_ps(out, k0, _mm512_permutex2var_ps(e, firsts, o));
+    _mm512_mask_storeu_ps(out + 16, k1, _mm512_permutex2var_ps(e, seconds, o));
+}
+
 // The bf16 rows' pairs, 32 columns to a 64-byte load: the pair's first element becomes a
 // Float32 by a left shift, its second by masking the low half away (one operation for 16
 // values where widening takes two, one of them a shuffle). out's 32 columns are split into
@@ -905,8 +921,6 @@ CCE_INLINE void sparse_update_bf16(float *out, long n, const float *values, cons
     const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
     const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i odds = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    const __m512i firsts = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __m512i seconds = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
     for (long j0 = 0; j0 < width; j0 += 256) {
         const long nc = width - j0 < 256 ? width - j0 : 256;
         __m512 e[8], o[8];
@@ -914,10 +928,7 @@ CCE_INLINE void sparse_update_bf16(float *out, long n, const float *values, cons
         __mmask16 k0[8], k1[8];
         if (next) prefetch_stretch(next, j0, nc, 4);
         _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++) {
-            const long left = nc - 32 * c;
-            k[c] = left >= 32 ? ~(__mmask32)0 : left <= 0 ? 0 : (__mmask32)((1ull << left) - 1);
-            k0[c] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
-            k1[c] = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+            pair_masks(nc - 32 * c, &k[c], &k0[c], &k1[c]);
             const __m512 lo = _mm512_maskz_loadu_ps(k0[c], out + j0 + 32 * c);
             const __m512 hi = _mm512_maskz_loadu_ps(k1[c], out + j0 + 32 * c + 16);
             e[c] = _mm512_permutex2var_ps(lo, evens, hi);
@@ -935,10 +946,7 @@ CCE_INLINE void sparse_update_bf16(float *out, long n, const float *values, cons
                 }
         }
         _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++)
-            if (32 * c < nc) {
-                _mm512_mask_storeu_ps(out + j0 + 32 * c, k0[c], _mm512_permutex2var_ps(e[c], firsts, o[c]));
-                _mm512_mask_storeu_ps(out + j0 + 32 * c + 16, k1[c], _mm512_permutex2var_ps(e[c], seconds, o[c]));
-            }
+            if (32 * c < nc) store_interleaved(out + j0 + 32 * c, e[c], o[c], k0[c], k1[c]);
     }
 }
 
@@ -972,15 +980,13 @@ CCE_INLINE void sum_rows(const void *const *rows, long count, const int type, lo
 // order), interleaved back into out at the end.
 CCE_INLINE void sum_rows_bf16(const void *const *rows, long count, long width, float *out) {
     const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
-    const __m512i firsts = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __m512i seconds = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
     for (long j0 = 0; j0 < width; j0 += 256) {
         const long nc = width - j0 < 256 ? width - j0 : 256;
         __m512 e[8], o[8];
         __mmask32 k[8];
+        __mmask16 k0[8], k1[8];
         _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++) {
-            const long left = nc - 32 * c;
-            k[c] = left >= 32 ? ~(__mmask32)0 : left <= 0 ? 0 : (__mmask32)((1ull << left) - 1);
+            pair_masks(nc - 32 * c, &k[c], &k0[c], &k1[c]);
             e[c] = _mm512_setzero_ps(); o[c] = _mm512_setzero_ps();
         }
         for (long r = 0; r < count; r++) {
@@ -993,14 +999,8 @@ CCE_INLINE void sum_rows_bf16(const void *const *rows, long count, long width, f
                     o[c] = _mm512_add_ps(o[c], _mm512_castsi512_ps(_mm512_and_si512(w, high)));
                 }
         }
-        _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++) {
-            const long left = nc - 32 * c;
-            if (left <= 0) continue;
-            const __mmask16 k0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-            const __mmask16 k1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-            _mm512_mask_storeu_ps(out + j0 + 32 * c, k0, _mm512_permutex2var_ps(e[c], firsts, o[c]));
-            _mm512_mask_storeu_ps(out + j0 + 32 * c + 16, k1, _mm512_permutex2var_ps(e[c], seconds, o[c]));
-        }
+        _Pragma("clang loop unroll(full)") for (int c = 0; c < 8; c++)
+            if (32 * c < nc) store_interleaved(out + j0 + 32 * c, e[c], o[c], k0[c], k1[c]);
     }
 }
 
