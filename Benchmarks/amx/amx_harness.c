@@ -767,7 +767,7 @@ static double now(void) {
 typedef struct {
     long m, n, d;
     Rows e, c;
-    uint32_t *blocks, *scratch, *panels, *bpanel;
+    uint32_t *blocks, *scratch, *panels;
     float *efloat, *fpanel, *out;
     const float **erows;
 } Bench;
@@ -779,7 +779,6 @@ static void bench_init(Bench *b, long m, long n, long d, uint64_t seed) {
     b->blocks = aligned_alloc(64, cce_amx_row_block_words(m, d) * 4);
     b->scratch = aligned_alloc(64, cce_amx_scratch_words() * 4);
     b->panels = aligned_alloc(64, (cce_bf16_row_panel_words(m, d) * 4 + 63) / 64 * 64);
-    b->bpanel = aligned_alloc(64, cce_bf16_column_panel_words() * 4);
     b->efloat = aligned_alloc(64, (size_t)(m * d) * 4);
     b->fpanel = aligned_alloc(64, cce_fma_column_panel_floats() * 4);
     b->out = aligned_alloc(64, (size_t)(m * n) * 4);
@@ -807,7 +806,7 @@ CCE_AVX512 static void bench_once(Bench *b, int k) {
         break;
     }
     case K_DP_BOTH: cce_bf16_pack_rows(b->e.rows, m, d, b->panels); /* fallthrough */
-    case K_DP: cce_bf16_tile_product(b->panels, m, b->c.rows, n, d, b->out, n, b->bpanel, NULL); break;
+    case K_DP: cce_bf16_tile_product(b->panels, m, b->c.rows, n, d, b->out, n, NULL, 0); break;
     case K_FMA_CONV:
         for (long i = 0; i < m * d; i++) b->efloat[i] = from_bf16(b->e.bits[i]);
         break;

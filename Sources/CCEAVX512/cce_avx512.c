@@ -44,8 +44,8 @@
 // 3. AMX tile products (cce_amx_*), for CPUs with AMX-BF16 (Sapphire Rapids and later):
 //    E packed once per token block into 16-row x 32-element tiles, C rows transposed per 32
 //    columns by bf16_pack_columns (the pair panel the bf16 kernel packs its E rows into:
-//    AMX's B layout, 128 bytes a row), 32 x 32 output blocks in four accumulator tiles, tdpbf16ps over 32-element
-//    chunks; whole blocks load and store their partial sums straight from and to out, edge
+//    AMX's B layout, 128 bytes a row), 32 x 32 output blocks in four accumulator tiles,
+//    tdpbf16ps over 32-element chunks; whole blocks load and store their partial sums straight from and to out, edge
 //    blocks go through a 32 x 32 scratch block. Summation order and flushes: cce_avx512.h.
 //    The tile permission (Linux arch_prctl) is asked once per process; each product call
 //    configures the tiles (ldtilecfg) and releases them (tilerelease) before it returns.
@@ -128,7 +128,6 @@ int cce_cpu_is_amd(void) {
 size_t cce_bf16_row_panel_words(long m, long d) {
     return (size_t)((m + CCE_BF16_MR - 1) / CCE_BF16_MR * CCE_BF16_MR * ((d + 1) / 2));
 }
-size_t cce_bf16_column_panel_words(void) { return 16; }
 size_t cce_fma_column_panel_floats(void) { return (size_t)CCE_FMA_NR * CCE_FMA_KC; }
 
 // MARK: - Loads and the 16 x 16 transpose
@@ -261,13 +260,13 @@ CCE_INLINE void bf16_pack_columns(const uint16_t *const *rows, long n, long d, l
     }
 }
 
-// Lines t0 ..< t1 of the pairs starting at q0 of rows[0 ..< n], taken column by column (line
-// t: row t mod n, its (t / n)-th line of those pairs), prefetched into L2.
-CCE_INLINE void prefetch_pairs(const uint16_t *const *rows, long n, long q0, long t0, long t1) {
+// Lines t0 ..< t1 of rows[0 ..< n], taken column by column (line t: row t mod n, its
+// (t / n)-th line), prefetched into L2.
+CCE_INLINE void prefetch_lines(const uint16_t *const *rows, long n, long t0, long t1) {
     if (t0 >= t1) return;
     long row = t0 % n, offset = 64 * (t0 / n);
     for (long t = t0; t < t1; t++) {
-        _mm_prefetch((const char *)(rows[row] + 2 * q0) + offset, _MM_HINT_T1);
+        _mm_prefetch((const char *)rows[row] + offset, _MM_HINT_T1);
         if (++row == n) { row = 0; offset += 64; }
     }
 }
@@ -337,8 +336,7 @@ static __attribute__((noinline)) CCE_AVX512_BF16 void bf16_kernel(const uint32_t
 
 CCE_AVX512_BF16
 void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *const *c_rows, long n, long d,
-                           float *out, long ldo, uint32_t *panel, const bool *panel_mask, long lookahead) {
-    (void)panel;
+                           float *out, long ldo, const bool *panel_mask, long lookahead) {
     const long mr = CCE_BF16_MR, nr = CCE_BF16_NR, dp = (d + 1) / 2, panels = (m + mr - 1) / mr;
     if (dp == 0) { zero_rows(m, n, mr, out, ldo, panel_mask); return; }
     const long lines_per_row = (4 * dp + 63) / 64;
@@ -356,7 +354,7 @@ void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *con
         if (nextN <= 0) { next = c_rows + n; nextN = lookahead < nr ? lookahead : nr; }
         long lines = nextN > 0 ? nextN * lines_per_row : 0;
         for (long p = 0; p < panels; p++) {
-            prefetch_pairs(next, nextN, 0, lines * p / panels, lines * (p + 1) / panels);
+            prefetch_lines(next, nextN, lines * p / panels, lines * (p + 1) / panels);
             if (panel_mask && !panel_mask[p]) continue;
             long mc = m - p * mr < mr ? m - p * mr : mr;
             bf16_kernel(e_panels + p * mr * dp, d, c, out + p * mr * ldo + j0, ldo, mc, columns);
@@ -1127,11 +1125,10 @@ int cce_cpu_is_amd(void) { return 0; }
 size_t cce_bf16_row_panel_words(long m, long d) {
     return (size_t)((m + CCE_BF16_MR - 1) / CCE_BF16_MR * CCE_BF16_MR * ((d + 1) / 2));
 }
-size_t cce_bf16_column_panel_words(void) { return 16; }
 size_t cce_fma_column_panel_floats(void) { return (size_t)CCE_FMA_NR * CCE_FMA_KC; }
 void cce_bf16_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst) { __builtin_trap(); }
 void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *const *c_rows, long n, long d,
-                           float *out, long ldo, uint32_t *panel, const bool *panel_mask, long lookahead) {
+                           float *out, long ldo, const bool *panel_mask, long lookahead) {
     __builtin_trap();
 }
 void cce_bf16_dots(const uint16_t *const *a, const uint16_t *const *b, long count, long d, float *out) {

@@ -73,8 +73,6 @@ public enum BF16TileShape {
     public static let mr = Int(CCE_BF16_MR)
     /// C rows per register block, each read in place a pair at a time.
     public static let nr = Int(CCE_BF16_NR)
-    /// UInt32 words of the scratch `tileProductBF16` takes.
-    public static let columnPanelWords = Int(cce_bf16_column_panel_words())
 }
 
 /// Register block and panel sizes of the 512-bit Float32 FMA kernel.
@@ -236,7 +234,6 @@ public func packRowPanelsBF16(_ rows: UnsafePointer<UnsafeRawPointer>, m: Int, d
 /// vdpbf16ps.
 /// - ePanels: the E rows packed by `packRowPanelsBF16` (same d).
 /// - cRows: raw pointers to the n C rows (BFloat16 bits, d elements each; never read past).
-/// - panel: scratch of `BF16TileShape.columnPanelWords` words (unused by today's kernel).
 /// - panelMask: when given, 32-row panels p with panelMask[p] == false are not computed
 ///   (their out rows are left as they were).
 /// - lookahead: how many rows follow cRows[n − 1] (at most `BF16TileShape.nr`: the next
@@ -244,10 +241,10 @@ public func packRowPanelsBF16(_ rows: UnsafePointer<UnsafeRawPointer>, m: Int, d
 /// Requires `hasBF16DotProduct`.
 @inlinable
 public func tileProductBF16(ePanels: UnsafePointer<UInt32>, m: Int, cRows: UnsafePointer<UnsafeRawPointer>, n: Int,
-                            d: Int, out: UnsafeMutablePointer<Float>, ldo: Int, panel: UnsafeMutablePointer<UInt32>,
+                            d: Int, out: UnsafeMutablePointer<Float>, ldo: Int,
                             panelMask: UnsafePointer<Bool>? = nil, lookahead: Int = 0) {
     precondition(hasBF16DotProduct, "tileProductBF16 needs AVX512_BF16")
-    cce_bf16_tile_product(ePanels, m, bf16Rows(cRows), n, d, out, ldo, panel, panelMask, lookahead)
+    cce_bf16_tile_product(ePanels, m, bf16Rows(cRows), n, d, out, ldo, panelMask, lookahead)
 }
 
 /// out[i] = Σ_k a_i[k]·b_i[k] for i < count (BFloat16 rows of d elements), bit for bit as

@@ -77,14 +77,13 @@ private func bf16Tile(_ e: BF16Rows, eFirst: Int = 0, m: Int, _ c: BF16Rows, cFi
     let d = e.d
     let eRaw = Array(e.raw[eFirst ..< eFirst + m]), cRaw = Array(c.raw[cFirst ..< cFirst + n + lookahead])
     var panels = [UInt32](repeating: 0xDEAD_BEEF, count: bf16RowPanelWords(m: m, d: d))
-    var panel = [UInt32](repeating: 0, count: BF16TileShape.columnPanelWords)
     var out = [Float](repeating: .nan, count: (m + extraRows) * ldo)
     packRowPanelsBF16(eRaw, m: m, d: d, into: &panels)
     if let mask {
-        tileProductBF16(ePanels: panels, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo, panel: &panel,
+        tileProductBF16(ePanels: panels, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo,
                         panelMask: mask, lookahead: lookahead)
     } else {
-        tileProductBF16(ePanels: panels, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo, panel: &panel,
+        tileProductBF16(ePanels: panels, m: m, cRows: cRaw, n: n, d: d, out: &out, ldo: ldo,
                         lookahead: lookahead)
     }
     return out

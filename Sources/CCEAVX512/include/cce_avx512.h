@@ -64,18 +64,15 @@ int cce_cpu_is_amd(void);
 
 /// Words of E panels for m rows of d elements: ceil(m / MR) · MR · pairs(d).
 size_t cce_bf16_row_panel_words(long m, long d);
-/// Words of the scratch cce_bf16_tile_product takes (none used now; kept for the contract).
-size_t cce_bf16_column_panel_words(void);
 
 /// Packs rows[0 ..< m] (bf16 bits, d elements each) into E panels at dst.
 void cce_bf16_pack_rows(const uint16_t *const *rows, long m, long d, uint32_t *dst);
 
-/// The tile product from E panels (cce_bf16_pack_rows, same d) and n bf16 C rows; panel is
-/// the scratch (cce_bf16_column_panel_words() words; 64-byte aligned is best). The `lookahead`
-/// rows after c_rows[n − 1] (at most CCE_BF16_NR: the next call's first) are prefetched while
-/// the last panel is multiplied.
+/// The tile product from E panels (cce_bf16_pack_rows, same d) and n bf16 C rows, read in
+/// place. The `lookahead` rows after c_rows[n − 1] (at most CCE_BF16_NR: the next call's
+/// first) are prefetched while the last C rows are multiplied.
 void cce_bf16_tile_product(const uint32_t *e_panels, long m, const uint16_t *const *c_rows, long n, long d,
-                           float *out, long ldo, uint32_t *panel, const bool *panel_mask, long lookahead);
+                           float *out, long ldo, const bool *panel_mask, long lookahead);
 
 /// out[i] = Σ_k a_i[k] · b_i[k] for i < count (bf16 rows of d elements), bit for bit as
 /// cce_bf16_tile_product computes the same pair of rows; 16 dot products per pass.

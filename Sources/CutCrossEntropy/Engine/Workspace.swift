@@ -163,8 +163,7 @@ final class Workspace<S: KernelScalar> {
         switch kernel {
         case .portable: cPanel = Scratch(count: TileShape.nr * TileShape.kc)
         case .amxBF16: cPanel = Scratch(count: max(AMXTileShape.scratchWords, AMXTileShape.rankScratchWords))
-        case .avx512FMA, .avx512BF16:
-            cPanel = Scratch(count: max(AVX512TileShape.columnPanelFloats, BF16TileShape.columnPanelWords))
+        case .avx512FMA, .avx512BF16: cPanel = Scratch(count: AVX512TileShape.columnPanelFloats)
         }
         let panelWords = { (m: Int) in
             kernel == .amxBF16 ? amxRowBlockWords(m: m, d: d) : kernel == .avx512BF16 ? bf16RowPanelWords(m: m, d: d) : 0
@@ -286,8 +285,7 @@ final class Workspace<S: KernelScalar> {
             }
         case .avx512BF16:
             tileProductBF16(ePanels: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
-                            panel: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask,
-                            lookahead: lookahead)
+                            panelMask: panelMask, lookahead: lookahead)
         case .amxBF16:
             tileProductAMX(eBlocks: bf16Panels, m: m, cRows: cRaw.base, n: n, d: d, out: out, ldo: ldo,
                            scratch: panel.assumingMemoryBound(to: UInt32.self), panelMask: panelMask,
