@@ -405,6 +405,28 @@ public func selectAbove(_ z: UnsafePointer<Float>, count: Int, threshold: Float,
     return n
 }
 
+/// dC's entry filter over one row: out[q] = 0 where |x[q]| < t, else x[q] (NaN, and every
+/// entry when t ≤ 0, copied as it is), for q < count; returns how many out[q] are not zero.
+/// 16 lanes a step where the CPU has AVX-512 and S is Float, else one by one.
+@inlinable
+public func thresholdCopy<S: KernelScalar>(_ x: UnsafePointer<S>, count: Int, below t: S,
+                                           into out: UnsafeMutablePointer<S>) -> Int {
+    if S.self == Float.self && hasAVX512 {
+        return UnsafeRawPointer(x).withMemoryRebound(to: Float.self, capacity: count) { xf in
+            UnsafeMutableRawPointer(out).withMemoryRebound(to: Float.self, capacity: count) { of in
+                cce_avx512_threshold_copy(xf, count, Float(t), of)
+            }
+        }
+    }
+    var n = 0
+    for q in 0..<count {
+        let v = x[q], y = abs(v) < t ? 0 : v
+        out[q] = y
+        n &+= y != 0 ? 1 : 0
+    }
+    return n
+}
+
 /// `Exp.exp` of one value by the 512-bit merge's exponential (its bits). Requires `hasAVX512`.
 public func expAVX512(_ x: Float) -> Float { cce_avx512_exp(x) }
 
