@@ -418,11 +418,42 @@ public func thresholdCopy<S: KernelScalar>(_ x: UnsafePointer<S>, count: Int, be
             }
         }
     }
+    if S.self == Float.self {
+        return UnsafeRawPointer(x).withMemoryRebound(to: Float.self, capacity: count) { xf in
+            UnsafeMutableRawPointer(out).withMemoryRebound(to: Float.self, capacity: count) { of in
+                thresholdCopy8(xf, count: count, below: Float(t), into: of)
+            }
+        }
+    }
     var n = 0
     for q in 0..<count {
         let v = x[q], y = abs(v) < t ? 0 : v
         out[q] = y
         n &+= y != 0 ? 1 : 0
+    }
+    return n
+}
+
+/// `thresholdCopy` for Float in eight lanes of the target CPU's vectors (AVX2 on the portable
+/// path): −t < x < t is |x| < t for every x (a NaN compares false either way); a true lane of
+/// a comparison mask is −1, so subtracting the masks counts the nonzero values.
+public func thresholdCopy8(_ x: UnsafePointer<Float>, count: Int, below t: Float, into out: UnsafeMutablePointer<Float>) -> Int {
+    let hi = SIMD8<Float>(repeating: t), lo = -hi, zero = SIMD8<Float>()
+    var nonzero = SIMD8<Int32>()
+    var q = 0
+    while q + 8 <= count {
+        let v = UnsafeRawPointer(x + q).loadUnaligned(as: SIMD8<Float>.self)
+        let y = v.replacing(with: zero, where: (v .> lo) .& (v .< hi))
+        UnsafeMutableRawPointer(out + q).storeBytes(of: y, as: SIMD8<Float>.self)
+        nonzero &-= unsafeBitCast(y .!= zero, to: SIMD8<Int32>.self)
+        q += 8
+    }
+    var n = Int(nonzero.wrappedSum())
+    while q < count {
+        let v = x[q], y = abs(v) < t ? 0 : v
+        out[q] = y
+        n &+= y != 0 ? 1 : 0
+        q += 1
     }
     return n
 }

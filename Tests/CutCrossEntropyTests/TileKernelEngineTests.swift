@@ -313,11 +313,17 @@ final class SumRowsAVX512Tests: XCTestCase {
 }
 
 final class ThresholdCopyTests: XCTestCase {
-    /// dC's entry filter (`thresholdCopy`): the 16-lane path against the rule written out
-    /// element by element, bit for bit, with entries at ±t exactly, signed zeros, NaN and
+    /// dC's entry filter: the 16-lane AVX-512 path (`thresholdCopy`, where the CPU has it) and
+    /// the eight-lane portable one (`thresholdCopy8`, on every CPU) against the rule written
+    /// out element by element, bit for bit, with entries at ±t exactly, signed zeros, NaN and
     /// infinities, lengths that leave a tail, and thresholds ≤ 0 (every entry copied).
-    func testVectorPathFollowsTheRule() throws {
-        guard hasAVX512 else { throw XCTSkip("this CPU has no AVX-512: only the scalar loop runs here") }
+    func testVectorPathsFollowTheRule() {
+        for portable in [true, false] where portable || hasAVX512 {
+            check(portable: portable)
+        }
+    }
+
+    private func check(portable: Bool) {
         var rng = SeededRandom(seed: 21)
         for count in [1, 15, 16, 17, 64, 100] {
             for t: Float in [0.5, 0, -1, 1e-30] {
@@ -326,11 +332,15 @@ final class ThresholdCopyTests: XCTestCase {
                 for (i, s) in specials.enumerated() where i < count { x[(i * 7) % count] = s }
                 var out = [Float](repeating: 42, count: count)
                 let n = x.withUnsafeBufferPointer { xp in
-                    out.withUnsafeMutableBufferPointer { thresholdCopy(xp.baseAddress!, count: count, below: t, into: $0.baseAddress!) }
+                    out.withUnsafeMutableBufferPointer {
+                        portable ? thresholdCopy8(xp.baseAddress!, count: count, below: t, into: $0.baseAddress!)
+                            : thresholdCopy(xp.baseAddress!, count: count, below: t, into: $0.baseAddress!)
+                    }
                 }
                 let expected = x.map { abs($0) < t ? Float(0) : $0 }
-                XCTAssertEqual(out.map(\.bitPattern), expected.map(\.bitPattern), "count \(count) t \(t)")
-                XCTAssertEqual(n, expected.filter { $0 != 0 }.count, "count \(count) t \(t)")
+                let path = portable ? "eight lanes" : "AVX-512"
+                XCTAssertEqual(out.map(\.bitPattern), expected.map(\.bitPattern), "\(path): count \(count) t \(t)")
+                XCTAssertEqual(n, expected.filter { $0 != 0 }.count, "\(path): count \(count) t \(t)")
             }
         }
     }
