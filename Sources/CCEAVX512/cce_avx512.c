@@ -58,7 +58,10 @@
 //    updates are mostly a few columns, where 16-row tiles would be mostly padding.
 //
 // 4. The forward's LSE merge (cce_avx512_merge_row): the Swift merge with its exponential
-//    on 16 lanes (Swift's SIMD8 exp compiles to 128-bit operations), bit for bit.
+//    on 16 lanes (Swift's SIMD8 exp compiles to 128-bit operations), bit for bit; and two
+//    row scans on 16-lane compares, the fused forward's selection of the logits it keeps
+//    (cce_avx512_select_above) and dC's entry filter (cce_avx512_threshold_copy: the
+//    generic Swift loop stayed scalar, 8% of a Float32 loss+grad).
 //
 // In all, a chain crosses KC chunks through the stored Float32 partial (exact), chunks
 // hold whole pairs, and padding (an odd d's last pair, rows beyond m, columns beyond n) is
