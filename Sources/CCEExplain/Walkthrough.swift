@@ -125,7 +125,11 @@ public struct TileWalkthrough: Sendable {
         }
 
         // The engine's vocabulary order: average logit C_v · ē, largest first (VocabularyOrder.swift).
+        // At the walkthrough's ε: the engine leaves the order alone where nearly every entry
+        // is kept (ε below 2^-20, BackwardPolicy.sortVocabulary).
         var orderOptions = Options(); orderOptions.sortVocabulary = sortVocabulary
+        orderOptions.filterEpsilon = .value(eps)
+        let sorts = BackwardPolicy(orderOptions, embeddings: .float32, classifier: .float32).sortVocabulary
         let order = try CutCrossEntropy(options: orderOptions).vocabularyOrder(
             embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
 
@@ -227,7 +231,7 @@ public struct TileWalkthrough: Sendable {
 
         self.seed = seed
         self.eps = eps
-        self.sortVocabulary = sortVocabulary
+        self.sortVocabulary = sorts
         self.targets = targets
         self.order = order
         self.forward = forward

@@ -114,7 +114,7 @@ public final class CUDALibrary: @unchecked Sendable {
         // CPU engine: by type for .auto, 0 (no filtering) for none.
         let policy = BackwardPolicy(o, embeddings: p.eType, classifier: p.cType)
         opt.filter_eps = Float(policy.epsilon ?? 0)
-        opt.sort_vocab = policy.sortVocabulary ? 1 : 0
+        opt.sort_vocab = o.sortVocabulary ? 1 : 0   // the option itself: the library sorts by its own rule
         var report = cce_host_report()  // zeroed
         var r = Result(loss: [Float](repeating: .nan, count: o.reduction == .none ? n : 1),
                        lse: [Float](repeating: .nan, count: n), dE: [Float](repeating: .nan, count: n * d),

@@ -193,9 +193,10 @@ public struct CutCrossEntropy: Sendable {
         return gradients(result)
     }
 
-    /// The order in which the backward sweeps the vocabulary: `order[k]` is the class at
+    /// The order in which the CPU engine sweeps the vocabulary: `order[k]` is the class at
     /// sorted position k (by average logit C_v · ē + b_v over the active tokens, largest
-    /// first; the identity when `sortVocabulary` is off). VocabularyOrder.swift.
+    /// first; the identity when `sortVocabulary` is off, and where the engine expects to keep
+    /// nearly every entry: `BackwardPolicy.sortVocabulary`). VocabularyOrder.swift.
     public func vocabularyOrder(embeddings: Tensor, classifier: Tensor, targets: Targets,
                                 bias: Tensor? = nil) throws -> [Int] {
         let p = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
@@ -203,7 +204,9 @@ public struct CutCrossEntropy: Sendable {
         let b = bias?.floats().map { Double($0) }
         return embeddings.withRawPointer { ep in
             classifier.withRawPointer { cp in
-                VocabularyOrder.make(problem: p, e: ep, c: cp, bias: b, sorted: options.sortVocabulary).order.map(Int.init)
+                VocabularyOrder.make(problem: p, e: ep, c: cp, bias: b,
+                                     sorted: BackwardPolicy(options, embeddings: p.eType, classifier: p.cType).sortVocabulary)
+                    .order.map(Int.init)
             }
         }
     }

@@ -34,7 +34,12 @@ public struct BackwardPolicy: Sendable, Equatable, CustomStringConvertible {
     public let filtersDC: Bool
     /// Whether the first-order part of what the filter drops is added back to dE.
     public let estimate: Bool
-    /// Whether the vocabulary is sorted by average logit before the backward.
+    /// Whether the CPU engine sorts the vocabulary by average logit before its sweep: as
+    /// `Options.sortVocabulary` asks, except where nearly every row segment is expected to be
+    /// kept (`densePrediction`: no filter, or ε below 2^-20, so Float32's default and the exact
+    /// mode). There no tile would be skipped for the order, and it would only cost its pass
+    /// over C and scatter dC's rows over memory (Float32 loss+grad 4 to 6% slower sorted on a
+    /// Zen 5, Docs/PERFORMANCE.md). The CUDA library takes the option as it is.
     public let sortVocabulary: Bool
     /// dC's entry filter: inside a kept row segment, an entry with |∂loss/∂z| below this
     /// (ε/16) is left out of dC and dBias, so that a classifier row no kept entry needs is
@@ -60,7 +65,7 @@ public struct BackwardPolicy: Sendable, Equatable, CustomStringConvertible {
         filtersDE = epsilon != nil && mode != .kahanFullE
         filtersDC = epsilon != nil && mode != .kahanFullC
         estimate = options.filterCorrection && filtersDE
-        sortVocabulary = options.sortVocabulary
+        sortVocabulary = options.sortVocabulary && (epsilon ?? 0) >= 0x1p-20   // !densePrediction
     }
 
     /// Whether both gradients drop the same rows, so that a row known negligible from the

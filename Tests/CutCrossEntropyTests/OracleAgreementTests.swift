@@ -6,6 +6,7 @@
 //   dE, dC, dB:  |engine − oracle| ≤ 1e-6 + 1e-4·max|oracle|
 // Exact mode (Float64 accumulation, no filtering): 1e-12 relative.
 
+import CCEData
 import CutCrossEntropy
 import XCTest
 
@@ -134,5 +135,51 @@ final class OracleAgreementTests: XCTestCase {
             XCTAssertTrue(f.lse.doubles.allSatisfy { $0.isNaN })
             XCTAssertEqual(f.activeTokens, 0)
         }
+    }
+}
+
+/// Where nearly every entry is kept (no filter, or ε below 2^-20: Float32's default, the exact
+/// mode), the engine sweeps the vocabulary in its own order: sorting could not let it skip a
+/// tile. Elsewhere it sorts as `Options.sortVocabulary` asks.
+final class DenseOrderTests: XCTestCase {
+    func testPolicySortsOnlyWhereTilesCanBeSkipped() {
+        var o = Options()
+        XCTAssertFalse(BackwardPolicy(o, embeddings: .float32, classifier: .float32).sortVocabulary)
+        XCTAssertTrue(BackwardPolicy(o, embeddings: .bfloat16, classifier: .bfloat16).sortVocabulary)
+        XCTAssertTrue(BackwardPolicy(o, embeddings: .float16, classifier: .float16).sortVocabulary)
+        o.filterEpsilon = .value(0x1p-20)
+        XCTAssertTrue(BackwardPolicy(o, embeddings: .float32, classifier: .float32).sortVocabulary)
+        o.filterEpsilon = .value(0x1p-21)
+        XCTAssertFalse(BackwardPolicy(o, embeddings: .bfloat16, classifier: .bfloat16).sortVocabulary)
+        o.filterEpsilon = .none
+        XCTAssertFalse(BackwardPolicy(o, embeddings: .bfloat16, classifier: .bfloat16).sortVocabulary)
+        o = Options(); o.mode = .exact
+        XCTAssertFalse(BackwardPolicy(o, embeddings: .bfloat16, classifier: .bfloat16).sortVocabulary)
+        o = Options(); o.sortVocabulary = false
+        XCTAssertFalse(BackwardPolicy(o, embeddings: .bfloat16, classifier: .bfloat16).sortVocabulary)
+    }
+
+    /// Float32 at the default ε: the same bits whether the option asks for the sort or not, and
+    /// `vocabularyOrder` reports the identity; bf16 at its default is sorted (the order differs
+    /// from the identity on LM-like data) and stays within its budget of the Float64 truth.
+    func testFloat32DefaultSweepsInVocabularyOrder() throws {
+        let data = LMLikeData.make(tokens: 90, dim: 40, vocab: 3001, type: .float32, seed: 4)
+        var sorted = Options(); sorted.threads = 2
+        var unsorted = sorted; unsorted.sortVocabulary = false
+        let (fa, ga) = try CutCrossEntropy(options: sorted).lossAndGradients(
+            embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+        let (fb, gb) = try CutCrossEntropy(options: unsorted).lossAndGradients(
+            embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+        XCTAssertEqual(fa.lse.floats.map(\.bitPattern), fb.lse.floats.map(\.bitPattern))
+        XCTAssertEqual(ga.dE.floats.map(\.bitPattern), gb.dE.floats.map(\.bitPattern))
+        XCTAssertEqual(ga.dC.floats.map(\.bitPattern), gb.dC.floats.map(\.bitPattern))
+        let order = try CutCrossEntropy(options: sorted).vocabularyOrder(
+            embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+        XCTAssertEqual(order, Array(0..<3001))
+
+        let b16 = LMLikeData.make(tokens: 90, dim: 40, vocab: 3001, type: .bfloat16, seed: 4)
+        let order16 = try CutCrossEntropy(options: sorted).vocabularyOrder(
+            embeddings: b16.embeddings, classifier: b16.classifier, targets: b16.targets)
+        XCTAssertNotEqual(order16, Array(0..<3001))
     }
 }
