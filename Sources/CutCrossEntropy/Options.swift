@@ -95,7 +95,9 @@ public struct Options: Sendable {
     /// Gradient filtering threshold.
     public var filterEpsilon: FilterEpsilon = .auto
     /// Sort the vocabulary by average logit before the backward, so that the significant
-    /// entries share tiles.
+    /// entries share tiles. The CPU engine does not sort where nearly every entry is kept
+    /// (no filter, or ε below 2^-20: Float32's default, the exact mode), since no tile could
+    /// be skipped there (`BackwardPolicy.sortVocabulary`).
     public var sortVocabulary: Bool = true
     public var mode: Mode = .default
     /// Add the first-order part of what the filter drops to dE: for a skipped row segment
