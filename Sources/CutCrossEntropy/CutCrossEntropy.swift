@@ -141,7 +141,8 @@ public struct CutCrossEntropy: Sendable {
         let kernel = tileKernel(embeddings: storage, classifier: storage)
         return TilePlan(tokens: tokens, dim: dim, vocab: vocab, threads: threadCount,
                         scalarBytes: options.mode == .exact ? 8 : 4, tokenBytes: kernel.tokenBytes,
-                        rowGroup: TilePlan.rowGroup(kernel: kernel, compensated: options.mode.compensated))
+                        rowGroup: TilePlan.rowGroup(kernel: kernel, compensated: options.mode.compensated),
+                        denseBackward: BackwardPolicy(options, embeddings: storage, classifier: storage).densePrediction)
     }
 
     var threadCount: Int { options.threads ?? Workers.availableCPUs }

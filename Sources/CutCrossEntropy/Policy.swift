@@ -48,7 +48,7 @@ public struct BackwardPolicy: Sendable, Equatable, CustomStringConvertible {
 
     /// Whether nearly every row segment is expected to enter the gradient products: no filter,
     /// or ε below 2^-20 (Float32's default 2^-28 keeps about 97% of them on LM-like data).
-    var densePrediction: Bool { (epsilon ?? 0) < 0x1p-20 }
+    public var densePrediction: Bool { (epsilon ?? 0) < 0x1p-20 }
     /// entryEpsilon / ε. At 1/16 the relative error of dC on LM-like data is that of the
     /// row-segment filter alone, to two digits (Docs/NUMERICS.md).
     public static let entryFraction = 1.0 / 16

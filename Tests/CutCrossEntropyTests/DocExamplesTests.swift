@@ -262,12 +262,13 @@ final class DocExamplesTests: XCTestCase {
         XCTAssertEqual(plan.threads, 2)
         XCTAssertEqual(plan.topology.l2Bytes, Topology.current.l2Bytes, "planned from this machine's L2")
         /// The rules, for 1024 tokens, D = 1024 Float32 values (4 KiB a row) and 2 threads.
-        func check(_ plan: TilePlan, _ what: String) {
+        func check(_ plan: TilePlan, _ what: String, dense: Bool = true) {
             let l2 = plan.topology.l2Bytes, row = 1024 * 4
             // VB: the largest power of two in 16 ... 256 whose C rows take at most a quarter
-            // of L2 (16 if none does).
-            var vb = 256
-            while vb > 16 && vb * row > l2 / 4 { vb /= 2 }
+            // of L2 (16 if none does); where nearly every segment is kept (Float32 at its
+            // default ε, as here) at most half of L2 and at most 128 entries.
+            var vb = dense ? 128 : 256
+            while vb > 16 && vb * row > l2 / (dense ? 2 : 4) { vb /= 2 }
             XCTAssertEqual(plan.vocabBlock, vb, "VB, \(what)")
             // NB: the E panels take at most two L2s and at most 288 rows, a multiple of the
             // kernel's row group g; then the number of token blocks is rounded up to a
@@ -290,11 +291,16 @@ final class DocExamplesTests: XCTestCase {
         // The comment's values, on any machine: the same call planned for a 512 KiB L2.
         var l2At512 = plan.topology
         l2At512.l2Bytes = 512 << 10
-        let documented = TilePlan(tokens: 1024, dim: 1024, vocab: 128256, threads: 2, topology: l2At512)
+        let documented = TilePlan(tokens: 1024, dim: 1024, vocab: 128256, threads: 2, denseBackward: true,
+                                  topology: l2At512)
         check(documented, "512 KiB L2")
         XCTAssertEqual(documented.tokenBlock, 174)
-        XCTAssertEqual(documented.vocabBlock, 32)
+        XCTAssertEqual(documented.vocabBlock, 64)
         XCTAssertEqual(documented.forwardVocabBlock, 256)
+        // The same shape where the filter can skip tiles (bf16 at its default ε): a quarter of L2.
+        let filtered = TilePlan(tokens: 1024, dim: 1024, vocab: 128256, threads: 2, topology: l2At512)
+        check(filtered, "512 KiB L2, filtered", dense: false)
+        XCTAssertEqual(filtered.vocabBlock, 32)
         // The row group: 4096 tokens on 16 threads with a 2 MiB L2 make 16 blocks, of 258
         // rows in groups of 6, of 256 in AMX's groups of 32 (258 would add a ninth group).
         var l2At2M = plan.topology

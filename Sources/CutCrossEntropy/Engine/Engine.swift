@@ -153,7 +153,8 @@ enum Engine {
         let plan = TilePlan(tokens: p.active, dim: p.d, vocab: p.v, threads: call.threads,
                             scalarBytes: MemoryLayout<S>.size,
                             tokenBytes: kernel.tokenBytes,
-                            rowGroup: TilePlan.rowGroup(kernel: kernel, compensated: call.policy.accumulation == .kahan))
+                            rowGroup: TilePlan.rowGroup(kernel: kernel, compensated: call.policy.accumulation == .kahan),
+                            denseBackward: call.policy.densePrediction)
         var stats = FilterStatistics()
         embeddings.withRawPointer { e in
         classifier.withRawPointer { c in

@@ -27,7 +27,12 @@
 //   VB (backward): the C rows of the gradient updates take a quarter of L2,
 //       VB ≈ L2 / 4 / (D · size), 16 ≤ VB ≤ 256, a power of two, so that VB divides VBf and
 //       every backward block lies inside one forward block (the fused call's skip bound
-//       and dropped-mass estimate are per forward block);
+//       and dropped-mass estimate are per forward block). Where nearly every row segment is
+//       kept (BackwardPolicy.densePrediction: Float32's default ε, no filter) the filter's
+//       granularity buys nothing, and the blocks take half of L2, at most 128 entries: fewer
+//       passes over the token block's dE rows and fewer, larger dC updates (Float32 at
+//       D = 1024 on a 1 MiB L2, VB 128 against 64: loss+grad about 8% faster; D = 2048, 64
+//       against 32: 4%; D = 512 at 256 against 128: no faster, hence the cap);
 //   VBf (forward): 256 (one LSE merge per row per 256 logits).
 //
 // Results depend on VB and VBf (they fix where tiles start on each row) but not on NB or
@@ -60,13 +65,14 @@ public struct TilePlan: Sendable, CustomStringConvertible {
 
     /// `rowGroup`: the tile kernel's (TileKernel.rowGroup). `tokenBytes`: the bytes of an E
     /// element as the kernel holds the token block, when not `scalarBytes` (NB only).
+    /// `denseBackward`: nearly every row segment is expected to be kept (VB only).
     public init(tokens: Int, dim: Int, vocab: Int, threads: Int, scalarBytes: Int = 4, tokenBytes: Int? = nil,
-                rowGroup: Int = TileShape.mr, topology: Topology = .current) {
+                rowGroup: Int = TileShape.mr, denseBackward: Bool = false, topology: Topology = .current) {
         let g = max(1, rowGroup)
         let row = max(1, dim * scalarBytes)
         let nb = 2 * topology.l2Bytes / max(1, dim * (tokenBytes ?? scalarBytes))
         self.rowGroup = g
-        var vb = topology.l2Bytes / 4 / row
+        var vb = denseBackward ? min(128, topology.l2Bytes / 2 / row) : topology.l2Bytes / 4 / row
         vb = min(256, max(16, vb))
         while vb & (vb - 1) != 0 { vb &= vb - 1 }  // round down to a power of two
         tokenBlock = TilePlan.balancedBlock(tokens: tokens, threads: threads, rowGroup: g,
