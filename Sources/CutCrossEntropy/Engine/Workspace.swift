@@ -806,7 +806,7 @@ func compactColumns<S: KernelScalar>(_ tile: UnsafePointer<S>, ldt: Int, rows: I
             for r in 0..<rows {
                 let row = tile + r * ldt, out = dst + r * cols, t = limit[r]
                 if cols == vc {
-                    // Every column: a straight copy with the threshold, eight lanes a step.
+                    // Every column: a straight copy with the threshold, in vector lanes (thresholdCopy).
                     nonzero &+= thresholdCopy(row, count: vc, below: t, into: out)
                 } else {
                     for c in 0..<cols {
