@@ -112,7 +112,7 @@ public struct Options: Sendable {
     /// Each kept entry costs 6 bytes per worker: the room is reserved for the whole block
     /// (3 MiB for 256 rows at 2048) but only the pages the entries fill become resident, so
     /// the memory a call takes is what its rows kept. A row that would run out of room, or
-    /// keep more than 5/8 of a forward block's entries (as flat rows do from the first block:
+    /// keep more than 3/4 of a forward block's entries (as flat rows do from the first block:
     /// such rows are cheaper recomputed by the tile kernel than added entry by entry), is
     /// recomputed, as without it, from that forward block on (a choice of the row alone, so no
     /// result depends on the thread count). dC, dBias and the loss are bitwise the same either

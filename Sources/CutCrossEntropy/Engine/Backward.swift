@@ -53,7 +53,7 @@
 // below ε/16, which the estimate below then carries (the forward's block statistics hold the
 // log-sum-exp of the entries not kept, U_iF, for such a row). A row keeps at most
 // `perRow` entries; from the forward block where it would run out, or would keep more than
-// 5/8 of the block (a flat row, cheaper recomputed than added entry by entry), it is
+// 3/4 of the block (a flat row, cheaper recomputed than added entry by entry), it is
 // recomputed as before (its choices depend on the row alone, not on NB or the thread count).
 //
 // Dropped-mass estimate (Options.filterCorrection): a filtered row segment (i, J) still has

@@ -191,7 +191,7 @@ struct ForwardPartials<S: KernelScalar>: @unchecked Sendable {
 /// matter against the whole row, not against its own smaller log-sum-exp: the LSE over the
 /// row's first `Forward.seedBlocks` forward blocks (the sorted vocabulary's most probable
 /// entries), published when those blocks are done; +∞ for a row that stopped keeping logits
-/// within them (a flat row that keeps more than 5/8 of a block), which then keeps none in the
+/// within them (a flat row that keeps more than 3/4 of a block), which then keeps none in the
 /// later segments either, as in one piece it would keep none in the later blocks.
 struct SegmentSeed<S: KernelScalar> {
     let values: UnsafeMutablePointer<S>

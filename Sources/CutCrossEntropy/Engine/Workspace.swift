@@ -620,7 +620,7 @@ final class SavedLogits<S: KernelScalar> {
     /// (column `target`, −1 for none), and returns the log-sum-exp of the rest,
     /// log(e^(logSum − m) − Σ_kept e^(z − m)) + m with m the block row's largest logit
     /// (−∞ when nothing is left); nil, keeping nothing, from the block where the row's room
-    /// would run out or where it would keep more than 5/8 of the block's entries on.
+    /// would run out or where it would keep more than 3/4 of the block's entries on.
     func keep(_ z: UnsafePointer<S>, width: Int, row i: Int, block f: Int, running: RunningLSE<S>, floor: S,
               target: Int, max m: S, logSum: S) -> S? {
         if i >= 256 && highStarts.base[f] < 0 { highStarts.base[f] = count }   // the forward calls rows in order
@@ -639,10 +639,12 @@ final class SavedLogits<S: KernelScalar> {
             positions.base[k] = Int32(target)
             n += 1
         }
-        // Out of room, or a block where the row keeps more than 5/8 of its entries (nearly
+        // Out of room, or a block where the row keeps more than 3/4 of its entries (nearly
         // every block of a flat row: cheaper recomputed by the tile kernel than saved and
-        // added one entry at a time): recomputed from here on.
-        guard Int(rowCount.base[i]) + n <= setting.perRow, n * 8 <= width * 5 else {
+        // added one entry at a time): recomputed from here on. (At 5/8, Float16's peaked rows
+        // tripped it in their first blocks and were recomputed in few-row tiles after:
+        // loss+grad 17 to 23% slower, Docs/PERFORMANCE.md.)
+        guard Int(rowCount.base[i]) + n <= setting.perRow, n * 4 <= width * 3 else {
             frontier.base[i] = Int32(f)
             return nil
         }
