@@ -11,7 +11,7 @@ too, so the forward can decide as it goes what to keep. This script counts, per 
     entry filter keep);
   - entries a forward would keep against its running LSE (over 256-wide blocks of the
     vocabulary sorted by C_v . mean(E), as the engine sweeps it), in all, in the first block,
-    and in a row's densest block (a row keeping more than 5/8 of a block is recomputed);
+    and in a row's densest block (a row keeping more than 3/4 of a block is recomputed);
   - row segments of VB = 128 with some p >= eps (what the fused call keeps today).
 
 Data: lm-like(N, D, V, S, alpha) as Docs/LMLIKE.md defines it (numpy's generator, so other

@@ -229,7 +229,7 @@ final class PropertyTests: XCTestCase {
     /// The fused call's backward from the forward's saved logits (SavedLogits) instead of
     /// recomputed tiles, on LM-like bf16 data with a bias and label smoothing: loss, LSE, dC
     /// and dBias bitwise those of the recomputing call, whether every forward block fits in
-    /// the room (9000 a row, V: only the few rows that keep more than 5/8 of some block are
+    /// the room (9000 a row, V: only the few rows that keep more than 3/4 of some block are
     /// recomputed) or the room runs out part way (48 a row: the rest is recomputed); dE bitwise
     /// the same for 1 and 3 threads, and against the
     /// Float64 oracle within twice the recomputing call's error (the entries below ε/16 of
