@@ -58,10 +58,7 @@
 //    updates are mostly a few columns, where 16-row tiles would be mostly padding.
 //
 // 4. The forward's LSE merge (cce_avx512_merge_row): the Swift merge with its exponential
-//    on 16 lanes (Swift's SIMD8 exp compiles to 128-bit operations), bit for bit; and two
-//    row scans on 16-lane compares, the fused forward's selection of the logits it keeps
-//    (cce_avx512_select_above) and dC's entry filter (cce_avx512_threshold_copy: the
-//    generic Swift loop stayed scalar, 8% of a Float32 loss+grad).
+//    on 16 lanes (Swift's SIMD8 exp compiles to 128-bit operations), bit for bit.
 //
 // In all, a chain crosses KC chunks through the stored Float32 partial (exact), chunks
 // hold whole pairs, and padding (an odd d's last pair, rows beyond m, columns beyond n) is
@@ -1069,27 +1066,6 @@ long cce_avx512_select_above(const float *z, long count, float threshold, int32_
     return n;
 }
 
-// dC's entry filter over one row: out[p] = 0 where |x[p]| < t, else x[p]; returns how many
-// out[p] are not zero. One 16-lane compare of |x| (sign bit cleared) a step.
-CCE_AVX512
-long cce_avx512_threshold_copy(const float *x, long count, float t, float *out) {
-    const __m512 tv = _mm512_set1_ps(t);
-    long n = 0, p = 0;
-    for (; p + 16 <= count; p += 16) {
-        const __m512 v = _mm512_loadu_ps(x + p);
-        const __mmask16 small = _mm512_cmp_ps_mask(_mm512_abs_ps(v), tv, _CMP_LT_OQ);
-        const __m512 y = _mm512_maskz_mov_ps((__mmask16)~small, v);
-        _mm512_storeu_ps(out + p, y);
-        n += __builtin_popcount((unsigned)_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NEQ_UQ));
-    }
-    for (; p < count; p++) {
-        const float y = __builtin_fabsf(x[p]) < t ? 0.0f : x[p];
-        out[p] = y;
-        n += y != 0.0f;
-    }
-    return n;
-}
-
 // mergeTileRow (CCEKernels/LSEMerge.swift) for Float, step for step: the maximum in eight
 // lanes (a lane takes a later value only when it is larger; then the first largest lane;
 // then the tail, where a later equal value wins, as Swift.max does), the exponentials 16
@@ -1170,7 +1146,6 @@ void cce_sum_rows(const void *const *rows, long count, int type, long width, flo
 int cce_amx_supported(void) { return 0; }
 float cce_avx512_exp(float x) { __builtin_trap(); }
 long cce_avx512_select_above(const float *z, long count, float threshold, int32_t *positions) { __builtin_trap(); }
-long cce_avx512_threshold_copy(const float *x, long count, float t, float *out) { __builtin_trap(); }
 void cce_avx512_merge_row(const float *z, long count, float *max, float *sum, float *comp, float *tile_max,
                           float *log_sum) { __builtin_trap(); }
 size_t cce_amx_row_block_words(long m, long d) { return (size_t)((m + 31) / 32 * 32 * ((d + 31) / 32 * 16)); }

@@ -407,17 +407,10 @@ public func selectAbove(_ z: UnsafePointer<Float>, count: Int, threshold: Float,
 
 /// dC's entry filter over one row: out[q] = 0 where |x[q]| < t, else x[q] (NaN, and every
 /// entry when t ≤ 0, copied as it is), for q < count; returns how many out[q] are not zero.
-/// 16 lanes a step where the CPU has AVX-512 and S is Float, else one by one.
+/// Float rows in vector lanes (`thresholdCopy8`), other scalars one by one.
 @inlinable
 public func thresholdCopy<S: KernelScalar>(_ x: UnsafePointer<S>, count: Int, below t: S,
                                            into out: UnsafeMutablePointer<S>) -> Int {
-    if S.self == Float.self && hasAVX512 {
-        return UnsafeRawPointer(x).withMemoryRebound(to: Float.self, capacity: count) { xf in
-            UnsafeMutableRawPointer(out).withMemoryRebound(to: Float.self, capacity: count) { of in
-                cce_avx512_threshold_copy(xf, count, Float(t), of)
-            }
-        }
-    }
     if S.self == Float.self {
         return UnsafeRawPointer(x).withMemoryRebound(to: Float.self, capacity: count) { xf in
             UnsafeMutableRawPointer(out).withMemoryRebound(to: Float.self, capacity: count) { of in
@@ -434,9 +427,11 @@ public func thresholdCopy<S: KernelScalar>(_ x: UnsafePointer<S>, count: Int, be
     return n
 }
 
-/// `thresholdCopy` for Float in eight lanes of the target CPU's vectors (AVX2 on the portable
-/// path): −t < x < t is |x| < t for every x (a NaN compares false either way); a true lane of
-/// a comparison mask is −1, so subtracting the masks counts the nonzero values.
+/// `thresholdCopy` for Float in eight lanes of the target CPU's vectors (a concrete SIMD8<Float>
+/// lowers to vector compares, with AVX-512's mask registers where the CPU has them; the same
+/// loop over the generic SIMD8<S> was compiled lane by lane): −t < x < t is |x| < t for every
+/// x (a NaN compares false either way); a true lane of a comparison mask is −1, so subtracting
+/// the masks counts the nonzero values.
 public func thresholdCopy8(_ x: UnsafePointer<Float>, count: Int, below t: Float, into out: UnsafeMutablePointer<Float>) -> Int {
     let hi = SIMD8<Float>(repeating: t), lo = -hi, zero = SIMD8<Float>()
     var nonzero = SIMD8<Int32>()

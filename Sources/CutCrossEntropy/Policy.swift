@@ -48,7 +48,9 @@ public struct BackwardPolicy: Sendable, Equatable, CustomStringConvertible {
 
     /// Whether nearly every row segment is expected to enter the gradient products: no filter,
     /// or ε below 2^-20 (Float32's default 2^-28 keeps about 97% of them on LM-like data).
-    public var densePrediction: Bool { (epsilon ?? 0) < 0x1p-20 }
+    public var densePrediction: Bool { Self.keepsNearlyEverything(epsilon) }
+    /// The rule of `densePrediction`, for a resolved ε (nil: no filter).
+    static func keepsNearlyEverything(_ epsilon: Double?) -> Bool { (epsilon ?? 0) < 0x1p-20 }
     /// entryEpsilon / ε. At 1/16 the relative error of dC on LM-like data is that of the
     /// row-segment filter alone, to two digits (Docs/NUMERICS.md).
     public static let entryFraction = 1.0 / 16
@@ -65,7 +67,7 @@ public struct BackwardPolicy: Sendable, Equatable, CustomStringConvertible {
         filtersDE = epsilon != nil && mode != .kahanFullE
         filtersDC = epsilon != nil && mode != .kahanFullC
         estimate = options.filterCorrection && filtersDE
-        sortVocabulary = options.sortVocabulary && (epsilon ?? 0) >= 0x1p-20   // !densePrediction
+        sortVocabulary = options.sortVocabulary && !Self.keepsNearlyEverything(epsilon)
     }
 
     /// Whether both gradients drop the same rows, so that a row known negligible from the

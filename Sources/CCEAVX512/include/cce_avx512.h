@@ -165,9 +165,6 @@ float cce_avx512_exp(float x);
 /// The positions p < count with z[p] >= threshold, increasing, into `positions`; returns
 /// how many. Requires cce_avx512_supported().
 long cce_avx512_select_above(const float *z, long count, float threshold, int32_t *positions);
-/// dC's entry filter over a row: out[p] = 0 where |x[p]| < t, else x[p], for p < count;
-/// returns how many out[p] are not zero. Requires cce_avx512_supported().
-long cce_avx512_threshold_copy(const float *x, long count, float t, float *out);
 
 // MARK: - The Float32 FMA kernel (512-bit)
 
