@@ -30,7 +30,9 @@
 // the first call touches count); later_peak_bytes is the largest of the later repeats' (the
 // steady state of a training loop, and what a measurement after warm-up calls sees, as
 // Benchmarks/scripts/pytorch_baseline.py's does). Both are in the JSON rows.
-// Ratios are taken within one run, so machine noise affects both sides alike.
+// Ratios are taken within one run, so machine noise affects both sides alike; with `rounds`
+// the whole set is measured again and again (rows alternate), each ratio taken per round and
+// its median reported, with every round's value in the JSON (`ratio_rounds`).
 
 import CCEData
 import CCEKernels
@@ -44,6 +46,9 @@ public struct BenchConfig: Sendable {
     public var dtype: ElementType = .bfloat16
     public var threads = Workers.availableCPUs
     public var repeats = 3
+    /// Passes over the whole set of rows (each row `repeats` times a pass): rows report the
+    /// median of their rounds' medians, ratios of times the median of their rounds' ratios.
+    public var rounds = 1
     public var seed: UInt64 = 0
     /// The LM-like data's scale S and prior α (Docs/LMLIKE.md; S = 2, α = 1 is the flat set).
     public var scale = 4.0, alpha = 1.5
@@ -84,10 +89,18 @@ public struct BenchReport: Codable, Sendable {
     }
     public var threads: Int
     public var repeats: Int
+    /// Passes over the set of rows (absent in reports from before there were rounds).
+    public var rounds: Int?
     public var plan: String
     public var filter: String?
     public var rows: [BenchRow]
+    /// A ratio of times is the median of the rounds' own (one round: that round's); a ratio of
+    /// peaks is the rows' (the first call's peak, or the largest later one).
     public var ratios: [String: Double]
+    /// With more than one round: each ratio of times per round, in round order.
+    public var ratio_rounds: [String: [Double]]?
+    /// With more than one round: each row's median seconds per round ("method kind").
+    public var row_rounds: [String: [Double]]?
 }
 
 public enum BenchError: Error, CustomStringConvertible {
@@ -104,8 +117,8 @@ public enum Bench {
         guard c.tokens > 0, c.dim > 0, c.vocab > 0 else {
             throw BenchError.invalid("sizes must be positive (tokens \(c.tokens), dim \(c.dim), vocab \(c.vocab))")
         }
-        guard c.threads > 0, c.repeats > 0 else {
-            throw BenchError.invalid("threads and repeats must be positive")
+        guard c.threads > 0, c.repeats > 0, c.rounds > 0 else {
+            throw BenchError.invalid("threads, repeats and rounds must be positive")
         }
         if let k = c.kinds, let bad = k.first(where: { !["loss", "grad", "loss+grad"].contains($0) }) {
             throw BenchError.invalid("unknown kind '\(bad)'; kinds: loss, grad, loss+grad")
@@ -182,126 +195,160 @@ public enum Bench {
 
         func gradBytes(_ g: Gradients) -> Int { g.dE.byteCount + g.dC.byteCount + (g.dBias?.byteCount ?? 0) }
 
-        if methods.contains("sgemm") {
-            openblas_set_num_threads(Int32(c.threads))
-            let e32 = e.floats(), c32 = C.floats()
-            var out = [Float](repeating: 0, count: c.tokens * c.vocab)
-            time("sgemm", "matmul", note: "OpenBLAS, Float32 (bf16/f16 inputs converted beforehand; output allocated beforehand)") {
-                out.withUnsafeMutableBufferPointer { o in
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(c.tokens), Int32(c.vocab),
-                                Int32(c.dim), 1, e32, Int32(c.dim), c32, Int32(c.dim), 0, o.baseAddress!,
-                                Int32(c.vocab))
-                }
-                return (nil, 0)
-            }
-        }
-        if methods.contains("tile-swift") {
-            let e32 = e.floats(), c32 = C.floats()
-            time("tile-swift", "matmul", note: "Swift 6x16 packed tile kernel over the whole product, Float32") {
-                tileSweep(e32, c32, c, plan)
-                return (nil, 0)
-            }
-        }
-        if methods.contains("materialized") {
-            time("materialized", "loss") {
-                let r = try! Materialized.compute(embeddings: e, classifier: C, targets: t, options: opts, gradients: false)
-                return (r.loss, 0)
-            }
-            time("materialized", "loss+grad") {
-                let r = try! Materialized.compute(embeddings: e, classifier: C, targets: t, options: opts)
-                return (r.loss, ((r.dE?.count ?? 0) + (r.dC?.count ?? 0)) * 4)
-            }
-        }
-        func cceRows(_ name: String, _ o: Options, backend: TileBackend = .swiftSIMD, kernel: TileKernel? = nil,
-                     kinds: [String], repeats: Int? = nil) {
-            var engine = CutCrossEntropy(options: o)
-            engine.tileBackend = backend
-            engine.tileKernel = kernel
-            let kernelName = backend == .openBLAS ? "openblas-sgemm"
-                : engine.tileKernel(embeddings: e.elementType, classifier: C.elementType).name
-            func timeRow(_ method: String, _ kind: String, repeats: Int? = nil, note: String? = nil,
-                         _ body: () throws -> (loss: Double?, outputBytes: Int)) rethrows {
-                try time(method, kind, repeats: repeats, note: note, kernel: kernelName, body)
-            }
-            let kinds = kinds.filter { c.kinds?.contains($0) ?? true }
-            if backend == .openBLAS { openblas_set_num_threads(1) }
-            if kinds.contains("loss") {
-                timeRow(name, "loss", repeats: repeats) {
-                    (try! engine.forward(embeddings: e, classifier: C, targets: t).loss, 0)
+        /// One pass over the methods and kinds asked for, into `rows`.
+        func measureRound() {
+            if methods.contains("sgemm") {
+                openblas_set_num_threads(Int32(c.threads))
+                let e32 = e.floats(), c32 = C.floats()
+                var out = [Float](repeating: 0, count: c.tokens * c.vocab)
+                time("sgemm", "matmul", note: "OpenBLAS, Float32 (bf16/f16 inputs converted beforehand; output allocated beforehand)") {
+                    out.withUnsafeMutableBufferPointer { o in
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(c.tokens), Int32(c.vocab),
+                                    Int32(c.dim), 1, e32, Int32(c.dim), c32, Int32(c.dim), 0, o.baseAddress!,
+                                    Int32(c.vocab))
+                    }
+                    return (nil, 0)
                 }
             }
-            if kinds.contains("grad") {
-                let f = try! engine.forward(embeddings: e, classifier: C, targets: t)
-                timeRow(name, "grad", repeats: repeats) {
-                    let g = try! engine.backward(f, embeddings: e, classifier: C)
-                    return (nil, gradBytes(g))
+            if methods.contains("tile-swift") {
+                let e32 = e.floats(), c32 = C.floats()
+                time("tile-swift", "matmul", note: "Swift 6x16 packed tile kernel over the whole product, Float32") {
+                    tileSweep(e32, c32, c, plan)
+                    return (nil, 0)
                 }
             }
-            if kinds.contains("loss+grad") && name == "cce" {
-                // Buffers a training loop keeps: allocated and faulted in before the timing.
-                var dE = [Float](repeating: 0, count: e.count), dC = [Float](repeating: 0, count: C.count)
-                var dBias: [Float] = []
-                timeRow(name, "loss+grad", repeats: repeats, note: "gradients into buffers kept across calls") {
-                    let (f, fs) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t,
-                                                               dE: &dE, dC: &dC, dBias: &dBias)
-                    filterNote = String(format: "kept %.2f%% of row segments (%.2f%% not even recomputed); skipped %d of %d tiles; backward tiles of %d rows",
-                                        100 * Double(fs.keptRowSegments) / Double(max(1, fs.rowSegments)),
-                                        100 * Double(fs.boundSkippedRowSegments) / Double(max(1, fs.rowSegments)),
-                                        fs.skippedTiles, fs.tiles, fs.tokenBlock)
-                    return (f.loss, 0)
+            if methods.contains("materialized") {
+                time("materialized", "loss") {
+                    let r = try! Materialized.compute(embeddings: e, classifier: C, targets: t, options: opts, gradients: false)
+                    return (r.loss, 0)
                 }
-            } else if kinds.contains("loss+grad") {
-                timeRow(name, "loss+grad", repeats: repeats) {
-                    let (f, g) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t)
-                    return (f.loss, gradBytes(g))
+                time("materialized", "loss+grad") {
+                    let r = try! Materialized.compute(embeddings: e, classifier: C, targets: t, options: opts)
+                    return (r.loss, ((r.dE?.count ?? 0) + (r.dC?.count ?? 0)) * 4)
                 }
             }
-            openblas_set_num_threads(Int32(c.threads))
-        }
-        if methods.contains("cce") { cceRows("cce", opts, kinds: ["loss", "grad", "loss+grad"]) }
-        if methods.contains("cce-alloc") { cceRows("cce-alloc", opts, kinds: ["loss+grad"]) }
-        if let f = filterNote { log("  cce filter: \(f)") }
-        if methods.contains("cce-nofilter") {
-            var o = opts; o.filterEpsilon = .none
-            cceRows("cce-nofilter", o, kinds: ["loss+grad"])
-        }
-        if methods.contains("cce-nosort") {
-            var o = opts; o.sortVocabulary = false
-            cceRows("cce-nosort", o, kinds: ["loss", "loss+grad"])
-        }
-        if methods.contains("cce-noestimate") {
-            var o = opts; o.filterCorrection = false
-            cceRows("cce-noestimate", o, kinds: ["loss+grad"])
-        }
-        if methods.contains("cce-recompute") {
-            var o = opts; o.savedLogitsPerRow = 0
-            cceRows("cce-recompute", o, kinds: ["loss+grad"])
-        }
-        if methods.contains("cce-kahan") {
-            var o = opts; o.mode = .kahan
-            cceRows("cce-kahan", o, kinds: ["loss+grad"])
-        }
-        if methods.contains("cce-openblas") { cceRows("cce-openblas", opts, backend: .openBLAS, kinds: ["loss", "loss+grad"]) }
-        if methods.contains("cce-portable") { cceRows("cce-portable", opts, kernel: .portable, kinds: ["loss", "loss+grad"]) }
-        if methods.contains("cce-avx512fma") {
-            if TileKernel.avx512FMA.runs(c.dtype) {
-                cceRows("cce-avx512fma", opts, kernel: .avx512FMA, kinds: ["loss", "loss+grad"])
-            } else {
-                log("  cce-avx512fma: skipped (needs AVX-512)")
+            func cceRows(_ name: String, _ o: Options, backend: TileBackend = .swiftSIMD, kernel: TileKernel? = nil,
+                         kinds: [String], repeats: Int? = nil) {
+                var engine = CutCrossEntropy(options: o)
+                engine.tileBackend = backend
+                engine.tileKernel = kernel
+                let kernelName = backend == .openBLAS ? "openblas-sgemm"
+                    : engine.tileKernel(embeddings: e.elementType, classifier: C.elementType).name
+                func timeRow(_ method: String, _ kind: String, repeats: Int? = nil, note: String? = nil,
+                             _ body: () throws -> (loss: Double?, outputBytes: Int)) rethrows {
+                    try time(method, kind, repeats: repeats, note: note, kernel: kernelName, body)
+                }
+                let kinds = kinds.filter { c.kinds?.contains($0) ?? true }
+                if backend == .openBLAS { openblas_set_num_threads(1) }
+                if kinds.contains("loss") {
+                    timeRow(name, "loss", repeats: repeats) {
+                        (try! engine.forward(embeddings: e, classifier: C, targets: t).loss, 0)
+                    }
+                }
+                if kinds.contains("grad") {
+                    let f = try! engine.forward(embeddings: e, classifier: C, targets: t)
+                    timeRow(name, "grad", repeats: repeats) {
+                        let g = try! engine.backward(f, embeddings: e, classifier: C)
+                        return (nil, gradBytes(g))
+                    }
+                }
+                if kinds.contains("loss+grad") && name == "cce" {
+                    // Buffers a training loop keeps: allocated and faulted in before the timing.
+                    var dE = [Float](repeating: 0, count: e.count), dC = [Float](repeating: 0, count: C.count)
+                    var dBias: [Float] = []
+                    timeRow(name, "loss+grad", repeats: repeats, note: "gradients into buffers kept across calls") {
+                        let (f, fs) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t,
+                                                                   dE: &dE, dC: &dC, dBias: &dBias)
+                        filterNote = String(format: "kept %.2f%% of row segments (%.2f%% not even recomputed); skipped %d of %d tiles; backward tiles of %d rows",
+                                            100 * Double(fs.keptRowSegments) / Double(max(1, fs.rowSegments)),
+                                            100 * Double(fs.boundSkippedRowSegments) / Double(max(1, fs.rowSegments)),
+                                            fs.skippedTiles, fs.tiles, fs.tokenBlock)
+                        return (f.loss, 0)
+                    }
+                } else if kinds.contains("loss+grad") {
+                    timeRow(name, "loss+grad", repeats: repeats) {
+                        let (f, g) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t)
+                        return (f.loss, gradBytes(g))
+                    }
+                }
+                openblas_set_num_threads(Int32(c.threads))
+            }
+            if methods.contains("cce") { cceRows("cce", opts, kinds: ["loss", "grad", "loss+grad"]) }
+            if methods.contains("cce-alloc") { cceRows("cce-alloc", opts, kinds: ["loss+grad"]) }
+            if let f = filterNote { log("  cce filter: \(f)") }
+            if methods.contains("cce-nofilter") {
+                var o = opts; o.filterEpsilon = .none
+                cceRows("cce-nofilter", o, kinds: ["loss+grad"])
+            }
+            if methods.contains("cce-nosort") {
+                var o = opts; o.sortVocabulary = false
+                cceRows("cce-nosort", o, kinds: ["loss", "loss+grad"])
+            }
+            if methods.contains("cce-noestimate") {
+                var o = opts; o.filterCorrection = false
+                cceRows("cce-noestimate", o, kinds: ["loss+grad"])
+            }
+            if methods.contains("cce-recompute") {
+                var o = opts; o.savedLogitsPerRow = 0
+                cceRows("cce-recompute", o, kinds: ["loss+grad"])
+            }
+            if methods.contains("cce-kahan") {
+                var o = opts; o.mode = .kahan
+                cceRows("cce-kahan", o, kinds: ["loss+grad"])
+            }
+            if methods.contains("cce-openblas") { cceRows("cce-openblas", opts, backend: .openBLAS, kinds: ["loss", "loss+grad"]) }
+            if methods.contains("cce-portable") { cceRows("cce-portable", opts, kernel: .portable, kinds: ["loss", "loss+grad"]) }
+            if methods.contains("cce-avx512fma") {
+                if TileKernel.avx512FMA.runs(c.dtype) {
+                    cceRows("cce-avx512fma", opts, kernel: .avx512FMA, kinds: ["loss", "loss+grad"])
+                } else {
+                    log("  cce-avx512fma: skipped (needs AVX-512)")
+                }
+            }
+            if methods.contains("cce-avx512bf16") {
+                if TileKernel.avx512BF16.runs(c.dtype) {
+                    cceRows("cce-avx512bf16", opts, kernel: .avx512BF16, kinds: ["loss", "loss+grad"])
+                } else {
+                    log("  cce-avx512bf16: skipped (needs AVX512_BF16 and bf16 inputs)")
+                }
+            }
+            if methods.contains("cce-exact") {
+                var o = opts; o.mode = .exact
+                cceRows("cce-exact", o, kinds: ["loss", "loss+grad"], repeats: 1)
             }
         }
-        if methods.contains("cce-avx512bf16") {
-            if TileKernel.avx512BF16.runs(c.dtype) {
-                cceRows("cce-avx512bf16", opts, kernel: .avx512BF16, kinds: ["loss", "loss+grad"])
-            } else {
-                log("  cce-avx512bf16: skipped (needs AVX512_BF16 and bf16 inputs)")
-            }
+        // Rounds: the whole set again, so that a row and the rows it is compared with alternate
+        // (loss, loss+grad, loss, loss+grad, … at one repeat a round) and a slow or fast spell
+        // of the machine falls on both sides of a ratio.
+        var perRound: [[BenchRow]] = []
+        for r in 0..<c.rounds {
+            if c.rounds > 1 { log("round \(r + 1) of \(c.rounds)") }
+            rows = []
+            measureRound()
+            perRound.append(rows)
         }
-        if methods.contains("cce-exact") {
-            var o = opts; o.mode = .exact
-            cceRows("cce-exact", o, kinds: ["loss", "loss+grad"], repeats: 1)
+        // A ratio of times is taken per round and its median reported; a ratio of peaks is the
+        // combined rows' (the first call's peak, or the largest of every later call's).
+        let combined = combine(perRound, flops: flops)
+        var ratios = Bench.ratios(of: combined, c), ratioRounds: [String: [Double]] = [:]
+        let roundRatios = perRound.map { Bench.ratios(of: $0, c) }
+        for key in ratios.keys where !key.contains("peak") {
+            let values = roundRatios.compactMap { $0[key] }
+            ratios[key] = Bench.median(values)
+            if c.rounds > 1 { ratioRounds[key] = values }
         }
 
+        return BenchReport(
+            machine: machineDescription(), blas: blasDescription(), toolchain: toolchain(), target_cpu_flags: simdFlags(),
+            shape: BenchReport.Shape(tokens: c.tokens, dim: c.dim, vocab: c.vocab, dtype: c.dtype.rawValue,
+                                     scale: c.scale, alpha: c.alpha),
+            threads: c.threads, repeats: c.repeats, rounds: c.rounds, plan: plan.description, filter: filterNote,
+            rows: combined, ratios: ratios, ratio_rounds: c.rounds > 1 ? ratioRounds : nil,
+            row_rounds: c.rounds > 1 ? rowRounds(perRound) : nil)
+    }
+
+    /// The ratios of one round's rows (each over medians of that round's repeats).
+    static func ratios(of rows: [BenchRow], _ c: BenchConfig) -> [String: Double] {
         var ratios: [String: Double] = [:]
         func row(_ m: String, _ k: String) -> BenchRow? { rows.first { $0.method == m && $0.kind == k } }
         if let a = row("cce", "loss"), let b = row("sgemm", "matmul") {
@@ -347,12 +394,39 @@ public enum Bench {
         if let a = row("tile-swift", "matmul"), let b = row("sgemm", "matmul"), let ga = a.gflops, let gb = b.gflops {
             ratios["tile_swift_gflops_over_sgemm"] = ga / gb
         }
-        return BenchReport(
-            machine: machineDescription(), blas: blasDescription(), toolchain: toolchain(), target_cpu_flags: simdFlags(),
-            shape: BenchReport.Shape(tokens: c.tokens, dim: c.dim, vocab: c.vocab, dtype: c.dtype.rawValue,
-                                     scale: c.scale, alpha: c.alpha),
-            threads: c.threads, repeats: c.repeats, plan: plan.description, filter: filterNote,
-            rows: rows, ratios: ratios)
+        return ratios
+    }
+    /// Rows of every round in one: per method and kind (in the first round's order), the
+    /// median of the rounds' medians, the least time of any call, the first round's first-call
+    /// peak (no warm-up), and the largest peak of every later call as `later_peak_bytes`.
+    static func combine(_ rounds: [[BenchRow]], flops: Double) -> [BenchRow] {
+        guard var combined = rounds.first, rounds.count > 1 else { return rounds.first ?? [] }
+        for (i, first) in combined.enumerated() {
+            let same = rounds.compactMap { $0.first { $0.method == first.method && $0.kind == first.kind } }
+            var row = first
+            row.median_seconds = median(same.map(\.median_seconds))
+            row.min_seconds = same.map(\.min_seconds).min() ?? first.min_seconds
+            let later = ([first.later_peak_bytes].compactMap { $0 } + same.dropFirst().flatMap {
+                [$0.peak_bytes] + [$0.later_peak_bytes].compactMap { $0 }
+            }).max()
+            row.later_peak_bytes = later
+            if first.gflops != nil { row.gflops = flops / row.median_seconds * 1e-9 }
+            combined[i] = row
+        }
+        return combined
+    }
+
+    /// Per method and kind ("method kind"), each round's median seconds.
+    static func rowRounds(_ rounds: [[BenchRow]]) -> [String: [Double]] {
+        var out: [String: [Double]] = [:]
+        for round in rounds { for row in round { out["\(row.method) \(row.kind)", default: []].append(row.median_seconds) } }
+        return out
+    }
+
+    /// The median of `values` (the upper one of an even count, as the rows' medians are taken).
+    static func median(_ values: [Double]) -> Double {
+        let s = values.sorted()
+        return s.isEmpty ? .nan : s[s.count / 2]
     }
 
     /// The whole N x V product by the Swift tile kernel, tile by tile, nothing stored:

@@ -20,6 +20,10 @@ struct BenchCommand: ParsableCommand {
     @OptionGroup var problem: ProblemOptions<Defaults>
     @OptionGroup var engine: EngineOptions<StandardEngine>
     @Option(parsing: .unconditional, help: "Timed repeats per row (median reported).") var repeats = 3
+    @Option(parsing: .unconditional, help: ArgumentHelp(
+        "Passes over the whole set of rows, one after another (rows alternate).",
+        discussion: "A row then reports the median of its rounds' medians, and each ratio of times the median of its per-round values (listed after it), so that a slow or fast spell of the machine falls on both sides of a ratio."))
+    var rounds = 1
     @Option(help: "Comma-separated methods (default: all): \(Bench.allMethods.joined(separator: ","))")
     var methods: String?
     @Option(help: "Comma-separated kinds for the cce rows (default: all): loss,grad,loss+grad")
@@ -38,6 +42,7 @@ struct BenchCommand: ParsableCommand {
 
     func validate() throws {
         guard repeats >= 1 else { throw ValidationError("--repeats must be >= 1 (got \(repeats))") }
+        guard rounds >= 1 else { throw ValidationError("--rounds must be >= 1 (got \(rounds))") }
         guard scale > 0, scale.isFinite else { throw ValidationError("--scale must be finite and > 0 (got \(scale))") }
         guard alpha >= 0, alpha.isFinite else { throw ValidationError("--alpha must be finite and >= 0 (got \(alpha))") }
     }
@@ -48,7 +53,7 @@ struct BenchCommand: ParsableCommand {
         let (tokens, dim, vocab, dtype) = (problem.tokens, problem.dim, problem.vocab, problem.dtype)
         var c = BenchConfig()
         c.tokens = tokens; c.dim = dim; c.vocab = vocab; c.dtype = dtype
-        c.threads = engine.resolvedThreads; c.repeats = repeats; c.seed = problem.seed
+        c.threads = engine.resolvedThreads; c.repeats = repeats; c.rounds = rounds; c.seed = problem.seed
         c.scale = scale; c.alpha = alpha
         c.methods = methods.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         c.kinds = kinds.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
@@ -67,7 +72,8 @@ struct BenchCommand: ParsableCommand {
         print("machine: \(report.machine)")
         print("BLAS: \(report.blas)")
         print("toolchain: \(report.toolchain); SIMD: \(report.target_cpu_flags)")
-        print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), LM-like S=\(scale) alpha=\(alpha), threads \(c.threads), repeats \(repeats)")
+        print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), LM-like S=\(scale) alpha=\(alpha), threads \(c.threads), repeats \(repeats)"
+              + (rounds > 1 ? ", rounds \(rounds)" : ""))
         print("plan: \(report.plan)\n")
         print(pad("method", 14) + pad("kind", 10) + lpad("median s", 10) + lpad("min s", 10)
               + lpad("peak MB", 12) + lpad("GFLOP/s", 10))
@@ -77,9 +83,19 @@ struct BenchCommand: ParsableCommand {
                   + lpad(String(format: "%.2f", Double(r.peak_bytes) / 1e6), 12)
                   + lpad(r.gflops.map { String(format: "%.1f", $0) } ?? "", 10))
         }
+        if let perRound = report.row_rounds {
+            print("\nmedian s per round:")
+            for r in report.rows {
+                let values = perRound["\(r.method) \(r.kind)"] ?? []
+                print(pad(r.method, 14) + pad(r.kind, 10) + values.map { lpad(String(format: "%.3f", $0), 8) }.joined())
+            }
+        }
         if let f = report.filter { print("\ncce filtering: \(f)") }
-        print("\nratios:")
-        for (k, v) in report.ratios.sorted(by: { $0.key < $1.key }) { print("  " + pad(k, 52) + String(format: " %.4f", v)) }
+        print(rounds > 1 ? "\nratios (of times: the median of the rounds', each round's after it):" : "\nratios:")
+        for (k, v) in report.ratios.sorted(by: { $0.key < $1.key }) {
+            let each = report.ratio_rounds?[k].map { "   [" + $0.map { String(format: "%.3f", $0) }.joined(separator: " ") + "]" } ?? ""
+            print("  " + pad(k, 52) + String(format: " %.4f", v) + each)
+        }
     }
 }
 

@@ -112,6 +112,7 @@ final class FailFastTests: XCTestCase {
             (["accuracy", "--data", "-1:2"], ["--data"]),
             (["train", "--steps", "-1"], ["--steps", "-1"]),
             (["bench", "--repeats", "-1"], ["repeats"]),
+            (["bench", "--rounds", "0"], ["--rounds must be >= 1"]),
             (ref + ["--softcap", "-3", "--out", path("x")], ["softcap", "-3"]),
             (ref + ["--shift", "-1", "--out", path("x")], ["shift must be >= 0"]),
             (ref + ["--filter-eps", "-1", "--out", path("x")], [">= 0"]),
@@ -623,5 +624,38 @@ final class FailFastTests: XCTestCase {
         XCTAssertNil(Bench.blasNote(core: "Cooperlake", flags: zen5))
         XCTAssertNil(Bench.blasNote(core: "Haswell", flags: zen3))
         XCTAssertNil(Bench.blasNote(core: "Zen", flags: zen3))
+    }
+
+    /// `cce bench --rounds`: the rows alternate round by round; a row reports the median of
+    /// its rounds' medians, a ratio of times the median of its per-round values (each round's
+    /// in `ratio_rounds`), a ratio of peaks the first call's; one round reports as before.
+    func testBenchRoundsAlternateAndReportMedians() throws {
+        var c = BenchConfig()
+        c.tokens = 64; c.dim = 32; c.vocab = 512; c.threads = 2; c.repeats = 1; c.rounds = 3
+        c.methods = ["cce"]; c.kinds = ["loss", "loss+grad"]
+        var lines: [String] = []
+        let report = try Bench.run(c) { lines.append($0) }
+        let timed = lines.filter { $0.hasPrefix("  cce loss") }.map { $0.hasPrefix("  cce loss+grad") ? "lg" : "loss" }
+        XCTAssertEqual(timed, ["loss", "lg", "loss", "lg", "loss", "lg"])
+        XCTAssertEqual(report.rounds, 3)
+        XCTAssertEqual(report.rows.map { "\($0.method) \($0.kind)" }, ["cce loss", "cce loss+grad"])
+        let perRound = try XCTUnwrap(report.row_rounds)
+        let loss = try XCTUnwrap(perRound["cce loss"]), lg = try XCTUnwrap(perRound["cce loss+grad"])
+        XCTAssertEqual(loss.count, 3); XCTAssertEqual(lg.count, 3)
+        XCTAssertEqual(report.rows[0].median_seconds, loss.sorted()[1])
+        XCTAssertEqual(report.rows[1].median_seconds, lg.sorted()[1])
+        XCTAssertNotNil(report.rows[1].later_peak_bytes, "later rounds' calls are later calls")
+        let ratios = try XCTUnwrap(report.ratio_rounds?["cce_lossgrad_over_cce_loss"])
+        XCTAssertEqual(ratios, zip(lg, loss).map { $0 / $1 })
+        XCTAssertEqual(report.ratios["cce_lossgrad_over_cce_loss"], ratios.sorted()[1])
+        XCTAssertNil(report.ratio_rounds?["cce_lossgrad_peak_over_logits"])
+        XCTAssertEqual(report.ratios["cce_lossgrad_peak_over_logits"],
+                       Double(report.rows[1].peak_bytes) / Double(64 * 512 * 4))
+        c.rounds = 1
+        let one = try Bench.run(c)
+        XCTAssertNil(one.ratio_rounds); XCTAssertNil(one.row_rounds)
+        XCTAssertEqual(one.ratios["cce_lossgrad_over_cce_loss"], one.rows[1].median_seconds / one.rows[0].median_seconds)
+        c.rounds = 0
+        XCTAssertThrowsError(try Bench.validate(c))
     }
 }
