@@ -396,6 +396,7 @@ public enum Bench {
         }
         return ratios
     }
+
     /// Rows of every round in one: per method and kind (in the first round's order), the
     /// median of the rounds' medians, the least time of any call, the first round's first-call
     /// peak (no warm-up), and the largest peak of every later call as `later_peak_bytes`.
