@@ -5,14 +5,13 @@
 #   1. swift build -c release --target CutCrossEntropy     (incremental; the kernels need release)
 #   2. swift symbolgraph-extract on the built module         -> .build/docs/symbol-graphs/
 #      (reads the .swiftmodule the build just wrote, so nothing is compiled twice)
-#   3. checks that every code block marked "<!-- tested: ... -->" in Docs/API.md and in the
-#      catalog's GettingStarted.md appears line for line in
-#      Tests/CutCrossEntropyTests/DocExamplesTests.swift (the tests that run it)
-#   4. docc convert with the catalog and the symbol graphs  -> .build/docs/CutCrossEntropy.doccarchive
+#   3. docc convert with the catalog and the symbol graphs  -> .build/docs/CutCrossEntropy.doccarchive
 #      with --warnings-as-errors, so an unresolved symbol link fails the script.
 #
-# Usage: scripts/docs.sh            (from anywhere; run the examples with
-#        swift test -c release --disable-swift-testing --filter DocExamplesTests)
+# Usage: scripts/docs.sh            (from anywhere). The examples of Docs/API.md and
+#        GettingStarted.md marked "<!-- tested: ... -->" are checked against the tests that run
+#        them by DocExamplesTests (testDocumentedExamplesAreTheTestedOnes), in the test suite:
+#        swift test -c release --disable-swift-testing --filter DocExamplesTests
 # View:  docc preview Sources/CutCrossEntropy/CutCrossEntropy.docc \
 #            --additional-symbol-graph-dir .build/docs/symbol-graphs
 # Env:   DOCC=/path/to/docc (default: docc on PATH, else next to swift);
@@ -45,25 +44,6 @@ swift symbolgraph-extract -module-name CutCrossEntropy -minimum-access-level pub
     -I "$modules" -I Sources/COpenBLAS -I Sources/CHwloc -I Sources/CNUMA -I cuda/include \
     -Xcc -fmodule-map-file=.build/release/CCEAVX512.build/module.modulemap -Xcc -I -Xcc Sources/CCEAVX512/include \
     -output-dir "$graphs"
-
-echo "docs: checking that the documented examples are the tested ones" >&2
-python3 - Docs/API.md "$catalog/GettingStarted.md" \
-    Tests/CutCrossEntropyTests/DocExamplesTests.swift <<'EOF'
-import re, sys
-*pages, tests = sys.argv[1:]
-def lines(text):
-    return [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("import ")]
-test_lines = lines(open(tests).read())
-def contains(hay, needle):
-    return any(hay[i:i + len(needle)] == needle for i in range(len(hay) - len(needle) + 1))
-bad = 0
-for page in pages:
-    for m in re.finditer(r"<!-- tested: (.*?) -->\n```swift\n(.*?)```", open(page).read(), re.S):
-        if not contains(test_lines, lines(m.group(2))):
-            print(f"docs: {page}: the block tested by '{m.group(1)}' is not in {tests}", file=sys.stderr)
-            bad += 1
-sys.exit(1 if bad else 0)
-EOF
 
 echo "docs: converting with docc" >&2
 flags=(--warnings-as-errors)

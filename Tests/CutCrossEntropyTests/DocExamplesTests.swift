@@ -38,6 +38,40 @@ final class DocExamplesTests: XCTestCase {
         assertClose(dC.map { Double($0) }, truth.dC, atol: 1e-6, rtol: 1e-4, "dC")
     }
 
+    /// API.md "A training loop: gradient buffers kept across steps": the buffers get the
+    /// returning call's bits, every step.
+    func testGradientBuffersAcrossSteps() throws {
+        let n = 8, d = 16, v = 100
+        let e = (0..<n * d).map { Float(sin(Double($0))) }
+        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
+        let targetIDs = (0..<n).map { ($0 * 37) % v }
+
+        let embeddings = try Tensor(e, shape: [n, d])
+        let classifier = try Tensor(c, shape: [v, d])
+        let targets = try Targets(targetIDs)
+        let cce = CutCrossEntropy()
+
+        var dEBuffer: [Float] = [], dCBuffer: [Float] = [], dBiasBuffer: [Float] = []
+        for _ in 0..<3 {
+            let (step, filter) = try cce.lossAndGradients(embeddings: embeddings, classifier: classifier,
+                                                          targets: targets, dE: &dEBuffer, dC: &dCBuffer,
+                                                          dBias: &dBiasBuffer)
+            _ = (step.loss, filter.keptRowSegments)      // ... then the optimizer reads the buffers
+        }
+
+        let (forward, grads) = try cce.lossAndGradients(embeddings: embeddings, classifier: classifier,
+                                                        targets: targets)
+        XCTAssertEqual(dEBuffer.map(\.bitPattern), grads.dE.floats.map(\.bitPattern))
+        XCTAssertEqual(dCBuffer.map(\.bitPattern), grads.dC.floats.map(\.bitPattern))
+        XCTAssertTrue(dBiasBuffer.isEmpty)
+        // A buffer holding last step's values (not zeros) is overwritten, not added to.
+        dCBuffer = dCBuffer.map { $0 + 1 }
+        let (again, _) = try cce.lossAndGradients(embeddings: embeddings, classifier: classifier,
+                                                  targets: targets, dE: &dEBuffer, dC: &dCBuffer, dBias: &dBiasBuffer)
+        XCTAssertEqual(again.loss, forward.loss)
+        XCTAssertEqual(dCBuffer.map(\.bitPattern), grads.dC.floats.map(\.bitPattern))
+    }
+
     /// API.md "Forward now, backward later": bitwise equal to the fused call.
     func testForwardThenBackward() throws {
         let n = 8, d = 16, v = 100
@@ -257,7 +291,8 @@ final class DocExamplesTests: XCTestCase {
         let cce = CutCrossEntropy(options: options)
         let plan = cce.plan(tokens: 1024, dim: 1024, vocab: 128256)
         // On a machine with a 512 KiB L2 and the portable kernel:
-        // token block NB = 174 (groups of 6), vocabulary block VB = 32 (forward 256)
+        // token block NB = 174 (groups of 6), vocabulary block VB = 64 (forward 256), vocabulary segments = 4
+        // (VB = 32 where the filter can skip tiles, as with bf16 storage: `plan(..., storage: .bfloat16)`)
 
         XCTAssertEqual(plan.threads, 2)
         XCTAssertEqual(plan.topology.l2Bytes, Topology.current.l2Bytes, "planned from this machine's L2")
@@ -351,4 +386,39 @@ final class DocExamplesTests: XCTestCase {
         let truth = try Oracle.compute(embeddings: embeddings, classifier: h, targets: targets)
         XCTAssertEqual(lossF16.loss, truth.loss, accuracy: 1e-5 * abs(truth.loss))
     }
+
+    /// Every code block of Docs/API.md and of the catalog's GettingStarted.md marked
+    /// "<!-- tested: … -->" appears line for line in this file (lines trimmed, blank lines and
+    /// imports left out), so that an example edited on the page and not here, or here and not
+    /// on the page, fails the suite (scripts/docs.sh builds the DocC archive).
+    func testDocumentedExamplesAreTheTestedOnes() throws {
+        let here = URL(fileURLWithPath: #filePath)
+        let root = here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        func lines(_ text: Substring) -> [Substring] {
+            text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces)[...] }
+                .filter { !$0.isEmpty && !$0.hasPrefix("import ") }
+        }
+        let tested = lines(try String(contentsOf: here, encoding: .utf8)[...])
+        func contains(_ block: [Substring]) -> Bool {
+            guard !block.isEmpty, block.count <= tested.count else { return block.isEmpty }
+            return (0...(tested.count - block.count)).contains { i in tested[i..<(i + block.count)].elementsEqual(block) }
+        }
+        var blocks = 0
+        for page in ["Docs/API.md", "Sources/CutCrossEntropy/CutCrossEntropy.docc/GettingStarted.md"] {
+            var rest = try String(contentsOf: root.appendingPathComponent(page), encoding: .utf8)[...]
+            while let mark = rest.range(of: "<!-- tested: ") {
+                let after = rest[mark.upperBound...]
+                guard let open = after.range(of: " -->\n```swift\n"),
+                      let close = after[open.upperBound...].range(of: "```") else {
+                    XCTFail("\(page): a tested block that is not a swift code block"); break
+                }
+                blocks += 1
+                XCTAssertTrue(contains(lines(after[open.upperBound..<close.lowerBound])),
+                              "\(page): the block tested by '\(after[..<open.lowerBound])' is not in \(here.lastPathComponent)")
+                rest = after[close.upperBound...]
+            }
+        }
+        XCTAssertGreaterThanOrEqual(blocks, 10, "tested blocks found")
+    }
 }
+
