@@ -12,11 +12,8 @@ CONFIGS=$1 THREADS=$2 ROUNDS=$3
 OUT=${OUT:-out}; mkdir -p "$OUT"
 grep -E "Model name|^CPU\(s\)" <(lscpu)
 T0=$(date +%s)
-declare -A DIR
-for c in $CONFIGS; do
-  spec=${c#*=}; bundle=${spec%%,*}
-  if [[ -z ${DIR[$bundle]:-} ]]; then DIR[$bundle]=$(mktemp -d); tar -xJf "$bundle" -C "${DIR[$bundle]}"; fi
-done
+source "$(dirname "$0")/unpack_bundles.sh"
+unpack_bundles "$CONFIGS"
 one() {  # config name threads repeats [extra environment]
   local spec=${1#*=}; local d=${DIR[${spec%%,*}]}; local vars=()
   [[ $spec == *,* ]] && IFS=, read -r -a vars <<< "${spec#*,}"

@@ -12,11 +12,8 @@ N=${F32_TOKENS:-1024} V=${F32_VOCAB:-32768}
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
 grep -E "Model name|^CPU\(s\)|^Flags" <(lscpu) | cut -c1-120
 T0=$(date +%s)
-declare -A DIR
-for c in $CONFIGS; do
-  b=${c#*=}; [[ -n ${DIR[$b]:-} ]] && continue
-  DIR[$b]=$(mktemp -d); tar -xJf "$b" -C "${DIR[$b]}"
-done
+source "$(dirname "$0")/unpack_bundles.sh"
+unpack_bundles "$CONFIGS"
 for r in $(seq 1 "$ROUNDS"); do
   for t in $THREADS; do
     for c in $CONFIGS; do
