@@ -182,11 +182,11 @@ public enum Bench {
                 if r == 0 { peak = max(0, grow - res.outputBytes); outBytes = res.outputBytes; loss = res.loss }
                 else { laterPeak = max(laterPeak ?? 0, max(0, grow - res.outputBytes)) }
             }
-            times.sort()
-            let row = BenchRow(method: method, kind: kind, median_seconds: times[times.count / 2],
-                               min_seconds: times[0], peak_bytes: peak, later_peak_bytes: laterPeak,
+            let middle = median(times)
+            let row = BenchRow(method: method, kind: kind, median_seconds: middle,
+                               min_seconds: times.min()!, peak_bytes: peak, later_peak_bytes: laterPeak,
                                output_bytes: outBytes,
-                               gflops: kind == "matmul" ? flops / times[times.count / 2] * 1e-9 : nil,
+                               gflops: kind == "matmul" ? flops / middle * 1e-9 : nil,
                                loss: loss, note: note, kernel: kernel)
             log("  \(method) \(kind): " + String(format: "%.3f s, peak %.1f MB", row.median_seconds, Double(peak) / 1e6)
                 + (row.gflops.map { String(format: ", %.1f GFLOP/s", $0) } ?? ""))
@@ -195,7 +195,9 @@ public enum Bench {
 
         func gradBytes(_ g: Gradients) -> Int { g.dE.byteCount + g.dC.byteCount + (g.dBias?.byteCount ?? 0) }
 
-        /// One pass over the methods and kinds asked for, into `rows`.
+        /// One pass over the methods and kinds asked for, into `rows`. Each method's set-up
+        /// (Float32 copies, sgemm's output, the kept gradient buffers) is made again every round,
+        /// outside the timings, so that no method's large buffers live through another's rows.
         func measureRound() {
             if methods.contains("sgemm") {
                 openblas_set_num_threads(Int32(c.threads))
@@ -330,11 +332,11 @@ public enum Bench {
         // A ratio of times is taken per round and its median reported; a ratio of peaks is the
         // combined rows' (the first call's peak, or the largest of every later call's).
         let combined = combine(perRound, flops: flops)
-        var ratios = Bench.ratios(of: combined, c), ratioRounds: [String: [Double]] = [:]
-        let roundRatios = perRound.map { Bench.ratios(of: $0, c) }
-        for key in ratios.keys where !key.contains("peak") {
+        var ratios = peakRatios(of: combined, c), ratioRounds: [String: [Double]] = [:]
+        let roundRatios = perRound.map { timeRatios(of: $0, c) }
+        for key in roundRatios[0].keys {
             let values = roundRatios.compactMap { $0[key] }
-            ratios[key] = Bench.median(values)
+            ratios[key] = median(values)
             if c.rounds > 1 { ratioRounds[key] = values }
         }
 
@@ -347,8 +349,8 @@ public enum Bench {
             row_rounds: c.rounds > 1 ? rowRounds(perRound) : nil)
     }
 
-    /// The ratios of one round's rows (each over medians of that round's repeats).
-    static func ratios(of rows: [BenchRow], _ c: BenchConfig) -> [String: Double] {
+    /// The ratios of times of one round's rows (each over medians of that round's repeats).
+    static func timeRatios(of rows: [BenchRow], _ c: BenchConfig) -> [String: Double] {
         var ratios: [String: Double] = [:]
         func row(_ m: String, _ k: String) -> BenchRow? { rows.first { $0.method == m && $0.kind == k } }
         if let a = row("cce", "loss"), let b = row("sgemm", "matmul") {
@@ -380,19 +382,27 @@ public enum Bench {
         if let a = row("cce-kahan", "loss+grad"), let b = row("cce", "loss+grad") {
             ratios["cce_kahan_lossgrad_over_cce_lossgrad"] = a.median_seconds / b.median_seconds
         }
-        if let a = row("cce", "loss+grad") {
-            ratios["cce_lossgrad_peak_over_logits"] = Double(a.peak_bytes) / (Double(c.tokens) * Double(c.vocab) * 4)
-            if let later = a.later_peak_bytes {
-                ratios["cce_lossgrad_later_peak_over_logits"] = Double(later) / (Double(c.tokens) * Double(c.vocab) * 4)
-            }
-            if c.tokens == 1024, c.dim == 1024, c.vocab == 128256, c.dtype == .bfloat16, c.threads == 2 {
-                ratios["cce_lossgrad_over_pytorch_best_cpu_anchor_2.477s"] = a.median_seconds / 2.477
-                let gradientBytes = (c.tokens + c.vocab) * c.dim * 4
-                ratios["cce_lossgrad_peak_over_pytorch_anchor_552MB"] = Double(a.peak_bytes + gradientBytes) / 552e6
-            }
+        let anchorShape = c.tokens == 1024 && c.dim == 1024 && c.vocab == 128256 && c.dtype == .bfloat16 && c.threads == 2
+        if let a = row("cce", "loss+grad"), anchorShape {
+            ratios["cce_lossgrad_over_pytorch_best_cpu_anchor_2.477s"] = a.median_seconds / 2.477
         }
         if let a = row("tile-swift", "matmul"), let b = row("sgemm", "matmul"), let ga = a.gflops, let gb = b.gflops {
             ratios["tile_swift_gflops_over_sgemm"] = ga / gb
+        }
+        return ratios
+    }
+
+    /// The ratios of peaks: the cce loss+grad row's against the logits N·V·4 (and against the
+    /// PyTorch anchor at its shape).
+    static func peakRatios(of rows: [BenchRow], _ c: BenchConfig) -> [String: Double] {
+        var ratios: [String: Double] = [:]
+        guard let a = rows.first(where: { $0.method == "cce" && $0.kind == "loss+grad" }) else { return ratios }
+        let logits = Double(c.tokens) * Double(c.vocab) * 4
+        ratios["cce_lossgrad_peak_over_logits"] = Double(a.peak_bytes) / logits
+        if let later = a.later_peak_bytes { ratios["cce_lossgrad_later_peak_over_logits"] = Double(later) / logits }
+        if c.tokens == 1024, c.dim == 1024, c.vocab == 128256, c.dtype == .bfloat16, c.threads == 2 {
+            let gradientBytes = (c.tokens + c.vocab) * c.dim * 4
+            ratios["cce_lossgrad_peak_over_pytorch_anchor_552MB"] = Double(a.peak_bytes + gradientBytes) / 552e6
         }
         return ratios
     }
@@ -407,10 +417,8 @@ public enum Bench {
             var row = first
             row.median_seconds = median(same.map(\.median_seconds))
             row.min_seconds = same.map(\.min_seconds).min() ?? first.min_seconds
-            let later = ([first.later_peak_bytes].compactMap { $0 } + same.dropFirst().flatMap {
-                [$0.peak_bytes] + [$0.later_peak_bytes].compactMap { $0 }
-            }).max()
-            row.later_peak_bytes = later
+            let later: [Int?] = [first.later_peak_bytes] + same.dropFirst().flatMap { [$0.peak_bytes, $0.later_peak_bytes] }
+            row.later_peak_bytes = later.compactMap { $0 }.max()
             if first.gflops != nil { row.gflops = flops / row.median_seconds * 1e-9 }
             combined[i] = row
         }
