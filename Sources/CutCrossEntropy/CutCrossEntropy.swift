@@ -205,8 +205,10 @@ public struct CutCrossEntropy: Sendable {
         let b = bias?.floats().map { Double($0) }
         return embeddings.withRawPointer { ep in
             classifier.withRawPointer { cp in
-                VocabularyOrder.make(problem: p, e: ep, c: cp, bias: b,
-                                     sorted: BackwardPolicy(options, embeddings: p.eType, classifier: p.cType).sortVocabulary)
+                var unreported = PhaseTrace()
+                return VocabularyOrder.make(problem: p, e: ep, c: cp, bias: b,
+                                            sorted: BackwardPolicy(options, embeddings: p.eType, classifier: p.cType).sortVocabulary,
+                                            trace: &unreported)
                     .order.map(Int.init)
             }
         }

@@ -165,7 +165,7 @@ enum Engine {
             }
             let (order, targetPositions) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
                                                      sorted: call.policy.sortVocabulary, threads: call.threads,
-                                                     mean: call.sortingMean)
+                                                     mean: call.sortingMean, trace: &trace)
             trace.mark("vocabulary order")
             order.withUnsafeBufferPointer { order in
             targetPositions.withUnsafeBufferPointer { targetPositions in

@@ -27,22 +27,26 @@ enum VocabularyOrder {
     /// embedding, the V averages and the sort are shared among `threads` workers; each value
     /// is computed by one fixed sequence of operations, so the order does not depend on the
     /// thread count. `mean`: the mean embedding to sort by (nil: the mean of the problem's
-    /// active rows).
+    /// active rows). The mean and the averages are marked in `trace` (CCE_TRACE) as phases of
+    /// their own, the sort is what follows them.
     static func make(problem: Problem, e: UnsafeRawPointer, c: UnsafeRawPointer,
                      bias: [Double]?, sorted: Bool, threads: Int = 1,
-                     mean given: [Float]? = nil) -> (order: [Int32], targetPositions: [Int32]) {
+                     mean given: [Float]? = nil, trace: inout PhaseTrace)
+        -> (order: [Int32], targetPositions: [Int32]) {
         let v = problem.v
         guard sorted, problem.active > 0 || given != nil else {
             return ((0..<v).map { Int32($0) }, problem.targets.map { $0 == v ? Int32.max : Int32($0) })
         }
         let workers = max(1, min(threads, v / 4096 + 1))
         let meanF = given ?? mean(sum: embeddingSum(problem: problem, e: e, threads: workers), count: problem.active)
+        trace.mark("mean embedding")
         // avg_v = C_v · ē + b_v, workers taking vocabulary ranges, each written as the radix
         // sort's word (descendingWord). Without a bias avg_v is a Float32 value, whose 32-bit
         // word orders as the 64-bit one: the same permutation from half the sort's memory.
         func ordered<W: FixedWidthInteger & UnsignedInteger>(_ word: @escaping @Sendable (Int, Float) -> W) -> [Int32] {
             var words = [W](repeating: 0, count: v)
             averages(problem: problem, c: c, mean: meanF, workers: workers, into: &words, word: word)
+            trace.mark("average logits")
             return descendingOrder(words: consume words)
         }
         let order = if let bias {
