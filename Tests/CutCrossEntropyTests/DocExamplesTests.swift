@@ -1,5 +1,6 @@
 // The examples of Docs/API.md and of the DocC article GettingStarted, as tests: each test
-// runs the documented code verbatim (setup block first) and then checks its results.
+// runs the documented code verbatim (API.md's toy problem, its setup block, from
+// `toyProblem()`) and then checks its results.
 // scripts/docs.sh checks that every block marked "tested" in those pages still appears
 // here line for line, so an example that stops compiling or stops being true fails here.
 
@@ -9,8 +10,10 @@ import Foundation
 import XCTest
 
 final class DocExamplesTests: XCTestCase {
-    /// API.md "Loss and gradients in one call": agrees with the Float64 oracle.
-    func testLossAndGradients() throws {
+    /// API.md's toy problem (N = 8 tokens, D = 16, V = 100 classes): its setup block verbatim,
+    /// which the examples that share it start from.
+    func toyProblem() throws -> (n: Int, d: Int, v: Int, e: [Float], c: [Float], targetIDs: [Int],
+                                 embeddings: Tensor, classifier: Tensor, targets: Targets) {
         let n = 8, d = 16, v = 100
         let e = (0..<n * d).map { Float(sin(Double($0))) }
         let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
@@ -19,6 +22,12 @@ final class DocExamplesTests: XCTestCase {
         let embeddings = try Tensor(e, shape: [n, d])
         let classifier = try Tensor(c, shape: [v, d])
         let targets = try Targets(targetIDs)
+        return (n, d, v, e, c, targetIDs, embeddings, classifier, targets)
+    }
+
+    /// API.md "Loss and gradients in one call": agrees with the Float64 oracle.
+    func testLossAndGradients() throws {
+        let (n, d, v, _, _, _, embeddings, classifier, targets) = try toyProblem()
 
         let cce = CutCrossEntropy()                      // mean over tokens, like F.cross_entropy
         let (forward, grads) = try cce.lossAndGradients(embeddings: embeddings,
@@ -41,14 +50,7 @@ final class DocExamplesTests: XCTestCase {
     /// API.md "A training loop: gradient buffers kept across steps": the buffers get the
     /// returning call's bits, every step.
     func testGradientBuffersAcrossSteps() throws {
-        let n = 8, d = 16, v = 100
-        let e = (0..<n * d).map { Float(sin(Double($0))) }
-        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
-        let targetIDs = (0..<n).map { ($0 * 37) % v }
-
-        let embeddings = try Tensor(e, shape: [n, d])
-        let classifier = try Tensor(c, shape: [v, d])
-        let targets = try Targets(targetIDs)
+        let (_, _, _, _, _, _, embeddings, classifier, targets) = try toyProblem()
         let cce = CutCrossEntropy()
 
         var dEBuffer: [Float] = [], dCBuffer: [Float] = [], dBiasBuffer: [Float] = []
@@ -74,14 +76,7 @@ final class DocExamplesTests: XCTestCase {
 
     /// API.md "Forward now, backward later": bitwise equal to the fused call.
     func testForwardThenBackward() throws {
-        let n = 8, d = 16, v = 100
-        let e = (0..<n * d).map { Float(sin(Double($0))) }
-        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
-        let targetIDs = (0..<n).map { ($0 * 37) % v }
-
-        let embeddings = try Tensor(e, shape: [n, d])
-        let classifier = try Tensor(c, shape: [v, d])
-        let targets = try Targets(targetIDs)
+        let (n, d, _, e, c, targetIDs, embeddings, classifier, targets) = try toyProblem()
 
         let cce = CutCrossEntropy()
         let forward = try cce.forward(embeddings: embeddings, classifier: classifier, targets: targets)
@@ -142,14 +137,7 @@ final class DocExamplesTests: XCTestCase {
 
     /// API.md "Per-token losses, label smoothing, z-loss": per-position upstream weights.
     func testPerTokenLossesWithSmoothingAndZLoss() throws {
-        let n = 8, d = 16, v = 100
-        let e = (0..<n * d).map { Float(sin(Double($0))) }
-        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
-        let targetIDs = (0..<n).map { ($0 * 37) % v }
-
-        let embeddings = try Tensor(e, shape: [n, d])
-        let classifier = try Tensor(c, shape: [v, d])
-        let targets = try Targets(targetIDs)
+        let (n, _, _, _, _, _, embeddings, classifier, targets) = try toyProblem()
 
         var options = Options()
         options.reduction = .none
@@ -174,14 +162,7 @@ final class DocExamplesTests: XCTestCase {
 
     /// API.md "Bias": dBias agrees with the oracle and sums to 0 (softmax rows sum to 1).
     func testBias() throws {
-        let n = 8, d = 16, v = 100
-        let e = (0..<n * d).map { Float(sin(Double($0))) }
-        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
-        let targetIDs = (0..<n).map { ($0 * 37) % v }
-
-        let embeddings = try Tensor(e, shape: [n, d])
-        let classifier = try Tensor(c, shape: [v, d])
-        let targets = try Targets(targetIDs)
+        let (_, _, v, _, _, _, embeddings, classifier, targets) = try toyProblem()
 
         let bias = try Tensor((0..<v).map { Float($0 % 5) * 0.1 }, shape: [v])
         let (forward, grads) = try CutCrossEntropy().lossAndGradients(
@@ -197,14 +178,7 @@ final class DocExamplesTests: XCTestCase {
 
     /// API.md "Accuracy": filter statistics, and the exact mode against the oracle.
     func testFilteringAndExactMode() throws {
-        let n = 8, d = 16, v = 100
-        let e = (0..<n * d).map { Float(sin(Double($0))) }
-        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
-        let targetIDs = (0..<n).map { ($0 * 37) % v }
-
-        let embeddings = try Tensor(e, shape: [n, d])
-        let classifier = try Tensor(c, shape: [v, d])
-        let targets = try Targets(targetIDs)
+        let (_, _, _, _, _, _, embeddings, classifier, targets) = try toyProblem()
 
         var options = Options()
         options.filterEpsilon = .value(0x1p-18)          // or .auto (default) or .none
@@ -229,14 +203,7 @@ final class DocExamplesTests: XCTestCase {
 
     /// API.md "Checking against the references": engine, oracle and baseline agree.
     func testOracleAndMaterializedBaseline() throws {
-        let n = 8, d = 16, v = 100
-        let e = (0..<n * d).map { Float(sin(Double($0))) }
-        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
-        let targetIDs = (0..<n).map { ($0 * 37) % v }
-
-        let embeddings = try Tensor(e, shape: [n, d])
-        let classifier = try Tensor(c, shape: [v, d])
-        let targets = try Targets(targetIDs)
+        let (_, _, _, _, _, _, embeddings, classifier, targets) = try toyProblem()
 
         let truth = try Oracle.compute(embeddings: embeddings, classifier: classifier, targets: targets)
         let baseline = try Materialized.compute(embeddings: embeddings, classifier: classifier,
@@ -256,14 +223,7 @@ final class DocExamplesTests: XCTestCase {
 
     /// API.md "Errors": the message names the bad target.
     func testErrors() throws {
-        let n = 8, d = 16, v = 100
-        let e = (0..<n * d).map { Float(sin(Double($0))) }
-        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
-        let targetIDs = (0..<n).map { ($0 * 37) % v }
-
-        let embeddings = try Tensor(e, shape: [n, d])
-        let classifier = try Tensor(c, shape: [v, d])
-        let targets = try Targets(targetIDs)
+        let (_, _, v, _, _, _, embeddings, classifier, targets) = try toyProblem()
 
         let bad = try Targets([0, 1, 2, 100, 4, 5, 6, 7])  // 100 is outside [0, V)
         var message = ""
@@ -361,14 +321,7 @@ final class DocExamplesTests: XCTestCase {
 
     /// API.md "Half-precision values": rounding, storage types, and a Float16 classifier.
     func testHalfPrecisionValues() throws {
-        let n = 8, d = 16, v = 100
-        let e = (0..<n * d).map { Float(sin(Double($0))) }
-        let c = (0..<v * d).map { Float(cos(0.7 * Double($0))) / 4 }
-        let targetIDs = (0..<n).map { ($0 * 37) % v }
-
-        let embeddings = try Tensor(e, shape: [n, d])
-        let classifier = try Tensor(c, shape: [v, d])
-        let targets = try Targets(targetIDs)
+        let (_, d, v, _, c, _, embeddings, classifier, targets) = try toyProblem()
 
         let x = BFloat16(1.00390625)                     // 1 + 2^-8 is not a BFloat16: rounds to even
         let h = try Tensor(c.map { Float16($0) }, shape: [v, d])
