@@ -74,8 +74,8 @@ let package = Package(
         .target(name: "CutCrossEntropyMPI", dependencies: ["CutCrossEntropy", "CCEMPIABI", "CCERuntime"],
                 swiftSettings: fastFlags),
 
-        // MARK: - The numerical reference: .npy input and output, comparison
-        .target(name: "CCEReference", dependencies: ["CutCrossEntropy"]),
+        // MARK: - The numerical reference: .npy input and output, comparison, the self-check's drawn cases
+        .target(name: "CCEReference", dependencies: ["CutCrossEntropy", "CCEData"]),
 
         // MARK: - Seeded data: the random generator and the LM-like problems (Docs/LMLIKE.md)
         // that training, benchmarks and tests draw from. Same seed, same data.

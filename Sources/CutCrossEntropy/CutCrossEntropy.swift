@@ -214,9 +214,13 @@ public struct CutCrossEntropy: Sendable {
         }
     }
 
-    /// Forward and backward in one call. Same results, bit for bit, as `forward` then
-    /// `backward`, but faster: the forward's per-block maxima let the backward skip rows
-    /// whose gradient would be filtered without recomputing their logits.
+    /// Forward and backward in one call, faster than `forward` then `backward`: the forward's
+    /// per-block maxima let the backward skip rows whose gradient would be filtered without
+    /// recomputing their logits, and it reads the logits it kept (`Options.savedLogitsPerRow`).
+    /// The loss, LSE, dC and dBias are the split calls' bits; so is dE where no dropped mass is
+    /// put back (exact mode, no filter, or `filterCorrection` off with no saved logits). Else
+    /// the two estimate the dropped mass at different granularities (per forward block here,
+    /// per backward block there) and their dE agree to within the mode's error budget.
     public func lossAndGradients(embeddings: Tensor, classifier: Tensor, targets: Targets,
                                  bias: Tensor? = nil, upstream: Upstream = .scalar(1)) throws
         -> (ForwardOutput, Gradients)

@@ -19,7 +19,7 @@ struct CCE: ParsableCommand {
         abstract: "Cut Cross-Entropy on the CPU: loss and gradients of a large-vocabulary classifier without the N x V logits.",
         version: CCEVersion.string,
         subcommands: [Demo.self, BenchCommand.self, ReferenceCommand.self, CompareCommand.self, AccuracyCommand.self,
-                      Train.self, Explain.self])
+                      Train.self, Explain.self, SelfCheckCommand.self])
 
     /// The names of the commands, in the help's order.
     static var commandNames: [String] { configuration.subcommands.map { $0._commandName } }

@@ -3,6 +3,7 @@
 // (Sources/CutCrossEntropy/Parallel.swift). MPITests runs the same under mpirun.
 
 import CCEData
+import CCEReference
 import CutCrossEntropy
 import Foundation
 import XCTest
@@ -247,40 +248,4 @@ final class ParallelAlgebraTests: XCTestCase {
         }
         XCTAssertThrowsError(try ShardPartials(packed: .float32([1, 2, 3]), activeTokens: 2))
     }
-}
-
-/// All-gathers among `parties` threads in one process, round after round: each hands in its
-/// value and gets every party's, in party order.
-final class Rendezvous<T>: @unchecked Sendable {
-    private let parties: Int
-    private let condition = NSCondition()
-    private var round = 0, arrived = 0
-    private var values: [T?], gathered: [T] = []
-
-    init(parties: Int) { self.parties = parties; values = Array(repeating: nil, count: parties) }
-
-    func allGather(_ party: Int, _ value: T) -> [T] {
-        condition.lock(); defer { condition.unlock() }
-        let mine = round
-        values[party] = value
-        arrived += 1
-        if arrived == parties {
-            gathered = values.map { $0! }
-            values = Array(repeating: nil, count: parties)
-            arrived = 0
-            round += 1
-            condition.broadcast()
-        } else {
-            while round == mine { condition.wait() }
-        }
-        return gathered   // not replaced before every party of this round has returned
-    }
-}
-
-/// A value behind a lock.
-final class Locked<T>: @unchecked Sendable {
-    private var value: T
-    private let lock = NSLock()
-    init(_ value: T) { self.value = value }
-    func withLock<R>(_ body: (inout T) throws -> R) rethrows -> R { lock.lock(); defer { lock.unlock() }; return try body(&value) }
 }

@@ -1,0 +1,36 @@
+// SelfCheck's drawn cases (Sources/CCEReference/SelfCheck.swift: what each case checks, with
+// its budgets), in the suite: 24 cases from seed 1 and 12 sharded ones in every run, the same
+// ones each time. CCE_FUZZ_CASES and CCE_FUZZ_SEED draw more, or others: a longer campaign on
+// this machine's kernels (`cce selfcheck` does the same from the command line).
+
+import CCEReference
+import Foundation
+import XCTest
+
+final class FuzzTests: XCTestCase {
+    var cases: Int { ProcessInfo.processInfo.environment["CCE_FUZZ_CASES"].flatMap(Int.init) ?? 24 }
+    var firstSeed: UInt64 { ProcessInfo.processInfo.environment["CCE_FUZZ_SEED"].flatMap(UInt64.init) ?? 1 }
+
+    /// Against the Float64 oracle, 1 against 3 threads, split against fused calls, and into
+    /// kept arrays: no failure in any case (the first few failures are reported).
+    func testRandomCasesAgainstTheOracleAndThemselves() throws {
+        var failed = 0
+        for seed in firstSeed ..< firstSeed + UInt64(cases) where failed < 5 {
+            let lines = try SelfCheck.check(SelfCheck.draw(seed: seed))
+            for line in lines { XCTFail(line) }
+            failed += lines.isEmpty ? 0 : 1
+        }
+    }
+
+    /// Vocabulary shards (1 to 5) of half as many drawn cases, split and fused exchanging calls,
+    /// against one process.
+    func testRandomVocabularyShardsAgainstOneProcess() throws {
+        var failed = 0
+        for seed in firstSeed ..< firstSeed + UInt64(max(1, cases / 2)) where failed < 5 {
+            let lines = try SelfCheck.checkShards(SelfCheck.draw(seed: seed), parts: 1 + Int(seed % 5))
+            for line in lines { XCTFail(line) }
+            failed += lines.isEmpty ? 0 : 1
+        }
+    }
+    }
+}
