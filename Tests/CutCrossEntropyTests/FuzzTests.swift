@@ -32,5 +32,19 @@ final class FuzzTests: XCTestCase {
             failed += lines.isEmpty ? 0 : 1
         }
     }
+
+    /// Found by the drawn cases (seed 1833; 1633 and 1719 likewise): vocabulary shards in the
+    /// exact mode with no active token (4 sequences of 1 token, shift 1). The engine typed the
+    /// empty chunk's partials by a cast of the array, which an empty [Double] passes as [Float],
+    /// so the fused exchanging call refused its own partials ("shard partials 0 cover 0 tokens
+    /// (Float32), this forward has 0 (Float64)"). Now typed by the scalar type.
+    func testExactShardsWithNoActiveToken() throws {
+        let c = SelfCheck.draw(seed: 1833)
+        XCTAssertEqual(c.options.mode, .exact)
+        XCTAssertEqual(c.batch, c.n, "one token a sequence, shifted out")
+        for parts in 1...3 {
+            let lines = try SelfCheck.checkShards(c, parts: parts)
+            XCTAssertTrue(lines.isEmpty, lines.joined(separator: "\n"))
+        }
     }
 }

@@ -726,9 +726,12 @@ extension Engine {
     }
 }
 
+/// The values of an array of the engine's scalar type, typed by S. (Not by a cast of the
+/// array: an empty [Double] casts to [Float] too, which typed a chunk of no tokens in the
+/// exact mode as Float32, and a vocabulary shard's exchange refused it.)
 func values<S: KernelScalar>(_ x: [S]) -> Values {
-    if let f = x as? [Float] { return .float32(f) }
-    if let f = x as? [Double] { return .float64(f) }
+    if S.self == Float.self { return .float32(x as! [Float]) }
+    if S.self == Double.self { return .float64(x as! [Double]) }
     return .float64(x.map { Double($0) })
 }
 
