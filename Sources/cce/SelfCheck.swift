@@ -36,7 +36,7 @@ struct SelfCheckCommand: ParsableCommand {
         print("cases: seeds \(seed) to \(seed + UInt64(cases) - 1)"
               + (shardsEvery > 0 ? ", one case in \(shardsEvery) also in 1 to 5 vocabulary shards" : ""))
         let start = Date()
-        var failedCases = 0, passed = 0, sharded = 0
+        var failedCases = 0, passed = 0, sharded = 0, firstFailed: UInt64? = nil
         for s in seed ..< seed + UInt64(cases) {
             let c = SelfCheck.draw(seed: s)
             var lines: [String]
@@ -51,11 +51,15 @@ struct SelfCheckCommand: ParsableCommand {
             }
             if lines.isEmpty { passed += 1; continue }
             failedCases += 1
+            firstFailed = firstFailed ?? s
             for line in lines { print("FAIL \(line)") }
             if failedCases >= maxFailures { print("stopping after \(failedCases) failing cases"); break }
         }
         let seconds = Date().timeIntervalSince(start)
         print(String(format: "%d cases passed, %d failed (%d also in shards), %.1f s", passed, failedCases, sharded, seconds))
-        if failedCases > 0 { throw ExitCode(1) }
+        if let firstFailed {
+            throw CLIError("selfcheck failed: \(failedCases) case\(failedCases == 1 ? "" : "s"), the first seed \(firstFailed) "
+                           + "(replay it with --cases 1 --seed \(firstFailed))")
+        }
     }
 }
