@@ -47,6 +47,19 @@ public func convertRow<S: KernelScalar>(
     }
 }
 
+/// Elements j ..< j + 16 of a row stored as `type`, widened to Float (exactly) in one vector:
+/// bf16 by moving its bits to the high half, f16 by conversion.
+@inlinable @inline(__always)
+public func widened16(_ src: UnsafeRawPointer, type: ElementType, at j: Int) -> SIMD16<Float> {
+    switch type {
+    case .bfloat16:
+        let bits = SIMD16<UInt32>(truncatingIfNeeded: src.loadUnaligned(fromByteOffset: 2 * j, as: SIMD16<UInt16>.self))
+        return unsafeBitCast(bits &<< 16, to: SIMD16<Float>.self)
+    case .float16: return SIMD16<Float>(src.loadUnaligned(fromByteOffset: 2 * j, as: SIMD16<Float16>.self))
+    case .float32: return src.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self)
+    }
+}
+
 /// Reads element `i` of a row stored as `type`, as Float.
 @inlinable @inline(__always)
 public func storedElement(_ src: UnsafeRawPointer, type: ElementType, _ i: Int) -> Float {

@@ -41,9 +41,8 @@ public func descendingOrder<W: FixedWidthInteger & UnsignedInteger>(words: consu
     let passes = (W.bitWidth + bitsPerDigit - 1) / bitsPerDigit
     var bits = words
     var bitsOut = [W](repeating: 0, count: v)
-    var ids = [Int32](repeating: 0, count: v), idsOut = [Int32](repeating: 0, count: v)
+    var ids = (0..<v).map { Int32(truncatingIfNeeded: $0) }, idsOut = [Int32](repeating: 0, count: v)
     var counts = [Int](repeating: 0, count: passes * radix)
-    var first = true   // ids are still 0 ..< v (no pass has moved anything)
     counts.withUnsafeMutableBufferPointer { c in
         bits.withUnsafeBufferPointer { w in
             for x in w {
@@ -67,13 +66,12 @@ public func descendingOrder<W: FixedWidthInteger & UnsignedInteger>(words: consu
                     let to = count[digit]
                     count[digit] = to + 1
                     dst[to] = x
-                    idDst[to] = first ? Int32(truncatingIfNeeded: i) : idSrc[i]
+                    idDst[to] = idSrc[i]
                 }
             }}}}
             swap(&bits, &bitsOut)
             swap(&ids, &idsOut)
-            first = false
         }
     }
-    return first ? (0..<v).map { Int32($0) } : ids
+    return ids
 }

@@ -177,19 +177,42 @@ public enum SelfCheck {
         }
     }
 
-    /// Checks 1 to 4 of one case; returns what failed (nothing when all passed). Throws only
-    /// where a call refused the case, which is a failure too.
-    public static func check(_ c: Case) throws -> [String] {
-        var f = Failures(name: c.description)
+    /// A case's inputs, and what both kinds of check compare with: the one-process fused call
+    /// on one thread and the oracle, computed once.
+    struct Prepared {
+        let e: Tensor, cl: Tensor, t: Targets, b: Tensor?, up: Upstream
+        let out: ForwardOutput, g: Gradients, oracle: OracleResult
+    }
+
+    static func prepare(_ c: Case) throws -> Prepared {
         let (e, cl, t, b) = try problem(c)
         let up = upstream(c, tokens: t.count)
-        func engine(threads: Int) -> CutCrossEntropy {
-            var o = c.options; o.threads = threads
-            return CutCrossEntropy(options: o)
-        }
-        let one = engine(threads: 1), three = engine(threads: 3)
-        let (out, g) = try one.lossAndGradients(embeddings: e, classifier: cl, targets: t, bias: b, upstream: up)
-        let o = try Oracle.compute(embeddings: e, classifier: cl, targets: t, bias: b, options: c.options, upstream: up)
+        var o = c.options; o.threads = 1
+        let (out, g) = try CutCrossEntropy(options: o).lossAndGradients(embeddings: e, classifier: cl, targets: t,
+                                                                         bias: b, upstream: up)
+        let oracle = try Oracle.compute(embeddings: e, classifier: cl, targets: t, bias: b, options: c.options, upstream: up)
+        return Prepared(e: e, cl: cl, t: t, b: b, up: up, out: out, g: g, oracle: oracle)
+    }
+
+    /// Checks 1 to 4 of one case; returns what failed (nothing when all passed). Throws only
+    /// where a call refused the case, which is a failure too.
+    public static func check(_ c: Case) throws -> [String] { try check(c, prepare(c)) }
+
+    /// The case's vocabulary in `parts` shards, both ways, against one process (see the top of
+    /// the file); returns what failed.
+    public static func checkShards(_ c: Case, parts: Int) throws -> [String] { try checkShards(c, parts: parts, prepare(c)) }
+
+    /// `check`, then `checkShards` when `parts` is given, from one preparation of the case.
+    public static func check(_ c: Case, shards parts: Int?) throws -> [String] {
+        let p = try prepare(c)
+        return try check(c, p) + (parts.map { try checkShards(c, parts: $0, p) } ?? [])
+    }
+
+    static func check(_ c: Case, _ p: Prepared) throws -> [String] {
+        var f = Failures(name: c.description)
+        let (e, cl, t, b, up, out, g, o) = (p.e, p.cl, p.t, p.b, p.up, p.out, p.g, p.oracle)
+        var o3 = c.options; o3.threads = 3
+        let three = CutCrossEntropy(options: o3)
 
         // 1. Against the oracle.
         let exact = c.options.mode == .exact
@@ -247,20 +270,14 @@ public enum SelfCheck {
         return f.lines
     }
 
-    /// The case's vocabulary in `parts` shards, both ways, against one process (see the top of
-    /// the file); returns what failed.
-    public static func checkShards(_ drawn: Case, parts: Int) throws -> [String] {
-        var c = drawn
-        c.options.threads = 1
+    static func checkShards(_ c: Case, parts: Int, _ p: Prepared) throws -> [String] {
         var f = Failures(name: "\(c), \(parts) shards")
-        let (e, cl, t, b) = try problem(c)
-        let up = upstream(c, tokens: t.count)
-        var cce = CutCrossEntropy(options: c.options)
-        let (one, g1) = try cce.lossAndGradients(embeddings: e, classifier: cl, targets: t, bias: b, upstream: up)
+        let (e, cl, t, b, up, one, g1) = (p.e, p.cl, p.t, p.b, p.up, p.out, p.g)
+        var o = c.options; o.threads = 1
+        var cce = CutCrossEntropy(options: o)
         let shards = VocabularyShard.split(vocabulary: c.v, parts: parts)
         let exact = c.options.mode == .exact
-        let oracle = exact ? nil : try Oracle.compute(embeddings: e, classifier: cl, targets: t, bias: b,
-                                                      options: c.options, upstream: up)
+        let oracle = exact ? nil : p.oracle
         let filtered16 = c.type != .float32 && c.options.filterEpsilon != .none
         func compare(_ how: String, _ out: ForwardOutput, dE: [Double], dC: [Double], dBias: [Double]) {
             let budget = exact ? 1e-12 : 1e-6

@@ -41,11 +41,9 @@ struct SelfCheckCommand: ParsableCommand {
             let c = SelfCheck.draw(seed: s)
             var lines: [String]
             do {
-                lines = try SelfCheck.check(c)
-                if shardsEvery > 0 && (s - seed) % UInt64(shardsEvery) == 0 {
-                    sharded += 1
-                    lines += try SelfCheck.checkShards(c, parts: 1 + Int(s % 5))
-                }
+                let shards = shardsEvery > 0 && (s - seed) % UInt64(shardsEvery) == 0
+                sharded += shards ? 1 : 0
+                lines = try SelfCheck.check(c, shards: shards ? 1 + Int(s % 5) : nil)
             } catch {
                 lines = ["\(c): refused: \(error)"]
             }

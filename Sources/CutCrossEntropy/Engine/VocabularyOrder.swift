@@ -84,9 +84,9 @@ enum VocabularyOrder {
 
     /// Σ_i e_i over the active rows, in Float64, every column summed over the rows in order;
     /// `threads` workers take column ranges. Each row's stretch is widened 16 elements at a
-    /// time (bf16 by a shift of its bits, f16 and f32 by conversion) and added to sums that
-    /// stay in the worker's L1 (the same additions in the same order as one element at a
-    /// time, which took 2.7 to 3.6 ms at N = 4096, D = 1024 on two Zen 3 threads).
+    /// time (`widened16`) and added to sums that stay in the worker's L1 (the same additions
+    /// in the same order as one element at a time, which took 2.7 to 3.6 ms at N = 4096,
+    /// D = 1024 on two Zen 3 threads).
     static func embeddingSum(problem: Problem, e: UnsafeRawPointer, threads: Int = 1) -> [Double] {
         let d = problem.d
         var sum = [Double](repeating: 0, count: d)
@@ -101,15 +101,7 @@ enum VocabularyOrder {
                 for r in rows {
                     let src = eRows.value + (Int(r) * d + k0) * eType.size
                     for j in stride(from: 0, to: whole, by: 16) {
-                        let x: SIMD16<Float>
-                        switch eType {
-                        case .bfloat16:
-                            let bits = SIMD16<UInt32>(truncatingIfNeeded:
-                                src.loadUnaligned(fromByteOffset: 2 * j, as: SIMD16<UInt16>.self)) &<< 16
-                            x = unsafeBitCast(bits, to: SIMD16<Float>.self)
-                        case .float16: x = SIMD16<Float>(src.loadUnaligned(fromByteOffset: 2 * j, as: SIMD16<Float16>.self))
-                        case .float32: x = src.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self)
-                        }
+                        let x = widened16(src, type: eType, at: j)
                         let a = out.loadUnaligned(fromByteOffset: 8 * j, as: SIMD16<Double>.self) + SIMD16<Double>(x)
                         out.storeBytes(of: a, toByteOffset: 8 * j, as: SIMD16<Double>.self)
                     }
