@@ -17,7 +17,7 @@ struct SelfCheckCommand: ParsableCommand {
 
     @Option(help: "Cases to draw.") var cases = 200
     @Option(help: "The first case's seed (a case is the same on every machine).") var seed: UInt64 = 1
-    @Option(help: "Also check every n-th case split into 1 to 5 vocabulary shards (0: none).") var shardsEvery = 2
+    @Option(help: "Also check every n-th case split into 1 to 5 vocabulary shards and 1 to 5 token slices (0: none).") var shardsEvery = 2
     @Option(help: "Stop after this many failing cases.") var maxFailures = 5
 
     func validate() throws {
@@ -34,7 +34,7 @@ struct SelfCheckCommand: ParsableCommand {
               + "bf16 \(cce.tileKernel(embeddings: .bfloat16, classifier: .bfloat16).name), "
               + "f16 \(cce.tileKernel(embeddings: .float16, classifier: .float16).name)")
         print("cases: seeds \(seed) to \(seed + UInt64(cases) - 1)"
-              + (shardsEvery > 0 ? ", one case in \(shardsEvery) also in 1 to 5 vocabulary shards" : ""))
+              + (shardsEvery > 0 ? ", one case in \(shardsEvery) also in 1 to 5 vocabulary shards and token slices" : ""))
         let start = Date()
         var failedCases = 0, passed = 0, sharded = 0, firstFailed: UInt64? = nil
         for s in seed ..< seed + UInt64(cases) {
@@ -54,7 +54,7 @@ struct SelfCheckCommand: ParsableCommand {
             if failedCases >= maxFailures { print("stopping after \(failedCases) failing cases"); break }
         }
         let seconds = Date().timeIntervalSince(start)
-        print(String(format: "%d cases passed, %d failed (%d also in shards), %.1f s", passed, failedCases, sharded, seconds))
+        print(String(format: "%d cases passed, %d failed (%d also in shards and slices), %.1f s", passed, failedCases, sharded, seconds))
         if let firstFailed {
             throw CLIError("selfcheck failed: \(failedCases) case\(failedCases == 1 ? "" : "s"), the first seed \(firstFailed) "
                            + "(replay it with --cases 1 --seed \(firstFailed))")

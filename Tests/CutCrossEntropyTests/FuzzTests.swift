@@ -1,6 +1,6 @@
 // SelfCheck's drawn cases (Sources/CCEReference/SelfCheck.swift: what each case checks, with
-// its budgets), in the suite: 24 cases from seed 1 and 12 sharded ones in every run, the same
-// ones each time. CCE_FUZZ_CASES and CCE_FUZZ_SEED draw more, or others: a longer campaign on
+// its budgets), in the suite: 24 cases from seed 1, 12 in vocabulary shards and 12 in token
+// slices in every run, the same ones each time. CCE_FUZZ_CASES and CCE_FUZZ_SEED draw more, or others: a longer campaign on
 // this machine's kernels (`cce selfcheck` does the same from the command line).
 
 import CCEReference
@@ -28,6 +28,17 @@ final class FuzzTests: XCTestCase {
         var failed = 0
         for seed in firstSeed ..< firstSeed + UInt64(max(1, cases / 2)) where failed < 5 {
             let lines = try SelfCheck.checkShards(SelfCheck.draw(seed: seed), parts: 1 + Int(seed % 5))
+            for line in lines { XCTFail(line) }
+            failed += lines.isEmpty ? 0 : 1
+        }
+    }
+
+    /// Token slices (1 to 5, some empty) of half as many drawn cases, as the ranks of a
+    /// token-parallel run hold them, against one process.
+    func testRandomTokenSlicesAgainstOneProcess() throws {
+        var failed = 0
+        for seed in firstSeed ..< firstSeed + UInt64(max(1, cases / 2)) where failed < 5 {
+            let lines = try SelfCheck.checkTokenSlices(SelfCheck.draw(seed: seed), parts: 1 + Int(seed % 5))
             for line in lines { XCTFail(line) }
             failed += lines.isEmpty ? 0 : 1
         }
