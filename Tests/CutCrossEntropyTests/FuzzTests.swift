@@ -11,37 +11,33 @@ final class FuzzTests: XCTestCase {
     var cases: Int { ProcessInfo.processInfo.environment["CCE_FUZZ_CASES"].flatMap(Int.init) ?? 24 }
     var firstSeed: UInt64 { ProcessInfo.processInfo.environment["CCE_FUZZ_SEED"].flatMap(UInt64.init) ?? 1 }
 
-    /// Against the Float64 oracle, 1 against 3 threads, split against fused calls, and into
-    /// kept arrays: no failure in any case (the first few failures are reported).
-    func testRandomCasesAgainstTheOracleAndThemselves() throws {
+    /// Runs `check` on `count` seeds from the first; each failing line is a test failure
+    /// (the first five failing cases are reported).
+    func drawn(_ count: Int, _ check: (UInt64) throws -> [String]) rethrows {
         var failed = 0
-        for seed in firstSeed ..< firstSeed + UInt64(cases) where failed < 5 {
-            let lines = try SelfCheck.check(SelfCheck.draw(seed: seed))
+        for seed in firstSeed ..< firstSeed + UInt64(count) where failed < 5 {
+            let lines = try check(seed)
             for line in lines { XCTFail(line) }
             failed += lines.isEmpty ? 0 : 1
         }
+    }
+
+    /// Against the Float64 oracle, 1 against 3 threads, split against fused calls, and into
+    /// kept arrays: no failure in any case.
+    func testRandomCasesAgainstTheOracleAndThemselves() throws {
+        try drawn(cases) { try SelfCheck.check(SelfCheck.draw(seed: $0)) }
     }
 
     /// Vocabulary shards (1 to 5) of half as many drawn cases, split and fused exchanging calls,
     /// against one process.
     func testRandomVocabularyShardsAgainstOneProcess() throws {
-        var failed = 0
-        for seed in firstSeed ..< firstSeed + UInt64(max(1, cases / 2)) where failed < 5 {
-            let lines = try SelfCheck.checkShards(SelfCheck.draw(seed: seed), parts: 1 + Int(seed % 5))
-            for line in lines { XCTFail(line) }
-            failed += lines.isEmpty ? 0 : 1
-        }
+        try drawn(max(1, cases / 2)) { try SelfCheck.checkShards(SelfCheck.draw(seed: $0), parts: 1 + Int($0 % 5)) }
     }
 
     /// Token slices (1 to 5, some empty) of half as many drawn cases, as the ranks of a
     /// token-parallel run hold them, against one process.
     func testRandomTokenSlicesAgainstOneProcess() throws {
-        var failed = 0
-        for seed in firstSeed ..< firstSeed + UInt64(max(1, cases / 2)) where failed < 5 {
-            let lines = try SelfCheck.checkTokenSlices(SelfCheck.draw(seed: seed), parts: 1 + Int(seed % 5))
-            for line in lines { XCTFail(line) }
-            failed += lines.isEmpty ? 0 : 1
-        }
+        try drawn(max(1, cases / 2)) { try SelfCheck.checkTokenSlices(SelfCheck.draw(seed: $0), parts: 1 + Int($0 % 5)) }
     }
 
     /// Found by the drawn cases (seed 1833; 1633 and 1719 likewise): vocabulary shards in the
