@@ -27,14 +27,29 @@ __global__ void block_mean_kernel(const T *__restrict__ X, const int *__restrict
 #pragma unroll
   for (int k = 0; k < VEC; ++k) acc[k] = 0.f;
   if (d < D) {
-    for (int i = rg * 32; i < rg * 32 + 32; ++i) {
-      int64_t r = r0 + i;
-      if (r >= row_end) break;
-      int64_t xr = perm ? perm[r] : r;
-      uint4 raw = *reinterpret_cast<const uint4 *>(X + xr * D + d);
-      const T *x = reinterpret_cast<const T *>(&raw);
+    // The group's rows (up to 32) eight at a time, their loads issued before their sums: the
+    // same additions in the same order as one row at a time, with eight loads in flight
+    // instead of one (the kernel was latency-bound: 6% of the SM peak and 16% of DRAM's under
+    // ncu, 18 µs a launch for 14 MB at the Gemma 2 shape).
+    const int64_t first = r0 + rg * 32, left = row_end - first;
+    const int nr = left <= 0 ? 0 : left < 32 ? static_cast<int>(left) : 32;
+    for (int b = 0; b < nr; b += 8) {
+      uint4 raw[8];
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) acc[k] += Elt<T>::load(x[k]);
+      for (int u = 0; u < 8; ++u) {
+        if (b + u < nr) {
+          const int64_t r = first + b + u;
+          raw[u] = *reinterpret_cast<const uint4 *>(X + (perm ? int64_t(perm[r]) : r) * D + d);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        if (b + u < nr) {
+          const T *x = reinterpret_cast<const T *>(&raw[u]);
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) acc[k] += Elt<T>::load(x[k]);
+        }
+      }
     }
   }
 #pragma unroll
