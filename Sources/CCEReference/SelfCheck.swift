@@ -44,6 +44,13 @@
 // 3.6e-6). With a filter, each shard filters with the global LSE but sorts, keeps and
 // estimates by its own blocks, so its dropped mass is not one process's (2 to 4 times one
 // process's error was seen on small shards).
+//
+// Token slices (`checkTokenSlices`): P = 1 to 5 slices of the case's tokens (whole sequences
+// of a batch; some slices empty), as the ranks of a token-parallel run hold them, each sorting
+// by the global mean embedding and reducing with the global divisor. A token's row does not
+// depend on the other tokens, so LSE, token losses and dE rows must have one process's bits;
+// the loss within 1e-6 relative (1e-12 exact), dC and dBias (summed in slice order) as the
+// shards' are held.
 
 import CCEData
 import CutCrossEntropy
