@@ -64,7 +64,7 @@ def draw(seed):
                saved_logits_per_row=[None, 0, int(rng.integers(1, 41))][int(rng.integers(0, 3))],
                threads=int(rng.integers(1, 4)))
     args = dict(d=d, v=v, seed=seed, dtype=dtype, bias=bias, ignore_fraction=ignore, lead=lead)
-    positions = lead[:-1] + (lead[-1] - shift,)
+    positions = lead[:-1] + (max(0, lead[-1] - shift),)
     # float32 values: grad_output enters the C ABI as float32, also in the exact mode (Docs/PYTHON.md)
     grad_output = (rng.uniform(0.5, 1.5, positions).astype(np.float32) if reduction == "none"
                    else float(np.float32(rng.uniform(0.5, 1.5))))
@@ -106,4 +106,56 @@ def test_drawn_case_against_float64(seed):
             else:
                 assert err / norm <= budget, f"{what}: {name} relative error {err / norm:.3e} > {budget}"
         else:
+            assert_close(got, want, **gb, what=f"{what}: {name}")
+
+
+@pytest.mark.parametrize("seed", range(FIRST, FIRST + max(1, CASES // 2)))
+def test_drawn_case_through_torch(seed):
+    """The same cases through the torch path (autograd: the gradients land in .grad, in the
+    inputs' dtypes), half as many; skipped without torch. Gradients are rounded to their
+    dtype: float32 ones are held to the budgets above, in the exact mode 1e-7 of the largest
+    (one rounding, 2^-24 a value); 16-bit ones to a relative-norm budget: 2e-2 (0.35 with the
+    plain filter) as above, 4e-3 where nothing is filtered (bf16's rounding, about 2^-9 a value)."""
+    torch = pytest.importorskip("torch")
+    args, eng, ref, g = draw(seed)
+    e, c, t, b = problem(**args)
+    what = f"seed {seed}: {args['lead']} D={args['d']} V={args['v']} {np.dtype(args['dtype']).name} bias={args['bias']} {eng}"
+    if args["lead"][-1] <= eng["shift"]:
+        pytest.skip(f"{what}: no position left after the shift")
+    half = np.dtype(args["dtype"]) != np.float32
+    tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}.get(np.dtype(args["dtype"]),
+                                                                                             torch.bfloat16)
+
+    def leaf(x):
+        if x is None:
+            return None
+        return torch.from_numpy(np.asarray(x, np.float32)).to(tdtype).requires_grad_(True)
+
+    E, C, B = leaf(e), leaf(c), leaf(b)
+    kw = dict(eng)
+    if kw["weight"] is not None:
+        kw["weight"] = torch.from_numpy(kw["weight"])
+    loss = cs.linear_cross_entropy(E, C, torch.from_numpy(t), bias=B, **kw)
+    upstream = torch.from_numpy(g) if isinstance(g, np.ndarray) else g
+    (loss * upstream).sum().backward()
+    r = materialized(e, c, t, bias=b, grad_output=g, **ref)
+    n = int(np.prod(args["lead"]))
+    exact = eng["mode"] == "exact"
+    lb = dict(atol=1e-12, rtol=1e-11) if exact else dict(atol=1e-5, rtol=1e-5)
+    assert_close(loss.detach().double().numpy(), r["loss"], **lb, what=f"{what}: loss")
+    pairs = [("dE", E.grad, r["dE"]), ("dC", C.grad, r["dC"])] + ([("dBias", B.grad, r["dBias"])] if b is not None else [])
+    for name, got, want in pairs:
+        got = got.double().numpy()
+        if half:
+            filtered = not exact and eng["filter_eps"] is not None
+            budget = (2e-2 if eng["filter_correction"] else 0.35) if filtered else 4e-3
+            norm = np.linalg.norm(want)
+            if norm == 0:
+                assert np.max(np.abs(got), initial=0) <= 1e-6, f"{what}: {name} nonzero where the reference is zero"
+            else:
+                err = np.linalg.norm(got - want) / norm
+                assert err <= budget, f"{what}: {name} relative error {err:.3e} > {budget}"
+        else:
+            # float32 gradients: the exact mode's rounded once to float32 (2^-24 a value)
+            gb = dict(atol=1e-12, rtol=1e-7) if exact else dict(atol=1e-6 * max(1.0, n / 64), rtol=1e-4)
             assert_close(got, want, **gb, what=f"{what}: {name}")
