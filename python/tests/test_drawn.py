@@ -71,6 +71,16 @@ def draw(seed):
     return args, eng, ref, grad_output
 
 
+def relative_norm(got, want, budget, what):
+    """‖got − want‖ / ‖want‖ ≤ budget; where want is all zero, every |got| ≤ 1e-6."""
+    norm = np.linalg.norm(want)
+    if norm == 0:
+        assert np.max(np.abs(got), initial=0) <= 1e-6, f"{what}: nonzero where the reference is zero"
+    else:
+        err = np.linalg.norm(got - want) / norm
+        assert err <= budget, f"{what}: relative error {err:.3e} > {budget}"
+
+
 @pytest.mark.parametrize("seed", range(FIRST, FIRST + CASES))
 def test_drawn_case_against_float64(seed):
     args, eng, ref, g = draw(seed)
@@ -98,13 +108,7 @@ def test_drawn_case_against_float64(seed):
         got = np.asarray(got, np.float64)
         assert got.shape == want.shape, f"{what}: {name} shape {got.shape} against {want.shape}"
         if filtered16:
-            norm = np.linalg.norm(want)
-            err = np.linalg.norm(got - want)
-            budget = 2e-2 if eng["filter_correction"] else 0.35
-            if norm == 0:
-                assert np.max(np.abs(got), initial=0) <= 1e-6, f"{what}: {name} nonzero where the reference is zero"
-            else:
-                assert err / norm <= budget, f"{what}: {name} relative error {err / norm:.3e} > {budget}"
+            relative_norm(got, want, 2e-2 if eng["filter_correction"] else 0.35, f"{what}: {name}")
         else:
             assert_close(got, want, **gb, what=f"{what}: {name}")
 
@@ -148,13 +152,8 @@ def test_drawn_case_through_torch(seed):
         got = got.double().numpy()
         if half:
             filtered = not exact and eng["filter_eps"] is not None
-            budget = (2e-2 if eng["filter_correction"] else 0.35) if filtered else 4e-3
-            norm = np.linalg.norm(want)
-            if norm == 0:
-                assert np.max(np.abs(got), initial=0) <= 1e-6, f"{what}: {name} nonzero where the reference is zero"
-            else:
-                err = np.linalg.norm(got - want) / norm
-                assert err <= budget, f"{what}: {name} relative error {err:.3e} > {budget}"
+            relative_norm(got, want, (2e-2 if eng["filter_correction"] else 0.35) if filtered else 4e-3,
+                          f"{what}: {name}")
         else:
             # float32 gradients: the exact mode's rounded once to float32 (2^-24 a value)
             gb = dict(atol=1e-12, rtol=1e-7) if exact else dict(atol=1e-6 * max(1.0, n / 64), rtol=1e-4)
