@@ -6,8 +6,8 @@ every option the NumPy path takes: reduction, shift, soft cap, label smoothing, 
 weights, bias, ignored targets, mode, filter, first-order correction, sorting, saved logits,
 threads and an upstream gradient. The fixed tests of test_numpy.py choose each option; these
 draw the combinations, so that what the wrapper and the C ABI pass (shapes, strides, option
-fields, output shapes) is checked where nobody chose it. The Swift suite's FuzzTests do the
-same for the engine itself.
+fields, output shapes) is checked where nobody chose it; with torch, the first half also runs
+through autograd. The Swift suite's FuzzTests do the same for the engine itself.
 
 Budgets as Sources/CCEReference/SelfCheck.swift: exact mode 1e-12 (gradients 1e-12 + 1e-10
 of the largest); otherwise loss and LSE 1e-5 + 1e-5 of the largest, gradients within
