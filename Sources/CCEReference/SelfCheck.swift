@@ -175,12 +175,31 @@ public enum SelfCheck {
             let r = relativeError(a, b)
             expect(r <= budget, "\(what): relative error \(r), budget \(budget)")
         }
+        /// A gradient against the oracle's, with check 1's budgets for the case.
+        mutating func againstOracle(_ got: [Double], _ truth: [Double], _ c: Case, _ what: String) {
+            if c.options.mode == .exact {
+                close(got, truth, atol: 1e-12, rtol: 1e-11, what)
+            } else if c.type != .float32 && c.options.filterEpsilon != .none {
+                relative(got, truth, c.options.filterCorrection ? 2e-2 : 0.35, what)
+            } else {
+                close(got, truth, atol: gradientFloor(c), rtol: 1e-4, what)
+            }
+        }
+        /// A gradient summed over shards or slices: within 1e-12 of one process's in the exact
+        /// mode, else within check 1's budgets against the oracle.
+        mutating func againstOneProcess(_ got: [Double], mine: [Double], truth: [Double], _ c: Case, _ what: String) {
+            if c.options.mode == .exact { relative(got, mine, 1e-12, what) } else { againstOracle(got, truth, c, "\(what) against the oracle") }
+        }
+    }
+
+    /// The values' bits (Float32's widened), for comparisons of concatenated outputs.
+    static func bits(_ v: Values) -> [UInt64] {
+        switch v { case .float32(let x): x.map { UInt64($0.bitPattern) }; case .float64(let x): x.map(\.bitPattern) }
     }
 
     static func sameBits(_ a: Values, _ b: Values) -> Bool {
         switch (a, b) {
-        case (.float32(let x), .float32(let y)): x.map(\.bitPattern) == y.map(\.bitPattern)
-        case (.float64(let x), .float64(let y)): x.map(\.bitPattern) == y.map(\.bitPattern)
+        case (.float32, .float32), (.float64, .float64): bits(a) == bits(b)
         default: false
         }
     }
@@ -231,19 +250,14 @@ public enum SelfCheck {
 
         // 1. Against the oracle.
         let exact = c.options.mode == .exact
-        let filtered16 = !exact && c.type != .float32 && c.options.filterEpsilon != .none
-        let budget16 = c.options.filterCorrection ? 2e-2 : 0.35
         let (la, lr) = exact ? (1e-12, 1e-12) : (1e-5, 1e-5)
-        let (ga, gr) = exact ? (1e-12, 1e-11) : (gradientFloor(c), 1e-4)
         f.close([out.loss], [o.loss], atol: la, rtol: lr, "loss")
         f.close(out.lse.doubles, o.lse, atol: la, rtol: lr, "LSE")
         f.close(out.tokenLosses.doubles, o.tokenLosses, atol: la, rtol: lr, "token losses")
         f.expect((g.dBias == nil) == (o.dBias == nil), "dBias presence")
         var gradients = [("dE", g.dE.doubles, o.dE), ("dC", g.dC.doubles, o.dC)]
         if let db = g.dBias, let odb = o.dBias { gradients.append(("dBias", db.doubles, odb)) }
-        for (what, got, want) in gradients {
-            if filtered16 { f.relative(got, want, budget16, what) } else { f.close(got, want, atol: ga, rtol: gr, what) }
-        }
+        for (what, got, want) in gradients { f.againstOracle(got, want, c, what) }
 
         // 2. 1 and 3 threads: the same bits.
         let (out3, g3) = try three.lossAndGradients(embeddings: e, classifier: cl, targets: t, bias: b, upstream: up)
@@ -262,10 +276,8 @@ public enum SelfCheck {
         if let db = g.dBias, let dbs = gs.dBias { f.expect(sameBits(db, dbs), "split dBias") }
         if exact || c.options.filterEpsilon == .none || (!c.options.filterCorrection && c.options.savedLogitsPerRow == 0) {
             f.expect(sameBits(gs.dE, g.dE), "split dE")
-        } else if filtered16 {
-            f.relative(gs.dE.doubles, o.dE, budget16, "split dE")
         } else {
-            f.close(gs.dE.doubles, o.dE, atol: ga, rtol: gr, "split dE")
+            f.againstOracle(gs.dE.doubles, o.dE, c, "split dE")
         }
 
         // 4. Into the caller's arrays, left full of NaN by an earlier step (the exact mode rounds
@@ -292,8 +304,6 @@ public enum SelfCheck {
         var cce = CutCrossEntropy(options: o)
         let shards = VocabularyShard.split(vocabulary: c.v, parts: parts)
         let exact = c.options.mode == .exact
-        let oracle = exact ? nil : p.oracle
-        let filtered16 = c.type != .float32 && c.options.filterEpsilon != .none
         // The shards' LSE is merged from theirs in Float64, one process's is a running Float32
         // sum, so the two agree within the budget relative to the LSE; a token's loss, the LSE
         // less the target logit (nearly equal on a peaked row), then within that much of |LSE|
@@ -310,17 +320,9 @@ public enum SelfCheck {
             f.relative(out.lse.doubles, one.lse.doubles, budget, "\(how): LSE")
             f.close(out.tokenLosses.doubles, one.tokenLosses.doubles, atol: budget * perToken, rtol: budget,
                     "\(how): token losses")
-            var pairs = [("dE", dE, g1.dE.doubles, oracle?.dE), ("dC", dC, g1.dC.doubles, oracle?.dC)]
-            if let db = g1.dBias { pairs.append(("dBias", dBias, db.doubles, oracle?.dBias)) }
-            for (grad, got, mine, truth) in pairs {
-                if let truth, filtered16 {
-                    f.relative(got, truth, c.options.filterCorrection ? 2e-2 : 0.35, "\(how): \(grad) against the oracle")
-                } else if let truth {
-                    f.close(got, truth, atol: gradientFloor(c), rtol: 1e-4, "\(how): \(grad) against the oracle")
-                } else {
-                    f.relative(got, mine, 1e-12, "\(how): \(grad)")
-                }
-            }
+            var pairs = [("dE", dE, g1.dE.doubles, p.oracle.dE), ("dC", dC, g1.dC.doubles, p.oracle.dC)]
+            if let db = g1.dBias, let odb = p.oracle.dBias { pairs.append(("dBias", dBias, db.doubles, odb)) }
+            for (grad, got, mine, truth) in pairs { f.againstOneProcess(got, mine: mine, truth: truth, c, "\(how): \(grad)") }
         }
         func summed(_ gradients: [Gradients]) -> (dE: [Double], dC: [Double], dBias: [Double]) {
             var dE = [Double](repeating: 0, count: e.count), dC: [Double] = [], dBias: [Double] = []
@@ -407,9 +409,6 @@ public enum SelfCheck {
         if o.reduction == .mean { local.options.reduction = .sum }
         local.sortingMean = TokenSlice.mean(sum: sum, activeTokens: active)
 
-        func bits(_ v: Values) -> [UInt64] {
-            switch v { case .float32(let x): x.map { UInt64($0.bitPattern) }; case .float64(let x): x.map(\.bitPattern) }
-        }
         var total = 0.0, lse: [UInt64] = [], losses: [UInt64] = [], dE: [UInt64] = []
         var dC = [Double](repeating: 0, count: cl.count), dBias = [Double](repeating: 0, count: b?.count ?? 0)
         for input in inputs {
@@ -431,15 +430,7 @@ public enum SelfCheck {
         f.close([loss], [one.loss], atol: 0, rtol: exact ? 1e-12 : 1e-6, "loss")
         var pairs = [("dC", dC, g1.dC.doubles, p.oracle.dC)]
         if let db = g1.dBias, let odb = p.oracle.dBias { pairs.append(("dBias", dBias, db.doubles, odb)) }
-        for (grad, got, mine, truth) in pairs {
-            if exact {
-                f.relative(got, mine, 1e-12, grad)
-            } else if c.type != .float32 && c.options.filterEpsilon != .none {
-                f.relative(got, truth, c.options.filterCorrection ? 2e-2 : 0.35, "\(grad) against the oracle")
-            } else {
-                f.close(got, truth, atol: gradientFloor(c), rtol: 1e-4, "\(grad) against the oracle")
-            }
-        }
+        for (grad, got, mine, truth) in pairs { f.againstOneProcess(got, mine: mine, truth: truth, c, grad) }
         return f.lines
     }
 }
