@@ -145,6 +145,17 @@ public struct CutCrossEntropy: Sendable {
                         denseBackward: BackwardPolicy(options, embeddings: storage, classifier: storage).densePrediction)
     }
 
+    /// The tile plan of a fused call (lossAndGradients) that keeps logits for its backward, with
+    /// these sizes and storage: fewer rows in flight than `plan` (TilePlan.limitingRowsInFlight).
+    public func fusedPlan(tokens: Int, dim: Int, vocab: Int, storage: ElementType = .float32) -> TilePlan {
+        let kernel = tileKernel(embeddings: storage, classifier: storage)
+        let copies = options.mode == .exact
+            ? Workspace<Double>.copiesTokens(eInPlace: false, backend: tileBackend, kernel: kernel)
+            : Workspace<Float>.copiesTokens(eInPlace: storage == .float32, backend: tileBackend, kernel: kernel)
+        return plan(tokens: tokens, dim: dim, vocab: vocab, storage: storage)
+            .limitingRowsInFlight(tokens: tokens, copiesTokens: copies)
+    }
+
     var threadCount: Int { options.threads ?? Workers.availableCPUs }
 
     /// The tile kernel a call on E and C stored as these types runs (for reports).

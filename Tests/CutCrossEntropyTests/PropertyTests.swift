@@ -273,76 +273,82 @@ final class PropertyTests: XCTestCase {
 
     /// Saved logits in token blocks of more than 256 rows: a key holds the row's low 8 bits and
     /// each forward block the index of its first entry of a row ≥ 256 (SavedLogits). At
-    /// N = 1152 one thread plans four blocks of 288 rows and three threads six of 192 (a
-    /// quarter of the tokens per thread is no less than the plan's blocks, so the fused call
-    /// keeps them: TilePlan.limitingRowsInFlight): every output bitwise the same, with dE
-    /// apart from the recomputing call's (the saved logits were read). Fails if the ninth bit
-    /// is dropped (checked). At N = 1440 five threads get one block of 288 rows each and run
-    /// its backward in parts (TilePlan.backwardParts: at least four items per worker), one of
-    /// which reads saved rows on both sides of row 256: the same bits as one thread's whole blocks.
+    /// N = 1440 one thread's fused call runs five blocks of 288 rows (a quarter, or with the
+    /// portable kernel on 16-bit storage a fifth, of the tokens is no less than the plan's
+    /// blocks, so the fused call keeps them: TilePlan.limitingRowsInFlight), three threads
+    /// smaller ones, and five threads one block of 288 rows each with its backward in parts
+    /// (TilePlan.backwardParts: at least four items per worker), one of which reads saved rows
+    /// on both sides of row 256: every output bitwise the same as one thread's, with dE apart
+    /// from the recomputing call's (the saved logits were read). Fails if the ninth bit is
+    /// dropped (checked).
     func testSavedLogitsInBlocksOfMoreThan256Rows() throws {
-        for (tokens, threadCounts) in [(1152, [1, 3]), (1440, [1, 5])] {
-            let data = LMLikeData.make(tokens: tokens, dim: 32, vocab: 3000, type: .bfloat16, seed: 3)
-            func run(threads: Int, perRow: Int = 2048) throws -> (ForwardOutput, Gradients) {
-                var o = Options(); o.threads = threads; o.savedLogitsPerRow = perRow
-                let cce = CutCrossEntropy(options: o)
-                let plan = cce.plan(tokens: tokens, dim: 32, vocab: 3000, storage: .bfloat16)
-                XCTAssertEqual(plan.tokenBlock, threads == 3 ? 192 : 288, "token block, \(threads) threads")
-                XCTAssertEqual(plan.limitingRowsInFlight(tokens: tokens).tokenBlock, plan.tokenBlock, "fused token block")
-                let r = try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
-                                                 targets: data.targets)
-                let part = plan.backwardParts(blocks: (tokens + plan.tokenBlock - 1) / plan.tokenBlock)
-                XCTAssertEqual(r.1.filter.tokenBlock, part.rows, "backward part, N \(tokens), \(threads) threads")
-                if threads == 5 { XCTAssertTrue(part.parts > 1 && 256 % part.rows != 0, "a part across row 256") }
-                return r
-            }
-            let (f1, g1) = try run(threads: 1), (f3, g3) = try run(threads: threadCounts[1])
-            let (_, g0) = try run(threads: 1, perRow: 0)
-            XCTAssertEqual(f1.loss.bitPattern, f3.loss.bitPattern)
-            XCTAssertTrue(bitwiseEqual(g1.dE, g3.dE), "dE, 1 vs \(threadCounts[1]) threads, N \(tokens)")
-            XCTAssertTrue(bitwiseEqual(g1.dC, g3.dC), "dC, 1 vs \(threadCounts[1]) threads, N \(tokens)")
-            XCTAssertFalse(bitwiseEqual(g1.dE, g0.dE), "the saved logits were read, N \(tokens)")
-            XCTAssertTrue(bitwiseEqual(g1.dC, g0.dC), "dC as the recomputing call's, N \(tokens)")
+        let tokens = 1440
+        let data = LMLikeData.make(tokens: tokens, dim: 32, vocab: 3000, type: .bfloat16, seed: 3)
+        func run(threads: Int, perRow: Int = 2048) throws -> (ForwardOutput, Gradients) {
+            var o = Options(); o.threads = threads; o.savedLogitsPerRow = perRow
+            let cce = CutCrossEntropy(options: o)
+            let fused = cce.fusedPlan(tokens: tokens, dim: 32, vocab: 3000, storage: .bfloat16)
+            if threads != 3 { XCTAssertEqual(fused.tokenBlock, 288, "fused token block, \(threads) threads") }
+            let r = try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier,
+                                             targets: data.targets)
+            let part = fused.backwardParts(blocks: (tokens + fused.tokenBlock - 1) / fused.tokenBlock)
+            if perRow > 0 { XCTAssertEqual(r.1.filter.tokenBlock, part.rows, "backward part, \(threads) threads") }
+            if threads == 5 { XCTAssertTrue(part.parts > 1 && 256 % part.rows != 0, "a part across row 256") }
+            return r
+        }
+        let (f1, g1) = try run(threads: 1)
+        let (_, g0) = try run(threads: 1, perRow: 0)
+        XCTAssertFalse(bitwiseEqual(g1.dE, g0.dE), "the saved logits were read")
+        XCTAssertTrue(bitwiseEqual(g1.dC, g0.dC), "dC as the recomputing call's")
+        for threads in [3, 5] {
+            let (f, g) = try run(threads: threads)
+            XCTAssertEqual(f1.loss.bitPattern, f.loss.bitPattern)
+            XCTAssertTrue(bitwiseEqual(g1.dE, g.dE), "dE, 1 vs \(threads) threads")
+            XCTAssertTrue(bitwiseEqual(g1.dC, g.dC), "dC, 1 vs \(threads) threads")
         }
     }
 
     /// A fused call that keeps logits holds at most a quarter of the tokens in its workers'
-    /// blocks where blocks of at least 128 rows can do that on at most 4 threads
-    /// (TilePlan.limitingRowsInFlight), else keeps the plan's; and its results do not depend
-    /// on it: at N = 600 one thread (a quarter: 150 rows) runs smaller blocks than the plan's,
-    /// three threads (50 rows, below the floor) the plan's, and every output is bitwise the same.
+    /// blocks (a fifth where the worker also keeps the rows as Float32: the portable kernel on
+    /// 16-bit storage) where blocks of at least 128 rows (96 for that fifth) can do that on at
+    /// most 4 threads (TilePlan.limitingRowsInFlight), else keeps the plan's; and its results do
+    /// not depend on it: at N = 600 one thread (a quarter: 150 rows; a fifth: 120) runs smaller
+    /// blocks than the plan's, three threads (50 or 40 rows, below the floor) the plan's, and
+    /// every output is bitwise the same.
     func testFusedCallLimitsRowsInFlight() throws {
         for (tokens, threads) in [(600, 1), (600, 3), (1024, 2), (4096, 2), (4096, 16), (8192, 16), (100, 1), (5000, 4),
-                                  (5000, 5)] {
-            for group in [6, 12, 32] {
+                                  (5000, 5), (480, 1), (470, 1)] {
+            for group in [6, 12, 32] { for copies in [false, true] {
                 let plan = TilePlan(tokens: tokens, dim: 1024, vocab: 128256, threads: threads, tokenBytes: 2,
                                     rowGroup: group)
-                let fused = plan.limitingRowsInFlight(tokens: tokens)
-                let quarter = tokens / (4 * threads), what = "N \(tokens), \(threads) threads, groups of \(group)"
+                let fused = plan.limitingRowsInFlight(tokens: tokens, copiesTokens: copies)
+                let share = tokens / ((copies ? 5 : 4) * threads)
+                let floor = copies ? TilePlan.fusedBlockFloor * 3 / 4 : TilePlan.fusedBlockFloor
+                let what = "N \(tokens), \(threads) threads, groups of \(group), copies \(copies)"
                 XCTAssertEqual(fused.tokenBlock % group, 0, what)
                 XCTAssertEqual(fused.vocabBlock, plan.vocabBlock, what)
-                if threads <= TilePlan.fusedLimitThreads && quarter >= TilePlan.fusedBlockFloor
-                    && quarter < plan.tokenBlock {
-                    XCTAssertLessThan(fused.tokenBlock, plan.tokenBlock, what)
-                    XCTAssertLessThanOrEqual(fused.tokenBlock, (quarter + group - 1) / group * group, what)
+                if threads <= TilePlan.fusedLimitThreads && share >= floor && share < plan.tokenBlock {
+                    // (rounded up to the row group, the share may come back to the plan's block)
+                    XCTAssertLessThanOrEqual(fused.tokenBlock, plan.tokenBlock, what)
+                    XCTAssertLessThanOrEqual(fused.tokenBlock, (share + group - 1) / group * group, what)
                 } else {
                     XCTAssertEqual(fused.tokenBlock, plan.tokenBlock, what)
                 }
-            }
+            } }
         }
         let data = LMLikeData.make(tokens: 600, dim: 32, vocab: 3000, type: .bfloat16, seed: 5)
         func run(threads: Int, perRow: Int = 2048) throws -> (ForwardOutput, Gradients) {
             var o = Options(); o.threads = threads; o.savedLogitsPerRow = perRow
             let cce = CutCrossEntropy(options: o)
             let plan = cce.plan(tokens: 600, dim: 32, vocab: 3000, storage: .bfloat16)
-            let fused = plan.limitingRowsInFlight(tokens: 600).tokenBlock
+            let fused = cce.fusedPlan(tokens: 600, dim: 32, vocab: 3000, storage: .bfloat16).tokenBlock
             if threads == 1 { XCTAssertLessThan(fused, plan.tokenBlock, "smaller blocks, 1 thread") }
             else { XCTAssertEqual(fused, plan.tokenBlock, "the plan's blocks, \(threads) threads") }
             let r = try cce.lossAndGradients(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
             // The statistics give the rows of a backward part (TilePlan.backwardParts), which is
             // the whole block or a divisor of its row groups: with the AVX2 kernel's groups of 6,
             // 3 threads split their 204-row blocks in two.
-            let ran = perRow > 0 ? plan.limitingRowsInFlight(tokens: 600) : plan
+            let ran = perRow > 0 ? cce.fusedPlan(tokens: 600, dim: 32, vocab: 3000, storage: .bfloat16) : plan
             let blocks = (600 + ran.tokenBlock - 1) / ran.tokenBlock
             XCTAssertEqual(r.1.filter.tokenBlock, ran.backwardParts(blocks: blocks).rows, "the blocks the call ran")
             return r

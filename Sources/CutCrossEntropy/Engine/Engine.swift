@@ -259,7 +259,9 @@ enum Engine {
         // finished: fewer rows in flight (TilePlan.limitingRowsInFlight).
         let keepsLogits = pass == .fused
             && savesLogits(savedPerRowOverride ?? options.savedLogitsPerRow, backward, definition)
-        let operands = keepsLogits ? operands.with(plan: operands.plan.limitingRowsInFlight(tokens: m)) : operands
+        let operands = keepsLogits
+            ? operands.with(plan: operands.plan.limitingRowsInFlight(tokens: m, copiesTokens: operands.copiesTokens))
+            : operands
         let plan = operands.plan
         let nb = plan.tokenBlock
         let blocks = (m + nb - 1) / nb

@@ -109,11 +109,19 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     /// 128-row blocks 17% slower for 0.7% of the logits against 1.2%), so the plan's blocks
     /// stay (Docs/PERFORMANCE.md). At N = 1024 on two threads: NB 128 instead of 256 (the
     /// dot-product and AMX kernels' groups of 32; 132 instead of 264 in groups of 12), peak
-    /// extra about 0.9% of N·V·4 instead of 1.3%, loss+grad 0 to 4% slower. Results do not
-    /// depend on NB.
-    public func limitingRowsInFlight(tokens: Int) -> TilePlan {
-        let largest = tokens / (4 * max(1, threads))
-        guard threads <= TilePlan.fusedLimitThreads, largest >= TilePlan.fusedBlockFloor, largest < tokenBlock
+    /// extra about 0.9% of N·V·4 instead of 1.3%, loss+grad 0 to 4% slower.
+    /// `copiesTokens`: the worker also keeps each row of its block as Float32 (the portable
+    /// kernel on 16-bit storage, Workspace.eBlock: 4·D bytes more a row, about 15 KB in all),
+    /// so the blocks hold a fifth of the tokens, where a fifth is at least three quarters of
+    /// the floor (96 rows, 16 of that kernel's 6-row groups): at N = 1024 on two threads of an
+    /// AVX2-only Zen 3, blocks of 90 rows instead of 132, peak extra 0.76 to 0.97% of N·V·4
+    /// instead of 0.98 to 1.08%, loss+grad no slower beyond the machine's spread (four
+    /// alternating runs each, Docs/PERFORMANCE.md). Results do not depend on NB.
+    public func limitingRowsInFlight(tokens: Int, copiesTokens: Bool = false) -> TilePlan {
+        let share = copiesTokens ? 5 : 4
+        let floor = copiesTokens ? TilePlan.fusedBlockFloor * 3 / 4 : TilePlan.fusedBlockFloor
+        let largest = tokens / (share * max(1, threads))
+        guard threads <= TilePlan.fusedLimitThreads, largest >= floor, largest < tokenBlock
         else { return self }
         var plan = self
         let g = max(1, rowGroup)

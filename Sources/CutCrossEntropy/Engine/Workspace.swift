@@ -65,6 +65,9 @@ struct Operands<S: KernelScalar>: @unchecked Sendable {
     var cInPlace: Bool { S.self == Float.self && cType == .float32 }
     /// E rows likewise.
     var eInPlace: Bool { S.self == Float.self && eType == .float32 }
+    /// Whether a worker keeps its token block's E rows as S too (Workspace.eBlock, NB·D·S bytes):
+    /// they are not S and the kernel does not read them as stored, or OpenBLAS multiplies.
+    var copiesTokens: Bool { Workspace<S>.copiesTokens(eInPlace: eInPlace, backend: backend, kernel: kernel) }
 
     func eRow(_ r: Int) -> UnsafeRawPointer { e + r * d * eType.size }
     func cRow(_ v: Int) -> UnsafeRawPointer { c + v * d * cType.size }
@@ -143,16 +146,26 @@ final class Workspace<S: KernelScalar> {
     /// under CCE_TRACE).
     var handOffWait = 0.0, forwardTime = 0.0, applyTime = 0.0, productTime = 0.0
 
+    /// The bf16 kernels read E rows as stored (packed in bf16 pairs); they run only for bf16 E
+    /// and C in Float32 (chooseTileKernel).
+    static func readsStoredTokens(backend: TileBackend, kernel: TileKernel) -> Bool {
+        (kernel == .amxBF16 || kernel == .avx512BF16) && backend == .swiftSIMD && S.self == Float.self
+    }
+
+    /// Whether eBlock holds the token block's E rows converted to S: unless they are read in place
+    /// (already S) or as stored; OpenBLAS needs the block contiguous, so it always takes the copy.
+    static func copiesTokens(eInPlace: Bool, backend: TileBackend, kernel: TileKernel) -> Bool {
+        !((eInPlace && backend == .swiftSIMD) || readsStoredTokens(backend: backend, kernel: kernel))
+    }
+
     init(plan: TilePlan, d: Int, eInPlace: Bool, backend: TileBackend = .swiftSIMD, kernel: TileKernel = .portable,
          partials: Bool = false, estimate: Bool = false, skippedEstimates: Bool = false,
          readsSavedLogits: Bool = false, denseUpdates: Bool = false) {
-        // The bf16 kernels run only for bf16 E and C in Float32 (chooseTileKernel).
-        eStoredOnly = (kernel == .amxBF16 || kernel == .avx512BF16) && backend == .swiftSIMD && S.self == Float.self
+        eStoredOnly = Workspace.readsStoredTokens(backend: backend, kernel: kernel)
         let nb = plan.tokenBlock, vb = plan.vocabBlock, forwardVB = plan.forwardVocabBlock
         let wide = max(vb, forwardVB)
         self.d = d; self.vb = vb
-        // OpenBLAS needs the block contiguous, so it always takes the copy.
-        eBlock = Scratch(count: (eInPlace && backend == .swiftSIMD) || eStoredOnly ? 0 : nb * d)
+        eBlock = Scratch(count: Workspace.copiesTokens(eInPlace: eInPlace, backend: backend, kernel: kernel) ? nb * d : 0)
         eRows = Scratch(count: nb)
         eRaw = Scratch(count: nb)
         keptRaw = Scratch(count: nb)
