@@ -164,10 +164,11 @@ func options(_ p: UnsafePointer<cce_cpu_options>?, weight: UnsafePointer<Float>?
 }
 
 /// The upstream gradient: one value (SUM, MEAN) or one per target position (NONE); NULL: ones.
-func upstream(_ p: UnsafePointer<Float>?, reduction: Reduction, positions: Int) -> Upstream {
+/// Float (cce_cpu_backward) or Double (the _f64 entry points) values, widened exactly.
+func upstream<G: BinaryFloatingPoint>(_ p: UnsafePointer<G>?, reduction: Reduction, positions: Int) -> Upstream {
     if reduction == .none {
-        return .perToken(p.map { Array(UnsafeBufferPointer(start: $0, count: positions)) }
-                         ?? [Float](repeating: 1, count: positions))
+        return .perTokenDouble(p.map { UnsafeBufferPointer(start: $0, count: positions).map { Double($0) } }
+                               ?? [Double](repeating: 1, count: positions))
     }
     return .scalar(Double(p?.pointee ?? 1))
 }
@@ -486,10 +487,9 @@ public func cceCPUForward(
     }
 }
 
-@_cdecl("cce_cpu_backward")
-public func cceCPUBackward(
+func backwardCall<G: BinaryFloatingPoint>(
     _ state: OpaquePointer?, _ e: UnsafeRawPointer?, _ c: UnsafeRawPointer?, _ bias: UnsafeRawPointer?,
-    _ gradLoss: UnsafePointer<Float>?, _ dE: UnsafeMutableRawPointer?, _ dC: UnsafeMutableRawPointer?,
+    _ gradLoss: UnsafePointer<G>?, _ dE: UnsafeMutableRawPointer?, _ dC: UnsafeMutableRawPointer?,
     _ dBias: UnsafeMutableRawPointer?, _ dECode: Int32, _ dCCode: Int32, _ dBiasCode: Int32,
     _ stats: UnsafeMutablePointer<Int64>?
 ) -> Int32 {
@@ -510,17 +510,36 @@ public func cceCPUBackward(
     }
 }
 
+@_cdecl("cce_cpu_backward")
+public func cceCPUBackward(
+    _ state: OpaquePointer?, _ e: UnsafeRawPointer?, _ c: UnsafeRawPointer?, _ bias: UnsafeRawPointer?,
+    _ gradLoss: UnsafePointer<Float>?, _ dE: UnsafeMutableRawPointer?, _ dC: UnsafeMutableRawPointer?,
+    _ dBias: UnsafeMutableRawPointer?, _ dECode: Int32, _ dCCode: Int32, _ dBiasCode: Int32,
+    _ stats: UnsafeMutablePointer<Int64>?
+) -> Int32 {
+    backwardCall(state, e, c, bias, gradLoss, dE, dC, dBias, dECode, dCCode, dBiasCode, stats)
+}
+
+@_cdecl("cce_cpu_backward_f64")
+public func cceCPUBackwardF64(
+    _ state: OpaquePointer?, _ e: UnsafeRawPointer?, _ c: UnsafeRawPointer?, _ bias: UnsafeRawPointer?,
+    _ gradLoss: UnsafePointer<Double>?, _ dE: UnsafeMutableRawPointer?, _ dC: UnsafeMutableRawPointer?,
+    _ dBias: UnsafeMutableRawPointer?, _ dECode: Int32, _ dCCode: Int32, _ dBiasCode: Int32,
+    _ stats: UnsafeMutablePointer<Int64>?
+) -> Int32 {
+    backwardCall(state, e, c, bias, gradLoss, dE, dC, dBias, dECode, dCCode, dBiasCode, stats)
+}
+
 @_cdecl("cce_cpu_state_free")
 public func cceCPUStateFree(_ state: OpaquePointer?) {
     guard let state else { return }
     Unmanaged<SavedForward>.fromOpaque(UnsafeRawPointer(state)).release()
 }
 
-@_cdecl("cce_cpu_loss_and_gradients")
-public func cceCPULossAndGradients(
+func lossAndGradientsCall<G: BinaryFloatingPoint>(
     _ e: UnsafeRawPointer?, _ c: UnsafeRawPointer?, _ bias: UnsafeRawPointer?, _ targetIDs: UnsafePointer<Int64>?,
     _ n: Int64, _ d: Int64, _ v: Int64, _ eCode: Int32, _ cCode: Int32, _ biasCode: Int32,
-    _ weight: UnsafePointer<Float>?, _ opt: UnsafePointer<cce_cpu_options>?, _ gradLoss: UnsafePointer<Float>?,
+    _ weight: UnsafePointer<Float>?, _ opt: UnsafePointer<cce_cpu_options>?, _ gradLoss: UnsafePointer<G>?,
     _ loss: UnsafeMutablePointer<Double>?, _ lse: UnsafeMutablePointer<Double>?,
     _ dE: UnsafeMutableRawPointer?, _ dC: UnsafeMutableRawPointer?, _ dBias: UnsafeMutableRawPointer?,
     _ dECode: Int32, _ dCCode: Int32, _ dBiasCode: Int32, _ stats: UnsafeMutablePointer<Int64>?
@@ -547,6 +566,32 @@ public func cceCPULossAndGradients(
         writeForward(f, reduction: o.reduction, loss: loss, lse: lse)
         out.write(g, threads: o.threads ?? Workers.availableCPUs)
     }
+}
+
+@_cdecl("cce_cpu_loss_and_gradients")
+public func cceCPULossAndGradients(
+    _ e: UnsafeRawPointer?, _ c: UnsafeRawPointer?, _ bias: UnsafeRawPointer?, _ targetIDs: UnsafePointer<Int64>?,
+    _ n: Int64, _ d: Int64, _ v: Int64, _ eCode: Int32, _ cCode: Int32, _ biasCode: Int32,
+    _ weight: UnsafePointer<Float>?, _ opt: UnsafePointer<cce_cpu_options>?, _ gradLoss: UnsafePointer<Float>?,
+    _ loss: UnsafeMutablePointer<Double>?, _ lse: UnsafeMutablePointer<Double>?,
+    _ dE: UnsafeMutableRawPointer?, _ dC: UnsafeMutableRawPointer?, _ dBias: UnsafeMutableRawPointer?,
+    _ dECode: Int32, _ dCCode: Int32, _ dBiasCode: Int32, _ stats: UnsafeMutablePointer<Int64>?
+) -> Int32 {
+    lossAndGradientsCall(e, c, bias, targetIDs, n, d, v, eCode, cCode, biasCode, weight, opt, gradLoss, loss, lse,
+                         dE, dC, dBias, dECode, dCCode, dBiasCode, stats)
+}
+
+@_cdecl("cce_cpu_loss_and_gradients_f64")
+public func cceCPULossAndGradientsF64(
+    _ e: UnsafeRawPointer?, _ c: UnsafeRawPointer?, _ bias: UnsafeRawPointer?, _ targetIDs: UnsafePointer<Int64>?,
+    _ n: Int64, _ d: Int64, _ v: Int64, _ eCode: Int32, _ cCode: Int32, _ biasCode: Int32,
+    _ weight: UnsafePointer<Float>?, _ opt: UnsafePointer<cce_cpu_options>?, _ gradLoss: UnsafePointer<Double>?,
+    _ loss: UnsafeMutablePointer<Double>?, _ lse: UnsafeMutablePointer<Double>?,
+    _ dE: UnsafeMutableRawPointer?, _ dC: UnsafeMutableRawPointer?, _ dBias: UnsafeMutableRawPointer?,
+    _ dECode: Int32, _ dCCode: Int32, _ dBiasCode: Int32, _ stats: UnsafeMutablePointer<Int64>?
+) -> Int32 {
+    lossAndGradientsCall(e, c, bias, targetIDs, n, d, v, eCode, cCode, biasCode, weight, opt, gradLoss, loss, lse,
+                         dE, dC, dBias, dECode, dCCode, dBiasCode, stats)
 }
 
 @_cdecl("cce_cpu_release_scratch")

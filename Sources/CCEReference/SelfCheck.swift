@@ -394,7 +394,8 @@ public enum SelfCheck {
             let targets = Array(t.values[(r.lowerBound * perRow)..<(r.upperBound * perRow)]).map(Int.init)
             let up: Upstream = switch up {
             case .perToken(let g): .perToken(Array(g[(r.lowerBound * perRow)..<(r.upperBound * perRow)]))
-            default: up
+            case .perTokenDouble(let g): .perTokenDouble(Array(g[(r.lowerBound * perRow)..<(r.upperBound * perRow)]))
+            case .scalar: up
             }
             return (e: try e.rows(r), t: try Targets(targets, shape: c.batch.map { _ in [r.count, perRow] }), up: up)
         }

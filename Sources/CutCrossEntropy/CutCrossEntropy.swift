@@ -48,6 +48,9 @@ public enum Upstream: Sendable {
     case scalar(Double)
     /// For `.none`: one value per target position (the targets' shape).
     case perToken([Float])
+    /// For `.none`, the same in Float64: the exact mode then computes with these values as
+    /// they are (`.perToken`'s are Float32 values; the other modes round each to Float32).
+    case perTokenDouble([Double])
 }
 
 /// Gradients of the reduced loss (for `.none`, of Σ upstream·loss).

@@ -152,20 +152,25 @@ struct Problem: Sendable {
     /// g/M for `.mean` over M active tokens (g/Σ_i w_{t_i} with class weights; 0 when that
     /// is 0), g for `.sum`, the value at the token's target position for `.none`.
     func upstreamPerToken(_ u: Upstream, reduction: Reduction) throws -> [Double] {
+        func perPosition(_ gs: [Double]) throws -> [Double] {
+            let positionCount = targetShape.reduce(1, *)
+            guard gs.count == positionCount else {
+                throw CCEError.invalidUpstream("\(gs.count) values for \(positionCount) target positions")
+            }
+            return positions.map { gs[Int($0)] }
+        }
         switch (reduction, u) {
         case (.mean, .scalar(let g)):
             return [Double](repeating: active > 0 && meanDivisor > 0 ? g / meanDivisor : 0, count: active)
         case (.sum, .scalar(let g)):
             return [Double](repeating: g, count: active)
         case (.none, .perToken(let gs)):
-            let positionCount = targetShape.reduce(1, *)
-            guard gs.count == positionCount else {
-                throw CCEError.invalidUpstream("\(gs.count) values for \(positionCount) target positions")
-            }
-            return positions.map { Double(gs[Int($0)]) }
+            return try perPosition(gs.map { Double($0) })
+        case (.none, .perTokenDouble(let gs)):
+            return try perPosition(gs)
         case (.none, .scalar):
             throw CCEError.invalidUpstream("reduction .none needs one upstream value per target position")
-        case (_, .perToken):
+        case (_, .perToken), (_, .perTokenDouble):
             throw CCEError.invalidUpstream("reduction .\(reduction) needs a scalar upstream gradient")
         }
     }

@@ -93,7 +93,7 @@ final class CABITests: XCTestCase {
 
     func testDefaultsAndLayout() {
         XCTAssertEqual(cce_cpu_abi_version(), CCE_CPU_ABI_VERSION)
-        XCTAssertEqual(CCE_CPU_ABI_VERSION, 2)
+        XCTAssertEqual(CCE_CPU_ABI_VERSION, 3)
         XCTAssertEqual(MemoryLayout<cce_cpu_options>.size, 88)
         XCTAssertEqual(MemoryLayout<cce_cpu_options>.offset(of: \.softcap), 24)
         XCTAssertEqual(MemoryLayout<cce_cpu_options>.offset(of: \.sort_vocab), 56)
@@ -265,6 +265,50 @@ final class CABITests: XCTestCase {
     }
 
     /// Every kind of bad input: its status code, a message, and untouched outputs.
+    /// The _f64 entry points hand the exact mode its upstream gradient in Float64: per-token
+    /// values that Float32 cannot hold (0.7 + 0.01 i) give, through cce_cpu_loss_and_gradients_f64
+    /// and cce_cpu_backward_f64, the gradients the Swift API gives for `.perTokenDouble` (bit for
+    /// bit) and the Float64 oracle's within 1e-12; the Float32 entry point's rounded values are
+    /// off by more than 1e-10 (what the _f64 ones are for). The default mode gets the same bits
+    /// from both (it rounds each value to Float32 itself).
+    func testFloat64UpstreamKeepsTheExactModeExact() throws {
+        let x = inputs(n: 23, d: 11, v: 157, type: .float32)
+        let up = (0..<23).map { 0.7 + 0.01 * Double($0) }, up32 = up.map { Float($0) }
+        let (e, c, t, b) = x.tensors
+        for mode in [CCE_CPU_MODE_EXACT, CCE_CPU_MODE_DEFAULT] {
+            var o = options { $0.mode = Int32(mode.rawValue); $0.reduction = Int32(CCE_CPU_REDUCE_NONE.rawValue) }
+            var so = Options(); so.mode = mode == CCE_CPU_MODE_EXACT ? .exact : .default; so.reduction = .none
+            let (_, g) = try CutCrossEntropy(options: so).lossAndGradients(embeddings: e, classifier: c, targets: t, bias: b,
+                                                                             upstream: .perTokenDouble(up))
+            var fused = [Double](repeating: 0, count: 23 * 11), fused32 = fused, split = fused
+            let f64 = CCE_CPU_F64.rawValue
+            let s1 = withPointers(x) { ep, cp, bp, tp in
+                cce_cpu_loss_and_gradients_f64(ep, cp, bp, tp, 23, 11, 157, 0, 0, 0, nil, &o, up, nil, nil, &fused, nil, nil,
+                                               Int32(f64), 0, 0, nil)
+            }
+            let s2 = withPointers(x) { ep, cp, bp, tp in
+                cce_cpu_loss_and_gradients(ep, cp, bp, tp, 23, 11, 157, 0, 0, 0, nil, &o, up32, nil, nil, &fused32, nil, nil,
+                                           Int32(f64), 0, 0, nil)
+            }
+            var state: OpaquePointer? = nil
+            let s3 = withPointers(x) { ep, cp, bp, tp in cce_cpu_forward(ep, cp, bp, tp, 23, 11, 157, 0, 0, 0, nil, &o, nil, nil, &state) }
+            defer { cce_cpu_state_free(state) }
+            let s4 = withPointers(x) { ep, cp, bp, _ in cce_cpu_backward_f64(state, ep, cp, bp, up, &split, nil, nil, Int32(f64), 0, 0, nil) }
+            for status in [s1, s2, s3, s4] { XCTAssertEqual(status, 0, String(cString: cce_cpu_last_error())) }
+            XCTAssertEqual(fused.map(\.bitPattern), g.dE.doubles.map(\.bitPattern), "fused _f64 vs Swift, \(mode)")
+            if mode == CCE_CPU_MODE_EXACT {
+                let oracle = try Oracle.compute(embeddings: e, classifier: c, targets: t, bias: b, options: so,
+                                                upstream: .perTokenDouble(up))
+                let truth = oracle.dE
+                XCTAssertLessThan(relativeError(fused, truth), 1e-12, "fused _f64 vs oracle")
+                XCTAssertLessThan(relativeError(split, truth), 1e-12, "split _f64 vs oracle")
+                XCTAssertGreaterThan(relativeError(fused32, truth), 1e-10, "the Float32 upstream's rounding shows")
+            } else {
+                XCTAssertEqual(fused32.map(\.bitPattern), fused.map(\.bitPattern), "default mode: the same either way")
+            }
+        }
+    }
+
     func testErrorsAreStatusCodesWithMessages() {
         let x = inputs(n: 6, d: 4, v: 9, type: .float32, bias: false)
         func expect(_ status: cce_cpu_status, _ what: String, contains: String,

@@ -68,8 +68,9 @@
 extern "C" {
 #endif
 
-/* 2: cce_cpu_options gained saved_logits_per_row (88 bytes; 80 in version 1). */
-#define CCE_CPU_ABI_VERSION 2
+/* 2: cce_cpu_options gained saved_logits_per_row (88 bytes; 80 in version 1).
+ * 3: cce_cpu_backward_f64 and cce_cpu_loss_and_gradients_f64 (grad_loss as double). */
+#define CCE_CPU_ABI_VERSION 3
 
 /* Storage types: inputs are F32, F16 or BF16; outputs (gradients) may also be F64. */
 typedef enum cce_cpu_dtype {
@@ -173,6 +174,20 @@ int cce_cpu_loss_and_gradients(const void *E, const void *C, const void *bias, c
                                const float *weight, const cce_cpu_options *opt, const float *grad_loss,
                                double *loss, double *lse, void *dE, void *dC, void *dbias,
                                int dE_dtype, int dC_dtype, int dbias_dtype, int64_t *stats);
+
+/* The same two calls with grad_loss as double: the exact mode (CCE_CPU_MODE_EXACT) computes in
+ * Float64, and a float grad_loss would round its upstream gradient to Float32 first (a relative
+ * 1e-9 to 3e-8 in every gradient for an upstream such as 0.7). In the other modes the engine
+ * rounds each g_i to Float32 itself, so both entry points give the same results there when the
+ * values are floats. */
+int cce_cpu_backward_f64(const cce_cpu_state *state, const void *E, const void *C, const void *bias,
+                         const double *grad_loss, void *dE, void *dC, void *dbias,
+                         int dE_dtype, int dC_dtype, int dbias_dtype, int64_t *stats);
+int cce_cpu_loss_and_gradients_f64(const void *E, const void *C, const void *bias, const int64_t *targets,
+                                   int64_t N, int64_t D, int64_t V, int e_dtype, int c_dtype, int bias_dtype,
+                                   const float *weight, const cce_cpu_options *opt, const double *grad_loss,
+                                   double *loss, double *lse, void *dE, void *dC, void *dbias,
+                                   int dE_dtype, int dC_dtype, int dbias_dtype, int64_t *stats);
 
 /* Frees the Float32 gradient scratch kept between cce_cpu_loss_and_gradients calls (see
  * "Memory" above); returns the bytes freed (0 when none was kept). Thread-safe; a call running
