@@ -102,8 +102,8 @@ def lib() -> ctypes.CDLL:
                 reasons.append(f"{path}: {e}")
                 continue
             _declare(L)
-            if L.cce_cpu_abi_version() != 2:
-                reasons.append(f"{path}: ABI version {L.cce_cpu_abi_version()}, this binding needs 2")
+            if L.cce_cpu_abi_version() != 3:
+                reasons.append(f"{path}: ABI version {L.cce_cpu_abi_version()}, this binding needs 3")
                 continue
             L.path = str(path)
             _lib = L
@@ -132,6 +132,12 @@ def _declare(L: ctypes.CDLL) -> None:
     L.cce_cpu_loss_and_gradients.restype = ctypes.c_int
     L.cce_cpu_loss_and_gradients.argtypes = [vp, vp, vp, vp, i64, i64, i64, i32, i32, i32, fp, op, fp, dp, dp,
                                              vp, vp, vp, i32, i32, i32, vp]
+    # ABI 3: the same two calls with grad_loss as double (the binding's: the exact mode's upstream
+    # stays exact; the other modes round each value to float32 themselves).
+    L.cce_cpu_backward_f64.restype = ctypes.c_int
+    L.cce_cpu_backward_f64.argtypes = L.cce_cpu_backward.argtypes
+    L.cce_cpu_loss_and_gradients_f64.restype = ctypes.c_int
+    L.cce_cpu_loss_and_gradients_f64.argtypes = L.cce_cpu_loss_and_gradients.argtypes
     if hasattr(L, "cce_cpu_release_scratch"):   # absent from libraries built before it (CCE_CPU_LIBRARY)
         L.cce_cpu_release_scratch.restype = i64
         L.cce_cpu_release_scratch.argtypes = []
@@ -166,17 +172,18 @@ class State:
             _lib.cce_cpu_state_free(h)
 
 
-# The calls, in one place so tests can observe what is passed (pointers included).
+# The calls, in one place so tests can observe what is passed (pointers included). grad_loss is a
+# float64 array: the _f64 entry points.
 def forward(*args) -> None:
     check(lib().cce_cpu_forward(*args))
 
 
 def backward(*args) -> None:
-    check(lib().cce_cpu_backward(*args))
+    check(lib().cce_cpu_backward_f64(*args))
 
 
 def loss_and_gradients(*args) -> None:
-    check(lib().cce_cpu_loss_and_gradients(*args))
+    check(lib().cce_cpu_loss_and_gradients_f64(*args))
 
 
 def release_scratch() -> int:

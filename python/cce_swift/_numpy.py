@@ -78,18 +78,19 @@ def ptr(a: np.ndarray | None):
 
 
 def upstream_array(grad_output, lay: _core.Layout, reduction: str) -> np.ndarray | None:
-    """grad_output as the C ABI's grad_loss: one float32 for mean/sum, one per target position
-    for none (given in the sliced shape [..., shift:]; the first `shift` positions get 0)."""
+    """grad_output as the C ABI's grad_loss (float64, the _f64 entry points): one value for
+    mean/sum, one per target position for none (given in the sliced shape [..., shift:]; the
+    first `shift` positions get 0)."""
     if grad_output is None:
         return None
-    g = np.asarray(grad_output, dtype=np.float32)
+    g = np.asarray(grad_output, dtype=np.float64)
     if reduction != "none":
         if g.size != 1:
             raise _lib.CCEValueError(f"invalid upstream gradient: reduction {reduction} needs a scalar, got shape {g.shape}", 9)
         return np.ascontiguousarray(g.reshape(1))
     if g.shape != lay.sliced_shape:
         raise _lib.CCEValueError(f"invalid upstream gradient: shape {g.shape}, the loss has shape {lay.sliced_shape}", 9)
-    full = np.zeros(lay.shape, dtype=np.float32)
+    full = np.zeros(lay.shape, dtype=np.float64)
     full[..., lay.shift:] = g
     return np.ascontiguousarray(full.reshape(-1))
 
@@ -188,7 +189,7 @@ def reference(e, c, targets, bias=None, weight=None, *, ignore_index=-100, softc
     dB = None if b is None else np.empty(b.shape)
     g = None
     if grad_output is not None:
-        g = np.asarray(grad_output, dtype=np.float32)
+        g = np.asarray(grad_output, dtype=np.float64)
         g = np.ascontiguousarray(g.reshape(-1) if reduction == "none" else g.reshape(1))
         if reduction == "none" and g.size != lay.n:
             raise _lib.CCEValueError(f"invalid upstream gradient: {g.size} values for {lay.n} target positions", 9)

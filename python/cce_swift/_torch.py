@@ -86,7 +86,7 @@ class _Call:
 def fused(call: _Call, e, c, bias, targets, weight, need, return_lse=False, upstream=None):
     """The fused call (cce_cpu_loss_and_gradients): loss, lse (when asked) and the gradients
     in `need` = (e, c, bias) flags, each in its input's dtype; `upstream`: the per-position
-    upstream gradient of reduction none as a contiguous float32 tensor (None: ones)."""
+    upstream gradient of reduction none as a contiguous float64 tensor (None: ones)."""
     loss, lse = call.loss_buffers(return_lse)
     dE = torch.empty_like(e) if need[0] else None
     dC = torch.empty_like(c) if need[1] else None
@@ -100,9 +100,9 @@ def fused(call: _Call, e, c, bias, targets, weight, need, return_lse=False, upst
 
 def upstream_rows(lay, grad_loss):
     """Reduction none's upstream gradient at every row (0 at the first `shift` of a sequence),
-    float32 and contiguous, as the engine takes it."""
-    full = torch.zeros(lay.shape, dtype=torch.float32)
-    full[..., lay.shift:] = grad_loss.to(torch.float32)
+    float64 and contiguous, as the library's _f64 entry points take it."""
+    full = torch.zeros(lay.shape, dtype=torch.float64)
+    full[..., lay.shift:] = grad_loss.to(torch.float64)
     return full.contiguous()
 
 

@@ -80,9 +80,11 @@ def test_bfloat16_runs_and_starts_together(example):
                          threads=1, dtype="bfloat16")
     rec = example.train(("cce", "torch"), cfg, measure_memory=False, log=lambda s: None)
     ag = rec["agreement"]["cce-torch"]
-    # bf16 rounds the head's inputs and gradients (2^-8 relative): the step-0 losses agree as
-    # closely as both heads accumulate in float32, the gradients to the bf16 rounding
-    assert ag["rel_step0"] <= 1e-5 and ag["step0_dh_rel"] <= 1e-2 and ag["step0_dW_rel"] <= 1e-2, ag
+    # bf16 rounds the head's inputs and gradients (2^-8 relative), and the torch head its logits
+    # too (F.linear in bf16, then cast to float32: 2^-9 of each logit), which the engine keeps in
+    # float32: over these 64 tokens the step-0 losses differ by about 1e-6 to 1e-5 of the loss,
+    # as the corpus (README.md and Docs/*.md as they are) changes; the gradients to the bf16 rounding
+    assert ag["rel_step0"] <= 1e-4 and ag["step0_dh_rel"] <= 1e-2 and ag["step0_dW_rel"] <= 1e-2, ag
     assert ag["max_rel_all"] <= 1e-2, ag
 
 
