@@ -114,9 +114,9 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     /// kernel on 16-bit storage, Workspace.eBlock: 4·D bytes more a row, about 15 KB in all),
     /// so the blocks hold a fifth of the tokens, where a fifth is at least three quarters of
     /// the floor (96 rows, 16 of that kernel's 6-row groups): at N = 1024 on two threads of an
-    /// AVX2-only Zen 3, blocks of 90 rows instead of 132, peak extra 0.76 to 0.97% of N·V·4
-    /// instead of 0.98 to 1.08%, loss+grad no slower beyond the machine's spread (four
-    /// alternating runs each, Docs/PERFORMANCE.md). Results do not depend on NB.
+    /// AVX2-only Zen 3, blocks of 90 rows instead of 132, peak extra 0.74 to 0.97% of N·V·4
+    /// instead of 0.98 to 1.10%, loss+grad / loss 1.137 against 1.123 (medians of six
+    /// alternating runs, Docs/PERFORMANCE.md). Results do not depend on NB.
     public func limitingRowsInFlight(tokens: Int, copiesTokens: Bool = false) -> TilePlan {
         let share = copiesTokens ? 5 : 4
         let floor = copiesTokens ? TilePlan.fusedBlockFloor * 3 / 4 : TilePlan.fusedBlockFloor
