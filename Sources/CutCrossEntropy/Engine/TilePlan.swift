@@ -112,16 +112,19 @@ public struct TilePlan: Sendable, CustomStringConvertible {
     /// extra about 0.9% of N·V·4 instead of 1.3%, loss+grad 0 to 4% slower.
     /// `copiesTokens`: the worker also keeps each row of its block as Float32 (the portable
     /// kernel on 16-bit storage, Workspace.eBlock: 4·D bytes more a row, about 15 KB in all),
-    /// so the blocks hold a fifth of the tokens, where a fifth is at least three quarters of
-    /// the floor (96 rows, 16 of that kernel's 6-row groups): at N = 1024 on two threads of an
-    /// AVX2-only Zen 3, blocks of 90 rows instead of 132, peak extra 0.74 to 0.97% of N·V·4
-    /// instead of 0.98 to 1.10%, loss+grad / loss 1.137 against 1.123 (medians of six
-    /// alternating runs, Docs/PERFORMANCE.md). Results do not depend on NB.
+    /// so where a quarter of the tokens would be less than the plan's blocks, the blocks hold a
+    /// fifth, where a fifth is at least three quarters of the floor (96 rows, 16 of that
+    /// kernel's 6-row groups): at N = 1024 on two threads of an AVX2-only Zen 3, blocks of 90
+    /// rows instead of 132, peak extra 0.74 to 0.97% of N·V·4 instead of 0.98 to 1.10%,
+    /// loss+grad / loss 1.137 against 1.123 (medians of six alternating runs). Where a quarter
+    /// is no less than the plan's blocks (N = 1536 there) the plan's blocks stay: already under
+    /// 1% (0.81 to 0.85%), where a fifth cost about 2% for 0.05% less (Docs/PERFORMANCE.md).
+    /// Results do not depend on NB.
     public func limitingRowsInFlight(tokens: Int, copiesTokens: Bool = false) -> TilePlan {
-        let share = copiesTokens ? 5 : 4
+        let quarter = tokens / (4 * max(1, threads))
+        let largest = copiesTokens ? tokens / (5 * max(1, threads)) : quarter
         let floor = copiesTokens ? TilePlan.fusedBlockFloor * 3 / 4 : TilePlan.fusedBlockFloor
-        let largest = tokens / (share * max(1, threads))
-        guard threads <= TilePlan.fusedLimitThreads, largest >= floor, largest < tokenBlock
+        guard threads <= TilePlan.fusedLimitThreads, largest >= floor, quarter < tokenBlock
         else { return self }
         var plan = self
         let g = max(1, rowGroup)
