@@ -133,11 +133,13 @@ def _declare(L: ctypes.CDLL) -> None:
     L.cce_cpu_loss_and_gradients.argtypes = [vp, vp, vp, vp, i64, i64, i64, i32, i32, i32, fp, op, fp, dp, dp,
                                              vp, vp, vp, i32, i32, i32, vp]
     # ABI 3: the same two calls with grad_loss as double (the binding's: the exact mode's upstream
-    # stays exact; the other modes round each value to float32 themselves).
-    L.cce_cpu_backward_f64.restype = ctypes.c_int
-    L.cce_cpu_backward_f64.argtypes = L.cce_cpu_backward.argtypes
-    L.cce_cpu_loss_and_gradients_f64.restype = ctypes.c_int
-    L.cce_cpu_loss_and_gradients_f64.argtypes = L.cce_cpu_loss_and_gradients.argtypes
+    # stays exact; the other modes round each value to float32 themselves). Absent from older
+    # libraries, which the version check then refuses with its message.
+    if hasattr(L, "cce_cpu_backward_f64") and hasattr(L, "cce_cpu_loss_and_gradients_f64"):
+        L.cce_cpu_backward_f64.restype = ctypes.c_int
+        L.cce_cpu_backward_f64.argtypes = L.cce_cpu_backward.argtypes
+        L.cce_cpu_loss_and_gradients_f64.restype = ctypes.c_int
+        L.cce_cpu_loss_and_gradients_f64.argtypes = L.cce_cpu_loss_and_gradients.argtypes
     if hasattr(L, "cce_cpu_release_scratch"):   # absent from libraries built before it (CCE_CPU_LIBRARY)
         L.cce_cpu_release_scratch.restype = i64
         L.cce_cpu_release_scratch.argtypes = []
