@@ -204,6 +204,31 @@ def test_missing_library_is_a_runtime_error(tmp_path):
     assert "nowhere.so: no such file" in out.stdout
 
 
+def test_older_library_is_refused_with_its_abi_version(tmp_path):
+    """A library of an older C ABI (version 2: no _f64 entry points) is refused with a message
+    naming the versions, not an undefined-symbol error (a stand-in library in a fresh
+    interpreter, the package copied away from the checkout as above)."""
+    import shutil
+
+    pkg = tmp_path / "cce_swift"
+    shutil.copytree(os.path.dirname(cs.__file__), pkg, ignore=shutil.ignore_patterns("*.so", "*.dylib", "__pycache__"))
+    (tmp_path / "old.so").write_bytes(b"")
+    code = ("import ctypes, numpy as np\n"
+            "class F:\n    def __init__(self, v=0): self.v = v\n    def __call__(self, *a): return self.v\n"
+            "class Old:\n    def __init__(self, path):\n"
+            "        for n in ('cce_cpu_last_error', 'cce_cpu_default_options', 'cce_cpu_forward', 'cce_cpu_backward',\n"
+            "                  'cce_cpu_state_free', 'cce_cpu_loss_and_gradients'):\n            setattr(self, n, F())\n"
+            "        self.cce_cpu_abi_version = F(2)\n"
+            "ctypes.CDLL = Old\n"
+            "import cce_swift as cs\n"
+            "try:\n    cs.linear_cross_entropy(np.ones((2, 2), np.float32), np.ones((3, 2), np.float32), np.zeros(2, int))\n"
+            "except RuntimeError as e:\n    print('RuntimeError:', e)\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), CCE_CPU_LIBRARY=str(tmp_path / "old.so"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "old.so: ABI version 2, this binding needs 3" in out.stdout, out.stdout
+
+
 def test_weighted_mean_divides_by_the_weights_of_the_targets():
     e, c, t, _ = problem(n=20, d=6, v=13, seed=11, ignore_fraction=0.2)
     w = weights(13)
