@@ -152,12 +152,12 @@ struct Problem: Sendable {
     /// g/M for `.mean` over M active tokens (g/Σ_i w_{t_i} with class weights; 0 when that
     /// is 0), g for `.sum`, the value at the token's target position for `.none`.
     func upstreamPerToken(_ u: Upstream, reduction: Reduction) throws -> [Double] {
-        func perPosition(_ gs: [Double]) throws -> [Double] {
+        func perPosition<G: BinaryFloatingPoint>(_ gs: [G]) throws -> [Double] {
             let positionCount = targetShape.reduce(1, *)
             guard gs.count == positionCount else {
                 throw CCEError.invalidUpstream("\(gs.count) values for \(positionCount) target positions")
             }
-            return positions.map { gs[Int($0)] }
+            return positions.map { Double(gs[Int($0)]) }
         }
         switch (reduction, u) {
         case (.mean, .scalar(let g)):
@@ -165,7 +165,7 @@ struct Problem: Sendable {
         case (.sum, .scalar(let g)):
             return [Double](repeating: g, count: active)
         case (.none, .perToken(let gs)):
-            return try perPosition(gs.map { Double($0) })
+            return try perPosition(gs)
         case (.none, .perTokenDouble(let gs)):
             return try perPosition(gs)
         case (.none, .scalar):
