@@ -106,6 +106,9 @@ struct BackwardState<S: KernelScalar>: @unchecked Sendable {
     let upstream: UnsafePointer<S>     // g_i per active token
     let policy: BackwardPolicy
     let outputs: GradientOutputs<S>
+    /// Label smoothing's uniform term −(α/V)·w_v·g_i is left out of the dC and dBias updates
+    /// and added once for every (token, class) after the sweep (`separatesSmoothing`).
+    var separatesSmoothing = false
 
     /// ε in S; −1 (every |dy| passes) when nothing is filtered.
     var epsilon: S { policy.epsilon.map { S($0) } ?? -1 }
@@ -211,15 +214,18 @@ enum Backward {
                 updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
                 fromSaved(operands, state, workspace, saved, bound: bound, &rows, first: first, count: count,
                           v0: v0, vc: vc, startsForward: startsForward, loss: definition)
-                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.kept)
+                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.kept,
+                       loss: definition)
             } else if rows.forC == rows.kept {
-                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
+                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC,
+                       loss: definition)
                 if rows.forE < rows.kept { compactTile(workspace, count: rows.kept, where: workspace.inE.base) }
                 updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
             } else {
                 updateE(operands, state, workspace, first: first, m: rows.forE, v0: v0, vc: vc)
                 compactTile(workspace, count: rows.kept, where: workspace.inC.base)
-                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC)
+                queueC(operands, state, workspace, handOff, b: b, j: j, v0: v0, vc: vc, first: first, kept: rows.forC,
+                       loss: definition)
             }
             stats.keptRowSegments += rows.kept
             if rows.kept == 0 { stats.skippedTiles += 1 }
@@ -323,7 +329,10 @@ enum Backward {
             let l = state.lse[first + i], g = state.upstream[first + i]
             let coef = definition.softmaxCoefficient(lse: l, token: first + i)
             let row = tile + kept * vb
-            row.update(repeating: 0, count: vc)
+            // An entry the forward did not keep has p < ε/16: 0 in dy, or, where dC's updates
+            // take the smoothing term back out (queueC), −α/V (g·(p − α/V) at a negligible p),
+            // which leaves it 0 there too. (No class weights here: Engine.savesLogits.)
+            row.update(repeating: state.separatesSmoothing ? -smooth : 0, count: vc)
             var significant = false, sum: S = 0, n = 0
             while e < end, case let q = Int(saved.keys.base[e] & 0xFF), q < q1 {
                 let gq = coef * S.exp(saved.values.base[e] - l) - smooth
@@ -591,13 +600,22 @@ enum Backward {
     /// entry with |dy_iv| < (ε/16)·|g_i| goes in as zero, and columns without an entry left
     /// are not queued at all (dC's entry filter).
     static func queueC<S: KernelScalar>(_ operands: Operands<S>, _ state: BackwardState<S>, _ workspace: Workspace<S>,
-                                        _ handOff: HandOff, b: Int, j: Int, v0: Int, vc: Int, first: Int, kept: Int) {
+                                        _ handOff: HandOff, b: Int, j: Int, v0: Int, vc: Int, first: Int, kept: Int,
+                                        loss definition: LossDefinition<S>) {
         if kept > 0 && !workspace.pending.fits(kept: kept, vc: vc) {
             flush(operands, state, workspace, handOff, b: b, blocking: true)
         }
         let threshold = state.policy.filtersDC ? state.entryThreshold(first: first) : nil
+        var uniform: ((Int) -> S)? = nil, weights: UnsafePointer<S>? = nil
+        if state.separatesSmoothing {
+            // dy − u: the smoothing term comes back out of every entry (Engine.addUniformSmoothing
+            // adds it for every token and class); the entry filter then judges the rest.
+            let share = definition.smoothingShare, upstream = state.upstream
+            uniform = { i in share * upstream[first + i] }
+            if definition.perClassSmoothing, let w = definition.weights { weights = UnsafePointer(w.byPosition + v0) }
+        }
         workspace.pending.append(j: j, v0: v0, vc: vc, kept: kept, tile: workspace.tile.base, ldt: workspace.vb,
-                                 keep: workspace.keep.base, threshold: threshold)
+                                 keep: workspace.keep.base, threshold: threshold, uniform: uniform, weights: weights)
     }
 
     /// Stage 5b: applies queued dC updates of token block b in order: all of them when

@@ -777,10 +777,28 @@ final class PendingUpdates<S: KernelScalar> {
     /// dE), keeping only the columns where some row has an entry. With `threshold` (row r's
     /// ε·|g_r|), an entry below its row's threshold is copied as zero: the entry-level filter
     /// of dC (Backward.swift).
+    /// With `uniform` (a_i of the row's token, and the block's class weights or nil), every
+    /// entry x goes in as x + a_i·w_q before the entry filter (the smoothing term taken back
+    /// out, Backward.queueC).
     func append(j: Int, v0: Int, vc: Int, kept: Int, tile: UnsafePointer<S>, ldt: Int,
-                keep: UnsafePointer<Int>, threshold: ((Int) -> S)?) {
-        let (cols, nonzero) = compactColumns(tile, ldt: ldt, rows: kept, vc: vc, keep: keep, threshold: threshold,
-                                             into: dy.base + used, columns: columns.base + columnsUsed)
+                keep: UnsafePointer<Int>, threshold: ((Int) -> S)?, uniform: ((Int) -> S)? = nil,
+                weights: UnsafePointer<S>? = nil) {
+        let compacted: (cols: Int, nonzero: Int)
+        if let uniform, kept > 0 {
+            compacted = withUnsafeTemporaryAllocation(of: S.self, capacity: kept * vc) { t in
+                let adjusted = t.baseAddress!
+                for r in 0..<kept {
+                    let a = uniform(keep[r]), src = tile + r * ldt, dst = adjusted + r * vc
+                    for q in 0..<vc { dst[q] = src[q] + a * (weights?[q] ?? 1) }
+                }
+                return compactColumns(UnsafePointer(adjusted), ldt: vc, rows: kept, vc: vc, keep: keep,
+                                      threshold: threshold, into: dy.base + used, columns: columns.base + columnsUsed)
+            }
+        } else {
+            compacted = compactColumns(tile, ldt: ldt, rows: kept, vc: vc, keep: keep, threshold: threshold,
+                                       into: dy.base + used, columns: columns.base + columnsUsed)
+        }
+        let (cols, nonzero) = compacted
         for r in 0..<kept { rows.base[rowsUsed + r] = keep[r] }
         entries.append(Entry(j: j, v0: v0, vc: vc, kept: kept, cols: cols, nonzero: nonzero, offset: used,
                              rowOffset: rowsUsed, colOffset: columnsUsed))
