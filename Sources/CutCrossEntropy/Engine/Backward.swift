@@ -64,7 +64,10 @@
 // block F is g_i·[(1 + 2·zloss·lse_i)·e^(L_iF − lse_i) − α·|F|/V] from the forward's block
 // log-sum-exp L_iF (minus the part of a sub-block recomputed for its target, whose C rows
 // then leave the mean too). Under a soft cap the fused call recomputes every row (the cap's
-// derivative is not in L_iF). dC and dBias get no estimate.
+// derivative is not in L_iF). dC and dBias get no estimate, but label smoothing's uniform
+// term −(α/V)·w_v·g_i, which every entry holds and every filtered one used to drop with one
+// sign, is taken out of their updates (queueC) and added for every token and class once the
+// sweep is done (Engine.separatesSmoothing, addUniformSmoothing); dE keeps it in dy.
 //
 // Policy (Policy.swift): `kahan` accumulation adds each dE partial (per vocabulary block)
 // and each dC partial (per chunk of 96 tokens, TilePlan.compensatedChunk: the token blocks
@@ -329,10 +332,10 @@ enum Backward {
             let l = state.lse[first + i], g = state.upstream[first + i]
             let coef = definition.softmaxCoefficient(lse: l, token: first + i)
             let row = tile + kept * vb
-            // An entry the forward did not keep has p < ε/16: 0 in dy, or, where dC's updates
-            // take the smoothing term back out (queueC), −α/V (g·(p − α/V) at a negligible p),
-            // which leaves it 0 there too. (No class weights here: Engine.savesLogits.)
-            row.update(repeating: state.separatesSmoothing ? -smooth : 0, count: vc)
+            // An entry the forward did not keep (p < ε/16) is 0 here; where dC's updates take
+            // the smoothing term back out (queueC) it goes in as (α/V)·g, which dC's entry
+            // filter zeroes: logits are saved only with α/V < ε/16 (Engine.savesLogits).
+            row.update(repeating: 0, count: vc)
             var significant = false, sum: S = 0, n = 0
             while e < end, case let q = Int(saved.keys.base[e] & 0xFF), q < q1 {
                 let gq = coef * S.exp(saved.values.base[e] - l) - smooth
