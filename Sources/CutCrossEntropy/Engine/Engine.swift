@@ -196,7 +196,8 @@ enum Engine {
                                                                  compC: compensated ? compC.baseAddress : nil,
                                                                  touched: direct?.touchedRows))
                         : nil
-                    backward?.separatesSmoothing = separatesSmoothing(call.policy, call.options)
+                    backward?.separatesSmoothing = separatesSmoothing(call.policy, call.options,
+                                                                        vocabulary: call.shard?.vocabulary ?? p.v)
                     if exchanging, let exchange = call.exchange, let parts, let backward {
                         // The shard's partials out, the global LSE back into `lse`.
                         let smoothing = call.options.labelSmoothing > 0
@@ -572,8 +573,17 @@ extension Engine {
     /// alone, and the term's exact sum over every token, −(α/V)·w_v·Σ_i g_i e_i (and
     /// −(α/V)·w_v·Σ_i g_i for dBias), is added to every row once the sweep is done. dE keeps
     /// the term inside dy (the dropped-mass estimate already carries its filtered part).
-    static func separatesSmoothing(_ policy: BackwardPolicy, _ options: Options) -> Bool {
-        policy.filtersDC && policy.accumulation != .float64 && options.labelSmoothing > 0 && options.softcap == nil
+    /// Only where (α/V)·max_v w_v < 16ε (`vocabulary`: V of the whole classifier). Above it
+    /// the filter drops only entries whose p nearly cancels the term (|p − α/V| < ε, p within
+    /// 1/16 of α/V), small and of either sign, and the results stay as they were, bit for bit,
+    /// with no pass over dC: Float32 (ε = 2^-28) at any real V, and tiny vocabularies, where a
+    /// row that cancels exactly (V = 1: dy = 0) would otherwise get Float32 rounding residue
+    /// from the term taken out and put back.
+    static func separatesSmoothing(_ policy: BackwardPolicy, _ options: Options, vocabulary: Int) -> Bool {
+        guard policy.filtersDC, policy.accumulation != .float64, options.labelSmoothing > 0, options.softcap == nil,
+              let eps = policy.epsilon else { return false }
+        let largest = Double(options.classWeights?.max() ?? 1)
+        return options.labelSmoothing / Double(max(vocabulary, 1)) * largest < 16 * eps
     }
 
     /// After the sweep (`separatesSmoothing`): dC_v += −(α/V)·w_v·ē and dBias_v += −(α/V)·w_v·G
