@@ -12,6 +12,8 @@
 //   kahan, kahan-full-e, kahan-full-c   the compensated modes
 //   materialized         Float32 logits in an N x V matrix (OpenBLAS), PyTorch's method
 // Peak memory: MemoryProbe's growth beyond the inputs, minus the returned gradients.
+// Options: label smoothing α (every variant and the truth), and a bias (normal, σ 0.1, from
+// the seed, in the element type), whose dBias error then gets its own column.
 
 import CCEData
 import CCERuntime
@@ -23,6 +25,8 @@ public struct AccuracyRow: Codable, Sendable {
     public var kept: Double?
     public var seconds: Double, peak_mb: Double
     public var loss_rel: Double, dE_rel: Double, dC_rel: Double
+    /// With a bias: dBias's relative error.
+    public var dBias_rel: Double? = nil
     /// The engine rows' tile kernel and backward vocabulary block VB (the rounding depends
     /// on both); nil for the materialized baseline.
     public var kernel: String? = nil, vocab_block: Int? = nil
@@ -32,26 +36,30 @@ public enum Accuracy {
     /// Runs every variant for each element type and data setting (S, α).
     public static func run(tokens n: Int, dim d: Int, vocab v: Int, types: [ElementType],
                            settings: [(Double, Double)], threads: Int, seed: UInt64,
+                           labelSmoothing: Double = 0, bias withBias: Bool = false,
                            log: (String) -> Void) throws -> [AccuracyRow] {
         var rows: [AccuracyRow] = []
         for type in types {
             for (s, alpha) in settings {
                 let data = LMLikeData.make(tokens: n, dim: d, vocab: v, type: type, scale: s, alpha: alpha, seed: seed)
                 let label = "S=\(s.formatted()) α=\(alpha.formatted())"
-                let gradBytes = Double((n * d + v * d) * 4)
+                let gradBytes = Double((n * d + v * d + (withBias ? v : 0)) * 4)
+                var random = SeededRandom(seed: seed &+ 0xB1A5)
+                let bias = try withBias
+                    ? Tensor(converting: (0..<v).map { _ in Float(0.1 * random.normal()) }, to: type, shape: [v]) : nil
                 func opts(_ mode: Mode, _ eps: FilterEpsilon = .auto, correction: Bool = true) -> Options {
                     var o = Options(); o.mode = mode; o.threads = threads; o.filterEpsilon = eps
-                    o.filterCorrection = correction
+                    o.filterCorrection = correction; o.labelSmoothing = labelSmoothing
                     return o
                 }
                 log("\(type.rawValue) \(label): truth (exact mode)")
                 let start = Date()
                 let (truth, truthPeak) = try MemoryProbe.measure {
                     try CutCrossEntropy(options: opts(.exact)).lossAndGradients(
-                        embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+                        embeddings: data.embeddings, classifier: data.classifier, targets: data.targets, bias: bias)
                 }
                 let truthSeconds = Date().timeIntervalSince(start)
-                let tE = truth.1.dE.doubles, tC = truth.1.dC.doubles, tL = truth.0.loss
+                let tE = truth.1.dE.doubles, tC = truth.1.dC.doubles, tL = truth.0.loss, tB = truth.1.dBias?.doubles
                 func engine(_ o: Options) -> (kernel: String, vb: Int) {
                     let cce = CutCrossEntropy(options: o)
                     return (cce.tileKernel(embeddings: type, classifier: type).name,
@@ -60,7 +68,8 @@ public enum Accuracy {
                 let exact = engine(opts(.exact))
                 rows.append(AccuracyRow(dtype: type.rawValue, data: label, variant: "exact (the truth)", kept: 1,
                                         seconds: truthSeconds, peak_mb: max(0, Double(truthPeak) - 2 * gradBytes) / 1e6,
-                                        loss_rel: 0, dE_rel: 0, dC_rel: 0, kernel: exact.kernel, vocab_block: exact.vb))
+                                        loss_rel: 0, dE_rel: 0, dC_rel: 0, dBias_rel: tB.map { _ in 0 },
+                                        kernel: exact.kernel, vocab_block: exact.vb))
                 let variants: [(String, Options)] = [
                     ("default", opts(.default)),
                     ("default, plain filter (no estimate)", opts(.default, correction: false)),
@@ -74,7 +83,7 @@ public enum Accuracy {
                     let t0 = Date()
                     let (r, peak) = try MemoryProbe.measure {
                         try CutCrossEntropy(options: o).lossAndGradients(
-                            embeddings: data.embeddings, classifier: data.classifier, targets: data.targets)
+                            embeddings: data.embeddings, classifier: data.classifier, targets: data.targets, bias: bias)
                     }
                     let secs = Date().timeIntervalSince(t0)
                     let fs = r.1.filter, info = engine(o)
@@ -83,20 +92,22 @@ public enum Accuracy {
                                             seconds: secs, peak_mb: max(0, Double(peak) - gradBytes) / 1e6,
                                             loss_rel: abs(r.0.loss - tL) / abs(tL),
                                             dE_rel: relativeError(r.1.dE.doubles, tE), dC_rel: relativeError(r.1.dC.doubles, tC),
+                                            dBias_rel: tB.flatMap { t in r.1.dBias.map { relativeError($0.doubles, t) } },
                                             kernel: info.kernel, vocab_block: info.vb))
                 }
                 log("\(type.rawValue) \(label): materialized")
                 let t0 = Date()
                 let (m, peak) = try MemoryProbe.measure {
                     try Materialized.compute(embeddings: data.embeddings, classifier: data.classifier,
-                                             targets: data.targets, options: opts(.default))
+                                             targets: data.targets, bias: bias, options: opts(.default))
                 }
                 rows.append(AccuracyRow(dtype: type.rawValue, data: label, variant: "materialized (Float32, OpenBLAS)",
                                         kept: nil, seconds: Date().timeIntervalSince(t0),
                                         peak_mb: max(0, Double(peak) - gradBytes) / 1e6,
                                         loss_rel: abs(m.loss - tL) / abs(tL),
                                         dE_rel: relativeError(m.dE!.map { Double($0) }, tE),
-                                        dC_rel: relativeError(m.dC!.map { Double($0) }, tC)))
+                                        dC_rel: relativeError(m.dC!.map { Double($0) }, tC),
+                                        dBias_rel: tB.flatMap { t in m.dBias.map { relativeError($0.map { Double($0) }, t) } }))
             }
         }
         return rows
@@ -118,14 +129,17 @@ public enum Accuracy {
 
     /// The rows as a Markdown table.
     public static func markdown(_ rows: [AccuracyRow]) -> String {
-        var s = "| type | data | variant | kernel, VB | rows kept | time s | peak MB | loss rel err | dE rel err | dC rel err |\n"
-        s += "|---|---|---|---|---|---|---|---|---|---|\n"
+        let withBias = rows.contains { $0.dBias_rel != nil }
+        var s = "| type | data | variant | kernel, VB | rows kept | time s | peak MB | loss rel err | dE rel err | dC rel err |"
+            + (withBias ? " dBias rel err |\n" : "\n")
+        s += "|---|---|---|---|---|---|---|---|---|---|" + (withBias ? "---|\n" : "\n")
         for r in rows {
             let kept = r.kept.map { String(format: "%.1f%%", 100 * $0) } ?? "—"
             let kernel = r.kernel.map { "\($0), \(r.vocab_block ?? 0)" } ?? "—"
             s += "| \(r.dtype) | \(r.data) | \(r.variant) | \(kernel) | \(kept) | \(String(format: "%.2f", r.seconds)) | "
                 + "\(String(format: "%.1f", r.peak_mb)) | \(String(format: "%.1e", r.loss_rel)) | "
-                + "\(String(format: "%.1e", r.dE_rel)) | \(String(format: "%.1e", r.dC_rel)) |\n"
+                + "\(String(format: "%.1e", r.dE_rel)) | \(String(format: "%.1e", r.dC_rel)) |"
+                + (withBias ? " \(r.dBias_rel.map { String(format: "%.1e", $0) } ?? "—") |\n" : "\n")
         }
         return s
     }

@@ -22,6 +22,8 @@ struct AccuracyCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Comma-separated data settings S:alpha (Docs/LMLIKE.md).") var data = "4:1.5,2:1"
     @OptionGroup var engine: EngineOptions<StandardEngine>
     @Option(parsing: .unconditional, help: "Random seed.") var seed: UInt64 = 0
+    @Option(parsing: .unconditional, help: "Label smoothing alpha for every row, in [0, 1].") var labelSmoothing = 0.0
+    @Flag(help: "Add a bias (normal, sigma 0.1, from the seed) and report dBias's error.") var bias = false
     @Option(help: "Also write the rows as JSON to this file.") var json: String?
 
     /// --dtypes as element types.
@@ -52,6 +54,9 @@ struct AccuracyCommand: ParsableCommand {
         if let json { try checkOutputFile(json, option: "--json") }
         let (types, _) = (try types(), try settings())
         guard shape.dim > 1 else { throw ValidationError("--dim must be >= 2 (got \(shape.dim))") }
+        guard labelSmoothing >= 0 && labelSmoothing <= 1 else {
+            throw ValidationError("--label-smoothing must be in [0, 1] (got \(labelSmoothing))")
+        }
         try requireMemory(Accuracy.estimatedBytes(tokens: shape.tokens, dim: shape.dim, vocab: shape.vocab, types: types),
                           for: "N = \(shape.tokens), D = \(shape.dim), V = \(shape.vocab)")
     }
@@ -60,11 +65,13 @@ struct AccuracyCommand: ParsableCommand {
         let (types, settings) = (try types(), try settings())
         let (tokens, dim, vocab) = (shape.tokens, shape.dim, shape.vocab)
         let nThreads = engine.resolvedThreads
-        print("LM-like N=\(tokens) D=\(dim) V=\(vocab), \(nThreads) threads, seed \(seed); truth: exact mode (Float64, no filter)")
+        print("LM-like N=\(tokens) D=\(dim) V=\(vocab), \(nThreads) threads, seed \(seed)"
+              + (labelSmoothing > 0 ? ", label smoothing \(labelSmoothing)" : "") + (bias ? ", bias" : "")
+              + "; truth: exact mode (Float64, no filter)")
         print("machine: \(Bench.machineDescription())")
         print("(the rounding depends on the tile kernel and on VB, which follows the L2 size: Docs/NUMERICS.md)\n")
         let rows = try Accuracy.run(tokens: tokens, dim: dim, vocab: vocab, types: types, settings: settings,
-                                    threads: nThreads, seed: seed) { FileHandle.standardError.write(Data(("  " + $0 + "\n").utf8)) }
+                                    threads: nThreads, seed: seed, labelSmoothing: labelSmoothing, bias: bias) { FileHandle.standardError.write(Data(("  " + $0 + "\n").utf8)) }
         print(Accuracy.markdown(rows))
         if let json {
             let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]

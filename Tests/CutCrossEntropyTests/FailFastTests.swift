@@ -110,6 +110,7 @@ final class FailFastTests: XCTestCase {
             (["explain", "--dim", "-3"], ["--dim", "-3"]),
             (["accuracy", "--vocab", "-7"], ["--vocab", "-7"]),
             (["accuracy", "--data", "-1:2"], ["--data"]),
+            (["accuracy", "--label-smoothing", "1.5"], ["--label-smoothing", "[0, 1]"]),
             (["train", "--steps", "-1"], ["--steps", "-1"]),
             (["bench", "--repeats", "-1"], ["repeats"]),
             (["bench", "--rounds", "0"], ["--rounds must be >= 1"]),

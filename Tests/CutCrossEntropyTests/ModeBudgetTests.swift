@@ -136,6 +136,31 @@ final class ModeBudgetTests: XCTestCase {
         XCTAssertTrue(bitwiseEqual(a.dC, c.dC), "dC across thread counts")
     }
 
+    /// `cce accuracy --label-smoothing α --bias`: every row, the truth's too, runs with the
+    /// smoothing and the bias, and gets a dBias error (0 for the truth), which the Markdown
+    /// table shows in its own column; without --bias there is neither. The default row's dBias
+    /// error stays within the filtered budget (2e-2) with smoothing; no filter, and the
+    /// materialized baseline, within 1e-4.
+    func testAccuracyWithSmoothingAndBias() throws {
+        let (n, d, v) = (70, 40, 700)
+        let rows = try Accuracy.run(tokens: n, dim: d, vocab: v, types: [.bfloat16], settings: [(4, 1.5)],
+                                    threads: 2, seed: 3, labelSmoothing: 0.1, bias: true) { _ in }
+        XCTAssertEqual(rows.count, 8)
+        for r in rows {
+            let e = try XCTUnwrap(r.dBias_rel, r.variant)
+            if r.variant.hasPrefix("exact") { XCTAssertEqual(e, 0) }
+            XCTAssertLessThanOrEqual(e, r.variant.hasSuffix("no filter") || r.variant.hasPrefix("materialized") ? 1e-4 : 2e-2,
+                                     r.variant)
+        }
+        XCTAssertTrue(Accuracy.markdown(rows).contains("dBias rel err"))
+        let plain = try Accuracy.run(tokens: n, dim: d, vocab: v, types: [.bfloat16], settings: [(4, 1.5)],
+                                     threads: 2, seed: 3) { _ in }
+        XCTAssertTrue(plain.allSatisfy { $0.dBias_rel == nil })
+        XCTAssertFalse(Accuracy.markdown(plain).contains("dBias"))
+        let smoothed = rows.first { $0.variant == "default" }!, unsmoothed = plain.first { $0.variant == "default" }!
+        XCTAssertNotEqual(smoothed.loss_rel, unsmoothed.loss_rel, "the smoothing reaches the rows")
+    }
+
     /// `cce accuracy`'s rows (Docs/NUMERICS.md's table): each engine row names the tile kernel
     /// and VB its mode runs with (the rounding depends on both), the materialized row neither,
     /// and the JSON carries them.
