@@ -23,7 +23,7 @@ OUTLIB=${CCE_OUT:-libcce_cuda.so}
 BDIR=build/${OUTLIB%.so}
 mkdir -p "$BDIR"
 pids=()
-SRCS=(prep forward_lse forward_tma vocab_sort backward_dz backward_dz_tma backward_products backward_wgmma backward_launch host)
+SRCS=(prep forward_lse forward_tma vocab_sort backward_dz backward_dz_tma backward_products backward_wgmma backward_launch dense_products host)
 for src in "${SRCS[@]}"; do
   "$NVCC" "${FLAGS[@]}" -c "kernels/$src.cu" -o "$BDIR/$src.o" &
   pids+=($!)
@@ -32,5 +32,5 @@ for p in "${pids[@]}"; do wait "$p"; done
 OBJS=()
 for src in "${SRCS[@]}"; do OBJS+=("$BDIR/$src.o"); done
 CUDART=${CCE_CUDART:-static}
-"$NVCC" -shared $ARCH -cudart "$CUDART" -o "$OUTLIB" "${OBJS[@]}"
+"$NVCC" -shared $ARCH -cudart "$CUDART" -o "$OUTLIB" "${OBJS[@]}" -ldl
 echo "built $(pwd)/$OUTLIB (wgmma: $WG, cudart: $CUDART)"

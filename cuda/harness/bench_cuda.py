@@ -238,7 +238,9 @@ def main():
         for name, kw in [("cce_cuda copies before wgmma (former order)", dict(_env="CCE_EARLY_LOAD")),
                          ("cce_cuda no dE staging (former chunks)", dict(_env="CCE_NO_DE_STAGING")),
                          ("cce_cuda eps 2^-10", dict(filter_eps=2.0 ** -10)),
-                         ("cce_cuda no filter", dict(filter_eps=0.0)), ("cce_cuda no sort", dict(sort_vocab=False)),
+                         ("cce_cuda no filter", dict(filter_eps=0.0)),
+                         ("cce_cuda no filter, kernels (no cuBLAS)", dict(filter_eps=0.0, _env="CCE_DENSE_PRODUCTS=0")),
+                         ("cce_cuda no sort", dict(sort_vocab=False)),
                          ("cce_cuda not lean", dict(lean_memory=False)),
                          ("cce_cuda chunk 6144 rows", dict(dc_chunk_rows=6144)),
                          ("cce_cuda forward by cp.async (former kernel)", dict(_env="CCE_FORWARD_CPASYNC")),
@@ -248,11 +250,10 @@ def main():
                          ("(timing aid: dz stage only, cp.async)", dict(_env="CCE_DEBUG_SKIP_PRODUCTS,CCE_DZ_CPASYNC"))]:
             if a.only and not any(x in name for x in a.only.split(",")):
                 continue
-            env = kw.pop("_env", "")
-            for v in filter(None, env.split(",")):
-                os.environ[v] = "1"
+            env = [(v.split("=") + ["1"])[:2] for v in filter(None, kw.pop("_env", "").split(","))]  # NAME[=value]
+            os.environ.update(dict(env))
             r, loss, dE, dC = bench_cce(name, E, C, t, a.reps, **kw)
-            for v in filter(None, env.split(",")):
+            for v, _ in env:
                 os.environ.pop(v)
             r.update(loss_err=abs(loss.item() - tl) / abs(tl), dE_err=rel(dE, tdE), dC_err=rel(dC, tdC))
             rows.append(r)
@@ -312,8 +313,13 @@ def main():
         torch.cuda.empty_cache()
         E, C, t, ent2 = lm_like(a.N, a.D, a.V, 2.0, 1.0, 1, dtype)
         tl, tdE, tdC = truth(E, C, t)
-        for name, kw in [("cce_cuda (this)", {}), ("cce_cuda no filter", dict(filter_eps=0.0))]:
+        for name, kw in [("cce_cuda (this)", {}), ("cce_cuda no filter", dict(filter_eps=0.0)),
+                         ("cce_cuda no filter, kernels (no cuBLAS)", dict(filter_eps=0.0, _env="CCE_DENSE_PRODUCTS=0"))]:
+            env = [(v.split("=") + ["1"])[:2] for v in filter(None, kw.pop("_env", "").split(","))]
+            os.environ.update(dict(env))
             r, loss, dE, dC = bench_cce(name, E, C, t, a.reps, full=False, **kw)
+            for v, _ in env:
+                os.environ.pop(v)
             r.update(loss_err=abs(loss.item() - tl) / abs(tl), dE_err=rel(dE, tdE), dC_err=rel(dC, tdC))
             stress.append(r)
             print(r, flush=True)

@@ -284,6 +284,32 @@ def products_agree(dtype, N, D, V, seed):
         f", tiles kept {st[1]}/{st[0]}"
 
 
+def dense_against_kernels(dtype, N, D, V, seed):
+    """(ok, message): without filtering, dE, dC and dbias from the dense products (cuBLAS, the
+    default there) and from the filtered path's kernels with nothing skipped (CCE_DENSE_PRODUCTS=0):
+    both within the budget of the truth, and not the same bits (two summation orders: the dense
+    path did run)."""
+    Ed, Cd, t, bias, _, lse, grad = backward_inputs(dtype, N, D, V, seed, dc_chunk_rows=0, filter_eps=0.0)
+    ref = reference(Ed, Cd, bias, t, grad, {})
+    outs = []
+    for env in (None, "0"):
+        if env:
+            os.environ["CCE_DENSE_PRODUCTS"] = env
+        try:
+            dE, dC, db, st = cce.backward(Ed, Cd, t, lse, grad, bias=bias, want_dbias=True, stats=True, poison=True,
+                                          dc_chunk_rows=0, filter_eps=0.0)
+            torch.cuda.synchronize()
+        finally:
+            os.environ.pop("CCE_DENSE_PRODUCTS", None)
+        outs.append((dE, dC, db))
+    errs = [[rel(x, r) for x, r in zip(o, (ref["dE"], ref["dC"], ref["db"]))] for o in outs]
+    same = all(torch.equal(a, b) for a, b in zip(outs[0], outs[1]))
+    ok = not same and all(e <= BUDGET[dtype]["grad"] for es in errs for e in es) and st[1] == st[0]
+    return ok, ("SAME BITS (dense path not taken?)" if same else "") + \
+        " dense dE/dC/db " + " ".join(f"{e:.2e}" for e in errs[0]) + \
+        " | kernels " + " ".join(f"{e:.2e}" for e in errs[1]) + f", tiles kept {st[1]}/{st[0]}"
+
+
 def repeatable(dtype, N, D, V, seed, calls=4, **opts):
     """(ok, message): the same backward `calls` times, each call's dE, dC and dbias bit for bit the
     first's (no atomic float adds: the set-up's column sums, the dz stage's sums and dbias are
@@ -347,6 +373,27 @@ def main():
         for shape in (larger, dict(N=700, D=200, V=9000, seed=4)):
             results.append(check(f"products tma=cp.async N{shape['N']} D{shape['D']}", dtype,
                                  lambda: products_agree(dtype, **shape)))
+    # Without filtering on Hopper the dense products (cuBLAS GEMMs over an unsorted vocabulary)
+    # serve the 16-bit types: every case again with filter_eps = 0, at the small shape (several
+    # chunks in the workspace) and the larger one (chunks in dE's buffer); the dense path against
+    # the kernels with nothing skipped; and run to run.
+    for (name, spec), dtype in itertools.product(CASES, [torch.float16, torch.bfloat16]):
+        spec = dict(spec, filter_eps=0.0)
+        results.append(check("dense " + name, dtype, lambda: device_case(name, spec, dtype)))
+    for dtype in (torch.bfloat16, torch.float16):
+        spec = dict(dc_chunk_rows=0, weight=True, label_smoothing=0.1, bias=True, filter_eps=0.0)
+        results.append(check("dense larger weight+smoothing", dtype,
+                             lambda: device_case("larger", spec, dtype, **larger)))
+        spec = dict(dc_chunk_rows=0, reduction="none", ignore=True, softcap=10.0, z_loss=1e-3, shift=1, batch=4,
+                    filter_eps=0.0, lean_memory=False)
+        results.append(check("dense larger everything nolean", dtype,
+                             lambda: device_case("larger", spec, dtype, **larger)))
+        for shape in (larger, dict(N=700, D=200, V=9000, seed=4)):
+            results.append(check(f"dense vs kernels N{shape['N']} D{shape['D']}", dtype,
+                                 lambda: dense_against_kernels(dtype, **shape)))
+            spec = dict(dc_chunk_rows=0, weight=True, label_smoothing=0.1, filter_eps=0.0)
+            results.append(check(f"dense repeatable N{shape['N']} D{shape['D']}", dtype,
+                                 lambda: repeatable(dtype, **shape, **spec)))
     # float32 takes D a multiple of 4: D % 8 == 4 (the last 8-column chunk of a dC row is half full;
     # before the fix of write_products it wrote 4 columns into the next row).
     for name, spec in (("f32 D=20", dict(bias=True)), ("f32 D=20 nolean", dict(lean_memory=False)),

@@ -82,6 +82,11 @@ struct DzParams {
   int *kept;     // [NT][VTc]
   float *S, *Tc; // [NT][VTc][128] row sums, column sums of dy / gmax (also dbias's source)
   unsigned long long *kept_count;  // or null
+  // The dense products (dense_products.cu; bulk-copy dz stage only): ldz > 0 writes dy / gmax of
+  // every tile as one row-major [NT·128][ldz] matrix at dz instead of tiles, and c_direct reads
+  // the chunk's C rows in place (the unsorted order: perm is the identity), with no gather.
+  int64_t ldz;
+  bool c_direct;
 };
 
 template <class T> struct DzLayout {
@@ -231,5 +236,25 @@ template <class T> ProductsKernel products_mma_for();
 // products_wg_kernel<T>, 16-bit types only: wgmma, 256 columns per block
 template <class T> ProductsKernel products_wgmma_for();
 #endif
+
+// The dense products (dense_products.cu): both products of a chunk of K vocabulary rows from
+// v0 (unsorted order) as cuBLAS GEMMs over Z = dy / gmax ([N][ldz], row-major), alpha = *gmax:
+// dE_acc += Z · C[v0, v0 + K) (when dE_acc), dC[v0, v0 + K) = Zᵀ · E (when dC). one and zero:
+// the device constants 1 and 0 (dense_constants); ws: cuBLAS's workspace, part of ours.
+struct DenseChunk {
+  const void *E, *C, *Z;
+  void *dC;
+  float *dE_acc;
+  const float *gmax, *one, *zero;
+  int64_t N, D, K, ldz, v0;
+  int dtype;
+  void *ws;
+  size_t ws_bytes;
+};
+// Whether the dense products serve this call: no filtering (r.eps = 0), a 16-bit type on the
+// bulk-copy dz stage, cuBLAS found at run time, and CCE_DENSE_PRODUCTS not 0.
+bool dense_products_wanted(const Resolved &r, int dtype);
+int dense_constants(float *c, cudaStream_t s);  // c[0] = 1, c[1] = 0
+int dense_products(const DenseChunk &k, cudaStream_t s);
 
 }  // namespace cce

@@ -202,12 +202,15 @@ __global__ void __launch_bounds__(kTThreads, 1)
         }
       }
     }
-    // The kept tiles into the staging buffer, two values (4 bytes) a store.
+    // The kept tiles into the staging buffer, two values (4 bytes) a store; for the dense
+    // products (p.ldz > 0) every tile, at its place in the chunk's row-major matrix.
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int j = 2 * pr + h;
       if (j >= vtc || (p.eps > 0.f && keepf[h] == 0)) continue;
-      T *dst = tile_ptr<T>(p.dz, p.dz2, p.split, b * vtc + j);
+      const int64_t ld = p.ldz > 0 ? p.ldz : kBN;
+      T *dst = p.ldz > 0 ? static_cast<T *>(p.dz) + b * kBM * p.ldz + int64_t(j) * kBN
+                         : tile_ptr<T>(p.dz, p.dz2, p.split, b * vtc + j);
 #pragma unroll
       for (int r = 0; r < 2; ++r)
 #pragma unroll
@@ -215,7 +218,7 @@ __global__ void __launch_bounds__(kTThreads, 1)
           union { uint32_t u; T x[2]; } pk;
           pk.x[0] = Elt<T>::store(tat(acc, r, c));
           pk.x[1] = Elt<T>::store(tat(acc, r, c + 1));
-          *reinterpret_cast<uint32_t *>(dst + (row0 + 8 * r) * kBN + tcol(lane, c) - 128 * h) = pk.u;
+          *reinterpret_cast<uint32_t *>(dst + (row0 + 8 * r) * ld + tcol(lane, c) - 128 * h) = pk.u;
         }
     }
 #pragma unroll
@@ -230,13 +233,17 @@ template <class T>
 static int launch_dz_tma_t(const DzParams &p, void *Cs, int dtype, int vtc, cudaStream_t s) {
   const int64_t rows = p.p_end - p.p_begin;
   const int64_t chunks16 = rows * p.D * int64_t(sizeof(T)) / 16;
-  const int gb = static_cast<int>(std::min<int64_t>((chunks16 + 255) / 256, 4096));
-  gather_rows_kernel<T><<<gb, 256, 0, s>>>(static_cast<const T *>(p.C), p.perm, p.p_begin, rows, p.D,
-                                           static_cast<T *>(Cs));
-  CCE_LAUNCHED("gather_rows_kernel");
+  const void *crows = static_cast<const T *>(p.C) + p.p_begin * p.D;  // c_direct: in place
+  if (!p.c_direct) {
+    const int gb = static_cast<int>(std::min<int64_t>((chunks16 + 255) / 256, 4096));
+    gather_rows_kernel<T><<<gb, 256, 0, s>>>(static_cast<const T *>(p.C), p.perm, p.p_begin, rows, p.D,
+                                             static_cast<T *>(Cs));
+    CCE_LAUNCHED("gather_rows_kernel");
+    crows = Cs;
+  }
   CUtensorMap mapE, mapCs;  // (encoding one is a host call of about a microsecond)
   CCE_TRY(encode_rows(&mapE, p.E, dtype, p.N, p.D, kTmaFM));
-  CCE_TRY(encode_rows(&mapCs, Cs, dtype, rows, p.D, kTmaFN));
+  CCE_TRY(encode_rows(&mapCs, crows, dtype, rows, p.D, kTmaFN));
   const int sms = sm_count();
   const int NT = static_cast<int>((p.N + kTmaFM - 1) / kTmaFM);
   const int pairs = (vtc + 1) / 2;

@@ -132,6 +132,8 @@ struct BwdPlan {
   size_t cub_bytes;
   bool tma;        // dz_tma_kernel: the chunk's C rows are gathered into a buffer of cs_rows rows
   int64_t cs_rows;
+  bool dense;      // the dense products (dense_products.cu): no filter, no sort, cuBLAS GEMMs
+  int VTcDense;    // their vocabulary tiles per chunk while dE's output buffer holds the chunk's dy
 };
 
 // The bulk-copy products (products_tma_kernel) run where the bulk-copy dz stage does, unless
@@ -184,6 +186,10 @@ static BwdPlan plan_backward(int64_t N, int64_t D, int64_t V, int dtype, const R
   b.cub_bytes = r.sort_vocab ? vocab_sort_temp_bytes(V) : 0;
   b.tma = tma;
   b.cs_rows = tma ? int64_t(b.VTcBig) * kBN : 0;
+  // A dense chunk's dy is one [NT·128][K] matrix: in dE's buffer (N x D elements) while it is
+  // free, else in the workspace's staging room (VTc tiles).
+  b.dense = false;
+  b.VTcDense = want_dE ? static_cast<int>(std::min<int64_t>(N * D / (int64_t(b.NT) * kTileElems), vt_all)) : 0;
   return b;
 }
 
@@ -192,6 +198,7 @@ struct BwdWs {
   unsigned long long *kept_count;
   float *w, *gmax, *keys, *keys_out, *meanE, *csum, *esum, *wsum, *db_acc, *dE_acc;
   float *S, *Tc, *cbar, *ebar;
+  float *consts;  // the dense products' alpha / beta constants 1 and 0
   float *wt;      // class weights: w_{t_i}
   double *wstat;  // class weights: W, sum_i w_{t_i}
   void *dz, *cub;
@@ -205,6 +212,7 @@ static BwdWs carve_backward(Carver &cv, int64_t N, int64_t D, int64_t V, int dty
   w.count = cv.take<int>(1);
   w.kept_count = cv.take<unsigned long long>(1);
   w.gmax = cv.take<float>(1);
+  w.consts = cv.take<float>(2);
   w.wstat = cv.take<double>(2);
   w.wt = cv.take<float>(N);
   w.tgt = cv.take<int>(N);
@@ -226,7 +234,7 @@ static BwdWs carve_backward(Carver &cv, int64_t N, int64_t D, int64_t V, int dty
   }
   if (want_db) w.db_acc = cv.take<float>(V);
   if (want_dE && !b.lean) w.dE_acc = cv.take<float>(size_t(N) * D);
-  const size_t tiles = size_t(b.NT) * b.VTcBig;
+  const size_t tiles = size_t(b.NT) * std::max(b.VTcBig, b.dense ? b.VTcDense : 0);
   w.dz_bytes = std::max(size_t(b.NT) * b.VTc * kTileElems * elt_size(dtype), size_t(D) * sizeof(float));
   w.dz = cv.take<char>(w.dz_bytes);
   w.kept = cv.take<int>(tiles);
@@ -303,7 +311,7 @@ template <class T> struct BackwardRun {
                               w.keys_out, w.vals, w.perm, w.invperm, w.cub, b.cub_bytes, w.dz, w.dz_bytes, s));
     tpos_kernel<<<static_cast<unsigned>((N + 255) / 256), 256, 0, s>>>(w.tgt, w.invperm, N, w.tpos);
     CCE_LAUNCHED("tpos_kernel");
-    if (want_dC) {  // token-block means of E, for the first-order part of skipped tiles
+    if (want_dC && !b.dense) {  // token-block means of E, for the first-order part of skipped tiles
       block_mean_kernel<T><<<dim3(mean_gx, NT), 256, 0, s>>>(static_cast<const T *>(E), nullptr, 0, N, D, w.ebar);
       CCE_LAUNCHED("block_mean_kernel(E)");
     }
@@ -415,6 +423,7 @@ template <class T> struct BackwardRun {
   // sums to dbias; count: the tiles enter the statistics. big: dE's output buffer is still
   // free; stage the first N D / 16384 tiles of a chunk there.
   int chunks(int64_t pb, int64_t pe, bool doE, bool doC, bool doB, bool count, bool big) {
+    if (b.dense) return dense_chunks(pb, pe, doE, doC, doB, count, big);
     const int PDC = pp.DC;
     const bool use_dE = big && b.VTcBig > VTc;
     const int64_t step = int64_t(use_dE ? b.VTcBig : VTc) * kBN;
@@ -460,6 +469,57 @@ template <class T> struct BackwardRun {
     return 0;
   }
 
+  // The same for the dense products (no filter, unsorted vocabulary): per chunk the dz stage
+  // writes dy / gmax of every tile as one row-major matrix Z (in dE's buffer while it is free,
+  // else in the workspace's staging room), the dz stage's column sums go to dbias, and two
+  // cuBLAS GEMMs add Z · C_chunk to dE's accumulator and write dC's chunk rows.
+  int dense_chunks(int64_t pb, int64_t pe, bool doE, bool doC, bool doB, bool count, bool big) {
+    const bool in_dE = big && b.VTcDense >= 1 && r.chunk_rows == 0;  // (dc_chunk_rows: the workspace)
+    const int vt_max = in_dE ? b.VTcDense : VTc;
+    void *Z = in_dE ? dE : w.dz;
+    const int64_t ldz = int64_t(vt_max) * kBN;
+    zp.dz = Z;
+    zp.ldz = ldz;
+    zp.c_direct = true;
+    zp.split = INT64_MAX;
+    for (int64_t s0 = pb; s0 < pe; s0 += ldz) {
+      const int64_t s1 = std::min(s0 + ldz, pe);
+      const int vt = static_cast<int>((s1 - s0 + kBN - 1) / kBN);
+      zp.p_begin = s0;
+      zp.p_end = s1;
+      zp.kept_count = count ? w.kept_count : nullptr;
+      if (count) tiles_total += int64_t(NT) * vt;
+      CCE_TRY(launch_dz_tma(zp, w.cs, dtype, vt, s));
+      if (doB && want_db) {
+        dbias_from_sums_kernel<<<static_cast<unsigned>((s1 - s0 + 255) / 256), 256, 0, s>>>(
+            w.Tc, w.perm, w.gmax, s0, s1, NT, vt, w.db_acc);
+        CCE_LAUNCHED("dbias_from_sums_kernel");
+      }
+      if ((!doE && !doC) || skip_products) continue;
+      DenseChunk k = {};
+      k.E = E;
+      k.C = C;
+      k.Z = Z;
+      k.dC = doC ? dC : nullptr;
+      k.dE_acc = doE ? dE_acc : nullptr;
+      k.gmax = w.gmax;
+      k.one = w.consts;
+      k.zero = w.consts + 1;
+      k.N = N;
+      k.D = D;
+      k.K = s1 - s0;
+      k.ldz = ldz;
+      k.v0 = s0;
+      k.dtype = dtype;
+      k.ws = w.cs;
+      k.ws_bytes = size_t(b.cs_rows) * D * elt_size(dtype);
+      CCE_TRY(dense_products(k, s));
+    }
+    zp.ldz = 0;
+    zp.c_direct = false;
+    return 0;
+  }
+
   // dE in the input type from its f32 accumulator (minus the uniform smoothing term).
   int finish_dE() {
     if (!want_dE) return 0;
@@ -501,6 +561,7 @@ static int run_backward(const void *E, const void *C, const void *bias, const in
   BackwardRun<T> run(E, C, bias, targets, weight, N, D, V, dtype, r, b, w, lse, grad_loss, dE, dC, dbias, s);
   const bool want_dE = run.want_dE, want_dC = run.want_dC, want_db = run.want_db;
   CCE_TRY(run.prepare_rows());
+  if (b.dense) CCE_TRY(dense_constants(w.consts, s));
   CCE_TRY(run.uniform_sums());
   CCE_TRY(run.zero_accumulators());
   run.set_params();
@@ -531,6 +592,7 @@ extern "C" size_t cce_backward_workspace_size(int64_t N, int64_t D, int64_t V, i
   for (bool tma : {false, true}) {  // room for either dz kernel's plan
     if (tma && dtype == CCE_F32) continue;
     BwdPlan b = plan_backward(N, D, V, dtype, r, want_dE != 0, want_dC != 0, tma);
+    b.dense = b.tma && r.eps <= 0.f;  // room for the dense products' chunks, should they serve
     Carver cv(nullptr);
     carve_backward(cv, N, D, V, dtype, r, b, want_dE != 0, want_dC != 0, want_dbias != 0);
     need = std::max(need, cv.used);
@@ -563,7 +625,15 @@ extern "C" int cce_backward_weighted(const void *E, const void *C, const void *b
   if (!workspace || workspace_bytes < need)
     return fail(CCE_ERR_WORKSPACE, "backward workspace too small: need " + std::to_string(need) + " bytes");
   Resolved r = resolve(opt);
+  // Without filtering, the dense products (cuBLAS) serve where they can; they need neither the
+  // vocabulary order nor the uniform term kept out of the tiles (the term is then in dy).
+  const bool dense = (dE || dC) && dense_products_wanted(r, dtype);
+  if (dense) {
+    r.sort_vocab = false;
+    r.split_uniform = false;
+  }
   BwdPlan b = plan_backward(N, D, V, dtype, r, dE != nullptr, dC != nullptr, tma_dz_usable(dtype));
+  b.dense = dense && b.tma;
   Carver cv(workspace);
   BwdWs w = carve_backward(cv, N, D, V, dtype, r, b, dE != nullptr, dC != nullptr, dbias != nullptr);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
