@@ -111,7 +111,7 @@ struct BackwardState<S: KernelScalar>: @unchecked Sendable {
     let outputs: GradientOutputs<S>
     /// Label smoothing's uniform term −(α/V)·w_v·g_i is left out of the dC and dBias updates
     /// and added once for every (token, class) after the sweep (`separatesSmoothing`).
-    var separatesSmoothing = false
+    let separatesSmoothing: Bool
 
     /// ε in S; −1 (every |dy| passes) when nothing is filtered.
     var epsilon: S { policy.epsilon.map { S($0) } ?? -1 }

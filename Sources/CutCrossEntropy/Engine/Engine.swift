@@ -186,7 +186,7 @@ enum Engine {
                 logitSum.withUnsafeMutableBufferPointer { logitSum in
                     let parts = wantsShardParts
                         ? ShardPartPointers(targetLogit: targetLogit.baseAddress!, logitSum: logitSum.baseAddress!) : nil
-                    var backward = wantsGradients
+                    let backward = wantsGradients
                         ? BackwardState(lse: UnsafePointer(lse.baseAddress!), upstream: upstream.baseAddress!,
                                         policy: call.policy,
                                         outputs: GradientOutputs(dE: rebound(direct?.dE) ?? dE.baseAddress!,
@@ -194,10 +194,10 @@ enum Engine {
                                                                  dBias: direct == nil ? dBias : rebound(direct?.dBias),
                                                                  compE: compensated ? compE.baseAddress : nil,
                                                                  compC: compensated ? compC.baseAddress : nil,
-                                                                 touched: direct?.touchedRows))
+                                                                 touched: direct?.touchedRows),
+                                        separatesSmoothing: separatesSmoothing(call.policy, call.options,
+                                                                               vocabulary: call.shard?.vocabulary ?? p.v))
                         : nil
-                    backward?.separatesSmoothing = separatesSmoothing(call.policy, call.options,
-                                                                        vocabulary: call.shard?.vocabulary ?? p.v)
                     if exchanging, let exchange = call.exchange, let parts, let backward {
                         // The shard's partials out, the global LSE back into `lse`.
                         let smoothing = call.options.labelSmoothing > 0
