@@ -3,7 +3,9 @@ bench_cuda.py times them) in alternating processes, one build each, on the same 
 inputs; medians of the timed calls after warm-up, and a hash of the outputs' bits, so that a
 change meant to leave the results alone can be seen to.
 
-    python3 lib_ab.py A.so B.so [--shape N,D,V] [--rounds 3] [--repeats 10]
+    python3 lib_ab.py A.so B.so [--shape N,D,V] [--rounds 3] [--repeats 10] [--eps E]
+
+--eps passes filter_eps = E to both calls (0: no filtering, the dense path).
 """
 import argparse
 import os
@@ -17,9 +19,10 @@ from bench_cuda import lm_like
 N, D, V = (int(x) for x in os.environ["AB_SHAPE"].split(","))
 E, C, t, _ = lm_like(N, D, V, 4.0, 1.5, 0, torch.bfloat16)
 one = torch.ones(1, device="cuda")
+kw = {"filter_eps": float(os.environ["AB_EPS"])} if os.environ.get("AB_EPS") else {}
 def call():
-    loss, lse = cce.forward(E, C, t)
-    dE, dC, _, _ = cce.backward(E, C, t, lse, one)
+    loss, lse = cce.forward(E, C, t, **kw)
+    dE, dC, _, _ = cce.backward(E, C, t, lse, one, **kw)
     return loss, lse, dE, dC
 for _ in range(2):
     call()
@@ -43,12 +46,13 @@ def main():
     ap.add_argument("--shape", default="8192,2304,256000")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--eps", default="")
     args = ap.parse_args()
     here = os.path.dirname(os.path.abspath(__file__))
     hashes, times = {}, {"A": [], "B": []}
     for r in range(args.rounds):
         for tag, path in (("A", args.a), ("B", args.b)):
-            env = dict(os.environ, CCE_LIB=path, AB_SHAPE=args.shape, AB_REPEATS=str(args.repeats),
+            env = dict(os.environ, CCE_LIB=path, AB_SHAPE=args.shape, AB_REPEATS=str(args.repeats), AB_EPS=args.eps,
                        PYTHONPATH=here)
             out = subprocess.run([sys.executable, "-c", ONE], env=env, capture_output=True, text=True, cwd=here)
             if out.returncode != 0:
