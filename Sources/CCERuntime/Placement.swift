@@ -59,6 +59,42 @@ public enum Placement {
         _ = madvise(aligned, end - start, MADV_HUGEPAGE)
     }
 
+    /// `bytes` bytes of fresh zeros that take no memory until written: an anonymous private
+    /// mapping, 4 KiB pages (huge pages refused: a page of it costs memory only once one of its
+    /// values is written, and a huge page would make that 2 MiB), or, where that is not
+    /// available, allocated and zeroed. Free with `unmap(_:bytes:)`.
+    public static func mapZeros(bytes: Int) -> UnsafeMutableRawPointer {
+        let n = max(bytes, 1)
+        #if os(Linux)
+        if let p = mmap(nil, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED {
+            _ = madvise(p, n, MADV_NOHUGEPAGE)
+            return p
+        }
+        #endif
+        let p = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 64)
+        p.initializeMemory(as: UInt8.self, repeating: 0, count: n)
+        return p
+    }
+
+    /// Frees memory from `mapZeros`.
+    public static func unmap(_ p: UnsafeMutableRawPointer, bytes: Int) {
+        #if os(Linux)
+        _ = munmap(p, max(bytes, 1))
+        #else
+        p.deallocate()
+        #endif
+    }
+
+    /// Makes all of `mapZeros`'s memory zeros again and gives its pages back to the system
+    /// (MADV_DONTNEED: the next write of a page takes a fresh zero page), or, where that is
+    /// not available, writes the zeros.
+    public static func dropPages(_ p: UnsafeMutableRawPointer, bytes: Int) {
+        #if os(Linux)
+        if madvise(p, max(bytes, 1), MADV_DONTNEED) == 0 { return }
+        #endif
+        p.initializeMemory(as: UInt8.self, repeating: 0, count: max(bytes, 1))
+    }
+
     /// Pins the calling thread to one CPU of its allowed set (no-op on one-node machines,
     /// where the scheduler already does well and pinning could fight other processes).
     public static func pinCurrentThread(toCPU index: Int) {
