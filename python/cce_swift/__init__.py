@@ -89,8 +89,11 @@ def library_path() -> str:
 
 def release_scratch() -> int:
     """Frees the Float32 scratch the engine keeps between calls for gradients that are not
-    float32 (bf16, f16 tensors: 4·(N·D + V·D) bytes at most, the largest call's, kept so that
-    the next call does not page-fault it in again). Returns the bytes freed."""
+    float32 (bf16, f16 tensors: 4·(N·D + V·D) bytes of address space at most, the largest
+    call's, of which only the dC rows the calls have written take memory; kept so that the
+    next call does not page-fault them in again). Returns the bytes of address space freed.
+    Called after every step it holds no memory between steps, for the page faults of each
+    call's rows (11% of a bf16 call at N = 1024, D = 1024, V = 128256 on two Zen 3 cores)."""
     from . import _lib
 
     return _lib.release_scratch()

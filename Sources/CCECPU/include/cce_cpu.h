@@ -56,7 +56,8 @@
  * C over the nodes). cce_cpu_loss_and_gradients computes gradients in Float32: F32 outputs
  * directly in the caller's buffers; F16, BF16 and F64 outputs (and gradients not asked for, and
  * dbias when NULL with a bias) in a Float32 scratch that the library keeps for the next call
- * (4 * (N*D + V*D) bytes at most, the largest call's); cce_cpu_release_scratch() frees it.
+ * (4 * (N*D + V*D) bytes of address space at most, the largest call's, of which only the dC rows
+ * the calls write take memory); cce_cpu_release_scratch() frees it.
  */
 #ifndef CCE_CPU_H
 #define CCE_CPU_H
