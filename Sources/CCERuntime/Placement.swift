@@ -59,6 +59,16 @@ public enum Placement {
         _ = madvise(aligned, end - start, MADV_HUGEPAGE)
     }
 
+    /// The system's page size in bytes (4096 where it cannot be asked).
+    public static let pageBytes: Int = {
+        #if canImport(Glibc)
+        let n = Int(sysconf(Int32(_SC_PAGESIZE)))
+        return n > 0 ? n : 4096
+        #else
+        return 4096
+        #endif
+    }()
+
     /// `bytes` bytes of fresh zeros that take no memory until written: an anonymous private
     /// mapping, 4 KiB pages (huge pages refused: a page of it costs memory only once one of its
     /// values is written, and a huge page would make that 2 MiB), or, where that is not

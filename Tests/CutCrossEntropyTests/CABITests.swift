@@ -504,35 +504,43 @@ final class CABITests: XCTestCase {
     }
 
     /// The Float32 scratch behind bf16 gradient outputs takes memory only for the dC rows the
-    /// calls write: a first call (the scratch new) grows the process by those rows and the
-    /// engine's own scratch, not by the whole V x D (zeroing a new scratch fails this), and
-    /// `cce_cpu_release_scratch` gives all of it back.
-    func testScratchHoldsOnlyWrittenRows() throws {
+    /// last call wrote: a first call (the scratch new) grows the process by those rows and the
+    /// engine's own scratch, not by the whole V x D (zeroing a new scratch fails this); a call
+    /// on other data leaves the rows of that call, not those of both (keeping every row ever
+    /// written fails this); and `cce_cpu_release_scratch` gives all of it back.
+    func testScratchHoldsOnlyTheLastCallsRows() throws {
         guard MemoryProbe.isResettable else { throw XCTSkip("the memory probe cannot reset the peak here") }
         let n = 64, d = 1024, v = 30011   // a dC row of the scratch is one 4 KiB page
-        let data = LMLikeData.make(tokens: n, dim: d, vocab: v, type: .bfloat16, seed: 4)
-        let e = data.embeddings.floats().map { bfloat16Bits($0) }, c = data.classifier.floats().map { bfloat16Bits($0) }
-        let t = data.targets.values.map { Int64($0) }
+        func problem(seed: UInt64) -> ([UInt16], [UInt16], [Int64]) {
+            let data = LMLikeData.make(tokens: n, dim: d, vocab: v, type: .bfloat16, seed: seed)
+            return (data.embeddings.floats().map { bfloat16Bits($0) }, data.classifier.floats().map { bfloat16Bits($0) },
+                    data.targets.values.map { Int64($0) })
+        }
         var o = options { $0.threads = 2 }
         var dE = [UInt16](repeating: 1, count: n * d), dC = [UInt16](repeating: 1, count: v * d)   // resident before
-        func call() -> Int32 {
-            e.withUnsafeBytes { ep in c.withUnsafeBytes { cp in t.withUnsafeBufferPointer { tp in
+        func call(_ x: ([UInt16], [UInt16], [Int64])) -> Set<Int> {
+            let rc = x.0.withUnsafeBytes { ep in x.1.withUnsafeBytes { cp in x.2.withUnsafeBufferPointer { tp in
                 cce_cpu_loss_and_gradients(ep.baseAddress!, cp.baseAddress!, nil, tp.baseAddress!, Int64(n), Int64(d),
                                            Int64(v), 2, 2, 2, nil, &o, nil, nil, nil, &dE, &dC, nil, 2, 2, 2, nil)
             }}}
+            XCTAssertEqual(rc, 0, String(cString: cce_cpu_last_error()))
+            return Set((0..<v).filter { r in (0..<d).contains { dC[r * d + $0] != 0 } })
         }
+        let first = problem(seed: 4), other = problem(seed: 5)
         let scratchDC = v * d * 4, slack = scratchDC / 8
         _ = cce_cpu_release_scratch()
         let start = MemoryProbe.residentBytes()
-        let (first, firstPeak) = MemoryProbe.measure { call() }
-        XCTAssertEqual(first, 0, String(cString: cce_cpu_last_error()))
-        let written = (0..<v).filter { r in (0..<d).contains { dC[r * d + $0] != 0 } }.count
-        XCTAssertLessThan(written, v / 2, "LM-like rows: most of dC is not written")
-        XCTAssertLessThan(firstPeak, written * d * 4 + slack,
-                          "first call: \(firstPeak) bytes for \(written) of \(v) rows written (dC scratch \(scratchDC))")
-        XCTAssertEqual(call(), 0, String(cString: cce_cpu_last_error()))
-        let kept = MemoryProbe.residentBytes() - start
-        XCTAssertLessThan(kept, written * d * 4 + slack, "kept between calls: \(kept) bytes")
+        let (written, firstPeak) = MemoryProbe.measure { call(first) }
+        XCTAssertLessThan(written.count, v / 2, "LM-like rows: most of dC is not written")
+        XCTAssertLessThan(firstPeak, written.count * d * 4 + slack,
+                          "first call: \(firstPeak) bytes for \(written.count) of \(v) rows written (dC scratch \(scratchDC))")
+        let again = call(first)
+        XCTAssertLessThan(MemoryProbe.residentBytes() - start, again.count * d * 4 + slack, "after the same call again")
+        let last = call(other)
+        let both = written.union(last).count, held = MemoryProbe.residentBytes() - start
+        XCTAssertGreaterThan((both - last.count) * d * 4, slack, "the other data writes other rows")
+        XCTAssertLessThan(held, last.count * d * 4 + slack,
+                          "after other data: \(held) bytes for \(last.count) rows written last, \(both) by both calls")
         XCTAssertGreaterThan(cce_cpu_release_scratch(), 0)
         let released = MemoryProbe.residentBytes() - start
         XCTAssertLessThan(released, slack, "after the release: \(released) bytes")
