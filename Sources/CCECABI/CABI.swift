@@ -229,61 +229,44 @@ struct GradientTargets {
 /// V = 128256, D = 1024 dC alone is 525 MB (128 K pages of 4 KiB), which a new buffer would
 /// page-fault in on every call. A new buffer is a mapping of zeros (`Placement.mapZeros`) whose
 /// pages take memory only once written, and a call writes only the dC rows of the classes some
-/// token keeps (28% of them at N = 1024 on LM-like data). After each call the pages an earlier
-/// call wrote and this one did not are given back (`keepOnly`), so the buffer holds what the
-/// last call wrote: rows the next call writes again (the frequent classes) stay, and only the
-/// others are faulted in again. One buffer is kept (the largest given back); a call takes it
-/// when it is large enough, else maps its own, so concurrent calls never share one.
-/// `cce_cpu_release_scratch` unmaps the kept buffer: called between a caller's steps, it holds
-/// no memory between them, and each call pays the page faults of all the rows it writes.
+/// token keeps (28% of them at N = 1024 on LM-like data): the buffer holds the rows the calls
+/// have written so far, not V x D. (Giving back after each call the rows it did not write
+/// cost 7% a call with new batches each call, in page faults: Docs/PYTHON.md.) One buffer is
+/// kept (the largest given back); a call takes it when it is large enough, else maps its own,
+/// so concurrent calls never share one. `cce_cpu_release_scratch` unmaps the kept buffer:
+/// called between a caller's steps, it holds no memory between them, and each call pays the
+/// page faults of the rows it writes.
 final class GradientScratch: @unchecked Sendable {
     let base: UnsafeMutablePointer<Float>
     let capacity: Int
     /// Whether every value is zero (a new buffer, or after a call that succeeded). Only the
-    /// call holding the buffer (between take and give) reads or changes it, and `held`.
+    /// call holding the buffer (between take and give) reads or changes it.
     var clean = true
-    /// Per page: whether the last call wrote it (only those can hold memory).
-    private var held: [Bool]
-    static var pageBytes: Int { Placement.pageBytes }
-    var pages: Int { held.count }
+
+    /// Whether `base` is a `Placement.mapZeros` mapping (else allocated and zeroed).
+    private let mapped: Bool
 
     init(capacity: Int) {
         self.capacity = max(capacity, 1)
-        base = Placement.mapZeros(bytes: self.capacity * MemoryLayout<Float>.size)
-            .bindMemory(to: Float.self, capacity: self.capacity)
-        held = [Bool](repeating: false, count: (self.capacity * MemoryLayout<Float>.size + Self.pageBytes - 1) / Self.pageBytes)
+        let bytes = self.capacity * MemoryLayout<Float>.size
+        if let p = Placement.mapZeros(bytes: bytes) {
+            base = p.bindMemory(to: Float.self, capacity: self.capacity)
+            mapped = true
+        } else {
+            base = .allocate(capacity: self.capacity)
+            base.initialize(repeating: 0, count: self.capacity)
+            mapped = false
+        }
     }
 
-    deinit { Placement.unmap(base, bytes: capacity * MemoryLayout<Float>.size) }
+    deinit {
+        if mapped { Placement.unmap(base, bytes: capacity * MemoryLayout<Float>.size) } else { base.deallocate() }
+    }
 
     /// All zeros again after a call that failed, its pages given back.
     func drop() {
         Placement.dropPages(base, bytes: capacity * MemoryLayout<Float>.size)
-        held = [Bool](repeating: false, count: held.count)
         clean = true
-    }
-
-    /// Marks the pages of floats [start, start + count) in `pages` (one flag per page).
-    func mark(_ start: Int, count: Int, in pages: inout [Bool]) {
-        guard count > 0 else { return }
-        let size = MemoryLayout<Float>.size
-        for p in (start * size / Self.pageBytes)...((start + count) * size - 1) / Self.pageBytes { pages[p] = true }
-    }
-
-    /// After a successful call (the buffer all zeros again) that wrote the pages flagged in
-    /// `written`: gives back the pages an earlier call wrote and this one did not, a run of
-    /// them per system call.
-    func keepOnly(_ written: [Bool]) {
-        var p = 0
-        while p < held.count {
-            guard held[p] && !written[p] else { p += 1; continue }
-            var q = p + 1
-            while q < held.count && held[q] && !written[q] { q += 1 }
-            Placement.dropPages(UnsafeMutableRawPointer(base) + p * Self.pageBytes,
-                                bytes: min(q * Self.pageBytes, capacity * MemoryLayout<Float>.size) - p * Self.pageBytes)
-            p = q
-        }
-        held = written
     }
 
     static let kept = Mutex<GradientScratch?>(nil)
@@ -379,15 +362,6 @@ func fusedIntoBuffers(_ engine: CutCrossEntropy, _ E: Tensor, _ C: Tensor, _ B: 
         }
     }
     scratch.clean = true
-    var written = [Bool](repeating: false, count: scratch.pages)
-    for k in 0..<3 where !direct[k] && sizes[k] > 0 {
-        if k == 1, let touched {
-            for row in 0..<shapes.v where touched[row] { scratch.mark(offsets[1] + row * shapes.d, count: shapes.d, in: &written) }
-        } else {
-            scratch.mark(offsets[k], count: sizes[k], in: &written)
-        }
-    }
-    scratch.keepOnly(written)
     out.write(stats)
     return f
 }

@@ -59,45 +59,31 @@ public enum Placement {
         _ = madvise(aligned, end - start, MADV_HUGEPAGE)
     }
 
-    /// The system's page size in bytes (4096 where it cannot be asked).
-    public static let pageBytes: Int = {
-        #if canImport(Glibc)
-        let n = Int(sysconf(Int32(_SC_PAGESIZE)))
-        return n > 0 ? n : 4096
-        #else
-        return 4096
-        #endif
-    }()
-
     /// `bytes` bytes of fresh zeros that take no memory until written: an anonymous private
-    /// mapping, 4 KiB pages (huge pages refused: a page of it costs memory only once one of its
-    /// values is written, and a huge page would make that 2 MiB), or, where that is not
-    /// available, allocated and zeroed. Free with `unmap(_:bytes:)`.
-    public static func mapZeros(bytes: Int) -> UnsafeMutableRawPointer {
-        let n = max(bytes, 1)
+    /// mapping with 4 KiB pages (huge pages refused: a page of it costs memory only once one
+    /// of its values is written, and a huge page would make that 2 MiB). Nil where there is no
+    /// such mapping (not Linux) or the system refuses it. Free with `unmap(_:bytes:)`.
+    public static func mapZeros(bytes: Int) -> UnsafeMutableRawPointer? {
         #if os(Linux)
+        let n = max(bytes, 1)
         if let p = mmap(nil, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED {
             _ = madvise(p, n, MADV_NOHUGEPAGE)
             return p
         }
         #endif
-        let p = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 64)
-        p.initializeMemory(as: UInt8.self, repeating: 0, count: n)
-        return p
+        return nil
     }
 
     /// Frees memory from `mapZeros`.
     public static func unmap(_ p: UnsafeMutableRawPointer, bytes: Int) {
         #if os(Linux)
         _ = munmap(p, max(bytes, 1))
-        #else
-        p.deallocate()
         #endif
     }
 
-    /// Makes all of `mapZeros`'s memory zeros again and gives its pages back to the system
-    /// (MADV_DONTNEED: the next write of a page takes a fresh zero page), or, where that is
-    /// not available, writes the zeros.
+    /// Makes `bytes` bytes at `p` zeros: for whole pages of a `mapZeros` mapping by giving them
+    /// back to the system (MADV_DONTNEED: the next write of a page takes a fresh zero page),
+    /// otherwise by writing the zeros.
     public static func dropPages(_ p: UnsafeMutableRawPointer, bytes: Int) {
         #if os(Linux)
         if madvise(p, max(bytes, 1), MADV_DONTNEED) == 0 { return }
