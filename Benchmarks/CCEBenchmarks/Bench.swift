@@ -52,6 +52,8 @@ public struct BenchConfig: Sendable {
     public var seed: UInt64 = 0
     /// The LM-like data's scale S and prior α (Docs/LMLIKE.md; S = 2, α = 1 is the flat set).
     public var scale = 4.0, alpha = 1.5
+    /// Label smoothing α of the cce rows (the materialized baseline has none, so it is refused).
+    public var labelSmoothing = 0.0
     public var methods: [String]? = nil
     /// Kinds to run for the cce methods (default: all of loss, grad, loss+grad).
     public var kinds: [String]? = nil
@@ -86,6 +88,8 @@ public struct BenchReport: Codable, Sendable {
         public var tokens, dim, vocab: Int; public var dtype: String
         /// The LM-like data's S and α (absent in reports from before they were settable).
         public var scale, alpha: Double?
+        /// The cce rows' label smoothing α (absent when 0, and in reports from before it was settable).
+        public var label_smoothing: Double? = nil
     }
     public var threads: Int
     public var repeats: Int
@@ -127,6 +131,12 @@ public enum Bench {
             throw BenchError.invalid("unknown method '\(bad)'; methods: \(allMethods.joined(separator: ", "))")
         }
         if let m = c.methods, m.isEmpty { throw BenchError.invalid("--methods names no method") }
+        guard c.labelSmoothing >= 0 && c.labelSmoothing <= 1 else {
+            throw BenchError.invalid("--label-smoothing must be in [0, 1] (got \(c.labelSmoothing))")
+        }
+        if c.labelSmoothing > 0 && (c.methods ?? allMethods).contains("materialized") {
+            throw BenchError.invalid("--label-smoothing applies to the cce rows; the materialized baseline has no label smoothing (name the methods with --methods, without materialized)")
+        }
         if let k = c.kinds, k.isEmpty { throw BenchError.invalid("--kinds names no kind") }
         // The one memory check every command makes (MemoryCheck.swift).
         do {
@@ -157,7 +167,7 @@ public enum Bench {
         log("generating LM-like data N=\(c.tokens) D=\(c.dim) V=\(c.vocab) \(c.dtype.rawValue) S=\(c.scale) alpha=\(c.alpha)…")
         let data = LMLikeData.make(tokens: c.tokens, dim: c.dim, vocab: c.vocab, type: c.dtype, scale: c.scale,
                                    alpha: c.alpha, seed: c.seed)
-        var opts = Options(); opts.threads = c.threads
+        var opts = Options(); opts.threads = c.threads; opts.labelSmoothing = c.labelSmoothing
         let cce = CutCrossEntropy(options: opts)
         let plan = cce.plan(tokens: c.tokens, dim: c.dim, vocab: c.vocab, storage: c.dtype)
         log("tile plan: \(plan)")
@@ -343,7 +353,8 @@ public enum Bench {
         return BenchReport(
             machine: machineDescription(), blas: blasDescription(), toolchain: toolchain(), target_cpu_flags: simdFlags(),
             shape: BenchReport.Shape(tokens: c.tokens, dim: c.dim, vocab: c.vocab, dtype: c.dtype.rawValue,
-                                     scale: c.scale, alpha: c.alpha),
+                                     scale: c.scale, alpha: c.alpha,
+                                     label_smoothing: c.labelSmoothing > 0 ? c.labelSmoothing : nil),
             threads: c.threads, repeats: c.repeats, rounds: c.rounds, plan: plan.description, filter: filterNote,
             rows: combined, ratios: ratios, ratio_rounds: c.rounds > 1 ? ratioRounds : nil,
             row_rounds: c.rounds > 1 ? rowRounds(perRound) : nil)

@@ -33,6 +33,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce).") var cudaLibrary: String?
     @Option(parsing: .unconditional, help: "LM-like data scale S (Docs/LMLIKE.md; 2 with --alpha 1: the flat set).") var scale = 4.0
     @Option(parsing: .unconditional, help: "LM-like data prior alpha.") var alpha = 1.5
+    @Option(parsing: .unconditional, help: "Label smoothing alpha of the cce rows, in [0, 1] (not with the materialized baseline, which has none).")
+    var labelSmoothing = 0.0
     @Option(help: "vocab or tokens: the cce step split over the ranks of mpirun (loss, loss+grad; Docs/SCALING.md).")
     var parallel: ParallelScheme?
     @Option(help: "Path of libcce_mpi.so (with --parallel under mpirun; default: $CCE_MPI_LIBRARY, then beside cce).")
@@ -45,6 +47,9 @@ struct BenchCommand: ParsableCommand {
         guard rounds >= 1 else { throw ValidationError("--rounds must be >= 1 (got \(rounds))") }
         guard scale > 0, scale.isFinite else { throw ValidationError("--scale must be finite and > 0 (got \(scale))") }
         guard alpha >= 0, alpha.isFinite else { throw ValidationError("--alpha must be finite and >= 0 (got \(alpha))") }
+        if labelSmoothing != 0 && (backend == .cuda || parallel != nil) {
+            throw ValidationError("--label-smoothing applies to the CPU rows of one process (not with --backend cuda or --parallel)")
+        }
     }
 
     func run() throws {
@@ -54,7 +59,7 @@ struct BenchCommand: ParsableCommand {
         var c = BenchConfig()
         c.tokens = tokens; c.dim = dim; c.vocab = vocab; c.dtype = dtype
         c.threads = engine.resolvedThreads; c.repeats = repeats; c.rounds = rounds; c.seed = problem.seed
-        c.scale = scale; c.alpha = alpha
+        c.scale = scale; c.alpha = alpha; c.labelSmoothing = labelSmoothing
         c.methods = methods.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         c.kinds = kinds.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         c.verbose = verbose
@@ -73,7 +78,7 @@ struct BenchCommand: ParsableCommand {
         print("BLAS: \(report.blas)")
         print("toolchain: \(report.toolchain); SIMD: \(report.target_cpu_flags)")
         print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), LM-like S=\(scale) alpha=\(alpha), threads \(c.threads), repeats \(repeats)"
-              + (rounds > 1 ? ", rounds \(rounds)" : ""))
+              + (rounds > 1 ? ", rounds \(rounds)" : "") + (labelSmoothing > 0 ? ", label smoothing \(labelSmoothing)" : ""))
         print("plan: \(report.plan)\n")
         print(pad("method", 14) + pad("kind", 10) + lpad("median s", 10) + lpad("min s", 10)
               + lpad("peak MB", 12) + lpad("GFLOP/s", 10))
