@@ -52,7 +52,7 @@ public struct BenchConfig: Sendable {
     public var seed: UInt64 = 0
     /// The LM-like data's scale S and prior α (Docs/LMLIKE.md; S = 2, α = 1 is the flat set).
     public var scale = 4.0, alpha = 1.5
-    /// Label smoothing α of the cce rows (the materialized baseline has none, so it is refused).
+    /// Label smoothing α of the cce rows and the materialized baseline.
     public var labelSmoothing = 0.0
     public var methods: [String]? = nil
     /// Kinds to run for the cce methods (default: all of loss, grad, loss+grad).
@@ -88,7 +88,7 @@ public struct BenchReport: Codable, Sendable {
         public var tokens, dim, vocab: Int; public var dtype: String
         /// The LM-like data's S and α (absent in reports from before they were settable).
         public var scale, alpha: Double?
-        /// The cce rows' label smoothing α (absent when 0, and in reports from before it was settable).
+        /// The label smoothing α of the loss rows (absent when 0, and in reports from before it was settable).
         public var label_smoothing: Double? = nil
     }
     public var threads: Int
@@ -133,9 +133,6 @@ public enum Bench {
         if let m = c.methods, m.isEmpty { throw BenchError.invalid("--methods names no method") }
         guard c.labelSmoothing >= 0 && c.labelSmoothing <= 1 else {
             throw BenchError.invalid("--label-smoothing must be in [0, 1] (got \(c.labelSmoothing))")
-        }
-        if c.labelSmoothing > 0 && (c.methods ?? allMethods).contains("materialized") {
-            throw BenchError.invalid("--label-smoothing applies to the cce rows; the materialized baseline has no label smoothing (name the methods with --methods, without materialized)")
         }
         if let k = c.kinds, k.isEmpty { throw BenchError.invalid("--kinds names no kind") }
         // The one memory check every command makes (MemoryCheck.swift).

@@ -33,7 +33,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Path of libcce_cuda.so (default: $CCE_CUDA_LIBRARY, then beside cce).") var cudaLibrary: String?
     @Option(parsing: .unconditional, help: "LM-like data scale S (Docs/LMLIKE.md; 2 with --alpha 1: the flat set).") var scale = 4.0
     @Option(parsing: .unconditional, help: "LM-like data prior alpha.") var alpha = 1.5
-    @Option(parsing: .unconditional, help: "Label smoothing alpha of the cce rows, in [0, 1] (not with the materialized baseline, which has none).")
+    @Option(parsing: .unconditional, help: "Label smoothing alpha of the loss rows (cce and materialized), in [0, 1].")
     var labelSmoothing = 0.0
     @Option(help: "vocab or tokens: the cce step split over the ranks of mpirun (loss, loss+grad; Docs/SCALING.md).")
     var parallel: ParallelScheme?
