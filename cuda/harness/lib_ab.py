@@ -3,7 +3,9 @@ bench_cuda.py times them) in alternating processes, one build each, on the same 
 inputs; medians of the timed calls after warm-up, and a hash of the outputs' bits, so that a
 change meant to leave the results alone can be seen to.
 
-    python3 lib_ab.py A.so B.so [--shape N,D,V] [--rounds 3] [--repeats 10] [--eps E]
+    python3 lib_ab.py A.so B.so [--shape N,D,V] [--rounds 3] [--repeats 10] [--eps E] [--b-env KEY=VALUE]
+
+--b-env sets an environment variable for B's processes only (A and B may be the same build).
 
 --eps passes filter_eps = E to both calls (0: no filtering, the dense path).
 """
@@ -47,6 +49,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--eps", default="")
+    ap.add_argument("--b-env", action="append", default=[], help="KEY=VALUE set for B's processes only")
     args = ap.parse_args()
     here = os.path.dirname(os.path.abspath(__file__))
     hashes, times = {}, {"A": [], "B": []}
@@ -54,6 +57,8 @@ def main():
         for tag, path in (("A", args.a), ("B", args.b)):
             env = dict(os.environ, CCE_LIB=path, AB_SHAPE=args.shape, AB_REPEATS=str(args.repeats), AB_EPS=args.eps,
                        PYTHONPATH=here)
+            if tag == "B":
+                env.update(kv.split("=", 1) for kv in args.b_env)
             out = subprocess.run([sys.executable, "-c", ONE], env=env, capture_output=True, text=True, cwd=here)
             if out.returncode != 0:
                 print(out.stderr[-2000:])

@@ -124,6 +124,30 @@ __global__ void finish_db_kernel(const float *__restrict__ acc, int64_t V, const
 
 // ---- plan and workspace ---------------------------------------------------------------------
 
+// Vocabulary tiles per chunk of the dense products: at most `room`, and of the even counts
+// down to half of it the one whose dz stage costs least per column. That launch
+// (launch_dz_tma) runs NT token blocks x the chunk's pairs of tiles at about one block a
+// multiprocessor, so its time goes by waves x pairs a block; a chunk whose pairs do not
+// share out evenly leaves multiprocessors idle in every chunk. At the Gemma 2 shape (N 8192,
+// D 2304: 18 tiles fit dE's buffer, NT = 64, 132 SMs) 9 pairs run as 128 blocks of 5 and 4
+// pairs, 87% of the slots busy; 8 pairs as 128 blocks of 4, 97%: loss + gradients without
+// filtering 73.7 to 74.5 ms against 77.6 to 78.5 there (Docs/CUDA.md). (CCE_DENSE_FIT=0:
+// `room`, for comparisons.) The filtered chunks fitted the same way were not faster.
+static int dense_chunk_tiles(int NT, int room, int sms) {
+  const char *v = std::getenv("CCE_DENSE_FIT");
+  if ((v && v[0] == '0') || room < 4 || sms < 1) return room;
+  auto cost = [&](int vt) {  // waves x pairs a block, per tile
+    const int64_t pairs = (vt + 1) / 2;
+    const int64_t ppb = std::max<int64_t>(1, std::min<int64_t>((NT * pairs + sms - 1) / sms, pairs));
+    const int64_t blocks = NT * ((pairs + ppb - 1) / ppb);
+    return double((blocks + sms - 1) / sms * ppb) / vt;
+  };
+  int best = room;
+  for (int vt = room & ~1; vt >= std::max(2, room / 2); vt -= 2)
+    if (cost(vt) < cost(best) * 0.99) best = vt;
+  return best;
+}
+
 struct BwdPlan {
   bool lean;
   int64_t seg;  // first position of the last segment (V when not lean)
@@ -475,7 +499,7 @@ template <class T> struct BackwardRun {
   // cuBLAS GEMMs add Z · C_chunk to dE's accumulator and write dC's chunk rows.
   int dense_chunks(int64_t pb, int64_t pe, bool doE, bool doC, bool doB, bool count, bool big) {
     const bool in_dE = big && b.VTcDense >= 1 && r.chunk_rows == 0;  // (dc_chunk_rows: the workspace)
-    const int vt_max = in_dE ? b.VTcDense : VTc;
+    const int vt_max = dense_chunk_tiles(NT, in_dE ? b.VTcDense : VTc, sm_count());
     void *Z = in_dE ? dE : w.dz;
     const int64_t ldz = int64_t(vt_max) * kBN;
     zp.dz = Z;
