@@ -474,7 +474,10 @@ final class PropertyTests: XCTestCase {
     /// dBias and dC within the errors of the same data without smoothing (times 1.5, plus
     /// 1e-4), and 1 vs 3 threads bitwise. Without the separation (`separatesSmoothing`
     /// returning false) dBias was 1.5e-2 to 1.7e-2 at α = 0.2, against about 1e-3 without
-    /// smoothing, and dC 14 times its error without smoothing.
+    /// smoothing, and dC 14 times its error without smoothing. The dropped-mass estimates are
+    /// off (filterCorrection = false): dBias's works better with saved logits, which α = 0.2
+    /// rules out, so with it the comparison would measure the estimate, not the term
+    /// (testDroppedMassEstimateOfDBias covers the estimate with smoothing).
     func testSmoothingTermIsExactInFilteredDCAndDBias() throws {
         let (n, d, v) = (300, 24, 1201)
         let data = LMLikeData.make(tokens: n, dim: d, vocab: v, type: .bfloat16, seed: 21)
@@ -483,7 +486,7 @@ final class PropertyTests: XCTestCase {
         for classWeights in [nil, weights] {
             var errors: [String: [Double]] = [:]   // "dBias"/"dC" -> [without smoothing, with]
             for alpha in [0.0, 0.2, 0.01] {
-                var o = Options(); o.labelSmoothing = alpha; o.classWeights = classWeights
+                var o = Options(); o.labelSmoothing = alpha; o.classWeights = classWeights; o.filterCorrection = false
                 let r = try Oracle.compute(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets,
                                            bias: bias, options: o)
                 var runs: [Gradients] = []
@@ -506,6 +509,57 @@ final class PropertyTests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// dBias's dropped-mass estimate (DroppedBiasMass): the mass of the row segments the filters
+    /// leave out, spread over their forward blocks, brings dBias closer to the truth than the
+    /// plain filter (Options.filterCorrection = false) on LM-like bf16 data, in the fused call
+    /// with and without saved logits, with label smoothing (its term added apart) and class
+    /// weights, and in the backward of a separate call; dBias has the same bits at 1 and 3
+    /// threads, and dC is untouched by it (the same bits with and without). Without the
+    /// estimate the first assertion fails (the two errors are equal).
+    func testDroppedMassEstimateOfDBias() throws {
+        let (n, d, v) = (300, 24, 12001)
+        let data = LMLikeData.make(tokens: n, dim: d, vocab: v, type: .bfloat16, seed: 23)
+        let bias = try Tensor(converting: (0..<v).map { Float($0 % 7) * 0.03 - 0.09 }, to: .bfloat16, shape: [v])
+        let weights = (0..<v).map { 0.5 + Float($0 % 3) * 0.25 }
+        for (name, alpha, classWeights, saved) in [("plain", 0.0, nil, nil), ("no saved logits", 0.0, nil, 0),
+                                                   ("smoothing", 0.1, nil, nil), ("weights, smoothing", 0.1, weights, nil)]
+            as [(String, Double, [Float]?, Int?)] {
+            var o = Options(); o.labelSmoothing = alpha; o.classWeights = classWeights
+            if let saved { o.savedLogitsPerRow = saved }
+            let truth = try Oracle.compute(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets,
+                                           bias: bias, options: o)
+            var errors: [Double] = [], dC: [[Double]] = []
+            for correction in [true, false] {
+                var runs: [Gradients] = []
+                for threads in [1, 3] {
+                    var oo = o; oo.threads = threads; oo.filterCorrection = correction
+                    let (_, g) = try CutCrossEntropy(options: oo).lossAndGradients(
+                        embeddings: data.embeddings, classifier: data.classifier, targets: data.targets, bias: bias)
+                    runs.append(g)
+                }
+                XCTAssertEqual(runs[0].dBias!.doubles, runs[1].dBias!.doubles, "\(name): dBias, 1 vs 3 threads")
+                XCTAssertGreaterThan(runs[0].filter.rowSegments, runs[0].filter.keptRowSegments, "\(name): something was filtered")
+                errors.append(relativeError(runs[0].dBias!.doubles, truth.dBias!))
+                dC.append(runs[0].dC.doubles)
+            }
+            XCTAssertLessThan(errors[0], 0.8 * errors[1], "\(name): dBias \(errors[0]) with the estimate, \(errors[1]) without")
+            XCTAssertEqual(dC[0], dC[1], "\(name): dC with and without the estimate")
+        }
+        // The backward of a separate call (no bound: the filtered segments' own sums).
+        let truth = try Oracle.compute(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets,
+                                       bias: bias, options: Options())
+        var errors: [Double] = []
+        for correction in [true, false] {
+            var o = Options(); o.filterCorrection = correction
+            let cce = CutCrossEntropy(options: o)
+            let saved = try cce.forward(embeddings: data.embeddings, classifier: data.classifier, targets: data.targets,
+                                        bias: bias)
+            let g = try cce.backward(saved, embeddings: data.embeddings, classifier: data.classifier, bias: bias)
+            errors.append(relativeError(g.dBias!.doubles, truth.dBias!))
+        }
+        XCTAssertLessThan(errors[0], 0.8 * errors[1], "backward call: dBias \(errors[0]) with the estimate, \(errors[1]) without")
     }
 
     /// dC's entry filter: inside kept row segments, entries with |∂loss/∂z| < ε/16 are left

@@ -89,6 +89,7 @@
 
 import CCEKernels
 import CCERuntime
+import Synchronization
 
 /// Where the backward adds its results: zeroed gradient buffers, and the compensation rows
 /// of the kahan accumulation.
@@ -112,6 +113,8 @@ struct BackwardState<S: KernelScalar>: @unchecked Sendable {
     /// Label smoothing's uniform term −(α/V)·w_v·g_i is left out of the dC and dBias updates
     /// and added once for every (token, class) after the sweep (`separatesSmoothing`).
     let separatesSmoothing: Bool
+    /// dBias's dropped-mass estimate (with the policy's estimate and a dBias), else nil.
+    var droppedBias: DroppedBiasMass? = nil
 
     /// ε in S; −1 (every |dy| passes) when nothing is filtered.
     var epsilon: S { policy.epsilon.map { S($0) } ?? -1 }
@@ -236,6 +239,10 @@ enum Backward {
             if policy.estimate, bound != nil, endsForward {
                 estimateSkipped(operands, state, workspace, forwardBlock: forwardBlock, first: first, count: count)
             }
+            if endsForward, let dropped = state.droppedBias, workspace.droppedBias != 0 {
+                dropped.add(workspace.droppedBias, forwardBlock: forwardBlock)
+                workspace.droppedBias = 0
+            }
         }
         flush(operands, state, workspace, handOff, b: b, blocking: true)
     }
@@ -279,6 +286,7 @@ enum Backward {
                     let blockLogSum: S = bound.logSum(row: i, block: forwardBlock)
                     workspace.residual.base[i] = state.upstream[first + i]
                         * (coef * S.exp(blockLogSum - l) - smoothMass)
+                    workspace.residualSmoothing.base[i] = state.upstream[first + i] * smoothMass
                 }
             }
             need[i] = !skippable || (targetPosition >= 0 && targetPosition < vc)
@@ -318,6 +326,7 @@ enum Backward {
                 workspace.residualOn.base[i] = true
                 workspace.excluded.base[i] = -1
                 workspace.residual.base[i] = state.upstream[first + i] * (coef * S.exp(rest - l) - smooth * (width - n))
+                workspace.residualSmoothing.base[i] = state.upstream[first + i] * smooth * (width - n)
             }
         }
         let q0 = v0 - f * forwardVB, q1 = q0 + vc
@@ -349,7 +358,10 @@ enum Backward {
             let targetPosition = Int(operands.targetPosition[first + i]) - v0
             let hasTarget = targetPosition >= 0 && targetPosition < vc
             guard significant || hasTarget else {
-                if estimate { workspace.residual.base[i] += g * sum }
+                if estimate {
+                    workspace.residual.base[i] += g * sum
+                    workspace.residualSmoothing.base[i] += g * smooth * S(n)
+                }
                 continue
             }
             if hasTarget { row[targetPosition] -= definition.targetShare(token: first + i) }
@@ -453,10 +465,20 @@ enum Backward {
                     // Recomputed for its target inside a block the estimate covers: this
                     // sub-block is exact, so it leaves the estimate.
                     workspace.residual.base[i] -= g * tileRowSum(row, count: vc)
+                    workspace.residualSmoothing.base[i] -= g * smoothingSum(definition, v0: v0, vc: vc)
                     workspace.excluded.base[i] = j
-                } else if !keepE {
-                    addEstimate(state, row: Int(operands.problem.rows[first + i]), d: operands.d,
-                                scale: g * tileRowSum(row, count: vc) / S(vc), sum: workspace.blockSums!.block(operands, j))
+                } else if !keepE || !keepC {
+                    let sum = g * tileRowSum(row, count: vc)
+                    if !keepE {
+                        addEstimate(state, row: Int(operands.problem.rows[first + i]), d: operands.d,
+                                    scale: sum / S(vc), sum: workspace.blockSums!.block(operands, j))
+                    }
+                    if !keepC, state.droppedBias != nil {
+                        // The segment's dy leaves dBias too (its smoothing term not, where the
+                        // call adds that term apart).
+                        let back = state.separatesSmoothing ? g * smoothingSum(definition, v0: v0, vc: vc) : 0
+                        workspace.droppedBias &+= DroppedBiasMass.fixed(sum + back)
+                    }
                 }
             }
             guard keepE || keepC else { continue }
@@ -489,6 +511,7 @@ enum Backward {
         let sums = workspace.blockSums!, skipped = workspace.skipped!, now = state.outputs.compE != nil
         let chunk = SkippedEstimates<S>.chunk
         var total: UnsafePointer<S>? = nil   // F_f, formed when a row first needs it
+        let dropsBias = state.droppedBias != nil
         for i in 0..<count {
             let slot = skipped.coefficients.base + i * chunk + f % chunk
             slot.pointee = 0
@@ -496,6 +519,10 @@ enum Backward {
             let row = Int(operands.problem.rows[first + i])
             let excludedBlock = workspace.excluded.base[i]
             let residual = workspace.residual.base[i]
+            if dropsBias {   // what this row of f gave no dBias update (without the smoothing term, where apart)
+                let back = state.separatesSmoothing ? workspace.residualSmoothing.base[i] : 0
+                workspace.droppedBias &+= DroppedBiasMass.fixed(residual + back)
+            }
             var s = residual / S(forwardCount)
             if excludedBlock >= 0 {
                 let excludedCount = min(vb, operands.v - excludedBlock * vb)
@@ -727,4 +754,64 @@ func weightedGradientEpilogue<S: KernelScalar>(
         q += 1
     }
     return any
+}
+
+/// Label smoothing's share of sorted positions v0 ..< v0 + vc: Σ (α/V)·w_v (w = 1 without
+/// class weights), the smoothing part of a row segment's ∂loss/∂z.
+func smoothingSum<S: KernelScalar>(_ definition: LossDefinition<S>, v0: Int, vc: Int) -> S {
+    let share = definition.smoothingShare
+    guard share != 0 else { return 0 }
+    guard definition.perClassSmoothing, let w = definition.weights else { return share * S(vc) }
+    var s: S = 0
+    for q in 0..<vc { s += w.byPosition[v0 + q] }
+    return share * s
+}
+
+/// dBias's dropped-mass estimate (with the dE estimate, Options.filterCorrection). Every
+/// entry the filters leave out of the dBias updates drops its dy from dBias_v = Σ_i dy_iv,
+/// and those entries share a sign (p > 0): on LM-like bf16 data dBias was the least accurate
+/// gradient (Docs/NUMERICS.md). The backward knows each left-out row segment's total, r_if
+/// over forward block f (a row the bound skipped, or the entries the forward did not keep:
+/// from the block's log-sum-exp, as the dE estimate), or its recomputed dy's row sum (a
+/// segment the filter dropped), but not how it splits over the block's classes. So per
+/// forward block of the sorted vocabulary it sums W_f = Σ_i r_if (without label smoothing's
+/// term where the call adds that term apart) and after the sweep gives every class of f the
+/// share W_f / |f| (`apply`): the sorted order puts classes of like average logit in a block.
+/// The sums are fixed-point integers (units of 2^-64; |r| < 2^40), so they are exact, and
+/// the same whichever worker or part adds what: dBias's bits do not depend on the thread
+/// count or the blocks.
+final class DroppedBiasMass: @unchecked Sendable {
+    private let sums: Mutex<[Int128]>
+    let forwardVocabBlock: Int
+
+    init(forwardBlocks: Int, forwardVocabBlock: Int) {
+        sums = Mutex([Int128](repeating: 0, count: forwardBlocks))
+        self.forwardVocabBlock = forwardVocabBlock
+    }
+
+    /// x in units of 2^-64, truncated; 0 for a value that is not finite or not below 2^40.
+    @inline(__always)
+    static func fixed<S: KernelScalar>(_ x: S) -> Int128 {
+        let d = Double(x)
+        guard d.isFinite, abs(d) < 0x1p40 else { return 0 }
+        return Int128(d * 0x1p64)
+    }
+
+    /// Adds a part's sum over forward block f.
+    func add(_ x: Int128, forwardBlock f: Int) {
+        sums.withLock { $0[f] &+= x }
+    }
+
+    /// dBias at every class of each forward block f += W_f / |f| (one rounding each), in the
+    /// sorted order `order` of the call's `v` classes.
+    func apply<S: KernelScalar>(dBias: UnsafeMutablePointer<S>, order: UnsafePointer<Int32>, v: Int) {
+        sums.withLock { w in
+            for f in 0..<w.count where w[f] != 0 {
+                let lo = f * forwardVocabBlock, hi = min(v, lo + forwardVocabBlock)
+                guard hi > lo else { continue }
+                let share = S(Double(w[f]) * 0x1p-64 / Double(hi - lo))
+                for q in lo..<hi { dBias[Int(order[q])] += share }
+            }
+        }
+    }
 }

@@ -196,7 +196,11 @@ enum Engine {
                                                                  compC: compensated ? compC.baseAddress : nil,
                                                                  touched: direct?.touchedRows),
                                         separatesSmoothing: separatesSmoothing(call.policy, call.options,
-                                                                               vocabulary: call.shard?.vocabulary ?? p.v))
+                                                                               vocabulary: call.shard?.vocabulary ?? p.v),
+                                        droppedBias: call.policy.estimate && (direct == nil ? dBias : rebound(direct?.dBias)) != nil
+                                            ? DroppedBiasMass(forwardBlocks: (p.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock,
+                                                              forwardVocabBlock: plan.forwardVocabBlock)
+                                            : nil)
                         : nil
                     if exchanging, let exchange = call.exchange, let parts, let backward {
                         // The shard's partials out, the global LSE back into `lse`.
@@ -219,6 +223,9 @@ enum Engine {
                                       zeroC: deferredC ? UnsafeMutableRawBufferPointer(direct!.dC) : nil, trace: &trace)
                     }
                     trace.mark("sweep")
+                    if let backward, let dropped = backward.droppedBias, let out = backward.outputs.dBias {
+                        dropped.apply(dBias: out, order: operands.order, v: p.v)
+                    }
                     if let backward, backward.separatesSmoothing {
                         addUniformSmoothing(operands, backward, options: call.options,
                                             vocabulary: call.shard?.vocabulary ?? p.v, threads: threads)

@@ -111,6 +111,8 @@ final class Workspace<S: KernelScalar> {
     let residual: Scratch<S>             // backward: dropped dy mass of a row over a forward block
     let residualOn: Scratch<Bool>        //   ... when the row is skipped over that block
     let excluded: Scratch<Int>           //   ... but for this recomputed backward block (or −1)
+    let residualSmoothing: Scratch<S>    //   ... of which label smoothing's term (its magnitude)
+    var droppedBias: Int128 = 0          // backward: dBias's dropped mass over the forward block (DroppedBiasMass)
     let partials: Scratch<S>?            // kahan modes: max(NB, VB) x D gradient partials
     let skipped: SkippedEstimates<S>?   // fused backward: the estimates of the rows the bound skipped
     let blockSums: BlockSums<S>?         // backward: the estimate's T_j, formed when needed
@@ -199,6 +201,7 @@ final class Workspace<S: KernelScalar> {
         selected = Scratch(count: nb)
         inE = Scratch(count: nb); inC = Scratch(count: nb)
         residual = Scratch(count: nb); residualOn = Scratch(count: nb); excluded = Scratch(count: nb)
+        residualSmoothing = Scratch(count: nb)
         self.partials = partials ? Scratch(count: max(nb, vb) * d) : nil
         skipped = skippedEstimates ? SkippedEstimates(plan: plan, d: d) : nil
         blockSums = estimate ? BlockSums(plan: plan, d: d) : nil
