@@ -104,6 +104,8 @@ public struct Options: Sendable {
     /// (token i, vocabulary block J) the sum Σ_{v∈J} dy_iv times the mean of the block's C
     /// rows. Filtering then loses only the deviations from the block mean, which do not add
     /// up coherently (Docs/NUMERICS.md). Costs one D-vector update per skipped segment.
+    /// With a bias, dBias gets the same mass: each forward block's dropped total, spread over
+    /// its classes (where dC is filtered too; dC gets no estimate).
     public var filterCorrection: Bool = true
     /// The fused call (`lossAndGradients`): the most logits its forward keeps for one row of a
     /// token block, so that the backward reads them instead of recomputing the logit tiles:

@@ -64,7 +64,9 @@
 // block F is g_i·[(1 + 2·zloss·lse_i)·e^(L_iF − lse_i) − α·|F|/V] from the forward's block
 // log-sum-exp L_iF (minus the part of a sub-block recomputed for its target, whose C rows
 // then leave the mean too). Under a soft cap the fused call recomputes every row (the cap's
-// derivative is not in L_iF). dC and dBias get no estimate, but label smoothing's uniform
+// derivative is not in L_iF). dBias gets the dropped totals too, per forward block, spread
+// over the block's classes after the sweep (DroppedBiasMass, at the end of this file); dC
+// gets no estimate, but label smoothing's uniform
 // term −(α/V)·w_v·g_i, which every entry holds and every filtered one used to drop with one
 // sign, is taken out of their updates (queueC) and added for every token and class once the
 // sweep is done (Engine.separatesSmoothing, addUniformSmoothing); dE keeps it in dy.
