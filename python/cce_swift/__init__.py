@@ -42,7 +42,7 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
     The loss is float32 (float64 in exact mode).
 
     Options beyond apple's: filter_correction (add the first-order part of filtered gradient
-    segments back to dE), sort_vocab, threads (None: every CPU), check_finite,
+    segments back to dE, and their mass to dbias), sort_vocab, threads (None: every CPU), check_finite,
     saved_logits_per_row (logits the fused forward keeps a row for its backward, 0...65536,
     0 off; None: 2048), allow_copy (False: raise instead of copying a non-contiguous input).
     Bad input raises ValueError or TypeError with the engine's message (CCEValueError has the
