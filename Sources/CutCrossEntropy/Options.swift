@@ -117,9 +117,9 @@ public struct Options: Sendable {
     /// keep more than 3/4 of a forward block's entries (as flat rows do from the first block:
     /// such rows are cheaper recomputed by the tile kernel than added entry by entry), is
     /// recomputed, as without it, from that forward block on (a choice of the row alone, so no
-    /// result depends on the thread count). dC, dBias and the loss are bitwise the same either
-    /// way; dE differs by the entries below ε/16 of the rows the filter keeps, which the
-    /// dropped-mass estimate then carries (Docs/NUMERICS.md).
+    /// result depends on the thread count). dC and the loss are bitwise the same either way; dE
+    /// (and, with a bias, dBias) differs by the entries below ε/16 of the rows the filter keeps,
+    /// which the dropped-mass estimates then carry (Docs/NUMERICS.md).
     /// Applies in Float32 accumulation with filtering on both gradients at ε ≥ 2^-16 (the
     /// 16-bit types' defaults, not Float32's 2^-28, which keeps nearly every entry), without
     /// soft cap, class weights or z-loss (and token blocks of at most 512 rows: the tile plan

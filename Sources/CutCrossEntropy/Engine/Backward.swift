@@ -48,9 +48,9 @@
 // has p < ε/16 at the end, and with α/V < ε/16 an |∂loss/∂z| below dC's entry filter, which
 // zeroes it anyway. Such a row is not recomputed (fromSaved): dy at its kept entries, 0
 // elsewhere, kept by the same rule; its dE from those entries alone (only their C rows are
-// read), its dC through the same queue as a recomputed row's. So dC, dBias and the loss are
-// bitwise the same as when recomputing; dE loses, from the rows the filter keeps, the entries
-// below ε/16, which the estimate below then carries (the forward's block statistics hold the
+// read), its dC through the same queue as a recomputed row's. So dC and the loss are bitwise
+// the same as when recomputing (dBias too without its estimate); dE loses, from the rows the
+// filter keeps, the entries below ε/16, which the estimates below then carry (the forward's block statistics hold the
 // log-sum-exp of the entries not kept, U_iF, for such a row). A row keeps at most
 // `perRow` entries; from the forward block where it would run out, or would keep more than
 // 3/4 of the block (a flat row, cheaper recomputed than added entry by entry), it is
