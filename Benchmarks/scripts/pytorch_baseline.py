@@ -244,12 +244,23 @@ def lm_like(torch, n: int, d: int, v: int, seed: int, s: float = LM_S,
         c[:, : d - 1] = torch.randn(v, d - 1, generator=g) / (d - 1) ** 0.5
     rank = torch.randperm(v, generator=g).to(torch.float32) + 1.0
     c[:, d - 1] = -alpha * torch.log(rank)
+    e = lm_like_embeddings(torch, n, d, g, s)
+    b = torch.randn(v, generator=g) * 0.1 if bias else None
+    return e, c, b, lm_like_targets(torch, e, c, b, g)
+
+
+def lm_like_embeddings(torch, n: int, d: int, g, s: float = LM_S):
+    """The recipe's token embeddings: N(0, s²) entries and a last column of ones, from `g`."""
     e = torch.empty(n, d)
     if d > 1:
         e[:, : d - 1] = torch.randn(n, d - 1, generator=g) * s
     e[:, d - 1] = 1.0
-    b = torch.randn(v, generator=g) * 0.1 if bias else None
-    # Targets from the model's own softmax, a block of rows at a time.
+    return e
+
+
+def lm_like_targets(torch, e, c, b, g):
+    """Targets from the model's own softmax (logits e @ c.T + b), a block of rows at a time."""
+    n, v = e.shape[0], c.shape[0]
     t = torch.empty(n, dtype=torch.long)
     block = max(1, (64 << 20) // (4 * v))
     with torch.no_grad():
@@ -259,7 +270,7 @@ def lm_like(torch, n: int, d: int, v: int, seed: int, s: float = LM_S,
                 logits += b
             p = torch.softmax(logits, dim=1)
             t[i:i + block] = torch.multinomial(p, 1, generator=g).squeeze(1)
-    return e, c, b, t
+    return t
 
 
 # --------------------------------------------------------------------------- #

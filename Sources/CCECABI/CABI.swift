@@ -263,9 +263,13 @@ final class GradientScratch: @unchecked Sendable {
         if mapped { Placement.unmap(base, bytes: capacity * MemoryLayout<Float>.size) } else { base.deallocate() }
     }
 
-    /// All zeros again after a call that failed, its pages given back.
+    /// All zeros again after a call that failed (a mapping's pages given back).
     func drop() {
-        Placement.dropPages(base, bytes: capacity * MemoryLayout<Float>.size)
+        if mapped {
+            Placement.dropPages(base, bytes: capacity * MemoryLayout<Float>.size)
+        } else {
+            base.update(repeating: 0, count: capacity)
+        }
         clean = true
     }
 

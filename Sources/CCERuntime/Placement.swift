@@ -81,9 +81,10 @@ public enum Placement {
         #endif
     }
 
-    /// Makes `bytes` bytes at `p` zeros: for whole pages of a `mapZeros` mapping by giving them
-    /// back to the system (MADV_DONTNEED: the next write of a page takes a fresh zero page),
-    /// otherwise by writing the zeros.
+    /// Makes a whole `mapZeros` mapping (`p`, `bytes` as mapped) zeros again by giving its pages
+    /// back to the system (MADV_DONTNEED: the next write of a page takes a fresh zero page), or,
+    /// where the system refuses, by writing the zeros. Only for such a mapping: on other memory
+    /// the advice would take whole pages, beyond the buffer's ends too.
     public static func dropPages(_ p: UnsafeMutableRawPointer, bytes: Int) {
         #if os(Linux)
         if madvise(p, max(bytes, 1), MADV_DONTNEED) == 0 { return }

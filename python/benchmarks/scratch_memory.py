@@ -46,12 +46,8 @@ def main():
         problems.append((e1, c1, t1))
     elif a.alternate:   # pb.lm_like's E and targets again, for the same C
         g = torch.Generator().manual_seed(1)
-        e1 = torch.empty(a.tokens, a.dim)
-        e1[:, : a.dim - 1] = torch.randn(a.tokens, a.dim - 1, generator=g) * pb.LM_S
-        e1[:, a.dim - 1] = 1.0
-        with torch.no_grad():
-            t1 = torch.multinomial(torch.softmax(e1 @ c0.T, dim=1), 1, generator=g).squeeze(1)
-        problems.append((e1, c0, t1))
+        e1 = pb.lm_like_embeddings(torch, a.tokens, a.dim, g)
+        problems.append((e1, c0, pb.lm_like_targets(torch, e1, c0, None, g)))
     problems = [(e.to(torch.bfloat16).detach().requires_grad_(), c.to(torch.bfloat16).detach().requires_grad_(), t)
                 for e, c, t in problems]
     times, peaks, first = [], [], None

@@ -186,18 +186,18 @@ enum Engine {
                 logitSum.withUnsafeMutableBufferPointer { logitSum in
                     let parts = wantsShardParts
                         ? ShardPartPointers(targetLogit: targetLogit.baseAddress!, logitSum: logitSum.baseAddress!) : nil
+                    let outputs = GradientOutputs(dE: rebound(direct?.dE) ?? dE.baseAddress!,
+                                                  dC: rebound(direct?.dC) ?? dC.baseAddress!,
+                                                  dBias: direct == nil ? dBias : rebound(direct?.dBias),
+                                                  compE: compensated ? compE.baseAddress : nil,
+                                                  compC: compensated ? compC.baseAddress : nil,
+                                                  touched: direct?.touchedRows)
                     let backward = wantsGradients
                         ? BackwardState(lse: UnsafePointer(lse.baseAddress!), upstream: upstream.baseAddress!,
-                                        policy: call.policy,
-                                        outputs: GradientOutputs(dE: rebound(direct?.dE) ?? dE.baseAddress!,
-                                                                 dC: rebound(direct?.dC) ?? dC.baseAddress!,
-                                                                 dBias: direct == nil ? dBias : rebound(direct?.dBias),
-                                                                 compE: compensated ? compE.baseAddress : nil,
-                                                                 compC: compensated ? compC.baseAddress : nil,
-                                                                 touched: direct?.touchedRows),
+                                        policy: call.policy, outputs: outputs,
                                         separatesSmoothing: separatesSmoothing(call.policy, call.options,
                                                                                vocabulary: call.shard?.vocabulary ?? p.v),
-                                        droppedBias: call.policy.estimate && (direct == nil ? dBias : rebound(direct?.dBias)) != nil
+                                        droppedBias: call.policy.estimate && outputs.dBias != nil
                                             ? DroppedBiasMass(forwardBlocks: (p.v + plan.forwardVocabBlock - 1) / plan.forwardVocabBlock,
                                                               forwardVocabBlock: plan.forwardVocabBlock)
                                             : nil)
