@@ -318,7 +318,17 @@ final class GradientScratch: @unchecked Sendable {
 /// V = 128256 (LM-like data) 28% of dC's rows were written.
 func fusedIntoBuffers(_ engine: CutCrossEntropy, _ E: Tensor, _ C: Tensor, _ B: Tensor?, _ T: Targets,
                       _ up: Upstream, _ shapes: Shapes, _ out: GradientTargets, threads: Int) throws -> ForwardOutput {
-    let sizes = [shapes.n * shapes.d, shapes.v * shapes.d, B == nil ? 0 : shapes.v]
+    try fusedIntoBuffers(shapes, rows: shapes.v, hasBias: B != nil, out, threads: threads) { destination in
+        try engine.lossAndGradients(embeddings: E, classifier: C, targets: T, bias: B, upstream: up,
+                                    writingTo: destination)
+    }
+}
+
+/// The same for any fused call `run` that writes into a GradientDestination: dE of N x D, dC
+/// of `rows` x D and dBias of `rows` (a vocabulary shard's rows: ShardCABI.swift).
+func fusedIntoBuffers(_ shapes: Shapes, rows: Int, hasBias: Bool, _ out: GradientTargets, threads: Int,
+                      _ run: (GradientDestination) throws -> (ForwardOutput, FilterStatistics)) throws -> ForwardOutput {
+    let sizes = [shapes.n * shapes.d, rows * shapes.d, hasBias ? rows : 0]
     let callers = [out.dE, out.dC, out.dBias]
     let types = [out.eType, out.cType, out.biasType]
     let direct = (0..<3).map { callers[$0] != nil && types[$0] == .float32 }
@@ -330,24 +340,23 @@ func fusedIntoBuffers(_ engine: CutCrossEntropy, _ E: Tensor, _ C: Tensor, _ B: 
         UnsafeMutableBufferPointer(start: direct[k] ? callers[k]!.assumingMemoryBound(to: Float.self) : scratch.base + offsets[k],
                                    count: sizes[k])
     }
-    var destination = GradientDestination(dE: buffer(0), dC: buffer(1), dBias: B == nil ? nil : buffer(2))
+    var destination = GradientDestination(dE: buffer(0), dC: buffer(1), dBias: hasBias ? buffer(2) : nil)
     if !scratch.clean { scratch.drop() }   // a call failed with it
     scratch.clean = false   // until it has been zeroed again below
     // dC in the scratch (all zeros now): only the rows the engine writes need touching.
-    let touched: UnsafeMutablePointer<Bool>? = direct[1] ? nil : .allocate(capacity: max(shapes.v, 1))
-    touched?.initialize(repeating: false, count: shapes.v)
+    let touched: UnsafeMutablePointer<Bool>? = direct[1] ? nil : .allocate(capacity: max(rows, 1))
+    touched?.initialize(repeating: false, count: rows)
     defer { touched?.deallocate() }
     destination.dCIsZero = touched != nil
     destination.touchedRows = touched
-    let (f, stats) = try engine.lossAndGradients(embeddings: E, classifier: C, targets: T, bias: B, upstream: up,
-                                                 writingTo: destination)
+    let (f, stats) = try run(destination)
     for k in 0..<3 where !direct[k] && sizes[k] > 0 {
         let src = scratch.base + offsets[k]
         if let dst = callers[k] { Placement.adviseHugePages(dst, bytes: sizes[k] * types[k].size) }   // often new
         if k == 1, let touched {
             // Row by row: written rows converted and zeroed, the others written as zeros.
             let d = shapes.d
-            parallel(count: shapes.v, threads: threads, grain: 1 << 8) { lo, hi in
+            parallel(count: rows, threads: threads, grain: 1 << 8) { lo, hi in
                 for row in lo..<hi {
                     if touched[row] {
                         if let dst = callers[k] { convert(src + row * d, dst, at: row * d, count: d, types[k]) }

@@ -17,6 +17,7 @@ from ._lib import CCEError, CCERuntimeError, CCEValueError
 from .compare import CompareReport, TensorComparison, compare
 
 __all__ = ["linear_cross_entropy", "reference", "compare", "CompareReport", "TensorComparison", "Gradients",
+           "VocabParallelOptions",
            "CCEError", "CCEValueError", "CCERuntimeError", "library_path", "release_scratch"]
 __version__ = "0.1.0"
 
@@ -29,7 +30,7 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
                          label_smoothing=0.0, z_loss=0.0, weight=None, filter_eps="auto", mode="default",
                          return_lse=False, *, filter_correction=True, sort_vocab=True, threads=None,
                          check_finite=False, saved_logits_per_row=None, allow_copy=True, return_grads=False,
-                         grad_output=None, grad_dtype=None):
+                         grad_output=None, grad_dtype=None, vocab_parallel_options=None):
     """Cross-entropy of the logits e @ c.T (+ bias) against targets, without materializing them.
 
     e (..., D), c (V, D), targets (...) integers in [0, V) or ignore_index, bias (V) optional,
@@ -46,10 +47,26 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
     saved_logits_per_row (logits the fused forward keeps a row for its backward, 0...65536,
     0 off; None: 2048), allow_copy (False: raise instead of copying a non-contiguous input).
     Bad input raises ValueError or TypeError with the engine's message (CCEValueError has the
-    C status code)."""
+    C status code).
+
+    vocab_parallel_options (torch tensors on the CPU, torch.distributed initialized): a
+    VocabParallelOptions(start, stop, group) as apple's; c and bias hold this rank's classes
+    start ..< stop, e, targets and weight are the same on every rank, and every rank gets the
+    whole vocabulary's loss (and lse), its shard's gradients for c and bias, and e's gradient
+    summed over the ranks in rank order (Docs/PYTHON.md, "Vocabulary parallel")."""
     options = dict(ignore_index=ignore_index, softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss,
                    filter_eps=filter_eps, filter_correction=filter_correction, sort_vocab=sort_vocab, threads=threads,
                    check_finite=check_finite, saved_logits_per_row=saved_logits_per_row)
+    if vocab_parallel_options is not None:
+        if not (_is_torch(e) and _is_torch(c)):
+            raise TypeError("vocab_parallel_options takes torch tensors (it gathers through torch.distributed)")
+        if return_grads or grad_output is not None or grad_dtype is not None:
+            raise TypeError("return_grads, grad_output and grad_dtype are for NumPy arrays; "
+                            "with torch tensors use loss.backward() (autograd)")
+        from . import _vocab_parallel
+
+        return _vocab_parallel.run(e, c, targets, bias, weight, vocab_parallel_options, reduction=reduction,
+                                   shift=shift, mode=mode, return_lse=return_lse, allow_copy=allow_copy, **options)
     if _is_torch(e) or _is_torch(c):
         if return_grads or grad_output is not None or grad_dtype is not None:
             raise TypeError("return_grads, grad_output and grad_dtype are for NumPy arrays; "
@@ -100,6 +117,10 @@ def release_scratch() -> int:
 
 
 def __getattr__(name):
+    if name == "VocabParallelOptions":   # imports torch
+        from ._vocab_parallel import VocabParallelOptions
+
+        return VocabParallelOptions
     if name == "Gradients":
         from ._numpy import Gradients
 

@@ -20,6 +20,8 @@ MODE_ALIASES = {"cce": "default", "cce_kahan": "kahan", "cce_kahan_full_e": "kah
                 "cce_kahan_full_c": "kahan-full-c", "cce_exact": "exact",
                 "kahan_full_e": "kahan-full-e", "kahan_full_c": "kahan-full-c"}
 EPS_AUTO, EPS_NONE, EPS_VALUE = 0, 1, 2
+# cce_cpu.h's gather callback: int (*)(const void *mine, int64_t count, int dtype, void *all, void *user).
+GATHER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
 STATUS_NAMES = {1: "ARGUMENT", 4: "SHAPE", 5: "EMPTY", 6: "TARGET", 7: "NON_FINITE", 8: "OPTION",
                 9: "UPSTREAM", 10: "STATE", 11: "BACKEND", 12: "INTERNAL", 13: "OVERFLOW"}
@@ -102,8 +104,8 @@ def lib() -> ctypes.CDLL:
                 reasons.append(f"{path}: {e}")
                 continue
             _declare(L)
-            if L.cce_cpu_abi_version() != 3:
-                reasons.append(f"{path}: ABI version {L.cce_cpu_abi_version()}, this binding needs 3")
+            if L.cce_cpu_abi_version() not in (3, 4):
+                reasons.append(f"{path}: ABI version {L.cce_cpu_abi_version()}, this binding needs 3 or 4")
                 continue
             L.path = str(path)
             _lib = L
@@ -140,6 +142,15 @@ def _declare(L: ctypes.CDLL) -> None:
         L.cce_cpu_backward_f64.argtypes = L.cce_cpu_backward.argtypes
         L.cce_cpu_loss_and_gradients_f64.restype = ctypes.c_int
         L.cce_cpu_loss_and_gradients_f64.argtypes = L.cce_cpu_loss_and_gradients.argtypes
+    # ABI 4: the vocabulary-parallel calls (vocab_parallel_options; _vocab_parallel.py).
+    if hasattr(L, "cce_cpu_shard_forward") and hasattr(L, "cce_cpu_shard_loss_and_gradients"):
+        gather = GATHER
+        L.cce_cpu_shard_forward.restype = ctypes.c_int
+        L.cce_cpu_shard_forward.argtypes = [vp, vp, vp, vp, i64, i64, i64, i64, i64, i64, i32, i32, i32, fp, op, dp, dp,
+                                            ctypes.POINTER(ctypes.c_void_p), gather, vp]
+        L.cce_cpu_shard_loss_and_gradients.restype = ctypes.c_int
+        L.cce_cpu_shard_loss_and_gradients.argtypes = [vp, vp, vp, vp, i64, i64, i64, i64, i64, i64, i32, i32, i32, fp,
+                                                       op, i64, dp, dp, dp, vp, vp, vp, i32, i32, i32, vp, gather, vp]
     if hasattr(L, "cce_cpu_release_scratch"):   # absent from libraries built before it (CCE_CPU_LIBRARY)
         L.cce_cpu_release_scratch.restype = i64
         L.cce_cpu_release_scratch.argtypes = []

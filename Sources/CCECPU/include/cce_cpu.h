@@ -70,8 +70,10 @@ extern "C" {
 #endif
 
 /* 2: cce_cpu_options gained saved_logits_per_row (88 bytes; 80 in version 1).
- * 3: cce_cpu_backward_f64 and cce_cpu_loss_and_gradients_f64 (grad_loss as double). */
-#define CCE_CPU_ABI_VERSION 3
+ * 3: cce_cpu_backward_f64 and cce_cpu_loss_and_gradients_f64 (grad_loss as double).
+ * 4: vocabulary-parallel calls over a caller's all-gather (cce_cpu_shard_forward,
+ *    cce_cpu_shard_loss_and_gradients); nothing before them changed. */
+#define CCE_CPU_ABI_VERSION 4
 
 /* Storage types: inputs are F32, F16 or BF16; outputs (gradients) may also be F64. */
 typedef enum cce_cpu_dtype {
@@ -189,6 +191,49 @@ int cce_cpu_loss_and_gradients_f64(const void *E, const void *C, const void *bia
                                    const float *weight, const cce_cpu_options *opt, const double *grad_loss,
                                    double *loss, double *lse, void *dE, void *dC, void *dbias,
                                    int dE_dtype, int dC_dtype, int dbias_dtype, int64_t *stats);
+
+/* Vocabulary-parallel calls (Docs/SCALING.md): P processes ("ranks") each hold a contiguous
+ * shard of C's rows, classes shard_offset ..< shard_offset + shard_count of the whole V (and
+ * the same entries of the bias); E, the targets, the options and the weight (V entries) are
+ * the same on every rank. The shards, in rank order, must tile [0, V) (shard_count may be 0).
+ * The library moves no bytes itself: `gather` is the caller's all-gather over the P ranks
+ * (MPI_Allgather, torch.distributed.all_gather, ...). It is called with this rank's `count`
+ * values of `dtype` (CCE_CPU_F32, or CCE_CPU_F64 for the exact mode's partials and for the
+ * agreement below) at `mine` and must write every rank's `count` values, in rank order (this
+ * rank's among them), to `all` (ranks * count values), then return 0; any other return
+ * stops the call with CCE_CPU_ERR_BACKEND. Every rank calls it the same number of times with
+ * the same counts, from the thread that made the call (never concurrently), so a
+ * collective per call is right; `user` is passed through. The first call is an agreement:
+ * each rank checks its inputs and the ranks compare N, D, V, the types, the options and
+ * the shards; when any rank's check fails, every rank returns an error (the failing one its
+ * own, the others CCE_CPU_ERR_STATE naming that rank), and no rank is left waiting.
+ *
+ * Forward: loss and lse as cce_cpu_forward, the whole vocabulary's, the same on every rank
+ * (one gather of 2 or 3 values per token). *state (nullable) is this shard's: pass it to
+ * cce_cpu_backward / _f64 with this rank's C and bias rows, and dC and dbias come back for
+ * the shard's rows (shard_count x D, shard_count) and dE as this shard's part, which the
+ * ranks sum (in rank order, for the same bits on every run). */
+int cce_cpu_shard_forward(const void *E, const void *C, const void *bias, const int64_t *targets,
+                          int64_t N, int64_t D, int64_t V, int64_t shard_offset, int64_t shard_count,
+                          int64_t ranks, int e_dtype, int c_dtype, int bias_dtype, const float *weight,
+                          const cce_cpu_options *opt, double *loss, double *lse, cce_cpu_state **state,
+                          int (*gather)(const void *mine, int64_t count, int dtype, void *all, void *user),
+                          void *user);
+
+/* Forward and backward of a shard in one call (the fused path: the forward in chunks of
+ * exchange_chunk active tokens, each chunk's partials gathered before its backward, so that
+ * the rows the forward rules out are not recomputed; with P > 1 each chunk is preceded by a
+ * gather of one Float32 a token that bounds the global LSE from below). exchange_chunk <= 0:
+ * the library's default for opt->threads; every rank uses rank 0's. dE receives this shard's
+ * part of dE (the ranks sum them), dC and dbias the shard's rows. */
+int cce_cpu_shard_loss_and_gradients(const void *E, const void *C, const void *bias, const int64_t *targets,
+                                     int64_t N, int64_t D, int64_t V, int64_t shard_offset, int64_t shard_count,
+                                     int64_t ranks, int e_dtype, int c_dtype, int bias_dtype, const float *weight,
+                                     const cce_cpu_options *opt, int64_t exchange_chunk, const double *grad_loss,
+                                     double *loss, double *lse, void *dE, void *dC, void *dbias,
+                                     int dE_dtype, int dC_dtype, int dbias_dtype, int64_t *stats,
+                                     int (*gather)(const void *mine, int64_t count, int dtype, void *all, void *user),
+                                     void *user);
 
 /* Frees the Float32 gradient scratch kept between cce_cpu_loss_and_gradients calls (see
  * "Memory" above); returns the bytes freed (0 when none was kept). Thread-safe; a call running
