@@ -25,8 +25,14 @@ from . import _core, _lib, _torch
 
 GATHER = _lib.GATHER
 
-# dE's ordered sum moves this many float32 values per collective (1 MiB a rank).
+# dE's ordered sum moves this many values per collective (1 MiB a rank in float32).
 SUM_PIECE = 1 << 18
+
+# What this process has sent through the collectives of its vocabulary-parallel calls (each
+# all-gather sends a rank's values once; each receives every rank's): a diagnostic that
+# python/benchmarks/vocab_parallel.py reports. Keys: gathers, gathered_bytes (the engine's
+# exchanges), sum_bytes (dE's ordered sum).
+traffic = {"gathers": 0, "gathered_bytes": 0, "sum_bytes": 0}
 
 
 def partition(vocab_size: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -67,7 +73,6 @@ class _Gather:
         self.group = group
         self.world = dist.get_world_size(group)
         self.error: BaseException | None = None
-        self.sent_bytes = 0
         self.callback = GATHER(self._call)
 
     def _call(self, mine, count, dtype, out, user) -> int:
@@ -80,7 +85,8 @@ class _Gather:
                 dist.all_gather(parts, src, group=self.group)
                 for r, p in enumerate(parts):
                     ctypes.memmove(out + r * count * size, p.data_ptr(), count * size)
-                self.sent_bytes += count * size
+                traffic["gathers"] += 1
+                traffic["gathered_bytes"] += count * size
             return 0
         except BaseException as e:   # noqa: BLE001 - handed back to the caller after the call
             self.error = e
@@ -104,6 +110,7 @@ def ordered_sum(t: torch.Tensor, group) -> None:
         piece = flat[lo:lo + SUM_PIECE]
         parts = [torch.empty_like(piece) for _ in range(world)]
         dist.all_gather(parts, piece.clone(), group=group)
+        traffic["sum_bytes"] += piece.numel() * piece.element_size()
         total = parts[0]
         for p in parts[1:]:
             total += p

@@ -77,6 +77,64 @@ int main(void) {{
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_shard_call_from_c_with_its_gather(tmp_path):
+    """The vocabulary-parallel entry point from C (ABI 4), one rank: its gather copies this rank's
+    values; the shard holding the whole vocabulary gives the plain fused call's loss and dE bits.
+    A gather that fails stops the call with BACKEND (11) and writes no loss."""
+    if not hasattr(_lib.lib(), "cce_cpu_shard_loss_and_gradients"):
+        pytest.skip("the library predates ABI 4")
+    src = tmp_path / "shard.c"
+    src.write_text(r"""
+#include <stdio.h>
+#include <string.h>
+#include "cce_cpu.h"
+static int calls = 0;
+static int gather1(const void *mine, int64_t count, int dtype, void *all, void *user) {
+  calls++;
+  if (user) return 7;
+  memcpy(all, mine, (size_t)count * (dtype == CCE_CPU_F64 ? 8 : 4));
+  return 0;
+}
+int main(void) {
+  float E[6] = {0.5f, -1.0f, 2.0f, 0.25f, -0.75f, 1.5f};
+  float C[10] = {1.0f, 0.0f, 0.0f, 1.0f, -1.0f, 0.5f, 0.25f, -2.0f, 0.5f, 0.5f};
+  int64_t t[3] = {0, 4, -100};
+  cce_cpu_options o;
+  cce_cpu_default_options(&o);
+  o.label_smoothing = 0.1;
+  double loss = 0, shard_loss = 0;
+  float dE[6], dE2[6], dC[10];
+  int rc = cce_cpu_loss_and_gradients(E, C, NULL, t, 3, 2, 5, CCE_CPU_F32, CCE_CPU_F32, 0, NULL, &o, NULL, &loss,
+                                      NULL, dE, NULL, NULL, CCE_CPU_F32, 0, 0, NULL);
+  int rc2 = cce_cpu_shard_loss_and_gradients(E, C, NULL, t, 3, 2, 5, 0, 5, 1, CCE_CPU_F32, CCE_CPU_F32, 0, NULL, &o,
+                                             0, NULL, &shard_loss, NULL, dE2, dC, NULL, CCE_CPU_F32, CCE_CPU_F32, 0,
+                                             NULL, gather1, NULL);
+  printf("rc %d %d\n", rc, rc2);
+  printf("same %d %d\n", loss == shard_loss, memcmp(dE, dE2, sizeof dE) == 0);
+  printf("calls %d\n", calls);
+  double untouched = -1;
+  int rc3 = cce_cpu_shard_loss_and_gradients(E, C, NULL, t, 3, 2, 5, 0, 5, 1, CCE_CPU_F32, CCE_CPU_F32, 0, NULL, &o,
+                                             0, NULL, &untouched, NULL, dE2, dC, NULL, CCE_CPU_F32, CCE_CPU_F32, 0,
+                                             NULL, gather1, (void *)1);
+  printf("failed %d %g %s\n", rc3, untouched, cce_cpu_last_error());
+  return 0;
+}
+""")
+    lib = Path(cs.library_path())
+    exe = tmp_path / "shard"
+    build = subprocess.run([CC, "-std=c11", "-Wall", "-Werror", "-I", str(header_dir()), str(src), "-o", str(exe),
+                            str(lib), f"-Wl,-rpath,{lib.parent}"], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    out = dict(line.split(" ", 1) for line in run.stdout.strip().splitlines())
+    assert out["rc"] == "0 0"
+    assert out["same"] == "1 1"
+    assert out["calls"] == "2"   # the agreement, then the one chunk's partials (one rank: no bound)
+    assert out["failed"].startswith("11 -1 the gather callback returned 7"), out["failed"]
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
 def test_cuda_header_beside_the_cpu_header(tmp_path):
     """cuda/cce_cuda.h compiles as C together with cce_cpu.h (no CUDA needed: it is plain C), its
     cce_options has the layout the CUDA binding (cce_swift._cuda) declares, and the per-class
