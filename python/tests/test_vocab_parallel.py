@@ -100,6 +100,28 @@ def test_ranks_agree_with_one_process(world, tmp_path):
                     # ParallelAlgebraTests holds the Swift shards (twice one process's error + 1e-4)
                     budget = 2 * rel(one, t) + 1e-4
                     assert rel(a, t) <= budget, f"{name}, rank {r}: {key} {rel(a, t):.2e} from the truth, one process {rel(one, t):.2e}"
+    # Each rank asks for its own exchange chunk (37 + 10·rank tokens): every rank must take rank 0's
+    # (else their exchanges would not match and the call would fail); the same loss and dE on
+    # every rank, within budget.
+    dtype, reduction, options = worker.CASES["bf16-mean"]
+    truth = one_process(dtype, reduction, options, mode="exact")
+    one = one_process(dtype, reduction, options)
+    for r, got in enumerate(ranks):
+        chunked = got["chunks"]
+        assert torch.equal(chunked["loss"], ranks[0]["chunks"]["loss"])
+        assert torch.equal(chunked["dE"], ranks[0]["chunks"]["dE"])
+        assert rel(chunked["loss"], one["loss"]) <= 1e-6
+        assert rel(chunked["dE"], truth["dE"]) <= 2 * rel(one["dE"], truth["dE"]) + 1e-4
+        # reduce_e_grad=False: this shard's part; summed by hand it is the whole dE (up to the
+        # part's rounding to bf16 before the sum).
+        part, summed = got["parts"]
+        if world > 1:
+            assert rel(part, chunked["dE"]) > 1e-2, "a part should not be the whole dE"
+        assert rel(summed, chunked["dE"]) <= 1e-2
+        # The forward alone, under no_grad: the fused call's loss and lse to 1e-6.
+        loss, lse = got["no_grad"]
+        whole = one_process(torch.float32, "mean", {"bias": True, "return_lse": True})
+        assert rel(loss, whole["loss"]) <= 1e-6 and rel(lse, whole["lse"]) <= 1e-6, (loss, whole["loss"])
     # Bad input on one rank: an error on every rank, no hang.
     for r, got in enumerate(ranks):
         bad = got["bad"]

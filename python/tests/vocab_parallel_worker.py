@@ -70,6 +70,24 @@ def main():
         vp = cs.VocabParallelOptions.from_vocab(V)
         results[name] = [run_case(dtype, reduction, options, vp) for _ in range(2)]
         results[name + ":shard"] = (vp.start, vp.stop)
+    # Chunks of its own size on each rank (37 + 10·rank tokens): every rank takes rank 0's, and
+    # the results are those of rank 0's chunk on every rank.
+    dtype, reduction, options = CASES["bf16-mean"]
+    vp = cs.VocabParallelOptions.from_vocab(V, exchange_chunk=37 + 10 * rank)
+    results["chunks"] = run_case(dtype, reduction, options, vp)
+    # dE's parts left to the caller, then summed in rank order by hand: reduce_e_grad's bits.
+    vp = cs.VocabParallelOptions.from_vocab(V, reduce_e_grad=False, exchange_chunk=37)
+    part = run_case(dtype, reduction, options, vp)
+    from cce_swift import _vocab_parallel
+    summed = part["dE"].float()   # the part in e's dtype (bf16): not the float32 sum, so compare loosely
+    _vocab_parallel.ordered_sum(summed, None)
+    results["parts"] = (part["dE"], summed)
+    # Without gradients: the forward alone gives the fused call's loss and lse.
+    e, c, t, bias, weight = problem(torch.float32, {"bias": True})
+    vp = cs.VocabParallelOptions.from_vocab(V)
+    with torch.no_grad():
+        results["no_grad"] = cs.linear_cross_entropy(e, c[vp.start:vp.stop], t, bias[vp.start:vp.stop],
+                                                     vocab_parallel_options=vp, return_lse=True, threads=2)
     # A rank whose inputs fail their checks: every rank gets an error, none hangs.
     e, c, t, _, _ = problem(torch.float32, {})
     vp = cs.VocabParallelOptions.from_vocab(V)
