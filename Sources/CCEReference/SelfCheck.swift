@@ -182,7 +182,6 @@ public enum SelfCheck {
             if c.options.mode == .exact {
                 close(got, truth, atol: 1e-12, rtol: 1e-11, what)
             } else if c.type != .float32 && c.options.filterEpsilon != .none {
-                if !(what.contains("shard") || what.contains("slice")) { let r = relativeError(got, truth); FileHandle.standardError.write("LOG \(what) \(r) D=\(c.d) N=\(c.n) V=\(c.v) \(c.type) corr=\(c.options.filterCorrection) mode=\(c.options.mode)\n".data(using: .utf8)!) }
                 relative(got, truth, c.options.filterCorrection ? 2e-2 : 0.35, what)
             } else {
                 close(got, truth, atol: gradientFloor(c), rtol: 1e-4, what)
