@@ -121,9 +121,6 @@ class _ShardCall:
     """One rank's call: layout of the whole vocabulary, the shard, options and codes."""
 
     def __init__(self, e, c, bias, targets, weight, shift, mode, reduction, options, vp: VocabParallelOptions):
-        if not dist.is_available() or not dist.is_initialized():
-            raise _lib.CCEValueError("vocab_parallel_options needs torch.distributed initialized "
-                                     "(torch.distributed.init_process_group)", 8)
         start, stop = int(vp.start), int(vp.stop)
         if start < 0 or stop < start:
             raise _lib.CCEValueError(f"invalid option: vocab_parallel_options start {start}, stop {stop}", 8)
@@ -133,19 +130,28 @@ class _ShardCall:
                 f"invalid shape: this rank's shard holds classes {start} ..< {stop}, so c must be "
                 f"({rows}, {e.shape[-1]}) and bias ({rows},); got c {tuple(c.shape)}"
                 + ("" if bias is None else f", bias {tuple(bias.shape)}"), 4)
+        # Every check that needs no V, here on this rank (agree() compares the weights' lengths).
+        batch = _core.layout(e.shape, (rows, e.shape[-1]), targets.shape, None, None, shift).batch
+        self.opt = _core.make_options(reduction=reduction, shift=shift, mode=mode, batch=batch, **options)
         self.vp = vp
         self.world = dist.get_world_size(vp.group)
-        self.vocab = vocab_size(vp)
-        self.lay = _core.layout(e.shape, (self.vocab, e.shape[-1]), targets.shape, None,
-                                None if weight is None else weight.shape, shift)
+        self.vocab = None   # set by agree()
+        self.shape = (e.shape, targets.shape, None if weight is None else weight.shape, shift)
         self.reduction = reduction
         self.exact = mode == "exact"
-        self.opt = _core.make_options(reduction=reduction, shift=shift, mode=mode, batch=self.lay.batch, **options)
         self.codes = (_torch.dtype_code(e, "e"), _torch.dtype_code(c, "c"),
                       0 if bias is None else _torch.dtype_code(bias, "bias"))
         self.out_dtype = torch.float64 if self.exact else torch.float32
         self.sum_dtype = self.out_dtype   # dE's parts, summed over the ranks
         self.gather = _Gather(vp.group)
+
+    def with_vocabulary(self, vocab: int) -> "_ShardCall":
+        """The layout once the ranks have agreed on V (and on the weights' length: nothing here
+        can fail on one rank alone)."""
+        e_shape, t_shape, w_shape, shift = self.shape
+        self.vocab = vocab
+        self.lay = _core.layout(e_shape, (vocab, e_shape[-1]), t_shape, None, w_shape, shift)
+        return self
 
     loss_buffers = _torch._Call.loss_buffers
     outputs = _torch._Call.outputs
@@ -187,28 +193,36 @@ class _ShardCall:
         return dE if dE.dtype == e.dtype else dE.to(e.dtype)
 
 
-_VOCAB_SIZES: dict = {}
-
-
-def vocab_size(vp: VocabParallelOptions) -> int:
-    """V: the last rank's stop, from one all-gather of every rank's (start, stop) per group and
-    shard (kept for later calls). Raises when the shards do not tile [0, V) in rank order."""
-    key = (id(vp.group), int(vp.start), int(vp.stop))
-    if key in _VOCAB_SIZES:
-        return _VOCAB_SIZES[key]
+def agree(vp: VocabParallelOptions, failure: BaseException | None, weight) -> int:
+    """One all-gather of every rank's (outcome of its checks, start, stop, length of its class
+    weights or -1), before anything else moves: when any rank's checks failed every rank raises
+    (that rank its own error), so that none is left waiting in a later collective; then V, the
+    last rank's stop, once the shards are seen to tile [0, V) in rank order and every weight
+    to have V values. The library's own agreement (cce_cpu.h) then compares the rest."""
     world = dist.get_world_size(vp.group)
-    mine = torch.tensor([int(vp.start), int(vp.stop)], dtype=torch.int64)
-    parts = [torch.empty(2, dtype=torch.int64) for _ in range(world)]
+    try:
+        mine = torch.tensor([int(failure is not None), int(vp.start), int(vp.stop),
+                             -1 if weight is None else int(weight.numel())], dtype=torch.int64)
+    except (TypeError, ValueError, AttributeError):
+        mine = torch.tensor([1, 0, 0, -1], dtype=torch.int64)
+    parts = [torch.empty(4, dtype=torch.int64) for _ in range(world)]
     dist.all_gather(parts, mine, group=vp.group)
+    if failure is not None:
+        raise failure
+    failed = [r for r, p in enumerate(parts) if int(p[0]) != 0]
+    if failed:
+        raise _lib.CCEValueError(f"rank {failed[0]} of {world} failed its checks (its own error says why)", 10)
     end = 0
     for r, p in enumerate(parts):
-        s, t = int(p[0]), int(p[1])
+        s, t = int(p[1]), int(p[2])
         if s != end or t < s:
             raise _lib.CCEValueError(f"invalid option: vocab_parallel_options of rank {r} hold classes {s} ..< {t}, "
                                      f"where the ranks before it end at {end} (the shards must tile [0, V) in rank "
                                      "order)", 8)
         end = t
-    _VOCAB_SIZES[key] = end
+    for r, p in enumerate(parts):
+        if int(p[3]) not in (-1, end):
+            raise _lib.CCEValueError(f"invalid shape: rank {r}'s weight has {int(p[3])} values, V = {end}", 4)
     return end
 
 
@@ -268,27 +282,37 @@ def run(e, c, targets, bias, weight, vp: VocabParallelOptions, *, reduction, shi
         **options):
     if not isinstance(vp, VocabParallelOptions):
         raise TypeError(f"vocab_parallel_options must be a VocabParallelOptions, got {type(vp).__name__}")
-    for name, x in (("e", e), ("c", c), ("bias", bias), ("targets", targets), ("weight", weight)):
-        if isinstance(x, torch.Tensor) and x.device.type != "cpu":
-            raise _lib.CCEValueError(f"vocab_parallel_options runs the CPU engine; {name} is on {x.device}", 8)
-    from . import _compile
+    if not dist.is_available() or not dist.is_initialized():
+        raise _lib.CCEValueError("vocab_parallel_options needs torch.distributed initialized "
+                                 "(torch.distributed.init_process_group)", 8)
+    # This rank's checks, whose outcome every rank learns before any other exchange (agree).
+    failure, call = None, None
+    try:
+        for name, x in (("e", e), ("c", c), ("bias", bias), ("targets", targets), ("weight", weight)):
+            if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+                raise _lib.CCEValueError(f"vocab_parallel_options runs the CPU engine; {name} is on {x.device}", 8)
+        from . import _compile
 
-    if _compile.compiling():
-        raise _lib.CCEValueError("vocab_parallel_options is not traced by torch.compile; call it outside the "
-                                 "compiled region", 8)
-    shift = _core.normalize_shift(shift)
-    mode = _core.normalize_mode(mode)
-    e = _torch.as_input(e, "e", allow_copy)
-    c = _torch.as_input(c, "c", allow_copy)
-    bias = _torch.as_input(bias, "bias", allow_copy)
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.dtype.is_complex:
-        raise TypeError(f"targets must be integers, got {targets.dtype}")
-    targets = targets.to(torch.int64).contiguous()
-    if weight is not None:
-        weight = torch.as_tensor(weight).detach().to(torch.float32).contiguous()
-    call = _ShardCall(e, c, bias, targets, weight, shift, mode, reduction, options, vp)
+        if _compile.compiling():
+            raise _lib.CCEValueError("vocab_parallel_options is not traced by torch.compile; call it outside the "
+                                     "compiled region", 8)
+        shift = _core.normalize_shift(shift)
+        mode = _core.normalize_mode(mode)
+        e = _torch.as_input(e, "e", allow_copy)
+        c = _torch.as_input(c, "c", allow_copy)
+        bias = _torch.as_input(bias, "bias", allow_copy)
+        if not isinstance(targets, torch.Tensor):
+            raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+        if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.dtype.is_complex:
+            raise TypeError(f"targets must be integers, got {targets.dtype}")
+        targets = targets.to(torch.int64).contiguous()
+        if weight is not None:
+            weight = torch.as_tensor(weight).detach().to(torch.float32).contiguous()
+        call = _ShardCall(e, c, bias, targets, weight, shift, mode, reduction, options, vp)
+    except Exception as error:   # noqa: BLE001 - raised on this rank after the agreement
+        failure = error
+    vocab = agree(vp, failure, weight)   # raises on every rank when one rank's checks failed
+    call.with_vocabulary(vocab)
     wants_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (e, c, bias))
     if not wants_grad:
         loss, lse, _ = call.forward(e, c, bias, targets, weight, return_lse)

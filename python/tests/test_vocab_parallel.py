@@ -130,6 +130,12 @@ def test_ranks_agree_with_one_process(world, tmp_path):
             assert "target" in bad, bad
         else:
             assert f"rank {world - 1} of {world} failed its checks" in bad, bad
+        bad = got["bad_shape"]
+        assert bad.startswith("CCEValueError"), f"rank {r}: {bad}"
+        if r == world - 1:
+            assert "this rank's shard holds classes" in bad, bad
+        else:
+            assert f"rank {world - 1} of {world} failed its checks" in bad, bad
 
 
 def test_options_are_checked_before_any_collective():

@@ -99,6 +99,15 @@ def main():
         results["bad"] = "no error"
     except cs.CCEError as err:
         results["bad"] = f"{type(err).__name__}: {err}"
+    # A rank whose shard of c has a row too many (checked in Python, before any exchange).
+    c_mine = c[vp.start:vp.stop]
+    if rank == world - 1:
+        c_mine = c[vp.start:vp.stop + 1] if vp.stop < V else c[vp.start - 1:vp.stop]
+    try:
+        cs.linear_cross_entropy(e, c_mine, problem(torch.float32, {})[2], vocab_parallel_options=vp)
+        results["bad_shape"] = "no error"
+    except cs.CCEError as err:
+        results["bad_shape"] = f"{type(err).__name__}: {err}"
     torch.save(results, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
