@@ -94,7 +94,7 @@ final class CABITests: XCTestCase {
 
     func testDefaultsAndLayout() {
         XCTAssertEqual(cce_cpu_abi_version(), CCE_CPU_ABI_VERSION)
-        XCTAssertEqual(CCE_CPU_ABI_VERSION, 3)
+        XCTAssertEqual(CCE_CPU_ABI_VERSION, 4)
         XCTAssertEqual(MemoryLayout<cce_cpu_options>.size, 88)
         XCTAssertEqual(MemoryLayout<cce_cpu_options>.offset(of: \.softcap), 24)
         XCTAssertEqual(MemoryLayout<cce_cpu_options>.offset(of: \.sort_vocab), 56)
