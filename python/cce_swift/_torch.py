@@ -71,6 +71,24 @@ class _Call:
         lse = torch.empty(n, dtype=torch.float64) if return_lse else None
         return loss, lse
 
+    # What LinearCrossEntropyFunction asks of a call (the vocabulary-parallel call, _vocab_parallel.py,
+    # answers the same three).
+    def forward_only(self, e, c, bias, targets, weight, return_lse, state=False):
+        return forward_only(self, e, c, bias, targets, weight, return_lse, state)
+
+    def fused(self, e, c, bias, targets, weight, need, return_lse):
+        """loss, lse and (dE, dC, dB) in the inputs' dtypes (None where not in `need`)."""
+        loss, lse, *grads = fused(self, e, c, bias, targets, weight, need, return_lse)
+        return loss, lse, tuple(grads)
+
+    def backward(self, state, e, c, bias, full, need):
+        """(dE, dC, dB) from a forward's state and the per-position upstream gradient `full`."""
+        dE = torch.empty_like(e) if need[0] else None
+        dC = torch.empty_like(c) if need[1] else None
+        dB = torch.empty_like(bias) if need[2] and bias is not None else None
+        _lib.backward(state.handle, *ptrs(e, c, bias, full, dE, dC, dB), *grad_codes(dE, dC, dB), None)
+        return dE, dC, dB
+
     def outputs(self, loss, lse):
         lay = self.lay
         if self.reduction == "none":
@@ -116,20 +134,20 @@ def forward_only(call: _Call, e, c, bias, targets, weight, return_lse, state=Fal
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
-    """loss (and lse, not differentiable) of the CPU engine, with gradients for e, c and bias."""
+    """loss (and lse, not differentiable) of the CPU engine, with gradients for e, c and bias:
+    through `call`'s forward_only, fused and backward (_Call, or _vocab_parallel._ShardCall)."""
 
     @staticmethod
     def forward(ctx, e, c, bias, targets, weight, call, return_lse):
-        need_e, need_c, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         ctx.call = call
         ctx.set_materialize_grads(False)
         if call.reduction == "none":
-            loss, lse, ctx.state = forward_only(call, e, c, bias, targets, weight, return_lse, state=True)
+            loss, lse, ctx.state = call.forward_only(e, c, bias, targets, weight, return_lse, state=True)
             ctx.save_for_backward(e, c, bias)
             ctx.grads = None
         else:
-            loss, lse, *grads = fused(call, e, c, bias, targets, weight, (need_e, need_c, need_b), return_lse)
-            ctx.grads = tuple(grads)
+            loss, lse, ctx.grads = call.fused(e, c, bias, targets, weight, need, return_lse)
         out, lse_out = call.outputs(loss, lse)
         if lse_out is None:
             return out
@@ -156,12 +174,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             return dE, dC, dB, None, None, None, None
         e, c, bias = ctx.saved_tensors
         full = upstream_rows(call.lay, grad_loss)
-        need_e, need_c, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        dE = torch.empty_like(e) if need_e else None
-        dC = torch.empty_like(c) if need_c else None
-        dB = torch.empty_like(bias) if need_b else None
         state, ctx.state = ctx.state, None
-        _lib.backward(state.handle, *ptrs(e, c, bias, full, dE, dC, dB), *grad_codes(dE, dC, dB), None)
+        dE, dC, dB = call.backward(state, e, c, bias, full, ctx.needs_input_grad[:3])
         del state
         return dE, dC, dB, None, None, None, None
 

@@ -161,7 +161,7 @@ class _ShardCall:
         return (*_torch.ptrs(e, c, bias, targets), lay.n, lay.d, self.vocab, int(vp.start), int(vp.stop) - int(vp.start),
                 self.world, *self.codes, _torch.ptr(weight), ctypes.byref(self.opt))
 
-    def forward(self, e, c, bias, targets, weight, return_lse, state=False):
+    def forward_only(self, e, c, bias, targets, weight, return_lse, state=False):
         loss, lse = self.loss_buffers(return_lse)
         handle = ctypes.c_void_p() if state else None
         status = _lib.lib().cce_cpu_shard_forward(*self.head(e, c, bias, targets, weight), _torch.ptr(loss),
@@ -182,7 +182,17 @@ class _ShardCall:
             *self.head(e, c, bias, targets, weight), chunk, None, _torch.ptr(loss), _torch.ptr(lse),
             *_torch.ptrs(dE, dC, dB), *_torch.grad_codes(dE, dC, dB), None, self.gather.callback, None)
         self.gather.check(status)
-        return loss, lse, dE, dC, dB
+        return loss, lse, (self.finish_dE(dE, e), dC, dB)
+
+    def backward(self, state, e, c, bias, full, need):
+        """This shard's dC and dB and the whole dE from a forward's state. Every rank must take
+        part in dE's sum, so each computes its part whether or not it needs dE."""
+        dE = torch.empty(e.shape, dtype=self.sum_dtype)
+        dC = torch.empty_like(c) if need[1] else None
+        dB = torch.empty_like(bias) if need[2] and bias is not None else None
+        _lib.backward(state.handle, *_torch.ptrs(e, c, bias, full, dE, dC, dB), *_torch.grad_codes(dE, dC, dB), None)
+        dE = self.finish_dE(dE, e)
+        return (dE if need[0] else None), dC, dB
 
     def finish_dE(self, dE, e):
         """This shard's part of dE summed over the ranks (when asked), in e's dtype."""
@@ -226,58 +236,6 @@ def agree(vp: VocabParallelOptions, failure: BaseException | None, weight) -> in
     return end
 
 
-class VocabParallelFunction(torch.autograd.Function):
-    """The shard call's loss (and lse, not differentiable), with gradients for e (summed over
-    the ranks), this shard's c rows and bias entries."""
-
-    @staticmethod
-    def forward(ctx, e, c, bias, targets, weight, call: _ShardCall, return_lse):
-        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        ctx.call = call
-        ctx.set_materialize_grads(False)
-        if call.reduction == "none":
-            loss, lse, ctx.state = call.forward(e, c, bias, targets, weight, return_lse, state=True)
-            ctx.save_for_backward(e, c, bias)
-            ctx.grads = None
-        else:
-            loss, lse, dE, dC, dB = call.fused(e, c, bias, targets, weight, need, return_lse)
-            ctx.grads = (call.finish_dE(dE, e), dC, dB)
-        out, lse_out = call.outputs(loss, lse)
-        if lse_out is None:
-            return out
-        ctx.mark_non_differentiable(lse_out)
-        return out, lse_out
-
-    @staticmethod
-    def backward(ctx, grad_loss, *grad_lse):
-        call = ctx.call
-        if grad_loss is None:
-            return None, None, None, None, None, None, None
-        if getattr(ctx, "used", False):
-            raise RuntimeError("cce_swift: a second backward through the same loss is not supported; call the loss again")
-        ctx.used = True
-        if ctx.grads is not None:
-            dE, dC, dB = ctx.grads
-            ctx.grads = None
-            g = float(grad_loss)
-            if g != 1.0:
-                for x in (dE, dC, dB):
-                    if x is not None:
-                        x.mul_(g)
-            return dE, dC, dB, None, None, None, None
-        e, c, bias = ctx.saved_tensors
-        full = _torch.upstream_rows(call.lay, grad_loss)
-        # Every rank must take part in dE's sum: each computes dE whether or not it needs it.
-        dE = torch.empty(e.shape, dtype=call.sum_dtype)
-        dC = torch.empty_like(c) if ctx.needs_input_grad[1] else None
-        dB = torch.empty_like(bias) if ctx.needs_input_grad[2] and bias is not None else None
-        state, ctx.state = ctx.state, None
-        _lib.backward(state.handle, *_torch.ptrs(e, c, bias, full, dE, dC, dB), *_torch.grad_codes(dE, dC, dB), None)
-        del state
-        dE = call.finish_dE(dE, e)
-        return (dE if ctx.needs_input_grad[0] else None), dC, dB, None, None, None, None
-
-
 def run(e, c, targets, bias, weight, vp: VocabParallelOptions, *, reduction, shift, mode, return_lse, allow_copy,
         **options):
     if not isinstance(vp, VocabParallelOptions):
@@ -291,6 +249,9 @@ def run(e, c, targets, bias, weight, vp: VocabParallelOptions, *, reduction, shi
         for name, x in (("e", e), ("c", c), ("bias", bias), ("targets", targets), ("weight", weight)):
             if isinstance(x, torch.Tensor) and x.device.type != "cpu":
                 raise _lib.CCEValueError(f"vocab_parallel_options runs the CPU engine; {name} is on {x.device}", 8)
+        if not hasattr(_lib.lib(), "cce_cpu_shard_loss_and_gradients"):
+            raise _lib.CCERuntimeError(f"{_lib.lib().path} predates the vocabulary-parallel calls (C ABI 4); "
+                                       "rebuild it (pip install ./python)", 12)
         from . import _compile
 
         if _compile.compiling():
@@ -315,7 +276,7 @@ def run(e, c, targets, bias, weight, vp: VocabParallelOptions, *, reduction, shi
     call.with_vocabulary(vocab)
     wants_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (e, c, bias))
     if not wants_grad:
-        loss, lse, _ = call.forward(e, c, bias, targets, weight, return_lse)
+        loss, lse, _ = call.forward_only(e, c, bias, targets, weight, return_lse)
         out, lse_out = call.outputs(loss, lse)
         return (out, lse_out) if return_lse else out
-    return VocabParallelFunction.apply(e, c, bias, targets, weight, call, return_lse)
+    return _torch.LinearCrossEntropyFunction.apply(e, c, bias, targets, weight, call, return_lse)
