@@ -180,15 +180,9 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         return dE, dC, dB, None, None, None, None
 
 
-def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, allow_copy, **options):
-    if e.is_cuda or c.is_cuda:
-        from . import _cuda
-
-        return _cuda.run(e, c, targets, bias, weight, reduction=reduction, shift=shift, mode=mode,
-                         return_lse=return_lse, **options)
-    for name, x in (("c", c), ("targets", targets), ("bias", bias), ("weight", weight)):
-        if isinstance(x, torch.Tensor) and x.device != e.device:
-            raise _lib.CCEValueError(f"{name} is on {x.device}, e on {e.device}", 1)
+def prepared(e, c, targets, bias, weight, shift, mode, allow_copy):
+    """The inputs as the C ABI takes them (contiguous; int64 targets, float32 weight) and the
+    shift and mode normalized; TypeError or CCEValueError for what cannot be."""
     shift = _core.normalize_shift(shift)
     mode = _core.normalize_mode(mode)
     e = as_input(e, "e", allow_copy)
@@ -203,6 +197,19 @@ def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, allo
         if not isinstance(weight, torch.Tensor):
             weight = torch.as_tensor(weight)
         weight = weight.detach().to(torch.float32).contiguous()
+    return e, c, targets, bias, weight, shift, mode
+
+
+def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, allow_copy, **options):
+    if e.is_cuda or c.is_cuda:
+        from . import _cuda
+
+        return _cuda.run(e, c, targets, bias, weight, reduction=reduction, shift=shift, mode=mode,
+                         return_lse=return_lse, **options)
+    for name, x in (("c", c), ("targets", targets), ("bias", bias), ("weight", weight)):
+        if isinstance(x, torch.Tensor) and x.device != e.device:
+            raise _lib.CCEValueError(f"{name} is on {x.device}, e on {e.device}", 1)
+    e, c, targets, bias, weight, shift, mode = prepared(e, c, targets, bias, weight, shift, mode, allow_copy)
     if _compile.compiling():   # torch.compile is tracing: the registered operators (_compile.py)
         return _compile.run(e, c, bias, targets, weight, reduction=reduction, shift=shift, mode=mode,
                             return_lse=return_lse, **options)

@@ -257,18 +257,7 @@ def run(e, c, targets, bias, weight, vp: VocabParallelOptions, *, reduction, shi
         if _compile.compiling():
             raise _lib.CCEValueError("vocab_parallel_options is not traced by torch.compile; call it outside the "
                                      "compiled region", 8)
-        shift = _core.normalize_shift(shift)
-        mode = _core.normalize_mode(mode)
-        e = _torch.as_input(e, "e", allow_copy)
-        c = _torch.as_input(c, "c", allow_copy)
-        bias = _torch.as_input(bias, "bias", allow_copy)
-        if not isinstance(targets, torch.Tensor):
-            raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
-        if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.dtype.is_complex:
-            raise TypeError(f"targets must be integers, got {targets.dtype}")
-        targets = targets.to(torch.int64).contiguous()
-        if weight is not None:
-            weight = torch.as_tensor(weight).detach().to(torch.float32).contiguous()
+        e, c, targets, bias, weight, shift, mode = _torch.prepared(e, c, targets, bias, weight, shift, mode, allow_copy)
         call = _ShardCall(e, c, bias, targets, weight, shift, mode, reduction, options, vp)
     except Exception as error:   # noqa: BLE001 - raised on this rank after the agreement
         failure = error

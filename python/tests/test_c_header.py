@@ -25,6 +25,18 @@ def header_dir() -> Path:
     return ROOT / "Sources" / "CCECPU" / "include"
 
 
+def compile_and_run(src: Path, exe: Path) -> dict:
+    """Compiles the C program `src` against the header and the library the package loads, runs
+    it, and returns its output lines "key value" as a dict."""
+    lib = Path(cs.library_path())
+    build = subprocess.run([CC, "-std=c11", "-Wall", "-Werror", "-I", str(header_dir()), str(src), "-o", str(exe),
+                            str(lib), f"-Wl,-rpath,{lib.parent}"], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return dict(line.split(" ", 1) for line in run.stdout.strip().splitlines())
+
+
 @pytest.mark.skipif(CC is None, reason="no C compiler")
 def test_c_program_against_the_header(tmp_path):
     fields = [name for name, _ in _lib.Options._fields_]
@@ -55,14 +67,7 @@ int main(void) {{
   return 0;
 }}
 """)
-    lib = Path(cs.library_path())
-    exe = tmp_path / "main"
-    build = subprocess.run([CC, "-std=c11", "-Wall", "-Werror", "-I", str(header_dir()), str(src), "-o", str(exe),
-                            str(lib), f"-Wl,-rpath,{lib.parent}"], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    out = dict(line.split(" ", 1) for line in run.stdout.strip().splitlines())
+    out = compile_and_run(src, tmp_path / "main")
     assert int(out["size"]) == ctypes.sizeof(_lib.Options) == 88
     for name in fields:
         assert int(out[name]) == getattr(_lib.Options, name).offset, name
@@ -120,14 +125,7 @@ int main(void) {
   return 0;
 }
 """)
-    lib = Path(cs.library_path())
-    exe = tmp_path / "shard"
-    build = subprocess.run([CC, "-std=c11", "-Wall", "-Werror", "-I", str(header_dir()), str(src), "-o", str(exe),
-                            str(lib), f"-Wl,-rpath,{lib.parent}"], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    out = dict(line.split(" ", 1) for line in run.stdout.strip().splitlines())
+    out = compile_and_run(src, tmp_path / "shard")
     assert out["rc"] == "0 0"
     assert out["same"] == "1 1"
     assert out["calls"] == "2"   # the agreement, then the one chunk's partials (one rank: no bound)
