@@ -58,8 +58,12 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
                    filter_eps=filter_eps, filter_correction=filter_correction, sort_vocab=sort_vocab, threads=threads,
                    check_finite=check_finite, saved_logits_per_row=saved_logits_per_row)
     if vocab_parallel_options is not None:
-        if not (_is_torch(e) and _is_torch(c)):
-            raise TypeError("vocab_parallel_options takes torch tensors (it gathers through torch.distributed)")
+        if not (_is_torch(e) or _is_torch(c)):
+            from . import _shards
+
+            return _shards.run_numpy(e, c, targets, bias, weight, vocab_parallel_options, reduction=reduction,
+                                     shift=shift, mode=mode, return_lse=return_lse, return_grads=return_grads,
+                                     grad_output=grad_output, grad_dtype=grad_dtype, allow_copy=allow_copy, **options)
         if return_grads or grad_output is not None or grad_dtype is not None:
             raise TypeError("return_grads, grad_output and grad_dtype are for NumPy arrays; "
                             "with torch tensors use loss.backward() (autograd)")
@@ -117,8 +121,8 @@ def release_scratch() -> int:
 
 
 def __getattr__(name):
-    if name == "VocabParallelOptions":   # imports torch
-        from ._vocab_parallel import VocabParallelOptions
+    if name == "VocabParallelOptions":
+        from ._shards import VocabParallelOptions
 
         return VocabParallelOptions
     if name == "Gradients":

@@ -133,16 +133,24 @@ def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, retu
     else:
         _lib.forward(ptr(e), ptr(c), ptr(b), ptr(t), lay.n, lay.d, lay.v, e_code, c_code, b_code, wp,
                      ctypes.byref(opt), ptr(loss), ptr(lse), None)
+    return outputs(lay, reduction, exact, loss, lse, grads if return_grads else None)
+
+
+def outputs(lay: _core.Layout, reduction: str, exact: bool, loss: np.ndarray, lse: np.ndarray | None,
+            grads: Gradients | None):
+    """What linear_cross_entropy returns for NumPy arrays: the loss (float32, float64 in the
+    exact mode; per position [..., shift:] for none), then lse (0 where no loss) and the
+    gradients when there are."""
     out_type = np.float64 if exact else np.float32
     if reduction == "none":
         loss_out = loss.reshape(lay.shape)[..., lay.shift:].astype(out_type)
     else:
         loss_out = out_type(loss[0])
     result = [loss_out]
-    if return_lse:
+    if lse is not None:
         lse = lse.reshape(lay.shape)[..., lay.shift:]
         result.append(np.where(np.isnan(lse), 0.0, lse).astype(out_type))  # 0 where no loss, as apple's
-    if return_grads:
+    if grads is not None:
         result.append(grads)
     return result[0] if len(result) == 1 else tuple(result)
 

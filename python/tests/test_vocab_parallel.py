@@ -139,7 +139,7 @@ def test_options_are_checked_before_any_collective():
         with pytest.raises(cs.CCEValueError, match="init_process_group"):
             cs.linear_cross_entropy(torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(2, dtype=torch.int64),
                                     vocab_parallel_options=cs.VocabParallelOptions(0, 4))
-    with pytest.raises(TypeError, match="torch tensors"):
+    with pytest.raises(TypeError, match="needs gather="):
         import numpy as np
 
         cs.linear_cross_entropy(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32), np.zeros(2, np.int64),

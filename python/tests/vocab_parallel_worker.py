@@ -80,7 +80,7 @@ def main():
     part = run_case(dtype, reduction, options, vp)
     from cce_swift import _vocab_parallel
     summed = part["dE"].float()   # the part in e's dtype (bf16): not the float32 sum, so compare loosely
-    _vocab_parallel.ordered_sum(summed, None)
+    _vocab_parallel.ordered_sum(summed.view(-1).numpy(), _vocab_parallel.torch_gather(None))
     results["parts"] = (part["dE"], summed)
     # Without gradients: the forward alone gives the fused call's loss and lse.
     e, c, t, bias, weight = problem(torch.float32, {"bias": True})
