@@ -3,6 +3,7 @@
 
     python python/benchmarks/vocab_parallel.py --ranks 2 --threads 1 [--tokens 4096] [--calls 5]
     python python/benchmarks/vocab_parallel.py --ranks 1 --threads 2 --plain
+    mpirun -np 2 python python/benchmarks/vocab_parallel.py --mpi --threads 1     # NumPy arrays, mpi4py
 
 Launches --ranks processes of itself (a gloo group through a file in /tmp), each holding its
 share of the classifier's rows, on bf16 LM-like data (Benchmarks/scripts/pytorch_baseline.py,
@@ -11,7 +12,9 @@ e, c_shard, t, vocab_parallel_options=...); loss.backward(), the first apart. --
 ordinary call in one process instead. Prints one line per rank: median and minimum seconds a
 step, the peak resident growth above the step's start (MB; the gradients it returns
 included: dE of N x D in bf16, the shard's dC), and the bytes the rank sent a step through
-the exchanges and through dE's ordered sum. Run the two forms alternately to compare.
+the exchanges and through dE's ordered sum. Run the two forms alternately to compare. --mpi
+(under mpirun, with mpi4py) runs each rank on NumPy arrays with comm.allgather as the gather;
+its peak counts the NumPy gradients it returns (dE of N x D in float32, the shard's dC in float32).
 """
 import argparse
 import json
@@ -29,6 +32,40 @@ import torch.distributed as dist  # noqa: E402
 
 import cce_swift  # noqa: E402
 from cce_swift import _vocab_parallel  # noqa: E402
+
+
+def mpi_main(a):
+    """One rank under mpirun: NumPy arrays, mpi4py's allgather."""
+    import ml_dtypes
+    import numpy as np
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    e0, c0, _, t = pb.lm_like(torch, a.tokens, a.dim, a.vocab, 0)
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    as_bf16 = (lambda x: x.to(torch.bfloat16).view(torch.int16).numpy().view(bf16))
+    vp = cce_swift.VocabParallelOptions.from_rank(a.vocab, comm.rank, comm.size, gather=comm.allgather)
+    e, c, t = as_bf16(e0), as_bf16(c0[vp.start:vp.stop].contiguous()), t.numpy()
+    del e0, c0
+    times, peaks = [], []
+    for k in range(a.calls):
+        before = dict(_vocab_parallel.traffic)
+        rss = pb.settle()
+        t0 = time.perf_counter()
+        loss, grads = cce_swift.linear_cross_entropy(e, c, t, threads=a.threads, vocab_parallel_options=vp,
+                                                     return_grads=True)
+        dt = time.perf_counter() - t0
+        peak = pb.peak_since(rss)
+        sent = {key: _vocab_parallel.traffic[key] - before[key] for key in before}
+        del grads
+        if k > 0:
+            times.append(dt)
+            peaks.append(peak)
+    line = json.dumps({"rank": comm.rank, "ranks": comm.size, "threads": a.threads, "numpy_mpi4py": True,
+                       "loss": float(loss), "median_s": statistics.median(times), "min_s": min(times),
+                       "peak_mb": max(peaks) / 1e6, "shard": [vp.start, vp.stop], "sent": sent})
+    for r, text in enumerate(comm.gather(line, root=0) or []):
+        print(text, flush=True)
 
 
 def rank_main(a):
@@ -71,9 +108,12 @@ def main():
     p.add_argument("--vocab", type=int, default=128256)
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--plain", action="store_true", help="the ordinary call in one process")
+    p.add_argument("--mpi", action="store_true", help="under mpirun: NumPy arrays and mpi4py's allgather")
     p.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--init", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.mpi:
+        return mpi_main(a)
     if a.rank is not None or a.plain:
         a.rank = a.rank or 0
         return rank_main(a)

@@ -49,11 +49,13 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
     Bad input raises ValueError or TypeError with the engine's message (CCEValueError has the
     C status code).
 
-    vocab_parallel_options (torch tensors on the CPU, torch.distributed initialized): a
-    VocabParallelOptions(start, stop, group) as apple's; c and bias hold this rank's classes
-    start ..< stop, e, targets and weight are the same on every rank, and every rank gets the
-    whole vocabulary's loss (and lse), its shard's gradients for c and bias, and e's gradient
-    summed over the ranks in rank order (Docs/PYTHON.md, "Vocabulary parallel")."""
+    vocab_parallel_options: a VocabParallelOptions(start, stop, group) as apple's (torch tensors
+    on the CPU, torch.distributed initialized), or with NumPy arrays VocabParallelOptions(start,
+    stop, gather=fn) (fn: this rank's 1-D array to every rank's, mpi4py's comm.allgather say);
+    c and bias hold this rank's classes start ..< stop, e, targets and weight are the same on
+    every rank, and every rank gets the whole vocabulary's loss (and lse), its shard's
+    gradients for c and bias, and e's gradient summed over the ranks in rank order
+    (Docs/PYTHON.md, "Vocabulary parallel")."""
     options = dict(ignore_index=ignore_index, softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss,
                    filter_eps=filter_eps, filter_correction=filter_correction, sort_vocab=sort_vocab, threads=threads,
                    check_finite=check_finite, saved_logits_per_row=saved_logits_per_row)

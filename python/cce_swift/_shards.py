@@ -199,25 +199,37 @@ def run_numpy(e, c, targets, bias, weight, vp: VocabParallelOptions, *, reductio
                         "1-D array to every rank's, in rank order: mpi4py's comm.allgather, say)")
     gatherer = Gatherer(vp.gather)
     failure = None
-    try:
+    try:   # every check on this rank, before the agreement: nothing after it may fail on one rank alone
         check_library()
         shift = _core.normalize_shift(shift)
         mode = _core.normalize_mode(mode)
+        exact = mode == "exact"
         e = _numpy.as_input(e, "e", allow_copy)
         c = _numpy.as_input(c, "c", allow_copy)
         b = None if bias is None else _numpy.as_input(bias, "bias", allow_copy)
         t = _numpy.as_targets(targets)
         w = _numpy.as_weight(weight)
         rows = check_shard(vp, c.shape, None if b is None else b.shape, e.shape)
-        batch = _core.layout(e.shape, (rows, e.shape[-1]), t.shape, None, None, shift).batch
-        opt = _core.make_options(reduction=reduction, shift=shift, mode=mode, batch=batch, **options)
+        mine = _core.layout(e.shape, (rows, e.shape[-1]), t.shape, None, None, shift)   # all but V
+        opt = _core.make_options(reduction=reduction, shift=shift, mode=mode, batch=mine.batch, **options)
         codes = (_numpy.dtype_code(e.dtype, "e"), _numpy.dtype_code(c.dtype, "c"),
                  0 if b is None else _numpy.dtype_code(b.dtype, "bias"))
+        if return_grads:
+            sum_type = np.dtype(np.float64 if exact else np.float32)   # dE's parts, summed before one rounding
+
+            def out_type(x):
+                if grad_dtype is None:
+                    return sum_type
+                return x.dtype if isinstance(grad_dtype, str) and grad_dtype == "input" else np.dtype(grad_dtype)
+
+            types = [out_type(x) for x in (e, c, b) if x is not None]
+            for dt in types:
+                _numpy.output_code(dt, "grad_dtype")
+            g = _numpy.upstream_array(grad_output, mine, reduction)
     except Exception as error:   # noqa: BLE001 - raised on this rank after the agreement
         failure = error
     vocab = agree(gatherer, vp, failure, -1 if weight is None or failure is not None else w.size)
     lay = _core.layout(e.shape, (vocab, e.shape[-1]), t.shape, None, None if w is None else w.shape, shift)
-    exact = mode == "exact"
     loss = np.full(lay.n if reduction == "none" else 1, np.nan, dtype=np.float64)
     lse = np.full(lay.n, np.nan, dtype=np.float64) if return_lse else None
     engine = EngineGather(gatherer)
@@ -226,16 +238,9 @@ def run_numpy(e, c, targets, bias, weight, vp: VocabParallelOptions, *, reductio
             ctypes.byref(opt))
     grads = None
     if return_grads:
-        sum_type = np.float64 if exact else np.float32
-        def out_type(x):
-            if grad_dtype is None:
-                return sum_type
-            return x.dtype if isinstance(grad_dtype, str) and grad_dtype == "input" else np.dtype(grad_dtype)
-
-        dE = np.empty(e.shape, dtype=sum_type)   # summed over the ranks before its rounding to out_type(e)
-        dC = np.empty(c.shape, dtype=out_type(c))
-        dB = None if b is None else np.empty(b.shape, dtype=out_type(b))
-        g = _numpy.upstream_array(grad_output, lay, reduction)
+        dE = np.empty(e.shape, dtype=sum_type)
+        dC = np.empty(c.shape, dtype=types[1])
+        dB = None if b is None else np.empty(b.shape, dtype=types[2])
         chunk = 0 if vp.exchange_chunk is None else int(vp.exchange_chunk)
         status = _lib.lib().cce_cpu_shard_loss_and_gradients(
             *head, chunk, ptr(g), ptr(loss), ptr(lse), ptr(dE), ptr(dC), ptr(dB), _numpy.output_code(dE.dtype, "dE"),
@@ -244,7 +249,7 @@ def run_numpy(e, c, targets, bias, weight, vp: VocabParallelOptions, *, reductio
         engine.check(status)
         if vp.reduce_e_grad:
             ordered_sum(dE.reshape(-1), gatherer)
-        grads = _numpy.Gradients(dE.astype(out_type(e), copy=False), dC, dB)
+        grads = _numpy.Gradients(dE.astype(types[0], copy=False), dC, dB)
     else:
         status = _lib.lib().cce_cpu_shard_forward(*head, ptr(loss), ptr(lse), None, engine.callback, None)
         engine.check(status)

@@ -136,6 +136,18 @@ def test_numpy_rank_with_bad_input_fails_every_rank():
     got = ranks.run(rank2)
     assert all(isinstance(x, cs.CCEValueError) for x in got), got
     assert "target" in str(got[1]) and "rank 1 of 3 failed its checks" in str(got[0])
+    # An upstream gradient of the wrong shape on one rank (checked before the agreement too).
+    ranks = Ranks(3)
+
+    def rank3(r):
+        vp = cs.VocabParallelOptions.from_rank(v, r, 3, ranks.gather(r))
+        g = np.ones(t.size + (1 if r == 2 else 0))
+        return cs.linear_cross_entropy(e, c[vp.start:vp.stop], t, vocab_parallel_options=vp, reduction="none",
+                                       return_grads=True, grad_output=g)
+
+    got = ranks.run(rank3)
+    assert all(isinstance(x, cs.CCEValueError) for x in got), got
+    assert "upstream" in str(got[2]) and "rank 2 of 3 failed its checks" in str(got[0])
 
 
 @pytest.mark.parametrize("fails_at", [1, 2])
