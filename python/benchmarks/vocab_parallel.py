@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import cce_swift  # noqa: E402
-from cce_swift import _vocab_parallel  # noqa: E402
+from cce_swift import _shards  # noqa: E402
 
 
 def mpi_main(a):
@@ -49,14 +49,14 @@ def mpi_main(a):
     del e0, c0
     times, peaks = [], []
     for k in range(a.calls):
-        before = dict(_vocab_parallel.traffic)
+        before = dict(_shards.traffic)
         rss = pb.settle()
         t0 = time.perf_counter()
         loss, grads = cce_swift.linear_cross_entropy(e, c, t, threads=a.threads, vocab_parallel_options=vp,
                                                      return_grads=True)
         dt = time.perf_counter() - t0
         peak = pb.peak_since(rss)
-        sent = {key: _vocab_parallel.traffic[key] - before[key] for key in before}
+        sent = {key: _shards.traffic[key] - before[key] for key in before}
         del grads
         if k > 0:
             times.append(dt)
@@ -80,14 +80,14 @@ def rank_main(a):
     for k in range(a.calls):
         e = e0.clone().requires_grad_(True)
         c = c_mine.clone().requires_grad_(True)
-        before = dict(_vocab_parallel.traffic)
+        before = dict(_shards.traffic)
         rss = pb.settle()
         t0 = time.perf_counter()
         loss = cce_swift.linear_cross_entropy(e, c, t, threads=a.threads, vocab_parallel_options=vp)
         loss.backward()
         dt = time.perf_counter() - t0
         peak = pb.peak_since(rss)
-        sent = {key: _vocab_parallel.traffic[key] - before[key] for key in before}
+        sent = {key: _shards.traffic[key] - before[key] for key in before}
         if k > 0:
             times.append(dt)
             peaks.append(peak)

@@ -4,8 +4,9 @@ Each rank of a process group holds a contiguous shard of the classifier's rows, 
 start ..< stop of V (and the same entries of the bias); e, the targets, the options and the
 class weights (V entries) are the same on every rank. The engine's shard calls (cce_cpu.h:
 cce_cpu_shard_forward, cce_cpu_shard_loss_and_gradients) compute each shard's per-token
-partials (its log-sum-exp, its target logit), gather every rank's through the callback below
-(torch.distributed.all_gather) and combine them in rank order, so every rank gets the whole
+partials (its log-sum-exp, its target logit), gather every rank's through the binding's
+callback (_shards.EngineGather over torch.distributed.all_gather, torch_gather below) and
+combine them in rank order, so every rank gets the whole
 vocabulary's loss and lse; then each computes its shard's dC and dbias and its part of dE,
 which the ranks sum in rank order (the same bits on every rank and every run). What moves per
 step: 2 or 3 values per token in the forward (plus one per token bounding the LSE with P > 1),
@@ -20,8 +21,7 @@ import torch
 import torch.distributed as dist
 
 from . import _core, _lib, _torch
-from ._shards import (SUM_PIECE, EngineGather, Gatherer, VocabParallelOptions, agree, check_library,  # noqa: F401
-                      check_shard, ordered_sum, partition, traffic)
+from ._shards import EngineGather, Gatherer, VocabParallelOptions, agree, check_library, check_shard, ordered_sum
 
 
 def torch_gather(group) -> Gatherer:

@@ -14,7 +14,7 @@ dist = pytest.importorskip("torch.distributed")
 
 import cce_swift as cs  # noqa: E402
 from cce_swift import _lib  # noqa: E402
-from cce_swift._vocab_parallel import partition  # noqa: E402
+from cce_swift._shards import partition  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
