@@ -44,9 +44,7 @@ public enum Accuracy {
                 let data = LMLikeData.make(tokens: n, dim: d, vocab: v, type: type, scale: s, alpha: alpha, seed: seed)
                 let label = "S=\(s.formatted()) α=\(alpha.formatted())"
                 let gradBytes = Double((n * d + v * d + (withBias ? v : 0)) * 4)
-                var random = SeededRandom(seed: seed &+ 0xB1A5)
-                let bias = try withBias
-                    ? Tensor(converting: (0..<v).map { _ in Float(0.1 * random.normal()) }, to: type, shape: [v]) : nil
+                let bias = withBias ? LMLikeData.bias(vocab: v, type: type, seed: seed) : nil
                 func opts(_ mode: Mode, _ eps: FilterEpsilon = .auto, correction: Bool = true) -> Options {
                     var o = Options(); o.mode = mode; o.threads = threads; o.filterEpsilon = eps
                     o.filterCorrection = correction; o.labelSmoothing = labelSmoothing

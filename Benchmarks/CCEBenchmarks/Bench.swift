@@ -54,6 +54,9 @@ public struct BenchConfig: Sendable {
     public var scale = 4.0, alpha = 1.5
     /// Label smoothing α of the cce rows and the materialized baseline.
     public var labelSmoothing = 0.0
+    /// A bias (LMLikeData.bias, as `cce accuracy --bias`) in the cce rows and the materialized
+    /// baseline (the sgemm and tile-swift rows are the product alone).
+    public var bias = false
     public var methods: [String]? = nil
     /// Kinds to run for the cce methods (default: all of loss, grad, loss+grad).
     public var kinds: [String]? = nil
@@ -90,6 +93,8 @@ public struct BenchReport: Codable, Sendable {
         public var scale, alpha: Double?
         /// The label smoothing α of the loss rows (absent when 0, and in reports from before it was settable).
         public var label_smoothing: Double? = nil
+        /// Whether the loss rows had a bias (absent without one).
+        public var bias: Bool? = nil
     }
     public var threads: Int
     public var repeats: Int
@@ -172,6 +177,7 @@ public enum Bench {
         var filterNote: String? = nil
         let flops = 2.0 * Double(c.tokens) * Double(c.dim) * Double(c.vocab)
         let e = data.embeddings, C = data.classifier, t = data.targets
+        let B = c.bias ? LMLikeData.bias(vocab: c.vocab, type: c.dtype, seed: c.seed) : nil
 
         func time(_ method: String, _ kind: String, repeats: Int? = nil, note: String? = nil, kernel: String? = nil,
                   _ body: () throws -> (loss: Double?, outputBytes: Int)) rethrows {
@@ -228,12 +234,13 @@ public enum Bench {
             }
             if methods.contains("materialized") {
                 time("materialized", "loss") {
-                    let r = try! Materialized.compute(embeddings: e, classifier: C, targets: t, options: opts, gradients: false)
+                    let r = try! Materialized.compute(embeddings: e, classifier: C, targets: t, bias: B, options: opts,
+                                                      gradients: false)
                     return (r.loss, 0)
                 }
                 time("materialized", "loss+grad") {
-                    let r = try! Materialized.compute(embeddings: e, classifier: C, targets: t, options: opts)
-                    return (r.loss, ((r.dE?.count ?? 0) + (r.dC?.count ?? 0)) * 4)
+                    let r = try! Materialized.compute(embeddings: e, classifier: C, targets: t, bias: B, options: opts)
+                    return (r.loss, ((r.dE?.count ?? 0) + (r.dC?.count ?? 0) + (B == nil ? 0 : c.vocab)) * 4)
                 }
             }
             func cceRows(_ name: String, _ o: Options, backend: TileBackend = .swiftSIMD, kernel: TileKernel? = nil,
@@ -251,13 +258,13 @@ public enum Bench {
                 if backend == .openBLAS { openblas_set_num_threads(1) }
                 if kinds.contains("loss") {
                     timeRow(name, "loss", repeats: repeats) {
-                        (try! engine.forward(embeddings: e, classifier: C, targets: t).loss, 0)
+                        (try! engine.forward(embeddings: e, classifier: C, targets: t, bias: B).loss, 0)
                     }
                 }
                 if kinds.contains("grad") {
-                    let f = try! engine.forward(embeddings: e, classifier: C, targets: t)
+                    let f = try! engine.forward(embeddings: e, classifier: C, targets: t, bias: B)
                     timeRow(name, "grad", repeats: repeats) {
-                        let g = try! engine.backward(f, embeddings: e, classifier: C)
+                        let g = try! engine.backward(f, embeddings: e, classifier: C, bias: B)
                         return (nil, gradBytes(g))
                     }
                 }
@@ -266,7 +273,7 @@ public enum Bench {
                     var dE = [Float](repeating: 0, count: e.count), dC = [Float](repeating: 0, count: C.count)
                     var dBias: [Float] = []
                     timeRow(name, "loss+grad", repeats: repeats, note: "gradients into buffers kept across calls") {
-                        let (f, fs) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t,
+                        let (f, fs) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t, bias: B,
                                                                    dE: &dE, dC: &dC, dBias: &dBias)
                         filterNote = String(format: "kept %.2f%% of row segments (%.2f%% not even recomputed); skipped %d of %d tiles; backward tiles of %d rows",
                                             100 * Double(fs.keptRowSegments) / Double(max(1, fs.rowSegments)),
@@ -276,7 +283,7 @@ public enum Bench {
                     }
                 } else if kinds.contains("loss+grad") {
                     timeRow(name, "loss+grad", repeats: repeats) {
-                        let (f, g) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t)
+                        let (f, g) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t, bias: B)
                         return (f.loss, gradBytes(g))
                     }
                 }
@@ -351,7 +358,8 @@ public enum Bench {
             machine: machineDescription(), blas: blasDescription(), toolchain: toolchain(), target_cpu_flags: simdFlags(),
             shape: BenchReport.Shape(tokens: c.tokens, dim: c.dim, vocab: c.vocab, dtype: c.dtype.rawValue,
                                      scale: c.scale, alpha: c.alpha,
-                                     label_smoothing: c.labelSmoothing > 0 ? c.labelSmoothing : nil),
+                                     label_smoothing: c.labelSmoothing > 0 ? c.labelSmoothing : nil,
+                                     bias: c.bias ? true : nil),
             threads: c.threads, repeats: c.repeats, rounds: c.rounds, plan: plan.description, filter: filterNote,
             rows: combined, ratios: ratios, ratio_rounds: c.rounds > 1 ? ratioRounds : nil,
             row_rounds: c.rounds > 1 ? rowRounds(perRound) : nil)

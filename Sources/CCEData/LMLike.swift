@@ -49,6 +49,13 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
 
 /// One LM-like problem.
 public struct LMLikeData: Sendable {
+    /// A bias for the problem of `seed` (`cce accuracy --bias`, `cce bench --bias`): V entries
+    /// Normal(0, 0.1²) from their own stream of the seed, cast to `type`.
+    public static func bias(vocab v: Int, type: ElementType, seed: UInt64) -> Tensor {
+        var random = SeededRandom(seed: seed &+ 0xB1A5)
+        return try! Tensor(converting: (0..<v).map { _ in Float(0.1 * random.normal()) }, to: type, shape: [v])
+    }
+
     public let embeddings: Tensor
     public let classifier: Tensor
     public let targets: Targets

@@ -35,6 +35,8 @@ struct BenchCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "LM-like data prior alpha.") var alpha = 1.5
     @Option(parsing: .unconditional, help: "Label smoothing alpha of the loss rows (cce and materialized), in [0, 1].")
     var labelSmoothing = 0.0
+    @Flag(help: "Add a bias (normal, sigma 0.1, from the seed, as cce accuracy --bias) to the cce rows and the materialized baseline.")
+    var bias = false
     @Option(help: "vocab or tokens: the cce step split over the ranks of mpirun (loss, loss+grad; Docs/SCALING.md).")
     var parallel: ParallelScheme?
     @Option(help: "Path of libcce_mpi.so (with --parallel under mpirun; default: $CCE_MPI_LIBRARY, then beside cce).")
@@ -50,6 +52,9 @@ struct BenchCommand: ParsableCommand {
         if labelSmoothing != 0 && (backend == .cuda || parallel != nil) {
             throw ValidationError("--label-smoothing applies to the CPU rows of one process (not with --backend cuda or --parallel)")
         }
+        if bias && (backend == .cuda || parallel != nil) {
+            throw ValidationError("--bias applies to the CPU rows of one process (not with --backend cuda or --parallel)")
+        }
     }
 
     func run() throws {
@@ -59,7 +64,7 @@ struct BenchCommand: ParsableCommand {
         var c = BenchConfig()
         c.tokens = tokens; c.dim = dim; c.vocab = vocab; c.dtype = dtype
         c.threads = engine.resolvedThreads; c.repeats = repeats; c.rounds = rounds; c.seed = problem.seed
-        c.scale = scale; c.alpha = alpha; c.labelSmoothing = labelSmoothing
+        c.scale = scale; c.alpha = alpha; c.labelSmoothing = labelSmoothing; c.bias = bias
         c.methods = methods.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         c.kinds = kinds.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         c.verbose = verbose
@@ -78,7 +83,8 @@ struct BenchCommand: ParsableCommand {
         print("BLAS: \(report.blas)")
         print("toolchain: \(report.toolchain); SIMD: \(report.target_cpu_flags)")
         print("shape: N=\(tokens) D=\(dim) V=\(vocab) \(dtype.rawValue), LM-like S=\(scale) alpha=\(alpha), threads \(c.threads), repeats \(repeats)"
-              + (rounds > 1 ? ", rounds \(rounds)" : "") + (labelSmoothing > 0 ? ", label smoothing \(labelSmoothing)" : ""))
+              + (rounds > 1 ? ", rounds \(rounds)" : "") + (labelSmoothing > 0 ? ", label smoothing \(labelSmoothing)" : "")
+              + (bias ? ", bias" : ""))
         print("plan: \(report.plan)\n")
         print(pad("method", 14) + pad("kind", 10) + lpad("median s", 10) + lpad("min s", 10)
               + lpad("peak MB", 12) + lpad("GFLOP/s", 10))

@@ -116,6 +116,7 @@ final class FailFastTests: XCTestCase {
             (["bench", "--rounds", "0"], ["--rounds must be >= 1"]),
             (["bench", "--label-smoothing", "-0.1", "--methods", "cce"], ["--label-smoothing", "[0, 1]"]),
             (["bench", "--label-smoothing", "0.1", "--backend", "cuda"], ["--label-smoothing applies to the CPU rows"]),
+            (["bench", "--bias", "--parallel", "vocab"], ["--bias applies to the CPU rows"]),
             (ref + ["--softcap", "-3", "--out", path("x")], ["softcap", "-3"]),
             (ref + ["--shift", "-1", "--out", path("x")], ["shift must be >= 0"]),
             (ref + ["--filter-eps", "-1", "--out", path("x")], [">= 0"]),
