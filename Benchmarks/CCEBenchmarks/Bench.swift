@@ -271,7 +271,7 @@ public enum Bench {
                 if kinds.contains("loss+grad") && name == "cce" {
                     // Buffers a training loop keeps: allocated and faulted in before the timing.
                     var dE = [Float](repeating: 0, count: e.count), dC = [Float](repeating: 0, count: C.count)
-                    var dBias: [Float] = []
+                    var dBias = [Float](repeating: 0, count: B == nil ? 0 : c.vocab)
                     timeRow(name, "loss+grad", repeats: repeats, note: "gradients into buffers kept across calls") {
                         let (f, fs) = try! engine.lossAndGradients(embeddings: e, classifier: C, targets: t, bias: B,
                                                                    dE: &dE, dC: &dC, dBias: &dBias)

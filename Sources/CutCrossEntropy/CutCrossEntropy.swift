@@ -216,7 +216,7 @@ public struct CutCrossEntropy: Sendable {
                                 bias: Tensor? = nil) throws -> [Int] {
         let p = try Problem(embeddings: embeddings, classifier: classifier, targets: targets,
                             bias: bias, options: options)
-        let b = bias?.floats().map { Double($0) }
+        let b = bias?.floats()
         return embeddings.withRawPointer { ep in
             classifier.withRawPointer { cp in
                 var unreported = PhaseTrace()

@@ -110,8 +110,10 @@ enum Engine {
         let p = call.problem
         var trace = PhaseTrace()
         let wantsLoss = call.pass != .backward, wantsGradients = call.pass != .forward
+        // The bias as Float32 (V values), and in S: the same array where S is Float (no copy).
         let biasValues = bias?.floats()
-        let biasS: [S]? = biasValues.map { $0.map { S(storage: $0) } }
+        let biasS: [S]? = S.self == Float.self ? unsafeBitCast(biasValues, to: [S]?.self)
+            : biasValues.map { $0.map { S(storage: $0) } }
         var lse = call.savedLSE.map { $0.doubles.map { S($0) } } ?? zeroed(S.self, p.active)
         var loss = zeroed(S.self, wantsLoss ? p.active : 0)
         let wantsShardParts = wantsLoss && call.shard != nil
@@ -163,7 +165,7 @@ enum Engine {
             if !classifier.isBorrowed {
                 Placement.interleave(UnsafeRawBufferPointer(start: c, count: p.v * p.d * p.cType.size))
             }
-            let (order, targetPositions) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues.map { $0.map { Double($0) } },
+            let (order, targetPositions) = VocabularyOrder.make(problem: p, e: e, c: c, bias: biasValues,
                                                      sorted: call.policy.sortVocabulary, threads: call.threads,
                                                      mean: call.sortingMean, trace: &trace)
             trace.mark("vocabulary order")

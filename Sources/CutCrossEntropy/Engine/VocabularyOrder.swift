@@ -30,7 +30,7 @@ enum VocabularyOrder {
     /// active rows). The mean and the averages are marked in `trace` (CCE_TRACE) as phases of
     /// their own, the sort is what follows them.
     static func make(problem: Problem, e: UnsafeRawPointer, c: UnsafeRawPointer,
-                     bias: [Double]?, sorted: Bool, threads: Int = 1,
+                     bias: [Float]?, sorted: Bool, threads: Int = 1,
                      mean given: [Float]? = nil, trace: inout PhaseTrace)
         -> (order: [Int32], targetPositions: [Int32]) {
         let v = problem.v
@@ -50,7 +50,7 @@ enum VocabularyOrder {
             return descendingOrder(words: consume words)
         }
         let order = if let bias {
-            ordered { id, dot in descendingWord(Double(dot) + bias[id]) }
+            ordered { id, dot in descendingWord(Double(dot) + Double(bias[id])) }
         } else {
             ordered { _, dot in descendingWord(dot) }
         }
