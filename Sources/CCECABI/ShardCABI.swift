@@ -116,9 +116,6 @@ struct ShardInputs {
          _ n: Int64, _ d: Int64, _ v: Int64, _ offset: Int64, _ count: Int64, _ codes: (Int32, Int32, Int32),
          _ weight: UnsafePointer<Float>?, _ opt: UnsafePointer<cce_cpu_options>?) throws {
         shapes = try Shapes(n: n, d: d, v: v, batch: opt?.pointee.batch ?? 1)
-        guard offset >= 0, count >= 0, offset <= v, count <= v - offset, v > 0 else {
-            throw ArgumentError("shard [\(offset), \(offset + count)) does not fit in V = \(v)", CCE_CPU_ERR_SHAPE)
-        }
         shard = try VocabularyShard(offset: Int(offset), count: Int(count), vocabulary: shapes.v)
         options = try CCECABI.options(opt, weight: weight, v: shapes.v)
         let eType = try inputType(codes.0, "E"), cType = try inputType(codes.1, "C")

@@ -34,6 +34,28 @@ import cce_swift  # noqa: E402
 from cce_swift import _shards  # noqa: E402
 
 
+def measure(step, calls: int, prepare=lambda: ()) -> dict:
+    """`calls` runs of step(*prepare()) (prepare's arguments made before the timing; step
+    returns what must live until the peak is read), the first apart: median and minimum
+    seconds, the largest peak resident growth above a call's start (MB), and what the last
+    call sent through the gathers (_shards.traffic)."""
+    times, peaks = [], []
+    for k in range(calls):
+        args = prepare()
+        before = dict(_shards.traffic)
+        rss = pb.settle()
+        t0 = time.perf_counter()
+        kept = step(*args)
+        dt = time.perf_counter() - t0
+        peak = pb.peak_since(rss)
+        sent = {key: _shards.traffic[key] - before[key] for key in before}
+        del args, kept
+        if k > 0:
+            times.append(dt)
+            peaks.append(peak)
+    return {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": max(peaks) / 1e6, "sent": sent}
+
+
 def mpi_main(a):
     """One rank under mpirun: NumPy arrays, mpi4py's allgather."""
     import ml_dtypes
@@ -47,23 +69,17 @@ def mpi_main(a):
     vp = cce_swift.VocabParallelOptions.from_rank(a.vocab, comm.rank, comm.size, gather=comm.allgather)
     e, c, t = as_bf16(e0), as_bf16(c0[vp.start:vp.stop].contiguous()), t.numpy()
     del e0, c0
-    times, peaks = [], []
-    for k in range(a.calls):
-        before = dict(_shards.traffic)
-        rss = pb.settle()
-        t0 = time.perf_counter()
+    losses = []
+
+    def step():
         loss, grads = cce_swift.linear_cross_entropy(e, c, t, threads=a.threads, vocab_parallel_options=vp,
                                                      return_grads=True)
-        dt = time.perf_counter() - t0
-        peak = pb.peak_since(rss)
-        sent = {key: _shards.traffic[key] - before[key] for key in before}
-        del grads
-        if k > 0:
-            times.append(dt)
-            peaks.append(peak)
+        losses.append(float(loss))
+        return grads
+
+    result = measure(step, a.calls)
     line = json.dumps({"rank": comm.rank, "ranks": comm.size, "threads": a.threads, "numpy_mpi4py": True,
-                       "loss": float(loss), "median_s": statistics.median(times), "min_s": min(times),
-                       "peak_mb": max(peaks) / 1e6, "shard": [vp.start, vp.stop], "sent": sent})
+                       "loss": losses[-1], **result, "shard": [vp.start, vp.stop]})
     for r, text in enumerate(comm.gather(line, root=0) or []):
         print(text, flush=True)
 
@@ -76,25 +92,14 @@ def rank_main(a):
     vp = None if a.plain else cce_swift.VocabParallelOptions.from_vocab(a.vocab)
     c_mine = c0 if a.plain else c0[vp.start:vp.stop].clone()
     del c0
-    times, peaks = [], []
-    for k in range(a.calls):
-        e = e0.clone().requires_grad_(True)
-        c = c_mine.clone().requires_grad_(True)
-        before = dict(_shards.traffic)
-        rss = pb.settle()
-        t0 = time.perf_counter()
+    def step(e, c):
         loss = cce_swift.linear_cross_entropy(e, c, t, threads=a.threads, vocab_parallel_options=vp)
         loss.backward()
-        dt = time.perf_counter() - t0
-        peak = pb.peak_since(rss)
-        sent = {key: _shards.traffic[key] - before[key] for key in before}
-        if k > 0:
-            times.append(dt)
-            peaks.append(peak)
-        del e, c, loss
-    print(json.dumps({"rank": a.rank, "ranks": 1 if a.plain else a.ranks, "threads": a.threads,
-                      "median_s": statistics.median(times), "min_s": min(times), "peak_mb": max(peaks) / 1e6,
-                      "shard": None if vp is None else [vp.start, vp.stop], "sent": sent}), flush=True)
+        return loss
+
+    result = measure(step, a.calls, prepare=lambda: (e0.clone().requires_grad_(True), c_mine.clone().requires_grad_(True)))
+    print(json.dumps({"rank": a.rank, "ranks": 1 if a.plain else a.ranks, "threads": a.threads, **result,
+                      "shard": None if vp is None else [vp.start, vp.stop]}), flush=True)
     if not a.plain:
         dist.destroy_process_group()
 
