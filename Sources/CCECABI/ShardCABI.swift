@@ -56,15 +56,24 @@ struct ShardAgreement {
     static let names = ["N", "D", "V", "E type", "C type", "bias", "bias type", "weight", "reduction", "mode",
                         "shift", "batch", "ignore_index", "softcap", "label_smoothing", "z_loss", "filter_eps_mode",
                         "filter_eps", "sort_vocab", "filter_correction"]
+    /// The inputs every rank must hold the same values of, compared by `Fingerprint` (two
+    /// doubles each: the high and low 32 bits), after the fields above.
+    static let fingerprinted = ["E's values", "the targets", "the weight's values"]
 
-    /// Runs `check`, then gathers every rank's outcome and fields (Float64: each is an integer
-    /// or a double option, exact). Throws on every rank when any rank's check failed (this
+    /// The fingerprints of a rank's E, targets and class weights (0 where it has none).
+    static func fingerprints(_ x: ShardInputs) -> [UInt64] {
+        [x.E.fingerprint, x.T.fingerprint, x.options.classWeights.map { Fingerprint.of($0) } ?? 0]
+    }
+
+    /// Runs `check`, which returns the fingerprints of the rank's inputs (`fingerprints`), then
+    /// gathers every rank's outcome and fields (Float64: each is an integer, a double option or
+    /// half a fingerprint, exact). Throws on every rank when any rank's check failed (this
     /// rank's own error, or `CCEError.stateMismatch` naming the first rank that failed), when
-    /// the ranks disagree on a shared field, or when their shards do not tile [0, V) in rank
-    /// order. Returns rank 0's `chunk`.
+    /// the ranks disagree on a shared field or input, or when their shards do not tile [0, V)
+    /// in rank order. Returns rank 0's `chunk`.
     static func agree(_ gather: CallerGather, n: Int64, d: Int64, v: Int64, offset: Int64, count: Int64,
                       codes: (Int32, Int32, Int32), hasBias: Bool, hasWeight: Bool,
-                      opt: UnsafePointer<cce_cpu_options>?, chunk: Int64, check: () throws -> Void) throws -> Int {
+                      opt: UnsafePointer<cce_cpu_options>?, chunk: Int64, check: () throws -> [UInt64]) throws -> Int {
         var c = cce_cpu_options()
         cce_cpu_default_options(&c)
         if let opt { c = opt.pointee }
@@ -76,8 +85,10 @@ struct ShardAgreement {
             Double(c.filter_correction != 0 ? 1 : 0),
         ]
         var failure: Error? = nil
-        do { try check() } catch { failure = error }
-        let mine = [failure == nil ? 0 : 1] + shared + [Double(offset), Double(count), Double(chunk)]
+        var prints = [UInt64](repeating: 0, count: fingerprinted.count)
+        do { prints = try check() } catch { failure = error }
+        let halves = prints.flatMap { [Double($0 >> 32), Double($0 & 0xffff_ffff)] }
+        let mine = [failure == nil ? 0 : 1] + shared + halves + [Double(offset), Double(count), Double(chunk)]
         let all = try gather(mine, CCE_CPU_F64)
         if let failure { throw failure }
         if let r = all.firstIndex(where: { $0[0] != 0 }) {
@@ -87,10 +98,17 @@ struct ShardAgreement {
             for (k, name) in names.enumerated() where !(fields[1 + k] == all[0][1 + k] || fields[1 + k].isNaN && all[0][1 + k].isNaN) {
                 throw CCEError.stateMismatch("ranks disagree on \(name): rank 0 has \(all[0][1 + k]), rank \(r) \(fields[1 + k])")
             }
+            let first = 1 + names.count
+            for (k, name) in fingerprinted.enumerated()
+            where fields[(first + 2 * k)...(first + 2 * k + 1)] != all[0][(first + 2 * k)...(first + 2 * k + 1)] {
+                throw CCEError.stateMismatch("ranks disagree on \(name): rank \(r)'s differ from rank 0's (by fingerprint; "
+                                             + "every rank must pass the same)")
+            }
         }
+        let tail = 1 + names.count + 2 * fingerprinted.count
         var next = 0.0
         for (r, fields) in all.enumerated() {
-            let (o, k) = (fields[1 + names.count], fields[2 + names.count])
+            let (o, k) = (fields[tail], fields[tail + 1])
             guard o == next else {
                 throw CCEError.stateMismatch("rank \(r)'s shard starts at class \(Int(o)), where the shards of ranks "
                                              + "0 to \(r - 1) end at \(Int(next)) (the shards must tile [0, V) in rank order)")
@@ -100,7 +118,7 @@ struct ShardAgreement {
         guard next == Double(v) else {
             throw CCEError.stateMismatch("the \(gather.ranks) shards hold \(Int(next)) classes, V = \(v)")
         }
-        return Int(all[0][3 + names.count])
+        return Int(all[0][tail + 2])
     }
 }
 
@@ -150,6 +168,7 @@ public func cceCPUShardForward(
             try CutCrossEntropy(options: x.options).validate(embeddings: x.E, classifier: x.C, targets: x.T, bias: x.B,
                                                              shard: x.shard)
             inputs = x
+            return ShardAgreement.fingerprints(x)
         }
         let x = inputs!
         let engine = CutCrossEntropy(options: x.options)
@@ -191,6 +210,7 @@ public func cceCPUShardLossAndGradients(
             let engine = CutCrossEntropy(options: x.options)
             try engine.validate(embeddings: x.E, classifier: x.C, targets: x.T, bias: x.B, shard: x.shard)
             checked = (x, out)
+            return ShardAgreement.fingerprints(x)
         }
         let (x, out) = checked!
         var engine = CutCrossEntropy(options: x.options)

@@ -428,21 +428,7 @@ func describe(_ cce: CutCrossEntropy) -> [(String, String)] {
     ]
 }
 
-/// FNV-1a over the bytes of `values`, in hex: equal arrays give equal sums, and a change in
-/// any byte almost surely changes it.
-func checksum<T: BitwiseCopyable>(_ values: [T]) -> String {
-    values.withUnsafeBytes { fnv($0) }
-}
+/// A fingerprint in hex (`Fingerprint`, shared with the C ABI's agreement).
+func checksum<T: BitwiseCopyable>(_ values: [T]) -> String { String(Fingerprint.of(values), radix: 16) }
 
-func checksum(_ t: Tensor) -> String {
-    t.withRawPointer { fnv(UnsafeRawBufferPointer(start: $0, count: t.count * t.elementType.size)) }
-}
-
-func fnv(_ bytes: UnsafeRawBufferPointer) -> String {
-    // Eight bytes at a time (FNV-1a over 64-bit words): one pass at memory speed.
-    var h: UInt64 = 0xcbf2_9ce4_8422_2325
-    let words = bytes.count / 8
-    for i in 0..<words { h = (h ^ bytes.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)) &* 0x100_0000_01b3 }
-    for i in (words * 8)..<bytes.count { h = (h ^ UInt64(bytes[i])) &* 0x100_0000_01b3 }
-    return String(h, radix: 16)
-}
+func checksum(_ t: Tensor) -> String { String(t.fingerprint, radix: 16) }

@@ -60,10 +60,13 @@ final class ShardCABITests: XCTestCase {
     struct RankResult { var status: Int32 = -1; var message = ""; var loss = [Double](repeating: .nan, count: 1)
                         var dE: [Float] = [], dC: [Float] = [], calls = 0 }
 
+    /// What `run`'s `tweak` may change on one rank before its call.
+    struct RankInputs { var options: cce_cpu_options; var targets: [Int64]; var e: [Float]; var weight: [Float]? }
+
     /// Runs one fused shard call per rank on its own thread. `shards`: each rank's (offset,
-    /// count); `tweak` may change a rank's options or targets.
+    /// count); `tweak` may change a rank's options, targets, E or class weights.
     func run(_ x: (e: [Float], c: [Float], t: [Int64]), n: Int, d: Int, v: Int, shards: [(Int, Int)],
-             tweak: @escaping @Sendable (Int, inout cce_cpu_options, inout [Int64]) -> Void = { _, _, _ in }) -> [RankResult] {
+             tweak: @escaping @Sendable (Int, inout RankInputs) -> Void = { _, _ in }) -> [RankResult] {
         let g = ThreadGather(ranks: shards.count)
         final class Results: @unchecked Sendable {
             var values: [RankResult]; let lock = NSLock(); let done = DispatchGroup()
@@ -74,8 +77,10 @@ final class ShardCABITests: XCTestCase {
             var o = cce_cpu_options()
             cce_cpu_default_options(&o)
             o.threads = 1
-            var t = x.t
-            tweak(r, &o, &t)
+            var mine = RankInputs(options: o, targets: x.t, e: x.e, weight: nil)
+            tweak(r, &mine)
+            o = mine.options
+            let t = mine.targets
             let (offset, count) = shards[r]
             var out = RankResult()
             out.dE = [Float](repeating: .nan, count: n * d)
@@ -83,14 +88,17 @@ final class ShardCABITests: XCTestCase {
             let seat = ThreadGather.Seat(g, r)
             let user = Unmanaged.passRetained(seat).toOpaque()
             let cRows = Array(x.c[(offset * d)..<min(x.c.count, (offset + max(count, 0)) * d)])
-            out.status = Int32(x.e.withUnsafeBytes { e in cRows.withUnsafeBytes { c in t.withUnsafeBufferPointer { tp in
+            let weight = mine.weight ?? []
+            out.status = Int32(mine.e.withUnsafeBytes { e in cRows.withUnsafeBytes { c in t.withUnsafeBufferPointer { tp in
+                weight.withUnsafeBufferPointer { w in
                 out.loss.withUnsafeMutableBufferPointer { l in out.dE.withUnsafeMutableBytes { de in out.dC.withUnsafeMutableBytes { dc in
                     cce_cpu_shard_loss_and_gradients(
                         e.baseAddress, c.baseAddress, nil, tp.baseAddress, Int64(n), Int64(d), Int64(v), Int64(offset),
-                        Int64(count), Int64(shards.count), Int32(CCE_CPU_F32.rawValue), Int32(CCE_CPU_F32.rawValue), 0, nil,
+                        Int64(count), Int64(shards.count), Int32(CCE_CPU_F32.rawValue), Int32(CCE_CPU_F32.rawValue), 0,
+                        mine.weight == nil ? nil : w.baseAddress,
                         &o, 0, nil, l.baseAddress, nil, de.baseAddress, dc.baseAddress, nil,
                         Int32(CCE_CPU_F32.rawValue), Int32(CCE_CPU_F32.rawValue), 0, nil, threadGather, user)
-                }}}
+                }}}}
             }}})
             out.message = String(cString: cce_cpu_last_error())
             out.calls = seat.calls
@@ -138,7 +146,7 @@ final class ShardCABITests: XCTestCase {
         let x = problem(n: n, d: d, v: v)
         let split = VocabularyShard.split(vocabulary: v, parts: 2).map { ($0.offset, $0.count) }
         // An option that differs.
-        var ranks = run(x, n: n, d: d, v: v, shards: split) { r, o, _ in if r == 1 { o.label_smoothing = 0.1 } }
+        var ranks = run(x, n: n, d: d, v: v, shards: split) { r, a in if r == 1 { a.options.label_smoothing = 0.1 } }
         for got in ranks {
             XCTAssertEqual(got.status, Int32(CCE_CPU_ERR_STATE.rawValue))
             XCTAssertTrue(got.message.contains("ranks disagree on label_smoothing"), got.message)
@@ -155,9 +163,35 @@ final class ShardCABITests: XCTestCase {
         ranks = run(x, n: n, d: d, v: v, shards: [(0, 50), (50, 50)])
         for got in ranks { XCTAssertTrue(got.message.contains("the 2 shards hold 100 classes, V = 101"), got.message) }
         // One rank's target out of range: that rank its own error, the other names it.
-        ranks = run(x, n: n, d: d, v: v, shards: split) { r, _, t in if r == 0 { t[3] = 500 } }
+        ranks = run(x, n: n, d: d, v: v, shards: split) { r, a in if r == 0 { a.targets[3] = 500 } }
         XCTAssertEqual(ranks[0].status, Int32(CCE_CPU_ERR_TARGET.rawValue), ranks[0].message)
         XCTAssertEqual(ranks[1].status, Int32(CCE_CPU_ERR_STATE.rawValue))
         XCTAssertTrue(ranks[1].message.contains("rank 0 of 2 failed its checks"), ranks[1].message)
+    }
+
+    /// Inputs every rank must hold the same of (E, the targets, the class weights) are compared
+    /// by fingerprint: one value changed on one rank fails every rank, naming the input.
+    func testDifferentInputValuesFailOnEveryRank() {
+        let (n, d, v) = (40, 6, 101)
+        let x = problem(n: n, d: d, v: v)
+        let split = VocabularyShard.split(vocabulary: v, parts: 2).map { ($0.offset, $0.count) }
+        let weights = (0..<v).map { 0.5 + Float($0 % 7) / 7 }
+        let cases: [(String, @Sendable (Int, inout RankInputs) -> Void)] = [
+            ("E's values", { r, a in if r == 1 { a.e[17] = a.e[17].nextUp } }),
+            ("the targets", { r, a in if r == 0 { a.targets[5] = (a.targets[5] + 1) % Int64(v) } }),
+            ("the weight's values", { r, a in a.weight = weights; if r == 1 { a.weight![100] = 2 } }),
+        ]
+        for (name, tweak) in cases {
+            let ranks = run(x, n: n, d: d, v: v, shards: split, tweak: tweak)
+            for got in ranks {
+                XCTAssertEqual(got.status, Int32(CCE_CPU_ERR_STATE.rawValue), "\(name): \(got.message)")
+                XCTAssertTrue(got.message.contains("ranks disagree on \(name)"), got.message)
+                XCTAssertEqual(got.calls, 1, "no exchange after the agreement")
+                XCTAssertTrue(got.loss[0].isNaN, "no output written")
+            }
+        }
+        // The same weights on every rank pass.
+        let ranks = run(x, n: n, d: d, v: v, shards: split) { _, a in a.weight = weights }
+        for got in ranks { XCTAssertEqual(got.status, 0, got.message) }
     }
 }

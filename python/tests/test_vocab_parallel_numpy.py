@@ -166,3 +166,30 @@ def test_a_gather_that_raises_stops_the_call(fails_at):
     with pytest.raises(cs.CCERuntimeError, match="network down"):
         cs.linear_cross_entropy(e, c, t, vocab_parallel_options=vp, return_grads=True)
     assert len(calls) == fails_at
+
+
+@pytest.mark.parametrize("differs", ["E's values", "the targets", "the weight's values"])
+def test_numpy_ranks_with_different_inputs_fail_every_rank(differs):
+    """E, the targets and the class weights must be the same on every rank: the library's
+    agreement compares their fingerprints, so one value changed on one rank raises on all."""
+    v = 101
+    e, c, t, _ = problem(n=20, d=8, v=v, seed=3)
+    weight = np.linspace(0.5, 1.5, v).astype(np.float32)
+    ranks = Ranks(2)
+
+    def rank(r):
+        vp = cs.VocabParallelOptions.from_rank(v, r, 2, ranks.gather(r))
+        mine_e, mine_t, mine_w = e.copy(), t.copy(), weight.copy()
+        if r == 1:
+            if differs == "E's values":
+                mine_e.reshape(-1)[11] += 1
+            elif differs == "the targets":
+                mine_t.reshape(-1)[4] = (mine_t.reshape(-1)[4] + 1) % v
+            else:
+                mine_w[-1] = 3.0
+        return cs.linear_cross_entropy(mine_e, c[vp.start:vp.stop], mine_t, weight=mine_w,
+                                       vocab_parallel_options=vp, return_grads=True)
+
+    got = ranks.run(rank)
+    assert all(isinstance(x, cs.CCEError) for x in got), got
+    assert all(f"ranks disagree on {differs}" in str(x) for x in got), got
