@@ -6,7 +6,8 @@
 // `ShardForward.combine`, `lossAndGradients(…, shard:, exchange:)`); this file only turns the
 // caller's gather into the exchanges those take, and makes every rank agree before any of
 // them computes, so that a rank whose inputs fail their checks cannot leave the others
-// waiting in a collective.
+// waiting in a collective, and a rank whose E, targets or class weights differ from rank 0's
+// (compared by `Fingerprint`) cannot make them return a wrong answer.
 
 import CCECPU
 import CCERuntime
@@ -52,7 +53,8 @@ struct CallerGather {
 
 /// One rank's call: what its checks found, agreed with every other rank before anything runs.
 struct ShardAgreement {
-    /// The fields every rank must share, then this rank's shard and exchange chunk.
+    /// The fields every rank must share (after the checks' outcome; then `fingerprinted`'s
+    /// halves, this rank's shard and its exchange chunk).
     static let names = ["N", "D", "V", "E type", "C type", "bias", "bias type", "weight", "reduction", "mode",
                         "shift", "batch", "ignore_index", "softcap", "label_smoothing", "z_loss", "filter_eps_mode",
                         "filter_eps", "sort_vocab", "filter_correction"]

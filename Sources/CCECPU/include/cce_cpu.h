@@ -204,9 +204,11 @@ int cce_cpu_loss_and_gradients_f64(const void *E, const void *C, const void *bia
  * stops the call with CCE_CPU_ERR_BACKEND. Every rank calls it the same number of times with
  * the same counts, from the thread that made the call (never concurrently), so a
  * collective per call is right; `user` is passed through. The first call is an agreement:
- * each rank checks its inputs and the ranks compare N, D, V, the types, the options and
- * the shards; when any rank's check fails, every rank returns an error (the failing one its
- * own, the others CCE_CPU_ERR_STATE naming that rank), and no rank is left waiting.
+ * each rank checks its inputs and the ranks compare N, D, V, the types, the options, the
+ * shards, and fingerprints (64-bit FNV-1a) of E, the targets and the weight's values; when
+ * any rank's check fails, every rank returns an error (the failing one its own, the others
+ * CCE_CPU_ERR_STATE naming that rank), when they disagree every rank returns
+ * CCE_CPU_ERR_STATE naming what differs, and no rank is left waiting.
  *
  * Forward: loss and lse as cce_cpu_forward, the whole vocabulary's, the same on every rank
  * (one gather of 2 or 3 values per token). *state (nullable) is this shard's: pass it to
