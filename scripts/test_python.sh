@@ -30,6 +30,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q pytest
+# mpi4py (a PyPI wheel that finds the system's libmpi at run time) for the tests of the NumPy
+# vocabulary-parallel path under a real mpirun; they skip without it.
+if command -v mpirun >/dev/null; then
+  "${PIP[@]}" install -q mpi4py || echo "test_python.sh: mpi4py did not install; its mpirun tests are skipped"
+fi
 if [ "$WITH_TORCH" != 0 ]; then
   spec=${CCE_TORCH:-}
   if [ -z "$spec" ]; then
