@@ -5,8 +5,9 @@
     loss = linear_cross_entropy(hidden, head.weight, labels, shift=1)   # like F.cross_entropy(hidden @ W.T, ...)
     loss.backward()
 
-Arguments have apple/ml-cross-entropy's names and meanings (e, c, targets, bias, ignore_index,
-softcap, reduction, shift, filter_eps, return_lse); label_smoothing and weight are PyTorch's
+Arguments have apple/ml-cross-entropy's names, order and meanings (e, c, targets, bias,
+ignore_index, softcap, reduction, shift, return_lse, filter_eps, accum_e_fp32, accum_c_fp32,
+filter_e_grad, filter_c_grad, impl, vocab_parallel_options); label_smoothing and weight are PyTorch's
 (F.cross_entropy), z_loss adds z_loss·lse² per token, and mode picks the engine's accumulation
 ("default", "kahan", "kahan-full-e", "kahan-full-c", "exact"; apple's impl names "cce",
 "cce_kahan_full_e", "cce_kahan_full_c", "cce_exact" too). Docs/PYTHON.md has the details.
@@ -27,10 +28,11 @@ def _is_torch(x) -> bool:
 
 
 def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=None, reduction="mean", shift=0,
-                         label_smoothing=0.0, z_loss=0.0, weight=None, filter_eps="auto", mode="default",
-                         return_lse=False, *, filter_correction=True, sort_vocab=True, threads=None,
-                         check_finite=False, saved_logits_per_row=None, allow_copy=True, return_grads=False,
-                         grad_output=None, grad_dtype=None, vocab_parallel_options=None):
+                         return_lse=False, filter_eps="auto", accum_e_fp32=False, accum_c_fp32=False,
+                         filter_e_grad=True, filter_c_grad=True, impl="cce", vocab_parallel_options=None, *,
+                         label_smoothing=0.0, z_loss=0.0, weight=None, mode=None, filter_correction=True,
+                         sort_vocab=True, threads=None, check_finite=False, saved_logits_per_row=None,
+                         allow_copy=True, return_grads=False, grad_output=None, grad_dtype=None):
     """Cross-entropy of the logits e @ c.T (+ bias) against targets, without materializing them.
 
     e (..., D), c (V, D), targets (...) integers in [0, V) or ignore_index, bias (V) optional,
@@ -42,7 +44,14 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
     targets[..., shift:]; return_lse adds the log-sum-exp in that shape (0 where no loss).
     The loss is float32 (float64 in exact mode).
 
-    Options beyond apple's: filter_correction (add the first-order part of filtered gradient
+    The positional arguments are apple's, in its order, up to vocab_parallel_options; impl
+    (a name or apple's LinearCrossEntropyImpl), accum_e_fp32, accum_c_fp32, filter_e_grad and
+    filter_c_grad map onto mode (this package's name for the variant: "default", "kahan",
+    "kahan-full-e", "kahan-full-c", "exact"; pass one or the other). The engine accumulates in
+    Float32 always, so accum_*_fp32 gives Kahan-compensated gradients; impl="cce_exact" is the
+    Float64 exact mode; impl="torch_compile" is refused (Docs/PYTHON.md, "From apple's API").
+
+    Options beyond apple's (keyword-only): label_smoothing, z_loss, weight, mode, filter_correction (add the first-order part of filtered gradient
     segments back to dE, and their mass to dbias), sort_vocab, threads (None: every CPU), check_finite,
     saved_logits_per_row (logits the fused forward keeps a row for its backward, 0...65536,
     0 off; None: 2048), allow_copy (False: raise instead of copying a non-contiguous input).
@@ -56,6 +65,9 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
     every rank, and every rank gets the whole vocabulary's loss (and lse), its shard's
     gradients for c and bias, and e's gradient summed over the ranks in rank order
     (Docs/PYTHON.md, "Vocabulary parallel")."""
+    from ._core import apple_options
+
+    mode, filter_eps = apple_options(mode, impl, accum_e_fp32, accum_c_fp32, filter_e_grad, filter_c_grad, filter_eps)
     options = dict(ignore_index=ignore_index, softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss,
                    filter_eps=filter_eps, filter_correction=filter_correction, sort_vocab=sort_vocab, threads=threads,
                    check_finite=check_finite, saved_logits_per_row=saved_logits_per_row)

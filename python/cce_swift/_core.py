@@ -73,6 +73,46 @@ def normalize_mode(mode: str) -> str:
     return m
 
 
+# apple/ml-cross-entropy's impl presets (its CCEPresets) as this engine's (mode, whether the
+# preset turns the filter off). cce_exact is this engine's exact mode (Float64 tiles and sums,
+# no filter), more accurate than apple's Float32 one.
+APPLE_IMPLS = {"cce": None, "cce_kahan": ("kahan", False), "cce_kahan_full_c": ("kahan-full-c", False),
+               "cce_kahan_full_e": ("kahan-full-e", False), "cce_kahan_full": ("kahan", True),
+               "cce_kahan_full_c_full_e": ("kahan", True), "cce_exact": ("exact", False)}
+
+
+def apple_options(mode, impl, accum_e_fp32: bool, accum_c_fp32: bool, filter_e_grad: bool, filter_c_grad: bool,
+                  filter_eps):
+    """(mode, filter_eps) from apple/ml-cross-entropy's impl and accumulation and filter flags,
+    or from this package's mode (not both). The engine always accumulates in Float32 (Float64
+    in the exact mode), so accum_*_fp32 asks for more: the Kahan-compensated gradients of mode
+    "kahan" (both dE and dC). filter_e_grad=False (or filter_c_grad=False) is mode
+    "kahan-full-e" ("kahan-full-c"): that gradient unfiltered, compensated; both False is no
+    filter. A preset impl overrides the flags, as in apple's."""
+    name = impl.name.lower() if hasattr(impl, "name") else impl
+    flags = (bool(accum_e_fp32), bool(accum_c_fp32), bool(filter_e_grad), bool(filter_c_grad))
+    if mode is not None:
+        if name != "cce" or flags != (False, False, True, True):
+            raise _lib.CCEValueError("invalid option: pass mode, or apple/ml-cross-entropy's impl, accum_e_fp32, "
+                                     "accum_c_fp32, filter_e_grad and filter_c_grad, not both", 8)
+        return normalize_mode(mode), filter_eps
+    if name not in APPLE_IMPLS:
+        other = " (apple's torch.compile path; this package runs its own engine)" if name == "torch_compile" else ""
+        raise _lib.CCEValueError(f"invalid option: impl must be one of {', '.join(repr(k) for k in APPLE_IMPLS)}, "
+                                 f"got {impl!r}{other}", 8)
+    preset = APPLE_IMPLS[name]
+    if preset is not None:
+        return preset[0], None if preset[1] else filter_eps
+    accum_e, accum_c, filter_e, filter_c = flags
+    if not filter_e and not filter_c:
+        return ("kahan" if accum_e or accum_c else "default"), None
+    if not filter_e:
+        return "kahan-full-e", filter_eps
+    if not filter_c:
+        return "kahan-full-c", filter_eps
+    return ("kahan" if accum_e or accum_c else "default"), filter_eps
+
+
 def normalize_shift(shift) -> int:
     if isinstance(shift, bool):
         return int(shift)
