@@ -17,8 +17,10 @@ from __future__ import annotations
 from ._lib import CCEError, CCERuntimeError, CCEValueError
 from .compare import CompareReport, TensorComparison, compare
 
-__all__ = ["linear_cross_entropy", "reference", "compare", "CompareReport", "TensorComparison", "Gradients",
-           "VocabParallelOptions",
+from ._core import LinearCrossEntropyImpl
+
+__all__ = ["linear_cross_entropy", "LinearCrossEntropy", "LinearCrossEntropyImpl", "reference", "compare",
+           "CompareReport", "TensorComparison", "Gradients", "VocabParallelOptions",
            "CCEError", "CCEValueError", "CCERuntimeError", "library_path", "release_scratch"]
 __version__ = "0.1.0"
 
@@ -139,6 +141,10 @@ def __getattr__(name):
         from ._shards import VocabParallelOptions
 
         return VocabParallelOptions
+    if name == "LinearCrossEntropy":   # needs torch
+        from ._torch import LinearCrossEntropy
+
+        return LinearCrossEntropy
     if name == "Gradients":
         from ._numpy import Gradients
 

@@ -1,6 +1,7 @@
 """What the NumPy and PyTorch paths share: argument checking, shapes, the options struct."""
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -71,6 +72,18 @@ def normalize_mode(mode: str) -> str:
             f"(or apple/ml-cross-entropy's {', '.join(repr(k) for k in _lib.MODE_ALIASES if k.startswith('cce'))}), "
             f"got {mode!r}", 8)
     return m
+
+
+class LinearCrossEntropyImpl(enum.IntEnum):
+    """apple/ml-cross-entropy's impl choices, under its names (`impl=` takes a member or its
+    name in lower case); apple_options maps each onto this engine's mode and filter."""
+    CCE = enum.auto()
+    TORCH_COMPILE = enum.auto()
+    CCE_KAHAN_FULL_C = enum.auto()
+    CCE_KAHAN_FULL_E = enum.auto()
+    CCE_EXACT = enum.auto()
+    CCE_KAHAN_FULL_C_FULL_E = enum.auto()
+    CCE_KAHAN_FULL = enum.auto()
 
 
 # apple/ml-cross-entropy's impl presets (its CCEPresets) as this engine's (mode, whether the

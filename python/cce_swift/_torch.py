@@ -220,3 +220,30 @@ def run(e, c, targets, bias, weight, *, reduction, shift, mode, return_lse, allo
         out, lse_out = call.outputs(loss, lse)
         return (out, lse_out) if return_lse else out
     return LinearCrossEntropyFunction.apply(e, c, bias, targets, weight, call, return_lse)
+
+
+class LinearCrossEntropy(torch.nn.Module):
+    """apple/ml-cross-entropy's module: the options at construction (apple's, in its order,
+    then this package's keyword-only ones), forward(e, c, targets, bias=None) calls
+    linear_cross_entropy with them."""
+
+    def __init__(self, ignore_index=-100, softcap=None, reduction="mean", shift=0, filter_eps="auto",
+                 accum_e_fp32=False, accum_c_fp32=False, filter_e_grad=True, filter_c_grad=True, impl="cce",
+                 return_lse=False, **options):
+        super().__init__()
+        self.ignore_index, self.softcap, self.reduction, self.shift = ignore_index, softcap, reduction, shift
+        self.filter_eps, self.accum_e_fp32, self.accum_c_fp32 = filter_eps, accum_e_fp32, accum_c_fp32
+        self.filter_e_grad, self.filter_c_grad, self.impl, self.return_lse = filter_e_grad, filter_c_grad, impl, return_lse
+        self.options = options
+        # Bad options fail here, not at the first forward.
+        _core.apple_options(options.get("mode"), impl, accum_e_fp32, accum_c_fp32, filter_e_grad, filter_c_grad,
+                            filter_eps)
+
+    def forward(self, e, c, targets, bias=None):
+        from . import linear_cross_entropy
+
+        return linear_cross_entropy(e, c, targets, bias, ignore_index=self.ignore_index, softcap=self.softcap,
+                                    reduction=self.reduction, shift=self.shift, filter_eps=self.filter_eps,
+                                    accum_e_fp32=self.accum_e_fp32, accum_c_fp32=self.accum_c_fp32,
+                                    filter_e_grad=self.filter_e_grad, filter_c_grad=self.filter_c_grad,
+                                    impl=self.impl, return_lse=self.return_lse, **self.options)

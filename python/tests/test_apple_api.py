@@ -17,7 +17,7 @@ APPLE = ["e", "c", "targets", "bias", "ignore_index", "softcap", "reduction", "s
          "accum_e_fp32", "accum_c_fp32", "filter_e_grad", "filter_c_grad", "impl", "vocab_parallel_options"]
 
 
-class LinearCrossEntropyImpl(enum.IntEnum):   # apple's enum, as a caller would pass it
+class AppleImpl(enum.IntEnum):   # apple's own enum, as a caller importing it would pass it
     CCE = enum.auto()
     TORCH_COMPILE = enum.auto()
     CCE_KAHAN_FULL_C = enum.auto()
@@ -25,6 +25,10 @@ class LinearCrossEntropyImpl(enum.IntEnum):   # apple's enum, as a caller would 
     CCE_EXACT = enum.auto()
     CCE_KAHAN_FULL_C_FULL_E = enum.auto()
     CCE_KAHAN_FULL = enum.auto()
+
+
+def test_the_impl_enum_has_apples_members():
+    assert [m.name for m in cs.LinearCrossEntropyImpl] == [m.name for m in AppleImpl]
 
 
 def test_positional_parameters_are_apples():
@@ -46,12 +50,13 @@ def same(a, b):
 
 @pytest.mark.parametrize("apple,ours", [
     (dict(impl="cce"), dict(mode="default")),
-    (dict(impl=LinearCrossEntropyImpl.CCE), dict()),
+    (dict(impl=AppleImpl.CCE), dict()),
     (dict(impl="cce_kahan_full_c"), dict(mode="kahan-full-c")),
-    (dict(impl=LinearCrossEntropyImpl.CCE_KAHAN_FULL_E), dict(mode="kahan-full-e")),
+    (dict(impl=AppleImpl.CCE_KAHAN_FULL_E), dict(mode="kahan-full-e")),
     (dict(impl="cce_kahan_full"), dict(mode="kahan", filter_eps=None)),
-    (dict(impl=LinearCrossEntropyImpl.CCE_KAHAN_FULL_C_FULL_E), dict(mode="kahan", filter_eps=None)),
+    (dict(impl=AppleImpl.CCE_KAHAN_FULL_C_FULL_E), dict(mode="kahan", filter_eps=None)),
     (dict(impl="cce_exact"), dict(mode="exact")),
+    (dict(impl=cs.LinearCrossEntropyImpl.CCE_KAHAN_FULL_C), dict(mode="kahan-full-c")),
     (dict(accum_e_fp32=True), dict(mode="kahan")),
     (dict(accum_c_fp32=True, filter_eps=2.0 ** -10), dict(mode="kahan", filter_eps=2.0 ** -10)),
     (dict(filter_e_grad=False), dict(mode="kahan-full-e")),
@@ -75,7 +80,7 @@ def test_errors_name_the_problem():
     with pytest.raises(cs.CCEValueError, match="pass mode, or apple"):
         call(mode="default", filter_e_grad=False)
     with pytest.raises(cs.CCEValueError, match="torch.compile path"):
-        call(impl=LinearCrossEntropyImpl.TORCH_COMPILE)
+        call(impl=AppleImpl.TORCH_COMPILE)
     with pytest.raises(cs.CCEValueError, match="impl must be one of"):
         call(impl="cce_fast")
 
@@ -96,3 +101,21 @@ def test_torch_call_as_apple_writes_it():
     e2, c2 = e.detach().clone().requires_grad_(), c.detach().clone().requires_grad_()
     cs.linear_cross_entropy(e2, c2, t, mode="kahan-full-c").backward()
     assert torch.equal(e.grad, e2.grad) and torch.equal(c.grad, c2.grad) and lse.shape == t.shape
+
+
+def test_the_module_as_apple_writes_it():
+    torch = pytest.importorskip("torch")
+    e, c, t, b = problem(n=30, d=8, v=101, seed=2, bias=True)
+    e, c, t, b = (torch.from_numpy(x) for x in (e, c, t, b))
+    module = cs.LinearCrossEntropy(reduction="sum", shift=1, impl="cce_kahan_full_e", return_lse=True,
+                                   label_smoothing=0.1)
+    loss, lse = module(e.reshape(3, 10, 8), c, t.reshape(3, 10), b)
+    want, want_lse = cs.linear_cross_entropy(e.reshape(3, 10, 8), c, t.reshape(3, 10), b, reduction="sum", shift=1,
+                                             mode="kahan-full-e", return_lse=True, label_smoothing=0.1)
+    assert torch.equal(loss, want) and torch.equal(lse, want_lse)
+    with pytest.raises(cs.CCEValueError, match="impl must be one of"):
+        cs.LinearCrossEntropy(impl="cce_fast")
+    names = [p.name for p in inspect.signature(cs.LinearCrossEntropy.__init__).parameters.values()
+             if p.kind is p.POSITIONAL_OR_KEYWORD][1:]
+    assert names == ["ignore_index", "softcap", "reduction", "shift", "filter_eps", "accum_e_fp32", "accum_c_fp32",
+                     "filter_e_grad", "filter_c_grad", "impl", "return_lse"]   # apple's module, in order
