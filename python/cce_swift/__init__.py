@@ -73,6 +73,10 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
     options = dict(ignore_index=ignore_index, softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss,
                    filter_eps=filter_eps, filter_correction=filter_correction, sort_vocab=sort_vocab, threads=threads,
                    check_finite=check_finite, saved_logits_per_row=saved_logits_per_row)
+    if _is_torch(e) or _is_torch(c):
+        from . import _torch
+
+        e, c, bias = _torch.autocast(e, c, bias)   # inside torch.autocast: its dtype, as a matrix product
     if vocab_parallel_options is not None:
         if not (_is_torch(e) or _is_torch(c)):
             from . import _shards
@@ -91,8 +95,6 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
         if return_grads or grad_output is not None or grad_dtype is not None:
             raise TypeError("return_grads, grad_output and grad_dtype are for NumPy arrays; "
                             "with torch tensors use loss.backward() (autograd)")
-        from . import _torch
-
         return _torch.run(e, c, targets, bias, weight, reduction=reduction, shift=shift, mode=mode,
                           return_lse=return_lse, allow_copy=allow_copy, **options)
     from . import _numpy

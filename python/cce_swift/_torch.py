@@ -180,6 +180,38 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         return dE, dC, dB, None, None, None, None
 
 
+def autocast_dtype(device_type: str):
+    """The dtype torch.autocast gives matrix products on this device type, or None outside an
+    autocast region."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return None
+    except (TypeError, AttributeError):   # torch < 2.4: one function per device type
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        if device_type == "cuda":
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        return None
+
+
+def autocast(e, c, bias):
+    """Inside torch.autocast, e, c and bias as the region's matrix products would take them:
+    cast (differentiably, so the gradients come back in the inputs' own dtypes) to its dtype,
+    bfloat16 on the CPU by default; float64 tensors are left alone, as autocast leaves them. So
+    a model trained under autocast with float32 weights gets the engine's bf16 path (its
+    bf16 filter and speed), as apple/ml-cross-entropy does on the GPU. Outside: unchanged."""
+    device = next((x.device.type for x in (e, c) if isinstance(x, torch.Tensor)), None)
+    dtype = None if device is None else autocast_dtype(device)
+    if dtype is None:
+        return e, c, bias
+
+    def cast(x):
+        eligible = isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype not in (torch.float64, dtype)
+        return x.to(dtype) if eligible else x
+    return cast(e), cast(c), cast(bias)
+
+
 def prepared(e, c, targets, bias, weight, shift, mode, allow_copy):
     """The inputs as the C ABI takes them (contiguous; int64 targets, float32 weight) and the
     shift and mode normalized; TypeError or CCEValueError for what cannot be."""
