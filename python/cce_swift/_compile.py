@@ -143,6 +143,101 @@ if AVAILABLE:
 
     loss_op.register_autograd(_backward, setup_context=_setup)
 
+    # Vocabulary-parallel calls (_vocab_parallel.py) as two more operators: the same arguments
+    # and outputs as loss_op and grads_op, then the shard (start, stop), the process group by
+    # name ("" for the default group: a group object cannot be an operator's argument),
+    # reduce_e_grad and exchange_chunk (-1: the library's). Each runs the eager path's
+    # agreement and shard call when the compiled code runs, so the ranks' collectives happen
+    # there, in the order of the eager path.
+
+    def _vocab_parallel_options(start, stop, group, reduce_e_grad, exchange_chunk):
+        from ._shards import VocabParallelOptions
+
+        return VocabParallelOptions(start, stop, group_by_name(group), reduce_e_grad,
+                                    None if exchange_chunk < 0 else exchange_chunk)
+
+    def _shard_call(e, c, bias, targets, weight, opts, vp):
+        from . import _vocab_parallel
+
+        reduction, shift, mode = opts.pop("reduction"), opts.pop("shift"), opts.pop("mode")
+        call, _ = _vocab_parallel.make_call(e, c, targets, bias, weight, vp, reduction=reduction, shift=shift,
+                                            mode=mode, allow_copy=True, **opts)
+        return call
+
+    @torch.library.custom_op("cce_swift::shard_loss", mutates_args=())
+    def shard_loss_op(e: torch.Tensor, c: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+                      weight: Optional[torch.Tensor], need_e: bool, need_c: bool, need_b: bool, return_lse: bool,
+                      reduction: str, shift: int, mode: str, ignore_index: int, softcap: Optional[float],
+                      label_smoothing: float, z_loss: float, filter_eps: str, filter_correction: bool,
+                      sort_vocab: bool, threads: Optional[int], check_finite: bool,
+                      saved_logits_per_row: Optional[int], start: int, stop: int, group: str, reduce_e_grad: bool,
+                      exchange_chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        opts = _options(reduction, shift, mode, ignore_index, softcap, label_smoothing, z_loss, filter_eps,
+                        filter_correction, sort_vocab, threads, check_finite, saved_logits_per_row)
+        call = _shard_call(e, c, bias, targets, weight, opts,
+                           _vocab_parallel_options(start, stop, group, reduce_e_grad, exchange_chunk))
+        dE = dC = dB = None
+        if reduction == "none" or not (need_e or need_c or need_b):
+            loss, lse, _ = call.forward_only(e, c, bias, targets, weight, return_lse)
+        else:
+            loss, lse, (dE, dC, dB) = call.fused(e, c, bias, targets, weight, (need_e, need_c, need_b), return_lse)
+        out, lse_out = call.outputs(loss, lse)
+        return (out.clone(), _empty(out) if lse_out is None else lse_out.clone(),
+                _empty(e) if dE is None else dE, _empty(c) if dC is None else dC,
+                _empty(e) if dB is None else dB)
+
+    @shard_loss_op.register_fake
+    def _(e, c, bias, targets, weight, need_e, need_c, need_b, return_lse, reduction, shift, mode, *rest):
+        # c and bias are the shard's rows and weight has the whole V: the layout without it.
+        lay = _core.layout(e.shape, c.shape, targets.shape, None if bias is None else bias.shape, None, shift)
+        _core.make_options(**_options(reduction, shift, mode, *rest[:10]))
+        dtype = torch.float64 if _core.normalize_mode(mode) == "exact" else torch.float32
+        out = e.new_empty(lay.sliced_shape if reduction == "none" else (), dtype=dtype)
+        lse = e.new_empty(lay.sliced_shape, dtype=dtype) if return_lse else e.new_empty((0,), dtype=dtype)
+        grads = reduction != "none" and (need_e or need_c or need_b)
+        return (out, lse, torch.empty_like(e) if grads and need_e else _empty(e),
+                torch.empty_like(c) if grads and need_c else _empty(c),
+                torch.empty_like(bias) if grads and need_b and bias is not None else _empty(e))
+
+    @torch.library.custom_op("cce_swift::shard_grads", mutates_args=())
+    def shard_grads_op(e: torch.Tensor, c: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+                       weight: Optional[torch.Tensor], grad_loss: torch.Tensor, need_e: bool, need_c: bool,
+                       need_b: bool, shift: int, mode: str, ignore_index: int, softcap: Optional[float],
+                       label_smoothing: float, z_loss: float, filter_eps: str, filter_correction: bool,
+                       sort_vocab: bool, threads: Optional[int], check_finite: bool,
+                       saved_logits_per_row: Optional[int], start: int, stop: int, group: str, reduce_e_grad: bool,
+                       exchange_chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        opts = _options("none", shift, mode, ignore_index, softcap, label_smoothing, z_loss, filter_eps,
+                        filter_correction, sort_vocab, threads, check_finite, saved_logits_per_row)
+        call = _shard_call(e, c, bias, targets, weight, opts,
+                           _vocab_parallel_options(start, stop, group, reduce_e_grad, exchange_chunk))
+        _, _, (dE, dC, dB) = call.fused(e, c, bias, targets, weight, (need_e, need_c, need_b), False,
+                                        upstream=_torch.upstream_rows(call.lay, grad_loss))
+        return (_empty(e) if dE is None else dE, _empty(c) if dC is None else dC, _empty(e) if dB is None else dB)
+
+    @shard_grads_op.register_fake
+    def _(e, c, bias, targets, weight, grad_loss, need_e, need_c, need_b, *rest):
+        return (torch.empty_like(e) if need_e else _empty(e), torch.empty_like(c) if need_c else _empty(c),
+                torch.empty_like(bias) if need_b and bias is not None else _empty(e))
+
+    _SHARD_ARGS = slice(22, None)   # start ... exchange_chunk, after loss_op's arguments
+
+    def _shard_setup(ctx, inputs, output):
+        _setup(ctx, inputs[:_SHARD_ARGS.start], output)
+        ctx.shard = inputs[_SHARD_ARGS]
+
+    def _shard_backward(ctx, g_loss, g_lse, g_de, g_dc, g_db):
+        need_e, need_c, need_b = ctx.flags
+        if ctx.reduction == "none":
+            e, c, bias, targets, weight = ctx.saved_tensors
+            dE, dC, dB = shard_grads_op(e, c, bias, targets, weight, g_loss, need_e, need_c, need_b, *ctx.options,
+                                        *ctx.shard)
+        else:
+            dE, dC, dB = (x * g_loss for x in ctx.saved_tensors)
+        return (dE if need_e else None, dC if need_c else None, dB if need_b else None) + (None,) * 24
+
+    shard_loss_op.register_autograd(_shard_backward, setup_context=_shard_setup)
+
     # CUDA tensors: the CUDA library's forward and backward as two operators (_cuda.py's
     # CudaFunction, whose ctypes calls Dynamo cannot trace either). The forward keeps the lse
     # rows for the backward, as the eager path does.
@@ -227,6 +322,40 @@ def cuda_run(e, c, bias, targets, weight, *, reduction, shift, return_lse, ignor
     lay = _core.layout(e.shape, c.shape, targets.shape, None if bias is None else bias.shape, None, shift)
     out, lse_out = _cuda.outputs(lay, reduction, ignore_index, loss, lse if return_lse else None, targets)
     return (out, lse_out) if return_lse else out
+
+
+def group_by_name(name: str):
+    """A torch.distributed process group from its name ("" : the default group, None)."""
+    if name == "":
+        return None
+    import torch.distributed as dist
+
+    c10d = dist.distributed_c10d
+    resolve = getattr(c10d, "_resolve_process_group", None)
+    if resolve is not None:
+        return resolve(name)
+    for group, known in c10d._world.pg_names.items():
+        if known == name:
+            return group
+    raise _lib.CCEValueError(f"no process group named {name!r}", 8)
+
+
+def shard_run(e, c, bias, targets, weight, vp, *, reduction, shift, mode, return_lse, ignore_index=-100,
+              softcap=None, label_smoothing=0.0, z_loss=0.0, filter_eps="auto", filter_correction=True,
+              sort_vocab=True, threads=None, check_finite=False, saved_logits_per_row=None):
+    """A vocabulary-parallel loss through shard_loss_op (inputs already prepared by
+    _vocab_parallel.run); the group travels by its name."""
+    grad = torch.is_grad_enabled()
+    need = [grad and x is not None and x.requires_grad for x in (e, c, bias)]
+    group = "" if vp.group is None else vp.group.group_name
+    chunk = -1 if vp.exchange_chunk is None else int(vp.exchange_chunk)
+    out, lse, _, _, _ = shard_loss_op(e, c, bias, targets, weight, *need, return_lse, reduction, shift, mode,
+                                      int(ignore_index), None if softcap is None else float(softcap),
+                                      float(label_smoothing), float(z_loss), _eps_text(filter_eps),
+                                      bool(filter_correction), bool(sort_vocab), None if threads is None else int(threads),
+                                      bool(check_finite), None if saved_logits_per_row is None else int(saved_logits_per_row),
+                                      int(vp.start), int(vp.stop), group, bool(vp.reduce_e_grad), chunk)
+    return (out, lse) if return_lse else out
 
 
 def run(e, c, bias, targets, weight, *, reduction, shift, mode, return_lse, ignore_index=-100, softcap=None,

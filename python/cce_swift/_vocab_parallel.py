@@ -84,7 +84,9 @@ class _ShardCall:
         self.gather.check(status)
         return loss, lse, (_lib.State(handle) if state else None)
 
-    def fused(self, e, c, bias, targets, weight, need, return_lse):
+    def fused(self, e, c, bias, targets, weight, need, return_lse, upstream=None):
+        """loss, lse and (dE, dC, dB); `upstream`: reduction none's per-position upstream
+        gradient as float64 rows (_torch.upstream_rows; None: ones)."""
         loss, lse = self.loss_buffers(return_lse)
         # dE in float32 (float64 in the exact mode) whatever e's dtype: the ranks' parts are
         # summed before one rounding.
@@ -93,7 +95,7 @@ class _ShardCall:
         dB = torch.empty_like(bias) if need[2] and bias is not None else None
         chunk = 0 if self.vp.exchange_chunk is None else int(self.vp.exchange_chunk)
         status = _lib.lib().cce_cpu_shard_loss_and_gradients(
-            *self.head(e, c, bias, targets, weight), chunk, None, _torch.ptr(loss), _torch.ptr(lse),
+            *self.head(e, c, bias, targets, weight), chunk, _torch.ptr(upstream), _torch.ptr(loss), _torch.ptr(lse),
             *_torch.ptrs(dE, dC, dB), *_torch.grad_codes(dE, dC, dB), None, self.gather.callback, None)
         self.gather.check(status)
         return loss, lse, (self.finish_dE(dE, e), dC, dB)
@@ -117,33 +119,46 @@ class _ShardCall:
         return dE if dE.dtype == e.dtype else dE.to(e.dtype)
 
 
-def run(e, c, targets, bias, weight, vp: VocabParallelOptions, *, reduction, shift, mode, return_lse, allow_copy,
-        **options):
+def check_options(vp) -> None:
+    """What needs no exchange and no library: raised on this rank alone, as a bad argument."""
     if not isinstance(vp, VocabParallelOptions):
         raise TypeError(f"vocab_parallel_options must be a VocabParallelOptions, got {type(vp).__name__}")
     if not dist.is_available() or not dist.is_initialized():
         raise _lib.CCEValueError("vocab_parallel_options needs torch.distributed initialized "
                                  "(torch.distributed.init_process_group)", 8)
-    # This rank's checks, whose outcome every rank learns before any other exchange (agree).
+
+
+def make_call(e, c, targets, bias, weight, vp: VocabParallelOptions, *, reduction, shift, mode, allow_copy,
+              **options):
+    """This rank's checks, whose outcome every rank learns before any other exchange (agree: it
+    raises on every rank when one rank's checks failed), then the call and the prepared inputs."""
     failure, call = None, None
     try:
         for name, x in (("e", e), ("c", c), ("bias", bias), ("targets", targets), ("weight", weight)):
             if isinstance(x, torch.Tensor) and x.device.type != "cpu":
                 raise _lib.CCEValueError(f"vocab_parallel_options runs the CPU engine; {name} is on {x.device}", 8)
         check_library()
-        from . import _compile
-
-        if _compile.compiling():
-            raise _lib.CCEValueError("vocab_parallel_options is not traced by torch.compile; call it outside the "
-                                     "compiled region", 8)
         e, c, targets, bias, weight, shift, mode = _torch.prepared(e, c, targets, bias, weight, shift, mode, allow_copy)
         call = _ShardCall(e, c, bias, targets, weight, shift, mode, reduction, options, vp)
     except Exception as error:   # noqa: BLE001 - raised on this rank after the agreement
         failure = error
     gatherer = call.gatherer if call is not None else torch_gather(vp.group)
     weight_length = -1 if weight is None or failure is not None else int(weight.numel())
-    vocab = agree(gatherer, vp, failure, weight_length)   # raises on every rank when one rank's checks failed
-    call.with_vocabulary(vocab)
+    vocab = agree(gatherer, vp, failure, weight_length)
+    return call.with_vocabulary(vocab), (e, c, targets, bias, weight)
+
+
+def run(e, c, targets, bias, weight, vp: VocabParallelOptions, *, reduction, shift, mode, return_lse, allow_copy,
+        **options):
+    check_options(vp)
+    from . import _compile
+
+    if _compile.compiling():   # torch.compile is tracing: the registered shard operators (_compile.py)
+        e, c, targets, bias, weight, shift, mode = _torch.prepared(e, c, targets, bias, weight, shift, mode, allow_copy)
+        return _compile.shard_run(e, c, bias, targets, weight, vp, reduction=reduction, shift=shift, mode=mode,
+                                  return_lse=return_lse, **options)
+    call, (e, c, targets, bias, weight) = make_call(e, c, targets, bias, weight, vp, reduction=reduction, shift=shift,
+                                                    mode=mode, allow_copy=allow_copy, **options)
     wants_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (e, c, bias))
     if not wants_grad:
         loss, lse, _ = call.forward_only(e, c, bias, targets, weight, return_lse)

@@ -122,6 +122,15 @@ def test_ranks_agree_with_one_process(world, tmp_path):
         loss, lse = got["no_grad"]
         whole = one_process(torch.float32, "mean", {"bias": True, "return_lse": True})
         assert rel(loss, whole["loss"]) <= 1e-6 and rel(lse, whole["lse"]) <= 1e-6, (loss, whole["loss"])
+    # Under torch.compile: the eager call's bits (loss, lse and gradients), on every rank.
+    for r, got in enumerate(ranks):
+        for name in ("bf16-options", "f32-none-lse"):
+            if name + ":compiled" not in got:
+                continue   # torch < 2.4: no operators
+            compiled, eager = got[name + ":compiled"], got[name + ":eager"]
+            for key in ("loss", "lse", "dE", "dC", "dB"):
+                if eager[key] is not None:
+                    assert torch.equal(compiled[key], eager[key]), f"{name}, rank {r}: compiled {key} differs"
     # Bad input on one rank: an error on every rank, no hang.
     # (a target out of range: the library's checks; a shard of c a row too long: the binding's)
     for key, own in (("bad", "target"), ("bad_shape", "this rank's shard holds classes")):

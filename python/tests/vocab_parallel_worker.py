@@ -48,14 +48,13 @@ def kwargs(reduction, options):
     return out
 
 
-def run_case(dtype, reduction, options, vp):
+def run_case(dtype, reduction, options, vp, fn=cs.linear_cross_entropy):
     e, c, t, bias, weight = problem(dtype, options)
     start, stop = vp.start, vp.stop
     e = e.clone().requires_grad_(True)
     c = c[start:stop].clone().requires_grad_(True)
     bias = None if bias is None else bias[start:stop].clone().requires_grad_(True)
-    out = cs.linear_cross_entropy(e, c, t, bias, weight=weight, vocab_parallel_options=vp, threads=2,
-                                  **kwargs(reduction, options))
+    out = fn(e, c, t, bias, weight=weight, vocab_parallel_options=vp, threads=2, **kwargs(reduction, options))
     loss, lse = out if options.get("return_lse") else (out, None)
     upstream = torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape).to(loss.dtype) if reduction == "none" else None
     (loss * upstream).sum().backward() if upstream is not None else loss.backward()
@@ -88,6 +87,19 @@ def main():
     with torch.no_grad():
         results["no_grad"] = cs.linear_cross_entropy(e, c[vp.start:vp.stop], t, bias[vp.start:vp.stop],
                                                      vocab_parallel_options=vp, return_lse=True, threads=2)
+    # Under torch.compile (fullgraph, aot_eager): the registered shard operators, the eager
+    # call's bits, for a fused case and for reduction none with an upstream gradient; and in a
+    # group of its own (every rank: the whole world, by name).
+    from cce_swift import _compile
+    if _compile.AVAILABLE:
+        group = dist.new_group(list(range(world)))
+        for name in ("bf16-options", "f32-none-lse"):
+            dtype, reduction, options = CASES[name]
+            vp = cs.VocabParallelOptions.from_vocab(V, group=group if name == "f32-none-lse" else None)
+            compiled = torch.compile(lambda *a, **k: cs.linear_cross_entropy(*a, **k), backend="aot_eager",
+                                     fullgraph=True)
+            results[name + ":compiled"] = run_case(dtype, reduction, options, vp, fn=compiled)
+            results[name + ":eager"] = run_case(dtype, reduction, options, vp)
     # A rank whose inputs fail their checks: every rank gets an error, none hangs.
     e, c, t, _, _ = problem(torch.float32, {})
     vp = cs.VocabParallelOptions.from_vocab(V)
