@@ -6,6 +6,11 @@ calls the loss broke its graph at each of them (18 breaks per call with torch 2.
 the compiler keeps as opaque nodes: no graph break, the surrounding operations compiled
 around them. Outside torch.compile nothing here runs.
 
+Vocabulary-parallel calls (_vocab_parallel.py) have two more, `cce_swift::shard_loss` and
+`cce_swift::shard_grads`: loss_op's and grads_op's arguments plus the shard, the process group
+by name, reduce_e_grad and the exchange chunk; the agreement and the collectives run inside
+them, when the compiled code runs.
+
 CUDA tensors (the CUDA library, _cuda.py) have their own two: `cce_swift::cuda_loss` (the
 library's forward: loss and lse rows, the lse kept for the backward) and `cce_swift::cuda_grads`
 (its backward for the upstream gradient), the eager CudaFunction's calls, so the same values.
