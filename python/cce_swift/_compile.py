@@ -67,6 +67,29 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
 if AVAILABLE:
     from . import _torch
 
+    def _loss_outputs(call, e, c, bias, targets, weight, need, return_lse, reduction):
+        """loss_op's and shard_loss_op's outputs from a call object (_torch._Call, or
+        _vocab_parallel._ShardCall: the same forward_only, fused and outputs)."""
+        dE = dC = dB = None
+        if reduction == "none" or not any(need):
+            loss, lse, _ = call.forward_only(e, c, bias, targets, weight, return_lse)
+        else:
+            loss, lse, (dE, dC, dB) = call.fused(e, c, bias, targets, weight, need, return_lse)
+        out, lse_out = call.outputs(loss, lse)
+        return (out.clone(), _empty(out) if lse_out is None else lse_out.clone(),
+                _empty(e) if dE is None else dE, _empty(c) if dC is None else dC,
+                _empty(e) if dB is None else dB)
+
+    def _loss_fakes(e, c, bias, lay, need, return_lse, reduction, mode):
+        """The shapes and dtypes _loss_outputs gives, without running anything."""
+        dtype = torch.float64 if _core.normalize_mode(mode) == "exact" else torch.float32
+        out = e.new_empty(lay.sliced_shape if reduction == "none" else (), dtype=dtype)
+        lse = e.new_empty(lay.sliced_shape, dtype=dtype) if return_lse else e.new_empty((0,), dtype=dtype)
+        grads = reduction != "none" and any(need)
+        return (out, lse, torch.empty_like(e) if grads and need[0] else _empty(e),
+                torch.empty_like(c) if grads and need[1] else _empty(c),
+                torch.empty_like(bias) if grads and need[2] and bias is not None else _empty(e))
+
     @torch.library.custom_op("cce_swift::loss", mutates_args=())
     def loss_op(e: torch.Tensor, c: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
                 weight: Optional[torch.Tensor], need_e: bool, need_c: bool, need_b: bool, return_lse: bool,
@@ -78,16 +101,7 @@ if AVAILABLE:
                         filter_correction, sort_vocab, threads, check_finite, saved_logits_per_row)
         call = _torch._Call(e, c, bias, targets, weight, opts.pop("shift"), opts.pop("mode"), opts.pop("reduction"),
                             opts)
-        dE = dC = dB = None
-        if reduction == "none" or not (need_e or need_c or need_b):
-            loss, lse, _ = _torch.forward_only(call, e, c, bias, targets, weight, return_lse)
-        else:
-            loss, lse, dE, dC, dB = _torch.fused(call, e, c, bias, targets, weight, (need_e, need_c, need_b),
-                                                 return_lse)
-        out, lse_out = call.outputs(loss, lse)
-        return (out.clone(), _empty(out) if lse_out is None else lse_out.clone(),
-                _empty(e) if dE is None else dE, _empty(c) if dC is None else dC,
-                _empty(e) if dB is None else dB)
+        return _loss_outputs(call, e, c, bias, targets, weight, (need_e, need_c, need_b), return_lse, reduction)
 
     @loss_op.register_fake
     def _(e, c, bias, targets, weight, need_e, need_c, need_b, return_lse, reduction, shift, mode, *rest):
@@ -96,13 +110,7 @@ if AVAILABLE:
         lay = _core.layout(e.shape, c.shape, targets.shape, None if bias is None else bias.shape,
                            None if weight is None else weight.shape, shift)
         _core.make_options(**_options(reduction, shift, mode, *rest))
-        dtype = torch.float64 if _core.normalize_mode(mode) == "exact" else torch.float32
-        out = e.new_empty(lay.sliced_shape if reduction == "none" else (), dtype=dtype)
-        lse = e.new_empty(lay.sliced_shape, dtype=dtype) if return_lse else e.new_empty((0,), dtype=dtype)
-        grads = reduction != "none" and (need_e or need_c or need_b)
-        return (out, lse, torch.empty_like(e) if grads and need_e else _empty(e),
-                torch.empty_like(c) if grads and need_c else _empty(c),
-                torch.empty_like(bias) if grads and need_b and bias is not None else _empty(e))
+        return _loss_fakes(e, c, bias, lay, (need_e, need_c, need_b), return_lse, reduction, mode)
 
     @torch.library.custom_op("cce_swift::grads", mutates_args=())
     def grads_op(e: torch.Tensor, c: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
@@ -181,28 +189,14 @@ if AVAILABLE:
                         filter_correction, sort_vocab, threads, check_finite, saved_logits_per_row)
         call = _shard_call(e, c, bias, targets, weight, opts,
                            _vocab_parallel_options(start, stop, group, reduce_e_grad, exchange_chunk))
-        dE = dC = dB = None
-        if reduction == "none" or not (need_e or need_c or need_b):
-            loss, lse, _ = call.forward_only(e, c, bias, targets, weight, return_lse)
-        else:
-            loss, lse, (dE, dC, dB) = call.fused(e, c, bias, targets, weight, (need_e, need_c, need_b), return_lse)
-        out, lse_out = call.outputs(loss, lse)
-        return (out.clone(), _empty(out) if lse_out is None else lse_out.clone(),
-                _empty(e) if dE is None else dE, _empty(c) if dC is None else dC,
-                _empty(e) if dB is None else dB)
+        return _loss_outputs(call, e, c, bias, targets, weight, (need_e, need_c, need_b), return_lse, reduction)
 
     @shard_loss_op.register_fake
     def _(e, c, bias, targets, weight, need_e, need_c, need_b, return_lse, reduction, shift, mode, *rest):
         # c and bias are the shard's rows and weight has the whole V: the layout without it.
         lay = _core.layout(e.shape, c.shape, targets.shape, None if bias is None else bias.shape, None, shift)
         _core.make_options(**_options(reduction, shift, mode, *rest[:10]))
-        dtype = torch.float64 if _core.normalize_mode(mode) == "exact" else torch.float32
-        out = e.new_empty(lay.sliced_shape if reduction == "none" else (), dtype=dtype)
-        lse = e.new_empty(lay.sliced_shape, dtype=dtype) if return_lse else e.new_empty((0,), dtype=dtype)
-        grads = reduction != "none" and (need_e or need_c or need_b)
-        return (out, lse, torch.empty_like(e) if grads and need_e else _empty(e),
-                torch.empty_like(c) if grads and need_c else _empty(c),
-                torch.empty_like(bias) if grads and need_b and bias is not None else _empty(e))
+        return _loss_fakes(e, c, bias, lay, (need_e, need_c, need_b), return_lse, reduction, mode)
 
     @torch.library.custom_op("cce_swift::shard_grads", mutates_args=())
     def shard_grads_op(e: torch.Tensor, c: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
