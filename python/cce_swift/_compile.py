@@ -123,12 +123,17 @@ if AVAILABLE:
                         filter_correction, sort_vocab, threads, check_finite, saved_logits_per_row)
         call = _torch._Call(e, c, bias, targets, weight, opts.pop("shift"), opts.pop("mode"), opts.pop("reduction"),
                             opts)
-        _, _, dE, dC, dB = _torch.fused(call, e, c, bias, targets, weight, (need_e, need_c, need_b),
+        return _grads_outputs(call, e, c, bias, targets, weight, grad_loss, (need_e, need_c, need_b))
+
+    def _grads_outputs(call, e, c, bias, targets, weight, grad_loss, need):
+        """grads_op's and shard_grads_op's outputs: the fused call again, with reduction none's
+        upstream gradient."""
+        _, _, (dE, dC, dB) = call.fused(e, c, bias, targets, weight, need, False,
                                         upstream=_torch.upstream_rows(call.lay, grad_loss))
         return (_empty(e) if dE is None else dE, _empty(c) if dC is None else dC, _empty(e) if dB is None else dB)
 
     @grads_op.register_fake
-    def _(e, c, bias, targets, weight, grad_loss, need_e, need_c, need_b, *rest):
+    def _grads_fake(e, c, bias, targets, weight, grad_loss, need_e, need_c, need_b, *rest):
         return (torch.empty_like(e) if need_e else _empty(e), torch.empty_like(c) if need_c else _empty(c),
                 torch.empty_like(bias) if need_b and bias is not None else _empty(e))
 
@@ -210,14 +215,9 @@ if AVAILABLE:
                         filter_correction, sort_vocab, threads, check_finite, saved_logits_per_row)
         call = _shard_call(e, c, bias, targets, weight, opts,
                            _vocab_parallel_options(start, stop, group, reduce_e_grad, exchange_chunk))
-        _, _, (dE, dC, dB) = call.fused(e, c, bias, targets, weight, (need_e, need_c, need_b), False,
-                                        upstream=_torch.upstream_rows(call.lay, grad_loss))
-        return (_empty(e) if dE is None else dE, _empty(c) if dC is None else dC, _empty(e) if dB is None else dB)
+        return _grads_outputs(call, e, c, bias, targets, weight, grad_loss, (need_e, need_c, need_b))
 
-    @shard_grads_op.register_fake
-    def _(e, c, bias, targets, weight, grad_loss, need_e, need_c, need_b, *rest):
-        return (torch.empty_like(e) if need_e else _empty(e), torch.empty_like(c) if need_c else _empty(c),
-                torch.empty_like(bias) if need_b and bias is not None else _empty(e))
+    shard_grads_op.register_fake(_grads_fake)
 
     _SHARD_ARGS = slice(22, None)   # start ... exchange_chunk, after loss_op's arguments
 

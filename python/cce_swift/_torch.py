@@ -76,9 +76,10 @@ class _Call:
     def forward_only(self, e, c, bias, targets, weight, return_lse, state=False):
         return forward_only(self, e, c, bias, targets, weight, return_lse, state)
 
-    def fused(self, e, c, bias, targets, weight, need, return_lse):
-        """loss, lse and (dE, dC, dB) in the inputs' dtypes (None where not in `need`)."""
-        loss, lse, *grads = fused(self, e, c, bias, targets, weight, need, return_lse)
+    def fused(self, e, c, bias, targets, weight, need, return_lse, upstream=None):
+        """loss, lse and (dE, dC, dB) in the inputs' dtypes (None where not in `need`);
+        `upstream` as fused's."""
+        loss, lse, *grads = fused(self, e, c, bias, targets, weight, need, return_lse, upstream)
         return loss, lse, tuple(grads)
 
     def backward(self, state, e, c, bias, full, need):
