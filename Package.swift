@@ -13,6 +13,14 @@ import PackageDescription
 let targetCPU = Context.environment["CCE_TARGET_CPU"] ?? "native"
 let fastFlags: [SwiftSetting] = targetCPU == "none" ? [] : [.unsafeFlags(["-target-cpu", targetCPU])]
 
+// MARK: - A self-contained libcce_cpu.so
+// CCE_STATIC_SWIFT=1 links the Swift runtime, Dispatch and Foundation into libcce_cpu.so, so that
+// it loads where no Swift toolchain is installed (the wheel of scripts/build_wheel.sh). Only for
+// `swift build --product cce_cpu` in a scratch path of its own: every other product and the
+// tests link the toolchain's shared runtime.
+let staticSwift = Context.environment["CCE_STATIC_SWIFT"] == "1"
+let cabiLinker: [LinkerSetting] = staticSwift ? [.unsafeFlags(["-static-stdlib"])] : []
+
 let package = Package(
     name: "CutCrossEntropy",
     platforms: [.macOS(.v15)],
@@ -68,7 +76,7 @@ let package = Package(
         // MARK: - The C ABI: the header and last-error storage (C), the entry points (Swift, @_cdecl)
         .target(name: "CCECPU"),
         .target(name: "CCECABI", dependencies: ["CCECPU", "CutCrossEntropy", "CCEKernels", "CCERuntime"],
-                swiftSettings: fastFlags),
+                swiftSettings: fastFlags, linkerSettings: cabiLinker),
 
         // MARK: - Across processes: the communicator (MPI loaded at run time), vocabulary- and token-parallel CCE
         .target(name: "CutCrossEntropyMPI", dependencies: ["CutCrossEntropy", "CCEMPIABI", "CCERuntime"],

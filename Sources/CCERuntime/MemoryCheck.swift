@@ -5,7 +5,6 @@
 // estimate is arithmetic on the shapes only, so the refusal takes microseconds; it is in
 // Double, so no product of sizes can overflow.
 
-import Foundation
 
 /// A run that would need more memory than this machine has to give.
 public struct MemoryCheckError: Error, CustomStringConvertible, Equatable {
@@ -22,13 +21,13 @@ public struct MemoryCheckError: Error, CustomStringConvertible, Equatable {
 }
 
 public enum MemoryCheck {
-    /// The memory this process may use: the physical memory (sysinfo, through ProcessInfo),
+    /// The memory this process may use: the physical memory (sysconf),
     /// or the control group's limit when that is lower (a container).
     public static let machineBytes: Int = {
-        let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+        let physical = System.physicalMemory
         let limits = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"].compactMap { path -> Int? in
-            guard let s = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
-            return Int(s.trimmingCharacters(in: .whitespacesAndNewlines))   // "max": no limit
+            guard let s = System.readText(path) else { return nil }
+            return Int(s.filter { !$0.isWhitespace })   // "max": no limit
         }
         return ([physical] + limits.filter { $0 > 0 }).min()!
     }()
@@ -46,7 +45,7 @@ public enum MemoryCheck {
 
     /// "512 MiB", "23.4 GiB".
     public static func text(_ bytes: Double) -> String {
-        bytes >= Double(1 << 30) ? String(format: "%.1f GiB", bytes / Double(1 << 30))
-                                 : String(format: "%.0f MiB", bytes / Double(1 << 20))
+        bytes >= Double(1 << 30) ? System.format("%.1f GiB", bytes / Double(1 << 30))
+                                 : System.format("%.0f MiB", bytes / Double(1 << 20))
     }
 }

@@ -13,7 +13,6 @@
 // the heap before each measurement.
 
 import CNUMA
-import Foundation
 
 public enum MemoryProbe {
     /// Resident set size now, in bytes.
@@ -24,9 +23,7 @@ public enum MemoryProbe {
     /// Resets the peak to the current resident size. Returns false if it could not.
     @discardableResult
     public static func resetPeak() -> Bool {
-        guard let h = FileHandle(forWritingAtPath: "/proc/self/clear_refs") else { return false }
-        defer { try? h.close() }
-        do { try h.write(contentsOf: Data("5".utf8)); return true } catch { return false }
+        System.write("5", to: "/proc/self/clear_refs")
     }
 
     public static let isResettable: Bool = resetPeak()
@@ -48,7 +45,7 @@ public enum MemoryProbe {
     }
 
     static func field(_ name: String) -> Int {
-        guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+        guard let s = System.readText("/proc/self/status") else { return 0 }
         for line in s.split(separator: "\n") where line.hasPrefix(name) {
             let parts = line.split(separator: " ", omittingEmptySubsequences: true)
             if parts.count >= 2, let kb = Int(parts[1]) { return kb * 1024 }

@@ -11,7 +11,7 @@
 // are dedicated threads, started per call and joined before it returns. Starting P
 // threads costs tens of microseconds, far below one tile's work.
 
-import Foundation
+import Dispatch
 import CNUMA
 import Synchronization
 #if canImport(Glibc)
@@ -34,7 +34,7 @@ public enum Workers {
     /// The number of CPUs this process may run on (sched_getaffinity), at least 1.
     public static var availableCPUs: Int {
         let n = Int(cce_allowed_cpu_count())
-        return n > 0 ? n : max(1, ProcessInfo.processInfo.activeProcessorCount)
+        return n > 0 ? n : System.onlineCPUs
     }
 
     /// Runs `body(w)` for w in 0 ..< count, each on its own thread, concurrently, and
@@ -46,19 +46,33 @@ public enum Workers {
             body(0)
             return
         }
-        let group = DispatchGroup()
+        var threads: [pthread_t] = []
         for w in 1..<count {
-            group.enter()
-            let thread = Thread {
+            threads.append(startThread(stackSize: 1 << 22) {
                 if pin { Placement.pinCurrentThread(toCPU: w) }
                 body(w)
-                group.leave()
-            }
-            thread.stackSize = 1 << 22
-            thread.start()
+            })
         }
         body(0)
-        group.wait()
+        for t in threads { pthread_join(t, nil) }
+    }
+
+    /// A new thread (POSIX, `stackSize` bytes of stack) running `body`; join it with pthread_join.
+    static func startThread(stackSize: Int, _ body: @escaping @Sendable () -> Void) -> pthread_t {
+        final class Box { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setstacksize(&attributes, stackSize)
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        let rc = pthread_create(&thread, &attributes, { raw in
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+        if rc != 0 { fatalError("cce: cannot start a worker thread (pthread_create: \(rc))") }
+        return thread
     }
 
     /// Writes zeros over `count` elements at `base`, split into contiguous ranges among up to

@@ -7,7 +7,7 @@
 // cuda` + `cce compare`, Docs/CUDA.md).
 
 import CCECUDAABI
-import Foundation
+import CCERuntime
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,14 +33,17 @@ public final class CUDALibrary: @unchecked Sendable {
     public static func load(_ path: String? = nil) throws -> CUDALibrary {
         var candidates: [String] = []
         if let path { candidates = [path] } else {
-            if let env = ProcessInfo.processInfo.environment["CCE_CUDA_LIBRARY"], !env.isEmpty { candidates.append(env) }
-            let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-            candidates.append(exe.deletingLastPathComponent().appendingPathComponent("libcce_cuda.so").path)
+            if let env = Environment.value("CCE_CUDA_LIBRARY"), !env.isEmpty { candidates.append(env) }
+            if let exe = realpath(CommandLine.arguments[0], nil) {   // beside the running executable
+                let path = String(cString: exe)
+                free(exe)
+                candidates.append(path[..<(path.lastIndex(of: "/") ?? path.startIndex)] + "/libcce_cuda.so")
+            }
             candidates.append("libcce_cuda.so")
         }
         var reasons: [String] = []
         for c in candidates {
-            if c.contains("/") && !FileManager.default.fileExists(atPath: c) { reasons.append("\(c): no such file"); continue }
+            if c.contains("/") && !System.exists(c) { reasons.append("\(c): no such file"); continue }
             guard let h = dlopen(c, RTLD_NOW | RTLD_LOCAL) else {
                 reasons.append(String(cString: dlerror()))
                 continue

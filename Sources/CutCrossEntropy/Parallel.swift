@@ -23,7 +23,9 @@
 // vocabulary by the global mean embedding, exactly as one process would.
 
 import CCEKernels
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One rank's contiguous share of the vocabulary: classes offset ..< offset + count of V.
 public struct VocabularyShard: Sendable, Equatable, CustomStringConvertible {
