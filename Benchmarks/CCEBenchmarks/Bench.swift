@@ -516,13 +516,25 @@ public enum Bench {
         return nil
     }
 
+    /// The CPU by name, family and model (virtual machines often show only "AMD EPYC"), the
+    /// vector extensions the kernels choose by, the CPUs, memory and topology.
     public static func machineDescription() -> String {
         var model = "unknown CPU"
-        if let s = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-           let line = s.split(separator: "\n").first(where: { $0.hasPrefix("model name") }) {
-            model = line.split(separator: ":").last.map { $0.trimmingCharacters(in: .whitespaces) } ?? model
+        var family = "?", number = "?", flags: Set<Substring> = []
+        if let s = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) {
+            func field(_ name: String) -> String? {
+                s.split(separator: "\n").first(where: { $0.hasPrefix(name) })
+                    .flatMap { $0.split(separator: ":", maxSplits: 1).last }
+                    .map { $0.trimmingCharacters(in: .whitespaces) }
+            }
+            model = field("model name") ?? model
+            family = field("cpu family") ?? family
+            number = field("model\t") ?? field("model ") ?? number
+            flags = Set((field("flags") ?? "").split(separator: " "))
         }
-        return "\(model), \(Workers.availableCPUs) CPUs, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB; \(Topology.current)"
+        let isa = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16"].filter { flags.contains(Substring($0)) }
+        return "\(model) (family \(family) model \(number); \(isa.isEmpty ? "no AVX2" : isa.joined(separator: " "))), "
+            + "\(Workers.availableCPUs) CPUs, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB; \(Topology.current)"
     }
 
     public static func toolchain() -> String {

@@ -376,11 +376,16 @@ def _cpu_has(dtype: str) -> bool:
 
 def machine_description(torch) -> str:
     model = platform.processor() or platform.machine()
-    try:
+    try:   # name, family and model (virtual machines often show only "AMD EPYC"), and the vector extensions
         with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            info = f.read()
+        m = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
         if m:
             model = m.group(1).strip()
+        fam, num = re.search(r"^cpu family\s*:\s*(\S+)", info, re.M), re.search(r"^model\s*:\s*(\S+)", info, re.M)
+        flags = set((re.search(r"^flags\s*:\s*(.+)$", info, re.M) or re.match("()", "")).group(1).split())
+        isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags]
+        model += f" (family {fam.group(1) if fam else '?'} model {num.group(1) if num else '?'}; {' '.join(isa) or 'no AVX2'})"
     except OSError:
         pass
     cpus = len(os.sched_getaffinity(0))
