@@ -5,7 +5,6 @@
 // estimate is arithmetic on the shapes only, so the refusal takes microseconds; it is in
 // Double, so no product of sizes can overflow.
 
-
 /// A run that would need more memory than this machine has to give.
 public struct MemoryCheckError: Error, CustomStringConvertible, Equatable {
     /// What was checked, e.g. "N = 1024, D = 100000000, V = 32768 (f32)".

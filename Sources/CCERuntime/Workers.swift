@@ -11,7 +11,6 @@
 // are dedicated threads, started per call and joined before it returns. Starting P
 // threads costs tens of microseconds, far below one tile's work.
 
-import Dispatch
 import CNUMA
 import Synchronization
 #if canImport(Glibc)

@@ -34,7 +34,7 @@ public final class CUDALibrary: @unchecked Sendable {
         var candidates: [String] = []
         if let path { candidates = [path] } else {
             if let env = Environment.value("CCE_CUDA_LIBRARY"), !env.isEmpty { candidates.append(env) }
-            if let exe = realpath(CommandLine.arguments[0], nil) {   // beside the running executable
+            if let exe = realpath("/proc/self/exe", nil) {   // beside the running executable
                 let path = String(cString: exe)
                 free(exe)
                 candidates.append(path[..<(path.lastIndex(of: "/") ?? path.startIndex)] + "/libcce_cuda.so")

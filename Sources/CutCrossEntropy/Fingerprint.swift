@@ -6,7 +6,7 @@
 /// Fingerprints: `Fingerprint.of(bytes)`, `Tensor.fingerprint`, `Targets.fingerprint`.
 public enum Fingerprint {
     /// FNV-1a over 64-bit words (then the tail bytes one by one): equal bytes give equal
-/// fingerprints, and a change in any byte almost surely changes it. One pass at about memory
+    /// fingerprints, and a change in any byte almost surely changes it. One pass at about memory
     /// speed (a multiply and an xor per 8 bytes). Not a cryptographic hash: it catches
     /// mistakes, not adversaries.
     public static func of(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
