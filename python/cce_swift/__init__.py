@@ -14,10 +14,9 @@ filter_e_grad, filter_c_grad, impl, vocab_parallel_options); label_smoothing and
 """
 from __future__ import annotations
 
+from ._core import LinearCrossEntropyImpl
 from ._lib import CCEError, CCERuntimeError, CCEValueError
 from .compare import CompareReport, TensorComparison, compare
-
-from ._core import LinearCrossEntropyImpl
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropy", "LinearCrossEntropyImpl", "reference", "compare",
            "CompareReport", "TensorComparison", "Gradients", "VocabParallelOptions",
@@ -53,8 +52,9 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
     Float32 always, so accum_*_fp32 gives Kahan-compensated gradients; impl="cce_exact" is the
     Float64 exact mode; impl="torch_compile" is refused (Docs/PYTHON.md, "From apple's API").
 
-    Options beyond apple's (keyword-only): label_smoothing, z_loss, weight, mode, filter_correction (add the first-order part of filtered gradient
-    segments back to dE, and their mass to dbias), sort_vocab, threads (None: every CPU), check_finite,
+    Options beyond apple's (keyword-only): label_smoothing, z_loss, weight, mode,
+    filter_correction (add the first-order part of filtered gradient segments back to dE, and
+    their mass to dbias), sort_vocab, threads (None: every CPU), check_finite,
     saved_logits_per_row (logits the fused forward keeps a row for its backward, 0...65536,
     0 off; None: 2048), allow_copy (False: raise instead of copying a non-contiguous input).
     Bad input raises ValueError or TypeError with the engine's message (CCEValueError has the
