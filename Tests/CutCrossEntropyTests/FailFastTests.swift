@@ -159,6 +159,13 @@ final class FailFastTests: XCTestCase {
             XCTAssertTrue("\(err)".hasPrefix("x needs about"), "\(err)")
         }
         XCTAssertThrowsError(try MemoryCheck.require(.nan, for: "x", machineBytes: 1000))
+        // The message's sizes and the machine's memory, through the C library (no Foundation).
+        XCTAssertEqual(MemoryCheck.text(1.5 * Double(1 << 30)), "1.5 GiB")
+        XCTAssertEqual(MemoryCheck.text(512 * Double(1 << 20)), "512 MiB")
+        XCTAssertLessThanOrEqual(MemoryCheck.machineBytes, System.physicalMemory)
+        XCTAssertTrue(System.readText("/proc/self/status")?.contains("VmRSS:") ?? false)
+        XCTAssertNil(System.readText("/nonexistent/cce"))
+        XCTAssertGreaterThan(MemoryProbe.residentBytes(), 0)
         var huge = BenchConfig(); huge.tokens = .max; huge.dim = .max; huge.vocab = .max
         XCTAssertThrowsError(try Bench.validate(huge))
         XCTAssertGreaterThan(MemoryCheck.machineBytes, 0)
