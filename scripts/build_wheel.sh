@@ -31,3 +31,7 @@ rm -rf python/build
 built=$(ls "$OUT"/cce_swift-*.whl)
 "$VENV/bin/python" -m wheel tags --remove --python-tag py3 --abi-tag none "$built" >/dev/null
 ls -la "$OUT"/cce_swift-*.whl
+# The C library the target machine needs: the newest symbol version any shipped library uses.
+need=$(for f in "$STRIPPED" $(ldd "$LIB" | awk '/=> \// {print $3}'); do objdump -T "$f" 2>/dev/null; done \
+  | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -n 1)
+echo "build_wheel.sh: the target machine needs glibc ${need#GLIBC_} or later"
