@@ -76,6 +76,7 @@ def linear_cross_entropy(e, c, targets, bias=None, ignore_index=-100, softcap=No
     if _is_torch(e) or _is_torch(c):
         from . import _torch
 
+        _torch.refuse_dtensors(e=e, c=c, targets=targets, bias=bias)
         e, c, bias = _torch.autocast(e, c, bias)   # inside torch.autocast: its dtype, as a matrix product
     if vocab_parallel_options is not None:
         if not (_is_torch(e) or _is_torch(c)):

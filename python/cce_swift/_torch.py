@@ -181,6 +181,17 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         return dE, dC, dB, None, None, None, None
 
 
+def refuse_dtensors(**tensors) -> None:
+    """A torch.distributed DTensor holds only this rank's part of its values, and its data
+    pointer is not the whole tensor's: refused by name, as apple/ml-cross-entropy refuses it,
+    instead of failing deeper with a message about a NULL input."""
+    for name, x in tensors.items():
+        if type(x).__name__ == "DTensor":
+            raise _lib.CCEValueError(
+                f"{name} is a torch.distributed.tensor.DTensor, which the engine cannot read: pass "
+                f"{name}.full_tensor(), or split the classifier with vocab_parallel_options", 1)
+
+
 def autocast_dtype(device_type: str):
     """The dtype torch.autocast gives matrix products on this device type, or None outside an
     autocast region."""

@@ -317,3 +317,27 @@ def test_bf16_gradients_repeatable_with_kept_scratch():
     for ours, f32 in zip(first[1:], (g.e, g.c, g.bias)):
         assert f32.dtype == np.float32
         assert torch.equal(ours.view(torch.int16), torch.from_numpy(f32).to(torch.bfloat16).view(torch.int16))
+
+
+def test_dtensor_inputs_are_refused_by_name(tmp_path):
+    """A DTensor (here replicated over a one-rank gloo mesh, in a process of its own) is refused
+    with a message naming the argument, not read through its data pointer."""
+    import subprocess
+    import sys
+
+    code = ("import tempfile, torch, torch.distributed as dist\n"
+            "dist.init_process_group('gloo', init_method='file://' + tempfile.mktemp(), rank=0, world_size=1)\n"
+            "from torch.distributed.tensor import distribute_tensor, Replicate\n"
+            "from torch.distributed.device_mesh import init_device_mesh\n"
+            "import cce_swift as cs\n"
+            "mesh = init_device_mesh('cpu', (1,))\n"
+            "e, c, t = torch.randn(8, 4), torch.randn(10, 4), torch.randint(0, 10, (8,))\n"
+            "try:\n    cs.linear_cross_entropy(e, distribute_tensor(c, mesh, [Replicate()]), t)\n"
+            "except cs.CCEValueError as err:\n    print('refused:', err)\n"
+            "dist.destroy_process_group()\n")
+    try:
+        import torch.distributed.tensor  # noqa: F401
+    except ImportError:
+        pytest.skip("this torch has no torch.distributed.tensor")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "refused: c is a torch.distributed.tensor.DTensor" in out.stdout, out.stdout + out.stderr
