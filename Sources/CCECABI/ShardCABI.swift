@@ -163,17 +163,16 @@ public func cceCPUShardForward(
     guarded {
         guard let gather, ranks >= 1 else { throw ArgumentError(gather == nil ? "gather is NULL" : "ranks must be >= 1 (got \(ranks))") }
         let all = CallerGather(function: gather, user: user, ranks: Int(ranks))
-        var inputs: ShardInputs? = nil
+        var checked: (ShardInputs, CutCrossEntropy)? = nil
         _ = try ShardAgreement.agree(all, n: n, d: d, v: v, offset: offset, count: count, codes: (eCode, cCode, biasCode),
                                      hasBias: bias != nil, hasWeight: weight != nil, opt: opt, chunk: 0) {
             let x = try ShardInputs(e, c, bias, targetIDs, n, d, v, offset, count, (eCode, cCode, biasCode), weight, opt)
-            try CutCrossEntropy(options: x.options).validate(embeddings: x.E, classifier: x.C, targets: x.T, bias: x.B,
-                                                             shard: x.shard)
-            inputs = x
+            let engine = CutCrossEntropy(options: x.options)
+            try engine.validate(embeddings: x.E, classifier: x.C, targets: x.T, bias: x.B, shard: x.shard)
+            checked = (x, engine)
             return ShardAgreement.fingerprints(x)
         }
-        let x = inputs!
-        let engine = CutCrossEntropy(options: x.options)
+        let (x, engine) = checked!
         let part = try engine.forward(embeddings: x.E, classifier: x.C, targets: x.T, bias: x.B, shard: x.shard)
         let f = try part.combine(try all.partials(part.partials))
         writeForward(f, reduction: x.options.reduction, loss: loss, lse: lse)
@@ -202,7 +201,7 @@ public func cceCPUShardLossAndGradients(
         var threadsOnly = Options()
         if let t = opt?.pointee.threads, t > 0 { threadsOnly.threads = Int(t) }
         let ownChunk = exchangeChunk > 0 ? Int(exchangeChunk) : CutCrossEntropy(options: threadsOnly).resolvedExchangeChunk
-        var checked: (ShardInputs, GradientTargets)? = nil
+        var checked: (ShardInputs, GradientTargets, CutCrossEntropy)? = nil
         let chunk = try ShardAgreement.agree(all, n: n, d: d, v: v, offset: offset, count: count,
                                              codes: (eCode, cCode, biasCode), hasBias: bias != nil,
                                              hasWeight: weight != nil, opt: opt, chunk: Int64(ownChunk)) {
@@ -211,11 +210,11 @@ public func cceCPUShardLossAndGradients(
                                           hasBias: bias != nil, stats: stats)
             let engine = CutCrossEntropy(options: x.options)
             try engine.validate(embeddings: x.E, classifier: x.C, targets: x.T, bias: x.B, shard: x.shard)
-            checked = (x, out)
+            checked = (x, out, engine)
             return ShardAgreement.fingerprints(x)
         }
-        let (x, out) = checked!
-        var engine = CutCrossEntropy(options: x.options)
+        let (x, out, checkedEngine) = checked!
+        var engine = checkedEngine
         engine.exchangeChunk = chunk   // rank 0's: every rank must exchange the same token ranges
         let up = upstream(gradLoss, reduction: x.options.reduction, positions: x.shapes.n)
         let seeds: (([Float]) throws -> [[Float]])? = ranks > 1 ? { try all.seeds($0) } : nil

@@ -242,7 +242,7 @@ def test_older_library_is_refused_with_its_abi_version(tmp_path):
     (tmp_path / "old.so").write_bytes(b"")
     code = ("import ctypes, numpy as np\n"
             "class F:\n    def __init__(self, v=0): self.v = v\n    def __call__(self, *a): return self.v\n"
-            "class Old:\n    def __init__(self, path, mode=0):\n"
+            "class Old:\n    def __init__(self, path):\n"
             "        for n in ('cce_cpu_last_error', 'cce_cpu_default_options', 'cce_cpu_forward', 'cce_cpu_backward',\n"
             "                  'cce_cpu_state_free', 'cce_cpu_loss_and_gradients'):\n            setattr(self, n, F())\n"
             "        self.cce_cpu_abi_version = F(2)\n"
